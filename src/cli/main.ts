@@ -1,0 +1,199 @@
+#!/usr/bin/env node
+// tardigrade CLI. Every command but `daemon` and `logs` talks to the per-host daemon.
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import * as api from "../index.js";
+import { describeExit, type AppState } from "../daemon/appdir.js";
+import { runDaemon } from "../daemon/main.js";
+import { TgError, errMessage } from "../errors.js";
+import { tardigradeHome } from "../store/home.js";
+import { bytes, duration, json, parseInterval, table } from "./format.js";
+import { showLogs } from "./logs.js";
+
+const out = (s: string): void => void process.stdout.write(s + "\n");
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+  } catch {
+    return "0.0.0";
+  }
+}
+
+function appLine(s: AppState): string[] {
+  const pids = s.state === "running" ? `${s.initHostPid ?? "-"}/${s.appHostPid ?? "-"}` : "-";
+  const how = s.state === "exited" ? describeExit(s.exit) : s.mode === "restore" ? `restored from ${s.checkpoint}` : "";
+  return [s.name, s.state, pids, s.startedAt, how];
+}
+
+export function buildProgram(): Command {
+  const program = new Command("tardigrade");
+  program
+    .description("Transparent checkpoint/restore for Linux applications")
+    .version(version())
+    .enablePositionalOptions()
+    .showHelpAfterError()
+    .configureOutput({ outputError: (str, write) => write(`tardigrade: ${str.replace(/^error: /, "")}`) });
+
+  program
+    .command("run")
+    .description("start CMD under tardigrade (agent preloaded, own PID namespace); its output goes to `tardigrade logs NAME`")
+    .option("--name <name>", "app name (default: the command's base name)")
+    .option("--every <interval>", "also checkpoint periodically, e.g. 10s, 5m")
+    .option("--json", "print the result as JSON")
+    .argument("<cmd...>", "command and arguments (put them after --)")
+    .passThroughOptions()
+    .action(async (cmd: string[], o: { name?: string; every?: string; json?: boolean }) => {
+      let everyMs: number | undefined;
+      if (o.every) {
+        try {
+          everyMs = parseInterval(o.every);
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "", "bad-request");
+        }
+      }
+      const r = await api.run(cmd, { name: o.name, everyMs });
+      if (o.json) return out(json(r));
+      out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
+      out(`  output: tardigrade logs ${r.name}    checkpoint: tardigrade checkpoint ${r.name}${everyMs ? `    (also every ${o.every})` : ""}`);
+    });
+
+  program
+    .command("checkpoint")
+    .description("capture the running app and commit a checkpoint")
+    .argument("<name>", "app name")
+    .option("--json", "print the manifest as JSON")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const m = await api.checkpoint(name);
+      if (o.json) return out(json(m));
+      out(`${m.id}: ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
+    });
+
+  program
+    .command("restore")
+    .description("rebuild the app from a checkpoint (default: its latest)")
+    .argument("<name>", "app name")
+    .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
+    .option("--replace", "kill the app first if it is running")
+    .option("--json", "print the result as JSON")
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; json?: boolean }) => {
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace });
+      if (o.json) return out(json(r));
+      out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.restoreNs)} (image verified in ${duration(r.verifyNs)}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
+    });
+
+  program
+    .command("ls")
+    .description("list checkpoints")
+    .argument("[name]", "only this app's")
+    .option("--json", "print as JSON")
+    .action(async (name: string | undefined, o: { json?: boolean }) => {
+      const list = await api.ls(name);
+      if (o.json) return out(json(list));
+      if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
+      out(table(["ID", "TIME", "KIND", "PAGES", "BYTES", "THREADS", "DOWNTIME"], list.map((m) => [m.id, m.createdAt, m.kind, String(m.pages), bytes(m.bytes), String(m.threads), duration(m.downtimeNs)])));
+    });
+
+  program
+    .command("inspect")
+    .description("show a checkpoint: manifest, memory map, threads, fds")
+    .argument("<id>", "checkpoint id (APP@SEQ)")
+    .option("--json", "print as JSON")
+    .action(async (id: string, o: { json?: boolean }) => {
+      const { manifest: m, image: img } = await api.inspect(id);
+      if (o.json) return out(json({ manifest: m, image: img }));
+      out(`${m.id}  ${m.kind}${m.parent ? ` on ${m.parent}` : ""}  created ${m.createdAt}`);
+      out(`  ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s), downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}`);
+      out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
+      out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);
+      out(`\nthreads:\n${table(["TID", "COMM", "RIP", "RSP", ""], img.threads.map((t) => [String(t.tid), t.comm, t.rip, t.rsp, t.manager ? "(agent)" : ""]))}`);
+      out(`\nfds:\n${table(["FD", "KIND", "FLAGS", "POS", "PATH"], img.fds.map((f) => [String(f.fd), f.kind, f.flags, f.pos, f.path]))}`);
+      out(`\nmemory (${img.vmas.length} mappings):\n${table(["START", "END", "PROT", "KIND", "STORED", "PATH"], img.vmas.map((v) => [v.start, v.end, v.prot, v.kind, String(v.pagesStored), v.path]))}`);
+    });
+
+  program
+    .command("logs")
+    .description("print the app's stdout/stderr")
+    .argument("<name>", "app name")
+    .option("-f, --follow", "keep printing new output")
+    .action(async (name: string, o: { follow?: boolean }) => {
+      await showLogs(tardigradeHome(), name, o.follow === true);
+    });
+
+  program
+    .command("status")
+    .description("state of one app (or all): running/exited, host pids, exit status")
+    .argument("[name]", "app name")
+    .option("--json", "print as JSON")
+    .action(async (name: string | undefined, o: { json?: boolean }) => {
+      const list = name ? [await api.status(name)] : await api.apps();
+      if (o.json) return out(json(name ? list[0] : list));
+      if (list.length === 0) return out("no apps");
+      out(table(["NAME", "STATE", "HOST PIDS (init/app)", "STARTED", ""], list.map(appLine)));
+    });
+
+  program
+    .command("stop")
+    .description("stop the app (SIGTERM, then SIGKILL after --timeout)")
+    .argument("<name>", "app name")
+    .addOption(new Option("--timeout <seconds>", "grace period before SIGKILL").default("10"))
+    .option("--json", "print the final state as JSON")
+    .action(async (name: string, o: { timeout: string; json?: boolean }) => {
+      const s = await api.stop(name, { timeoutMs: Math.round(Number(o.timeout) * 1000) || 10_000 });
+      if (o.json) return out(json(s));
+      out(`${name}: ${s.state}${s.state === "exited" ? ` (${describeExit(s.exit)})` : ""}`);
+    });
+
+  program
+    .command("daemon")
+    .description("run the per-host daemon in the foreground (normally started on first use)")
+    .action(async () => {
+      await runDaemon(tardigradeHome());
+    });
+
+  return program;
+}
+
+interface MirrorModule {
+  registerMirrorCommands(program: Command): void;
+}
+
+/** Adds `tardigrade mirror ...` if the mirror module is part of this build. */
+async function addMirror(program: Command): Promise<void> {
+  const spec = "../mirror/cli.js"; // not a literal import: the module may not exist yet
+  try {
+    const mod = (await import(spec)) as MirrorModule;
+    mod.registerMirrorCommands(program);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "ERR_MODULE_NOT_FOUND") throw e;
+    program
+      .command("mirror")
+      .description("(not available in this build)")
+      .allowUnknownOption()
+      .argument("[args...]")
+      .action(() => {
+        throw new TgError("mirroring is not available", "this build has no mirror module (src/mirror/cli.ts)", "Update tardigrade");
+      });
+  }
+}
+
+function fail(e: unknown): never {
+  if (e instanceof TgError) process.stderr.write(`tardigrade: ${e.message}\n`);
+  else process.stderr.write(`tardigrade: unexpected error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  await addMirror(program);
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 1);
+    fail(e);
+  }
+}
+
+await main(process.argv);

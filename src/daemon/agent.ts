@@ -1,0 +1,84 @@
+// Client of the agent control protocol (docs/native-interface.md): one request
+// per connection over the app's Unix socket, replies are JSON lines.
+import { createConnection } from "node:net";
+
+export interface PingReply {
+  ok: true;
+  pid: number;
+  hostpid: number;
+  threads: number;
+  restored: boolean | number;
+  seq: number;
+}
+
+export type CheckpointEvent =
+  | { event: "resumed"; ok: true; downtime_ns: number; threads: number }
+  | { event: "error"; ok: false; error: string }
+  | { event: "done"; ok: true; bytes: number; pages: number; total_ns: number }
+  | { event: "done"; ok: false; error: string };
+
+/** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends. */
+function request(sock: string, line: string, onLine: (obj: Record<string, unknown>) => boolean, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = createConnection(sock);
+    let buf = "";
+    let finished = false;
+    const timer = setTimeout(() => fail(new Error(`no reply from the agent within ${timeoutMs} ms`)), timeoutMs);
+    const fail = (e: Error): void => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      c.destroy();
+      reject(e);
+    };
+    c.setEncoding("utf8");
+    c.on("connect", () => c.write(line + "\n"));
+    c.on("data", (d: string) => {
+      buf += d;
+      let nl: number;
+      while (!finished && (nl = buf.indexOf("\n")) >= 0) {
+        const text = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (!text) continue;
+        let obj: Record<string, unknown>;
+        try {
+          obj = JSON.parse(text) as Record<string, unknown>;
+        } catch {
+          fail(new Error(`the agent sent a malformed reply: ${JSON.stringify(text.slice(0, 200))}`));
+          return;
+        }
+        if (onLine(obj)) {
+          finished = true;
+          clearTimeout(timer);
+          c.end();
+          resolve();
+        }
+      }
+    });
+    c.on("error", (e) => fail(e));
+    c.on("close", () => fail(new Error("the agent closed the connection before replying")));
+  });
+}
+
+export async function ping(sock: string, timeoutMs = 2000): Promise<PingReply> {
+  let reply: PingReply | null = null;
+  await request(sock, "PING", (o) => {
+    reply = o as unknown as PingReply;
+    return true;
+  }, timeoutMs);
+  const r = reply as PingReply | null;
+  if (!r || r.ok !== true) throw new Error(`the agent answered PING with ${JSON.stringify(r)}`);
+  return r;
+}
+
+/** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
+export async function checkpoint(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
+  const events: CheckpointEvent[] = [];
+  await request(`${sock}`, `CHECKPOINT ${imagePath}`, (o) => {
+    const e = o as unknown as CheckpointEvent;
+    events.push(e);
+    onEvent(e);
+    return e.event === "done" || e.event === "error";
+  }, timeoutMs);
+  return events;
+}

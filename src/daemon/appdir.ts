@@ -1,0 +1,151 @@
+// On-disk state of one app: $TARDIGRADE_HOME/apps/<name>/. Everything the daemon
+// knows about an app is here, so a daemon killed with -9 loses nothing.
+//   app.json   what was started (argv, cwd, launcher pid, from which checkpoint)
+//   pidfile    "<init host pid> <app host pid>" (written by tardigrade-init/-restore)
+//   status     exit status JSON (written by tardigrade-init/-restore when the app ends)
+//   log        the app's stdout and stderr
+//   agent.sock the agent's control socket
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { constants } from "node:os";
+import { join } from "node:path";
+import { writeFileAtomic } from "../store/fsutil.js";
+import { isAlive } from "./procs.js";
+
+export interface AppRecord {
+  name: string;
+  argv: string[];
+  cwd: string;
+  createdAt: string;
+  startedAt: string;
+  /** "run": started from argv; "restore": rebuilt from `checkpoint`. */
+  mode: "run" | "restore";
+  checkpoint: string | null;
+  launcherPid: number;
+  launcherStart: string | null;
+  initStart?: string | null;
+}
+
+export interface ExitStatus {
+  exit_code?: number;
+  signal?: number;
+  exec_error?: string;
+  restore_error?: string;
+}
+
+export interface AppState {
+  name: string;
+  state: "starting" | "running" | "exited";
+  argv: string[];
+  mode: "run" | "restore";
+  checkpoint: string | null;
+  startedAt: string;
+  initHostPid: number | null;
+  appHostPid: number | null;
+  launcherPid: number;
+  exit: ExitStatus | null;
+  log: string;
+}
+
+export class AppDir {
+  readonly dir: string;
+  constructor(
+    home: string,
+    readonly name: string,
+  ) {
+    this.dir = join(home, "apps", name);
+  }
+  get recordFile(): string {
+    return join(this.dir, "app.json");
+  }
+  get pidfile(): string {
+    return join(this.dir, "pidfile");
+  }
+  get statusFile(): string {
+    return join(this.dir, "status");
+  }
+  get logFile(): string {
+    return join(this.dir, "log");
+  }
+  get sock(): string {
+    return join(this.dir, "agent.sock");
+  }
+
+  exists(): boolean {
+    return existsSync(this.recordFile);
+  }
+
+  record(): AppRecord | null {
+    try {
+      return JSON.parse(readFileSync(this.recordFile, "utf8")) as AppRecord;
+    } catch {
+      return null;
+    }
+  }
+
+  async writeRecord(r: AppRecord): Promise<void> {
+    await writeFileAtomic(this.recordFile, JSON.stringify(r, null, 2) + "\n");
+  }
+
+  pids(): { init: number; app: number } | null {
+    try {
+      const [a, b] = readFileSync(this.pidfile, "utf8").trim().split(/\s+/).map(Number);
+      if (!a || !b) return null;
+      return { init: a, app: b };
+    } catch {
+      return null;
+    }
+  }
+
+  exitStatus(): ExitStatus | null {
+    try {
+      return JSON.parse(readFileSync(this.statusFile, "utf8")) as ExitStatus;
+    } catch {
+      return null;
+    }
+  }
+
+  state(): AppState | null {
+    const r = this.record();
+    if (!r) return null;
+    const pids = this.pids();
+    const exit = this.exitStatus();
+    let state: AppState["state"];
+    if (exit) state = "exited";
+    else if (pids) state = isAlive(pids.init, r.initStart) && isAlive(pids.app) ? "running" : "exited";
+    else state = isAlive(r.launcherPid, r.launcherStart) ? "starting" : "exited";
+    return {
+      name: r.name,
+      state,
+      argv: r.argv,
+      mode: r.mode,
+      checkpoint: r.checkpoint,
+      startedAt: r.startedAt,
+      initHostPid: pids?.init ?? null,
+      appHostPid: pids?.app ?? null,
+      launcherPid: r.launcherPid,
+      exit: state === "exited" ? (exit ?? {}) : null,
+      log: this.logFile,
+    };
+  }
+}
+
+export function listAppNames(home: string): string[] {
+  try {
+    return readdirSync(join(home, "apps")).filter((n) => existsSync(join(home, "apps", n, "app.json"))).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** "exit status 3", "killed by signal 9 (SIGKILL)", "could not execute: ...". */
+export function describeExit(e: ExitStatus | null): string {
+  if (!e) return "unknown exit status";
+  if (e.exec_error) return `could not execute the command (${e.exec_error})`;
+  if (e.restore_error) return `restore failed at step ${e.restore_error} (exit code ${e.exit_code ?? "?"})`;
+  if (e.signal !== undefined) {
+    const name = Object.entries(constants.signals).find(([, n]) => n === e.signal)?.[0];
+    return `killed by signal ${e.signal}${name ? ` (${name})` : ""}`;
+  }
+  if (e.exit_code !== undefined) return `exit status ${e.exit_code}`;
+  return "exit status unknown (the launcher ended without writing one)";
+}

@@ -1,0 +1,336 @@
+// The daemon's app manager: run, checkpoint, restore, stop and status of apps.
+// All state is read from and written to disk (AppDir), never only kept in memory.
+import { mkdir, rm } from "node:fs/promises";
+import { basename } from "node:path";
+import type { Logger } from "pino";
+import { TgError, errMessage } from "../errors.js";
+import { parseImage } from "../image/parser.js";
+import { nativeBinary } from "../native/paths.js";
+import type { Manifest, Store } from "../store/types.js";
+import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
+import { checkpoint as agentCheckpoint, ping, type CheckpointEvent } from "./agent.js";
+import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
+import { LaunchFailure, launch } from "./launch.js";
+import { isAlive, trySignal, waitGone } from "./procs.js";
+
+export interface RunRequest {
+  name?: string;
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  /** Checkpoint every this many ms (0 or absent: only on demand). */
+  everyMs?: number;
+}
+
+export interface RunResult {
+  name: string;
+  pid: number;
+  initHostPid: number;
+  appHostPid: number;
+  threads: number;
+  startNs: number;
+}
+
+export interface CheckpointResult extends Manifest {
+  /** Daemon-side wall time from request to commit (capture + write + verify + commit). */
+  commitNs: number;
+}
+
+export interface RestoreResult {
+  name: string;
+  checkpoint: string;
+  pid: number;
+  initHostPid: number;
+  appHostPid: number;
+  threads: number;
+  /** Spawn of tardigrade-restore to the restored agent answering PING. */
+  restoreNs: number;
+  /** Image verification (parse + CRC) before the restore. */
+  verifyNs: number;
+}
+
+const SOCK_MAX = 107;
+
+/** Per-key promise chain: one operation at a time per app. */
+class KeyedLock {
+  private tails = new Map<string, Promise<void>>();
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.tails.set(key, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
+export class AppManager {
+  private readonly lock = new KeyedLock();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    readonly home: string,
+    readonly store: Store,
+    private readonly log: Logger,
+  ) {}
+
+  private dir(name: string): AppDir {
+    if (!validAppName(name)) throw new TgError(`invalid app name ${JSON.stringify(name)}`, "names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit", "Pick another --name", "bad-request");
+    return new AppDir(this.home, name);
+  }
+
+  private known(name: string): { dir: AppDir; state: AppState } {
+    const dir = this.dir(name);
+    const state = dir.state();
+    if (!state) throw new TgError(`no app named ${name}`, `nothing was started under that name in ${this.home}`, "See the apps with `tardigrade status`, or start one with `tardigrade run --name NAME -- CMD`", "unknown-app");
+    return { dir, state };
+  }
+
+  status(name: string): AppState {
+    return this.known(name).state;
+  }
+
+  list(): AppState[] {
+    return listAppNames(this.home)
+      .map((n) => new AppDir(this.home, n).state())
+      .filter((s): s is AppState => s !== null);
+  }
+
+  /** Re-arms periodic checkpoints of running apps after a daemon restart. */
+  resumeSchedules(): void {
+    for (const n of listAppNames(this.home)) {
+      const dir = new AppDir(this.home, n);
+      const r = dir.record() as (AppRecord & { everyMs?: number }) | null;
+      if (r?.everyMs && dir.state()?.state === "running") this.schedule(n, r.everyMs);
+    }
+  }
+
+  private schedule(name: string, everyMs: number | undefined): void {
+    clearInterval(this.timers.get(name));
+    this.timers.delete(name);
+    if (!everyMs) return;
+    const t = setInterval(() => {
+      const st = new AppDir(this.home, name).state();
+      if (st?.state !== "running") return;
+      this.checkpoint(name).then(
+        (m) => this.log.info({ app: name, id: m.id }, "periodic checkpoint"),
+        (e) => this.log.warn({ app: name, err: errMessage(e) }, "periodic checkpoint failed"),
+      );
+    }, everyMs);
+    t.unref();
+    this.timers.set(name, t);
+  }
+
+  stopTimers(): void {
+    for (const t of this.timers.values()) clearInterval(t);
+    this.timers.clear();
+  }
+
+  private freeName(base: string): string {
+    const clean = basename(base).replace(/[^A-Za-z0-9._-]/g, "_").replace(/^[._-]+/, "").slice(0, 60) || "app";
+    for (let i = 1; ; i++) {
+      const n = i === 1 ? clean : `${clean}-${i}`;
+      if (new AppDir(this.home, n).state()?.state !== "running") return n;
+    }
+  }
+
+  async run(req: RunRequest): Promise<RunResult> {
+    if (!Array.isArray(req.argv) || req.argv.length === 0 || req.argv.some((a) => typeof a !== "string"))
+      throw new TgError("cannot run the app", "no command given", "Put the command after `--`: tardigrade run --name NAME -- CMD ARGS...", "bad-request");
+    const name = req.name ?? this.freeName(req.argv[0]!);
+    const dir = this.dir(name);
+    if (dir.sock.length > SOCK_MAX) throw new TgError(`cannot run ${name}`, `the agent socket path ${dir.sock} is longer than ${SOCK_MAX} bytes`, "Use a shorter TARDIGRADE_HOME or app name", "bad-request");
+    return this.lock.run(name, async () => {
+      const st = dir.state();
+      if (st && st.state !== "exited")
+        throw new TgError(`cannot run ${name}`, `an app with that name is already ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it with \`tardigrade stop ${name}\` or pick another --name`, "conflict");
+      const init = nativeBinary("tardigrade-init");
+      const agent = nativeBinary("libtardigrade-agent.so");
+      await mkdir(dir.dir, { recursive: true });
+      const now = new Date().toISOString();
+      const record: AppRecord & { everyMs?: number } = {
+        name,
+        argv: req.argv,
+        cwd: req.cwd,
+        createdAt: now,
+        startedAt: now,
+        mode: "run",
+        checkpoint: null,
+        launcherPid: 0,
+        launcherStart: null,
+        everyMs: req.everyMs,
+      };
+      try {
+        const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--", ...req.argv], {
+          cwd: req.cwd,
+          env: req.env,
+          timeoutMs: 60_000,
+          onSpawn: async (pid, start) => {
+            record.launcherPid = pid;
+            record.launcherStart = start;
+            await dir.writeRecord(record);
+          },
+        });
+        record.initStart = l.initStart;
+        await dir.writeRecord(record);
+        this.schedule(name, req.everyMs);
+        this.log.info({ app: name, argv: req.argv, hostPid: l.appHostPid }, "app started");
+        return { name, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, startNs: l.elapsedNs };
+      } catch (e) {
+        // Leave nothing behind: a failed run is as if it never happened.
+        await rm(dir.dir, { recursive: true, force: true });
+        if (e instanceof LaunchFailure) {
+          const why = e.status?.exec_error
+            ? `cannot execute ${JSON.stringify(req.argv[0])}: ${e.status.exec_error}`
+            : `the app ended before it was ready (${describeExit(e.status)})${e.messages.length ? `: ${e.messages.join("; ")}` : `: ${e.message}`}`;
+          throw new TgError(`cannot run ${name}`, why, "Check the command name, its path (relative paths start from the current directory) and that it is executable", "run-failed");
+        }
+        throw e;
+      }
+    });
+  }
+
+  async checkpoint(name: string): Promise<CheckpointResult> {
+    return this.lock.run(name, async () => {
+      const t0 = process.hrtime.bigint();
+      const { dir, state } = this.known(name);
+      if (state.state !== "running") {
+        const why = state.state === "exited" ? `the app has exited (${describeExit(state.exit)})` : "the app is still starting";
+        throw new TgError(`cannot checkpoint ${name}`, why, state.state === "exited" ? `Restore its last checkpoint with \`tardigrade restore ${name}\` or start it again with \`tardigrade run\`` : "Try again in a moment", "not-running");
+      }
+      let pid: number;
+      try {
+        pid = (await ping(dir.sock)).pid;
+      } catch (e) {
+        throw new TgError(`cannot checkpoint ${name}`, `its agent does not answer on ${dir.sock} (${errMessage(e)})`, `Check the app's log with \`tardigrade logs ${name}\``, "agent-unreachable");
+      }
+      const staging = await this.store.stage(name);
+      let events: CheckpointEvent[];
+      try {
+        events = await agentCheckpoint(dir.sock, staging.imagePath(pid), (e) => this.log.debug({ app: name, event: e }, "agent event"));
+      } catch (e) {
+        await this.store.discard(staging);
+        throw new TgError(`checkpoint of ${name} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
+      }
+      const last = events[events.length - 1];
+      const resumed = events.find((e) => e.event === "resumed");
+      if (!last || last.ok === false || last.event !== "done") {
+        await this.store.discard(staging);
+        const why = last && last.ok === false ? last.error : "the agent gave no final reply";
+        throw new TgError(`checkpoint of ${name} failed`, why, "Nothing was committed; the app keeps running and earlier checkpoints are intact", "checkpoint-failed");
+      }
+      try {
+        const m = await this.store.put(staging, {
+          downtimeNs: resumed && resumed.event === "resumed" ? resumed.downtime_ns : 0,
+          totalNs: last.total_ns,
+          threads: resumed && resumed.event === "resumed" ? resumed.threads : undefined,
+        });
+        this.log.info({ app: name, id: m.id, bytes: m.bytes, pages: m.pages, downtimeNs: m.downtimeNs }, "checkpoint committed");
+        return { ...m, commitNs: Number(process.hrtime.bigint() - t0) };
+      } catch (e) {
+        await this.store.discard(staging);
+        throw e;
+      }
+    });
+  }
+
+  private async pick(name: string, id?: string): Promise<Manifest> {
+    if (id !== undefined) {
+      const parsed = parseCheckpointId(id);
+      if (parsed && parsed.app !== name) throw unknownCheckpoint(id, `it belongs to app ${parsed.app}, not ${name}`);
+      return this.store.get(id);
+    }
+    const all = await this.store.list(name);
+    const m = all[all.length - 1];
+    if (!m) throw new TgError(`cannot restore ${name}`, "the store has no checkpoint of this app", `Take one with \`tardigrade checkpoint ${name}\` while it runs`, "unknown-checkpoint");
+    return m;
+  }
+
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean }): Promise<RestoreResult> {
+    const dir = this.dir(name);
+    return this.lock.run(name, async () => {
+      const m = await this.pick(name, opts.checkpoint);
+      const st = dir.state();
+      if (st && st.state !== "exited") {
+        if (!opts.replace)
+          throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
+        await this.kill(dir, st);
+      }
+      const opened = await this.store.openImage(m.id);
+      try {
+        const tv = process.hrtime.bigint();
+        await parseImage(opened.path); // names the file and offset of any damage
+        const verifyNs = Number(process.hrtime.bigint() - tv);
+        const restoreBin = nativeBinary("tardigrade-restore");
+        await mkdir(dir.dir, { recursive: true });
+        const prev = dir.record();
+        const now = new Date().toISOString();
+        const record: AppRecord = {
+          name,
+          argv: prev?.argv ?? [],
+          cwd: prev?.cwd ?? "/",
+          createdAt: prev?.createdAt ?? now,
+          startedAt: now,
+          mode: "restore",
+          checkpoint: m.id,
+          launcherPid: 0,
+          launcherStart: null,
+        };
+        try {
+          const l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+            timeoutMs: 120_000,
+            onSpawn: async (pid, start) => {
+              record.launcherPid = pid;
+              record.launcherStart = start;
+              await dir.writeRecord(record);
+            },
+          });
+          record.initStart = l.initStart;
+          await dir.writeRecord(record);
+          this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs }, "app restored");
+          return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs };
+        } catch (e) {
+          if (e instanceof LaunchFailure) {
+            const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
+            throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
+          }
+          throw e;
+        }
+      } finally {
+        await opened.release();
+      }
+    });
+  }
+
+  /** SIGKILL the app's init (taking its whole PID namespace down) and wait for it. */
+  private async kill(dir: AppDir, st: AppState): Promise<void> {
+    const r = dir.record();
+    if (st.initHostPid) trySignal(st.initHostPid, "SIGKILL");
+    if (st.appHostPid) trySignal(st.appHostPid, "SIGKILL");
+    if (!st.initHostPid && r) trySignal(r.launcherPid, "SIGKILL");
+    const ok = (!st.initHostPid || (await waitGone(st.initHostPid, 10_000))) && (!st.appHostPid || (await waitGone(st.appHostPid, 10_000)));
+    if (r) await waitGone(r.launcherPid, 5_000, r.launcherStart);
+    if (!ok) throw new TgError(`cannot stop ${dir.name}`, `host pid ${st.initHostPid ?? st.appHostPid} survived SIGKILL for 10 s`, "Check the process with `ps` and kill it by hand");
+  }
+
+  async stop(name: string, timeoutMs = 10_000): Promise<AppState> {
+    return this.lock.run(name, async () => {
+      const { dir, state } = this.known(name);
+      this.schedule(name, undefined);
+      if (state.state === "exited") return state;
+      const target = state.initHostPid ?? state.launcherPid;
+      trySignal(target, "SIGTERM");
+      const gone = await waitGone(target, timeoutMs);
+      if (!gone || (state.appHostPid && isAlive(state.appHostPid))) await this.kill(dir, state);
+      const r = dir.record();
+      if (r) await waitGone(r.launcherPid, 5_000, r.launcherStart);
+      return dir.state() ?? state;
+    });
+  }
+}

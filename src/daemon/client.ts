@@ -1,0 +1,108 @@
+// Talks to the daemon over its Unix socket, starting it on first use.
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
+import { request } from "node:http";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { TgError, errMessage } from "../errors.js";
+import { sleep } from "./procs.js";
+
+export function daemonPaths(home: string): { sock: string; log: string; pidfile: string } {
+  return { sock: join(home, "daemon.sock"), log: join(home, "daemon.log"), pidfile: join(home, "daemon.pid") };
+}
+
+interface Reply {
+  status: number;
+  body: unknown;
+}
+
+function call(sock: string, method: string, path: string, payload?: unknown, timeoutMs = 0): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const data = payload === undefined ? undefined : Buffer.from(JSON.stringify(payload));
+    const req = request({ socketPath: sock, method, path, headers: data ? { "content-type": "application/json", "content-length": data.length } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", reject);
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        try {
+          resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as unknown) : null });
+        } catch {
+          reject(new Error(`daemon sent a malformed reply (${text.slice(0, 200)})`));
+        }
+      });
+    });
+    if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+    req.end(data);
+  });
+}
+
+export async function pingDaemon(sock: string): Promise<boolean> {
+  try {
+    const r = await call(sock, "GET", "/v1/ping", undefined, 2000);
+    return r.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+function cliMain(): string {
+  return fileURLToPath(new URL("../cli/main.js", import.meta.url));
+}
+
+function tail(file: string, n = 2000): string {
+  try {
+    return readFileSync(file, "utf8").slice(-n).trim();
+  } catch {
+    return "";
+  }
+}
+
+export class DaemonClient {
+  readonly sock: string;
+  constructor(readonly home: string) {
+    this.sock = daemonPaths(home).sock;
+  }
+
+  /** Starts the daemon (detached, logging to daemon.log) unless one answers already. */
+  async ensure(timeoutMs = 15_000): Promise<void> {
+    if (await pingDaemon(this.sock)) return;
+    const paths = daemonPaths(this.home);
+    try {
+      mkdirSync(this.home, { recursive: true, mode: 0o755 });
+    } catch (e) {
+      throw new TgError(`cannot create ${this.home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
+    }
+    const logStart = existsSync(paths.log) ? statSync(paths.log).size : 0;
+    const fd = openSync(paths.log, "a", 0o644);
+    const child = spawn(process.execPath, [cliMain(), "daemon"], { detached: true, stdio: ["ignore", fd, fd], env: { ...process.env, TARDIGRADE_HOME: this.home } });
+    closeSync(fd);
+    let exited: number | null | undefined;
+    child.on("exit", (code) => (exited = code));
+    child.unref();
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (await pingDaemon(this.sock)) return;
+      if (exited !== undefined && exited !== 0) break;
+      await sleep(25);
+    }
+    const log = tail(paths.log).slice(-Math.max(0, (existsSync(paths.log) ? statSync(paths.log).size : 0) - logStart));
+    throw new TgError("cannot start the tardigrade daemon", exited !== undefined ? `it exited with code ${exited}${log ? `: ${log}` : ""}` : `it did not answer on ${this.sock} within ${timeoutMs} ms`, `See ${paths.log}`, "daemon");
+  }
+
+  async request<T>(method: string, path: string, payload?: unknown): Promise<T> {
+    await this.ensure();
+    let r: Reply;
+    try {
+      r = await call(this.sock, method, path, payload);
+    } catch (e) {
+      throw new TgError("lost contact with the tardigrade daemon", `${errMessage(e)} (it may have crashed or been killed)`, `Apps keep running; retry the command (a new daemon starts on demand). See ${daemonPaths(this.home).log}`, "daemon");
+    }
+    if (r.status !== 200) {
+      const err = (r.body as { error?: Record<string, unknown> } | null)?.error;
+      throw err ? TgError.fromJSON(err) : new TgError("daemon request failed", `HTTP ${r.status}`, "", "daemon");
+    }
+    return r.body as T;
+  }
+}

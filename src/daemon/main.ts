@@ -1,0 +1,72 @@
+// The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
+// and keeps nothing important in memory (safe to kill -9 at any time).
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
+import { link, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { pino } from "pino";
+import { TgError, errMessage } from "../errors.js";
+import { writeFileAtomic } from "../store/fsutil.js";
+import { LocalStore } from "../store/local.js";
+import { AppManager } from "./apps.js";
+import { daemonPaths, pingDaemon } from "./client.js";
+import { createApiServer } from "./server.js";
+
+export async function runDaemon(home: string): Promise<void> {
+  const log = pino({ base: { pid: process.pid }, level: process.env.TARDIGRADE_LOG_LEVEL ?? "info" });
+  mkdirSync(home, { recursive: true, mode: 0o755 });
+  const paths = daemonPaths(home);
+  const store = new LocalStore(join(home, "store"));
+  const apps = new AppManager(home, store, log);
+  const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
+
+  // Bind a private socket, then hard-link it to daemon.sock: link() fails if
+  // another daemon got there first, so at most one daemon serves a home.
+  const tmpSock = `${paths.sock}.${process.pid}`;
+  rmSync(tmpSock, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(tmpSock, () => resolve());
+  });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await link(tmpSock, paths.sock);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 3) throw e;
+      if (await pingDaemon(paths.sock)) {
+        log.info("another daemon already serves this home; exiting");
+        server.close();
+        await unlink(tmpSock).catch(() => {});
+        return;
+      }
+      await unlink(paths.sock).catch(() => {}); // stale socket of a dead daemon
+    }
+  }
+  await unlink(tmpSock).catch(() => {});
+  const sockIno = statSync(paths.sock).ino;
+  await writeFileAtomic(paths.pidfile, `${process.pid}\n`);
+
+  const removed = await store.recover();
+  if (removed.length) log.info({ removed }, "removed unfinished checkpoints left in staging");
+  apps.resumeSchedules();
+  log.info({ home, sock: paths.sock }, "daemon ready");
+
+  const shutdown = (sig: string): void => {
+    log.info({ sig }, "daemon stopping (apps keep running)");
+    apps.stopTimers();
+    try {
+      if (existsSync(paths.sock) && statSync(paths.sock).ino === sockIno) rmSync(paths.sock);
+    } catch (e) {
+      log.warn({ err: errMessage(e) }, "cannot remove the socket");
+    }
+    server.close();
+    setTimeout(() => process.exit(0), 200).unref();
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+  await new Promise<void>((resolve) => server.on("close", () => resolve()));
+}
+
+export function homeNotWritable(home: string, e: unknown): TgError {
+  return new TgError(`cannot use ${home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
+}

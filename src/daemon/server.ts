@@ -1,0 +1,96 @@
+// The daemon's HTTP API (JSON over the Unix socket $TARDIGRADE_HOME/daemon.sock).
+//   GET  /v1/ping                      GET  /v1/apps           GET /v1/apps/:name
+//   POST /v1/apps {name,argv,cwd,env,everyMs}                  (run)
+//   POST /v1/apps/:name/checkpoint     POST /v1/apps/:name/restore {checkpoint,replace}
+//   POST /v1/apps/:name/stop {timeoutMs}
+//   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
+// Errors: {"error":{"what","why","fix","code"}} with a 4xx/5xx status.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Logger } from "pino";
+import { TgError, errMessage } from "../errors.js";
+import { summarizeImage } from "../image/summary.js";
+import type { AppManager, RunRequest } from "./apps.js";
+
+const STATUS: Record<string, number> = {
+  "bad-request": 400,
+  "unknown-app": 404,
+  "unknown-checkpoint": 404,
+  conflict: 409,
+  "not-running": 409,
+  "bad-image": 422,
+};
+
+async function body(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > 4 * 1024 * 1024) throw new TgError("request rejected", "body larger than 4 MiB", "", "bad-request");
+    chunks.push(c);
+  }
+  if (n === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>;
+  } catch {
+    throw new TgError("request rejected", "body is not JSON", "", "bad-request");
+  }
+}
+
+function send(res: ServerResponse, status: number, obj: unknown): void {
+  const text = JSON.stringify(obj, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export function createApiServer(apps: AppManager, log: Logger, info: { pid: number; startedAt: string }): Server {
+  const route = async (req: IncomingMessage): Promise<unknown> => {
+    const url = new URL(req.url ?? "/", "http://tardigrade");
+    const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+    const m = req.method ?? "GET";
+    if (parts[0] !== "v1") throw new TgError("unknown endpoint", url.pathname, "", "bad-request");
+    const [, res, id, action] = parts;
+    if (m === "GET" && res === "ping") return { ok: true, ...info, home: apps.home };
+    if (res === "apps") {
+      if (m === "GET" && !id) return apps.list();
+      if (m === "POST" && !id) return apps.run((await body(req)) as unknown as RunRequest);
+      if (m === "GET" && id && !action) return apps.status(id);
+      if (m === "POST" && id && action === "checkpoint") return apps.checkpoint(id);
+      if (m === "POST" && id && action === "restore") {
+        const b = await body(req);
+        return apps.restore(id, { checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined, replace: b.replace === true });
+      }
+      if (m === "POST" && id && action === "stop") {
+        const b = await body(req);
+        return apps.stop(id, typeof b.timeoutMs === "number" ? b.timeoutMs : undefined);
+      }
+    }
+    if (res === "checkpoints" && m === "GET") {
+      if (!id) return apps.store.list(url.searchParams.get("app") ?? undefined);
+      const manifest = await apps.store.get(id);
+      if (url.searchParams.get("image") !== "1") return { manifest };
+      const opened = await apps.store.openImage(id);
+      try {
+        return { manifest, image: await summarizeImage(opened.path) };
+      } finally {
+        await opened.release();
+      }
+    }
+    throw new TgError("unknown endpoint", `${m} ${url.pathname}`, "", "bad-request");
+  };
+
+  return createServer((req, res) => {
+    const t0 = Date.now();
+    route(req).then(
+      (out) => {
+        send(res, 200, out);
+        log.debug({ method: req.method, url: req.url, ms: Date.now() - t0 }, "request");
+      },
+      (e: unknown) => {
+        const err = e instanceof TgError ? e : new TgError("internal daemon error", errMessage(e), "See daemon.log in TARDIGRADE_HOME", "internal");
+        if (!(e instanceof TgError)) log.error({ err: e, url: req.url }, "request failed");
+        else log.info({ url: req.url, err: err.message }, "request refused");
+        send(res, STATUS[err.code] ?? 500, { error: err.toJSON() });
+      },
+    );
+  });
+}

@@ -1,0 +1,167 @@
+// Constants and field layouts of the raw process image, version 1 (docs/format.md).
+
+export const MAGIC = Buffer.from("TGIMAGE\0", "latin1");
+export const VERSION = 1;
+export const FILE_HEADER_SIZE = 64;
+export const RECORD_HEADER_SIZE = 32;
+export const PAGE_SIZE = 4096;
+export const MAX_PAGES_PER_RECORD = 256;
+/** Largest non-PAGES payload we read into memory (pipe buffers are the big ones: ≤ 1 MiB by default). */
+export const MAX_META_PAYLOAD = 64 * 1024 * 1024;
+
+export enum RecordType {
+  PROC = 1,
+  CWD = 2,
+  EXE = 3,
+  RLIMITS = 4,
+  SIGACTIONS = 5,
+  VMA = 6,
+  THREAD = 7,
+  FD = 8,
+  PIPE_DATA = 9,
+  PAGES = 10,
+  END = 11,
+}
+
+/** Fixed (minimum) payload size per record type. */
+export const MIN_PAYLOAD: Record<RecordType, number> = {
+  [RecordType.PROC]: 680,
+  [RecordType.CWD]: 0,
+  [RecordType.EXE]: 40,
+  [RecordType.RLIMITS]: 16 * 16,
+  [RecordType.SIGACTIONS]: 64 * 32,
+  [RecordType.VMA]: 80,
+  [RecordType.THREAD]: 112,
+  [RecordType.FD]: 80,
+  [RecordType.PIPE_DATA]: 8,
+  [RecordType.PAGES]: 16,
+  [RecordType.END]: 24,
+};
+
+export function recordTypeName(t: number): string {
+  return RecordType[t] ?? `type ${t}`;
+}
+
+export const VMA_KIND: Record<number, string> = {
+  1: "anon-private",
+  2: "anon-shared",
+  3: "file-private",
+  4: "file-shared",
+  5: "vdso",
+  6: "vsyscall",
+};
+
+export const FD_KIND: Record<number, string> = {
+  1: "file",
+  2: "chardev",
+  3: "directory",
+  4: "pipe-read",
+  5: "pipe-write",
+  6: "fifo",
+  7: "eventfd",
+  8: "epoll",
+};
+
+export const MM_FIELDS = [
+  "startCode",
+  "endCode",
+  "startData",
+  "endData",
+  "startStack",
+  "startBrk",
+  "brk",
+  "argStart",
+  "argEnd",
+  "envStart",
+  "envEnd",
+] as const;
+
+export interface FileHeader {
+  version: number;
+  createdNs: bigint;
+  pid: number;
+  flags: number;
+  seq: bigint;
+  parentSeq: bigint;
+  pageSize: number;
+}
+
+export interface FileId {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  mode: number;
+}
+
+export interface ProcInfo {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  umask: number;
+  nthreads: number;
+  vvarAddr: bigint;
+  vdsoAddr: bigint;
+  restartInfoAddr: bigint;
+  trampolineAddr: bigint;
+  mm: Record<(typeof MM_FIELDS)[number], bigint>;
+  sharedSigpending: bigint;
+  auxvLen: number;
+  clockMonotonicNs: bigint;
+}
+
+export interface Vma {
+  start: bigint;
+  end: bigint;
+  pgoff: bigint;
+  prot: number;
+  kind: number;
+  vflags: number;
+  file: FileId;
+  path: string;
+}
+
+export interface ThreadInfo {
+  tid: number;
+  flags: number;
+  ucAddr: bigint;
+  fsBase: bigint;
+  gsBase: bigint;
+  clearChildTid: bigint;
+  robustListHead: bigint;
+  robustListLen: bigint;
+  rseqAddr: bigint;
+  rseqLen: number;
+  rseqSig: number;
+  sigpending: bigint;
+  rip: bigint;
+  rsp: bigint;
+  comm: string;
+}
+
+export interface FdInfo {
+  fd: number;
+  kind: number;
+  openFlags: number;
+  fdFlags: number;
+  pos: bigint;
+  file: FileId;
+  aux: bigint;
+  path: string;
+  /** epoll only: registered targets. */
+  epoll: { tfd: number; events: number; data: bigint }[];
+}
+
+export interface PageExtent {
+  addr: bigint;
+  npages: number;
+  /** Offset of the page data (not the record) in the file. */
+  dataOffset: number;
+}
+
+export interface EndInfo {
+  recordCount: bigint;
+  pagesTotal: bigint;
+  fileSize: bigint;
+}

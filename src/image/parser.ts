@@ -1,0 +1,380 @@
+// Streaming, bounds-checked parser of raw process images (docs/format.md).
+// Reads record headers and metadata payloads into memory, and page payloads in
+// chunks (only to verify their CRC), so a 1 GiB image costs a few MiB of RAM.
+import { open, type FileHandle } from "node:fs/promises";
+import { crc32c } from "@node-rs/crc32";
+import { TgError } from "../errors.js";
+import {
+  FILE_HEADER_SIZE,
+  MAGIC,
+  MAX_META_PAYLOAD,
+  MAX_PAGES_PER_RECORD,
+  MIN_PAYLOAD,
+  MM_FIELDS,
+  PAGE_SIZE,
+  RECORD_HEADER_SIZE,
+  RecordType,
+  VERSION,
+  recordTypeName,
+  type EndInfo,
+  type FdInfo,
+  type FileHeader,
+  type FileId,
+  type PageExtent,
+  type ProcInfo,
+  type ThreadInfo,
+  type Vma,
+} from "./format.js";
+
+/** A defect in an image file: names the file, the byte offset and what failed. */
+export class ImageError extends TgError {
+  constructor(
+    readonly file: string,
+    readonly offset: number,
+    readonly reason: string,
+  ) {
+    super(
+      `invalid checkpoint image ${file}`,
+      `${reason} at offset ${offset} (0x${offset.toString(16)})`,
+      "The image is damaged or was not written completely; use an earlier checkpoint (`tardigrade ls NAME`, then `--checkpoint ID`)",
+      "bad-image",
+    );
+    this.name = "ImageError";
+  }
+}
+
+export interface ParsedImage {
+  file: string;
+  size: number;
+  header: FileHeader;
+  proc: ProcInfo;
+  cwd: string;
+  exe: { file: FileId; path: string } | null;
+  rlimits: { cur: bigint; max: bigint }[];
+  sigactions: { signo: number; handler: bigint; flags: bigint; restorer: bigint; mask: bigint }[];
+  vmas: Vma[];
+  threads: ThreadInfo[];
+  fds: FdInfo[];
+  pipes: { inode: bigint; bytes: number }[];
+  extents: PageExtent[];
+  pagesTotal: number;
+  recordCount: number;
+}
+
+export interface ParseOptions {
+  /** Verify PAGES payload CRCs (default true). Without it page data is not read at all. */
+  verifyPages?: boolean;
+  /** Read size for page payloads (default 4 MiB). */
+  chunkSize?: number;
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+function u64(b: Buffer, off: number): bigint {
+  return b.readBigUInt64LE(off);
+}
+
+/** A u64 that must fit a JS number (lengths, sizes, counts). */
+function u64n(b: Buffer, off: number): number {
+  const v = b.readBigUInt64LE(off);
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+}
+
+function str(b: Buffer, start: number, end = b.length): string {
+  return b.subarray(start, end).toString("utf8");
+}
+
+function fileId(b: Buffer, off: number): FileId {
+  return { dev: u64(b, off), ino: u64(b, off + 8), size: u64(b, off + 16), mtimeNs: u64(b, off + 24), mode: b.readUInt32LE(off + 32) };
+}
+
+function decodeProc(p: Buffer): ProcInfo {
+  const mm = {} as ProcInfo["mm"];
+  MM_FIELDS.forEach((k, i) => {
+    mm[k] = u64(p, 56 + i * 8);
+  });
+  return {
+    pid: p.readUInt32LE(0),
+    ppid: p.readUInt32LE(4),
+    pgid: p.readUInt32LE(8),
+    sid: p.readUInt32LE(12),
+    umask: p.readUInt32LE(16),
+    nthreads: p.readUInt32LE(20),
+    vvarAddr: u64(p, 24),
+    vdsoAddr: u64(p, 32),
+    restartInfoAddr: u64(p, 40),
+    trampolineAddr: u64(p, 48),
+    mm,
+    sharedSigpending: u64(p, 144),
+    auxvLen: p.readUInt32LE(152),
+    clockMonotonicNs: u64(p, 672),
+  };
+}
+
+function decodeVma(p: Buffer): Vma {
+  return {
+    start: u64(p, 0),
+    end: u64(p, 8),
+    pgoff: u64(p, 16),
+    prot: p.readUInt32LE(24),
+    kind: p.readUInt32LE(28),
+    vflags: p.readUInt32LE(32),
+    file: fileId(p, 40),
+    path: str(p, 80),
+  };
+}
+
+function decodeThread(p: Buffer): ThreadInfo {
+  const comm = p.subarray(96, 112);
+  const nul = comm.indexOf(0);
+  return {
+    tid: p.readUInt32LE(0),
+    flags: p.readUInt32LE(4),
+    ucAddr: u64(p, 8),
+    fsBase: u64(p, 16),
+    gsBase: u64(p, 24),
+    clearChildTid: u64(p, 32),
+    robustListHead: u64(p, 40),
+    robustListLen: u64(p, 48),
+    rseqAddr: u64(p, 56),
+    rseqLen: p.readUInt32LE(64),
+    rseqSig: p.readUInt32LE(68),
+    sigpending: u64(p, 72),
+    rip: u64(p, 80),
+    rsp: u64(p, 88),
+    comm: comm.subarray(0, nul < 0 ? 16 : nul).toString("utf8"),
+  };
+}
+
+/** Incremental reader over one open image, with every check of docs/format.md. */
+class ImageReader {
+  private scratch: Buffer;
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly file: string,
+    private readonly size: number,
+    private readonly opts: Required<ParseOptions>,
+  ) {
+    this.scratch = Buffer.allocUnsafe(opts.chunkSize);
+  }
+
+  fail(offset: number, reason: string): never {
+    throw new ImageError(this.file, offset, reason);
+  }
+
+  async readExact(offset: number, len: number, into?: Buffer): Promise<Buffer> {
+    const buf = into ?? Buffer.allocUnsafe(len);
+    let done = 0;
+    while (done < len) {
+      const { bytesRead } = await this.fh.read(buf, done, len - done, offset + done);
+      if (bytesRead === 0) this.fail(offset + done, `unexpected end of file (file shrank while reading?)`);
+      done += bytesRead;
+    }
+    return buf.subarray(0, len);
+  }
+
+  async header(): Promise<FileHeader> {
+    if (this.size < FILE_HEADER_SIZE) this.fail(0, `truncated file header (file is ${this.size} bytes, header needs ${FILE_HEADER_SIZE})`);
+    const h = await this.readExact(0, FILE_HEADER_SIZE);
+    if (!h.subarray(0, 8).equals(MAGIC)) this.fail(0, `bad magic ${JSON.stringify(h.subarray(0, 8).toString("latin1"))} (not a tardigrade image)`);
+    const version = h.readUInt32LE(8);
+    if (version !== VERSION) this.fail(8, `unsupported image version ${version} (this tardigrade reads version ${VERSION})`);
+    const hsize = h.readUInt32LE(12);
+    if (hsize !== FILE_HEADER_SIZE) this.fail(12, `bad header_size ${hsize} (expected ${FILE_HEADER_SIZE})`);
+    const crc = h.readUInt32LE(60);
+    if (crc32c(h.subarray(0, 60)) !== crc) this.fail(0, "file header CRC mismatch");
+    const pageSize = h.readUInt32LE(48);
+    if (pageSize !== PAGE_SIZE) this.fail(48, `unsupported page_size ${pageSize} (expected ${PAGE_SIZE})`);
+    return {
+      version,
+      createdNs: u64(h, 16),
+      pid: h.readUInt32LE(24),
+      flags: h.readUInt32LE(28),
+      seq: u64(h, 32),
+      parentSeq: u64(h, 40),
+      pageSize,
+    };
+  }
+
+  async parse(): Promise<ParsedImage> {
+    const header = await this.header();
+    const out: Omit<ParsedImage, "proc"> & { proc: ProcInfo | null } = {
+      file: this.file,
+      size: this.size,
+      header,
+      proc: null,
+      cwd: "",
+      exe: null,
+      rlimits: [],
+      sigactions: [],
+      vmas: [],
+      threads: [],
+      fds: [],
+      pipes: [],
+      extents: [],
+      pagesTotal: 0,
+      recordCount: 0,
+    };
+    let off = FILE_HEADER_SIZE;
+    let end: EndInfo | null = null;
+    let lastPageEnd = 0n;
+    while (end === null) {
+      if (off === this.size) this.fail(off, `missing END record (file ends after ${out.recordCount} records)`);
+      if (this.size - off < RECORD_HEADER_SIZE) this.fail(off, `truncated record header (${this.size - off} bytes left, need ${RECORD_HEADER_SIZE})`);
+      const rh = await this.readExact(off, RECORD_HEADER_SIZE);
+      if (crc32c(rh.subarray(0, 28)) !== rh.readUInt32LE(28)) this.fail(off, "record header CRC mismatch");
+      const type = rh.readUInt32LE(0);
+      const name = recordTypeName(type);
+      if (!(type in MIN_PAYLOAD)) this.fail(off, `unknown record type ${type}`);
+      const rtype = type as RecordType;
+      const plen = u64n(rh, 8);
+      const pcrc = rh.readUInt32LE(16);
+      const payloadOff = off + RECORD_HEADER_SIZE;
+      const left = this.size - payloadOff;
+      if (plen > left || align8(plen) > left) this.fail(off, `truncated record ${name}: payload of ${plen} bytes (padded ${align8(plen)}) but only ${left} bytes left in the file`);
+      if (plen < MIN_PAYLOAD[rtype]) this.fail(off, `payload too short for record ${name}: ${plen} bytes, need at least ${MIN_PAYLOAD[rtype]}`);
+      if (out.recordCount === 0 && rtype !== RecordType.PROC) this.fail(off, `first record is ${name}, expected PROC`);
+      if (rtype === RecordType.PAGES) {
+        await this.pages(off, payloadOff, plen, pcrc, out, lastPageEnd);
+        const last = out.extents[out.extents.length - 1]!;
+        lastPageEnd = last.addr + BigInt(last.npages * PAGE_SIZE);
+      } else {
+        if (plen > MAX_META_PAYLOAD) this.fail(off, `record ${name} payload of ${plen} bytes exceeds the ${MAX_META_PAYLOAD}-byte limit for metadata`);
+        const p = await this.readExact(payloadOff, plen);
+        if (crc32c(p) !== pcrc) this.fail(off, `payload CRC mismatch in record ${name}`);
+        if (out.extents.length > 0 && rtype !== RecordType.END) this.fail(off, `record ${name} after PAGES records (page records must come last)`);
+        end = this.meta(off, rtype, p, out);
+      }
+      out.recordCount++;
+      off = payloadOff + align8(plen);
+    }
+    const endOff = off;
+    if (endOff !== this.size) this.fail(endOff, `data after END (${this.size - endOff} extra bytes)`);
+    if (end.fileSize !== BigInt(this.size)) this.fail(endOff, `END says file_size ${end.fileSize} but the file has ${this.size} bytes`);
+    if (end.recordCount !== BigInt(out.recordCount - 1)) this.fail(endOff, `END says ${end.recordCount} records but the file has ${out.recordCount - 1}`);
+    if (end.pagesTotal !== BigInt(out.pagesTotal)) this.fail(endOff, `END says ${end.pagesTotal} pages but PAGES records hold ${out.pagesTotal}`);
+    if (out.proc === null) this.fail(FILE_HEADER_SIZE, "no PROC record");
+    return out as ParsedImage;
+  }
+
+  private async pages(off: number, payloadOff: number, plen: number, pcrc: number, out: { vmas: Vma[]; extents: PageExtent[]; pagesTotal: number }, lastEnd: bigint): Promise<void> {
+    const head = await this.readExact(payloadOff, 16);
+    const addr = u64(head, 0);
+    const npages = u64n(head, 8);
+    if (npages < 1 || npages > MAX_PAGES_PER_RECORD) this.fail(off, `PAGES record with ${npages} pages (must be 1..${MAX_PAGES_PER_RECORD})`);
+    if (plen !== 16 + npages * PAGE_SIZE) this.fail(off, `PAGES record payload is ${plen} bytes, expected ${16 + npages * PAGE_SIZE} for ${npages} pages`);
+    if (addr % BigInt(PAGE_SIZE) !== 0n) this.fail(off, `PAGES address 0x${addr.toString(16)} is not page aligned`);
+    if (addr < lastEnd) this.fail(off, `PAGES address 0x${addr.toString(16)} is not after the previous extent (ends 0x${lastEnd.toString(16)})`);
+    const endAddr = addr + BigInt(npages * PAGE_SIZE);
+    const vma = out.vmas.find((v) => v.start <= addr && endAddr <= v.end);
+    if (!vma) this.fail(off, `PAGES 0x${addr.toString(16)}-0x${endAddr.toString(16)} is not inside one VMA`);
+    if (this.opts.verifyPages) {
+      const crc = crc32c(head);
+      const rest = await this.crcStreamFrom(payloadOff + 16, plen - 16, crc);
+      if (rest !== pcrc) this.fail(off, `payload CRC mismatch in record PAGES (0x${addr.toString(16)}, ${npages} pages)`);
+    }
+    out.extents.push({ addr, npages, dataOffset: payloadOff + 16 });
+    out.pagesTotal += npages;
+  }
+
+  private async crcStreamFrom(offset: number, len: number, initial: number): Promise<number> {
+    let crc = initial;
+    let done = 0;
+    while (done < len) {
+      const n = Math.min(this.scratch.length, len - done);
+      crc = crc32c(await this.readExact(offset + done, n, this.scratch), crc);
+      done += n;
+    }
+    return crc;
+  }
+
+  /** Decodes one metadata record into `out`; returns the END info for END. */
+  private meta(off: number, type: RecordType, p: Buffer, out: Omit<ParsedImage, "proc"> & { proc: ProcInfo | null }): EndInfo | null {
+    switch (type) {
+      case RecordType.PROC:
+        if (out.proc) this.fail(off, "second PROC record (exactly one allowed)");
+        out.proc = decodeProc(p);
+        if (out.proc.auxvLen > 512) this.fail(off, `PROC auxv_len ${out.proc.auxvLen} exceeds 512`);
+        return null;
+      case RecordType.CWD:
+        out.cwd = str(p, 0);
+        return null;
+      case RecordType.EXE:
+        out.exe = { file: fileId(p, 0), path: str(p, 40) };
+        return null;
+      case RecordType.RLIMITS:
+        out.rlimits = Array.from({ length: 16 }, (_, i) => ({ cur: u64(p, i * 16), max: u64(p, i * 16 + 8) }));
+        return null;
+      case RecordType.SIGACTIONS:
+        out.sigactions = Array.from({ length: 64 }, (_, i) => ({
+          signo: i + 1,
+          handler: u64(p, i * 32),
+          flags: u64(p, i * 32 + 8),
+          restorer: u64(p, i * 32 + 16),
+          mask: u64(p, i * 32 + 24),
+        }));
+        return null;
+      case RecordType.VMA: {
+        const v = decodeVma(p);
+        if (v.start >= v.end || v.start % BigInt(PAGE_SIZE) !== 0n || v.end % BigInt(PAGE_SIZE) !== 0n)
+          this.fail(off, `VMA 0x${v.start.toString(16)}-0x${v.end.toString(16)} is empty or not page aligned`);
+        const prev = out.vmas[out.vmas.length - 1];
+        if (prev && v.start < prev.end) this.fail(off, `VMA 0x${v.start.toString(16)} overlaps or precedes the previous VMA (ends 0x${prev.end.toString(16)})`);
+        out.vmas.push(v);
+        return null;
+      }
+      case RecordType.THREAD:
+        out.threads.push(decodeThread(p));
+        return null;
+      case RecordType.FD: {
+        const extraLen = p.readUInt32LE(72);
+        if (80 + extraLen > p.length) this.fail(off, `FD extra_len ${extraLen} exceeds the payload (${p.length - 80} bytes)`);
+        const extra = p.subarray(80, 80 + extraLen);
+        const kind = p.readUInt32LE(4);
+        const epoll = [];
+        if (kind === 8) {
+          for (let i = 0; i + 16 <= extra.length; i += 16) epoll.push({ tfd: extra.readUInt32LE(i), events: extra.readUInt32LE(i + 4), data: u64(extra, i + 8) });
+        }
+        out.fds.push({
+          fd: p.readUInt32LE(0),
+          kind,
+          openFlags: p.readUInt32LE(8),
+          fdFlags: p.readUInt32LE(12),
+          pos: u64(p, 16),
+          file: fileId(p, 24),
+          aux: u64(p, 64),
+          path: kind === 8 ? "" : extra.toString("utf8"),
+          epoll,
+        });
+        return null;
+      }
+      case RecordType.PIPE_DATA:
+        out.pipes.push({ inode: u64(p, 0), bytes: p.length - 8 });
+        return null;
+      case RecordType.END:
+        return { recordCount: u64(p, 0), pagesTotal: u64(p, 8), fileSize: u64(p, 16) };
+      case RecordType.PAGES:
+        return null; // handled by pages()
+    }
+  }
+}
+
+/** Parses and verifies an image; throws ImageError naming file, offset and defect. */
+export async function parseImage(file: string, opts: ParseOptions = {}): Promise<ParsedImage> {
+  let fh: FileHandle;
+  try {
+    fh = await open(file, "r");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "";
+    throw new TgError(`cannot open checkpoint image ${file}`, code === "ENOENT" ? "the file does not exist" : String((e as Error).message), "Check the checkpoint id with `tardigrade ls`", "bad-image");
+  }
+  try {
+    const { size } = await fh.stat();
+    const reader = new ImageReader(fh, file, size, { verifyPages: opts.verifyPages ?? true, chunkSize: opts.chunkSize ?? 4 * 1024 * 1024 });
+    return await reader.parse();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,53 @@
+// A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
+import { FD_KIND, VMA_KIND } from "./format.js";
+import { parseImage } from "./parser.js";
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+function prot(p: number): string {
+  return `${p & 1 ? "r" : "-"}${p & 2 ? "w" : "-"}${p & 4 ? "x" : "-"}`;
+}
+
+export interface ImageSummary {
+  file: string;
+  bytes: number;
+  version: number;
+  pid: number;
+  seq: string;
+  createdAt: string;
+  incremental: boolean;
+  cwd: string;
+  exe: string | null;
+  pages: number;
+  records: number;
+  vmas: { start: string; end: string; prot: string; kind: string; path: string; pagesStored: number }[];
+  threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string }[];
+  fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
+  pipes: { inode: string; bytes: number }[];
+}
+
+export async function summarizeImage(path: string): Promise<ImageSummary> {
+  const img = await parseImage(path);
+  const stored = new Map<number, number>();
+  for (const e of img.extents) {
+    const i = img.vmas.findIndex((v) => v.start <= e.addr && e.addr < v.end);
+    stored.set(i, (stored.get(i) ?? 0) + e.npages);
+  }
+  return {
+    file: path,
+    bytes: img.size,
+    version: img.header.version,
+    pid: img.header.pid,
+    seq: img.header.seq.toString(),
+    createdAt: new Date(Number(img.header.createdNs / 1_000_000n)).toISOString(),
+    incremental: (img.header.flags & 1) !== 0,
+    cwd: img.cwd,
+    exe: img.exe?.path ?? null,
+    pages: img.pagesTotal,
+    records: img.recordCount,
+    vmas: img.vmas.map((v, i) => ({ start: hex(v.start), end: hex(v.end), prot: prot(v.prot), kind: VMA_KIND[v.kind] ?? `kind ${v.kind}`, path: v.path, pagesStored: stored.get(i) ?? 0 })),
+    threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
+    fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: f.path, flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
+    pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
+  };
+}

@@ -1,0 +1,73 @@
+// Node API: `import { run, checkpoint, restore, ls } from "tardigrade"`.
+// Every call talks to the per-host daemon (started on first use).
+import type { AppState } from "./daemon/appdir.js";
+import type { CheckpointResult, RestoreResult, RunResult } from "./daemon/apps.js";
+import { DaemonClient } from "./daemon/client.js";
+import type { ImageSummary } from "./image/summary.js";
+import { tardigradeHome } from "./store/home.js";
+import type { Manifest } from "./store/types.js";
+
+export { TgError } from "./errors.js";
+export { ImageError, parseImage } from "./image/parser.js";
+export type { AppState, CheckpointResult, ImageSummary, Manifest, RestoreResult, RunResult };
+
+export interface CommonOptions {
+  /** State directory (default: $TARDIGRADE_HOME, /var/lib/tardigrade as root, ~/.local/state/tardigrade). */
+  home?: string;
+}
+
+function client(o: CommonOptions = {}): DaemonClient {
+  return new DaemonClient(o.home ?? tardigradeHome());
+}
+
+const enc = encodeURIComponent;
+
+export interface RunOptions extends CommonOptions {
+  name?: string;
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Checkpoint every this many milliseconds. */
+  everyMs?: number;
+}
+
+/** Starts `argv` under tardigrade; resolves once its agent answers. */
+export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
+  const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs });
+}
+
+export function checkpoint(name: string, o: CommonOptions = {}): Promise<CheckpointResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/checkpoint`);
+}
+
+export interface RestoreOptions extends CommonOptions {
+  /** Checkpoint id (APP@SEQ); default: the app's latest. */
+  checkpoint?: string;
+  /** Kill the running app first. */
+  replace?: boolean;
+}
+
+export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true });
+}
+
+/** Committed checkpoints, oldest first; all apps unless `app` is given. */
+export function ls(app?: string, o: CommonOptions = {}): Promise<Manifest[]> {
+  return client(o).request("GET", `/v1/checkpoints${app ? `?app=${enc(app)}` : ""}`);
+}
+
+export function inspect(id: string, o: CommonOptions = {}): Promise<{ manifest: Manifest; image: ImageSummary }> {
+  return client(o).request("GET", `/v1/checkpoints/${enc(id)}?image=1`);
+}
+
+export function status(name: string, o: CommonOptions = {}): Promise<AppState> {
+  return client(o).request("GET", `/v1/apps/${enc(name)}`);
+}
+
+export function apps(o: CommonOptions = {}): Promise<AppState[]> {
+  return client(o).request("GET", "/v1/apps");
+}
+
+export function stop(name: string, o: CommonOptions & { timeoutMs?: number } = {}): Promise<AppState> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/stop`, { timeoutMs: o.timeoutMs });
+}
