@@ -1,0 +1,330 @@
+// The source side: streams checkpoints, in seq order, to one mirror destination.
+// Per checkpoint: Offer (header + chunk list + manifest) -> Want (the chunks the
+// destination lacks) -> those Chunks -> Commit. The destination answers Received
+// when the checkpoint is cached and queued, Durable when a flush committed it.
+// After a disconnect the client reconnects with exponential backoff; the Hello
+// answer says what the destination already has, so durable data is never resent.
+import { EventEmitter } from "node:events";
+import type { Logger } from "pino";
+import { parseMirrorUrl, type MirrorAddress } from "./address.js";
+import { FramedConnection, MirrorRemoteError, remoteError } from "./connection.js";
+import { dial, type DialOptions } from "./dial.js";
+import { FrameType, ProtocolError, type Frame } from "./frames.js";
+import { chunkParts, decodeWant, encodeCheckpointHeader, parseJson } from "./messages.js";
+import { checkCheckpoint, headerOf, type MirrorCheckpoint } from "./objects.js";
+import { silentLogger } from "./log.js";
+
+export type AckLevel = "received" | "durable";
+export type MirrorState = "queued" | "received" | "durable";
+
+export interface MirrorClientOptions {
+  /** tg://HOST:PORT or tgs://HOST:PORT */
+  url: string;
+  token: string;
+  /** Source name; must match what the token names on the server. */
+  source: string;
+  /** What send() waits for (default "durable"). */
+  ack?: AckLevel;
+  dial?: DialOptions;
+  backoff?: { initialMs?: number; maxMs?: number };
+  logger?: Logger;
+}
+
+export interface MirrorStateEvent {
+  source: string;
+  id: string;
+  seq: number;
+  state: MirrorState;
+}
+
+export interface MirrorClientStats {
+  connects: number;
+  bytesSent: number;
+  chunksSent: number;
+  chunkBytesSent: number;
+  chunksSkipped: number;
+  checkpointsOffered: number;
+}
+
+interface Entry {
+  ckpt: MirrorCheckpoint;
+  state: MirrorState;
+  waiters: { level: AckLevel; resolve: (s: MirrorState) => void; reject: (e: Error) => void }[];
+}
+
+/** Errors after which retrying cannot help: reported and the client stops. */
+const FATAL_CODES = new Set(["auth-failed", "bad-version", "forbidden"]);
+
+const RANK: Record<MirrorState, number> = { queued: 0, received: 1, durable: 2 };
+
+export class MirrorClient extends EventEmitter {
+  private readonly addr: MirrorAddress;
+  private readonly log: Logger;
+  private readonly entries: Entry[] = [];
+  private readonly byId = new Map<string, Entry>();
+  private lastSeq = 0;
+  private conn: FramedConnection | undefined;
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private wantWaiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private backoffMs: number;
+  private fatal: Error | undefined;
+  readonly stats: MirrorClientStats = {
+    connects: 0,
+    bytesSent: 0,
+    chunksSent: 0,
+    chunkBytesSent: 0,
+    chunksSkipped: 0,
+    checkpointsOffered: 0,
+  };
+
+  constructor(private readonly opts: MirrorClientOptions) {
+    super();
+    this.addr = parseMirrorUrl(opts.url);
+    this.log = (opts.logger ?? silentLogger()).child({ mirror: opts.url, source: opts.source });
+    this.backoffMs = opts.backoff?.initialMs ?? 100;
+  }
+
+  /** Starts connecting (and reconnecting) in the background. */
+  start(): this {
+    this.loop ??= this.run();
+    return this;
+  }
+
+  /**
+   * Queues a checkpoint; resolves when it reaches `ack` (default: the client's level).
+   * Checkpoints must be sent in increasing seq order.
+   */
+  send(ckpt: MirrorCheckpoint, ack: AckLevel = this.opts.ack ?? "durable"): Promise<MirrorState> {
+    if (this.fatal) return Promise.reject(this.fatal);
+    if (ckpt.source !== this.opts.source) {
+      return Promise.reject(new Error(`checkpoint ${ckpt.id} is of source ${ckpt.source}, this client streams ${this.opts.source}`));
+    }
+    try {
+      checkCheckpoint(ckpt);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    if (ckpt.seq <= this.lastSeq) {
+      return Promise.reject(
+        new Error(`checkpoint ${ckpt.id} has seq ${ckpt.seq}, not above the last queued seq ${this.lastSeq}; send in seq order`),
+      );
+    }
+    this.lastSeq = ckpt.seq;
+    const e: Entry = { ckpt, state: "queued", waiters: [] };
+    this.entries.push(e);
+    this.byId.set(ckpt.id, e);
+    const p = new Promise<MirrorState>((resolve, reject) => e.waiters.push({ level: ack, resolve, reject }));
+    this.emitState(e);
+    this.start();
+    this.wake?.();
+    return p;
+  }
+
+  /** Mirror state of a checkpoint this client was given (undefined once forgotten after durable). */
+  state(id: string): MirrorState | undefined {
+    return this.byId.get(id)?.state;
+  }
+
+  /** Checkpoints not yet durable on the destination. */
+  get pending(): number {
+    return this.entries.length;
+  }
+
+  /** Stops: closes the connection; unacknowledged sends are rejected. */
+  async close(): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    this.conn?.close();
+    this.conn?.socket.destroy();
+    const err = new Error("mirror client closed before the checkpoint was acknowledged");
+    this.wantWaiter?.reject(err);
+    await this.loop?.catch(() => undefined);
+    for (const e of this.entries.splice(0)) for (const w of e.waiters.splice(0)) w.reject(err);
+  }
+
+  private emitState(e: Entry): void {
+    const ev: MirrorStateEvent = { source: e.ckpt.source, id: e.ckpt.id, seq: e.ckpt.seq, state: e.state };
+    this.emit("state", ev);
+  }
+
+  private setState(e: Entry, state: MirrorState): void {
+    if (RANK[state] <= RANK[e.state] && !(state === "queued" && e.state === "received")) return;
+    e.state = state;
+    this.emitState(e);
+    e.waiters = e.waiters.filter((w) => {
+      if (RANK[state] >= RANK[w.level]) {
+        w.resolve(state);
+        return false;
+      }
+      return true;
+    });
+    if (state === "durable") {
+      const i = this.entries.indexOf(e);
+      if (i >= 0) this.entries.splice(i, 1);
+      // Forget soon: the daemon records durable states in its own store.
+      setTimeout(() => this.byId.get(e.ckpt.id) === e && this.byId.delete(e.ckpt.id), 60_000).unref();
+    }
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        await this.session();
+      } catch (err) {
+        if (this.stopped) break;
+        const e = err as Error;
+        if (e instanceof MirrorRemoteError && FATAL_CODES.has(e.code)) {
+          this.fatal = e;
+          this.log.error({ err: e.message }, "mirror refused this source; not retrying");
+          this.emit("fatal", e);
+          for (const en of this.entries) for (const w of en.waiters.splice(0)) w.reject(e);
+          return;
+        }
+        this.log.warn({ err: e.message, retryInMs: this.backoffMs }, "mirror connection lost; reconnecting");
+        this.emit("disconnected", e);
+      }
+      if (this.stopped) break;
+      await new Promise((r) => setTimeout(r, this.backoffMs * (0.5 + Math.random() / 2)));
+      this.backoffMs = Math.min(this.backoffMs * 2, this.opts.backoff?.maxMs ?? 30_000);
+    }
+  }
+
+  private async session(): Promise<void> {
+    const sock = await dial(this.addr, this.opts.dial);
+    const conn = new FramedConnection(sock);
+    this.conn = conn;
+    this.stats.connects++;
+    const frames = conn.frames();
+    try {
+      await conn.sendJson(FrameType.Hello, { token: this.opts.token, source: this.opts.source, role: "source" });
+      const first = await frames.next();
+      if (first.done === true) throw new Error("mirror closed the connection during the handshake");
+      if (first.value.type === FrameType.Error) throw remoteError(first.value.payload);
+      if (first.value.type !== FrameType.HelloOk) throw new Error(`mirror answered Hello with ${FrameType[first.value.type]}`);
+      const pos = parseJson(FrameType.HelloOk, first.value.payload);
+      const durableSeq = Number(pos.durableSeq ?? 0);
+      const receivedSeq = Number(pos.receivedSeq ?? 0);
+      this.backoffMs = this.opts.backoff?.initialMs ?? 100;
+      this.log.info({ durableSeq, receivedSeq }, "connected to mirror");
+      for (const e of [...this.entries]) {
+        if (e.ckpt.seq <= durableSeq) this.setState(e, "durable");
+        else if (e.ckpt.seq <= receivedSeq) this.setState(e, "received");
+        else if (e.state === "received") this.setState(e, "queued"); // lost from the mirror's cache (it restarted)
+      }
+      this.emit("connected", { durableSeq, receivedSeq });
+      const reader = this.readLoop(frames);
+      const sender = this.sendLoop(conn);
+      reader.catch(() => undefined);
+      sender.catch(() => undefined);
+      // Whichever ends first ends the session; the other is unblocked by the socket closing.
+      await Promise.race([reader, sender]);
+    } finally {
+      conn.socket.destroy();
+      this.conn = undefined;
+      this.wantWaiter?.reject(new Error("connection closed"));
+      this.wantWaiter = undefined;
+      this.stats.bytesSent += conn.bytesOut;
+    }
+  }
+
+  private async readLoop(frames: AsyncGenerator<Frame, void, void>): Promise<void> {
+    try {
+      for (;;) {
+        const r = await frames.next();
+        if (r.done === true) throw new Error("mirror closed the connection");
+        this.onFrame(r.value);
+      }
+    } catch (err) {
+      const e = err instanceof ProtocolError ? new Error(`bad frame from mirror: ${err.message}`) : (err as Error);
+      this.wantWaiter?.reject(e);
+      this.wantWaiter = undefined;
+      this.wake?.();
+      this.conn?.socket.destroy();
+      throw e;
+    }
+  }
+
+  private onFrame(f: Frame): void {
+    switch (f.type) {
+      case FrameType.Want: {
+        const w = this.wantWaiter;
+        this.wantWaiter = undefined;
+        if (!w) throw new ProtocolError("out-of-order", "Want without an Offer");
+        w.resolve(f.payload);
+        return;
+      }
+      case FrameType.Received: {
+        const v = parseJson(f.type, f.payload);
+        const e = this.byId.get(String(v.id));
+        if (e) this.setState(e, "received");
+        return;
+      }
+      case FrameType.Durable: {
+        const v = parseJson(f.type, f.payload);
+        const ids = Array.isArray(v.ids) ? v.ids : [];
+        for (const id of ids) {
+          const e = this.byId.get(String(id));
+          if (e) this.setState(e, "durable");
+        }
+        return;
+      }
+      case FrameType.Error:
+        throw remoteError(f.payload);
+      default:
+        throw new ProtocolError("out-of-order", `unexpected ${FrameType[f.type]} frame from the mirror`);
+    }
+  }
+
+  private nextToSend(after: number): Entry | undefined {
+    return this.entries.find((e) => e.state === "queued" && e.ckpt.seq > after);
+  }
+
+  private async sendLoop(conn: FramedConnection): Promise<void> {
+    let sentSeq = 0;
+    while (!this.stopped && !conn.isClosed) {
+      const e = this.nextToSend(sentSeq);
+      if (!e) {
+        await new Promise<void>((r) => (this.wake = r));
+        this.wake = undefined;
+        continue;
+      }
+      await this.sendOne(conn, e);
+      sentSeq = e.ckpt.seq;
+    }
+  }
+
+  private async sendOne(conn: FramedConnection, e: Entry): Promise<void> {
+    const c = e.ckpt;
+    const header = headerOf(c);
+    const want = new Promise<Buffer>((resolve, reject) => (this.wantWaiter = { resolve, reject }));
+    await conn.send(FrameType.Offer, [encodeCheckpointHeader(header)]);
+    this.stats.checkpointsOffered++;
+    const { id, wanted } = decodeWant(await want, header.chunks.length);
+    if (id !== c.id) throw new Error(`mirror sent Want for ${id} while ${c.id} was offered`);
+    this.stats.chunksSkipped += header.chunks.length - wanted.length;
+    const sock = conn.socket;
+    let n = 0;
+    sock.cork();
+    try {
+      for (const i of wanted) {
+        const ref = header.chunks[i];
+        if (!ref) throw new Error(`mirror asked for chunk #${i} of ${c.id}, which has ${header.chunks.length}`);
+        const data = c.chunks.get(ref.hash) as Buffer;
+        this.stats.chunksSent++;
+        this.stats.chunkBytesSent += data.length;
+        conn.write(FrameType.Chunk, chunkParts(ref.hash, data));
+        if (++n % 64 === 0) {
+          // Send in batches (one writev each) and respect the socket's backpressure.
+          sock.uncork();
+          await conn.waitDrain();
+          sock.cork();
+        }
+      }
+    } finally {
+      sock.uncork();
+    }
+    await conn.sendJson(FrameType.Commit, { id: c.id });
+  }
+}

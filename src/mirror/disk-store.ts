@@ -1,0 +1,311 @@
+// The destination's durable store. Layout (see docs/mirror.md):
+//
+//   STORE/COMMITTED                the last committed generation: "tardigrade-mirror 1 <N>\n"
+//   STORE/gen/<N>.pack             chunk bytes and checkpoint headers written by flush N
+//   STORE/gen/<N>.meta.json        what flush N committed: chunk index + checkpoint records
+//
+// One flush = one generation: write the pack and the meta file, fsync both, fsync
+// gen/, then replace COMMITTED atomically (write tmp, fsync, rename, fsync STORE/).
+// Generations above COMMITTED are leftovers of an interrupted flush: deleted at open.
+import { mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { sha256hex } from "./objects.js";
+
+export interface CheckpointRecord {
+  source: string;
+  id: string;
+  seq: number;
+  parent?: string;
+  generation: number;
+  /** Offset and length, in the generation's pack, of the encoded checkpoint header (Offer layout). */
+  header: [number, number];
+  headerSha256: string;
+  chunkCount: number;
+  /** Total bytes of the checkpoint's chunks (before dedup). */
+  bytes: number;
+  receivedAt: string;
+  committedAt: string;
+}
+
+interface ChunkLocation {
+  generation: number;
+  offset: number;
+  length: number;
+}
+
+interface MetaFile {
+  format: "tardigrade-mirror-meta";
+  version: 1;
+  generation: number;
+  chunks: [hash: string, offset: number, length: number][];
+  checkpoints: CheckpointRecord[];
+}
+
+/** What one flush hands to the store. */
+export interface PendingCheckpoint {
+  source: string;
+  id: string;
+  seq: number;
+  parent?: string;
+  /** Encoded checkpoint header (Offer payload layout): id, seq, chunk list, manifest. */
+  header: Buffer;
+  chunkCount: number;
+  bytes: number;
+  receivedAt: Date;
+}
+
+export interface CommitResult {
+  generation: number;
+  records: CheckpointRecord[];
+  newChunks: number;
+  bytesWritten: number;
+  fsyncs: number;
+}
+
+export interface DiskStoreHooks {
+  /** Test hook: sleep this long at the start of every commit (a slow disk). */
+  commitDelayMs?: number;
+  /** Test hook: sleep this long after the data is durable and before COMMITTED is replaced. */
+  pauseBeforeCommitMs?: number;
+  /** Called between writing the data and replacing COMMITTED. */
+  beforeCommit?: (generation: number) => void;
+}
+
+const COMMITTED = "COMMITTED";
+const COMMITTED_PREFIX = "tardigrade-mirror 1 ";
+
+export class DiskStore {
+  private generation = 0;
+  private readonly chunkIndex = new Map<string, ChunkLocation>();
+  private readonly bySource = new Map<string, CheckpointRecord[]>();
+  private readonly packs = new Map<number, FileHandle>();
+  fsyncCount = 0;
+
+  private constructor(
+    readonly dir: string,
+    private readonly hooks: DiskStoreHooks,
+  ) {}
+
+  static async open(dir: string, hooks: DiskStoreHooks = {}): Promise<{ store: DiskStore; removed: string[] }> {
+    const s = new DiskStore(dir, hooks);
+    const removed = await s.load();
+    return { store: s, removed };
+  }
+
+  get committedGeneration(): number {
+    return this.generation;
+  }
+
+  get chunkCount(): number {
+    return this.chunkIndex.size;
+  }
+
+  hasChunk(hash: string): boolean {
+    return this.chunkIndex.has(hash);
+  }
+
+  checkpoints(source: string): readonly CheckpointRecord[] {
+    return this.bySource.get(source) ?? [];
+  }
+
+  sources(): string[] {
+    return [...this.bySource.keys()];
+  }
+
+  latest(source: string): CheckpointRecord | undefined {
+    const l = this.bySource.get(source);
+    return l?.[l.length - 1];
+  }
+
+  find(source: string, id: string): CheckpointRecord | undefined {
+    return this.bySource.get(source)?.find((r) => r.id === id);
+  }
+
+  private async load(): Promise<string[]> {
+    await mkdir(join(this.dir, "gen"), { recursive: true });
+    let committed = 0;
+    try {
+      const text = await readFile(join(this.dir, COMMITTED), "utf8");
+      if (!text.startsWith(COMMITTED_PREFIX)) throw new Error("unrecognised content");
+      committed = Number(text.slice(COMMITTED_PREFIX.length).trim());
+      if (!Number.isSafeInteger(committed) || committed < 0) throw new Error("bad generation number");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        throw new Error(
+          `mirror store ${this.dir}: ${COMMITTED} is unreadable (${(err as Error).message}); ` +
+            `it is not a tardigrade mirror store or it was damaged outside tardigrade`,
+        );
+      }
+    }
+    const removed: string[] = [];
+    for (const name of await readdir(join(this.dir, "gen"))) {
+      const m = /^(\d+)\.(pack|meta\.json)$/.exec(name);
+      if (!m || Number(m[1]) > committed) {
+        await rm(join(this.dir, "gen", name), { force: true });
+        removed.push(name);
+      }
+    }
+    await rm(join(this.dir, COMMITTED + ".tmp"), { force: true });
+    for (let g = 1; g <= committed; g++) {
+      const path = join(this.dir, "gen", `${g}.meta.json`);
+      let meta: MetaFile;
+      try {
+        meta = JSON.parse(await readFile(path, "utf8")) as MetaFile;
+      } catch (err) {
+        throw new Error(
+          `mirror store ${this.dir}: generation ${g} is committed but ${path} is unreadable ` +
+            `(${(err as Error).message}); restore the store from a backup`,
+        );
+      }
+      this.apply(meta);
+    }
+    this.generation = committed;
+    return removed;
+  }
+
+  private apply(meta: MetaFile): void {
+    for (const [hash, offset, length] of meta.chunks) {
+      if (!this.chunkIndex.has(hash)) this.chunkIndex.set(hash, { generation: meta.generation, offset, length });
+    }
+    for (const r of meta.checkpoints) {
+      let l = this.bySource.get(r.source);
+      if (!l) this.bySource.set(r.source, (l = []));
+      l.push(r);
+    }
+    for (const l of this.bySource.values()) l.sort((a, b) => a.seq - b.seq);
+  }
+
+  /**
+   * Commits checkpoints and the chunks they need that are not yet on disk, in one
+   * generation. `chunkData(hash)` supplies bytes for chunks to write.
+   */
+  async commit(pending: PendingCheckpoint[], newChunks: Iterable<[string, Buffer]>): Promise<CommitResult> {
+    if (this.hooks.commitDelayMs) await sleep(this.hooks.commitDelayMs);
+    const gen = this.generation + 1;
+    const genDir = join(this.dir, "gen");
+    const packPath = join(genDir, `${gen}.pack`);
+    const metaPath = join(genDir, `${gen}.meta.json`);
+    const fsyncs0 = this.fsyncCount;
+    const chunks: [string, number, number][] = [];
+    const records: CheckpointRecord[] = [];
+    let offset = 0;
+    const pack = await open(packPath, "w");
+    try {
+      let batch: Buffer[] = [];
+      let batchBytes = 0;
+      const flushBatch = async (): Promise<void> => {
+        if (batch.length === 0) return;
+        await pack.writev(batch);
+        batch = [];
+        batchBytes = 0;
+      };
+      const add = async (b: Buffer): Promise<number> => {
+        const at = offset;
+        batch.push(b);
+        batchBytes += b.length;
+        offset += b.length;
+        if (batch.length >= 512 || batchBytes >= 8 * 1024 * 1024) await flushBatch();
+        return at;
+      };
+      for (const [hash, data] of newChunks) {
+        if (this.chunkIndex.has(hash)) continue;
+        chunks.push([hash, await add(data), data.length]);
+      }
+      const now = new Date().toISOString();
+      for (const p of pending) {
+        const at = await add(p.header);
+        records.push({
+          source: p.source,
+          id: p.id,
+          seq: p.seq,
+          ...(p.parent !== undefined ? { parent: p.parent } : {}),
+          generation: gen,
+          header: [at, p.header.length],
+          headerSha256: sha256hex(p.header),
+          chunkCount: p.chunkCount,
+          bytes: p.bytes,
+          receivedAt: p.receivedAt.toISOString(),
+          committedAt: now,
+        });
+      }
+      await flushBatch();
+      await this.fsync(pack);
+    } finally {
+      await pack.close();
+    }
+    const meta: MetaFile = { format: "tardigrade-mirror-meta", version: 1, generation: gen, chunks, checkpoints: records };
+    await this.writeDurable(metaPath, Buffer.from(JSON.stringify(meta)));
+    await this.fsyncDir(genDir);
+    this.hooks.beforeCommit?.(gen);
+    if (this.hooks.pauseBeforeCommitMs) await sleep(this.hooks.pauseBeforeCommitMs);
+    // The commit point: COMMITTED names the new generation.
+    const tmp = join(this.dir, COMMITTED + ".tmp");
+    await this.writeDurable(tmp, Buffer.from(`${COMMITTED_PREFIX}${gen}\n`));
+    await rename(tmp, join(this.dir, COMMITTED));
+    await this.fsyncDir(this.dir);
+    this.generation = gen;
+    this.apply(meta);
+    return { generation: gen, records, newChunks: chunks.length, bytesWritten: offset, fsyncs: this.fsyncCount - fsyncs0 };
+  }
+
+  async readChunk(hash: string): Promise<Buffer> {
+    const loc = this.chunkIndex.get(hash);
+    if (!loc) throw new Error(`chunk ${hash} is not in the mirror store ${this.dir}`);
+    return this.readPack(loc.generation, loc.offset, loc.length);
+  }
+
+  async readHeader(r: CheckpointRecord): Promise<Buffer> {
+    const b = await this.readPack(r.generation, r.header[0], r.header[1]);
+    if (sha256hex(b) !== r.headerSha256) {
+      throw new Error(`mirror store ${this.dir}: checkpoint ${r.source}/${r.id} header fails its SHA-256 check; the pack is damaged`);
+    }
+    return b;
+  }
+
+  private async readPack(generation: number, offset: number, length: number): Promise<Buffer> {
+    let fh = this.packs.get(generation);
+    if (!fh) {
+      fh = await open(join(this.dir, "gen", `${generation}.pack`), "r");
+      this.packs.set(generation, fh);
+    }
+    const buf = Buffer.allocUnsafe(length);
+    const { bytesRead } = await fh.read(buf, 0, length, offset);
+    if (bytesRead !== length) {
+      throw new Error(`mirror store ${this.dir}: pack ${generation} is short (${bytesRead} of ${length} bytes at ${offset})`);
+    }
+    return buf;
+  }
+
+  async close(): Promise<void> {
+    for (const fh of this.packs.values()) await fh.close();
+    this.packs.clear();
+  }
+
+  private async writeDurable(path: string, data: Buffer): Promise<void> {
+    const fh = await open(path, "w");
+    try {
+      await fh.writeFile(data);
+      await this.fsync(fh);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async fsync(fh: FileHandle): Promise<void> {
+    await fh.sync();
+    this.fsyncCount++;
+  }
+
+  private async fsyncDir(path: string): Promise<void> {
+    const fh = await open(path, "r");
+    try {
+      await this.fsync(fh);
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,461 @@
+// The mirror destination: accepts many sources at once, caches what they send,
+// queues complete checkpoints and commits them to the DiskStore when a flush
+// trigger fires. Durable acknowledgements go out only after the commit.
+import { createServer as createTcpServer, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
+import type { Logger } from "pino";
+import { ChunkCache, type CacheStats } from "./cache.js";
+import { FramedConnection } from "./connection.js";
+import { DiskStore, type DiskStoreHooks, type PendingCheckpoint } from "./disk-store.js";
+import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
+import { Flusher, type FlushOutcome, type FlushReason } from "./flusher.js";
+import { decodeCheckpointHeader } from "./messages.js";
+import { FrameType } from "./frames.js";
+import { Session, type SessionHost, type SourcePosition } from "./session.js";
+import { silentLogger } from "./log.js";
+import type { TokenTable } from "./tokens.js";
+import { isValidName } from "./objects.js";
+
+export interface MirrorServerOptions {
+  host?: string;
+  port?: number;
+  storeDir: string;
+  /** Without tokens, any client may name any source (logged as a warning). */
+  tokens?: TokenTable;
+  tls?: { cert: Buffer; key: Buffer };
+  /** Hard bound on cached bytes; sources are slowed down when it is reached. */
+  cacheMaxBytes?: number;
+  /** Flush when the cache holds more than this fraction of cacheMaxBytes. */
+  highWaterRatio?: number;
+  maxDelayMs?: number;
+  maxQueued?: number;
+  maxFrame?: number;
+  frameTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+  logger?: Logger;
+  hooks?: DiskStoreHooks;
+}
+
+export interface QueuedCheckpoint {
+  source: string;
+  id: string;
+  seq: number;
+  parent?: string;
+  header: Buffer;
+  /** Chunks this checkpoint holds cache references on. */
+  chunkHashes: string[];
+  chunkCount: number;
+  bytes: number;
+  receivedAt: Date;
+  queuedAtMs: number;
+}
+
+export interface ListedCheckpoint {
+  id: string;
+  seq: number;
+  parent?: string;
+  state: "received" | "durable";
+  chunks: number;
+  bytes: number;
+  receivedAt: string;
+  committedAt?: string;
+  generation?: number;
+}
+
+export interface MirrorMetrics {
+  flushes: number;
+  flushesByReason: Record<string, number>;
+  checkpointsCommitted: number;
+  fsyncs: number;
+  bytesWritten: number;
+  chunksWritten: number;
+  chunksDeduplicated: number;
+  connections: number;
+  protocolErrors: number;
+  queued: number;
+  cache: CacheStats;
+  generation: number;
+}
+
+export const DEFAULTS = {
+  cacheMaxBytes: 256 * 1024 * 1024,
+  highWaterRatio: 0.5,
+  maxDelayMs: 5_000,
+  maxQueued: 64,
+  frameTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
+};
+
+export class MirrorServer implements SessionHost {
+  readonly cache: ChunkCache;
+  readonly log: Logger;
+  readonly handshakeTimeoutMs: number;
+  private readonly queue: QueuedCheckpoint[] = [];
+  private inFlight: QueuedCheckpoint[] = [];
+  private readonly sources = new Map<string, Session>();
+  private readonly sessions = new Set<Session>();
+  private readonly flusher: Flusher;
+  private net: NetServer | undefined;
+  private closing: Promise<void> | undefined;
+  private readonly highWater: number;
+  private readonly maxQueued: number;
+  private readonly m = {
+    flushes: 0,
+    flushesByReason: {} as Record<string, number>,
+    checkpointsCommitted: 0,
+    fsyncs: 0,
+    bytesWritten: 0,
+    chunksWritten: 0,
+    chunksDeduplicated: 0,
+    connections: 0,
+    protocolErrors: 0,
+  };
+
+  private constructor(
+    private readonly opts: MirrorServerOptions,
+    readonly store: DiskStore,
+  ) {
+    this.log = opts.logger ?? silentLogger();
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
+    const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
+    this.cache = new ChunkCache(max);
+    this.highWater = Math.floor(max * (opts.highWaterRatio ?? DEFAULTS.highWaterRatio));
+    this.maxQueued = opts.maxQueued ?? DEFAULTS.maxQueued;
+    this.flusher = new Flusher(
+      (reasons) => this.runFlush(reasons),
+      opts.maxDelayMs ?? DEFAULTS.maxDelayMs,
+      () => this.queue[0]?.queuedAtMs,
+    );
+    this.cache.onPressure = () => {
+      if (this.queue.length > 0) this.flusher.trigger("cache");
+    };
+  }
+
+  /** Opens the store (recovering from an interrupted flush) and starts listening. */
+  static async start(opts: MirrorServerOptions): Promise<MirrorServer> {
+    const log = opts.logger ?? silentLogger();
+    const { store, removed } = await DiskStore.open(opts.storeDir, opts.hooks);
+    if (removed.length > 0) {
+      log.warn({ removed }, "removed files of an interrupted flush (never committed, never acknowledged durable)");
+    }
+    const s = new MirrorServer(opts, store);
+    await s.listen();
+    return s;
+  }
+
+  private listen(): Promise<void> {
+    const onConn = (sock: Socket): void => this.accept(sock);
+    const srv = this.opts.tls
+      ? createTlsServer({ cert: this.opts.tls.cert, key: this.opts.tls.key, allowHalfOpen: true }, onConn)
+      : createTcpServer({ allowHalfOpen: true }, onConn);
+    this.net = srv;
+    if (!this.opts.tokens) {
+      this.log.warn("no --tokens file: any client may act as any source; use this only on a trusted network");
+    }
+    return new Promise((resolve, reject) => {
+      srv.once("error", reject);
+      srv.listen(this.opts.port ?? 0, this.opts.host ?? "127.0.0.1", () => {
+        srv.off("error", reject);
+        srv.on("error", (err) => this.log.error({ err: err.message }, "listener error"));
+        const a = srv.address() as AddressInfo;
+        this.log.info(
+          {
+            host: a.address,
+            port: a.port,
+            store: this.opts.storeDir,
+            generation: this.store.committedGeneration,
+            cacheMaxBytes: this.cache.maxBytes,
+            highWaterBytes: this.highWater,
+            maxDelayMs: this.opts.maxDelayMs ?? DEFAULTS.maxDelayMs,
+            maxQueued: this.maxQueued,
+            tls: !!this.opts.tls,
+          },
+          "mirror server listening",
+        );
+        resolve();
+      });
+    });
+  }
+
+  address(): AddressInfo {
+    if (!this.net) throw new Error("mirror server is not listening");
+    return this.net.address() as AddressInfo;
+  }
+
+  private accept(sock: Socket): void {
+    if (this.closing) {
+      sock.destroy();
+      return;
+    }
+    this.m.connections++;
+    sock.on("error", () => undefined);
+    sock.setKeepAlive(true, 30_000);
+    const conn = new FramedConnection(sock, {
+      maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME,
+      frameTimeoutMs: this.opts.frameTimeoutMs ?? DEFAULTS.frameTimeoutMs,
+    });
+    const session = new Session(conn, this, `${sock.remoteAddress}:${sock.remotePort}`);
+    const origFail = session.fail.bind(session);
+    session.fail = (err: ProtocolError) => {
+      if (!session.closed) this.m.protocolErrors++;
+      origFail(err);
+    };
+    this.sessions.add(session);
+    session.run().finally(() => this.sessions.delete(session));
+  }
+
+  // ---- SessionHost ----
+
+  authenticate(token: string, claimed: string | undefined): string {
+    const tokens = this.opts.tokens;
+    if (!tokens) {
+      if (!isValidName(claimed)) {
+        throw new ProtocolError("auth-failed", "authentication failed: this server has no tokens file, so Hello must name a valid source");
+      }
+      return claimed;
+    }
+    const source = tokens.sourceFor(token);
+    if (source === undefined) {
+      throw new ProtocolError(
+        "auth-failed",
+        "authentication failed: wrong token (not in the server's --tokens file); check --token-file or TARDIGRADE_MIRROR_TOKEN",
+      );
+    }
+    if (claimed !== undefined && claimed !== source) {
+      throw new ProtocolError(
+        "auth-failed",
+        `authentication failed: this token belongs to source "${source}", not "${claimed}"`,
+      );
+    }
+    return source;
+  }
+
+  position(source: string): SourcePosition {
+    const d = this.store.latest(source);
+    const pending = [...this.inFlight, ...this.queue].filter((q) => q.source === source);
+    const r = pending[pending.length - 1];
+    return {
+      durableSeq: d?.seq ?? 0,
+      durableId: d?.id ?? null,
+      receivedSeq: r?.seq ?? d?.seq ?? 0,
+      receivedId: r?.id ?? d?.id ?? null,
+    };
+  }
+
+  attachSource(source: string, s: Session): void {
+    const old = this.sources.get(source);
+    if (old && old !== s) {
+      old.fail(new ProtocolError("superseded", `source ${source} connected again from elsewhere; closing this older connection`));
+    }
+    this.sources.set(source, s);
+  }
+
+  detachSource(source: string, s: Session): void {
+    if (this.sources.get(source) === s) this.sources.delete(source);
+  }
+
+  lastSeq(source: string): number {
+    return this.position(source).receivedSeq;
+  }
+
+  hasCheckpoint(source: string, id: string): boolean {
+    if (this.store.find(source, id)) return true;
+    return [...this.inFlight, ...this.queue].some((q) => q.source === source && q.id === id);
+  }
+
+  onDisk(hash: string): boolean {
+    return this.store.hasChunk(hash);
+  }
+
+  enqueue(q: QueuedCheckpoint): void {
+    if (this.closing) {
+      // Shutdown already took its last snapshot: keep it queued for the final flush.
+      this.log.warn({ source: q.source, id: q.id }, "checkpoint received during shutdown");
+    }
+    this.queue.push(q);
+    this.log.debug({ source: q.source, id: q.id, seq: q.seq, queued: this.queue.length }, "checkpoint received and queued");
+    // Triggers are checked here but the flush runs later, never on this packet's path.
+    if (this.queue.length >= this.maxQueued) this.flusher.trigger("queue");
+    else if (this.cache.used >= this.highWater) this.flusher.trigger("cache");
+    this.flusher.armDelay();
+  }
+
+  flush(reason: FlushReason): Promise<FlushOutcome> {
+    return this.flusher.request(reason);
+  }
+
+  list(source: string): ListedCheckpoint[] {
+    const out: ListedCheckpoint[] = this.store.checkpoints(source).map((r) => ({
+      id: r.id,
+      seq: r.seq,
+      ...(r.parent !== undefined ? { parent: r.parent } : {}),
+      state: "durable" as const,
+      chunks: r.chunkCount,
+      bytes: r.bytes,
+      receivedAt: r.receivedAt,
+      committedAt: r.committedAt,
+      generation: r.generation,
+    }));
+    for (const q of [...this.inFlight, ...this.queue]) {
+      if (q.source !== source) continue;
+      out.push({
+        id: q.id,
+        seq: q.seq,
+        ...(q.parent !== undefined ? { parent: q.parent } : {}),
+        state: "received",
+        chunks: q.chunkCount,
+        bytes: q.bytes,
+        receivedAt: q.receivedAt.toISOString(),
+      });
+    }
+    return out;
+  }
+
+  async fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }> {
+    const pending = [...this.inFlight, ...this.queue].filter((q) => q.source === source);
+    const wantLatest = id === "latest";
+    if (pending.some((q) => wantLatest || q.id === id)) {
+      // A restore needs a checkpoint that is only cached: make it durable first.
+      await this.flusher.request("restore");
+    }
+    const rec = wantLatest ? this.store.latest(source) : this.store.find(source, id);
+    if (!rec) {
+      throw new Error(
+        wantLatest
+          ? `source ${source} has no checkpoints on this mirror`
+          : `checkpoint ${source}/${id} is not on this mirror; run "tardigrade mirror ls" to see what is`,
+      );
+    }
+    const header = await this.store.readHeader(rec);
+    const h = decodeCheckpointHeader(FrameType.FetchHeader, header);
+    return { header, chunks: h.chunks.map((c) => c.hash), readChunk: (hash) => this.store.readChunk(hash) };
+  }
+
+  // ---- flushing ----
+
+  private async runFlush(reasons: FlushReason[]): Promise<FlushOutcome> {
+    const batch = this.queue.splice(0);
+    if (batch.length === 0) {
+      return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
+    }
+    this.inFlight = batch;
+    const t0 = Date.now();
+    const seen = new Set<string>();
+    const cache = this.cache;
+    const store = this.store;
+    let refs = 0;
+    function* newChunks(): Generator<[string, Buffer]> {
+      for (const q of batch) {
+        for (const h of q.chunkHashes) {
+          refs++;
+          if (seen.has(h) || store.hasChunk(h)) continue;
+          seen.add(h);
+          const data = cache.get(h);
+          if (!data) throw new Error(`internal error: chunk ${h} of ${q.source}/${q.id} is neither cached nor on disk`);
+          yield [h, data];
+        }
+      }
+    }
+    const pending: PendingCheckpoint[] = batch.map((q) => ({
+      source: q.source,
+      id: q.id,
+      seq: q.seq,
+      ...(q.parent !== undefined ? { parent: q.parent } : {}),
+      header: q.header,
+      chunkCount: q.chunkCount,
+      bytes: q.bytes,
+      receivedAt: q.receivedAt,
+    }));
+    let result;
+    try {
+      result = await store.commit(pending, newChunks());
+    } catch (err) {
+      // Nothing was acknowledged durable; put the batch back and try again later.
+      this.queue.unshift(...batch);
+      this.inFlight = [];
+      this.log.error(
+        { err: (err as Error).message, reasons, checkpoints: batch.length },
+        "flush failed; the checkpoints stay cached and queued, retrying in 1 s (check the store's disk: space, permissions)",
+      );
+      setTimeout(() => this.flusher.trigger("retry"), 1000).unref();
+      throw err;
+    }
+    this.inFlight = [];
+    for (const q of batch) {
+      for (const h of q.chunkHashes) cache.unpin(h);
+      cache.release(q.header.length);
+    }
+    const bySource = new Map<string, QueuedCheckpoint[]>();
+    for (const q of batch) {
+      let l = bySource.get(q.source);
+      if (!l) bySource.set(q.source, (l = []));
+      l.push(q);
+    }
+    this.m.flushes++;
+    for (const r of reasons) this.m.flushesByReason[r] = (this.m.flushesByReason[r] ?? 0) + 1;
+    this.m.checkpointsCommitted += batch.length;
+    this.m.fsyncs += result.fsyncs;
+    this.m.bytesWritten += result.bytesWritten;
+    this.m.chunksWritten += result.newChunks;
+    this.m.chunksDeduplicated += refs - result.newChunks;
+    this.log.info(
+      {
+        reasons,
+        generation: result.generation,
+        checkpoints: batch.length,
+        sources: bySource.size,
+        newChunks: result.newChunks,
+        bytesWritten: result.bytesWritten,
+        fsyncs: result.fsyncs,
+        ms: Date.now() - t0,
+      },
+      `flush committed (${reasons.join("+")})`,
+    );
+    for (const [source, l] of bySource) {
+      this.sources.get(source)?.notifyDurable(
+        l.map((q) => q.id),
+        l.map((q) => q.seq),
+        result.generation,
+      );
+    }
+    this.flusher.armDelay();
+    return { generation: result.generation, checkpoints: batch.length, sources: bySource.size, reasons };
+  }
+
+  metrics(): MirrorMetrics {
+    return {
+      ...this.m,
+      flushesByReason: { ...this.m.flushesByReason },
+      queued: this.queue.length + this.inFlight.length,
+      cache: this.cache.stats(),
+      generation: this.store.committedGeneration,
+    };
+  }
+
+  /**
+   * Shutdown: stop accepting, close every connection (partial checkpoints are
+   * discarded), flush everything queued, close the store.
+   */
+  close(): Promise<void> {
+    if (!this.closing) this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    this.log.info({ queued: this.queue.length }, "shutting down: flushing queued checkpoints");
+    this.net?.close();
+    for (const s of this.sessions) s.fail(new ProtocolError("shutdown", "mirror server is shutting down; reconnect later"));
+    this.flusher.stop();
+    this.cache.rejectWaiters(new Error("mirror server is shutting down"));
+    await this.flusher.idle();
+    if (this.queue.length > 0) {
+      try {
+        await this.flusher.request("shutdown");
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, "final flush failed; queued checkpoints were not made durable");
+      }
+    }
+    await this.store.close();
+    this.log.info({ generation: this.store.committedGeneration }, "mirror server stopped");
+  }
+}

@@ -1,0 +1,308 @@
+// One connection on the destination: authenticates, then runs the per-source
+// protocol (offer -> want -> chunks -> commit), admin requests (flush, list) and
+// fetches. A ProtocolError closes only this connection, after telling the peer.
+import type { Logger } from "pino";
+import type { FramedConnection } from "./connection.js";
+import { FrameType, ProtocolError, type Frame } from "./frames.js";
+import type { FlushOutcome, FlushReason } from "./flusher.js";
+import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, optStr, parseJson, str } from "./messages.js";
+import { sha256hex, type CheckpointHeader } from "./objects.js";
+import type { ChunkCache } from "./cache.js";
+import type { ListedCheckpoint, QueuedCheckpoint } from "./server.js";
+
+export interface SourcePosition {
+  durableSeq: number;
+  durableId: string | null;
+  receivedSeq: number;
+  receivedId: string | null;
+}
+
+/** What a session needs from the server. */
+export interface SessionHost {
+  readonly cache: ChunkCache;
+  readonly log: Logger;
+  readonly handshakeTimeoutMs: number;
+  authenticate(token: string, claimedSource: string | undefined): string;
+  position(source: string): SourcePosition;
+  attachSource(source: string, s: Session): void;
+  detachSource(source: string, s: Session): void;
+  lastSeq(source: string): number;
+  hasCheckpoint(source: string, id: string): boolean;
+  onDisk(hash: string): boolean;
+  enqueue(q: QueuedCheckpoint): void;
+  flush(reason: FlushReason): Promise<FlushOutcome>;
+  list(source: string): ListedCheckpoint[];
+  fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }>;
+}
+
+interface InProgress {
+  header: CheckpointHeader;
+  headerBytes: Buffer;
+  /** Wanted chunks not yet arrived: hash -> size (still reserved). */
+  missing: Map<string, number>;
+  /** Chunks this checkpoint holds a cache reference on. */
+  pinned: string[];
+  /** Bytes of reservation still held for missing chunks. */
+  reservedChunks: number;
+  bytes: number;
+}
+
+let nextSessionId = 1;
+
+export class Session {
+  readonly id = nextSessionId++;
+  source: string | undefined;
+  role: "source" | "client" = "client";
+  private current: InProgress | undefined;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly conn: FramedConnection,
+    private readonly host: SessionHost,
+    remote: string,
+  ) {
+    this.log = host.log.child({ session: this.id, remote });
+  }
+
+  get closed(): boolean {
+    return this.conn.isClosed;
+  }
+
+  async run(): Promise<void> {
+    const hs = setTimeout(() => {
+      if (this.source === undefined) {
+        this.fail(new ProtocolError("handshake-timeout", `no Hello within ${this.host.handshakeTimeoutMs} ms; closing`));
+      }
+    }, this.host.handshakeTimeoutMs);
+    hs.unref();
+    try {
+      for await (const f of this.conn.frames()) {
+        if (this.conn.isClosed) break;
+        await this.handle(f);
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) this.fail(err);
+      else if (!this.conn.isClosed) {
+        this.log.warn({ err: (err as Error).message }, "connection error");
+        this.conn.close();
+      }
+    } finally {
+      clearTimeout(hs);
+      this.abortCurrent("connection closed");
+      if (this.source !== undefined && this.role === "source") this.host.detachSource(this.source, this);
+      this.conn.close();
+      this.log.debug({ bytesIn: this.conn.bytesIn, bytesOut: this.conn.bytesOut }, "connection closed");
+    }
+  }
+
+  fail(err: ProtocolError): void {
+    if (this.conn.isClosed) return;
+    this.log.warn({ code: err.code, source: this.source }, err.message);
+    this.conn.fail(err);
+  }
+
+  /** Sent by the server when a flush made some of this source's checkpoints durable. */
+  notifyDurable(ids: string[], seqs: number[], generation: number): void {
+    if (this.conn.isClosed) return;
+    this.conn.sendJson(FrameType.Durable, { ids, seqs, generation }).catch(() => undefined);
+  }
+
+  private async handle(f: Frame): Promise<void> {
+    if (this.source === undefined) {
+      if (f.type !== FrameType.Hello) {
+        throw new ProtocolError("out-of-order", `expected Hello as the first frame, got ${FrameType[f.type]}`);
+      }
+      return this.hello(f.payload);
+    }
+    switch (f.type) {
+      case FrameType.Offer:
+        return this.offer(f.payload);
+      case FrameType.Chunk:
+        return this.chunk(f.payload);
+      case FrameType.Commit:
+        return this.commit(f.payload);
+      case FrameType.Flush:
+        return this.flush();
+      case FrameType.List:
+        return this.conn.sendJson(FrameType.Listing, { source: this.source, checkpoints: this.host.list(this.source) });
+      case FrameType.Fetch:
+        return this.fetch(f.payload);
+      case FrameType.Error: {
+        this.log.warn({ source: this.source, peerError: f.payload.toString("utf8").slice(0, 500) }, "peer reported an error");
+        this.conn.close();
+        return;
+      }
+      default:
+        throw new ProtocolError("out-of-order", `unexpected ${FrameType[f.type]} frame from a client`);
+    }
+  }
+
+  private async hello(payload: Buffer): Promise<void> {
+    const h = parseJson(FrameType.Hello, payload);
+    const token = str(h, "token", FrameType.Hello);
+    const claimed = optStr(h, "source", FrameType.Hello);
+    const role = optStr(h, "role", FrameType.Hello) ?? "client";
+    if (role !== "source" && role !== "client") {
+      throw new ProtocolError("malformed-frame", `malformed frame: Hello.role must be "source" or "client"`);
+    }
+    const source = this.host.authenticate(token, claimed);
+    this.source = source;
+    this.role = role;
+    if (role === "source") this.host.attachSource(source, this);
+    this.log.info({ source, role }, "authenticated");
+    await this.conn.sendJson(FrameType.HelloOk, { source, ...this.host.position(source) });
+  }
+
+  private async offer(payload: Buffer): Promise<void> {
+    const source = this.source as string;
+    if (this.role !== "source") throw new ProtocolError("out-of-order", `Offer on a connection that said Hello with role "client"`);
+    if (this.current) {
+      throw new ProtocolError("out-of-order", `Offer for a new checkpoint before Commit of ${this.current.header.id}`);
+    }
+    const header = decodeCheckpointHeader(FrameType.Offer, payload);
+    const last = this.host.lastSeq(source);
+    if (header.seq <= last) {
+      throw new ProtocolError(
+        "out-of-order",
+        `out-of-order checkpoint: ${source}/${header.id} has seq ${header.seq} but the mirror already has seq ${last}; seqs must increase`,
+      );
+    }
+    if (this.host.hasCheckpoint(source, header.id)) {
+      throw new ProtocolError("duplicate", `checkpoint ${source}/${header.id} already exists on the mirror`);
+    }
+    const cache = this.host.cache;
+    const wanted: number[] = [];
+    const missing = new Map<string, number>();
+    let reservedChunks = 0;
+    let bytes = 0;
+    header.chunks.forEach((c, i) => {
+      bytes += c.size;
+      if (this.host.onDisk(c.hash) || cache.has(c.hash)) return;
+      wanted.push(i);
+      missing.set(c.hash, c.size);
+      reservedChunks += c.size;
+    });
+    // Admission: wait (not reading this socket) until the cache has room.
+    try {
+      await cache.reserve(reservedChunks + payload.length);
+    } catch (err) {
+      throw new ProtocolError("too-large", `checkpoint ${source}/${header.id} ${(err as Error).message}`);
+    }
+    if (this.conn.isClosed) {
+      cache.release(reservedChunks + payload.length);
+      return;
+    }
+    // Pin what the cache has now (it may have changed while we waited for room).
+    const pinned: string[] = [];
+    for (const c of header.chunks) {
+      if (missing.has(c.hash)) continue;
+      if (cache.pin(c.hash)) pinned.push(c.hash);
+      else if (!this.host.onDisk(c.hash)) {
+        // Was cached at offer time but got flushed meanwhile: it is on disk now, unless
+        // its owner aborted; then ask for it after all (reservation may overshoot a bit).
+        missing.set(c.hash, c.size);
+        wanted.push(header.chunks.indexOf(c));
+      }
+    }
+    wanted.sort((a, b) => a - b);
+    this.current = { header, headerBytes: payload, missing, pinned, reservedChunks, bytes };
+    await this.conn.send(FrameType.Want, [encodeWant(header.id, header.chunks.length, wanted)]);
+  }
+
+  private chunk(payload: Buffer): void {
+    const cur = this.current;
+    if (!cur) throw new ProtocolError("out-of-order", "out-of-order frame: Chunk before any Offer");
+    const { hash, data } = decodeChunk(payload);
+    const size = cur.missing.get(hash);
+    if (size === undefined) {
+      throw new ProtocolError("out-of-order", `out-of-order frame: chunk ${hash} was not asked for in checkpoint ${cur.header.id}`);
+    }
+    if (data.length !== size) {
+      throw new ProtocolError("checksum-mismatch", `chunk ${hash} is ${data.length} bytes, the offer said ${size}`);
+    }
+    const actual = sha256hex(data);
+    if (actual !== hash) {
+      throw new ProtocolError("checksum-mismatch", `checksum mismatch: chunk announced as ${hash} hashes to ${actual}`);
+    }
+    cur.missing.delete(hash);
+    const reserved = Math.min(size, cur.reservedChunks);
+    cur.reservedChunks -= reserved;
+    this.host.cache.insert(hash, data, reserved);
+    cur.pinned.push(hash);
+  }
+
+  private commit(payload: Buffer): void {
+    const cur = this.current;
+    const source = this.source as string;
+    const id = str(parseJson(FrameType.Commit, payload), "id", FrameType.Commit);
+    if (!cur || cur.header.id !== id) {
+      throw new ProtocolError("out-of-order", `out-of-order frame: Commit for ${id} without a matching Offer`);
+    }
+    if (cur.missing.size > 0) {
+      throw new ProtocolError(
+        "out-of-order",
+        `out-of-order frame: Commit of ${id} before all chunks arrived (${cur.missing.size} still missing)`,
+      );
+    }
+    this.current = undefined;
+    if (cur.reservedChunks > 0) this.host.cache.release(cur.reservedChunks);
+    this.host.enqueue({
+      source,
+      id,
+      seq: cur.header.seq,
+      ...(cur.header.parent !== undefined ? { parent: cur.header.parent } : {}),
+      header: cur.headerBytes,
+      chunkHashes: cur.pinned,
+      chunkCount: cur.header.chunks.length,
+      bytes: cur.bytes,
+      receivedAt: new Date(),
+      queuedAtMs: Date.now(),
+    });
+    this.conn.sendJson(FrameType.Received, { id, seq: cur.header.seq }).catch(() => undefined);
+  }
+
+  private abortCurrent(why: string): void {
+    const cur = this.current;
+    if (!cur) return;
+    this.current = undefined;
+    for (const h of cur.pinned) this.host.cache.unpin(h);
+    this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
+    this.log.info({ source: this.source, id: cur.header.id }, `partial checkpoint discarded: ${why}`);
+  }
+
+  private async flush(): Promise<void> {
+    const r = await this.host.flush("explicit");
+    await this.conn.sendJson(FrameType.Flushed, r);
+  }
+
+  private async fetch(payload: Buffer): Promise<void> {
+    const own = this.source as string;
+    const req = parseJson(FrameType.Fetch, payload);
+    const source = str(req, "source", FrameType.Fetch);
+    const id = str(req, "id", FrameType.Fetch);
+    if (source !== own) {
+      throw new ProtocolError(
+        "forbidden",
+        `forbidden: this token belongs to source "${own}" and may not read checkpoints of source "${source}"`,
+      );
+    }
+    const have = new Set<string>();
+    const haveList = req.have;
+    if (Array.isArray(haveList)) for (const h of haveList) if (typeof h === "string") have.add(h);
+    let got;
+    try {
+      got = await this.host.fetch(source, id);
+    } catch (err) {
+      throw new ProtocolError("not-found", (err as Error).message);
+    }
+    await this.conn.send(FrameType.FetchHeader, [got.header]);
+    let sent = 0;
+    for (const h of got.chunks) {
+      if (have.has(h)) continue;
+      const data = await got.readChunk(h);
+      await this.conn.send(FrameType.Chunk, chunkParts(h, data));
+      sent++;
+    }
+    await this.conn.sendJson(FrameType.FetchEnd, { id, chunks: sent });
+  }
+}
