@@ -46,16 +46,21 @@ export class LocalStore implements Store {
   private readonly lock = new Mutex();
   readonly stagingDir: string;
   readonly checkpointsDir: string;
-  private readonly seqDir: string;
+  private readonly seqDirPath: string;
 
   constructor(readonly root: string) {
     this.stagingDir = join(root, "staging");
     this.checkpointsDir = join(root, "checkpoints");
-    this.seqDir = join(root, "seq");
+    this.seqDirPath = join(root, "seq");
+  }
+
+  /** Directory of the per-app seq counters. */
+  seqDir(): string {
+    return this.seqDirPath;
   }
 
   private async init(): Promise<void> {
-    for (const d of [this.root, this.stagingDir, this.checkpointsDir, this.seqDir]) await mkdir(d, { recursive: true, mode: 0o755 });
+    for (const d of [this.root, this.stagingDir, this.checkpointsDir, this.seqDirPath]) await mkdir(d, { recursive: true, mode: 0o755 });
   }
 
   async recover(): Promise<string[]> {
@@ -66,7 +71,7 @@ export class LocalStore implements Store {
       removed.push(name);
     }
     // Stray temp files of atomic writes.
-    for (const name of await readdir(this.seqDir)) if (name.includes(".tmp.")) await rm(join(this.seqDir, name), { force: true });
+    for (const name of await readdir(this.seqDirPath)) if (name.includes(".tmp.")) await rm(join(this.seqDirPath, name), { force: true });
     return removed;
   }
 
@@ -111,7 +116,7 @@ export class LocalStore implements Store {
         totalNs: info.totalNs,
         images,
       };
-      await writeFileAtomic(join(this.seqDir, staging.app), `${seq}\n`);
+      await writeFileAtomic(join(this.seqDirPath, staging.app), `${seq}\n`);
       await writeFileSynced(join(staging.dir, "manifest.json"), JSON.stringify(manifest, null, 2) + "\n");
       await fsyncPath(staging.dir);
       await rename(staging.dir, join(this.checkpointsDir, manifest.id));
@@ -123,7 +128,7 @@ export class LocalStore implements Store {
   private async nextSeq(app: string): Promise<number> {
     let last = 0;
     try {
-      last = Number((await readFile(join(this.seqDir, app), "utf8")).trim()) || 0;
+      last = Number((await readFile(join(this.seqDirPath, app), "utf8")).trim()) || 0;
     } catch {
       /* no counter yet */
     }

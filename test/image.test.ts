@@ -1,0 +1,163 @@
+// Parser tests on images crafted by src/image/writer.ts (no C core needed).
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { crc32c } from "@node-rs/crc32";
+import { FILE_HEADER_SIZE, PAGE_SIZE, RecordType } from "../src/image/format.js";
+import { ImageError, parseImage } from "../src/image/parser.js";
+import { summarizeImage } from "../src/image/summary.js";
+import { buildImage, cwdRecord, pagesRecord, procRecord, recordBytes, sampleImage, threadRecord, vmaRecord, fileHeader } from "../src/image/writer.js";
+
+const dir = mkdtempSync(join(tmpdir(), "tg-img-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+function put(buf: Buffer): string {
+  const f = join(dir, `img${n++}.img`);
+  writeFileSync(f, buf);
+  return f;
+}
+
+/** Offsets of every record header in an image (walks the valid structure). */
+function recordOffsets(buf: Buffer): { type: number; off: number }[] {
+  const out = [];
+  let off = FILE_HEADER_SIZE;
+  while (off < buf.length) {
+    const type = buf.readUInt32LE(off);
+    const len = Number(buf.readBigUInt64LE(off + 8));
+    out.push({ type, off });
+    off += 32 + ((len + 7) & ~7);
+  }
+  return out;
+}
+
+async function rejects(file: string, offset: number, reason: RegExp): Promise<ImageError> {
+  try {
+    await parseImage(file);
+  } catch (e) {
+    assert.ok(e instanceof ImageError, `expected ImageError, got ${String(e)}`);
+    assert.equal(e.file, file);
+    assert.equal(e.offset, offset, `offset: ${e.message}`);
+    assert.match(e.reason, reason);
+    assert.ok(e.message.includes(file), "message names the file");
+    assert.ok(e.message.includes(`offset ${offset}`), "message names the offset");
+    return e;
+  }
+  assert.fail(`${file} parsed without error`);
+}
+
+describe("image parser", () => {
+  test("crc32c is Castagnoli with the check value of docs/format.md", () => {
+    assert.equal(crc32c(Buffer.from("123456789")), 0xe3069283);
+  });
+
+  test("parses a valid image", async () => {
+    const f = put(sampleImage({ npages: 600 }));
+    const img = await parseImage(f);
+    assert.equal(img.header.version, 1);
+    assert.equal(img.proc.pid, 2);
+    assert.equal(img.cwd, "/tmp");
+    assert.equal(img.vmas.length, 2);
+    assert.equal(img.threads.length, 1);
+    assert.equal(img.threads[0]!.comm, "app");
+    assert.equal(img.fds.length, 2);
+    assert.equal(img.fds[1]!.path, "/tmp/log");
+    assert.equal(img.fds[1]!.pos, 42n);
+    assert.equal(img.pagesTotal, 600);
+    assert.deepEqual(img.extents.map((e) => e.npages), [256, 256, 88]);
+    const s = await summarizeImage(f);
+    assert.equal(s.threads[0]!.rip, "0x401000");
+    assert.equal(s.vmas[1]!.pagesStored, 600);
+  });
+
+  test("page data offsets point at the pages", async () => {
+    const buf = sampleImage({ npages: 3, fill: (i) => 0x10 + i });
+    const img = await parseImage(put(buf));
+    img.extents.forEach((e) => assert.equal(buf[e.dataOffset + PAGE_SIZE * 2], 0x12));
+  });
+
+  test("streams with a chunk smaller than a record", async () => {
+    const img = await parseImage(put(sampleImage({ npages: 300 })), { chunkSize: 5000 });
+    assert.equal(img.pagesTotal, 300);
+  });
+
+  test("truncated file: every cut is rejected with the failing record's offset", async () => {
+    const buf = sampleImage({ npages: 4 });
+    const recs = recordOffsets(buf);
+    for (const cut of [10, 64, 70, 200, buf.length - 30, buf.length - 1]) {
+      const f = put(buf.subarray(0, cut));
+      if (cut < 64) {
+        await rejects(f, 0, /truncated file header/);
+        continue;
+      }
+      const rec = [...recs].reverse().find((r) => r.off <= cut)!;
+      const expected = rec.off === cut ? cut : rec.off;
+      await rejects(f, expected, rec.off === cut ? /missing END|truncated record header/ : /truncated record/);
+    }
+  });
+
+  test("truncated in the middle of a PAGES record names that record", async () => {
+    const buf = sampleImage({ npages: 512 });
+    const pages = recordOffsets(buf).filter((r) => r.type === RecordType.PAGES);
+    const second = pages[1]!.off;
+    const e = await rejects(put(buf.subarray(0, second + 32 + 1000)), second, /truncated record PAGES/);
+    assert.match(e.message, /truncated record PAGES/);
+  });
+
+  test("bit flip in page data: payload CRC mismatch in record PAGES at its offset", async () => {
+    const buf = sampleImage({ npages: 300 });
+    const second = recordOffsets(buf).filter((r) => r.type === RecordType.PAGES)[1]!.off;
+    buf[second + 32 + 16 + 5000]! ^= 0x04;
+    const e = await rejects(put(buf), second, /payload CRC mismatch in record PAGES/);
+    assert.match(e.message, /payload CRC mismatch in record PAGES .* at offset \d+ \(0x[0-9a-f]+\)/);
+  });
+
+  test("bit flip in a metadata payload, a record header and the file header", async () => {
+    const base = sampleImage();
+    const recs = recordOffsets(base);
+    const thread = recs.find((r) => r.type === RecordType.THREAD)!.off;
+    let buf = Buffer.from(base);
+    buf[thread + 32 + 80]! ^= 1;
+    await rejects(put(buf), thread, /payload CRC mismatch in record THREAD/);
+    buf = Buffer.from(base);
+    buf[thread + 8]! ^= 0x80;
+    await rejects(put(buf), thread, /record header CRC mismatch/);
+    buf = Buffer.from(base);
+    buf[24]! ^= 1;
+    await rejects(put(buf), 0, /file header CRC mismatch/);
+  });
+
+  test("bad magic, version, unknown record type, data after END, missing END", async () => {
+    let buf = sampleImage();
+    buf.write("NOTANIMG", 0, "latin1");
+    await rejects(put(buf), 0, /bad magic/);
+
+    buf = sampleImage();
+    buf.writeUInt32LE(2, 8);
+    await rejects(put(buf), 8, /unsupported image version 2/);
+
+    const weird = buildImage([procRecord(), { type: 99, payload: Buffer.alloc(8) }]);
+    await rejects(put(weird), FILE_HEADER_SIZE + 32 + 680, /unknown record type 99/);
+
+    const good = sampleImage();
+    await rejects(put(Buffer.concat([good, Buffer.alloc(64)])), good.length, /data after END/);
+
+    const noEnd = Buffer.concat([fileHeader(), recordBytes(procRecord()), recordBytes(cwdRecord("/"))]);
+    await rejects(put(noEnd), noEnd.length, /missing END/);
+  });
+
+  test("structural rules: PROC first, payload minimum, pages inside one VMA", async () => {
+    await rejects(put(buildImage([cwdRecord("/"), procRecord()])), FILE_HEADER_SIZE, /first record is CWD, expected PROC/);
+    const shortThread = { type: RecordType.THREAD, payload: Buffer.alloc(50) };
+    const off = FILE_HEADER_SIZE + 32 + 680;
+    await rejects(put(buildImage([procRecord(), shortThread])), off, /payload too short for record THREAD/);
+    const stray = buildImage([procRecord(), vmaRecord({ start: 0x10000n, end: 0x11000n }), threadRecord({ tid: 2 }), pagesRecord(0x20000n, Buffer.alloc(PAGE_SIZE, 1))]);
+    const pagesOff = recordOffsets(stray).find((r) => r.type === RecordType.PAGES)!.off;
+    await rejects(put(stray), pagesOff, /not inside one VMA/);
+  });
+
+  test("a file that does not exist is a clear error", async () => {
+    await assert.rejects(parseImage(join(dir, "nope.img")), /cannot open checkpoint image .*nope\.img: the file does not exist/);
+  });
+});
