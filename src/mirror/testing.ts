@@ -125,3 +125,11 @@ export async function rssOf(pid: number): Promise<number> {
   const m = /VmRSS:\s+(\d+) kB/.exec(s);
   return m ? Number(m[1]) * 1024 : 0;
 }
+
+/** A pino logger whose JSON lines are kept in `lines` (for in-process servers in tests). */
+export async function captureLogger(): Promise<{ logger: import("pino").Logger; lines: LogLine[] }> {
+  const { pino } = await import("pino");
+  const lines: LogLine[] = [];
+  const logger = pino({ level: "debug" }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
+  return { logger, lines };
+}
