@@ -1,0 +1,572 @@
+/* libtardigrade-agent.so: the in-process half of checkpointing.
+ *
+ * Loaded with LD_PRELOAD by tardigrade-init. When TARDIGRADE_SOCK is set it starts a hidden manager
+ * thread listening on that Unix socket (docs/native-interface.md). A CHECKPOINT request parks every
+ * application thread in the park signal handler (the kernel saves each thread's full context, FPU
+ * and xstate included, in the signal frame on its stack), takes a copy-on-write snapshot of the
+ * process with a raw clone(), resumes the threads, and lets the snapshot child write the raw image
+ * (capture.c) while the application runs on. Restore (native/restore) rebuilds memory from the
+ * image and resumes each thread by rt_sigreturn on its saved frame; the manager thread notices it
+ * was restored through tg_restart and listens again.
+ */
+#include "agent.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <asm/prctl.h>
+
+#include "../common/sys.h"
+
+TG_HIDDEN struct tg_agent tg;
+TG_HIDDEN struct tg_restart_info tg_restart;
+
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+
+#define RSEQ_SIG 0x53053053
+
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+typedef int (*sigmask_fn)(int, const sigset_t *, sigset_t *);
+TG_HIDDEN sigaction_fn tg_real_sigaction;
+TG_HIDDEN sigmask_fn tg_real_pthread_sigmask;
+
+TG_HIDDEN uint64_t tg_now_ns(int clock) {
+  struct timespec ts;
+  tg_sys2(SYS_clock_gettime, clock, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+TG_HIDDEN int tg_is_hidden_fd(int fd) {
+  return fd >= 0 && (fd == tg.listen_fd || fd == tg.conn_fd || fd == tg.img_fd || fd == tg.err_rd ||
+                     fd == tg.err_wr);
+}
+
+TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap) {
+  long fd = tg_sys3(SYS_open, path, O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) return fd;
+  size_t n = 0;
+  while (n + 1 < cap) {
+    long r = tg_sys3(SYS_read, fd, buf + n, cap - 1 - n);
+    if (r == -EINTR) continue;
+    if (r < 0) { tg_sys1(SYS_close, fd); return r; }
+    if (r == 0) break;
+    n += (size_t)r;
+  }
+  buf[n] = 0;
+  tg_sys1(SYS_close, fd);
+  return (long)n;
+}
+
+/* "Key:\tvalue" from a /proc status file; hex for signal masks. */
+TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex) {
+  size_t kl = strlen(key);
+  for (const char *p = status; p && *p;) {
+    if (strncmp(p, key, kl) == 0 && p[kl] == ':') {
+      const char *v = p + kl + 1;
+      while (*v == ' ' || *v == '\t') v++;
+      uint64_t x = 0;
+      for (;; v++) {
+        int d;
+        if (*v >= '0' && *v <= '9') d = *v - '0';
+        else if (hex && *v >= 'a' && *v <= 'f') d = *v - 'a' + 10;
+        else break;
+        x = x * (hex ? 16 : 10) + (uint64_t)d;
+      }
+      *out = x;
+      return 0;
+    }
+    p = strchr(p, '\n');
+    if (p) p++;
+  }
+  return -1;
+}
+
+/* Last number of the "NSpid:" line: the id in the innermost PID namespace. */
+static int last_nspid(const char *status) {
+  const char *p = strstr(status, "NSpid:");
+  if (!p) return -1;
+  const char *e = strchr(p, '\n');
+  if (!e) e = p + strlen(p);
+  int last = -1;
+  for (const char *q = p + 6; q < e;) {
+    while (q < e && (*q == ' ' || *q == '\t')) q++;
+    if (q >= e) break;
+    int v = 0;
+    while (q < e && *q >= '0' && *q <= '9') v = v * 10 + (*q++ - '0');
+    last = v;
+  }
+  return last;
+}
+
+static void futex_wait(volatile void *addr, uint32_t val, long timeout_ns) {
+  struct timespec ts = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  tg_sys4(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, timeout_ns ? &ts : NULL);
+}
+static void futex_wake(volatile void *addr, int n) { tg_sys3(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n); }
+
+/* ---- the park signal handler: runs in every application thread, and last in the manager ---- */
+
+static void record_self(struct tg_slot *s, int tid) {
+  char status[4096];
+  s->tid = tid;
+  tg_sys2(SYS_arch_prctl, ARCH_GET_FS, &s->fs_base);
+  tg_sys2(SYS_arch_prctl, ARCH_GET_GS, &s->gs_base);
+  void *ctid = NULL;
+  tg_sys2(SYS_prctl, PR_GET_TID_ADDRESS, &ctid);
+  s->clear_child_tid = (uint64_t)ctid;
+  void *head = NULL;
+  size_t len = 0;
+  tg_sys3(SYS_get_robust_list, 0, &head, &len);
+  s->robust_head = (uint64_t)head;
+  s->robust_len = len;
+  s->rseq_addr = 0;
+  if (&__rseq_size && &__rseq_offset && __rseq_size > 0) {
+    s->rseq_addr = (uint64_t)__builtin_thread_pointer() + (uint64_t)__rseq_offset;
+    s->rseq_len = 32;
+    s->rseq_sig = RSEQ_SIG;
+  }
+  tg_sys2(SYS_prctl, PR_GET_NAME, s->comm);
+  s->sigpending = s->shared_sigpending = 0;
+  if (tg_read_file("/proc/thread-self/status", status, sizeof status) > 0) {
+    tg_status_field_u64(status, "SigPnd", &s->sigpending, 1);
+    tg_status_field_u64(status, "ShdPnd", &s->shared_sigpending, 1);
+  }
+}
+
+static void snapshot_and_release(uint32_t gen);
+
+static void park_handler(int sig, siginfo_t *si, void *ucv) {
+  int saved_errno = errno;
+  if (!tg.capturing || si->si_code != SI_TKILL || si->si_pid != tg.pid) {
+    /* Not ours: hand it to what the application installed for this signal. */
+    if (tg.app_action_set) {
+      struct sigaction *a = &tg.app_action;
+      if ((a->sa_flags & SA_SIGINFO) && a->sa_sigaction) a->sa_sigaction(sig, si, ucv);
+      else if (!(a->sa_flags & SA_SIGINFO) && a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL)
+        a->sa_handler(sig);
+    }
+    errno = saved_errno;
+    return;
+  }
+  int tid = (int)tg_sys0(SYS_gettid);
+  uint32_t gen = tg.stop_gen;
+  int idx = __atomic_fetch_add(&tg.nslots, 1, __ATOMIC_SEQ_CST);
+  if (idx < TG_MAX_THREADS) {
+    struct tg_slot *s = &tg.slots[idx];
+    record_self(s, tid);
+    s->uc = (ucontext_t *)ucv;
+    s->is_manager = tid == tg.manager_tid;
+  }
+  if (tid == tg.manager_tid) {
+    snapshot_and_release(gen);
+  } else {
+    __atomic_fetch_add(&tg.parked, 1, __ATOMIC_SEQ_CST);
+    futex_wake(&tg.parked, 1);
+    uint32_t v;
+    while ((v = __atomic_load_n(&tg.release_gen, __ATOMIC_SEQ_CST)) != gen) futex_wait(&tg.release_gen, v, 0);
+  }
+  errno = saved_errno;
+}
+
+/* In the manager's own park handler, with every other thread parked: fork a copy-on-write snapshot
+ * (raw clone, exit signal 0 so the application's wait() never sees it), then let everyone go. */
+TG_HIDDEN long tg_clone_on_stack(void *stack_top, void (*fn)(void));
+#define CHILD_STACK (1u << 20)
+
+__attribute__((noreturn)) static void snapshot_child(void) {
+  {
+    char err[512] = {0};
+    uint64_t bytes = 0, pages = 0;
+    int rc = tg_capture_image(err, sizeof err, &bytes, &pages);
+    char msg[640];
+    int n = rc == 0 ? snprintf(msg, sizeof msg, "OK %llu %llu\n", (unsigned long long)bytes, (unsigned long long)pages)
+                    : snprintf(msg, sizeof msg, "ERR %s\n", err);
+    tg_sys3(SYS_write, tg.err_wr, msg, n);
+    tg_sys1(SYS_exit_group, rc == 0 ? 0 : 1);
+  }
+  for (;;) {}
+}
+
+static void snapshot_and_release(uint32_t gen) {
+  /* The child runs on a stack of its own: the manager's stack is part of the image, and must
+   * not change under the writer. The parent drops the mapping right away. */
+  long stk = tg_sys6l(SYS_mmap, 0, CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  long child;
+  if ((unsigned long)stk > -4096UL) {
+    child = stk;
+  } else {
+    tg.child_stack = (uint64_t)stk;
+    child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
+    tg_sys2(SYS_munmap, stk, CHILD_STACK);
+  }
+  tg.child = child;
+  tg.capturing = 0;
+  __atomic_store_n(&tg.release_gen, gen, __ATOMIC_SEQ_CST);
+  futex_wake(&tg.release_gen, 1 << 30);
+  tg.t_resumed_ns = tg_now_ns(CLOCK_MONOTONIC);
+}
+
+/* ---- stopping every thread ---- */
+
+struct tid_map { int htid, tid; };
+static struct tid_map signaled[TG_MAX_THREADS];
+static int nsignaled;
+
+static int ns_tid_of(int htid) {
+  char path[64], status[2048];
+  snprintf(path, sizeof path, "/proc/self/task/%d/status", htid);
+  if (tg_read_file(path, status, sizeof status) <= 0) return -1;
+  return last_nspid(status);
+}
+
+/* Signal every thread not yet signaled; returns how many were newly signaled, or -1. */
+static int signal_new_threads(char *err, size_t errlen) {
+  int dfd = (int)tg_sys3(SYS_open, "/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dfd < 0) { snprintf(err, errlen, "cannot list threads: open /proc/self/task: %s", strerror(-dfd)); return -1; }
+  char buf[8192];
+  int added = 0;
+  for (;;) {
+    long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
+    if (n < 0) { snprintf(err, errlen, "cannot list threads: %s", strerror((int)-n)); tg_sys1(SYS_close, dfd); return -1; }
+    if (n == 0) break;
+    for (long off = 0; off < n;) {
+      struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
+      off += d->reclen;
+      if (d->name[0] < '0' || d->name[0] > '9') continue;
+      int htid = atoi(d->name), known = 0;
+      for (int i = 0; i < nsignaled; i++) if (signaled[i].htid == htid) { known = 1; break; }
+      if (known) continue;
+      int tid = ns_tid_of(htid);
+      if (tid < 0 || tid == tg.manager_tid) continue;
+      if (nsignaled >= TG_MAX_THREADS) { snprintf(err, errlen, "more than %d threads", TG_MAX_THREADS); tg_sys1(SYS_close, dfd); return -1; }
+      long r = tg_sys3(SYS_tgkill, tg.pid, tid, tg.sig);
+      if (r == -ESRCH) continue;
+      if (r < 0) { snprintf(err, errlen, "cannot signal thread %d: %s", tid, strerror((int)-r)); tg_sys1(SYS_close, dfd); return -1; }
+      signaled[nsignaled].htid = htid;
+      signaled[nsignaled].tid = tid;
+      nsignaled++;
+      added++;
+    }
+  }
+  tg_sys1(SYS_close, dfd);
+  return added;
+}
+
+static int thread_gone(int htid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d", htid);
+  struct stat st;
+  return stat(path, &st) != 0;
+}
+
+/* Parks every application thread. On failure releases those already parked. */
+static int stop_all(char *err, size_t errlen) {
+  nsignaled = 0;
+  tg.nslots = 0;
+  tg.parked = 0;
+  tg.stop_gen++;
+  tg.capturing = 1;
+  uint64_t deadline = tg_now_ns(CLOCK_MONOTONIC) + 5000000000ull;
+  for (;;) {
+    int added = signal_new_threads(err, errlen);
+    if (added < 0) goto fail;
+    for (;;) {
+      int parked = __atomic_load_n(&tg.parked, __ATOMIC_SEQ_CST);
+      int expected = nsignaled;
+      if (parked >= expected) break;
+      /* a thread that exited after being signaled never parks */
+      int gone = 0;
+      for (int i = 0; i < nsignaled; i++) if (thread_gone(signaled[i].htid)) gone++;
+      if (parked >= expected - gone && gone > 0) {
+        /* drop exited threads from the list */
+        int j = 0;
+        for (int i = 0; i < nsignaled; i++) if (!thread_gone(signaled[i].htid)) signaled[j++] = signaled[i];
+        nsignaled = j;
+        continue;
+      }
+      if (tg_now_ns(CLOCK_MONOTONIC) > deadline) {
+        snprintf(err, errlen,
+                 "only %d of %d threads stopped within 5 s (a thread may block signal %d with a raw "
+                 "syscall, or be stuck in uninterruptible sleep); checkpoint abandoned, the app keeps running",
+                 parked, expected, tg.sig);
+        goto fail;
+      }
+      futex_wait(&tg.parked, (uint32_t)parked, 2000000);
+    }
+    if (added == 0) break;
+  }
+  return 0;
+fail:
+  tg.capturing = 0;
+  __atomic_store_n(&tg.release_gen, tg.stop_gen, __ATOMIC_SEQ_CST);
+  futex_wake(&tg.release_gen, 1 << 30);
+  return -1;
+}
+
+/* ---- the control socket ---- */
+
+static void reply(const char *fmt, ...) {
+  if (tg.conn_fd < 0) return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+  buf[n++] = '\n';
+  for (int off = 0; off < n;) {
+    ssize_t w = send(tg.conn_fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return; /* the caller went away: the app goes on regardless */
+    off += (int)w;
+  }
+}
+
+static void json_escape(const char *in, char *out, size_t cap) {
+  size_t o = 0;
+  for (; *in && o + 7 < cap; in++) {
+    unsigned char c = (unsigned char)*in;
+    if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
+    else if (c < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+    else out[o++] = (char)c;
+  }
+  out[o] = 0;
+}
+
+static void reply_error(const char *event, const char *msg) {
+  char esc[1024];
+  json_escape(msg, esc, sizeof esc);
+  reply("{\"event\":\"%s\",\"ok\":false,\"error\":\"%s\"}", event, esc);
+}
+
+static int host_pid(void) {
+  char status[4096];
+  if (tg_read_file("/proc/self/status", status, sizeof status) <= 0) return -1;
+  const char *p = strstr(status, "NSpid:");
+  return p ? atoi(p + 6) : -1;
+}
+
+static int count_threads(void) {
+  char status[4096];
+  uint64_t n = 0;
+  if (tg_read_file("/proc/self/status", status, sizeof status) <= 0) return -1;
+  tg_status_field_u64(status, "Threads", &n, 0);
+  return (int)n;
+}
+
+static int after_restore(void);
+
+static void do_checkpoint(const char *path) {
+  char err[600] = {0};
+  if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
+  if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
+  tg.err_rd = pfd[0];
+  tg.err_wr = pfd[1];
+  tg.img_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (tg.img_fd < 0) {
+    snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(errno));
+    reply_error("error", err);
+    goto out;
+  }
+  tg.seq++;
+  tg.pid = getpid();
+  tg.ppid = getppid();
+  tg.child = 0;
+  tg.t_stop_ns = tg_now_ns(CLOCK_MONOTONIC);
+  if (stop_all(err, sizeof err) != 0) {
+    tg.seq--;
+    reply_error("error", err);
+    unlink(path);
+    goto out;
+  }
+  /* Park ourselves too: our handler snapshots the process and releases everyone. */
+  tg_sys3(SYS_tgkill, tg.pid, tg.manager_tid, tg.sig);
+  /* A restored process resumes right here, in the manager thread. */
+  if (tg_restart.restored != tg.seen_restored) { after_restore(); return; }
+  uint64_t downtime = tg.t_resumed_ns - tg.t_stop_ns;
+  if (tg.child <= 0) {
+    snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
+    reply_error("error", err);
+    unlink(path);
+    goto out;
+  }
+  reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
+        (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
+  close(tg.err_wr);
+  tg.err_wr = -1;
+  char msg[700] = {0};
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = read(tg.err_rd, msg + got, sizeof msg - 1 - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+    if (got >= sizeof msg - 1) break;
+  }
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  while (waitid(P_PID, (id_t)tg.child, &si, WEXITED | __WALL) != 0 && errno == EINTR) {}
+  uint64_t total = tg_now_ns(CLOCK_MONOTONIC) - tg.t_stop_ns;
+  char *nl = strchr(msg, '\n');
+  if (nl) *nl = 0;
+  if (si.si_code == CLD_EXITED && si.si_status == 0 && strncmp(msg, "OK ", 3) == 0) {
+    unsigned long long bytes = 0, pages = 0;
+    sscanf(msg + 3, "%llu %llu", &bytes, &pages);
+    reply("{\"event\":\"done\",\"ok\":true,\"bytes\":%llu,\"pages\":%llu,\"total_ns\":%llu,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
+          bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
+  } else {
+    if (strncmp(msg, "ERR ", 4) == 0) memmove(msg, msg + 4, strlen(msg + 4) + 1);
+    else if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)
+      snprintf(msg, sizeof msg, "the snapshot writer was killed by signal %d", si.si_status);
+    else if (!msg[0]) snprintf(msg, sizeof msg, "the snapshot writer exited with status %d", si.si_status);
+    unlink(path);
+    reply_error("done", msg);
+  }
+out:
+  if (tg.img_fd >= 0) close(tg.img_fd);
+  if (tg.err_rd >= 0) close(tg.err_rd);
+  if (tg.err_wr >= 0) close(tg.err_wr);
+  tg.img_fd = tg.err_rd = tg.err_wr = -1;
+}
+
+static int listen_on(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un a;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+  unlink(path);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 8) != 0) {
+    fprintf(stderr, "tardigrade agent: cannot listen on %s: %s\n", path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* The manager resumes here (inside do_checkpoint) in a restored process. */
+static int after_restore(void) {
+  tg.seen_restored = tg_restart.restored;
+  /* Our old fds do not exist in the restored process, and their numbers may be the application's by
+   * now: forget them without closing. */
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg.child = 0;
+  tg.pid = getpid();
+  for (int i = 0; i < 5000 && __atomic_load_n(&tg_restart.pending, __ATOMIC_SEQ_CST) > 0; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  if (__atomic_load_n(&tg_restart.pending, __ATOMIC_SEQ_CST) == 0 && tg_restart.blob_addr)
+    munmap((void *)tg_restart.blob_addr, tg_restart.blob_len);
+  if (tg_restart.sock_path[0]) {
+    memcpy(tg.sock_path, tg_restart.sock_path, sizeof tg.sock_path);
+    tg.sock_path[sizeof tg.sock_path - 1] = 0;
+  }
+  tg.listen_fd = listen_on(tg.sock_path);
+  return 0;
+}
+
+static void serve_one(void) {
+  char line[512];
+  size_t n = 0;
+  while (n < sizeof line - 1) {
+    ssize_t r = recv(tg.conn_fd, line + n, 1, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return;
+    if (line[n] == '\n') break;
+    n++;
+  }
+  line[n] = 0;
+  if (strcmp(line, "PING") == 0) {
+    reply("{\"ok\":true,\"pid\":%d,\"hostpid\":%d,\"threads\":%d,\"restored\":%d,\"seq\":%llu}", getpid(), host_pid(),
+          count_threads(), tg_restart.restored, (unsigned long long)tg.seq);
+  } else if (strncmp(line, "CHECKPOINT ", 11) == 0) {
+    do_checkpoint(line + 11);
+  } else {
+    reply("{\"ok\":false,\"error\":\"unknown request\"}");
+  }
+}
+
+static void *manager_main(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  sigdelset(&all, tg.sig);
+  tg_real_pthread_sigmask(SIG_SETMASK, &all, NULL);
+  prctl(PR_SET_NAME, "tg-agent");
+  tg.manager_tid = (int)tg_sys0(SYS_gettid);
+  tg.listen_fd = listen_on(tg.sock_path);
+  for (;;) {
+    if (tg.listen_fd < 0) return NULL;
+    int c = accept4(tg.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return NULL;
+    }
+    tg.conn_fd = c;
+    int listen_before = tg.listen_fd;
+    serve_one();
+    /* after a restore, conn_fd was reset (it does not exist any more) */
+    if (tg.conn_fd == c && tg.listen_fd == listen_before) close(c);
+    tg.conn_fd = -1;
+  }
+}
+
+__attribute__((constructor)) static void tg_agent_init(void) {
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg_real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+  tg_real_pthread_sigmask = (sigmask_fn)dlsym(RTLD_NEXT, "pthread_sigmask");
+  tg.sig = SIGRTMAX;
+  const char *sock = getenv("TARDIGRADE_SOCK");
+  if (!sock || !*sock || !tg_real_sigaction || !tg_real_pthread_sigmask) return;
+  if (strlen(sock) >= sizeof tg.sock_path) {
+    fprintf(stderr, "tardigrade agent: TARDIGRADE_SOCK is too long (max %zu bytes)\n", sizeof tg.sock_path - 1);
+    return;
+  }
+  strcpy(tg.sock_path, sock);
+  /* Only this process is managed; children it execs run without an agent (process trees are
+   * not supported yet). */
+  unsetenv("TARDIGRADE_SOCK");
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = park_handler;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  if (tg_real_sigaction(tg.sig, &sa, NULL) != 0) {
+    fprintf(stderr, "tardigrade agent: cannot install signal %d handler: %s\n", tg.sig, strerror(errno));
+    return;
+  }
+  tg.active = 1;
+  tg.pid = getpid();
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int e = pthread_create(&t, &attr, manager_main, NULL);
+  pthread_attr_destroy(&attr);
+  if (e != 0) {
+    fprintf(stderr, "tardigrade agent: cannot start manager thread: %s\n", strerror(e));
+    tg.active = 0;
+  }
+}

@@ -1,0 +1,68 @@
+/* Internal interfaces of libtardigrade-agent.so. */
+#ifndef TG_AGENT_H
+#define TG_AGENT_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <ucontext.h>
+#include "../common/image.h"
+
+#define TG_HIDDEN __attribute__((visibility("hidden")))
+#define TG_MAX_THREADS 4096
+#define TG_MAX_HIDDEN_FDS 16
+
+/* What one parked thread recorded about itself in the park signal handler. */
+struct tg_slot {
+  int tid;
+  int is_manager;
+  ucontext_t *uc;
+  uint64_t fs_base, gs_base, clear_child_tid, robust_head, robust_len, rseq_addr;
+  uint32_t rseq_len, rseq_sig;
+  uint64_t sigpending, shared_sigpending;
+  char comm[16];
+};
+
+struct tg_agent {
+  int active;
+  int sig;                      /* the agent's park signal (SIGRTMAX) */
+  int pid, ppid, manager_tid;   /* namespace ids, recorded at each capture */
+  char sock_path[108];
+  int listen_fd, conn_fd, img_fd, err_rd, err_wr;
+  volatile int capturing;
+  volatile uint32_t stop_gen, release_gen;
+  volatile int nslots, parked;
+  struct tg_slot slots[TG_MAX_THREADS];
+  uint64_t seq;
+  int seen_restored;
+  long child;                   /* snapshot writer */
+  int pid_self, pagemap_fd;     /* in the snapshot child */
+  uint64_t child_stack;         /* the snapshot child's stack (CHILD_STACK bytes), not part of images */
+  uint64_t t_stop_ns, t_resumed_ns;
+  struct sigaction app_action;  /* what the application set for our signal */
+  int app_action_set;
+};
+
+TG_HIDDEN extern struct tg_agent tg;
+TG_HIDDEN extern struct tg_restart_info tg_restart;
+TG_HIDDEN extern void tg_resume_trampoline(void);
+
+TG_HIDDEN uint64_t tg_now_ns(int clock);
+TG_HIDDEN int tg_is_hidden_fd(int fd);
+
+/* fds.c: classify one fd of this process. Returns 0 and fills rec/extra, or -1 with a message in err
+ * naming the fd and why it cannot be captured. Uses only syscalls (safe in the snapshot child). */
+TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
+                             size_t errlen);
+/* Checks every application fd; 0 if all are supported, else -1 with the first problem in err. */
+TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
+
+/* capture.c: runs in the snapshot child; writes the image to tg.img_fd; returns 0 or -1 with err. */
+TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages);
+
+/* util */
+TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap);
+TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex);
+#endif

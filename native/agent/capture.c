@@ -1,0 +1,494 @@
+/* The snapshot child: a copy-on-write copy of the process taken while every thread was parked.
+ * It writes the raw image (docs/format.md) to tg.img_fd and exits. Only syscalls and
+ * non-allocating libc calls are used here: the copy may hold locks of threads that do not exist in
+ * it. Buffers are mmap'ed (they are the child's own and never part of an image). */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/crc32c.h"
+#include "../common/sys.h"
+
+struct writer {
+  int fd;
+  uint64_t off, nrec, pages;
+  int err;
+};
+
+static int write_all(struct writer *w, struct iovec *iov, int cnt) {
+  while (cnt > 0) {
+    long r = tg_sys3(SYS_writev, w->fd, iov, cnt);
+    if (r == -EINTR) continue;
+    if (r <= 0) { w->err = r < 0 ? (int)-r : EIO; return -1; }
+    w->off += (uint64_t)r;
+    while (cnt > 0 && (size_t)r >= iov->iov_len) { r -= (long)iov->iov_len; iov++; cnt--; }
+    if (cnt > 0) { iov->iov_base = (char *)iov->iov_base + r; iov->iov_len -= (size_t)r; }
+  }
+  return 0;
+}
+
+/* One record: header, payload = a || b, padding to 8. */
+static int put_record(struct writer *w, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
+  static const char zeros[8];
+  struct tg_rec_header h;
+  memset(&h, 0, sizeof h);
+  h.type = type;
+  h.payload_len = al + bl;
+  uint32_t c = tg_crc32c(0, a, al);
+  if (bl) c = tg_crc32c(c, b, bl);
+  h.payload_crc = c;
+  h.header_crc = tg_crc32c(0, &h, 28);
+  size_t pad = (8 - ((al + bl) & 7)) & 7;
+  struct iovec iov[4] = {{&h, sizeof h}, {(void *)a, al}, {(void *)b, bl}, {(void *)zeros, pad}};
+  w->nrec++;
+  return write_all(w, iov, 4);
+}
+
+static void *child_alloc(size_t len) {
+  void *p = (void *)tg_sys6l(SYS_mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return (unsigned long)p > -4096UL ? NULL : p;
+}
+
+/* ---- /proc/self/maps ---- */
+
+struct vma {
+  uint64_t start, end, pgoff, ino;
+  uint32_t prot, shared, devmaj, devmin;
+  const char *path;
+  size_t pathlen;
+};
+
+static uint64_t hex(const char **pp) {
+  const char *p = *pp;
+  uint64_t v = 0;
+  for (;; p++) {
+    int d;
+    if (*p >= '0' && *p <= '9') d = *p - '0';
+    else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
+    else break;
+    v = v * 16 + (uint64_t)d;
+  }
+  *pp = p;
+  return v;
+}
+
+static int parse_maps_line(const char *l, const char *end, struct vma *v) {
+  const char *p = l;
+  v->start = hex(&p);
+  if (*p++ != '-') return -1;
+  v->end = hex(&p);
+  if (*p++ != ' ') return -1;
+  v->prot = (p[0] == 'r' ? 1u : 0u) | (p[1] == 'w' ? 2u : 0u) | (p[2] == 'x' ? 4u : 0u);
+  v->shared = p[3] == 's';
+  p += 5;
+  v->pgoff = hex(&p);
+  p++;
+  v->devmaj = (uint32_t)hex(&p);
+  p++;
+  v->devmin = (uint32_t)hex(&p);
+  p++;
+  v->ino = 0;
+  while (*p >= '0' && *p <= '9') v->ino = v->ino * 10 + (uint64_t)(*p++ - '0');
+  while (p < end && *p == ' ') p++;
+  v->path = p;
+  v->pathlen = (size_t)(end - p);
+  return 0;
+}
+
+static int path_is(const struct vma *v, const char *s) { return v->pathlen == strlen(s) && memcmp(v->path, s, v->pathlen) == 0; }
+
+static int ends_with(const char *p, size_t n, const char *s) {
+  size_t sl = strlen(s);
+  return n >= sl && memcmp(p + n - sl, s, sl) == 0;
+}
+
+static int is_zero_page(const void *p) {
+  const uint64_t *q = p;
+  for (size_t i = 0; i < TG_PAGE / 8; i += 8)
+    if (q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] | q[i + 7]) return 0;
+  return 1;
+}
+
+/* Own mappings of this child, never part of the image. */
+static struct { uint64_t start, end; } own[8];
+static int nown;
+static void *own_alloc(size_t len) {
+  void *p = child_alloc(len);
+  if (p && nown < 8) { own[nown].start = (uint64_t)p; own[nown].end = (uint64_t)p + len; nown++; }
+  return p;
+}
+static int is_own(uint64_t s, uint64_t e) {
+  if (s >= tg.child_stack && e <= tg.child_stack + (1u << 20)) return 1;
+  for (int i = 0; i < nown; i++) if (s >= own[i].start && e <= own[i].end) return 1;
+  return 0;
+}
+
+static int classify(const struct vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
+  memset(r, 0, sizeof *r);
+  r->start = v->start;
+  r->end = v->end;
+  r->pgoff = v->pgoff;
+  r->prot = v->prot;
+  if (path_is(v, "[vdso]") || path_is(v, "[vvar]") || path_is(v, "[vvar_vclock]")) { r->kind = TG_VMA_VDSO; return 0; }
+  if (path_is(v, "[vsyscall]")) { r->kind = TG_VMA_VSYSCALL; return 0; }
+  if (path_is(v, "[heap]")) r->vflags |= TG_VF_HEAP;
+  if (path_is(v, "[stack]")) r->vflags |= TG_VF_STACK | TG_VF_GROWSDOWN;
+  if (v->ino == 0) { r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE; return 0; }
+  /* file-backed */
+  int deleted = ends_with(v->path, v->pathlen, " (deleted)");
+  char path[4096];
+  size_t pl = v->pathlen < sizeof path - 1 ? v->pathlen : sizeof path - 1;
+  memcpy(path, v->path, pl);
+  path[pl] = 0;
+  struct stat st;
+  if (!deleted && (path[0] != '/' || tg_sys2(SYS_stat, path, &st) != 0 || st.st_ino != v->ino)) deleted = 1;
+  if (deleted) {
+    /* the file is gone or replaced: keep the content itself */
+    r->vflags |= TG_VF_DELETED;
+    if (v->shared && (v->prot & 2) && strncmp(path, "/memfd:", 7) != 0 && strncmp(path, "/dev/zero", 9) != 0 &&
+        strncmp(path, "/SYSV", 5) != 0) {
+      snprintf(err, errlen, "mapping %llx-%llx of deleted file %s is shared and writable; not supported yet",
+               (unsigned long long)v->start, (unsigned long long)v->end, path);
+      return -1;
+    }
+    r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE;
+    return 0;
+  }
+  r->kind = v->shared ? TG_VMA_FILE_SHARED : TG_VMA_FILE_PRIVATE;
+  r->id.dev = st.st_dev;
+  r->id.ino = st.st_ino;
+  r->id.size = (uint64_t)st.st_size;
+  r->id.mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+  r->id.mode = st.st_mode;
+  return 0;
+}
+
+/* Page-selection rules of docs/format.md ("Contents" under VMA). */
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAPPED (1ull << 62)
+#define PM_FILE (1ull << 61)
+
+static int dump_vma_pages(struct writer *w, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
+                          unsigned char *mc, char *err, size_t errlen) {
+  if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || r->kind == TG_VMA_FILE_SHARED) return 0;
+  int all = (r->vflags & TG_VF_DELETED) && r->kind == TG_VMA_ANON_PRIVATE;
+  if (!(r->prot & 1)) {
+    long e = tg_sys3(SYS_mprotect, r->start, r->end - r->start, PROT_READ);
+    if (e < 0) { snprintf(err, errlen, "mprotect %llx: %s", (unsigned long long)r->start, strerror((int)-e)); return -1; }
+  }
+  uint64_t npages = (r->end - r->start) / TG_PAGE;
+  for (uint64_t base = 0; base < npages; base += pm_cap) {
+    uint64_t cnt = npages - base < pm_cap ? npages - base : pm_cap;
+    uint64_t addr0 = r->start + base * TG_PAGE;
+    if (r->kind == TG_VMA_ANON_SHARED) {
+      long e = tg_sys3(SYS_mincore, addr0, cnt * TG_PAGE, mc);
+      if (e < 0) { snprintf(err, errlen, "mincore %llx: %s", (unsigned long long)addr0, strerror((int)-e)); return -1; }
+    } else if (!all) {
+      long want = (long)(cnt * 8), got = 0;
+      while (got < want) {
+        long e = tg_sys4(SYS_pread64, pagemap_fd, (char *)pm + got, want - got, (addr0 / TG_PAGE) * 8 + got);
+        if (e == -EINTR) continue;
+        if (e <= 0) { snprintf(err, errlen, "read pagemap: %s", e ? strerror((int)-e) : "short read"); return -1; }
+        got += e;
+      }
+    }
+    uint64_t run_start = 0, run_len = 0;
+    for (uint64_t i = 0; i <= cnt; i++) {
+      int take = 0;
+      if (i < cnt) {
+        if (all) take = 1;
+        else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
+        else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
+        else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
+        if (take && is_zero_page((void *)(addr0 + i * TG_PAGE))) take = 0;
+      }
+      if (take && run_len < TG_PAGES_PER_RECORD) {
+        if (run_len == 0) run_start = i;
+        run_len++;
+        continue;
+      }
+      if (run_len) {
+        struct tg_rec_pages ph = {addr0 + run_start * TG_PAGE, run_len};
+        if (put_record(w, TG_REC_PAGES, &ph, sizeof ph, (void *)ph.addr, run_len * TG_PAGE) != 0) {
+          snprintf(err, errlen, "writing the image: %s", strerror(w->err));
+          return -1;
+        }
+        w->pages += run_len;
+        run_len = 0;
+      }
+      if (take) { run_start = i; run_len = 1; }
+    }
+  }
+  return 0;
+}
+
+/* /proc/self/stat fields (1-based) 26.. as numbers. */
+static void stat_fields(uint64_t *out /* [53] */) {
+  char buf[2048];
+  memset(out, 0, 53 * sizeof *out);
+  if (tg_read_file("/proc/self/stat", buf, sizeof buf) <= 0) return;
+  char *p = strrchr(buf, ')');
+  if (!p) return;
+  p += 2;
+  for (int i = 3; i <= 52 && *p; i++) {
+    out[i] = strtoull(p, NULL, 10);
+    p = strchr(p, ' ');
+    if (!p) break;
+    p++;
+  }
+}
+
+static int put_proc(struct writer *w, const char *maps, size_t mapslen) {
+  struct tg_rec_proc pr;
+  memset(&pr, 0, sizeof pr);
+  pr.pid = (uint32_t)tg.pid;
+  pr.ppid = (uint32_t)tg.ppid;
+  pr.pgid = (uint32_t)tg_sys1(SYS_getpgid, 0);
+  pr.sid = (uint32_t)tg_sys1(SYS_getsid, 0);
+  long um = tg_sys1(SYS_umask, 022);
+  tg_sys1(SYS_umask, um);
+  pr.umask = (uint32_t)um;
+  pr.nthreads = (uint32_t)tg.nslots;
+  for (const char *l = maps; l < maps + mapslen;) {
+    const char *e = memchr(l, '\n', (size_t)(maps + mapslen - l));
+    if (!e) e = maps + mapslen;
+    struct vma v;
+    if (parse_maps_line(l, e, &v) == 0) {
+      if (path_is(&v, "[vvar]") && !pr.vvar_addr) pr.vvar_addr = v.start;
+      if (path_is(&v, "[vdso]")) pr.vdso_addr = v.start;
+    }
+    l = e + 1;
+  }
+  if (!pr.vvar_addr) pr.vvar_addr = pr.vdso_addr;
+  pr.restart_info_addr = (uint64_t)&tg_restart;
+  pr.trampoline_addr = (uint64_t)&tg_resume_trampoline;
+  uint64_t f[53];
+  stat_fields(f);
+  pr.mm[MM_START_CODE] = f[26];
+  pr.mm[MM_END_CODE] = f[27];
+  pr.mm[MM_START_STACK] = f[28];
+  pr.mm[MM_START_DATA] = f[45];
+  pr.mm[MM_END_DATA] = f[46];
+  pr.mm[MM_START_BRK] = f[47];
+  pr.mm[MM_ARG_START] = f[48];
+  pr.mm[MM_ARG_END] = f[49];
+  pr.mm[MM_ENV_START] = f[50];
+  pr.mm[MM_ENV_END] = f[51];
+  pr.mm[MM_BRK] = (uint64_t)tg_sys1(SYS_brk, 0);
+  for (int i = 0; i < tg.nslots && i < TG_MAX_THREADS; i++)
+    if (tg.slots[i].is_manager) pr.shared_sigpending = tg.slots[i].shared_sigpending;
+  /* the agent's own park signal is never pending for the application */
+  pr.shared_sigpending &= ~(1ull << (tg.sig - 1));
+  long n = tg_read_file("/proc/self/auxv", (char *)pr.auxv, sizeof pr.auxv);
+  pr.auxv_len = n > 0 ? (uint32_t)n : 0;
+  pr.monotonic_ns = tg_now_ns(CLOCK_MONOTONIC);
+  return put_record(w, TG_REC_PROC, &pr, sizeof pr, NULL, 0);
+}
+
+static int put_path_record(struct writer *w, uint32_t type, const char *link, int with_id) {
+  char path[4096];
+  long n = tg_sys4(SYS_readlink, link, path, sizeof path - 1, 0);
+  if (n < 0) return -1;
+  path[n] = 0;
+  if (!with_id) return put_record(w, type, path, (size_t)n, NULL, 0);
+  struct tg_file_id id;
+  memset(&id, 0, sizeof id);
+  struct stat st;
+  if (tg_sys2(SYS_stat, link, &st) == 0) {
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+    id.size = (uint64_t)st.st_size;
+    id.mtime_ns = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    id.mode = st.st_mode;
+  }
+  return put_record(w, type, &id, sizeof id, path, (size_t)n);
+}
+
+static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_t errlen) {
+  int dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dfd < 0) { snprintf(err, errlen, "cannot list fds: %s", strerror(-dfd)); return -1; }
+  char buf[4096];
+  static char extra[1 << 16];
+  static struct { uint32_t fd; uint64_t ino; uint32_t kind; } seen[4096];
+  int nseen = 0;
+  for (;;) {
+    long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
+      off += d->reclen;
+      if (d->name[0] < '0' || d->name[0] > '9') continue;
+      int fd = atoi(d->name), skip = fd == dfd || tg_is_hidden_fd(fd);
+      for (int i = 0; i < nself; i++) if (self_fds[i] == fd) skip = 1;
+      if (skip) continue;
+      struct tg_rec_fd rec;
+      if (tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen) != 0) { tg_sys1(SYS_close, dfd); return -1; }
+      /* fds sharing one open file description (dup) are restored as dups: reserved = 1 + fd */
+      for (int i = 0; i < nseen; i++)
+        if (seen[i].ino == rec.id.ino && tg_sys5(SYS_kcmp, tg.pid_self, tg.pid_self, 0 /* KCMP_FILE */, seen[i].fd, fd) == 0) {
+          rec.reserved = seen[i].fd + 1;
+          break;
+        }
+      if (nseen < 4096) { seen[nseen].fd = (uint32_t)fd; seen[nseen].ino = rec.id.ino; seen[nseen].kind = rec.kind; nseen++; }
+      if (put_record(w, TG_REC_FD, &rec, sizeof rec, extra, rec.extra_len) != 0) {
+        snprintf(err, errlen, "writing the image: %s", strerror(w->err));
+        tg_sys1(SYS_close, dfd);
+        return -1;
+      }
+    }
+  }
+  tg_sys1(SYS_close, dfd);
+  /* pipes: both ends must be ours; then keep what is buffered in them */
+  for (int i = 0; i < nseen; i++) {
+    if (seen[i].kind != TG_FD_PIPE_R && seen[i].kind != TG_FD_PIPE_W) continue;
+    int other = 0;
+    for (int j = 0; j < nseen; j++) {
+      if (seen[j].ino != seen[i].ino) continue;
+      if ((seen[j].kind == TG_FD_PIPE_R) != (seen[i].kind == TG_FD_PIPE_R)) other = 1;
+    }
+    if (!other) {
+      snprintf(err, errlen,
+               "fd %u (pipe:[%llu], %s end): the other end of this pipe is outside the process; pipes to other "
+               "processes are not supported yet",
+               seen[i].fd, (unsigned long long)seen[i].ino, seen[i].kind == TG_FD_PIPE_R ? "read" : "write");
+      return -1;
+    }
+    if (seen[i].kind != TG_FD_PIPE_R) continue;
+    int captured = 0;
+    for (int j = 0; j < i; j++) if (seen[j].ino == seen[i].ino && seen[j].kind == TG_FD_PIPE_R) captured = 1;
+    if (captured) continue; /* data is captured once per pipe, through its first read end */
+    int tp[2];
+    if (tg_sys2(SYS_pipe2, tp, O_CLOEXEC | O_NONBLOCK) != 0) { snprintf(err, errlen, "pipe2 failed"); return -1; }
+    tg_sys3(SYS_fcntl, tp[1], F_SETPIPE_SZ, 1 << 20);
+    long got = tg_sys4(SYS_tee, seen[i].fd, tp[1], 1 << 20, SPLICE_F_NONBLOCK);
+    if (got < 0 && got != -EAGAIN) { snprintf(err, errlen, "fd %u: tee: %s", seen[i].fd, strerror((int)-got)); return -1; }
+    char *data = extra;
+    long len = 0;
+    while (got > 0 && len < (long)sizeof extra) {
+      long r = tg_sys3(SYS_read, tp[0], data + len, sizeof extra - (size_t)len);
+      if (r <= 0) break;
+      len += r;
+    }
+    tg_sys1(SYS_close, tp[0]);
+    tg_sys1(SYS_close, tp[1]);
+    if (got > (long)sizeof extra) { snprintf(err, errlen, "fd %u: more than %zu bytes buffered in a pipe", seen[i].fd, sizeof extra); return -1; }
+    uint64_t ino = seen[i].ino;
+    if (put_record(w, TG_REC_PIPE_DATA, &ino, sizeof ino, data, (size_t)(len > 0 ? len : 0)) != 0) {
+      snprintf(err, errlen, "writing the image: %s", strerror(w->err));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages) {
+  struct writer w = {tg.img_fd, 0, 0, 0, 0};
+  tg.pagemap_fd = -1;
+  tg.pid_self = (int)tg_sys0(SYS_getpid);
+  size_t maps_cap = 8u << 20;
+  char *maps = own_alloc(maps_cap);
+  size_t pm_cap = 65536;
+  uint64_t *pm = own_alloc(pm_cap * 8);
+  unsigned char *mc = own_alloc(pm_cap);
+  if (!maps || !pm || !mc) { snprintf(err, errlen, "out of memory in the snapshot process"); return -1; }
+  long ml = tg_read_file("/proc/self/maps", maps, maps_cap);
+  if (ml < 0 || (size_t)ml >= maps_cap - 1) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
+
+  struct tg_file_header fh;
+  memset(&fh, 0, sizeof fh);
+  memcpy(fh.magic, TG_IMAGE_MAGIC, 8);
+  fh.version = TG_IMAGE_VERSION;
+  fh.header_size = sizeof fh;
+  fh.created_ns = tg_now_ns(CLOCK_REALTIME);
+  fh.pid = (uint32_t)tg.pid;
+  fh.seq = tg.seq;
+  fh.page_size = TG_PAGE;
+  fh.header_crc = tg_crc32c(0, &fh, 60);
+  struct iovec iov = {&fh, sizeof fh};
+  if (write_all(&w, &iov, 1) != 0) goto werr;
+
+  if (put_proc(&w, maps, (size_t)ml) != 0) goto werr;
+  if (put_path_record(&w, TG_REC_CWD, "/proc/self/cwd", 0) != 0) { snprintf(err, errlen, "cannot read the working directory"); return -1; }
+  if (put_path_record(&w, TG_REC_EXE, "/proc/self/exe", 1) != 0) { snprintf(err, errlen, "cannot read /proc/self/exe"); return -1; }
+  struct tg_rlimit rl[TG_NRLIMITS];
+  for (int i = 0; i < TG_NRLIMITS; i++) {
+    struct rlimit r;
+    if (tg_sys4(SYS_prlimit64, 0, i, NULL, &r) != 0) r.rlim_cur = r.rlim_max = RLIM_INFINITY;
+    rl[i].cur = r.rlim_cur;
+    rl[i].max = r.rlim_max;
+  }
+  if (put_record(&w, TG_REC_RLIMITS, rl, sizeof rl, NULL, 0) != 0) goto werr;
+  struct tg_ksigaction ka[64];
+  memset(ka, 0, sizeof ka);
+  for (int s = 1; s <= 64; s++) tg_sys4(SYS_rt_sigaction, s, NULL, &ka[s - 1], 8);
+  if (put_record(&w, TG_REC_SIGACTIONS, ka, sizeof ka, NULL, 0) != 0) goto werr;
+
+  /* VMA records, then threads and fds, then page data */
+  for (int pass = 0; pass < 2; pass++) {
+    for (const char *l = maps; l < maps + ml;) {
+      const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
+      if (!e) e = maps + ml;
+      struct vma v;
+      if (parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end)) {
+        struct tg_rec_vma r;
+        if (classify(&v, &r, err, errlen) != 0) return -1;
+        if (pass == 0) {
+          if (put_record(&w, TG_REC_VMA, &r, sizeof r, v.path, v.pathlen) != 0) goto werr;
+        } else if (dump_vma_pages(&w, &r, tg.pagemap_fd, pm, pm_cap, mc, err, errlen) != 0) {
+          return -1;
+        }
+      }
+      l = e + 1;
+    }
+    if (pass == 0) {
+      for (int i = 0; i < tg.nslots && i < TG_MAX_THREADS; i++) {
+        struct tg_slot *s = &tg.slots[i];
+        struct tg_rec_thread t;
+        memset(&t, 0, sizeof t);
+        t.tid = (uint32_t)s->tid;
+        t.flags = s->is_manager ? TG_THREAD_MANAGER : 0;
+        t.uc_addr = (uint64_t)s->uc;
+        t.fs_base = s->fs_base;
+        t.gs_base = s->gs_base;
+        t.clear_child_tid = s->clear_child_tid;
+        t.robust_head = s->robust_head;
+        t.robust_len = s->robust_len;
+        t.rseq_addr = s->rseq_addr;
+        t.rseq_len = s->rseq_len;
+        t.rseq_sig = s->rseq_sig;
+        t.sigpending = s->sigpending & ~(1ull << (tg.sig - 1));
+        t.rip = (uint64_t)s->uc->uc_mcontext.gregs[REG_RIP];
+        t.rsp = (uint64_t)s->uc->uc_mcontext.gregs[REG_RSP];
+        memcpy(t.comm, s->comm, sizeof t.comm);
+        if (put_record(&w, TG_REC_THREAD, &t, sizeof t, NULL, 0) != 0) goto werr;
+      }
+      int self_fds[2] = {tg.pagemap_fd, -1};
+      if (put_fds(&w, self_fds, 1, err, errlen) != 0) return -1;
+    }
+    if (pass == 0) {
+      tg.pagemap_fd = (int)tg_sys3(SYS_open, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+      if (tg.pagemap_fd < 0) { snprintf(err, errlen, "cannot open /proc/self/pagemap: %s", strerror(-tg.pagemap_fd)); return -1; }
+    }
+  }
+  struct tg_rec_end end = {w.nrec, w.pages, 0};
+  end.file_size = w.off + sizeof(struct tg_rec_header) + sizeof end;
+  if (put_record(&w, TG_REC_END, &end, sizeof end, NULL, 0) != 0) goto werr;
+  long e = tg_sys1(SYS_fsync, w.fd);
+  if (e < 0) { snprintf(err, errlen, "fsync of the image: %s", strerror((int)-e)); return -1; }
+  *bytes = w.off;
+  *pages = w.pages;
+  return 0;
+werr:
+  snprintf(err, errlen, "writing the image: %s", strerror(w.err ? w.err : EIO));
+  return -1;
+}

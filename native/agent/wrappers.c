@@ -1,0 +1,60 @@
+/* Keeps the agent's park signal invisible to the application: the application can neither replace
+ * its handler nor block it. What the application asks for is remembered and shown back to it, and
+ * a park signal that is not the agent's own is passed on to the application's handler. */
+#include "agent.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef int (*sigmask_fn)(int, const sigset_t *, sigset_t *);
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+TG_HIDDEN extern sigaction_fn tg_real_sigaction;
+TG_HIDDEN extern sigmask_fn tg_real_pthread_sigmask;
+
+static const sigset_t *unblock_ours(const sigset_t *set, sigset_t *copy) {
+  if (!tg.active || !set || !sigismember(set, tg.sig)) return set;
+  *copy = *set;
+  sigdelset(copy, tg.sig);
+  return copy;
+}
+
+__attribute__((visibility("default"))) int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  if (!tg_real_sigaction) { errno = ENOSYS; return -1; }
+  if (!tg.active || sig != tg.sig) {
+    if (tg.active && act && sig > 0 && sig < 65) {
+      /* never let a handler's mask block the park signal */
+      struct sigaction a = *act;
+      sigdelset(&a.sa_mask, tg.sig);
+      return tg_real_sigaction(sig, &a, old);
+    }
+    return tg_real_sigaction(sig, act, old);
+  }
+  if (old) {
+    if (tg.app_action_set) *old = tg.app_action;
+    else { memset(old, 0, sizeof *old); old->sa_handler = SIG_DFL; }
+  }
+  if (act) { tg.app_action = *act; tg.app_action_set = 1; }
+  return 0;
+}
+
+__attribute__((visibility("default"))) sighandler_t signal(int sig, sighandler_t handler) {
+  struct sigaction a, old;
+  memset(&a, 0, sizeof a);
+  a.sa_handler = handler;
+  a.sa_flags = SA_RESTART;
+  if (sigaction(sig, &a, &old) != 0) return SIG_ERR;
+  return old.sa_handler;
+}
+
+__attribute__((visibility("default"))) int pthread_sigmask(int how, const sigset_t *set, sigset_t *old) {
+  if (!tg_real_pthread_sigmask) return ENOSYS;
+  sigset_t copy;
+  if (how == SIG_UNBLOCK) return tg_real_pthread_sigmask(how, set, old);
+  return tg_real_pthread_sigmask(how, unblock_ours(set, &copy), old);
+}
+
+__attribute__((visibility("default"))) int sigprocmask(int how, const sigset_t *set, sigset_t *old) {
+  int e = pthread_sigmask(how, set, old);
+  if (e != 0) { errno = e; return -1; }
+  return 0;
+}

@@ -1,0 +1,123 @@
+/* Raw process image: C view of docs/format.md (version 1). Keep in step with it. */
+#ifndef TG_IMAGE_H
+#define TG_IMAGE_H
+#include <stdint.h>
+
+#define TG_IMAGE_MAGIC "TGIMAGE"
+#define TG_IMAGE_VERSION 1
+#define TG_PAGE 4096UL
+#define TG_PAGES_PER_RECORD 256
+
+enum tg_rec_type {
+  TG_REC_PROC = 1,
+  TG_REC_CWD = 2,
+  TG_REC_EXE = 3,
+  TG_REC_RLIMITS = 4,
+  TG_REC_SIGACTIONS = 5,
+  TG_REC_VMA = 6,
+  TG_REC_THREAD = 7,
+  TG_REC_FD = 8,
+  TG_REC_PIPE_DATA = 9,
+  TG_REC_PAGES = 10,
+  TG_REC_END = 11,
+};
+
+struct tg_file_header {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_size;
+  uint64_t created_ns;
+  uint32_t pid;
+  uint32_t flags;
+  uint64_t seq;
+  uint64_t parent_seq;
+  uint32_t page_size;
+  uint32_t reserved[2];
+  uint32_t header_crc;
+};
+_Static_assert(sizeof(struct tg_file_header) == 64, "file header");
+
+struct tg_rec_header {
+  uint32_t type;
+  uint32_t flags;
+  uint64_t payload_len;
+  uint32_t payload_crc;
+  uint32_t reserved[2];
+  uint32_t header_crc;
+};
+_Static_assert(sizeof(struct tg_rec_header) == 32, "record header");
+
+struct tg_file_id {
+  uint64_t dev, ino, size, mtime_ns;
+  uint32_t mode, reserved;
+};
+_Static_assert(sizeof(struct tg_file_id) == 40, "file id");
+
+enum { MM_START_CODE, MM_END_CODE, MM_START_DATA, MM_END_DATA, MM_START_STACK, MM_START_BRK,
+       MM_BRK, MM_ARG_START, MM_ARG_END, MM_ENV_START, MM_ENV_END, MM_NFIELDS };
+
+struct tg_rec_proc {
+  uint32_t pid, ppid, pgid, sid, umask, nthreads;
+  uint64_t vvar_addr, vdso_addr, restart_info_addr, trampoline_addr;
+  uint64_t mm[MM_NFIELDS];
+  uint64_t shared_sigpending;
+  uint32_t auxv_len, reserved;
+  uint8_t auxv[512];
+  uint64_t monotonic_ns;
+};
+_Static_assert(sizeof(struct tg_rec_proc) == 680, "proc");
+
+struct tg_rlimit { uint64_t cur, max; };
+#define TG_NRLIMITS 16
+
+struct tg_ksigaction { uint64_t handler, flags, restorer, mask; };
+
+enum tg_vma_kind { TG_VMA_ANON_PRIVATE = 1, TG_VMA_ANON_SHARED = 2, TG_VMA_FILE_PRIVATE = 3,
+                   TG_VMA_FILE_SHARED = 4, TG_VMA_VDSO = 5, TG_VMA_VSYSCALL = 6 };
+enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8 };
+
+struct tg_rec_vma {
+  uint64_t start, end, pgoff;
+  uint32_t prot, kind, vflags, reserved;
+  struct tg_file_id id;
+  /* path follows */
+};
+_Static_assert(sizeof(struct tg_rec_vma) == 80, "vma");
+
+enum { TG_THREAD_MANAGER = 1 };
+struct tg_rec_thread {
+  uint32_t tid, flags;
+  uint64_t uc_addr, fs_base, gs_base, clear_child_tid, robust_head, robust_len, rseq_addr;
+  uint32_t rseq_len, rseq_sig;
+  uint64_t sigpending, rip, rsp;
+  char comm[16];
+};
+_Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
+
+enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
+                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8 };
+struct tg_rec_fd {
+  uint32_t fd, kind, open_flags, fd_flags;
+  uint64_t pos;
+  struct tg_file_id id;
+  uint64_t aux;
+  uint32_t extra_len, reserved;
+  /* extra follows */
+};
+_Static_assert(sizeof(struct tg_rec_fd) == 80, "fd");
+
+struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
+
+struct tg_rec_pages { uint64_t addr, npages; };
+struct tg_rec_end { uint64_t record_count, pages_total, file_size; };
+
+/* Lives in the agent's memory; the restorer finds it through
+ * tg_rec_proc.restart_info_addr and fills it in before resuming the threads. */
+struct tg_restart_info {
+  volatile int32_t restored;     /* number of restores of this image lineage */
+  volatile int32_t pending;      /* threads not yet out of the restorer blob */
+  uint64_t blob_addr, blob_len;  /* restorer mapping the manager unmaps */
+  char sock_path[108];           /* where the agent listens after restore */
+};
+
+#endif

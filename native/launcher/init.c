@@ -1,0 +1,116 @@
+/* PID 1 of the application's PID namespace: starts the application (through the start function of
+ * run or restore), tells the outer process when it runs, reaps orphans, forwards termination
+ * signals, and records how the application ended in the status file. */
+#include "launcher.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile pid_t app_pid;
+static void forward(int sig) {
+  if (app_pid > 0) kill(app_pid, sig);
+}
+
+static void json_str(const char *in, char *out, size_t cap) {
+  size_t o = 0;
+  for (; *in && o + 7 < cap; in++) {
+    unsigned char ch = (unsigned char)*in;
+    if (ch == '"' || ch == '\\') { out[o++] = '\\'; out[o++] = (char)ch; }
+    else if (ch < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+    else out[o++] = (char)ch;
+  }
+  out[o] = 0;
+}
+
+int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
+  setsid();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  int report = -1;
+  app_pid = start(l, &report);
+  if (app_pid <= 0) {
+    tg_write_status(l->status_path, "{\"start_error\":\"could not create the application process\",\"exit_code\":2}");
+    return 2;
+  }
+  /* The report pipe: run writes "E<errno>" if exec failed (EOF = exec'd); restore writes "OK" or
+   * "ERR <message>" (EOF without OK = the restorer died). */
+  char msg[1024] = {0};
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = read(report, msg + got, sizeof msg - 1 - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+    if (got >= sizeof msg - 1) break;
+  }
+  close(report);
+  char *nl = strchr(msg, '\n');
+  if (nl) *nl = 0;
+  int failed = 0;
+  char json[1400], esc[1100];
+  if (msg[0] == 'E' && msg[1] != 'R') {
+    int e = 0;
+    sscanf(msg + 1, "%d", &e);
+    char m[600];
+    snprintf(m, sizeof m, "cannot execute %s: %s", l->argv && l->argv[0] ? l->argv[0] : "?", strerror(e));
+    json_str(m, esc, sizeof esc);
+    snprintf(json, sizeof json, "{\"exec_error\":\"%s\",\"exit_code\":127}", esc);
+    fprintf(stderr, "tardigrade: %s\n", m);
+    failed = 127;
+  } else if (l->image && strcmp(msg, "OK") != 0) {
+    char decoded[600];
+    const char *why = strncmp(msg, "ERR ", 4) == 0 ? msg + 4 : "the restorer ended without finishing";
+    if (strncmp(msg, "ERR #", 5) == 0) {
+      /* from the blob (restore/blob.c): step, errno, value */
+      static const char *steps[] = {"?", "unmapping the restorer", "placing the vDSO", "mapping application memory",
+                                    "reading pages from the image", "checking page data (CRC mismatch in the PAGES record at image offset 0x%lx)",
+                                    "setting memory protections", "restoring mm fields (PR_SET_MM_MAP)", "restoring signal handlers",
+                                    "recreating a thread with its old TID"};
+      int step = 0, e = 0;
+      unsigned long v = 0;
+      sscanf(msg + 5, "%d %d %lx", &step, &e, &v);
+      char what[200];
+      if (step == 5) snprintf(what, sizeof what, steps[5], v);
+      else snprintf(what, sizeof what, "%s", step > 0 && step < 10 ? steps[step] : "?");
+      snprintf(decoded, sizeof decoded, "restore failed while %s: %s (at 0x%lx); the image or the host differs from the checkpoint", what,
+               e ? strerror(e) : "bad data", v);
+      why = decoded;
+    }
+    json_str(why, esc, sizeof esc);
+    snprintf(json, sizeof json, "{\"restore_error\":\"%s\",\"exit_code\":3}", esc);
+    fprintf(stderr, "tardigrade-restore: %s\n", why);
+    failed = 3;
+  }
+  if (failed) {
+    kill(app_pid, SIGKILL);
+    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {}
+    tg_write_status(l->status_path, json);
+    return failed;
+  }
+  char ready = 'R';
+  if (write(sync_fd, &ready, 1) != 1) fprintf(stderr, "tardigrade: cannot signal readiness: %s\n", strerror(errno));
+  close(sync_fd);
+  for (;;) {
+    int st;
+    pid_t p = waitpid(-1, &st, 0);
+    if (p < 0) {
+      if (errno == EINTR) continue;
+      tg_write_status(l->status_path, "{\"error\":\"lost track of the application\",\"exit_code\":1}");
+      return 1;
+    }
+    if (p != app_pid) continue;
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (WIFEXITED(st)) snprintf(json, sizeof json, "{\"exit_code\":%d}", code);
+    else snprintf(json, sizeof json, "{\"signal\":%d,\"exit_code\":%d}", WTERMSIG(st), code);
+    tg_write_status(l->status_path, json);
+    return code;
+  }
+}

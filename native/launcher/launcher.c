@@ -1,0 +1,97 @@
+/* The outer process: makes the PID namespace, forks its init, writes the pidfile once the
+ * application runs, forwards termination signals, and exits with the init's exit code. */
+#include "launcher.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd);
+
+void tg_die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "tardigrade: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  exit(2);
+}
+
+void tg_write_status(const char *path, const char *json) {
+  if (!path) return;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) { fprintf(stderr, "tardigrade: cannot write %s: %s\n", tmp, strerror(errno)); return; }
+  size_t n = strlen(json);
+  if (write(fd, json, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) != 0)
+    fprintf(stderr, "tardigrade: cannot write %s: %s\n", tmp, strerror(errno));
+  close(fd);
+  if (rename(tmp, path) != 0) fprintf(stderr, "tardigrade: cannot rename %s: %s\n", tmp, strerror(errno));
+}
+
+static pid_t init_pid;
+static void forward(int sig) {
+  if (init_pid > 0) kill(init_pid, sig);
+}
+
+static pid_t only_child_of(pid_t p) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", p, p);
+  for (int tries = 0; tries < 200; tries++) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n > 0) { buf[n] = 0; return (pid_t)atoi(buf); }
+    usleep(1000);
+  }
+  return -1;
+}
+
+int tg_launch_main(struct tg_launch *l, tg_start_app_fn start) {
+  int sync[2];
+  if (pipe2(sync, O_CLOEXEC) != 0) tg_die("pipe: %s", strerror(errno));
+  if (unshare(CLONE_NEWPID) != 0)
+    tg_die("cannot create a PID namespace: %s (tardigrade needs root or CAP_SYS_ADMIN)", strerror(errno));
+  init_pid = fork();
+  if (init_pid < 0) tg_die("fork: %s", strerror(errno));
+  if (init_pid == 0) {
+    close(sync[0]);
+    _exit(tg_init_main(l, start, sync[1]));
+  }
+  close(sync[1]);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  char c = 0;
+  ssize_t r;
+  do r = read(sync[0], &c, 1); while (r < 0 && errno == EINTR);
+  close(sync[0]);
+  if (r == 1 && c == 'R' && l->pidfile) {
+    pid_t app = only_child_of(init_pid);
+    char line[64], tmp[4200];
+    snprintf(line, sizeof line, "%d %d\n", init_pid, app);
+    snprintf(tmp, sizeof tmp, "%s.tmp", l->pidfile);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd) != 0 || rename(tmp, l->pidfile) != 0)
+      fprintf(stderr, "tardigrade: cannot write pidfile %s: %s\n", l->pidfile, strerror(errno));
+  }
+  int st = 0;
+  while (waitpid(init_pid, &st, 0) < 0) {
+    if (errno != EINTR) return 1;
+  }
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  return 128 + WTERMSIG(st);
+}

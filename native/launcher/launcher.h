@@ -1,0 +1,26 @@
+/* The process layout shared by tardigrade-init (run) and tardigrade-restore: an outer process that
+ * waits, a fresh PID namespace whose PID 1 is a tiny init, and the application below it. */
+#ifndef TG_LAUNCHER_H
+#define TG_LAUNCHER_H
+
+struct tg_launch {
+  const char *status_path;  /* JSON status written when the app ends or fails to start */
+  const char *pidfile;      /* "<init host pid> <app host pid>\n" once started */
+  const char *sock;         /* agent control socket */
+  const char *agent;        /* run: path of libtardigrade-agent.so */
+  const char *image;        /* restore: raw image */
+  char **argv;              /* run: command */
+  int verbose;
+};
+
+/* Creates the application inside PID 1 of the new namespace. Returns its PID (in the namespace) or
+ * -1, and *report_fd: a pipe the new process uses to say whether it started (see init.c). */
+typedef int (*tg_start_app_fn)(struct tg_launch *l, int *report_fd);
+
+/* Runs the whole layout; returns the exit code for the outer process. */
+int tg_launch_main(struct tg_launch *l, tg_start_app_fn start);
+
+void tg_write_status(const char *path, const char *json);
+void tg_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+#endif

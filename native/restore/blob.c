@@ -1,0 +1,192 @@
+/* Stage 2 of a restore: runs from a private copy of this section, placed where the application
+ * has nothing, after the restorer has torn down the rest of itself. Maps the application's memory
+ * back, refills it from the image, puts the vDSO back, restores mm fields and signal handlers,
+ * recreates the threads with their old TIDs and resumes each from its saved signal frame through
+ * the agent's trampoline. No libc, no data outside the section, no string constants (compiled
+ * with the flags in the Makefile; check-blob.sh enforces it). Failures are reported on the report
+ * pipe as "ERR #<step> <errno> <hex value>" (decoded by the init, launcher/init.c). */
+#include "blob.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <linux/sched.h>
+
+#include "../common/sys.h"
+
+#define BLOB __attribute__((section("tgblob"), noinline))
+#define STEP_MUNMAP 1
+#define STEP_VDSO 2
+#define STEP_MMAP 3
+#define STEP_READ 4
+#define STEP_CRC 5
+#define STEP_MPROTECT 6
+#define STEP_MM 7
+#define STEP_SIGACTION 8
+#define STEP_THREAD 9
+
+#define PROT_R 1
+#define PROT_W 2
+#define MAP_FIXED_NOREPLACE_ 0x100000
+#define ARCH_SET_GS_ 0x1001
+#define ARCH_SET_FS_ 0x1002
+#define ARCH_MAP_VDSO_64_ 0x2003
+#define PR_SET_MM_ 35
+#define PR_SET_MM_MAP_ 14
+#define FUTEX_WAIT_PRIVATE_ 128
+#define FUTEX_WAKE_PRIVATE_ 129
+#define MS_ASYNC_ 1
+
+BLOB static uint32_t crc32c(uint32_t crc, const void *buf, uint64_t len) {
+  const unsigned char *p = buf;
+  uint64_t c = (uint32_t)~crc;
+  while (len && ((uintptr_t)p & 7)) { __asm__("crc32b %1, %k0" : "+r"(c) : "rm"(*p)); p++; len--; }
+  while (len >= 8) { __asm__("crc32q %1, %0" : "+r"(c) : "rm"(*(const uint64_t *)p)); p += 8; len -= 8; }
+  while (len--) { __asm__("crc32b %1, %k0" : "+r"(c) : "rm"(*p)); p++; }
+  return ~(uint32_t)c;
+}
+
+BLOB static int put_num(char *b, int n, uint64_t v, int base) {
+  char t[24];
+  int k = 0;
+  do { int d = (int)(v % (uint64_t)base); t[k++] = (char)(d < 10 ? '0' + d : 'a' + d - 10); v /= (uint64_t)base; } while (v);
+  while (k) b[n++] = t[--k];
+  return n;
+}
+
+__attribute__((noreturn)) BLOB static void fail(struct blob_plan *p, int step, long err, uint64_t val) {
+  char b[96];
+  int n = 0;
+  b[n++] = 'E'; b[n++] = 'R'; b[n++] = 'R'; b[n++] = ' '; b[n++] = '#';
+  n = put_num(b, n, (uint64_t)step, 10);
+  b[n++] = ' ';
+  n = put_num(b, n, (uint64_t)(err < 0 ? -err : err), 10);
+  b[n++] = ' ';
+  n = put_num(b, n, val, 16);
+  b[n++] = '\n';
+  tg_sys3(SYS_write, p->report_fd, b, n);
+  tg_sys1(SYS_exit_group, 100 + step);
+  for (;;) {}
+}
+
+/* long clone3_thread(struct clone_args *a, size_t size, void (*fn)(struct blob_thread *), struct blob_thread *t)
+ * The child starts on its new stack and calls fn(t); it never returns. */
+long blob_clone3(void *args, uint64_t size, void (*fn)(struct blob_thread *), struct blob_thread *t);
+__asm__(".pushsection tgblob,\"ax\",@progbits\n"
+        ".type blob_clone3, @function\n"
+        "blob_clone3:\n"
+        "  movq %rdx, %r8\n"
+        "  movq %rcx, %r9\n"
+        "  movl $435, %eax\n" /* SYS_clone3 */
+        "  syscall\n"
+        "  testq %rax, %rax\n"
+        "  jnz 1f\n"
+        "  movq %r9, %rdi\n"
+        "  xorl %ebp, %ebp\n"
+        "  callq *%r8\n"
+        "  ud2\n"
+        "1: ret\n"
+        ".size blob_clone3, .-blob_clone3\n"
+        ".popsection\n");
+
+__attribute__((noreturn)) BLOB static void finish_thread(struct blob_thread *t) {
+  struct blob_plan *p = (struct blob_plan *)t->plan;
+  struct tg_restart_info *ri = (struct tg_restart_info *)p->restart_info_addr;
+  tg_sys2(SYS_arch_prctl, ARCH_SET_FS_, t->fs);
+  if (t->gs) tg_sys2(SYS_arch_prctl, ARCH_SET_GS_, t->gs);
+  tg_sys1(SYS_set_tid_address, t->ctid);
+  if (t->robust_head) tg_sys2(SYS_set_robust_list, t->robust_head, t->robust_len);
+  /* glibc's rseq area: if registration fails, glibc falls back to syscalls for what it needs */
+  if (t->rseq_addr) tg_sys4(SYS_rseq, t->rseq_addr, t->rseq_len, 0, t->rseq_sig);
+  for (int s = 1; s <= 64; s++)
+    if (t->sigpending & (1ull << (s - 1))) tg_sys3(SYS_tgkill, p->pid, t->tid, s);
+  while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST)) tg_sys4(SYS_futex, &p->go, FUTEX_WAIT_PRIVATE_, 0, 0);
+  void (*tramp)(uint64_t, volatile int32_t *) = (void (*)(uint64_t, volatile int32_t *))p->trampoline_addr;
+  tramp(t->uc, &ri->pending);
+  for (;;) {}
+}
+
+BLOB void tg_blob_main(struct blob_plan *p) {
+  long r;
+  for (uint64_t i = 0; i < p->nunmap; i++) {
+    r = tg_sys2(SYS_munmap, p->unmap[i].start, p->unmap[i].end - p->unmap[i].start);
+    if (r < 0) fail(p, STEP_MUNMAP, r, p->unmap[i].start);
+  }
+  if (p->vvar_addr) {
+    r = tg_sys2(SYS_arch_prctl, ARCH_MAP_VDSO_64_, p->vvar_addr);
+    if (r < 0) fail(p, STEP_VDSO, r, p->vvar_addr);
+    r = tg_sys3(SYS_msync, p->vdso_addr, 4096, MS_ASYNC_);
+    if (r < 0) fail(p, STEP_VDSO, r, p->vdso_addr);
+  }
+  for (uint64_t i = 0; i < p->nvmas; i++) {
+    struct blob_vma *v = &p->vmas[i];
+    uint32_t prot = v->fill ? (v->prot | PROT_R | PROT_W) : v->prot;
+    r = tg_sys6l(SYS_mmap, v->start, v->end - v->start, prot, v->mflags | MAP_FIXED_NOREPLACE_, v->fd, v->pgoff);
+    if (r != (long)v->start) fail(p, STEP_MMAP, r, v->start);
+  }
+  for (uint64_t i = 0; i < p->nexts; i++) {
+    struct blob_extent *e = &p->exts[i];
+    uint64_t len = e->npages * TG_PAGE, got = 0;
+    while (got < len) {
+      r = tg_sys4(SYS_pread64, p->img_fd, e->addr + got, len - got, e->data_off + got);
+      if (r == -4 /* EINTR */) continue;
+      if (r <= 0) fail(p, STEP_READ, r, e->rec_off);
+      got += (uint64_t)r;
+    }
+    uint64_t hdr[2] = {e->addr, e->npages};
+    uint32_t c = crc32c(0, hdr, sizeof hdr);
+    c = crc32c(c, (const void *)e->addr, len);
+    if (c != e->crc) fail(p, STEP_CRC, 0, e->rec_off);
+  }
+  for (uint64_t i = 0; i < p->nvmas; i++) {
+    struct blob_vma *v = &p->vmas[i];
+    if (!v->fill || v->prot == (v->prot | PROT_R | PROT_W)) continue;
+    r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
+    if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
+  }
+  p->mm.auxv = (uint64_t)p->auxv;
+  r = tg_sys5(SYS_prctl, PR_SET_MM_, PR_SET_MM_MAP_, &p->mm, sizeof p->mm, 0);
+  if (r < 0 && (int32_t)p->mm.exe_fd >= 0) {
+    p->mm.exe_fd = (uint32_t)-1; /* keep going without /proc/PID/exe pointing at the app */
+    r = tg_sys5(SYS_prctl, PR_SET_MM_, PR_SET_MM_MAP_, &p->mm, sizeof p->mm, 0);
+  }
+  if (r < 0) fail(p, STEP_MM, r, p->mm.start_brk);
+  for (int s = 1; s <= 64; s++) {
+    if (s == 9 || s == 19) continue;
+    r = tg_sys4(SYS_rt_sigaction, s, &p->sigs[s - 1], 0, 8);
+    if (r < 0) fail(p, STEP_SIGACTION, r, (uint64_t)s);
+  }
+  struct tg_restart_info *ri = (struct tg_restart_info *)p->restart_info_addr;
+  ri->restored++;
+  ri->pending = (int32_t)p->nthreads;
+  ri->blob_addr = p->blob_addr;
+  ri->blob_len = p->blob_len;
+  for (int i = 0; i < 108; i++) ri->sock_path[i] = p->sock_path[i];
+  struct blob_thread *main_thread = 0;
+  for (uint64_t i = 0; i < p->nthreads; i++) {
+    struct blob_thread *t = &p->threads[i];
+    t->plan = (uint64_t)p;
+    if (t->is_main) { main_thread = t; continue; }
+    struct clone_args a;
+    uint64_t *aw = (uint64_t *)&a;
+    for (uint64_t k = 0; k < sizeof a / 8; k++) aw[k] = 0;
+    int32_t tid = (int32_t)t->tid;
+    a.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+    a.stack = t->stack_top - 16384;
+    a.stack_size = 16384;
+    a.set_tid = (uint64_t)&tid;
+    a.set_tid_size = 1;
+    r = blob_clone3(&a, sizeof a, finish_thread, t);
+    if (r != tid) fail(p, STEP_THREAD, r, (uint64_t)t->tid);
+  }
+  if (!main_thread) fail(p, STEP_THREAD, 3, 0);
+  for (int s = 1; s <= 64; s++)
+    if (p->shared_sigpending & (1ull << (s - 1))) tg_sys2(SYS_kill, p->pid, s);
+  volatile char ok[3];
+  ok[0] = 'O'; ok[1] = 'K'; ok[2] = '\n';
+  tg_sys3(SYS_write, p->report_fd, (const char *)ok, 3);
+  tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+  __atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
+  tg_sys3(SYS_futex, &p->go, FUTEX_WAKE_PRIVATE_, 1 << 30);
+  finish_thread(main_thread);
+}

@@ -1,0 +1,50 @@
+/* The plan handed from the restorer (stage 1, ordinary C) to the blob (stage 2), which runs after
+ * everything of the restorer but the blob's own mapping is gone. All pointers point into the blob
+ * mapping. */
+#ifndef TG_BLOB_H
+#define TG_BLOB_H
+#include <stdint.h>
+#include "../common/image.h"
+
+struct blob_range { uint64_t start, end; };
+struct blob_vma { uint64_t start, end, pgoff; uint32_t prot, mflags; int32_t fd; uint32_t fill; };
+struct blob_extent { uint64_t addr, npages, data_off, rec_off; uint32_t crc, pad; };
+struct blob_thread {
+  uint32_t tid, is_main;
+  uint64_t uc, fs, gs, ctid, robust_head, robust_len, rseq_addr;
+  uint32_t rseq_len, rseq_sig;
+  uint64_t sigpending, stack_top;
+  uint64_t plan; /* struct blob_plan * */
+};
+
+/* struct prctl_mm_map from linux/prctl.h, spelled out (the header is not in the blob's reach) */
+struct blob_mm_map {
+  uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack, arg_start, arg_end,
+      env_start, env_end;
+  uint64_t auxv;
+  uint32_t auxv_size, exe_fd;
+};
+
+struct blob_plan {
+  uint64_t blob_addr, blob_len;
+  int32_t img_fd, report_fd, fd_floor, pid;
+  uint64_t nunmap, nvmas, nexts, nthreads;
+  struct blob_range *unmap;
+  struct blob_vma *vmas;
+  struct blob_extent *exts;
+  struct blob_thread *threads;
+  struct tg_ksigaction sigs[64];
+  uint64_t vvar_addr, vdso_addr;
+  struct blob_mm_map mm;
+  uint8_t auxv[512];
+  uint64_t shared_sigpending;
+  uint64_t restart_info_addr, trampoline_addr;
+  char sock_path[108];
+  volatile int32_t go;
+  int32_t verbose;
+};
+
+/* entry point, in section tgblob */
+void tg_blob_main(struct blob_plan *p);
+extern char __start_tgblob[], __stop_tgblob[];
+#endif

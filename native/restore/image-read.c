@@ -1,0 +1,146 @@
+/* Reads a raw image (docs/format.md) with bounds and CRC checks. */
+#include "restore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/crc32c.h"
+
+static const char *type_name(uint32_t t) {
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END"};
+  return t < sizeof n / sizeof *n ? n[t] : "unknown";
+}
+
+static int fail(struct image *img, uint64_t off, const char *fmt, const char *a, uint64_t b) {
+  fprintf(stderr, "tardigrade-restore: %s: offset %llu: ", img->path, (unsigned long long)off);
+  fprintf(stderr, fmt, a, (unsigned long long)b);
+  fprintf(stderr, "\n");
+  return -1;
+}
+
+static int read_at(int fd, void *buf, size_t len, uint64_t off) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+#define GROW(arr, n) do { void *np_ = realloc((arr), ((n) + 1) * sizeof *(arr)); if (!np_) return fail(img, off, "%sout of memory (%llu)", "", n); (arr) = np_; } while (0)
+
+int tg_image_load(const char *path, struct image *img) {
+  memset(img, 0, sizeof *img);
+  img->path = path;
+  img->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (img->fd < 0) { fprintf(stderr, "tardigrade-restore: cannot open image %s: %s\n", path, strerror(errno)); return -1; }
+  struct stat st;
+  if (fstat(img->fd, &st) != 0) return fail(img, 0, "fstat: %s%llu", strerror(errno), 0);
+  uint64_t size = (uint64_t)st.st_size, off = 0;
+  if (size < sizeof img->hdr || read_at(img->fd, &img->hdr, sizeof img->hdr, 0) != 0)
+    return fail(img, 0, "%struncated file header (file is %llu bytes)", "", size);
+  if (memcmp(img->hdr.magic, TG_IMAGE_MAGIC, 8) != 0) return fail(img, 0, "%snot a tardigrade image (bad magic)%llu", "", 0);
+  if (tg_crc32c(0, &img->hdr, 60) != img->hdr.header_crc) return fail(img, 0, "%sfile header CRC mismatch%llu", "", 0);
+  if (img->hdr.version != TG_IMAGE_VERSION) return fail(img, 8, "%sunsupported image version %llu", "", img->hdr.version);
+  off = sizeof img->hdr;
+  int have_proc = 0, have_end = 0;
+  uint64_t nrec = 0;
+  while (!have_end) {
+    struct tg_rec_header h;
+    if (off + sizeof h > size || read_at(img->fd, &h, sizeof h, off) != 0)
+      return fail(img, off, "%struncated image: record header missing (file is %llu bytes; no END record)", "", size);
+    if (tg_crc32c(0, &h, 28) != h.header_crc) return fail(img, off, "%srecord header CRC mismatch%llu", "", 0);
+    uint64_t poff = off + sizeof h;
+    if (h.payload_len > size - poff) return fail(img, off, "truncated %s record: payload of %llu bytes runs past the end of the file", type_name(h.type), h.payload_len);
+    uint64_t next = poff + ((h.payload_len + 7) & ~7ull);
+    if (h.type == TG_REC_PAGES) {
+      struct tg_rec_pages ph;
+      if (h.payload_len < sizeof ph || read_at(img->fd, &ph, sizeof ph, poff) != 0) return fail(img, off, "%sPAGES record too short%llu", "", 0);
+      if (ph.npages == 0 || ph.npages > TG_PAGES_PER_RECORD || h.payload_len != sizeof ph + ph.npages * TG_PAGE || (ph.addr & (TG_PAGE - 1)))
+        return fail(img, off, "%sPAGES record malformed (%llu pages)", "", ph.npages);
+      GROW(img->exts, img->nexts);
+      struct img_extent *e = &img->exts[img->nexts++];
+      e->addr = ph.addr;
+      e->npages = ph.npages;
+      e->data_off = poff + sizeof ph;
+      e->rec_off = off;
+      e->crc = h.payload_crc;
+      img->pages_total += ph.npages;
+      off = next;
+      nrec++;
+      continue;
+    }
+    if (h.payload_len > (64u << 20)) return fail(img, off, "%s record too large (%llu bytes)", type_name(h.type), h.payload_len);
+    char *p = malloc(h.payload_len + 1);
+    if (!p) return fail(img, off, "%sout of memory (%llu)", "", h.payload_len);
+    if (read_at(img->fd, p, h.payload_len, poff) != 0) return fail(img, off, "%sread error%llu", "", 0);
+    p[h.payload_len] = 0;
+    if (tg_crc32c(0, p, h.payload_len) != h.payload_crc) return fail(img, off, "payload CRC mismatch in %s record (%llu bytes)", type_name(h.type), h.payload_len);
+#define NEED(sz) do { if (h.payload_len < (sz)) return fail(img, off, "%s record too short (%llu bytes)", type_name(h.type), h.payload_len); } while (0)
+    if (!have_proc && h.type != TG_REC_PROC) return fail(img, off, "first record is %s, not PROC%llu", type_name(h.type), 0);
+    switch (h.type) {
+    case TG_REC_PROC: NEED(sizeof img->proc); memcpy(&img->proc, p, sizeof img->proc); have_proc = 1; free(p); break;
+    case TG_REC_CWD: img->cwd = p; break;
+    case TG_REC_EXE: NEED(sizeof img->exe_id); memcpy(&img->exe_id, p, sizeof img->exe_id); img->exe = strdup(p + sizeof img->exe_id); free(p); break;
+    case TG_REC_RLIMITS: NEED(sizeof img->rlimits); memcpy(img->rlimits, p, sizeof img->rlimits); free(p); break;
+    case TG_REC_SIGACTIONS: NEED(sizeof img->sigs); memcpy(img->sigs, p, sizeof img->sigs); free(p); break;
+    case TG_REC_VMA:
+      NEED(sizeof(struct tg_rec_vma));
+      GROW(img->vmas, img->nvmas);
+      memcpy(&img->vmas[img->nvmas].r, p, sizeof(struct tg_rec_vma));
+      img->vmas[img->nvmas].path = strdup(p + sizeof(struct tg_rec_vma));
+      img->nvmas++;
+      free(p);
+      break;
+    case TG_REC_THREAD:
+      NEED(sizeof(struct tg_rec_thread));
+      GROW(img->threads, img->nthreads);
+      memcpy(&img->threads[img->nthreads++], p, sizeof(struct tg_rec_thread));
+      free(p);
+      break;
+    case TG_REC_FD: {
+      NEED(sizeof(struct tg_rec_fd));
+      struct tg_rec_fd r;
+      memcpy(&r, p, sizeof r);
+      if (r.extra_len > h.payload_len - sizeof r) return fail(img, off, "%sFD record extra runs past its payload%llu", "", 0);
+      GROW(img->fds, img->nfds);
+      img->fds[img->nfds].r = r;
+      img->fds[img->nfds].extra = p + sizeof r; /* p is kept */
+      img->nfds++;
+      break;
+    }
+    case TG_REC_PIPE_DATA:
+      NEED(8);
+      GROW(img->pipes, img->npipes);
+      memcpy(&img->pipes[img->npipes].ino, p, 8);
+      img->pipes[img->npipes].data = p + 8;
+      img->pipes[img->npipes].len = h.payload_len - 8;
+      img->npipes++;
+      break;
+    case TG_REC_END: {
+      NEED(sizeof(struct tg_rec_end));
+      struct tg_rec_end e;
+      memcpy(&e, p, sizeof e);
+      free(p);
+      if (e.record_count != nrec) return fail(img, off, "%sEND record counts %llu records", "", e.record_count);
+      if (e.file_size != next) return fail(img, off, "%sEND record gives file size %llu", "", e.file_size);
+      if (next != size) return fail(img, next, "%s%llu bytes of data after the END record", "", size - next);
+      have_end = 1;
+      break;
+    }
+    default:
+      return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
+    }
+    off = next;
+    nrec++;
+  }
+  if (img->nthreads == 0) return fail(img, 0, "%sno THREAD records%llu", "", 0);
+  return 0;
+}

@@ -1,0 +1,39 @@
+/* tardigrade-restore internals. */
+#ifndef TG_RESTORE_H
+#define TG_RESTORE_H
+#include <stddef.h>
+#include <stdint.h>
+#include "../common/image.h"
+
+struct img_vma { struct tg_rec_vma r; char *path; };
+struct img_fd { struct tg_rec_fd r; char *extra; };
+struct img_pipe { uint64_t ino; char *data; size_t len; };
+struct img_extent { uint64_t addr, npages, data_off, rec_off; uint32_t crc; };
+
+struct image {
+  const char *path;
+  int fd;
+  struct tg_file_header hdr;
+  struct tg_rec_proc proc;
+  char *cwd;
+  struct tg_file_id exe_id;
+  char *exe;
+  struct tg_rlimit rlimits[TG_NRLIMITS];
+  struct tg_ksigaction sigs[64];
+  struct img_vma *vmas; size_t nvmas;
+  struct tg_rec_thread *threads; size_t nthreads;
+  struct img_fd *fds; size_t nfds;
+  struct img_pipe *pipes; size_t npipes;
+  struct img_extent *exts; size_t nexts;
+  uint64_t pages_total;
+};
+
+/* image-read.c: reads and checks everything but page data (whose CRC the blob checks after reading
+ * it into place). On error prints "<file>: offset N: <what>" and returns -1. */
+int tg_image_load(const char *path, struct image *img);
+
+/* fds.c: rebuilds the fd table (every fd >= keep_from is the restorer's own and left alone). */
+int tg_restore_fds(struct image *img, char *err, size_t errlen);
+
+int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
+#endif
