@@ -90,7 +90,9 @@ export class FramedConnection {
    * Ends quietly when the peer closes between frames.
    */
   async *frames(): AsyncGenerator<Frame, void, void> {
-    const it = this.socket[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    // destroyOnReturn: false keeps a half-closed socket writable, so a truncated
+    // frame can still be answered with an Error frame after the peer's FIN.
+    const it = this.socket.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
     for (;;) {
       let f: Frame | undefined;
       while ((f = this.decoder.next()) !== undefined) yield f;
