@@ -5,6 +5,8 @@
 //   tardigrade checkpoint N --json          (manifest: downtimeNs, totalNs, bytes, commitNs)
 //   tardigrade restore N --replace --json   (restoreNs, verifyNs)
 //   tardigrade ls N --json
+// After every restore the holder re-checksums its memory (SIGUSR1 to its host
+// PID) and must print the checksum it printed at start.
 // Every figure is also given as a ratio to baselines measured in the same run
 // on the same bytes: a plain memcpy (Buffer.copy into an already-touched
 // buffer) and a plain file write + fsync into the same filesystem as the
@@ -179,13 +181,33 @@ async function trackApp(home: string, name: string): Promise<StatusJson> {
   return st;
 }
 
-async function waitForLine(file: string, line: string, timeoutMs: number): Promise<void> {
+/** Waits for a complete line starting with one of `prefixes` at or after byte `from` of the log. */
+async function waitForLine(file: string, prefixes: string[], timeoutMs: number, from = 0): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (existsSync(file) && readFileSync(file, "utf8").split("\n").includes(line)) return;
-    await sleep(50);
+    if (existsSync(file)) {
+      const text = readFileSync(file).subarray(from).toString("utf8");
+      const lines = text.split("\n").slice(0, -1); // complete lines only
+      const hit = lines.find((l) => prefixes.some((p) => l.startsWith(p)));
+      if (hit !== undefined) return hit;
+    }
+    await sleep(20);
   }
-  throw new Error(`no line "${line}" in ${file} after ${timeoutMs} ms`);
+  throw new Error(`no line starting with ${prefixes.map((p) => JSON.stringify(p)).join(" or ")} in ${file} after ${timeoutMs} ms`);
+}
+
+/**
+ * Asks the holder (SIGUSR1, by host PID) to re-checksum all its memory and
+ * returns how long that pass took inside the app. After a restore this proves
+ * the data came back, and shows any cost a lazy restore left for later.
+ */
+async function verifyPass(log: string, hostPid: number, want: string): Promise<number> {
+  const from = existsSync(log) ? statSync(log).size : 0;
+  process.kill(hostPid, "SIGUSR1");
+  const line = await waitForLine(log, ["ok ", "CORRUPT"], 120_000, from);
+  const [word, sum, , ns] = line.split(" ");
+  if (word !== "ok" || sum !== want) throw new Error(`holder memory is wrong: "${line}" (expected checksum ${want})`);
+  return Number(ns);
 }
 
 function dirBytes(dir: string): number {
@@ -249,12 +271,16 @@ interface Round {
   restoreToRunningNs: number;
   cliRestoreNs: number;
   runningAfterRestore: boolean;
+  /** The holder's own checksum pass over all its memory, first one after the restore. */
+  firstPassAfterRestoreNs: number;
 }
 
 interface SizeResult {
   mib: number;
   appBytes: number;
   baseline: Baseline;
+  /** The holder's checksum pass over all its memory before any checkpoint (warm). */
+  passBeforeNs: number;
   rounds: Round[];
   median: {
     downtimeNs: number;
@@ -262,6 +288,7 @@ interface SizeResult {
     bytes: number;
     storeBytesAdded: number;
     restoreToRunningNs: number;
+    firstPassAfterRestoreNs: number;
   };
   ratios: {
     downtimeVsMemcpy: number;
@@ -283,9 +310,11 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
   track(run.initHostPid, "init");
   track(run.appHostPid, "app");
   const st = await trackApp(home, name);
-  await waitForLine(st.log, "ready", 300_000);
+  const ready = await waitForLine(st.log, ["ready "], 300_000);
+  const want = ready.split(" ")[1] ?? "";
 
   const base = baseline(appBytes, home, data);
+  const passBeforeNs = await verifyPass(st.log, run.appHostPid, want);
 
   const rounds: Round[] = [];
   for (let r = 0; r < reps; r++) {
@@ -308,6 +337,8 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
     await sleep(1200);
     const still = await trackApp(home, name);
     const running = after.state === "running" && still.state === "running" && still.appHostPid === res.appHostPid && startTime(res.appHostPid) !== null;
+    if (!running) throw new Error(`${name} is not running after restore from ${m.id} (state ${still.state})`);
+    const firstPassAfterRestoreNs = await verifyPass(still.log, res.appHostPid, want);
 
     rounds.push({
       checkpoint: m.id,
@@ -323,8 +354,8 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
       restoreToRunningNs: res.verifyNs + res.restoreNs,
       cliRestoreNs: rs.wallNs,
       runningAfterRestore: running,
+      firstPassAfterRestoreNs,
     });
-    if (!running) throw new Error(`${name} is not running after restore from ${m.id} (state ${still.state})`);
   }
 
   // Stop the app (by PID; the daemon's stop would wait for a grace period).
@@ -336,11 +367,13 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
     bytes: median(rounds.map((x) => x.bytes)),
     storeBytesAdded: median(rounds.map((x) => x.storeBytesAdded)),
     restoreToRunningNs: median(rounds.map((x) => x.restoreToRunningNs)),
+    firstPassAfterRestoreNs: median(rounds.map((x) => x.firstPassAfterRestoreNs)),
   };
   return {
     mib,
     appBytes,
     baseline: base,
+    passBeforeNs,
     rounds,
     median: med,
     ratios: {
@@ -358,7 +391,7 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
 function printTable(results: SizeResult[]): void {
   const f3 = (ns: number): string => sec(ns).toFixed(3);
   const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : "-");
-  const header = ["MiB", "memcpy s", "write+fsync s", "downtime s", "x memcpy", "x write", "checkpoint s", "x memcpy", "x write", "stored MiB", "x app", "restore s", "x memcpy", "x write"];
+  const header = ["MiB", "memcpy s", "write+fsync s", "downtime s", "x memcpy", "x write", "checkpoint s", "x memcpy", "x write", "stored MiB", "x app", "restore s", "x memcpy", "x write", "app pass before/after s"];
   const rows = results.map((r) => [
     String(r.mib),
     f3(r.baseline.memcpyNs),
@@ -374,6 +407,7 @@ function printTable(results: SizeResult[]): void {
     f3(r.median.restoreToRunningNs),
     f2(r.ratios.restoreVsMemcpy),
     f2(r.ratios.restoreVsWrite),
+    `${f3(r.passBeforeNs)}/${f3(r.median.firstPassAfterRestoreNs)}`,
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join("  ");
@@ -382,6 +416,8 @@ function printTable(results: SizeResult[]): void {
   console.log(
     "\ndowntime = app threads stopped (agent); checkpoint = capture to fsynced image (agent total);" +
       "\nstored = image bytes in the manifest; restore = image verify + tardigrade-restore spawn to agent answering." +
+      "\napp pass = the holder's own checksum pass over all its memory (SIGUSR1), before the first checkpoint / first after a restore:" +
+      "\n  it proves the restored data is right, and a slower pass after restore shows work a lazy restore left for later." +
       "\nmedians over the rounds; every round's figures (and CLI wall times) are in bench/results/engine.json.",
   );
   const g = results.find((r) => r.mib === 1024);
@@ -444,6 +480,7 @@ export async function main(): Promise<void> {
       restore: "verifyNs (image parse + CRC) + restoreNs (tardigrade-restore spawn to the restored agent answering PING); page cache warm (image just written)",
       memcpy: "Buffer.copy of the same number of bytes into an already-touched buffer, median of 3",
       writeFsync: "write of the same number of bytes to a new file next to the store, then fsync, then close",
+      appPass: "holder's checksum pass over all its memory on SIGUSR1 (its own CLOCK_MONOTONIC), before any checkpoint and first after each restore; the checksum must equal the one printed at start",
       rounds: "each round: checkpoint the running app (the original, then the restored one), then restore --replace from it",
     },
     targets1GiB: { downtimeS: TARGET_DOWNTIME_1G_S, restoreS: TARGET_RESTORE_1G_S },
