@@ -114,7 +114,7 @@ export async function waitFor(pred: () => boolean, timeoutMs = 10_000, what = "c
   const t0 = Date.now();
   while (!pred()) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 2));
   }
 }
 
