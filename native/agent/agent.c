@@ -188,6 +188,7 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
  * (raw clone, exit signal 0 so the application's wait() never sees it), then let everyone go. */
 TG_HIDDEN long tg_clone_on_stack(void *stack_top, void (*fn)(void));
 #define CHILD_STACK (1u << 20)
+#define MAPS_BUF (8u << 20)
 
 __attribute__((noreturn)) static void snapshot_child(void) {
   {
@@ -206,14 +207,20 @@ __attribute__((noreturn)) static void snapshot_child(void) {
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
-  long stk = tg_sys6l(SYS_mmap, 0, CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  long stk = tg_sys6l(SYS_mmap, 0, CHILD_STACK + MAPS_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   long child;
   if ((unsigned long)stk > -4096UL) {
     child = stk;
   } else {
     tg.child_stack = (uint64_t)stk;
+    for (int i = 0; i < tg_ndontfork; i++)
+      tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DOFORK);
+    tg.parent_maps = (char *)stk + CHILD_STACK;
+    tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
-    tg_sys2(SYS_munmap, stk, CHILD_STACK);
+    for (int i = 0; i < tg_ndontfork; i++)
+      tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
+    tg_sys2(SYS_munmap, stk, CHILD_STACK + MAPS_BUF);
   }
   tg.child = child;
   tg.capturing = 0;

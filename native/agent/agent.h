@@ -13,6 +13,11 @@
 #define TG_HIDDEN __attribute__((visibility("hidden")))
 #define TG_MAX_THREADS 4096
 #define TG_MAX_HIDDEN_FDS 16
+#define TG_MAX_DONTFORK 8192
+
+struct tg_range { uint64_t start, end; };
+TG_HIDDEN extern struct tg_range tg_dontfork[TG_MAX_DONTFORK];
+TG_HIDDEN extern int tg_ndontfork;
 
 /* What one parked thread recorded about itself in the park signal handler. */
 struct tg_slot {
@@ -40,6 +45,9 @@ struct tg_agent {
   long child;                   /* snapshot writer */
   int pid_self, pagemap_fd;     /* in the snapshot child */
   uint64_t child_stack;         /* the snapshot child's stack (CHILD_STACK bytes), not part of images */
+  char *parent_maps;            /* /proc/self/maps as the parent saw it at the snapshot */
+  long parent_maps_len;
+  int dontfork_overflow;
   uint64_t t_stop_ns, t_resumed_ns;
   struct sigaction app_action;  /* what the application set for our signal */
   int app_action_set;

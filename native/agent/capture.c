@@ -128,7 +128,7 @@ static void *own_alloc(size_t len) {
   return p;
 }
 static int is_own(uint64_t s, uint64_t e) {
-  if (s >= tg.child_stack && e <= tg.child_stack + (1u << 20)) return 1;
+  if (s >= tg.child_stack && e <= tg.child_stack + (9u << 20)) return 1; /* stack + parent maps buffer */
   for (int i = 0; i < nown; i++) if (s >= own[i].start && e <= own[i].end) return 1;
   return 0;
 }
@@ -395,14 +395,43 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   struct writer w = {tg.img_fd, 0, 0, 0, 0};
   tg.pagemap_fd = -1;
   tg.pid_self = (int)tg_sys0(SYS_getpid);
+  /* The VMA list is the parent's (taken with every thread parked); the child checks it has each of
+   * those mappings too (a MADV_DONTFORK mapping the agent did not know of would be missing). */
+  const char *maps = tg.parent_maps;
+  long ml = tg.parent_maps_len;
+  if (ml <= 0 || ml >= (long)(8u << 20) - 1) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
   size_t maps_cap = 8u << 20;
-  char *maps = own_alloc(maps_cap);
+  char *cmaps = own_alloc(maps_cap);
   size_t pm_cap = 65536;
   uint64_t *pm = own_alloc(pm_cap * 8);
   unsigned char *mc = own_alloc(pm_cap);
-  if (!maps || !pm || !mc) { snprintf(err, errlen, "out of memory in the snapshot process"); return -1; }
-  long ml = tg_read_file("/proc/self/maps", maps, maps_cap);
-  if (ml < 0 || (size_t)ml >= maps_cap - 1) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
+  if (!cmaps || !pm || !mc) { snprintf(err, errlen, "out of memory in the snapshot process"); return -1; }
+  long cml = tg_read_file("/proc/self/maps", cmaps, maps_cap);
+  if (cml < 0) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
+  for (const char *l = maps, *c = cmaps; l < maps + ml;) {
+    const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
+    if (!e) e = maps + ml;
+    struct vma v, cv;
+    if (parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !path_is(&v, "[vsyscall]")) {
+      int found = 0;
+      while (c < cmaps + cml) {
+        const char *ce = memchr(c, '\n', (size_t)(cmaps + cml - c));
+        if (!ce) ce = cmaps + cml;
+        if (parse_maps_line(c, ce, &cv) != 0) { c = ce + 1; continue; }
+        if (cv.start > v.start) break;
+        c = ce + 1;
+        if (cv.start <= v.start && cv.end >= v.end) { found = 1; break; }
+      }
+      if (!found) {
+        snprintf(err, errlen,
+                 "mapping %llx-%llx is marked MADV_DONTFORK by a raw syscall and cannot be captured "
+                 "(the agent lifts the mark only for madvise() calls through libc)",
+                 (unsigned long long)v.start, (unsigned long long)v.end);
+        return -1;
+      }
+    }
+    l = e + 1;
+  }
 
   struct tg_file_header fh;
   memset(&fh, 0, sizeof fh);

@@ -58,3 +58,61 @@ __attribute__((visibility("default"))) int sigprocmask(int how, const sigset_t *
   if (e != 0) { errno = e; return -1; }
   return 0;
 }
+
+/* Memory marked MADV_DONTFORK would be missing from the copy-on-write snapshot (V8 marks its heap
+ * so). The agent remembers such ranges, lifts the mark for the instant of the snapshot and puts it
+ * back (agent.c); the snapshot child checks that it sees every mapping the process has. */
+#include <sys/mman.h>
+#include "../common/sys.h"
+
+TG_HIDDEN struct tg_range tg_dontfork[TG_MAX_DONTFORK];
+TG_HIDDEN int tg_ndontfork;
+static int dontfork_lock;
+
+static void df_lock(void) { while (__atomic_exchange_n(&dontfork_lock, 1, __ATOMIC_ACQUIRE)) tg_sys0(SYS_sched_yield); }
+static void df_unlock(void) { __atomic_store_n(&dontfork_lock, 0, __ATOMIC_RELEASE); }
+
+/* Removes [s, e) from the list (splitting ranges as needed). Caller holds the lock. */
+static void df_remove(uint64_t s, uint64_t e) {
+  for (int i = 0; i < tg_ndontfork; i++) {
+    struct tg_range *r = &tg_dontfork[i];
+    if (e <= r->start || s >= r->end) continue;
+    if (s > r->start && e < r->end) {
+      if (tg_ndontfork < TG_MAX_DONTFORK) tg_dontfork[tg_ndontfork++] = (struct tg_range){e, r->end};
+      r->end = s;
+    } else if (s > r->start) {
+      r->end = s;
+    } else if (e < r->end) {
+      r->start = e;
+    } else {
+      tg_dontfork[i--] = tg_dontfork[--tg_ndontfork];
+    }
+  }
+}
+
+__attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice) {
+  long r = tg_sys3(SYS_madvise, addr, len, advice);
+  if (r < 0) { errno = (int)-r; return -1; }
+  if (advice == MADV_DONTFORK || advice == MADV_DOFORK) {
+    uint64_t s = (uint64_t)addr, e = s + ((len + 4095) & ~4095ul);
+    df_lock();
+    df_remove(s, e);
+    if (advice == MADV_DONTFORK) {
+      if (tg_ndontfork < TG_MAX_DONTFORK) tg_dontfork[tg_ndontfork++] = (struct tg_range){s, e};
+      else tg.dontfork_overflow = 1;
+    }
+    df_unlock();
+  }
+  return 0;
+}
+
+__attribute__((visibility("default"))) int munmap(void *addr, size_t len) {
+  long r = tg_sys2(SYS_munmap, addr, len);
+  if (r < 0) { errno = (int)-r; return -1; }
+  if (tg_ndontfork) {
+    df_lock();
+    df_remove((uint64_t)addr, (uint64_t)addr + ((len + 4095) & ~4095ul));
+    df_unlock();
+  }
+  return 0;
+}
