@@ -187,7 +187,7 @@ export class AppManager {
         await rm(dir.dir, { recursive: true, force: true });
         if (e instanceof LaunchFailure) {
           const why = e.status?.exec_error
-            ? `cannot execute ${JSON.stringify(req.argv[0])}: ${e.status.exec_error}`
+            ? `cannot execute ${JSON.stringify(req.argv[0])}: ${e.status.exec_error.replace(/^cannot execute .*?: (?=[^:]+$)/, "")}`
             : `the app ended before it was ready (${describeExit(e.status)})${e.messages.length ? `: ${e.messages.join("; ")}` : `: ${e.message}`}`;
           throw new TgError(`cannot run ${name}`, why, "Check the command name, its path (relative paths start from the current directory) and that it is executable", "run-failed");
         }

@@ -10,6 +10,8 @@ export interface CacheStats {
   peak: number;
   entries: number;
   waiting: number;
+  /** Reservations that had to wait for room (each one paused a source). */
+  waits: number;
 }
 
 interface Entry {
@@ -30,6 +32,7 @@ export class ChunkCache {
   /** Bytes promised to checkpoints whose chunks have not all arrived yet (and manifests). */
   private reserved = 0;
   private peak = 0;
+  private waits = 0;
   private readonly waiters: Waiter[] = [];
   /** Called when a reservation has to wait: the flusher should make room. */
   onPressure: () => void = () => {};
@@ -41,7 +44,7 @@ export class ChunkCache {
   }
 
   stats(): CacheStats {
-    return { bytes: this.bytes, reserved: this.reserved, peak: this.peak, entries: this.entries.size, waiting: this.waiters.length };
+    return { bytes: this.bytes, reserved: this.reserved, peak: this.peak, entries: this.entries.size, waiting: this.waiters.length, waits: this.waits };
   }
 
   has(hash: string): boolean {
@@ -103,6 +106,7 @@ export class ChunkCache {
       this.notePeak();
       return Promise.resolve();
     }
+    this.waits++;
     return new Promise((resolve, reject) => {
       this.waiters.push({ bytes: n, resolve, reject });
       this.onPressure();

@@ -408,6 +408,7 @@ export class MirrorServer implements SessionHost {
         bytesWritten: result.bytesWritten,
         fsyncs: result.fsyncs,
         ms: Date.now() - t0,
+        cache: cache.stats(),
       },
       `flush committed (${reasons.join("+")})`,
     );
