@@ -73,8 +73,9 @@ export class ChunkCache {
     if (e) {
       e.refs++;
     } else {
-      // Copy out of the frame buffer so a small chunk does not keep a large read buffer alive.
-      this.entries.set(hash, { data: Buffer.from(data), refs: 1 });
+      // Copy only when the chunk is a small view of a larger read buffer, which it would keep alive.
+      const own = data.buffer.byteLength <= data.length + 64 ? data : Buffer.from(data);
+      this.entries.set(hash, { data: own, refs: 1 });
       this.bytes += data.length;
     }
     this.notePeak();
