@@ -570,7 +570,13 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 256 * 1024);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  /* the manager must never take the application's signals: it starts with them blocked */
+  sigset_t all, old;
+  sigfillset(&all);
+  sigdelset(&all, tg.sig);
+  tg_real_pthread_sigmask(SIG_SETMASK, &all, &old);
   int e = pthread_create(&t, &attr, manager_main, NULL);
+  tg_real_pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
   if (e != 0) {
     fprintf(stderr, "tardigrade agent: cannot start manager thread: %s\n", strerror(e));

@@ -180,7 +180,8 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen) {
   if (dfd < 0) { snprintf(err, errlen, "cannot list fds: %s", strerror(-dfd)); return -1; }
   char buf[4096];
   static char extra[1 << 16];
-  int rc = 0;
+  static struct { int fd, read; uint64_t ino; } pipes[4096];
+  int npipes = 0, rc = 0;
   for (;;) {
     long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
     if (n <= 0) break;
@@ -192,8 +193,26 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen) {
       if (fd == dfd || tg_is_hidden_fd(fd)) continue;
       struct tg_rec_fd rec;
       if (tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen) != 0) rc = -1;
+      else if ((rec.kind == TG_FD_PIPE_R || rec.kind == TG_FD_PIPE_W) && npipes < 4096) {
+        pipes[npipes].fd = fd;
+        pipes[npipes].ino = rec.aux;
+        pipes[npipes].read = rec.kind == TG_FD_PIPE_R;
+        npipes++;
+      }
     }
   }
   tg_sys1(SYS_close, dfd);
+  /* a pipe must have both ends in the process (pipes to other processes come with process trees) */
+  for (int i = 0; rc == 0 && i < npipes; i++) {
+    int other = 0;
+    for (int j = 0; j < npipes; j++) if (pipes[j].ino == pipes[i].ino && pipes[j].read != pipes[i].read) other = 1;
+    if (!other) {
+      snprintf(err, errlen,
+               "fd %d (pipe:[%llu], %s end): the other end of this pipe is outside the process; pipes to other "
+               "processes are not supported yet",
+               pipes[i].fd, (unsigned long long)pipes[i].ino, pipes[i].read ? "read" : "write");
+      rc = -1;
+    }
+  }
   return rc;
 }
