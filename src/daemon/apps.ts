@@ -183,14 +183,22 @@ export class AppManager {
         this.log.info({ app: name, argv: req.argv, hostPid: l.appHostPid }, "app started");
         return { name, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, startNs: l.elapsedNs };
       } catch (e) {
-        // Leave nothing behind: a failed run is as if it never happened.
-        await rm(dir.dir, { recursive: true, force: true });
         if (e instanceof LaunchFailure) {
-          const why = e.status?.exec_error
-            ? `cannot execute ${JSON.stringify(req.argv[0])}: ${e.status.exec_error.replace(/^cannot execute .*?: (?=[^:]+$)/, "")}`
-            : `the app ended before it was ready (${describeExit(e.status)})${e.messages.length ? `: ${e.messages.join("; ")}` : `: ${e.message}`}`;
-          throw new TgError(`cannot run ${name}`, why, "Check the command name, its path (relative paths start from the current directory) and that it is executable", "run-failed");
+          const execError = e.status?.exec_error;
+          // A command that could not be executed leaves nothing behind; an app that ran
+          // keeps its state directory so `tardigrade logs` can show what it printed.
+          if (execError || !e.status) await rm(dir.dir, { recursive: true, force: true });
+          if (execError)
+            throw new TgError(`cannot run ${name}`, `cannot execute ${JSON.stringify(req.argv[0])}: ${execError.replace(/^cannot execute .*?: (?=[^:]+$)/, "")}`, "Check the command name, its path (relative paths start from the current directory) and that it is executable", "run-failed");
+          const detail = e.messages.length ? `: ${e.messages.join("; ")}` : "";
+          throw new TgError(
+            `cannot run ${name}`,
+            `the app ended (${describeExit(e.status)}) before its agent answered on ${dir.sock}${detail}`,
+            `See its output with \`tardigrade logs ${name}\`. The agent must be loaded into the program itself: statically linked programs, and wrapper scripts that exec the real program (e.g. pyenv shims), are not supported yet`,
+            "run-failed",
+          );
         }
+        await rm(dir.dir, { recursive: true, force: true });
         throw e;
       }
     });

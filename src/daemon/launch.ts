@@ -102,10 +102,13 @@ export async function launch(dir: AppDir, bin: string, args: string[], opts: Lau
       }
     }
     if (Date.now() > deadline) {
-      try {
-        process.kill(-pid, "SIGKILL");
-      } catch {
-        /* already gone */
+      const pids = dir.pids();
+      for (const target of [-pid, pids?.init, pids?.app]) {
+        try {
+          if (target) process.kill(target, "SIGKILL");
+        } catch {
+          /* already gone */
+        }
       }
       throw new LaunchFailure(readStatus(), null, [], `the agent did not answer on ${dir.sock} within ${opts.timeoutMs} ms (launcher killed)`);
     }

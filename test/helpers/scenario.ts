@@ -1,0 +1,167 @@
+// The issue's end-to-end scenario: run under tardigrade, checkpoint while it runs,
+// kill -9 the app's host PID, restore, and check that the output continues from
+// the checkpointed state exactly as an uninterrupted run would.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import { isAlive, waitFor, type TestHome } from "./home.js";
+
+export interface AppStatus {
+  state: string;
+  appHostPid: number | null;
+  initHostPid: number | null;
+  exit: { exit_code?: number; signal?: number; exec_error?: string } | null;
+}
+
+const BAD = /^(CORRUPT|INVARIANT|ERROR)/;
+
+export function lines(text: string): string[] {
+  return text.split("\n").filter((l) => l.length > 0 && !l.startsWith("tardigrade"));
+}
+
+/** Runs the program without tardigrade: what an uninterrupted run prints. */
+export function baseline(argv: string[], cwd?: string): Promise<{ lines: string[]; code: number | null }> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(argv[0]!, argv.slice(1), { cwd, stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    c.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    c.on("error", reject);
+    c.on("close", (code) => resolve({ lines: lines(out), code }));
+  });
+}
+
+export async function status(h: TestHome, name: string): Promise<AppStatus> {
+  const r = await h.cli(["status", name, "--json"]);
+  assert.equal(r.code, 0, `status ${name}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as AppStatus;
+}
+
+export async function waitExited(h: TestHome, name: string, timeoutMs = 60_000): Promise<AppStatus> {
+  let last: AppStatus | null = null;
+  await waitFor(`${name} to exit`, async () => {
+    last = await status(h, name);
+    return last.state === "exited";
+  }, timeoutMs, 100);
+  return last!;
+}
+
+export async function runApp(h: TestHome, name: string, argv: string[], cwd?: string): Promise<void> {
+  const r = await h.cli(["run", "--name", name, "--json", "--", ...argv], { cwd });
+  assert.equal(r.code, 0, `run ${name} failed: ${r.stderr}`);
+}
+
+export function logLines(h: TestHome, name: string, from = 0): string[] {
+  return lines(h.log(name).slice(from));
+}
+
+export function logSize(h: TestHome, name: string): number {
+  try {
+    return statSync(join(h.home, "apps", name, "log")).size;
+  } catch {
+    return 0;
+  }
+}
+
+export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 60_000, from = 0): Promise<string[]> {
+  return waitFor(`${name}: ${what}`, () => {
+    const ls = logLines(h, name, from);
+    const bad = ls.find((l) => BAD.test(l));
+    if (bad) throw new Error(`${name} reported a problem: ${bad}\n--- log ---\n${h.log(name)}`);
+    return pred(ls) ? ls : null;
+  }, timeoutMs, 50);
+}
+
+export async function killApp(h: TestHome, name: string): Promise<void> {
+  const pids = h.pids(name);
+  assert.ok(pids, `${name} has a pidfile`);
+  process.kill(pids.app, "SIGKILL");
+  await waitFor(`${name} host pid ${pids.app} gone`, () => !isAlive(pids.app), 10_000);
+  const st = await waitExited(h, name, 10_000);
+  assert.equal(st.exit?.signal, 9, `exit status after kill -9: ${JSON.stringify(st.exit)}`);
+}
+
+export interface ScenarioResult {
+  id: string;
+  /** Lines in the log when the checkpoint was requested / when it returned. */
+  before: number;
+  after: number;
+  /** Lines printed by the restored process (until the program finished, if `done` is given). */
+  restored: string[];
+  /** Index in the baseline where the restored output starts (if a baseline was given). */
+  resumeAt?: number;
+  final?: AppStatus;
+}
+
+export interface Scenario {
+  name: string;
+  argv: string[];
+  cwd?: string;
+  /** Checkpoint once the log satisfies this. */
+  ready(ls: string[]): boolean;
+  /** Lines to wait for after the checkpoint, before the kill (default 3). */
+  moreLines?: number;
+  /** The restored run is finished when a line matches this (then its exit status must be 0). */
+  done?: RegExp;
+  /** What an uninterrupted run prints; the restored output must be a suffix of it. */
+  baseline?: Promise<{ lines: string[]; code: number | null }>;
+  /** Called right after the restore returned (e.g. to send signals). */
+  afterRestore?(h: TestHome): Promise<void>;
+  timeoutMs?: number;
+}
+
+export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<ScenarioResult> {
+  const timeout = s.timeoutMs ?? 60_000;
+  await runApp(h, s.name, s.argv, s.cwd);
+  await waitLines(h, s.name, s.ready, "ready for the checkpoint", timeout);
+  const before = logLines(h, s.name).length;
+  const cp = await h.cli(["checkpoint", s.name, "--json"]);
+  const after = logLines(h, s.name).length;
+  assert.equal(cp.code, 0, `checkpoint failed: ${cp.stderr}`);
+  const m = JSON.parse(cp.stdout) as { id: string; pages: number; threads: number; downtimeNs: number };
+  assert.ok(m.pages > 0 && m.threads >= 1, `manifest: ${cp.stdout}`);
+  await waitLines(h, s.name, (ls) => ls.length >= after + (s.moreLines ?? 3), "output after the checkpoint", timeout);
+  await killApp(h, s.name);
+  const from = logSize(h, s.name);
+  const r = await h.cli(["restore", s.name, "--json"]);
+  assert.equal(r.code, 0, `restore failed: ${r.stderr}\n--- log ---\n${h.log(s.name)}`);
+  const rr = JSON.parse(r.stdout) as { checkpoint: string; restoreNs: number };
+  assert.equal(rr.checkpoint, m.id);
+  await s.afterRestore?.(h);
+  let final: AppStatus | undefined;
+  let restored: string[];
+  if (s.done) {
+    const done = s.done;
+    restored = await waitLines(h, s.name, (ls) => ls.some((l) => done.test(l)), "the restored run to finish", timeout, from);
+    final = await waitExited(h, s.name, 15_000);
+    assert.deepEqual(final.exit, { exit_code: 0 }, `exit status of the restored run\n--- log ---\n${h.log(s.name)}`);
+    restored = logLines(h, s.name, from);
+  } else {
+    restored = await waitLines(h, s.name, (ls) => ls.length >= 3, "output of the restored process", timeout, from);
+  }
+  const result: ScenarioResult = { id: m.id, before, after, restored, final };
+  if (s.baseline) {
+    const base = await s.baseline;
+    assert.equal(base.code, 0, "the uninterrupted run succeeded");
+    const pre = logLines(h, s.name).slice(0, after);
+    assert.deepEqual(pre, base.lines.slice(0, after), "output before the checkpoint matches an uninterrupted run");
+    // The checkpointed state had printed j lines, before <= j <= after.
+    let resumeAt: number | undefined;
+    for (let j = before; j <= after; j++) {
+      const want = base.lines.slice(j, j + restored.length);
+      if (want.length === restored.length && want.every((l, i) => l === restored[i])) {
+        resumeAt = j;
+        break;
+      }
+    }
+    assert.ok(
+      resumeAt !== undefined,
+      `the restored output must continue an uninterrupted run from line ${before}..${after}\n` +
+        `restored starts: ${JSON.stringify(restored.slice(0, 3))}\nuninterrupted around there: ${JSON.stringify(base.lines.slice(Math.max(0, before - 1), after + 2))}`,
+    );
+    assert.ok(resumeAt > 0, "no restart from zero");
+    if (s.done) assert.equal(resumeAt + restored.length, base.lines.length, "restored run ends exactly like the uninterrupted one");
+    result.resumeAt = resumeAt;
+  }
+  return result;
+}
