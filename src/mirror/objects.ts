@@ -2,7 +2,7 @@
 // manifest (opaque bytes, JSON by convention, that the engine's store writes) plus
 // the content-addressed chunks it names. The engine's store will hand these to
 // MirrorClient; until it exists, synthetic.ts makes them.
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 
 export const HASH_BYTES = 32;
 /** Largest chunk the mirror accepts (a chunk is one page or a small run of pages). */
@@ -42,7 +42,8 @@ export interface ChunkRef {
 }
 
 export function sha256hex(data: Buffer): string {
-  return createHash("sha256").update(data).digest("hex");
+  // One-shot hash (Node >= 20.12): much cheaper than createHash() per 4 KiB chunk.
+  return hash("sha256", data, "hex");
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

@@ -1,0 +1,181 @@
+// Mirror ingest benchmark: throughput from 1 and 4 sources over loopback into a real
+// server process, against a raw TCP copy of the same bytes (to a process that only
+// counts them) measured in the same run; fsync calls per committed checkpoint.
+import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { MirrorClient } from "../src/mirror/client.js";
+import { SyntheticSource } from "../src/mirror/synthetic.js";
+import { startServerProcess, tempDir, writeTokens, type ServerProcess } from "../src/mirror/testing.js";
+import type { MirrorCheckpoint } from "../src/mirror/objects.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const MiB = 1024 * 1024;
+
+interface Row {
+  case: string;
+  sources: number;
+  chunkSize: number;
+  bytes: number;
+  rawMs: number;
+  receivedMs: number;
+  durableMs: number;
+  rawMBps: number;
+  ingestMBps: number;
+  ratioReceived: number;
+  ratioDurable: number;
+  checkpoints: number;
+  flushes: number;
+  fsyncs: number;
+  fsyncsPerCheckpoint: number;
+}
+
+function makeCheckpoints(sources: number, perSource: number, pages: number, pageSize: number): MirrorCheckpoint[][] {
+  return Array.from({ length: sources }, (_, k) => {
+    const gen = new SyntheticSource(`bench${k}`, { pages, pageSize, sharedFraction: 0, dirtyFraction: 1, seed: `bench-${pageSize}` });
+    return Array.from({ length: perSource }, () => gen.next());
+  });
+}
+
+/** A process that accepts connections and discards everything (the raw TCP baseline). */
+async function startSink(): Promise<{ port: number; stop(): void }> {
+  const code = `
+    const net = require("node:net");
+    const s = net.createServer((c) => { c.on("data", () => {}); c.on("end", () => c.end("k")); });
+    s.listen(0, "127.0.0.1", () => console.log(s.address().port));`;
+  const child = spawn(process.execPath, ["-e", code], { stdio: ["ignore", "pipe", "inherit"] });
+  const port = await new Promise<number>((resolve) => child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim()))));
+  return { port, stop: () => child.kill("SIGKILL") };
+}
+
+/** Sends every chunk and manifest of each source's checkpoints over one plain connection per source. */
+async function rawCopy(port: number, perSource: MirrorCheckpoint[][]): Promise<number> {
+  const t0 = performance.now();
+  await Promise.all(
+    perSource.map(
+      (cks) =>
+        new Promise<void>((resolve, reject) => {
+          const s = connect({ host: "127.0.0.1", port }, async () => {
+            for (const c of cks) {
+              s.cork();
+              for (const d of c.chunks.values()) s.write(d);
+              s.write(c.manifest);
+              s.uncork();
+              if (s.writableNeedDrain) await new Promise((r) => s.once("drain", r));
+            }
+            s.end();
+          });
+          s.on("data", () => undefined);
+          s.on("close", () => resolve());
+          s.on("error", reject);
+        }),
+    ),
+  );
+  return performance.now() - t0;
+}
+
+async function mirrorIngest(srv: ServerProcess, perSource: MirrorCheckpoint[][]): Promise<{ receivedMs: number; durableMs: number }> {
+  const clients = perSource.map((_, k) => new MirrorClient({ url: srv.url, source: `bench${k}`, token: `token-bench${k}-0123456789` }));
+  try {
+    const t0 = performance.now();
+    let receivedMs = 0;
+    const received = perSource.map((cks, k) => {
+      const client = clients[k] as MirrorClient;
+      const durable = cks.map((c) => client.send(c, "durable"));
+      const last = cks[cks.length - 1] as MirrorCheckpoint;
+      return {
+        durable,
+        received: new Promise<void>((resolve) => {
+          const on = (e: { id: string; state: string }): void => {
+            if (e.id === last.id && e.state !== "queued") {
+              client.off("state", on);
+              resolve();
+            }
+          };
+          client.on("state", on);
+        }),
+      };
+    });
+    await Promise.all(received.map((r) => r.received));
+    receivedMs = performance.now() - t0;
+    await Promise.all(received.flatMap((r) => r.durable));
+    return { receivedMs, durableMs: performance.now() - t0 };
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
+}
+
+async function runCase(name: string, sources: number, perSource: number, pages: number, pageSize: number): Promise<Row> {
+  const cks = makeCheckpoints(sources, perSource, pages, pageSize);
+  let bytes = 0;
+  for (const l of cks) for (const c of l) for (const d of c.chunks.values()) bytes += d.length;
+  const tmp = tempDir("tg-mirror-bench-");
+  const sink = await startSink();
+  const tokens = writeTokens(tmp.dir, Object.fromEntries(cks.map((_, k) => [`bench${k}`, `token-bench${k}-0123456789`])));
+  const srv = await startServerProcess([
+    "--listen", "127.0.0.1:0", "--store", join(tmp.dir, "store"), "--tokens", tokens,
+    "--cache-max", "256M", "--max-delay", "200ms", "--max-queued", "32",
+  ]);
+  try {
+    await rawCopy(sink.port, cks.map((l) => l.slice(0, 1))); // warm-up
+    const rawMs = await rawCopy(sink.port, cks);
+    const { receivedMs, durableMs } = await mirrorIngest(srv, cks);
+    const total = cks.reduce((n, l) => n + l.length, 0);
+    // The durable acks can arrive before the last flush's log line does.
+    const committedSoFar = (): number =>
+      srv.logs.filter((l) => typeof l.msg === "string" && l.msg.startsWith("flush committed")).reduce((n, l) => n + Number(l.checkpoints), 0);
+    for (let i = 0; i < 200 && committedSoFar() < total; i++) await new Promise((r) => setTimeout(r, 10));
+    const flushes = srv.logs.filter((l) => typeof l.msg === "string" && l.msg.startsWith("flush committed"));
+    const fsyncs = flushes.reduce((n, l) => n + Number(l.fsyncs), 0);
+    const committed = flushes.reduce((n, l) => n + Number(l.checkpoints), 0);
+    return {
+      case: name,
+      sources,
+      chunkSize: pageSize,
+      bytes,
+      rawMs,
+      receivedMs,
+      durableMs,
+      rawMBps: bytes / MiB / (rawMs / 1000),
+      ingestMBps: bytes / MiB / (receivedMs / 1000),
+      ratioReceived: rawMs / receivedMs,
+      ratioDurable: rawMs / durableMs,
+      checkpoints: committed,
+      flushes: flushes.length,
+      fsyncs,
+      fsyncsPerCheckpoint: fsyncs / Math.max(1, committed),
+    };
+  } finally {
+    sink.stop();
+    srv.kill("SIGKILL");
+    await srv.exited;
+    tmp.cleanup();
+  }
+}
+
+export async function main(): Promise<void> {
+  const rows: Row[] = [];
+  // Same total bytes (128 MiB) in every case.
+  rows.push(await runCase("1 source, 4 KiB pages", 1, 64, 512, 4096));
+  rows.push(await runCase("4 sources, 4 KiB pages", 4, 16, 512, 4096));
+  rows.push(await runCase("1 source, 64 KiB chunks", 1, 64, 32, 65536));
+  rows.push(await runCase("4 sources, 64 KiB chunks", 4, 16, 32, 65536));
+  const f = (n: number, d = 0): string => n.toFixed(d);
+  console.log(
+    ["case".padEnd(26), "MiB".padStart(5), "raw MB/s".padStart(9), "ingest MB/s".padStart(12), "recv/raw".padStart(9),
+      "durable/raw".padStart(12), "ckpts".padStart(6), "flushes".padStart(8), "fsync/ckpt".padStart(11)].join(" "),
+  );
+  for (const r of rows) {
+    console.log(
+      [r.case.padEnd(26), f(r.bytes / MiB).padStart(5), f(r.rawMBps).padStart(9), f(r.ingestMBps).padStart(12),
+        f(r.ratioReceived, 2).padStart(9), f(r.ratioDurable, 2).padStart(12), String(r.checkpoints).padStart(6),
+        String(r.flushes).padStart(8), f(r.fsyncsPerCheckpoint, 2).padStart(11)].join(" "),
+    );
+  }
+  console.log("ratios: raw TCP time / mirror time for the same bytes in the same run (1.0 = as fast as raw TCP); target 4-source >= 0.7");
+  const out = join(here, "..", "..", "bench", "results");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "mirror.json"), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
+}
