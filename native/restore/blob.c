@@ -24,6 +24,7 @@
 #define STEP_MM 7
 #define STEP_SIGACTION 8
 #define STEP_THREAD 9
+#define STEP_STREAM 10
 
 #define PROT_R 1
 #define PROT_W 2
@@ -44,6 +45,17 @@ BLOB static uint32_t crc32c(uint32_t crc, const void *buf, uint64_t len) {
   while (len >= 8) { __asm__("crc32q %1, %0" : "+r"(c) : "rm"(*(const uint64_t *)p)); p += 8; len -= 8; }
   while (len--) { __asm__("crc32b %1, %k0" : "+r"(c) : "rm"(*p)); p++; }
   return ~(uint32_t)c;
+}
+
+BLOB static int read_full(int fd, void *buf, uint64_t len) {
+  uint64_t got = 0;
+  while (got < len) {
+    long r = tg_sys3(SYS_read, fd, (char *)buf + got, len - got);
+    if (r == -4 /* EINTR */) continue;
+    if (r <= 0) return -1;
+    got += (uint64_t)r;
+  }
+  return 0;
 }
 
 BLOB static int put_num(char *b, int n, uint64_t v, int base) {
@@ -120,27 +132,55 @@ BLOB void tg_blob_main(struct blob_plan *p) {
   }
   for (uint64_t i = 0; i < p->nvmas; i++) {
     struct blob_vma *v = &p->vmas[i];
-    uint32_t prot = v->fill ? (v->prot | PROT_R | PROT_W) : v->prot;
-    r = tg_sys6l(SYS_mmap, v->start, v->end - v->start, prot, v->mflags | MAP_FIXED_NOREPLACE_, v->fd, v->pgoff);
+    r = tg_sys6l(SYS_mmap, v->start, v->end - v->start, v->prot, v->mflags | MAP_FIXED_NOREPLACE_, v->fd, v->pgoff);
     if (r != (long)v->start) fail(p, STEP_MMAP, r, v->start);
   }
-  for (uint64_t i = 0; i < p->nexts; i++) {
-    struct blob_extent *e = &p->exts[i];
-    uint64_t len = e->npages * TG_PAGE, got = 0;
-    while (got < len) {
-      r = tg_sys4(SYS_pread64, p->img_fd, e->addr + got, len - got, e->data_off + got);
-      if (r == -4 /* EINTR */) continue;
-      if (r <= 0) fail(p, STEP_READ, r, e->rec_off);
-      got += (uint64_t)r;
+  /* page data, read straight into place record by record (the image may be a stream) */
+  struct tg_rec_header h = p->next_hdr;
+  uint64_t off = p->next_off, nrec = p->nrec;
+  for (int first = 1;; first = 0) {
+    if (!first) {
+      if (read_full(p->img_fd, &h, sizeof h) != 0) fail(p, STEP_STREAM, 0, off);
+      if (crc32c(0, &h, 28) != h.header_crc) fail(p, STEP_STREAM, 0, off);
     }
-    uint64_t hdr[2] = {e->addr, e->npages};
-    uint32_t c = crc32c(0, hdr, sizeof hdr);
-    c = crc32c(c, (const void *)e->addr, len);
-    if (c != e->crc) fail(p, STEP_CRC, 0, e->rec_off);
+    if (h.type == TG_REC_END) {
+      struct tg_rec_end e;
+      if (h.payload_len != sizeof e || read_full(p->img_fd, &e, sizeof e) != 0) fail(p, STEP_STREAM, 0, off);
+      if (crc32c(0, &e, sizeof e) != h.payload_crc) fail(p, STEP_CRC, 0, off);
+      if (e.record_count != nrec || e.file_size != off + sizeof h + sizeof e) fail(p, STEP_STREAM, 0, off);
+      break;
+    }
+    uint64_t ph[2];
+    if (h.type != TG_REC_PAGES || h.payload_len < sizeof ph || read_full(p->img_fd, ph, sizeof ph) != 0) fail(p, STEP_STREAM, 0, off);
+    uint64_t len = ph[1] * TG_PAGE;
+    if (ph[1] == 0 || ph[1] > TG_PAGES_PER_RECORD || (ph[0] & (TG_PAGE - 1)) || h.payload_len != sizeof ph + len)
+      fail(p, STEP_STREAM, 0, off);
+    /* the pages must lie inside one mapping we are filling: never write anywhere else */
+    uint64_t lo = 0, hi = p->nvmas;
+    while (lo < hi) {
+      uint64_t mid = (lo + hi) / 2;
+      if (p->vmas[mid].end <= ph[0]) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo >= p->nvmas || p->vmas[lo].start > ph[0] || p->vmas[lo].end < ph[0] + len || !p->vmas[lo].fill)
+      fail(p, STEP_STREAM, 0, off);
+    struct blob_vma *v = &p->vmas[lo];
+    if (!v->opened && (v->prot & (PROT_R | PROT_W)) != (PROT_R | PROT_W)) {
+      /* made writable for the refill only; protected again below */
+      r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot | PROT_R | PROT_W);
+      if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
+      v->opened = 1;
+    }
+    if (read_full(p->img_fd, (void *)ph[0], len) != 0) fail(p, STEP_READ, 0, off);
+    uint32_t c = crc32c(0, ph, sizeof ph);
+    c = crc32c(c, (const void *)ph[0], len);
+    if (c != h.payload_crc) fail(p, STEP_CRC, 0, off);
+    off += sizeof h + sizeof ph + len;
+    nrec++;
   }
   for (uint64_t i = 0; i < p->nvmas; i++) {
     struct blob_vma *v = &p->vmas[i];
-    if (!v->fill || v->prot == (v->prot | PROT_R | PROT_W)) continue;
+    if (!v->opened) continue;
     r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
   }

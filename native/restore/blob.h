@@ -7,8 +7,7 @@
 #include "../common/image.h"
 
 struct blob_range { uint64_t start, end; };
-struct blob_vma { uint64_t start, end, pgoff; uint32_t prot, mflags; int32_t fd; uint32_t fill; };
-struct blob_extent { uint64_t addr, npages, data_off, rec_off; uint32_t crc, pad; };
+struct blob_vma { uint64_t start, end, pgoff; uint32_t prot, mflags; int32_t fd; uint32_t fill, opened; };
 struct blob_thread {
   uint32_t tid, is_main;
   uint64_t uc, fs, gs, ctid, robust_head, robust_len, rseq_addr;
@@ -28,10 +27,9 @@ struct blob_mm_map {
 struct blob_plan {
   uint64_t blob_addr, blob_len;
   int32_t img_fd, report_fd, fd_floor, pid;
-  uint64_t nunmap, nvmas, nexts, nthreads;
+  uint64_t nunmap, nvmas, nthreads;
   struct blob_range *unmap;
   struct blob_vma *vmas;
-  struct blob_extent *exts;
   struct blob_thread *threads;
   struct tg_ksigaction sigs[64];
   uint64_t vvar_addr, vdso_addr;
@@ -40,6 +38,8 @@ struct blob_plan {
   uint64_t shared_sigpending;
   uint64_t restart_info_addr, trampoline_addr;
   char sock_path[108];
+  struct tg_rec_header next_hdr; /* first PAGES/END header, read by stage 1 */
+  uint64_t next_off, nrec;      /* its offset in the image; records before it */
   volatile int32_t go;
   int32_t verbose;
 };

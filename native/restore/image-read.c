@@ -23,10 +23,12 @@ static int fail(struct image *img, uint64_t off, const char *fmt, const char *a,
   return -1;
 }
 
+/* Sequential reads only: the image may be a pipe (a stream assembled by the store). */
 static int read_at(int fd, void *buf, size_t len, uint64_t off) {
+  (void)off;
   size_t got = 0;
   while (got < len) {
-    ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
+    ssize_t r = read(fd, (char *)buf + got, len - got);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return -1;
     got += (size_t)r;
@@ -34,53 +36,53 @@ static int read_at(int fd, void *buf, size_t len, uint64_t off) {
   return 0;
 }
 
+static int skip_pad(int fd, uint64_t len) {
+  char pad[8];
+  size_t n = (size_t)(((len + 7) & ~7ull) - len);
+  return n ? read_at(fd, pad, n, 0) : 0;
+}
+
 #define GROW(arr, n) do { void *np_ = realloc((arr), ((n) + 1) * sizeof *(arr)); if (!np_) return fail(img, off, "%sout of memory (%llu)", "", n); (arr) = np_; } while (0)
 
 int tg_image_load(const char *path, struct image *img) {
   memset(img, 0, sizeof *img);
   img->path = path;
-  img->fd = open(path, O_RDONLY | O_CLOEXEC);
+  img->fd = strcmp(path, "-") == 0 ? fcntl(0, F_DUPFD_CLOEXEC, 3) : open(path, O_RDONLY | O_CLOEXEC);
   if (img->fd < 0) { fprintf(stderr, "tardigrade-restore: cannot open image %s: %s\n", path, strerror(errno)); return -1; }
   struct stat st;
   if (fstat(img->fd, &st) != 0) return fail(img, 0, "fstat: %s%llu", strerror(errno), 0);
-  uint64_t size = (uint64_t)st.st_size, off = 0;
+  /* a stream has no size: truncation then shows as a short read */
+  uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX, off = 0;
   if (size < sizeof img->hdr || read_at(img->fd, &img->hdr, sizeof img->hdr, 0) != 0)
     return fail(img, 0, "%struncated file header (file is %llu bytes)", "", size);
   if (memcmp(img->hdr.magic, TG_IMAGE_MAGIC, 8) != 0) return fail(img, 0, "%snot a tardigrade image (bad magic)%llu", "", 0);
   if (tg_crc32c(0, &img->hdr, 60) != img->hdr.header_crc) return fail(img, 0, "%sfile header CRC mismatch%llu", "", 0);
   if (img->hdr.version != TG_IMAGE_VERSION) return fail(img, 8, "%sunsupported image version %llu", "", img->hdr.version);
   off = sizeof img->hdr;
-  int have_proc = 0, have_end = 0;
+  int have_proc = 0;
   uint64_t nrec = 0;
-  while (!have_end) {
+  for (;;) {
     struct tg_rec_header h;
     if (off + sizeof h > size || read_at(img->fd, &h, sizeof h, off) != 0)
-      return fail(img, off, "%struncated image: record header missing (file is %llu bytes; no END record)", "", size);
+      return fail(img, off, "%struncated image: record header missing (file is %llu bytes; no END record)", "", size == UINT64_MAX ? off : size);
     if (tg_crc32c(0, &h, 28) != h.header_crc) return fail(img, off, "%srecord header CRC mismatch%llu", "", 0);
     uint64_t poff = off + sizeof h;
     if (h.payload_len > size - poff) return fail(img, off, "truncated %s record: payload of %llu bytes runs past the end of the file", type_name(h.type), h.payload_len);
     uint64_t next = poff + ((h.payload_len + 7) & ~7ull);
-    if (h.type == TG_REC_PAGES) {
-      struct tg_rec_pages ph;
-      if (h.payload_len < sizeof ph || read_at(img->fd, &ph, sizeof ph, poff) != 0) return fail(img, off, "%sPAGES record too short%llu", "", 0);
-      if (ph.npages == 0 || ph.npages > TG_PAGES_PER_RECORD || h.payload_len != sizeof ph + ph.npages * TG_PAGE || (ph.addr & (TG_PAGE - 1)))
-        return fail(img, off, "%sPAGES record malformed (%llu pages)", "", ph.npages);
-      GROW(img->exts, img->nexts);
-      struct img_extent *e = &img->exts[img->nexts++];
-      e->addr = ph.addr;
-      e->npages = ph.npages;
-      e->data_off = poff + sizeof ph;
-      e->rec_off = off;
-      e->crc = h.payload_crc;
-      img->pages_total += ph.npages;
-      off = next;
-      nrec++;
-      continue;
+    if (h.type == TG_REC_PAGES || h.type == TG_REC_END) {
+      /* page data and END are read by the blob, straight into place */
+      if (!have_proc) return fail(img, off, "first record is %s, not PROC%llu", type_name(h.type), 0);
+      img->next_hdr = h;
+      img->next_off = off;
+      img->nrec = nrec;
+      img->size = size;
+      break;
     }
     if (h.payload_len > (64u << 20)) return fail(img, off, "%s record too large (%llu bytes)", type_name(h.type), h.payload_len);
     char *p = malloc(h.payload_len + 1);
     if (!p) return fail(img, off, "%sout of memory (%llu)", "", h.payload_len);
-    if (read_at(img->fd, p, h.payload_len, poff) != 0) return fail(img, off, "%sread error%llu", "", 0);
+    if (read_at(img->fd, p, h.payload_len, poff) != 0 || skip_pad(img->fd, h.payload_len) != 0)
+      return fail(img, off, "truncated %s record (%llu bytes)", type_name(h.type), h.payload_len);
     p[h.payload_len] = 0;
     if (tg_crc32c(0, p, h.payload_len) != h.payload_crc) return fail(img, off, "payload CRC mismatch in %s record (%llu bytes)", type_name(h.type), h.payload_len);
 #define NEED(sz) do { if (h.payload_len < (sz)) return fail(img, off, "%s record too short (%llu bytes)", type_name(h.type), h.payload_len); } while (0)
@@ -96,6 +98,8 @@ int tg_image_load(const char *path, struct image *img) {
       GROW(img->vmas, img->nvmas);
       memcpy(&img->vmas[img->nvmas].r, p, sizeof(struct tg_rec_vma));
       img->vmas[img->nvmas].path = strdup(p + sizeof(struct tg_rec_vma));
+      if (img->vmas[img->nvmas].r.start >= img->vmas[img->nvmas].r.end || (img->nvmas && img->vmas[img->nvmas].r.start < img->vmas[img->nvmas - 1].r.end))
+        return fail(img, off, "%sVMA records out of order or empty at %llx", "", img->vmas[img->nvmas].r.start);
       img->nvmas++;
       free(p);
       break;
@@ -124,17 +128,6 @@ int tg_image_load(const char *path, struct image *img) {
       img->pipes[img->npipes].len = h.payload_len - 8;
       img->npipes++;
       break;
-    case TG_REC_END: {
-      NEED(sizeof(struct tg_rec_end));
-      struct tg_rec_end e;
-      memcpy(&e, p, sizeof e);
-      free(p);
-      if (e.record_count != nrec) return fail(img, off, "%sEND record counts %llu records", "", e.record_count);
-      if (e.file_size != next) return fail(img, off, "%sEND record gives file size %llu", "", e.file_size);
-      if (next != size) return fail(img, next, "%s%llu bytes of data after the END record", "", size - next);
-      have_end = 1;
-      break;
-    }
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
     }

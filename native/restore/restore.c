@@ -165,8 +165,6 @@ static void __attribute__((noreturn)) stage1(void) {
   off += unmap_cap * sizeof(struct blob_range);
   size_t vmas_off = off;
   off += img.nvmas * sizeof(struct blob_vma);
-  size_t exts_off = off;
-  off += img.nexts * sizeof(struct blob_extent);
   size_t thr_off = off;
   off += img.nthreads * sizeof(struct blob_thread);
   off = (off + 4095) & ~4095ul;
@@ -186,9 +184,7 @@ static void __attribute__((noreturn)) stage1(void) {
   p->pid = (int32_t)img.proc.pid;
   p->unmap = (struct blob_range *)(b + unmap_off);
   p->vmas = (struct blob_vma *)(b + vmas_off);
-  p->exts = (struct blob_extent *)(b + exts_off);
   p->threads = (struct blob_thread *)(b + thr_off);
-  size_t ei = 0;
   for (size_t i = 0; i < img.nvmas; i++) {
     struct tg_rec_vma *v = &img.vmas[i].r;
     if (v->kind == TG_VMA_VDSO || v->kind == TG_VMA_VSYSCALL) continue;
@@ -207,14 +203,12 @@ static void __attribute__((noreturn)) stage1(void) {
     }
     if ((v->kind == TG_VMA_FILE_PRIVATE || v->kind == TG_VMA_FILE_SHARED) && bv->fd < 0)
       report_fail("mapping %llx: file %s was not opened", (unsigned long long)v->start, img.vmas[i].path);
-    /* extents come in address order, as VMAs do */
-    while (ei < img.nexts && img.exts[ei].addr < v->start) ei++;
-    if (ei < img.nexts && img.exts[ei].addr < v->end) bv->fill = 1;
+    /* every mapping but a shared file one may receive pages: mapped writable, then protected */
+    bv->fill = v->kind != TG_VMA_FILE_SHARED;
   }
-  for (size_t i = 0; i < img.nexts; i++) {
-    struct img_extent *e = &img.exts[i];
-    p->exts[p->nexts++] = (struct blob_extent){e->addr, e->npages, e->data_off, e->rec_off, e->crc, 0};
-  }
+  p->next_hdr = img.next_hdr;
+  p->next_off = img.next_off;
+  p->nrec = img.nrec;
   for (size_t i = 0; i < img.nthreads; i++) {
     struct tg_rec_thread *t = &img.threads[i];
     struct blob_thread *bt = &p->threads[p->nthreads++];

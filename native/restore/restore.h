@@ -8,7 +8,6 @@
 struct img_vma { struct tg_rec_vma r; char *path; };
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
-struct img_extent { uint64_t addr, npages, data_off, rec_off; uint32_t crc; };
 
 struct image {
   const char *path;
@@ -24,12 +23,12 @@ struct image {
   struct tg_rec_thread *threads; size_t nthreads;
   struct img_fd *fds; size_t nfds;
   struct img_pipe *pipes; size_t npipes;
-  struct img_extent *exts; size_t nexts;
-  uint64_t pages_total;
+  struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
+  uint64_t next_off, nrec, size;
 };
 
-/* image-read.c: reads and checks everything but page data (whose CRC the blob checks after reading
- * it into place). On error prints "<file>: offset N: <what>" and returns -1. */
+/* image-read.c: reads and checks every record before the page data, sequentially (the image may be
+ * a pipe); the blob reads the PAGES and END records straight into place. On error prints "<file>: offset N: <what>" and returns -1. */
 int tg_image_load(const char *path, struct image *img);
 
 /* fds.c: rebuilds the fd table (every fd >= keep_from is the restorer's own and left alone). */
