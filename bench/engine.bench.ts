@@ -12,7 +12,7 @@
 // buffer) and a plain file write + fsync into the same filesystem as the
 // store. Prints a table and writes bench/results/engine.json.
 //
-// Environment: BENCH_SIZES="64,256,1024" (MiB), BENCH_REPS=2 (checkpoint +
+// Environment: BENCH_SIZES="64,256,1024" (MiB), BENCH_REPS=3 (checkpoint +
 // restore rounds per size), BENCH_KEEP_HOME=1 keeps the temporary
 // TARDIGRADE_HOME. Everything the bench starts (daemon, apps, launchers) is
 // killed by PID at the end, also on SIGINT/SIGTERM.
@@ -432,7 +432,7 @@ function printTable(results: SizeResult[]): void {
 
 export async function main(): Promise<void> {
   const sizes = (process.env.BENCH_SIZES ?? "64,256,1024").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
-  const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 2) || 2);
+  const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3) || 3);
   if (!existsSync(join(ROOT, "dist", "src", "cli", "main.js"))) throw new Error("the CLI is not built: run `npm run build` first");
   execFileSync("make", ["-s", "-C", FIXTURES, "build/holder"], { stdio: "inherit" });
 
