@@ -124,13 +124,13 @@ test("ack levels: received resolves before durable; mirror pull fetches and veri
     assert.equal(await durable, "durable");
     assert.equal(client.state(c1.id), "durable");
 
-    const r = await pullCheckpoint({ url, token: tokenOf("alpha"), source: "alpha", id: c1.id, dir: join(tmp.dir, "pulled") });
+    const r = await pullCheckpoint({ url, token: tokenOf("alpha") }, { source: "alpha", id: c1.id, dir: join(tmp.dir, "pulled") });
     assert.equal(r.chunks, 64);
     assert.equal(r.fetchedChunks, 64);
     const v = await verifyPulled(r.dir);
     assert.equal(v.chunks, 64);
     // A second pull only fetches what the local store lacks.
-    const r2 = await pullCheckpoint({ url, token: tokenOf("alpha"), source: "alpha", id: "latest", dir: join(tmp.dir, "pulled") });
+    const r2 = await pullCheckpoint({ url, token: tokenOf("alpha") }, { source: "alpha", id: "latest", dir: join(tmp.dir, "pulled") });
     assert.equal(r2.id, "ck000002");
     assert.ok(r2.fetchedChunks < 64, `fetched ${r2.fetchedChunks}`);
   } finally {

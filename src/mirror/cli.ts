@@ -182,7 +182,7 @@ export function registerMirrorCommands(program: Command): Command {
         // With a token the server knows our source; the Fetch names the one wanted and
         // the server refuses it if it is not ours.
         if (admin.token !== "") delete admin.source;
-        const r = await pullCheckpoint({ ...admin, source: f.source, id: f.checkpoint, dir: f.store });
+        const r = await pullCheckpoint(admin, { source: f.source, id: f.checkpoint, dir: f.store });
         console.log(
           f.json
             ? JSON.stringify(r)

@@ -28,12 +28,13 @@ async function localChunks(root: string): Promise<Map<string, string>> {
   return out;
 }
 
-export async function pullCheckpoint(opts: AdminOptions & { source: string; id: string; dir: string }): Promise<PullResult> {
+/** `admin` says how to reach and authenticate; `opts` which checkpoint to pull, and where. */
+export async function pullCheckpoint(admin: AdminOptions, opts: { source: string; id: string; dir: string }): Promise<PullResult> {
   if (!isValidName(opts.source)) throw new Error(`invalid source name ${JSON.stringify(opts.source)}`);
   if (opts.id !== "latest" && !isValidName(opts.id)) throw new Error(`invalid checkpoint id ${JSON.stringify(opts.id)}`);
   const root = join(opts.dir, opts.source);
   const have = await localChunks(root);
-  const got = await withAdmin(opts, (a) => a.fetch(opts.source, opts.id, have.keys()));
+  const got = await withAdmin(admin, (a) => a.fetch(opts.source, opts.id, have.keys()));
   const h = got.header;
   const final = join(root, h.id);
   const tmp = join(root, `.${h.id}.partial-${process.pid}`);
