@@ -32,6 +32,7 @@
 #include <asm/prctl.h>
 
 #include "../common/sys.h"
+#include "track.h"
 
 TG_HIDDEN struct tg_agent tg;
 TG_HIDDEN struct tg_restart_info tg_restart;
@@ -54,7 +55,7 @@ TG_HIDDEN uint64_t tg_now_ns(int clock) {
 
 TG_HIDDEN int tg_is_hidden_fd(int fd) {
   return fd >= 0 && (fd == tg.listen_fd || fd == tg.conn_fd || fd == tg.img_fd || fd == tg.err_rd ||
-                     fd == tg.err_wr);
+                     fd == tg.err_wr || tg_track_is_hidden_fd(fd));
 }
 
 TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap) {
@@ -196,7 +197,8 @@ __attribute__((noreturn)) static void snapshot_child(void) {
     uint64_t bytes = 0, pages = 0;
     int rc = tg_capture_image(err, sizeof err, &bytes, &pages);
     char msg[640];
-    int n = rc == 0 ? snprintf(msg, sizeof msg, "OK %llu %llu\n", (unsigned long long)bytes, (unsigned long long)pages)
+    int n = rc == 0 ? snprintf(msg, sizeof msg, "OK %llu %llu %llu\n", (unsigned long long)bytes, (unsigned long long)pages,
+                               (unsigned long long)tg_trk.pages_written)
                     : snprintf(msg, sizeof msg, "ERR %s\n", err);
     tg_sys3(SYS_write, tg.err_wr, msg, n);
     tg_sys1(SYS_exit_group, rc == 0 ? 0 : 1);
@@ -217,6 +219,8 @@ static void snapshot_and_release(uint32_t gen) {
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DOFORK);
     tg.parent_maps = (char *)stk + CHILD_STACK;
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
+    if (tg.parent_maps_len > 0 && tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len))
+      tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
@@ -380,8 +384,22 @@ static int count_threads(void) {
 
 static int after_restore(void);
 
-static void do_checkpoint(const char *path) {
+/* CHECKPOINT <path> [full|incremental] [parent=<seq>] [tracking=uffd|hash] */
+static void do_checkpoint(char *args) {
   char err[600] = {0};
+  char *save = NULL;
+  char *path = strtok_r(args, " ", &save);
+  if (!path) path = args;
+  tg.want_incremental = 0;
+  tg.parent_seq = 0;
+  for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+    if (strcmp(w, "incremental") == 0) tg.want_incremental = 1;
+    else if (strcmp(w, "full") == 0) tg.want_incremental = 0;
+    else if (strncmp(w, "parent=", 7) == 0) tg.parent_seq = strtoull(w + 7, NULL, 10);
+    else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
+    else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
+    else { snprintf(err, sizeof err, "unknown CHECKPOINT option '%s'", w); reply_error("error", err); return; }
+  }
   if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
@@ -411,6 +429,7 @@ static void do_checkpoint(const char *path) {
   if (tg_restart.restored != tg.seen_restored) { after_restore(); return; }
   uint64_t downtime = tg.t_resumed_ns - tg.t_stop_ns;
   if (tg.child <= 0) {
+    tg_track_after_snapshot(0, 0);
     snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
     reply_error("error", err);
     unlink(path);
@@ -435,11 +454,20 @@ static void do_checkpoint(const char *path) {
   uint64_t total = tg_now_ns(CLOCK_MONOTONIC) - tg.t_stop_ns;
   char *nl = strchr(msg, '\n');
   if (nl) *nl = 0;
-  if (si.si_code == CLD_EXITED && si.si_status == 0 && strncmp(msg, "OK ", 3) == 0) {
-    unsigned long long bytes = 0, pages = 0;
-    sscanf(msg + 3, "%llu %llu", &bytes, &pages);
-    reply("{\"event\":\"done\",\"ok\":true,\"bytes\":%llu,\"pages\":%llu,\"total_ns\":%llu,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
-          bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
+  int ok = si.si_code == CLD_EXITED && si.si_status == 0 && strncmp(msg, "OK ", 3) == 0;
+  tg_track_after_snapshot(ok, tg.seq);
+  if (ok) {
+    unsigned long long bytes = 0, pages = 0, written = 0;
+    sscanf(msg + 3, "%llu %llu %llu", &bytes, &pages, &written);
+    tg_trk.pages_written = written; /* counted by the child in hash mode */
+    char reason[400];
+    json_escape(tg_trk.reason, reason, sizeof reason);
+    reply("{\"event\":\"done\",\"ok\":true,\"bytes\":%llu,\"pages\":%llu,\"total_ns\":%llu,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu,"
+          "\"kind\":\"%s\",\"parent\":%llu,\"tracking\":\"%s\",\"pages_scanned\":%llu,\"pages_written\":%llu,\"full_reason\":\"%s\"}",
+          bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq,
+          tg_trk.incremental ? "incremental" : "full", tg_trk.incremental ? (unsigned long long)tg.parent_seq : 0ull,
+          tg_trk.mode == TG_TRACK_UFFD ? "uffd" : "hash", (unsigned long long)tg_trk.pages_scanned,
+          (unsigned long long)tg_trk.pages_written, tg_trk.incremental ? "" : reason);
   } else {
     if (strncmp(msg, "ERR ", 4) == 0) memmove(msg, msg + 4, strlen(msg + 4) + 1);
     else if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)
@@ -479,6 +507,7 @@ static int after_restore(void) {
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg.child = 0;
   tg.pid = getpid();
+  tg_track_reset();
   for (int i = 0; i < 5000 && __atomic_load_n(&tg_restart.pending, __ATOMIC_SEQ_CST) > 0; i++) {
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);

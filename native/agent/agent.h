@@ -48,6 +48,8 @@ struct tg_agent {
   char *parent_maps;            /* /proc/self/maps as the parent saw it at the snapshot */
   long parent_maps_len;
   int dontfork_overflow;
+  int want_incremental;         /* this request */
+  uint64_t parent_seq;
   uint64_t t_stop_ns, t_resumed_ns;
   struct sigaction app_action;  /* what the application set for our signal */
   int app_action_set;
@@ -69,6 +71,18 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
 
 /* capture.c: runs in the snapshot child; writes the image to tg.img_fd; returns 0 or -1 with err. */
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages);
+
+/* maps.c */
+struct tg_vma {
+  uint64_t start, end, pgoff, ino;
+  uint32_t prot, shared, devmaj, devmin;
+  const char *path;
+  size_t pathlen;
+};
+TG_HIDDEN int tg_parse_maps_line(const char *l, const char *end, struct tg_vma *v);
+TG_HIDDEN int tg_vma_path_is(const struct tg_vma *v, const char *s);
+TG_HIDDEN int tg_vma_special(const struct tg_vma *v); /* vdso, vvar, vsyscall */
+TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
 
 /* util */
 TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap);

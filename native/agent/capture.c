@@ -18,6 +18,7 @@
 
 #include "../common/crc32c.h"
 #include "../common/sys.h"
+#include "track.h"
 
 struct writer {
   int fd;
@@ -59,54 +60,6 @@ static void *child_alloc(size_t len) {
   return (unsigned long)p > -4096UL ? NULL : p;
 }
 
-/* ---- /proc/self/maps ---- */
-
-struct vma {
-  uint64_t start, end, pgoff, ino;
-  uint32_t prot, shared, devmaj, devmin;
-  const char *path;
-  size_t pathlen;
-};
-
-static uint64_t hex(const char **pp) {
-  const char *p = *pp;
-  uint64_t v = 0;
-  for (;; p++) {
-    int d;
-    if (*p >= '0' && *p <= '9') d = *p - '0';
-    else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
-    else break;
-    v = v * 16 + (uint64_t)d;
-  }
-  *pp = p;
-  return v;
-}
-
-static int parse_maps_line(const char *l, const char *end, struct vma *v) {
-  const char *p = l;
-  v->start = hex(&p);
-  if (*p++ != '-') return -1;
-  v->end = hex(&p);
-  if (*p++ != ' ') return -1;
-  v->prot = (p[0] == 'r' ? 1u : 0u) | (p[1] == 'w' ? 2u : 0u) | (p[2] == 'x' ? 4u : 0u);
-  v->shared = p[3] == 's';
-  p += 5;
-  v->pgoff = hex(&p);
-  p++;
-  v->devmaj = (uint32_t)hex(&p);
-  p++;
-  v->devmin = (uint32_t)hex(&p);
-  p++;
-  v->ino = 0;
-  while (*p >= '0' && *p <= '9') v->ino = v->ino * 10 + (uint64_t)(*p++ - '0');
-  while (p < end && *p == ' ') p++;
-  v->path = p;
-  v->pathlen = (size_t)(end - p);
-  return 0;
-}
-
-static int path_is(const struct vma *v, const char *s) { return v->pathlen == strlen(s) && memcmp(v->path, s, v->pathlen) == 0; }
-
 static int ends_with(const char *p, size_t n, const char *s) {
   size_t sl = strlen(s);
   return n >= sl && memcmp(p + n - sl, s, sl) == 0;
@@ -129,20 +82,21 @@ static void *own_alloc(size_t len) {
 }
 static int is_own(uint64_t s, uint64_t e) {
   if (s >= tg.child_stack && e <= tg.child_stack + (9u << 20)) return 1; /* stack + parent maps buffer */
+  if (tg_track_owns(s, e)) return 1;
   for (int i = 0; i < nown; i++) if (s >= own[i].start && e <= own[i].end) return 1;
   return 0;
 }
 
-static int classify(const struct vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
+static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
   memset(r, 0, sizeof *r);
   r->start = v->start;
   r->end = v->end;
   r->pgoff = v->pgoff;
   r->prot = v->prot;
-  if (path_is(v, "[vdso]") || path_is(v, "[vvar]") || path_is(v, "[vvar_vclock]")) { r->kind = TG_VMA_VDSO; return 0; }
-  if (path_is(v, "[vsyscall]")) { r->kind = TG_VMA_VSYSCALL; return 0; }
-  if (path_is(v, "[heap]")) r->vflags |= TG_VF_HEAP;
-  if (path_is(v, "[stack]")) r->vflags |= TG_VF_STACK | TG_VF_GROWSDOWN;
+  if (tg_vma_path_is(v, "[vdso]") || tg_vma_path_is(v, "[vvar]") || tg_vma_path_is(v, "[vvar_vclock]")) { r->kind = TG_VMA_VDSO; return 0; }
+  if (tg_vma_path_is(v, "[vsyscall]")) { r->kind = TG_VMA_VSYSCALL; return 0; }
+  if (tg_vma_path_is(v, "[heap]")) r->vflags |= TG_VF_HEAP;
+  if (tg_vma_path_is(v, "[stack]")) r->vflags |= TG_VF_STACK | TG_VF_GROWSDOWN;
   if (v->ino == 0) { r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE; return 0; }
   /* file-backed */
   int deleted = ends_with(v->path, v->pathlen, " (deleted)");
@@ -173,15 +127,98 @@ static int classify(const struct vma *v, struct tg_rec_vma *r, char *err, size_t
   return 0;
 }
 
-/* Page-selection rules of docs/format.md ("Contents" under VMA). */
+/* Page-selection rules of docs/format.md ("Contents" under VMA, and "Incremental images"). */
 #define PM_PRESENT (1ull << 63)
 #define PM_SWAPPED (1ull << 62)
 #define PM_FILE (1ull << 61)
 
-static int dump_vma_pages(struct writer *w, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
-                          unsigned char *mc, char *err, size_t errlen) {
+/* 64-bit page hash for the hash tracking mode: two multiply-rotate lanes over the page's words.
+ * Detects changes (not adversarial collisions); a miss needs a 2^-64 coincidence. */
+static uint64_t page_hash(const uint64_t *q) {
+  uint64_t a = 0x9E3779B97F4A7C15ull, b = 0xC2B2AE3D27D4EB4Full;
+  for (size_t i = 0; i < TG_PAGE / 8; i += 2) {
+    a = ((a ^ q[i]) * 0xff51afd7ed558ccdull);
+    a = (a << 31) | (a >> 33);
+    b = ((b ^ q[i + 1]) * 0xc4ceb9fe1a85ec53ull);
+    b = (b << 29) | (b >> 35);
+  }
+  a ^= b * 0x9E3779B97F4A7C15ull;
+  return a ^ (a >> 29);
+}
+
+/* Runs of pages to store, and runs to clear, written as PAGES / PAGES_CLEAR records. */
+struct runs {
+  struct writer *w;
+  uint64_t data_start, data_len, clear_start, clear_len;
+  uint64_t stored;
+};
+
+static int flush_data(struct runs *r) {
+  if (!r->data_len) return 0;
+  struct tg_rec_pages ph = {r->data_start, r->data_len};
+  int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, (void *)ph.addr, r->data_len * TG_PAGE);
+  r->w->pages += r->data_len;
+  r->data_len = 0;
+  return e;
+}
+static int flush_clear(struct runs *r) {
+  if (!r->clear_len) return 0;
+  struct tg_rec_pages ph = {r->clear_start, r->clear_len};
+  r->clear_len = 0;
+  return put_record(r->w, TG_REC_PAGES_CLEAR, &ph, sizeof ph, NULL, 0);
+}
+static int add_data(struct runs *r, uint64_t addr) {
+  if (r->data_len && (addr != r->data_start + r->data_len * TG_PAGE || r->data_len == TG_PAGES_PER_RECORD))
+    if (flush_data(r) != 0) return -1;
+  if (!r->data_len) r->data_start = addr;
+  r->data_len++;
+  return 0;
+}
+static int add_clear(struct runs *r, uint64_t addr, uint64_t n) {
+  if (r->clear_len && addr != r->clear_start + r->clear_len * TG_PAGE)
+    if (flush_clear(r) != 0) return -1;
+  if (!r->clear_len) r->clear_start = addr;
+  r->clear_len += n;
+  return 0;
+}
+
+/* hash mode: the previous table, walked in address order with the pages */
+static uint64_t prev_i;
+static int hash_clear_before(struct runs *rr, uint64_t addr) {
+  struct tg_hash_table *pt = tg_trk.prev;
+  while (pt && prev_i < pt->count && pt->e[prev_i].addr < addr) {
+    if (add_clear(rr, pt->e[prev_i].addr, 1) != 0) return -1;
+    prev_i++;
+  }
+  return 0;
+}
+
+/* Is [s,e) a mapping the tracker saw as fresh (captured whole this time)? */
+static int is_fresh(uint64_t s, uint64_t e) {
+  uint64_t lo = 0, hi = tg_trk.nfresh;
+  while (lo < hi) {
+    uint64_t mid = (lo + hi) / 2;
+    if (tg_trk.fresh[mid].end <= s) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < tg_trk.nfresh && tg_trk.fresh[lo].start <= s && tg_trk.fresh[lo].end >= e;
+}
+
+/* Is page [a, a+4K) in the dirty list? (dirty is sorted; d is a moving cursor) */
+static int is_dirty(uint64_t a, uint64_t *d) {
+  while (*d < tg_trk.ndirty && tg_trk.dirty[*d].end <= a) (*d)++;
+  return *d < tg_trk.ndirty && tg_trk.dirty[*d].start <= a;
+}
+
+static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
+                          unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || r->kind == TG_VMA_FILE_SHARED) return 0;
   int all = (r->vflags & TG_VF_DELETED) && r->kind == TG_VMA_ANON_PRIVATE;
+  int inc = tg_trk.incremental, hash = tg_trk.mode == TG_TRACK_HASH;
+  /* uffd incremental: fresh mappings are captured whole (after clearing whatever an earlier image
+   * had there); tracked ones only where written */
+  int whole = !inc || hash || is_fresh(r->start, r->end);
+  if (inc && !hash && whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
   if (!(r->prot & 1)) {
     long e = tg_sys3(SYS_mprotect, r->start, r->end - r->start, PROT_READ);
     if (e < 0) { snprintf(err, errlen, "mprotect %llx: %s", (unsigned long long)r->start, strerror((int)-e)); return -1; }
@@ -202,34 +239,38 @@ static int dump_vma_pages(struct writer *w, const struct tg_rec_vma *r, int page
         got += e;
       }
     }
-    uint64_t run_start = 0, run_len = 0;
-    for (uint64_t i = 0; i <= cnt; i++) {
-      int take = 0;
-      if (i < cnt) {
-        if (all) take = 1;
-        else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
-        else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
-        else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
-        if (take && is_zero_page((void *)(addr0 + i * TG_PAGE))) take = 0;
+    for (uint64_t i = 0; i < cnt; i++) {
+      uint64_t a = addr0 + i * TG_PAGE;
+      if (!whole && !is_dirty(a, dcur)) continue;
+      int take;
+      if (all) take = 1;
+      else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
+      else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
+      else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
+      if (take && is_zero_page((void *)a)) take = 0;
+      if (hash) {
+        if (hash_clear_before(rr, a) != 0) goto werr;
+        if (!take) continue;
+        uint64_t h = page_hash((const uint64_t *)a);
+        struct tg_hash_table *nt = tg_trk.next, *pt = tg_trk.prev;
+        if (nt->count < nt->cap) nt->e[nt->count++] = (struct tg_page_hash){a, h};
+        int same = inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a && pt->e[prev_i].hash == h;
+        if (inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a) prev_i++;
+        if (same) continue;
+        tg_trk.pages_written++;
+        if (add_data(rr, a) != 0) goto werr;
+      } else if (take) {
+        if (add_data(rr, a) != 0) goto werr;
+      } else if (inc && !whole) {
+        /* written, but now zero (MADV_DONTNEED) or back to the file's page */
+        if (add_clear(rr, a, 1) != 0) goto werr;
       }
-      if (take && run_len < TG_PAGES_PER_RECORD) {
-        if (run_len == 0) run_start = i;
-        run_len++;
-        continue;
-      }
-      if (run_len) {
-        struct tg_rec_pages ph = {addr0 + run_start * TG_PAGE, run_len};
-        if (put_record(w, TG_REC_PAGES, &ph, sizeof ph, (void *)ph.addr, run_len * TG_PAGE) != 0) {
-          snprintf(err, errlen, "writing the image: %s", strerror(w->err));
-          return -1;
-        }
-        w->pages += run_len;
-        run_len = 0;
-      }
-      if (take) { run_start = i; run_len = 1; }
     }
   }
   return 0;
+werr:
+  snprintf(err, errlen, "writing the image: %s", strerror(rr->w->err ? rr->w->err : EIO));
+  return -1;
 }
 
 /* /proc/self/stat fields (1-based) 26.. as numbers. */
@@ -262,10 +303,10 @@ static int put_proc(struct writer *w, const char *maps, size_t mapslen) {
   for (const char *l = maps; l < maps + mapslen;) {
     const char *e = memchr(l, '\n', (size_t)(maps + mapslen - l));
     if (!e) e = maps + mapslen;
-    struct vma v;
-    if (parse_maps_line(l, e, &v) == 0) {
-      if (path_is(&v, "[vvar]") && !pr.vvar_addr) pr.vvar_addr = v.start;
-      if (path_is(&v, "[vdso]")) pr.vdso_addr = v.start;
+    struct tg_vma v;
+    if (tg_parse_maps_line(l, e, &v) == 0) {
+      if (tg_vma_path_is(&v, "[vvar]") && !pr.vvar_addr) pr.vvar_addr = v.start;
+      if (tg_vma_path_is(&v, "[vdso]")) pr.vdso_addr = v.start;
     }
     l = e + 1;
   }
@@ -411,13 +452,13 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   for (const char *l = maps, *c = cmaps; l < maps + ml;) {
     const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
     if (!e) e = maps + ml;
-    struct vma v, cv;
-    if (parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !path_is(&v, "[vsyscall]")) {
+    struct tg_vma v, cv;
+    if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !tg_vma_path_is(&v, "[vsyscall]")) {
       int found = 0;
       while (c < cmaps + cml) {
         const char *ce = memchr(c, '\n', (size_t)(cmaps + cml - c));
         if (!ce) ce = cmaps + cml;
-        if (parse_maps_line(c, ce, &cv) != 0) { c = ce + 1; continue; }
+        if (tg_parse_maps_line(c, ce, &cv) != 0) { c = ce + 1; continue; }
         if (cv.start > v.start) break;
         c = ce + 1;
         if (cv.start <= v.start && cv.end >= v.end) { found = 1; break; }
@@ -441,6 +482,8 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   fh.created_ns = tg_now_ns(CLOCK_REALTIME);
   fh.pid = (uint32_t)tg.pid;
   fh.seq = tg.seq;
+  fh.flags = tg_trk.incremental ? 1 : 0;
+  fh.parent_seq = tg_trk.incremental ? tg.parent_seq : 0;
   fh.page_size = TG_PAGE;
   fh.header_crc = tg_crc32c(0, &fh, 60);
   struct iovec iov = {&fh, sizeof fh};
@@ -463,17 +506,20 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   if (put_record(&w, TG_REC_SIGACTIONS, ka, sizeof ka, NULL, 0) != 0) goto werr;
 
   /* VMA records, then threads and fds, then page data */
+  struct runs rr = {&w, 0, 0, 0, 0, 0};
+  uint64_t dcur = 0;
+  prev_i = 0;
   for (int pass = 0; pass < 2; pass++) {
     for (const char *l = maps; l < maps + ml;) {
       const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
       if (!e) e = maps + ml;
-      struct vma v;
-      if (parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end)) {
+      struct tg_vma v;
+      if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end)) {
         struct tg_rec_vma r;
         if (classify(&v, &r, err, errlen) != 0) return -1;
         if (pass == 0) {
           if (put_record(&w, TG_REC_VMA, &r, sizeof r, v.path, v.pathlen) != 0) goto werr;
-        } else if (dump_vma_pages(&w, &r, tg.pagemap_fd, pm, pm_cap, mc, err, errlen) != 0) {
+        } else if (dump_vma_pages(&rr, &r, tg.pagemap_fd, pm, pm_cap, mc, &dcur, err, errlen) != 0) {
           return -1;
         }
       }
@@ -503,11 +549,20 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
       }
       int self_fds[2] = {tg.pagemap_fd, -1};
       if (put_fds(&w, self_fds, 1, err, errlen) != 0) return -1;
+      struct tg_rec_tracking tr = {(uint32_t)tg_trk.mode, 0, tg_trk.pages_scanned, tg_trk.pages_written, tg_trk.nfresh};
+      if (put_record(&w, TG_REC_TRACKING, &tr, sizeof tr, NULL, 0) != 0) goto werr;
     }
     if (pass == 0) {
       tg.pagemap_fd = (int)tg_sys3(SYS_open, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
       if (tg.pagemap_fd < 0) { snprintf(err, errlen, "cannot open /proc/self/pagemap: %s", strerror(-tg.pagemap_fd)); return -1; }
     }
+  }
+  if (flush_data(&rr) != 0 || (tg_trk.mode == TG_TRACK_HASH && tg_trk.incremental && hash_clear_before(&rr, ~0ull) != 0) ||
+      flush_clear(&rr) != 0)
+    goto werr;
+  if (tg_trk.mode == TG_TRACK_HASH && tg_trk.next && tg_trk.next->count >= tg_trk.next->cap) {
+    snprintf(err, errlen, "page hash table overflow");
+    return -1;
   }
   struct tg_rec_end end = {w.nrec, w.pages, 0};
   end.file_size = w.off + sizeof(struct tg_rec_header) + sizeof end;

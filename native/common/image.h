@@ -20,6 +20,8 @@ enum tg_rec_type {
   TG_REC_PIPE_DATA = 9,
   TG_REC_PAGES = 10,
   TG_REC_END = 11,
+  TG_REC_PAGES_CLEAR = 12,
+  TG_REC_TRACKING = 13,
 };
 
 struct tg_file_header {
@@ -109,6 +111,8 @@ _Static_assert(sizeof(struct tg_rec_fd) == 80, "fd");
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
 
 struct tg_rec_pages { uint64_t addr, npages; };
+struct tg_rec_tracking { uint32_t mode, reserved; uint64_t pages_scanned, pages_written, fresh_mappings; };
+
 struct tg_rec_end { uint64_t record_count, pages_total, file_size; };
 
 /* Lives in the agent's memory; the restorer finds it through

@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -58,6 +58,8 @@ int tg_image_load(const char *path, struct image *img) {
   if (memcmp(img->hdr.magic, TG_IMAGE_MAGIC, 8) != 0) return fail(img, 0, "%snot a tardigrade image (bad magic)%llu", "", 0);
   if (tg_crc32c(0, &img->hdr, 60) != img->hdr.header_crc) return fail(img, 0, "%sfile header CRC mismatch%llu", "", 0);
   if (img->hdr.version != TG_IMAGE_VERSION) return fail(img, 8, "%sunsupported image version %llu", "", img->hdr.version);
+  if (img->hdr.flags & 1)
+    return fail(img, 28, "%sthis is an incremental image (on seq %llu): restore it through the store, which assembles the chain", "", img->hdr.parent_seq);
   off = sizeof img->hdr;
   int have_proc = 0;
   uint64_t nrec = 0;
@@ -128,6 +130,7 @@ int tg_image_load(const char *path, struct image *img) {
       img->pipes[img->npipes].len = h.payload_len - 8;
       img->npipes++;
       break;
+    case TG_REC_TRACKING: free(p); break; /* statistics only */
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
     }

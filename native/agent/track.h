@@ -1,0 +1,57 @@
+/* Dirty-page tracking between checkpoints (docs/format.md, "Incremental images").
+ *
+ * uffd mode: every mapping is registered with userfaultfd in write-protect async mode; at each
+ * checkpoint, with all threads parked, PAGEMAP_SCAN returns the pages written since the last one and
+ * protects them again in the same call. Mappings that appeared, moved or grew since are "fresh":
+ * captured whole once, then registered.
+ * hash mode (fallback, or forced): the snapshot child hashes every captured page and compares with
+ * the table the previous checkpoint left in shared memory. */
+#ifndef TG_TRACK_H
+#define TG_TRACK_H
+#include <stdint.h>
+
+#define TG_TRACK_NONE 0
+#define TG_TRACK_UFFD 1
+#define TG_TRACK_HASH 2
+
+struct tg_region { uint64_t start, end, categories; }; /* struct page_region of PAGEMAP_SCAN */
+struct tg_page_hash { uint64_t addr, hash; };
+struct tg_hash_table { uint64_t count, cap; struct tg_page_hash e[]; };
+
+struct tg_track {
+  int mode;              /* chosen at the first checkpoint, kept for the agent's life */
+  int requested;         /* mode asked for (TG_TRACK_UFFD unless --tracking=hash) */
+  int uffd, pagemap;     /* uffd mode: hidden fds */
+  uint64_t base_seq;     /* image seq the tracking state is relative to; 0 = none (next is full) */
+  /* registered ranges (uffd) */
+  struct tg_region *tracked;
+  uint64_t ntracked, tracked_cap;
+  /* results of this checkpoint's scan, read by the snapshot child */
+  int incremental;       /* this checkpoint is incremental */
+  struct tg_region *dirty;   /* written ranges, address order */
+  uint64_t ndirty, dirty_cap;
+  struct tg_region *fresh;   /* mappings captured whole (new, moved, grown, untrackable) */
+  uint64_t nfresh, fresh_cap;
+  uint64_t pages_scanned, pages_written;
+  /* hash mode: previous table and the one the child fills (MAP_SHARED) */
+  struct tg_hash_table *prev, *next;
+  uint64_t prev_len, next_len;   /* mapping sizes */
+  char reason[160];              /* why this checkpoint is full, if it is */
+};
+
+extern struct tg_track tg_trk __attribute__((visibility("hidden")));
+
+/* Manager, all threads parked, parent_maps read: decides full or incremental for this checkpoint,
+ * scans and re-protects (uffd), prepares the hash tables (hash). want_incremental/parent_seq come
+ * from the request. */
+/* Returns 1 if it mapped or unmapped memory of its own (the caller then reads the maps again). */
+__attribute__((visibility("hidden"))) int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq,
+                                                                    const char *maps, long maps_len);
+/* Manager, after the snapshot child ended: success makes this image the new base. */
+__attribute__((visibility("hidden"))) void tg_track_after_snapshot(int ok, uint64_t seq);
+/* After a restore: every fd and mapping of the tracker is gone; the next checkpoint is full. */
+__attribute__((visibility("hidden"))) void tg_track_reset(void);
+/* Ranges of the agent's own that are never part of an image. */
+__attribute__((visibility("hidden"))) int tg_track_owns(uint64_t start, uint64_t end);
+__attribute__((visibility("hidden"))) int tg_track_is_hidden_fd(int fd);
+#endif
