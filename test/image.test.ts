@@ -157,6 +157,32 @@ describe("image parser", () => {
     await rejects(put(stray), pagesOff, /not inside one VMA/);
   });
 
+  test("TRACKING and PAGES_CLEAR records (written by the agent for dirty tracking / incremental images)", async () => {
+    const tracking = Buffer.alloc(32);
+    tracking.writeUInt32LE(1, 0);
+    tracking.writeBigUInt64LE(100n, 8);
+    tracking.writeBigUInt64LE(7n, 16);
+    const clear = Buffer.alloc(16);
+    clear.writeBigUInt64LE(0x10000n, 0);
+    clear.writeBigUInt64LE(2n, 8);
+    const img = await parseImage(
+      put(
+        buildImage([
+          procRecord(),
+          vmaRecord({ start: 0x10000n, end: 0x14000n }),
+          threadRecord({ tid: 2 }),
+          { type: RecordType.TRACKING, payload: tracking },
+          { type: RecordType.PAGES_CLEAR, payload: clear },
+          pagesRecord(0x10000n, Buffer.alloc(PAGE_SIZE, 1)),
+          { type: RecordType.PAGES_CLEAR, payload: clear },
+        ]),
+      ),
+    );
+    assert.equal(img.tracking?.pagesWritten, 7n);
+    assert.deepEqual(img.clears, [{ addr: 0x10000n, npages: 2 }, { addr: 0x10000n, npages: 2 }]);
+    assert.equal(img.pagesTotal, 1);
+  });
+
   test("a file that does not exist is a clear error", async () => {
     await assert.rejects(parseImage(join(dir, "nope.img")), /cannot open checkpoint image .*nope\.img: the file does not exist/);
   });

@@ -5,6 +5,7 @@ import { basename } from "node:path";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
 import { parseImage } from "../image/parser.js";
+import { stableAgent } from "../native/agent-copy.js";
 import { nativeBinary } from "../native/paths.js";
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
@@ -151,7 +152,7 @@ export class AppManager {
       if (st && st.state !== "exited")
         throw new TgError(`cannot run ${name}`, `an app with that name is already ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it with \`tardigrade stop ${name}\` or pick another --name`, "conflict");
       const init = nativeBinary("tardigrade-init");
-      const agent = nativeBinary("libtardigrade-agent.so");
+      const agent = await stableAgent(this.home);
       await mkdir(dir.dir, { recursive: true });
       const now = new Date().toISOString();
       const record: AppRecord & { everyMs?: number } = {
@@ -237,7 +238,7 @@ export class AppManager {
         const m = await this.store.put(staging, {
           downtimeNs: resumed && resumed.event === "resumed" ? resumed.downtime_ns : 0,
           totalNs: last.total_ns,
-          threads: resumed && resumed.event === "resumed" ? resumed.threads : undefined,
+          // threads: counted from the image (application threads, without the agent's own)
         });
         this.log.info({ app: name, id: m.id, bytes: m.bytes, pages: m.pages, downtimeNs: m.downtimeNs }, "checkpoint committed");
         return { ...m, commitNs: Number(process.hrtime.bigint() - t0) };

@@ -21,6 +21,10 @@ export enum RecordType {
   PIPE_DATA = 9,
   PAGES = 10,
   END = 11,
+  /** Incremental images: a run of pages that are zero (or no longer stored) relative to the parent. */
+  PAGES_CLEAR = 12,
+  /** Dirty-tracking statistics of the capture (u32 mode, u32 reserved, u64 pages_scanned, pages_written, fresh_mappings). */
+  TRACKING = 13,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -36,6 +40,8 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.PIPE_DATA]: 8,
   [RecordType.PAGES]: 16,
   [RecordType.END]: 24,
+  [RecordType.PAGES_CLEAR]: 16,
+  [RecordType.TRACKING]: 32,
 };
 
 export function recordTypeName(t: number): string {
@@ -158,6 +164,18 @@ export interface PageExtent {
   npages: number;
   /** Offset of the page data (not the record) in the file. */
   dataOffset: number;
+}
+
+export interface ClearExtent {
+  addr: bigint;
+  npages: number;
+}
+
+export interface TrackingInfo {
+  mode: number;
+  pagesScanned: bigint;
+  pagesWritten: bigint;
+  freshMappings: bigint;
 }
 
 export interface EndInfo {

@@ -16,6 +16,7 @@ import {
   RecordType,
   VERSION,
   recordTypeName,
+  type ClearExtent,
   type EndInfo,
   type FdInfo,
   type FileHeader,
@@ -23,6 +24,7 @@ import {
   type PageExtent,
   type ProcInfo,
   type ThreadInfo,
+  type TrackingInfo,
   type Vma,
 } from "./format.js";
 
@@ -57,6 +59,9 @@ export interface ParsedImage {
   fds: FdInfo[];
   pipes: { inode: bigint; bytes: number }[];
   extents: PageExtent[];
+  /** PAGES_CLEAR runs (incremental images). */
+  clears: ClearExtent[];
+  tracking: TrackingInfo | null;
   pagesTotal: number;
   recordCount: number;
 }
@@ -214,6 +219,8 @@ class ImageReader {
       fds: [],
       pipes: [],
       extents: [],
+      clears: [],
+      tracking: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -244,7 +251,8 @@ class ImageReader {
         if (plen > MAX_META_PAYLOAD) this.fail(off, `record ${name} payload of ${plen} bytes exceeds the ${MAX_META_PAYLOAD}-byte limit for metadata`);
         const p = await this.readExact(payloadOff, plen);
         if (crc32c(p) !== pcrc) this.fail(off, `payload CRC mismatch in record ${name}`);
-        if (out.extents.length > 0 && rtype !== RecordType.END) this.fail(off, `record ${name} after PAGES records (page records must come last)`);
+        const pageSection = rtype === RecordType.END || rtype === RecordType.PAGES_CLEAR || rtype === RecordType.TRACKING;
+        if (out.extents.length > 0 && !pageSection) this.fail(off, `record ${name} after PAGES records (page records must come last)`);
         end = this.meta(off, rtype, p, out);
       }
       out.recordCount++;
@@ -352,6 +360,16 @@ class ImageReader {
       }
       case RecordType.PIPE_DATA:
         out.pipes.push({ inode: u64(p, 0), bytes: p.length - 8 });
+        return null;
+      case RecordType.PAGES_CLEAR: {
+        const addr = u64(p, 0);
+        const npages = u64n(p, 8);
+        if (npages < 1 || addr % BigInt(PAGE_SIZE) !== 0n) this.fail(off, `PAGES_CLEAR 0x${addr.toString(16)} x ${npages} is empty or not page aligned`);
+        out.clears.push({ addr, npages });
+        return null;
+      }
+      case RecordType.TRACKING:
+        out.tracking = { mode: p.readUInt32LE(0), pagesScanned: u64(p, 8), pagesWritten: u64(p, 16), freshMappings: u64(p, 24) };
         return null;
       case RecordType.END:
         return { recordCount: u64(p, 0), pagesTotal: u64(p, 8), fileSize: u64(p, 16) };

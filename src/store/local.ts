@@ -92,12 +92,14 @@ export class LocalStore implements Store {
     if (files.length === 0) throw new TgError(`cannot commit checkpoint of ${staging.app}`, `no image was written to ${staging.dir}`, "Check the app's log (`tardigrade logs NAME`) and the daemon log");
     const images: ImageEntry[] = [];
     let threads = 0;
+    let incremental = false;
     for (const file of files) {
       const path = join(staging.dir, file);
       const img = await parseImage(path); // verifies every CRC; throws ImageError
       await fsyncPath(path);
       images.push({ file, pid: Number(IMAGE_RE.exec(file)![1]), bytes: img.size, pages: img.pagesTotal });
       threads += img.threads.filter((t) => (t.flags & 1) === 0).length;
+      incremental ||= (img.header.flags & 1) !== 0;
     }
     return this.lock.run(async () => {
       const seq = await this.nextSeq(staging.app);
@@ -106,7 +108,7 @@ export class LocalStore implements Store {
         id: checkpointId(staging.app, seq),
         app: staging.app,
         seq,
-        kind: info.kind ?? "full",
+        kind: info.kind ?? (incremental ? "incremental" : "full"),
         parent: info.parent ?? null,
         createdAt: new Date().toISOString(),
         bytes: images.reduce((n, i) => n + i.bytes, 0),
