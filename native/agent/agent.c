@@ -385,6 +385,11 @@ static int count_threads(void) {
 static int after_restore(void);
 
 /* CHECKPOINT <path> [full|incremental] [parent=<seq>] [tracking=uffd|hash] */
+static int img_is_fifo;
+static void drop_image(const char *path) {
+  if (!img_is_fifo) unlink(path);
+}
+
 static void do_checkpoint(char *args) {
   char err[600] = {0};
   char *save = NULL;
@@ -392,10 +397,13 @@ static void do_checkpoint(char *args) {
   if (!path) path = args;
   tg.want_incremental = 0;
   tg.parent_seq = 0;
+  int to_fifo = 0;
+  img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
     if (strcmp(w, "incremental") == 0) tg.want_incremental = 1;
     else if (strcmp(w, "full") == 0) tg.want_incremental = 0;
     else if (strncmp(w, "parent=", 7) == 0) tg.parent_seq = strtoull(w + 7, NULL, 10);
+    else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
     else { snprintf(err, sizeof err, "unknown CHECKPOINT option '%s'", w); reply_error("error", err); return; }
@@ -406,7 +414,12 @@ static void do_checkpoint(char *args) {
   if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
   tg.err_rd = pfd[0];
   tg.err_wr = pfd[1];
-  tg.img_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  tg.img_fd = to_fifo ? open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK) : open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (to_fifo && tg.img_fd >= 0) {
+    struct stat st;
+    if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { close(tg.img_fd); tg.img_fd = -1; errno = EINVAL; }
+    else fcntl(tg.img_fd, F_SETFL, 0); /* blocking writes from here on */
+  }
   if (tg.img_fd < 0) {
     snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(errno));
     reply_error("error", err);
@@ -420,7 +433,7 @@ static void do_checkpoint(char *args) {
   if (stop_all(err, sizeof err) != 0) {
     tg.seq--;
     reply_error("error", err);
-    unlink(path);
+    drop_image(path);
     goto out;
   }
   /* Park ourselves too: our handler snapshots the process and releases everyone. */
@@ -432,7 +445,7 @@ static void do_checkpoint(char *args) {
     tg_track_after_snapshot(0, 0);
     snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
     reply_error("error", err);
-    unlink(path);
+    drop_image(path);
     goto out;
   }
   reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
@@ -473,7 +486,7 @@ static void do_checkpoint(char *args) {
     else if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)
       snprintf(msg, sizeof msg, "the snapshot writer was killed by signal %d", si.si_status);
     else if (!msg[0]) snprintf(msg, sizeof msg, "the snapshot writer exited with status %d", si.si_status);
-    unlink(path);
+    drop_image(path);
     reply_error("done", msg);
   }
 out:
@@ -490,7 +503,7 @@ static int listen_on(const char *path) {
   memset(&a, 0, sizeof a);
   a.sun_family = AF_UNIX;
   strncpy(a.sun_path, path, sizeof a.sun_path - 1);
-  unlink(path);
+  unlink(path); /* a stale socket of an earlier run */
   if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 8) != 0) {
     fprintf(stderr, "tardigrade agent: cannot listen on %s: %s\n", path, strerror(errno));
     close(fd);

@@ -567,7 +567,8 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   struct tg_rec_end end = {w.nrec, w.pages, 0};
   end.file_size = w.off + sizeof(struct tg_rec_header) + sizeof end;
   if (put_record(&w, TG_REC_END, &end, sizeof end, NULL, 0) != 0) goto werr;
-  long e = tg_sys1(SYS_fsync, w.fd);
+  struct stat fst;
+  long e = tg_sys2(SYS_fstat, w.fd, &fst) == 0 && !S_ISREG(fst.st_mode) ? 0 : tg_sys1(SYS_fsync, w.fd);
   if (e < 0) { snprintf(err, errlen, "fsync of the image: %s", strerror((int)-e)); return -1; }
   *bytes = w.off;
   *pages = w.pages;
