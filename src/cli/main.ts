@@ -125,7 +125,14 @@ export function buildProgram(): Command {
     .description("state of one app (or all): running/exited, host pids, exit status")
     .argument("[name]", "app name")
     .option("--json", "print as JSON")
-    .action(async (name: string | undefined, o: { json?: boolean }) => {
+    .option("--pid", "print only the app's host PID (for scripts: kill -9 $(tardigrade status NAME --pid))")
+    .action(async (name: string | undefined, o: { json?: boolean; pid?: boolean }) => {
+      if (o.pid) {
+        if (!name) throw new TgError("cannot print a pid", "--pid needs an app name", "Use `tardigrade status NAME --pid`", "bad-request");
+        const s = await api.status(name);
+        if (s.state !== "running" || !s.appHostPid) throw new TgError(`${name} has no running process`, `the app is ${s.state}${s.state === "exited" ? ` (${describeExit(s.exit)})` : ""}`, `Restore it with \`tardigrade restore ${name}\``, "not-running");
+        return out(String(s.appHostPid));
+      }
       const list = name ? [await api.status(name)] : await api.apps();
       if (o.json) return out(json(name ? list[0] : list));
       if (list.length === 0) return out("no apps");
@@ -185,6 +192,11 @@ function fail(e: unknown): never {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `tardigrade logs calc | head`: a closed pipe is not an error.
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(0);
+    throw e;
+  });
   const program = buildProgram();
   await addMirror(program);
   program.exitOverride();

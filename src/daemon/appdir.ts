@@ -23,6 +23,8 @@ export interface AppRecord {
   launcherPid: number;
   launcherStart: string | null;
   initStart?: string | null;
+  /** Restores: spawn of tardigrade-restore to the agent answering PING. */
+  restoreNs?: number;
 }
 
 export interface ExitStatus {

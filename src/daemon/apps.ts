@@ -301,6 +301,7 @@ export class AppManager {
             },
           });
           record.initStart = l.initStart;
+          record.restoreNs = l.elapsedNs;
           await dir.writeRecord(record);
           this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs }, "app restored");
           return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs };

@@ -18,9 +18,14 @@ export function packageRoot(): string {
   }
 }
 
+/** Where the C core lives: $TARDIGRADE_NATIVE_DIR (for developers testing another build), else native/build. */
+export function nativeDir(): string {
+  return process.env.TARDIGRADE_NATIVE_DIR || join(packageRoot(), "native", "build");
+}
+
 /** Absolute path of a native artifact; throws a TgError telling how to build it if missing. */
 export function nativeBinary(name: NativeName): string {
-  const path = join(packageRoot(), "native", "build", name);
+  const path = join(nativeDir(), name);
   try {
     accessSync(path, name.endsWith(".so") ? constants.R_OK : constants.X_OK);
   } catch {

@@ -11,7 +11,7 @@ export const NATIVE = ["libtardigrade-agent.so", "tardigrade-init", "tardigrade-
 export function missingNative(): string[] {
   return NATIVE.filter((n) => {
     try {
-      accessSync(join(ROOT, "native", "build", n), n.endsWith(".so") ? constants.R_OK : constants.X_OK);
+      accessSync(join(process.env.TARDIGRADE_NATIVE_DIR || join(ROOT, "native", "build"), n), n.endsWith(".so") ? constants.R_OK : constants.X_OK);
       return false;
     } catch {
       return true;
