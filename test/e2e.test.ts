@@ -237,6 +237,42 @@ describe("end to end: C fixtures", { timeout: TIMEOUT }, () => {
   });
 });
 
+describe("end to end: Node API and periodic checkpoints", { timeout: TIMEOUT }, () => {
+  test("run/checkpoint/restore/ls through the Node API", async (t) => {
+    const h = setup(t);
+    const api = await import("../src/index.js");
+    const o = { home: h.home };
+    const r = await api.run([fixture("counter"), "400", "50"], { ...o, name: "apic" });
+    assert.equal(r.name, "apic");
+    assert.ok(r.appHostPid > 0 && r.pid > 0);
+    await waitLines(h, "apic", (ls) => ls.length >= 5, "api app runs");
+    const m = await api.checkpoint("apic", o);
+    assert.equal(m.id, "apic@1");
+    assert.equal(m.kind, "full");
+    assert.ok(m.pages > 0 && m.bytes > 0 && m.threads === 1 && m.downtimeNs > 0 && m.totalNs >= m.downtimeNs);
+    assert.deepEqual((await api.ls("apic", o)).map((x) => x.id), ["apic@1"]);
+    const ins = await api.inspect("apic@1", o);
+    assert.ok(ins.image.threads.some((th) => th.tid === r.pid && /^0x[0-9a-f]+$/.test(th.rip)));
+    assert.ok(ins.image.fds.some((f) => f.fd === 1 && f.path.endsWith("/apps/apic/log")), JSON.stringify(ins.image.fds));
+    const rr = await api.restore("apic", { ...o, replace: true });
+    assert.equal(rr.checkpoint, "apic@1");
+    assert.ok(rr.restoreNs > 0);
+    assert.equal((await api.status("apic", o)).state, "running");
+    await assert.rejects(api.restore("apic", o), (e: unknown) => e instanceof api.TgError && e.code === "conflict");
+    assert.equal((await api.stop("apic", o)).state, "exited");
+  });
+
+  test("run --every: periodic checkpoints", async (t) => {
+    const h = setup(t);
+    const r = await h.cli(["run", "--name", "tick", "--every", "500ms", "--", fixture("counter"), "400", "50"]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor("three periodic checkpoints", async () => {
+      const ls = JSON.parse((await h.cli(["ls", "tick", "--json"])).stdout) as unknown[];
+      return ls.length >= 3;
+    }, 30_000, 250);
+  });
+});
+
 describe("end to end: real programs", { timeout: TIMEOUT }, () => {
   test("python3 running a stateful script", async (t) => {
     const h = setup(t);
