@@ -1,10 +1,10 @@
 // The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
 // and keeps nothing important in memory (safe to kill -9 at any time).
-import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
-import { TgError, errMessage } from "../errors.js";
+import { errMessage } from "../errors.js";
 import { writeFileAtomic } from "../store/fsutil.js";
 import { LocalStore } from "../store/local.js";
 import { AppManager } from "./apps.js";
@@ -56,6 +56,7 @@ export async function runDaemon(home: string): Promise<void> {
     apps.stopTimers();
     try {
       if (existsSync(paths.sock) && statSync(paths.sock).ino === sockIno) rmSync(paths.sock);
+      if (readFileSync(paths.pidfile, "utf8").trim() === String(process.pid)) rmSync(paths.pidfile);
     } catch (e) {
       log.warn({ err: errMessage(e) }, "cannot remove the socket");
     }
@@ -65,8 +66,4 @@ export async function runDaemon(home: string): Promise<void> {
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
   await new Promise<void>((resolve) => server.on("close", () => resolve()));
-}
-
-export function homeNotWritable(home: string, e: unknown): TgError {
-  return new TgError(`cannot use ${home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
 }
