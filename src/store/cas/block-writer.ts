@@ -1,0 +1,114 @@
+// Writing blocks: new pages → blocks of up to 256 pages, compressed concurrently (a few
+// zstd jobs in flight), appended in order to packs. Used by ingest and by gc's rewrite.
+import { fsyncPath } from "../fsutil.js";
+import { encodeBlock } from "./codec.js";
+import type { StoreContext } from "./context.js";
+import { PACK_HEADER_SIZE, PackWriter } from "./pack.js";
+import { PAGE } from "./util.js";
+
+export interface LocalBlock {
+  pack: number;
+  offset: number;
+  len: number;
+  npages: number;
+}
+
+/** Appends encoded blocks to packs, opening a new pack when the current one is full. */
+export class PackAppender {
+  readonly writers: PackWriter[] = [];
+  /** `fresh`: never append to an existing pack (gc writes only to new packs). */
+  constructor(
+    private readonly ctx: StoreContext,
+    private readonly fresh = false,
+  ) {}
+
+  private async current(len: number): Promise<PackWriter> {
+    const max = this.ctx.opts.packMaxBytes;
+    let w = this.writers[this.writers.length - 1];
+    if (!w) {
+      const last = this.fresh ? undefined : this.ctx.catalog.packs().pop();
+      w = last && last.size + len <= max ? await PackWriter.append(this.ctx.packDir, last.id, last.size) : await PackWriter.create(this.ctx.packDir, this.ctx.allocPackId());
+      this.writers.push(w);
+    } else if (w.size + len > max && w.size > PACK_HEADER_SIZE) {
+      w = await PackWriter.create(this.ctx.packDir, this.ctx.allocPackId());
+      this.writers.push(w);
+    }
+    return w;
+  }
+
+  async write(buf: Buffer, npages: number): Promise<LocalBlock> {
+    const w = await this.current(buf.length);
+    const offset = await w.write(buf);
+    return { pack: w.id, offset, len: buf.length, npages };
+  }
+
+  /** Makes the appended data durable (before the index commit that references it). */
+  async sync(): Promise<void> {
+    for (const w of this.writers) await w.sync();
+    if (this.writers.some((w) => w.created)) await fsyncPath(this.ctx.packDir);
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.writers) await w.close();
+  }
+
+  async rollback(): Promise<void> {
+    for (const w of this.writers) await w.rollback().catch(() => undefined);
+  }
+}
+
+/** Builds blocks from new pages and keeps at most `inflight` compressions running. */
+export class BlockPipeline {
+  readonly blocks: LocalBlock[] = [];
+  private buf: Buffer;
+  private n = 0;
+  private readonly queue: { slot: number; npages: number; p: Promise<Buffer> }[] = [];
+  storedBytes = 0;
+
+  constructor(
+    private readonly appender: PackAppender,
+    private readonly blockPages: number,
+    private readonly level: number,
+    private readonly inflight: number,
+  ) {
+    this.buf = Buffer.allocUnsafe(blockPages * PAGE);
+  }
+
+  /** Adds a page; returns its [local block, index]. */
+  async add(page: Buffer): Promise<[number, number]> {
+    page.copy(this.buf, this.n * PAGE);
+    const at: [number, number] = [this.blocks.length + this.queue.length, this.n];
+    if (++this.n === this.blockPages) await this.flush();
+    return at;
+  }
+
+  async flush(): Promise<void> {
+    if (this.n === 0) return;
+    const slot = this.blocks.length + this.queue.length;
+    const p = encodeBlock(this.buf.subarray(0, this.n * PAGE), this.level);
+    p.catch(() => undefined); // awaited in drainOne; avoid an unhandled rejection meanwhile
+    this.queue.push({ slot, npages: this.n, p });
+    this.buf = Buffer.allocUnsafe(this.blockPages * PAGE);
+    this.n = 0;
+    while (this.queue.length >= this.inflight) await this.drainOne();
+  }
+
+  private async drainOne(): Promise<void> {
+    const q = this.queue.shift()!;
+    const enc = await q.p;
+    this.blocks[q.slot] = await this.appender.write(enc, q.npages);
+    this.storedBytes += enc.length;
+  }
+
+  async finish(): Promise<void> {
+    await this.flush();
+    while (this.queue.length > 0) await this.drainOne();
+  }
+
+  /** After a failure: waits for compressions in flight, ignoring their results. */
+  async abandon(): Promise<void> {
+    await Promise.allSettled(this.queue.map((q) => q.p));
+    this.queue.length = 0;
+  }
+}
+

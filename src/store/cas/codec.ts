@@ -1,0 +1,41 @@
+// Blocks: up to 256 pages compressed together with zstd. On disk each block is a 16-byte
+// header (u32 magic "TGBK", u32 npages, u32 compressed length, u32 CRC-32C of the
+// compressed bytes) followed by one zstd frame. Decoding checks all of it.
+import { compress, decompress } from "@mongodb-js/zstd";
+import { crc32c } from "@node-rs/crc32";
+import { PAGE } from "./util.js";
+import { storeCorrupt } from "./util.js";
+
+export const BLOCK_MAGIC = 0x4b424754; // "TGBK" little-endian
+export const BLOCK_HEADER_SIZE = 16;
+export const MAX_BLOCK_PAGES = 256;
+
+/** Compresses `pages` (npages × 4096 bytes) into an on-disk block. */
+export async function encodeBlock(pages: Buffer, level: number): Promise<Buffer> {
+  const z = await compress(pages, level);
+  const h = Buffer.alloc(BLOCK_HEADER_SIZE);
+  h.writeUInt32LE(BLOCK_MAGIC, 0);
+  h.writeUInt32LE(pages.length / PAGE, 4);
+  h.writeUInt32LE(z.length, 8);
+  h.writeUInt32LE(crc32c(z), 12);
+  return Buffer.concat([h, z]);
+}
+
+/** Checks and decompresses an on-disk block; `where` names the pack file and offset for errors. */
+export async function decodeBlock(buf: Buffer, npages: number, where: string): Promise<Buffer> {
+  const bad = (why: string) => storeCorrupt(`cannot read the block at ${where}`, why);
+  if (buf.length < BLOCK_HEADER_SIZE || buf.readUInt32LE(0) !== BLOCK_MAGIC) throw bad("bad block magic");
+  if (buf.readUInt32LE(4) !== npages) throw bad(`block holds ${buf.readUInt32LE(4)} pages, the index says ${npages}`);
+  const clen = buf.readUInt32LE(8);
+  if (clen !== buf.length - BLOCK_HEADER_SIZE) throw bad(`block length ${clen} does not match the index (${buf.length - BLOCK_HEADER_SIZE})`);
+  const z = buf.subarray(BLOCK_HEADER_SIZE);
+  if (crc32c(z) !== buf.readUInt32LE(12)) throw bad("block CRC mismatch");
+  let out: Buffer;
+  try {
+    out = await decompress(z);
+  } catch (e) {
+    throw bad(`zstd: ${(e as Error).message}`);
+  }
+  if (out.length !== npages * PAGE) throw bad(`block decompresses to ${out.length} bytes, expected ${npages * PAGE}`);
+  return out;
+}

@@ -1,0 +1,39 @@
+// What the store's modules share: paths, the index, pack readers and the options.
+import { TgError } from "../../errors.js";
+import type { Catalog, CheckpointRow } from "./catalog.js";
+import type { PackReaders } from "./pack.js";
+import type { CasCheckpoint, CasOptions, CheckpointStats } from "./types.js";
+
+export interface StoreContext {
+  root: string;
+  packDir: string;
+  catalog: Catalog;
+  readers: PackReaders;
+  opts: Required<CasOptions>;
+  /** A pack id never used before in this store. */
+  allocPackId(): number;
+}
+
+export function toCheckpoint(r: CheckpointRow): CasCheckpoint {
+  return {
+    id: r.id,
+    app: r.app,
+    seq: r.seq,
+    kind: r.kind,
+    parent: r.parent,
+    synthetic: r.synthetic !== 0,
+    createdAt: r.created_at,
+    pid: r.pid,
+    stats: JSON.parse(r.stats) as CheckpointStats,
+  };
+}
+
+export function unknownCheckpointError(id: string, why = "no such checkpoint in the store"): TgError {
+  return new TgError(`unknown checkpoint ${id}`, why, "List the checkpoints with `tardigrade ls`", "unknown-checkpoint");
+}
+
+export function requireCheckpoint(ctx: StoreContext, id: string): CheckpointRow {
+  const r = ctx.catalog.checkpoint(id);
+  if (!r) throw unknownCheckpointError(id);
+  return r;
+}

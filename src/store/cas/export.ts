@@ -1,0 +1,132 @@
+// export: a checkpoint as a raw FULL image (docs/format.md) for the restorer: header
+// (incremental flag and parent cleared), the checkpoint's metadata records byte for
+// byte (TRACKING dropped), its composed memory as PAGES records, END. Streams with
+// backpressure (pull-based), decompressing blocks through an LRU cache with a few
+// blocks prefetched ahead of the record being assembled.
+import { Readable } from "node:stream";
+import { crc32c } from "@node-rs/crc32";
+import { FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordType } from "../../image/format.js";
+import { BlockCache } from "./blocks.js";
+import { composeRecords, type ComposedRecord } from "./compose.js";
+import type { StoreContext } from "./context.js";
+import { metaRecords } from "./meta.js";
+import { HASH_LEN, PAGE, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
+
+const PREFETCH_RECORDS = 4;
+
+function recordHeader(type: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(RECORD_HEADER_SIZE);
+  h.writeUInt32LE(type, 0);
+  h.writeBigUInt64LE(BigInt(payload.length), 8);
+  h.writeUInt32LE(crc32c(payload), 16);
+  h.writeUInt32LE(crc32c(h.subarray(0, 28)), 28);
+  return h;
+}
+
+/** The stored header with flags and parent_seq cleared and its CRC recomputed. */
+function fullHeader(stored: Buffer): Buffer {
+  const h = Buffer.from(stored.subarray(0, FILE_HEADER_SIZE));
+  h.writeUInt32LE(h.readUInt32LE(28) & ~1, 28);
+  h.writeBigUInt64LE(0n, 40);
+  h.writeUInt32LE(crc32c(h.subarray(0, 60)), 60);
+  return h;
+}
+
+/** Where each page of a record is: [block, idx] or null for a zero page. */
+function locate(ctx: StoreContext, id: string, r: ComposedRecord): ([number, number] | null)[] {
+  const out: ([number, number] | null)[] = [];
+  for (let i = 0; i < r.npages; i++) {
+    const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
+    if (h.equals(ZERO_HASH)) {
+      out.push(null);
+      continue;
+    }
+    const loc = ctx.catalog.pageLoc(h);
+    if (!loc) throw storeCorrupt(`cannot export checkpoint ${id}`, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
+    out.push(loc);
+  }
+  return out;
+}
+
+async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord): Promise<Buffer> {
+  const build = async (): Promise<Buffer> => {
+    const locs = locate(ctx, id, r);
+    const rec = Buffer.alloc(RECORD_HEADER_SIZE + 16 + r.npages * PAGE);
+    const payload = rec.subarray(RECORD_HEADER_SIZE);
+    payload.writeBigUInt64LE(addrOf(r.page), 0);
+    payload.writeBigUInt64LE(BigInt(r.npages), 8);
+    for (let i = 0; i < r.npages; i++) {
+      const loc = locs[i];
+      if (!loc) continue; // zero page: already zeros
+      const block = await cache.get(loc[0]);
+      block.copy(payload, 16 + i * PAGE, loc[1] * PAGE, (loc[1] + 1) * PAGE);
+    }
+    recordHeader(RecordType.PAGES, payload).copy(rec, 0);
+    return rec;
+  };
+  try {
+    return await build();
+  } catch (e) {
+    // A gc may have moved the blocks between locating the pages and reading them: locate again once.
+    if ((e as { code?: string }).code === "store-corrupt" || (e as NodeJS.ErrnoException).code === "ENOENT") return build();
+    throw e;
+  }
+}
+
+/** Starts loading the blocks of upcoming records (errors surface when the record is built). */
+function prefetch(ctx: StoreContext, cache: BlockCache, id: string, recs: ComposedRecord[], budget: number): void {
+  const seen = new Set<number>();
+  for (const r of recs) {
+    let locs: ([number, number] | null)[];
+    try {
+      locs = locate(ctx, id, r);
+    } catch {
+      return;
+    }
+    for (const l of locs) {
+      if (!l || seen.has(l[0])) continue;
+      seen.add(l[0]);
+      if (seen.size > budget) return;
+      cache.get(l[0]).catch(() => undefined);
+    }
+  }
+}
+
+/** The full image of checkpoint `id`, as chunks (record by record). */
+export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerator<Buffer> {
+  const { chain, records } = composeRecords(ctx, id);
+  const target = chain[chain.length - 1]!;
+  const { header, meta } = ctx.catalog.headerAndMeta(target.cid);
+  const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks);
+  const budget = Math.max(1, Math.floor(ctx.opts.cacheBlocks / 2));
+  let size = FILE_HEADER_SIZE;
+  let count = 0;
+  let pages = 0;
+  const h = fullHeader(header);
+  yield h;
+  for (const r of metaRecords(meta, id)) {
+    if (r.type === RecordType.TRACKING || r.type === RecordType.PAGES_CLEAR) continue;
+    size += r.raw.length;
+    count++;
+    yield r.raw;
+  }
+  for (let i = 0; i < records.length; i++) {
+    if (i % PREFETCH_RECORDS === 0) prefetch(ctx, cache, id, records.slice(i, i + PREFETCH_RECORDS * 2), budget);
+    const r = records[i]!;
+    const rec = await pagesRecord(ctx, cache, id, r);
+    size += rec.length;
+    count++;
+    pages += r.npages;
+    yield rec;
+  }
+  const end = Buffer.alloc(24);
+  end.writeBigUInt64LE(BigInt(count), 0);
+  end.writeBigUInt64LE(BigInt(pages), 8);
+  end.writeBigUInt64LE(BigInt(size + RECORD_HEADER_SIZE + 24), 16);
+  yield Buffer.concat([recordHeader(RecordType.END, end), end]);
+}
+
+/** The full image as a Readable (backpressure: records are built only as the consumer reads). */
+export function exportStream(ctx: StoreContext, id: string): Readable {
+  return Readable.from(exportChunks(ctx, id), { objectMode: false, highWaterMark: 4 << 20 });
+}

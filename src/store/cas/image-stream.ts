@@ -1,0 +1,246 @@
+// Single-pass, bounds-checked reader of a raw image (docs/format.md) from a file or a
+// stream (the agent can write into a FIFO). Verifies every CRC and structural rule the
+// random-access parser (src/image/parser.ts) checks that can be checked in one pass,
+// and yields records one at a time: page data is never held beyond one record (≤ 1 MiB).
+import { createReadStream } from "node:fs";
+import type { Readable } from "node:stream";
+import { crc32c } from "@node-rs/crc32";
+import {
+  FILE_HEADER_SIZE,
+  MAGIC,
+  MAX_META_PAYLOAD,
+  MAX_PAGES_PER_RECORD,
+  MIN_PAYLOAD,
+  PAGE_SIZE,
+  RECORD_HEADER_SIZE,
+  RecordType,
+  VERSION,
+  recordTypeName,
+  type FileHeader,
+  type TrackingInfo,
+} from "../../image/format.js";
+import { ImageError } from "../../image/parser.js";
+import { hex } from "./util.js";
+
+export type ImageItem =
+  | { kind: "header"; header: FileHeader; raw: Buffer }
+  /** A metadata record, `raw` = header + payload + padding exactly as in the file. */
+  | { kind: "meta"; type: RecordType; raw: Buffer; payload: Buffer; offset: number }
+  | { kind: "pages"; addr: bigint; npages: number; data: Buffer; offset: number }
+  | { kind: "clear"; addr: bigint; npages: number; offset: number }
+  | { kind: "tracking"; info: TrackingInfo; raw: Buffer }
+  | { kind: "end"; recordCount: number; pagesTotal: number; fileSize: number };
+
+/** Exact-length reads over a chunk stream. */
+class ByteSource {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private done = false;
+  offset = 0;
+  constructor(private readonly it: AsyncIterator<Buffer | string>) {}
+
+  private async fill(n: number): Promise<boolean> {
+    while (this.buffered < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.done = true;
+        break;
+      }
+      const b = typeof r.value === "string" ? Buffer.from(r.value) : r.value;
+      if (b.length === 0) continue;
+      this.chunks.push(b);
+      this.buffered += b.length;
+    }
+    return this.buffered >= n;
+  }
+
+  /** Exactly n bytes, or null when the stream ends first (`available()` then says how many were left). */
+  async read(n: number): Promise<Buffer | null> {
+    if (!(await this.fill(n))) return null;
+    let out: Buffer;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const c = this.chunks[0]!;
+        const take = Math.min(c.length, n - got);
+        c.copy(out, got, 0, take);
+        got += take;
+        if (take === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(take);
+      }
+    }
+    this.buffered -= n;
+    this.offset += n;
+    return out;
+  }
+
+  available(): number {
+    return this.buffered;
+  }
+
+  async atEnd(): Promise<boolean> {
+    return !(await this.fill(1));
+  }
+
+  async drainCount(): Promise<number> {
+    let n = this.buffered;
+    for (;;) {
+      const r = await this.it.next();
+      if (r.done) return n;
+      n += r.value.length;
+    }
+  }
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+/** Opens a path (file or FIFO) as a chunk stream with a large read size. */
+export function openImageSource(source: string | Readable): { stream: Readable; label: string } {
+  if (typeof source === "string") return { stream: createReadStream(source, { highWaterMark: 4 << 20 }), label: source };
+  return { stream: source, label: "(image stream)" };
+}
+
+/**
+ * Yields the image's records in order after checking them; throws ImageError naming
+ * `label`, the byte offset and the defect. The consumer must not keep `data` buffers
+ * it does not own beyond the next iteration (they may be reused in later versions).
+ */
+export async function* readImage(stream: AsyncIterable<Buffer | string>, label: string): AsyncGenerator<ImageItem> {
+  const src = new ByteSource(stream[Symbol.asyncIterator]());
+  const fail = (offset: number, reason: string): never => {
+    throw new ImageError(label, offset, reason);
+  };
+  const h = await src.read(FILE_HEADER_SIZE);
+  if (!h) return fail(0, `truncated file header (stream has ${src.available()} bytes, header needs ${FILE_HEADER_SIZE})`);
+  if (!h.subarray(0, 8).equals(MAGIC)) fail(0, `bad magic ${JSON.stringify(h.subarray(0, 8).toString("latin1"))} (not a tardigrade image)`);
+  const version = h.readUInt32LE(8);
+  if (version !== VERSION) fail(8, `unsupported image version ${version} (this tardigrade reads version ${VERSION})`);
+  if (h.readUInt32LE(12) !== FILE_HEADER_SIZE) fail(12, `bad header_size ${h.readUInt32LE(12)} (expected ${FILE_HEADER_SIZE})`);
+  if (crc32c(h.subarray(0, 60)) !== h.readUInt32LE(60)) fail(0, "file header CRC mismatch");
+  const pageSize = h.readUInt32LE(48);
+  if (pageSize !== PAGE_SIZE) fail(48, `unsupported page_size ${pageSize} (expected ${PAGE_SIZE})`);
+  const header: FileHeader = {
+    version,
+    createdNs: h.readBigUInt64LE(16),
+    pid: h.readUInt32LE(24),
+    flags: h.readUInt32LE(28),
+    seq: h.readBigUInt64LE(32),
+    parentSeq: h.readBigUInt64LE(40),
+    pageSize,
+  };
+  yield { kind: "header", header, raw: Buffer.from(h) };
+
+  const vmas: { start: bigint; end: bigint }[] = [];
+  let records = 0;
+  let pagesTotal = 0;
+  let lastPageEnd = 0n;
+  let inPages = false;
+  let sawProc = false;
+  let sawTracking = false;
+  for (;;) {
+    const off = src.offset;
+    const rh = await src.read(RECORD_HEADER_SIZE);
+    if (!rh) {
+      if (src.available() === 0) fail(off, `missing END record (stream ends after ${records} records)`);
+      fail(off, `truncated record header (${src.available()} bytes left, need ${RECORD_HEADER_SIZE})`);
+    }
+    const rhb = rh as Buffer;
+    if (crc32c(rhb.subarray(0, 28)) !== rhb.readUInt32LE(28)) fail(off, "record header CRC mismatch");
+    const type = rhb.readUInt32LE(0);
+    const name = recordTypeName(type);
+    if (!(type in MIN_PAYLOAD)) fail(off, `unknown record type ${type}`);
+    const rtype = type as RecordType;
+    const plen64 = rhb.readBigUInt64LE(8);
+    const limit = rtype === RecordType.PAGES ? 16 + MAX_PAGES_PER_RECORD * PAGE_SIZE : MAX_META_PAYLOAD;
+    if (plen64 > BigInt(limit)) fail(off, `record ${name} payload of ${plen64} bytes exceeds the ${limit}-byte limit`);
+    const plen = Number(plen64);
+    if (plen < MIN_PAYLOAD[rtype]) fail(off, `payload too short for record ${name}: ${plen} bytes, need at least ${MIN_PAYLOAD[rtype]}`);
+    if (records === 0 && rtype !== RecordType.PROC) fail(off, `first record is ${name}, expected PROC`);
+    const padded = align8(plen);
+    const body = await src.read(padded);
+    if (!body) fail(off, `truncated record ${name}: payload of ${plen} bytes (padded ${padded}) but only ${src.available()} bytes left in the stream`);
+    const payload = (body as Buffer).subarray(0, plen);
+    if (crc32c(payload) !== rhb.readUInt32LE(16)) {
+      const what = rtype === RecordType.PAGES ? ` (${hex(payload.readBigUInt64LE(0))}, ${payload.readBigUInt64LE(8)} pages)` : "";
+      fail(off, `payload CRC mismatch in record ${name}${what}`);
+    }
+    const pageSection = rtype === RecordType.PAGES || rtype === RecordType.END || rtype === RecordType.PAGES_CLEAR || rtype === RecordType.TRACKING;
+    if (inPages && !pageSection) fail(off, `record ${name} after PAGES records (page records must come last)`);
+    switch (rtype) {
+      case RecordType.PAGES: {
+        inPages = true;
+        const addr = payload.readBigUInt64LE(0);
+        const np64 = payload.readBigUInt64LE(8);
+        if (np64 < 1n || np64 > BigInt(MAX_PAGES_PER_RECORD)) fail(off, `PAGES record with ${np64} pages (must be 1..${MAX_PAGES_PER_RECORD})`);
+        const npages = Number(np64);
+        if (plen !== 16 + npages * PAGE_SIZE) fail(off, `PAGES record payload is ${plen} bytes, expected ${16 + npages * PAGE_SIZE} for ${npages} pages`);
+        if (addr % BigInt(PAGE_SIZE) !== 0n) fail(off, `PAGES address ${hex(addr)} is not page aligned`);
+        if (addr < lastPageEnd) fail(off, `PAGES address ${hex(addr)} is not after the previous extent (ends ${hex(lastPageEnd)})`);
+        const end = addr + BigInt(npages * PAGE_SIZE);
+        if (!vmas.some((v) => v.start <= addr && end <= v.end)) fail(off, `PAGES ${hex(addr)}-${hex(end)} is not inside one VMA`);
+        lastPageEnd = end;
+        pagesTotal += npages;
+        yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off };
+        break;
+      }
+      case RecordType.PAGES_CLEAR: {
+        inPages = true;
+        const addr = payload.readBigUInt64LE(0);
+        const np = payload.readBigUInt64LE(8);
+        if (np < 1n || addr % BigInt(PAGE_SIZE) !== 0n) fail(off, `PAGES_CLEAR ${hex(addr)} x ${np} is empty or not page aligned`);
+        if (np > 1n << 40n) fail(off, `PAGES_CLEAR ${hex(addr)} x ${np} covers more than 2^40 pages`);
+        yield { kind: "clear", addr, npages: Number(np), offset: off };
+        break;
+      }
+      case RecordType.TRACKING:
+        if (sawTracking) fail(off, "second TRACKING record (at most one allowed)");
+        sawTracking = true;
+        yield {
+          kind: "tracking",
+          info: { mode: payload.readUInt32LE(0), pagesScanned: payload.readBigUInt64LE(8), pagesWritten: payload.readBigUInt64LE(16), freshMappings: payload.readBigUInt64LE(24) },
+          raw: Buffer.concat([rhb, body as Buffer]),
+        };
+        break;
+      case RecordType.END: {
+        const endOff = src.offset;
+        if (!(await src.atEnd())) fail(endOff, `data after END (${await src.drainCount()} extra bytes)`);
+        const recordCount = payload.readBigUInt64LE(0);
+        const pt = payload.readBigUInt64LE(8);
+        const fileSize = payload.readBigUInt64LE(16);
+        if (fileSize !== BigInt(endOff)) fail(endOff, `END says file_size ${fileSize} but the image has ${endOff} bytes`);
+        if (recordCount !== BigInt(records)) fail(endOff, `END says ${recordCount} records but the image has ${records}`);
+        if (pt !== BigInt(pagesTotal)) fail(endOff, `END says ${pt} pages but PAGES records hold ${pagesTotal}`);
+        if (!sawProc) fail(FILE_HEADER_SIZE, "no PROC record");
+        yield { kind: "end", recordCount: records, pagesTotal, fileSize: endOff };
+        return;
+      }
+      default: {
+        if (rtype === RecordType.PROC) {
+          if (sawProc) fail(off, "second PROC record (exactly one allowed)");
+          sawProc = true;
+          if (payload.readUInt32LE(152) > 512) fail(off, `PROC auxv_len ${payload.readUInt32LE(152)} exceeds 512`);
+        } else if (rtype === RecordType.VMA) {
+          const start = payload.readBigUInt64LE(0);
+          const end = payload.readBigUInt64LE(8);
+          if (start >= end || start % BigInt(PAGE_SIZE) !== 0n || end % BigInt(PAGE_SIZE) !== 0n) fail(off, `VMA ${hex(start)}-${hex(end)} is empty or not page aligned`);
+          const prev = vmas[vmas.length - 1];
+          if (prev && start < prev.end) fail(off, `VMA ${hex(start)} overlaps or precedes the previous VMA (ends ${hex(prev.end)})`);
+          vmas.push({ start, end });
+        } else if (rtype === RecordType.FD) {
+          const extraLen = payload.readUInt32LE(72);
+          if (80 + extraLen > payload.length) fail(off, `FD extra_len ${extraLen} exceeds the payload (${payload.length - 80} bytes)`);
+        }
+        yield { kind: "meta", type: rtype, raw: Buffer.concat([rhb, body as Buffer]), payload, offset: off };
+      }
+    }
+    records++;
+  }
+}

@@ -1,0 +1,6 @@
+// Content-addressed checkpoint store: public API.
+export { CasStore } from "./store.js";
+export { shouldMerge, DEFAULT_MERGE_POLICY } from "./merge.js";
+export { retention } from "./gc.js";
+export type { RepairReport } from "./pack.js";
+export type * from "./types.js";

@@ -1,0 +1,152 @@
+// CasStore: the content-addressed checkpoint store (docs/store.md).
+//   <root>/index.sqlite       index (WAL)
+//   <root>/packs/pack-NNNNNN.dat  append-only packs of compressed page blocks
+// One process opens a store for writing at a time; inside it, ingest, merge and gc are
+// serialised by a mutex; list/get/stats/exportImage run at any time.
+import { mkdir, readdir, stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { collectGarbage } from "./gc.js";
+import { Catalog } from "./catalog.js";
+import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
+import { exportChunks, exportStream } from "./export.js";
+import { ingestImage } from "./ingest.js";
+import { chainInfo, mergeCheckpoint, shouldMerge } from "./merge.js";
+import { PackReaders, repairPacks, type RepairReport } from "./pack.js";
+import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, StoreStats } from "./types.js";
+import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
+import { MAX_BLOCK_PAGES } from "./codec.js";
+import { TgError } from "../../errors.js";
+
+const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, packMaxBytes: 256 << 20, inflight: 4, cacheBlocks: 64 };
+
+export class CasStore {
+  private readonly lock = new Mutex();
+  private nextPack: number;
+  private closed = false;
+
+  private constructor(
+    private readonly ctx: StoreContext,
+    /** What open() repaired (crash leftovers). */
+    readonly repairs: RepairReport,
+  ) {
+    this.nextPack = Math.max(0, ...ctx.catalog.packs().map((p) => p.id)) + 1;
+  }
+
+  /** Opens (creating if needed) the store at `root` and repairs crash leftovers. */
+  static async open(root: string, options: CasOptions = {}): Promise<CasStore> {
+    const opts = { ...DEFAULTS, ...options };
+    if (!(opts.blockPages >= 1 && opts.blockPages <= MAX_BLOCK_PAGES)) throw new TgError("cannot open the store", `blockPages must be 1..${MAX_BLOCK_PAGES}`, "", "bad-request");
+    const packDir = join(root, "packs");
+    await mkdir(packDir, { recursive: true, mode: 0o755 });
+    const catalog = new Catalog(join(root, "index.sqlite"));
+    try {
+      const repairs = await repairPacks(packDir, catalog.packs());
+      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0 };
+      const store = new CasStore(ctx, repairs);
+      ctx.allocPackId = () => store.nextPack++;
+      return store;
+    } catch (e) {
+      catalog.close();
+      throw e;
+    }
+  }
+
+  get root(): string {
+    return this.ctx.root;
+  }
+
+  /**
+   * Stores the raw image at `source` (a file or FIFO path, or a stream) as checkpoint
+   * `<app>@<seq>`. Incremental images need their parent in the store. Atomic: on any
+   * error (bad image, crash) nothing is visible and the uncommitted pack bytes are undone.
+   */
+  ingest(app: string, seq: number, source: string | Readable, info: IngestInfo = {}): Promise<CasCheckpoint> {
+    return this.lock.run(() => ingestImage(this.ctx, app, seq, source, info));
+  }
+
+  /** The full image of any checkpoint, composed from its chain; pull-based stream. */
+  exportImage(id: string): Readable {
+    requireCheckpoint(this.ctx, id);
+    return exportStream(this.ctx, id);
+  }
+
+  /** Same as exportImage, as an async iterable of Buffers. */
+  exportChunks(id: string): AsyncGenerator<Buffer> {
+    requireCheckpoint(this.ctx, id);
+    return exportChunks(this.ctx, id);
+  }
+
+  /** Makes `id` a synthetic full checkpoint (same id) if it is incremental. */
+  merge(id: string): Promise<CasCheckpoint> {
+    return this.lock.run(async () => mergeCheckpoint(this.ctx, id));
+  }
+
+  /** Chain length (incrementals back to the base) and bytes of `id`'s chain, and its base's bytes. */
+  chainInfo(id: string): { chainLength: number; chainBytes: number; baseBytes: number } {
+    return chainInfo(this.ctx, id);
+  }
+
+  /** Merges `id` if the policy says its chain is too long or too big; returns whether it did. */
+  async mergeIfNeeded(id: string, policy: MergePolicy = {}): Promise<boolean> {
+    const c = this.chainInfo(id);
+    if (!shouldMerge(c.chainLength, c.chainBytes, c.baseBytes, policy)) return false;
+    await this.merge(id);
+    return true;
+  }
+
+  gc(opts: GcOptions): Promise<GcReport> {
+    return this.lock.run(() => collectGarbage(this.ctx, opts));
+  }
+
+  /** Checkpoints, by app then seq. */
+  list(app?: string): CasCheckpoint[] {
+    return this.ctx.catalog.list(app).map(toCheckpoint);
+  }
+
+  /** Throws TgError code "unknown-checkpoint" if absent. */
+  get(id: string): CasCheckpoint {
+    return toCheckpoint(requireCheckpoint(this.ctx, id));
+  }
+
+  async stats(): Promise<StoreStats> {
+    const cat = this.ctx.catalog;
+    let packBytes = 0;
+    let packs = 0;
+    for (const name of await readdir(this.ctx.packDir)) {
+      packBytes += (await stat(join(this.ctx.packDir, name))).size;
+      packs++;
+    }
+    let indexBytes = 0;
+    for (const f of ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"]) indexBytes += await stat(join(this.ctx.root, f)).then((s) => s.size, () => 0);
+    const rows = cat.list();
+    const logicalBytes = rows.reduce((n, r) => n + (JSON.parse(r.stats) as CheckpointStats).imageBytes, 0);
+    let logicalPages = 0;
+    for (const hashes of cat.allExtentHashes()) {
+      for (let o = 0; o < hashes.length; o += HASH_LEN) if (!hashes.subarray(o, o + HASH_LEN).equals(ZERO_HASH)) logicalPages++;
+    }
+    const uniquePages = cat.pageCount();
+    return {
+      checkpoints: rows.length,
+      packs,
+      packBytes,
+      indexBytes,
+      bytesOnDisk: packBytes + indexBytes,
+      logicalBytes,
+      logicalPageBytes: logicalPages * PAGE,
+      uniquePages,
+      dedupRatio: uniquePages > 0 ? logicalPages / uniquePages : 1,
+      compressionRatio: packBytes > 0 ? (uniquePages * PAGE) / packBytes : 1,
+    };
+  }
+
+  /** Waits for a running ingest/merge/gc, then closes the index and pack handles. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.lock.run(async () => {
+      await this.ctx.readers.closeAll();
+      this.ctx.catalog.close();
+    });
+  }
+}

@@ -1,0 +1,122 @@
+// Public types of the content-addressed store.
+
+export interface CasOptions {
+  /** zstd level for new blocks (default 1; see docs/store.md for the measurements). */
+  level?: number;
+  /** Pages per block (1..256, default 256). */
+  blockPages?: number;
+  /** A pack is closed for appends once it reaches this size (default 256 MiB). */
+  packMaxBytes?: number;
+  /** Blocks being compressed at once during ingest (default 4). */
+  inflight?: number;
+  /** Decompressed blocks kept by each export (default 64 = 64 MiB at 256 pages per block). */
+  cacheBlocks?: number;
+}
+
+/** What the caller knows about a capture, beyond what the image says. */
+export interface IngestInfo {
+  /** App downtime of the capture (ns). */
+  downtimeNs?: number;
+  /** Whole checkpoint time (ns). */
+  totalNs?: number;
+  /** Thread count to record (default: THREAD records of the image minus the agent's manager thread). */
+  threads?: number;
+  /** Parent checkpoint id of an incremental image (default: `<app>@<parent_seq from the image header>`). */
+  parent?: string;
+  /** Creation time (default: now). */
+  createdAt?: Date;
+  /** Free-form JSON-serialisable data kept with the manifest. */
+  extra?: unknown;
+}
+
+export interface CheckpointStats {
+  /** Size of the raw image ingested. */
+  imageBytes: number;
+  /** Pages in the image's PAGES records (zero pages included). */
+  pages: number;
+  zeroPages: number;
+  /** Pages not already in the store, stored by this checkpoint. */
+  newPages: number;
+  /** Bytes appended to packs by this checkpoint (block headers + compressed data). */
+  storedBytes: number;
+  clearExtents: number;
+  downtimeNs: number;
+  totalNs: number;
+  threads: number;
+  /** From the TRACKING record: "none" | "uffd" | "hash" | "unknown" | null (no record). */
+  tracking: string | null;
+  pagesScanned: number | null;
+  pagesWritten: number | null;
+  freshMappings: number | null;
+  /** Ingest wall time (ns). */
+  ingestNs: number;
+  /** Set by merge: chain length composed and when. */
+  merged?: { chainLength: number; pages: number; mergedAt: string };
+  extra?: unknown;
+}
+
+export interface CasCheckpoint {
+  id: string;
+  app: string;
+  seq: number;
+  /** "full" for captured full images and for merged (synthetic) ones. */
+  kind: "full" | "incremental";
+  /**
+   * Parent id for an incremental. A merged checkpoint keeps its former parent here for
+   * lineage only: it no longer needs it (and gc may have removed it).
+   */
+  parent: string | null;
+  /** True once merge() made it a synthetic full checkpoint. */
+  synthetic: boolean;
+  createdAt: string;
+  /** PID (in the app's namespace) of the process the image describes. */
+  pid: number;
+  stats: CheckpointStats;
+}
+
+export interface MergePolicy {
+  /** Merge once the chain (incrementals since the last full, this one included) is at least this long (default 8). */
+  maxChainLength?: number;
+  /** Merge once the chain's stored bytes reach this multiple of its base's (default 2). */
+  maxChainBytesRatio?: number;
+}
+
+export interface GcOptions {
+  /** Checkpoints to keep per app, newest first by seq (at least 1). */
+  keep: number;
+  /** Ids kept whatever their age (e.g. a restore in progress). */
+  pin?: string[];
+  /** Rewrite a pack when at least this fraction of its bytes is dead (default 0.25; 0 = any dead byte). */
+  minDeadFraction?: number;
+}
+
+export interface GcReport {
+  /** Checkpoint ids removed. */
+  dropped: string[];
+  /** Checkpoint ids kept beyond `keep` because a kept incremental needs them. */
+  keptForChains: string[];
+  packsRewritten: number;
+  packsRemoved: string[];
+  /** Live blocks copied to new packs (their live pages recompressed). */
+  pagesMoved: number;
+  pagesDropped: number;
+  /** Pack bytes before minus after. */
+  bytesFreed: number;
+}
+
+export interface StoreStats {
+  checkpoints: number;
+  packs: number;
+  packBytes: number;
+  indexBytes: number;
+  bytesOnDisk: number;
+  /** Σ image bytes of the checkpoints listed. */
+  logicalBytes: number;
+  /** Σ 4 KiB × (non-zero pages of every checkpoint's page table). */
+  logicalPageBytes: number;
+  uniquePages: number;
+  /** logicalPageBytes / (uniquePages × 4 KiB). */
+  dedupRatio: number;
+  /** (uniquePages × 4 KiB) / packBytes. */
+  compressionRatio: number;
+}

@@ -1,0 +1,48 @@
+// Small shared helpers of the content-addressed store: a mutex, page-number math, errors.
+import { TgError } from "../../errors.js";
+import { PAGE_SIZE } from "../../image/format.js";
+
+export const HASH_LEN = 32;
+/** Marks a zero page in a page table (SHA-256 never yields 32 zero bytes in practice). */
+export const ZERO_HASH = Buffer.alloc(HASH_LEN);
+export const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
+export const PAGE = PAGE_SIZE;
+
+/** Address → page number (addresses are page aligned; page numbers stay below 2^52, safe as JS numbers). */
+export function pageOf(addr: bigint): number {
+  return Number(addr / BigInt(PAGE_SIZE));
+}
+
+export function addrOf(page: number): bigint {
+  return BigInt(page) * BigInt(PAGE_SIZE);
+}
+
+export function hex(addr: bigint | number): string {
+  return `0x${addr.toString(16)}`;
+}
+
+/** Serialises async sections (one writer at a time: ingest commit, merge, gc). */
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail;
+    let release!: () => void;
+    this.tail = new Promise((r) => (release = r));
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+/** The store's data is inconsistent (a pack shorter than the index says, a block CRC mismatch...). */
+export function storeCorrupt(what: string, why: string): TgError {
+  return new TgError(
+    what,
+    why,
+    "The store's data is damaged (disk error or files changed by hand); restore from another checkpoint or a mirror, and run `tardigrade gc` to drop damaged ones",
+    "store-corrupt",
+  );
+}

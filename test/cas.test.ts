@@ -1,0 +1,290 @@
+// Content-addressed store: dedup, zero pages, chains, export, merge, gc, repair.
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createWriteStream } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { ImageError } from "../src/image/parser.js";
+import { CasStore, shouldMerge } from "../src/store/cas/index.js";
+import { MemModel, P, memoryDiff, readImageMemory, rng } from "./helpers/cas-images.js";
+
+let tmp: string;
+before(() => {
+  tmp = mkdtempSync(join(tmpdir(), "tg-cas-"));
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+let n = 0;
+function dir(): string {
+  return join(tmp, `s${++n}`);
+}
+
+function writeImage(img: Buffer): string {
+  const f = join(tmp, `img-${++n}.img`);
+  writeFileSync(f, img);
+  return f;
+}
+
+async function exportToFile(store: CasStore, id: string): Promise<string> {
+  const f = join(tmp, `exp-${++n}.img`);
+  await pipeline(store.exportImage(id), createWriteStream(f));
+  return f;
+}
+
+async function exportDigest(store: CasStore, id: string): Promise<string> {
+  const h = createHash("sha256");
+  for await (const c of store.exportChunks(id)) h.update(c);
+  return h.digest("hex");
+}
+
+function dirBytes(d: string): number {
+  let n = 0;
+  for (const e of readdirSync(d, { withFileTypes: true })) n += e.isDirectory() ? dirBytes(join(d, e.name)) : statSync(join(d, e.name)).size;
+  return n;
+}
+
+/** A 10-step chain exercising every kind of change; returns the expected memory per step. */
+export function churnChain(seed: number, steps = 10): { images: Buffer[]; expected: Map<number, Buffer>[]; vmas: number[][] } {
+  const r = rng(seed);
+  const m = new MemModel(2);
+  const pool = Array.from({ length: 16 }, () => randomBytes(P)); // repeated content → dedup
+  const rnd = (k: number) => Math.floor(r() * k);
+  m.map(0x400, 4, 3, "/usr/bin/app"); // file private: some written pages
+  m.write(0x401);
+  const heap = m.map(0x1000, 300, 1, "[heap]").start;
+  m.map(0x2000, 600, 1); // > 256 pages: records split
+  m.map(0x3000, 64, 2); // anon shared
+  m.map(0x4000, 8, 4, "/dev/shm/x"); // shared file: never stored
+  m.map(0x7fff0, 2, 5, "[vdso]");
+  for (let p = 0x1000; p < 0x1000 + 300; p += 2) m.write(p);
+  for (let p = 0x2000; p < 0x2000 + 600; p++) if (r() < 0.7) m.write(p, r() < 0.2 ? pool[rnd(pool.length)]! : undefined);
+  for (let p = 0x3000; p < 0x3040; p++) m.write(p);
+  const images: Buffer[] = [];
+  const expected: Map<number, Buffer>[] = [];
+  const vmas: number[][] = [];
+  const take = (opts: { full?: boolean; zeroPages?: number[] } = {}) => {
+    images.push(m.image(opts));
+    expected.push(m.snapshot());
+    vmas.push(m.vmas.map((v) => v.start));
+  };
+  take({ zeroPages: [0x1001, 0x1003] });
+  for (let s = 2; s <= steps; s++) {
+    switch (s % 5) {
+      case 2: // random pages
+        for (let i = 0; i < 80; i++) {
+          const p = 0x2000 + rnd(600);
+          m.write(p, r() < 0.3 ? pool[rnd(pool.length)]! : undefined);
+        }
+        break;
+      case 3: // sweep + new mapping (sometimes where an earlier one was unmapped)
+        for (let p = 0x1000; p < 0x1000 + 120; p++) m.write(p);
+        if (!m.vmas.some((v) => v.start === 0x5000)) {
+          m.map(0x5000, 40);
+          for (let p = 0x5000; p < 0x5000 + 40; p += 3) m.write(p);
+        }
+        break;
+      case 4: // munmap + MADV_DONTNEED + brk down
+        if (m.vmas.some((v) => v.start === 0x5000)) m.unmap(0x5000);
+        for (let p = 0x2000 + 100; p < 0x2000 + 140; p++) m.zero(p);
+        m.shrink(heap, 20);
+        break;
+      case 0: // brk up (captured whole) and a few writes in the shared anon mapping
+        m.grow(heap, 30);
+        for (let p = 0x1000 + 280; p < 0x1000 + 310; p++) m.write(p);
+        for (let p = 0x3000; p < 0x3010; p++) m.write(p);
+        break;
+      case 1: // mapping remapped at a formerly used address: stale pages must not show through
+        m.map(0x5000, 40);
+        m.write(0x5001);
+        m.write(0x401);
+        break;
+    }
+    take();
+  }
+  return { images, expected, vmas };
+}
+
+describe("cas store", () => {
+  test("pages are stored once across checkpoints and apps; zero pages are never stored", async () => {
+    const store = await CasStore.open(dir());
+    const shared = Array.from({ length: 40 }, () => randomBytes(P));
+    const a = new MemModel(2);
+    a.map(0x1000, 64);
+    shared.forEach((b, i) => a.write(0x1000 + i, b));
+    a.write(0x1000 + 50); // unique to a
+    const b = new MemModel(9);
+    b.map(0x9000, 64);
+    shared.forEach((buf, i) => b.write(0x9000 + i * 1, buf));
+    const ca = await store.ingest("alpha", 1, writeImage(a.image({ zeroPages: [0x1000 + 60, 0x1000 + 61] })), { downtimeNs: 5, totalNs: 9 });
+    assert.equal(ca.stats.pages, 43);
+    assert.equal(ca.stats.zeroPages, 2);
+    assert.equal(ca.stats.newPages, 41);
+    assert.equal(ca.stats.tracking, "uffd");
+    assert.equal(ca.stats.threads, 1);
+    assert.equal(ca.stats.downtimeNs, 5);
+    const cb = await store.ingest("beta", 1, writeImage(b.image()));
+    assert.equal(cb.stats.newPages, 0, "beta's pages are all alpha's");
+    assert.equal(cb.stats.storedBytes, 0);
+    const st = await store.stats();
+    assert.equal(st.uniquePages, 41);
+    assert.equal(st.checkpoints, 2);
+    assert.ok(st.dedupRatio > 1.9, `dedup ${st.dedupRatio}`);
+    // The explicit zero pages come back as zero pages.
+    const mem = await readImageMemory(await exportToFile(store, "alpha@1"));
+    assert.equal(mem.zeroPages, 2);
+    assert.equal(memoryDiff(mem.pages, a.snapshot()), null);
+    assert.deepEqual(store.list().map((c) => c.id), ["alpha@1", "beta@1"]);
+    assert.deepEqual(store.list("beta").map((c) => c.id), ["beta@1"]);
+    await store.close();
+  });
+
+  test("export of every checkpoint of a 10-step chain reproduces that step's memory", async () => {
+    const store = await CasStore.open(dir(), { packMaxBytes: 2 << 20 });
+    const { images, expected, vmas } = churnChain(1);
+    for (let i = 0; i < images.length; i++) {
+      const c = await store.ingest("churn", i + 1, writeImage(images[i]!));
+      assert.equal(c.kind, i === 0 ? "full" : "incremental");
+      assert.equal(c.parent, i === 0 ? null : `churn@${i}`);
+    }
+    for (let i = 0; i < images.length; i++) {
+      const mem = await readImageMemory(await exportToFile(store, `churn@${i + 1}`));
+      assert.equal(mem.flags, 0, "exported images are full");
+      assert.equal(memoryDiff(mem.pages, expected[i]!), null, `step ${i + 1}: ${memoryDiff(mem.pages, expected[i]!)}`);
+      assert.deepEqual(mem.vmas.map((v) => v.start), vmas[i]);
+    }
+    // The metadata records are re-emitted byte for byte (the export of a full image equals the image minus TRACKING).
+    const first = await readFile(await exportToFile(store, "churn@1"));
+    assert.ok(first.subarray(64, 64 + 200).equals(images[0]!.subarray(64, 264)));
+    assert.ok(store.list("churn").length === 10);
+    await store.close();
+  });
+
+  test("merge gives a synthetic full checkpoint with the same id and the same export", async () => {
+    const store = await CasStore.open(dir());
+    const { images } = churnChain(2);
+    for (let i = 0; i < images.length; i++) await store.ingest("m", i + 1, writeImage(images[i]!));
+    const before = await Promise.all(images.map((_, i) => exportDigest(store, `m@${i + 1}`)));
+    assert.equal(store.chainInfo("m@10").chainLength, 9);
+    const merged = await store.merge("m@6");
+    assert.equal(merged.kind, "full");
+    assert.equal(merged.synthetic, true);
+    assert.equal(merged.parent, "m@5", "lineage kept");
+    assert.equal(merged.stats.merged?.chainLength, 6);
+    assert.equal(store.chainInfo("m@10").chainLength, 4);
+    await store.merge("m@10");
+    await store.merge("m@1"); // a full one: nothing to do
+    const after = await Promise.all(images.map((_, i) => exportDigest(store, `m@${i + 1}`)));
+    assert.deepEqual(after, before);
+    const list = store.list("m");
+    assert.equal(list.length, 10, "merged and unmerged points are both listed");
+    assert.deepEqual(list.filter((c) => c.synthetic).map((c) => c.id), ["m@6", "m@10"]);
+    await store.close();
+  });
+
+  test("gc --keep 3 frees bytes and every kept checkpoint still exports identically", async () => {
+    const root = dir();
+    const store = await CasStore.open(root, { packMaxBytes: 1 << 20 });
+    const { images } = churnChain(3);
+    for (let i = 0; i < images.length; i++) await store.ingest("g", i + 1, writeImage(images[i]!));
+    const other = churnChain(4, 3).images;
+    for (let i = 0; i < other.length; i++) await store.ingest("h", i + 1, writeImage(other[i]!));
+    const want = new Map<string, string>();
+    for (const c of store.list()) want.set(c.id, await exportDigest(store, c.id));
+    // Without a merge, keep 3 must keep the whole chain of g@8..10.
+    const r0 = await store.gc({ keep: 3 });
+    assert.deepEqual(r0.dropped, []);
+    assert.equal(r0.keptForChains.length, 7);
+    await store.merge("g@8");
+    const sizeBefore = dirBytes(root);
+    const r = await store.gc({ keep: 3 });
+    const sizeAfter = dirBytes(root);
+    assert.deepEqual(r.dropped.sort(), ["g@1", "g@2", "g@3", "g@4", "g@5", "g@6", "g@7"]);
+    assert.ok(r.bytesFreed > 0, JSON.stringify(r));
+    assert.ok(sizeAfter < sizeBefore, `store ${sizeBefore} → ${sizeAfter} bytes`);
+    assert.deepEqual(store.list().map((c) => c.id), ["g@8", "g@9", "g@10", "h@1", "h@2", "h@3"]);
+    for (const c of store.list()) assert.equal(await exportDigest(store, c.id), want.get(c.id), c.id);
+    await store.close();
+    // And after reopening.
+    const again = await CasStore.open(root);
+    assert.deepEqual(again.repairs, { removedPacks: [], truncated: [], damaged: [] });
+    for (const c of again.list()) assert.equal(await exportDigest(again, c.id), want.get(c.id), c.id);
+    await again.close();
+  });
+
+  test("a bad image is refused with its file and offset, and leaves nothing behind", async () => {
+    const root = dir();
+    const store = await CasStore.open(root);
+    const m = new MemModel();
+    m.map(0x1000, 600);
+    for (let p = 0x1000; p < 0x1000 + 600; p++) m.write(p);
+    await store.ingest("bad", 1, writeImage(m.image()));
+    const packBytes = dirBytes(join(root, "packs"));
+    for (let p = 0x1000; p < 0x1000 + 600; p++) m.write(p);
+    const img = m.image();
+    img[img.length - 200]! ^= 0xff; // last PAGES record's payload
+    const f = writeImage(img);
+    await assert.rejects(store.ingest("bad", 2, f), (e: unknown) => e instanceof ImageError && e.file === f && e.offset > 0 && /payload CRC mismatch in record PAGES/.test(e.message));
+    await assert.rejects(store.ingest("bad", 2, writeImage(img.subarray(0, img.length - 100))), /truncated record/);
+    assert.deepEqual(store.list().map((c) => c.id), ["bad@1"]);
+    assert.equal(dirBytes(join(root, "packs")), packBytes, "uncommitted pack bytes are undone");
+    // An incremental whose parent is not stored.
+    const orphan = new MemModel();
+    orphan.map(0x1000, 4);
+    orphan.image();
+    orphan.write(0x1000);
+    await assert.rejects(store.ingest("orphan", 2, writeImage(orphan.image())), (e: unknown) => (e as { code?: string }).code === "missing-parent");
+    await assert.rejects(store.ingest("bad", 1, writeImage(m.image({ full: true }))), (e: unknown) => (e as { code?: string }).code === "exists");
+    assert.throws(() => store.exportImage("bad@9"), (e: unknown) => (e as { code?: string }).code === "unknown-checkpoint");
+    await store.close();
+  });
+
+  test("ingest from a stream (as from the agent's FIFO)", async () => {
+    const store = await CasStore.open(dir());
+    const m = new MemModel();
+    m.map(0x1000, 700);
+    for (let p = 0x1000; p < 0x1000 + 700; p++) m.write(p);
+    const img = m.image();
+    // Odd-sized chunks, so records straddle chunk boundaries.
+    const chunks: Buffer[] = [];
+    for (let o = 0; o < img.length; o += 77_777) chunks.push(img.subarray(o, o + 77_777));
+    const c = await store.ingest("fifo", 1, Readable.from(chunks));
+    assert.equal(c.stats.imageBytes, img.length);
+    const mem = await readImageMemory(await exportToFile(store, "fifo@1"));
+    assert.equal(memoryDiff(mem.pages, m.snapshot()), null);
+    await store.close();
+  });
+
+  test("open() removes unknown packs and cuts uncommitted pack tails", async () => {
+    const root = dir();
+    const store = await CasStore.open(root);
+    const m = new MemModel();
+    m.map(0x1000, 10);
+    for (let p = 0x1000; p < 0x1000 + 10; p++) m.write(p);
+    await store.ingest("r", 1, writeImage(m.image()));
+    const want = await exportDigest(store, "r@1");
+    await store.close();
+    const packs = readdirSync(join(root, "packs"));
+    assert.deepEqual(packs, ["pack-000001.dat"]);
+    appendFileSync(join(root, "packs", packs[0]!), randomBytes(5000));
+    writeFileSync(join(root, "packs", "pack-000002.dat"), randomBytes(100));
+    const again = await CasStore.open(root);
+    assert.deepEqual(again.repairs.removedPacks, ["pack-000002.dat"]);
+    assert.deepEqual(again.repairs.truncated, [["pack-000001.dat", 5000]]);
+    assert.equal(await exportDigest(again, "r@1"), want);
+    await again.close();
+  });
+
+  test("merge policy", () => {
+    assert.equal(shouldMerge(0, 0, 100), false);
+    assert.equal(shouldMerge(3, 50, 100), false);
+    assert.equal(shouldMerge(8, 50, 100), true);
+    assert.equal(shouldMerge(3, 200, 100), true);
+    assert.equal(shouldMerge(3, 200, 100, { maxChainBytesRatio: 3 }), false);
+    assert.equal(shouldMerge(4, 10, 100, { maxChainLength: 4 }), true);
+  });
+});
