@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
@@ -309,6 +309,25 @@ describe("end to end: refusals and crash safety", { timeout: TIMEOUT }, () => {
     const rel = await h.cli(["run", "--", "./no-such-program"]);
     assert.equal(rel.code, 1);
     assert.match(rel.stderr, /cannot execute "\.\/no-such-program"/);
+  });
+
+  test("restore --replace of a damaged image refuses before touching the running app", async (t) => {
+    const h = setup(t);
+    await runApp(h, "keep", [fixture("counter"), "1000", "50"]);
+    await waitLines(h, "keep", (ls) => ls.length >= 2, "keep runs");
+    const c = await h.cli(["checkpoint", "keep"]);
+    assert.equal(c.code, 0, c.stderr);
+    const file = join(h.home, "store", "checkpoints", "keep@1", "pid2.img");
+    const buf = readFileSync(file);
+    buf[buf.length - 5000]! ^= 0xff;
+    writeFileSync(file, buf);
+    const before = h.pids("keep")!;
+    const r = await h.cli(["restore", "keep", "--replace"]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^tardigrade: invalid checkpoint image .*keep@1\/pid2\.img: payload CRC mismatch in record PAGES .* at offset \d+/);
+    assert.ok(isAlive(before.app), "the running app was not killed");
+    assert.deepEqual(h.pids("keep"), before);
+    assert.equal((await status(h, "keep")).state, "running");
   });
 
   test("checkpoint of an app that has exited", async (t) => {

@@ -266,17 +266,17 @@ export class AppManager {
     return this.lock.run(name, async () => {
       const m = await this.pick(name, opts.checkpoint);
       const st = dir.state();
-      if (st && st.state !== "exited") {
-        if (!opts.replace)
-          throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
-        await this.kill(dir, st);
-      }
+      const running = st && st.state !== "exited";
+      if (running && !opts.replace)
+        throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const opened = await this.store.openImage(m.id);
       try {
+        // Everything that can refuse does so before a running app is killed.
+        const restoreBin = nativeBinary("tardigrade-restore");
         const tv = process.hrtime.bigint();
         await parseImage(opened.path); // names the file and offset of any damage
         const verifyNs = Number(process.hrtime.bigint() - tv);
-        const restoreBin = nativeBinary("tardigrade-restore");
+        if (running) await this.kill(dir, st);
         await mkdir(dir.dir, { recursive: true });
         const prev = dir.record();
         const now = new Date().toISOString();
