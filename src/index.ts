@@ -1,7 +1,7 @@
 // Node API: `import { run, checkpoint, restore, ls } from "tardigrade"`.
 // Every call talks to the per-host daemon (started on first use).
 import type { AppState } from "./daemon/appdir.js";
-import type { CheckpointResult, RestoreResult, RunResult } from "./daemon/apps.js";
+import type { CheckpointResult, ProgressEvent, RestoreResult, RunResult } from "./daemon/apps.js";
 import { DaemonClient } from "./daemon/client.js";
 import type { ImageSummary } from "./image/summary.js";
 import { tardigradeHome } from "./store/home.js";
@@ -9,11 +9,16 @@ import type { Manifest } from "./store/types.js";
 
 export { TgError } from "./errors.js";
 export { ImageError, parseImage } from "./image/parser.js";
-export type { AppState, CheckpointResult, ImageSummary, Manifest, RestoreResult, RunResult };
+export type { AppState, CheckpointResult, ImageSummary, Manifest, ProgressEvent, RestoreResult, RunResult };
 
 export interface CommonOptions {
   /** State directory (default: $TARDIGRADE_HOME, /var/lib/tardigrade as root, ~/.local/state/tardigrade). */
   home?: string;
+}
+
+export interface ProgressOptions {
+  /** Called while the daemon works (capture, write, verify, commit; verify, kill, start). */
+  onProgress?: (e: ProgressEvent) => void;
 }
 
 function client(o: CommonOptions = {}): DaemonClient {
@@ -36,11 +41,11 @@ export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs });
 }
 
-export function checkpoint(name: string, o: CommonOptions = {}): Promise<CheckpointResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/checkpoint`);
+export function checkpoint(name: string, o: CommonOptions & ProgressOptions = {}): Promise<CheckpointResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/checkpoint`, undefined, o.onProgress);
 }
 
-export interface RestoreOptions extends CommonOptions {
+export interface RestoreOptions extends CommonOptions, ProgressOptions {
   /** Checkpoint id (APP@SEQ); default: the app's latest. */
   checkpoint?: string;
   /** Kill the running app first. */
@@ -48,7 +53,7 @@ export interface RestoreOptions extends CommonOptions {
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true });
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true }, o.onProgress);
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

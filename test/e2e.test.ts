@@ -246,7 +246,9 @@ describe("end to end: Node API and periodic checkpoints", { timeout: TIMEOUT }, 
     assert.equal(r.name, "apic");
     assert.ok(r.appHostPid > 0 && r.pid > 0);
     await waitLines(h, "apic", (ls) => ls.length >= 5, "api app runs");
-    const m = await api.checkpoint("apic", o);
+    const phases: string[] = [];
+    const m = await api.checkpoint("apic", { ...o, onProgress: (e) => phases.push(e.phase) });
+    assert.deepEqual([...new Set(phases)], ["capture", "write", "verify"], "checkpoint progress");
     assert.equal(m.id, "apic@1");
     assert.equal(m.kind, "full");
     assert.ok(m.pages > 0 && m.bytes > 0 && m.threads === 1 && m.downtimeNs > 0 && m.totalNs >= m.downtimeNs);
@@ -254,7 +256,9 @@ describe("end to end: Node API and periodic checkpoints", { timeout: TIMEOUT }, 
     const ins = await api.inspect("apic@1", o);
     assert.ok(ins.image.threads.some((th) => th.tid === r.pid && /^0x[0-9a-f]+$/.test(th.rip)));
     assert.ok(ins.image.fds.some((f) => f.fd === 1 && f.path.endsWith("/apps/apic/log")), JSON.stringify(ins.image.fds));
-    const rr = await api.restore("apic", { ...o, replace: true });
+    phases.length = 0;
+    const rr = await api.restore("apic", { ...o, replace: true, onProgress: (e) => phases.push(e.phase) });
+    assert.deepEqual([...new Set(phases)], ["verify", "kill", "start"], "restore progress");
     assert.equal(rr.checkpoint, "apic@1");
     assert.ok(rr.restoreNs > 0);
     assert.equal((await api.status("apic", o)).state, "running");

@@ -9,6 +9,7 @@ import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
 import { showLogs } from "./logs.js";
+import { progressLine } from "./progress.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
@@ -64,7 +65,8 @@ export function buildProgram(): Command {
     .argument("<name>", "app name")
     .option("--json", "print the manifest as JSON")
     .action(async (name: string, o: { json?: boolean }) => {
-      const m = await api.checkpoint(name);
+      const bar = o.json ? undefined : progressLine();
+      const m = await api.checkpoint(name, { onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(m));
       out(`${m.id}: ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
     });
@@ -77,7 +79,8 @@ export function buildProgram(): Command {
     .option("--replace", "kill the app first if it is running")
     .option("--json", "print the result as JSON")
     .action(async (name: string, o: { checkpoint?: string; replace?: boolean; json?: boolean }) => {
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace });
+      const bar = o.json ? undefined : progressLine();
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.restoreNs)} (image verified in ${duration(r.verifyNs)}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
     });

@@ -52,6 +52,19 @@ export interface RestoreResult {
 
 const SOCK_MAX = 107;
 
+/** What a long operation is doing, for progress displays. */
+export interface ProgressEvent {
+  phase: "capture" | "write" | "verify" | "kill" | "start";
+  /** Bytes done / total, when the phase has a size. */
+  done?: number;
+  total?: number;
+  downtimeNs?: number;
+}
+
+export type Progress = (e: ProgressEvent) => void;
+
+const noProgress: Progress = () => {};
+
 /** Per-key promise chain: one operation at a time per app. */
 class KeyedLock {
   private tails = new Map<string, Promise<void>>();
@@ -205,7 +218,7 @@ export class AppManager {
     });
   }
 
-  async checkpoint(name: string): Promise<CheckpointResult> {
+  async checkpoint(name: string, progress: Progress = noProgress): Promise<CheckpointResult> {
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
       const { dir, state } = this.known(name);
@@ -221,8 +234,12 @@ export class AppManager {
       }
       const staging = await this.store.stage(name);
       let events: CheckpointEvent[];
+      progress({ phase: "capture" });
       try {
-        events = await agentCheckpoint(dir.sock, staging.imagePath(pid), (e) => this.log.debug({ app: name, event: e }, "agent event"));
+        events = await agentCheckpoint(dir.sock, staging.imagePath(pid), (e) => {
+          this.log.debug({ app: name, event: e }, "agent event");
+          if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
+        });
       } catch (e) {
         await this.store.discard(staging);
         throw new TgError(`checkpoint of ${name} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
@@ -236,6 +253,7 @@ export class AppManager {
       }
       try {
         const m = await this.store.put(staging, {
+          onProgress: (done, total) => progress({ phase: "verify", done, total }),
           downtimeNs: resumed && resumed.event === "resumed" ? resumed.downtime_ns : 0,
           totalNs: last.total_ns,
           // threads: counted from the image (application threads, without the agent's own)
@@ -261,7 +279,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean }): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const m = await this.pick(name, opts.checkpoint);
@@ -274,9 +292,14 @@ export class AppManager {
         // Everything that can refuse does so before a running app is killed.
         const restoreBin = nativeBinary("tardigrade-restore");
         const tv = process.hrtime.bigint();
-        await parseImage(opened.path); // names the file and offset of any damage
+        // Names the file and offset of any damage.
+        await parseImage(opened.path, { onProgress: (done, total) => progress({ phase: "verify", done, total }) });
         const verifyNs = Number(process.hrtime.bigint() - tv);
-        if (running) await this.kill(dir, st);
+        if (running) {
+          progress({ phase: "kill" });
+          await this.kill(dir, st);
+        }
+        progress({ phase: "start" });
         await mkdir(dir.dir, { recursive: true });
         const prev = dir.record();
         const now = new Date().toISOString();

@@ -5,6 +5,7 @@ import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { TgError, errMessage } from "../errors.js";
+import type { ProgressEvent } from "./apps.js";
 import { sleep } from "./procs.js";
 
 export function daemonPaths(home: string): { sock: string; log: string; pidfile: string } {
@@ -16,11 +17,45 @@ interface Reply {
   body: unknown;
 }
 
-function call(sock: string, method: string, path: string, payload?: unknown, timeoutMs = 0): Promise<Reply> {
+function call(sock: string, method: string, path: string, payload?: unknown, timeoutMs = 0, onLine?: (obj: Record<string, unknown>) => void): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const data = payload === undefined ? undefined : Buffer.from(JSON.stringify(payload));
-    const req = request({ socketPath: sock, method, path, headers: data ? { "content-type": "application/json", "content-length": data.length } : {} }, (res) => {
+    const headers: Record<string, string | number> = data ? { "content-type": "application/json", "content-length": data.length } : {};
+    if (onLine) headers.accept = "application/x-ndjson";
+    const req = request({ socketPath: sock, method, path, headers }, (res) => {
       const chunks: Buffer[] = [];
+      if (onLine && res.headers["content-type"] === "application/x-ndjson") {
+        // Streamed reply: progress lines, then one result or error line (returned as the body).
+        let buf = "";
+        let last: unknown = null;
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => {
+          buf += d;
+          let nl: number;
+          while ((nl = buf.indexOf("\n")) >= 0) {
+            const text = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (!text) continue;
+            let obj: Record<string, unknown>;
+            try {
+              obj = JSON.parse(text) as Record<string, unknown>;
+            } catch {
+              reject(new Error(`daemon sent a malformed line (${text.slice(0, 200)})`));
+              res.destroy();
+              return;
+            }
+            if ("progress" in obj) onLine(obj);
+            else last = obj;
+          }
+        });
+        res.on("error", reject);
+        res.on("end", () => {
+          if (last === null) reject(new Error("the daemon's reply ended before the result"));
+          else if ((last as { error?: unknown }).error) resolve({ status: 500, body: last });
+          else resolve({ status: 200, body: (last as { result: unknown }).result });
+        });
+        return;
+      }
       res.on("data", (c: Buffer) => chunks.push(c));
       res.on("error", reject);
       res.on("end", () => {
@@ -91,11 +126,12 @@ export class DaemonClient {
     throw new TgError("cannot start the tardigrade daemon", exited !== undefined ? `it exited with code ${exited}${log ? `: ${log}` : ""}` : `it did not answer on ${this.sock} within ${timeoutMs} ms`, `See ${paths.log}`, "daemon");
   }
 
-  async request<T>(method: string, path: string, payload?: unknown): Promise<T> {
+  /** One API call; with onProgress, the daemon streams progress events while it works. */
+  async request<T>(method: string, path: string, payload?: unknown, onProgress?: (e: ProgressEvent) => void): Promise<T> {
     await this.ensure();
     let r: Reply;
     try {
-      r = await call(this.sock, method, path, payload);
+      r = await call(this.sock, method, path, payload, 0, onProgress ? (o) => onProgress(o.progress as ProgressEvent) : undefined);
     } catch (e) {
       throw new TgError("lost contact with the tardigrade daemon", `${errMessage(e)} (it may have crashed or been killed)`, `Apps keep running; retry the command (a new daemon starts on demand). See ${daemonPaths(this.home).log}`, "daemon");
     }

@@ -5,11 +5,13 @@
 //   POST /v1/apps/:name/stop {timeoutMs}
 //   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
 // Errors: {"error":{"what","why","fix","code"}} with a 4xx/5xx status.
+// With "accept: application/x-ndjson", checkpoint and restore stream progress instead:
+// status 200, lines {"progress":{...}}, then one {"result":...} or {"error":{...}} line.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
 import { summarizeImage } from "../image/summary.js";
-import type { AppManager, RunRequest } from "./apps.js";
+import type { AppManager, Progress, RunRequest } from "./apps.js";
 
 const STATUS: Record<string, number> = {
   "bad-request": 400,
@@ -43,7 +45,7 @@ function send(res: ServerResponse, status: number, obj: unknown): void {
 }
 
 export function createApiServer(apps: AppManager, log: Logger, info: { pid: number; startedAt: string }): Server {
-  const route = async (req: IncomingMessage): Promise<unknown> => {
+  const route = async (req: IncomingMessage, progress: Progress): Promise<unknown> => {
     const url = new URL(req.url ?? "/", "http://tardigrade");
     const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
     const m = req.method ?? "GET";
@@ -54,10 +56,10 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       if (m === "GET" && !id) return apps.list();
       if (m === "POST" && !id) return apps.run((await body(req)) as unknown as RunRequest);
       if (m === "GET" && id && !action) return apps.status(id);
-      if (m === "POST" && id && action === "checkpoint") return apps.checkpoint(id);
+      if (m === "POST" && id && action === "checkpoint") return apps.checkpoint(id, progress);
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
-        return apps.restore(id, { checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined, replace: b.replace === true });
+        return apps.restore(id, { checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined, replace: b.replace === true }, progress);
       }
       if (m === "POST" && id && action === "stop") {
         const b = await body(req);
@@ -78,18 +80,46 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
     throw new TgError("unknown endpoint", `${m} ${url.pathname}`, "", "bad-request");
   };
 
+  const toError = (e: unknown, url: string | undefined): TgError => {
+    const err = e instanceof TgError ? e : new TgError("internal daemon error", errMessage(e), "See daemon.log in TARDIGRADE_HOME", "internal");
+    if (!(e instanceof TgError)) log.error({ err: e, url }, "request failed");
+    else log.info({ url, err: err.message }, "request refused");
+    return err;
+  };
+
   return createServer((req, res) => {
     const t0 = Date.now();
-    route(req).then(
+    const streaming = req.headers.accept === "application/x-ndjson";
+    const line = (obj: unknown): void => {
+      if (!res.headersSent) res.writeHead(200, { "content-type": "application/x-ndjson" });
+      res.write(JSON.stringify(obj, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
+    };
+    let lastProgress = 0;
+    let lastPhase = "";
+    const progress: Progress = streaming
+      ? (ev) => {
+          const now = Date.now();
+          // The first event of each phase always; then at most 10 a second.
+          if (ev.phase === lastPhase && now - lastProgress < 100) return;
+          lastProgress = now;
+          lastPhase = ev.phase;
+          line({ progress: ev });
+        }
+      : () => {};
+    route(req, progress).then(
       (out) => {
-        send(res, 200, out);
+        if (streaming) {
+          line({ result: out });
+          res.end();
+        } else send(res, 200, out);
         log.debug({ method: req.method, url: req.url, ms: Date.now() - t0 }, "request");
       },
       (e: unknown) => {
-        const err = e instanceof TgError ? e : new TgError("internal daemon error", errMessage(e), "See daemon.log in TARDIGRADE_HOME", "internal");
-        if (!(e instanceof TgError)) log.error({ err: e, url: req.url }, "request failed");
-        else log.info({ url: req.url, err: err.message }, "request refused");
-        send(res, STATUS[err.code] ?? 500, { error: err.toJSON() });
+        const err = toError(e, req.url);
+        if (streaming) {
+          line({ error: err.toJSON() });
+          res.end();
+        } else send(res, STATUS[err.code] ?? 500, { error: err.toJSON() });
       },
     );
   });

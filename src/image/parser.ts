@@ -71,6 +71,8 @@ export interface ParseOptions {
   verifyPages?: boolean;
   /** Read size for page payloads (default 4 MiB). */
   chunkSize?: number;
+  /** Called after each PAGES record with the bytes parsed so far and the file size. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 function align8(n: number): number {
@@ -285,6 +287,7 @@ class ImageReader {
     }
     out.extents.push({ addr, npages, dataOffset: payloadOff + 16 });
     out.pagesTotal += npages;
+    this.opts.onProgress(payloadOff + plen, this.size);
   }
 
   private async crcStreamFrom(offset: number, len: number, initial: number): Promise<number> {
@@ -390,7 +393,11 @@ export async function parseImage(file: string, opts: ParseOptions = {}): Promise
   }
   try {
     const { size } = await fh.stat();
-    const reader = new ImageReader(fh, file, size, { verifyPages: opts.verifyPages ?? true, chunkSize: opts.chunkSize ?? 4 * 1024 * 1024 });
+    const reader = new ImageReader(fh, file, size, {
+      verifyPages: opts.verifyPages ?? true,
+      chunkSize: opts.chunkSize ?? 4 * 1024 * 1024,
+      onProgress: opts.onProgress ?? (() => {}),
+    });
     return await reader.parse();
   } finally {
     await fh.close();

@@ -93,9 +93,15 @@ export class LocalStore implements Store {
     const images: ImageEntry[] = [];
     let threads = 0;
     let incremental = false;
-    for (const file of files) {
+    const sizes = await Promise.all(files.map(async (f) => (await stat(join(staging.dir, f))).size));
+    const totalBytes = sizes.reduce((a, b) => a + b, 0);
+    let before = 0;
+    for (const [i, file] of files.entries()) {
       const path = join(staging.dir, file);
-      const img = await parseImage(path); // verifies every CRC; throws ImageError
+      const base = before;
+      // Verifies every CRC; throws ImageError.
+      const img = await parseImage(path, { onProgress: (done) => info.onProgress?.(base + done, totalBytes) });
+      before += sizes[i]!;
       await fsyncPath(path);
       images.push({ file, pid: Number(IMAGE_RE.exec(file)![1]), bytes: img.size, pages: img.pagesTotal });
       threads += img.threads.filter((t) => (t.flags & 1) === 0).length;

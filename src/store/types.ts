@@ -37,6 +37,8 @@ export interface PutInfo {
   threads?: number;
   kind?: CheckpointKind;
   parent?: string | null;
+  /** Verification progress (bytes of images checked so far, total bytes). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /** A directory the agent writes a new checkpoint's images into, before commit. */
