@@ -115,6 +115,24 @@ describe("CLI without the C core", { timeout: 120_000 }, () => {
     });
   }
 
+  test("Node API: errors arrive as TgError, also when progress is streamed", async () => {
+    const api = await import("../src/index.js");
+    const o = { home: h.home };
+    await assert.rejects(api.restore("calc", { ...o, checkpoint: "calc@999" }), (e: unknown) => e instanceof api.TgError && e.code === "unknown-checkpoint");
+    const id = await seed(h, "streamed", sampleImage({ npages: 700 }));
+    const file = join(h.home, "store", "checkpoints", id, "pid2.img");
+    const buf = readFileSync(file);
+    buf[buf.length - 3000]! ^= 1;
+    writeFileSync(file, buf);
+    const phases: string[] = [];
+    await assert.rejects(
+      api.restore("streamed", { ...o, onProgress: (e) => phases.push(e.phase) }),
+      (e: unknown) => e instanceof api.TgError && e.code === "bad-image" && /payload CRC mismatch in record PAGES/.test(e.message),
+    );
+    assert.ok(phases.includes("verify"), `progress before the error: ${phases.join(",")}`);
+    assert.deepEqual((await api.ls(undefined, o)).map((m) => m.app).includes("streamed"), true);
+  });
+
   test("kill -9 of the daemon: the next command starts a new one; staging leftovers are removed", async () => {
     const old = h.daemonPid()!;
     process.kill(old, "SIGKILL");
