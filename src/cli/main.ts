@@ -5,6 +5,7 @@ import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
 import { runDaemon } from "../daemon/main.js";
+import { registerMirrorCommands } from "../mirror/cli.js";
 import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
@@ -164,30 +165,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-interface MirrorModule {
-  registerMirrorCommands(program: Command): void;
-}
-
-/** Adds `tardigrade mirror ...` if the mirror module is part of this build. */
-async function addMirror(program: Command): Promise<void> {
-  const spec = "../mirror/cli.js"; // not a literal import: the module may not exist yet
-  try {
-    const mod = (await import(spec)) as MirrorModule;
-    mod.registerMirrorCommands(program);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "ERR_MODULE_NOT_FOUND") throw e;
-    program
-      .command("mirror")
-      .description("(not available in this build)")
-      .allowUnknownOption()
-      .argument("[args...]")
-      .action(() => {
-        throw new TgError("mirroring is not available", "this build has no mirror module (src/mirror/cli.ts)", "Update tardigrade");
-      });
-  }
-}
-
 function fail(e: unknown): never {
   if (e instanceof TgError) process.stderr.write(`tardigrade: ${e.message}\n`);
   else process.stderr.write(`tardigrade: unexpected error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
@@ -201,7 +178,7 @@ export async function main(argv: string[]): Promise<void> {
     throw e;
   });
   const program = buildProgram();
-  await addMirror(program);
+  registerMirrorCommands(program);
   program.exitOverride();
   try {
     await program.parseAsync(argv);
