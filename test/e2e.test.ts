@@ -274,6 +274,15 @@ describe("end to end: Node API and periodic checkpoints", { timeout: TIMEOUT }, 
       const ls = JSON.parse((await h.cli(["ls", "tick", "--json"])).stdout) as unknown[];
       return ls.length >= 3;
     }, 30_000, 250);
+    // Periodic checkpoints go on after a restore.
+    await killApp(h, "tick");
+    const rr = await h.cli(["restore", "tick"]);
+    assert.equal(rr.code, 0, rr.stderr);
+    const n = (JSON.parse((await h.cli(["ls", "tick", "--json"])).stdout) as unknown[]).length;
+    await waitFor("periodic checkpoints after the restore", async () => {
+      const ls = JSON.parse((await h.cli(["ls", "tick", "--json"])).stdout) as unknown[];
+      return ls.length >= n + 2;
+    }, 30_000, 250);
   });
 });
 

@@ -23,6 +23,8 @@ export interface AppRecord {
   launcherPid: number;
   launcherStart: string | null;
   initStart?: string | null;
+  /** Periodic checkpoints (run --every), kept across restores. */
+  everyMs?: number;
   /** Restores: spawn of tardigrade-restore to the agent answering PING. */
   restoreNs?: number;
 }

@@ -120,7 +120,7 @@ export class AppManager {
   resumeSchedules(): void {
     for (const n of listAppNames(this.home)) {
       const dir = new AppDir(this.home, n);
-      const r = dir.record() as (AppRecord & { everyMs?: number }) | null;
+      const r = dir.record() as AppRecord | null;
       if (r?.everyMs && dir.state()?.state === "running") this.schedule(n, r.everyMs);
     }
   }
@@ -168,7 +168,7 @@ export class AppManager {
       const agent = await stableAgent(this.home);
       await mkdir(dir.dir, { recursive: true });
       const now = new Date().toISOString();
-      const record: AppRecord & { everyMs?: number } = {
+      const record: AppRecord = {
         name,
         argv: req.argv,
         cwd: req.cwd,
@@ -301,9 +301,10 @@ export class AppManager {
         }
         progress({ phase: "start" });
         await mkdir(dir.dir, { recursive: true });
-        const prev = dir.record();
+        const prev = dir.record() as AppRecord | null;
         const now = new Date().toISOString();
         const record: AppRecord = {
+          everyMs: prev?.everyMs,
           name,
           argv: prev?.argv ?? [],
           cwd: prev?.cwd ?? "/",
@@ -326,6 +327,7 @@ export class AppManager {
           record.initStart = l.initStart;
           record.restoreNs = l.elapsedNs;
           await dir.writeRecord(record);
+          this.schedule(name, record.everyMs); // periodic checkpoints go on after a restore
           this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs }, "app restored");
           return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs };
         } catch (e) {
