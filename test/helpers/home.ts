@@ -19,7 +19,7 @@ export interface TestHome {
   home: string;
   env: NodeJS.ProcessEnv;
   /** Runs the CLI to completion. */
-  cli(args: string[], opts?: { timeoutMs?: number; cwd?: string }): Promise<CliResult>;
+  cli(args: string[], opts?: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv }): Promise<CliResult>;
   /** Starts the CLI and returns the child (for commands interrupted on purpose). */
   cliSpawn(args: string[]): { child: ChildProcess; done: Promise<CliResult> };
   /** Host pids of an app from its pidfile: init and app. */
@@ -45,13 +45,13 @@ function kill(pid: number): void {
   }
 }
 
-export function makeHome(prefix = "tg-"): TestHome {
+export function makeHome(prefix = "tg-", extraEnv: NodeJS.ProcessEnv = {}): TestHome {
   // Short path: the agent socket path must stay under 108 bytes.
   const home = mkdtempSync(join(tmpdir(), prefix));
-  const env = { ...process.env, TARDIGRADE_HOME: home };
+  const env = { ...process.env, ...extraEnv, TARDIGRADE_HOME: home };
   const spawned: ChildProcess[] = [];
-  const cliSpawn = (args: string[], cwd?: string): { child: ChildProcess; done: Promise<CliResult> } => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, cwd: cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  const cliSpawn = (args: string[], cwd?: string, more?: NodeJS.ProcessEnv): { child: ChildProcess; done: Promise<CliResult> } => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...env, ...more }, cwd: cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"] });
     spawned.push(child);
     let stdout = "";
     let stderr = "";
@@ -65,7 +65,7 @@ export function makeHome(prefix = "tg-"): TestHome {
     env,
     cliSpawn: (args) => cliSpawn(args),
     async cli(args, opts = {}) {
-      const { child, done } = cliSpawn(args, opts.cwd);
+      const { child, done } = cliSpawn(args, opts.cwd, opts.env);
       const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
       try {
         return await done;
