@@ -145,6 +145,11 @@ describe("image parser", () => {
 
     const noEnd = Buffer.concat([fileHeader(), recordBytes(procRecord()), recordBytes(cwdRecord("/"))]);
     await rejects(put(noEnd), noEnd.length, /missing END/);
+
+    const padded = sampleImage();
+    const cwd = recordOffsets(padded).find((r) => r.type === RecordType.CWD)!.off;
+    padded[cwd + 32 + 5]! = 0x55; // CWD "/tmp" is 4 bytes, then 4 bytes of padding
+    await rejects(put(padded), cwd, /non-zero padding after record CWD/);
   });
 
   test("structural rules: PROC first, payload minimum, pages inside one VMA", async () => {
@@ -181,6 +186,34 @@ describe("image parser", () => {
     assert.equal(img.tracking?.pagesWritten, 7n);
     assert.deepEqual(img.clears, [{ addr: 0x10000n, npages: 2 }, { addr: 0x10000n, npages: 2 }]);
     assert.equal(img.pagesTotal, 1);
+  });
+
+  test("fuzz: random bit flips, byte stores and cuts give a clean ImageError (never a crash)", async () => {
+    const base = sampleImage({ npages: 40 });
+    let seed = 12345;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    let rejected = 0;
+    for (let i = 0; i < 600; i++) {
+      const buf = Buffer.from(base);
+      const kind = rnd(3);
+      let img = buf;
+      if (kind === 0) buf[rnd(buf.length)]! ^= 1 << rnd(8);
+      else if (kind === 1) buf[rnd(buf.length)] = rnd(256);
+      else img = buf.subarray(0, rnd(buf.length));
+      const f = join(dir, "fuzz.img");
+      writeFileSync(f, img);
+      try {
+        await parseImage(f);
+        assert.ok(img.equals(base) || kind === 1, "only an unchanged image (or a same-value store) parses");
+      } catch (e) {
+        assert.ok(e instanceof ImageError, `mutation ${i} (kind ${kind}) threw ${String(e)}`);
+        rejected++;
+      }
+    }
+    assert.ok(rejected > 500);
   });
 
   test("a file that does not exist is a clear error", async () => {

@@ -76,7 +76,7 @@ export interface ParseOptions {
 }
 
 function align8(n: number): number {
-  return (n + 7) & ~7;
+  return Math.ceil(n / 8) * 8; // not bitwise: lengths may exceed 2^31
 }
 
 function u64(b: Buffer, off: number): bigint {
@@ -251,8 +251,10 @@ class ImageReader {
         lastPageEnd = last.addr + BigInt(last.npages * PAGE_SIZE);
       } else {
         if (plen > MAX_META_PAYLOAD) this.fail(off, `record ${name} payload of ${plen} bytes exceeds the ${MAX_META_PAYLOAD}-byte limit for metadata`);
-        const p = await this.readExact(payloadOff, plen);
+        const padded = await this.readExact(payloadOff, align8(plen));
+        const p = padded.subarray(0, plen);
         if (crc32c(p) !== pcrc) this.fail(off, `payload CRC mismatch in record ${name}`);
+        if (padded.subarray(plen).some((b) => b !== 0)) this.fail(off, `non-zero padding after record ${name}`);
         const pageSection = rtype === RecordType.END || rtype === RecordType.PAGES_CLEAR || rtype === RecordType.TRACKING;
         if (out.extents.length > 0 && !pageSection) this.fail(off, `record ${name} after PAGES records (page records must come last)`);
         end = this.meta(off, rtype, p, out);

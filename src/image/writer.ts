@@ -9,7 +9,7 @@ export interface RawRecord {
 }
 
 function align8(n: number): number {
-  return (n + 7) & ~7;
+  return Math.ceil(n / 8) * 8; // not bitwise: lengths may exceed 2^31
 }
 
 function fileIdBytes(id: Partial<FileId> = {}): Buffer {
