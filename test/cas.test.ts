@@ -11,7 +11,7 @@ import { createWriteStream } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ImageError } from "../src/image/parser.js";
 import { CasStore, shouldMerge } from "../src/store/cas/index.js";
-import { MemModel, P, memoryDiff, readImageMemory, rng } from "./helpers/cas-images.js";
+import { MemModel, P, churnChain, memoryDiff, readImageMemory } from "./helpers/cas-images.js";
 
 let tmp: string;
 before(() => {
@@ -46,67 +46,6 @@ function dirBytes(d: string): number {
   let n = 0;
   for (const e of readdirSync(d, { withFileTypes: true })) n += e.isDirectory() ? dirBytes(join(d, e.name)) : statSync(join(d, e.name)).size;
   return n;
-}
-
-/** A 10-step chain exercising every kind of change; returns the expected memory per step. */
-export function churnChain(seed: number, steps = 10): { images: Buffer[]; expected: Map<number, Buffer>[]; vmas: number[][] } {
-  const r = rng(seed);
-  const m = new MemModel(2);
-  const pool = Array.from({ length: 16 }, () => randomBytes(P)); // repeated content → dedup
-  const rnd = (k: number) => Math.floor(r() * k);
-  m.map(0x400, 4, 3, "/usr/bin/app"); // file private: some written pages
-  m.write(0x401);
-  const heap = m.map(0x1000, 300, 1, "[heap]").start;
-  m.map(0x2000, 600, 1); // > 256 pages: records split
-  m.map(0x3000, 64, 2); // anon shared
-  m.map(0x4000, 8, 4, "/dev/shm/x"); // shared file: never stored
-  m.map(0x7fff0, 2, 5, "[vdso]");
-  for (let p = 0x1000; p < 0x1000 + 300; p += 2) m.write(p);
-  for (let p = 0x2000; p < 0x2000 + 600; p++) if (r() < 0.7) m.write(p, r() < 0.2 ? pool[rnd(pool.length)]! : undefined);
-  for (let p = 0x3000; p < 0x3040; p++) m.write(p);
-  const images: Buffer[] = [];
-  const expected: Map<number, Buffer>[] = [];
-  const vmas: number[][] = [];
-  const take = (opts: { full?: boolean; zeroPages?: number[] } = {}) => {
-    images.push(m.image(opts));
-    expected.push(m.snapshot());
-    vmas.push(m.vmas.map((v) => v.start));
-  };
-  take({ zeroPages: [0x1001, 0x1003] });
-  for (let s = 2; s <= steps; s++) {
-    switch (s % 5) {
-      case 2: // random pages
-        for (let i = 0; i < 80; i++) {
-          const p = 0x2000 + rnd(600);
-          m.write(p, r() < 0.3 ? pool[rnd(pool.length)]! : undefined);
-        }
-        break;
-      case 3: // sweep + new mapping (sometimes where an earlier one was unmapped)
-        for (let p = 0x1000; p < 0x1000 + 120; p++) m.write(p);
-        if (!m.vmas.some((v) => v.start === 0x5000)) {
-          m.map(0x5000, 40);
-          for (let p = 0x5000; p < 0x5000 + 40; p += 3) m.write(p);
-        }
-        break;
-      case 4: // munmap + MADV_DONTNEED + brk down
-        if (m.vmas.some((v) => v.start === 0x5000)) m.unmap(0x5000);
-        for (let p = 0x2000 + 100; p < 0x2000 + 140; p++) m.zero(p);
-        m.shrink(heap, 20);
-        break;
-      case 0: // brk up (captured whole) and a few writes in the shared anon mapping
-        m.grow(heap, 30);
-        for (let p = 0x1000 + 280; p < 0x1000 + 310; p++) m.write(p);
-        for (let p = 0x3000; p < 0x3010; p++) m.write(p);
-        break;
-      case 1: // mapping remapped at a formerly used address: stale pages must not show through
-        m.map(0x5000, 40);
-        m.write(0x5001);
-        m.write(0x401);
-        break;
-    }
-    take();
-  }
-  return { images, expected, vmas };
 }
 
 describe("cas store", () => {

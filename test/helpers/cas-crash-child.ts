@@ -20,12 +20,15 @@ for (;;) {
     const next = seqs.length === 0 ? 1 : Math.max(...seqs) + 1;
     if (next > count || budget <= 0) continue;
     budget--;
+    say(`begin ingest ${app}@${next}`);
     const c = await store.ingest(app, next, join(imagesDir, `${app}-${next}.img`));
     say(`committed ${c.id}`);
+    say(`begin merge ${c.id}`);
     if (await store.mergeIfNeeded(c.id, { maxChainLength: 3 })) say(`merged ${c.id}`);
     did = true;
   }
   if (++round % 2 === 0 || !did) {
+    say("begin gc");
     const r = await store.gc({ keep: 3, minDeadFraction: 0.05 });
     say(`gc ${JSON.stringify(r.dropped)} freed ${r.bytesFreed}`);
   }

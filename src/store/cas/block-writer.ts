@@ -36,10 +36,11 @@ export class PackAppender {
     return w;
   }
 
-  async write(buf: Buffer, npages: number): Promise<LocalBlock> {
-    const w = await this.current(buf.length);
-    const offset = await w.write(buf);
-    return { pack: w.id, offset, len: buf.length, npages };
+  async write(bufs: Buffer[], npages: number): Promise<LocalBlock> {
+    const len = bufs.reduce((n, b) => n + b.length, 0);
+    const w = await this.current(len);
+    const offset = await w.write(bufs);
+    return { pack: w.id, offset, len, npages };
   }
 
   /** Makes the appended data durable (before the index commit that references it). */
@@ -62,7 +63,9 @@ export class BlockPipeline {
   readonly blocks: LocalBlock[] = [];
   private buf: Buffer;
   private n = 0;
-  private readonly queue: { slot: number; npages: number; p: Promise<Buffer> }[] = [];
+  private readonly queue: { slot: number; npages: number; buf: Buffer; p: Promise<[Buffer, Buffer]> }[] = [];
+  /** Block buffers whose compression finished, for reuse (fewer 1 MiB allocations, less GC). */
+  private readonly free: Buffer[] = [];
   storedBytes = 0;
 
   constructor(
@@ -87,8 +90,8 @@ export class BlockPipeline {
     const slot = this.blocks.length + this.queue.length;
     const p = encodeBlock(this.buf.subarray(0, this.n * PAGE), this.level);
     p.catch(() => undefined); // awaited in drainOne; avoid an unhandled rejection meanwhile
-    this.queue.push({ slot, npages: this.n, p });
-    this.buf = Buffer.allocUnsafe(this.blockPages * PAGE);
+    this.queue.push({ slot, npages: this.n, buf: this.buf, p });
+    this.buf = this.free.pop() ?? Buffer.allocUnsafe(this.blockPages * PAGE);
     this.n = 0;
     while (this.queue.length >= this.inflight) await this.drainOne();
   }
@@ -96,8 +99,10 @@ export class BlockPipeline {
   private async drainOne(): Promise<void> {
     const q = this.queue.shift()!;
     const enc = await q.p;
-    this.blocks[q.slot] = await this.appender.write(enc, q.npages);
-    this.storedBytes += enc.length;
+    this.free.push(q.buf);
+    const b = await this.appender.write(enc, q.npages);
+    this.blocks[q.slot] = b;
+    this.storedBytes += b.len;
   }
 
   async finish(): Promise<void> {

@@ -1,24 +1,32 @@
 // Blocks: up to 256 pages compressed together with zstd. On disk each block is a 16-byte
 // header (u32 magic "TGBK", u32 npages, u32 compressed length, u32 CRC-32C of the
 // compressed bytes) followed by one zstd frame. Decoding checks all of it.
-import { compress, decompress } from "@mongodb-js/zstd";
+import { createRequire } from "node:module";
 import { crc32c } from "@node-rs/crc32";
 import { PAGE } from "./util.js";
 import { storeCorrupt } from "./util.js";
+
+interface Zstd {
+  compress(data: Buffer, level?: number): Promise<Buffer>;
+  decompress(data: Buffer): Promise<Buffer>;
+}
+// @mongodb-js/zstd 1.2.2's index.js drops the level argument (always the library default,
+// 3); its native binding, which index.js wraps, takes it. Use the binding directly.
+const zstd = createRequire(import.meta.url)("@mongodb-js/zstd/bindings.js") as Zstd;
 
 export const BLOCK_MAGIC = 0x4b424754; // "TGBK" little-endian
 export const BLOCK_HEADER_SIZE = 16;
 export const MAX_BLOCK_PAGES = 256;
 
-/** Compresses `pages` (npages × 4096 bytes) into an on-disk block. */
-export async function encodeBlock(pages: Buffer, level: number): Promise<Buffer> {
-  const z = await compress(pages, level);
+/** Compresses `pages` (npages × 4096 bytes) into an on-disk block: [header, zstd frame]. */
+export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer, Buffer]> {
+  const z = await zstd.compress(pages, level);
   const h = Buffer.alloc(BLOCK_HEADER_SIZE);
   h.writeUInt32LE(BLOCK_MAGIC, 0);
   h.writeUInt32LE(pages.length / PAGE, 4);
   h.writeUInt32LE(z.length, 8);
   h.writeUInt32LE(crc32c(z), 12);
-  return Buffer.concat([h, z]);
+  return [h, z];
 }
 
 /** Checks and decompresses an on-disk block; `where` names the pack file and offset for errors. */
@@ -32,7 +40,7 @@ export async function decodeBlock(buf: Buffer, npages: number, where: string): P
   if (crc32c(z) !== buf.readUInt32LE(12)) throw bad("block CRC mismatch");
   let out: Buffer;
   try {
-    out = await decompress(z);
+    out = await zstd.decompress(z);
   } catch (e) {
     throw bad(`zstd: ${(e as Error).message}`);
   }

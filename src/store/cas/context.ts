@@ -1,6 +1,8 @@
 // What the store's modules share: paths, the index, pack readers and the options.
 import { TgError } from "../../errors.js";
 import type { Catalog, CheckpointRow } from "./catalog.js";
+import type { PageFilter } from "./bloom.js";
+import type { Hasher } from "./hasher.js";
 import type { PackReaders } from "./pack.js";
 import type { CasCheckpoint, CasOptions, CheckpointStats } from "./types.js";
 
@@ -12,6 +14,10 @@ export interface StoreContext {
   opts: Required<CasOptions>;
   /** A pack id never used before in this store. */
   allocPackId(): number;
+  /** Filter of stored page hashes (built on first use, dropped by gc). */
+  filter: PageFilter | null;
+  /** The page hasher (a worker thread), started on first use. */
+  hasher(): Hasher;
 }
 
 export function toCheckpoint(r: CheckpointRow): CasCheckpoint {

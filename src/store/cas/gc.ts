@@ -61,6 +61,7 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
   cat.transaction(() => {
     for (const r of drop) cat.deleteCheckpoint(r.cid);
   });
+  ctx.filter = null; // pages are about to be forgotten: rebuild on next use
   const report: GcReport = { dropped: drop.map((r) => r.id), keptForChains: forChains, packsRewritten: 0, packsRemoved: [], pagesMoved: 0, pagesDropped: 0, bytesFreed: 0 };
 
   // Live set.

@@ -2,7 +2,6 @@
 // only marked, new pages packed into blocks compressed concurrently and appended to the
 // current pack; then the commit: packs fsynced, then one SQLite transaction (packs,
 // blocks, pages, manifest, page table). Nothing is visible before that transaction.
-import { createHash } from "node:crypto";
 import type { Readable } from "node:stream";
 import { TgError } from "../../errors.js";
 import { RecordType } from "../../image/format.js";
@@ -11,9 +10,12 @@ import type { ExtentRow } from "./catalog.js";
 import { toCheckpoint, type StoreContext } from "./context.js";
 import { openImageSource, readImage } from "./image-stream.js";
 import { BlockPipeline, PackAppender } from "./block-writer.js";
+import { PageFilter } from "./bloom.js";
 import type { CasCheckpoint, CheckpointStats, IngestInfo } from "./types.js";
-import { HASH_LEN, PAGE, ZERO_HASH, ZERO_PAGE, pageOf } from "./util.js";
+import { HASH_LEN, PAGE, ZERO_HASH, pageOf } from "./util.js";
 
+/** PAGES records being hashed ahead of the one being indexed. */
+const HASH_DEPTH = 4;
 const TRACKING_MODES: Record<number, string> = { 0: "none", 1: "uffd", 2: "hash" };
 
 export async function ingestImage(ctx: StoreContext, app: string, seq: number, source: string | Readable, info: IngestInfo = {}): Promise<CasCheckpoint> {
@@ -24,6 +26,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   const cat = ctx.catalog;
   if (cat.checkpoint(id)) throw new TgError(`cannot store checkpoint ${id}`, "a checkpoint with this id is already in the store", "Use the next seq", "exists");
 
+  if (!ctx.filter || ctx.filter.full) ctx.filter = PageFilter.fromCatalog(cat);
+  const filter = ctx.filter;
   const { stream, label } = openImageSource(source);
   const appender = new PackAppender(ctx);
   const pipeline = new BlockPipeline(appender, ctx.opts.blockPages, ctx.opts.level, ctx.opts.inflight);
@@ -52,6 +56,26 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     freshMappings: null,
     ingestNs: 0,
     ...(info.extra !== undefined ? { extra: info.extra } : {}),
+  };
+  const hasher = ctx.hasher();
+  const hashing: { ext: ExtentRow; p: Promise<{ data: Buffer; hashes: Buffer }> }[] = [];
+  /** Dedup + packing of the oldest hashed PAGES record. */
+  const indexPages = async (): Promise<void> => {
+    const { ext, p } = hashing.shift()!;
+    const { data, hashes } = await p;
+    ext.hashes = hashes;
+    for (let i = 0; i < ext.npages; i++) {
+      const h = hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
+      if (h.equals(ZERO_HASH)) {
+        stats.zeroPages++;
+        continue;
+      }
+      const key = h.toString("latin1");
+      if (pending.has(key) || (filter.mayHave(h) && cat.hasPage(h))) continue;
+      const at = await pipeline.add(data.subarray(i * PAGE, (i + 1) * PAGE));
+      pending.set(key, at);
+      newPages.push({ hash: h, at });
+    }
   };
   let committed = false;
   try {
@@ -86,24 +110,13 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           stats.clearExtents++;
           break;
         case "pages": {
-          const hashes = Buffer.allocUnsafe(item.npages * HASH_LEN);
-          for (let i = 0; i < item.npages; i++) {
-            const page = item.data.subarray(i * PAGE, (i + 1) * PAGE);
-            if (page.equals(ZERO_PAGE)) {
-              ZERO_HASH.copy(hashes, i * HASH_LEN);
-              stats.zeroPages++;
-              continue;
-            }
-            const h = createHash("sha256").update(page).digest();
-            h.copy(hashes, i * HASH_LEN);
-            const key = h.toString("latin1");
-            if (pending.has(key) || cat.hasPage(h)) continue;
-            const at = await pipeline.add(page);
-            pending.set(key, at);
-            newPages.push({ hash: h, at });
-          }
-          extents.push({ ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes });
+          const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null };
+          extents.push(ext);
+          const p = hasher.hash(item.data);
+          p.catch(() => undefined); // awaited in order below
+          hashing.push({ ext, p });
           stats.pages += item.npages;
+          while (hashing.length > HASH_DEPTH) await indexPages();
           break;
         }
         case "end":
@@ -111,6 +124,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           break;
       }
     }
+    while (hashing.length > 0) await indexPages();
     await pipeline.finish();
     await appender.sync();
     stats.newPages = newPages.length;
@@ -129,11 +143,13 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
       return cat.checkpoint(id)!;
     });
     committed = true;
+    for (const p of newPages) filter.add(p.hash);
     await appender.close();
     return toCheckpoint(row);
   } catch (e) {
     if (typeof source === "string") stream.destroy();
     if (committed) throw e;
+    await Promise.allSettled(hashing.map((h) => h.p));
     await pipeline.abandon();
     await appender.rollback();
     throw e;

@@ -46,13 +46,23 @@ export class PackWriter {
     return new PackWriter(id, path, fh, committedSize, committedSize, false);
   }
 
-  /** Writes `buf` at the end; returns its offset. */
-  async write(buf: Buffer): Promise<number> {
+  /** Writes `bufs` back to back at the end; returns their offset. */
+  async write(bufs: Buffer[]): Promise<number> {
     const at = this.size;
-    this.size += buf.length;
+    const len = bufs.reduce((n, b) => n + b.length, 0);
+    this.size += len;
     let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, at + done);
+    while (done < len) {
+      let skip = done;
+      const rest: Buffer[] = [];
+      for (const b of bufs) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(skip > 0 ? b.subarray(skip) : b);
+          skip = 0;
+        }
+      }
+      const { bytesWritten } = await this.fh.writev(rest, at + done);
       done += bytesWritten;
     }
     return at;

@@ -12,13 +12,14 @@ import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js
 import { exportChunks, exportStream } from "./export.js";
 import { ingestImage } from "./ingest.js";
 import { chainInfo, mergeCheckpoint, shouldMerge } from "./merge.js";
+import { Hasher } from "./hasher.js";
 import { PackReaders, repairPacks, type RepairReport } from "./pack.js";
 import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, StoreStats } from "./types.js";
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
 import { TgError } from "../../errors.js";
 
-const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, packMaxBytes: 256 << 20, inflight: 4, cacheBlocks: 64 };
+const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, packMaxBytes: 256 << 20, inflight: 4, cacheBlocks: 64, hashWorker: true };
 
 export class CasStore {
   private readonly lock = new Mutex();
@@ -42,14 +43,22 @@ export class CasStore {
     const catalog = new Catalog(join(root, "index.sqlite"));
     try {
       const repairs = await repairPacks(packDir, catalog.packs());
-      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0 };
+      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false) };
       const store = new CasStore(ctx, repairs);
       ctx.allocPackId = () => store.nextPack++;
+      ctx.hasher = () => store.getHasher();
       return store;
     } catch (e) {
       catalog.close();
       throw e;
     }
+  }
+
+  private hasherInstance: Hasher | null = null;
+  /** @internal */
+  getHasher(): Hasher {
+    this.hasherInstance ??= new Hasher(this.ctx.opts.hashWorker);
+    return this.hasherInstance;
   }
 
   get root(): string {
@@ -145,6 +154,7 @@ export class CasStore {
     if (this.closed) return;
     this.closed = true;
     await this.lock.run(async () => {
+      await this.hasherInstance?.close();
       await this.ctx.readers.closeAll();
       this.ctx.catalog.close();
     });

@@ -11,6 +11,8 @@ export interface CasOptions {
   inflight?: number;
   /** Decompressed blocks kept by each export (default 64 = 64 MiB at 256 pages per block). */
   cacheBlocks?: number;
+  /** Hash pages in a worker thread during ingest (default true). */
+  hashWorker?: boolean;
 }
 
 /** What the caller knows about a capture, beyond what the image says. */

@@ -1,0 +1,144 @@
+// Content-addressed store benchmark: ingest and export throughput of N MiB of random pages
+// (incompressible, all new), re-ingest of the same image (all pages deduplicated), and
+// zstd levels 1–3 on a compressible image; each against a plain copy of the same file
+// (read + write + fsync) measured in the same run.
+// TG_BENCH_STORE_MIB=256,1024 picks the sizes (default 256).
+import { randomBytes, randomFillSync } from "node:crypto";
+import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { fileURLToPath } from "node:url";
+import { crc32c } from "@node-rs/crc32";
+import { RecordType } from "../src/image/format.js";
+import { cwdRecord, fileHeader, procRecord, recordBytes, threadRecord, vmaRecord } from "../src/image/writer.js";
+import { CasStore } from "../src/store/cas/index.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const MiB = 1024 * 1024;
+const P = 4096;
+
+/** Writes an image of `npages` pages in one VMA, page data from `fill`, without holding it in memory. */
+export async function writeBigImage(path: string, npages: number, fill: (buf: Buffer, firstPage: number) => void): Promise<number> {
+  const fh = await open(path, "w");
+  let off = 0;
+  const put = async (b: Buffer) => {
+    await fh.write(b, 0, b.length, off);
+    off += b.length;
+  };
+  const base = 0x100000000n;
+  const meta = [procRecord({ pid: 2 }), cwdRecord("/"), vmaRecord({ start: base, end: base + BigInt(npages * P) }), threadRecord({ tid: 2 })];
+  await put(fileHeader({ pid: 2 }));
+  for (const r of meta) await put(recordBytes(r));
+  const rec = Buffer.alloc(32 + 16 + 256 * P);
+  let records = meta.length;
+  for (let p = 0; p < npages; p += 256) {
+    const n = Math.min(256, npages - p);
+    const payload = rec.subarray(32, 32 + 16 + n * P);
+    payload.writeBigUInt64LE(base + BigInt(p * P), 0);
+    payload.writeBigUInt64LE(BigInt(n), 8);
+    fill(payload.subarray(16), p);
+    const h = rec.subarray(0, 32);
+    h.fill(0);
+    h.writeUInt32LE(RecordType.PAGES, 0);
+    h.writeBigUInt64LE(BigInt(payload.length), 8);
+    h.writeUInt32LE(crc32c(payload), 16);
+    h.writeUInt32LE(crc32c(h.subarray(0, 28)), 28);
+    await put(rec.subarray(0, 32 + payload.length));
+    records++;
+  }
+  const end = Buffer.alloc(24);
+  end.writeBigUInt64LE(BigInt(records), 0);
+  end.writeBigUInt64LE(BigInt(npages), 8);
+  end.writeBigUInt64LE(BigInt(off + 32 + 24), 16);
+  await put(recordBytes({ type: RecordType.END, payload: end }));
+  await fh.sync();
+  await fh.close();
+  return off;
+}
+
+/** Memory-like pages: small integers, pointers, repeated structures, some text, a few zero pages. */
+function compressibleFill(buf: Buffer, first: number): void {
+  const words = randomBytes(64);
+  for (let o = 0; o < buf.length; o += 8) {
+    const page = first + Math.floor(o / P);
+    if (page % 17 === 0) continue; // zero-ish runs
+    const k = (o >> 3) % 8;
+    buf.writeBigUInt64LE(k < 3 ? BigInt(0x7f0000000000 + ((o * 13) & 0xffff0)) : k < 6 ? BigInt((o >> 3) & 0xff) : words.readBigUInt64LE((o >> 3) % 8 * 8), o);
+  }
+  for (let o = 0; o < buf.length; o += P) buf.fill(0, o + 3000, o + P); // tails of zeros, as in half-used heap pages
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const t = performance.now();
+  const r = await fn();
+  return [r, performance.now() - t];
+}
+
+async function plainCopy(src: string, dst: string): Promise<void> {
+  await pipeline(createReadStream(src, { highWaterMark: 4 * MiB }), createWriteStream(dst));
+  const fh = await open(dst, "r");
+  await fh.sync();
+  await fh.close();
+}
+
+function sink(): Writable {
+  return new Writable({ highWaterMark: 4 * MiB, write: (_c, _e, cb) => cb() });
+}
+
+export async function main(): Promise<void> {
+  const sizes = (process.env.TG_BENCH_STORE_MIB ?? "256").split(",").map(Number);
+  const tmp = mkdtempSync(join(process.env.TG_BENCH_TMP ?? tmpdir(), "tg-store-bench-"));
+  const rows: Record<string, unknown>[] = [];
+  try {
+    for (const mib of sizes) {
+      const npages = (mib * MiB) / P;
+      const img = join(tmp, `random-${mib}.img`);
+      const bytes = await writeBigImage(img, npages, (b) => randomFillSync(b));
+      const [, copyMs] = await timed(() => plainCopy(img, join(tmp, "copy.img")));
+      rmSync(join(tmp, "copy.img"));
+      const store = await CasStore.open(join(tmp, `store-${mib}`));
+      const [c1, ingestMs] = await timed(() => store.ingest("bench", 1, img));
+      const [c2, dedupMs] = await timed(() => store.ingest("bench", 2, img));
+      const [, exportMs] = await timed(() => pipeline(store.exportImage("bench@1"), sink()));
+      const st = await store.stats();
+      await store.close();
+      const row = {
+        case: `random ${mib} MiB`,
+        bytes,
+        copyMBps: bytes / MiB / (copyMs / 1000),
+        ingestMBps: bytes / MiB / (ingestMs / 1000),
+        dedupIngestMBps: bytes / MiB / (dedupMs / 1000),
+        exportMBps: bytes / MiB / (exportMs / 1000),
+        ingestVsCopy: copyMs / ingestMs,
+        exportVsCopy: copyMs / exportMs,
+        storedBytes: c1.stats.storedBytes,
+        dedupStoredBytes: c2.stats.storedBytes,
+        dedupRatio: st.dedupRatio,
+      };
+      rows.push(row);
+      rmSync(join(tmp, `store-${mib}`), { recursive: true });
+      rmSync(img);
+    }
+    const mib = Math.min(...sizes, 256);
+    const img = join(tmp, "compressible.img");
+    const bytes = await writeBigImage(img, (mib * MiB) / P, compressibleFill);
+    for (const level of [1, 2, 3]) {
+      const store = await CasStore.open(join(tmp, `level-${level}`), { level });
+      const [c, ms] = await timed(() => store.ingest("bench", 1, img));
+      await store.close();
+      rows.push({ case: `compressible ${mib} MiB, zstd ${level}`, bytes, ingestMBps: bytes / MiB / (ms / 1000), storedBytes: c.stats.storedBytes, compression: (c.stats.pages * P) / c.stats.storedBytes });
+      rmSync(join(tmp, `level-${level}`), { recursive: true });
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v));
+  for (const r of rows) console.log(Object.entries(r).map(([k, v]) => `${k}=${fmt(v)}`).join("  "));
+  mkdirSync(join(here, "..", "..", "bench", "results"), { recursive: true });
+  writeFileSync(join(here, "..", "..", "bench", "results", "store.json"), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await main();

@@ -1,0 +1,26 @@
+// Worker thread: SHA-256 of each 4 KiB page of a PAGES payload, zero pages marked with
+// 32 zero bytes. Runs beside the ingest loop so hashing overlaps reading, indexing and
+// compressing. Message in: { id, data: Uint8Array }; out: { id, data, hashes: Uint8Array }
+// (data handed back so the caller can pack the new pages).
+import { createHash } from "node:crypto";
+import { parentPort } from "node:worker_threads";
+
+const PAGE = 4096;
+const ZERO = Buffer.alloc(PAGE);
+
+export function hashPages(data: Buffer): Buffer {
+  const n = data.length / PAGE;
+  const hashes = Buffer.alloc(n * 32);
+  for (let i = 0; i < n; i++) {
+    const page = data.subarray(i * PAGE, (i + 1) * PAGE);
+    if (page.equals(ZERO)) continue;
+    createHash("sha256").update(page).digest().copy(hashes, i * 32);
+  }
+  return hashes;
+}
+
+parentPort?.on("message", (m: { id: number; data: Uint8Array }) => {
+  const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+  const hashes = hashPages(data);
+  parentPort!.postMessage({ id: m.id, data: m.data, hashes }, [m.data.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
+});

@@ -1,0 +1,62 @@
+// Page hashing for ingest, off the main thread: one worker (the VM has 2 CPUs; the other
+// one compresses), fed whole PAGES payloads. Falls back to hashing inline if the worker
+// cannot start.
+import { Worker } from "node:worker_threads";
+import { hashPages } from "./hash-worker.js";
+
+export class Hasher {
+  private worker: Worker | null = null;
+  private nextId = 0;
+  private readonly waiting = new Map<number, { resolve: (r: { data: Buffer; hashes: Buffer }) => void; reject: (e: Error) => void }>();
+  private failed: Error | null = null;
+
+  constructor(useWorker = true) {
+    if (!useWorker) return;
+    try {
+      const w = new Worker(new URL("./hash-worker.js", import.meta.url));
+      w.on("message", (m: { id: number; data: Uint8Array; hashes: Uint8Array }) => {
+        const p = this.waiting.get(m.id);
+        if (!p) return;
+        this.waiting.delete(m.id);
+        if (this.waiting.size === 0) w.unref(); // an idle worker does not keep the process alive
+        p.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), hashes: Buffer.from(m.hashes.buffer, m.hashes.byteOffset, m.hashes.byteLength) });
+      });
+      w.on("error", (e) => this.fail(e));
+      w.on("exit", (code) => this.fail(new Error(`page hashing worker exited with code ${code}`)));
+      w.unref();
+      this.worker = w;
+    } catch {
+      this.worker = null;
+    }
+  }
+
+  private fail(e: Error): void {
+    this.failed = e;
+    this.worker = null;
+    for (const p of this.waiting.values()) p.reject(e);
+    this.waiting.clear();
+  }
+
+  /** Hashes of the pages in `data` (a copy of it is handed to the worker: the caller's buffer stays its own). */
+  hash(data: Buffer): Promise<{ data: Buffer; hashes: Buffer }> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (!this.worker) return Promise.resolve({ data, hashes: hashPages(data) });
+    const copy = new Uint8Array(data.length);
+    copy.set(data);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      if (this.waiting.size === 0) this.worker!.ref();
+      this.waiting.set(id, { resolve, reject });
+      this.worker!.postMessage({ id, data: copy }, [copy.buffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    const w = this.worker;
+    this.worker = null;
+    if (w) {
+      w.removeAllListeners("exit");
+      await w.terminate();
+    }
+  }
+}

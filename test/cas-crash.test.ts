@@ -1,0 +1,132 @@
+// Crash safety of the content-addressed store: a child process ingests, merges and gcs in a
+// loop and is killed with SIGKILL at random moments; after each kill the store is reopened
+// (repairing leftovers) and every listed checkpoint must export exactly its memory, every
+// checkpoint the child saw committed must still be there unless gc was entitled to drop it,
+// and no pack file may be unknown to the index.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { fileURLToPath } from "node:url";
+import { test } from "node:test";
+import { CasStore } from "../src/store/cas/index.js";
+import { churnChain, memoryDiff, readImageMemory, rng } from "./helpers/cas-images.js";
+
+const CHILD = fileURLToPath(new URL("./helpers/cas-crash-child.js", import.meta.url));
+const APPS = ["alpha", "beta"];
+const COUNT = 20;
+const PER_RUN = 6;
+const KILLS = Number(process.env.TG_CAS_CRASH_KILLS ?? 8);
+
+/** True when the run ended with nothing left to ingest (its last gc saw no work). */
+function nothingLeft(lines: string[]): boolean {
+  return !lines.some((l) => l.startsWith("committed "));
+}
+
+function runChild(root: string, images: string, killAfterMs: number | null): Promise<{ lines: string[]; killed: boolean; code: number | null; stderr: string; ms: number }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CHILD, root, images, APPS.join(","), String(COUNT), String(PER_RUN)], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let opened = 0;
+    child.stdout.on("data", () => {
+      if (!opened && out.includes("opened ")) opened = performance.now();
+    });
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    let killed = false;
+    let timer: NodeJS.Timeout | null = null;
+    // The clock starts when the store is open (node's own startup is not what we test).
+    child.stdout.on("data", () => {
+      if (timer || killAfterMs === null || !out.includes("opened ")) return;
+      timer = setTimeout(() => {
+        killed = child.kill("SIGKILL");
+      }, killAfterMs);
+    });
+    child.on("exit", (code) => {
+      if (timer) clearTimeout(timer);
+      resolve({ lines: out.split("\n").filter((l) => l.length > 0), killed: killed && code === null, code, stderr: err, ms: opened ? performance.now() - opened : 0 });
+    });
+  });
+}
+
+test("kill -9 during ingest, merge and gc leaves every committed checkpoint intact", { timeout: 120_000 }, async (t) => {
+  const tmp = mkdtempSync(join(tmpdir(), "tg-cas-crash-"));
+  try {
+    const images = join(tmp, "images");
+    const root = join(tmp, "store");
+    mkdirSync(images);
+    const expected = new Map<string, ReturnType<typeof churnChain>["expected"][number]>();
+    APPS.forEach((app, k) => {
+      const chain = churnChain(100 + k, COUNT);
+      chain.images.forEach((img, i) => {
+        writeFileSync(join(images, `${app}-${i + 1}.img`), img, { flag: "w" });
+        expected.set(`${app}@${i + 1}`, chain.expected[i]!);
+      });
+    });
+    const r = rng(7);
+    const seen = new Set<string>();
+    let kills = 0;
+    let finished = false;
+    let runMs = 0;
+    const repairs = { removedPacks: 0, truncated: 0 };
+    const lastOp: string[] = [];
+    for (let round = 0; round < KILLS * 4 && (kills < KILLS || !finished); round++) {
+      // The first run is not killed: it measures how long a run takes, to kill the others anywhere in it.
+      const delay = round > 0 && kills < KILLS ? Math.floor(runMs * r()) : null;
+      const res = await runChild(root, images, delay);
+      if (round === 0) runMs = res.ms;
+      if (res.killed) {
+        kills++;
+        const last = res.lines[res.lines.length - 1] ?? "";
+        lastOp.push(last.startsWith("begin ") ? last.split(" ")[1]! : `after ${last.split(" ")[0]}`);
+      }
+      else assert.equal(res.code, 0, `child failed: ${res.stderr}`);
+      if (res.lines.includes("done") && nothingLeft(res.lines)) finished = true;
+      for (const l of res.lines) if (l.startsWith("committed ")) seen.add(l.slice(10));
+
+      // Verify after every run, killed or not.
+      const store = await CasStore.open(root);
+      repairs.removedPacks += store.repairs.removedPacks.length;
+      repairs.truncated += store.repairs.truncated.length;
+      try {
+        const listed = store.list();
+        const ids = new Set(listed.map((c) => c.id));
+        for (const c of listed) {
+          const want = expected.get(c.id);
+          assert.ok(want, `unexpected checkpoint ${c.id}`);
+          const f = join(tmp, "export.img");
+          await pipeline(store.exportImage(c.id), createWriteStream(f));
+          const mem = await readImageMemory(f);
+          assert.equal(memoryDiff(mem.pages, want), null, `${c.id} after ${kills} kills: ${memoryDiff(mem.pages, want)}`);
+        }
+        for (const app of APPS) {
+          const mine = listed.filter((c) => c.app === app).map((c) => c.seq).sort((a, b) => b - a);
+          const newestSeen = Math.max(0, ...[...seen].filter((id) => id.startsWith(`${app}@`)).map((id) => Number(id.split("@")[1])));
+          if (newestSeen > 0) assert.ok(mine[0]! >= newestSeen, `${app}@${newestSeen} was committed but is gone`);
+          // Anything seen committed and now missing must be older than the 3 newest (gc's right to drop it).
+          for (const id of seen) {
+            if (!id.startsWith(`${app}@`) || ids.has(id)) continue;
+            assert.ok(Number(id.split("@")[1]) < (mine[2] ?? 0), `${id} disappeared but is among the 3 newest of ${app}`);
+          }
+        }
+        const known = new Set(readdirSync(join(root, "packs")));
+        assert.deepEqual(store.repairs.damaged, []);
+        assert.ok([...known].every((n) => /^pack-\d{6}\.dat$/.test(n)), [...known].join(","));
+      } finally {
+        await store.close();
+      }
+    }
+    t.diagnostic(`${kills} kills (during: ${lastOp.join(", ")}); repairs on reopen: ${JSON.stringify(repairs)}`);
+    assert.ok(kills >= KILLS, `only ${kills} kills landed`);
+    assert.ok(finished, "the child never completed a run");
+    // The end state: 3 newest per app (plus what their chains need), all exporting correctly (checked above).
+    const store = await CasStore.open(root);
+    for (const app of APPS) assert.ok(store.list(app).some((c) => c.seq === COUNT));
+    await store.close();
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
