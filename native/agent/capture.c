@@ -213,6 +213,8 @@ static int is_dirty(uint64_t a, uint64_t *d) {
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || r->kind == TG_VMA_FILE_SHARED) return 0;
+  /* a PAGES record never spans two VMAs, even where they are adjacent */
+  if (flush_data(rr) != 0) goto werr;
   int all = (r->vflags & TG_VF_DELETED) && r->kind == TG_VMA_ANON_PRIVATE;
   int inc = tg_trk.incremental, hash = tg_trk.mode == TG_TRACK_HASH;
   /* uffd incremental: fresh mappings are captured whole (after clearing whatever an earlier image
