@@ -10,6 +10,7 @@ import { pipeline } from "node:stream/promises";
 import { createWriteStream } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ImageError } from "../src/image/parser.js";
+import { sampleImage } from "../src/image/writer.js";
 import { CasStore, shouldMerge } from "../src/store/cas/index.js";
 import { MemModel, P, churnChain, memoryDiff, readImageMemory } from "./helpers/cas-images.js";
 
@@ -103,6 +104,16 @@ describe("cas store", () => {
     await store.close();
   });
 
+  test("the export of a full image is the image itself, byte for byte", async () => {
+    const store = await CasStore.open(dir());
+    const img = sampleImage({ npages: 700, fill: (i) => (i % 5) + 1 });
+    await store.ingest("same", 3, writeImage(img));
+    const out = await readFile(await exportToFile(store, "same@3"));
+    assert.ok(out.equals(img), `export differs (${out.length} vs ${img.length} bytes)`);
+    assert.equal((await store.stats()).uniquePages, 5, "5 distinct page contents");
+    await store.close();
+  });
+
   test("merge gives a synthetic full checkpoint with the same id and the same export", async () => {
     const store = await CasStore.open(dir());
     const { images } = churnChain(2);
@@ -122,6 +133,41 @@ describe("cas store", () => {
     const list = store.list("m");
     assert.equal(list.length, 10, "merged and unmerged points are both listed");
     assert.deepEqual(list.filter((c) => c.synthetic).map((c) => c.id), ["m@6", "m@10"]);
+    await store.close();
+  });
+
+  test("merge and gc run while checkpoints keep coming; an export in progress is kept by gc", async () => {
+    const store = await CasStore.open(dir(), { packMaxBytes: 1 << 20, blockPages: 32 });
+    const { images, expected } = churnChain(5, 12);
+    const background: Promise<unknown>[] = [];
+    for (let i = 0; i < images.length; i++) {
+      const c = await store.ingest("live", i + 1, writeImage(images[i]!));
+      background.push(store.mergeIfNeeded(c.id, { maxChainLength: 3 })); // not awaited: the next ingest goes on
+      if (i % 4 === 3) background.push(store.gc({ keep: 4, minDeadFraction: 0 }));
+    }
+    await Promise.all(background);
+    assert.ok(store.list("live").some((c) => c.synthetic));
+    for (const c of store.list("live")) {
+      const mem = await readImageMemory(await exportToFile(store, c.id));
+      assert.equal(memoryDiff(mem.pages, expected[c.seq - 1]!), null, c.id);
+    }
+    // An export that has started keeps its checkpoint through a gc that would drop it.
+    const oldest = store.list("live")[0]!;
+    const it = store.exportChunks(oldest.id);
+    const first = await it.next();
+    assert.equal(first.done, false);
+    await store.merge("live@12");
+    const r = await store.gc({ keep: 1, minDeadFraction: 0 });
+    assert.ok(!r.dropped.includes(oldest.id), `${oldest.id} was dropped during its export`);
+    const chunks: Buffer[] = [first.value as Buffer];
+    for (let n = await it.next(); !n.done; n = await it.next()) chunks.push(n.value);
+    const f = writeImage(Buffer.concat(chunks));
+    assert.equal(memoryDiff((await readImageMemory(f)).pages, expected[oldest.seq - 1]!), null);
+    const r2 = await store.gc({ keep: 1, minDeadFraction: 0 });
+    assert.ok(r2.dropped.includes(oldest.id));
+    assert.deepEqual(store.list("live").map((c) => c.id), ["live@12"]);
+    const mem = await readImageMemory(await exportToFile(store, "live@12"));
+    assert.equal(memoryDiff(mem.pages, expected[11]!), null);
     await store.close();
   });
 

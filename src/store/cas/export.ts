@@ -48,38 +48,66 @@ function locate(ctx: StoreContext, id: string, r: ComposedRecord): ([number, num
   return out;
 }
 
-async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord): Promise<Buffer> {
-  const build = async (): Promise<Buffer> => {
-    const locs = locate(ctx, id, r);
-    const rec = Buffer.alloc(RECORD_HEADER_SIZE + 16 + r.npages * PAGE);
+type Locs = ([number, number] | null)[];
+
+async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs): Promise<Buffer> {
+  const build = async (locs: Locs): Promise<Buffer> => {
+    const rec = Buffer.allocUnsafe(RECORD_HEADER_SIZE + 16 + r.npages * PAGE);
     const payload = rec.subarray(RECORD_HEADER_SIZE);
     payload.writeBigUInt64LE(addrOf(r.page), 0);
     payload.writeBigUInt64LE(BigInt(r.npages), 8);
     for (let i = 0; i < r.npages; i++) {
       const loc = locs[i];
-      if (!loc) continue; // zero page: already zeros
+      const at = 16 + i * PAGE;
+      if (!loc) {
+        payload.fill(0, at, at + PAGE);
+        continue;
+      }
       const block = await cache.get(loc[0]);
-      block.copy(payload, 16 + i * PAGE, loc[1] * PAGE, (loc[1] + 1) * PAGE);
+      block.copy(payload, at, loc[1] * PAGE, (loc[1] + 1) * PAGE);
     }
     recordHeader(RecordType.PAGES, payload).copy(rec, 0);
     return rec;
   };
   try {
-    return await build();
+    return await build(located);
   } catch (e) {
     // A gc may have moved the blocks between locating the pages and reading them: locate again once.
-    if ((e as { code?: string }).code === "store-corrupt" || (e as NodeJS.ErrnoException).code === "ENOENT") return build();
+    if ((e as { code?: string }).code === "store-corrupt" || (e as NodeJS.ErrnoException).code === "ENOENT") return build(locate(ctx, id, r));
     throw e;
   }
 }
 
-/** Starts loading the blocks of upcoming records (errors surface when the record is built). */
-function prefetch(ctx: StoreContext, cache: BlockCache, id: string, recs: ComposedRecord[], budget: number): void {
+/** Page locations of records, looked up once (ahead, for prefetching) and kept until the record is built. */
+class Locator {
+  private readonly locs = new Map<number, Locs>();
+  constructor(
+    private readonly ctx: StoreContext,
+    private readonly id: string,
+    private readonly records: ComposedRecord[],
+  ) {}
+  get(i: number): Locs {
+    let l = this.locs.get(i);
+    if (!l) {
+      l = locate(this.ctx, this.id, this.records[i]!);
+      this.locs.set(i, l);
+    }
+    return l;
+  }
+  take(i: number): Locs {
+    const l = this.get(i);
+    this.locs.delete(i);
+    return l;
+  }
+}
+
+/** Starts loading the blocks of records [from, to) (errors surface when the record is built). */
+function prefetch(cache: BlockCache, locator: Locator, from: number, to: number, budget: number): void {
   const seen = new Set<number>();
-  for (const r of recs) {
-    let locs: ([number, number] | null)[];
+  for (let i = from; i < to; i++) {
+    let locs: Locs;
     try {
-      locs = locate(ctx, id, r);
+      locs = locator.get(i);
     } catch {
       return;
     }
@@ -110,10 +138,11 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
     count++;
     yield r.raw;
   }
+  const locator = new Locator(ctx, id, records);
   for (let i = 0; i < records.length; i++) {
-    if (i % PREFETCH_RECORDS === 0) prefetch(ctx, cache, id, records.slice(i, i + PREFETCH_RECORDS * 2), budget);
+    if (i % PREFETCH_RECORDS === 0) prefetch(cache, locator, i, Math.min(records.length, i + PREFETCH_RECORDS * 2), budget);
     const r = records[i]!;
-    const rec = await pagesRecord(ctx, cache, id, r);
+    const rec = await pagesRecord(ctx, cache, id, r, locator.take(i));
     size += rec.length;
     count++;
     pages += r.npages;

@@ -168,6 +168,7 @@ export async function* readImage(stream: AsyncIterable<Buffer | string>, label: 
     const body = await src.read(padded);
     if (!body) fail(off, `truncated record ${name}: payload of ${plen} bytes (padded ${padded}) but only ${src.available()} bytes left in the stream`);
     const payload = (body as Buffer).subarray(0, plen);
+    for (let i = plen; i < padded; i++) if ((body as Buffer)[i] !== 0) fail(off, `non-zero padding after record ${name}`);
     if (crc32c(payload) !== rhb.readUInt32LE(16)) {
       const what = rtype === RecordType.PAGES ? ` (${hex(payload.readBigUInt64LE(0))}, ${payload.readBigUInt64LE(8)} pages)` : "";
       fail(off, `payload CRC mismatch in record ${name}${what}`);

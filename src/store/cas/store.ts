@@ -3,7 +3,7 @@
 //   <root>/packs/pack-NNNNNN.dat  append-only packs of compressed page blocks
 // One process opens a store for writing at a time; inside it, ingest, merge and gc are
 // serialised by a mutex; list/get/stats/exportImage run at any time.
-import { mkdir, readdir, stat } from "node:fs/promises";
+import { mkdir, open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { collectGarbage } from "./gc.js";
@@ -74,16 +74,59 @@ export class CasStore {
     return this.lock.run(() => ingestImage(this.ctx, app, seq, source, info));
   }
 
-  /** The full image of any checkpoint, composed from its chain; pull-based stream. */
-  exportImage(id: string): Readable {
-    requireCheckpoint(this.ctx, id);
-    return exportStream(this.ctx, id);
+  /** Checkpoints being exported: gc keeps them (and their chains) until the export ends. */
+  private readonly exporting = new Map<string, number>();
+
+  private pinExport(id: string): () => void {
+    this.exporting.set(id, (this.exporting.get(id) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.exporting.get(id) ?? 1) - 1;
+      if (n === 0) this.exporting.delete(id);
+      else this.exporting.set(id, n);
+    };
   }
 
-  /** Same as exportImage, as an async iterable of Buffers. */
-  exportChunks(id: string): AsyncGenerator<Buffer> {
+  /**
+   * The full image of any checkpoint, composed from its chain; a pull-based stream (the
+   * image is produced as fast as the consumer reads). gc keeps `id` until the stream closes.
+   */
+  exportImage(id: string): Readable {
     requireCheckpoint(this.ctx, id);
-    return exportChunks(this.ctx, id);
+    const unpin = this.pinExport(id);
+    const s = exportStream(this.ctx, id);
+    s.once("close", unpin);
+    return s;
+  }
+
+  /** Same as exportImage, as an async iterable of Buffers (pinned against gc while iterated). */
+  async *exportChunks(id: string): AsyncGenerator<Buffer> {
+    requireCheckpoint(this.ctx, id);
+    const unpin = this.pinExport(id);
+    try {
+      yield* exportChunks(this.ctx, id);
+    } finally {
+      unpin();
+    }
+  }
+
+  /** Writes the full image of `id` to `path` (fsynced), e.g. for a restorer that wants a file. */
+  async exportToFile(id: string, path: string): Promise<{ bytes: number }> {
+    const src = this.exportImage(id);
+    const fh = await open(path, "w", 0o600);
+    let bytes = 0;
+    try {
+      for await (const chunk of src as AsyncIterable<Buffer>) {
+        await fh.write(chunk, 0, chunk.length, bytes);
+        bytes += chunk.length;
+      }
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    return { bytes };
   }
 
   /** Makes `id` a synthetic full checkpoint (same id) if it is incremental. */
@@ -104,8 +147,9 @@ export class CasStore {
     return true;
   }
 
+  /** Retention + space reclaim (see docs/store.md); checkpoints being exported count as pinned. */
   gc(opts: GcOptions): Promise<GcReport> {
-    return this.lock.run(() => collectGarbage(this.ctx, opts));
+    return this.lock.run(() => collectGarbage(this.ctx, { ...opts, pin: [...(opts.pin ?? []), ...this.exporting.keys()] }));
   }
 
   /** Checkpoints, by app then seq. */
