@@ -115,6 +115,17 @@ describe("CLI without the C core", { timeout: 120_000 }, () => {
     });
   }
 
+  test("an unusable TARDIGRADE_HOME is a clear error (not a hang)", async () => {
+    for (const [home, re] of [
+      ["/proc/tardigrade-nope", /^tardigrade: cannot create \/proc\/tardigrade-nope: .*Set TARDIGRADE_HOME to a writable directory/],
+      [`/tmp/${"x".repeat(110)}`, /^tardigrade: cannot use this tardigrade home: the daemon socket path .* is too long for a Unix socket/],
+    ] as const) {
+      const r = await h.cli(["ls"], { env: { TARDIGRADE_HOME: home }, timeoutMs: 20_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, re);
+    }
+  });
+
   test("Node API: errors arrive as TgError, also when progress is streamed", async () => {
     const api = await import("../src/index.js");
     const o = { home: h.home };

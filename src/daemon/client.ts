@@ -1,15 +1,22 @@
 // Talks to the daemon over its Unix socket, starting it on first use.
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { TgError, errMessage } from "../errors.js";
+import { mkdirp } from "../store/fsutil.js";
 import type { ProgressEvent } from "./apps.js";
 import { sleep } from "./procs.js";
 
 export function daemonPaths(home: string): { sock: string; log: string; pidfile: string } {
   return { sock: join(home, "daemon.sock"), log: join(home, "daemon.log"), pidfile: join(home, "daemon.pid") };
+}
+
+/** Unix socket paths are limited to 107 bytes (sun_path); longer ones would be cut silently. */
+export function checkSocketPath(sock: string): void {
+  if (Buffer.byteLength(sock) + `.${process.pid}`.length > 107)
+    throw new TgError("cannot use this tardigrade home", `the daemon socket path ${sock} is too long for a Unix socket (107 bytes at most)`, "Set TARDIGRADE_HOME to a shorter path", "bad-request");
 }
 
 interface Reply {
@@ -102,10 +109,11 @@ export class DaemonClient {
 
   /** Starts the daemon (detached, logging to daemon.log) unless one answers already. */
   async ensure(timeoutMs = 15_000): Promise<void> {
+    checkSocketPath(this.sock);
     if (await pingDaemon(this.sock)) return;
     const paths = daemonPaths(this.home);
     try {
-      mkdirSync(this.home, { recursive: true, mode: 0o755 });
+      mkdirp(this.home);
     } catch (e) {
       throw new TgError(`cannot create ${this.home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
     }

@@ -1,20 +1,25 @@
 // The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
 // and keeps nothing important in memory (safe to kill -9 at any time).
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
-import { errMessage } from "../errors.js";
-import { writeFileAtomic } from "../store/fsutil.js";
+import { TgError, errMessage } from "../errors.js";
+import { mkdirp, writeFileAtomic } from "../store/fsutil.js";
 import { LocalStore } from "../store/local.js";
 import { AppManager } from "./apps.js";
-import { daemonPaths, pingDaemon } from "./client.js";
+import { checkSocketPath, daemonPaths, pingDaemon } from "./client.js";
 import { createApiServer } from "./server.js";
 
 export async function runDaemon(home: string): Promise<void> {
   const log = pino({ base: { pid: process.pid }, level: process.env.TARDIGRADE_LOG_LEVEL ?? "info" });
-  mkdirSync(home, { recursive: true, mode: 0o755 });
+  try {
+    mkdirp(home);
+  } catch (e) {
+    throw new TgError(`cannot use ${home} as the tardigrade home`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
+  }
   const paths = daemonPaths(home);
+  checkSocketPath(paths.sock);
   const store = new LocalStore(join(home, "store"));
   const apps = new AppManager(home, store, log);
   const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });

@@ -1,4 +1,5 @@
 // Durable-write helpers: fsync of files and directories, atomic small-file writes.
+import { mkdirSync, statSync } from "node:fs";
 import { open, rename, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 
@@ -29,4 +30,20 @@ export async function writeFileAtomic(path: string, data: string | Buffer): Prom
 export async function writeFileSynced(path: string, data: string | Buffer): Promise<void> {
   await writeFile(path, data, { mode: 0o644 });
   await fsyncPath(path);
+}
+
+/**
+ * mkdir -p without `{ recursive: true }`, which loops forever in Node 20 on some
+ * paths (e.g. under /proc, where mkdir fails with ENOENT although the parent exists).
+ */
+export function mkdirp(path: string, mode = 0o755): void {
+  try {
+    mkdirSync(path, { mode });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EEXIST" && statSync(path).isDirectory()) return;
+    if (code !== "ENOENT" || dirname(path) === path) throw e;
+    mkdirp(dirname(path), mode);
+    mkdirSync(path, { mode }); // once more, now that the parent exists; errors propagate
+  }
 }
