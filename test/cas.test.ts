@@ -1,5 +1,6 @@
 // Content-addressed store: dedup, zero pages, chains, export, merge, gc, repair.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { appendFileSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -257,11 +258,28 @@ describe("cas store", () => {
     assert.deepEqual(packs, ["pack-000001.dat"]);
     appendFileSync(join(root, "packs", packs[0]!), randomBytes(5000));
     writeFileSync(join(root, "packs", "pack-000002.dat"), randomBytes(100));
+    writeFileSync(join(root, "lock"), `${spawnSync("true").pid}\n`); // left by a process that died
     const again = await CasStore.open(root);
+    await assert.rejects(CasStore.open(root), (e: unknown) => (e as { code?: string }).code === "store-busy" && new RegExp(`process ${process.pid}`).test((e as Error).message));
     assert.deepEqual(again.repairs.removedPacks, ["pack-000002.dat"]);
     assert.deepEqual(again.repairs.truncated, [["pack-000001.dat", 5000]]);
     assert.equal(await exportDigest(again, "r@1"), want);
     await again.close();
+  });
+
+  test("a damaged block is reported with its pack file and offset", async () => {
+    const root = dir();
+    const store = await CasStore.open(root);
+    const m = new MemModel();
+    m.map(0x1000, 300);
+    for (let p = 0x1000; p < 0x1000 + 300; p++) m.write(p);
+    await store.ingest("dmg", 1, writeImage(m.image()));
+    const pack = join(root, "packs", "pack-000001.dat");
+    const bytes = await readFile(pack);
+    bytes[16 + 16 + 100]! ^= 0x55; // inside the first block's compressed data
+    writeFileSync(pack, bytes);
+    await assert.rejects(exportDigest(store, "dmg@1"), (e: unknown) => (e as { code?: string }).code === "store-corrupt" && /pack-000001\.dat offset 16\b.*block CRC mismatch/.test((e as Error).message));
+    await store.close();
   });
 
   test("merge policy", () => {

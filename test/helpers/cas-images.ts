@@ -281,6 +281,7 @@ export function churnChain(seed: number, steps = 10): { images: Buffer[]; expect
         if (m.vmas.some((v) => v.start === 0x5000)) m.unmap(0x5000);
         for (let p = 0x2000 + 100; p < 0x2000 + 140; p++) m.zero(p);
         m.shrink(heap, 20);
+        for (let i = 0; i < 10; i++) m.write(0x2000 + 200 + rnd(300));
         break;
       case 0: // brk up (captured whole) and a few writes in the shared anon mapping
         m.grow(heap, 30);

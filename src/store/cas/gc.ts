@@ -17,7 +17,7 @@ import type { CheckpointRow } from "./catalog.js";
 import type { StoreContext } from "./context.js";
 import { PACK_HEADER_SIZE, packName } from "./pack.js";
 import type { GcOptions, GcReport } from "./types.js";
-import { HASH_LEN, PAGE, ZERO_HASH } from "./util.js";
+import { HASH_LEN, PAGE, ZERO_HASH, crashPoint } from "./util.js";
 import { TgError } from "../../errors.js";
 
 /** Which checkpoints stay: newest `keep` per app, pins, and the chains they need. */
@@ -62,6 +62,7 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
     for (const r of drop) cat.deleteCheckpoint(r.cid);
   });
   ctx.filter = null; // pages are about to be forgotten: rebuild on next use
+  crashPoint("gc-dropped");
   const report: GcReport = { dropped: drop.map((r) => r.id), keptForChains: forChains, packsRewritten: 0, packsRemoved: [], pagesMoved: 0, pagesDropped: 0, bytesFreed: 0 };
 
   // Live set.
@@ -110,7 +111,9 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
       at.push(await pipeline.add(block.subarray(m.idx * PAGE, (m.idx + 1) * PAGE)));
     }
     await pipeline.finish();
+    crashPoint("gc-written");
     await appender.sync();
+    crashPoint("gc-synced");
     cat.transaction(() => {
       for (const w of appender.writers) cat.upsertPack(w.id, w.size);
       const ids = pipeline.blocks.map((b) => cat.insertBlock(b.pack, b.offset, b.len, b.npages));
@@ -120,6 +123,7 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
       for (const id of doomedIds) cat.deletePack(id);
     });
     switched = true;
+    crashPoint("gc-switched");
     await appender.close();
   } catch (e) {
     if (!switched) {
@@ -132,6 +136,7 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
     ctx.readers.forget(p.id);
     await rm(join(ctx.packDir, packName(p.id)), { force: true });
     report.packsRemoved.push(packName(p.id));
+    crashPoint("gc-unlinked-one");
   }
   await fsyncPath(ctx.packDir);
   report.packsRewritten = doomed.length;

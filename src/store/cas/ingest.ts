@@ -12,7 +12,7 @@ import { openImageSource, readImage } from "./image-stream.js";
 import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { PageFilter } from "./bloom.js";
 import type { CasCheckpoint, CheckpointStats, IngestInfo } from "./types.js";
-import { HASH_LEN, PAGE, ZERO_HASH, pageOf } from "./util.js";
+import { HASH_LEN, PAGE, ZERO_HASH, crashPoint, pageOf } from "./util.js";
 
 /** PAGES records being hashed ahead of the one being indexed. */
 const HASH_DEPTH = 4;
@@ -126,7 +126,9 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     }
     while (hashing.length > 0) await indexPages();
     await pipeline.finish();
+    crashPoint("ingest-written");
     await appender.sync();
+    crashPoint("ingest-synced");
     stats.newPages = newPages.length;
     stats.storedBytes = pipeline.storedBytes;
     stats.threads = info.threads ?? threads;
@@ -143,12 +145,13 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
       return cat.checkpoint(id)!;
     });
     committed = true;
+    crashPoint("ingest-committed");
     for (const p of newPages) filter.add(p.hash);
     await appender.close();
     return toCheckpoint(row);
   } catch (e) {
-    if (typeof source === "string") stream.destroy();
     if (committed) throw e;
+    stream.destroy(); // a failed ingest has no use for the rest (the agent writing a FIFO gets EPIPE)
     await Promise.allSettled(hashing.map((h) => h.p));
     await pipeline.abandon();
     await appender.rollback();

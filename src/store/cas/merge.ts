@@ -6,6 +6,7 @@
 import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
 import { composeRecords } from "./compose.js";
 import type { CasCheckpoint, CheckpointStats, MergePolicy } from "./types.js";
+import { crashPoint } from "./util.js";
 
 export function mergeCheckpoint(ctx: StoreContext, id: string, now = new Date()): CasCheckpoint {
   const row = requireCheckpoint(ctx, id);
@@ -20,7 +21,9 @@ export function mergeCheckpoint(ctx: StoreContext, id: string, now = new Date())
     cat.deleteExtents(row.cid);
     records.forEach((r, ord) => cat.insertExtent(row.cid, { ord, page: r.page, npages: r.npages, hashes: r.hashes }));
     cat.markMerged(row.cid, JSON.stringify(stats));
+    crashPoint("merge-in-transaction");
   });
+  crashPoint("merge-committed");
   return toCheckpoint(requireCheckpoint(ctx, id));
 }
 

@@ -1,7 +1,7 @@
 // CasStore: the content-addressed checkpoint store (docs/store.md).
 //   <root>/index.sqlite       index (WAL)
 //   <root>/packs/pack-NNNNNN.dat  append-only packs of compressed page blocks
-// One process opens a store for writing at a time; inside it, ingest, merge and gc are
+// One process opens a store at a time (<root>/lock); inside it, ingest, merge and gc are
 // serialised by a mutex; list/get/stats/exportImage run at any time.
 import { mkdir, open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { exportChunks, exportStream } from "./export.js";
 import { ingestImage } from "./ingest.js";
 import { chainInfo, mergeCheckpoint, shouldMerge } from "./merge.js";
 import { Hasher } from "./hasher.js";
+import { lockStore } from "./lock.js";
 import { PackReaders, repairPacks, type RepairReport } from "./pack.js";
 import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, StoreStats } from "./types.js";
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
@@ -30,6 +31,7 @@ export class CasStore {
     private readonly ctx: StoreContext,
     /** What open() repaired (crash leftovers). */
     readonly repairs: RepairReport,
+    private readonly unlock: () => Promise<void>,
   ) {
     this.nextPack = Math.max(0, ...ctx.catalog.packs().map((p) => p.id)) + 1;
   }
@@ -40,16 +42,24 @@ export class CasStore {
     if (!(opts.blockPages >= 1 && opts.blockPages <= MAX_BLOCK_PAGES)) throw new TgError("cannot open the store", `blockPages must be 1..${MAX_BLOCK_PAGES}`, "", "bad-request");
     const packDir = join(root, "packs");
     await mkdir(packDir, { recursive: true, mode: 0o755 });
-    const catalog = new Catalog(join(root, "index.sqlite"));
+    const unlock = await lockStore(root);
+    let catalog: Catalog;
+    try {
+      catalog = new Catalog(join(root, "index.sqlite"));
+    } catch (e) {
+      await unlock();
+      throw e;
+    }
     try {
       const repairs = await repairPacks(packDir, catalog.packs());
       const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false) };
-      const store = new CasStore(ctx, repairs);
+      const store = new CasStore(ctx, repairs, unlock);
       ctx.allocPackId = () => store.nextPack++;
       ctx.hasher = () => store.getHasher();
       return store;
     } catch (e) {
       catalog.close();
+      await unlock();
       throw e;
     }
   }
@@ -201,6 +211,7 @@ export class CasStore {
       await this.hasherInstance?.close();
       await this.ctx.readers.closeAll();
       this.ctx.catalog.close();
+      await this.unlock();
     });
   }
 }

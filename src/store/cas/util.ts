@@ -46,3 +46,11 @@ export function storeCorrupt(what: string, why: string): TgError {
     "store-corrupt",
   );
 }
+
+/**
+ * Test hook for the crash tests: when TG_CAS_CRASH_AT names this point, the process kills
+ * itself with SIGKILL right here (as a power cut or kill -9 would). No effect otherwise.
+ */
+export function crashPoint(name: string): void {
+  if (process.env.TG_CAS_CRASH_AT === name) process.kill(process.pid, "SIGKILL");
+}
