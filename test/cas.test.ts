@@ -12,7 +12,7 @@ import { createWriteStream } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ImageError } from "../src/image/parser.js";
 import { sampleImage } from "../src/image/writer.js";
-import { CasStore, shouldMerge } from "../src/store/cas/index.js";
+import { CasStore, CasStoreAdapter, shouldMerge } from "../src/store/cas/index.js";
 import { MemModel, P, churnChain, memoryDiff, readImageMemory } from "./helpers/cas-images.js";
 
 let tmp: string;
@@ -279,6 +279,34 @@ describe("cas store", () => {
     bytes[16 + 16 + 100]! ^= 0x55; // inside the first block's compressed data
     writeFileSync(pack, bytes);
     await assert.rejects(exportDigest(store, "dmg@1"), (e: unknown) => (e as { code?: string }).code === "store-corrupt" && /pack-000001\.dat offset 16\b.*block CRC mismatch/.test((e as Error).message));
+    await store.close();
+  });
+
+  test("the Store adapter: stage, put, list, openImage, recover (the daemon's contract)", async () => {
+    const root = dir();
+    const store = await CasStoreAdapter.open(root);
+    const m = new MemModel(5);
+    m.map(0x1000, 40);
+    for (let p = 0x1000; p < 0x1000 + 40; p++) m.write(p);
+    const s1 = await store.stage("calc");
+    writeFileSync(s1.imagePath(5), m.image());
+    const progress: number[] = [];
+    const m1 = await store.put(s1, { downtimeNs: 10, totalNs: 20, onProgress: (d) => progress.push(d) });
+    assert.equal(m1.id, "calc@1");
+    assert.ok(progress.length > 0);
+    m.write(0x1003);
+    const s2 = await store.stage("calc");
+    writeFileSync(s2.imagePath(5), m.image());
+    const m2 = await store.put(s2, { downtimeNs: 10, totalNs: 20 });
+    assert.deepEqual([m2.id, m2.kind, m2.parent, m2.images[0]!.file], ["calc@2", "incremental", "calc@1", "pid5.img"]);
+    assert.deepEqual((await store.list("calc")).map((x) => x.id), ["calc@1", "calc@2"]);
+    const opened = await store.openImage("calc@2");
+    assert.equal(memoryDiff((await readImageMemory(opened.path)).pages, m.snapshot()), null);
+    await opened.release();
+    const s3 = await store.stage("calc");
+    writeFileSync(s3.imagePath(5), "junk");
+    await assert.rejects(store.put(s3, { downtimeNs: 0, totalNs: 0 }), ImageError);
+    assert.deepEqual(await store.recover(), [`staging/${s3.dir.split("/").pop()}`]);
     await store.close();
   });
 

@@ -4,3 +4,4 @@ export { shouldMerge, DEFAULT_MERGE_POLICY } from "./merge.js";
 export { retention } from "./gc.js";
 export type { RepairReport } from "./pack.js";
 export type * from "./types.js";
+export { CasStoreAdapter, toManifest } from "./adapter.js";

@@ -2,6 +2,7 @@
 // only marked, new pages packed into blocks compressed concurrently and appended to the
 // current pack; then the commit: packs fsynced, then one SQLite transaction (packs,
 // blocks, pages, manifest, page table). Nothing is visible before that transaction.
+import { stat } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { TgError } from "../../errors.js";
 import { RecordType } from "../../image/format.js";
@@ -29,6 +30,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   if (!ctx.filter || ctx.filter.full) ctx.filter = PageFilter.fromCatalog(cat);
   const filter = ctx.filter;
   const { stream, label } = openImageSource(source);
+  const total = typeof source === "string" ? await stat(source).then((s) => (s.isFile() ? s.size : 0), () => 0) : 0;
+  let lastProgress = 0;
   const appender = new PackAppender(ctx);
   const pipeline = new BlockPipeline(appender, ctx.opts.blockPages, ctx.opts.level, ctx.opts.inflight);
   const pending = new Map<string, [number, number]>();
@@ -117,10 +120,15 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           hashing.push({ ext, p });
           stats.pages += item.npages;
           while (hashing.length > HASH_DEPTH) await indexPages();
+          if (info.onProgress && item.offset - lastProgress >= 64 << 20) {
+            lastProgress = item.offset;
+            info.onProgress(item.offset, total);
+          }
           break;
         }
         case "end":
           stats.imageBytes = item.fileSize;
+          info.onProgress?.(item.fileSize, total || item.fileSize);
           break;
       }
     }

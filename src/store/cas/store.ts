@@ -84,6 +84,14 @@ export class CasStore {
     return this.lock.run(() => ingestImage(this.ctx, app, seq, source, info));
   }
 
+  /** Like ingest, with the next seq of `app` (1 + the highest stored), chosen under the store's lock. */
+  ingestNext(app: string, source: string | Readable, info: IngestInfo = {}): Promise<CasCheckpoint> {
+    return this.lock.run(() => {
+      const seqs = this.ctx.catalog.list(app).map((c) => c.seq);
+      return ingestImage(this.ctx, app, seqs.length === 0 ? 1 : Math.max(...seqs) + 1, source, info);
+    });
+  }
+
   /** Checkpoints being exported: gc keeps them (and their chains) until the export ends. */
   private readonly exporting = new Map<string, number>();
 

@@ -29,6 +29,8 @@ export interface IngestInfo {
   createdAt?: Date;
   /** Free-form JSON-serialisable data kept with the manifest. */
   extra?: unknown;
+  /** Called as the image is read: bytes done, total (0 when unknown: a stream). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface CheckpointStats {
