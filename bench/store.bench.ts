@@ -6,7 +6,7 @@
 import { randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -147,20 +147,27 @@ export async function main(): Promise<void> {
       for (let i = 0; i < buf.length / P; i++) own[first + i]!.copy(buf, i * P);
     });
     const mib = Math.round(bytes / MiB);
-    for (const level of [1, 2, 3]) {
-      const store = await CasStore.open(join(tmp, `level-${level}`), { level });
+    // Best of two runs per level, in the orders 1,2,3 then 3,2,1 (the first ingest of a process pays warm-up).
+    const best = new Map<number, { ms: number; stored: number; pages: number }>();
+    for (const level of [1, 2, 3, 3, 2, 1]) {
+      const root = join(tmp, `level-${level}`);
+      const store = await CasStore.open(root, { level });
       const [c, ms] = await timed(() => store.ingest("bench", 1, img));
       await store.close();
-      rows.push({ case: `own memory ${mib} MiB, zstd ${level}`, bytes, ingestMBps: bytes / MiB / (ms / 1000), storedBytes: c.stats.storedBytes, compression: (c.stats.pages * P) / c.stats.storedBytes });
-      rmSync(join(tmp, `level-${level}`), { recursive: true });
+      rmSync(root, { recursive: true });
+      const prev = best.get(level);
+      if (!prev || ms < prev.ms) best.set(level, { ms, stored: c.stats.storedBytes, pages: c.stats.pages });
     }
+    for (const [level, b] of [...best].sort((x, y) => x[0] - y[0]))
+      rows.push({ case: `own memory ${mib} MiB, zstd ${level}`, bytes, ingestMBps: bytes / MiB / (b.ms / 1000), storedBytes: b.stored, compression: (b.pages * P) / b.stored });
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
   const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v));
   for (const r of rows) console.log(Object.entries(r).map(([k, v]) => `${k}=${fmt(v)}`).join("  "));
   mkdirSync(join(here, "..", "..", "bench", "results"), { recursive: true });
-  writeFileSync(join(here, "..", "..", "bench", "results", "store.json"), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
+  writeFileSync(join(here, "..", "..", "bench", "results", "store.json"), JSON.stringify({ date: new Date().toISOString(), cpus: cpus().length, loadavg: loadavg(), rows }, null, 2) + "\n");
+  console.log(`cpus ${cpus().length}, load average ${loadavg().map((l) => l.toFixed(2)).join(" ")} (other processes compete for the same CPUs)`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) await main();

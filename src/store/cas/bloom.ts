@@ -23,8 +23,10 @@ export class PageFilter {
     return new PageFilter(log2);
   }
 
-  static fromCatalog(cat: Catalog, headroom = 1 << 16): PageFilter {
-    const f = PageFilter.sized(cat.pageCount() + headroom);
+  /** Built from the index, with room to double before it needs rebuilding. */
+  static fromCatalog(cat: Catalog): PageFilter {
+    const n = cat.pageCount();
+    const f = PageFilter.sized(2 * n + (1 << 16));
     for (const [hash] of cat.allPages()) f.add(hash);
     return f;
   }

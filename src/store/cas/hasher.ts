@@ -10,6 +10,11 @@ export class Hasher {
   private readonly waiting = new Map<number, { resolve: (r: { data: Buffer; hashes: Buffer }) => void; reject: (e: Error) => void }>();
   private failed: Error | null = null;
 
+  /** True once the worker died: make a new Hasher. */
+  get broken(): boolean {
+    return this.failed !== null;
+  }
+
   constructor(useWorker = true) {
     if (!useWorker) return;
     try {

@@ -67,7 +67,7 @@ export class CasStore {
   private hasherInstance: Hasher | null = null;
   /** @internal */
   getHasher(): Hasher {
-    this.hasherInstance ??= new Hasher(this.ctx.opts.hashWorker);
+    if (!this.hasherInstance || this.hasherInstance.broken) this.hasherInstance = new Hasher(this.ctx.opts.hashWorker);
     return this.hasherInstance;
   }
 
