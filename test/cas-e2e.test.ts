@@ -1,16 +1,18 @@
 // The content-addressed store with the real C core: the churn fixture is checkpointed by
 // its agent (a full image, then an incremental one after each of its 10 mutation steps:
 // random pages, sweep, new mmaps, munmap, mremap, MADV_DONTNEED, brk up/down, a new thread,
-// mprotect splits), in both tracking modes; every image goes into a CasStore; a middle
+// mprotect splits), in both tracking modes; every image goes into a CasStore (the even
+// steps streamed through a FIFO, as the daemon will do); a middle
 // checkpoint is merged; then exports of an unmerged, the merged and a later checkpoint
 // are restored by tardigrade-restore (through the daemon, swapped into a checkpoint slot
 // of its local store) and the fixture's memory digest must be the one it printed at that step.
 import assert from "node:assert/strict";
-import { createConnection } from "node:net";
-import { mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { constants, mkdirSync, openSync } from "node:fs";
+import { Socket, createConnection } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { CasStore } from "../src/store/cas/index.js";
+import { CasStore, type CasCheckpoint } from "../src/store/cas/index.js";
 import { makeHome, waitFor } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 
@@ -79,10 +81,23 @@ describe("cas store with the real agent and restorer", () => {
           process.kill(h.pids(app)!.app, "SIGUSR1");
           const m = await waitFor(`step ${k}`, () => lastMatch(h.log(app), new RegExp(`^step ${k} ([0-9a-f]{16})$`)));
           const file = join(images, `s${k}.img`);
-          const d = await agentCheckpoint(sock, `${file} incremental parent=${last}`);
+          let d: Done;
+          let c: CasCheckpoint;
+          if (k % 2 === 0) {
+            // Streamed: the agent writes into a FIFO that ingest reads (no image file).
+            execFileSync("mkfifo", [file]);
+            const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+            const ingesting = store.ingest(app, last + 1, new Socket({ fd, readable: true, writable: false }));
+            ingesting.catch(() => undefined);
+            d = await agentCheckpoint(sock, `${file} incremental parent=${last} fifo`);
+            c = await ingesting;
+          } else {
+            d = await agentCheckpoint(sock, `${file} incremental parent=${last}`);
+            c = await store.ingest(app, d.seq!, file);
+          }
           assert.ok(d.ok, JSON.stringify(d));
           assert.equal(d.kind, "incremental", `step ${k}: ${d.full_reason ?? ""}`);
-          const c = await store.ingest(app, d.seq!, file);
+          assert.equal(c.seq, d.seq);
           assert.equal(c.parent, `${app}@${last}`);
           last = c.seq;
           digests.set(k, { id: c.id, digest: m[1]! });
