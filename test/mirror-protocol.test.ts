@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { FrameDecoder, FrameType, ProtocolError, encodeFrame } from "../src/mirror/frames.js";
+import { FrameDecoder, FrameType, PROTOCOL_VERSION, ProtocolError, encodeFrame } from "../src/mirror/frames.js";
 import { decodeCheckpointHeader, encodeCheckpointHeader, decodeWant, encodeWant } from "../src/mirror/messages.js";
 import { parseBytes, parseDuration, parseMirrorUrl } from "../src/mirror/address.js";
 import { TokenTable } from "../src/mirror/tokens.js";
@@ -44,7 +44,7 @@ test("frames round-trip across arbitrary splits; bad ones are refused with a cod
   v[2] = 9;
   assert.equal(code(v), "bad-version");
   const t = Buffer.from(v);
-  t[2] = 1;
+  t[2] = PROTOCOL_VERSION;
   t[3] = 200;
   assert.equal(code(t), "bad-frame-type");
 });

@@ -3,6 +3,19 @@
 // budget. A checkpoint reserves the bytes it will receive before its chunks are
 // asked for; while the budget is spent, reservations wait, so the sessions waiting on
 // them stop reading their sockets (backpressure) until a flush frees memory.
+//
+// Chunk bytes are kept as views of the receive buffers they arrived in, so ingest
+// copies nothing but the few chunks that span two buffers. The byte budget counts
+// chunk bytes, so a view must not keep much more than itself alive: a session copies
+// the chunks of a receive buffer that is mostly other bytes, and a view is only held
+// while the checkpoint that inserted it holds it (when its first reference is
+// dropped while others remain, the entry is copied to its own buffer).
+//
+// Verification: chunks of Chunks frames are cached *unverified* (their SHA-256 is
+// checked by the flush, before anything is written). An unverified chunk is usable
+// only by checkpoints of the source that sent it: another source offering the same
+// name is asked for its own copy, which is verified on arrival and then replaces the
+// unverified bytes. So no source's bytes can spoil another source's checkpoint.
 
 export interface CacheStats {
   bytes: number;
@@ -17,6 +30,12 @@ export interface CacheStats {
 interface Entry {
   data: Buffer;
   refs: number;
+  /** data is a view of a shared receive buffer (see above). */
+  view: boolean;
+  /** The bytes were checked against the name. */
+  verified: boolean;
+  /** The source that sent the bytes. */
+  owner: string;
 }
 
 interface Waiter {
@@ -51,35 +70,91 @@ export class ChunkCache {
     return this.entries.has(hash);
   }
 
+  /** Cached and usable by `source`: verified, or sent by that source itself. */
+  usable(hash: string, source: string): boolean {
+    const e = this.entries.get(hash);
+    return e !== undefined && (e.verified || e.owner === source);
+  }
+
+  /** Cached but not usable by `source`: another source's unverified bytes. */
+  conflicts(hash: string, source: string): boolean {
+    const e = this.entries.get(hash);
+    return e !== undefined && !e.verified && e.owner !== source;
+  }
+
   get(hash: string): Buffer | undefined {
     return this.entries.get(hash)?.data;
   }
 
-  /** Takes a reference on a chunk already cached. Returns false if it is not cached. */
-  pin(hash: string): boolean {
+  isVerified(hash: string): boolean {
+    return this.entries.get(hash)?.verified === true;
+  }
+
+  markVerified(hash: string): void {
     const e = this.entries.get(hash);
-    if (!e) return false;
+    if (e) e.verified = true;
+  }
+
+  /** Takes a reference on a chunk already cached and usable by `source`. Returns false if there is none. */
+  pin(hash: string, source: string): boolean {
+    const e = this.entries.get(hash);
+    if (!e || !(e.verified || e.owner === source)) return false;
     e.refs++;
     return true;
   }
 
+  /** Drops a chunk whatever its references (its bytes failed verification). */
+  evict(hash: string): void {
+    const e = this.entries.get(hash);
+    if (!e) return;
+    this.entries.delete(hash);
+    this.bytes -= e.data.length;
+    this.grant();
+  }
+
   /**
    * Converts `reservedBytes` of a reservation into the chunk's data (or, when the
-   * chunk is already cached, just pins it and returns the reservation).
+   * chunk is already cached and usable by `owner`, just pins it and returns the
+   * reservation). `verified`: the caller checked the bytes against the name; verified
+   * bytes replace another source's unverified ones (the caller must have checked
+   * conflicts() and verified in that case). With `keepView`, `data` (a view of a
+   * receive buffer) is kept as is; otherwise it is copied unless it is (nearly) its
+   * buffer's only content. Returns true when `data` was stored.
    */
-  insert(hash: string, data: Buffer, reservedBytes: number): void {
+  insert(hash: string, data: Buffer, reservedBytes: number, owner: string, verified: boolean, keepView = false): boolean {
     this.reserved -= reservedBytes;
     const e = this.entries.get(hash);
-    if (e) {
+    let stored = false;
+    const alone = data.buffer.byteLength <= data.length + 64;
+    const own = keepView || alone ? data : Buffer.from(data);
+    if (e && (e.verified || e.owner === owner)) {
       e.refs++;
+    } else if (e) {
+      if (!verified) throw new Error(`internal error: unverified chunk ${hash} over another source's unverified copy`);
+      this.bytes += data.length - e.data.length;
+      e.data = own;
+      e.view = keepView && !alone;
+      e.verified = true;
+      e.owner = owner;
+      e.refs++;
+      stored = true;
     } else {
-      // Copy only when the chunk is a small view of a larger read buffer, which it would keep alive.
-      const own = data.buffer.byteLength <= data.length + 64 ? data : Buffer.from(data);
-      this.entries.set(hash, { data: own, refs: 1 });
+      this.entries.set(hash, { data: own, refs: 1, view: keepView && !alone, verified, owner });
       this.bytes += data.length;
+      stored = true;
     }
     this.notePeak();
     this.grant();
+    return stored;
+  }
+
+  /** Gives a cached chunk a buffer of its own (it stops keeping its frame alive). */
+  privatize(hash: string): void {
+    const e = this.entries.get(hash);
+    if (e?.view) {
+      e.data = Buffer.from(e.data);
+      e.view = false;
+    }
   }
 
   unpin(hash: string): void {
@@ -89,6 +164,10 @@ export class ChunkCache {
       this.entries.delete(hash);
       this.bytes -= e.data.length;
       this.grant();
+    } else if (e.view) {
+      // Its inserter let go; the others must not keep the inserter's frame alive.
+      e.data = Buffer.from(e.data);
+      e.view = false;
     }
   }
 

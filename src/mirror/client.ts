@@ -10,7 +10,7 @@ import { parseMirrorUrl, type MirrorAddress } from "./address.js";
 import { FramedConnection, MirrorRemoteError, remoteError } from "./connection.js";
 import { dial, type DialOptions } from "./dial.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
-import { chunkParts, decodeWant, encodeCheckpointHeader, parseJson } from "./messages.js";
+import { MAX_CHUNKS_PER_FRAME, decodeWant, encodeCheckpointHeader, encodeChunksTable, parseJson } from "./messages.js";
 import { checkCheckpoint, headerOf, type MirrorCheckpoint } from "./objects.js";
 import { silentLogger } from "./log.js";
 
@@ -28,7 +28,12 @@ export interface MirrorClientOptions {
   dial?: DialOptions;
   backoff?: { initialMs?: number; maxMs?: number };
   logger?: Logger;
+  /** Chunk bytes per Chunks frame (default 1 MiB; a chunk bigger than this goes alone). */
+  frameBytes?: number;
 }
+
+/** Default chunk bytes per Chunks frame: big enough that per-frame costs vanish. */
+export const DEFAULT_FRAME_BYTES = 1024 * 1024;
 
 export interface MirrorStateEvent {
   source: string;
@@ -304,27 +309,40 @@ export class MirrorClient extends EventEmitter {
     const { id, wanted } = decodeWant(await want, header.chunks.length);
     if (id !== c.id) throw new Error(`mirror sent Want for ${id} while ${c.id} was offered`);
     this.stats.chunksSkipped += header.chunks.length - wanted.length;
+    // The wanted chunks go in Chunks frames of about frameBytes each (one table, then
+    // the chunks' own buffers: nothing is copied), corked so each frame is one writev.
+    const limit = this.opts.frameBytes ?? DEFAULT_FRAME_BYTES;
     const sock = conn.socket;
-    let n = 0;
-    sock.cork();
-    try {
-      for (const i of wanted) {
-        const ref = header.chunks[i];
-        if (!ref) throw new Error(`mirror asked for chunk #${i} of ${c.id}, which has ${header.chunks.length}`);
-        const data = c.chunks.get(ref.hash) as Buffer;
-        this.stats.chunksSent++;
-        this.stats.chunkBytesSent += data.length;
-        conn.write(FrameType.Chunk, chunkParts(ref.hash, data));
-        if (++n % 64 === 0) {
-          // Send in batches (one writev each) and respect the socket's backpressure.
-          sock.uncork();
-          await conn.waitDrain();
-          sock.cork();
-        }
-      }
-    } finally {
+    let hashes: string[] = [];
+    let sizes: number[] = [];
+    let parts: Buffer[] = [];
+    let bytes = 0;
+    const sendFrame = async (): Promise<void> => {
+      if (hashes.length === 0) return;
+      const table = encodeChunksTable(hashes, sizes);
+      parts.unshift(table);
+      sock.cork();
+      const ok = conn.write(FrameType.Chunks, parts);
       sock.uncork();
+      this.stats.chunksSent += hashes.length;
+      this.stats.chunkBytesSent += bytes;
+      hashes = [];
+      sizes = [];
+      parts = [];
+      bytes = 0;
+      if (!ok) await conn.waitDrain();
+    };
+    for (const i of wanted) {
+      const ref = header.chunks[i];
+      if (!ref) throw new Error(`mirror asked for chunk #${i} of ${c.id}, which has ${header.chunks.length}`);
+      const data = c.chunks.get(ref.hash) as Buffer;
+      if (hashes.length > 0 && (bytes + data.length > limit || hashes.length >= MAX_CHUNKS_PER_FRAME)) await sendFrame();
+      hashes.push(ref.hash);
+      sizes.push(data.length);
+      parts.push(data);
+      bytes += data.length;
     }
+    await sendFrame();
     await conn.sendJson(FrameType.Commit, { id: c.id });
   }
 }

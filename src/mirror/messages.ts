@@ -156,3 +156,101 @@ export function decodeChunk(p: Buffer): { hash: string; data: Buffer } {
   if (!isValidHash(hash)) malformed("Chunk hash is not valid");
   return { hash, data: p.subarray(HASH_BYTES) };
 }
+
+// Chunks payload (protocol 2, source -> destination): many chunks of the current
+// checkpoint in one frame:
+//   u32 count | count x (32-byte sha256 | u32 size) | the chunks' bytes, in table order
+/** Most chunks in one Chunks frame (the table is then at most 36 * 65536 bytes). */
+export const MAX_CHUNKS_PER_FRAME = 65_536;
+
+/** Bytes per Chunks table entry (32-byte SHA-256, u32 size). */
+export const CHUNKS_ENTRY_BYTES = REF_BYTES;
+
+/** The table part of a Chunks frame; the chunks' bytes follow it as separate parts. */
+export function encodeChunksTable(hashes: readonly string[], sizes: readonly number[]): Buffer {
+  const t = Buffer.allocUnsafe(4 + hashes.length * REF_BYTES);
+  t.writeUInt32LE(hashes.length, 0);
+  let off = 4;
+  for (let i = 0; i < hashes.length; i++) {
+    t.write(hashes[i] as string, off, "hex");
+    t.writeUInt32LE(sizes[i] as number, off + HASH_BYTES);
+    off += REF_BYTES;
+  }
+  return t;
+}
+
+export interface DecodedChunks {
+  /** Lowercase hex SHA-256 each chunk claims to have. */
+  hashes: string[];
+  /**
+   * Each chunk's bytes: a view of the receive buffer it lies in, or a copy of its
+   * pieces when it spans two (check `data[i].buffer` before keeping a view).
+   */
+  data: Buffer[];
+  /** The table: entry i's 32-byte SHA-256 is at i * 36. */
+  table: Buffer;
+}
+
+/** Joins `n` bytes from the parts at the cursor (a view when they lie in one part). */
+class PartsReader {
+  private i = 0;
+  private off = 0;
+  constructor(private readonly parts: readonly Buffer[]) {}
+
+  read(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    let p = this.parts[this.i] as Buffer;
+    while (this.off === p.length) {
+      this.i++;
+      this.off = 0;
+      p = this.parts[this.i] as Buffer;
+    }
+    if (p.length - this.off >= n) {
+      const v = p.subarray(this.off, this.off + n);
+      this.off += n;
+      return v;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      p = this.parts[this.i] as Buffer;
+      const k = Math.min(p.length - this.off, n - at);
+      p.copy(out, at, this.off, this.off + k);
+      at += k;
+      this.off += k;
+      if (this.off === p.length && at < n) {
+        this.i++;
+        this.off = 0;
+      }
+    }
+    return out;
+  }
+}
+
+/**
+ * Splits a Chunks payload (given as the pieces it arrived in, `total` bytes); checks
+ * the layout, not the hashes (the caller verifies them).
+ */
+export function decodeChunks(parts: readonly Buffer[], total: number): DecodedChunks {
+  if (total < 4) malformed(`Chunks payload is ${total} bytes, too short for its count`);
+  const r = new PartsReader(parts);
+  const count = r.read(4).readUInt32LE(0);
+  if (count === 0 || count > MAX_CHUNKS_PER_FRAME) malformed(`Chunks frame holds ${count} chunks; 1 to ${MAX_CHUNKS_PER_FRAME} allowed`);
+  const tableEnd = 4 + count * REF_BYTES;
+  if (tableEnd > total) malformed(`Chunks table of ${count} entries runs past the ${total}-byte payload`);
+  const table = r.read(count * REF_BYTES);
+  const hashes: string[] = new Array<string>(count);
+  const sizes: number[] = new Array<number>(count);
+  let at = tableEnd;
+  for (let i = 0, off = 0; i < count; i++, off += REF_BYTES) {
+    const size = table.readUInt32LE(off + HASH_BYTES);
+    if (size > MAX_CHUNK_SIZE) malformed(`Chunks entry ${i} is ${size} bytes, the limit is ${MAX_CHUNK_SIZE}`);
+    hashes[i] = table.toString("hex", off, off + HASH_BYTES);
+    sizes[i] = size;
+    at += size;
+  }
+  if (at !== total) malformed(`Chunks payload is ${total} bytes but its table describes ${at}`);
+  const data: Buffer[] = new Array<Buffer>(count);
+  for (let i = 0; i < count; i++) data[i] = r.read(sizes[i] as number);
+  return { hashes, data, table };
+}

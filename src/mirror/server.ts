@@ -14,7 +14,7 @@ import { FrameType } from "./frames.js";
 import { Session, type SessionHost, type SourcePosition } from "./session.js";
 import { silentLogger } from "./log.js";
 import type { TokenTable } from "./tokens.js";
-import { isValidName } from "./objects.js";
+import { isValidName, sha256hex } from "./objects.js";
 
 export interface MirrorServerOptions {
   host?: string;
@@ -76,6 +76,9 @@ export interface MirrorMetrics {
   cache: CacheStats;
   generation: number;
 }
+
+/** Bytes the flush hashes between two turns of the event loop. */
+const VERIFY_SLICE_BYTES = 4 * 1024 * 1024;
 
 export const DEFAULTS = {
   cacheMaxBytes: 256 * 1024 * 1024,
@@ -340,6 +343,11 @@ export class MirrorServer implements SessionHost {
     }
     this.inFlight = batch;
     const t0 = Date.now();
+    await this.verifyBatch(batch);
+    if (batch.length === 0) {
+      this.inFlight = [];
+      return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
+    }
     const seen = new Set<string>();
     const cache = this.cache;
     const store = this.store;
@@ -421,6 +429,74 @@ export class MirrorServer implements SessionHost {
     }
     this.flusher.armDelay();
     return { generation: result.generation, checkpoints: batch.length, sources: bySource.size, reasons };
+  }
+
+  /**
+   * Checks every unverified chunk of the batch against its SHA-256 before anything is
+   * written, on the event loop in slices (packets keep flowing in between). A source
+   * with a chunk that fails loses that checkpoint and every later one it has queued
+   * (none becomes durable; its seq order is kept): its connection is closed with
+   * checksum-mismatch, the bad bytes are dropped, and its client sends them again
+   * after reconnecting (the Hello answer no longer lists them).
+   */
+  private async verifyBatch(batch: QueuedCheckpoint[]): Promise<void> {
+    const cache = this.cache;
+    const bad = new Map<string, string>();
+    const checked = new Set<string>();
+    let sinceYield = 0;
+    for (const q of batch) {
+      for (const h of q.chunkHashes) {
+        if (checked.has(h)) continue;
+        checked.add(h);
+        if (cache.isVerified(h)) continue;
+        const data = cache.get(h);
+        if (!data) continue;
+        const actual = sha256hex(data);
+        if (actual === h) cache.markVerified(h);
+        else bad.set(h, actual);
+        sinceYield += data.length;
+        if (sinceYield >= VERIFY_SLICE_BYTES) {
+          sinceYield = 0;
+          await new Promise((r) => setImmediate(r));
+        }
+      }
+    }
+    if (bad.size === 0) return;
+    const firstBad = new Map<string, { seq: number; id: string; hash: string; actual: string }>();
+    for (const q of batch) {
+      if (firstBad.has(q.source)) continue;
+      for (const h of q.chunkHashes) {
+        const actual = bad.get(h);
+        if (actual !== undefined) {
+          firstBad.set(q.source, { seq: q.seq, id: q.id, hash: h, actual });
+          break;
+        }
+      }
+    }
+    const dropped: QueuedCheckpoint[] = [];
+    for (const list of [batch, this.queue]) {
+      for (let i = list.length - 1; i >= 0; i--) {
+        const q = list[i] as QueuedCheckpoint;
+        const f = firstBad.get(q.source);
+        if (f && q.seq >= f.seq) dropped.unshift(...list.splice(i, 1));
+      }
+    }
+    for (const [source, f] of firstBad) {
+      const ids = dropped.filter((q) => q.source === source).map((q) => q.id);
+      const err = new ProtocolError(
+        "checksum-mismatch",
+        `checksum mismatch: chunk ${f.hash} of checkpoint ${source}/${f.id} hashes to ${f.actual}; ` +
+          `checkpoint(s) ${ids.join(", ")} were not made durable and must be sent again`,
+      );
+      this.log.warn({ code: err.code, source, dropped: ids }, err.message);
+      // Closing the connection also drops the checkpoint it has in progress.
+      this.sources.get(source)?.fail(err);
+    }
+    for (const q of dropped) {
+      for (const h of q.chunkHashes) cache.unpin(h);
+      cache.release(q.header.length);
+    }
+    for (const h of bad.keys()) cache.evict(h);
   }
 
   metrics(): MirrorMetrics {

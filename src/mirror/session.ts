@@ -5,7 +5,7 @@ import type { Logger } from "pino";
 import type { FramedConnection } from "./connection.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
 import type { FlushOutcome, FlushReason } from "./flusher.js";
-import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, optStr, parseJson, str } from "./messages.js";
+import { chunkParts, decodeCheckpointHeader, decodeChunk, decodeChunks, encodeWant, optStr, parseJson, str } from "./messages.js";
 import { sha256hex, type CheckpointHeader } from "./objects.js";
 import type { ChunkCache } from "./cache.js";
 import type { ListedCheckpoint, QueuedCheckpoint } from "./server.js";
@@ -99,6 +99,8 @@ export class Session {
     if (this.conn.isClosed) return;
     this.log.warn({ code: err.code, source: this.source }, err.message);
     this.conn.fail(err);
+    // Now, not when the read loop notices: the partial checkpoint's cache references go at once.
+    this.abortCurrent(`connection closed: ${err.code}`);
   }
 
   /** Sent by the server when a flush made some of this source's checkpoints durable. */
@@ -117,6 +119,8 @@ export class Session {
     switch (f.type) {
       case FrameType.Offer:
         return this.offer(f.payload);
+      case FrameType.Chunks:
+        return this.chunks(f.parts ?? [f.payload]);
       case FrameType.Chunk:
         return this.chunk(f.payload);
       case FrameType.Commit:
@@ -177,7 +181,7 @@ export class Session {
     let bytes = 0;
     header.chunks.forEach((c, i) => {
       bytes += c.size;
-      if (this.host.onDisk(c.hash) || cache.has(c.hash)) return;
+      if (this.host.onDisk(c.hash) || cache.usable(c.hash, source)) return;
       wanted.push(i);
       missing.set(c.hash, c.size);
       reservedChunks += c.size;
@@ -196,7 +200,7 @@ export class Session {
     const pinned: string[] = [];
     for (const c of header.chunks) {
       if (missing.has(c.hash)) continue;
-      if (cache.pin(c.hash)) pinned.push(c.hash);
+      if (cache.pin(c.hash, source)) pinned.push(c.hash);
       else if (!this.host.onDisk(c.hash)) {
         // Was cached at offer time but got flushed meanwhile: it is on disk now, unless
         // its owner aborted; then ask for it after all (reservation may overshoot a bit).
@@ -209,26 +213,91 @@ export class Session {
     await this.conn.send(FrameType.Want, [encodeWant(header.id, header.chunks.length, wanted)]);
   }
 
+  /** A single-chunk frame (protocol 1's way; still accepted). */
   private chunk(payload: Buffer): void {
-    const cur = this.current;
-    if (!cur) throw new ProtocolError("out-of-order", "out-of-order frame: Chunk before any Offer");
+    const cur = this.inProgress("Chunk");
     const { hash, data } = decodeChunk(payload);
-    const size = cur.missing.get(hash);
-    if (size === undefined) {
-      throw new ProtocolError("out-of-order", `out-of-order frame: chunk ${hash} was not asked for in checkpoint ${cur.header.id}`);
+    this.accept(cur, hash, data, false);
+  }
+
+  /**
+   * A Chunks frame: many chunks of the current checkpoint, cut out of the receive
+   * buffers without copying (a chunk spanning two buffers is the only copy). Their
+   * names and sizes are checked here; their bytes are cached unverified, usable only
+   * by this source, and the flush checks them against their SHA-256 before anything
+   * is written (see cache.ts and MirrorServer.verifyBatch).
+   */
+  private chunks(parts: Buffer[]): void {
+    const cur = this.inProgress("Chunks");
+    const source = this.source as string;
+    const cache = this.host.cache;
+    let total = 0;
+    for (const p of parts) total += p.length;
+    const { hashes, data } = decodeChunks(parts, total);
+    // Bytes kept as views, per receive buffer: a view keeps its whole buffer alive.
+    const kept = new Map<ArrayBufferLike, number>();
+    const stored: number[] = [];
+    for (let i = 0; i < hashes.length; i++) {
+      const hash = hashes[i] as string;
+      const d = data[i] as Buffer;
+      this.claim(cur, hash, d.length);
+      // Another source's unverified copy is cached under this name: check ours now
+      // (rare), so that it can replace theirs without trusting either.
+      const verified = cache.conflicts(hash, source) ? (this.verify(hash, d), true) : false;
+      if (this.store(cur, hash, d, verified, true)) {
+        kept.set(d.buffer, (kept.get(d.buffer) ?? 0) + d.length);
+        stored.push(i);
+      }
     }
-    if (data.length !== size) {
-      throw new ProtocolError("checksum-mismatch", `chunk ${hash} is ${data.length} bytes, the offer said ${size}`);
+    // A receive buffer mostly made of other bytes (frame headers, chunks spanning into
+    // the next buffer, duplicates dropped) is not kept alive for a few chunks: those
+    // get buffers of their own. So cached chunk data keeps at most twice its size alive.
+    for (const i of stored) {
+      const d = data[i] as Buffer;
+      if ((kept.get(d.buffer) as number) * 2 < d.buffer.byteLength) cache.privatize(hashes[i] as string);
     }
+  }
+
+  private inProgress(what: string): InProgress {
+    const cur = this.current;
+    if (!cur) throw new ProtocolError("out-of-order", `out-of-order frame: ${what} before any Offer`);
+    return cur;
+  }
+
+  /** Verifies one wanted chunk (size, SHA-256) and caches it. True if its bytes were stored. */
+  private accept(cur: InProgress, hash: string, data: Buffer, keepView: boolean): boolean {
+    this.claim(cur, hash, data.length);
+    this.verify(hash, data);
+    return this.store(cur, hash, data, true, keepView);
+  }
+
+  private verify(hash: string, data: Buffer): void {
     const actual = sha256hex(data);
     if (actual !== hash) {
       throw new ProtocolError("checksum-mismatch", `checksum mismatch: chunk announced as ${hash} hashes to ${actual}`);
     }
+  }
+
+  /** Checks that a chunk is wanted and of the offered size, and marks it as arrived. */
+  private claim(cur: InProgress, hash: string, length: number): number {
+    const size = cur.missing.get(hash);
+    if (size === undefined) {
+      throw new ProtocolError("out-of-order", `out-of-order frame: chunk ${hash} was not asked for in checkpoint ${cur.header.id}`);
+    }
+    if (length !== size) {
+      throw new ProtocolError("checksum-mismatch", `chunk ${hash} is ${length} bytes, the offer said ${size}`);
+    }
     cur.missing.delete(hash);
-    const reserved = Math.min(size, cur.reservedChunks);
+    return size;
+  }
+
+  /** Caches a chunk, turning its reservation into data. True if its bytes were stored. */
+  private store(cur: InProgress, hash: string, data: Buffer, verified: boolean, keepView: boolean): boolean {
+    const reserved = Math.min(data.length, cur.reservedChunks);
     cur.reservedChunks -= reserved;
-    this.host.cache.insert(hash, data, reserved);
+    const stored = this.host.cache.insert(hash, data, reserved, this.source as string, verified, keepView);
     cur.pinned.push(hash);
+    return stored;
   }
 
   private commit(payload: Buffer): void {
@@ -306,3 +375,4 @@ export class Session {
     await this.conn.sendJson(FrameType.FetchEnd, { id, chunks: sent });
   }
 }
+
