@@ -11,7 +11,7 @@ import { pipeline } from "node:stream/promises";
 import { createWriteStream } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { ImageError } from "../src/image/parser.js";
-import { sampleImage } from "../src/image/writer.js";
+import { buildImage, cwdRecord, pagesRecord, procRecord, sampleImage, vmaRecord } from "../src/image/writer.js";
 import { CasStore, CasStoreAdapter, shouldMerge } from "../src/store/cas/index.js";
 import { MemModel, P, churnChain, memoryDiff, readImageMemory } from "./helpers/cas-images.js";
 
@@ -112,6 +112,10 @@ describe("cas store", () => {
     const out = await readFile(await exportToFile(store, "same@3"));
     assert.ok(out.equals(img), `export differs (${out.length} vs ${img.length} bytes)`);
     assert.equal((await store.stats()).uniquePages, 5, "5 distinct page contents");
+    // A zero-length payload (empty CWD) streams through too, byte for byte.
+    const empty = buildImage([procRecord(), cwdRecord(""), vmaRecord({ start: 0x10000n, end: 0x12000n }), pagesRecord(0x10000n, Buffer.alloc(P, 7))]);
+    await store.ingest("same", 4, writeImage(empty));
+    assert.ok((await readFile(await exportToFile(store, "same@4"))).equals(empty));
     await store.close();
   });
 

@@ -56,6 +56,7 @@ class ByteSource {
 
   /** Exactly n bytes, or null when the stream ends first (`available()` then says how many were left). */
   async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
     if (!(await this.fill(n))) return null;
     let out: Buffer;
     const first = this.chunks[0]!;
