@@ -90,9 +90,14 @@ function ownMemoryPages(): Buffer[] {
   return pages;
 }
 
+let lastCpuMs = 0;
+/** Runs fn; returns its result and wall ms, and leaves the CPU ms of this process (all threads) in lastCpuMs. */
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const c = process.cpuUsage();
   const t = performance.now();
   const r = await fn();
+  const d = process.cpuUsage(c);
+  lastCpuMs = (d.user + d.system) / 1000;
   return [r, performance.now() - t];
 }
 
@@ -121,8 +126,10 @@ export async function main(): Promise<void> {
       rmSync(join(tmp, "copy.img"));
       const store = await CasStore.open(join(tmp, `store-${mib}`));
       const [c1, ingestMs] = await timed(() => store.ingest("bench", 1, img));
+      const ingestCpu = lastCpuMs;
       const [c2, dedupMs] = await timed(() => store.ingest("bench", 2, img));
       const [, exportMs] = await timed(() => pipeline(store.exportImage("bench@1"), sink()));
+      const exportCpu = lastCpuMs;
       const st = await store.stats();
       await store.close();
       const row = {
@@ -133,6 +140,9 @@ export async function main(): Promise<void> {
         dedupIngestMBps: bytes / MiB / (dedupMs / 1000),
         exportMBps: bytes / MiB / (exportMs / 1000),
         ingestVsCopy: copyMs / ingestMs,
+        /** CPU seconds (all threads) per GiB: independent of what else runs on the VM. */
+        ingestCpuSecPerGiB: ingestCpu / 1000 / (bytes / 1024 / MiB),
+        exportCpuSecPerGiB: exportCpu / 1000 / (bytes / 1024 / MiB),
         exportVsCopy: copyMs / exportMs,
         storedBytes: c1.stats.storedBytes,
         dedupStoredBytes: c2.stats.storedBytes,
