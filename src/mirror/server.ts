@@ -346,6 +346,7 @@ export class MirrorServer implements SessionHost {
     await this.verifyBatch(batch);
     if (batch.length === 0) {
       this.inFlight = [];
+      this.flusher.armDelay();
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
     }
     const seen = new Set<string>();
