@@ -73,6 +73,9 @@ export class Catalog {
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");
     db.pragma("busy_timeout = 5000");
+    // Page hashes are random keys: a B-tree of 32-byte keys gets touched all over by every
+    // ingest. A 64 MiB page cache (instead of 2 MiB) roughly halves insert time at 500k pages.
+    db.pragma("cache_size = -65536");
     db.exec(SCHEMA);
     const v = db.prepare("SELECT value FROM kv WHERE key = 'schema'").pluck().get() as string | undefined;
     if (v === undefined) db.prepare("INSERT INTO kv (key, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION));
