@@ -2,7 +2,7 @@
 // server process, against a raw TCP copy of the same bytes (to a process that only
 // counts them) measured in the same run; fsync calls per committed checkpoint.
 import { spawn } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,6 +30,25 @@ interface Row {
   flushes: number;
   fsyncs: number;
   fsyncsPerCheckpoint: number;
+  /** CPU seconds (user + system, both processes) per GiB moved: independent of other load on the machine. */
+  rawCpuSPerGiB: number;
+  /** Same for the mirror, from the first offer to the last durable ack (includes flushes). */
+  mirrorCpuSPerGiB: number;
+  /** The server process's part of mirrorCpuSPerGiB (the rest is the sources, in this process). */
+  serverCpuSPerGiB: number;
+}
+
+/** CPU time (user + system) a process has used, in ms (Linux /proc; clock ticks of 10 ms). */
+function procCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+}
+
+/** CPU time this process has used, in ms. */
+function selfCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }
 
 function makeCheckpoints(sources: number, perSource: number, pages: number, pageSize: number): MirrorCheckpoint[][] {
@@ -40,14 +59,14 @@ function makeCheckpoints(sources: number, perSource: number, pages: number, page
 }
 
 /** A process that accepts connections and discards everything (the raw TCP baseline). */
-async function startSink(): Promise<{ port: number; stop(): void }> {
+async function startSink(): Promise<{ port: number; pid: number; stop(): void }> {
   const code = `
     const net = require("node:net");
     const s = net.createServer((c) => { c.on("data", () => {}); c.on("end", () => c.end("k")); });
     s.listen(0, "127.0.0.1", () => console.log(s.address().port));`;
   const child = spawn(process.execPath, ["-e", code], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise<number>((resolve) => child.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim()))));
-  return { port, stop: () => child.kill("SIGKILL") };
+  return { port, pid: child.pid as number, stop: () => child.kill("SIGKILL") };
 }
 
 /** Sends every chunk and manifest of each source's checkpoints over one plain connection per source. */
@@ -120,8 +139,14 @@ async function runCase(name: string, sources: number, perSource: number, pages: 
   ]);
   try {
     await rawCopy(sink.port, cks.map((l) => l.slice(0, 1))); // warm-up
+    const rawCpu0 = procCpuMs(sink.pid) + selfCpuMs();
     const rawMs = await rawCopy(sink.port, cks);
+    const rawCpuMs = procCpuMs(sink.pid) + selfCpuMs() - rawCpu0;
+    const serverCpu0 = procCpuMs(srv.pid);
+    const clientCpu0 = selfCpuMs();
     const { receivedMs, durableMs } = await mirrorIngest(srv, cks);
+    const serverCpuMs = procCpuMs(srv.pid) - serverCpu0;
+    const mirrorCpuMs = serverCpuMs + selfCpuMs() - clientCpu0;
     const total = cks.reduce((n, l) => n + l.length, 0);
     // The durable acks can arrive before the last flush's log line does.
     const committedSoFar = (): number =>
@@ -146,6 +171,9 @@ async function runCase(name: string, sources: number, perSource: number, pages: 
       flushes: flushes.length,
       fsyncs,
       fsyncsPerCheckpoint: fsyncs / Math.max(1, committed),
+      rawCpuSPerGiB: rawCpuMs / 1000 / (bytes / 2 ** 30),
+      mirrorCpuSPerGiB: mirrorCpuMs / 1000 / (bytes / 2 ** 30),
+      serverCpuSPerGiB: serverCpuMs / 1000 / (bytes / 2 ** 30),
     };
   } finally {
     sink.stop();
@@ -165,16 +193,19 @@ export async function main(): Promise<void> {
   const f = (n: number, d = 0): string => n.toFixed(d);
   console.log(
     ["case".padEnd(26), "MiB".padStart(5), "raw MB/s".padStart(9), "ingest MB/s".padStart(12), "recv/raw".padStart(9),
-      "durable/raw".padStart(12), "ckpts".padStart(6), "flushes".padStart(8), "fsync/ckpt".padStart(11)].join(" "),
+      "durable/raw".padStart(12), "ckpts".padStart(6), "flushes".padStart(8), "fsync/ckpt".padStart(11),
+      "raw CPU s/GiB".padStart(14), "mirror CPU s/GiB".padStart(17), "(server)".padStart(9)].join(" "),
   );
   for (const r of rows) {
     console.log(
       [r.case.padEnd(26), f(r.bytes / MiB).padStart(5), f(r.rawMBps).padStart(9), f(r.ingestMBps).padStart(12),
         f(r.ratioReceived, 2).padStart(9), f(r.ratioDurable, 2).padStart(12), String(r.checkpoints).padStart(6),
-        String(r.flushes).padStart(8), f(r.fsyncsPerCheckpoint, 2).padStart(11)].join(" "),
+        String(r.flushes).padStart(8), f(r.fsyncsPerCheckpoint, 2).padStart(11),
+        f(r.rawCpuSPerGiB, 2).padStart(14), f(r.mirrorCpuSPerGiB, 2).padStart(17), f(r.serverCpuSPerGiB, 2).padStart(9)].join(" "),
     );
   }
   console.log("ratios: raw TCP time / mirror time for the same bytes in the same run (1.0 = as fast as raw TCP); target 4-source >= 0.7");
+  console.log("CPU s/GiB: user+system CPU of both processes per GiB (mirror: until the last durable ack, flushes included); not affected by other load");
   const out = join(here, "..", "..", "bench", "results");
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, "mirror.json"), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
