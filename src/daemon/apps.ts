@@ -87,6 +87,7 @@ class KeyedLock {
 export class AppManager {
   private readonly lock = new KeyedLock();
   private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly periodicInFlight = new Set<string>();
 
   constructor(
     readonly home: string,
@@ -130,12 +131,17 @@ export class AppManager {
     this.timers.delete(name);
     if (!everyMs) return;
     const t = setInterval(() => {
+      // A tick is skipped while the previous periodic checkpoint still runs (no pile-up).
+      if (this.periodicInFlight.has(name)) return;
       const st = new AppDir(this.home, name).state();
       if (st?.state !== "running") return;
-      this.checkpoint(name).then(
-        (m) => this.log.info({ app: name, id: m.id }, "periodic checkpoint"),
-        (e) => this.log.warn({ app: name, err: errMessage(e) }, "periodic checkpoint failed"),
-      );
+      this.periodicInFlight.add(name);
+      this.checkpoint(name)
+        .then(
+          (m) => this.log.info({ app: name, id: m.id }, "periodic checkpoint"),
+          (e) => this.log.warn({ app: name, err: errMessage(e) }, "periodic checkpoint failed"),
+        )
+        .finally(() => this.periodicInFlight.delete(name));
     }, everyMs);
     t.unref();
     this.timers.set(name, t);

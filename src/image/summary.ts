@@ -1,4 +1,5 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
+import { constants as osConstants } from "node:os";
 import { FD_KIND, VMA_KIND } from "./format.js";
 import { parseImage } from "./parser.js";
 
@@ -24,6 +25,20 @@ export interface ImageSummary {
   threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string }[];
   fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
   pipes: { inode: string; bytes: number }[];
+  /** Signals whose disposition is not the default: handler address, or "ignore". */
+  signals: { signo: number; name: string; handler: string; flags: string; mask: string }[];
+  /** Limits that are not unlimited (cur/max, "inf" for RLIM_INFINITY). */
+  rlimits: { resource: string; cur: string; max: string }[];
+  tracking: { mode: number; pagesScanned: string; pagesWritten: string; freshMappings: string } | null;
+}
+
+const RLIMIT_NAMES = ["cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"];
+const INF = 0xffffffffffffffffn;
+const lim = (v: bigint): string => (v === INF ? "inf" : v.toString());
+
+function signalName(n: number): string {
+  const entry = Object.entries(osConstants.signals).find(([, v]) => v === n);
+  return entry ? entry[0] : n >= 34 ? `SIGRTMIN+${n - 34}` : `SIG${n}`;
 }
 
 export async function summarizeImage(path: string): Promise<ImageSummary> {
@@ -49,5 +64,17 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
     fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: f.path, flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
+    signals: img.sigactions
+      .filter((a) => a.handler !== 0n)
+      .map((a) => ({ signo: a.signo, name: signalName(a.signo), handler: a.handler === 1n ? "ignore" : hex(a.handler), flags: hex(a.flags), mask: hex(a.mask) })),
+    rlimits: img.rlimits
+      .map((r, i) => ({ resource: RLIMIT_NAMES[i] ?? `rlimit${i}`, cur: lim(r.cur), max: lim(r.max) }))
+      .filter((r) => r.cur !== "inf" || r.max !== "inf"),
+    tracking: img.tracking && {
+      mode: img.tracking.mode,
+      pagesScanned: img.tracking.pagesScanned.toString(),
+      pagesWritten: img.tracking.pagesWritten.toString(),
+      freshMappings: img.tracking.freshMappings.toString(),
+    },
   };
 }
