@@ -35,12 +35,20 @@ export interface CheckpointRow {
   stats: string;
 }
 
-/** One entry of a page table: PAGES (hashes = npages × 32 bytes, zero pages = 32 zero bytes) or PAGES_CLEAR (hashes = null). */
+/**
+ * One entry of a page table: PAGES (hashes = npages × 32 bytes, zero pages = 32 zero bytes)
+ * or PAGES_CLEAR (hashes = null). `locs` (PAGES only, may be null): npages × { u32 block,
+ * u32 idx } where each page was when the row was written, a hint that saves an index
+ * lookup per page on export: blocks are immutable and their ids never reused, so a hint
+ * is right as long as its block exists (gc moves pages to new blocks; then the hash is
+ * looked up). Block 0 = zero page.
+ */
 export interface ExtentRow {
   ord: number;
   page: number;
   npages: number;
   hashes: Buffer | null;
+  locs: Buffer | null;
 }
 
 const SCHEMA = `
@@ -53,7 +61,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   cid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, app TEXT NOT NULL, seq INTEGER NOT NULL,
   kind TEXT NOT NULL, parent TEXT, synthetic INTEGER NOT NULL, created_at TEXT NOT NULL, pid INTEGER NOT NULL,
   stats TEXT NOT NULL, header BLOB NOT NULL, meta BLOB NOT NULL, UNIQUE (app, seq));
-CREATE TABLE IF NOT EXISTS extents (cid INTEGER NOT NULL, ord INTEGER NOT NULL, page INTEGER NOT NULL, npages INTEGER NOT NULL, hashes BLOB, PRIMARY KEY (cid, ord));
+CREATE TABLE IF NOT EXISTS extents (cid INTEGER NOT NULL, ord INTEGER NOT NULL, page INTEGER NOT NULL, npages INTEGER NOT NULL, hashes BLOB, locs BLOB, PRIMARY KEY (cid, ord));
 `;
 
 const CK_COLS = "cid, id, app, seq, kind, parent, synthetic, created_at, pid, stats";
@@ -107,8 +115,9 @@ export class Catalog {
       children: db.prepare("SELECT id FROM checkpoints WHERE parent = ? AND synthetic = 0 AND kind = 'incremental'").pluck(),
       updateMerged: db.prepare("UPDATE checkpoints SET kind = 'full', synthetic = 1, stats = ? WHERE cid = ?"),
       deleteCk: db.prepare("DELETE FROM checkpoints WHERE cid = ?"),
-      insertExtent: db.prepare("INSERT INTO extents (cid, ord, page, npages, hashes) VALUES (?, ?, ?, ?, ?)"),
-      extents: db.prepare("SELECT ord, page, npages, hashes FROM extents WHERE cid = ? ORDER BY ord"),
+      insertExtent: db.prepare("INSERT INTO extents (cid, ord, page, npages, hashes, locs) VALUES (?, ?, ?, ?, ?, ?)"),
+      extents: db.prepare("SELECT ord, page, npages, hashes, locs FROM extents WHERE cid = ? ORDER BY ord"),
+      blockExists: db.prepare("SELECT 1 FROM blocks WHERE id = ?").pluck(),
       extentHashes: db.prepare("SELECT hashes FROM extents WHERE hashes IS NOT NULL").pluck(),
       deleteExtents: db.prepare("DELETE FROM extents WHERE cid = ?"),
     };
@@ -125,6 +134,9 @@ export class Catalog {
   }
   insertBlock(pack: number, offset: number, len: number, npages: number): number {
     return Number(this.st.insertBlock.run(pack, offset, len, npages).lastInsertRowid);
+  }
+  blockExists(id: number): boolean {
+    return this.st.blockExists.get(id) !== undefined;
   }
   block(id: number): BlockRow | undefined {
     return this.st.block.get(id) as BlockRow | undefined;
@@ -185,7 +197,7 @@ export class Catalog {
     this.st.deleteCk.run(cid);
   }
   insertExtent(cid: number, e: ExtentRow): void {
-    this.st.insertExtent.run(cid, e.ord, e.page, e.npages, e.hashes);
+    this.st.insertExtent.run(cid, e.ord, e.page, e.npages, e.hashes, e.locs);
   }
   extents(cid: number): ExtentRow[] {
     return this.st.extents.all(cid) as ExtentRow[];

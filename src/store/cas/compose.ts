@@ -2,10 +2,10 @@
 // images"): from the nearest full (captured or merged) ancestor to the target, apply each
 // image's PAGES_CLEAR then its PAGES; keep the pages inside the target's VMAs (except
 // vdso/vsyscall/shared-file kinds). Works on page hashes only: no page data is read.
-import type { CheckpointRow } from "./catalog.js";
+import type { CheckpointRow, ExtentRow } from "./catalog.js";
 import { requireCheckpoint, type StoreContext } from "./context.js";
 import { metaVmas, UNSTORED_VMA_KINDS } from "./meta.js";
-import { storeCorrupt, HASH_LEN, pageOf } from "./util.js";
+import { storeCorrupt, HASH_LEN, LOC_LEN, pageOf } from "./util.js";
 import { MAX_PAGES_PER_RECORD } from "../../image/format.js";
 
 /** One output PAGES record: contiguous pages inside one VMA, at most 256. */
@@ -14,7 +14,12 @@ export interface ComposedRecord {
   npages: number;
   /** npages × 32 bytes; zero pages are 32 zero bytes. */
   hashes: Buffer;
+  /** npages × location hints (see ExtentRow). */
+  locs: Buffer;
 }
+
+/** A PAGES row holds at most 256 pages: row index × 256 + page index fits a JS number. */
+const ROW_STRIDE = 256;
 
 /** The chain from the nearest full/synthetic ancestor to `id`, oldest first. */
 export function resolveChain(ctx: StoreContext, id: string): CheckpointRow[] {
@@ -34,9 +39,16 @@ export function resolveChain(ctx: StoreContext, id: string): CheckpointRow[] {
   return chain.reverse();
 }
 
-/** Page number → hash (a 32-byte view into the page table rows) after applying the chain. */
-export function composeChain(ctx: StoreContext, chain: CheckpointRow[]): Map<number, Buffer> {
-  const mem = new Map<number, Buffer>();
+/** Composed memory: page number → where its hash is (row index × 256 + index in the row's PAGES). */
+export interface Composed {
+  mem: Map<number, number>;
+  rows: ExtentRow[];
+}
+
+/** Applies the chain's page tables, oldest first (PAGES_CLEAR, then PAGES, per image). */
+export function composeChain(ctx: StoreContext, chain: CheckpointRow[]): Composed {
+  const mem = new Map<number, number>();
+  const rows: ExtentRow[] = [];
   for (const ck of chain) {
     const ext = ctx.catalog.extents(ck.cid);
     for (const e of ext) {
@@ -50,14 +62,16 @@ export function composeChain(ctx: StoreContext, chain: CheckpointRow[]): Map<num
     }
     for (const e of ext) {
       if (e.hashes === null) continue;
-      for (let i = 0; i < e.npages; i++) mem.set(e.page + i, e.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN));
+      const r = rows.length * ROW_STRIDE;
+      rows.push(e);
+      for (let i = 0; i < e.npages; i++) mem.set(e.page + i, r + i);
     }
   }
-  return mem;
+  return { mem, rows };
 }
 
 /** Restricts composed memory to the target's VMAs and cuts it into PAGES records. */
-export function toRecords(mem: Map<number, Buffer>, metaBlob: Buffer, id: string): ComposedRecord[] {
+export function toRecords({ mem, rows }: Composed, metaBlob: Buffer, id: string): ComposedRecord[] {
   const keys = Float64Array.from(mem.keys()).sort();
   const out: ComposedRecord[] = [];
   let k = 0;
@@ -78,8 +92,15 @@ export function toRecords(mem: Map<number, Buffer>, metaBlob: Buffer, id: string
     const flush = () => {
       if (run.length === 0) return;
       const hashes = Buffer.allocUnsafe(run.length * HASH_LEN);
-      run.forEach((p, i) => mem.get(p)!.copy(hashes, i * HASH_LEN));
-      out.push({ page: run[0]!, npages: run.length, hashes });
+      const locs = Buffer.alloc(run.length * LOC_LEN);
+      run.forEach((p, i) => {
+        const at = mem.get(p)!;
+        const row = rows[Math.floor(at / ROW_STRIDE)]!;
+        const j = at % ROW_STRIDE;
+        row.hashes!.copy(hashes, i * HASH_LEN, j * HASH_LEN, (j + 1) * HASH_LEN);
+        if (row.locs) row.locs.copy(locs, i * LOC_LEN, j * LOC_LEN, (j + 1) * LOC_LEN);
+      });
+      out.push({ page: run[0]!, npages: run.length, hashes, locs });
       run = [];
     };
     while (k < keys.length && keys[k]! < e) {
@@ -97,7 +118,7 @@ export function toRecords(mem: Map<number, Buffer>, metaBlob: Buffer, id: string
 export function composeRecords(ctx: StoreContext, id: string): { chain: CheckpointRow[]; records: ComposedRecord[] } {
   const chain = resolveChain(ctx, id);
   const target = chain[chain.length - 1]!;
-  const mem = composeChain(ctx, chain);
+  const composed = composeChain(ctx, chain);
   const { meta } = ctx.catalog.headerAndMeta(target.cid);
-  return { chain, records: toRecords(mem, meta, id) };
+  return { chain, records: toRecords(composed, meta, id) };
 }

@@ -10,7 +10,7 @@ import { BlockCache } from "./blocks.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
 import { metaRecords } from "./meta.js";
-import { HASH_LEN, PAGE, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
+import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
 
 const PREFETCH_RECORDS = 4;
 
@@ -32,14 +32,30 @@ function fullHeader(stored: Buffer): Buffer {
   return h;
 }
 
-/** Where each page of a record is: [block, idx] or null for a zero page. */
-function locate(ctx: StoreContext, id: string, r: ComposedRecord): ([number, number] | null)[] {
+/**
+ * Where each page of a record is: [block, idx] or null for a zero page. Uses the page
+ * table's location hints when their block still exists (`alive` caches that per block),
+ * the page index otherwise (or always, with `alive` null: after a failed read).
+ */
+function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<number, boolean> | null): ([number, number] | null)[] {
   const out: ([number, number] | null)[] = [];
   for (let i = 0; i < r.npages; i++) {
     const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
     if (h.equals(ZERO_HASH)) {
       out.push(null);
       continue;
+    }
+    const hint = r.locs.readUInt32LE(i * LOC_LEN);
+    if (hint !== 0 && alive) {
+      let ok = alive.get(hint);
+      if (ok === undefined) {
+        ok = ctx.catalog.blockExists(hint);
+        alive.set(hint, ok);
+      }
+      if (ok) {
+        out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
+        continue;
+      }
     }
     const loc = ctx.catalog.pageLoc(h);
     if (!loc) throw storeCorrupt(`cannot export checkpoint ${id}`, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
@@ -50,7 +66,7 @@ function locate(ctx: StoreContext, id: string, r: ComposedRecord): ([number, num
 
 type Locs = ([number, number] | null)[];
 
-async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs): Promise<Buffer> {
+async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs, onStale: () => void): Promise<Buffer> {
   const build = async (locs: Locs): Promise<Buffer> => {
     const rec = Buffer.allocUnsafe(RECORD_HEADER_SIZE + 16 + r.npages * PAGE);
     const payload = rec.subarray(RECORD_HEADER_SIZE);
@@ -73,7 +89,10 @@ async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: 
     return await build(located);
   } catch (e) {
     // A gc may have moved the blocks between locating the pages and reading them: locate again once.
-    if ((e as { code?: string }).code === "store-corrupt" || (e as NodeJS.ErrnoException).code === "ENOENT") return build(locate(ctx, id, r));
+    if ((e as { code?: string }).code === "store-corrupt" || (e as NodeJS.ErrnoException).code === "ENOENT") {
+      onStale();
+      return build(locate(ctx, id, r, null));
+    }
     throw e;
   }
 }
@@ -81,6 +100,8 @@ async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: 
 /** Page locations of records, looked up once (ahead, for prefetching) and kept until the record is built. */
 class Locator {
   private readonly locs = new Map<number, Locs>();
+  /** Block id → exists, for location hints (blocks only disappear in gc: a stale answer costs one retry). */
+  private readonly alive = new Map<number, boolean>();
   constructor(
     private readonly ctx: StoreContext,
     private readonly id: string,
@@ -89,10 +110,16 @@ class Locator {
   get(i: number): Locs {
     let l = this.locs.get(i);
     if (!l) {
-      l = locate(this.ctx, this.id, this.records[i]!);
+      if (this.alive.size > 100_000) this.alive.clear();
+      l = locate(this.ctx, this.id, this.records[i]!, this.alive);
       this.locs.set(i, l);
     }
     return l;
+  }
+  /** After a failed read (a gc moved blocks): forget which blocks exist. */
+  stale(): void {
+    this.alive.clear();
+    this.locs.clear();
   }
   take(i: number): Locs {
     const l = this.get(i);
@@ -142,7 +169,7 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
   for (let i = 0; i < records.length; i++) {
     if (i % PREFETCH_RECORDS === 0) prefetch(cache, locator, i, Math.min(records.length, i + PREFETCH_RECORDS * 2), budget);
     const r = records[i]!;
-    const rec = await pagesRecord(ctx, cache, id, r, locator.take(i));
+    const rec = await pagesRecord(ctx, cache, id, r, locator.take(i), () => locator.stale());
     size += rec.length;
     count++;
     pages += r.npages;

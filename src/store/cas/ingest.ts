@@ -13,7 +13,7 @@ import { openImageSource, readImage } from "./image-stream.js";
 import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { PageFilter } from "./bloom.js";
 import type { CasCheckpoint, CheckpointStats, IngestInfo } from "./types.js";
-import { HASH_LEN, PAGE, ZERO_HASH, crashPoint, pageOf } from "./util.js";
+import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, crashPoint, pageOf, putLoc } from "./util.js";
 
 /** PAGES records being hashed ahead of the one being indexed. */
 const HASH_DEPTH = 4;
@@ -60,6 +60,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     ingestNs: 0,
     ...(info.extra !== undefined ? { extra: info.extra } : {}),
   };
+  /** Location hints of pages in blocks of this ingest: block ids are known only at commit. */
+  const fixups: { locs: Buffer; i: number; at: [number, number] }[] = [];
   const hasher = ctx.hasher();
   const hashing: { ext: ExtentRow; p: Promise<{ data: Buffer; hashes: Buffer }> }[] = [];
   /** Dedup + packing of the oldest hashed PAGES record. */
@@ -67,6 +69,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     const { ext, p } = hashing.shift()!;
     const { data, hashes } = await p;
     ext.hashes = hashes;
+    const locs = Buffer.alloc(ext.npages * LOC_LEN); // block 0: no hint (zero pages)
+    ext.locs = locs;
     for (let i = 0; i < ext.npages; i++) {
       const h = hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
       if (h.equals(ZERO_HASH)) {
@@ -74,10 +78,20 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         continue;
       }
       const key = h.toString("latin1");
-      if (pending.has(key) || (filter.mayHave(h) && cat.hasPage(h))) continue;
+      const mine = pending.get(key);
+      if (mine) {
+        fixups.push({ locs, i, at: mine });
+        continue;
+      }
+      const stored = filter.mayHave(h) ? cat.pageLoc(h) : undefined;
+      if (stored) {
+        putLoc(locs, i, stored[0], stored[1]);
+        continue;
+      }
       const at = await pipeline.add(data.subarray(i * PAGE, (i + 1) * PAGE));
       pending.set(key, at);
       newPages.push({ hash: h, at });
+      fixups.push({ locs, i, at });
     }
   };
   let committed = false;
@@ -109,11 +123,11 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           stats.freshMappings = Number(item.info.freshMappings);
           break;
         case "clear":
-          extents.push({ ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null });
+          extents.push({ ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null, locs: null });
           stats.clearExtents++;
           break;
         case "pages": {
-          const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null };
+          const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null, locs: null };
           extents.push(ext);
           const p = hasher.hash(item.data);
           p.catch(() => undefined); // awaited in order below
@@ -148,6 +162,9 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
       for (const w of appender.writers) cat.upsertPack(w.id, w.size);
       const ids = pipeline.blocks.map((b) => cat.insertBlock(b.pack, b.offset, b.len, b.npages));
       for (const p of newPages) cat.insertPage(p.hash, ids[p.at[0]]!, p.at[1]);
+      for (const f of fixups) {
+        putLoc(f.locs, f.i, ids[f.at[0]]!, f.at[1]);
+      }
       const cid = cat.insertCheckpoint({ id, app, seq, kind, parent, synthetic: 0, created_at: createdAt, pid, stats: JSON.stringify(stats), header, meta: Buffer.concat(metaParts) });
       for (const e of extents) cat.insertExtent(cid, e);
       return cat.checkpoint(id)!;

@@ -19,7 +19,7 @@ export function mergeCheckpoint(ctx: StoreContext, id: string, now = new Date())
     const cur = cat.checkpoint(id);
     if (!cur || cur.cid !== row.cid || cur.kind !== "incremental") return; // changed meanwhile: nothing to do
     cat.deleteExtents(row.cid);
-    records.forEach((r, ord) => cat.insertExtent(row.cid, { ord, page: r.page, npages: r.npages, hashes: r.hashes }));
+    records.forEach((r, ord) => cat.insertExtent(row.cid, { ord, page: r.page, npages: r.npages, hashes: r.hashes, locs: r.locs }));
     cat.markMerged(row.cid, JSON.stringify(stats));
     crashPoint("merge-in-transaction");
   });

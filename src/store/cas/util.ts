@@ -3,6 +3,13 @@ import { TgError } from "../../errors.js";
 import { PAGE_SIZE } from "../../image/format.js";
 
 export const HASH_LEN = 32;
+/** A page location hint in a page table: u32 block id (0 = no hint), u32 index in the block. */
+export const LOC_LEN = 8;
+
+export function putLoc(locs: Buffer, i: number, block: number, idx: number): void {
+  locs.writeUInt32LE(block <= 0xffffffff ? block : 0, i * LOC_LEN);
+  locs.writeUInt32LE(idx, i * LOC_LEN + 4);
+}
 /** Marks a zero page in a page table (SHA-256 never yields 32 zero bytes in practice). */
 export const ZERO_HASH = Buffer.alloc(HASH_LEN);
 export const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
