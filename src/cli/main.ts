@@ -83,7 +83,8 @@ export function buildProgram(): Command {
       const bar = o.json ? undefined : progressLine();
       const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
-      out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.restoreNs)} (image verified in ${duration(r.verifyNs)}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
+      const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
+      out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
     });
 
   program

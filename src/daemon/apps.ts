@@ -11,7 +11,7 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { checkpoint as agentCheckpoint, ping, type CheckpointEvent } from "./agent.js";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
-import { LaunchFailure, launch } from "./launch.js";
+import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
 
 export interface RunRequest {
@@ -46,8 +46,12 @@ export interface RestoreResult {
   threads: number;
   /** Spawn of tardigrade-restore to the restored agent answering PING. */
   restoreNs: number;
-  /** Image verification (parse + CRC) before the restore. */
+  /** Image verification (parse + CRC). */
   verifyNs: number;
+  /** True when verification ran while tardigrade-restore read the image (no app was running). */
+  verifyOverlapped: boolean;
+  /** Request to running: everything the caller waited for (lookup, verify, kill, restore). */
+  wallNs: number;
 }
 
 const SOCK_MAX = 107;
@@ -288,6 +292,7 @@ export class AppManager {
   async restore(name: string, opts: { checkpoint?: string; replace?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
+      const t0 = process.hrtime.bigint();
       const m = await this.pick(name, opts.checkpoint);
       const st = dir.state();
       const running = st && st.state !== "exited";
@@ -295,13 +300,16 @@ export class AppManager {
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const opened = await this.store.openImage(m.id);
       try {
-        // Everything that can refuse does so before a running app is killed.
         const restoreBin = nativeBinary("tardigrade-restore");
+        // The image is verified (every bound and CRC; names the file and offset of any
+        // damage) before anything else when a running app would be killed for it;
+        // otherwise while tardigrade-restore reads it (the restorer checks every CRC
+        // too, so it never resumes a damaged image; ours gives the clear error).
         const tv = process.hrtime.bigint();
-        // Names the file and offset of any damage.
-        await parseImage(opened.path, { onProgress: (done, total) => progress({ phase: "verify", done, total }) });
-        const verifyNs = Number(process.hrtime.bigint() - tv);
+        const verify = parseImage(opened.path, { onProgress: (done, total) => progress({ phase: "verify", done, total }) }).then(() => Number(process.hrtime.bigint() - tv));
+        verify.catch(() => {}); // awaited below; no unhandled rejection meanwhile
         if (running) {
+          await verify;
           progress({ phase: "kill" });
           await this.kill(dir, st);
         }
@@ -321,8 +329,11 @@ export class AppManager {
           launcherPid: 0,
           launcherStart: null,
         };
+        // A damaged image stops the restorer at once instead of waiting for it to notice.
+        verify.catch(() => this.killLaunch(dir, record.launcherPid));
+        let l: Launched;
         try {
-          const l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
             timeoutMs: 120_000,
             onSpawn: async (pid, start) => {
               record.launcherPid = pid;
@@ -330,23 +341,51 @@ export class AppManager {
               await dir.writeRecord(record);
             },
           });
-          record.initStart = l.initStart;
-          record.restoreNs = l.elapsedNs;
-          await dir.writeRecord(record);
-          this.schedule(name, record.everyMs); // periodic checkpoints go on after a restore
-          this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs }, "app restored");
-          return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs };
         } catch (e) {
+          // Nothing of the failed attempt may look alive; its status file (the error) stays.
+          for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+          await verify; // a damaged image is the real cause: report it (file, offset, what)
           if (e instanceof LaunchFailure) {
             const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
             throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
           }
           throw e;
         }
+        let verifyNs: number;
+        try {
+          verifyNs = await verify;
+        } catch (e) {
+          this.killLaunch(dir, record.launcherPid); // cannot happen unless the file changed under us
+          throw e;
+        }
+        record.initStart = l.initStart;
+        record.restoreNs = l.elapsedNs;
+        await dir.writeRecord(record);
+        this.schedule(name, record.everyMs); // periodic checkpoints go on after a restore
+        const wallNs = Number(process.hrtime.bigint() - t0);
+        this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, verifyNs, wallNs }, "app restored");
+        return {
+          name,
+          checkpoint: m.id,
+          pid: l.ping.pid,
+          initHostPid: l.initHostPid,
+          appHostPid: l.appHostPid,
+          threads: l.ping.threads,
+          restoreNs: l.elapsedNs,
+          verifyNs,
+          verifyOverlapped: !running,
+          wallNs,
+        };
       } finally {
         await opened.release();
       }
     });
+  }
+
+  /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */
+  private killLaunch(dir: AppDir, launcherPid: number): void {
+    const pids = dir.pids();
+    for (const pid of [launcherPid ? -launcherPid : 0, pids?.init ?? 0, pids?.app ?? 0]) if (pid) trySignal(pid, "SIGKILL");
   }
 
   /** SIGKILL the app's init (taking its whole PID namespace down) and wait for it. */
