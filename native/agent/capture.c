@@ -80,6 +80,41 @@ static void *own_alloc(size_t len) {
   if (p && nown < 8) { own[nown].start = (uint64_t)p; own[nown].end = (uint64_t)p + len; nown++; }
   return p;
 }
+/* The agent's own memory, never part of an image. The kernel may merge one of these with an
+ * adjacent application mapping of the same kind (anonymous, private, NORESERVE), so mappings are
+ * cut around them rather than skipped whole. */
+struct span { uint64_t s, e; };
+static struct span owned[16];
+static int nowned;
+static void add_owned(const void *p, uint64_t len) {
+  if (!p || !len || nowned >= 16) return;
+  struct span x = {(uint64_t)p, (uint64_t)p + ((len + TG_PAGE - 1) & ~(TG_PAGE - 1))};
+  int i = nowned++;
+  while (i > 0 && owned[i - 1].s > x.s) { owned[i] = owned[i - 1]; i--; }
+  owned[i] = x;
+}
+static void collect_owned(void) {
+  nowned = 0;
+  add_owned((void *)tg.child_stack, 9u << 20);
+  add_owned(tg_trk.tracked, tg_trk.tracked_cap * sizeof(struct tg_region));
+  add_owned(tg_trk.dirty, tg_trk.dirty_cap * sizeof(struct tg_region));
+  add_owned(tg_trk.fresh, tg_trk.fresh_cap * sizeof(struct tg_region));
+  add_owned(tg_trk.prev, tg_trk.prev_len);
+  add_owned(tg_trk.next, tg_trk.next_len);
+}
+/* The pieces of [s, e) outside the agent's memory: returns how many (into out). */
+static int app_pieces(uint64_t s, uint64_t e, struct span *out, int cap) {
+  int n = 0;
+  uint64_t cur = s;
+  for (int i = 0; i < nowned && cur < e; i++) {
+    if (owned[i].e <= cur || owned[i].s >= e) continue;
+    if (owned[i].s > cur && n < cap) out[n++] = (struct span){cur, owned[i].s};
+    if (owned[i].e > cur) cur = owned[i].e;
+  }
+  if (cur < e && n < cap) out[n++] = (struct span){cur, e};
+  return n;
+}
+
 static int is_own(uint64_t s, uint64_t e) {
   if (s >= tg.child_stack && e <= tg.child_stack + (9u << 20)) return 1; /* stack + parent maps buffer */
   if (tg_track_owns(s, e)) return 1;
@@ -437,6 +472,7 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages) {
   struct writer w = {tg.img_fd, 0, 0, 0, 0};
   tg.pagemap_fd = -1;
+  collect_owned();
   tg.pid_self = (int)tg_sys0(SYS_getpid);
   /* The VMA list is the parent's (taken with every thread parked); the child checks it has each of
    * those mappings too (a MADV_DONTFORK mapping the agent did not know of would be missing). */
@@ -516,9 +552,16 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
       const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
       if (!e) e = maps + ml;
       struct tg_vma v;
-      if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end)) {
+      struct span pieces[17];
+      int np = tg_parse_maps_line(l, e, &v) == 0 ? app_pieces(v.start, v.end, pieces, 17) : 0;
+      for (int k = 0; k < np; k++) {
+        struct tg_vma pv = v;
+        pv.start = pieces[k].s;
+        pv.end = pieces[k].e;
+        if (v.ino) pv.pgoff = v.pgoff + (pv.start - v.start);
+        if (is_own(pv.start, pv.end)) continue;
         struct tg_rec_vma r;
-        if (classify(&v, &r, err, errlen) != 0) return -1;
+        if (classify(&pv, &r, err, errlen) != 0) return -1;
         if (pass == 0) {
           if (put_record(&w, TG_REC_VMA, &r, sizeof r, v.path, v.pathlen) != 0) goto werr;
         } else if (dump_vma_pages(&rr, &r, tg.pagemap_fd, pm, pm_cap, mc, &dcur, err, errlen) != 0) {
