@@ -188,8 +188,8 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
 /* In the manager's own park handler, with every other thread parked: fork a copy-on-write snapshot
  * (raw clone, exit signal 0 so the application's wait() never sees it), then let everyone go. */
 TG_HIDDEN long tg_clone_on_stack(void *stack_top, void (*fn)(void));
-#define CHILD_STACK (1u << 20)
-#define MAPS_BUF (8u << 20)
+#define CHILD_STACK TG_CHILD_STACK
+#define MAPS_BUF TG_MAPS_BUF
 
 __attribute__((noreturn)) static void snapshot_child(void) {
   {
@@ -209,7 +209,7 @@ __attribute__((noreturn)) static void snapshot_child(void) {
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
-  long stk = tg_sys6l(SYS_mmap, 0, CHILD_STACK + MAPS_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  long stk = tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   long child;
   if ((unsigned long)stk > -4096UL) {
     child = stk;
@@ -221,10 +221,12 @@ static void snapshot_and_release(uint32_t gen) {
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     if (tg.parent_maps_len > 0 && tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len))
       tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
+    tg.fds_buf = (char *)stk + CHILD_STACK + MAPS_BUF;
+    tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
-    tg_sys2(SYS_munmap, stk, CHILD_STACK + MAPS_BUF);
+    tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
   }
   tg.child = child;
   tg.capturing = 0;
@@ -593,9 +595,11 @@ __attribute__((constructor)) static void tg_agent_init(void) {
     return;
   }
   strcpy(tg.sock_path, sock);
-  /* Only this process is managed; children it execs run without an agent (process trees are
-   * not supported yet). */
-  unsetenv("TARDIGRADE_SOCK");
+  /* Only the launched process is managed, also after it execs (a wrapper script or shim that
+   * execs the real program keeps the PID); processes it forks run without an agent (process
+   * trees are not supported yet). */
+  const char *want_pid = getenv("TARDIGRADE_AGENT_PID");
+  if (!want_pid || atoi(want_pid) != getpid()) return;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = park_handler;

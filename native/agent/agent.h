@@ -14,6 +14,11 @@
 #define TG_MAX_THREADS 4096
 #define TG_MAX_HIDDEN_FDS 16
 #define TG_MAX_DONTFORK 8192
+/* the snapshot region: child stack, parent's maps, fd records */
+#define TG_CHILD_STACK (1u << 20)
+#define TG_MAPS_BUF (8u << 20)
+#define TG_FDS_BUF (4u << 20)
+#define TG_CHILD_REGION (TG_CHILD_STACK + TG_MAPS_BUF + TG_FDS_BUF)
 
 struct tg_range { uint64_t start, end; };
 TG_HIDDEN extern struct tg_range tg_dontfork[TG_MAX_DONTFORK];
@@ -48,6 +53,9 @@ struct tg_agent {
   char *parent_maps;            /* /proc/self/maps as the parent saw it at the snapshot */
   long parent_maps_len;
   int dontfork_overflow;
+  char *fds_buf;                /* FD and PIPE_DATA records, taken while parked */
+  uint64_t fds_len, fds_nrec;
+  char fds_err[600];
   int want_incremental;         /* this request */
   uint64_t parent_seq;
   uint64_t t_stop_ns, t_resumed_ns;
@@ -69,6 +77,8 @@ TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t 
 /* Checks every application fd; 0 if all are supported, else -1 with the first problem in err. */
 TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
 
+/* capture.c: the parent's part, while parked: fd records into buf. */
+TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap);
 /* capture.c: runs in the snapshot child; writes the image to tg.img_fd; returns 0 or -1 with err. */
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages);
 

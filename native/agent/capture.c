@@ -24,9 +24,19 @@ struct writer {
   int fd;
   uint64_t off, nrec, pages;
   int err;
+  char *mem; /* if set, records go to memory (mem, cap) instead of fd */
+  uint64_t cap;
 };
 
 static int write_all(struct writer *w, struct iovec *iov, int cnt) {
+  if (w->mem) {
+    for (int i = 0; i < cnt; i++) {
+      if (w->off + iov[i].iov_len > w->cap) { w->err = ENOSPC; return -1; }
+      memcpy(w->mem + w->off, iov[i].iov_base, iov[i].iov_len);
+      w->off += iov[i].iov_len;
+    }
+    return 0;
+  }
   while (cnt > 0) {
     long r = tg_sys3(SYS_writev, w->fd, iov, cnt);
     if (r == -EINTR) continue;
@@ -95,7 +105,7 @@ static void add_owned(const void *p, uint64_t len) {
 }
 static void collect_owned(void) {
   nowned = 0;
-  add_owned((void *)tg.child_stack, 9u << 20);
+  add_owned((void *)tg.child_stack, TG_CHILD_REGION);
   add_owned(tg_trk.tracked, tg_trk.tracked_cap * sizeof(struct tg_region));
   add_owned(tg_trk.dirty, tg_trk.dirty_cap * sizeof(struct tg_region));
   add_owned(tg_trk.fresh, tg_trk.fresh_cap * sizeof(struct tg_region));
@@ -116,7 +126,7 @@ static int app_pieces(uint64_t s, uint64_t e, struct span *out, int cap) {
 }
 
 static int is_own(uint64_t s, uint64_t e) {
-  if (s >= tg.child_stack && e <= tg.child_stack + (9u << 20)) return 1; /* stack + parent maps buffer */
+  if (s >= tg.child_stack && e <= tg.child_stack + TG_CHILD_REGION) return 1; /* stack, maps and fd buffers */
   if (tg_track_owns(s, e)) return 1;
   for (int i = 0; i < nown; i++) if (s >= own[i].start && e <= own[i].end) return 1;
   return 0;
@@ -469,8 +479,19 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
   return 0;
 }
 
+TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap) {
+  struct writer w = {-1, 0, 0, 0, 0, buf, cap};
+  tg.pid_self = (int)tg_sys0(SYS_getpid);
+  tg.fds_err[0] = 0;
+  int none[1] = {-1};
+  if (put_fds(&w, none, 0, tg.fds_err, sizeof tg.fds_err) != 0 && !tg.fds_err[0])
+    snprintf(tg.fds_err, sizeof tg.fds_err, "recording the fds: %s", strerror(w.err ? w.err : EIO));
+  tg.fds_len = w.off;
+  tg.fds_nrec = w.nrec;
+}
+
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages) {
-  struct writer w = {tg.img_fd, 0, 0, 0, 0};
+  struct writer w = {tg.img_fd, 0, 0, 0, 0, NULL, 0};
   tg.pagemap_fd = -1;
   collect_owned();
   tg.pid_self = (int)tg_sys0(SYS_getpid);
@@ -592,8 +613,12 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
         memcpy(t.comm, s->comm, sizeof t.comm);
         if (put_record(&w, TG_REC_THREAD, &t, sizeof t, NULL, 0) != 0) goto werr;
       }
-      int self_fds[2] = {tg.pagemap_fd, -1};
-      if (put_fds(&w, self_fds, 1, err, errlen) != 0) return -1;
+      /* fd records were taken by the parent while the threads were parked: file offsets, pipe
+       * contents and eventfd counters are shared with the running application */
+      if (tg.fds_err[0]) { snprintf(err, errlen, "%s", tg.fds_err); return -1; }
+      struct iovec fiov = {tg.fds_buf, tg.fds_len};
+      if (tg.fds_len && write_all(&w, &fiov, 1) != 0) goto werr;
+      w.nrec += tg.fds_nrec;
       struct tg_rec_tracking tr = {(uint32_t)tg_trk.mode, 0, tg_trk.pages_scanned, tg_trk.pages_written, tg_trk.nfresh};
       if (put_record(&w, TG_REC_TRACKING, &tr, sizeof tr, NULL, 0) != 0) goto werr;
     }

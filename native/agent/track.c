@@ -140,7 +140,7 @@ static int has_content(const struct tg_vma *v) {
 }
 
 static int is_agent_range(uint64_t s, uint64_t e) {
-  if (s >= tg.child_stack && e <= tg.child_stack + (9u << 20)) return 1;
+  if (s >= tg.child_stack && e <= tg.child_stack + TG_CHILD_REGION) return 1;
   return tg_track_owns(s, e);
 }
 

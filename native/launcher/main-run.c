@@ -33,6 +33,9 @@ static int start_command(struct tg_launch *l, int *report_fd) {
       sprintf(v, old && *old ? "%s:%s" : "%s", l->agent, old);
       setenv("LD_PRELOAD", v, 1);
       setenv("TARDIGRADE_SOCK", l->sock, 1);
+      char pidbuf[16];
+      snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
+      setenv("TARDIGRADE_AGENT_PID", pidbuf, 1);
     }
     execvp(l->argv[0], l->argv);
     char m[32];
