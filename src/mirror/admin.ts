@@ -85,6 +85,45 @@ export class AdminConnection {
     return { header, headerBytes: hf.payload, chunks };
   }
 
+  /**
+   * Streaming fetch: resolves with the header, then `chunks` yields [hash, bytes] in header
+   * order, each verified against its SHA-256 (nothing is kept). `want` limits the chunks sent
+   * (`[]`: the header alone); `have` excludes some. Consume `chunks` to the end before the
+   * next request on this connection.
+   */
+  async fetchStream(
+    source: string,
+    id: string,
+    opts: { want?: Iterable<string>; have?: Iterable<string> } = {},
+  ): Promise<{ header: CheckpointHeader; chunks: AsyncGenerator<[string, Buffer], void, void> }> {
+    await this.conn.sendJson(FrameType.Fetch, {
+      source,
+      id,
+      have: [...(opts.have ?? [])],
+      ...(opts.want !== undefined ? { want: [...opts.want] } : {}),
+    });
+    const hf = await this.expect(FrameType.FetchHeader);
+    const header = decodeCheckpointHeader(FrameType.FetchHeader, hf.payload);
+    const needed = new Set(header.chunks.map((c) => c.hash));
+    const frames = this.frames;
+    async function* chunks(): AsyncGenerator<[string, Buffer], void, void> {
+      for (;;) {
+        const r = await frames.next();
+        if (r.done === true) throw new Error(`mirror closed the connection in the middle of checkpoint ${source}/${header.id}`);
+        const f = r.value;
+        if (f.type === FrameType.Error) throw remoteError(f.payload);
+        if (f.type === FrameType.FetchEnd) return;
+        if (f.type !== FrameType.Chunk) throw new Error(`mirror sent ${FrameType[f.type]} inside a fetch`);
+        const { hash, data } = decodeChunk(f.payload);
+        if (!needed.has(hash)) throw new Error(`mirror sent chunk ${hash}, which checkpoint ${header.id} does not name`);
+        const actual = sha256hex(data);
+        if (actual !== hash) throw new Error(`chunk ${hash} from the mirror hashes to ${actual}: corrupted in transit or on the mirror's disk`);
+        yield [hash, Buffer.from(data)];
+      }
+    }
+    return { header, chunks: chunks() };
+  }
+
   close(): void {
     this.conn.close();
   }

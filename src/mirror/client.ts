@@ -11,7 +11,7 @@ import { FramedConnection, MirrorRemoteError, remoteError } from "./connection.j
 import { dial, type DialOptions } from "./dial.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
 import { MAX_CHUNKS_PER_FRAME, decodeWant, encodeCheckpointHeader, encodeChunksTable, parseJson } from "./messages.js";
-import { checkCheckpoint, headerOf, type MirrorCheckpoint } from "./objects.js";
+import { checkCheckpoint, chunkBytes, headerOf, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
 import { silentLogger } from "./log.js";
 
 export type AckLevel = "received" | "durable";
@@ -52,10 +52,30 @@ export interface MirrorClientStats {
 }
 
 interface Entry {
-  ckpt: MirrorCheckpoint;
+  ckpt: MirrorCheckpoint<Buffer | LazyChunk>;
   state: MirrorState;
   waiters: { level: AckLevel; resolve: (s: MirrorState) => void; reject: (e: Error) => void }[];
 }
+
+/**
+ * A LazyChunk of a checkpoint could not be read (e.g. the store's gc rewrote the block):
+ * that checkpoint's send is rejected with this error (event "failed"), the connection is
+ * dropped (the destination discards the partial offer) and the client goes on with the next.
+ * The caller may describe the checkpoint again and send it with the same seq.
+ */
+export class ChunkReadError extends Error {
+  constructor(
+    readonly id: string,
+    readonly seq: number,
+    readonly reason: Error,
+  ) {
+    super(`cannot read a chunk of checkpoint ${id}: ${reason.message}`);
+    this.name = "ChunkReadError";
+  }
+}
+
+/** Chunk reads started ahead of the one being sent (LazyChunks). */
+const READ_AHEAD = 4;
 
 /** Errors after which retrying cannot help: reported and the client stops. */
 const FATAL_CODES = new Set(["auth-failed", "bad-version", "forbidden"]);
@@ -75,6 +95,8 @@ export class MirrorClient extends EventEmitter {
   private wantWaiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined;
   private backoffMs: number;
   private fatal: Error | undefined;
+  /** What the destination said it had at the last Hello (seqs at or below are not offered again). */
+  private remote = { durableSeq: 0, receivedSeq: 0 };
   readonly stats: MirrorClientStats = {
     connects: 0,
     bytesSent: 0,
@@ -101,7 +123,7 @@ export class MirrorClient extends EventEmitter {
    * Queues a checkpoint; resolves when it reaches `ack` (default: the client's level).
    * Checkpoints must be sent in increasing seq order.
    */
-  send(ckpt: MirrorCheckpoint, ack: AckLevel = this.opts.ack ?? "durable"): Promise<MirrorState> {
+  send(ckpt: MirrorCheckpoint<Buffer | LazyChunk>, ack: AckLevel = this.opts.ack ?? "durable"): Promise<MirrorState> {
     if (this.fatal) return Promise.reject(this.fatal);
     if (ckpt.source !== this.opts.source) {
       return Promise.reject(new Error(`checkpoint ${ckpt.id} is of source ${ckpt.source}, this client streams ${this.opts.source}`));
@@ -173,6 +195,18 @@ export class MirrorClient extends EventEmitter {
     }
   }
 
+  /** Gives up on one checkpoint (its chunks cannot be read); the caller may send it again. */
+  private failEntry(e: Entry, err: ChunkReadError): void {
+    const i = this.entries.indexOf(e);
+    if (i >= 0) this.entries.splice(i, 1);
+    if (this.byId.get(e.ckpt.id) === e) this.byId.delete(e.ckpt.id);
+    // Let the same seq be sent again if nothing later was queued meanwhile.
+    if (this.lastSeq === e.ckpt.seq) this.lastSeq = Math.max(0, ...this.entries.map((x) => x.ckpt.seq));
+    this.log.warn({ id: e.ckpt.id, err: err.message }, "checkpoint dropped: a chunk cannot be read");
+    this.emit("failed", { source: e.ckpt.source, id: e.ckpt.id, seq: e.ckpt.seq, error: err });
+    for (const w of e.waiters.splice(0)) w.reject(err);
+  }
+
   private async run(): Promise<void> {
     while (!this.stopped) {
       try {
@@ -212,6 +246,7 @@ export class MirrorClient extends EventEmitter {
       const durableSeq = Number(pos.durableSeq ?? 0);
       const receivedSeq = Number(pos.receivedSeq ?? 0);
       this.backoffMs = this.opts.backoff?.initialMs ?? 100;
+      this.remote = { durableSeq, receivedSeq };
       this.log.info({ durableSeq, receivedSeq }, "connected to mirror");
       for (const e of [...this.entries]) {
         if (e.ckpt.seq <= durableSeq) this.setState(e, "durable");
@@ -295,8 +330,17 @@ export class MirrorClient extends EventEmitter {
         this.wake = undefined;
         continue;
       }
-      await this.sendOne(conn, e);
       sentSeq = e.ckpt.seq;
+      // Queued after the Hello answer but already on the destination (a restarted source).
+      if (e.ckpt.seq <= this.remote.durableSeq) {
+        this.setState(e, "durable");
+        continue;
+      }
+      if (e.ckpt.seq <= this.remote.receivedSeq) {
+        this.setState(e, "received");
+        continue;
+      }
+      await this.sendOne(conn, e);
     }
   }
 
@@ -332,10 +376,30 @@ export class MirrorClient extends EventEmitter {
       bytes = 0;
       if (!ok) await conn.waitDrain();
     };
-    for (const i of wanted) {
+    const reads: (Promise<Buffer> | undefined)[] = [];
+    const startRead = (k: number): void => {
+      const i = wanted[k];
+      const ref = i === undefined ? undefined : header.chunks[i];
+      if (!ref) return;
+      const p = chunkBytes(c.chunks.get(ref.hash)!);
+      p.catch(() => undefined);
+      reads[k] = p;
+    };
+    for (let k = 0; k < READ_AHEAD; k++) startRead(k);
+    for (let k = 0; k < wanted.length; k++) {
+      const i = wanted[k] as number;
       const ref = header.chunks[i];
       if (!ref) throw new Error(`mirror asked for chunk #${i} of ${c.id}, which has ${header.chunks.length}`);
-      const data = c.chunks.get(ref.hash) as Buffer;
+      startRead(k + READ_AHEAD);
+      let data: Buffer;
+      try {
+        data = await (reads[k] as Promise<Buffer>);
+      } catch (err) {
+        this.failEntry(e, new ChunkReadError(c.id, c.seq, err as Error));
+        throw err;
+      } finally {
+        reads[k] = undefined;
+      }
       if (hashes.length > 0 && (bytes + data.length > limit || hashes.length >= MAX_CHUNKS_PER_FRAME)) await sendFrame();
       hashes.push(ref.hash);
       sizes.push(data.length);

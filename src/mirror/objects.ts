@@ -12,7 +12,8 @@ export const MAX_MANIFEST_SIZE = 8 * 1024 * 1024;
 /** Most chunks one checkpoint may name (bounded by the offer frame's size). */
 export const MAX_CHUNKS_PER_CHECKPOINT = 256 * 1024;
 
-export interface MirrorCheckpoint {
+/** `C`: Buffer for checkpoints held in memory; `Buffer | LazyChunk` where chunks may be read on demand. */
+export interface MirrorCheckpoint<C extends Buffer | LazyChunk = Buffer> {
   /** Source (application/host) name; on the server it must match the token. */
   source: string;
   /** Checkpoint id, unique within the source. */
@@ -23,8 +24,26 @@ export interface MirrorCheckpoint {
   seq: number;
   /** Opaque manifest bytes (the store's own JSON). */
   manifest: Buffer;
-  /** Every chunk the checkpoint needs, keyed by lowercase SHA-256 hex of its bytes. */
-  chunks: ReadonlyMap<string, Buffer>;
+  /**
+   * Every chunk the checkpoint needs, keyed by lowercase SHA-256 hex of its bytes: the bytes,
+   * or a LazyChunk read only if the destination wants it (a store's blocks).
+   */
+  chunks: ReadonlyMap<string, C>;
+}
+
+/** A chunk whose bytes are read when they are sent. */
+export interface LazyChunk {
+  size: number;
+  /** The chunk's bytes; a rejection fails this checkpoint's send (see MirrorClient). */
+  read(): Promise<Buffer>;
+}
+
+export function chunkSize(c: Buffer | LazyChunk): number {
+  return Buffer.isBuffer(c) ? c.length : c.size;
+}
+
+export async function chunkBytes(c: Buffer | LazyChunk): Promise<Buffer> {
+  return Buffer.isBuffer(c) ? c : c.read();
 }
 
 /** What a checkpoint is made of, without the chunk bytes: what an offer carries. */
@@ -58,7 +77,7 @@ export function isValidHash(s: unknown): s is string {
 }
 
 /** Throws an Error naming the field that is wrong. Used by the client before sending. */
-export function checkCheckpoint(c: MirrorCheckpoint, verifyHashes = false): void {
+export function checkCheckpoint(c: MirrorCheckpoint<Buffer | LazyChunk>, verifyHashes = false): void {
   const where = `checkpoint ${JSON.stringify(c.id)} of source ${JSON.stringify(c.source)}`;
   if (!isValidName(c.source)) throw new Error(`${where}: source name must match ${NAME_RE}`);
   if (!isValidName(c.id)) throw new Error(`${where}: id must match ${NAME_RE}`);
@@ -72,21 +91,21 @@ export function checkCheckpoint(c: MirrorCheckpoint, verifyHashes = false): void
   }
   for (const [h, data] of c.chunks) {
     if (!isValidHash(h)) throw new Error(`${where}: chunk key ${JSON.stringify(h)} is not a lowercase SHA-256 hex`);
-    if (data.length > MAX_CHUNK_SIZE) {
-      throw new Error(`${where}: chunk ${h} is ${data.length} bytes, the limit is ${MAX_CHUNK_SIZE}`);
+    if (chunkSize(data) > MAX_CHUNK_SIZE) {
+      throw new Error(`${where}: chunk ${h} is ${chunkSize(data)} bytes, the limit is ${MAX_CHUNK_SIZE}`);
     }
-    if (verifyHashes && sha256hex(data) !== h) throw new Error(`${where}: chunk ${h} does not hash to its key`);
+    if (verifyHashes && Buffer.isBuffer(data) && sha256hex(data) !== h) throw new Error(`${where}: chunk ${h} does not hash to its key`);
   }
 }
 
-export function headerOf(c: MirrorCheckpoint): CheckpointHeader {
+export function headerOf(c: MirrorCheckpoint<Buffer | LazyChunk>): CheckpointHeader {
   const chunks: ChunkRef[] = [];
-  for (const [hash, data] of c.chunks) chunks.push({ hash, size: data.length });
+  for (const [hash, data] of c.chunks) chunks.push({ hash, size: chunkSize(data) });
   return { id: c.id, seq: c.seq, ...(c.parent !== undefined ? { parent: c.parent } : {}), chunks, manifest: c.manifest };
 }
 
-export function totalChunkBytes(c: MirrorCheckpoint): number {
+export function totalChunkBytes(c: MirrorCheckpoint<Buffer | LazyChunk>): number {
   let n = 0;
-  for (const d of c.chunks.values()) n += d.length;
+  for (const d of c.chunks.values()) n += chunkSize(d);
   return n;
 }

@@ -364,10 +364,13 @@ export class Session {
     } catch (err) {
       throw new ProtocolError("not-found", (err as Error).message);
     }
+    // `want` (optional): send only these chunks (none for an empty list: the header alone).
+    const wantList = req.want;
+    const want = Array.isArray(wantList) ? new Set(wantList.filter((h): h is string => typeof h === "string")) : undefined;
     await this.conn.send(FrameType.FetchHeader, [got.header]);
     let sent = 0;
     for (const h of got.chunks) {
-      if (have.has(h)) continue;
+      if (have.has(h) || (want !== undefined && !want.has(h))) continue;
       const data = await got.readChunk(h);
       await this.conn.send(FrameType.Chunk, chunkParts(h, data));
       sent++;

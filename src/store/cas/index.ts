@@ -5,3 +5,5 @@ export { retention } from "./gc.js";
 export type { RepairReport } from "./pack.js";
 export type * from "./types.js";
 export { CasStoreAdapter, toManifest } from "./adapter.js";
+export { parseMirrorManifest, decodeTable, encodeTable, MIRROR_MANIFEST_FORMAT } from "./mirror.js";
+export type { MirrorManifest, MirrorTable, MirrorBlock, MirrorExport, ImportReport } from "./mirror.js";

@@ -19,6 +19,7 @@ import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, I
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
 import { TgError } from "../../errors.js";
+import { describeForMirror, importMirrored, blocksNeeded, type ImportReport, type MirrorExport, type MirrorManifest, type MirrorTable, type MirrorBlock } from "./mirror.js";
 
 const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, packMaxBytes: 256 << 20, inflight: 4, cacheBlocks: 64, hashWorker: true };
 
@@ -168,6 +169,28 @@ export class CasStore {
   /** Retention + space reclaim (see docs/store.md); checkpoints being exported count as pinned. */
   gc(opts: GcOptions): Promise<GcReport> {
     return this.lock.run(() => collectGarbage(this.ctx, { ...opts, pin: [...(opts.pin ?? []), ...this.exporting.keys()] }));
+  }
+
+  /**
+   * Mirroring (src/store/cas/mirror.ts, docs/mirror.md): the manifest, table and blocks
+   * (compressed as in the packs, named by SHA-256, read lazily) that carry checkpoint `id`.
+   */
+  blocksOf(id: string): Promise<MirrorExport> {
+    return this.lock.run(() => describeForMirror(this.ctx, id));
+  }
+
+  /** Blocks of a mirrored checkpoint's table that hold a page this store lacks. */
+  blocksNeeded(table: MirrorTable): MirrorBlock[] {
+    return blocksNeeded(this.ctx, table);
+  }
+
+  /**
+   * Stores a checkpoint received from a mirror: `getBlock(name)` is called, in table order,
+   * for each block holding a page this store lacks; every block and page is verified; the
+   * checkpoint is committed atomically like ingest. Its parent must be in the store.
+   */
+  importCheckpoint(manifest: MirrorManifest, table: MirrorTable, getBlock: (name: string) => Promise<Buffer>): Promise<ImportReport> {
+    return this.lock.run(() => importMirrored(this.ctx, manifest, table, getBlock));
   }
 
   /** Checkpoints, by app then seq. */

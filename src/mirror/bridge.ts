@@ -1,0 +1,496 @@
+// The mirror, connected to the content-addressed store (src/store/cas/).
+//
+// MirrorShipper: ships one app's committed checkpoints, in seq order, to a mirror
+// destination with MirrorClient. A checkpoint's chunks are the store's compressed page
+// blocks, named by SHA-256 of their bytes and read from the packs only if the destination
+// wants them, plus its table (page table, metadata, the blocks' page lists) in parts; the
+// manifest is the store's checkpoint row (src/store/cas/mirror.ts). Per-checkpoint state
+// (queued | sending | received | durable | failed) is kept in a small JSON file so that
+// `tardigrade ls` shows it after a restart, and nothing durable is sent again.
+//
+// pullFromMirror: fetches a checkpoint (and the ancestors the local store lacks) from a
+// mirror into a local CasStore, verifying every block and page, for
+// `tardigrade restore NAME --from tg://HOST:PORT` and `tardigrade mirror pull`.
+import { EventEmitter } from "node:events";
+import { readFileSync } from "node:fs";
+import type { Logger } from "pino";
+import { writeFileAtomic } from "../store/fsutil.js";
+import type { CasStore } from "../store/cas/store.js";
+import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest } from "../store/cas/mirror.js";
+import { checkpointId, parseCheckpointId } from "../store/types.js";
+import { AdminConnection, type AdminOptions } from "./admin.js";
+import { ChunkReadError, MirrorClient, type AckLevel, type MirrorStateEvent } from "./client.js";
+import type { DialOptions } from "./dial.js";
+import { silentLogger } from "./log.js";
+import { isValidName, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
+
+export type ShipState = "queued" | "sending" | "received" | "durable" | "failed";
+
+/** A store id `app@seq` as a mirror checkpoint id (`app.seq`: '@' is not allowed in mirror names). */
+export function toMirrorId(storeId: string): string {
+  const p = parseCheckpointId(storeId);
+  if (!p) throw new Error(`${JSON.stringify(storeId)} is not a checkpoint id (APP@SEQ)`);
+  return `${p.app}.${p.seq}`;
+}
+
+/** Accepts `app@seq`, `app.seq` (mirror form) or "latest"; returns the mirror form. */
+export function mirrorIdArg(id: string): string {
+  if (id === "latest") return id;
+  if (parseCheckpointId(id)) return toMirrorId(id);
+  if (isValidName(id)) return id;
+  throw new Error(`invalid checkpoint id ${JSON.stringify(id)}`);
+}
+
+export interface ShipRecord {
+  /** Store id, `app@seq`. */
+  id: string;
+  seq: number;
+  /** Id on the mirror. */
+  mirrorId: string;
+  state: ShipState;
+  updatedAt: string;
+  /** Why it failed (state "failed"). */
+  error?: string;
+  /** Blocks and block bytes the checkpoint names (the destination may have had some). */
+  blocks?: number;
+  blockBytes?: number;
+}
+
+export interface ShipperStateFile {
+  format: "tardigrade-mirror-shipper";
+  version: 1;
+  app: string;
+  source: string;
+  url: string;
+  checkpoints: ShipRecord[];
+}
+
+export interface MirrorShipperOptions {
+  store: CasStore;
+  /** The app whose checkpoints are shipped (one shipper per app). */
+  app: string;
+  /** tg://HOST:PORT or tgs://HOST:PORT */
+  url: string;
+  token: string;
+  /** Mirror source name; must be what the token names on the server (default: the app name). */
+  source?: string;
+  /** What a checkpoint waits for before the next one is considered shipped (default "durable"). */
+  ack?: AckLevel;
+  /** JSON file holding the per-checkpoint state (written atomically). */
+  statePath: string;
+  /**
+   * At start, also queue the app's checkpoints in the store above the highest seq the
+   * state file knows (all of them for a new state file). Default true.
+   */
+  backfill?: boolean;
+  dial?: DialOptions;
+  backoff?: { initialMs?: number; maxMs?: number };
+  logger?: Logger;
+}
+
+export interface ShipperStateEvent {
+  id: string;
+  seq: number;
+  mirrorId: string;
+  state: ShipState;
+  error?: string;
+}
+
+/** Times a checkpoint whose blocks moved (gc) under a send is described and offered again. */
+const MAX_ATTEMPTS = 3;
+
+/** Reads a shipper's state file (for `ls` without a running shipper); [] if there is none. */
+export function readShipperState(path: string): ShipRecord[] {
+  try {
+    const f = JSON.parse(readFileSync(path, "utf8")) as ShipperStateFile;
+    return Array.isArray(f.checkpoints) ? f.checkpoints : [];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Ships an app's checkpoints to a mirror. Events: "state" (ShipperStateEvent), "error"
+ * is never emitted (failures are states); "fatal" (Error) when the mirror refuses the source
+ * for good (wrong token...): every queued checkpoint is then failed.
+ */
+export class MirrorShipper extends EventEmitter {
+  private readonly client: MirrorClient;
+  private readonly log: Logger;
+  private readonly source: string;
+  private readonly records = new Map<string, ShipRecord>();
+  private readonly queue: string[] = [];
+  private running: Promise<void> | undefined;
+  private closed = false;
+  private saving: Promise<void> = Promise.resolve();
+  private dirty = false;
+  private lastHandedSeq = 0;
+  private idleWaiters: (() => void)[] = [];
+  private fatalError: Error | undefined;
+
+  private constructor(private readonly opts: MirrorShipperOptions) {
+    super();
+    this.source = opts.source ?? opts.app;
+    this.log = (opts.logger ?? silentLogger()).child({ shipper: opts.app, mirror: opts.url });
+    this.client = new MirrorClient({
+      url: opts.url,
+      token: opts.token,
+      source: this.source,
+      ack: opts.ack ?? "durable",
+      ...(opts.dial ? { dial: opts.dial } : {}),
+      ...(opts.backoff ? { backoff: opts.backoff } : {}),
+      logger: this.log,
+    });
+    this.client.on("state", (e: MirrorStateEvent) => this.onClientState(e));
+    this.client.on("fatal", (e: Error) => {
+      this.fatalError = e;
+      for (const id of this.queue.splice(0)) this.set(id, "failed", e.message);
+      this.emit("fatal", e);
+      this.wakeIdle();
+    });
+  }
+
+  /**
+   * Loads the state file, queues every checkpoint not yet durable (and, with backfill, the
+   * store's newer ones), and starts shipping in the background.
+   */
+  static async open(opts: MirrorShipperOptions): Promise<MirrorShipper> {
+    const s = new MirrorShipper(opts);
+    await s.load();
+    return s;
+  }
+
+  private async load(): Promise<void> {
+    let file: ShipperStateFile | undefined;
+    try {
+      file = JSON.parse(readFileSync(this.opts.statePath, "utf8")) as ShipperStateFile;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") this.log.warn({ err: (e as Error).message }, "mirror state file unreadable; starting afresh");
+    }
+    if (file && (file.url !== this.opts.url || file.source !== this.source || file.app !== this.opts.app)) {
+      this.log.info({ was: { url: file.url, source: file.source } }, "mirror destination changed; previous mirror states forgotten");
+      file = undefined;
+    }
+    const inStore = new Map(this.opts.store.list(this.opts.app).map((c) => [c.id, c]));
+    for (const r of file?.checkpoints ?? []) {
+      if (!inStore.has(r.id) && r.state !== "durable") continue; // gone from the store: can no longer be sent
+      this.records.set(r.id, r);
+    }
+    const known = [...this.records.values()];
+    const maxKnown = Math.max(0, ...known.map((r) => r.seq));
+    const resend = known.filter((r) => r.state === "queued" || r.state === "sending" || r.state === "received").sort((a, b) => a.seq - b.seq);
+    for (const r of resend) this.enqueue(r.id, true);
+    if (this.opts.backfill !== false) {
+      for (const c of [...inStore.values()].sort((a, b) => a.seq - b.seq)) if (c.seq > maxKnown) this.enqueue(c.id);
+    }
+    this.dirty = true;
+    await this.save();
+  }
+
+  /** Mirror state of a store checkpoint this shipper knows. */
+  state(id: string): ShipRecord | undefined {
+    const r = this.records.get(id);
+    return r ? { ...r } : undefined;
+  }
+
+  /** Every checkpoint this shipper knows, by seq (what `ls` shows). */
+  states(): ShipRecord[] {
+    return [...this.records.values()].sort((a, b) => a.seq - b.seq).map((r) => ({ ...r }));
+  }
+
+  /** Client statistics (bytes and chunks sent, chunks skipped, connects). */
+  get stats(): MirrorClient["stats"] {
+    return this.client.stats;
+  }
+
+  /**
+   * Queues committed checkpoint `id` (of this shipper's app) for shipping. Call after each
+   * commit, in seq order; an id already shipped or queued is ignored; an id whose seq is not
+   * above the last one shipped is marked failed.
+   */
+  enqueue(id: string, resume = false): void {
+    if (this.closed) throw new Error("mirror shipper is closed");
+    const p = parseCheckpointId(id);
+    if (!p || p.app !== this.opts.app) throw new Error(`checkpoint ${id} is not of app ${this.opts.app}`);
+    const r = this.records.get(id);
+    if (r && !resume) return;
+    if (this.queue.includes(id)) return;
+    if (p.seq <= Math.max(this.lastHandedSeq, ...this.queue.map((q) => parseCheckpointId(q)!.seq))) {
+      this.set(id, "failed", `queued after a later checkpoint (seq ${p.seq} is not above the last queued)`);
+      return;
+    }
+    if (this.fatalError) {
+      this.set(id, "failed", this.fatalError.message);
+      return;
+    }
+    this.queue.push(id);
+    if (!r || r.state !== "received") this.set(id, "queued");
+    this.running ??= this.run().finally(() => {
+      this.running = undefined;
+      if (this.queue.length > 0 && !this.closed) this.running ??= this.run();
+    });
+  }
+
+  /** Resolves when every queued checkpoint has reached the ack level (or failed). */
+  idle(): Promise<void> {
+    if (this.isIdle()) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  private isIdle(): boolean {
+    const ack = this.opts.ack ?? "durable";
+    return (
+      this.queue.length === 0 &&
+      [...this.records.values()].every((r) => r.state === "durable" || r.state === "failed" || (ack === "received" && r.state === "received"))
+    );
+  }
+
+  private wakeIdle(): void {
+    if (!this.isIdle()) return;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Stops shipping (what is not yet acknowledged is sent again by the next shipper) and saves the state. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.client.close();
+    await this.running?.catch(() => undefined);
+    this.dirty = true;
+    await this.save();
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.closed && this.queue.length > 0) {
+      const id = this.queue[0] as string;
+      await this.shipOne(id);
+      this.queue.shift();
+      this.wakeIdle();
+    }
+  }
+
+  /** Hands one checkpoint to the client and waits until the destination has at least received it. */
+  private async shipOne(id: string): Promise<void> {
+    const seq = parseCheckpointId(id)!.seq;
+    const resumeReceived = this.records.get(id)?.state === "received";
+    for (let attempt = 1; !this.closed; attempt++) {
+      if (!resumeReceived) this.set(id, "sending");
+      let ck: MirrorCheckpoint<Buffer | LazyChunk>;
+      let blocks = 0;
+      let blockBytes = 0;
+      try {
+        const d = await this.opts.store.blocksOf(id);
+        const m = d.manifest;
+        const chunks = new Map<string, Buffer | LazyChunk>();
+        for (const p of d.tableParts) chunks.set(p.hash, p.data);
+        for (const b of d.blocks) chunks.set(b.name, { size: b.size, read: b.read });
+        blocks = d.blocks.length;
+        blockBytes = m.blockBytes;
+        ck = {
+          source: this.source,
+          id: toMirrorId(id),
+          seq: m.seq,
+          ...(m.parent !== null ? { parent: toMirrorId(m.parent) } : {}),
+          manifest: d.manifestBytes,
+          chunks,
+        };
+      } catch (e) {
+        this.set(id, "failed", `cannot read it from the store: ${(e as Error).message}`);
+        return;
+      }
+      const rec = this.records.get(id);
+      if (rec) Object.assign(rec, { blocks, blockBytes });
+      this.lastHandedSeq = seq;
+      const sent = this.client.send(ck);
+      // Wait for "received" (events update the record) or a failure; durable follows later.
+      const outcome = await new Promise<{ ok: true } | { ok: false; err: Error }>((resolve) => {
+        const check = (e: MirrorStateEvent): void => {
+          if (e.id === ck.id && (e.state === "received" || e.state === "durable")) {
+            this.client.off("state", check);
+            resolve({ ok: true });
+          }
+        };
+        this.client.on("state", check);
+        sent.then(
+          () => {
+            this.client.off("state", check);
+            resolve({ ok: true });
+          },
+          (err: Error) => {
+            this.client.off("state", check);
+            resolve({ ok: false, err });
+          },
+        );
+      });
+      sent.catch(() => undefined);
+      if (outcome.ok) return;
+      if (this.closed) return;
+      if (outcome.err instanceof ChunkReadError && attempt < MAX_ATTEMPTS) {
+        this.log.warn({ id, attempt, err: outcome.err.message }, "blocks moved under the send; describing the checkpoint again");
+        this.lastHandedSeq = seq - 1;
+        continue;
+      }
+      this.set(id, "failed", outcome.err.message);
+      return;
+    }
+  }
+
+  private onClientState(e: MirrorStateEvent): void {
+    const id = checkpointId(this.opts.app, e.seq);
+    const r = this.records.get(id);
+    if (!r || r.mirrorId !== e.id) return;
+    if (e.state === "received" || e.state === "durable") this.set(id, e.state);
+    else if (e.state === "queued" && r.state === "received") this.set(id, "queued"); // lost from the mirror's cache
+  }
+
+  private set(id: string, state: ShipState, error?: string): void {
+    const seq = parseCheckpointId(id)!.seq;
+    let r = this.records.get(id);
+    if (r?.state === "durable" && state !== "durable") return;
+    if (!r) {
+      r = { id, seq, mirrorId: toMirrorId(id), state, updatedAt: "" };
+      this.records.set(id, r);
+    }
+    r.state = state;
+    r.updatedAt = new Date().toISOString();
+    if (error !== undefined) r.error = error;
+    else delete r.error;
+    const ev: ShipperStateEvent = { id, seq, mirrorId: r.mirrorId, state, ...(error !== undefined ? { error } : {}) };
+    this.emit("state", ev);
+    this.dirty = true;
+    void this.save();
+    this.wakeIdle();
+  }
+
+  /** Writes the state file (atomically; writes coalesce). */
+  private save(): Promise<void> {
+    this.saving = this.saving.then(async () => {
+      if (!this.dirty) return;
+      this.dirty = false;
+      const file: ShipperStateFile = {
+        format: "tardigrade-mirror-shipper",
+        version: 1,
+        app: this.opts.app,
+        source: this.source,
+        url: this.opts.url,
+        checkpoints: this.states(),
+      };
+      try {
+        await writeFileAtomic(this.opts.statePath, JSON.stringify(file, null, 1) + "\n");
+      } catch (e) {
+        this.log.error({ err: (e as Error).message, path: this.opts.statePath }, "cannot write the mirror state file");
+      }
+    });
+    return this.saving;
+  }
+}
+
+// ---- restore side ----
+
+export interface PullFromMirrorOptions {
+  dial?: DialOptions;
+  /** Only without a tokens file on the server: the source this client acts as. */
+  helloSource?: string;
+  logger?: Logger;
+}
+
+export interface PullFromMirrorResult {
+  /** Store id of the checkpoint asked for. */
+  id: string;
+  /** Checkpoints imported, oldest first (ancestors the store lacked, then the one asked for). */
+  imported: (ImportReport & { id: string })[];
+  /** True if the checkpoint was already in the store (nothing fetched). */
+  alreadyPresent: boolean;
+  blocksFetched: number;
+  bytesFetched: number;
+}
+
+interface Fetched {
+  mirrorId: string;
+  manifest: MirrorManifest;
+}
+
+async function fetchManifest(a: AdminConnection, source: string, mirrorId: string): Promise<Fetched> {
+  const { header, chunks } = await a.fetchStream(source, mirrorId, { want: [] });
+  for await (const _ of chunks) {
+    // none: want is empty
+  }
+  const manifest = parseMirrorManifest(header.manifest);
+  if (header.id !== toMirrorId(manifest.id) || header.seq !== manifest.seq) {
+    throw new Error(`mirror checkpoint ${source}/${header.id} (seq ${header.seq}) carries the manifest of ${manifest.id}`);
+  }
+  const names = new Set(header.chunks.map((c) => c.hash));
+  for (const p of manifest.table) if (!names.has(p.hash)) throw new Error(`mirror checkpoint ${source}/${header.id} does not name its table part ${p.hash}`);
+  return { mirrorId: header.id, manifest };
+}
+
+/**
+ * Fetches checkpoint `id` (a store id `app@seq`, its mirror form `app.seq`, or "latest") of
+ * mirror source `source` into `store`, with every ancestor the store lacks, oldest first.
+ * Only blocks holding pages the store lacks are transferred; every block is checked
+ * (SHA-256, CRC, decompressed length, each page's hash) before it is stored; each
+ * checkpoint is committed atomically.
+ */
+export async function pullFromMirror(
+  url: string,
+  token: string,
+  source: string,
+  id: string,
+  store: CasStore,
+  opts: PullFromMirrorOptions = {},
+): Promise<PullFromMirrorResult> {
+  if (!isValidName(source)) throw new Error(`invalid source name ${JSON.stringify(source)}`);
+  const admin: AdminOptions = { url, token, ...(opts.helloSource ? { source: opts.helloSource } : {}), ...(opts.dial ? { dial: opts.dial } : {}) };
+  const a = await AdminConnection.open(admin);
+  try {
+    const first = await fetchManifest(a, source, mirrorIdArg(id));
+    const target = first.manifest.id;
+    const has = (cid: string): boolean => store.list(parseCheckpointId(cid)!.app).some((c) => c.id === cid);
+    const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: has(target), blocksFetched: 0, bytesFetched: 0 };
+    if (result.alreadyPresent) return result;
+    const chain: Fetched[] = [first];
+    for (;;) {
+      const m = (chain[chain.length - 1] as Fetched).manifest;
+      if (m.kind !== "incremental" || m.parent === null || has(m.parent)) break;
+      if (chain.length > 100_000) throw new Error("checkpoint chain too long");
+      chain.push(await fetchManifest(a, source, toMirrorId(m.parent)));
+    }
+    for (const f of chain.reverse()) {
+      const m = f.manifest;
+      // The table (page table, metadata, blocks' page lists).
+      const parts = new Map<string, Buffer>();
+      const t = await a.fetchStream(source, f.mirrorId, { want: m.table.map((p) => p.hash) });
+      for await (const [h, data] of t.chunks) parts.set(h, data);
+      const tableBufs = m.table.map((p) => {
+        const b = parts.get(p.hash);
+        if (!b) throw new Error(`mirror did not send table part ${p.hash} of ${m.id}`);
+        return b;
+      });
+      const tableBytes = Buffer.concat(tableBufs);
+      if (tableBytes.length !== m.tableBytes) throw new Error(`table of ${m.id} is ${tableBytes.length} bytes, the manifest says ${m.tableBytes}`);
+      const table = decodeTable(tableBytes, m.id);
+      // The blocks this store lacks, streamed straight into the import.
+      const need = store.blocksNeeded(table).map((b) => b.name);
+      let stream: AsyncGenerator<[string, Buffer], void, void> | undefined;
+      if (need.length > 0) stream = (await a.fetchStream(source, f.mirrorId, { want: need })).chunks;
+      const getBlock = async (name: string): Promise<Buffer> => {
+        const r = await stream?.next();
+        if (!r || r.done === true) throw new Error(`mirror ended the fetch of ${m.id} before block ${name}`);
+        const [h, data] = r.value;
+        if (h !== name) throw new Error(`mirror sent block ${h} where ${name} was expected`);
+        result.blocksFetched++;
+        result.bytesFetched += data.length;
+        return data;
+      };
+      const rep = await store.importCheckpoint(m, table, getBlock);
+      // Drain what the import did not take (a page stored meanwhile): the connection serves the next request.
+      if (stream) for await (const _ of stream);
+      result.imported.push({ ...rep, id: m.id });
+      opts.logger?.info({ id: m.id, blocksStored: rep.blocksStored, bytesStored: rep.bytesStored }, "imported from mirror");
+    }
+    return result;
+  } finally {
+    a.close();
+  }
+}
