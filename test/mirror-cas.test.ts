@@ -4,13 +4,16 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from "node:fs";
-import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
 import { CasStore, decodeTable } from "../src/store/cas/index.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipperStateEvent } from "../src/mirror/bridge.js";
 import { startServerProcess, tempDir, writeTokens, type ServerProcess } from "../src/mirror/testing.js";
 import { churnChain } from "./helpers/cas-images.js";
 
+const here = dirname(fileURLToPath(import.meta.url));
 const TOKENS = { calc: "token-calc-0123456789", twin: "token-twin-0123456789", other: "token-other-0123456789" };
 let tmp: ReturnType<typeof tempDir>;
 let srv: ServerProcess;
@@ -259,5 +262,36 @@ test("identical blocks from two sources are stored once on the mirror (cross-sou
   } finally {
     await a.close();
     await b.close();
+  }
+});
+
+test("`tardigrade mirror pull --store DIR --cas` imports into a checkpoint store", { timeout: 60_000 }, async () => {
+  const dir = path("cli-store");
+  const bin = join(here, "..", "..", "bin", "tardigrade.js");
+  const run = (extra: string[]): { status: number | null; stdout: string; stderr: string } =>
+    spawnSync(process.execPath, [bin, "mirror", "pull", "--server", srv.url, "--source", "calc", "--checkpoint", "calc@2", "--store", dir, "--json", ...extra], {
+      env: { ...process.env, TARDIGRADE_MIRROR_TOKEN: TOKENS.calc },
+      encoding: "utf8",
+    });
+  const r = run(["--cas"]);
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { id: string; imported: { id: string }[] };
+  assert.equal(out.id, "calc@2");
+  assert.deepEqual(
+    out.imported.map((i) => i.id),
+    ["calc@1", "calc@2"],
+  );
+  // The directory is now a store: found without --cas.
+  const again = run([]);
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal((JSON.parse(again.stdout) as { alreadyPresent: boolean }).alreadyPresent, true);
+  const s = await CasStore.open(dir);
+  try {
+    assert.deepEqual(
+      s.list().map((c) => c.id),
+      ["calc@1", "calc@2"],
+    );
+  } finally {
+    await s.close();
   }
 });

@@ -1,10 +1,13 @@
 // `tardigrade mirror ...` commands. src/cli/main.ts calls registerMirrorCommands().
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { Command, Option } from "commander";
 import { parseBytes, parseDuration, parseHostPort } from "./address.js";
 import { withAdmin, type AdminOptions } from "./admin.js";
 import { createLogger } from "./log.js";
 import { pullCheckpoint } from "./pull.js";
+import { pullFromMirror } from "./bridge.js";
+import { CasStore } from "../store/cas/store.js";
 import { MirrorServer, DEFAULTS, type MirrorServerOptions } from "./server.js";
 import { TokenTable } from "./tokens.js";
 import type { DiskStoreHooks } from "./disk-store.js";
@@ -172,16 +175,36 @@ export function registerMirrorCommands(program: Command): Command {
     });
 
   clientCommand(mirror, "pull", "fetch a checkpoint into a local directory and verify it")
-    .requiredOption("--checkpoint <id>", 'checkpoint id, or "latest"')
-    .requiredOption("--store <dir>", "local directory to fetch into")
+    .requiredOption("--checkpoint <id>", 'checkpoint id (APP@SEQ or its mirror form APP.SEQ), or "latest"')
+    .requiredOption("--store <dir>", "local directory to fetch into (a checkpoint store: imported into it)")
+    .option("--cas", "create a checkpoint store in --store if there is none (the default when --store already is one)")
     .option("--json", "print JSON")
-    .action(async (f: ClientFlags & { checkpoint: string; store: string }) => {
+    .action(async (f: ClientFlags & { checkpoint: string; store: string; cas?: boolean }) => {
       try {
         if (!f.source) throw new Error("--source NAME is required for pull");
         const admin = adminOptions(f);
         // With a token the server knows our source; the Fetch names the one wanted and
         // the server refuses it if it is not ours.
         if (admin.token !== "") delete admin.source;
+        if (f.cas === true || existsSync(join(f.store, "index.sqlite"))) {
+          const store = await CasStore.open(f.store);
+          try {
+            const r = await pullFromMirror(admin.url, admin.token, f.source, f.checkpoint, store, {
+              ...(admin.source !== undefined ? { helloSource: admin.source } : {}),
+              ...(admin.dial ? { dial: admin.dial } : {}),
+            });
+            console.log(
+              f.json
+                ? JSON.stringify(r)
+                : r.alreadyPresent
+                  ? `${r.id} is already in ${f.store}`
+                  : `pulled ${r.id} into ${f.store}: ${r.imported.map((i) => i.id).join(", ")} imported; ${r.blocksFetched} blocks, ${r.bytesFetched} bytes fetched; every block and page verified`,
+            );
+          } finally {
+            await store.close();
+          }
+          return;
+        }
         const r = await pullCheckpoint(admin, { source: f.source, id: f.checkpoint, dir: f.store });
         console.log(
           f.json
