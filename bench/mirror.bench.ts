@@ -9,7 +9,8 @@ import { fileURLToPath } from "node:url";
 import { MirrorClient } from "../src/mirror/client.js";
 import { SyntheticSource } from "../src/mirror/synthetic.js";
 import { startServerProcess, tempDir, writeTokens, type ServerProcess } from "../src/mirror/testing.js";
-import type { MirrorCheckpoint } from "../src/mirror/objects.js";
+import { sha256hex, type MirrorCheckpoint } from "../src/mirror/objects.js";
+import { randomBytes } from "node:crypto";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
@@ -56,6 +57,26 @@ function makeCheckpoints(sources: number, perSource: number, pages: number, page
     const gen = new SyntheticSource(`bench${k}`, { pages, pageSize, sharedFraction: 0, dirtyFraction: 1, seed: `bench-${pageSize}` });
     return Array.from({ length: perSource }, () => gen.next());
   });
+}
+
+/**
+ * Checkpoints made of store-block-sized chunks: what a CasStore checkpoint is on the wire
+ * (compressed page blocks of 100–600 KiB, incompressible bytes), about 4 MiB each.
+ */
+function makeBlockCheckpoints(sources: number, perSource: number, bytesPerCheckpoint: number): MirrorCheckpoint[][] {
+  return Array.from({ length: sources }, (_, k) =>
+    Array.from({ length: perSource }, (_, i) => {
+      const chunks = new Map<string, Buffer>();
+      for (let n = 0; n < bytesPerCheckpoint; ) {
+        const size = Math.min(bytesPerCheckpoint - n, (100 + Math.floor(Math.random() * 501)) * 1024);
+        const data = randomBytes(size);
+        chunks.set(sha256hex(data), data);
+        n += size;
+      }
+      const id = `ck${String(i + 1).padStart(6, "0")}`;
+      return { source: `bench${k}`, id, seq: i + 1, ...(i > 0 ? { parent: `ck${String(i).padStart(6, "0")}` } : {}), manifest: Buffer.from(JSON.stringify({ id, chunks: [...chunks.keys()] })), chunks };
+    }),
+  );
 }
 
 /** A process that accepts connections and discards everything (the raw TCP baseline). */
@@ -127,7 +148,8 @@ async function mirrorIngest(srv: ServerProcess, perSource: MirrorCheckpoint[][])
 }
 
 async function runCase(name: string, sources: number, perSource: number, pages: number, pageSize: number): Promise<Row> {
-  const cks = makeCheckpoints(sources, perSource, pages, pageSize);
+  // pages = 0: store-block-sized chunks (pageSize = bytes per checkpoint).
+  const cks = pages === 0 ? makeBlockCheckpoints(sources, perSource, pageSize) : makeCheckpoints(sources, perSource, pages, pageSize);
   let bytes = 0;
   for (const l of cks) for (const c of l) for (const d of c.chunks.values()) bytes += d.length;
   const tmp = tempDir("tg-mirror-bench-");
@@ -158,7 +180,7 @@ async function runCase(name: string, sources: number, perSource: number, pages: 
     return {
       case: name,
       sources,
-      chunkSize: pageSize,
+      chunkSize: pages === 0 ? -1 : pageSize,
       bytes,
       rawMs,
       receivedMs,
@@ -186,19 +208,27 @@ async function runCase(name: string, sources: number, perSource: number, pages: 
 export async function main(): Promise<void> {
   const rows: Row[] = [];
   // Same total bytes (128 MiB) in every case.
-  rows.push(await runCase("1 source, 4 KiB pages", 1, 64, 512, 4096));
-  rows.push(await runCase("4 sources, 4 KiB pages", 4, 16, 512, 4096));
-  rows.push(await runCase("1 source, 64 KiB chunks", 1, 64, 32, 65536));
-  rows.push(await runCase("4 sources, 64 KiB chunks", 4, 16, 32, 65536));
+  const cases: [string, number, number, number, number][] = [
+    ["1 source, 4 KiB pages", 1, 64, 512, 4096],
+    ["4 sources, 4 KiB pages", 4, 16, 512, 4096],
+    ["1 source, 64 KiB chunks", 1, 64, 32, 65536],
+    ["4 sources, 64 KiB chunks", 4, 16, 32, 65536],
+    // What a CasStore checkpoint is on the wire: compressed blocks of 100-600 KiB (docs/mirror.md).
+    ["1 source, 100-600 KiB blocks", 1, 32, 0, 4 * MiB],
+    ["4 sources, 100-600 KiB blocks", 4, 8, 0, 4 * MiB],
+  ];
+  // TG_BENCH_MIRROR_CASES=blocks (a substring of the case names) runs only the matching cases.
+  const only = process.env.TG_BENCH_MIRROR_CASES;
+  for (const c of cases) if (!only || c[0].includes(only)) rows.push(await runCase(...c));
   const f = (n: number, d = 0): string => n.toFixed(d);
   console.log(
-    ["case".padEnd(26), "MiB".padStart(5), "raw MB/s".padStart(9), "ingest MB/s".padStart(12), "recv/raw".padStart(9),
+    ["case".padEnd(30), "MiB".padStart(5), "raw MB/s".padStart(9), "ingest MB/s".padStart(12), "recv/raw".padStart(9),
       "durable/raw".padStart(12), "ckpts".padStart(6), "flushes".padStart(8), "fsync/ckpt".padStart(11),
       "raw CPU s/GiB".padStart(14), "mirror CPU s/GiB".padStart(17), "(server)".padStart(9)].join(" "),
   );
   for (const r of rows) {
     console.log(
-      [r.case.padEnd(26), f(r.bytes / MiB).padStart(5), f(r.rawMBps).padStart(9), f(r.ingestMBps).padStart(12),
+      [r.case.padEnd(30), f(r.bytes / MiB).padStart(5), f(r.rawMBps).padStart(9), f(r.ingestMBps).padStart(12),
         f(r.ratioReceived, 2).padStart(9), f(r.ratioDurable, 2).padStart(12), String(r.checkpoints).padStart(6),
         String(r.flushes).padStart(8), f(r.fsyncsPerCheckpoint, 2).padStart(11),
         f(r.rawCpuSPerGiB, 2).padStart(14), f(r.mirrorCpuSPerGiB, 2).padStart(17), f(r.serverCpuSPerGiB, 2).padStart(9)].join(" "),
@@ -208,5 +238,14 @@ export async function main(): Promise<void> {
   console.log("CPU s/GiB: user+system CPU of both processes per GiB (mirror: until the last durable ack, flushes included); not affected by other load");
   const out = join(here, "..", "..", "bench", "results");
   mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, "mirror.json"), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
+  // A filtered run keeps the other cases' rows of the previous results.
+  let kept: Row[] = [];
+  if (only) {
+    try {
+      kept = (JSON.parse(readFileSync(join(out, "mirror.json"), "utf8")) as { rows: Row[] }).rows.filter((r) => !rows.some((x) => x.case === r.case));
+    } catch {
+      kept = [];
+    }
+  }
+  writeFileSync(join(out, "mirror.json"), JSON.stringify({ date: new Date().toISOString(), rows: [...kept, ...rows] }, null, 2) + "\n");
 }
