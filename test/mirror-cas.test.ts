@@ -2,7 +2,7 @@
 // checkpoints (blocks as chunks) to a real server process on loopback; pullFromMirror
 // brings them back into another CasStore; exports must be byte-identical.
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, readdirSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { dirname, join } from "node:path";
@@ -10,6 +10,8 @@ import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
 import { CasStore, decodeTable } from "../src/store/cas/index.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipperStateEvent } from "../src/mirror/bridge.js";
+import { ChunkReadError, MirrorClient } from "../src/mirror/client.js";
+import { sha256hex, type LazyChunk } from "../src/mirror/objects.js";
 import { startServerProcess, tempDir, writeTokens, type ServerProcess } from "../src/mirror/testing.js";
 import { churnChain } from "./helpers/cas-images.js";
 
@@ -293,5 +295,22 @@ test("`tardigrade mirror pull --store DIR --cas` imports into a checkpoint store
     );
   } finally {
     await s.close();
+  }
+});
+
+test("a chunk that cannot be read fails only that send; the same seq can be sent again", { timeout: 30_000 }, async () => {
+  const client = new MirrorClient({ url: srv.url, source: "other", token: TOKENS.other, backoff: { initialMs: 20, maxMs: 100 } });
+  try {
+    const good = randomBytes(200 * 1024);
+    const chunks = new Map<string, Buffer | LazyChunk>([[sha256hex(good), { size: good.length, read: () => Promise.reject(new Error("block moved by gc")) }]]);
+    const ck = { source: "other", id: "lazy.900", seq: 900, manifest: Buffer.from("{}"), chunks };
+    const failed: unknown[] = [];
+    client.on("failed", (e) => failed.push(e));
+    await assert.rejects(client.send(ck, "received"), (e: unknown) => e instanceof ChunkReadError && /block moved by gc/.test(e.message));
+    assert.equal(failed.length, 1);
+    const again = new Map<string, Buffer | LazyChunk>([[sha256hex(good), { size: good.length, read: () => Promise.resolve(good) }]]);
+    assert.equal(await client.send({ ...ck, chunks: again }, "durable"), "durable");
+  } finally {
+    await client.close();
   }
 });

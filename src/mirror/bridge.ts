@@ -198,6 +198,13 @@ export class MirrorShipper extends EventEmitter {
     return [...this.records.values()].sort((a, b) => a.seq - b.seq).map((r) => ({ ...r }));
   }
 
+  /** Checkpoints not yet durable on the mirror (and not failed): pin them against gc. */
+  unshipped(): string[] {
+    return this.states()
+      .filter((r) => r.state !== "durable" && r.state !== "failed")
+      .map((r) => r.id);
+  }
+
   /** Client statistics (bytes and chunks sent, chunks skipped, connects). */
   get stats(): MirrorClient["stats"] {
     return this.client.stats;

@@ -8,3 +8,15 @@ export { SyntheticSource, type SyntheticOptions } from "./synthetic.js";
 export { type MirrorCheckpoint, type CheckpointHeader, sha256hex } from "./objects.js";
 export { TokenTable } from "./tokens.js";
 export { parseMirrorUrl } from "./address.js";
+export {
+  MirrorShipper,
+  pullFromMirror,
+  readShipperState,
+  toMirrorId,
+  type MirrorShipperOptions,
+  type ShipRecord,
+  type ShipState,
+  type ShipperStateEvent,
+  type PullFromMirrorResult,
+} from "./bridge.js";
+export { ChunkReadError } from "./client.js";
