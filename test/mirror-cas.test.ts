@@ -314,3 +314,45 @@ test("a chunk that cannot be read fails only that send; the same seq can be sent
     await client.close();
   }
 });
+
+test("checkpoints only received when the mirror dies are shipped again by a restarted shipper", { timeout: 60_000 }, async () => {
+  const src = await CasStore.open(path("src"));
+  const mdir = path("mirror3");
+  const tokens = writeTokens(tmp.dir, { calc: TOKENS.calc });
+  const statePath = path("state.json");
+  let s3 = await startServerProcess(["--listen", "127.0.0.1:0", "--store", mdir, "--tokens", tokens, "--max-delay", "1h"]);
+  const port = s3.port;
+  try {
+    for (let i = 0; i < 3; i++) await src.ingest("calc", i + 1, writeImage(chain.images[i]!));
+    let sh = await MirrorShipper.open({ store: src, app: "calc", url: s3.url, token: TOKENS.calc, statePath, ack: "received", backoff: { initialMs: 20, maxMs: 100 } });
+    await sh.idle();
+    assert.deepEqual(
+      sh.states().map((r) => r.state),
+      ["received", "received", "received"],
+    );
+    assert.deepEqual(sh.unshipped(), ["calc@1", "calc@2", "calc@3"]);
+    await sh.close();
+    process.kill(s3.pid, "SIGKILL"); // nothing was flushed: the mirror loses all three
+    await s3.exited;
+    s3 = await startServerProcess(["--listen", `127.0.0.1:${port}`, "--store", mdir, "--tokens", tokens, "--max-delay", "50ms"]);
+    sh = await MirrorShipper.open({ store: src, app: "calc", url: s3.url, token: TOKENS.calc, statePath, ack: "durable", backoff: { initialMs: 20, maxMs: 100 } });
+    await sh.idle();
+    assert.deepEqual(
+      sh.states().map((r) => r.state),
+      ["durable", "durable", "durable"],
+    );
+    assert.equal(sh.stats.checkpointsOffered, 3, "all three offered again");
+    await sh.close();
+    const dst = await CasStore.open(path("dst"));
+    try {
+      await pullFromMirror(s3.url, TOKENS.calc, "calc", "calc@3", dst);
+      assert.equal(await exportDigest(dst, "calc@3"), await exportDigest(src, "calc@3"));
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    if (s3.child.exitCode === null && s3.child.signalCode === null) process.kill(s3.pid, "SIGKILL");
+    await s3.exited;
+    await src.close();
+  }
+});
