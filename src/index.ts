@@ -6,10 +6,11 @@ import { DaemonClient } from "./daemon/client.js";
 import type { ImageSummary } from "./image/summary.js";
 import { tardigradeHome } from "./store/home.js";
 import type { Manifest } from "./store/types.js";
+import type { GcReport } from "./store/cas/types.js";
 
 export { TgError } from "./errors.js";
 export { ImageError, parseImage } from "./image/parser.js";
-export type { AppState, CheckpointResult, ImageSummary, Manifest, ProgressEvent, RestoreResult, RunResult };
+export type { AppState, CheckpointResult, GcReport, ImageSummary, Manifest, ProgressEvent, RestoreResult, RunResult };
 
 export interface CommonOptions {
   /** State directory (default: $TARDIGRADE_HOME, /var/lib/tardigrade as root, ~/.local/state/tardigrade). */
@@ -33,16 +34,36 @@ export interface RunOptions extends CommonOptions {
   env?: Record<string, string>;
   /** Checkpoint every this many milliseconds. */
   everyMs?: number;
+  /** Dirty-page tracking for incremental checkpoints: "uffd" (default) or "hash". */
+  tracking?: "uffd" | "hash";
+  /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
+  keep?: number;
 }
 
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
 export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
-  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs });
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep });
 }
 
-export function checkpoint(name: string, o: CommonOptions & ProgressOptions = {}): Promise<CheckpointResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/checkpoint`, undefined, o.onProgress);
+export interface CheckpointOptions extends CommonOptions, ProgressOptions {
+  /** A full checkpoint even when an incremental one is possible. */
+  full?: boolean;
+}
+
+/** Checkpoints the app: incremental on its last checkpoint when possible, else full. */
+export function checkpoint(name: string, o: CheckpointOptions = {}): Promise<CheckpointResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/checkpoint`, { full: o.full === true }, o.onProgress);
+}
+
+/** Adds a raw image file to the store as the app's next checkpoint (checked record by record). */
+export function importImage(name: string, path: string, o: CommonOptions = {}): Promise<Manifest> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/import`, { path });
+}
+
+/** Reclaims space: keeps the newest `keep` checkpoints per app (and what they need). */
+export function gc(o: CommonOptions & { keep?: number } = {}): Promise<GcReport> {
+  return client(o).request("POST", "/v1/gc", { keep: o.keep });
 }
 
 export interface RestoreOptions extends CommonOptions, ProgressOptions {

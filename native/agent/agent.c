@@ -416,7 +416,17 @@ static void do_checkpoint(char *args) {
   if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
   tg.err_rd = pfd[0];
   tg.err_wr = pfd[1];
-  tg.img_fd = to_fifo ? open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK) : open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (to_fifo) {
+    /* the caller opens the read end concurrently: wait up to 5 s for it */
+    for (int i = 0; i < 500; i++) {
+      tg.img_fd = open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK);
+      if (tg.img_fd >= 0 || errno != ENXIO) break;
+      struct timespec ts = {0, 10000000};
+      nanosleep(&ts, NULL);
+    }
+  } else {
+    tg.img_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  }
   if (to_fifo && tg.img_fd >= 0) {
     struct stat st;
     if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { close(tg.img_fd); tg.img_fd = -1; errno = EINVAL; }
@@ -452,6 +462,9 @@ static void do_checkpoint(char *args) {
   }
   reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
         (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
+  /* only the snapshot child writes the image: a FIFO reader sees EOF when it is done */
+  close(tg.img_fd);
+  tg.img_fd = -1;
   close(tg.err_wr);
   tg.err_wr = -1;
   char msg[700] = {0};

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // tardigrade CLI. Every command but `daemon` and `logs` talks to the per-host daemon.
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
@@ -42,10 +43,12 @@ export function buildProgram(): Command {
     .description("start CMD under tardigrade (agent preloaded, own PID namespace); its output goes to `tardigrade logs NAME`")
     .option("--name <name>", "app name (default: the command's base name)")
     .option("--every <interval>", "also checkpoint periodically, e.g. 10s, 5m")
+    .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints").choices(["uffd", "hash"]))
+    .option("--keep <n>", "keep only the N newest checkpoints (older ones are reclaimed after each checkpoint)")
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash"; keep?: string; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -54,7 +57,9 @@ export function buildProgram(): Command {
           throw new TgError("cannot run the app", errMessage(e), "", "bad-request");
         }
       }
-      const r = await api.run(cmd, { name: o.name, everyMs });
+      const keep = o.keep === undefined ? undefined : Number(o.keep);
+      if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
+      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
       out(`  output: tardigrade logs ${r.name}    checkpoint: tardigrade checkpoint ${r.name}${everyMs ? `    (also every ${o.every})` : ""}`);
@@ -64,12 +69,16 @@ export function buildProgram(): Command {
     .command("checkpoint")
     .description("capture the running app and commit a checkpoint")
     .argument("<name>", "app name")
+    .option("--full", "a full checkpoint, even when an incremental one is possible")
     .option("--json", "print the manifest as JSON")
-    .action(async (name: string, o: { json?: boolean }) => {
+    .action(async (name: string, o: { full?: boolean; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
-      const m = await api.checkpoint(name, { onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+      const m = await api.checkpoint(name, { full: o.full, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(m));
-      out(`${m.id}: ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
+      const st = (m as { stats?: { storedBytes?: number } }).stats;
+      const kind = m.kind === "incremental" ? `incremental on ${m.parent}` : "full";
+      out(`${m.id} (${kind}): ${m.pages} pages, ${bytes(m.bytes)}${st?.storedBytes !== undefined ? ` (${bytes(st.storedBytes)} new in the store)` : ""}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
+      if (m.fullReason && !o.full) out(`  full because: ${m.fullReason}`);
     });
 
   program
@@ -96,7 +105,13 @@ export function buildProgram(): Command {
       const list = await api.ls(name);
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
-      out(table(["ID", "TIME", "KIND", "PAGES", "BYTES", "THREADS", "DOWNTIME"], list.map((m) => [m.id, m.createdAt, m.kind, String(m.pages), bytes(m.bytes), String(m.threads), duration(m.downtimeNs)])));
+      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean } => m as never;
+      out(
+        table(
+          ["ID", "TIME", "KIND", "PAGES", "BYTES", "STORED", "THREADS", "DOWNTIME"],
+          list.map((m) => [m.id, m.createdAt, m.kind + (extra(m).synthetic ? " (merged)" : ""), String(m.pages), bytes(m.bytes), extra(m).stats?.storedBytes !== undefined ? bytes(extra(m).stats!.storedBytes!) : "-", String(m.threads), duration(m.downtimeNs)]),
+        ),
+      );
     });
 
   program
@@ -109,6 +124,8 @@ export function buildProgram(): Command {
       if (o.json) return out(json({ manifest: m, image: img }));
       out(`${m.id}  ${m.kind}${m.parent ? ` on ${m.parent}` : ""}  created ${m.createdAt}`);
       out(`  ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s), downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}`);
+      const st = (m as { stats?: { tracking?: string | null; pagesScanned?: number | null; pagesWritten?: number | null; storedBytes?: number; newPages?: number } }).stats;
+      if (st) out(`  tracking ${st.tracking ?? "-"}: ${st.pagesScanned ?? "-"} pages scanned, ${st.pagesWritten ?? "-"} written since the parent; ${st.newPages ?? "-"} new pages, ${st.storedBytes !== undefined ? bytes(st.storedBytes) : "-"} stored`);
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
       out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);
       out(`\nthreads:\n${table(["TID", "COMM", "RIP", "RSP", ""], img.threads.map((t) => [String(t.tid), t.comm, t.rip, t.rsp, t.manager ? "(agent)" : ""]))}`);
@@ -117,6 +134,31 @@ export function buildProgram(): Command {
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.rlimits.length) out(`\nlimits: ${img.rlimits.map((r) => `${r.resource} ${r.cur}/${r.max}`).join(", ")}`);
       out(`\nmemory (${img.vmas.length} mappings):\n${table(["START", "END", "PROT", "KIND", "STORED", "PATH"], img.vmas.map((v) => [v.start, v.end, v.prot, v.kind, String(v.pagesStored), v.path]))}`);
+    });
+
+  program
+    .command("import")
+    .description("add a raw image file (docs/format.md) to the store as the app's next checkpoint")
+    .argument("<name>", "app name")
+    .argument("<file>", "raw image")
+    .option("--json", "print the manifest as JSON")
+    .action(async (name: string, file: string, o: { json?: boolean }) => {
+      const m = await api.importImage(name, resolve(file));
+      if (o.json) return out(json(m));
+      out(`${m.id}: ${m.kind}, ${m.pages} pages, ${bytes(m.bytes)}`);
+    });
+
+  program
+    .command("gc")
+    .description("reclaim store space: keep the newest N checkpoints per app (and the chains they need)")
+    .option("--keep <n>", "checkpoints to keep per app (default: each app's --keep, else all)")
+    .option("--json", "print the report as JSON")
+    .action(async (o: { keep?: string; json?: boolean }) => {
+      const keep = o.keep === undefined ? undefined : Number(o.keep);
+      if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run gc", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
+      const r = await api.gc({ keep });
+      if (o.json) return out(json(r));
+      out(`removed ${r.dropped.length} checkpoint(s)${r.dropped.length ? ` (${r.dropped.join(", ")})` : ""}; freed ${bytes(r.bytesFreed)}; ${r.packsRewritten} pack(s) rewritten`);
     });
 
   program

@@ -14,7 +14,20 @@ export interface PingReply {
 export type CheckpointEvent =
   | { event: "resumed"; ok: true; downtime_ns: number; threads: number }
   | { event: "error"; ok: false; error: string }
-  | { event: "done"; ok: true; bytes: number; pages: number; total_ns: number }
+  | {
+      event: "done";
+      ok: true;
+      bytes: number;
+      pages: number;
+      total_ns: number;
+      seq?: number;
+      kind?: "full" | "incremental";
+      parent?: number;
+      tracking?: "uffd" | "hash";
+      pages_scanned?: number;
+      pages_written?: number;
+      full_reason?: string;
+    }
   | { event: "done"; ok: false; error: string };
 
 /** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends. */
@@ -71,10 +84,23 @@ export async function ping(sock: string, timeoutMs = 2000): Promise<PingReply> {
   return r;
 }
 
+/** Options of a CHECKPOINT request (docs/native-interface.md). */
+export interface CheckpointOptions {
+  /** Ask for an image relative to the agent's image of this seq (the last one committed). */
+  incrementalOn?: number;
+  /** Dirty-page tracker, taken at the process's first checkpoint. */
+  tracking?: "uffd" | "hash";
+  /** imagePath is a FIFO the caller reads. */
+  fifo?: boolean;
+}
+
 /** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
-export async function checkpoint(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
+export async function checkpoint(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, opts: CheckpointOptions = {}, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
   const events: CheckpointEvent[] = [];
-  await request(`${sock}`, `CHECKPOINT ${imagePath}`, (o) => {
+  const words = [imagePath, opts.incrementalOn ? `incremental parent=${opts.incrementalOn}` : "full"];
+  if (opts.tracking) words.push(`tracking=${opts.tracking}`);
+  if (opts.fifo) words.push("fifo");
+  await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o) => {
     const e = o as unknown as CheckpointEvent;
     events.push(e);
     onEvent(e);

@@ -27,6 +27,13 @@ export interface AppRecord {
   everyMs?: number;
   /** Restores: spawn of tardigrade-restore to the agent answering PING. */
   restoreNs?: number;
+  /** Dirty-page tracking asked for at run (default uffd, with hash as the kernel fallback). */
+  tracking?: "uffd" | "hash";
+  /** Retention: keep this many newest checkpoints of the app (gc after each commit). */
+  keep?: number;
+  /** The running process's last committed image: agent seq and store id (incrementals build on it). */
+  lastAgentSeq?: number;
+  lastId?: string;
 }
 
 export interface ExitStatus {

@@ -1,15 +1,19 @@
 // The daemon's app manager: run, checkpoint, restore, stop and status of apps.
 // All state is read from and written to disk (AppDir), never only kept in memory.
 import { mkdir, rm } from "node:fs/promises";
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
 import { parseImage } from "../image/parser.js";
 import { stableAgent } from "../native/agent-copy.js";
 import { nativeBinary } from "../native/paths.js";
+import { CasStoreAdapter, toManifest } from "../store/cas/adapter.js";
+import { DEFAULT_MERGE_POLICY } from "../store/cas/merge.js";
+import type { GcReport, MergePolicy } from "../store/cas/types.js";
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { checkpoint as agentCheckpoint, ping, type CheckpointEvent } from "./agent.js";
+import { captureIntoCas, exportForRestore } from "./cas-flow.js";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
@@ -21,6 +25,10 @@ export interface RunRequest {
   env: Record<string, string>;
   /** Checkpoint every this many ms (0 or absent: only on demand). */
   everyMs?: number;
+  /** Dirty-page tracking: "uffd" (default; hash where the kernel lacks it) or "hash". */
+  tracking?: "uffd" | "hash";
+  /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
+  keep?: number;
 }
 
 export interface RunResult {
@@ -35,6 +43,8 @@ export interface RunResult {
 export interface CheckpointResult extends Manifest {
   /** Daemon-side wall time from request to commit (capture + write + verify + commit). */
   commitNs: number;
+  /** Why a checkpoint that could have been incremental is full (from the agent). */
+  fullReason?: string;
 }
 
 export interface RestoreResult {
@@ -167,6 +177,10 @@ export class AppManager {
   async run(req: RunRequest): Promise<RunResult> {
     if (!Array.isArray(req.argv) || req.argv.length === 0 || req.argv.some((a) => typeof a !== "string"))
       throw new TgError("cannot run the app", "no command given", "Put the command after `--`: tardigrade run --name NAME -- CMD ARGS...", "bad-request");
+    if (req.tracking !== undefined && req.tracking !== "uffd" && req.tracking !== "hash")
+      throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd or --tracking hash", "bad-request");
+    if (req.keep !== undefined && req.keep !== null && (!Number.isSafeInteger(req.keep) || req.keep < 1))
+      throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${JSON.stringify(req.keep)})`, "Pass e.g. --keep 3", "bad-request");
     const name = req.name ?? this.freeName(req.argv[0]!);
     const dir = this.dir(name);
     if (dir.sock.length > SOCK_MAX) throw new TgError(`cannot run ${name}`, `the agent socket path ${dir.sock} is longer than ${SOCK_MAX} bytes`, "Use a shorter TARDIGRADE_HOME or app name", "bad-request");
@@ -189,6 +203,8 @@ export class AppManager {
         launcherPid: 0,
         launcherStart: null,
         everyMs: req.everyMs,
+        ...(req.tracking ? { tracking: req.tracking } : {}),
+        ...(req.keep ? { keep: req.keep } : {}),
       };
       try {
         const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--", ...req.argv], {
@@ -228,7 +244,7 @@ export class AppManager {
     });
   }
 
-  async checkpoint(name: string, progress: Progress = noProgress): Promise<CheckpointResult> {
+  async checkpoint(name: string, progress: Progress = noProgress, opts: { full?: boolean } = {}): Promise<CheckpointResult> {
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
       const { dir, state } = this.known(name);
@@ -242,6 +258,7 @@ export class AppManager {
       } catch (e) {
         throw new TgError(`cannot checkpoint ${name}`, `its agent does not answer on ${dir.sock} (${errMessage(e)})`, `Check the app's log with \`tardigrade logs ${name}\``, "agent-unreachable");
       }
+      if (this.store instanceof CasStoreAdapter) return this.checkpointCas(this.store, name, dir, pid, t0, progress, opts.full === true);
       const staging = await this.store.stage(name);
       let events: CheckpointEvent[];
       progress({ phase: "capture" });
@@ -277,9 +294,115 @@ export class AppManager {
     });
   }
 
+  /** Streamed capture into the content-addressed store: incremental on the last committed image. */
+  private async checkpointCas(store: CasStoreAdapter, name: string, dir: AppDir, pid: number, t0: bigint, progress: Progress, full: boolean): Promise<CheckpointResult> {
+    const rec = dir.record() as AppRecord | null;
+    let incrementalOn: number | undefined;
+    if (!full && rec?.lastAgentSeq && rec.lastId) {
+      try {
+        store.cas.get(rec.lastId);
+        incrementalOn = rec.lastAgentSeq;
+      } catch {
+        /* the base was collected: this one is full */
+      }
+    }
+    progress({ phase: "capture" });
+    const cap = await captureIntoCas(
+      store.cas,
+      name,
+      dir.sock,
+      pid,
+      join(store.root, "staging"),
+      { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}) },
+      incrementalOn && rec?.lastId ? { parent: rec.lastId } : {},
+      (e) => {
+        this.log.debug({ app: name, event: e }, "agent event");
+        if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
+      },
+    );
+    const c = cap.checkpoint;
+    if (rec) {
+      rec.lastAgentSeq = cap.done.seq;
+      rec.lastId = c.id;
+      await dir.writeRecord(rec);
+    }
+    this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
+    this.afterCommit(store, c.id, c.kind === "incremental");
+    const fullReason = full
+      ? "full checkpoint requested"
+      : !incrementalOn
+        ? rec?.lastId
+          ? `its base ${rec.lastId} is no longer in the store`
+          : "first checkpoint since the app started or was restored"
+        : cap.done.full_reason;
+    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}) };
+  }
+
+  private background: Promise<unknown> = Promise.resolve();
+  /** Merge policy for incremental chains (configurable through TARDIGRADE_MERGE_CHAIN / _BYTES_RATIO). */
+  readonly mergePolicy: MergePolicy = {
+    maxChainLength: Number(process.env.TARDIGRADE_MERGE_CHAIN ?? DEFAULT_MERGE_POLICY.maxChainLength),
+    maxChainBytesRatio: Number(process.env.TARDIGRADE_MERGE_BYTES_RATIO ?? DEFAULT_MERGE_POLICY.maxChainBytesRatio),
+  };
+
+  /** Background work after a commit, one job at a time: merge a long chain, then apply retention. */
+  private afterCommit(store: CasStoreAdapter, id: string, incremental: boolean): void {
+    this.background = this.background
+      .then(async () => {
+        if (incremental && (await store.cas.mergeIfNeeded(id, this.mergePolicy))) this.log.info({ id }, "chain merged into a synthetic full checkpoint");
+        const keepPerApp = this.keepPerApp();
+        if (Object.keys(keepPerApp).length) {
+          const r = await store.cas.gc({ keep: Infinity, keepPerApp });
+          if (r.dropped.length) this.log.info({ dropped: r.dropped, freedBytes: r.bytesFreed }, "retention");
+        }
+      })
+      .catch((e) => this.log.warn({ id, err: errMessage(e) }, "background merge/retention failed"));
+  }
+
+  /** Waits for background merges and retention (tests, shutdown). */
+  async idle(): Promise<void> {
+    await this.background;
+  }
+
+  private keepPerApp(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const n of listAppNames(this.home)) {
+      const r = new AppDir(this.home, n).record() as AppRecord | null;
+      if (r?.keep) out[n] = r.keep;
+    }
+    return out;
+  }
+
+  /** Adds a raw image file (docs/format.md) to the store as the app's next checkpoint. */
+  async importImage(name: string, path: string): Promise<Manifest> {
+    this.dir(name); // validates the name
+    if (typeof path !== "string" || !path.startsWith("/")) throw new TgError(`cannot import into ${name}`, "the image path must be absolute", "", "bad-request");
+    if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot import into ${name}`, "this store cannot import images", "", "bad-request");
+    const store = this.store;
+    return this.lock.run(name, async () => {
+      const c = await store.cas.ingestNext(name, path, {});
+      this.log.info({ app: name, id: c.id, from: path }, "image imported");
+      return toManifest(c);
+    });
+  }
+
+  /** Store-wide garbage collection: `keep` newest per app (apps' own --keep win when smaller). */
+  async gc(keep?: number): Promise<GcReport> {
+    if (!(this.store instanceof CasStoreAdapter)) throw new TgError("cannot run gc", "this store keeps no shared data to collect", "", "bad-request");
+    const store = this.store;
+    const job = this.background.then(async () => {
+      const per = this.keepPerApp();
+      if (keep !== undefined) for (const n of listAppNames(this.home)) per[n] = Math.min(per[n] ?? keep, keep);
+      return store.cas.gc({ keep: keep ?? Infinity, keepPerApp: per, minDeadFraction: 0 });
+    });
+    this.background = job.catch(() => {});
+    return job;
+  }
+
   private async pick(name: string, id?: string): Promise<Manifest> {
     if (id !== undefined) {
       const parsed = parseCheckpointId(id);
+      if (!parsed) throw unknownCheckpoint(id, "checkpoint ids look like APP@SEQ");
       if (parsed && parsed.app !== name) throw unknownCheckpoint(id, `it belongs to app ${parsed.app}, not ${name}`);
       return this.store.get(id);
     }
@@ -298,6 +421,7 @@ export class AppManager {
       const running = st && st.state !== "exited";
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress);
       const opened = await this.store.openImage(m.id);
       try {
         const restoreBin = nativeBinary("tardigrade-restore");
@@ -380,6 +504,69 @@ export class AppManager {
         await opened.release();
       }
     });
+  }
+
+  /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
+    const name = dir.name;
+    if (running && st) {
+      // the store's data is checked as it is read (block checksums, page hashes, CRCs);
+      // what can fail before the app is killed is a missing checkpoint, checked by pick()
+      progress({ phase: "kill" });
+      await this.kill(dir, st);
+    }
+    progress({ phase: "start" });
+    await mkdir(dir.dir, { recursive: true });
+    const prev = dir.record() as AppRecord | null;
+    const now = new Date().toISOString();
+    const record: AppRecord = {
+      everyMs: prev?.everyMs,
+      tracking: prev?.tracking,
+      keep: prev?.keep,
+      name,
+      argv: prev?.argv ?? [],
+      cwd: prev?.cwd ?? "/",
+      createdAt: prev?.createdAt ?? now,
+      startedAt: now,
+      mode: "restore",
+      checkpoint: m.id,
+      launcherPid: 0,
+      launcherStart: null,
+    };
+    const image = exportForRestore(store.cas, m.id);
+    let exportError: unknown = null;
+    image.on("error", (e) => {
+      exportError = e;
+      this.killLaunch(dir, record.launcherPid);
+    });
+    let l: Launched;
+    try {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+        timeoutMs: 120_000,
+        stdin: image,
+        onSpawn: async (pid, start) => {
+          record.launcherPid = pid;
+          record.launcherStart = start;
+          await dir.writeRecord(record);
+        },
+      });
+    } catch (e) {
+      image.destroy();
+      for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+      if (exportError) throw exportError;
+      if (e instanceof LaunchFailure) {
+        const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
+        throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
+      }
+      throw e;
+    }
+    record.initStart = l.initStart;
+    record.restoreNs = l.elapsedNs;
+    await dir.writeRecord(record);
+    this.schedule(name, record.everyMs);
+    const wallNs = Number(process.hrtime.bigint() - t0);
+    this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
+    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs };
   }
 
   /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */

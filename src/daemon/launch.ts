@@ -2,6 +2,7 @@
 // both: --status/--sock/--pidfile) and waits until the agent answers PING, or
 // the launcher ends first. Used symmetrically by run and restore.
 import { spawn } from "node:child_process";
+import type { Readable } from "node:stream";
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { ping, type PingReply } from "./agent.js";
 import type { AppDir, ExitStatus } from "./appdir.js";
@@ -33,6 +34,8 @@ export interface LaunchOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs: number;
+  /** Piped into the launcher's stdin (tardigrade-restore --image -). */
+  stdin?: Readable;
   /** Called right after spawn, so the launcher pid reaches disk before we wait. */
   onSpawn(pid: number, start: string | null): Promise<void>;
 }
@@ -58,8 +61,13 @@ export async function launch(dir: AppDir, bin: string, args: string[], opts: Lau
   const t0 = process.hrtime.bigint();
   let exited: number | null | undefined;
   let spawnError: Error | undefined;
-  const child = spawn(bin, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ["ignore", logFd, logFd] });
+  const child = spawn(bin, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: [opts.stdin ? "pipe" : "ignore", logFd, logFd] });
   closeSync(logFd);
+  if (opts.stdin && child.stdin) {
+    // the restorer reads what it needs and may stop early (an error): never crash on EPIPE
+    child.stdin.on("error", () => {});
+    opts.stdin.pipe(child.stdin);
+  }
   child.on("error", (e) => (spawnError = e));
   child.on("exit", (code, sig) => (exited = code ?? (sig ? 128 : null)));
   child.unref();

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { TgError, errMessage } from "../errors.js";
 import { mkdirp, writeFileAtomic } from "../store/fsutil.js";
-import { LocalStore } from "../store/local.js";
+import { CasStoreAdapter } from "../store/cas/adapter.js";
 import { AppManager } from "./apps.js";
 import { checkSocketPath, daemonPaths, pingDaemon } from "./client.js";
 import { createApiServer } from "./server.js";
@@ -20,7 +20,23 @@ export async function runDaemon(home: string): Promise<void> {
   }
   const paths = daemonPaths(home);
   checkSocketPath(paths.sock);
-  const store = new LocalStore(join(home, "store"));
+  // The content-addressed store (docs/store.md); it takes a lock: one daemon per home.
+  let store: CasStoreAdapter;
+  try {
+    store = await CasStoreAdapter.open(join(home, "store"));
+  } catch (e) {
+    if (e instanceof TgError && e.code === "store-busy") {
+      // another daemon of this home holds the store: it is starting or running
+      for (let i = 0; i < 100; i++) {
+        if (await pingDaemon(paths.sock)) {
+          log.info("another daemon already serves this home; exiting");
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    throw e;
+  }
   const apps = new AppManager(home, store, log);
   const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
 

@@ -1,7 +1,8 @@
 // The daemon's HTTP API (JSON over the Unix socket $TARDIGRADE_HOME/daemon.sock).
 //   GET  /v1/ping                      GET  /v1/apps           GET /v1/apps/:name
 //   POST /v1/apps {name,argv,cwd,env,everyMs}                  (run)
-//   POST /v1/apps/:name/checkpoint     POST /v1/apps/:name/restore {checkpoint,replace}
+//   POST /v1/apps/:name/checkpoint {full}   POST /v1/apps/:name/restore {checkpoint,replace}
+//   POST /v1/gc {keep}                 POST /v1/apps/:name/import {path}
 //   POST /v1/apps/:name/stop {timeoutMs}
 //   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
 // Errors: {"error":{"what","why","fix","code"}} with a 4xx/5xx status.
@@ -56,15 +57,26 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       if (m === "GET" && !id) return apps.list();
       if (m === "POST" && !id) return apps.run((await body(req)) as unknown as RunRequest);
       if (m === "GET" && id && !action) return apps.status(id);
-      if (m === "POST" && id && action === "checkpoint") return apps.checkpoint(id, progress);
+      if (m === "POST" && id && action === "checkpoint") {
+        const b = await body(req);
+        return apps.checkpoint(id, progress, { full: b.full === true });
+      }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
         return apps.restore(id, { checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined, replace: b.replace === true }, progress);
+      }
+      if (m === "POST" && id && action === "import") {
+        const b = await body(req);
+        return apps.importImage(id, typeof b.path === "string" ? b.path : "");
       }
       if (m === "POST" && id && action === "stop") {
         const b = await body(req);
         return apps.stop(id, typeof b.timeoutMs === "number" ? b.timeoutMs : undefined);
       }
+    }
+    if (res === "gc" && m === "POST") {
+      const b = await body(req);
+      return apps.gc(typeof b.keep === "number" ? b.keep : undefined);
     }
     if (res === "checkpoints" && m === "GET") {
       if (!id) return apps.store.list(url.searchParams.get("app") ?? undefined);

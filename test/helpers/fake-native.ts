@@ -49,6 +49,8 @@ function main(role: string, args: string[]): void {
     writeAtomic(status, JSON.stringify({ exec_error: "No such file or directory", exit_code: 127 }) + "\n");
     process.exit(127);
   }
+  // a restore streams its image on stdin: take it all, as the real restorer does
+  if (role === "tardigrade-restore" && args[args.indexOf("--image") + 1] === "-") process.stdin.resume();
   writeAtomic(pidfile, `${process.pid} ${process.pid}\n`);
   if (mode.startsWith("exit:")) {
     const code = Number(mode.slice(5));
@@ -63,7 +65,9 @@ function main(role: string, args: string[]): void {
       buf += d;
       const nl = buf.indexOf("\n");
       if (nl < 0) return;
-      const [cmd, path] = buf.slice(0, nl).split(" ");
+      const words = buf.slice(0, nl).split(" ");
+      const [cmd, path] = words;
+      const fifo = words.includes("fifo");
       const send = (o: unknown): boolean => c.write(JSON.stringify(o) + "\n");
       if (cmd === "PING") {
         send({ ok: true, pid: 2, hostpid: process.pid, threads: 2, restored: role === "tardigrade-restore", seq });
@@ -83,8 +87,9 @@ function main(role: string, args: string[]): void {
         }
         const img = sampleImage({ npages: 20 });
         if (mode === "corrupt") img[img.length - 200]! ^= 1;
-        writeFileSync(path, img, { flag: "wx", mode: 0o600 });
-        send({ event: "done", ok: true, bytes: img.length, pages: 20, total_ns: 5678 });
+        // a FIFO (the daemon streams into its store) or a new file
+        writeFileSync(path, img, fifo ? { flag: "w" } : { flag: "wx", mode: 0o600 });
+        send({ event: "done", ok: true, bytes: img.length, pages: 20, total_ns: 5678, seq, kind: "full", parent: 0 });
         c.end();
       }
     });

@@ -21,7 +21,7 @@ import { HASH_LEN, PAGE, ZERO_HASH, crashPoint } from "./util.js";
 import { TgError } from "../../errors.js";
 
 /** Which checkpoints stay: newest `keep` per app, pins, and the chains they need. */
-export function retention(rows: CheckpointRow[], keep: number, pin: string[] = []): { kept: Set<string>; forChains: string[] } {
+export function retention(rows: CheckpointRow[], keep: number, pin: string[] = [], keepPerApp: Record<string, number> = {}): { kept: Set<string>; forChains: string[] } {
   const byId = new Map(rows.map((r) => [r.id, r]));
   const byApp = new Map<string, CheckpointRow[]>();
   for (const r of rows) {
@@ -32,7 +32,8 @@ export function retention(rows: CheckpointRow[], keep: number, pin: string[] = [
   const roots = new Set<string>(pin.filter((id) => byId.has(id)));
   for (const l of byApp.values()) {
     l.sort((a, b) => b.seq - a.seq);
-    for (const r of l.slice(0, keep)) roots.add(r.id);
+    const n = keepPerApp[l[0]!.app] ?? keep;
+    for (const r of l.slice(0, Number.isFinite(n) ? n : l.length)) roots.add(r.id);
   }
   const kept = new Set<string>(roots);
   const forChains: string[] = [];
@@ -52,11 +53,12 @@ export function retention(rows: CheckpointRow[], keep: number, pin: string[] = [
 }
 
 export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promise<GcReport> {
-  if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) throw new TgError("cannot run gc", `keep must be a positive integer (got ${opts.keep})`, "Pass --keep N with N ≥ 1", "bad-request");
+  const validKeep = (k: number): boolean => k === Infinity || (Number.isSafeInteger(k) && k >= 1);
+  if (!validKeep(opts.keep) || !Object.values(opts.keepPerApp ?? {}).every(validKeep)) throw new TgError("cannot run gc", `keep must be a positive integer (got ${opts.keep})`, "Pass --keep N with N ≥ 1", "bad-request");
   const cat = ctx.catalog;
   const minDead = opts.minDeadFraction ?? 0.25;
   const rows = cat.list();
-  const { kept, forChains } = retention(rows, opts.keep, opts.pin);
+  const { kept, forChains } = retention(rows, opts.keep, opts.pin, opts.keepPerApp);
   const drop = rows.filter((r) => !kept.has(r.id));
   cat.transaction(() => {
     for (const r of drop) cat.deleteCheckpoint(r.cid);

@@ -151,6 +151,10 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     crashPoint("ingest-written");
     await appender.sync();
     crashPoint("ingest-synced");
+    // the caller may still be waiting for the producer's verdict (the agent's final reply)
+    if (info.beforeCommit) await info.beforeCommit();
+    stats.downtimeNs = info.downtimeNs ?? stats.downtimeNs;
+    stats.totalNs = info.totalNs ?? stats.totalNs;
     stats.newPages = newPages.length;
     stats.storedBytes = pipeline.storedBytes;
     stats.threads = info.threads ?? threads;

@@ -29,6 +29,11 @@ export interface IngestInfo {
   createdAt?: Date;
   /** Free-form JSON-serialisable data kept with the manifest. */
   extra?: unknown;
+  /**
+   * Awaited after the data is durable and before the commit: a rejection aborts the ingest
+   * (nothing becomes visible). The daemon waits here for the agent's final reply.
+   */
+  beforeCommit?: () => Promise<void>;
   /** Called as the image is read: bytes done, total (0 when unknown: a stream). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -86,8 +91,10 @@ export interface MergePolicy {
 }
 
 export interface GcOptions {
-  /** Checkpoints to keep per app, newest first by seq (at least 1). */
+  /** Checkpoints to keep per app, newest first by seq (at least 1; Infinity keeps all). */
   keep: number;
+  /** Per-app overrides of `keep`. */
+  keepPerApp?: Record<string, number>;
   /** Ids kept whatever their age (e.g. a restore in progress). */
   pin?: string[];
   /** Rewrite a pack when at least this fraction of its bytes is dead (default 0.25; 0 = any dead byte). */
