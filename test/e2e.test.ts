@@ -90,7 +90,7 @@ describe("end to end: C fixtures", { timeout: TIMEOUT }, () => {
     for (const n of ["a", "b"]) {
       const c = await h.cli(["checkpoint", n]);
       assert.equal(c.code, 0, c.stderr);
-      assert.match(c.stdout, new RegExp(`^${n}@1: \\d+ pages, .* downtime`));
+      assert.match(c.stdout, new RegExp(`^${n}@1 \\(full\\): \\d+ pages, .* downtime`));
     }
     const ls = JSON.parse((await h.cli(["ls", "--json"])).stdout) as { id: string }[];
     assert.deepEqual(ls.map((m) => m.id), ["a@1", "b@1"]);
@@ -324,20 +324,23 @@ describe("end to end: refusals and crash safety", { timeout: TIMEOUT }, () => {
     assert.match(rel.stderr, /cannot execute "\.\/no-such-program"/);
   });
 
-  test("restore --replace of a damaged image refuses before touching the running app", async (t) => {
+  test("restore --replace from damaged store data refuses before touching the running app", async (t) => {
     const h = setup(t);
     await runApp(h, "keep", [fixture("counter"), "1000", "50"]);
     await waitLines(h, "keep", (ls) => ls.length >= 2, "keep runs");
+    const packDir = join(h.home, "store", "packs");
+    const lastPack = (): string => join(packDir, readdirSync(packDir).filter((f) => f.endsWith(".dat")).sort().pop()!);
     const c = await h.cli(["checkpoint", "keep"]);
     assert.equal(c.code, 0, c.stderr);
-    const file = join(h.home, "store", "checkpoints", "keep@1", "pid2.img");
+    // every block of the pack written for this checkpoint gets a flipped byte
+    const file = lastPack();
     const buf = readFileSync(file);
-    buf[buf.length - 5000]! ^= 0xff;
+    for (let off = 64; off < buf.length; off += 997) buf[off]! ^= 0xff;
     writeFileSync(file, buf);
     const before = h.pids("keep")!;
     const r = await h.cli(["restore", "keep", "--replace"]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^tardigrade: invalid checkpoint image .*keep@1\/pid2\.img: payload CRC mismatch in record PAGES .* at offset \d+/);
+    assert.match(r.stderr, /^tardigrade: .*pack-[0-9]+\.dat.*offset/);
     assert.ok(isAlive(before.app), "the running app was not killed");
     assert.deepEqual(h.pids("keep"), before);
     assert.equal((await status(h, "keep")).state, "running");

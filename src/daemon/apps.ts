@@ -314,20 +314,13 @@ export class AppManager {
       pid,
       join(store.root, "staging"),
       { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}) },
-      incrementalOn && rec?.lastId ? { parent: rec.lastId } : {},
+      { ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}), onProgress: (done, total) => progress({ phase: "verify", done, total }) },
       (e) => {
         this.log.debug({ app: name, event: e }, "agent event");
         if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
       },
     );
     const c = cap.checkpoint;
-    if (rec) {
-      rec.lastAgentSeq = cap.done.seq;
-      rec.lastId = c.id;
-      await dir.writeRecord(rec);
-    }
-    this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
-    this.afterCommit(store, c.id, c.kind === "incremental");
     const fullReason = full
       ? "full checkpoint requested"
       : !incrementalOn
@@ -335,6 +328,13 @@ export class AppManager {
           ? `its base ${rec.lastId} is no longer in the store`
           : "first checkpoint since the app started or was restored"
         : cap.done.full_reason;
+    if (rec) {
+      rec.lastAgentSeq = cap.done.seq;
+      rec.lastId = c.id;
+      await dir.writeRecord(rec);
+    }
+    this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
+    this.afterCommit(store, c.id, c.kind === "incremental");
     return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}) };
   }
 
@@ -510,8 +510,10 @@ export class AppManager {
   private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
     const name = dir.name;
     if (running && st) {
-      // the store's data is checked as it is read (block checksums, page hashes, CRCs);
-      // what can fail before the app is killed is a missing checkpoint, checked by pick()
+      // Read the whole composed image once before killing the running app: damaged store
+      // data (checked block by block as it is read) must not cost the app its life.
+      progress({ phase: "verify" });
+      for await (const chunk of exportForRestore(store.cas, m.id)) void chunk;
       progress({ phase: "kill" });
       await this.kill(dir, st);
     }
