@@ -38,12 +38,14 @@ export interface RunOptions extends CommonOptions {
   tracking?: "uffd" | "hash";
   /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
   keep?: number;
+  /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */
+  mirror?: { url: string; token: string; ack?: "received" | "durable" };
 }
 
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
 export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
-  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep });
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror });
 }
 
 export interface CheckpointOptions extends CommonOptions, ProgressOptions {
@@ -71,10 +73,12 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   checkpoint?: string;
   /** Kill the running app first. */
   replace?: boolean;
+  /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
+  from?: { url: string; token: string };
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true }, o.onProgress);
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, from: o.from }, o.onProgress);
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

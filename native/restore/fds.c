@@ -34,6 +34,8 @@ static int high(int fd, int tmp_base, char *err, size_t errlen) {
 
 static int status_flags(uint32_t open_flags) { return (int)(open_flags & (O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME)); }
 
+const char *tg_stdio_log;
+
 int tg_restore_fds(struct image *img, char *err, size_t errlen) {
   int tmp_base = 0;
   for (size_t i = 0; i < img->nfds; i++) if ((int)img->fds[i].r.fd >= tmp_base) tmp_base = (int)img->fds[i].r.fd + 1;
@@ -52,10 +54,16 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
     switch (r->kind) {
     case TG_FD_FILE: case TG_FD_DIR: case TG_FD_CHR: case TG_FD_FIFO: {
       int flags = (int)(r->open_flags & ~(uint32_t)(O_CREAT | O_TRUNC | O_EXCL)) | O_CLOEXEC;
+      /* the app's stdout/stderr log (appended): this host's log file, whatever its path was */
+      int stdio_log = tg_stdio_log && r->kind == TG_FD_FILE && (r->fd == 1 || r->fd == 2) && (r->open_flags & O_APPEND);
+      if (stdio_log) {
+        snprintf(path, sizeof path, "%s", tg_stdio_log);
+        flags |= O_CREAT;
+      }
       if (r->kind == TG_FD_FIFO) flags |= O_NONBLOCK;
-      fd = open(path, flags);
+      fd = open(path, flags, 0644);
       if (fd < 0) { snprintf(err, errlen, "fd %u: cannot reopen %s: %s", r->fd, path, strerror(errno)); return -1; }
-      if (r->kind != TG_FD_CHR && tg_check_file(path, &r->id, fd, err, errlen) != 0) return -1;
+      if (r->kind != TG_FD_CHR && !stdio_log && tg_check_file(path, &r->id, fd, err, errlen) != 0) return -1;
       if (r->kind == TG_FD_FIFO) fcntl(fd, F_SETFL, status_flags(r->open_flags));
       if ((r->kind == TG_FD_FILE || r->kind == TG_FD_DIR) && lseek(fd, (off_t)r->pos, SEEK_SET) < 0) {
         snprintf(err, errlen, "fd %u: cannot seek %s to %llu: %s", r->fd, path, (unsigned long long)r->pos, strerror(errno));

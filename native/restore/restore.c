@@ -60,11 +60,13 @@ static int open_mapped_files(char *err, size_t errlen) {
     if (k < nmapfiles) continue;
     int fd = open(img.vmas[i].path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) { snprintf(err, errlen, "cannot open %s, mapped by the application: %s", img.vmas[i].path, strerror(errno)); return -1; }
+    /* same size and mtime: the same file, also on another host with the same packages (inode numbers
+     * differ between hosts, so they are not compared) */
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_dev != v->id.dev || st.st_ino != v->id.ino || (uint64_t)st.st_size != v->id.size ||
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != v->id.size ||
         (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec != v->id.mtime_ns) {
       snprintf(err, errlen,
-               "%s changed since the checkpoint (mapped by the application; inode, size or mtime differ): "
+               "%s changed since the checkpoint (mapped by the application; size or mtime differ): "
                "restore needs the same file",
                img.vmas[i].path);
       close(fd);
@@ -282,7 +284,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE --status FILE --sock PATH --pidfile FILE [--verbose]\n");
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--verbose]\n");
   exit(2);
 }
 
@@ -296,6 +298,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--status") == 0) l.status_path = argv[++i];
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
+    else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
     else usage();
   }
   if (!l.image || !l.status_path || !l.sock || !l.pidfile) usage();

@@ -34,5 +34,8 @@ int tg_image_load(const char *path, struct image *img);
 /* fds.c: rebuilds the fd table (every fd >= keep_from is the restorer's own and left alone). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
+/* --stdio-log: where the app's appended stdout/stderr go on this host */
+extern const char *tg_stdio_log;
+
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

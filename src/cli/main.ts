@@ -6,7 +6,7 @@ import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
 import { runDaemon } from "../daemon/main.js";
-import { registerMirrorCommands } from "../mirror/cli.js";
+import { readToken, registerMirrorCommands } from "../mirror/cli.js";
 import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
@@ -29,6 +29,14 @@ function appLine(s: AppState): string[] {
   return [s.name, s.state, pids, s.startedAt, how];
 }
 
+function mirrorToken(file: string | undefined, what: string): string {
+  try {
+    return readToken(file);
+  } catch (e) {
+    throw new TgError(`cannot ${what} with a mirror`, errMessage(e), "Pass --token-file FILE (one line: the token) or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
+  }
+}
+
 export function buildProgram(): Command {
   const program = new Command("tardigrade");
   program
@@ -45,10 +53,13 @@ export function buildProgram(): Command {
     .option("--every <interval>", "also checkpoint periodically, e.g. 10s, 5m")
     .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints").choices(["uffd", "hash"]))
     .option("--keep <n>", "keep only the N newest checkpoints (older ones are reclaimed after each checkpoint)")
+    .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
+    .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
+    .addOption(new Option("--mirror-ack <level>", "a checkpoint returns once the mirror has it cached (received) or on disk (durable)").choices(["received", "durable"]).default("durable"))
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash"; keep?: string; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash"; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -59,7 +70,8 @@ export function buildProgram(): Command {
       }
       const keep = o.keep === undefined ? undefined : Number(o.keep);
       if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
-      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep });
+      const mirror = o.mirror ? { url: o.mirror, token: mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck } : undefined;
+      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
       out(`  output: tardigrade logs ${r.name}    checkpoint: tardigrade checkpoint ${r.name}${everyMs ? `    (also every ${o.every})` : ""}`);
@@ -79,6 +91,7 @@ export function buildProgram(): Command {
       const kind = m.kind === "incremental" ? `incremental on ${m.parent}` : "full";
       out(`${m.id} (${kind}): ${m.pages} pages, ${bytes(m.bytes)}${st?.storedBytes !== undefined ? ` (${bytes(st.storedBytes)} new in the store)` : ""}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
       if (m.fullReason && !o.full) out(`  full because: ${m.fullReason}`);
+      if (m.mirror) out(`  mirror ${m.mirror.url}: ${m.mirror.state}${m.mirror.error ? ` (${m.mirror.error})` : ""}`);
     });
 
   program
@@ -87,10 +100,13 @@ export function buildProgram(): Command {
     .argument("<name>", "app name")
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
+    .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
+    .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; from?: string; tokenFile?: string; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+      const from = o.from ? { url: o.from, token: mirrorToken(o.tokenFile, "restore") } : undefined;
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
@@ -105,11 +121,22 @@ export function buildProgram(): Command {
       const list = await api.ls(name);
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
-      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean } => m as never;
+      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string } } => m as never;
+      const mirrored = list.some((m) => extra(m).mirror);
       out(
         table(
-          ["ID", "TIME", "KIND", "PAGES", "BYTES", "STORED", "THREADS", "DOWNTIME"],
-          list.map((m) => [m.id, m.createdAt, m.kind + (extra(m).synthetic ? " (merged)" : ""), String(m.pages), bytes(m.bytes), extra(m).stats?.storedBytes !== undefined ? bytes(extra(m).stats!.storedBytes!) : "-", String(m.threads), duration(m.downtimeNs)]),
+          ["ID", "TIME", "KIND", "PAGES", "BYTES", "STORED", "THREADS", "DOWNTIME", ...(mirrored ? ["MIRROR"] : [])],
+          list.map((m) => [
+            m.id,
+            m.createdAt,
+            m.kind + (extra(m).synthetic ? " (merged)" : ""),
+            String(m.pages),
+            bytes(m.bytes),
+            extra(m).stats?.storedBytes !== undefined ? bytes(extra(m).stats!.storedBytes!) : "-",
+            String(m.threads),
+            duration(m.downtimeNs),
+            ...(mirrored ? [extra(m).mirror?.state ?? "-"] : []),
+          ]),
         ),
       );
     });

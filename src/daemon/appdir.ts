@@ -31,6 +31,10 @@ export interface AppRecord {
   tracking?: "uffd" | "hash";
   /** Retention: keep this many newest checkpoints of the app (gc after each commit). */
   keep?: number;
+  /** Mirror destination (tg://HOST:PORT) every committed checkpoint is streamed to; token in mirror-token. */
+  mirrorUrl?: string;
+  /** Wait for this acknowledgement of the mirror before a checkpoint returns. */
+  mirrorAck?: "received" | "durable";
   /** The running process's last committed image: agent seq and store id (incrementals build on it). */
   lastAgentSeq?: number;
   lastId?: string;

@@ -14,6 +14,10 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { checkpoint as agentCheckpoint, ping, type CheckpointEvent } from "./agent.js";
 import { captureIntoCas, exportForRestore } from "./cas-flow.js";
+import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
+import { parseMirrorUrl } from "../mirror/address.js";
+import { readFileSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
@@ -29,6 +33,8 @@ export interface RunRequest {
   tracking?: "uffd" | "hash";
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
+  /** Stream every committed checkpoint to this mirror destination. */
+  mirror?: { url: string; token: string; ack?: "received" | "durable" };
 }
 
 export interface RunResult {
@@ -40,7 +46,12 @@ export interface RunResult {
   startNs: number;
 }
 
+/** A checkpoint's state on the app's mirror destination, for `ls`. */
+export type MirrorView = Pick<ShipRecord, "state" | "updatedAt" | "error"> & { url: string };
+
 export interface CheckpointResult extends Manifest {
+  /** Where the mirror is with this checkpoint when the call returns (if the app has a mirror). */
+  mirror?: MirrorView;
   /** Daemon-side wall time from request to commit (capture + write + verify + commit). */
   commitNs: number;
   /** Why a checkpoint that could have been incremental is full (from the agent). */
@@ -65,6 +76,8 @@ export interface RestoreResult {
 }
 
 const SOCK_MAX = 107;
+/** How long a checkpoint waits for the mirror's acknowledgement before returning with the state it has. */
+const MIRROR_WAIT_MS = Number(process.env.TARDIGRADE_MIRROR_WAIT_MS ?? 10_000);
 
 /** What a long operation is doing, for progress displays. */
 export interface ProgressEvent {
@@ -137,6 +150,9 @@ export class AppManager {
       const dir = new AppDir(this.home, n);
       const r = dir.record() as AppRecord | null;
       if (r?.everyMs && dir.state()?.state === "running") this.schedule(n, r.everyMs);
+      // a mirror shipper goes on where it stopped (checkpoints committed meanwhile are backfilled)
+      if (r?.mirrorUrl && this.store instanceof CasStoreAdapter)
+        this.shipper(this.store, n, r).catch((e) => this.log.warn({ app: n, err: errMessage(e) }, "mirror shipper not started"));
     }
   }
 
@@ -181,6 +197,15 @@ export class AppManager {
       throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd or --tracking hash", "bad-request");
     if (req.keep !== undefined && req.keep !== null && (!Number.isSafeInteger(req.keep) || req.keep < 1))
       throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${JSON.stringify(req.keep)})`, "Pass e.g. --keep 3", "bad-request");
+    if (req.mirror) {
+      try {
+        parseMirrorUrl(req.mirror.url);
+      } catch (e) {
+        throw new TgError("cannot run the app", `bad --mirror address: ${errMessage(e)}`, "Use tg://HOST:PORT (or tgs:// for TLS)", "bad-request");
+      }
+      if (!req.mirror.token) throw new TgError("cannot run the app", "no mirror token", "Pass --token-file FILE or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
+      if (req.mirror.ack && req.mirror.ack !== "received" && req.mirror.ack !== "durable") throw new TgError("cannot run the app", `unknown --mirror-ack ${req.mirror.ack}`, "Use received or durable", "bad-request");
+    }
     const name = req.name ?? this.freeName(req.argv[0]!);
     const dir = this.dir(name);
     if (dir.sock.length > SOCK_MAX) throw new TgError(`cannot run ${name}`, `the agent socket path ${dir.sock} is longer than ${SOCK_MAX} bytes`, "Use a shorter TARDIGRADE_HOME or app name", "bad-request");
@@ -205,7 +230,12 @@ export class AppManager {
         everyMs: req.everyMs,
         ...(req.tracking ? { tracking: req.tracking } : {}),
         ...(req.keep ? { keep: req.keep } : {}),
+        ...(req.mirror ? { mirrorUrl: req.mirror.url, mirrorAck: req.mirror.ack ?? "durable" } : {}),
       };
+      if (req.mirror) {
+        await mkdir(dir.dir, { recursive: true });
+        await writeFile(join(dir.dir, "mirror-token"), req.mirror.token + "\n", { mode: 0o600 });
+      }
       try {
         const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--", ...req.argv], {
           cwd: req.cwd,
@@ -335,7 +365,113 @@ export class AppManager {
     }
     this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
     this.afterCommit(store, c.id, c.kind === "incremental");
-    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}) };
+    const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
+    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}) };
+  }
+
+  private readonly shippers = new Map<string, Promise<MirrorShipper>>();
+
+  private mirrorStatePath(name: string): string {
+    return join(new AppDir(this.home, name).dir, "mirror-state.json");
+  }
+
+  /** The app's mirror shipper (opened on first use, also after a daemon restart: it backfills). */
+  private shipper(store: CasStoreAdapter, name: string, rec: AppRecord): Promise<MirrorShipper> {
+    let p = this.shippers.get(name);
+    if (!p) {
+      const token = readFileSync(join(new AppDir(this.home, name).dir, "mirror-token"), "utf8").trim();
+      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log });
+      p.then((sh) => {
+        sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
+      }, () => this.shippers.delete(name));
+      this.shippers.set(name, p);
+    }
+    return p;
+  }
+
+  /** Queues a committed checkpoint for the mirror and waits (up to MIRROR_WAIT_MS) for the app's ack level; a mirror that is down or slow leaves it queued (it ships in the background and `ls` shows where it is). */
+  private async ship(store: CasStoreAdapter, name: string, rec: AppRecord, id: string): Promise<MirrorView> {
+    const url = rec.mirrorUrl!;
+    const want = rec.mirrorAck ?? "durable";
+    try {
+      const sh = await this.shipper(store, name, rec);
+      const reached = (st: string | undefined): boolean => st === "failed" || st === "durable" || (want === "received" && st === "received");
+      const done = new Promise<void>((resolve) => {
+        const on = (e: { id: string; state: string }): void => {
+          if (e.id === id && reached(e.state)) {
+            sh.off("state", on);
+            resolve();
+          }
+        };
+        sh.on("state", on);
+        setTimeout(() => {
+          sh.off("state", on);
+          resolve();
+        }, MIRROR_WAIT_MS).unref();
+      });
+      sh.enqueue(id);
+      if (!reached(sh.state(id)?.state)) await done;
+      const r = sh.state(id);
+      return { url, state: r?.state ?? "queued", updatedAt: r?.updatedAt ?? new Date().toISOString(), ...(r?.error ? { error: r.error } : {}) };
+    } catch (e) {
+      this.log.warn({ app: name, err: errMessage(e) }, "mirror unavailable");
+      return { url, state: "failed", updatedAt: new Date().toISOString(), error: errMessage(e) };
+    }
+  }
+
+  /** Mirror state of each checkpoint of the app (from the running shipper or its state file). */
+  mirrorStates(name: string): Map<string, MirrorView> {
+    const out = new Map<string, MirrorView>();
+    const rec = new AppDir(this.home, name).record() as AppRecord | null;
+    if (!rec?.mirrorUrl) return out;
+    for (const r of readShipperState(this.mirrorStatePath(name))) out.set(r.id, { url: rec.mirrorUrl, state: r.state, updatedAt: r.updatedAt, ...(r.error ? { error: r.error } : {}) });
+    return out;
+  }
+
+  /** Checkpoints with their mirror state, for `ls`. */
+  async listCheckpoints(app?: string): Promise<(Manifest & { mirror?: MirrorView })[]> {
+    const list = await this.store.list(app);
+    const states = new Map<string, Map<string, MirrorView>>();
+    return list.map((m) => {
+      if (!states.has(m.app)) states.set(m.app, this.mirrorStates(m.app));
+      const v = states.get(m.app)!.get(m.id);
+      return v ? { ...m, mirror: v } : m;
+    });
+  }
+
+  /** Fetches a checkpoint (and what it needs) from a mirror into the local store. */
+  async pullFromMirror(name: string, url: string, token: string, id?: string): Promise<string> {
+    if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot restore ${name} from ${url}`, "this store cannot import", "", "bad-request");
+    try {
+      parseMirrorUrl(url);
+    } catch (e) {
+      throw new TgError(`cannot restore ${name} from ${url}`, `bad mirror address: ${errMessage(e)}`, "Use tg://HOST:PORT (or tgs:// for TLS)", "bad-request");
+    }
+    try {
+      const r = await pullFromMirror(url, token, name, id ?? "latest", this.store.cas, { logger: this.log });
+      this.log.info({ app: name, id: r.id, fetched: r.blocksFetched, bytes: r.bytesFetched }, "pulled from the mirror");
+      return r.id;
+    } catch (e) {
+      if (e instanceof TgError) throw e;
+      throw new TgError(`cannot restore ${name} from ${url}`, errMessage(e), "Check the address, the token, and `tardigrade mirror ls --server URL`", "restore-failed");
+    }
+  }
+
+  async closeMirrors(): Promise<void> {
+    for (const p of this.shippers.values()) await p.then((s) => s.close()).catch(() => {});
+    this.shippers.clear();
+  }
+
+  private async mirrorPins(): Promise<string[]> {
+    const pins: string[] = [];
+    for (const p of this.shippers.values()) {
+      try {
+        pins.push(...(await p).unshipped());
+      } catch {
+        /* a shipper that never opened pins nothing */
+      }
+    }
+    return pins;
   }
 
   private background: Promise<unknown> = Promise.resolve();
@@ -352,7 +488,7 @@ export class AppManager {
         if (incremental && (await store.cas.mergeIfNeeded(id, this.mergePolicy))) this.log.info({ id }, "chain merged into a synthetic full checkpoint");
         const keepPerApp = this.keepPerApp();
         if (Object.keys(keepPerApp).length) {
-          const r = await store.cas.gc({ keep: Infinity, keepPerApp });
+          const r = await store.cas.gc({ keep: Infinity, keepPerApp, pin: await this.mirrorPins() });
           if (r.dropped.length) this.log.info({ dropped: r.dropped, freedBytes: r.bytesFreed }, "retention");
         }
       })
@@ -393,7 +529,7 @@ export class AppManager {
     const job = this.background.then(async () => {
       const per = this.keepPerApp();
       if (keep !== undefined) for (const n of listAppNames(this.home)) per[n] = Math.min(per[n] ?? keep, keep);
-      return store.cas.gc({ keep: keep ?? Infinity, keepPerApp: per, minDeadFraction: 0 });
+      return store.cas.gc({ keep: keep ?? Infinity, keepPerApp: per, minDeadFraction: 0, pin: await this.mirrorPins() });
     });
     this.background = job.catch(() => {});
     return job;
@@ -412,11 +548,19 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; from?: { url: string; token: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
-      const m = await this.pick(name, opts.checkpoint);
+      let checkpointId = opts.checkpoint;
+      if (opts.from) {
+        const st0 = dir.state();
+        if (st0 && st0.state !== "exited" && !opts.replace)
+          throw new TgError(`cannot restore ${name}`, `the app is still ${st0.state} (host pid ${st0.appHostPid ?? st0.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
+        progress({ phase: "verify" });
+        checkpointId = await this.pullFromMirror(name, opts.from.url, opts.from.token, opts.checkpoint);
+      }
+      const m = await this.pick(name, checkpointId);
       const st = dir.state();
       const running = st && st.state !== "exited";
       if (running && !opts.replace)
@@ -535,6 +679,7 @@ export class AppManager {
       launcherPid: 0,
       launcherStart: null,
     };
+    await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const image = exportForRestore(store.cas, m.id);
     let exportError: unknown = null;
     image.on("error", (e) => {
@@ -543,7 +688,7 @@ export class AppManager {
     });
     let l: Launched;
     try {
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile], {
         timeoutMs: 120_000,
         stdin: image,
         onSpawn: async (pid, start) => {

@@ -75,6 +75,7 @@ export async function runDaemon(home: string): Promise<void> {
   const shutdown = (sig: string): void => {
     log.info({ sig }, "daemon stopping (apps keep running)");
     apps.stopTimers();
+    void apps.closeMirrors();
     try {
       if (existsSync(paths.sock) && statSync(paths.sock).ino === sockIno) rmSync(paths.sock);
       if (readFileSync(paths.pidfile, "utf8").trim() === String(process.pid)) rmSync(paths.pidfile);

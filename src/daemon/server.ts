@@ -63,7 +63,16 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
-        return apps.restore(id, { checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined, replace: b.replace === true }, progress);
+        const from = b.from as { url?: unknown; token?: unknown } | undefined;
+        return apps.restore(
+          id,
+          {
+            checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined,
+            replace: b.replace === true,
+            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "" } } : {}),
+          },
+          progress,
+        );
       }
       if (m === "POST" && id && action === "import") {
         const b = await body(req);
@@ -79,7 +88,7 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       return apps.gc(typeof b.keep === "number" ? b.keep : undefined);
     }
     if (res === "checkpoints" && m === "GET") {
-      if (!id) return apps.store.list(url.searchParams.get("app") ?? undefined);
+      if (!id) return apps.listCheckpoints(url.searchParams.get("app") ?? undefined);
       const manifest = await apps.store.get(id);
       if (url.searchParams.get("image") !== "1") return { manifest };
       const opened = await apps.store.openImage(id);

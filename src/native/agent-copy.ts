@@ -3,10 +3,12 @@
 // restore requires every mapped file to be unchanged since the checkpoint, so
 // rebuilding or upgrading tardigrade must not invalidate existing checkpoints.
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, readFile, rename, stat } from "node:fs/promises";
+import { copyFile, mkdir, readFile, rename, stat, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { fsyncPath } from "../store/fsutil.js";
 import { nativeBinary } from "./paths.js";
+
+const FIXED_TIME = new Date("2000-01-01T00:00:00Z");
 
 export async function stableAgent(home: string): Promise<string> {
   const src = nativeBinary("libtardigrade-agent.so");
@@ -22,6 +24,9 @@ export async function stableAgent(home: string): Promise<string> {
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const tmp = `${dst}.tmp.${process.pid}`;
   await copyFile(src, tmp);
+  // A fixed mtime: the same build has the same size and mtime on every host, which is what a
+  // restore on another host checks for mapped files.
+  await utimes(tmp, FIXED_TIME, FIXED_TIME);
   await fsyncPath(tmp);
   await rename(tmp, dst);
   await fsyncPath(dir);
