@@ -111,6 +111,27 @@ class KeyedLock {
   }
 }
 
+/** The app record of a restore: the app's settings carry over; the process facts start anew. */
+function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string): AppRecord {
+  const now = new Date().toISOString();
+  return {
+    everyMs: prev?.everyMs,
+    tracking: prev?.tracking,
+    keep: prev?.keep,
+    mirrorUrl: prev?.mirrorUrl,
+    mirrorAck: prev?.mirrorAck,
+    name,
+    argv: prev?.argv ?? [],
+    cwd: prev?.cwd ?? "/",
+    createdAt: prev?.createdAt ?? now,
+    startedAt: now,
+    mode: "restore",
+    checkpoint,
+    launcherPid: 0,
+    launcherStart: null,
+  };
+}
+
 export class AppManager {
   private readonly lock = new KeyedLock();
   private readonly timers = new Map<string, NodeJS.Timeout>();
@@ -583,20 +604,7 @@ export class AppManager {
         }
         progress({ phase: "start" });
         await mkdir(dir.dir, { recursive: true });
-        const prev = dir.record() as AppRecord | null;
-        const now = new Date().toISOString();
-        const record: AppRecord = {
-          everyMs: prev?.everyMs,
-          name,
-          argv: prev?.argv ?? [],
-          cwd: prev?.cwd ?? "/",
-          createdAt: prev?.createdAt ?? now,
-          startedAt: now,
-          mode: "restore",
-          checkpoint: m.id,
-          launcherPid: 0,
-          launcherStart: null,
-        };
+        const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
         // A damaged image stops the restorer at once instead of waiting for it to notice.
         verify.catch(() => this.killLaunch(dir, record.launcherPid));
         let l: Launched;
@@ -663,22 +671,7 @@ export class AppManager {
     }
     progress({ phase: "start" });
     await mkdir(dir.dir, { recursive: true });
-    const prev = dir.record() as AppRecord | null;
-    const now = new Date().toISOString();
-    const record: AppRecord = {
-      everyMs: prev?.everyMs,
-      tracking: prev?.tracking,
-      keep: prev?.keep,
-      name,
-      argv: prev?.argv ?? [],
-      cwd: prev?.cwd ?? "/",
-      createdAt: prev?.createdAt ?? now,
-      startedAt: now,
-      mode: "restore",
-      checkpoint: m.id,
-      launcherPid: 0,
-      launcherStart: null,
-    };
+    const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const image = exportForRestore(store.cas, m.id);
     let exportError: unknown = null;
