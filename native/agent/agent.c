@@ -206,6 +206,34 @@ __attribute__((noreturn)) static void snapshot_child(void) {
   for (;;) {}
 }
 
+/* Mappings whose VmFlags in /proc/self/smaps have "dc" (MADV_DONTFORK); the mark is lifted
+ * (MADV_DOFORK) for the snapshot. Returns how many (in smaps_df). buf is scratch space. */
+static struct tg_range smaps_df[TG_MAX_DONTFORK];
+static int smaps_dontfork(char *buf, size_t cap) {
+  long n = tg_read_file("/proc/self/smaps", buf, cap);
+  if (n <= 0) return 0;
+  int count = 0;
+  uint64_t cur_s = 0, cur_e = 0;
+  for (char *l = buf; l < buf + n && count < TG_MAX_DONTFORK;) {
+    char *e = memchr(l, '\n', (size_t)(buf + n - l));
+    if (!e) e = buf + n;
+    struct tg_vma v;
+    if (strncmp(l, "VmFlags:", 8) == 0) {
+      for (char *f = l + 8; f + 2 <= e; f++)
+        if (f[-1] == ' ' && f[0] == 'd' && f[1] == 'c' && (f + 2 == e || f[2] == ' ')) {
+          tg_sys3(SYS_madvise, cur_s, cur_e - cur_s, MADV_DOFORK);
+          smaps_df[count++] = (struct tg_range){cur_s, cur_e};
+          break;
+        }
+    } else if (((*l >= '0' && *l <= '9') || (*l >= 'a' && *l <= 'f')) && tg_parse_maps_line(l, e, &v) == 0) {
+      cur_s = v.start;
+      cur_e = v.end;
+    }
+    l = e + 1;
+  }
+  return count;
+}
+
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
@@ -215,9 +243,14 @@ static void snapshot_and_release(uint32_t gen) {
     child = stk;
   } else {
     tg.child_stack = (uint64_t)stk;
+    tg.parent_maps = (char *)stk + CHILD_STACK;
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DOFORK);
-    tg.parent_maps = (char *)stk + CHILD_STACK;
+    /* An application that marks memory MADV_DONTFORK may also have moved such memory (mremap,
+     * also glibc's realloc, which the wrapper does not see): ask the kernel which mappings
+     * still carry the mark (a few ms; only for applications that use the mark at all). */
+    int nsm = 0;
+    if (tg_ndontfork > 0) nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     if (tg.parent_maps_len > 0 && tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len))
       tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
@@ -226,6 +259,7 @@ static void snapshot_and_release(uint32_t gen) {
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
+    for (int i = 0; i < nsm; i++) tg_sys3(SYS_madvise, smaps_df[i].start, smaps_df[i].end - smaps_df[i].start, MADV_DONTFORK);
     tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
   }
   tg.child = child;
@@ -437,6 +471,8 @@ static void do_checkpoint(char *args) {
     reply_error("error", err);
     goto out;
   }
+  int attempt = 0;
+again:
   tg.seq++;
   tg.pid = getpid();
   tg.ppid = getppid();
@@ -462,12 +498,9 @@ static void do_checkpoint(char *args) {
   }
   reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
         (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
-  /* only the snapshot child writes the image: a FIFO reader sees EOF when it is done */
-  close(tg.img_fd);
-  tg.img_fd = -1;
   close(tg.err_wr);
   tg.err_wr = -1;
-  char msg[700] = {0};
+  char msg[8192] = {0};
   size_t got = 0;
   for (;;) {
     ssize_t r = read(tg.err_rd, msg + got, sizeof msg - 1 - got);
@@ -480,9 +513,35 @@ static void do_checkpoint(char *args) {
   memset(&si, 0, sizeof si);
   while (waitid(P_PID, (id_t)tg.child, &si, WEXITED | __WALL) != 0 && errno == EINTR) {}
   uint64_t total = tg_now_ns(CLOCK_MONOTONIC) - tg.t_stop_ns;
+  /* "DONTFORK start end" lines: mappings the snapshot lacked; remember them for the retry */
+  int learned = 0;
+  char *line = msg;
+  while (strncmp(line, "DONTFORK ", 9) == 0) {
+    unsigned long long a = 0, b = 0;
+    if (sscanf(line + 9, "%llx %llx", &a, &b) == 2 && tg_ndontfork < TG_MAX_DONTFORK) {
+      tg_dontfork[tg_ndontfork++] = (struct tg_range){a, b};
+      learned++;
+    }
+    char *e = strchr(line, '\n');
+    if (!e) break;
+    line = e + 1;
+  }
+  if (line != msg) memmove(msg, line, strlen(line) + 1);
   char *nl = strchr(msg, '\n');
   if (nl) *nl = 0;
   int ok = si.si_code == CLD_EXITED && si.si_status == 0 && strncmp(msg, "OK ", 3) == 0;
+  if (!ok && learned && attempt++ == 0) {
+    /* Once more, now that the agent knows those mappings. The child wrote nothing (it checks
+     * before the first byte), so the same image fd goes on; the tracker starts over (full). */
+    tg_track_after_snapshot(0, 0);
+    tg.seq--;
+    close(tg.err_rd);
+    tg.err_rd = -1;
+    if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("done", err); drop_image(path); goto out; }
+    tg.err_rd = pfd[0];
+    tg.err_wr = pfd[1];
+    goto again;
+  }
   tg_track_after_snapshot(ok, tg.seq);
   if (ok) {
     unsigned long long bytes = 0, pages = 0, written = 0;

@@ -508,6 +508,7 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   if (!cmaps || !pm || !mc) { snprintf(err, errlen, "out of memory in the snapshot process"); return -1; }
   long cml = tg_read_file("/proc/self/maps", cmaps, maps_cap);
   if (cml < 0) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
+  int missing = 0;
   for (const char *l = maps, *c = cmaps; l < maps + ml;) {
     const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
     if (!e) e = maps + ml;
@@ -523,14 +524,20 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
         if (cv.start <= v.start && cv.end >= v.end) { found = 1; break; }
       }
       if (!found) {
-        snprintf(err, errlen,
-                 "mapping %llx-%llx is marked MADV_DONTFORK by a raw syscall and cannot be captured "
-                 "(the agent lifts the mark only for madvise() calls through libc)",
-                 (unsigned long long)v.start, (unsigned long long)v.end);
-        return -1;
+        /* not copied into the snapshot: marked MADV_DONTFORK other than through libc's madvise
+         * (e.g. moved by mremap after being marked). The parent learns the range and retries. */
+        char line[80];
+        int n = snprintf(line, sizeof line, "DONTFORK %llx %llx\n", (unsigned long long)v.start, (unsigned long long)v.end);
+        tg_sys3(SYS_write, tg.err_wr, line, n);
+        missing++;
       }
     }
     l = e + 1;
+  }
+
+  if (missing) {
+    snprintf(err, errlen, "%d mapping(s) marked MADV_DONTFORK were not in the snapshot", missing);
+    return -1;
   }
 
   struct tg_file_header fh;
