@@ -26,14 +26,10 @@ export async function runDaemon(home: string): Promise<void> {
     store = await CasStoreAdapter.open(join(home, "store"));
   } catch (e) {
     if (e instanceof TgError && e.code === "store-busy") {
-      // another daemon of this home holds the store: it is starting or running
-      for (let i = 0; i < 100; i++) {
-        if (await pingDaemon(paths.sock)) {
-          log.info("another daemon already serves this home; exiting");
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      // Another live daemon of this home holds the store: it serves (or is about to serve) the
+      // socket the CLI waits for. (A store held by some other tool shows in this log.)
+      log.info({ why: e.message }, "another daemon holds this home's store; exiting");
+      return;
     }
     throw e;
   }
