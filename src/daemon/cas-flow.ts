@@ -62,7 +62,10 @@ export async function captureIntoCas(
     try {
       events = await agentCheckpoint(sock, fifo, (e) => {
         if (e.event === "resumed") ingestInfo.downtimeNs = e.downtime_ns;
-        if (e.event === "done" && e.ok) ingestInfo.totalNs = e.total_ns;
+        if (e.event === "done" && e.ok) {
+          ingestInfo.totalNs = e.total_ns;
+          if (typeof e.pages_written === "number") ingestInfo.pagesWritten = e.pages_written;
+        }
         onEvent(e);
       }, { ...agentOpts, fifo: true });
       const last = events[events.length - 1];

@@ -154,6 +154,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     // the caller may still be waiting for the producer's verdict (the agent's final reply)
     if (info.beforeCommit) await info.beforeCommit();
     stats.downtimeNs = info.downtimeNs ?? stats.downtimeNs;
+    // the hash tracker counts changed pages only while writing them (after the TRACKING record)
+    if (info.pagesWritten !== undefined) stats.pagesWritten = info.pagesWritten;
     stats.totalNs = info.totalNs ?? stats.totalNs;
     stats.newPages = newPages.length;
     stats.storedBytes = pipeline.storedBytes;

@@ -21,6 +21,8 @@ export interface IngestInfo {
   downtimeNs?: number;
   /** Whole checkpoint time (ns). */
   totalNs?: number;
+  /** Pages written since the parent, as the producer counted them (overrides the TRACKING record). */
+  pagesWritten?: number;
   /** Thread count to record (default: THREAD records of the image minus the agent's manager thread). */
   threads?: number;
   /** Parent checkpoint id of an incremental image (default: `<app>@<parent_seq from the image header>`). */
