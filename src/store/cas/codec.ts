@@ -1,6 +1,8 @@
 // Blocks: up to 256 pages compressed together with zstd. On disk each block is a 16-byte
 // header (u32 magic "TGBK", u32 npages, u32 compressed length, u32 CRC-32C of the
-// compressed bytes) followed by one zstd frame. Decoding checks all of it.
+// compressed bytes) followed by one zstd frame. Pages that do not compress (random data,
+// already compressed data) are kept as they are, under the magic "TGBR", so that reading
+// them back costs no decompression. Decoding checks all of it.
 import { createRequire } from "node:module";
 import { crc32c } from "@node-rs/crc32";
 import { PAGE } from "./util.js";
@@ -15,14 +17,18 @@ interface Zstd {
 const zstd = createRequire(import.meta.url)("@mongodb-js/zstd/bindings.js") as Zstd;
 
 export const BLOCK_MAGIC = 0x4b424754; // "TGBK" little-endian
+export const RAW_BLOCK_MAGIC = 0x52424754; // "TGBR": pages stored uncompressed
 export const BLOCK_HEADER_SIZE = 16;
 export const MAX_BLOCK_PAGES = 256;
 
 /** Compresses `pages` (npages × 4096 bytes) into an on-disk block: [header, zstd frame]. */
 export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer, Buffer]> {
-  const z = await zstd.compress(pages, level);
+  const packed = await zstd.compress(pages, level);
+  // under 2% saved: not worth a decompression on every read
+  const raw = packed.length >= pages.length * 0.98;
+  const z = raw ? Buffer.from(pages) : packed; // a copy: the caller reuses its page buffer
   const h = Buffer.alloc(BLOCK_HEADER_SIZE);
-  h.writeUInt32LE(BLOCK_MAGIC, 0);
+  h.writeUInt32LE(raw ? RAW_BLOCK_MAGIC : BLOCK_MAGIC, 0);
   h.writeUInt32LE(pages.length / PAGE, 4);
   h.writeUInt32LE(z.length, 8);
   h.writeUInt32LE(crc32c(z), 12);
@@ -32,7 +38,8 @@ export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer
 /** Checks and decompresses an on-disk block; `where` names the pack file and offset for errors. */
 export async function decodeBlock(buf: Buffer, npages: number, where: string): Promise<Buffer> {
   const bad = (why: string) => storeCorrupt(`cannot read the block at ${where}`, why);
-  if (buf.length < BLOCK_HEADER_SIZE || buf.readUInt32LE(0) !== BLOCK_MAGIC) throw bad("bad block magic");
+  const magic = buf.length >= BLOCK_HEADER_SIZE ? buf.readUInt32LE(0) : 0;
+  if (magic !== BLOCK_MAGIC && magic !== RAW_BLOCK_MAGIC) throw bad("bad block magic");
   if (buf.readUInt32LE(4) !== npages) throw bad(`block holds ${buf.readUInt32LE(4)} pages, the index says ${npages}`);
   const clen = buf.readUInt32LE(8);
   if (clen !== buf.length - BLOCK_HEADER_SIZE) throw bad(`block length ${clen} does not match the index (${buf.length - BLOCK_HEADER_SIZE})`);
@@ -40,7 +47,7 @@ export async function decodeBlock(buf: Buffer, npages: number, where: string): P
   if (crc32c(z) !== buf.readUInt32LE(12)) throw bad("block CRC mismatch");
   let out: Buffer;
   try {
-    out = await zstd.decompress(z);
+    out = magic === RAW_BLOCK_MAGIC ? Buffer.from(z) : await zstd.decompress(z);
   } catch (e) {
     throw bad(`zstd: ${(e as Error).message}`);
   }
