@@ -22,6 +22,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rea
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { cleanup, killTracked, median, nowNs, sleep, startTime, track, waitForLine } from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const CLI = join(ROOT, "bin", "tardigrade.js");
@@ -75,72 +76,7 @@ interface StatusJson {
   log: string;
 }
 
-// ---------------------------------------------------------------------------
-// Processes we started, by PID, with their start time so a recycled PID is
-// never killed.
-
-interface Tracked {
-  pid: number;
-  start: string;
-  what: string;
-}
-
-const tracked: Tracked[] = [];
-
-function startTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return fields[19] ?? null; // field 22 of stat: starttime
-  } catch {
-    return null;
-  }
-}
-
-function track(pid: number | null | undefined, what: string): void {
-  if (!pid || pid <= 1) return;
-  if (tracked.some((t) => t.pid === pid)) return;
-  const start = startTime(pid);
-  if (start !== null) tracked.push({ pid, start, what });
-}
-
-function aliveSame(t: Tracked): boolean {
-  return startTime(t.pid) === t.start;
-}
-
-function killTracked(sig: NodeJS.Signals, filter: (t: Tracked) => boolean = () => true): void {
-  for (const t of tracked) {
-    if (!filter(t) || !aliveSame(t)) continue;
-    try {
-      process.kill(t.pid, sig);
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
-async function cleanup(): Promise<void> {
-  // Apps (and their launchers/inits) first, then the daemon.
-  killTracked("SIGKILL", (t) => t.what !== "daemon");
-  killTracked("SIGTERM", (t) => t.what === "daemon");
-  const deadline = Date.now() + 3000;
-  while (Date.now() < deadline && tracked.some(aliveSame)) await sleep(50);
-  killTracked("SIGKILL");
-}
-
-// ---------------------------------------------------------------------------
-// Helpers.
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const nowNs = (): bigint => process.hrtime.bigint();
 const sec = (ns: number): number => ns / 1e9;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 interface CliResult {
   json: unknown;
@@ -182,20 +118,6 @@ async function trackApp(home: string, name: string): Promise<StatusJson> {
 }
 
 /** Waits for a complete line starting with one of `prefixes` at or after byte `from` of the log. */
-async function waitForLine(file: string, prefixes: string[], timeoutMs: number, from = 0): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (existsSync(file)) {
-      const text = readFileSync(file).subarray(from).toString("utf8");
-      const lines = text.split("\n").slice(0, -1); // complete lines only
-      const hit = lines.find((l) => prefixes.some((p) => l.startsWith(p)));
-      if (hit !== undefined) return hit;
-    }
-    await sleep(20);
-  }
-  throw new Error(`no line starting with ${prefixes.map((p) => JSON.stringify(p)).join(" or ")} in ${file} after ${timeoutMs} ms`);
-}
-
 /**
  * Asks the holder (SIGUSR1, by host PID) to re-checksum all its memory and
  * returns how long that pass took inside the app. After a restore this proves

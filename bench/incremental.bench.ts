@@ -37,6 +37,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { cleanup, killTracked, median, nowNs, sleep, track, waitForLine, waitGone } from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const CLI = join(ROOT, "bin", "tardigrade.js");
@@ -119,81 +120,6 @@ interface StatusJson {
   log: string;
 }
 
-// ---------------------------------------------------------------------------
-// Processes we started, by PID, with their start time so a recycled PID is
-// never killed.
-
-interface Tracked {
-  pid: number;
-  start: string;
-  what: string;
-}
-
-const tracked: Tracked[] = [];
-
-function startTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return fields[19] ?? null; // field 22 of stat: starttime
-  } catch {
-    return null;
-  }
-}
-
-function track(pid: number | null | undefined, what: string): void {
-  if (!pid || pid <= 1) return;
-  const start = startTime(pid);
-  if (start === null) return;
-  if (tracked.some((t) => t.pid === pid && t.start === start)) return;
-  tracked.push({ pid, start, what });
-}
-
-function aliveSame(t: Tracked): boolean {
-  return startTime(t.pid) === t.start;
-}
-
-function killTracked(sig: NodeJS.Signals, filter: (t: Tracked) => boolean = () => true): void {
-  for (const t of tracked) {
-    if (!filter(t) || !aliveSame(t)) continue;
-    try {
-      process.kill(t.pid, sig);
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
-async function waitGone(filter: (t: Tracked) => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (!tracked.some((t) => filter(t) && aliveSame(t))) return true;
-    await sleep(50);
-  }
-  return false;
-}
-
-/** Kills the apps (SIGKILL) and then the daemons (SIGTERM, SIGKILL after 5 s) we started. */
-async function cleanup(): Promise<void> {
-  killTracked("SIGKILL", (t) => t.what !== "daemon");
-  await waitGone((t) => t.what !== "daemon", 3000);
-  killTracked("SIGTERM", (t) => t.what === "daemon");
-  if (!(await waitGone(() => true, 5000))) killTracked("SIGKILL");
-}
-
-// ---------------------------------------------------------------------------
-// Helpers.
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const nowNs = (): bigint => process.hrtime.bigint();
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 interface CliResult {
   json: unknown;
   wallNs: number;
@@ -253,22 +179,6 @@ async function trackApp(home: Home, name: string): Promise<StatusJson> {
 }
 
 /** Waits for a complete line starting with one of `prefixes` at or after byte `from` of the log. */
-async function waitForLine(file: string, prefixes: string[], timeoutMs: number, from = 0): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (existsSync(file)) {
-      const text = readFileSync(file).subarray(from).toString("utf8");
-      const lines = text.split("\n").slice(0, -1); // complete lines only
-      const bad = lines.find((l) => l.startsWith("ERROR") || l.startsWith("CORRUPT"));
-      if (bad !== undefined) throw new Error(`${file}: ${bad}`);
-      const hit = lines.find((l) => prefixes.some((p) => l.startsWith(p)));
-      if (hit !== undefined) return hit;
-    }
-    await sleep(10);
-  }
-  throw new Error(`no line starting with ${prefixes.map((p) => JSON.stringify(p)).join(" or ")} in ${file} after ${timeoutMs} ms`);
-}
-
 const logSize = (file: string): number => (existsSync(file) ? statSync(file).size : 0);
 
 /** SIGUSR1: the dirtier rewrites its share of pages; returns [pages dirtied, ns it took]. */
