@@ -543,6 +543,9 @@ again:
     goto again;
   }
   tg_track_after_snapshot(ok, tg.seq);
+  if (ok && attempt > 0 && !tg_trk.incremental)
+    snprintf(tg_trk.reason, sizeof tg_trk.reason,
+             "the first snapshot lacked mappings marked MADV_DONTFORK outside the agent's view; captured again as a full image");
   if (ok) {
     unsigned long long bytes = 0, pages = 0, written = 0;
     sscanf(msg + 3, "%llu %llu %llu", &bytes, &pages, &written);
