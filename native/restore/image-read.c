@@ -51,6 +51,10 @@ int tg_image_load(const char *path, struct image *img) {
   if (img->fd < 0) { fprintf(stderr, "tardigrade-restore: cannot open image %s: %s\n", path, strerror(errno)); return -1; }
   struct stat st;
   if (fstat(img->fd, &st) != 0) return fail(img, 0, "fstat: %s%llu", strerror(errno), 0);
+  /* a stream: a larger pipe buffer means fewer, larger reads (the store writes while we read) */
+  if (S_ISFIFO(st.st_mode) && fcntl(img->fd, F_SETPIPE_SZ, 1 << 20) < 0) {
+    /* above fs.pipe-max-size: the default size works too, only slower */
+  }
   /* a stream has no size: truncation then shows as a short read */
   uint64_t size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX, off = 0;
   if (size < sizeof img->hdr || read_at(img->fd, &img->hdr, sizeof img->hdr, 0) != 0)
