@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { TgError, errMessage } from "../errors.js";
 import { parseImage } from "../image/parser.js";
 import { fsyncPath, writeFileAtomic, writeFileSynced } from "./fsutil.js";
+import { Mutex } from "./mutex.js";
 import {
   checkpointId,
   parseCheckpointId,
@@ -26,21 +27,6 @@ import {
 
 const IMAGE_RE = /^pid([0-9]+)\.img$/;
 
-/** Serialises async sections (seq allocation + rename). */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
 
 export class LocalStore implements Store {
   private readonly lock = new Mutex();

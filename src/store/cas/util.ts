@@ -29,20 +29,7 @@ export function hex(addr: bigint | number): string {
 }
 
 /** Serialises async sections (one writer at a time: ingest commit, merge, gc). */
-export class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
-}
+export { Mutex } from "../mutex.js";
 
 /** The store's data is inconsistent (a pack shorter than the index says, a block CRC mismatch...). */
 export function storeCorrupt(what: string, why: string): TgError {
