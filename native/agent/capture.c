@@ -240,12 +240,7 @@ static int hash_clear_before(struct runs *rr, uint64_t addr) {
 
 /* Is [s,e) a mapping the tracker saw as fresh (captured whole this time)? */
 static int is_fresh(uint64_t s, uint64_t e) {
-  uint64_t lo = 0, hi = tg_trk.nfresh;
-  while (lo < hi) {
-    uint64_t mid = (lo + hi) / 2;
-    if (tg_trk.fresh[mid].end <= s) lo = mid + 1;
-    else hi = mid;
-  }
+  uint64_t lo = tg_regions_first_after(tg_trk.fresh, tg_trk.nfresh, s);
   return lo < tg_trk.nfresh && tg_trk.fresh[lo].start <= s && tg_trk.fresh[lo].end >= e;
 }
 

@@ -105,14 +105,19 @@ static long scan(uint64_t s, uint64_t e) {
   return 0;
 }
 
-static int covered(uint64_t s, uint64_t e) {
-  /* tracked ranges are sorted and disjoint */
-  uint64_t lo = 0, hi = tg_trk.ntracked;
+TG_HIDDEN uint64_t tg_regions_first_after(const struct tg_region *r, uint64_t n, uint64_t addr) {
+  uint64_t lo = 0, hi = n;
   while (lo < hi) {
     uint64_t mid = (lo + hi) / 2;
-    if (tg_trk.tracked[mid].end <= s) lo = mid + 1;
+    if (r[mid].end <= addr) lo = mid + 1;
     else hi = mid;
   }
+  return lo;
+}
+
+static int covered(uint64_t s, uint64_t e) {
+  /* tracked ranges are sorted and disjoint */
+  uint64_t lo = tg_regions_first_after(tg_trk.tracked, tg_trk.ntracked, s);
   uint64_t at = s;
   for (uint64_t i = lo; i < tg_trk.ntracked && at < e; i++) {
     if (tg_trk.tracked[i].start > at) return 0;
