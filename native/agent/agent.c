@@ -464,7 +464,12 @@ static void do_checkpoint(char *args) {
   if (to_fifo && tg.img_fd >= 0) {
     struct stat st;
     if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { close(tg.img_fd); tg.img_fd = -1; errno = EINVAL; }
-    else fcntl(tg.img_fd, F_SETFL, 0); /* blocking writes from here on */
+    else {
+      if (fcntl(tg.img_fd, F_SETFL, 0) != 0) { close(tg.img_fd); tg.img_fd = -1; } /* blocking writes from here on */
+      /* 1 MiB in flight (one PAGES record): 16x fewer wake-ups of the reader than the default 64 KiB.
+       * Refused (pipe-max-size lowered, pipe quota): the default size works, only slower. */
+      else if (fcntl(tg.img_fd, F_SETPIPE_SZ, 1 << 20) < 0 && errno != EPERM && errno != EBUSY) { close(tg.img_fd); tg.img_fd = -1; }
+    }
   }
   if (tg.img_fd < 0) {
     snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(errno));

@@ -1,11 +1,11 @@
 // The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
 // and keeps nothing important in memory (safe to kill -9 at any time).
-import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { TgError, errMessage } from "../errors.js";
-import { mkdirp, writeFileAtomic } from "../store/fsutil.js";
+import { mkdirp } from "../store/fsutil.js";
 import { CasStoreAdapter } from "../store/cas/adapter.js";
 import { AppManager } from "./apps.js";
 import { checkSocketPath, daemonPaths, pingDaemon } from "./client.js";
@@ -59,9 +59,13 @@ export async function runDaemon(home: string): Promise<void> {
       await unlink(paths.sock).catch(() => {}); // stale socket of a dead daemon
     }
   }
-  await unlink(tmpSock).catch(() => {});
+  // The socket is live from the link on: write the pid file before the first await, so a
+  // client served by this daemon never sees the previous daemon's pid there.
+  const tmpPid = `${paths.pidfile}.${process.pid}`;
+  writeFileSync(tmpPid, `${process.pid}\n`);
+  renameSync(tmpPid, paths.pidfile);
   const sockIno = statSync(paths.sock).ino;
-  await writeFileAtomic(paths.pidfile, `${process.pid}\n`);
+  await unlink(tmpSock).catch(() => {});
 
   const removed = await store.recover();
   if (removed.length) log.info({ removed }, "removed unfinished checkpoints left in staging");

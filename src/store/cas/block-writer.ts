@@ -99,8 +99,8 @@ export class BlockPipeline {
   private async drainOne(): Promise<void> {
     const q = this.queue.shift()!;
     const enc = await q.p;
-    this.free.push(q.buf);
     const b = await this.appender.write(enc, q.npages);
+    this.free.push(q.buf); // only now: a raw block is written straight from it
     this.blocks[q.slot] = b;
     this.storedBytes += b.len;
   }

@@ -114,11 +114,38 @@ export function toRecords({ mem, rows }: Composed, metaBlob: Buffer, id: string)
   return out;
 }
 
+/**
+ * A full (captured or merged) checkpoint's own page table as records, when it already is
+ * one: PAGES rows in ascending address order, each inside one stored VMA. Null otherwise
+ * (the general composition then applies). Saves the page map (~0.4 s per GiB).
+ */
+export function ownRecords(ext: ExtentRow[], metaBlob: Buffer, id: string): ComposedRecord[] | null {
+  const vmas = metaVmas(metaBlob, id).filter((v) => !UNSTORED_VMA_KINDS.has(v.kind));
+  const out: ComposedRecord[] = [];
+  let v = 0;
+  let prevEnd = -1;
+  for (const e of ext) {
+    if (e.hashes === null) return null;
+    if (e.npages < 1 || e.npages > MAX_PAGES_PER_RECORD || e.page < prevEnd || e.hashes.length !== e.npages * HASH_LEN) return null;
+    const start = e.page;
+    const end = e.page + e.npages;
+    while (v < vmas.length && pageOf(vmas[v]!.end) <= start) v++;
+    if (v >= vmas.length || pageOf(vmas[v]!.start) > start || pageOf(vmas[v]!.end) < end) return null;
+    out.push({ page: e.page, npages: e.npages, hashes: e.hashes, locs: e.locs && e.locs.length === e.npages * LOC_LEN ? e.locs : Buffer.alloc(e.npages * LOC_LEN) });
+    prevEnd = end;
+  }
+  return out;
+}
+
 /** The records of a full image of checkpoint `id`. */
 export function composeRecords(ctx: StoreContext, id: string): { chain: CheckpointRow[]; records: ComposedRecord[] } {
   const chain = resolveChain(ctx, id);
   const target = chain[chain.length - 1]!;
-  const composed = composeChain(ctx, chain);
   const { meta } = ctx.catalog.headerAndMeta(target.cid);
+  if (chain.length === 1) {
+    const own = ownRecords(ctx.catalog.extents(target.cid), meta, id);
+    if (own) return { chain, records: own };
+  }
+  const composed = composeChain(ctx, chain);
   return { chain, records: toRecords(composed, meta, id) };
 }

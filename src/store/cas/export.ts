@@ -5,7 +5,7 @@
 // blocks prefetched ahead of the record being assembled.
 import { Readable } from "node:stream";
 import { crc32c } from "@node-rs/crc32";
-import { FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordType } from "../../image/format.js";
+import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD as MAX_RECORD_PAGES, RECORD_HEADER_SIZE, RecordType } from "../../image/format.js";
 import { BlockCache } from "./blocks.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
@@ -66,24 +66,48 @@ function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<num
 
 type Locs = ([number, number] | null)[];
 
-async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs, onStale: () => void): Promise<Buffer> {
-  const build = async (locs: Locs): Promise<Buffer> => {
-    const rec = Buffer.allocUnsafe(RECORD_HEADER_SIZE + 16 + r.npages * PAGE);
-    const payload = rec.subarray(RECORD_HEADER_SIZE);
-    payload.writeBigUInt64LE(addrOf(r.page), 0);
-    payload.writeBigUInt64LE(BigInt(r.npages), 8);
-    for (let i = 0; i < r.npages; i++) {
+/** Zero pages for records: slices of one shared buffer (never written). */
+const ZEROS = Buffer.alloc(MAX_RECORD_PAGES * PAGE);
+
+/**
+ * One PAGES record as slices, without copying page data: the record header and the
+ * 16-byte payload prefix, then runs of consecutive pages taken straight from the
+ * (decoded, immutable) blocks or from a shared zero buffer. The CRC is chained over the
+ * slices.
+ */
+async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs, onStale: () => void): Promise<Buffer[]> {
+  const build = async (locs: Locs): Promise<Buffer[]> => {
+    const head = Buffer.allocUnsafe(RECORD_HEADER_SIZE + 16);
+    const prefix = head.subarray(RECORD_HEADER_SIZE);
+    prefix.writeBigUInt64LE(addrOf(r.page), 0);
+    prefix.writeBigUInt64LE(BigInt(r.npages), 8);
+    const out: Buffer[] = [head];
+    let crc = crc32c(prefix);
+    for (let i = 0; i < r.npages; ) {
       const loc = locs[i];
-      const at = 16 + i * PAGE;
+      let j = i + 1;
+      let slice: Buffer;
       if (!loc) {
-        payload.fill(0, at, at + PAGE);
-        continue;
+        while (j < r.npages && !locs[j]) j++;
+        slice = ZEROS.subarray(0, (j - i) * PAGE);
+      } else {
+        const [blk, idx] = loc;
+        while (j < r.npages && locs[j] && locs[j]![0] === blk && locs[j]![1] === idx + (j - i)) j++;
+        const block = await cache.get(blk);
+        slice = block.subarray(idx * PAGE, (idx + j - i) * PAGE);
+        if (slice.length !== (j - i) * PAGE) throw storeCorrupt(`cannot export checkpoint ${id}`, `block ${blk} is shorter than its pages ${idx}..${idx + j - i}`);
       }
-      const block = await cache.get(loc[0]);
-      block.copy(payload, at, loc[1] * PAGE, (loc[1] + 1) * PAGE);
+      crc = crc32c(slice, crc);
+      out.push(slice);
+      i = j;
     }
-    recordHeader(RecordType.PAGES, payload).copy(rec, 0);
-    return rec;
+    const h = head.subarray(0, RECORD_HEADER_SIZE);
+    h.fill(0);
+    h.writeUInt32LE(RecordType.PAGES, 0);
+    h.writeBigUInt64LE(BigInt(16 + r.npages * PAGE), 8);
+    h.writeUInt32LE(crc, 16);
+    h.writeUInt32LE(crc32c(h.subarray(0, 28)), 28);
+    return out;
   };
   try {
     return await build(located);
@@ -169,11 +193,11 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
   for (let i = 0; i < records.length; i++) {
     if (i % PREFETCH_RECORDS === 0) prefetch(cache, locator, i, Math.min(records.length, i + PREFETCH_RECORDS * 2), budget);
     const r = records[i]!;
-    const rec = await pagesRecord(ctx, cache, id, r, locator.take(i), () => locator.stale());
-    size += rec.length;
+    const parts = await pagesRecord(ctx, cache, id, r, locator.take(i), () => locator.stale());
+    size += RECORD_HEADER_SIZE + 16 + r.npages * PAGE;
     count++;
     pages += r.npages;
-    yield rec;
+    yield* parts;
   }
   const end = Buffer.alloc(24);
   end.writeBigUInt64LE(BigInt(count), 0);

@@ -3,7 +3,11 @@
 // compressing. Message in: { id, data: Uint8Array }; out: { id, data, hashes: Uint8Array }
 // (data handed back so the caller can pack the new pages).
 import { createHash } from "node:crypto";
+import { getPriority, setPriority } from "node:os";
 import { parentPort } from "node:worker_threads";
+
+/** How much lower than the daemon's this thread runs (see below). */
+const HASH_NICE = 10;
 
 const PAGE = 4096;
 const ZERO = Buffer.alloc(PAGE);
@@ -17,6 +21,16 @@ export function hashPages(data: Buffer): Buffer {
     createHash("sha256").update(page).digest().copy(hashes, i * 32);
   }
   return hashes;
+}
+
+if (parentPort) {
+  // Hashing is background work: on Linux a thread's nice value is its own, so this lowers
+  // only this thread's priority below the application's (raising nice needs no privilege).
+  try {
+    setPriority(0, Math.min(19, getPriority(0) + HASH_NICE));
+  } catch {
+    // not permitted or not supported: hash at normal priority
+  }
 }
 
 parentPort?.on("message", (m: { id: number; data: Uint8Array }) => {

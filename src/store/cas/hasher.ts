@@ -42,17 +42,27 @@ export class Hasher {
     this.waiting.clear();
   }
 
-  /** Hashes of the pages in `data` (a copy of it is handed to the worker: the caller's buffer stays its own). */
-  hash(data: Buffer): Promise<{ data: Buffer; hashes: Buffer }> {
+  /**
+   * Hashes of the pages in `data`; the result's `data` holds the same bytes. With `give`, the
+   * caller hands `data` over: when its memory holds nothing else but a record prefix (the
+   * image reader's assembled records), it moves to the worker and back without a copy, and
+   * the caller's `data` is detached. Otherwise a copy goes to the worker.
+   */
+  hash(data: Buffer, give = false): Promise<{ data: Buffer; hashes: Buffer }> {
     if (this.failed) return Promise.reject(this.failed);
     if (!this.worker) return Promise.resolve({ data, hashes: hashPages(data) });
-    const copy = new Uint8Array(data.length);
-    copy.set(data);
+    let msg: Uint8Array;
+    if (give && data.byteOffset <= 64 && data.byteOffset + data.length === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
+      msg = new Uint8Array(data.buffer, data.byteOffset, data.length);
+    } else {
+      msg = new Uint8Array(data.length);
+      msg.set(data);
+    }
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       if (this.waiting.size === 0) this.worker!.ref();
       this.waiting.set(id, { resolve, reject });
-      this.worker!.postMessage({ id, data: copy }, [copy.buffer]);
+      this.worker!.postMessage({ id, data: msg }, [msg.buffer as ArrayBuffer]);
     });
   }
 

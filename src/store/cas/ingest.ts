@@ -129,7 +129,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         case "pages": {
           const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null, locs: null };
           extents.push(ext);
-          const p = hasher.hash(item.data);
+          const p = hasher.hash(item.data, true); // the reader is done with it
           p.catch(() => undefined); // awaited in order below
           hashing.push({ ext, p });
           stats.pages += item.npages;
