@@ -35,7 +35,7 @@ export interface RunOptions extends CommonOptions {
   /** Checkpoint every this many milliseconds. */
   everyMs?: number;
   /** Dirty-page tracking for incremental checkpoints: "uffd" (default) or "hash". */
-  tracking?: "uffd" | "hash";
+  tracking?: "uffd" | "hash" | "none";
   /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
   keep?: number;
   /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */

@@ -81,4 +81,43 @@ describe("incremental checkpoints through the daemon (churn fixture)", () => {
       }
     });
   }
+
+  test("--tracking none: every checkpoint is full, says why, and restores", { timeout: 180_000 }, async () => {
+    requireNative();
+    const h = makeHome("tg-inc-none-");
+    try {
+      const app = "nt";
+      const run = await h.cli(["run", "--name", app, "--tracking", "none", "--", fixture("churn"), "16"]);
+      assert.equal(run.code, 0, run.stderr);
+      await waitFor("churn ready", () => /^ready [0-9a-f]{16}$/m.test(h.log(app)));
+      const steps: { id: string; digest: string }[] = [];
+      for (let k = 1; k <= 3; k++) {
+        process.kill(h.pids(app)!.app, "SIGUSR1");
+        const m = await waitFor(`step ${k}`, () => lastMatch(h.log(app), new RegExp(`^step ${k} ([0-9a-f]{16})$`)));
+        const cp = await h.cli(["checkpoint", app, "--json"]);
+        assert.equal(cp.code, 0, cp.stderr);
+        const c = JSON.parse(cp.stdout) as Listed & { fullReason?: string };
+        assert.equal(c.kind, "full", `step ${k}`);
+        assert.equal(c.stats?.tracking, "none");
+        if (k > 1) assert.match(c.fullReason ?? "", /tracking is off/);
+        steps.push({ id: c.id, digest: m[1]! });
+      }
+      const ins = await h.cli(["inspect", steps[1]!.id]);
+      assert.equal(ins.code, 0, ins.stderr);
+      assert.match(ins.stdout, /tracking none/);
+      const { id, digest } = steps[1]!;
+      const before = h.log(app).split("\n").length;
+      const rs = await h.cli(["restore", app, "--checkpoint", id, "--replace"]);
+      assert.equal(rs.code, 0, rs.stderr);
+      process.kill(h.pids(app)!.app, "SIGUSR2");
+      const got = await waitFor(`digest after restoring ${id}`, () => lastMatch(h.log(app).split("\n").slice(before - 1).join("\n"), /^digest ([0-9a-f]{16})$/));
+      assert.equal(got[1], digest);
+      // the restored process keeps tracking off
+      const after = JSON.parse((await h.cli(["checkpoint", app, "--json"])).stdout) as Listed;
+      assert.equal(after.kind, "full");
+      assert.equal(after.stats?.tracking, "none");
+    } finally {
+      await h.cleanup();
+    }
+  });
 });

@@ -420,7 +420,7 @@ static int count_threads(void) {
 
 static int after_restore(void);
 
-/* CHECKPOINT <path> [full|incremental] [parent=<seq>] [tracking=uffd|hash] */
+/* CHECKPOINT <path> [full|incremental] [parent=<seq>] [tracking=uffd|hash|none] [fifo] */
 static int img_is_fifo;
 static void drop_image(const char *path) {
   if (!img_is_fifo) unlink(path);
@@ -442,6 +442,7 @@ static void do_checkpoint(char *args) {
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
+    else if (strcmp(w, "tracking=none") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_OFF; }
     else { snprintf(err, sizeof err, "unknown CHECKPOINT option '%s'", w); reply_error("error", err); return; }
   }
   if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
@@ -561,7 +562,7 @@ again:
           "\"kind\":\"%s\",\"parent\":%llu,\"tracking\":\"%s\",\"pages_scanned\":%llu,\"pages_written\":%llu,\"full_reason\":\"%s\"}",
           bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq,
           tg_trk.incremental ? "incremental" : "full", tg_trk.incremental ? (unsigned long long)tg.parent_seq : 0ull,
-          tg_trk.mode == TG_TRACK_UFFD ? "uffd" : "hash", (unsigned long long)tg_trk.pages_scanned,
+          tg_trk.mode == TG_TRACK_UFFD ? "uffd" : tg_trk.mode == TG_TRACK_HASH ? "hash" : "none", (unsigned long long)tg_trk.pages_scanned,
           (unsigned long long)tg_trk.pages_written, tg_trk.incremental ? "" : reason);
   } else {
     if (strncmp(msg, "ERR ", 4) == 0) memmove(msg, msg + 4, strlen(msg + 4) + 1);

@@ -232,6 +232,10 @@ TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq
     tg_trk.mode = tg_trk.requested;
     if (tg_trk.mode == TG_TRACK_UFFD && uffd_open() != 0) tg_trk.mode = TG_TRACK_HASH; /* reason kept */
   }
+  if (tg_trk.mode == TG_TRACK_OFF) {
+    snprintf(tg_trk.reason, sizeof tg_trk.reason, "dirty-page tracking is off (run --tracking none)");
+    return 0;
+  }
   int can_inc = want_incremental && tg_trk.base_seq != 0 && tg_trk.base_seq == parent_seq;
   if (!want_incremental) snprintf(tg_trk.reason, sizeof tg_trk.reason, "full checkpoint requested");
   else if (tg_trk.base_seq == 0) snprintf(tg_trk.reason, sizeof tg_trk.reason, "no tracked base yet (first checkpoint of this process or after a restore)");
@@ -258,6 +262,7 @@ TG_HIDDEN void tg_track_after_snapshot(int ok, uint64_t seq) {
     tg_trk.base_seq = 0;
     return;
   }
+  if (tg_trk.mode == TG_TRACK_OFF) return;
   tg_trk.base_seq = seq;
   if (tg_trk.mode == TG_TRACK_HASH) {
     struct tg_hash_table *t = tg_trk.prev;

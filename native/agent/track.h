@@ -13,6 +13,7 @@
 #define TG_TRACK_NONE 0
 #define TG_TRACK_UFFD 1
 #define TG_TRACK_HASH 2
+#define TG_TRACK_OFF 3 /* --tracking none: every checkpoint full, nothing armed */
 
 struct tg_region { uint64_t start, end, categories; }; /* struct page_region of PAGEMAP_SCAN */
 struct tg_page_hash { uint64_t addr, hash; };

@@ -51,7 +51,7 @@ export function buildProgram(): Command {
     .description("start CMD under tardigrade (agent preloaded, own PID namespace); its output goes to `tardigrade logs NAME`")
     .option("--name <name>", "app name (default: the command's base name)")
     .option("--every <interval>", "also checkpoint periodically, e.g. 10s, 5m")
-    .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints").choices(["uffd", "hash"]))
+    .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints (none: every checkpoint full)").choices(["uffd", "hash", "none"]))
     .option("--keep <n>", "keep only the N newest checkpoints (older ones are reclaimed after each checkpoint)")
     .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
@@ -59,7 +59,7 @@ export function buildProgram(): Command {
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash"; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash" | "none"; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {

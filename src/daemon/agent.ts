@@ -23,7 +23,7 @@ export type CheckpointEvent =
       seq?: number;
       kind?: "full" | "incremental";
       parent?: number;
-      tracking?: "uffd" | "hash";
+      tracking?: "uffd" | "hash" | "none";
       pages_scanned?: number;
       pages_written?: number;
       full_reason?: string;
@@ -89,7 +89,7 @@ export interface CheckpointOptions {
   /** Ask for an image relative to the agent's image of this seq (the last one committed). */
   incrementalOn?: number;
   /** Dirty-page tracker, taken at the process's first checkpoint. */
-  tracking?: "uffd" | "hash";
+  tracking?: "uffd" | "hash" | "none";
   /** imagePath is a FIFO the caller reads. */
   fifo?: boolean;
 }

@@ -28,7 +28,7 @@ export interface AppRecord {
   /** Restores: spawn of tardigrade-restore to the agent answering PING. */
   restoreNs?: number;
   /** Dirty-page tracking asked for at run (default uffd, with hash as the kernel fallback). */
-  tracking?: "uffd" | "hash";
+  tracking?: "uffd" | "hash" | "none";
   /** Retention: keep this many newest checkpoints of the app (gc after each commit). */
   keep?: number;
   /** Mirror destination (tg://HOST:PORT) every committed checkpoint is streamed to; token in mirror-token. */

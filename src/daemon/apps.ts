@@ -29,8 +29,8 @@ export interface RunRequest {
   env: Record<string, string>;
   /** Checkpoint every this many ms (0 or absent: only on demand). */
   everyMs?: number;
-  /** Dirty-page tracking: "uffd" (default; hash where the kernel lacks it) or "hash". */
-  tracking?: "uffd" | "hash";
+  /** Dirty-page tracking: "uffd" (default; hash where the kernel lacks it), "hash", or "none" (every checkpoint full). */
+  tracking?: "uffd" | "hash" | "none";
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
@@ -214,8 +214,8 @@ export class AppManager {
   async run(req: RunRequest): Promise<RunResult> {
     if (!Array.isArray(req.argv) || req.argv.length === 0 || req.argv.some((a) => typeof a !== "string"))
       throw new TgError("cannot run the app", "no command given", "Put the command after `--`: tardigrade run --name NAME -- CMD ARGS...", "bad-request");
-    if (req.tracking !== undefined && req.tracking !== "uffd" && req.tracking !== "hash")
-      throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd or --tracking hash", "bad-request");
+    if (req.tracking !== undefined && req.tracking !== "uffd" && req.tracking !== "hash" && req.tracking !== "none")
+      throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd, hash or none", "bad-request");
     if (req.keep !== undefined && req.keep !== null && (!Number.isSafeInteger(req.keep) || req.keep < 1))
       throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${JSON.stringify(req.keep)})`, "Pass e.g. --keep 3", "bad-request");
     if (req.mirror) {
@@ -349,7 +349,7 @@ export class AppManager {
   private async checkpointCas(store: CasStoreAdapter, name: string, dir: AppDir, pid: number, t0: bigint, progress: Progress, full: boolean): Promise<CheckpointResult> {
     const rec = dir.record() as AppRecord | null;
     let incrementalOn: number | undefined;
-    if (!full && rec?.lastAgentSeq && rec.lastId) {
+    if (!full && rec?.tracking !== "none" && rec?.lastAgentSeq && rec.lastId) {
       try {
         store.cas.get(rec.lastId);
         incrementalOn = rec.lastAgentSeq;
@@ -374,7 +374,9 @@ export class AppManager {
     const c = cap.checkpoint;
     const fullReason = full
       ? "full checkpoint requested"
-      : !incrementalOn
+      : rec?.tracking === "none"
+        ? "dirty-page tracking is off (run --tracking none)"
+        : !incrementalOn
         ? rec?.lastId
           ? `its base ${rec.lastId} is no longer in the store`
           : "first checkpoint since the app started or was restored"
