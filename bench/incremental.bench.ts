@@ -520,19 +520,16 @@ function overheadOf(r: LoopRun, base: Rates): { byMean: number; byMedian: number
   return { byMean: 1 - r.meanRate / base.meanRate, byMedian: 1 - r.medianRate / base.medianRate, byCpu: 1 - r.ratePerCpuS / base.ratePerCpuS };
 }
 
-async function part2(home: Home, mib: number, seconds: number): Promise<Part2> {
+async function part2(home: Home, mib: number, seconds: number, rounds: number): Promise<Part2> {
   const runs: LoopRun[] = [];
   const say = (r: LoopRun): void => void process.stdout.write(`  ${r.label}: mean ${(r.meanRate / 1e6).toFixed(1)} M ops/s, median ${(r.medianRate / 1e6).toFixed(1)}, min ${(r.minRate / 1e6).toFixed(1)}; ${r.checkpoints.length} checkpoint(s)\n`);
-  // Symmetric order (plain, untracked, uffd, hash, untracked, plain): drift over the
-  // minutes of the run weighs on the baselines as much as on the tracked runs.
-  const order: [string, LoopRun["tracking"]][] = [
-    ["plain-1", "plain"],
-    ["untracked-1", "none"],
-    ["tardigrade uffd", "uffd"],
-    ["tardigrade hash", "hash"],
-    ["untracked-2", "none"],
-    ["plain-2", "plain"],
-  ];
+  // Rounds in alternating order (plain, untracked, uffd, hash, then hash, uffd,
+  // untracked, plain, ...): drift over the minutes of the run (other load on the VM)
+  // weighs on the baselines as much as on the tracked runs.
+  const modes: LoopRun["tracking"][] = ["plain", "none", "uffd", "hash"];
+  const names: Record<LoopRun["tracking"], string> = { plain: "plain", none: "untracked", uffd: "tardigrade uffd", hash: "tardigrade hash" };
+  const order: [string, LoopRun["tracking"]][] = [];
+  for (let r = 0; r < rounds; r++) for (const m of r % 2 === 0 ? modes : [...modes].reverse()) order.push([`${names[m]} #${r + 1}`, m]);
   for (const [label, mode] of order) {
     runs.push(mode === "plain" ? await loopPlain(home.dir, label, mib, seconds) : await loopTracked(home, label, mode, mib, seconds));
     say(runs[runs.length - 1]!);
@@ -541,8 +538,14 @@ async function part2(home: Home, mib: number, seconds: number): Promise<Part2> {
   const plain = meanRates(runs.filter((r) => r.tracking === "plain"));
   const untracked = meanRates(runs.filter((r) => r.tracking === "none"));
   const overhead = runs
-    .filter((r) => r.tracking === "uffd" || r.tracking === "hash")
-    .map((r) => ({ tracking: r.tracking, vsUntracked: overheadOf(r, untracked), vsPlain: overheadOf(r, plain), checkpoints: r.checkpoints.length, incrementals: r.checkpoints.filter((c) => c.kind === "incremental").length }));
+    .filter((r, i, all) => (r.tracking === "uffd" || r.tracking === "hash") && all.findIndex((x) => x.tracking === r.tracking) === i)
+    .map((first) => {
+      const mine = runs.filter((r) => r.tracking === first.tracking);
+      const m = meanRates(mine);
+      const as = { ...first, meanRate: m.meanRate, medianRate: m.medianRate, ratePerCpuS: m.ratePerCpuS };
+      const cks = mine.flatMap((r) => r.checkpoints);
+      return { tracking: first.tracking, vsUntracked: overheadOf(as, untracked), vsPlain: overheadOf(as, plain), checkpoints: cks.length, incrementals: cks.filter((c) => c.kind === "incremental").length };
+    });
   return { mib, seconds, runs, plain, untracked, overhead };
 }
 
@@ -552,7 +555,7 @@ function printPart2(p: Part2): void {
   printTable(
     ["run", "checkpoints (inc)", "median ckpt downtime ms", "mean M ops/s", "median M ops/s", "min M ops/s", "vs untracked (mean)", "(median s)", "(per CPU-s)", "vs plain (mean)", "on-CPU share", "M ops/CPU-s"],
     p.runs.map((r) => {
-      const o = p.overhead.find((x) => x.tracking === r.tracking);
+      const o = r.tracking === "uffd" || r.tracking === "hash" ? { vsUntracked: overheadOf(r, p.untracked) } : undefined;
       return [
         r.label,
         r.tracking === "plain" ? "-" : `${r.checkpoints.length} (${r.checkpoints.filter((c) => c.kind === "incremental").length})`,
@@ -569,6 +572,8 @@ function printPart2(p: Part2): void {
       ];
     }),
   );
+  for (const o of p.overhead)
+    console.log(`${o.tracking}: overhead vs untracked ${pct(o.vsUntracked.byMean)} (mean rate over its runs), ${pct(o.vsUntracked.byMedian)} (median seconds), ${pct(o.vsUntracked.byCpu)} (per CPU-s); vs plain ${pct(o.vsPlain.byMean)}; ${o.checkpoints} checkpoints (${o.incrementals} incremental)`);
   console.log(
     "untracked = the same program under tardigrade with the same checkpoints every 10 s, tracking off (--tracking none: every checkpoint full);" +
       "\n  the target (tracking overhead <= 5%) is judged on `vs untracked (mean)`, the cost of tracking itself; `vs plain` adds storing the checkpoints." +
@@ -746,6 +751,7 @@ export async function main(): Promise<void> {
   // 40 s gives checkpoints at ~10, 20 and 30 s: one full, then incrementals.
   const loopMib = envInt("BENCH_LOOP_MIB", 128);
   const loopSeconds = envInt("BENCH_LOOP_SECONDS", 40);
+  const loopRounds = envInt("BENCH_LOOP_ROUNDS", 2);
   const chainMib = envInt("BENCH_CHAIN_MIB", 256);
   const chainLen = envInt("BENCH_CHAIN_LEN", 20);
   const chainPct = envNum("BENCH_CHAIN_PCT", 5);
@@ -790,8 +796,8 @@ export async function main(): Promise<void> {
     if (parts.has("2")) {
       const home = makeHome("loop", noMerge);
       homes.push(home);
-      console.log(`\nPart 2: TARDIGRADE_HOME=${home.dir}; dirtier --loop ${loopMib} MiB, ${loopSeconds} s per run`);
-      p2 = await part2(home, loopMib, loopSeconds);
+      console.log(`\nPart 2: TARDIGRADE_HOME=${home.dir}; dirtier --loop ${loopMib} MiB, ${loopSeconds} s per run, ${loopRounds} round(s)`);
+      p2 = await part2(home, loopMib, loopSeconds, loopRounds);
       await stopDaemon(home);
       printPart2(p2);
     }
@@ -836,7 +842,7 @@ export async function main(): Promise<void> {
     method: {
       fixture: "test/fixtures/dirtier: MIB MiB of splitmix64 words (incompressible); SIGUSR1 rewrites a random PERCENT of its pages (distinct) with new random words; SIGUSR2 prints a checksum; --loop does random 8-byte writes and prints its rate every second",
       part1: "after a first full: per round, dirty, `checkpoint` (incremental), dirty, `checkpoint --full`; medians over rounds; dirty bytes = stats.pagesWritten*4096; stored = stats.storedBytes",
-      part2: "plain (spawned without tardigrade), `run --every 10s --tracking none` (untracked: same checkpoints, all full), `--tracking uffd`, `--tracking hash`, untracked again, plain again, same duration each; rate from the fixture's own per-second lines; overhead = 1 - rate/baseline (mean of both runs of the baseline); the target is judged against untracked",
+      part2: "plain (spawned without tardigrade), `run --every 10s --tracking none` (untracked: same checkpoints, all full), `--tracking uffd`, `--tracking hash`, untracked again, plain again, same duration each; rate from the fixture's own per-second lines; overhead = 1 - rate/baseline (mean over the runs of the baseline); BENCH_LOOP_ROUNDS rounds (default 2) in alternating order; the target is judged against untracked",
       part3: "daemon with TARDIGRADE_MERGE_CHAIN=1000; 1 full + N incrementals; `restore --replace --checkpoint ID --json` wallNs, alternating targets; then app and daemon stopped, CasStore.open(store).merge(newest), restores again (new daemon); every restore checked by the app's checksum",
     },
     part1: p1 ? { mib: incMib, pcts, rounds: pcts.map(roundsOf), first: p1.first, rows: p1.rows, checkpoints: p1.checkpoints } : null,
