@@ -204,6 +204,8 @@ interface SizeResult {
   /** The holder's checksum pass over all its memory before any checkpoint (warm). */
   passBeforeNs: number;
   rounds: Round[];
+  /** The first round's checkpoint, CLI request to commit: every page new to the store. */
+  firstCommitNs: number;
   median: {
     downtimeNs: number;
     totalNs: number;
@@ -298,6 +300,7 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
     passBeforeNs,
     rounds,
     median: med,
+    firstCommitNs: rounds[0]!.commitNs ?? NaN,
     ratios: {
       downtimeVsMemcpy: med.downtimeNs / base.memcpyNs,
       downtimeVsWrite: med.downtimeNs / base.writeFsyncNs,
@@ -313,7 +316,7 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
 function printTable(results: SizeResult[]): void {
   const f3 = (ns: number): string => sec(ns).toFixed(3);
   const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : "-");
-  const header = ["MiB", "memcpy s", "write+fsync s", "downtime s", "x memcpy", "x write", "checkpoint s", "x memcpy", "x write", "stored MiB", "x app", "restore s", "x memcpy", "x write", "app pass before/after s"];
+  const header = ["MiB", "memcpy s", "write+fsync s", "downtime s", "x memcpy", "x write", "checkpoint s", "x memcpy", "x write", "stored MiB", "x app", "1st commit s", "restore s", "x memcpy", "x write", "app pass before/after s"];
   const rows = results.map((r) => [
     String(r.mib),
     f3(r.baseline.memcpyNs),
@@ -326,6 +329,7 @@ function printTable(results: SizeResult[]): void {
     f2(r.ratios.totalVsWrite),
     (r.median.bytes / MiB).toFixed(1),
     f2(r.ratios.bytesVsApp),
+    f3(r.firstCommitNs),
     f3(r.median.restoreToRunningNs),
     f2(r.ratios.restoreVsMemcpy),
     f2(r.ratios.restoreVsWrite),
@@ -337,6 +341,8 @@ function printTable(results: SizeResult[]): void {
   for (const row of rows) console.log(line(row));
   console.log(
     "\ndowntime = app threads stopped (agent); checkpoint = capture to fsynced image (agent total);" +
+      "\n1st commit = the first round's checkpoint until committed in the store (all pages new: hashed, compressed or probed, written, fsynced);" +
+      "\n  later rounds find the same memory and store only its changed pages (deduplicated), so their checkpoint time is lower." +
       "\nstored = image bytes in the manifest; restore = image verify + tardigrade-restore spawn to agent answering." +
       "\napp pass = the holder's own checksum pass over all its memory (SIGUSR1), before the first checkpoint / first after a restore:" +
       "\n  it proves the restored data is right, and a slower pass after restore shows work a lazy restore left for later." +
