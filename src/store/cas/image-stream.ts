@@ -2,7 +2,7 @@
 // stream (the agent can write into a FIFO). Verifies every CRC and structural rule the
 // random-access parser (src/image/parser.ts) checks that can be checked in one pass,
 // and yields records one at a time: page data is never held beyond one record (≤ 1 MiB).
-import { createReadStream } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { crc32c } from "@node-rs/crc32";
 import {
@@ -31,13 +31,30 @@ export type ImageItem =
   | { kind: "tracking"; info: TrackingInfo; raw: Buffer }
   | { kind: "end"; recordCount: number; pagesTotal: number; fileSize: number };
 
+/** Exact-length reads of an image, from a chunk stream or a file descriptor. */
+export interface ImageBytes {
+  /** Bytes consumed so far. */
+  readonly offset: number;
+  /** Exactly n bytes, or null when the input ends first (`available()` then says how many were left). */
+  read(n: number): Promise<Buffer | null>;
+  available(): number;
+  atEnd(): Promise<boolean>;
+  /** Counts (and consumes) what is left. */
+  drainCount(): Promise<number>;
+  /** Stops reading: a writer on the other end of a FIFO gets EPIPE. */
+  close(): void;
+}
+
 /** Exact-length reads over a chunk stream. */
-class ByteSource {
+class ByteSource implements ImageBytes {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private done = false;
   offset = 0;
-  constructor(private readonly it: AsyncIterator<Buffer | string>) {}
+  private readonly it: AsyncIterator<Buffer | string>;
+  constructor(private readonly stream: Readable) {
+    this.it = (stream as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  }
 
   private async fill(n: number): Promise<boolean> {
     while (this.buffered < n && !this.done) {
@@ -97,16 +114,112 @@ class ByteSource {
       n += r.value.length;
     }
   }
+
+  close(): void {
+    this.stream.destroy();
+  }
+}
+
+/**
+ * Exact-length reads straight from a file or FIFO: each read gets a buffer of its own,
+ * filled by read(2) calls (a FIFO returns at most its pipe size per call), with no
+ * intermediate chunks: a 1 MiB PAGES payload is one allocation, no copy (the agent's
+ * FIFO holds 1 MiB), and it can be handed to another thread whole.
+ */
+class FdSource implements ImageBytes {
+  offset = 0;
+  private fh: FileHandle | null = null;
+  private opening: Promise<FileHandle> | null = null;
+  /** Bytes read ahead by atEnd(). */
+  private carry: Buffer | null = null;
+  private closed = false;
+
+  constructor(private readonly path: string) {}
+
+  private handle(): Promise<FileHandle> {
+    if (this.fh) return Promise.resolve(this.fh);
+    this.opening ??= open(this.path, "r").then((fh) => {
+      if (this.closed) {
+        void fh.close();
+        throw new Error(`${this.path}: closed`);
+      }
+      this.fh = fh;
+      return fh;
+    });
+    return this.opening;
+  }
+
+  /** Fills buf[from..) from the file; returns how many bytes it got (short only at end of input). */
+  private async fill(buf: Buffer, from: number): Promise<number> {
+    const fh = await this.handle();
+    let got = from;
+    while (got < buf.length) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, null);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got;
+  }
+
+  private left = 0;
+
+  async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
+    const buf = Buffer.allocUnsafeSlow(n);
+    let from = 0;
+    if (this.carry) {
+      from = this.carry.copy(buf, 0);
+      this.carry = null;
+    }
+    const got = await this.fill(buf, from);
+    if (got < n) {
+      this.left = got;
+      return null;
+    }
+    this.offset += n;
+    return buf;
+  }
+
+  available(): number {
+    return this.left + (this.carry?.length ?? 0);
+  }
+
+  async atEnd(): Promise<boolean> {
+    if (this.carry) return false;
+    const b = Buffer.allocUnsafe(1);
+    if ((await this.fill(b, 0)) === 0) return true;
+    this.carry = b;
+    return false;
+  }
+
+  async drainCount(): Promise<number> {
+    let n = this.carry?.length ?? 0;
+    this.carry = null;
+    const b = Buffer.allocUnsafe(1 << 20);
+    const fh = await this.handle();
+    for (;;) {
+      const { bytesRead } = await fh.read(b, 0, b.length, null);
+      if (bytesRead === 0) return n;
+      n += bytesRead;
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    const fh = this.fh;
+    this.fh = null;
+    if (fh) void fh.close().catch(() => undefined);
+  }
 }
 
 function align8(n: number): number {
   return (n + 7) & ~7;
 }
 
-/** Opens a path (file or FIFO) as a chunk stream with a large read size. */
-export function openImageSource(source: string | Readable): { stream: Readable; label: string } {
-  if (typeof source === "string") return { stream: createReadStream(source, { highWaterMark: 4 << 20 }), label: source };
-  return { stream: source, label: "(image stream)" };
+/** A path (file or FIFO: read directly) or a stream, as exact-length reads. */
+export function openImageSource(source: string | Readable): { bytes: ImageBytes; label: string } {
+  if (typeof source === "string") return { bytes: new FdSource(source), label: source };
+  return { bytes: new ByteSource(source), label: "(image stream)" };
 }
 
 /**
@@ -114,8 +227,7 @@ export function openImageSource(source: string | Readable): { stream: Readable; 
  * `label`, the byte offset and the defect. The consumer must not keep `data` buffers
  * it does not own beyond the next iteration (they may be reused in later versions).
  */
-export async function* readImage(stream: AsyncIterable<Buffer | string>, label: string): AsyncGenerator<ImageItem> {
-  const src = new ByteSource(stream[Symbol.asyncIterator]());
+export async function* readImage(src: ImageBytes, label: string): AsyncGenerator<ImageItem> {
   const fail = (offset: number, reason: string): never => {
     throw new ImageError(label, offset, reason);
   };

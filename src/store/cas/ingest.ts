@@ -29,7 +29,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
 
   if (!ctx.filter || ctx.filter.full) ctx.filter = PageFilter.fromCatalog(cat);
   const filter = ctx.filter;
-  const { stream, label } = openImageSource(source);
+  const { bytes, label } = openImageSource(source);
   const total = typeof source === "string" ? await stat(source).then((s) => (s.isFile() ? s.size : 0), () => 0) : 0;
   let lastProgress = 0;
   const appender = new PackAppender(ctx);
@@ -96,7 +96,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   };
   let committed = false;
   try {
-    for await (const item of readImage(stream, label)) {
+    for await (const item of readImage(bytes, label)) {
       switch (item.kind) {
         case "header": {
           headerRaw = item.raw;
@@ -146,6 +146,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           break;
       }
     }
+    bytes.close();
     while (hashing.length > 0) await indexPages();
     await pipeline.finish();
     crashPoint("ingest-written");
@@ -182,7 +183,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     return toCheckpoint(row);
   } catch (e) {
     if (committed) throw e;
-    stream.destroy(); // a failed ingest has no use for the rest (the agent writing a FIFO gets EPIPE)
+    bytes.close(); // a failed ingest has no use for the rest (the agent writing a FIFO gets EPIPE)
     await Promise.allSettled(hashing.map((h) => h.p));
     await pipeline.abandon();
     await appender.rollback();
