@@ -191,6 +191,9 @@ async function mergeBench(tmp: string): Promise<Record<string, unknown>> {
       mergedMs: med(after, newest),
       unmergedVsBase: med(before, newest) / med(before, base),
       mergedVsBase: med(after, newest) / med(after, base),
+      /** Median of the per-rep ratios (each rep exports both, back to back: less sensitive to load drifting over the phase). */
+      unmergedVsBasePaired: median(before.get(newest)!.map((x, i) => x.ms / before.get(base)![i]!.ms)),
+      mergedVsBasePaired: median(after.get(newest)!.map((x, i) => x.ms / after.get(base)![i]!.ms)),
       mergeMs,
       rewrittenMiB: (merged.stats.merged?.rewrittenBytes ?? 0) / MiB,
       ampBefore: costBefore.amplification,
