@@ -3,6 +3,12 @@
 // zstd levels 1–3 on real memory (this process's own heap); each against a plain copy of the same file
 // (read + write + fsync) measured in the same run.
 // TG_BENCH_STORE_MIB=256,1024 picks the sizes (default 256).
+// Merge: a base of N MiB of random pages + 20 incrementals each rewriting 5% of its pages at
+// random, stored directly in a CasStore; exportImage (drained, no file) of the base, of the
+// unmerged newest and of the newest after CasStore.merge(), medians of reps alternated in each
+// phase. TG_BENCH_MERGE_MIB (default 256), TG_BENCH_MERGE_REPS (default 7),
+// TG_BENCH_MERGE_MAX_AMP (MergePolicy.maxReadAmplification; "Infinity" = page-table-only merge).
+// TG_BENCH_STORE_PARTS=throughput,levels,merge picks the parts (default all).
 import { randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
@@ -13,7 +19,7 @@ import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { crc32c } from "@node-rs/crc32";
 import { RecordType } from "../src/image/format.js";
-import { cwdRecord, fileHeader, procRecord, recordBytes, threadRecord, vmaRecord } from "../src/image/writer.js";
+import { buildImage, cwdRecord, fileHeader, pagesRecord, procRecord, recordBytes, threadRecord, vmaRecord, type RawRecord } from "../src/image/writer.js";
 import { CasStore } from "../src/store/cas/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -112,13 +118,107 @@ function sink(): Writable {
   return new Writable({ highWaterMark: 4 * MiB, write: (_c, _e, cb) => cb() });
 }
 
+const BASE = 0x100000000n;
+
+/** An incremental image (seq, parent seq - 1) of the single VMA of writeBigImage's images: new random data at `pages` (sorted). */
+function incrementalImage(npages: number, seq: number, pages: number[]): Buffer {
+  const recs: RawRecord[] = [procRecord({ pid: 2 }), cwdRecord("/"), vmaRecord({ start: BASE, end: BASE + BigInt(npages * P) }), threadRecord({ tid: 2 })];
+  for (let i = 0; i < pages.length; ) {
+    let j = i + 1;
+    while (j < pages.length && pages[j] === pages[j - 1]! + 1 && j - i < 256) j++;
+    recs.push(pagesRecord(BASE + BigInt(pages[i]! * P), randomFillSync(Buffer.allocUnsafe((j - i) * P))));
+    i = j;
+  }
+  return buildImage(recs, { pid: 2, seq: BigInt(seq), parentSeq: BigInt(seq - 1), flags: 1 });
+}
+
+/** Bytes this process read (read syscalls: /proc/self/io rchar). */
+function rchar(): number {
+  return Number(/^rchar: (\d+)$/m.exec(readFileSync("/proc/self/io", "utf8"))?.[1] ?? NaN);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Restore-side cost of a merged chain: export times of the base, the unmerged newest and the merged newest. */
+async function mergeBench(tmp: string): Promise<Record<string, unknown>> {
+  const mib = Number(process.env.TG_BENCH_MERGE_MIB ?? 256);
+  const reps = Number(process.env.TG_BENCH_MERGE_REPS ?? 7);
+  const steps = 20;
+  const npages = (mib * MiB) / P;
+  const root = join(tmp, "merge-store");
+  const store = await CasStore.open(root);
+  try {
+    const img = join(tmp, "merge.img");
+    await writeBigImage(img, npages, (b) => randomFillSync(b));
+    await store.ingest("m", 1, img);
+    for (let s = 2; s <= steps + 1; s++) {
+      const pick = new Set<number>();
+      while (pick.size < Math.round(npages * 0.05)) pick.add(Math.floor(Math.random() * npages));
+      writeFileSync(img, incrementalImage(npages, s, [...pick].sort((a, b) => a - b)));
+      await store.ingest("m", s, img);
+    }
+    rmSync(img);
+    const base = "m@1";
+    const newest = `m@${steps + 1}`;
+    const exportOnce = async (id: string): Promise<{ ms: number; read: number }> => {
+      const r0 = rchar();
+      const [, ms] = await timed(() => pipeline(store.exportImage(id), sink()));
+      return { ms, read: rchar() - r0 };
+    };
+    const phase = async (ids: string[]): Promise<Map<string, { ms: number; read: number }[]>> => {
+      const out = new Map<string, { ms: number; read: number }[]>(ids.map((id) => [id, []]));
+      for (const id of ids) await exportOnce(id); // warm-up (page cache, JIT)
+      for (let r = 0; r < reps; r++) for (const id of r % 2 ? [...ids].reverse() : ids) out.get(id)!.push(await exportOnce(id));
+      return out;
+    };
+    const costBefore = store.readCost(newest);
+    const before = await phase([base, newest]);
+    const maxAmp = process.env.TG_BENCH_MERGE_MAX_AMP;
+    const [merged, mergeMs] = await timed(() => store.merge(newest, maxAmp === undefined ? {} : { maxReadAmplification: Number(maxAmp) }));
+    const costAfter = store.readCost(newest);
+    const after = await phase([base, newest]);
+    const med = (m: Map<string, { ms: number; read: number }[]>, id: string) => median(m.get(id)!.map((x) => x.ms));
+    const readPerPage = (m: Map<string, { ms: number; read: number }[]>, id: string) => median(m.get(id)!.map((x) => x.read)) / (npages * P);
+    return {
+      case: `merge: ${mib} MiB random base + ${steps} × 5% random pages, ${reps} reps, maxReadAmplification ${maxAmp ?? "default"}`,
+      baseMsBefore: med(before, base),
+      unmergedMs: med(before, newest),
+      baseMsAfter: med(after, base),
+      mergedMs: med(after, newest),
+      unmergedVsBase: med(before, newest) / med(before, base),
+      mergedVsBase: med(after, newest) / med(after, base),
+      /** Median of the per-rep ratios (each rep exports both, back to back: less sensitive to load drifting over the phase). */
+      unmergedVsBasePaired: median(before.get(newest)!.map((x, i) => x.ms / before.get(base)![i]!.ms)),
+      mergedVsBasePaired: median(after.get(newest)!.map((x, i) => x.ms / after.get(base)![i]!.ms)),
+      mergeMs,
+      rewrittenMiB: (merged.stats.merged?.rewrittenBytes ?? 0) / MiB,
+      ampBefore: costBefore.amplification,
+      ampAfter: costAfter.amplification,
+      /** Bytes read (rchar) per byte of the image's pages, median. */
+      readBase: readPerPage(after, base),
+      readUnmerged: readPerPage(before, newest),
+      readMerged: readPerPage(after, newest),
+      samplesMs: { before: Object.fromEntries([...before].map(([k, v]) => [k, v.map((x) => Math.round(x.ms))])), after: Object.fromEntries([...after].map(([k, v]) => [k, v.map((x) => Math.round(x.ms))])) },
+    };
+  } finally {
+    await store.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
 export async function main(): Promise<void> {
   const sizes = (process.env.TG_BENCH_STORE_MIB ?? "256").split(",").map(Number);
-  const own = ownMemoryPages(); // first, before the random images leave garbage in our heap
+  const parts = new Set((process.env.TG_BENCH_STORE_PARTS ?? "throughput,levels,merge").split(","));
+  const own = parts.has("levels") ? ownMemoryPages() : []; // first, before the random images leave garbage in our heap
   const tmp = mkdtempSync(join(process.env.TG_BENCH_TMP ?? tmpdir(), "tg-store-bench-"));
   const rows: Record<string, unknown>[] = [];
   try {
-    for (const mib of sizes) {
+    if (parts.has("merge")) rows.push(await mergeBench(tmp));
+    for (const mib of parts.has("throughput") ? sizes : []) {
       const npages = (mib * MiB) / P;
       const img = join(tmp, `random-${mib}.img`);
       const bytes = await writeBigImage(img, npages, (b) => randomFillSync(b));
@@ -152,28 +252,30 @@ export async function main(): Promise<void> {
       rmSync(join(tmp, `store-${mib}`), { recursive: true });
       rmSync(img);
     }
-    const img = join(tmp, "own-memory.img");
-    const bytes = await writeBigImage(img, own.length, (buf, first) => {
-      for (let i = 0; i < buf.length / P; i++) own[first + i]!.copy(buf, i * P);
-    });
-    const mib = Math.round(bytes / MiB);
-    // Best of two runs per level, in the orders 1,2,3 then 3,2,1 (the first ingest of a process pays warm-up).
-    const best = new Map<number, { ms: number; stored: number; pages: number }>();
-    for (const level of [1, 2, 3, 3, 2, 1]) {
-      const root = join(tmp, `level-${level}`);
-      const store = await CasStore.open(root, { level });
-      const [c, ms] = await timed(() => store.ingest("bench", 1, img));
-      await store.close();
-      rmSync(root, { recursive: true });
-      const prev = best.get(level);
-      if (!prev || ms < prev.ms) best.set(level, { ms, stored: c.stats.storedBytes, pages: c.stats.pages });
+    if (parts.has("levels")) {
+      const img = join(tmp, "own-memory.img");
+      const bytes = await writeBigImage(img, own.length, (buf, first) => {
+        for (let i = 0; i < buf.length / P; i++) own[first + i]!.copy(buf, i * P);
+      });
+      const mib = Math.round(bytes / MiB);
+      // Best of two runs per level, in the orders 1,2,3 then 3,2,1 (the first ingest of a process pays warm-up).
+      const best = new Map<number, { ms: number; stored: number; pages: number }>();
+      for (const level of [1, 2, 3, 3, 2, 1]) {
+        const root = join(tmp, `level-${level}`);
+        const store = await CasStore.open(root, { level });
+        const [c, ms] = await timed(() => store.ingest("bench", 1, img));
+        await store.close();
+        rmSync(root, { recursive: true });
+        const prev = best.get(level);
+        if (!prev || ms < prev.ms) best.set(level, { ms, stored: c.stats.storedBytes, pages: c.stats.pages });
+      }
+      for (const [level, b] of [...best].sort((x, y) => x[0] - y[0]))
+        rows.push({ case: `own memory ${mib} MiB, zstd ${level}`, bytes, ingestMBps: bytes / MiB / (b.ms / 1000), storedBytes: b.stored, compression: (b.pages * P) / b.stored });
     }
-    for (const [level, b] of [...best].sort((x, y) => x[0] - y[0]))
-      rows.push({ case: `own memory ${mib} MiB, zstd ${level}`, bytes, ingestMBps: bytes / MiB / (b.ms / 1000), storedBytes: b.stored, compression: (b.pages * P) / b.stored });
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
-  const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v));
+  const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : typeof v === "object" ? JSON.stringify(v) : String(v));
   for (const r of rows) console.log(Object.entries(r).map(([k, v]) => `${k}=${fmt(v)}`).join("  "));
   mkdirSync(join(here, "..", "..", "bench", "results"), { recursive: true });
   writeFileSync(join(here, "..", "..", "bench", "results", "store.json"), JSON.stringify({ date: new Date().toISOString(), cpus: cpus().length, loadavg: loadavg(), rows }, null, 2) + "\n");

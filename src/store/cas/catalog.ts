@@ -102,6 +102,7 @@ export class Catalog {
       pageLoc: db.prepare("SELECT block, idx FROM pages WHERE hash = ?").raw(),
       insertPage: db.prepare("INSERT OR IGNORE INTO pages (hash, block, idx) VALUES (?, ?, ?)"),
       movePage: db.prepare("UPDATE pages SET block = ?, idx = ? WHERE hash = ?"),
+      placePage: db.prepare("INSERT INTO pages (hash, block, idx) VALUES (?, ?, ?) ON CONFLICT(hash) DO UPDATE SET block = excluded.block, idx = excluded.idx"),
       deletePage: db.prepare("DELETE FROM pages WHERE hash = ?"),
       allPages: db.prepare("SELECT hash, block, idx FROM pages").raw(),
       pageCount: db.prepare("SELECT count(*) FROM pages").pluck(),
@@ -162,6 +163,10 @@ export class Catalog {
   }
   movePage(hash: Buffer, block: number, idx: number): void {
     this.st.movePage.run(block, idx, hash);
+  }
+  /** Points `hash` at (block, idx), inserting its row if absent (merge's relayout). */
+  placePage(hash: Buffer, block: number, idx: number): void {
+    this.st.placePage.run(hash, block, idx);
   }
   deletePage(hash: Buffer): void {
     this.st.deletePage.run(hash);

@@ -12,10 +12,12 @@ import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js
 import { exportChunks, exportStream } from "./export.js";
 import { ingestImage } from "./ingest.js";
 import { chainInfo, mergeCheckpoint, shouldMerge } from "./merge.js";
+import { composeRecords } from "./compose.js";
+import { locateRecords, readCost } from "./relayout.js";
 import { Hasher } from "./hasher.js";
 import { lockStore } from "./lock.js";
 import { PackReaders, repairPacks, type RepairReport } from "./pack.js";
-import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, StoreStats } from "./types.js";
+import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, ReadCost, StoreStats } from "./types.js";
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
 import { TgError } from "../../errors.js";
@@ -25,6 +27,8 @@ const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, 
 
 export class CasStore {
   private readonly lock = new Mutex();
+  /** Merges run one at a time; a merge holds `lock` only for its commit (see merge.ts). */
+  private readonly mergeLock = new Mutex();
   private nextPack: number;
   private closed = false;
 
@@ -93,7 +97,7 @@ export class CasStore {
     });
   }
 
-  /** Checkpoints being exported: gc keeps them (and their chains) until the export ends. */
+  /** Checkpoints being exported or merged: gc keeps them (and their chains) until done. */
   private readonly exporting = new Map<string, number>();
 
   private pinExport(id: string): () => void {
@@ -148,9 +152,23 @@ export class CasStore {
     return { bytes };
   }
 
-  /** Makes `id` a synthetic full checkpoint (same id) if it is incremental. */
-  merge(id: string): Promise<CasCheckpoint> {
-    return this.lock.run(async () => mergeCheckpoint(this.ctx, id));
+  /**
+   * Makes `id` a synthetic full checkpoint (same id) if it is incremental; if its pages are
+   * scattered (read amplification above `policy.maxReadAmplification`), rewrites them into
+   * new blocks in address order first. The rewrite runs beside ingests (only the commit
+   * takes the store's lock); merges run one at a time.
+   */
+  merge(id: string, policy: MergePolicy = {}): Promise<CasCheckpoint> {
+    return this.mergeLock.run(() => {
+      if (this.closed) throw new TgError(`cannot merge ${id}`, "the store is closed", "Open the store again", "bad-request");
+      return mergeCheckpoint(this.ctx, id, policy, { locked: (fn) => this.lock.run(fn), pin: (c) => this.pinExport(c) });
+    });
+  }
+
+  /** What exporting `id` reads, from where its pages are now (the measure merge's rewrite decision uses). */
+  readCost(id: string): ReadCost {
+    const { records } = composeRecords(this.ctx, id);
+    return readCost(this.ctx, records, locateRecords(this.ctx, id, records), this.ctx.opts.blockPages, this.ctx.opts.cacheBlocks);
   }
 
   /** Chain length (incrementals back to the base) and bytes of `id`'s chain, and its base's bytes. */
@@ -162,12 +180,13 @@ export class CasStore {
   async mergeIfNeeded(id: string, policy: MergePolicy = {}): Promise<boolean> {
     const c = this.chainInfo(id);
     if (!shouldMerge(c.chainLength, c.chainBytes, c.baseBytes, policy)) return false;
-    await this.merge(id);
+    await this.merge(id, policy);
     return true;
   }
 
   /** Retention + space reclaim (see docs/store.md); checkpoints being exported count as pinned. */
   gc(opts: GcOptions): Promise<GcReport> {
+    // Pins are read once gc holds the lock: an export or merge that started before counts.
     return this.lock.run(() => collectGarbage(this.ctx, { ...opts, pin: [...(opts.pin ?? []), ...this.exporting.keys()] }));
   }
 
@@ -238,6 +257,7 @@ export class CasStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.mergeLock.run(async () => undefined); // a merge's rewrite does not hold `lock`
     await this.lock.run(async () => {
       await this.hasherInstance?.close();
       await this.ctx.readers.closeAll();

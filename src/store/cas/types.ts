@@ -61,8 +61,13 @@ export interface CheckpointStats {
   freshMappings: number | null;
   /** Ingest wall time (ns). */
   ingestNs: number;
-  /** Set by merge: chain length composed and when. */
-  merged?: { chainLength: number; pages: number; mergedAt: string };
+  /**
+   * Set by merge: chain length composed and when; the read amplification the composed page
+   * table had (pages an export would read / distinct pages needed), and the bytes written if
+   * merge rewrote the pages into new blocks because that was above `maxReadAmplification`
+   * (0 = page table only). Absent on checkpoints merged by older versions.
+   */
+  merged?: { chainLength: number; pages: number; mergedAt: string; readAmplification?: number; rewrittenBytes?: number };
   extra?: unknown;
 }
 
@@ -90,6 +95,28 @@ export interface MergePolicy {
   maxChainLength?: number;
   /** Merge once the chain's stored bytes reach this multiple of its base's (default 2). */
   maxChainBytesRatio?: number;
+  /**
+   * When merging: if exporting the merged checkpoint from where its pages already are would
+   * read more than this many pages per page needed (blocks of 256 pages, most of them
+   * superseded, in random order across packs), rewrite its pages in address order into new
+   * blocks, so that it restores as fast as a fresh full checkpoint (default 1.25; Infinity:
+   * never rewrite, the page table only; 1: rewrite unless already laid out like a full).
+   */
+  maxReadAmplification?: number;
+}
+
+/** How scattered a checkpoint's pages are: what exporting it reads (CasStore.readCost). */
+export interface ReadCost {
+  /** Distinct non-zero pages of the checkpoint: the least an export must read. */
+  pages: number;
+  /** Distinct blocks holding them. */
+  blocks: number;
+  /** The least number of blocks that could hold them (pages / blockPages, rounded up). */
+  minBlocks: number;
+  /** Pages an export decompresses: block loads (in address order, through an LRU of `cacheBlocks` blocks) × their pages. */
+  pagesRead: number;
+  /** pagesRead / pages: 1 for a fresh full checkpoint (and when there is nothing to read). */
+  amplification: number;
 }
 
 export interface GcOptions {
