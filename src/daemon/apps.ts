@@ -498,10 +498,11 @@ export class AppManager {
   }
 
   private background: Promise<unknown> = Promise.resolve();
-  /** Merge policy for incremental chains (configurable through TARDIGRADE_MERGE_CHAIN / _BYTES_RATIO). */
+  /** Merge policy for incremental chains (configurable through TARDIGRADE_MERGE_CHAIN / _BYTES_RATIO / _MAX_READ_AMP). */
   readonly mergePolicy: MergePolicy = {
     maxChainLength: Number(process.env.TARDIGRADE_MERGE_CHAIN ?? DEFAULT_MERGE_POLICY.maxChainLength),
     maxChainBytesRatio: Number(process.env.TARDIGRADE_MERGE_BYTES_RATIO ?? DEFAULT_MERGE_POLICY.maxChainBytesRatio),
+    maxReadAmplification: Number(process.env.TARDIGRADE_MERGE_MAX_READ_AMP ?? DEFAULT_MERGE_POLICY.maxReadAmplification),
   };
 
   /** Background work after a commit, one job at a time: merge a long chain, then apply retention. */
