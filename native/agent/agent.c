@@ -246,14 +246,19 @@ static void snapshot_and_release(uint32_t gen) {
     tg.parent_maps = (char *)stk + CHILD_STACK;
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DOFORK);
-    /* An application that marks memory MADV_DONTFORK may also have moved such memory (mremap,
-     * also glibc's realloc, which the wrapper does not see): ask the kernel which mappings
-     * still carry the mark (a few ms; only for applications that use the mark at all). */
-    int nsm = 0;
-    if (tg_ndontfork > 0) nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
+    /* Memory can carry the MADV_DONTFORK mark without the wrapper seeing it: moved by mremap
+     * (also glibc's realloc), or marked through a raw syscall (node has ~20 such mappings).
+     * Ask the kernel which mappings carry it: /proc/self/smaps, ~1 ms for node's ~100
+     * mappings, with the threads parked, so that the snapshot never lacks one (which costs
+     * a retry as a full image). */
+    int nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
-    if (tg.parent_maps_len > 0 && tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len))
+    /* read again after the tracker: besides its own arrays, registering mappings for write
+     * protection can split or merge them (0.1 ms) */
+    if (tg.parent_maps_len > 0) {
+      tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len);
       tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
+    }
     tg.fds_buf = (char *)stk + CHILD_STACK + MAPS_BUF;
     tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
@@ -526,6 +531,7 @@ again:
     unsigned long long a = 0, b = 0;
     if (sscanf(line + 9, "%llx %llx", &a, &b) == 2 && tg_ndontfork < TG_MAX_DONTFORK) {
       tg_dontfork[tg_ndontfork++] = (struct tg_range){a, b};
+      tg.dontfork_seen = 1; /* from now on every snapshot asks smaps too */
       learned++;
     }
     char *e = strchr(line, '\n');

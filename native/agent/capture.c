@@ -509,14 +509,22 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
     if (!e) e = maps + ml;
     struct tg_vma v, cv;
     if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !tg_vma_path_is(&v, "[vsyscall]")) {
+      /* covered by the child's mappings (their boundaries may differ: one child mapping can span
+       * two of the parent's, or the reverse); c stays at the first child line ending after v.start */
       int found = 0;
-      while (c < cmaps + cml) {
-        const char *ce = memchr(c, '\n', (size_t)(cmaps + cml - c));
-        if (!ce) ce = cmaps + cml;
-        if (tg_parse_maps_line(c, ce, &cv) != 0) { c = ce + 1; continue; }
-        if (cv.start > v.start) break;
-        c = ce + 1;
-        if (cv.start <= v.start && cv.end >= v.end) { found = 1; break; }
+      uint64_t need = v.start;
+      for (const char *x = c; x < cmaps + cml;) {
+        const char *xe = memchr(x, '\n', (size_t)(cmaps + cml - x));
+        if (!xe) xe = cmaps + cml;
+        if (tg_parse_maps_line(x, xe, &cv) != 0 || cv.end <= v.start) {
+          if (x == c) c = xe + 1;
+          x = xe + 1;
+          continue;
+        }
+        if (cv.start > need) break;
+        if (cv.end > need) need = cv.end;
+        if (need >= v.end) { found = 1; break; }
+        x = xe + 1;
       }
       if (!found) {
         /* not copied into the snapshot: marked MADV_DONTFORK other than through libc's madvise

@@ -98,6 +98,7 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
     df_lock();
     df_remove(s, e);
     if (advice == MADV_DONTFORK) {
+      tg.dontfork_seen = 1;
       if (tg_ndontfork < TG_MAX_DONTFORK) tg_dontfork[tg_ndontfork++] = (struct tg_range){s, e};
       else tg.dontfork_overflow = 1;
     }
