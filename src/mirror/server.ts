@@ -156,7 +156,8 @@ export class MirrorServer implements SessionHost {
     const onConn = (sock: Socket): void => this.accept(sock);
     const srv = this.opts.tls
       ? createTlsServer({ cert: this.opts.tls.cert, key: this.opts.tls.key, allowHalfOpen: true }, onConn)
-      : createTcpServer({ allowHalfOpen: true }, onConn);
+      : // Paused: the connection is read into a RecvArena, by a socket made from this one (connection.ts).
+        createTcpServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn);
     this.net = srv;
     if (!this.opts.tokens) {
       this.log.warn("no --tokens file: any client may act as any source; use this only on a trusted network");
@@ -197,13 +198,16 @@ export class MirrorServer implements SessionHost {
       return;
     }
     this.m.connections++;
+    const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     sock.on("error", () => undefined);
-    sock.setKeepAlive(true, 30_000);
     const conn = new FramedConnection(sock, {
       maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME,
       frameTimeoutMs: this.opts.frameTimeoutMs ?? DEFAULTS.frameTimeoutMs,
+      arena: true,
     });
-    const session = new Session(conn, this, `${sock.remoteAddress}:${sock.remotePort}`);
+    conn.socket.on("error", () => undefined);
+    conn.socket.setKeepAlive(true, 30_000);
+    const session = new Session(conn, this, remote);
     const origFail = session.fail.bind(session);
     session.fail = (err: ProtocolError) => {
       if (!session.closed) this.m.protocolErrors++;
