@@ -56,7 +56,12 @@ export class PackWriter {
         if (st) return new PackWriter(fh, st);
         directRefused = "no aligned staging buffer";
       } catch (err) {
-        directRefused = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        await fh?.close();
+        // EINVAL: this filesystem does not do O_DIRECT. Anything else (no space, no
+        // permission) would fail a buffered open just the same: report it.
+        if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+        directRefused = "EINVAL";
+        fh = undefined;
       }
       await fh?.close();
     }
