@@ -14,6 +14,11 @@
 const BUF_BYTES = 1024 * 1024;
 /** A read gets at least this much room (else the next buffer is started). */
 const MIN_READ = 64 * 1024;
+/**
+ * And at most this much: libuv reads a readable socket up to 32 times in a row, so
+ * this bounds what one connection takes in per turn of the event loop (8 MiB).
+ */
+const MAX_READ = 256 * 1024;
 /** Free buffers kept per connection. */
 const MAX_FREE = 4;
 
@@ -34,7 +39,7 @@ export class RecvArena {
       this.cur = this.free.pop() ?? Buffer.allocUnsafeSlow(BUF_BYTES);
       this.off = 0;
     }
-    return this.cur.subarray(this.off);
+    return this.cur.subarray(this.off, this.off + MAX_READ);
   }
 
   /** The `n` bytes the socket just read into room(). */
