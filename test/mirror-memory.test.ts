@@ -9,7 +9,11 @@ import { join } from "node:path";
 import { HashPool } from "../src/mirror/hash-pool.js";
 import { SlabPool } from "../src/mirror/slabs.js";
 import { PackWriter } from "../src/mirror/pack-writer.js";
-import { sha256hex } from "../src/mirror/objects.js";
+import { sha256hex, type MirrorCheckpoint } from "../src/mirror/objects.js";
+import { MirrorServer } from "../src/mirror/server.js";
+import { MirrorClient } from "../src/mirror/client.js";
+import { SyntheticSource } from "../src/mirror/synthetic.js";
+import { withAdmin } from "../src/mirror/admin.js";
 import { tempDir } from "../src/mirror/testing.js";
 
 test("slab chunks are hashed by a worker, readable after, and slabs are recycled", { timeout: 30_000 }, async () => {
@@ -71,6 +75,27 @@ test("pack writer: the file holds exactly the bytes added, at the offsets return
     }
     console.log(`pack writer: ${PackWriter.directUnavailable === undefined ? "O_DIRECT" : `buffered (${PackWriter.directUnavailable})`}`);
   } finally {
+    tmp.cleanup();
+  }
+});
+
+test("a server without hash workers verifies at flush time on the event loop", { timeout: 30_000 }, async () => {
+  const tmp = tempDir();
+  const server = await MirrorServer.start({ storeDir: join(tmp.dir, "store"), hashThreads: 0, maxDelayMs: 3_600_000 });
+  const client = new MirrorClient({ url: `tg://127.0.0.1:${server.address().port}`, source: "a", token: "token-a-0123456789", ack: "received" });
+  try {
+    const gen = new SyntheticSource("a", { pages: 64, pageSize: 65536, sharedFraction: 0 });
+    const cks = [gen.next(), gen.next()];
+    for (const c of cks) await client.send(c);
+    const out = await withAdmin({ url: `tg://127.0.0.1:${server.address().port}`, token: "token-a-0123456789", source: "a" }, (a) => a.flush());
+    assert.equal(out.checkpoints, 2);
+    const got = await withAdmin({ url: `tg://127.0.0.1:${server.address().port}`, token: "token-a-0123456789", source: "a" }, (a) =>
+      a.fetch("a", (cks[1] as MirrorCheckpoint).id),
+    );
+    for (const [h, d] of (cks[1] as MirrorCheckpoint).chunks) assert.ok(got.chunks.get(h)?.equals(d));
+  } finally {
+    await client.close();
+    await server.close();
     tmp.cleanup();
   }
 });

@@ -138,6 +138,8 @@ export class ChunkCache {
    * slab at a time); each is marked verified when its digest matches its name.
    */
   startVerify(hashes: readonly string[]): void {
+    // Without workers, the flush hashes them (on the event loop, in slices).
+    if (!this.slabs.hashesInWorkers) return;
     for (const h of hashes) {
       const e = this.entries.get(h);
       if (e && !e.verified) e.check ??= this.check(h, e);

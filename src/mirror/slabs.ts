@@ -80,6 +80,11 @@ export class SlabPool {
     private readonly hasher?: HashPool,
   ) {}
 
+  /** Digests are computed by worker threads (else on the caller's thread, when asked). */
+  get hashesInWorkers(): boolean {
+    return this.hasher !== undefined;
+  }
+
   stats(): SlabStats {
     return { slabs: this.live, free: this.free.length, slabBytes: this.slabSize };
   }
