@@ -101,8 +101,10 @@ test("kill -9 of a source mid-checkpoint: no partial checkpoint becomes visible"
     logger,
   });
   const url = `tg://127.0.0.1:${server.address().port}`;
-  // 4096 pages of 4 KiB: 16 MiB per checkpoint, so the kill lands inside one.
-  const child = spawn(process.execPath, [join(here, "synthetic-source-main.js"), url, "alpha", TOKEN, "20", "4096", "received"], {
+  // 8192 pages of 4 KiB: 32 MiB per checkpoint, far more than the loopback socket
+  // buffers hold, so the kill lands inside one (the server drains what the kernel had).
+  const PAGES = 8192;
+  const child = spawn(process.execPath, [join(here, "synthetic-source-main.js"), url, "alpha", TOKEN, "20", String(PAGES), "received"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   try {
@@ -112,8 +114,14 @@ test("kill -9 of a source mid-checkpoint: no partial checkpoint becomes visible"
     });
     await waitFor(() => received >= 1, 20_000, "first checkpoint received");
     // Wait until a checkpoint is admitted and its chunks are on the way, then kill.
-    // ck1 is queued (16 MiB cached); wait until part of ck2's chunks are in too.
-    await waitFor(() => server.cache.stats().bytes > 16 * 1024 * 1024 + 256 * 1024, 20_000, "a checkpoint in transit");
+    // ck1 is queued (32 MiB cached); wait until part of ck2's chunks are in too.
+    // Checked at every turn of the event loop (this server runs in it: a timer can come
+    // too late, after the whole checkpoint arrived).
+    const t0 = Date.now();
+    while (server.cache.stats().bytes <= PAGES * 4096 + 256 * 1024) {
+      if (Date.now() - t0 > 20_000) throw new Error("timed out waiting for a checkpoint in transit");
+      await new Promise((r) => setImmediate(r));
+    }
     child.kill("SIGKILL");
     await new Promise((r) => child.on("exit", r));
     await waitFor(() => lines.some((l) => typeof l.msg === "string" && l.msg.startsWith("partial checkpoint discarded")), 10_000, "discard").catch((e: unknown) => {
@@ -125,9 +133,9 @@ test("kill -9 of a source mid-checkpoint: no partial checkpoint becomes visible"
     assert.ok(rows.length >= 1 && out.checkpoints === rows.length, `${rows.length} complete checkpoints`);
     for (const r of rows) {
       assert.equal(r.state, "durable");
-      assert.equal(r.chunks, 4096);
+      assert.equal(r.chunks, PAGES);
       const got = await withAdmin({ url, token: TOKEN }, (a) => a.fetch("alpha", r.id));
-      assert.equal(got.chunks.size, 4096, `${r.id} is complete`);
+      assert.equal(got.chunks.size, PAGES, `${r.id} is complete`);
     }
     const st = server.cache.stats();
     assert.equal(st.reserved, 0, "the partial checkpoint's reservation was released");

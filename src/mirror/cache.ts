@@ -4,18 +4,23 @@
 // asked for; while the budget is spent, reservations wait, so the sessions waiting on
 // them stop reading their sockets (backpressure) until a flush frees memory.
 //
-// Chunk bytes are kept as views of the receive buffers they arrived in, so ingest
-// copies nothing but the few chunks that span two buffers. The byte budget counts
-// chunk bytes, so a view must not keep much more than itself alive: a session copies
-// the chunks of a receive buffer that is mostly other bytes, and a view is only held
-// while the checkpoint that inserted it holds it (when its first reference is
-// dropped while others remain, the entry is copied to its own buffer).
+// Chunk bytes live in slabs (slabs.ts), copied there once from the socket's read
+// buffers. A slab is recycled when its last chunk is dropped; chunks
+// leave the cache when the flush that wrote them commits (or, pinned by a checkpoint
+// that was offered before that, at the next flush), so slabs hold at most about twice
+// the cache's counted bytes.
 //
-// Verification: chunks of Chunks frames are cached *unverified* (their SHA-256 is
-// checked by the flush, before anything is written). An unverified chunk is usable
-// only by checkpoints of the source that sent it: another source offering the same
-// name is asked for its own copy, which is verified on arrival and then replaces the
-// unverified bytes. So no source's bytes can spoil another source's checkpoint.
+// Verification: chunks of Chunks frames are cached *unverified*; their SHA-256 is
+// computed by worker threads soon after arrival (a slab at a time, when it is full:
+// slabs.ts, hash-pool.ts), and a chunk is marked verified when its digest matches
+// its name. The flush
+// waits for the digests of its batch and checks them before anything is written (see
+// MirrorServer.verifyBatch). An unverified chunk is usable only by checkpoints of the
+// source that sent it: another source offering the same name is asked for its own
+// copy, which is verified on arrival and then replaces the unverified bytes. So no
+// source's bytes can spoil another source's checkpoint.
+import type { HashPool } from "./hash-pool.js";
+import { SlabPool, type SlabBytes } from "./slabs.js";
 
 export interface CacheStats {
   bytes: number;
@@ -28,12 +33,13 @@ export interface CacheStats {
 }
 
 interface Entry {
-  data: Buffer;
+  /** The slab memory holding the bytes (released when the entry goes). */
+  mem: SlabBytes;
   refs: number;
-  /** data is a view of a shared receive buffer (see above). */
-  view: boolean;
   /** The bytes were checked against the name. */
   verified: boolean;
+  /** The SHA-256 (hex) the hash workers computed, while or after they do. */
+  check?: Promise<string>;
   /** The source that sent the bytes. */
   owner: string;
 }
@@ -53,10 +59,24 @@ export class ChunkCache {
   private peak = 0;
   private waits = 0;
   private readonly waiters: Waiter[] = [];
+  /** Where chunk bytes are kept. */
+  readonly slabs: SlabPool;
   /** Called when a reservation has to wait: the flusher should make room. */
   onPressure: () => void = () => {};
 
-  constructor(readonly maxBytes: number) {}
+  /**
+   * @param maxBytes the byte budget
+   * @param hasher worker threads that hash arriving chunks; without one, chunks are
+   *   hashed on the event loop when the flush needs their digests
+   */
+  constructor(
+    readonly maxBytes: number,
+    hasher?: HashPool,
+  ) {
+    // Slabs of 1-8 MiB, and free slabs kept for reuse up to the budget.
+    const slabSize = Math.max(1 << 20, Math.min(8 << 20, 2 ** Math.floor(Math.log2(Math.max(1, maxBytes / 16)))));
+    this.slabs = new SlabPool(slabSize, maxBytes, hasher);
+  }
 
   get used(): number {
     return this.bytes + this.reserved;
@@ -73,7 +93,7 @@ export class ChunkCache {
   /** Cached and usable by `source`: verified, or sent by that source itself. */
   usable(hash: string, source: string): boolean {
     const e = this.entries.get(hash);
-    return e !== undefined && (e.verified || e.owner === source);
+    return e !== undefined && (e.verified || e.owner === source) && !e.mem.lost;
   }
 
   /** Cached but not usable by `source`: another source's unverified bytes. */
@@ -82,23 +102,66 @@ export class ChunkCache {
     return e !== undefined && !e.verified && e.owner !== source;
   }
 
+  /** A cached chunk's size in bytes (0 if not cached). */
+  size(hash: string): number {
+    return this.entries.get(hash)?.mem.length ?? 0;
+  }
+
+  /** A cached chunk's bytes; only once verified (before, they may be away being hashed). */
   get(hash: string): Buffer | undefined {
-    return this.entries.get(hash)?.data;
+    return this.entries.get(hash)?.mem.data;
   }
 
   isVerified(hash: string): boolean {
-    return this.entries.get(hash)?.verified === true;
+    const e = this.entries.get(hash);
+    return e !== undefined && e.verified && !e.mem.lost;
   }
 
-  markVerified(hash: string): void {
+  /**
+   * The SHA-256 (hex) of a cached chunk's bytes: its name if already verified, else
+   * the hash workers' result (waited for; the slab holding it is sent to them now if
+   * it was still filling up). A chunk whose digest matches is marked verified.
+   * Undefined if it is not cached.
+   */
+  async digest(hash: string): Promise<string | undefined> {
     const e = this.entries.get(hash);
-    if (e) e.verified = true;
+    if (!e) return undefined;
+    if (e.mem.lost) return "unavailable (lost with a failed hash worker)";
+    if (e.verified) return hash;
+    e.check ??= this.check(hash, e);
+    this.slabs.sealNow();
+    return e.check;
+  }
+
+  /**
+   * Asks for the digests of these cached chunks (computed by the hash workers, a
+   * slab at a time); each is marked verified when its digest matches its name.
+   */
+  startVerify(hashes: readonly string[]): void {
+    // Without workers, the flush hashes them (on the event loop, in slices).
+    if (!this.slabs.hashesInWorkers) return;
+    for (const h of hashes) {
+      const e = this.entries.get(h);
+      if (e && !e.verified) e.check ??= this.check(h, e);
+    }
+  }
+
+  private check(hash: string, e: Entry): Promise<string> {
+    const p = e.mem.digest().then(
+      (actual) => {
+        if (actual === hash && this.entries.get(hash) === e) e.verified = true;
+        return actual;
+      },
+      // The worker failed (its copy of the bytes is gone): report the chunk as bad.
+      (err: Error) => `unavailable (${err.message})`,
+    );
+    return p;
   }
 
   /** Takes a reference on a chunk already cached and usable by `source`. Returns false if there is none. */
   pin(hash: string, source: string): boolean {
     const e = this.entries.get(hash);
-    if (!e || !(e.verified || e.owner === source)) return false;
+    if (!e || !(e.verified || e.owner === source) || e.mem.lost) return false;
     e.refs++;
     return true;
   }
@@ -107,40 +170,45 @@ export class ChunkCache {
   evict(hash: string): void {
     const e = this.entries.get(hash);
     if (!e) return;
+    this.drop(hash, e);
+  }
+
+  private drop(hash: string, e: Entry): void {
     this.entries.delete(hash);
-    this.bytes -= e.data.length;
+    this.bytes -= e.mem.length;
+    e.mem.release();
     this.grant();
   }
 
   /**
    * Converts `reservedBytes` of a reservation into the chunk's data (or, when the
    * chunk is already cached and usable by `owner`, just pins it and returns the
-   * reservation). `verified`: the caller checked the bytes against the name; verified
-   * bytes replace another source's unverified ones (the caller must have checked
-   * conflicts() and verified in that case). With `keepView`, `data` (a view of a
-   * receive buffer) is kept as is; otherwise it is copied unless it is (nearly) its
-   * buffer's only content. Returns true when `data` was stored.
+   * reservation). `mem` (slab memory holding the bytes) is the cache's from now on:
+   * kept, or released at once when not stored. `verified`: the caller checked the
+   * bytes against the name; verified bytes replace another source's unverified ones
+   * (the caller must have checked conflicts() and verified in that case). Returns
+   * true when the bytes were stored.
    */
-  insert(hash: string, data: Buffer, reservedBytes: number, owner: string, verified: boolean, keepView = false): boolean {
+  insert(hash: string, mem: SlabBytes, reservedBytes: number, owner: string, verified: boolean): boolean {
     this.reserved -= reservedBytes;
     const e = this.entries.get(hash);
     let stored = false;
-    const alone = data.buffer.byteLength <= data.length + 64;
-    const own = keepView || alone ? data : Buffer.from(data);
-    if (e && (e.verified || e.owner === owner)) {
+    if (e && (e.verified || e.owner === owner) && !e.mem.lost) {
       e.refs++;
+      mem.release();
     } else if (e) {
-      if (!verified) throw new Error(`internal error: unverified chunk ${hash} over another source's unverified copy`);
-      this.bytes += data.length - e.data.length;
-      e.data = own;
-      e.view = keepView && !alone;
-      e.verified = true;
-      e.owner = owner;
-      e.refs++;
+      if (!verified && !e.mem.lost) {
+        mem.release();
+        throw new Error(`internal error: unverified chunk ${hash} over another source's unverified copy`);
+      }
+      // A new entry object: a hash job still running on the old bytes must not mark these.
+      this.entries.set(hash, { mem, refs: e.refs + 1, verified, owner });
+      this.bytes += mem.length - e.mem.length;
+      e.mem.release();
       stored = true;
     } else {
-      this.entries.set(hash, { data: own, refs: 1, view: keepView && !alone, verified, owner });
-      this.bytes += data.length;
+      this.entries.set(hash, { mem, refs: 1, verified, owner });
+      this.bytes += mem.length;
       stored = true;
     }
     this.notePeak();
@@ -148,27 +216,10 @@ export class ChunkCache {
     return stored;
   }
 
-  /** Gives a cached chunk a buffer of its own (it stops keeping its frame alive). */
-  privatize(hash: string): void {
-    const e = this.entries.get(hash);
-    if (e?.view) {
-      e.data = Buffer.from(e.data);
-      e.view = false;
-    }
-  }
-
   unpin(hash: string): void {
     const e = this.entries.get(hash);
     if (!e) return;
-    if (--e.refs <= 0) {
-      this.entries.delete(hash);
-      this.bytes -= e.data.length;
-      this.grant();
-    } else if (e.view) {
-      // Its inserter let go; the others must not keep the inserter's frame alive.
-      e.data = Buffer.from(e.data);
-      e.view = false;
-    }
+    if (--e.refs <= 0) this.drop(hash, e);
   }
 
   /**

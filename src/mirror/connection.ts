@@ -2,7 +2,13 @@
 // backpressure, yields received frames one at a time (the socket is only read as
 // fast as frames are consumed, which is how the server slows sources down), and
 // closes with an Error frame that tells the peer what went wrong.
-import type { Socket } from "node:net";
+//
+// Received bytes come either from the socket's 'data' events (a stream socket) or,
+// for the server's plain TCP connections, from reads straight into a RecvArena (see
+// readInto() and recv-arena.ts). Either way a yielded frame's `parts` are views that
+// are valid until the next frame is asked for; `payload` is the frame's own.
+import { Socket } from "node:net";
+import { RecvArena } from "./recv-arena.js";
 import { DEFAULT_MAX_FRAME, FrameDecoder, FrameType, ProtocolError, encodeFrameParts, encodeJsonFrame, type Frame } from "./frames.js";
 
 export interface FramedConnectionOptions {
@@ -11,23 +17,96 @@ export interface FramedConnectionOptions {
   frameTimeoutMs?: number;
 }
 
+/** The decoder holds this much unconsumed input before the socket is paused. */
+const PAUSE_BYTES = 2 * 1024 * 1024;
+
+/**
+ * A plain TCP socket the server accepted, re-wrapped so that the kernel reads into a
+ * RecvArena (net's `onread`, which Node offers only for sockets it creates: the
+ * accepted socket's handle is moved to a new Socket). Undefined if that is not
+ * possible (TLS, or a Node whose net internals differ): use the socket as it is.
+ */
+export function readInto(sock: Socket, arena: RecvArena, onData: (b: Buffer) => boolean): Socket | undefined {
+  // (`_handle` is net.Socket's documented-by-use private field holding the libuv handle.)
+  const holder = sock as unknown as { _handle?: object | null; encrypted?: boolean };
+  const handle = holder._handle;
+  if (holder.encrypted === true || handle === undefined || handle === null) return undefined;
+  try {
+    const fast = new Socket({
+      handle,
+      allowHalfOpen: true,
+      readable: true,
+      writable: true,
+      onread: { buffer: () => arena.room(), callback: (n: number) => onData(arena.take(n)) },
+    } as ConstructorParameters<typeof Socket>[0]);
+    holder._handle = null; // the old object must never close the handle
+    return fast;
+  } catch {
+    return undefined;
+  }
+}
+
 export class FramedConnection {
   readonly decoder: FrameDecoder;
+  readonly socket: Socket;
   private closed = false;
   bytesIn = 0;
   bytesOut = 0;
   private readonly frameTimeoutMs: number;
+  private readonly arena: RecvArena | undefined;
+  /** The peer closed its side (or the socket closed). */
+  private ended = false;
+  private readError: Error | undefined;
+  /** frames() is waiting for bytes. */
+  private wake: (() => void) | undefined;
 
-  constructor(
-    readonly socket: Socket,
-    opts: FramedConnectionOptions = {},
-  ) {
+  /**
+   * @param accepted a socket the server accepted with pauseOnConnect (plain TCP ones
+   *   are moved to arena reads, see readInto), or any connected socket
+   */
+  constructor(accepted: Socket, opts: FramedConnectionOptions & { arena?: boolean } = {}) {
     this.decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME);
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 30_000;
+    const arena = opts.arena === true ? new RecvArena() : undefined;
+    const fast = arena ? readInto(accepted, arena, (b) => this.feed(b)) : undefined;
+    this.arena = fast ? arena : undefined;
+    const socket = (this.socket = fast ?? accepted);
+    if (!fast) {
+      socket.on("data", (b: Buffer) => {
+        if (!this.feed(b)) socket.pause();
+      });
+      if (socket.isPaused()) socket.resume();
+    }
     socket.setNoDelay(true);
+    socket.on("end", () => this.onEnd());
+    socket.on("error", (err) => {
+      this.readError ??= err;
+      this.onEnd();
+    });
     socket.on("close", () => {
       this.closed = true;
+      this.onEnd();
     });
+  }
+
+  /** Takes received bytes; false when the socket should pause (the consumer is behind). */
+  private feed(b: Buffer): boolean {
+    this.bytesIn += b.length;
+    this.decoder.push(b);
+    const w = this.wake;
+    if (w) {
+      this.wake = undefined;
+      w();
+      return true;
+    }
+    return this.decoder.pendingBytes < PAUSE_BYTES;
+  }
+
+  private onEnd(): void {
+    this.ended = true;
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
   }
 
   get isClosed(): boolean {
@@ -87,40 +166,47 @@ export class FramedConnection {
   /**
    * Yields frames in order. Throws ProtocolError for a bad frame, or a truncated one
    * (the peer closed, or stalled longer than frameTimeoutMs, in the middle of a frame).
-   * Ends quietly when the peer closes between frames.
+   * Ends quietly when the peer closes between frames. A Chunks frame's `parts` are
+   * valid until the next frame is asked for.
    */
   async *frames(): AsyncGenerator<Frame, void, void> {
-    // destroyOnReturn: false keeps a half-closed socket writable, so a truncated
-    // frame can still be answered with an Error frame after the peer's FIN.
-    const it = this.socket.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer>;
     for (;;) {
       let f: Frame | undefined;
-      while ((f = this.decoder.next()) !== undefined) yield f;
-      const partial = this.decoder.pendingBytes;
-      let timer: NodeJS.Timeout | undefined;
-      let timedOut = false;
-      if (partial > 0) {
-        timer = setTimeout(() => {
-          timedOut = true;
-          this.fail(this.truncated("stalled for " + this.frameTimeoutMs + " ms"));
-        }, this.frameTimeoutMs);
+      while ((f = this.decoder.next()) !== undefined) {
+        // Payloads are kept by the consumer (an Offer's header is queued): own copies
+        // when they lie in the arena, which is reused.
+        if (this.arena && f.payload.length > 0) f = { ...f, payload: Buffer.from(f.payload) };
+        yield f;
+        this.arena?.release(this.decoder.consumed);
       }
-      let r: IteratorResult<Buffer>;
-      try {
-        r = await it.next();
-      } catch (err) {
-        if (timedOut) throw this.truncated(`stalled for ${this.frameTimeoutMs} ms`);
-        throw err;
-      } finally {
-        if (timer !== undefined) clearTimeout(timer);
+      if (this.readError) {
+        if (this.decoder.pendingBytes > 0) throw this.truncated("the connection failed");
+        throw this.readError;
       }
-      if (timedOut) throw this.truncated(`stalled for ${this.frameTimeoutMs} ms`);
-      if (r.done === true) {
+      if (this.ended) {
         if (this.decoder.pendingBytes > 0) throw this.truncated("the peer closed the connection");
         return;
       }
-      this.bytesIn += r.value.length;
-      this.decoder.push(r.value);
+      let timer: NodeJS.Timeout | undefined;
+      let timedOut = false;
+      const more = new Promise<void>((resolve) => (this.wake = resolve));
+      if (this.decoder.pendingBytes > 0) {
+        timer = setTimeout(() => {
+          timedOut = true;
+          this.onEnd();
+        }, this.frameTimeoutMs);
+      }
+      if (this.socket.isPaused()) this.socket.resume();
+      try {
+        await more;
+      } finally {
+        if (timer !== undefined) clearTimeout(timer);
+      }
+      if (timedOut) {
+        const err = this.truncated(`stalled for ${this.frameTimeoutMs} ms`);
+        this.fail(err);
+        throw err;
+      }
     }
   }
 

@@ -10,6 +10,7 @@
 import { mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { sha256hex } from "./objects.js";
+import { PackWriter } from "./pack-writer.js";
 
 export interface CheckpointRecord {
   source: string;
@@ -189,31 +190,16 @@ export class DiskStore {
     const chunks: [string, number, number][] = [];
     const records: CheckpointRecord[] = [];
     let offset = 0;
-    const pack = await open(packPath, "w");
+    // Written around the page cache where the filesystem allows (pack-writer.ts).
+    const pack = await PackWriter.create(packPath);
     try {
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
-      const flushBatch = async (): Promise<void> => {
-        if (batch.length === 0) return;
-        await pack.writev(batch);
-        batch = [];
-        batchBytes = 0;
-      };
-      const add = async (b: Buffer): Promise<number> => {
-        const at = offset;
-        batch.push(b);
-        batchBytes += b.length;
-        offset += b.length;
-        if (batch.length >= 512 || batchBytes >= 8 * 1024 * 1024) await flushBatch();
-        return at;
-      };
       for (const [hash, data] of newChunks) {
         if (this.chunkIndex.has(hash)) continue;
-        chunks.push([hash, await add(data), data.length]);
+        chunks.push([hash, await pack.add(data), data.length]);
       }
       const now = new Date().toISOString();
       for (const p of pending) {
-        const at = await add(p.header);
+        const at = await pack.add(p.header);
         records.push({
           source: p.source,
           id: p.id,
@@ -228,8 +214,8 @@ export class DiskStore {
           committedAt: now,
         });
       }
-      await flushBatch();
-      await this.fsync(pack);
+      offset = await pack.finish(); // (includes the pack's fsync)
+      this.fsyncCount++;
     } finally {
       await pack.close();
     }

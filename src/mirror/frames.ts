@@ -109,6 +109,8 @@ const KNOWN_TYPES = new Set<number>(Object.values(FrameType).filter((v): v is nu
 export class FrameDecoder {
   private bufs: Buffer[] = [];
   private buffered = 0;
+  /** Bytes of the stream consumed by the frames returned so far. */
+  consumed = 0;
 
   constructor(private readonly maxPayload: number = DEFAULT_MAX_FRAME) {}
 
@@ -148,6 +150,7 @@ export class FrameDecoder {
       if (first.length === n) this.bufs.shift();
       else this.bufs[0] = first.subarray(n);
       this.buffered -= n;
+      this.consumed += n;
       return out;
     }
     const out = Buffer.allocUnsafe(n);
@@ -162,6 +165,7 @@ export class FrameDecoder {
       else this.bufs[0] = b.subarray(k);
     }
     this.buffered -= n;
+    this.consumed += n;
     return out;
   }
 
@@ -233,6 +237,7 @@ export class FrameDecoder {
       }
     }
     this.buffered -= n;
+    this.consumed += n;
     return out;
   }
 

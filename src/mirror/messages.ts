@@ -182,56 +182,54 @@ export function encodeChunksTable(hashes: readonly string[], sizes: readonly num
 export interface DecodedChunks {
   /** Lowercase hex SHA-256 each chunk claims to have. */
   hashes: string[];
-  /**
-   * Each chunk's bytes: a view of the receive buffer it lies in, or a copy of its
-   * pieces when it spans two (check `data[i].buffer` before keeping a view).
-   */
+  /** Each chunk's bytes, joined (a view when it lies in one piece, else a copy). */
   data: Buffer[];
-  /** The table: entry i's 32-byte SHA-256 is at i * 36. */
-  table: Buffer;
 }
 
-/** Joins `n` bytes from the parts at the cursor (a view when they lie in one part). */
+export interface SplitChunks {
+  /** Lowercase hex SHA-256 each chunk claims to have. */
+  hashes: string[];
+  sizes: number[];
+  /** Each chunk's bytes as views of the pieces it lies in (one, or more when it spans them). */
+  pieces: Buffer[][];
+}
+
+/** Walks a list of buffers as one byte stream, cutting views of them. */
 class PartsReader {
   private i = 0;
   private off = 0;
   constructor(private readonly parts: readonly Buffer[]) {}
 
-  read(n: number): Buffer {
-    if (n === 0) return Buffer.alloc(0);
-    let p = this.parts[this.i] as Buffer;
-    while (this.off === p.length) {
-      this.i++;
-      this.off = 0;
-      p = this.parts[this.i] as Buffer;
-    }
-    if (p.length - this.off >= n) {
-      const v = p.subarray(this.off, this.off + n);
-      this.off += n;
-      return v;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let at = 0;
-    while (at < n) {
-      p = this.parts[this.i] as Buffer;
-      const k = Math.min(p.length - this.off, n - at);
-      p.copy(out, at, this.off, this.off + k);
-      at += k;
+  /** The next n bytes as views of the parts they lie in. */
+  views(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const p = this.parts[this.i] as Buffer;
+      const k = Math.min(p.length - this.off, left);
+      if (k > 0) out.push(p.subarray(this.off, this.off + k));
       this.off += k;
-      if (this.off === p.length && at < n) {
+      left -= k;
+      if (this.off === p.length) {
         this.i++;
         this.off = 0;
       }
     }
     return out;
   }
+
+  /** The next n bytes joined (a view when they lie in one part). */
+  read(n: number): Buffer {
+    const v = this.views(n);
+    return v.length === 1 ? (v[0] as Buffer) : Buffer.concat(v, n);
+  }
 }
 
 /**
- * Splits a Chunks payload (given as the pieces it arrived in, `total` bytes); checks
- * the layout, not the hashes (the caller verifies them).
+ * Splits a Chunks payload (given as the pieces it arrived in, `total` bytes) without
+ * copying chunk bytes; checks the layout, not the hashes (the caller verifies them).
  */
-export function decodeChunks(parts: readonly Buffer[], total: number): DecodedChunks {
+export function splitChunks(parts: readonly Buffer[], total: number): SplitChunks {
   if (total < 4) malformed(`Chunks payload is ${total} bytes, too short for its count`);
   const r = new PartsReader(parts);
   const count = r.read(4).readUInt32LE(0);
@@ -250,7 +248,14 @@ export function decodeChunks(parts: readonly Buffer[], total: number): DecodedCh
     at += size;
   }
   if (at !== total) malformed(`Chunks payload is ${total} bytes but its table describes ${at}`);
-  const data: Buffer[] = new Array<Buffer>(count);
-  for (let i = 0; i < count; i++) data[i] = r.read(sizes[i] as number);
-  return { hashes, data, table };
+  const pieces: Buffer[][] = new Array<Buffer[]>(count);
+  for (let i = 0; i < count; i++) pieces[i] = r.views(sizes[i] as number);
+  return { hashes, sizes, pieces };
+}
+
+/** splitChunks with each chunk's bytes joined (tests, tools). */
+export function decodeChunks(parts: readonly Buffer[], total: number): DecodedChunks {
+  const { hashes, sizes, pieces } = splitChunks(parts, total);
+  const data = pieces.map((p, i) => (p.length === 1 ? (p[0] as Buffer) : Buffer.concat(p, sizes[i] as number)));
+  return { hashes, data };
 }

@@ -5,6 +5,7 @@ import { createServer as createTcpServer, type AddressInfo, type Server as NetSe
 import { createServer as createTlsServer } from "node:tls";
 import type { Logger } from "pino";
 import { ChunkCache, type CacheStats } from "./cache.js";
+import { HashPool, defaultHashThreads } from "./hash-pool.js";
 import { FramedConnection } from "./connection.js";
 import { DiskStore, type DiskStoreHooks, type PendingCheckpoint } from "./disk-store.js";
 import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
@@ -14,7 +15,7 @@ import { FrameType } from "./frames.js";
 import { Session, type SessionHost, type SourcePosition } from "./session.js";
 import { silentLogger } from "./log.js";
 import type { TokenTable } from "./tokens.js";
-import { isValidName, sha256hex } from "./objects.js";
+import { isValidName } from "./objects.js";
 
 export interface MirrorServerOptions {
   host?: string;
@@ -32,6 +33,8 @@ export interface MirrorServerOptions {
   maxFrame?: number;
   frameTimeoutMs?: number;
   handshakeTimeoutMs?: number;
+  /** Worker threads hashing arriving chunks (default: cores - 1, 1 to 4; 0: hash on the event loop at flush). */
+  hashThreads?: number;
   logger?: Logger;
   hooks?: DiskStoreHooks;
 }
@@ -77,7 +80,7 @@ export interface MirrorMetrics {
   generation: number;
 }
 
-/** Bytes the flush hashes between two turns of the event loop. */
+/** Bytes verified between two turns of the event loop (when the flush hashes chunks itself). */
 const VERIFY_SLICE_BYTES = 4 * 1024 * 1024;
 
 export const DEFAULTS = {
@@ -91,6 +94,7 @@ export const DEFAULTS = {
 
 export class MirrorServer implements SessionHost {
   readonly cache: ChunkCache;
+  private readonly hasher: HashPool | undefined;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
   private readonly queue: QueuedCheckpoint[] = [];
@@ -121,7 +125,9 @@ export class MirrorServer implements SessionHost {
     this.log = opts.logger ?? silentLogger();
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
     const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
-    this.cache = new ChunkCache(max);
+    const threads = opts.hashThreads ?? defaultHashThreads();
+    this.hasher = threads > 0 ? new HashPool(threads) : undefined;
+    this.cache = new ChunkCache(max, this.hasher);
     this.highWater = Math.floor(max * (opts.highWaterRatio ?? DEFAULTS.highWaterRatio));
     this.maxQueued = opts.maxQueued ?? DEFAULTS.maxQueued;
     this.flusher = new Flusher(
@@ -150,7 +156,8 @@ export class MirrorServer implements SessionHost {
     const onConn = (sock: Socket): void => this.accept(sock);
     const srv = this.opts.tls
       ? createTlsServer({ cert: this.opts.tls.cert, key: this.opts.tls.key, allowHalfOpen: true }, onConn)
-      : createTcpServer({ allowHalfOpen: true }, onConn);
+      : // Paused: the connection is read into a RecvArena, by a socket made from this one (connection.ts).
+        createTcpServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn);
     this.net = srv;
     if (!this.opts.tokens) {
       this.log.warn("no --tokens file: any client may act as any source; use this only on a trusted network");
@@ -191,13 +198,16 @@ export class MirrorServer implements SessionHost {
       return;
     }
     this.m.connections++;
+    const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     sock.on("error", () => undefined);
-    sock.setKeepAlive(true, 30_000);
     const conn = new FramedConnection(sock, {
       maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME,
       frameTimeoutMs: this.opts.frameTimeoutMs ?? DEFAULTS.frameTimeoutMs,
+      arena: true,
     });
-    const session = new Session(conn, this, `${sock.remoteAddress}:${sock.remotePort}`);
+    conn.socket.on("error", () => undefined);
+    conn.socket.setKeepAlive(true, 30_000);
+    const session = new Session(conn, this, remote);
     const origFail = session.fail.bind(session);
     session.fail = (err: ProtocolError) => {
       if (!session.closed) this.m.protocolErrors++;
@@ -343,7 +353,12 @@ export class MirrorServer implements SessionHost {
     }
     this.inFlight = batch;
     const t0 = Date.now();
-    await this.verifyBatch(batch);
+    try {
+      await this.verifyBatch(batch);
+    } catch (err) {
+      this.requeue(batch, reasons, err as Error);
+      throw err;
+    }
     if (batch.length === 0) {
       this.inFlight = [];
       this.flusher.armDelay();
@@ -379,14 +394,7 @@ export class MirrorServer implements SessionHost {
     try {
       result = await store.commit(pending, newChunks());
     } catch (err) {
-      // Nothing was acknowledged durable; put the batch back and try again later.
-      this.queue.unshift(...batch);
-      this.inFlight = [];
-      this.log.error(
-        { err: (err as Error).message, reasons, checkpoints: batch.length },
-        "flush failed; the checkpoints stay cached and queued, retrying in 1 s (check the store's disk: space, permissions)",
-      );
-      setTimeout(() => this.flusher.trigger("retry"), 1000).unref();
+      this.requeue(batch, reasons, err as Error);
       throw err;
     }
     this.inFlight = [];
@@ -432,9 +440,21 @@ export class MirrorServer implements SessionHost {
     return { generation: result.generation, checkpoints: batch.length, sources: bySource.size, reasons };
   }
 
+  /** A flush failed: nothing was acknowledged durable; put the batch back and try again later. */
+  private requeue(batch: QueuedCheckpoint[], reasons: FlushReason[], err: Error): void {
+    this.queue.unshift(...batch);
+    this.inFlight = [];
+    this.log.error(
+      { err: err.message, reasons, checkpoints: batch.length },
+      "flush failed; the checkpoints stay cached and queued, retrying in 1 s (check the store's disk: space, permissions)",
+    );
+    setTimeout(() => this.flusher.trigger("retry"), 1000).unref();
+  }
+
   /**
-   * Checks every unverified chunk of the batch against its SHA-256 before anything is
-   * written, on the event loop in slices (packets keep flowing in between). A source
+   * Checks every chunk of the batch against its SHA-256 before anything is written:
+   * the digests the hash workers computed on arrival (waited for if they are still
+   * at it; computed here, on the event loop, for any they do not have). A source
    * with a chunk that fails loses that checkpoint and every later one it has queued
    * (none becomes durable; its seq order is kept): its connection is closed with
    * checksum-mismatch, the bad bytes are dropped, and its client sends them again
@@ -447,15 +467,12 @@ export class MirrorServer implements SessionHost {
     let sinceYield = 0;
     for (const q of batch) {
       for (const h of q.chunkHashes) {
-        if (checked.has(h)) continue;
+        if (checked.has(h) || cache.isVerified(h)) continue;
         checked.add(h);
-        if (cache.isVerified(h)) continue;
-        const data = cache.get(h);
-        if (!data) continue;
-        const actual = sha256hex(data);
-        if (actual === h) cache.markVerified(h);
-        else bad.set(h, actual);
-        sinceYield += data.length;
+        const actual = await cache.digest(h);
+        if (actual !== undefined && actual !== h) bad.set(h, actual);
+        // Chunks the workers did not hash are hashed here: let packets flow in between.
+        sinceYield += cache.size(h);
         if (sinceYield >= VERIFY_SLICE_BYTES) {
           sinceYield = 0;
           await new Promise((r) => setImmediate(r));
@@ -534,6 +551,7 @@ export class MirrorServer implements SessionHost {
       }
     }
     await this.store.close();
+    await this.hasher?.close();
     this.log.info({ generation: this.store.committedGeneration }, "mirror server stopped");
   }
 }

@@ -5,7 +5,8 @@ import type { Logger } from "pino";
 import type { FramedConnection } from "./connection.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
 import type { FlushOutcome, FlushReason } from "./flusher.js";
-import { chunkParts, decodeCheckpointHeader, decodeChunk, decodeChunks, encodeWant, optStr, parseJson, str } from "./messages.js";
+import { createHash } from "node:crypto";
+import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, optStr, parseJson, splitChunks, str } from "./messages.js";
 import { sha256hex, type CheckpointHeader } from "./objects.js";
 import type { ChunkCache } from "./cache.js";
 import type { ListedCheckpoint, QueuedCheckpoint } from "./server.js";
@@ -213,19 +214,21 @@ export class Session {
     await this.conn.send(FrameType.Want, [encodeWant(header.id, header.chunks.length, wanted)]);
   }
 
-  /** A single-chunk frame (protocol 1's way; still accepted). */
+  /** A single-chunk frame (protocol 1's way; still accepted): verified on arrival. */
   private chunk(payload: Buffer): void {
     const cur = this.inProgress("Chunk");
     const { hash, data } = decodeChunk(payload);
-    this.accept(cur, hash, data, false);
+    this.claim(cur, hash, data.length);
+    this.verify(hash, data);
+    this.store(cur, hash, [data], data.length, true);
   }
 
   /**
-   * A Chunks frame: many chunks of the current checkpoint, cut out of the receive
-   * buffers without copying (a chunk spanning two buffers is the only copy). Their
-   * names and sizes are checked here; their bytes are cached unverified, usable only
-   * by this source, and the flush checks them against their SHA-256 before anything
-   * is written (see cache.ts and MirrorServer.verifyBatch).
+   * A Chunks frame: many chunks of the current checkpoint, each copied once from the
+   * receive buffers into the cache's slab memory. Their names and sizes are checked
+   * here; their bytes are cached unverified, usable only by this source, and hashed by
+   * the cache's worker threads; the flush checks every digest against its name before
+   * anything is written (see cache.ts and MirrorServer.verifyBatch).
    */
   private chunks(parts: Buffer[]): void {
     const cur = this.inProgress("Chunks");
@@ -233,29 +236,22 @@ export class Session {
     const cache = this.host.cache;
     let total = 0;
     for (const p of parts) total += p.length;
-    const { hashes, data } = decodeChunks(parts, total);
-    // Bytes kept as views, per receive buffer: a view keeps its whole buffer alive.
-    const kept = new Map<ArrayBufferLike, number>();
-    const stored: number[] = [];
+    const { hashes, sizes, pieces } = splitChunks(parts, total);
+    const unverified: string[] = [];
     for (let i = 0; i < hashes.length; i++) {
       const hash = hashes[i] as string;
-      const d = data[i] as Buffer;
-      this.claim(cur, hash, d.length);
+      const size = sizes[i] as number;
+      this.claim(cur, hash, size);
       // Another source's unverified copy is cached under this name: check ours now
       // (rare), so that it can replace theirs without trusting either.
-      const verified = cache.conflicts(hash, source) ? (this.verify(hash, d), true) : false;
-      if (this.store(cur, hash, d, verified, true)) {
-        kept.set(d.buffer, (kept.get(d.buffer) ?? 0) + d.length);
-        stored.push(i);
+      let verified = false;
+      if (cache.conflicts(hash, source)) {
+        this.verify(hash, pieces[i] as Buffer[]);
+        verified = true;
       }
+      if (this.store(cur, hash, pieces[i] as Buffer[], size, verified) && !verified) unverified.push(hash);
     }
-    // A receive buffer mostly made of other bytes (frame headers, chunks spanning into
-    // the next buffer, duplicates dropped) is not kept alive for a few chunks: those
-    // get buffers of their own. So cached chunk data keeps at most twice its size alive.
-    for (const i of stored) {
-      const d = data[i] as Buffer;
-      if ((kept.get(d.buffer) as number) * 2 < d.buffer.byteLength) cache.privatize(hashes[i] as string);
-    }
+    cache.startVerify(unverified);
   }
 
   private inProgress(what: string): InProgress {
@@ -264,15 +260,14 @@ export class Session {
     return cur;
   }
 
-  /** Verifies one wanted chunk (size, SHA-256) and caches it. True if its bytes were stored. */
-  private accept(cur: InProgress, hash: string, data: Buffer, keepView: boolean): boolean {
-    this.claim(cur, hash, data.length);
-    this.verify(hash, data);
-    return this.store(cur, hash, data, true, keepView);
-  }
-
-  private verify(hash: string, data: Buffer): void {
-    const actual = sha256hex(data);
+  private verify(hash: string, data: Buffer | readonly Buffer[]): void {
+    let actual: string;
+    if (Buffer.isBuffer(data)) actual = sha256hex(data);
+    else {
+      const h = createHash("sha256");
+      for (const p of data) h.update(p);
+      actual = h.digest("hex");
+    }
     if (actual !== hash) {
       throw new ProtocolError("checksum-mismatch", `checksum mismatch: chunk announced as ${hash} hashes to ${actual}`);
     }
@@ -291,11 +286,22 @@ export class Session {
     return size;
   }
 
-  /** Caches a chunk, turning its reservation into data. True if its bytes were stored. */
-  private store(cur: InProgress, hash: string, data: Buffer, verified: boolean, keepView: boolean): boolean {
-    const reserved = Math.min(data.length, cur.reservedChunks);
+  /**
+   * Caches a chunk (given as the pieces it lies in, `size` bytes), turning its
+   * reservation into data; its bytes are copied only if the cache does not already
+   * have a copy this source may use. True if its bytes were stored.
+   */
+  private store(cur: InProgress, hash: string, pieces: readonly Buffer[], size: number, verified: boolean): boolean {
+    const cache = this.host.cache;
+    const source = this.source as string;
+    const reserved = Math.min(size, cur.reservedChunks);
     cur.reservedChunks -= reserved;
-    const stored = this.host.cache.insert(hash, data, reserved, this.source as string, verified, keepView);
+    if (cache.pin(hash, source)) {
+      cache.release(reserved);
+      cur.pinned.push(hash);
+      return false;
+    }
+    const stored = cache.insert(hash, cache.slabs.copyOf(pieces, size), reserved, source, verified);
     cur.pinned.push(hash);
     return stored;
   }
