@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -191,8 +192,21 @@ TG_HIDDEN long tg_clone_on_stack(void *stack_top, void (*fn)(void));
 #define CHILD_STACK TG_CHILD_STACK
 #define MAPS_BUF TG_MAPS_BUF
 
+/* The snapshot writer is background work: it runs 10 nice levels below the application, so that
+ * on a busy machine it yields the CPU to the application's threads (it costs no downtime, only a
+ * longer write). Raising one's own nice value needs no privilege. */
+#define TG_WRITER_NICE 10
+static void lower_priority(void) {
+  long prio = tg_sys2(SYS_getpriority, PRIO_PROCESS, 0); /* the kernel returns 20 - nice */
+  if (prio <= 0) return; /* cannot tell: leave it */
+  long nice = 20 - prio + TG_WRITER_NICE;
+  if (nice > 19) nice = 19;
+  if (tg_sys3(SYS_setpriority, PRIO_PROCESS, 0, nice) < 0) return; /* not fatal: write at the current priority */
+}
+
 __attribute__((noreturn)) static void snapshot_child(void) {
   {
+    lower_priority();
     char err[512] = {0};
     uint64_t bytes = 0, pages = 0;
     int rc = tg_capture_image(err, sizeof err, &bytes, &pages);
