@@ -134,7 +134,10 @@ class FdSource implements ImageBytes {
   private carry: Buffer | null = null;
   private closed = false;
 
-  constructor(private readonly path: string) {}
+  /** Opens at once, as a read stream would: a FIFO's writer may be waiting for a reader (and a caller that gives up unblocks this open by opening the write end). */
+  constructor(private readonly path: string) {
+    this.handle().catch(() => undefined); // the error surfaces on the first read
+  }
 
   private handle(): Promise<FileHandle> {
     if (this.fh) return Promise.resolve(this.fh);
