@@ -260,12 +260,11 @@ static void snapshot_and_release(uint32_t gen) {
     tg.parent_maps = (char *)stk + CHILD_STACK;
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DOFORK);
-    /* Memory can carry the MADV_DONTFORK mark without the wrapper seeing it: moved by mremap
-     * (also glibc's realloc), or marked through a raw syscall (node has ~20 such mappings).
-     * Ask the kernel which mappings carry it: /proc/self/smaps, ~1 ms for node's ~100
-     * mappings, with the threads parked, so that the snapshot never lacks one (which costs
-     * a retry as a full image). */
-    int nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
+    /* Marked memory can move where the wrapper does not see it (mremap, also glibc's realloc):
+     * once the application has used the mark, ask the kernel which mappings carry it. Not for
+     * other applications: smaps walks the page tables (~20 ms of downtime for 1 GiB resident). */
+    int nsm = 0;
+    if (tg_ndontfork > 0 || tg.dontfork_seen || tg.dontfork_overflow) nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     /* read again after the tracker: besides its own arrays, registering mappings for write
      * protection can split or merge them (0.1 ms) */
