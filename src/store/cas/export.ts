@@ -9,8 +9,9 @@ import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD as MAX_RECORD_PAGES, RECORD_HEAD
 import { BlockCache } from "./blocks.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
+import { locatePages, type PageLoc } from "./locate.js";
 import { metaRecords } from "./meta.js";
-import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
+import { PAGE, addrOf, storeCorrupt } from "./util.js";
 
 const PREFETCH_RECORDS = 4;
 
@@ -32,39 +33,11 @@ function fullHeader(stored: Buffer): Buffer {
   return h;
 }
 
-/**
- * Where each page of a record is: [block, idx] or null for a zero page. Uses the page
- * table's location hints when their block still exists (`alive` caches that per block),
- * the page index otherwise (or always, with `alive` null: after a failed read).
- */
-function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<number, boolean> | null): ([number, number] | null)[] {
-  const out: ([number, number] | null)[] = [];
-  for (let i = 0; i < r.npages; i++) {
-    const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
-    if (h.equals(ZERO_HASH)) {
-      out.push(null);
-      continue;
-    }
-    const hint = r.locs.readUInt32LE(i * LOC_LEN);
-    if (hint !== 0 && alive) {
-      let ok = alive.get(hint);
-      if (ok === undefined) {
-        ok = ctx.catalog.blockExists(hint);
-        alive.set(hint, ok);
-      }
-      if (ok) {
-        out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
-        continue;
-      }
-    }
-    const loc = ctx.catalog.pageLoc(h);
-    if (!loc) throw storeCorrupt(`cannot export checkpoint ${id}`, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
-    out.push(loc);
-  }
-  return out;
+function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<number, boolean> | null): Locs {
+  return locatePages(ctx, r, alive, `cannot export checkpoint ${id}`);
 }
 
-type Locs = ([number, number] | null)[];
+type Locs = PageLoc[];
 
 /** Zero pages for records: slices of one shared buffer (never written). */
 const ZEROS = Buffer.alloc(MAX_RECORD_PAGES * PAGE);

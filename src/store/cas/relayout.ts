@@ -7,41 +7,16 @@ import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { BlockCache } from "./blocks.js";
 import type { ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
+import { locatePages, type PageLoc } from "./locate.js";
 import type { ReadCost } from "./types.js";
-import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, addrOf, crashPoint, hex, storeCorrupt } from "./util.js";
+import { HASH_LEN, PAGE, crashPoint } from "./util.js";
 
-/** Where a page is: [block id, index in the block], or null for a zero page. */
-export type PageLoc = [number, number] | null;
+export type { PageLoc } from "./locate.js";
 
-/**
- * Where every page of `records` is (one array per record): the location hint when its
- * block still exists, the page index otherwise (the same rule as export).
- */
+/** Where every page of `records` is (one array per record), by the same rule as export. */
 export function locateRecords(ctx: StoreContext, id: string, records: ComposedRecord[]): PageLoc[][] {
   const alive = new Map<number, boolean>();
-  return records.map((r) => {
-    const out: PageLoc[] = [];
-    for (let i = 0; i < r.npages; i++) {
-      const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
-      if (h.equals(ZERO_HASH)) {
-        out.push(null);
-        continue;
-      }
-      const hint = r.locs.readUInt32LE(i * LOC_LEN);
-      if (hint !== 0) {
-        let ok = alive.get(hint);
-        if (ok === undefined) alive.set(hint, (ok = ctx.catalog.blockExists(hint)));
-        if (ok) {
-          out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
-          continue;
-        }
-      }
-      const loc = ctx.catalog.pageLoc(h);
-      if (!loc) throw storeCorrupt(`cannot merge checkpoint ${id}`, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
-      out.push(loc);
-    }
-    return out;
-  });
+  return records.map((r) => locatePages(ctx, r, alive, `cannot merge checkpoint ${id}`));
 }
 
 /**

@@ -1,0 +1,41 @@
+// Where the pages of a composed record are: the page table's location hint when its block
+// still exists (blocks are immutable and their ids never reused), the page index
+// otherwise. Used by export (to read the pages) and by merge (to measure and rewrite).
+import type { ComposedRecord } from "./compose.js";
+import type { StoreContext } from "./context.js";
+import { HASH_LEN, LOC_LEN, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
+
+/** Where a page is: [block id, index in the block], or null for a zero page. */
+export type PageLoc = [number, number] | null;
+
+/**
+ * The location of each page of `r`. `alive` caches, per block id, whether the block
+ * exists; with `alive` null hints are ignored (after a failed read: a gc moved blocks).
+ * `what` starts the error when a page is missing ("cannot export checkpoint X").
+ */
+export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<number, boolean> | null, what: string): PageLoc[] {
+  const out: PageLoc[] = [];
+  for (let i = 0; i < r.npages; i++) {
+    const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
+    if (h.equals(ZERO_HASH)) {
+      out.push(null);
+      continue;
+    }
+    const hint = r.locs.readUInt32LE(i * LOC_LEN);
+    if (hint !== 0 && alive) {
+      let ok = alive.get(hint);
+      if (ok === undefined) {
+        ok = ctx.catalog.blockExists(hint);
+        alive.set(hint, ok);
+      }
+      if (ok) {
+        out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
+        continue;
+      }
+    }
+    const loc = ctx.catalog.pageLoc(h);
+    if (!loc) throw storeCorrupt(what, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
+    out.push(loc);
+  }
+  return out;
+}
