@@ -1,5 +1,6 @@
 // Node API: `import { run, checkpoint, restore, ls } from "tardigrade"`.
 // Every call talks to the per-host daemon (started on first use).
+import type { TrackingMode } from "./daemon/agent.js";
 import type { AppState } from "./daemon/appdir.js";
 import type { CheckpointResult, ProgressEvent, RestoreResult, RunResult } from "./daemon/apps.js";
 import { DaemonClient } from "./daemon/client.js";
@@ -35,7 +36,7 @@ export interface RunOptions extends CommonOptions {
   /** Checkpoint every this many milliseconds. */
   everyMs?: number;
   /** Dirty-page tracking for incremental checkpoints: "uffd" (default) or "hash". */
-  tracking?: "uffd" | "hash" | "none";
+  tracking?: TrackingMode;
   /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
   keep?: number;
   /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */

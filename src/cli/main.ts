@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
+import { TRACKING_MODES, type TrackingMode } from "../daemon/agent.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
 import { runDaemon } from "../daemon/main.js";
 import { readToken, registerMirrorCommands } from "../mirror/cli.js";
@@ -51,7 +52,7 @@ export function buildProgram(): Command {
     .description("start CMD under tardigrade (agent preloaded, own PID namespace); its output goes to `tardigrade logs NAME`")
     .option("--name <name>", "app name (default: the command's base name)")
     .option("--every <interval>", "also checkpoint periodically, e.g. 10s, 5m")
-    .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints (none: every checkpoint full)").choices(["uffd", "hash", "none"]))
+    .addOption(new Option("--tracking <mode>", "dirty-page tracking for incremental checkpoints (none: every checkpoint full)").choices(TRACKING_MODES))
     .option("--keep <n>", "keep only the N newest checkpoints (older ones are reclaimed after each checkpoint)")
     .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
@@ -59,7 +60,7 @@ export function buildProgram(): Command {
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: "uffd" | "hash" | "none"; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {

@@ -23,7 +23,7 @@ export type CheckpointEvent =
       seq?: number;
       kind?: "full" | "incremental";
       parent?: number;
-      tracking?: "uffd" | "hash" | "none";
+      tracking?: TrackingMode;
       pages_scanned?: number;
       pages_written?: number;
       full_reason?: string;
@@ -84,12 +84,16 @@ export async function ping(sock: string, timeoutMs = 2000): Promise<PingReply> {
   return r;
 }
 
+/** Dirty-page trackers the agent knows (`tracking=` of CHECKPOINT); "none" makes every checkpoint full. */
+export const TRACKING_MODES = ["uffd", "hash", "none"] as const;
+export type TrackingMode = (typeof TRACKING_MODES)[number];
+
 /** Options of a CHECKPOINT request (docs/native-interface.md). */
 export interface CheckpointOptions {
   /** Ask for an image relative to the agent's image of this seq (the last one committed). */
   incrementalOn?: number;
   /** Dirty-page tracker, taken at the process's first checkpoint. */
-  tracking?: "uffd" | "hash" | "none";
+  tracking?: TrackingMode;
   /** imagePath is a FIFO the caller reads. */
   fifo?: boolean;
 }

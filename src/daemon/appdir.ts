@@ -9,6 +9,7 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { writeFileAtomic } from "../store/fsutil.js";
+import type { TrackingMode } from "./agent.js";
 import { isAlive } from "./procs.js";
 
 export interface AppRecord {
@@ -28,7 +29,7 @@ export interface AppRecord {
   /** Restores: spawn of tardigrade-restore to the agent answering PING. */
   restoreNs?: number;
   /** Dirty-page tracking asked for at run (default uffd, with hash as the kernel fallback). */
-  tracking?: "uffd" | "hash" | "none";
+  tracking?: TrackingMode;
   /** Retention: keep this many newest checkpoints of the app (gc after each commit). */
   keep?: number;
   /** Mirror destination (tg://HOST:PORT) every committed checkpoint is streamed to; token in mirror-token. */

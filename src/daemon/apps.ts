@@ -12,7 +12,7 @@ import { DEFAULT_MERGE_POLICY } from "../store/cas/merge.js";
 import type { GcReport, MergePolicy } from "../store/cas/types.js";
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
-import { checkpoint as agentCheckpoint, ping, type CheckpointEvent } from "./agent.js";
+import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, exportForRestore } from "./cas-flow.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
@@ -30,7 +30,7 @@ export interface RunRequest {
   /** Checkpoint every this many ms (0 or absent: only on demand). */
   everyMs?: number;
   /** Dirty-page tracking: "uffd" (default; hash where the kernel lacks it), "hash", or "none" (every checkpoint full). */
-  tracking?: "uffd" | "hash" | "none";
+  tracking?: TrackingMode;
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
@@ -214,7 +214,7 @@ export class AppManager {
   async run(req: RunRequest): Promise<RunResult> {
     if (!Array.isArray(req.argv) || req.argv.length === 0 || req.argv.some((a) => typeof a !== "string"))
       throw new TgError("cannot run the app", "no command given", "Put the command after `--`: tardigrade run --name NAME -- CMD ARGS...", "bad-request");
-    if (req.tracking !== undefined && req.tracking !== "uffd" && req.tracking !== "hash" && req.tracking !== "none")
+    if (req.tracking !== undefined && !(TRACKING_MODES as readonly string[]).includes(req.tracking))
       throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd, hash or none", "bad-request");
     if (req.keep !== undefined && req.keep !== null && (!Number.isSafeInteger(req.keep) || req.keep < 1))
       throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${JSON.stringify(req.keep)})`, "Pass e.g. --keep 3", "bad-request");
