@@ -264,7 +264,7 @@ static void snapshot_and_release(uint32_t gen) {
      * once the application has used the mark, ask the kernel which mappings carry it. Not for
      * other applications: smaps walks the page tables (~20 ms of downtime for 1 GiB resident). */
     int nsm = 0;
-    if (tg_ndontfork > 0 || tg.dontfork_seen || tg.dontfork_overflow) nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
+    if (tg.dontfork_seen) nsm = smaps_dontfork(tg.parent_maps, MAPS_BUF);
     tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     /* read again after the tracker: besides its own arrays, registering mappings for write
      * protection can split or merge them (0.1 ms) */

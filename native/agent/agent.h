@@ -53,7 +53,7 @@ struct tg_agent {
   char *parent_maps;            /* /proc/self/maps as the parent saw it at the snapshot */
   long parent_maps_len;
   int dontfork_overflow;
-  int dontfork_seen; /* the application has used MADV_DONTFORK (sticky: such memory may move where the wrapper cannot see) */
+  int dontfork_seen; /* the application has used MADV_DONTFORK (set wherever a range is learned; sticky: such memory may move where the wrapper cannot see) */
   char *fds_buf;                /* FD and PIPE_DATA records, taken while parked */
   uint64_t fds_len, fds_nrec;
   char fds_err[600];

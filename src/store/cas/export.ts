@@ -15,11 +15,12 @@ import { PAGE, addrOf, storeCorrupt } from "./util.js";
 
 const PREFETCH_RECORDS = 4;
 
-function recordHeader(type: number, payload: Buffer): Buffer {
+/** A record header for a payload of `len` bytes whose CRC-32C is `payloadCrc`. */
+function recordHeader(type: number, len: number, payloadCrc: number): Buffer {
   const h = Buffer.alloc(RECORD_HEADER_SIZE);
   h.writeUInt32LE(type, 0);
-  h.writeBigUInt64LE(BigInt(payload.length), 8);
-  h.writeUInt32LE(crc32c(payload), 16);
+  h.writeBigUInt64LE(BigInt(len), 8);
+  h.writeUInt32LE(payloadCrc, 16);
   h.writeUInt32LE(crc32c(h.subarray(0, 28)), 28);
   return h;
 }
@@ -43,18 +44,17 @@ type Locs = PageLoc[];
 const ZEROS = Buffer.alloc(MAX_RECORD_PAGES * PAGE);
 
 /**
- * One PAGES record as slices, without copying page data: the record header and the
+ * One PAGES record as slices, without copying page data: the record header, the
  * 16-byte payload prefix, then runs of consecutive pages taken straight from the
  * (decoded, immutable) blocks or from a shared zero buffer. The CRC is chained over the
  * slices.
  */
 async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: ComposedRecord, located: Locs, onStale: () => void): Promise<Buffer[]> {
   const build = async (locs: Locs): Promise<Buffer[]> => {
-    const head = Buffer.allocUnsafe(RECORD_HEADER_SIZE + 16);
-    const prefix = head.subarray(RECORD_HEADER_SIZE);
+    const prefix = Buffer.allocUnsafe(16);
     prefix.writeBigUInt64LE(addrOf(r.page), 0);
     prefix.writeBigUInt64LE(BigInt(r.npages), 8);
-    const out: Buffer[] = [head];
+    const out: Buffer[] = [prefix];
     let crc = crc32c(prefix);
     for (let i = 0; i < r.npages; ) {
       const loc = locs[i];
@@ -74,12 +74,7 @@ async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: 
       out.push(slice);
       i = j;
     }
-    const h = head.subarray(0, RECORD_HEADER_SIZE);
-    h.fill(0);
-    h.writeUInt32LE(RecordType.PAGES, 0);
-    h.writeBigUInt64LE(BigInt(16 + r.npages * PAGE), 8);
-    h.writeUInt32LE(crc, 16);
-    h.writeUInt32LE(crc32c(h.subarray(0, 28)), 28);
+    out.unshift(recordHeader(RecordType.PAGES, 16 + r.npages * PAGE, crc));
     return out;
   };
   try {
@@ -176,7 +171,7 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
   end.writeBigUInt64LE(BigInt(count), 0);
   end.writeBigUInt64LE(BigInt(pages), 8);
   end.writeBigUInt64LE(BigInt(size + RECORD_HEADER_SIZE + 24), 16);
-  yield Buffer.concat([recordHeader(RecordType.END, end), end]);
+  yield Buffer.concat([recordHeader(RecordType.END, end.length, crc32c(end)), end]);
 }
 
 /** The full image as a Readable (backpressure: records are built only as the consumer reads). */

@@ -22,7 +22,7 @@ import type { CheckpointRow, ExtentRow } from "./catalog.js";
 import { decodeBlock, BLOCK_HEADER_SIZE, MAX_BLOCK_PAGES } from "./codec.js";
 import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
 import { PackAppender } from "./block-writer.js";
-import type { CasCheckpoint, CheckpointStats } from "./types.js";
+import type { CasCheckpoint } from "./types.js";
 import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, putLoc, storeCorrupt } from "./util.js";
 
 export const MIRROR_MANIFEST_FORMAT = "tardigrade-cas-checkpoint";
@@ -32,18 +32,9 @@ const TABLE_MAGIC = 0x544d4754; // "TGMT" little-endian
 export const TABLE_PART_BYTES = 1024 * 1024;
 
 /** The mirror manifest of a CasStore checkpoint (JSON; the bytes the mirror stores as "manifest"). */
-export interface MirrorManifest {
+export interface MirrorManifest extends CasCheckpoint {
   format: typeof MIRROR_MANIFEST_FORMAT;
   version: number;
-  id: string;
-  app: string;
-  seq: number;
-  kind: "full" | "incremental";
-  parent: string | null;
-  synthetic: boolean;
-  createdAt: string;
-  pid: number;
-  stats: CheckpointStats;
   /** The image's 64-byte file header, base64. */
   header: string;
   /** The table's parts in order: SHA-256 hex and size. */
