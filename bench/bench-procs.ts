@@ -1,7 +1,10 @@
 // Helpers shared by the benchmarks: the processes a benchmark started (killed by PID,
 // with their start time so a recycled PID is never hit), medians, and waiting for a
 // line in an app's log.
+import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
 // ---------------------------------------------------------------------------
 // Processes we started, by PID, with their start time so a recycled PID is
@@ -92,4 +95,45 @@ export async function waitForLine(file: string, prefixes: string[], timeoutMs: n
     await sleep(10);
   }
   throw new Error(`no line starting with ${prefixes.map((p) => JSON.stringify(p)).join(" or ")} in ${file} after ${timeoutMs} ms`);
+}
+
+// ---------------------------------------------------------------------------
+// The CLI, with --json, under a given TARDIGRADE_HOME.
+
+/** bin/tardigrade.js of this checkout (bench/ compiles to dist/bench/). */
+export const CLI = join(resolve(dirname(fileURLToPath(import.meta.url)), "..", ".."), "bin", "tardigrade.js");
+
+export interface CliResult {
+  json: unknown;
+  wallNs: number;
+}
+
+/** The daemon's pid in `home` (its daemon.pid), or null before it started. */
+export function daemonPid(home: string): number | null {
+  try {
+    const pid = Number(readFileSync(join(home, "daemon.pid"), "utf8").trim());
+    return Number.isInteger(pid) && pid > 1 ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Runs `tardigrade ARGS` (which must print JSON) with `env`; tracks the daemon of `env.TARDIGRADE_HOME` for cleanup. */
+export function cliJson(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 600_000): Promise<CliResult> {
+  const t0 = nowNs();
+  return new Promise((resolvePromise, reject) => {
+    execFile(process.execPath, [CLI, ...args], { env, timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const wallNs = Number(nowNs() - t0);
+      if (env.TARDIGRADE_HOME) track(daemonPid(env.TARDIGRADE_HOME), "daemon");
+      if (err) {
+        reject(new Error(`tardigrade ${args.join(" ")} failed: ${stderr.trim() || err.message}`));
+        return;
+      }
+      try {
+        resolvePromise({ json: JSON.parse(stdout) as unknown, wallNs });
+      } catch {
+        reject(new Error(`tardigrade ${args.join(" ")} printed no JSON: ${stdout.slice(0, 300)}`));
+      }
+    });
+  });
 }

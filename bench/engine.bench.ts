@@ -16,16 +16,15 @@
 // restore rounds per size), BENCH_KEEP_HOME=1 keeps the temporary
 // TARDIGRADE_HOME. Everything the bench starts (daemon, apps, launchers) is
 // killed by PID at the end, also on SIGINT/SIGTERM.
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
-import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cleanup, killTracked, median, nowNs, sleep, startTime, track, waitForLine } from "./bench-procs.js";
+import { type CliResult, cleanup, cliJson, daemonPid, killTracked, median, nowNs, sleep, startTime, track, waitForLine } from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const CLI = join(ROOT, "bin", "tardigrade.js");
 const FIXTURES = join(ROOT, "test", "fixtures");
 const HOLDER = join(FIXTURES, "build", "holder");
 const RESULTS = join(ROOT, "bench", "results", "engine.json");
@@ -78,35 +77,12 @@ interface StatusJson {
 
 const sec = (ns: number): number => ns / 1e9;
 
-interface CliResult {
-  json: unknown;
-  wallNs: number;
-}
-
 function cli(home: string, args: string[], timeoutMs = 600_000): Promise<CliResult> {
-  const t0 = nowNs();
-  return new Promise((resolvePromise, reject) => {
-    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, TARDIGRADE_HOME: home }, timeout: timeoutMs, maxBuffer: 64 * MiB }, (err, stdout, stderr) => {
-      const wallNs = Number(nowNs() - t0);
-      if (err) {
-        reject(new Error(`tardigrade ${args.join(" ")} failed: ${stderr.trim() || err.message}`));
-        return;
-      }
-      try {
-        resolvePromise({ json: JSON.parse(stdout) as unknown, wallNs });
-      } catch {
-        reject(new Error(`tardigrade ${args.join(" ")} printed no JSON: ${stdout.slice(0, 300)}`));
-      }
-    });
-  });
+  return cliJson({ ...process.env, TARDIGRADE_HOME: home }, args, timeoutMs);
 }
 
 function trackDaemon(home: string): void {
-  try {
-    track(Number(readFileSync(join(home, "daemon.pid"), "utf8").trim()), "daemon");
-  } catch {
-    /* not started yet */
-  }
+  track(daemonPid(home), "daemon");
 }
 
 async function trackApp(home: string, name: string): Promise<StatusJson> {

@@ -34,15 +34,14 @@
 // temporary TARDIGRADE_HOMEs. Everything the bench starts (daemons, apps,
 // launchers, plain fixtures) is killed by PID at the end, also on
 // SIGINT/SIGTERM.
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { cleanup, killTracked, median, nowNs, sleep, track, waitForLine, waitGone } from "./bench-procs.js";
+import { type CliResult, cleanup, cliJson, daemonPid, killTracked, median, nowNs, sleep, track, waitForLine, waitGone } from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const CLI = join(ROOT, "bin", "tardigrade.js");
 const FIXTURES = join(ROOT, "test", "fixtures");
 const DIRTIER = join(FIXTURES, "build", "dirtier");
 const CAS_MODULE = join(ROOT, "dist", "src", "store", "cas", "index.js");
@@ -122,12 +121,6 @@ interface StatusJson {
   log: string;
 }
 
-interface CliResult {
-  json: unknown;
-  wallNs: number;
-}
-
-/** A TARDIGRADE_HOME and the environment its CLI commands (and so its daemon) get. */
 interface Home {
   dir: string;
   env: NodeJS.ProcessEnv;
@@ -141,35 +134,11 @@ function makeHome(tag: string, extraEnv: Record<string, string> = {}): Home {
 const homes: Home[] = [];
 
 function cli(home: Home, args: string[], timeoutMs = 600_000): Promise<CliResult> {
-  const t0 = nowNs();
-  return new Promise((resolvePromise, reject) => {
-    execFile(process.execPath, [CLI, ...args], { env: home.env, timeout: timeoutMs, maxBuffer: 64 * MiB }, (err, stdout, stderr) => {
-      const wallNs = Number(nowNs() - t0);
-      trackDaemon(home);
-      if (err) {
-        reject(new Error(`tardigrade ${args.join(" ")} failed: ${stderr.trim() || err.message}`));
-        return;
-      }
-      try {
-        resolvePromise({ json: JSON.parse(stdout) as unknown, wallNs });
-      } catch {
-        reject(new Error(`tardigrade ${args.join(" ")} printed no JSON: ${stdout.slice(0, 300)}`));
-      }
-    });
-  });
-}
-
-function daemonPid(home: Home): number | null {
-  try {
-    const pid = Number(readFileSync(join(home.dir, "daemon.pid"), "utf8").trim());
-    return Number.isInteger(pid) && pid > 1 ? pid : null;
-  } catch {
-    return null;
-  }
+  return cliJson(home.env, args, timeoutMs);
 }
 
 function trackDaemon(home: Home): void {
-  track(daemonPid(home), "daemon");
+  track(daemonPid(home.dir), "daemon");
 }
 
 async function trackApp(home: Home, name: string): Promise<StatusJson> {
@@ -221,7 +190,7 @@ async function stopApps(): Promise<void> {
 }
 
 async function stopDaemon(home: Home): Promise<void> {
-  const pid = daemonPid(home);
+  const pid = daemonPid(home.dir);
   if (pid === null) return;
   track(pid, "daemon");
   killTracked("SIGTERM", (t) => t.what === "daemon" && t.pid === pid);
