@@ -132,6 +132,8 @@ class FdSource implements ImageBytes {
   private opening: Promise<FileHandle> | null = null;
   /** Bytes read ahead by atEnd(). */
   private carry: Buffer | null = null;
+  /** After a short read: how many bytes the input still had. */
+  private left = 0;
   private closed = false;
 
   /** Opens at once, as a read stream would: a FIFO's writer may be waiting for a reader (and a caller that gives up unblocks this open by opening the write end). */
@@ -163,8 +165,6 @@ class FdSource implements ImageBytes {
     }
     return got;
   }
-
-  private left = 0;
 
   async read(n: number): Promise<Buffer | null> {
     if (n === 0) return Buffer.alloc(0);
