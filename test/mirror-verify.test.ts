@@ -1,7 +1,9 @@
 // Protocol 2's batched Chunks frames: the codec across arbitrary splits, and content
-// verification, which the flush does before anything is written: a chunk whose bytes
-// do not match its name never becomes durable, its source is told, other sources keep
-// going, and no source's unverified bytes are used for another source's checkpoint.
+// verification. The destination trusts a source with its own chunks (the frame CRC
+// covers them in transit) and checks a chunk's bytes against its name only when
+// another source would share it: no source's wrong bytes ever reach another source's
+// checkpoint, the sharer sends its own copy instead, and that copy repairs the first
+// source's checkpoints. Fetches check every chunk end to end.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "node:net";
@@ -13,7 +15,7 @@ import { withAdmin } from "../src/mirror/admin.js";
 import { TokenTable } from "../src/mirror/tokens.js";
 import { captureLogger, tempDir, waitFor } from "../src/mirror/testing.js";
 import { FrameDecoder, FrameType, encodeFrame, encodeFrameParts, encodeJsonFrame, type Frame } from "../src/mirror/frames.js";
-import { decodeChunks, encodeCheckpointHeader, encodeChunksTable } from "../src/mirror/messages.js";
+import { decodeChunks, decodeWant, encodeCheckpointHeader, encodeChunksTable } from "../src/mirror/messages.js";
 import { headerOf, sha256hex, type MirrorCheckpoint } from "../src/mirror/objects.js";
 
 const A = "token-alpha-0123456789";
@@ -84,18 +86,38 @@ function rawSource(port: number): Raw {
   };
 }
 
-/** Offer, then every chunk in one Chunks frame (with `corrupt` hashes given wrong bytes of the same size), then Commit. */
-function sendBatched(raw: Raw, c: MirrorCheckpoint, corrupt: Set<string>): void {
-  raw.write(encodeFrame(FrameType.Offer, encodeCheckpointHeader(headerOf(c))));
-  const hashes = [...c.chunks.keys()];
+/** Chunks (with `corrupt` hashes given wrong bytes of the same size) in one Chunks frame, then Commit. */
+function sendChunks(raw: Raw, c: MirrorCheckpoint, hashes: string[], corrupt: Set<string>): void {
   const data = hashes.map((h) => (corrupt.has(h) ? Buffer.alloc((c.chunks.get(h) as Buffer).length, 0x5a) : (c.chunks.get(h) as Buffer)));
   raw.write(Buffer.concat(encodeFrameParts(FrameType.Chunks, [encodeChunksTable(hashes, data.map((d) => d.length)), ...data])));
   raw.write(encodeJsonFrame(FrameType.Commit, { id: c.id }));
 }
 
-async function startServer(): Promise<{ server: MirrorServer; url: string; port: number; cleanup(): Promise<void> }> {
-  const tmp = tempDir();
-  const { logger } = await captureLogger();
+/** Offer, then every chunk in one Chunks frame (see sendChunks), then Commit: for a source nothing of which is on the mirror. */
+function sendBatched(raw: Raw, c: MirrorCheckpoint, corrupt: Set<string>): void {
+  raw.write(encodeFrame(FrameType.Offer, encodeCheckpointHeader(headerOf(c))));
+  sendChunks(raw, c, [...c.chunks.keys()], corrupt);
+}
+
+/** The hashes a Want frame asks for. */
+function wantedHashes(want: Frame, c: MirrorCheckpoint): string[] {
+  const h = headerOf(c);
+  return decodeWant(want.payload, h.chunks.length).wanted.map((i) => (h.chunks[i] as { hash: string }).hash);
+}
+
+interface Started {
+  server: MirrorServer;
+  url: string;
+  port: number;
+  logs: { msg?: unknown; [k: string]: unknown }[];
+  /** Stops this server and starts another on the same store. */
+  restart(): Promise<Started>;
+  cleanup(): Promise<void>;
+}
+
+async function startServer(dir?: string): Promise<Started> {
+  const tmp = dir === undefined ? tempDir() : { dir, cleanup: () => undefined };
+  const { logger, lines } = await captureLogger();
   const server = await MirrorServer.start({
     storeDir: join(tmp.dir, "store"),
     tokens: new TokenTable([
@@ -110,6 +132,12 @@ async function startServer(): Promise<{ server: MirrorServer; url: string; port:
     server,
     port,
     url: `tg://127.0.0.1:${port}`,
+    logs: lines as { msg?: unknown }[],
+    restart: async () => {
+      await server.close();
+      const next = await startServer(tmp.dir);
+      return { ...next, cleanup: async () => (await next.cleanup(), tmp.cleanup()) };
+    },
     cleanup: async () => {
       await server.close();
       tmp.cleanup();
@@ -117,49 +145,126 @@ async function startServer(): Promise<{ server: MirrorServer; url: string; port:
   };
 }
 
-test("a batched chunk whose bytes do not match its name: cached, never durable, its source told; others go on", { timeout: 30_000 }, async () => {
-  const { server, url, port, cleanup } = await startServer();
-  const bravo = new MirrorClient({ url, source: "bravo", token: B, ack: "durable" });
-  const raw = rawSource(port);
+test("a source's own wrong chunk: stored for it alone, caught when another source shares it, repaired by that source's copy", { timeout: 30_000 }, async () => {
+  let srv = await startServer();
+  const raw = rawSource(srv.port);
+  let bravo: MirrorClient | undefined;
   try {
-    const c = new SyntheticSource("alpha", { pages: 8, sharedFraction: 0 }).next();
-    const victim = [...c.chunks.keys()][5] as string;
+    // Both sources share half their pages (same seed); alpha sends wrong bytes for a shared one.
+    const ca = new SyntheticSource("alpha", { pages: 8, sharedFraction: 0.5, seed: "own" }).next();
+    const cb = new SyntheticSource("bravo", { pages: 8, sharedFraction: 0.5, seed: "own" }).next();
+    const shared = [...ca.chunks.keys()].filter((h) => cb.chunks.has(h));
+    assert.equal(shared.length, 4);
+    const victim = shared[0] as string;
     raw.write(encodeJsonFrame(FrameType.Hello, { token: A, role: "source" }));
-    sendBatched(raw, c, new Set([victim]));
-    // Received means cached and queued: the bytes are checked by the flush.
+    sendBatched(raw, ca, new Set([victim]));
     await raw.waitFor(FrameType.Received);
-    const bravoDurable = bravo.send(new SyntheticSource("bravo", { pages: 8 }).next());
-    await waitFor(() => server.metrics().queued === 2, 10_000, "both queued");
+    // alpha's own bytes are its own business: the destination does not hash them.
+    await withAdmin({ url: srv.url, token: A }, (a) => a.flush());
+    await raw.waitFor(FrameType.Durable);
+    assert.ok(srv.server.store.hasChunk(victim));
+    assert.equal(srv.server.store.usableBy(victim, "bravo"), false, "alpha's unchecked bytes are not bravo's to use");
+    // A fetch checks every chunk end to end: the wrong bytes are caught there.
+    await assert.rejects(
+      withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", ca.id)),
+      new RegExp(`chunk ${victim} from the mirror hashes to [0-9a-f]{64}`),
+    );
+    // bravo shares 4 chunks: the destination checks alpha's copies of them now. Three
+    // match and are deduplicated; the wrong one is asked of bravo, whose copy replaces it.
+    bravo = new MirrorClient({ url: srv.url, source: "bravo", token: B, ack: "durable" });
+    const durable = bravo.send(cb);
+    await waitFor(() => bravo?.state(cb.id) === "received", 10_000, "bravo received");
+    assert.equal(bravo.stats.chunksSent, 5, "bravo sent its 4 own chunks and its copy of the one alpha got wrong");
+    assert.ok(
+      srv.logs.some((l) => typeof l.msg === "string" && l.msg.includes(`chunk ${victim} on disk does not match its name`)),
+      "the wrong bytes are logged",
+    );
+    // Known bad on disk, not replaced yet (bravo's copy is only cached): the fetch is refused.
+    await assert.rejects(
+      withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", ca.id)),
+      (e: Error & { code?: string }) =>
+        e.code === "damaged" && new RegExp(`chunk ${victim} on this mirror does not match its name`).test(e.message),
+    );
+    await withAdmin({ url: srv.url, token: B }, (a) => a.flush());
+    assert.equal(await durable, "durable");
+    const gotB = await withAdmin({ url: srv.url, token: B }, (a) => a.fetch("bravo", cb.id));
+    for (const [h, d] of cb.chunks) assert.ok(gotB.chunks.get(h)?.equals(d), `bravo's chunk ${h} intact`);
+    // alpha's checkpoint reads the correct copy now (a name says what its bytes must be).
+    const gotA = await withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", ca.id));
+    for (const [h, d] of ca.chunks) assert.ok(gotA.chunks.get(h)?.equals(d), `alpha's chunk ${h} intact`);
+    // What was checked is on disk: after a restart the shared chunks are still usable by both.
+    await bravo.close();
+    bravo = undefined;
+    srv = await srv.restart();
+    for (const h of shared) {
+      assert.ok(srv.server.store.usableBy(h, "bravo") && srv.server.store.usableBy(h, "alpha"), `shared chunk ${h} checked, after restart`);
+    }
+    const again = await withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", ca.id));
+    assert.ok(again.chunks.get(victim)?.equals(ca.chunks.get(victim) as Buffer));
+  } finally {
+    raw.end();
+    await bravo?.close();
+    await srv.cleanup();
+  }
+});
+
+test("a cached wrong chunk found by a sharer before the flush: its source's checkpoint is not made durable, its source is told", { timeout: 30_000 }, async () => {
+  const { server, url, port, cleanup } = await startServer();
+  const alpha = rawSource(port);
+  const bravo = rawSource(port);
+  try {
+    const ca = new SyntheticSource("alpha", { pages: 8, sharedFraction: 0.5, seed: "iso" }).next();
+    const cb = new SyntheticSource("bravo", { pages: 8, sharedFraction: 0.5, seed: "iso" }).next();
+    const shared = [...ca.chunks.keys()].filter((h) => cb.chunks.has(h));
+    const victim = shared[0] as string;
+    alpha.write(encodeJsonFrame(FrameType.Hello, { token: A, role: "source" }));
+    sendBatched(alpha, ca, new Set([victim]));
+    await alpha.waitFor(FrameType.Received);
+    assert.ok(server.cache.has(victim), "alpha's bytes are cached, unchecked");
+    // bravo offers: alpha's cached copies of the shared chunks are checked now.
+    bravo.write(encodeJsonFrame(FrameType.Hello, { token: B, role: "source" }));
+    bravo.write(encodeFrame(FrameType.Offer, encodeCheckpointHeader(headerOf(cb))));
+    const want = wantedHashes(await bravo.waitFor(FrameType.Want), cb);
+    assert.equal(want.length, 5, "bravo is asked for its 4 own chunks and the shared one alpha got wrong");
+    assert.ok(want.includes(victim));
+    assert.equal(server.cache.badDigest(victim) !== undefined, true, "alpha's copy is marked bad");
+    // A flush now (bravo's copy not there yet): alpha's checkpoint is dropped, alpha told.
     const out = await withAdmin({ url, token: B }, (a) => a.flush());
-    assert.equal(out.checkpoints, 1, "only bravo's checkpoint committed");
-    assert.equal(await bravoDurable, "durable");
-    const err = await raw.waitFor(FrameType.Error);
-    const e = JSON.parse(err.payload.toString()) as { code: string; message: string };
+    assert.equal(out.checkpoints, 0);
+    const e = JSON.parse((await alpha.waitFor(FrameType.Error)).payload.toString()) as { code: string; message: string };
     assert.equal(e.code, "checksum-mismatch");
-    assert.match(e.message, new RegExp(`chunk ${victim} of checkpoint alpha/${c.id} hashes to [0-9a-f]{64}`));
+    assert.match(e.message, new RegExp(`chunk ${victim} of checkpoint alpha/${ca.id} hashes to [0-9a-f]{64}`));
     assert.match(e.message, /were not made durable and must be sent again/);
-    await raw.closed;
-    assert.equal(raw.frames.filter((f) => f.type === FrameType.Durable).length, 0, "no durable ack for alpha");
+    await alpha.closed;
+    assert.equal(alpha.frames.filter((f) => f.type === FrameType.Durable).length, 0, "no durable ack for alpha");
     assert.deepEqual(await withAdmin({ url, token: A }, (a) => a.list()), [], "nothing of alpha's is visible");
-    assert.equal(server.store.hasChunk(victim), false, "the bad bytes were never written");
+    assert.equal(server.store.hasChunk(victim), false, "the wrong bytes were never written");
+    // bravo goes on: its copy is checked on arrival and committed.
+    sendChunks(bravo, cb, want, new Set());
+    await bravo.waitFor(FrameType.Received);
+    await withAdmin({ url, token: B }, (a) => a.flush());
+    await bravo.waitFor(FrameType.Durable);
+    const got = await withAdmin({ url, token: B }, (a) => a.fetch("bravo", cb.id));
+    for (const [h, d] of cb.chunks) assert.ok(got.chunks.get(h)?.equals(d), `bravo's chunk ${h} intact`);
     const st = server.cache.stats();
     assert.equal(st.bytes, 0, "the dropped checkpoint's chunks left the cache");
     assert.equal(st.reserved, 0);
     // alpha resends with good bytes (as its client does after reconnecting): accepted.
     const again = new MirrorClient({ url, source: "alpha", token: A, ack: "durable" });
     try {
-      const d = again.send(c);
-      await waitFor(() => again.state(c.id) === "received", 10_000, "alpha received again");
+      const d = again.send(ca);
+      await waitFor(() => again.state(ca.id) === "received", 10_000, "alpha received again");
+      assert.equal(again.stats.chunksSent, 4, "only alpha's own chunks: the shared ones are on disk, checked");
       await withAdmin({ url, token: A }, (a) => a.flush());
       assert.equal(await d, "durable");
     } finally {
       await again.close();
     }
-    const got = await withAdmin({ url, token: A }, (a) => a.fetch("alpha", c.id));
-    assert.ok(got.chunks.get(victim)?.equals(c.chunks.get(victim) as Buffer));
+    const gotA = await withAdmin({ url, token: A }, (a) => a.fetch("alpha", ca.id));
+    for (const [h, d] of ca.chunks) assert.ok(gotA.chunks.get(h)?.equals(d), `alpha's chunk ${h} intact`);
   } finally {
-    raw.end();
-    await bravo.close();
+    alpha.end();
+    bravo.end();
     await cleanup();
   }
 });
@@ -187,36 +292,6 @@ test("a batched chunk never asked for, and a malformed Chunks table, close the c
     // The connection-level failures left nothing behind.
     assert.deepEqual(await withAdmin({ url, token: A }, (a) => a.list()), []);
   } finally {
-    await cleanup();
-  }
-});
-
-test("another source's unverified bytes are never used for a checkpoint: it sends its own copy", { timeout: 30_000 }, async () => {
-  const { server, url, port, cleanup } = await startServer();
-  const bravo = new MirrorClient({ url, source: "bravo", token: B, ack: "durable" });
-  const raw = rawSource(port);
-  try {
-    // Both sources share half their pages (same seed); alpha sends garbage for a shared one.
-    const ca = new SyntheticSource("alpha", { pages: 8, sharedFraction: 0.5, seed: "iso" }).next();
-    const cb = new SyntheticSource("bravo", { pages: 8, sharedFraction: 0.5, seed: "iso" }).next();
-    const shared = [...ca.chunks.keys()].filter((h) => cb.chunks.has(h));
-    assert.equal(shared.length, 4);
-    const poisoned = shared[0] as string;
-    raw.write(encodeJsonFrame(FrameType.Hello, { token: A, role: "source" }));
-    sendBatched(raw, ca, new Set([poisoned]));
-    await raw.waitFor(FrameType.Received);
-    assert.ok(server.cache.has(poisoned), "alpha's bytes are cached (unverified)");
-    const durable = bravo.send(cb);
-    await waitFor(() => bravo.state(cb.id) === "received", 10_000, "bravo received");
-    assert.equal(bravo.stats.chunksSent, 8, "bravo was asked for every chunk alpha sent unverified, not deduplicated against them");
-    await withAdmin({ url, token: B }, (a) => a.flush());
-    assert.equal(await durable, "durable");
-    const got = await withAdmin({ url, token: B }, (a) => a.fetch("bravo", cb.id));
-    for (const [h, d] of cb.chunks) assert.ok(got.chunks.get(h)?.equals(d), `bravo's chunk ${h} intact`);
-    assert.ok(server.store.hasChunk(poisoned));
-  } finally {
-    raw.end();
-    await bravo.close();
     await cleanup();
   }
 });

@@ -10,16 +10,15 @@
 // that was offered before that, at the next flush), so slabs hold at most about twice
 // the cache's counted bytes.
 //
-// Verification: chunks of Chunks frames are cached *unverified*; their SHA-256 is
-// computed by worker threads soon after arrival (a slab at a time, when it is full:
-// slabs.ts, hash-pool.ts), and a chunk is marked verified when its digest matches
-// its name. The flush
-// waits for the digests of its batch and checks them before anything is written (see
-// MirrorServer.verifyBatch). An unverified chunk is usable only by checkpoints of the
-// source that sent it: another source offering the same name is asked for its own
-// copy, which is verified on arrival and then replaces the unverified bytes. So no
-// source's bytes can spoil another source's checkpoint.
-import type { HashPool } from "./hash-pool.js";
+// Verification (see docs/mirror.md, "Verification"): chunks of Chunks frames are
+// cached *unverified*, owned by the source that sent them, and usable only by that
+// source's checkpoints. A chunk becomes usable by every source once its bytes were
+// checked against its name: when another source offers the same name, the server
+// hashes the cached copy (verifyNow); a copy that fails is marked bad and is usable by
+// nobody; the other source sends its own, which is checked on arrival and replaces it.
+// So no source's bytes can spoil another source's checkpoint, and nothing is hashed on
+// the path of a source's own data.
+import { createHash } from "node:crypto";
 import { SlabPool, type SlabBytes } from "./slabs.js";
 
 export interface CacheStats {
@@ -38,8 +37,8 @@ interface Entry {
   refs: number;
   /** The bytes were checked against the name. */
   verified: boolean;
-  /** The SHA-256 (hex) the hash workers computed, while or after they do. */
-  check?: Promise<string>;
+  /** The bytes were checked and do not match the name: their SHA-256 (hex). */
+  bad?: string;
   /** The source that sent the bytes. */
   owner: string;
 }
@@ -64,18 +63,11 @@ export class ChunkCache {
   /** Called when a reservation has to wait: the flusher should make room. */
   onPressure: () => void = () => {};
 
-  /**
-   * @param maxBytes the byte budget
-   * @param hasher worker threads that hash arriving chunks; without one, chunks are
-   *   hashed on the event loop when the flush needs their digests
-   */
-  constructor(
-    readonly maxBytes: number,
-    hasher?: HashPool,
-  ) {
+  /** @param maxBytes the byte budget */
+  constructor(readonly maxBytes: number) {
     // Slabs of 1-8 MiB, and free slabs kept for reuse up to the budget.
     const slabSize = Math.max(1 << 20, Math.min(8 << 20, 2 ** Math.floor(Math.log2(Math.max(1, maxBytes / 16)))));
-    this.slabs = new SlabPool(slabSize, maxBytes, hasher);
+    this.slabs = new SlabPool(slabSize, maxBytes);
   }
 
   get used(): number {
@@ -90,16 +82,16 @@ export class ChunkCache {
     return this.entries.has(hash);
   }
 
-  /** Cached and usable by `source`: verified, or sent by that source itself. */
+  /** Cached and usable by `source`: verified, or sent by that source itself (and not found bad). */
   usable(hash: string, source: string): boolean {
     const e = this.entries.get(hash);
-    return e !== undefined && (e.verified || e.owner === source) && !e.mem.lost;
+    return e !== undefined && usableBy(e, source);
   }
 
-  /** Cached but not usable by `source`: another source's unverified bytes. */
-  conflicts(hash: string, source: string): boolean {
+  /** Cached as another source's bytes that nobody has checked yet (verifyNow can make them usable). */
+  foreign(hash: string, source: string): boolean {
     const e = this.entries.get(hash);
-    return e !== undefined && !e.verified && e.owner !== source;
+    return e !== undefined && !e.verified && e.bad === undefined && e.owner !== source;
   }
 
   /** A cached chunk's size in bytes (0 if not cached). */
@@ -107,70 +99,45 @@ export class ChunkCache {
     return this.entries.get(hash)?.mem.length ?? 0;
   }
 
-  /** A cached chunk's bytes; only once verified (before, they may be away being hashed). */
+  /** A cached chunk's bytes. */
   get(hash: string): Buffer | undefined {
     return this.entries.get(hash)?.mem.data;
   }
 
-  isVerified(hash: string): boolean {
+  /** The source whose unchecked bytes these are (undefined: verified, or not cached). */
+  owner(hash: string): string | undefined {
     const e = this.entries.get(hash);
-    return e !== undefined && e.verified && !e.mem.lost;
+    return e === undefined || e.verified ? undefined : e.owner;
+  }
+
+  /** The SHA-256 of a cached chunk found not to match its name (undefined: not found bad). */
+  badDigest(hash: string): string | undefined {
+    return this.entries.get(hash)?.bad;
   }
 
   /**
-   * The SHA-256 (hex) of a cached chunk's bytes: its name if already verified, else
-   * the hash workers' result (waited for; the slab holding it is sent to them now if
-   * it was still filling up). A chunk whose digest matches is marked verified.
-   * Undefined if it is not cached.
+   * Checks a cached chunk's bytes against its name now (SHA-256 on this thread: only
+   * chunks another source wants to share are checked, once). A match makes it usable
+   * by every source; a mismatch marks it bad (usable by nobody). Returns the digest,
+   * or undefined if the chunk is not cached.
    */
-  async digest(hash: string): Promise<string | undefined> {
+  verifyNow(hash: string): string | undefined {
     const e = this.entries.get(hash);
     if (!e) return undefined;
-    if (e.mem.lost) return "unavailable (lost with a failed hash worker)";
     if (e.verified) return hash;
-    e.check ??= this.check(hash, e);
-    this.slabs.sealNow();
-    return e.check;
-  }
-
-  /**
-   * Asks for the digests of these cached chunks (computed by the hash workers, a
-   * slab at a time); each is marked verified when its digest matches its name.
-   */
-  startVerify(hashes: readonly string[]): void {
-    // Without workers, the flush hashes them (on the event loop, in slices).
-    if (!this.slabs.hashesInWorkers) return;
-    for (const h of hashes) {
-      const e = this.entries.get(h);
-      if (e && !e.verified) e.check ??= this.check(h, e);
-    }
-  }
-
-  private check(hash: string, e: Entry): Promise<string> {
-    const p = e.mem.digest().then(
-      (actual) => {
-        if (actual === hash && this.entries.get(hash) === e) e.verified = true;
-        return actual;
-      },
-      // The worker failed (its copy of the bytes is gone): report the chunk as bad.
-      (err: Error) => `unavailable (${err.message})`,
-    );
-    return p;
+    if (e.bad !== undefined) return e.bad;
+    const actual = createHash("sha256").update(e.mem.data).digest("hex");
+    if (actual === hash) e.verified = true;
+    else e.bad = actual;
+    return actual;
   }
 
   /** Takes a reference on a chunk already cached and usable by `source`. Returns false if there is none. */
   pin(hash: string, source: string): boolean {
     const e = this.entries.get(hash);
-    if (!e || !(e.verified || e.owner === source) || e.mem.lost) return false;
+    if (!e || !usableBy(e, source)) return false;
     e.refs++;
     return true;
-  }
-
-  /** Drops a chunk whatever its references (its bytes failed verification). */
-  evict(hash: string): void {
-    const e = this.entries.get(hash);
-    if (!e) return;
-    this.drop(hash, e);
   }
 
   private drop(hash: string, e: Entry): void {
@@ -185,23 +152,24 @@ export class ChunkCache {
    * chunk is already cached and usable by `owner`, just pins it and returns the
    * reservation). `mem` (slab memory holding the bytes) is the cache's from now on:
    * kept, or released at once when not stored. `verified`: the caller checked the
-   * bytes against the name; verified bytes replace another source's unverified ones
-   * (the caller must have checked conflicts() and verified in that case). Returns
-   * true when the bytes were stored.
+   * bytes against the name; only verified bytes may replace a cached copy this source
+   * cannot use (another source's unchecked bytes, or bad ones). Returns true when the
+   * bytes were stored.
    */
   insert(hash: string, mem: SlabBytes, reservedBytes: number, owner: string, verified: boolean): boolean {
     this.reserved -= reservedBytes;
     const e = this.entries.get(hash);
     let stored = false;
-    if (e && (e.verified || e.owner === owner) && !e.mem.lost) {
+    if (e && usableBy(e, owner)) {
       e.refs++;
       mem.release();
     } else if (e) {
-      if (!verified && !e.mem.lost) {
+      if (!verified) {
         mem.release();
-        throw new Error(`internal error: unverified chunk ${hash} over another source's unverified copy`);
+        throw new Error(`internal error: unverified chunk ${hash} over another source's or bad bytes`);
       }
-      // A new entry object: a hash job still running on the old bytes must not mark these.
+      // Checked bytes replace unusable ones: the checkpoints holding the old entry
+      // now read these (the name says what the bytes must be).
       this.entries.set(hash, { mem, refs: e.refs + 1, verified, owner });
       this.bytes += mem.length - e.mem.length;
       e.mem.release();
@@ -271,4 +239,8 @@ export class ChunkCache {
   private notePeak(): void {
     if (this.used > this.peak) this.peak = this.used;
   }
+}
+
+function usableBy(e: Entry, source: string): boolean {
+  return e.bad === undefined && (e.verified || e.owner === source);
 }

@@ -7,6 +7,7 @@
 // One flush = one generation: write the pack and the meta file, fsync both, fsync
 // gen/, then replace COMMITTED atomically (write tmp, fsync, rename, fsync STORE/).
 // Generations above COMMITTED are leftovers of an interrupted flush: deleted at open.
+import { createHash } from "node:crypto";
 import { mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { sha256hex } from "./objects.js";
@@ -32,15 +33,28 @@ interface ChunkLocation {
   generation: number;
   offset: number;
   length: number;
+  /** The source whose bytes these are, not checked against the name yet (undefined: checked). */
+  owner?: string;
+  /** Checked, and the bytes do not match the name: usable by nobody. */
+  bad?: boolean;
 }
 
 interface MetaFile {
   format: "tardigrade-mirror-meta";
-  version: 1;
+  /** 1: every chunk checked; 2: adds owners of unchecked chunks, `verified` and `bad`. */
+  version: 1 | 2;
   generation: number;
-  chunks: [hash: string, offset: number, length: number][];
+  /** New chunks; `owner`: the source that sent them, unchecked (usable only by it). */
+  chunks: ([hash: string, offset: number, length: number] | [hash: string, offset: number, length: number, owner: string])[];
   checkpoints: CheckpointRecord[];
+  /** Chunks of earlier generations found, since, to match their names. */
+  verified?: string[];
+  /** Chunks of earlier generations found not to match their names. */
+  bad?: string[];
 }
+
+/** A new chunk for commit(): name, bytes, and the source whose unchecked bytes they are (undefined: checked). */
+export type NewChunk = [hash: string, data: Buffer, owner: string | undefined];
 
 /** What one flush hands to the store. */
 export interface PendingCheckpoint {
@@ -80,6 +94,9 @@ export class DiskStore {
   private readonly chunkIndex = new Map<string, ChunkLocation>();
   private readonly bySource = new Map<string, CheckpointRecord[]>();
   private readonly packs = new Map<number, FileHandle>();
+  /** Chunks checked on disk since the last commit (recorded by the next one). */
+  private readonly newlyVerified = new Set<string>();
+  private readonly newlyBad = new Set<string>();
   fsyncCount = 0;
 
   private constructor(
@@ -101,8 +118,51 @@ export class DiskStore {
     return this.chunkIndex.size;
   }
 
+  /** Some copy of the chunk is on disk (usable or not). */
   hasChunk(hash: string): boolean {
     return this.chunkIndex.has(hash);
+  }
+
+  /** On disk and usable by `source`'s checkpoints: checked, or that source's own bytes. */
+  usableBy(hash: string, source: string): boolean {
+    const l = this.chunkIndex.get(hash);
+    return l !== undefined && !l.bad && (l.owner === undefined || l.owner === source);
+  }
+
+  /** On disk as another source's unchecked bytes (verify() can make them usable). */
+  foreign(hash: string, source: string): boolean {
+    const l = this.chunkIndex.get(hash);
+    return l !== undefined && !l.bad && l.owner !== undefined && l.owner !== source;
+  }
+
+  /** Whether a flush must write this cached copy (`checked`: its bytes match the name). */
+  needsWrite(hash: string, checked: boolean): boolean {
+    const l = this.chunkIndex.get(hash);
+    return l === undefined || l.bad === true || (checked && l.owner !== undefined);
+  }
+
+  /**
+   * Checks an on-disk chunk's bytes against its name (read back and hashed, once:
+   * only chunks another source wants to share). A match makes it usable by every
+   * source, a mismatch by none; either is recorded by the next commit. Returns the
+   * digest.
+   */
+  async verify(hash: string): Promise<string> {
+    const l = this.chunkIndex.get(hash);
+    if (!l) throw new Error(`internal error: chunk ${hash} is not in the mirror store`);
+    if (l.owner === undefined && !l.bad) return hash;
+    const actual = createHash("sha256").update(await this.readPack(l.generation, l.offset, l.length)).digest("hex");
+    // (The index may have moved on while reading: record the result only for this copy.)
+    if (this.chunkIndex.get(hash) === l && l.owner !== undefined && !l.bad) {
+      if (actual === hash) {
+        delete l.owner;
+        this.newlyVerified.add(hash);
+      } else {
+        l.bad = true;
+        this.newlyBad.add(hash);
+      }
+    }
+    return actual;
   }
 
   checkpoints(source: string): readonly CheckpointRecord[] {
@@ -158,6 +218,12 @@ export class DiskStore {
             `(${(err as Error).message}); restore the store from a backup`,
         );
       }
+      if (meta.format !== "tardigrade-mirror-meta" || (meta.version !== 1 && meta.version !== 2)) {
+        throw new Error(
+          `mirror store ${this.dir}: ${path} is not a mirror meta file of version 1 or 2 ` +
+            `(format ${String(meta.format)}, version ${String(meta.version)}); a newer tardigrade wrote it`,
+        );
+      }
       this.apply(meta);
     }
     this.generation = committed;
@@ -165,8 +231,20 @@ export class DiskStore {
   }
 
   private apply(meta: MetaFile): void {
-    for (const [hash, offset, length] of meta.chunks) {
-      if (!this.chunkIndex.has(hash)) this.chunkIndex.set(hash, { generation: meta.generation, offset, length });
+    for (const h of meta.bad ?? []) {
+      const l = this.chunkIndex.get(h);
+      if (l) l.bad = true;
+    }
+    for (const h of meta.verified ?? []) {
+      const l = this.chunkIndex.get(h);
+      if (l && !l.bad) delete l.owner;
+    }
+    for (const [hash, offset, length, owner] of meta.chunks) {
+      const old = this.chunkIndex.get(hash);
+      // A new copy replaces a bad one, and a checked copy replaces an unchecked one.
+      if (old === undefined || old.bad || (owner === undefined && old.owner !== undefined)) {
+        this.chunkIndex.set(hash, { generation: meta.generation, offset, length, ...(owner !== undefined ? { owner } : {}) });
+      }
     }
     for (const r of meta.checkpoints) {
       let l = this.bySource.get(r.source);
@@ -177,25 +255,42 @@ export class DiskStore {
   }
 
   /**
-   * Commits checkpoints and the chunks they need that are not yet on disk, in one
-   * generation. `chunkData(hash)` supplies bytes for chunks to write.
+   * Marks an unchecked chunk that generation `generation` wrote as bad (its cached
+   * bytes were found so while that flush was writing them); recorded by the next commit.
    */
-  async commit(pending: PendingCheckpoint[], newChunks: Iterable<[string, Buffer]>): Promise<CommitResult> {
+  markBad(hash: string, generation: number): void {
+    const l = this.chunkIndex.get(hash);
+    if (!l || l.generation !== generation || l.owner === undefined || l.bad) return;
+    l.bad = true;
+    this.newlyBad.add(hash);
+  }
+
+  /**
+   * Commits checkpoints and the chunks they need that are not yet on disk (or only as
+   * copies a flush must replace: see needsWrite), in one generation, with what
+   * verify() found since the last commit.
+   */
+  async commit(pending: PendingCheckpoint[], newChunks: Iterable<NewChunk>): Promise<CommitResult> {
     if (this.hooks.commitDelayMs) await sleep(this.hooks.commitDelayMs);
     const gen = this.generation + 1;
     const genDir = join(this.dir, "gen");
     const packPath = join(genDir, `${gen}.pack`);
     const metaPath = join(genDir, `${gen}.meta.json`);
     const fsyncs0 = this.fsyncCount;
-    const chunks: [string, number, number][] = [];
+    const chunks: MetaFile["chunks"] = [];
+    const written = new Set<string>();
+    const verified = [...this.newlyVerified];
+    const bad = [...this.newlyBad];
     const records: CheckpointRecord[] = [];
     let offset = 0;
     // Written around the page cache where the filesystem allows (pack-writer.ts).
     const pack = await PackWriter.create(packPath);
     try {
-      for (const [hash, data] of newChunks) {
-        if (this.chunkIndex.has(hash)) continue;
-        chunks.push([hash, await pack.add(data), data.length]);
+      for (const [hash, data, owner] of newChunks) {
+        if (written.has(hash) || !this.needsWrite(hash, owner === undefined)) continue;
+        written.add(hash);
+        const at = await pack.add(data);
+        chunks.push(owner === undefined ? [hash, at, data.length] : [hash, at, data.length, owner]);
       }
       const now = new Date().toISOString();
       for (const p of pending) {
@@ -219,7 +314,15 @@ export class DiskStore {
     } finally {
       await pack.close();
     }
-    const meta: MetaFile = { format: "tardigrade-mirror-meta", version: 1, generation: gen, chunks, checkpoints: records };
+    const meta: MetaFile = {
+      format: "tardigrade-mirror-meta",
+      version: 2,
+      generation: gen,
+      chunks,
+      checkpoints: records,
+      ...(verified.length > 0 ? { verified } : {}),
+      ...(bad.length > 0 ? { bad } : {}),
+    };
     await this.writeDurable(metaPath, Buffer.from(JSON.stringify(meta)));
     await this.fsyncDir(genDir);
     this.hooks.beforeCommit?.(gen);
@@ -230,6 +333,8 @@ export class DiskStore {
     await rename(tmp, join(this.dir, COMMITTED));
     await this.fsyncDir(this.dir);
     this.generation = gen;
+    for (const h of verified) this.newlyVerified.delete(h);
+    for (const h of bad) this.newlyBad.delete(h);
     this.apply(meta);
     return { generation: gen, records, newChunks: chunks.length, bytesWritten: offset, fsyncs: this.fsyncCount - fsyncs0 };
   }
@@ -237,6 +342,12 @@ export class DiskStore {
   async readChunk(hash: string): Promise<Buffer> {
     const loc = this.chunkIndex.get(hash);
     if (!loc) throw new Error(`chunk ${hash} is not in the mirror store ${this.dir}`);
+    if (loc.bad) {
+      throw new Error(
+        `chunk ${hash} on this mirror does not match its name (the source that sent it sent wrong bytes); ` +
+          `the checkpoints that use it are damaged until a source sends the chunk again`,
+      );
+    }
     return this.readPack(loc.generation, loc.offset, loc.length);
   }
 

@@ -8,9 +8,10 @@
 //
 // O_DIRECT needs the memory address, the length and the file offset of each write
 // aligned to the device's logical block (512 bytes; 4096 is used to be safe). The bytes
-// are staged through one aligned buffer (a memcpy of warm memory, ~0.1 s/GiB) and
-// written in whole blocks; the last, partial block is padded and the file truncated to
-// the exact length, so the file is byte for byte what a buffered writer makes. Where
+// are staged through two aligned buffers (a memcpy of warm memory, ~0.1 s/GiB): one is
+// filled while the other is being written, so copying overlaps the device's work. They
+// are written in whole blocks; the last, partial block is padded and the file truncated
+// to the exact length, so the file is byte for byte what a buffered writer makes. Where
 // O_DIRECT is refused (tmpfs, some network filesystems, an unaligned buffer), the
 // writer falls back to ordinary vectored writes.
 import { constants } from "node:fs";
@@ -20,7 +21,7 @@ const BLOCK = 4096;
 /** Bytes staged per direct write. */
 const STAGE_BYTES = 8 * 1024 * 1024;
 
-/** Aligned staging buffers not in use (found by alignedStage; one per concurrent writer). */
+/** Aligned staging buffers not in use (found by alignedStage; two per concurrent writer). */
 const freeStages: Buffer[] = [];
 /** O_DIRECT failed once in this process for this reason: do not try again. */
 let directRefused: string | undefined;
@@ -39,11 +40,15 @@ export class PackWriter {
   private staged = 0;
   /** Direct mode: file offset of the stage's first byte. */
   private stageAt = 0;
+  /** Direct mode: the write of the other stage, still in flight. */
+  private inFlight: Promise<void> | undefined;
 
   private constructor(
     private readonly fh: FileHandle,
-    /** Direct mode: the aligned staging buffer (undefined: buffered writes). */
+    /** Direct mode: the aligned staging buffer being filled (undefined: buffered writes). */
     private stage: Buffer | undefined,
+    /** Direct mode: the other one, written while this one fills. */
+    private spare: Buffer | undefined,
   ) {}
 
   /** Creates (truncates) `path` for writing. */
@@ -53,7 +58,9 @@ export class PackWriter {
       try {
         fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o644);
         const st = await alignedStage(fh);
-        if (st) return new PackWriter(fh, st);
+        const spare = st && (await alignedStage(fh));
+        if (st && spare) return new PackWriter(fh, st, spare);
+        if (st) freeStages.push(st);
         directRefused = "no aligned staging buffer";
       } catch (err) {
         await fh?.close();
@@ -65,7 +72,7 @@ export class PackWriter {
       }
       await fh?.close();
     }
-    return new PackWriter(await open(path, "w"), undefined);
+    return new PackWriter(await open(path, "w"), undefined, undefined);
   }
 
   /** Why this process writes packs through the page cache (undefined: it does not). */
@@ -81,14 +88,14 @@ export class PackWriter {
   async add(b: Buffer): Promise<number> {
     const at = this.offset;
     this.offset += b.length;
-    const s = this.stage;
-    if (s) {
+    if (this.stage) {
       let from = 0;
       while (from < b.length) {
+        const s = this.stage; // (the other one after a swap)
         const k = b.copy(s, this.staged, from);
         this.staged += k;
         from += k;
-        if (this.staged === s.length) await this.writeStage(false);
+        if (this.staged === s.length) await this.swapStage();
       }
     } else {
       this.pending.push(b);
@@ -101,7 +108,9 @@ export class PackWriter {
   /** Writes what is left and fsyncs the file's data; returns the file's length. */
   async finish(): Promise<number> {
     if (this.stage) {
-      if (this.staged > 0) await this.writeStage(true);
+      await this.inFlight;
+      this.inFlight = undefined;
+      if (this.staged > 0) await this.writeLast();
       await this.fh.truncate(this.offset);
     } else {
       await this.flushPending();
@@ -111,8 +120,12 @@ export class PackWriter {
   }
 
   async close(): Promise<void> {
+    // (A write still in flight after a failure must end before its stage is reused.)
+    await this.inFlight?.catch(() => undefined);
+    this.inFlight = undefined;
     if (this.stage) freeStages.push(this.stage);
-    this.stage = undefined;
+    if (this.spare) freeStages.push(this.spare);
+    this.stage = this.spare = undefined;
     await this.fh.close();
   }
 
@@ -124,21 +137,39 @@ export class PackWriter {
     await this.fh.writev(bufs);
   }
 
-  /** Writes the stage's whole blocks (all of it, padded, when `last`) and keeps the tail. */
-  private async writeStage(last: boolean): Promise<void> {
-    const s = this.stage as Buffer;
-    const whole = last ? Math.ceil(this.staged / BLOCK) * BLOCK : Math.floor(this.staged / BLOCK) * BLOCK;
-    if (whole === 0) return;
+  /**
+   * The stage is full (a whole number of blocks): starts writing it, and goes on
+   * filling the other one once that one's write has ended.
+   */
+  private async swapStage(): Promise<void> {
+    const full = this.stage as Buffer;
+    const at = this.stageAt;
+    const write = this.writeAll(full, full.length, at);
+    write.catch(() => undefined); // (awaited below or by the next swap, finish or close)
+    const previous = this.inFlight;
+    this.inFlight = write;
+    this.stage = this.spare;
+    this.spare = full;
+    this.staged = 0;
+    this.stageAt = at + full.length;
+    await previous;
+  }
+
+  private async writeAll(s: Buffer, whole: number, at: number): Promise<void> {
     let done = 0;
     while (done < whole) {
-      const { bytesWritten } = await this.fh.write(s, done, whole - done, this.stageAt + done);
+      const { bytesWritten } = await this.fh.write(s, done, whole - done, at + done);
       if (bytesWritten <= 0 || bytesWritten % BLOCK !== 0) throw new Error(`pack write: short direct write (${bytesWritten} bytes)`);
       done += bytesWritten;
     }
-    const tail = Math.max(0, this.staged - whole);
-    if (tail > 0) s.copy(s, 0, whole, whole + tail);
-    this.staged = tail;
+  }
+
+  /** Writes what is staged, padded to whole blocks (the file is truncated to its exact length after). */
+  private async writeLast(): Promise<void> {
+    const whole = Math.ceil(this.staged / BLOCK) * BLOCK;
+    await this.writeAll(this.stage as Buffer, whole, this.stageAt);
     this.stageAt += whole;
+    this.staged = 0;
   }
 }
 

@@ -5,9 +5,8 @@ import { createServer as createTcpServer, type AddressInfo, type Server as NetSe
 import { createServer as createTlsServer } from "node:tls";
 import type { Logger } from "pino";
 import { ChunkCache, type CacheStats } from "./cache.js";
-import { HashPool, defaultHashThreads } from "./hash-pool.js";
 import { FramedConnection } from "./connection.js";
-import { DiskStore, type DiskStoreHooks, type PendingCheckpoint } from "./disk-store.js";
+import { DiskStore, type DiskStoreHooks, type NewChunk, type PendingCheckpoint } from "./disk-store.js";
 import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
 import { Flusher, type FlushOutcome, type FlushReason } from "./flusher.js";
 import { decodeCheckpointHeader } from "./messages.js";
@@ -33,8 +32,6 @@ export interface MirrorServerOptions {
   maxFrame?: number;
   frameTimeoutMs?: number;
   handshakeTimeoutMs?: number;
-  /** Worker threads hashing arriving chunks (default: cores - 1, 1 to 4; 0: hash on the event loop at flush). */
-  hashThreads?: number;
   logger?: Logger;
   hooks?: DiskStoreHooks;
 }
@@ -80,9 +77,6 @@ export interface MirrorMetrics {
   generation: number;
 }
 
-/** Bytes verified between two turns of the event loop (when the flush hashes chunks itself). */
-const VERIFY_SLICE_BYTES = 4 * 1024 * 1024;
-
 export const DEFAULTS = {
   cacheMaxBytes: 256 * 1024 * 1024,
   highWaterRatio: 0.5,
@@ -94,7 +88,6 @@ export const DEFAULTS = {
 
 export class MirrorServer implements SessionHost {
   readonly cache: ChunkCache;
-  private readonly hasher: HashPool | undefined;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
   private readonly queue: QueuedCheckpoint[] = [];
@@ -125,9 +118,7 @@ export class MirrorServer implements SessionHost {
     this.log = opts.logger ?? silentLogger();
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
     const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
-    const threads = opts.hashThreads ?? defaultHashThreads();
-    this.hasher = threads > 0 ? new HashPool(threads) : undefined;
-    this.cache = new ChunkCache(max, this.hasher);
+    this.cache = new ChunkCache(max);
     this.highWater = Math.floor(max * (opts.highWaterRatio ?? DEFAULTS.highWaterRatio));
     this.maxQueued = opts.maxQueued ?? DEFAULTS.maxQueued;
     this.flusher = new Flusher(
@@ -276,8 +267,37 @@ export class MirrorServer implements SessionHost {
     return [...this.inFlight, ...this.queue].some((q) => q.source === source && q.id === id);
   }
 
-  onDisk(hash: string): boolean {
-    return this.store.hasChunk(hash);
+  onDiskFor(hash: string, source: string): boolean {
+    return this.store.usableBy(hash, source);
+  }
+
+  anyCopy(hash: string): boolean {
+    return this.cache.has(hash) || this.store.hasChunk(hash);
+  }
+
+  shareForeign(hash: string, source: string): Promise<boolean> | undefined {
+    if (this.cache.foreign(hash, source)) {
+      const owner = this.cache.owner(hash);
+      const actual = this.cache.verifyNow(hash);
+      if (actual !== hash) this.reportBad(hash, owner, actual, "cached");
+      return Promise.resolve(actual === hash);
+    }
+    if (this.store.foreign(hash, source)) {
+      return this.store.verify(hash).then((actual) => {
+        if (actual !== hash) this.reportBad(hash, undefined, actual, "on disk");
+        return actual === hash;
+      });
+    }
+    return undefined;
+  }
+
+  /** A source's bytes failed their check when another source wanted to share them. */
+  private reportBad(hash: string, owner: string | undefined, actual: string | undefined, where: string): void {
+    this.log.warn(
+      { chunk: hash, actual, owner, where },
+      `chunk ${hash} ${where} does not match its name (hashes to ${actual ?? "?"}): ` +
+        `the source that sent it sent wrong bytes; it is used by nobody else, and a correct copy replaces it`,
+    );
   }
 
   enqueue(q: QueuedCheckpoint): void {
@@ -353,12 +373,7 @@ export class MirrorServer implements SessionHost {
     }
     this.inFlight = batch;
     const t0 = Date.now();
-    try {
-      await this.verifyBatch(batch);
-    } catch (err) {
-      this.requeue(batch, reasons, err as Error);
-      throw err;
-    }
+    this.dropBad(batch);
     if (batch.length === 0) {
       this.inFlight = [];
       this.flusher.armDelay();
@@ -368,15 +383,15 @@ export class MirrorServer implements SessionHost {
     const cache = this.cache;
     const store = this.store;
     let refs = 0;
-    function* newChunks(): Generator<[string, Buffer]> {
+    function* newChunks(): Generator<NewChunk> {
       for (const q of batch) {
         for (const h of q.chunkHashes) {
           refs++;
-          if (seen.has(h) || store.hasChunk(h)) continue;
+          if (seen.has(h)) continue;
           seen.add(h);
           const data = cache.get(h);
-          if (!data) throw new Error(`internal error: chunk ${h} of ${q.source}/${q.id} is neither cached nor on disk`);
-          yield [h, data];
+          if (!data) throw new Error(`internal error: chunk ${h} of ${q.source}/${q.id} is not cached`);
+          yield [h, data, cache.owner(h)];
         }
       }
     }
@@ -399,7 +414,11 @@ export class MirrorServer implements SessionHost {
     }
     this.inFlight = [];
     for (const q of batch) {
-      for (const h of q.chunkHashes) cache.unpin(h);
+      for (const h of q.chunkHashes) {
+        // Found bad (by another source's offer) while this flush was writing it.
+        if (cache.badDigest(h) !== undefined) store.markBad(h, result.generation);
+        cache.unpin(h);
+      }
       cache.release(q.header.length);
     }
     const bySource = new Map<string, QueuedCheckpoint[]>();
@@ -452,31 +471,20 @@ export class MirrorServer implements SessionHost {
   }
 
   /**
-   * Checks every chunk of the batch against its SHA-256 before anything is written:
-   * the digests the hash workers computed on arrival (waited for if they are still
-   * at it; computed here, on the event loop, for any they do not have). A source
-   * with a chunk that fails loses that checkpoint and every later one it has queued
-   * (none becomes durable; its seq order is kept): its connection is closed with
-   * checksum-mismatch, the bad bytes are dropped, and its client sends them again
-   * after reconnecting (the Hello answer no longer lists them).
+   * Takes out of the batch the checkpoints that hold a chunk found bad (by another
+   * source's offer: see shareForeign) and that no correct copy has replaced since. Such
+   * a source loses that checkpoint and every later one it has queued (none becomes
+   * durable; its seq order is kept): its connection is closed with checksum-mismatch,
+   * and its client sends them again after reconnecting (the Hello answer no longer
+   * lists them).
    */
-  private async verifyBatch(batch: QueuedCheckpoint[]): Promise<void> {
+  private dropBad(batch: QueuedCheckpoint[]): void {
     const cache = this.cache;
     const bad = new Map<string, string>();
-    const checked = new Set<string>();
-    let sinceYield = 0;
     for (const q of batch) {
       for (const h of q.chunkHashes) {
-        if (checked.has(h) || cache.isVerified(h)) continue;
-        checked.add(h);
-        const actual = await cache.digest(h);
-        if (actual !== undefined && actual !== h) bad.set(h, actual);
-        // Chunks the workers did not hash are hashed here: let packets flow in between.
-        sinceYield += cache.size(h);
-        if (sinceYield >= VERIFY_SLICE_BYTES) {
-          sinceYield = 0;
-          await new Promise((r) => setImmediate(r));
-        }
+        const actual = cache.badDigest(h);
+        if (actual !== undefined) bad.set(h, actual);
       }
     }
     if (bad.size === 0) return;
@@ -514,7 +522,6 @@ export class MirrorServer implements SessionHost {
       for (const h of q.chunkHashes) cache.unpin(h);
       cache.release(q.header.length);
     }
-    for (const h of bad.keys()) cache.evict(h);
   }
 
   metrics(): MirrorMetrics {
@@ -551,7 +558,6 @@ export class MirrorServer implements SessionHost {
       }
     }
     await this.store.close();
-    await this.hasher?.close();
     this.log.info({ generation: this.store.committedGeneration }, "mirror server stopped");
   }
 }

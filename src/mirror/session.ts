@@ -29,7 +29,16 @@ export interface SessionHost {
   detachSource(source: string, s: Session): void;
   lastSeq(source: string): number;
   hasCheckpoint(source: string, id: string): boolean;
-  onDisk(hash: string): boolean;
+  /** On disk and usable by `source`'s checkpoints (checked, or its own bytes). */
+  onDiskFor(hash: string, source: string): boolean;
+  /** Some copy is cached or on disk, usable by `source` or not. */
+  anyCopy(hash: string): boolean;
+  /**
+   * Another source's unchecked copy is cached or on disk: checks it against its name
+   * now; resolves true if it matched (and is now usable by every source). Undefined
+   * when there is no such copy.
+   */
+  shareForeign(hash: string, source: string): Promise<boolean> | undefined;
   enqueue(q: QueuedCheckpoint): void;
   flush(reason: FlushReason): Promise<FlushOutcome>;
   list(source: string): ListedCheckpoint[];
@@ -180,13 +189,18 @@ export class Session {
     const missing = new Map<string, number>();
     let reservedChunks = 0;
     let bytes = 0;
-    header.chunks.forEach((c, i) => {
+    for (let i = 0; i < header.chunks.length; i++) {
+      const c = header.chunks[i] as { hash: string; size: number };
       bytes += c.size;
-      if (this.host.onDisk(c.hash) || cache.usable(c.hash, source)) return;
+      if (missing.has(c.hash) || this.host.onDiskFor(c.hash, source) || cache.usable(c.hash, source)) continue;
+      // Another source sent these bytes and nobody checked them yet: check them now
+      // (only chunks two sources share are ever hashed by the destination).
+      const shared = this.host.shareForeign(c.hash, source);
+      if (shared !== undefined && (await shared)) continue;
       wanted.push(i);
       missing.set(c.hash, c.size);
       reservedChunks += c.size;
-    });
+    }
     // Admission: wait (not reading this socket) until the cache has room.
     try {
       await cache.reserve(reservedChunks + payload.length);
@@ -202,7 +216,7 @@ export class Session {
     for (const c of header.chunks) {
       if (missing.has(c.hash)) continue;
       if (cache.pin(c.hash, source)) pinned.push(c.hash);
-      else if (!this.host.onDisk(c.hash)) {
+      else if (!this.host.onDiskFor(c.hash, source)) {
         // Was cached at offer time but got flushed meanwhile: it is on disk now, unless
         // its owner aborted; then ask for it after all (reservation may overshoot a bit).
         missing.set(c.hash, c.size);
@@ -226,32 +240,24 @@ export class Session {
   /**
    * A Chunks frame: many chunks of the current checkpoint, each copied once from the
    * receive buffers into the cache's slab memory. Their names and sizes are checked
-   * here; their bytes are cached unverified, usable only by this source, and hashed by
-   * the cache's worker threads; the flush checks every digest against its name before
-   * anything is written (see cache.ts and MirrorServer.verifyBatch).
+   * here, their bytes by the frame's CRC; they are cached unchecked, usable only by
+   * this source (see cache.ts). A chunk that was wanted although some copy of it
+   * exists (another source's that failed its check, or bad bytes) is hashed on
+   * arrival, so that it can replace that copy.
    */
   private chunks(parts: Buffer[]): void {
     const cur = this.inProgress("Chunks");
-    const source = this.source as string;
-    const cache = this.host.cache;
     let total = 0;
     for (const p of parts) total += p.length;
     const { hashes, sizes, pieces } = splitChunks(parts, total);
-    const unverified: string[] = [];
     for (let i = 0; i < hashes.length; i++) {
       const hash = hashes[i] as string;
       const size = sizes[i] as number;
       this.claim(cur, hash, size);
-      // Another source's unverified copy is cached under this name: check ours now
-      // (rare), so that it can replace theirs without trusting either.
-      let verified = false;
-      if (cache.conflicts(hash, source)) {
-        this.verify(hash, pieces[i] as Buffer[]);
-        verified = true;
-      }
-      if (this.store(cur, hash, pieces[i] as Buffer[], size, verified) && !verified) unverified.push(hash);
+      const check = this.host.anyCopy(hash) && !this.host.cache.usable(hash, this.source as string);
+      if (check) this.verify(hash, pieces[i] as Buffer[]);
+      this.store(cur, hash, pieces[i] as Buffer[], size, check);
     }
-    cache.startVerify(unverified);
   }
 
   private inProgress(what: string): InProgress {
@@ -377,7 +383,12 @@ export class Session {
     let sent = 0;
     for (const h of got.chunks) {
       if (have.has(h) || (want !== undefined && !want.has(h))) continue;
-      const data = await got.readChunk(h);
+      let data: Buffer;
+      try {
+        data = await got.readChunk(h);
+      } catch (err) {
+        throw new ProtocolError("damaged", `checkpoint ${source}/${id}: ${(err as Error).message}`);
+      }
       await this.conn.send(FrameType.Chunk, chunkParts(h, data));
       sent++;
     }
