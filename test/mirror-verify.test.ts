@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { MirrorServer } from "../src/mirror/server.js";
+import { MirrorServer, type MirrorServerOptions } from "../src/mirror/server.js";
 import { MirrorClient } from "../src/mirror/client.js";
 import { SyntheticSource } from "../src/mirror/synthetic.js";
 import { withAdmin } from "../src/mirror/admin.js";
@@ -115,7 +115,7 @@ interface Started {
   cleanup(): Promise<void>;
 }
 
-async function startServer(dir?: string): Promise<Started> {
+async function startServer(dir?: string, extra: Partial<MirrorServerOptions> = {}): Promise<Started> {
   const tmp = dir === undefined ? tempDir() : { dir, cleanup: () => undefined };
   const { logger, lines } = await captureLogger();
   const server = await MirrorServer.start({
@@ -126,6 +126,7 @@ async function startServer(dir?: string): Promise<Started> {
     ]),
     maxDelayMs: 3_600_000,
     logger,
+    ...extra,
   });
   const port = server.address().port;
   return {
@@ -135,7 +136,7 @@ async function startServer(dir?: string): Promise<Started> {
     logs: lines as { msg?: unknown }[],
     restart: async () => {
       await server.close();
-      const next = await startServer(tmp.dir);
+      const next = await startServer(tmp.dir, extra);
       return { ...next, cleanup: async () => (await next.cleanup(), tmp.cleanup()) };
     },
     cleanup: async () => {
@@ -293,5 +294,63 @@ test("a batched chunk never asked for, and a malformed Chunks table, close the c
     assert.deepEqual(await withAdmin({ url, token: A }, (a) => a.list()), []);
   } finally {
     await cleanup();
+  }
+});
+
+test("scrub: once idle, unchecked chunks are checked; a wrong one is logged, listed damaged, refused, and repaired by a new copy", { timeout: 30_000 }, async () => {
+  let srv = await startServer(undefined, { scrubIdleMs: 200 });
+  const raw = rawSource(srv.port);
+  let alpha: MirrorClient | undefined;
+  try {
+    const c1 = new SyntheticSource("alpha", { pages: 8, sharedFraction: 0, seed: "scrub" }).next();
+    const victim = [...c1.chunks.keys()][3] as string;
+    raw.write(encodeJsonFrame(FrameType.Hello, { token: A, role: "source" }));
+    sendBatched(raw, c1, new Set([victim]));
+    await raw.waitFor(FrameType.Received);
+    // Busy (a checkpoint cached and queued): no scrub, however long.
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(srv.server.metrics().scrub.passes, 0, "no scrub while something is queued");
+    await withAdmin({ url: srv.url, token: A }, (a) => a.flush());
+    await raw.waitFor(FrameType.Durable);
+    raw.end();
+    assert.equal(srv.server.store.uncheckedCount, 8);
+    // Idle: the scrub checks the 8 chunks, finds the wrong one, and commits what it found.
+    await waitFor(() => srv.server.metrics().scrub.passes >= 1, 10_000, "a scrub pass");
+    await srv.server.scrubber.idle();
+    const m = srv.server.metrics();
+    assert.equal(m.scrub.checked, 8);
+    assert.equal(m.scrub.bad, 1);
+    assert.equal(srv.server.store.uncheckedCount, 0);
+    const report = srv.logs.find((l) => typeof l.msg === "string" && l.msg.startsWith(`scrub: chunk ${victim} of source alpha does not match its name`));
+    assert.ok(report, "the wrong chunk is logged");
+    assert.deepEqual(report.damaged, [c1.id], "with the checkpoint it damages");
+    assert.ok(srv.logs.some((l) => l.msg === "flush committed (scrub)"), "the findings were committed");
+    const listed = await withAdmin({ url: srv.url, token: A }, (a) => a.list());
+    assert.equal(listed[0]?.damaged, true, "mirror ls shows the checkpoint damaged");
+    await assert.rejects(
+      withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", c1.id)),
+      (e: Error & { code?: string }) => e.code === "damaged",
+    );
+    // The findings survive a restart: nothing is checked again, the bad chunk stays bad.
+    srv = await srv.restart();
+    assert.equal(srv.server.store.uncheckedCount, 0);
+    assert.ok(srv.server.store.badChunks.has(victim));
+    for (const h of c1.chunks.keys()) if (h !== victim) assert.ok(srv.server.store.usableBy(h, "bravo"), `${h} checked, usable by any source`);
+    // alpha's next checkpoint holds the same chunk: the mirror asks for that one only, and the new copy repairs c1.
+    alpha = new MirrorClient({ url: srv.url, source: "alpha", token: A, ack: "durable" });
+    const c2 = { ...c1, id: "repair", seq: c1.seq + 1, parent: c1.id };
+    const d = alpha.send(c2);
+    await waitFor(() => alpha?.state(c2.id) === "received", 10_000, "c2 received");
+    assert.equal(alpha.stats.chunksSent, 1);
+    await withAdmin({ url: srv.url, token: A }, (a) => a.flush());
+    assert.equal(await d, "durable");
+    const after = await withAdmin({ url: srv.url, token: A }, (a) => a.list());
+    assert.equal(after.some((r) => r.damaged), false, "nothing damaged any more");
+    const got = await withAdmin({ url: srv.url, token: A }, (a) => a.fetch("alpha", c1.id));
+    for (const [h, data] of c1.chunks) assert.ok(got.chunks.get(h)?.equals(data), `c1's chunk ${h} intact`);
+  } finally {
+    raw.end();
+    await alpha?.close();
+    await srv.cleanup();
   }
 });

@@ -81,6 +81,7 @@ export async function serve(flags: {
   cacheMax: string;
   maxDelay: string;
   maxQueued: string;
+  scrubIdle: string;
 }): Promise<MirrorServer> {
   const log = createLogger();
   const { host, port } = parseHostPort(flags.listen);
@@ -96,6 +97,7 @@ export async function serve(flags: {
     cacheMaxBytes: parseBytes(flags.cacheMax),
     maxDelayMs: parseDuration(flags.maxDelay),
     maxQueued,
+    scrubIdleMs: flags.scrubIdle === "off" ? 0 : parseDuration(flags.scrubIdle),
     logger: log,
     hooks: testHooks(log),
     ...(flags.tokens ? { tokens: TokenTable.load(flags.tokens) } : {}),
@@ -139,6 +141,11 @@ export function registerMirrorCommands(program: Command): Command {
     .addOption(new Option("--cache-max <bytes>", "memory cache bound (flush at half of it, slow sources at all of it)").default(String(DEFAULTS.cacheMaxBytes)))
     .addOption(new Option("--max-delay <duration>", "flush when the oldest queued checkpoint is this old").default("5s"))
     .addOption(new Option("--max-queued <n>", "flush when this many checkpoints are queued").default(String(DEFAULTS.maxQueued)))
+    .addOption(
+      new Option("--scrub-idle <duration>", "check stored chunks no one has checked yet after this long without incoming data (off: never)").default(
+        "60s",
+      ),
+    )
     .action(async (flags: Parameters<typeof serve>[0]) => {
       await serve(flags).catch(fail);
     });
@@ -163,10 +170,10 @@ export function registerMirrorCommands(program: Command): Command {
           console.log(JSON.stringify(rows));
           return;
         }
-        console.log(["ID".padEnd(24), "SEQ".padStart(6), "STATE".padEnd(9), "CHUNKS".padStart(8), "BYTES".padStart(12), "RECEIVED"].join(" "));
+        console.log(["ID".padEnd(24), "SEQ".padStart(6), "STATE".padEnd(16), "CHUNKS".padStart(8), "BYTES".padStart(12), "RECEIVED"].join(" "));
         for (const r of rows) {
           console.log(
-            [r.id.padEnd(24), String(r.seq).padStart(6), r.state.padEnd(9), String(r.chunks).padStart(8), String(r.bytes).padStart(12), r.receivedAt].join(" "),
+            [r.id.padEnd(24), String(r.seq).padStart(6), (r.damaged ? `${r.state},damaged` : r.state).padEnd(16), String(r.chunks).padStart(8), String(r.bytes).padStart(12), r.receivedAt].join(" "),
           );
         }
       } catch (err) {

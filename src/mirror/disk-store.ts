@@ -10,6 +10,8 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
+import { FrameType } from "./frames.js";
+import { decodeCheckpointHeader } from "./messages.js";
 import { sha256hex } from "./objects.js";
 import { PackWriter } from "./pack-writer.js";
 
@@ -97,6 +99,10 @@ export class DiskStore {
   /** Chunks checked on disk since the last commit (recorded by the next one). */
   private readonly newlyVerified = new Set<string>();
   private readonly newlyBad = new Set<string>();
+  /** Every chunk whose copy on disk is bad (kept in step with the index). */
+  private readonly bad = new Set<string>();
+  /** Every chunk whose copy on disk is some source's, unchecked (kept in step with the index). */
+  private readonly uncheckedSet = new Set<string>();
   fsyncCount = 0;
 
   private constructor(
@@ -135,6 +141,31 @@ export class DiskStore {
     return l !== undefined && !l.bad && l.owner !== undefined && l.owner !== source;
   }
 
+  /** Names of the chunks on disk that no one has checked yet (a live view: chunks added while iterating are included). */
+  unchecked(): IterableIterator<string> {
+    return this.uncheckedSet.values();
+  }
+
+  get uncheckedCount(): number {
+    return this.uncheckedSet.size;
+  }
+
+  /** The source whose unchecked bytes a chunk on disk holds (undefined: checked, bad, or absent). */
+  ownerOf(hash: string): string | undefined {
+    const l = this.chunkIndex.get(hash);
+    return l && !l.bad ? l.owner : undefined;
+  }
+
+  /** Chunks found not to match their names and not replaced since. */
+  get badChunks(): ReadonlySet<string> {
+    return this.bad;
+  }
+
+  /** verify() found something the next commit must record. */
+  get hasNotes(): boolean {
+    return this.newlyVerified.size > 0 || this.newlyBad.size > 0;
+  }
+
   /** Whether a flush must write this cached copy (`checked`: its bytes match the name). */
   needsWrite(hash: string, checked: boolean): boolean {
     const l = this.chunkIndex.get(hash);
@@ -154,11 +185,13 @@ export class DiskStore {
     const actual = createHash("sha256").update(await this.readPack(l.generation, l.offset, l.length)).digest("hex");
     // (The index may have moved on while reading: record the result only for this copy.)
     if (this.chunkIndex.get(hash) === l && l.owner !== undefined && !l.bad) {
+      this.uncheckedSet.delete(hash);
       if (actual === hash) {
         delete l.owner;
         this.newlyVerified.add(hash);
       } else {
         l.bad = true;
+        this.bad.add(hash);
         this.newlyBad.add(hash);
       }
     }
@@ -233,17 +266,27 @@ export class DiskStore {
   private apply(meta: MetaFile): void {
     for (const h of meta.bad ?? []) {
       const l = this.chunkIndex.get(h);
-      if (l) l.bad = true;
+      if (l) {
+        l.bad = true;
+        this.bad.add(h);
+        this.uncheckedSet.delete(h);
+      }
     }
     for (const h of meta.verified ?? []) {
       const l = this.chunkIndex.get(h);
-      if (l && !l.bad) delete l.owner;
+      if (l && !l.bad) {
+        delete l.owner;
+        this.uncheckedSet.delete(h);
+      }
     }
     for (const [hash, offset, length, owner] of meta.chunks) {
       const old = this.chunkIndex.get(hash);
       // A new copy replaces a bad one, and a checked copy replaces an unchecked one.
       if (old === undefined || old.bad || (owner === undefined && old.owner !== undefined)) {
         this.chunkIndex.set(hash, { generation: meta.generation, offset, length, ...(owner !== undefined ? { owner } : {}) });
+        this.bad.delete(hash);
+        if (owner !== undefined) this.uncheckedSet.add(hash);
+        else this.uncheckedSet.delete(hash);
       }
     }
     for (const r of meta.checkpoints) {
@@ -261,7 +304,9 @@ export class DiskStore {
   markBad(hash: string, generation: number): void {
     const l = this.chunkIndex.get(hash);
     if (!l || l.generation !== generation || l.owner === undefined || l.bad) return;
+    this.uncheckedSet.delete(hash);
     l.bad = true;
+    this.bad.add(hash);
     this.newlyBad.add(hash);
   }
 
@@ -337,6 +382,17 @@ export class DiskStore {
     for (const h of bad) this.newlyBad.delete(h);
     this.apply(meta);
     return { generation: gen, records, newChunks: chunks.length, bytesWritten: offset, fsyncs: this.fsyncCount - fsyncs0 };
+  }
+
+  /** Ids of `source`'s checkpoints on disk that use any of `hashes` (reads their headers). */
+  async checkpointsUsing(source: string, hashes: ReadonlySet<string>): Promise<string[]> {
+    const out: string[] = [];
+    if (hashes.size === 0) return out;
+    for (const r of this.checkpoints(source)) {
+      const h = decodeCheckpointHeader(FrameType.FetchHeader, await this.readHeader(r));
+      if (h.chunks.some((c) => hashes.has(c.hash))) out.push(r.id);
+    }
+    return out;
   }
 
   async readChunk(hash: string): Promise<Buffer> {

@@ -11,6 +11,7 @@ import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
 import { Flusher, type FlushOutcome, type FlushReason } from "./flusher.js";
 import { decodeCheckpointHeader } from "./messages.js";
 import { FrameType } from "./frames.js";
+import { Scrubber, type ScrubStats } from "./scrubber.js";
 import { Session, type SessionHost, type SourcePosition } from "./session.js";
 import { silentLogger } from "./log.js";
 import type { TokenTable } from "./tokens.js";
@@ -32,6 +33,8 @@ export interface MirrorServerOptions {
   maxFrame?: number;
   frameTimeoutMs?: number;
   handshakeTimeoutMs?: number;
+  /** Check unchecked chunks on disk after this long without any source sending (0: never; see scrubber.ts). */
+  scrubIdleMs?: number;
   logger?: Logger;
   hooks?: DiskStoreHooks;
 }
@@ -55,6 +58,8 @@ export interface ListedCheckpoint {
   seq: number;
   parent?: string;
   state: "received" | "durable";
+  /** A chunk it uses was found not to match its name, and no correct copy has arrived since. */
+  damaged?: true;
   chunks: number;
   bytes: number;
   receivedAt: string;
@@ -75,6 +80,7 @@ export interface MirrorMetrics {
   queued: number;
   cache: CacheStats;
   generation: number;
+  scrub: ScrubStats;
 }
 
 export const DEFAULTS = {
@@ -84,6 +90,7 @@ export const DEFAULTS = {
   maxQueued: 64,
   frameTimeoutMs: 30_000,
   handshakeTimeoutMs: 10_000,
+  scrubIdleMs: 60_000,
 };
 
 export class MirrorServer implements SessionHost {
@@ -95,6 +102,7 @@ export class MirrorServer implements SessionHost {
   private readonly sources = new Map<string, Session>();
   private readonly sessions = new Set<Session>();
   private readonly flusher: Flusher;
+  readonly scrubber: Scrubber;
   private net: NetServer | undefined;
   private closing: Promise<void> | undefined;
   private readonly highWater: number;
@@ -129,6 +137,15 @@ export class MirrorServer implements SessionHost {
     this.cache.onPressure = () => {
       if (this.queue.length > 0) this.flusher.trigger("cache");
     };
+    this.scrubber = new Scrubber(
+      store,
+      {
+        busy: () => this.cache.used > 0 || this.queue.length > 0 || this.inFlight.length > 0,
+        commitNotes: () => this.flusher.request("scrub"),
+      },
+      this.log,
+      opts.scrubIdleMs ?? DEFAULTS.scrubIdleMs,
+    );
   }
 
   /** Opens the store (recovering from an interrupted flush) and starts listening. */
@@ -140,6 +157,7 @@ export class MirrorServer implements SessionHost {
     }
     const s = new MirrorServer(opts, store);
     await s.listen();
+    s.scrubber.start();
     return s;
   }
 
@@ -317,12 +335,14 @@ export class MirrorServer implements SessionHost {
     return this.flusher.request(reason);
   }
 
-  list(source: string): ListedCheckpoint[] {
+  async list(source: string): Promise<ListedCheckpoint[]> {
+    const damaged = new Set(await this.store.checkpointsUsing(source, this.store.badChunks));
     const out: ListedCheckpoint[] = this.store.checkpoints(source).map((r) => ({
       id: r.id,
       seq: r.seq,
       ...(r.parent !== undefined ? { parent: r.parent } : {}),
       state: "durable" as const,
+      ...(damaged.has(r.id) ? { damaged: true as const } : {}),
       chunks: r.chunkCount,
       bytes: r.bytes,
       receivedAt: r.receivedAt,
@@ -368,13 +388,13 @@ export class MirrorServer implements SessionHost {
 
   private async runFlush(reasons: FlushReason[]): Promise<FlushOutcome> {
     const batch = this.queue.splice(0);
-    if (batch.length === 0) {
+    if (batch.length === 0 && !this.store.hasNotes) {
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
     }
     this.inFlight = batch;
     const t0 = Date.now();
     this.dropBad(batch);
-    if (batch.length === 0) {
+    if (batch.length === 0 && !this.store.hasNotes) {
       this.inFlight = [];
       this.flusher.armDelay();
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
@@ -531,6 +551,7 @@ export class MirrorServer implements SessionHost {
       queued: this.queue.length + this.inFlight.length,
       cache: this.cache.stats(),
       generation: this.store.committedGeneration,
+      scrub: { ...this.scrubber.stats },
     };
   }
 
@@ -547,6 +568,7 @@ export class MirrorServer implements SessionHost {
     this.log.info({ queued: this.queue.length }, "shutting down: flushing queued checkpoints");
     this.net?.close();
     for (const s of this.sessions) s.fail(new ProtocolError("shutdown", "mirror server is shutting down; reconnect later"));
+    await this.scrubber.stop();
     this.flusher.stop();
     this.cache.rejectWaiters(new Error("mirror server is shutting down"));
     await this.flusher.idle();

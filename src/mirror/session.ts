@@ -41,7 +41,7 @@ export interface SessionHost {
   shareForeign(hash: string, source: string): Promise<boolean> | undefined;
   enqueue(q: QueuedCheckpoint): void;
   flush(reason: FlushReason): Promise<FlushOutcome>;
-  list(source: string): ListedCheckpoint[];
+  list(source: string): Promise<ListedCheckpoint[]>;
   fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }>;
 }
 
@@ -138,7 +138,7 @@ export class Session {
       case FrameType.Flush:
         return this.flush();
       case FrameType.List:
-        return this.conn.sendJson(FrameType.Listing, { source: this.source, checkpoints: this.host.list(this.source) });
+        return this.conn.sendJson(FrameType.Listing, { source: this.source, checkpoints: await this.host.list(this.source) });
       case FrameType.Fetch:
         return this.fetch(f.payload);
       case FrameType.Error: {
