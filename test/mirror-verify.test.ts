@@ -6,9 +6,11 @@
 // source's checkpoints. Fetches check every chunk end to end.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { MirrorServer, type MirrorServerOptions } from "../src/mirror/server.js";
+import { DiskStore } from "../src/mirror/disk-store.js";
 import { MirrorClient } from "../src/mirror/client.js";
 import { SyntheticSource } from "../src/mirror/synthetic.js";
 import { withAdmin } from "../src/mirror/admin.js";
@@ -352,5 +354,28 @@ test("scrub: once idle, unchecked chunks are checked; a wrong one is logged, lis
     raw.end();
     await alpha?.close();
     await srv.cleanup();
+  }
+});
+
+test("store format: version 1 meta files (every chunk checked) load as checked; a newer version is refused by name", async () => {
+  const tmp = tempDir();
+  try {
+    const dir = join(tmp.dir, "store");
+    mkdirSync(join(dir, "gen"), { recursive: true });
+    const data = Buffer.alloc(5000, 7);
+    const h = sha256hex(data);
+    writeFileSync(join(dir, "gen", "1.pack"), data);
+    const meta = { format: "tardigrade-mirror-meta", version: 1, generation: 1, chunks: [[h, 0, data.length]], checkpoints: [] };
+    writeFileSync(join(dir, "gen", "1.meta.json"), JSON.stringify(meta));
+    writeFileSync(join(dir, "COMMITTED"), "tardigrade-mirror 1 1\n");
+    const { store } = await DiskStore.open(dir);
+    assert.ok(store.usableBy(h, "alpha") && store.usableBy(h, "bravo"), "a version 1 chunk is usable by every source");
+    assert.equal(store.uncheckedCount, 0);
+    assert.ok((await store.readChunk(h)).equals(data));
+    await store.close();
+    writeFileSync(join(dir, "gen", "1.meta.json"), JSON.stringify({ ...meta, version: 3 }));
+    await assert.rejects(DiskStore.open(dir), /1\.meta\.json is not a mirror meta file of version 1 or 2 \(format tardigrade-mirror-meta, version 3\)/);
+  } finally {
+    tmp.cleanup();
   }
 });
