@@ -5,6 +5,7 @@ import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { AppState } from "../src/daemon/appdir.js";
 
 // ---------------------------------------------------------------------------
 // Processes we started, by PID, with their start time so a recycled PID is
@@ -137,3 +138,23 @@ export function cliJson(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 600_
     });
   });
 }
+
+/** Tracks the daemon of TARDIGRADE_HOME `home` for cleanup (once it wrote its pid file). */
+export function trackDaemon(home: string): void {
+  track(daemonPid(home), "daemon");
+}
+
+/** `tardigrade status NAME` under `env`; tracks the app's launcher, init host and app host for cleanup. */
+export async function trackApp(env: NodeJS.ProcessEnv, name: string): Promise<AppState> {
+  const st = (await cliJson(env, ["status", name, "--json"])).json as AppState;
+  track(st.launcherPid, "launcher");
+  track(st.initHostPid, "init");
+  track(st.appHostPid, "app");
+  return st;
+}
+
+// ---------------------------------------------------------------------------
+// What the CLI prints with --json: the daemon's own result types.
+
+export type { RunResult as RunJson, RestoreResult as RestoreJson } from "../src/daemon/apps.js";
+export type { AppState as StatusJson } from "../src/daemon/appdir.js";

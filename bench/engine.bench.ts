@@ -22,7 +22,22 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rea
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type CliResult, cleanup, cliJson, daemonPid, killTracked, median, nowNs, sleep, startTime, track, waitForLine } from "./bench-procs.js";
+import {
+  type CliResult,
+  type RestoreJson,
+  type RunJson,
+  cleanup,
+  cliJson,
+  killTracked,
+  median,
+  nowNs,
+  sleep,
+  startTime,
+  track,
+  trackApp,
+  trackDaemon,
+  waitForLine,
+} from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = join(ROOT, "test", "fixtures");
@@ -38,14 +53,6 @@ const PEERS_1G = { criu: { dumpS: 2.2, restoreS: 4.0 }, dmtcp: { stallS: 2.8, re
 // ---------------------------------------------------------------------------
 // What the CLI prints with --json (src/daemon/apps.ts, src/store/types.ts).
 
-interface RunJson {
-  name: string;
-  pid: number;
-  initHostPid: number;
-  appHostPid: number;
-  threads: number;
-}
-
 interface ManifestJson {
   id: string;
   bytes: number;
@@ -56,44 +63,14 @@ interface ManifestJson {
   commitNs?: number;
 }
 
-interface RestoreJson {
-  name: string;
-  checkpoint: string;
-  pid: number;
-  initHostPid: number;
-  appHostPid: number;
-  threads: number;
-  restoreNs: number;
-  verifyNs: number;
-}
-
-interface StatusJson {
-  state: string;
-  launcherPid: number;
-  initHostPid: number | null;
-  appHostPid: number | null;
-  log: string;
-}
-
 const sec = (ns: number): number => ns / 1e9;
 
+const envOf = (home: string): NodeJS.ProcessEnv => ({ ...process.env, TARDIGRADE_HOME: home });
+
 function cli(home: string, args: string[], timeoutMs = 600_000): Promise<CliResult> {
-  return cliJson({ ...process.env, TARDIGRADE_HOME: home }, args, timeoutMs);
+  return cliJson(envOf(home), args, timeoutMs);
 }
 
-function trackDaemon(home: string): void {
-  track(daemonPid(home), "daemon");
-}
-
-async function trackApp(home: string, name: string): Promise<StatusJson> {
-  const st = (await cli(home, ["status", name, "--json"])).json as StatusJson;
-  track(st.launcherPid, "launcher");
-  track(st.initHostPid, "init");
-  track(st.appHostPid, "app");
-  return st;
-}
-
-/** Waits for a complete line starting with one of `prefixes` at or after byte `from` of the log. */
 /**
  * Asks the holder (SIGUSR1, by host PID) to re-checksum all its memory and
  * returns how long that pass took inside the app. After a restore this proves
@@ -209,7 +186,7 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
   trackDaemon(home);
   track(run.initHostPid, "init");
   track(run.appHostPid, "app");
-  const st = await trackApp(home, name);
+  const st = await trackApp(envOf(home), name);
   const ready = await waitForLine(st.log, ["ready "], 300_000);
   const want = ready.split(" ")[1] ?? "";
 
@@ -231,11 +208,11 @@ async function benchSize(home: string, mib: number, reps: number, data: Buffer):
     const res = rs.json as RestoreJson;
     track(res.initHostPid, "init");
     track(res.appHostPid, "app");
-    const after = await trackApp(home, name);
+    const after = await trackApp(envOf(home), name);
     // The holder is silent after "ready": check that the restored process is
     // still there and sleeping a little later.
     await sleep(1200);
-    const still = await trackApp(home, name);
+    const still = await trackApp(envOf(home), name);
     const running = after.state === "running" && still.state === "running" && still.appHostPid === res.appHostPid && startTime(res.appHostPid) !== null;
     if (!running) throw new Error(`${name} is not running after restore from ${m.id} (state ${still.state})`);
     const firstPassAfterRestoreNs = await verifyPass(still.log, res.appHostPid, want);

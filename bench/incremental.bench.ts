@@ -39,7 +39,24 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { type CliResult, cleanup, cliJson, daemonPid, killTracked, median, nowNs, sleep, track, waitForLine, waitGone } from "./bench-procs.js";
+import {
+  type CliResult,
+  type RestoreJson,
+  type RunJson,
+  type StatusJson,
+  cleanup,
+  cliJson,
+  daemonPid,
+  killTracked,
+  median,
+  nowNs,
+  sleep,
+  track,
+  trackApp,
+  trackDaemon,
+  waitForLine,
+  waitGone,
+} from "./bench-procs.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = join(ROOT, "test", "fixtures");
@@ -65,14 +82,6 @@ const envNum = (name: string, def: number): number => {
 
 // ---------------------------------------------------------------------------
 // What the CLI prints with --json (src/daemon/apps.ts, src/store/cas/adapter.ts).
-
-interface RunJson {
-  name: string;
-  pid: number;
-  initHostPid: number;
-  appHostPid: number;
-  threads: number;
-}
 
 interface CkStats {
   imageBytes: number;
@@ -103,24 +112,6 @@ interface ManifestJson {
   stats: CkStats;
 }
 
-interface RestoreJson {
-  name: string;
-  checkpoint: string;
-  initHostPid: number;
-  appHostPid: number;
-  restoreNs: number;
-  verifyNs: number;
-  wallNs: number;
-}
-
-interface StatusJson {
-  state: string;
-  launcherPid: number;
-  initHostPid: number | null;
-  appHostPid: number | null;
-  log: string;
-}
-
 interface Home {
   dir: string;
   env: NodeJS.ProcessEnv;
@@ -137,19 +128,6 @@ function cli(home: Home, args: string[], timeoutMs = 600_000): Promise<CliResult
   return cliJson(home.env, args, timeoutMs);
 }
 
-function trackDaemon(home: Home): void {
-  track(daemonPid(home.dir), "daemon");
-}
-
-async function trackApp(home: Home, name: string): Promise<StatusJson> {
-  const st = (await cli(home, ["status", name, "--json"])).json as StatusJson;
-  track(st.launcherPid, "launcher");
-  track(st.initHostPid, "init");
-  track(st.appHostPid, "app");
-  return st;
-}
-
-/** Waits for a complete line starting with one of `prefixes` at or after byte `from` of the log. */
 const logSize = (file: string): number => (existsSync(file) ? statSync(file).size : 0);
 
 /** SIGUSR1: the dirtier rewrites its share of pages; returns [pages dirtied, ns it took]. */
@@ -173,7 +151,7 @@ async function startDirtier(home: Home, name: string, args: string[], extra: str
   const run = (await cli(home, ["run", "--name", name, ...extra, "--json", "--", DIRTIER, ...args], 300_000)).json as RunJson;
   track(run.initHostPid, "init");
   track(run.appHostPid, "app");
-  const st = await trackApp(home, name);
+  const st = await trackApp(home.env, name);
   await waitForLine(st.log, ["ready "], 300_000);
   return { run, st };
 }
@@ -438,7 +416,7 @@ async function loopTracked(home: Home, label: string, tracking: "uffd" | "hash" 
   const run = (await cli(home, ["run", "--name", name, "--every", "10s", "--tracking", tracking, "--json", "--", DIRTIER, "--loop", String(mib), String(seconds)], 300_000)).json as RunJson;
   track(run.initHostPid, "init");
   track(run.appHostPid, "app");
-  const st = await trackApp(home, name);
+  const st = await trackApp(home.env, name);
   await waitForLine(st.log, ["done "], (seconds + 120) * 1000);
   // A periodic checkpoint may still be committing when the app ends: let it finish.
   await sleep(500);
@@ -588,7 +566,7 @@ async function restoreOnce(home: Home, name: string, id: string, want: string, p
   const res = r.json as RestoreJson;
   track(res.initHostPid, "init");
   track(res.appHostPid, "app");
-  const st = await trackApp(home, name);
+  const st = await trackApp(home.env, name);
   const got = await checksum(st.log, res.appHostPid);
   if (got !== want) throw new Error(`restore of ${id} (${what}, ${phase}): the app's checksum is ${got}, expected ${want}`);
   return { phase, what, checkpoint: id, wallNs: res.wallNs, restoreNs: res.restoreNs, cliNs: r.wallNs, sumOk: true };
@@ -734,7 +712,7 @@ export async function main(): Promise<void> {
     if (!process.env.BENCH_KEEP_HOME) for (const h of homes) rmSync(h.dir, { recursive: true, force: true });
   };
   const onSignal = (sig: NodeJS.Signals): void => {
-    for (const h of homes) trackDaemon(h);
+    for (const h of homes) trackDaemon(h.dir);
     killTracked("SIGKILL");
     removeHomes();
     process.exit(sig === "SIGINT" ? 130 : 143);
@@ -779,7 +757,7 @@ export async function main(): Promise<void> {
       printPart3(p3);
     }
   } finally {
-    for (const h of homes) trackDaemon(h);
+    for (const h of homes) trackDaemon(h.dir);
     await cleanup();
     process.removeListener("SIGINT", onSignal);
     process.removeListener("SIGTERM", onSignal);

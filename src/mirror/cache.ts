@@ -94,11 +94,6 @@ export class ChunkCache {
     return e !== undefined && !e.verified && e.bad === undefined && e.owner !== source;
   }
 
-  /** A cached chunk's size in bytes (0 if not cached). */
-  size(hash: string): number {
-    return this.entries.get(hash)?.mem.length ?? 0;
-  }
-
   /** A cached chunk's bytes. */
   get(hash: string): Buffer | undefined {
     return this.entries.get(hash)?.mem.data;
