@@ -2,6 +2,10 @@
 // Per checkpoint: Offer (header + chunk list + manifest) -> Want (the chunks the
 // destination lacks) -> those Chunks -> Commit. The destination answers Received
 // when the checkpoint is cached and queued, Durable when a flush committed it.
+// Offers run ahead of chunks, up to the window the destination's Hello answer gives
+// (none given: one at a time): the next checkpoint is offered before the current
+// one's chunks are sent, so its Want comes back while they stream and the connection
+// never idles for an Offer/Want round trip.
 // After a disconnect the client reconnects with exponential backoff; the Hello
 // answer says what the destination already has, so durable data is never resent.
 import { EventEmitter } from "node:events";
@@ -11,7 +15,7 @@ import { FramedConnection, MirrorRemoteError, remoteError } from "./connection.j
 import { dial, type DialOptions } from "./dial.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
 import { MAX_CHUNKS_PER_FRAME, decodeWant, encodeCheckpointHeader, encodeChunksTable, parseJson } from "./messages.js";
-import { checkCheckpoint, chunkBytes, headerOf, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
+import { checkCheckpoint, chunkBytes, headerOf, type CheckpointHeader, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
 import { silentLogger } from "./log.js";
 
 export type AckLevel = "received" | "durable";
@@ -92,7 +96,10 @@ export class MirrorClient extends EventEmitter {
   private stopped = false;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
-  private wantWaiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined;
+  /** Offers sent whose Want has not arrived, oldest first (Wants come in offer order). */
+  private wantWaiters: { resolve: (f: Buffer) => void; reject: (e: Error) => void }[] = [];
+  /** Checkpoints offered ahead of the one being sent, at most this many in all (from HelloOk). */
+  private offerWindow = 1;
   private backoffMs: number;
   private fatal: Error | undefined;
   /** What the destination said it had at the last Hello (seqs at or below are not offered again). */
@@ -166,7 +173,7 @@ export class MirrorClient extends EventEmitter {
     this.conn?.close();
     this.conn?.socket.destroy();
     const err = new Error("mirror client closed before the checkpoint was acknowledged");
-    this.wantWaiter?.reject(err);
+    this.rejectWants(err);
     await this.loop?.catch(() => undefined);
     for (const e of this.entries.splice(0)) for (const w of e.waiters.splice(0)) w.reject(err);
   }
@@ -247,6 +254,8 @@ export class MirrorClient extends EventEmitter {
       const receivedSeq = Number(pos.receivedSeq ?? 0);
       this.backoffMs = this.opts.backoff?.initialMs ?? 100;
       this.remote = { durableSeq, receivedSeq };
+      const w = Number(pos.offerWindow ?? 1);
+      this.offerWindow = Number.isSafeInteger(w) && w >= 1 ? Math.min(w, 64) : 1;
       this.log.info({ durableSeq, receivedSeq }, "connected to mirror");
       for (const e of [...this.entries]) {
         if (e.ckpt.seq <= durableSeq) this.setState(e, "durable");
@@ -263,8 +272,7 @@ export class MirrorClient extends EventEmitter {
     } finally {
       conn.socket.destroy();
       this.conn = undefined;
-      this.wantWaiter?.reject(new Error("connection closed"));
-      this.wantWaiter = undefined;
+      this.rejectWants(new Error("connection closed"));
       this.stats.bytesSent += conn.bytesOut;
     }
   }
@@ -278,8 +286,7 @@ export class MirrorClient extends EventEmitter {
       }
     } catch (err) {
       const e = err instanceof ProtocolError ? new Error(`bad frame from mirror: ${err.message}`) : (err as Error);
-      this.wantWaiter?.reject(e);
-      this.wantWaiter = undefined;
+      this.rejectWants(e);
       this.wake?.();
       this.conn?.socket.destroy();
       throw e;
@@ -289,8 +296,7 @@ export class MirrorClient extends EventEmitter {
   private onFrame(f: Frame): void {
     switch (f.type) {
       case FrameType.Want: {
-        const w = this.wantWaiter;
-        this.wantWaiter = undefined;
+        const w = this.wantWaiters.shift();
         if (!w) throw new ProtocolError("out-of-order", "Want without an Offer");
         w.resolve(f.payload);
         return;
@@ -317,40 +323,58 @@ export class MirrorClient extends EventEmitter {
     }
   }
 
+  private rejectWants(err: Error): void {
+    for (const w of this.wantWaiters.splice(0)) w.reject(err);
+  }
+
   private nextToSend(after: number): Entry | undefined {
     return this.entries.find((e) => e.state === "queued" && e.ckpt.seq > after);
   }
 
   private async sendLoop(conn: FramedConnection): Promise<void> {
-    let sentSeq = 0;
+    let offeredSeq = 0;
+    /** Offered on this connection, chunks not yet sent, oldest first. */
+    const offered: { e: Entry; header: CheckpointHeader; want: Promise<Buffer> }[] = [];
     while (!this.stopped && !conn.isClosed) {
-      const e = this.nextToSend(sentSeq);
-      if (!e) {
+      // Offer ahead, up to the window, before sending the oldest one's chunks.
+      let e: Entry | undefined;
+      while (offered.length < this.offerWindow && (e = this.nextToSend(offeredSeq)) !== undefined) {
+        offeredSeq = e.ckpt.seq;
+        // Queued after the Hello answer but already on the destination (a restarted source).
+        if (e.ckpt.seq <= this.remote.durableSeq) {
+          this.setState(e, "durable");
+          continue;
+        }
+        if (e.ckpt.seq <= this.remote.receivedSeq) {
+          this.setState(e, "received");
+          continue;
+        }
+        offered.push(await this.offer(conn, e));
+      }
+      const next = offered.shift();
+      if (!next) {
         await new Promise<void>((r) => (this.wake = r));
         this.wake = undefined;
         continue;
       }
-      sentSeq = e.ckpt.seq;
-      // Queued after the Hello answer but already on the destination (a restarted source).
-      if (e.ckpt.seq <= this.remote.durableSeq) {
-        this.setState(e, "durable");
-        continue;
-      }
-      if (e.ckpt.seq <= this.remote.receivedSeq) {
-        this.setState(e, "received");
-        continue;
-      }
-      await this.sendOne(conn, e);
+      await this.sendChunks(conn, next.e, next.header, await next.want);
     }
   }
 
-  private async sendOne(conn: FramedConnection, e: Entry): Promise<void> {
-    const c = e.ckpt;
-    const header = headerOf(c);
-    const want = new Promise<Buffer>((resolve, reject) => (this.wantWaiter = { resolve, reject }));
+  /** Sends an Offer; the promise is its Want. */
+  private async offer(conn: FramedConnection, e: Entry): Promise<{ e: Entry; header: CheckpointHeader; want: Promise<Buffer> }> {
+    const header = headerOf(e.ckpt);
+    const want = new Promise<Buffer>((resolve, reject) => this.wantWaiters.push({ resolve, reject }));
+    want.catch(() => undefined); // (awaited by sendLoop unless the connection fails first)
     await conn.send(FrameType.Offer, [encodeCheckpointHeader(header)]);
     this.stats.checkpointsOffered++;
-    const { id, wanted } = decodeWant(await want, header.chunks.length);
+    return { e, header, want };
+  }
+
+  /** Sends the chunks a Want asks for, then Commit. */
+  private async sendChunks(conn: FramedConnection, e: Entry, header: CheckpointHeader, wantFrame: Buffer): Promise<void> {
+    const c = e.ckpt;
+    const { id, wanted } = decodeWant(wantFrame, header.chunks.length);
     if (id !== c.id) throw new Error(`mirror sent Want for ${id} while ${c.id} was offered`);
     this.stats.chunksSkipped += header.chunks.length - wanted.length;
     // The wanted chunks go in Chunks frames of about frameBytes each (one table, then

@@ -1,6 +1,15 @@
 // One connection on the destination: authenticates, then runs the per-source
 // protocol (offer -> want -> chunks -> commit), admin requests (flush, list) and
 // fetches. A ProtocolError closes only this connection, after telling the peer.
+//
+// Offers are pipelined: a source may offer up to OFFER_WINDOW checkpoints before
+// committing the first (HelloOk tells it the window), so that the Want of the next
+// checkpoint is on its way back while the chunks of the current one still stream in.
+// The offers are answered in order, each once its cache room is reserved; the frame
+// loop never waits for that (it keeps reading the current checkpoint's chunks, which
+// is what frees room). A chunk of a later offer that an earlier one of this session is
+// still waiting for is not asked for again: it is pinned for the later checkpoint when
+// it arrives for the earlier one ("deferred").
 import type { Logger } from "pino";
 import type { FramedConnection } from "./connection.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
@@ -45,15 +54,26 @@ export interface SessionHost {
   fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }>;
 }
 
+/** Checkpoints a source may offer before committing the first (told to it in HelloOk). */
+export const OFFER_WINDOW = 4;
+
 interface InProgress {
   header: CheckpointHeader;
   headerBytes: Buffer;
   /** Wanted chunks not yet arrived: hash -> size (still reserved). */
   missing: Map<string, number>;
+  /** Chunks an earlier offer of this session is still waiting for (pinned when they arrive for it). */
+  deferred: Set<string>;
   /** Chunks this checkpoint holds a cache reference on. */
   pinned: string[];
   /** Bytes of reservation still held for missing chunks. */
   reservedChunks: number;
+  /** Its cache reservation was granted (and is this checkpoint's to release). */
+  reserved: boolean;
+  /** Want sent: its chunks may arrive. */
+  answered: boolean;
+  /** The connection closed (or failed) before it was committed. */
+  aborted: boolean;
   bytes: number;
 }
 
@@ -63,7 +83,10 @@ export class Session {
   readonly id = nextSessionId++;
   source: string | undefined;
   role: "source" | "client" = "client";
-  private current: InProgress | undefined;
+  /** Offered, not yet committed, in offer order: [0] is the one whose chunks arrive. */
+  private readonly pipeline: InProgress[] = [];
+  /** Answers the offers one at a time, in order (see prepareOffer). */
+  private offers: Promise<void> = Promise.resolve();
   private readonly log: Logger;
 
   constructor(
@@ -98,7 +121,7 @@ export class Session {
       }
     } finally {
       clearTimeout(hs);
-      this.abortCurrent("connection closed");
+      this.abortAll("connection closed");
       if (this.source !== undefined && this.role === "source") this.host.detachSource(this.source, this);
       this.conn.close();
       this.log.debug({ bytesIn: this.conn.bytesIn, bytesOut: this.conn.bytesOut }, "connection closed");
@@ -110,7 +133,7 @@ export class Session {
     this.log.warn({ code: err.code, source: this.source }, err.message);
     this.conn.fail(err);
     // Now, not when the read loop notices: the partial checkpoint's cache references go at once.
-    this.abortCurrent(`connection closed: ${err.code}`);
+    this.abortAll(`connection closed: ${err.code}`);
   }
 
   /** Sent by the server when a flush made some of this source's checkpoints durable. */
@@ -164,35 +187,79 @@ export class Session {
     this.role = role;
     if (role === "source") this.host.attachSource(source, this);
     this.log.info({ source, role }, "authenticated");
-    await this.conn.sendJson(FrameType.HelloOk, { source, ...this.host.position(source) });
+    await this.conn.sendJson(FrameType.HelloOk, { source, ...this.host.position(source), offerWindow: OFFER_WINDOW });
   }
 
-  private async offer(payload: Buffer): Promise<void> {
+  /**
+   * An Offer: checked and placed in the pipeline at once; its Want is sent by
+   * prepareOffer, after the earlier offers' (the frame loop does not wait for it).
+   */
+  private offer(payload: Buffer): void {
     const source = this.source as string;
     if (this.role !== "source") throw new ProtocolError("out-of-order", `Offer on a connection that said Hello with role "client"`);
-    if (this.current) {
-      throw new ProtocolError("out-of-order", `Offer for a new checkpoint before Commit of ${this.current.header.id}`);
+    if (this.pipeline.length >= OFFER_WINDOW) {
+      throw new ProtocolError(
+        "out-of-order",
+        `Offer for a new checkpoint while ${OFFER_WINDOW} offered ones are not committed (the window is ${OFFER_WINDOW})`,
+      );
     }
     const header = decodeCheckpointHeader(FrameType.Offer, payload);
-    const last = this.host.lastSeq(source);
+    const prev = this.pipeline[this.pipeline.length - 1];
+    const last = prev?.header.seq ?? this.host.lastSeq(source);
     if (header.seq <= last) {
       throw new ProtocolError(
         "out-of-order",
         `out-of-order checkpoint: ${source}/${header.id} has seq ${header.seq} but the mirror already has seq ${last}; seqs must increase`,
       );
     }
-    if (this.host.hasCheckpoint(source, header.id)) {
+    if (this.host.hasCheckpoint(source, header.id) || this.pipeline.some((p) => p.header.id === header.id)) {
       throw new ProtocolError("duplicate", `checkpoint ${source}/${header.id} already exists on the mirror`);
     }
+    const e: InProgress = {
+      header,
+      headerBytes: payload,
+      missing: new Map(),
+      deferred: new Set(),
+      pinned: [],
+      reservedChunks: 0,
+      reserved: false,
+      answered: false,
+      aborted: false,
+      bytes: 0,
+    };
+    this.pipeline.push(e);
+    this.offers = this.offers.then(() => this.prepareOffer(e)).catch((err: unknown) => {
+      if (err instanceof ProtocolError) this.fail(err);
+      else if (!this.conn.isClosed) {
+        this.log.warn({ err: (err as Error).message }, "connection error while answering an offer");
+        this.conn.close();
+        this.abortAll("connection error");
+      }
+    });
+  }
+
+  /**
+   * Works out which chunks of an offered checkpoint to ask for, reserves cache room
+   * for them (waiting, under backpressure, until there is room), pins the rest, and
+   * sends the Want. Runs for one offer at a time, in offer order.
+   */
+  private async prepareOffer(e: InProgress): Promise<void> {
+    if (e.aborted) return;
+    const source = this.source as string;
+    const { header, headerBytes } = e;
     const cache = this.host.cache;
     const wanted: number[] = [];
-    const missing = new Map<string, number>();
+    const missing = e.missing;
     let reservedChunks = 0;
-    let bytes = 0;
     for (let i = 0; i < header.chunks.length; i++) {
       const c = header.chunks[i] as { hash: string; size: number };
-      bytes += c.size;
-      if (missing.has(c.hash) || this.host.onDiskFor(c.hash, source) || cache.usable(c.hash, source)) continue;
+      e.bytes += c.size;
+      if (missing.has(c.hash) || e.deferred.has(c.hash)) continue;
+      if (this.host.onDiskFor(c.hash, source) || cache.usable(c.hash, source)) continue;
+      if (this.earlierMissing(e, c.hash)) {
+        e.deferred.add(c.hash);
+        continue;
+      }
       // Another source sent these bytes and nobody checked them yet: check them now
       // (only chunks two sources share are ever hashed by the destination).
       const shared = this.host.shareForeign(c.hash, source);
@@ -201,31 +268,50 @@ export class Session {
       missing.set(c.hash, c.size);
       reservedChunks += c.size;
     }
-    // Admission: wait (not reading this socket) until the cache has room.
+    // Admission: wait until the cache has room (the source's chunks for this
+    // checkpoint wait for the Want, which is how a source is slowed down).
     try {
-      await cache.reserve(reservedChunks + payload.length);
+      await cache.reserve(reservedChunks + headerBytes.length);
     } catch (err) {
       throw new ProtocolError("too-large", `checkpoint ${source}/${header.id} ${(err as Error).message}`);
     }
-    if (this.conn.isClosed) {
-      cache.release(reservedChunks + payload.length);
+    if (e.aborted || this.conn.isClosed) {
+      cache.release(reservedChunks + headerBytes.length);
       return;
     }
-    // Pin what the cache has now (it may have changed while we waited for room).
-    const pinned: string[] = [];
-    for (const c of header.chunks) {
-      if (missing.has(c.hash)) continue;
-      if (cache.pin(c.hash, source)) pinned.push(c.hash);
+    e.reserved = true;
+    e.reservedChunks = reservedChunks;
+    // Pin what the cache has now (it may have changed while we waited for room);
+    // deferred chunks that arrived meanwhile were pinned when they did.
+    const arrived = new Set(e.pinned);
+    for (let i = 0; i < header.chunks.length; i++) {
+      const c = header.chunks[i] as { hash: string; size: number };
+      if (missing.has(c.hash) || arrived.has(c.hash)) continue;
+      if (e.deferred.has(c.hash)) {
+        // Arrived for the earlier checkpoint meanwhile: pin it now.
+        if (this.earlierMissing(e, c.hash)) continue;
+        e.deferred.delete(c.hash);
+      }
+      if (cache.pin(c.hash, source)) e.pinned.push(c.hash);
       else if (!this.host.onDiskFor(c.hash, source)) {
         // Was cached at offer time but got flushed meanwhile: it is on disk now, unless
         // its owner aborted; then ask for it after all (reservation may overshoot a bit).
         missing.set(c.hash, c.size);
-        wanted.push(header.chunks.indexOf(c));
+        wanted.push(i);
       }
     }
     wanted.sort((a, b) => a - b);
-    this.current = { header, headerBytes: payload, missing, pinned, reservedChunks, bytes };
+    e.answered = true;
     await this.conn.send(FrameType.Want, [encodeWant(header.id, header.chunks.length, wanted)]);
+  }
+
+  /** An offer before `e` in this session is still waiting for chunk `hash`. */
+  private earlierMissing(e: InProgress, hash: string): boolean {
+    for (const p of this.pipeline) {
+      if (p === e) return false;
+      if (p.missing.has(hash)) return true;
+    }
+    return false;
   }
 
   /** A single-chunk frame (protocol 1's way; still accepted): verified on arrival. */
@@ -260,9 +346,11 @@ export class Session {
     }
   }
 
+  /** The checkpoint whose chunks arrive now: the oldest offered one, once its Want was sent. */
   private inProgress(what: string): InProgress {
-    const cur = this.current;
+    const cur = this.pipeline[0];
     if (!cur) throw new ProtocolError("out-of-order", `out-of-order frame: ${what} before any Offer`);
+    if (!cur.answered) throw new ProtocolError("out-of-order", `out-of-order frame: ${what} for ${cur.header.id} before its Want`);
     return cur;
   }
 
@@ -302,30 +390,36 @@ export class Session {
     const source = this.source as string;
     const reserved = Math.min(size, cur.reservedChunks);
     cur.reservedChunks -= reserved;
-    if (cache.pin(hash, source)) {
-      cache.release(reserved);
-      cur.pinned.push(hash);
-      return false;
-    }
-    const stored = cache.insert(hash, cache.slabs.copyOf(pieces, size), reserved, source, verified);
+    let stored = false;
+    if (cache.pin(hash, source)) cache.release(reserved);
+    else stored = cache.insert(hash, cache.slabs.copyOf(pieces, size), reserved, source, verified);
     cur.pinned.push(hash);
+    // Later offers of this session that were not asked for this chunk because this one was.
+    for (let i = 1; i < this.pipeline.length; i++) {
+      const later = this.pipeline[i] as InProgress;
+      if (!later.deferred.delete(hash)) continue;
+      if (!cache.pin(hash, source)) throw new Error(`internal error: chunk ${hash} just cached is not usable by its own source`);
+      later.pinned.push(hash);
+    }
     return stored;
   }
 
   private commit(payload: Buffer): void {
-    const cur = this.current;
+    const cur = this.pipeline[0];
     const source = this.source as string;
     const id = str(parseJson(FrameType.Commit, payload), "id", FrameType.Commit);
     if (!cur || cur.header.id !== id) {
       throw new ProtocolError("out-of-order", `out-of-order frame: Commit for ${id} without a matching Offer`);
     }
+    if (!cur.answered) throw new ProtocolError("out-of-order", `out-of-order frame: Commit of ${id} before its Want`);
     if (cur.missing.size > 0) {
       throw new ProtocolError(
         "out-of-order",
         `out-of-order frame: Commit of ${id} before all chunks arrived (${cur.missing.size} still missing)`,
       );
     }
-    this.current = undefined;
+    if (cur.deferred.size > 0) throw new Error(`internal error: ${id} committed with chunks of an earlier offer still missing`);
+    this.pipeline.shift();
     if (cur.reservedChunks > 0) this.host.cache.release(cur.reservedChunks);
     this.host.enqueue({
       source,
@@ -342,13 +436,14 @@ export class Session {
     this.conn.sendJson(FrameType.Received, { id, seq: cur.header.seq }).catch(() => undefined);
   }
 
-  private abortCurrent(why: string): void {
-    const cur = this.current;
-    if (!cur) return;
-    this.current = undefined;
-    for (const h of cur.pinned) this.host.cache.unpin(h);
-    this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
-    this.log.info({ source: this.source, id: cur.header.id }, `partial checkpoint discarded: ${why}`);
+  /** Drops every offered checkpoint not committed (their pins and cache reservations). */
+  private abortAll(why: string): void {
+    for (const cur of this.pipeline.splice(0)) {
+      cur.aborted = true;
+      for (const h of cur.pinned) this.host.cache.unpin(h);
+      if (cur.reserved) this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
+      this.log.info({ source: this.source, id: cur.header.id }, `partial checkpoint discarded: ${why}`);
+    }
   }
 
   private async flush(): Promise<void> {
