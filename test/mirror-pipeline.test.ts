@@ -20,14 +20,22 @@ import { tempDir, waitFor } from "../src/mirror/testing.js";
 
 const TOKEN = "token-alpha-0123456789";
 
-async function startServer(dir: string, extra: { cacheMaxBytes?: number } = {}): Promise<MirrorServer> {
-  return MirrorServer.start({
-    storeDir: join(dir, "store"),
+/** Runs `fn` against a server in a temp dir, then stops it and removes the dir. */
+async function withServer(extra: { cacheMaxBytes?: number }, fn: (server: MirrorServer) => Promise<void>): Promise<void> {
+  const tmp = tempDir();
+  const server = await MirrorServer.start({
+    storeDir: join(tmp.dir, "store"),
     tokens: new TokenTable([["alpha", TOKEN]]),
     maxDelayMs: 60_000, // flushes only when asked, or when the cache is full
     scrubIdleMs: 0,
     ...extra,
   });
+  try {
+    await fn(server);
+  } finally {
+    await server.close();
+    tmp.cleanup();
+  }
 }
 
 /** A source speaking the protocol frame by frame. */
@@ -113,9 +121,7 @@ function header(id: string, seq: number, chunks: Buffer[]): CheckpointHeader {
 }
 
 test("pipelined offers: a chunk two checkpoints share is asked for once, and both are stored whole", { timeout: 20_000 }, async () => {
-  const tmp = tempDir();
-  const server = await startServer(tmp.dir);
-  try {
+  await withServer({}, async (server) => {
     const { peer, hello } = await Peer.open(server.address().port);
     assert.equal(hello.offerWindow, OFFER_WINDOW);
     const [a, x, b] = [randomBytes(5000), randomBytes(7000), randomBytes(3000)] as [Buffer, Buffer, Buffer];
@@ -139,17 +145,12 @@ test("pipelined offers: a chunk two checkpoints share is asked for once, and bot
     }
     assert.equal(server.metrics().cache.reserved, 0);
     peer.close();
-  } finally {
-    await server.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test("pipelined offers: an offer waiting for cache room does not stop the current checkpoint's chunks", { timeout: 20_000 }, async () => {
-  const tmp = tempDir();
   // Room for one checkpoint (and its header) at a time.
-  const server = await startServer(tmp.dir, { cacheMaxBytes: 96 * 1024 });
-  try {
+  await withServer({ cacheMaxBytes: 96 * 1024 }, async (server) => {
     const { peer } = await Peer.open(server.address().port);
     const c1 = [randomBytes(40_000), randomBytes(40_000)];
     const c2 = [randomBytes(40_000), randomBytes(40_000)];
@@ -172,16 +173,11 @@ test("pipelined offers: an offer waiting for cache room does not stop the curren
     await peer.next(FrameType.Received);
     assert.ok((server.metrics().flushesByReason.cache ?? 0) >= 1, "the flush was made by the cache trigger");
     peer.close();
-  } finally {
-    await server.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test("pipelined offers: chunks before their Want, and offers beyond the window, close the connection", { timeout: 20_000 }, async () => {
-  const tmp = tempDir();
-  const server = await startServer(tmp.dir, { cacheMaxBytes: 96 * 1024 });
-  try {
+  await withServer({ cacheMaxBytes: 96 * 1024 }, async (server) => {
     // Chunks of the second checkpoint sent before its Want (it waits for cache room).
     {
       const { peer } = await Peer.open(server.address().port);
@@ -213,16 +209,11 @@ test("pipelined offers: chunks before their Want, and offers beyond the window, 
       assert.match(String(err?.message), new RegExp(`out-of-order.*while ${OFFER_WINDOW} offered ones are not committed`));
       peer.close();
     }
-  } finally {
-    await server.close();
-    tmp.cleanup();
-  }
+  });
 });
 
 test("pipelined offers: a connection lost mid-pipeline leaves no checkpoint and no cache held", { timeout: 20_000 }, async () => {
-  const tmp = tempDir();
-  const server = await startServer(tmp.dir);
-  try {
+  await withServer({}, async (server) => {
     const { peer } = await Peer.open(server.address().port);
     const [a, x, b] = [randomBytes(5000), randomBytes(7000), randomBytes(3000)] as [Buffer, Buffer, Buffer];
     await peer.offer(header("s1", 1, [a, x]));
@@ -252,8 +243,5 @@ test("pipelined offers: a connection lost mid-pipeline leaves no checkpoint and 
     } finally {
       await client.close();
     }
-  } finally {
-    await server.close();
-    tmp.cleanup();
-  }
+  });
 });
