@@ -4,12 +4,12 @@
 // Two regimes: "burst", where the server's cache holds a whole run (the flushes still
 // run, triggered by queue length and delay, alongside the ingest), and "sustained",
 // where a run is twice the cache, so half of it must reach the disk before the last
-// chunk can be taken in. The sustained rows also give the disk's own speed (direct
-// writes of the same bytes, same filesystem, same run): no mirror can make data
-// durable faster than that, which bounds durable/raw at disk/raw.
+// chunk can be taken in. Every row also gives the disk's own speed (direct writes of
+// the same bytes, same filesystem, same run): no mirror can make data durable faster
+// than that, which bounds durable/raw at disk/raw.
 // Each case runs a warm-up round and then REPEAT times (raw copy, then mirror,
-// alternating, fresh bytes each time, one server per case) and reports medians: the 2-core test VM is shared, and
-// single runs vary by 2x.
+// alternating, fresh bytes each time, one server per case) and reports medians: the
+// 2-core test VM is shared, and single runs vary by 2x.
 //   TG_BENCH_MIRROR_CASES=blocks   only the cases whose name contains this
 //   TG_BENCH_MIRROR_MIB=512        MiB moved per case and repeat
 //   TG_BENCH_MIRROR_REPEAT=3       repeats per case

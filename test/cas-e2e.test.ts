@@ -7,7 +7,7 @@
 // from every part of the chain, merged or not, must give back exactly that step's digest.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { makeHome, waitFor } from "./helpers/home.js";
+import { makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 
 function lastMatch(log: string, re: RegExp): RegExpExecArray | null {
@@ -24,6 +24,34 @@ interface Listed {
   stats?: { tracking: string | null; pagesWritten: number | null; storedBytes: number };
 }
 
+type Checkpoint = Listed & { fullReason?: string };
+
+/** Runs the churn fixture under the daemon with `tracking` and waits until it is ready. */
+async function startChurn(h: TestHome, app: string, tracking: string): Promise<void> {
+  const run = await h.cli(["run", "--name", app, "--tracking", tracking, "--", fixture("churn"), "16"]);
+  assert.equal(run.code, 0, run.stderr);
+  await waitFor("churn ready", () => /^ready [0-9a-f]{16}$/m.test(h.log(app)));
+}
+
+/** Makes churn take step k, then checkpoints it: the checkpoint and the step's memory digest. */
+async function stepAndCheckpoint(h: TestHome, app: string, k: number): Promise<{ c: Checkpoint; digest: string }> {
+  process.kill(h.pids(app)!.app, "SIGUSR1");
+  const m = await waitFor(`step ${k}`, () => lastMatch(h.log(app), new RegExp(`^step ${k} ([0-9a-f]{16})$`)));
+  const cp = await h.cli(["checkpoint", app, "--json"]);
+  assert.equal(cp.code, 0, cp.stderr);
+  return { c: JSON.parse(cp.stdout) as Checkpoint, digest: m[1]! };
+}
+
+/** Restores checkpoint `id` over the running app and returns the memory digest churn then prints. */
+async function restoreDigest(h: TestHome, app: string, id: string, what: string): Promise<string> {
+  const before = h.log(app).split("\n").length;
+  const rs = await h.cli(["restore", app, "--checkpoint", id, "--replace"]);
+  assert.equal(rs.code, 0, `${what}: ${rs.stderr}`);
+  process.kill(h.pids(app)!.app, "SIGUSR2");
+  const got = await waitFor(`digest after restoring ${id}`, () => lastMatch(h.log(app).split("\n").slice(before - 1).join("\n"), /^digest ([0-9a-f]{16})$/));
+  return got[1]!;
+}
+
 describe("incremental checkpoints through the daemon (churn fixture)", () => {
   for (const mode of ["uffd", "hash"] as const) {
     test(`${mode} tracking: 10 checkpoints, background merge, restore of each part of the chain`, { timeout: 300_000 }, async () => {
@@ -31,19 +59,13 @@ describe("incremental checkpoints through the daemon (churn fixture)", () => {
       const h = makeHome("tg-inc-", { TARDIGRADE_MERGE_CHAIN: "4" });
       try {
         const app = "ch";
-        const run = await h.cli(["run", "--name", app, "--tracking", mode, "--", fixture("churn"), "16"]);
-        assert.equal(run.code, 0, run.stderr);
-        await waitFor("churn ready", () => /^ready [0-9a-f]{16}$/m.test(h.log(app)));
+        await startChurn(h, app, mode);
         const steps = new Map<number, { id: string; digest: string }>();
         for (let k = 1; k <= 10; k++) {
-          process.kill(h.pids(app)!.app, "SIGUSR1");
-          const m = await waitFor(`step ${k}`, () => lastMatch(h.log(app), new RegExp(`^step ${k} ([0-9a-f]{16})$`)));
-          const cp = await h.cli(["checkpoint", app, "--json"]);
-          assert.equal(cp.code, 0, cp.stderr);
-          const c = JSON.parse(cp.stdout) as Listed & { fullReason?: string };
+          const { c, digest } = await stepAndCheckpoint(h, app, k);
           assert.equal(c.kind, k === 1 ? "full" : "incremental", `step ${k}: ${c.fullReason ?? ""}`);
           assert.equal(c.stats?.tracking, mode);
-          steps.set(k, { id: c.id, digest: m[1]! });
+          steps.set(k, { id: c.id, digest });
         }
         // the daemon merged the chain in the background (policy: 4 incrementals)
         const listed = await waitFor("a merged checkpoint", async () => {
@@ -59,16 +81,12 @@ describe("incremental checkpoints through the daemon (churn fixture)", () => {
         const picks = new Set<number>([1, byId.get(unmerged[0]!)!, byId.get(merged[0]!)!, 10]);
         for (const k of picks) {
           const { id, digest } = steps.get(k)!;
-          const before = h.log(app).split("\n").length;
-          const rs = await h.cli(["restore", app, "--checkpoint", id, "--replace"]);
-          assert.equal(rs.code, 0, `restore of ${id} (step ${k}): ${rs.stderr}`);
-          process.kill(h.pids(app)!.app, "SIGUSR2");
-          const got = await waitFor(`digest after restoring ${id}`, () => lastMatch(h.log(app).split("\n").slice(before - 1).join("\n"), /^digest ([0-9a-f]{16})$/));
-          assert.equal(got[1], digest, `memory of ${id} (step ${k}${merged.includes(id) ? ", merged" : ""}) after restore`);
+          const got = await restoreDigest(h, app, id, `restore of ${id} (step ${k})`);
+          assert.equal(got, digest, `memory of ${id} (step ${k}${merged.includes(id) ? ", merged" : ""}) after restore`);
         }
         assert.doesNotMatch(h.log(app), /^(CORRUPT|INVARIANT|ERROR)/m);
         // after a restore the next checkpoint is full, then incremental again
-        const a = JSON.parse((await h.cli(["checkpoint", app, "--json"])).stdout) as Listed & { fullReason?: string };
+        const a = JSON.parse((await h.cli(["checkpoint", app, "--json"])).stdout) as Checkpoint;
         assert.equal(a.kind, "full");
         assert.match(a.fullReason ?? "", /restored/);
         const b = JSON.parse((await h.cli(["checkpoint", app, "--json"])).stdout) as Listed;
@@ -87,31 +105,20 @@ describe("incremental checkpoints through the daemon (churn fixture)", () => {
     const h = makeHome("tg-inc-none-");
     try {
       const app = "nt";
-      const run = await h.cli(["run", "--name", app, "--tracking", "none", "--", fixture("churn"), "16"]);
-      assert.equal(run.code, 0, run.stderr);
-      await waitFor("churn ready", () => /^ready [0-9a-f]{16}$/m.test(h.log(app)));
+      await startChurn(h, app, "none");
       const steps: { id: string; digest: string }[] = [];
       for (let k = 1; k <= 3; k++) {
-        process.kill(h.pids(app)!.app, "SIGUSR1");
-        const m = await waitFor(`step ${k}`, () => lastMatch(h.log(app), new RegExp(`^step ${k} ([0-9a-f]{16})$`)));
-        const cp = await h.cli(["checkpoint", app, "--json"]);
-        assert.equal(cp.code, 0, cp.stderr);
-        const c = JSON.parse(cp.stdout) as Listed & { fullReason?: string };
+        const { c, digest } = await stepAndCheckpoint(h, app, k);
         assert.equal(c.kind, "full", `step ${k}`);
         assert.equal(c.stats?.tracking, "none");
         if (k > 1) assert.match(c.fullReason ?? "", /tracking is off/);
-        steps.push({ id: c.id, digest: m[1]! });
+        steps.push({ id: c.id, digest });
       }
       const ins = await h.cli(["inspect", steps[1]!.id]);
       assert.equal(ins.code, 0, ins.stderr);
       assert.match(ins.stdout, /tracking none/);
       const { id, digest } = steps[1]!;
-      const before = h.log(app).split("\n").length;
-      const rs = await h.cli(["restore", app, "--checkpoint", id, "--replace"]);
-      assert.equal(rs.code, 0, rs.stderr);
-      process.kill(h.pids(app)!.app, "SIGUSR2");
-      const got = await waitFor(`digest after restoring ${id}`, () => lastMatch(h.log(app).split("\n").slice(before - 1).join("\n"), /^digest ([0-9a-f]{16})$/));
-      assert.equal(got[1], digest);
+      assert.equal(await restoreDigest(h, app, id, `restore of ${id}`), digest);
       // the restored process keeps tracking off
       const after = JSON.parse((await h.cli(["checkpoint", app, "--json"])).stdout) as Listed;
       assert.equal(after.kind, "full");

@@ -68,9 +68,7 @@ interface InProgress {
   pinned: string[];
   /** Bytes of reservation still held for missing chunks. */
   reservedChunks: number;
-  /** Its cache reservation was granted (and is this checkpoint's to release). */
-  reserved: boolean;
-  /** Want sent: its chunks may arrive. */
+  /** Want sent: its chunks may arrive (and its cache reservation is held, this checkpoint's to release). */
   answered: boolean;
   /** The connection closed (or failed) before it was committed. */
   aborted: boolean;
@@ -222,7 +220,6 @@ export class Session {
       deferred: new Set(),
       pinned: [],
       reservedChunks: 0,
-      reserved: false,
       answered: false,
       aborted: false,
       bytes: 0,
@@ -279,7 +276,6 @@ export class Session {
       cache.release(reservedChunks + headerBytes.length);
       return;
     }
-    e.reserved = true;
     e.reservedChunks = reservedChunks;
     // Pin what the cache has now (it may have changed while we waited for room);
     // deferred chunks that arrived meanwhile were pinned when they did.
@@ -441,7 +437,7 @@ export class Session {
     for (const cur of this.pipeline.splice(0)) {
       cur.aborted = true;
       for (const h of cur.pinned) this.host.cache.unpin(h);
-      if (cur.reserved) this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
+      if (cur.answered) this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
       this.log.info({ source: this.source, id: cur.header.id }, `partial checkpoint discarded: ${why}`);
     }
   }
