@@ -37,7 +37,7 @@ export async function status(h: TestHome, name: string): Promise<AppStatus> {
   return JSON.parse(r.stdout) as AppStatus;
 }
 
-export async function waitExited(h: TestHome, name: string, timeoutMs = 60_000): Promise<AppStatus> {
+export async function waitExited(h: TestHome, name: string, timeoutMs = 180_000): Promise<AppStatus> {
   let last: AppStatus | null = null;
   await waitFor(`${name} to exit`, async () => {
     last = await status(h, name);
@@ -63,7 +63,7 @@ export function logSize(h: TestHome, name: string): number {
   }
 }
 
-export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 60_000, from = 0): Promise<string[]> {
+export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 180_000, from = 0): Promise<string[]> {
   return waitFor(`${name}: ${what}`, () => {
     const ls = logLines(h, name, from);
     const bad = ls.find((l) => BAD.test(l));
@@ -76,8 +76,8 @@ export async function killApp(h: TestHome, name: string): Promise<void> {
   const pids = h.pids(name);
   assert.ok(pids, `${name} has a pidfile`);
   process.kill(pids.app, "SIGKILL");
-  await waitFor(`${name} host pid ${pids.app} gone`, () => !isAlive(pids.app), 10_000);
-  const st = await waitExited(h, name, 10_000);
+  await waitFor(`${name} host pid ${pids.app} gone`, () => !isAlive(pids.app), 60_000);
+  const st = await waitExited(h, name, 60_000);
   assert.equal(st.exit?.signal, 9, `exit status after kill -9: ${JSON.stringify(st.exit)}`);
 }
 
@@ -111,7 +111,7 @@ export interface Scenario {
 }
 
 export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<ScenarioResult> {
-  const timeout = s.timeoutMs ?? 60_000;
+  const timeout = s.timeoutMs ?? 300_000;
   await runApp(h, s.name, s.argv, s.cwd);
   await waitLines(h, s.name, s.ready, "ready for the checkpoint", timeout);
   const before = logLines(h, s.name).length;
@@ -133,7 +133,7 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   if (s.done) {
     const done = s.done;
     restored = await waitLines(h, s.name, (ls) => ls.some((l) => done.test(l)), "the restored run to finish", timeout, from);
-    final = await waitExited(h, s.name, 15_000);
+    final = await waitExited(h, s.name, 120_000);
     assert.deepEqual(final.exit, { exit_code: 0 }, `exit status of the restored run\n--- log ---\n${h.log(s.name)}`);
     restored = logLines(h, s.name, from);
   } else {
