@@ -3,6 +3,8 @@
 // each continue exactly as an uninterrupted run would from that point.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixtureScript, requireNative } from "./helpers/native.js";
@@ -24,8 +26,12 @@ interface Taken {
   after: number;
 }
 
+/** The program waits at its step GATE_STEP until this file exists: it cannot end before the five checkpoints are taken, however slow the machine. */
+const GATE_STEP = "60";
+const gateFile = (h: TestHome): string => join(h.home, "gate");
+
 async function fiveCheckpoints(h: TestHome, name: string, argv: string[]): Promise<Taken[]> {
-  await runApp(h, name, argv);
+  await runApp(h, name, [...argv, gateFile(h), GATE_STEP]);
   const taken: Taken[] = [];
   for (let i = 0; i < 5; i++) {
     await waitLines(h, name, (ls) => ls.length >= 10 + 8 * i, `output before checkpoint ${i + 1}`, 300_000);
@@ -43,6 +49,7 @@ async function fiveCheckpoints(h: TestHome, name: string, argv: string[]): Promi
     }
     taken.push({ id: m.id, kind: m.kind, parent: m.parent, before, after });
   }
+  writeFileSync(gateFile(h), ""); // the program (and every restored copy) runs to its end from here
   return taken;
 }
 

@@ -36,7 +36,7 @@ export async function exitOf(dir: AppDir, limitMs = 30_000): Promise<AppState | 
 
 /** The error to report for a checkpoint of `dir`'s app that failed with `e`. */
 export async function checkpointFailure(dir: AppDir, e: unknown): Promise<unknown> {
-  if (!(e instanceof TgError) || e.code !== "checkpoint-failed") return e;
+  if (!(e instanceof TgError) || (e.code !== "checkpoint-failed" && e.code !== "agent-unreachable")) return e;
   if (isAgentTreeRefusal(e.why)) return new TgError(`cannot checkpoint ${dir.name}`, e.why.replace(/; process trees are not supported yet$/, ""), TREE_FIX, "checkpoint-failed");
   const st = await exitOf(dir);
   if (st)
