@@ -292,14 +292,14 @@ describe("end to end: real programs", { timeout: TIMEOUT }, () => {
     // The real interpreter, not a wrapper script that execs it (pyenv shims): see README "Limits".
     const python = execFileSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" }).trim();
     const argv = [python, fixtureScript("stateful.py"), "120", "50"];
-    const r = await checkpointKillRestore(h, { name: "py", argv, ready: (ls) => ls.length >= 15, done: /^done 120 /, baseline: baseline(argv) });
+    const r = await checkpointKillRestore(h, { name: "py", argv, ready: (ls) => ls.length >= 15, done: /^done 120 /, baseline: baseline(argv), gateStep: 60 });
     assert.match(r.restored[r.restored.length - 1]!, /^done 120 hash [0-9a-f]{16}$/);
   });
 
   test("node running setInterval over a large array (multi-threaded V8, JIT)", async (t) => {
     const h = setup(t);
     const argv = [process.execPath, fixtureScript("ticker.mjs"), "120", "50", "20"];
-    await checkpointKillRestore(h, { name: "node", argv, ready: (ls) => ls.length >= 15, done: /^done 120 /, baseline: baseline(argv), timeoutMs: 300_000 });
+    await checkpointKillRestore(h, { name: "node", argv, ready: (ls) => ls.length >= 15, done: /^done 120 /, baseline: baseline(argv), timeoutMs: 300_000, gateStep: 60 });
   });
 
   test("bash running a loop", async (t) => {

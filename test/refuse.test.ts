@@ -5,10 +5,11 @@
 // fixtures; every wait is on a condition.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { appendFileSync, copyFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
+import { checkpoint as agentCheckpoint } from "../src/daemon/agent.js";
 import { otherProcesses } from "../src/daemon/tree.js";
 import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
@@ -99,6 +100,28 @@ describe("process trees are refused by name", { timeout: TIMEOUT }, () => {
     release();
     await waitLines(h, "b", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "the child's real exit status, then ticks");
     await checkpointOk(h, "b");
+  });
+
+  test("the agent's own check, once every thread is parked (a fork after the daemon's check): refused, no image written", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "ag", ["bash", fixtureScript("children.sh"), "child", dir]);
+    const ls = await waitLines(h, "ag", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
+    const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
+    // straight to the agent's socket: no daemon-side check before the park
+    const sock = join(h.home, "apps", "ag", "agent.sock");
+    const image = join(dir, "direct.img");
+    const ev = await agentCheckpoint(sock, image, () => {});
+    const last = ev[ev.length - 1]!;
+    assert.equal(last.ok, false, JSON.stringify(ev));
+    assert.match(last.ok === false ? last.error : "", new RegExp(`^the app has \\d+ other process(es)?: .*pid ${child} \\(sh -c until [^)]*exit 3\\)(, pid \\d+ \\([^)]*\\))*; process trees are not supported yet$`));
+    assert.ok(!ev.some((e) => e.event === "resumed"), "no snapshot was taken");
+    assert.ok(!existsSync(image), "no image written");
+    assert.equal((await status(h, "ag")).state, "running");
+    release();
+    await waitLines(h, "ag", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "child over, ticking");
+    const ok = await agentCheckpoint(sock, image, () => {});
+    assert.equal(ok[ok.length - 1]!.ok, true, JSON.stringify(ok));
+    assert.ok(existsSync(image));
   });
 
   test("a zombie child not yet reaped (python3): refused; once reaped, the checkpoint works", async (t) => {

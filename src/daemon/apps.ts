@@ -299,11 +299,12 @@ export class AppManager {
   }
 
   async checkpoint(name: string, progress: Progress = noProgress, opts: { full?: boolean } = {}): Promise<CheckpointResult> {
-    return this.lock.run(name, () => this.checkpointLocked(name, progress, opts).catch(async (e: unknown) => Promise.reject(await checkpointFailure(this.dir(name), e))));
+    // an app that exited meanwhile, or a refusal of the agent for child processes, is told as such
+    return this.checkpointOnce(name, progress, opts).catch(async (e: unknown) => Promise.reject(await checkpointFailure(this.dir(name), e)));
   }
 
-  private async checkpointLocked(name: string, progress: Progress, opts: { full?: boolean }): Promise<CheckpointResult> {
-    {
+  private async checkpointOnce(name: string, progress: Progress, opts: { full?: boolean }): Promise<CheckpointResult> {
+    return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
       const { dir, state } = this.known(name);
       if (state.state !== "running") {
@@ -352,7 +353,7 @@ export class AppManager {
         await this.store.discard(staging);
         throw e;
       }
-    }
+    });
   }
 
   /** Streamed capture into the content-addressed store: incremental on the last committed image. */

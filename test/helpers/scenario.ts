@@ -3,7 +3,7 @@
 // the checkpointed state exactly as an uninterrupted run would.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { statSync } from "node:fs";
+import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isAlive, waitFor, type TestHome } from "./home.js";
 
@@ -101,6 +101,10 @@ export interface Scenario {
   ready(ls: string[]): boolean;
   /** Lines to wait for after the checkpoint, before the kill (default 3). */
   moreLines?: number;
+  /** The program takes GATE_FILE GATE_STEP as its last two arguments and waits at that step until the
+   * file exists (stateful.py, ticker.mjs): it cannot end before the kill, however slow the machine.
+   * The file is created once the app is killed (the restored run goes on to its end). */
+  gateStep?: number;
   /** The restored run is finished when a line matches this (then its exit status must be 0). */
   done?: RegExp;
   /** What an uninterrupted run prints; the restored output must be a suffix of it. */
@@ -112,7 +116,8 @@ export interface Scenario {
 
 export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<ScenarioResult> {
   const timeout = s.timeoutMs ?? 300_000;
-  await runApp(h, s.name, s.argv, s.cwd);
+  const gate = join(h.home, "gate");
+  await runApp(h, s.name, s.gateStep ? [...s.argv, gate, String(s.gateStep)] : s.argv, s.cwd);
   await waitLines(h, s.name, s.ready, "ready for the checkpoint", timeout);
   const before = logLines(h, s.name).length;
   const cp = await h.cli(["checkpoint", s.name, "--json"]);
@@ -120,8 +125,11 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   assert.equal(cp.code, 0, `checkpoint failed: ${cp.stderr}`);
   const m = JSON.parse(cp.stdout) as { id: string; pages: number; threads: number; downtimeNs: number };
   assert.ok(m.pages > 0 && m.threads >= 1, `manifest: ${cp.stdout}`);
-  await waitLines(h, s.name, (ls) => ls.length >= after + (s.moreLines ?? 3), "output after the checkpoint", timeout);
+  // (a gated program prints gateStep - 1 lines at most before the kill)
+  const more = Math.min(after + (s.moreLines ?? 3), s.gateStep ? s.gateStep - 1 : Infinity);
+  await waitLines(h, s.name, (ls) => ls.length >= more, "output after the checkpoint", timeout);
   await killApp(h, s.name);
+  if (s.gateStep) writeFileSync(gate, "");
   const from = logSize(h, s.name);
   const r = await h.cli(["restore", s.name, "--json"]);
   assert.equal(r.code, 0, `restore failed: ${r.stderr}\n--- log ---\n${h.log(s.name)}`);
