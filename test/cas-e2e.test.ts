@@ -54,7 +54,7 @@ async function restoreDigest(h: TestHome, app: string, id: string, what: string)
 
 describe("incremental checkpoints through the daemon (churn fixture)", () => {
   for (const mode of ["uffd", "hash"] as const) {
-    test(`${mode} tracking: 10 checkpoints, background merge, restore of each part of the chain`, { timeout: 300_000 }, async () => {
+    test(`${mode} tracking: 10 checkpoints, background merge, restore of each part of the chain`, { timeout: 1_200_000 }, async () => {
       requireNative();
       const h = makeHome("tg-inc-", { TARDIGRADE_MERGE_CHAIN: "4" });
       try {
@@ -100,7 +100,7 @@ describe("incremental checkpoints through the daemon (churn fixture)", () => {
     });
   }
 
-  test("--tracking none: every checkpoint is full, says why, and restores", { timeout: 180_000 }, async () => {
+  test("--tracking none: every checkpoint is full, says why, and restores", { timeout: 900_000 }, async () => {
     requireNative();
     const h = makeHome("tg-inc-none-");
     try {

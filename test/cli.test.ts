@@ -40,7 +40,7 @@ function expectError(r: { code: number | null; stderr: string }, re: RegExp): vo
   assert.match(r.stderr, re);
 }
 
-describe("CLI without the C core", { timeout: 120_000 }, () => {
+describe("CLI without the C core", { timeout: 600_000 }, () => {
   let h: TestHome;
   before(() => {
     h = makeHome();

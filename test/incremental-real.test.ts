@@ -3,6 +3,8 @@
 // each continue exactly as an uninterrupted run would from that point.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixtureScript, requireNative } from "./helpers/native.js";
@@ -24,11 +26,15 @@ interface Taken {
   after: number;
 }
 
+/** The program waits at its step GATE_STEP until this file exists: it cannot end before the five checkpoints are taken, however slow the machine. */
+const GATE_STEP = "60";
+const gateFile = (h: TestHome): string => join(h.home, "gate");
+
 async function fiveCheckpoints(h: TestHome, name: string, argv: string[]): Promise<Taken[]> {
-  await runApp(h, name, argv);
+  await runApp(h, name, [...argv, gateFile(h), GATE_STEP]);
   const taken: Taken[] = [];
   for (let i = 0; i < 5; i++) {
-    await waitLines(h, name, (ls) => ls.length >= 10 + 8 * i, `output before checkpoint ${i + 1}`, 60_000);
+    await waitLines(h, name, (ls) => ls.length >= 10 + 8 * i, `output before checkpoint ${i + 1}`, 300_000);
     const before = logLines(h, name).length;
     const cp = await h.cli(["checkpoint", name, "--json"]);
     const after = logLines(h, name).length;
@@ -43,6 +49,7 @@ async function fiveCheckpoints(h: TestHome, name: string, argv: string[]): Promi
     }
     taken.push({ id: m.id, kind: m.kind, parent: m.parent, before, after });
   }
+  writeFileSync(gateFile(h), ""); // the program (and every restored copy) runs to its end from here
   return taken;
 }
 
@@ -53,8 +60,8 @@ async function restoreAndCheck(h: TestHome, name: string, t: Taken, base: { line
   const from = logSize(h, name);
   const r = await h.cli(["restore", name, "--checkpoint", t.id, "--json"]);
   assert.equal(r.code, 0, r.stderr);
-  await waitLines(h, name, (ls) => ls.some((l) => done.test(l)), `the run restored from ${t.id} to finish`, 90_000, from);
-  const st = await waitExited(h, name, 15_000);
+  await waitLines(h, name, (ls) => ls.some((l) => done.test(l)), `the run restored from ${t.id} to finish`, 300_000, from);
+  const st = await waitExited(h, name, 120_000);
   assert.deepEqual(st.exit, { exit_code: 0 });
   const restored = logLines(h, name, from);
   let resumeAt: number | undefined;
@@ -65,7 +72,7 @@ async function restoreAndCheck(h: TestHome, name: string, t: Taken, base: { line
   assert.ok(resumeAt !== undefined && resumeAt > 0, `restored from ${t.id}: the output must continue an uninterrupted run from line ${t.before}..${t.after}; got ${JSON.stringify(restored.slice(0, 2))}`);
 }
 
-describe("incremental checkpoints of real interpreters", { timeout: 300_000 }, () => {
+describe("incremental checkpoints of real interpreters", { timeout: 1_800_000 }, () => {
   test("python3: five checkpoints (one full, four incremental); restore the middle one and the last one", async (t) => {
     const h = setup(t);
     const python = execFileSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" }).trim();

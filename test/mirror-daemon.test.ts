@@ -17,7 +17,7 @@ const countOf = (log: string): number => {
 };
 
 describe("daemon with a mirror destination", () => {
-  test("run --mirror ships checkpoints (durable in ls); restore --from on another host continues the app", { timeout: 180_000 }, async () => {
+  test("run --mirror ships checkpoints (durable in ls); restore --from on another host continues the app", { timeout: 900_000 }, async () => {
     requireNative();
     const tmp = tempDir("tg-mirror-daemon-");
     const tokens = writeTokens(tmp.dir, { calc: "calc-token-0001" });

@@ -124,7 +124,7 @@ test("CLI: mirror ls --json, flush, pull through registerMirrorCommands", { time
 
 const haveOpenssl = spawnSync("openssl", ["version"]).status === 0;
 
-test("TLS: tgs:// with a self-signed certificate", { timeout: 30_000, skip: haveOpenssl ? false : "openssl not installed" }, async () => {
+test("TLS: tgs:// with a self-signed certificate", { timeout: 120_000, skip: haveOpenssl ? false : "openssl not installed" }, async () => {
   const tmp = tempDir();
   const key = join(tmp.dir, "key.pem");
   const cert = join(tmp.dir, "cert.pem");
@@ -142,15 +142,17 @@ test("TLS: tgs:// with a self-signed certificate", { timeout: 30_000, skip: have
     const gen = new SyntheticSource("alpha", { pages: 8 });
     const c = gen.next();
     const durable = client.send(c);
-    await new Promise((r) => setTimeout(r, 100));
+    // the flush must find the checkpoint received (not still on its way)
+    for (const deadline = Date.now() + 60_000; client.state(c.id) !== "received" && client.state(c.id) !== "durable" && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
     await (await import("../src/mirror/admin.js")).withAdmin({ url, token, dial: { ca: readFileSync(cert) } }, (a) => a.flush());
     assert.equal(await durable, "durable");
     // Without the CA the certificate is refused (the client keeps retrying; nothing is sent).
     const errs: Error[] = [];
     untrusting.on("disconnected", (e: Error) => errs.push(e));
     void untrusting.send(gen.next()).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 300));
-    assert.ok(errs.some((e) => /self.signed|certificate/i.test(e.message)), errs.map((e) => e.message).join("; "));
+    // wait (on the condition, generously) for the first refusal of the certificate
+    for (const deadline = Date.now() + 60_000; !errs.length && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(errs.some((e) => /self.signed|certificate/i.test(e.message)), errs.map((e) => e.message).join("; ") || "no connection error within 60 s");
   } finally {
     await client.close();
     await untrusting.close();

@@ -59,7 +59,7 @@ function flushLogs(lines: LogLine[]): LogLine[] {
   return lines.filter((l) => typeof l.msg === "string" && l.msg.startsWith("flush committed"));
 }
 
-test("trigger: cache above its high-water mark", { timeout: 20_000 }, async () => {
+test("trigger: cache above its high-water mark", { timeout: 120_000 }, async () => {
   // 32 pages of 4 KiB = 128 KiB per checkpoint; high-water = 1 MiB / 2 = 512 KiB.
   const r = await rig({ cacheMaxBytes: 1024 * 1024 });
   try {
@@ -69,8 +69,8 @@ test("trigger: cache above its high-water mark", { timeout: 20_000 }, async () =
     assert.equal(r.server.metrics().flushes, 0);
     const c4 = r.gen.next();
     await r.client.send(c4); // crosses 512 KiB
-    await waitFor(() => r.server.store.committedGeneration === 1, 5000, "flush");
-    await waitFor(() => r.client.state(c4.id) === "durable", 5000, "durable ack");
+    await waitFor(() => r.server.store.committedGeneration === 1, 60_000, "flush");
+    await waitFor(() => r.client.state(c4.id) === "durable", 60_000, "durable ack");
     const f = flushLogs(r.lines);
     assert.equal(f.length, 1);
     assert.deepEqual(f[0]?.reasons, ["cache"]);
@@ -84,7 +84,7 @@ test("trigger: cache above its high-water mark", { timeout: 20_000 }, async () =
   }
 });
 
-test("trigger: oldest queued checkpoint older than max-delay", { timeout: 20_000 }, async () => {
+test("trigger: oldest queued checkpoint older than max-delay", { timeout: 120_000 }, async () => {
   const r = await rig({ maxDelayMs: 400 });
   try {
     const t0 = Date.now();
@@ -92,7 +92,7 @@ test("trigger: oldest queued checkpoint older than max-delay", { timeout: 20_000
     await r.client.send(c);
     await sleep(150);
     assert.equal(r.server.store.committedGeneration, 0, "not durable before max-delay");
-    await waitFor(() => r.client.state(c.id) === "durable", 5000, "durable");
+    await waitFor(() => r.client.state(c.id) === "durable", 60_000, "durable");
     const elapsed = Date.now() - t0;
     assert.ok(elapsed >= 400, `durable after ${elapsed} ms`);
     assert.deepEqual(flushLogs(r.lines)[0]?.reasons, ["delay"]);
@@ -102,7 +102,7 @@ test("trigger: oldest queued checkpoint older than max-delay", { timeout: 20_000
   }
 });
 
-test("trigger: queue length", { timeout: 20_000 }, async () => {
+test("trigger: queue length", { timeout: 120_000 }, async () => {
   const r = await rig({ maxQueued: 3 });
   try {
     await r.client.send(r.gen.next());
@@ -111,7 +111,7 @@ test("trigger: queue length", { timeout: 20_000 }, async () => {
     assert.equal(r.server.store.committedGeneration, 0, "2 queued < 3: nothing durable");
     const c3 = r.gen.next();
     await r.client.send(c3);
-    await waitFor(() => r.client.state(c3.id) === "durable", 5000, "durable");
+    await waitFor(() => r.client.state(c3.id) === "durable", 60_000, "durable");
     const f = flushLogs(r.lines);
     assert.deepEqual(f[0]?.reasons, ["queue"]);
     assert.equal(f[0]?.checkpoints, 3);
@@ -120,7 +120,7 @@ test("trigger: queue length", { timeout: 20_000 }, async () => {
   }
 });
 
-test("trigger: explicit flush (mirror flush)", { timeout: 20_000 }, async () => {
+test("trigger: explicit flush (mirror flush)", { timeout: 120_000 }, async () => {
   const r = await rig({});
   try {
     const a = r.gen.next();
@@ -134,7 +134,7 @@ test("trigger: explicit flush (mirror flush)", { timeout: 20_000 }, async () => 
     const out = await withAdmin({ url: r.url, token: TOKEN }, (x) => x.flush());
     assert.equal(out.checkpoints, 2);
     assert.deepEqual(out.reasons, ["explicit"]);
-    await waitFor(() => r.client.state(b.id) === "durable", 5000, "durable");
+    await waitFor(() => r.client.state(b.id) === "durable", 60_000, "durable");
     const rows2 = await withAdmin({ url: r.url, token: TOKEN }, (x) => x.list());
     assert.deepEqual(rows2.map((x) => x.state), ["durable", "durable"]);
   } finally {
@@ -142,7 +142,7 @@ test("trigger: explicit flush (mirror flush)", { timeout: 20_000 }, async () => 
   }
 });
 
-test("trigger: a restore (fetch) that needs a queued checkpoint", { timeout: 20_000 }, async () => {
+test("trigger: a restore (fetch) that needs a queued checkpoint", { timeout: 120_000 }, async () => {
   const r = await rig({});
   try {
     const a = r.gen.next();
@@ -157,7 +157,7 @@ test("trigger: a restore (fetch) that needs a queued checkpoint", { timeout: 20_
   }
 });
 
-test("trigger: SIGTERM flushes and exits; the checkpoints are durable after restart", { timeout: 30_000 }, async () => {
+test("trigger: SIGTERM flushes and exits; the checkpoints are durable after restart", { timeout: 120_000 }, async () => {
   const tmp = tempDir();
   const tokens = writeTokens(tmp.dir, { alpha: TOKEN });
   const store = join(tmp.dir, "store");

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, test } from "node:test";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { ImageError, parseImage } from "../src/image/parser.js";
+import { waitFor } from "./helpers/home.js";
 import { sampleImage } from "../src/image/writer.js";
 import { LocalStore } from "../src/store/local.js";
 import { parseCheckpointId } from "../src/store/types.js";
@@ -104,7 +105,10 @@ describe("local store", () => {
       const child = spawn(process.execPath, [writer, root], { stdio: ["ignore", "pipe", "inherit"] });
       let out = "";
       child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-      await new Promise((r) => setTimeout(r, 150 + Math.floor(Math.random() * 250)));
+      // The kill lands inside the commit loop (after the first commit, on any machine speed), at a random point.
+      await waitFor("the writer's first commit", () => out.includes("\n") || child.exitCode !== null, 120_000, 10);
+      assert.equal(child.exitCode, null, "the writer runs");
+      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 250)));
       child.kill("SIGKILL");
       await new Promise((r) => child.on("close", r));
       const fresh = new LocalStore(root);

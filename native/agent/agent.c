@@ -206,6 +206,8 @@ static void lower_priority(void) {
 
 __attribute__((noreturn)) static void snapshot_child(void) {
   {
+    /* a name of its own: an init that outlives the app must not take it for a daemonized process */
+    if (tg_sys2(SYS_prctl, PR_SET_NAME, TG_SNAPSHOT_COMM) != 0) { /* not fatal: the name only tells an init it apart */ }
     lower_priority();
     char err[512] = {0};
     uint64_t bytes = 0, pages = 0;
@@ -248,10 +250,14 @@ static int smaps_dontfork(char *buf, size_t cap) {
   return count;
 }
 
+static char children_err[1024]; /* set when the park found child processes: the checkpoint refuses */
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
-  long stk = tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  children_err[0] = 0;
+  long stk = tg_check_no_children(children_err, sizeof children_err) != 0
+                 ? -ECHILD
+                 : tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   long child;
   if ((unsigned long)stk > -4096UL) {
     child = stk;
@@ -515,8 +521,9 @@ again:
   uint64_t downtime = tg.t_resumed_ns - tg.t_stop_ns;
   if (tg.child <= 0) {
     tg_track_after_snapshot(0, 0);
-    snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
-    reply_error("error", err);
+    if (children_err[0]) tg.seq--;
+    else snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
+    reply_error("error", children_err[0] ? children_err : err);
     drop_image(path);
     goto out;
   }

@@ -75,6 +75,10 @@ TG_HIDDEN int tg_is_hidden_fd(int fd);
  * naming the fd and why it cannot be captured. Uses only syscalls (safe in the snapshot child). */
 TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
                              size_t errlen);
+/* The snapshot writer's process name (native/launcher/leftovers.c skips it). */
+#define TG_SNAPSHOT_COMM "tg-snapshot"
+/* children.c: 0 if this process has no child process (zombies count), else -1 naming them in err. */
+TG_HIDDEN int tg_check_no_children(char *err, size_t errlen);
 /* Checks every application fd; 0 if all are supported, else -1 with the first problem in err. */
 TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
 

@@ -109,8 +109,15 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
     }
     if (p != app_pid) continue;
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    if (WIFEXITED(st)) snprintf(json, sizeof json, "{\"exit_code\":%d}", code);
-    else snprintf(json, sizeof json, "{\"signal\":%d,\"exit_code\":%d}", WTERMSIG(st), code);
+    char left[700] = "";
+    int nleft = WIFEXITED(st) ? tg_describe_leftovers(esc, 600) : 0; /* killed: its children just went with it */
+    if (nleft > 0) {
+      char lesc[700 - 40];
+      json_str(esc, lesc, sizeof lesc);
+      snprintf(left, sizeof left, ",\"left\":%d,\"left_desc\":\"%s\"", nleft, lesc);
+    }
+    if (WIFEXITED(st)) snprintf(json, sizeof json, "{\"exit_code\":%d%s}", code, left);
+    else snprintf(json, sizeof json, "{\"signal\":%d,\"exit_code\":%d%s}", WTERMSIG(st), code, left);
     tg_write_status(l->status_path, json);
     return code;
   }

@@ -3,6 +3,8 @@
 #ifndef TG_LAUNCHER_H
 #define TG_LAUNCHER_H
 
+#include <stddef.h>
+
 struct tg_launch {
   const char *status_path;  /* JSON status written when the app ends or fails to start */
   const char *pidfile;      /* "<init host pid> <app host pid>\n" once started */
@@ -19,6 +21,10 @@ typedef int (*tg_start_app_fn)(struct tg_launch *l, int *report_fd);
 
 /* Runs the whole layout; returns the exit code for the outer process. */
 int tg_launch_main(struct tg_launch *l, tg_start_app_fn start);
+
+/* leftovers.c: processes other than zombies still in the namespace (children of its init), described
+ * as "pid N (command), ..." in out; returns how many. */
+int tg_describe_leftovers(char *out, size_t cap);
 
 void tg_write_status(const char *path, const char *json);
 void tg_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));

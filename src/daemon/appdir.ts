@@ -46,6 +46,9 @@ export interface ExitStatus {
   signal?: number;
   exec_error?: string;
   restore_error?: string;
+  /** Processes still running in the app's namespace when it ended (a daemonizing app): how many, and "pid N (command), ...". */
+  left?: number;
+  left_desc?: string;
 }
 
 export interface AppState {
@@ -153,8 +156,15 @@ export function listAppNames(home: string): string[] {
   }
 }
 
-/** "exit status 3", "killed by signal 9 (SIGKILL)", "could not execute: ...". */
+/** "exit status 3", "killed by signal 9 (SIGKILL)", "could not execute: ...", and what a daemonizing app left. */
 export function describeExit(e: ExitStatus | null): string {
+  const how = describeEnd(e);
+  if (!e?.left) return how;
+  const n = e.left;
+  return `${how}, leaving ${n} process${n === 1 ? "" : "es"} in the background, stopped with it: ${e.left_desc ?? "?"}; daemonizing apps are not supported (tardigrade follows the process it started): run the app in the foreground, e.g. redis-server --daemonize no`;
+}
+
+function describeEnd(e: ExitStatus | null): string {
   if (!e) return "unknown exit status";
   if (e.exec_error) return `could not execute the command (${e.exec_error})`;
   if (e.restore_error) return `restore failed at step ${e.restore_error} (exit code ${e.exit_code ?? "?"})`;

@@ -21,6 +21,9 @@ import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
+import { checkpointFailure } from "./checkpoint-failure.js";
+import { saveFacts } from "./restore-undo.js";
+import { otherProcesses, treeRefusal } from "./tree.js";
 
 export interface RunRequest {
   name?: string;
@@ -285,7 +288,7 @@ export class AppManager {
           throw new TgError(
             `cannot run ${name}`,
             `the app ended (${describeExit(e.status)}) before its agent answered on ${dir.sock}${detail}`,
-            `See its output with \`tardigrade logs ${name}\`. The agent must be loaded into the program itself: statically linked programs, and wrapper scripts that exec the real program (e.g. pyenv shims), are not supported yet`,
+            `See its output with \`tardigrade logs ${name}\`. The agent must be loaded into the program itself: statically linked programs are not supported yet (wrapper scripts that exec the real program, e.g. pyenv shims, do work: the agent follows the launched PID across exec)`,
             "run-failed",
           );
         }
@@ -296,6 +299,11 @@ export class AppManager {
   }
 
   async checkpoint(name: string, progress: Progress = noProgress, opts: { full?: boolean } = {}): Promise<CheckpointResult> {
+    // an app that exited meanwhile, or a refusal of the agent for child processes, is told as such
+    return this.checkpointOnce(name, progress, opts).catch(async (e: unknown) => Promise.reject(await checkpointFailure(this.dir(name), e)));
+  }
+
+  private async checkpointOnce(name: string, progress: Progress, opts: { full?: boolean }): Promise<CheckpointResult> {
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
       const { dir, state } = this.known(name);
@@ -303,6 +311,9 @@ export class AppManager {
         const why = state.state === "exited" ? `the app has exited (${describeExit(state.exit)})` : "the app is still starting";
         throw new TgError(`cannot checkpoint ${name}`, why, state.state === "exited" ? `Restore its last checkpoint with \`tardigrade restore ${name}\` or start it again with \`tardigrade run\`` : "Try again in a moment", "not-running");
       }
+      // Process trees are not captured yet (the agent checks again once every thread is parked).
+      const others = state.initHostPid && state.appHostPid ? otherProcesses(state.initHostPid, state.appHostPid) : [];
+      if (others.length) throw treeRefusal(name, others);
       let pid: number;
       try {
         pid = (await ping(dir.sock)).pid;
@@ -610,6 +621,7 @@ export class AppManager {
         const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
         // A damaged image stops the restorer at once instead of waiting for it to notice.
         verify.catch(() => this.killLaunch(dir, record.launcherPid));
+        const facts = saveFacts(dir);
         let l: Launched;
         try {
           l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
@@ -621,8 +633,8 @@ export class AppManager {
             },
           });
         } catch (e) {
-          // Nothing of the failed attempt may look alive; its status file (the error) stays.
-          for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+          // Nothing of the failed attempt may look alive; the replaced app's exit status stays.
+          await facts.putBack();
           await verify; // a damaged image is the real cause: report it (file, offset, what)
           if (e instanceof LaunchFailure) {
             const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
@@ -677,6 +689,7 @@ export class AppManager {
     const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const image = exportForRestore(store.cas, m.id);
+    const facts = saveFacts(dir);
     let exportError: unknown = null;
     image.on("error", (e) => {
       exportError = e;
@@ -695,7 +708,7 @@ export class AppManager {
       });
     } catch (e) {
       image.destroy();
-      for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+      await facts.putBack(); // the replaced app's exit status stays
       if (exportError) throw exportError;
       if (e instanceof LaunchFailure) {
         const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;

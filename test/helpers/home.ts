@@ -37,11 +37,13 @@ function readPid(file: string): number[] {
   }
 }
 
-function kill(pid: number): void {
+/** SIGKILL by pid; true if it was sent. */
+function kill(pid: number): boolean {
   try {
     process.kill(pid, "SIGKILL");
+    return true;
   } catch {
-    /* gone */
+    return false;
   }
 }
 
@@ -94,19 +96,22 @@ export function makeHome(prefix = "tg-", extraEnv: NodeJS.ProcessEnv = {}): Test
       } catch {
         /* none */
       }
+      const killed: number[] = [];
+      const killPid = (pid: number): void => void (kill(pid) && killed.push(pid));
       for (const a of apps) {
-        for (const pid of readPid(join(home, "apps", a, "pidfile"))) kill(pid);
+        for (const pid of readPid(join(home, "apps", a, "pidfile"))) killPid(pid);
         try {
           const rec = JSON.parse(readFileSync(join(home, "apps", a, "app.json"), "utf8")) as { launcherPid?: number };
-          if (rec.launcherPid) kill(rec.launcherPid);
+          if (rec.launcherPid) killPid(rec.launcherPid);
         } catch {
           /* no record */
         }
       }
       const d = readPid(join(home, "daemon.pid"))[0];
-      if (d) kill(d);
-      for (const c of spawned) if (c.exitCode === null && c.pid) kill(c.pid);
-      await new Promise((r) => setTimeout(r, 100));
+      if (d) killPid(d);
+      for (const c of spawned) if (c.exitCode === null && c.pid) killPid(c.pid);
+      // SIGKILL is not instant on a busy machine: wait (on the condition) until they are gone
+      await waitFor("the killed processes to be gone", () => killed.every((p) => !isAlive(p)), 60_000, 20).catch(() => {});
       rmSync(home, { recursive: true, force: true });
     },
   };
@@ -117,7 +122,7 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `fn` until it returns a truthy value; throws `what` on timeout. */
-export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 30_000, everyMs = 25): Promise<NonNullable<T>> {
+export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 120_000, everyMs = 25): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();

@@ -3,7 +3,7 @@
 // the checkpointed state exactly as an uninterrupted run would.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { statSync } from "node:fs";
+import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isAlive, waitFor, type TestHome } from "./home.js";
 
@@ -37,7 +37,7 @@ export async function status(h: TestHome, name: string): Promise<AppStatus> {
   return JSON.parse(r.stdout) as AppStatus;
 }
 
-export async function waitExited(h: TestHome, name: string, timeoutMs = 60_000): Promise<AppStatus> {
+export async function waitExited(h: TestHome, name: string, timeoutMs = 180_000): Promise<AppStatus> {
   let last: AppStatus | null = null;
   await waitFor(`${name} to exit`, async () => {
     last = await status(h, name);
@@ -63,7 +63,7 @@ export function logSize(h: TestHome, name: string): number {
   }
 }
 
-export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 60_000, from = 0): Promise<string[]> {
+export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 180_000, from = 0): Promise<string[]> {
   return waitFor(`${name}: ${what}`, () => {
     const ls = logLines(h, name, from);
     const bad = ls.find((l) => BAD.test(l));
@@ -76,8 +76,8 @@ export async function killApp(h: TestHome, name: string): Promise<void> {
   const pids = h.pids(name);
   assert.ok(pids, `${name} has a pidfile`);
   process.kill(pids.app, "SIGKILL");
-  await waitFor(`${name} host pid ${pids.app} gone`, () => !isAlive(pids.app), 10_000);
-  const st = await waitExited(h, name, 10_000);
+  await waitFor(`${name} host pid ${pids.app} gone`, () => !isAlive(pids.app), 60_000);
+  const st = await waitExited(h, name, 60_000);
   assert.equal(st.exit?.signal, 9, `exit status after kill -9: ${JSON.stringify(st.exit)}`);
 }
 
@@ -101,6 +101,10 @@ export interface Scenario {
   ready(ls: string[]): boolean;
   /** Lines to wait for after the checkpoint, before the kill (default 3). */
   moreLines?: number;
+  /** The program takes GATE_FILE GATE_STEP as its last two arguments and waits at that step until the
+   * file exists (stateful.py, ticker.mjs): it cannot end before the kill, however slow the machine.
+   * The file is created once the app is killed (the restored run goes on to its end). */
+  gateStep?: number;
   /** The restored run is finished when a line matches this (then its exit status must be 0). */
   done?: RegExp;
   /** What an uninterrupted run prints; the restored output must be a suffix of it. */
@@ -111,8 +115,9 @@ export interface Scenario {
 }
 
 export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<ScenarioResult> {
-  const timeout = s.timeoutMs ?? 60_000;
-  await runApp(h, s.name, s.argv, s.cwd);
+  const timeout = s.timeoutMs ?? 300_000;
+  const gate = join(h.home, "gate");
+  await runApp(h, s.name, s.gateStep ? [...s.argv, gate, String(s.gateStep)] : s.argv, s.cwd);
   await waitLines(h, s.name, s.ready, "ready for the checkpoint", timeout);
   const before = logLines(h, s.name).length;
   const cp = await h.cli(["checkpoint", s.name, "--json"]);
@@ -120,8 +125,11 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   assert.equal(cp.code, 0, `checkpoint failed: ${cp.stderr}`);
   const m = JSON.parse(cp.stdout) as { id: string; pages: number; threads: number; downtimeNs: number };
   assert.ok(m.pages > 0 && m.threads >= 1, `manifest: ${cp.stdout}`);
-  await waitLines(h, s.name, (ls) => ls.length >= after + (s.moreLines ?? 3), "output after the checkpoint", timeout);
+  // (a gated program prints gateStep - 1 lines at most before the kill)
+  const more = Math.min(after + (s.moreLines ?? 3), s.gateStep ? s.gateStep - 1 : Infinity);
+  await waitLines(h, s.name, (ls) => ls.length >= more, "output after the checkpoint", timeout);
   await killApp(h, s.name);
+  if (s.gateStep) writeFileSync(gate, "");
   const from = logSize(h, s.name);
   const r = await h.cli(["restore", s.name, "--json"]);
   assert.equal(r.code, 0, `restore failed: ${r.stderr}\n--- log ---\n${h.log(s.name)}`);
@@ -133,7 +141,7 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   if (s.done) {
     const done = s.done;
     restored = await waitLines(h, s.name, (ls) => ls.some((l) => done.test(l)), "the restored run to finish", timeout, from);
-    final = await waitExited(h, s.name, 15_000);
+    final = await waitExited(h, s.name, 120_000);
     assert.deepEqual(final.exit, { exit_code: 0 }, `exit status of the restored run\n--- log ---\n${h.log(s.name)}`);
     restored = logLines(h, s.name, from);
   } else {

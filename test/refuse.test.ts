@@ -1,0 +1,246 @@
+// Issue 10, items 1 and 8: process trees are refused by name (a bash child, a zombie, a pipeline,
+// a double-forked daemon), nothing is committed and the app keeps running; an app that exits
+// during a checkpoint, a daemonizing app, a failed restore and a static binary each get a
+// message that says what happened. Real programs (bash, python3, sh, yes/head/md5sum) and C
+// fixtures; every wait is on a condition.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test, type TestContext } from "node:test";
+import { checkpoint as agentCheckpoint } from "../src/daemon/agent.js";
+import { otherProcesses } from "../src/daemon/tree.js";
+import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
+import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
+import { logLines, runApp, status, waitExited, waitLines } from "./helpers/scenario.js";
+
+const TIMEOUT = 300_000;
+
+interface Setup {
+  h: TestHome;
+  /** A scratch directory for the fixtures' FIFO and release file. */
+  dir: string;
+  release(): void;
+}
+
+function setup(t: TestContext): Setup {
+  requireNative();
+  const h = makeHome();
+  const dir = mkdtempSync(join(tmpdir(), "tg-tree-"));
+  t.after(async () => {
+    // the fixtures' helpers end once the release file exists, whatever happened
+    writeFileSync(join(dir, "release"), "");
+    await h.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { h, dir, release: () => writeFileSync(join(dir, "release"), "") };
+}
+
+async function ids(h: TestHome, app: string): Promise<string[]> {
+  const r = await h.cli(["ls", app, "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { id: string }[]).map((m) => m.id);
+}
+
+function lastTick(ls: string[]): number {
+  for (let i = ls.length - 1; i >= 0; i--) {
+    const m = /^tick (\d+)$/.exec(ls[i]!);
+    if (m) return Number(m[1]);
+  }
+  return 0;
+}
+
+/** The refusal: names every expected pid with its command, commits nothing, the app keeps running. */
+async function assertRefused(h: TestHome, app: string, expect: { pid: number; command: RegExp }[]): Promise<string> {
+  const before = await ids(h, app);
+  const r = await h.cli(["checkpoint", app]);
+  assert.equal(r.code, 1, `the checkpoint must be refused: ${r.stdout}`);
+  assert.match(r.stderr, new RegExp(`^tardigrade: cannot checkpoint ${app}: the app has \\d+ other process(es)?: `));
+  for (const e of expect) {
+    const m = new RegExp(`pid ${e.pid} \\(([^)]*)\\)`).exec(r.stderr);
+    assert.ok(m, `pid ${e.pid} named in: ${r.stderr}`);
+    assert.match(m[1]!, e.command);
+  }
+  assert.match(r.stderr, /Process trees are not supported yet.*Nothing was committed; the app keeps running/);
+  assert.deepEqual(await ids(h, app), before, "nothing committed");
+  assert.equal((await status(h, app)).state, "running");
+  const n = lastTick(logLines(h, app));
+  await waitLines(h, app, (ls) => lastTick(ls) >= n + 3, "keeps ticking after the refusal");
+  return r.stderr;
+}
+
+async function checkpointOk(h: TestHome, app: string): Promise<void> {
+  const r = await h.cli(["checkpoint", app, "--json"]);
+  assert.equal(r.code, 0, `checkpoint once the children are gone: ${r.stderr}`);
+  assert.match((JSON.parse(r.stdout) as { id: string }).id, new RegExp(`^${app}@\\d+$`));
+}
+
+/** The app's other processes, from its init's host pid (what the daemon walks). */
+function others(h: TestHome, app: string): ReturnType<typeof otherProcesses> {
+  const p = h.pids(app);
+  assert.ok(p, `${app} has a pidfile`);
+  return otherProcesses(p.init, p.app);
+}
+
+describe("process trees are refused by name", { timeout: TIMEOUT }, () => {
+  test("bash with a child `sh -c '...; exit 3'` alive: refused; once it ended and was waited for, the checkpoint works", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "b", ["bash", fixtureScript("children.sh"), "child", dir]);
+    const ls = await waitLines(h, "b", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
+    const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
+    // bash waits for the child here, so it does not tick: the refusal checks it stays running
+    const before = await ids(h, "b");
+    const r = await h.cli(["checkpoint", "b"]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`^tardigrade: cannot checkpoint b: the app has \\d+ other process(es)?: .*pid ${child} \\(sh -c until \\[ -e '[^']*/release' \\]; do sleep 0\\.05; done; exit 3\\)`));
+    assert.match(r.stderr, /Process trees are not supported yet.*Nothing was committed; the app keeps running/);
+    assert.deepEqual(await ids(h, "b"), before, "nothing committed");
+    assert.equal((await status(h, "b")).state, "running");
+    release();
+    await waitLines(h, "b", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "the child's real exit status, then ticks");
+    await checkpointOk(h, "b");
+  });
+
+  test("the agent's own check, once every thread is parked (a fork after the daemon's check): refused, no image written", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "ag", ["bash", fixtureScript("children.sh"), "child", dir]);
+    const ls = await waitLines(h, "ag", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
+    const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
+    // straight to the agent's socket: no daemon-side check before the park
+    const sock = join(h.home, "apps", "ag", "agent.sock");
+    const image = join(dir, "direct.img");
+    const ev = await agentCheckpoint(sock, image, () => {});
+    const last = ev[ev.length - 1]!;
+    assert.equal(last.ok, false, JSON.stringify(ev));
+    assert.match(last.ok === false ? last.error : "", new RegExp(`^the app has \\d+ other process(es)?: .*pid ${child} \\(sh -c until [^)]*exit 3\\)(, pid \\d+ \\([^)]*\\))*; process trees are not supported yet$`));
+    assert.ok(!ev.some((e) => e.event === "resumed"), "no snapshot was taken");
+    assert.ok(!existsSync(image), "no image written");
+    assert.equal((await status(h, "ag")).state, "running");
+    release();
+    await waitLines(h, "ag", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "child over, ticking");
+    const ok = await agentCheckpoint(sock, image, () => {});
+    assert.equal(ok[ok.length - 1]!.ok, true, JSON.stringify(ok));
+    assert.ok(existsSync(image));
+  });
+
+  test("a zombie child not yet reaped (python3): refused; once reaped, the checkpoint works", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "z", ["python3", fixtureScript("zombie.py"), dir]);
+    const ls = await waitLines(h, "z", (l) => l.some((x) => /^zombie \d+$/.test(x)) && lastTick(l) >= 2, "zombie made");
+    const pid = Number(/^zombie (\d+)$/.exec(ls.find((x) => /^zombie \d+$/.test(x))!)![1]);
+    await assertRefused(h, "z", [{ pid, command: /^python3, a zombie not yet reaped$/ }]);
+    release();
+    await waitLines(h, "z", (l) => l.includes(`reaped ${pid} status 5`), "reaped");
+    await checkpointOk(h, "z");
+  });
+
+  test("a pipeline `yes | head -c 6G | md5sum`: refused naming all three; works once it is over", async (t) => {
+    const { h, dir } = setup(t);
+    await runApp(h, "p", ["bash", fixtureScript("children.sh"), "pipeline", dir]);
+    await waitLines(h, "p", (l) => l.includes("pipeline started"), "pipeline started");
+    const procs = await waitFor("the three pipeline processes", () => {
+      const o = others(h, "p");
+      return ["yes", "head -c 6G", "md5sum"].every((c) => o.some((p) => p.command === c)) ? o : null;
+    });
+    const pidOf = (c: string): number => procs.find((p) => p.command === c)!.pid;
+    const before = await ids(h, "p");
+    const r = await h.cli(["checkpoint", "p"]);
+    assert.equal(r.code, 1, r.stdout);
+    for (const c of ["yes", "head -c 6G", "md5sum"]) assert.match(r.stderr, new RegExp(`pid ${pidOf(c)} \\(${c}\\)`));
+    assert.deepEqual(await ids(h, "p"), before, "nothing committed");
+    assert.equal((await status(h, "p")).state, "running");
+    // end the pipeline early (head then sees end of input; md5sum prints a sum), by host pid
+    process.kill(procs.find((p) => p.command === "yes")!.hostPid, "SIGKILL");
+    await waitLines(h, "p", (l) => l.includes("pipeline done") && lastTick(l) >= 3, "pipeline over, ticking", 120_000);
+    await waitFor("the pipeline's processes reaped", () => others(h, "p").length === 0);
+    await checkpointOk(h, "p");
+  });
+
+  test("a double-forked daemon inside the namespace (not the agent's child): refused by the daemon-side check", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "d", ["bash", fixtureScript("children.sh"), "daemon", dir]);
+    const ls = await waitLines(h, "d", (l) => l.some((x) => /^daemon \d+$/.test(x)) && lastTick(l) >= 2, "daemon started");
+    const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x))!)![1]);
+    // it was re-parented to the namespace's init: the app process itself has no child
+    const hostPid = await waitFor("the daemon re-parented and exec'd", () => others(h, "d").find((p) => p.pid === pid && p.command.startsWith("sh -c"))?.hostPid);
+    assert.equal(Number(/^PPid:\s*(\d+)/m.exec(readFileSync(`/proc/${hostPid}/status`, "utf8"))![1]), h.pids("d")!.init);
+    await assertRefused(h, "d", [{ pid, command: /^sh -c until / }]);
+    release();
+    await waitFor("the daemon gone", () => !isAlive(hostPid));
+    await checkpointOk(h, "d");
+  });
+});
+
+describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT }, () => {
+  test("a daemonizing app (shell double fork, parent exits 0): status names what it left, and it is not left running", async (t) => {
+    const { h, dir } = setup(t);
+    await runApp(h, "dz", ["bash", fixtureScript("children.sh"), "exit", dir]);
+    const st = await waitExited(h, "dz");
+    assert.equal(st.exit?.exit_code, 0);
+    const ls = logLines(h, "dz");
+    const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x)) ?? "")?.[1]);
+    assert.ok(pid > 0, `the fixture printed its daemon's pid: ${ls.join(" | ")}`);
+    const s = await h.cli(["status", "dz"]);
+    assert.match(s.stdout, new RegExp(`exit status 0, leaving 1 process in the background, stopped with it: pid ${pid} \\(.*\\); daemonizing apps are not supported .*run the app in the foreground`));
+    // nothing of it survives (the namespace ended with the app)
+    await waitFor("no process of the app left", () =>
+      readdirSync("/proc")
+        .filter((p) => /^\d+$/.test(p))
+        .every((p) => {
+          try {
+            return !readFileSync(`/proc/${p}/cmdline`, "utf8").includes(`${dir}/release`);
+          } catch {
+            return true;
+          }
+        }),
+    );
+  });
+
+  test("an app that exits during the checkpoint: 'the app exited during the checkpoint', nothing committed", async (t) => {
+    const { h } = setup(t);
+    await runApp(h, "ex", [fixture("exitpark"), "128"]);
+    await waitLines(h, "ex", (l) => l.includes("ready"), "ready", 120_000);
+    const r = await h.cli(["checkpoint", "ex"]);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, /^tardigrade: checkpoint of ex failed: the app exited during the checkpoint \(exit status 7\)\. Nothing was committed/);
+    assert.doesNotMatch(r.stderr, /lost contact/);
+    assert.deepEqual(await ids(h, "ex"), []);
+    const st = await status(h, "ex");
+    assert.equal(st.state, "exited");
+    assert.deepEqual(st.exit, { exit_code: 7 }, "the snapshot writer is not taken for a daemonized process");
+  });
+
+  test("a failed restore keeps the exited app's exit status", async (t) => {
+    const { h, dir } = setup(t);
+    const bin = join(dir, "counter");
+    copyFileSync(fixture("counter"), bin);
+    await runApp(h, "rf", [bin, "1000000", "50"]);
+    await waitLines(h, "rf", (l) => l.length >= 2, "counting");
+    const c = await h.cli(["checkpoint", "rf"]);
+    assert.equal(c.code, 0, c.stderr);
+    const stop = await h.cli(["stop", "rf"]);
+    assert.equal(stop.code, 0, stop.stderr);
+    const st0 = await waitExited(h, "rf");
+    assert.equal(st0.exit?.signal, 15);
+    appendFileSync(bin, "\n"); // the mapped program changed: the restore must fail
+    const r = await h.cli(["restore", "rf"]);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, /^tardigrade: cannot restore rf from rf@1: .*counter changed since the checkpoint/);
+    const st = await status(h, "rf");
+    assert.equal(st.state, "exited");
+    assert.deepEqual(st.exit, st0.exit, "the app's real exit status, not the restore's");
+    const s = await h.cli(["status", "rf"]);
+    assert.match(s.stdout, /killed by signal 15 \(SIGTERM\)/);
+  });
+
+  test("a statically linked program: the message does not say wrapper scripts fail", async (t) => {
+    const { h, dir } = setup(t);
+    writeFileSync(join(dir, "st.c"), "#include <stdio.h>\nint main(void) { puts(\"static\"); return 0; }\n");
+    execFileSync("cc", ["-static", "-o", join(dir, "st"), join(dir, "st.c")]);
+    const r = await h.cli(["run", "--name", "st", "--", join(dir, "st")]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /statically linked programs are not supported yet \(wrapper scripts that exec the real program, e\.g\. pyenv shims, do work/);
+    assert.doesNotMatch(r.stderr, /wrapper scripts [^(]*are not supported/);
+  });
+});
