@@ -4,7 +4,6 @@
 // tardigrade-restore's stdin (no intermediate file either).
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, openSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -12,6 +11,8 @@ import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint, IngestInfo } from "../store/cas/types.js";
 import { checkpoint as agentCheckpoint, type CheckpointEvent, type CheckpointOptions } from "./agent.js";
+import { noSpaceError } from "./disk-full.js";
+import { openFifoReader } from "./fifo-reader.js";
 
 export interface CasCapture {
   checkpoint: CasCheckpoint;
@@ -23,15 +24,6 @@ export interface CasCapture {
 function mkfifo(path: string): void {
   const r = spawnSync("mkfifo", ["-m", "600", path], { encoding: "utf8" });
   if (r.status !== 0) throw new TgError("cannot create the image FIFO", `mkfifo ${path}: ${r.stderr || r.error?.message || `exit ${r.status}`}`, "Check that coreutils' mkfifo is installed and the store is writable", "checkpoint-failed");
-}
-
-/** Lets a reader blocked in open() of the FIFO go (it then reads EOF). */
-function releaseReader(fifo: string): void {
-  try {
-    closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
-  } catch {
-    /* no reader waiting: nothing to release */
-  }
 }
 
 export async function captureIntoCas(
@@ -54,9 +46,16 @@ export async function captureIntoCas(
     const agentDone = new Promise<void>((resolve, reject) => (verdict = (e) => (e ? reject(e) : resolve())));
     agentDone.catch(() => {}); // awaited by the ingest
     const ingestInfo: IngestInfo = { ...info, beforeCommit: () => agentDone };
-    // The store opens the read end now (it blocks until the agent opens the write end).
-    const ingest = cas.ingestNext(app, fifo, ingestInfo);
-    ingest.catch(() => {}); // awaited below
+    // Our end of the FIFO is open before the agent is asked (it never waits for the store);
+    // the ingest reads it once it holds the store's lock.
+    const reader = openFifoReader(fifo);
+    let ingestError: unknown = null;
+    const ingest = cas.ingestNext(app, reader.stream, ingestInfo);
+    ingest.catch((e: unknown) => {
+      // The store stopped reading (bad image, full disk...): the agent must not wait on a full pipe.
+      ingestError = e;
+      reader.abort("the store stopped reading the image");
+    });
     let events: CheckpointEvent[] = [];
     let failure: TgError | null = null;
     try {
@@ -78,12 +77,19 @@ export async function captureIntoCas(
     }
     if (failure) {
       verdict(failure);
-      releaseReader(fifo);
+      reader.abort(failure.message);
       await ingest.catch(() => {});
+      // The agent's view of a store failure is only "Broken pipe": say what the store hit.
+      if (ingestError) {
+        const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
+        if (full) throw full;
+      }
       throw failure;
     }
     verdict(null);
-    const checkpoint = await ingest;
+    const checkpoint = await ingest.catch((e: unknown) => {
+      throw noSpaceError(e, `checkpoint of ${app} failed`, [cas.root]) ?? e;
+    });
     const done = events[events.length - 1] as CasCapture["done"];
     return { checkpoint, events, done };
   } finally {

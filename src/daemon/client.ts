@@ -113,12 +113,12 @@ export class DaemonClient {
     if (await pingDaemon(this.sock)) return;
     const paths = daemonPaths(this.home);
     try {
-      mkdirp(this.home);
+      mkdirp(this.home, 0o700);
     } catch (e) {
       throw new TgError(`cannot create ${this.home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
     }
     const logStart = existsSync(paths.log) ? statSync(paths.log).size : 0;
-    const fd = openSync(paths.log, "a", 0o644);
+    const fd = openSync(paths.log, "a", 0o600);
     const child = spawn(process.execPath, [cliMain(), "daemon"], { detached: true, stdio: ["ignore", fd, fd], env: { ...process.env, TARDIGRADE_HOME: this.home } });
     closeSync(fd);
     let exited: number | null | undefined;
