@@ -80,7 +80,7 @@ export async function captureIntoCas(
       reader.abort(failure.message);
       await ingest.catch(() => {});
       // The agent's view of a store failure is only "Broken pipe": say what the store hit.
-      if (ingestError) {
+      if (ingestError && ingestError !== failure) {
         const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
         if (full) throw full;
       }
