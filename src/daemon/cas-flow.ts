@@ -76,12 +76,13 @@ export async function captureIntoCas(
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
     }
     if (failure) {
+      // The store's own failure, if it came first (then the agent only saw "Broken pipe").
+      const storeError = ingestError;
       verdict(failure);
-      reader.abort(failure.message);
+      reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
-      // The agent's view of a store failure is only "Broken pipe": say what the store hit.
-      if (ingestError && ingestError !== failure) {
-        const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
+      if (storeError) {
+        const full = noSpaceError(storeError, `checkpoint of ${app} failed`, [cas.root]);
         if (full) throw full;
       }
       throw failure;
