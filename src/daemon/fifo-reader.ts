@@ -8,6 +8,8 @@ import { closeSync, constants, openSync } from "node:fs";
 import { Socket } from "node:net";
 import type { Readable } from "node:stream";
 
+const IDLE_MS = Math.max(1000, Number(process.env.TARDIGRADE_FIFO_IDLE_MS ?? 120_000));
+
 export interface FifoReader {
   /** The image bytes as the agent writes them; ends when the agent closes its end. */
   readonly stream: Readable;
@@ -25,6 +27,20 @@ export function openFifoReader(path: string): FifoReader {
     throw e;
   }
   sock.on("error", () => {}); // surfaced to the consumer through the stream
+  // Bounded wait: once the store reads (it holds the store's lock then), an agent that sends
+  // nothing for IDLE_MS while the store waits for bytes is given up (the ingest fails, the lock
+  // is released). Time spent queued for the lock does not count: nobody reads then.
+  let seen = 0;
+  let quietSince = Date.now();
+  const watch = setInterval(() => {
+    const waiting = sock.readableFlowing !== null && sock.readableLength === 0;
+    if (sock.bytesRead !== seen || !waiting) {
+      seen = sock.bytesRead;
+      quietSince = Date.now();
+    } else if (Date.now() - quietSince > IDLE_MS) sock.destroy(new Error(`the agent sent no image data for ${Math.round(IDLE_MS / 1000)} s`));
+  }, Math.min(1000, IDLE_MS / 4));
+  watch.unref();
+  sock.once("close", () => clearInterval(watch));
   return {
     stream: sock,
     abort(why: string): void {
