@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -153,6 +154,19 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     // a small one may or may not fit in what the filesystem still has; either way a clear answer
     const s = await h.cli(["checkpoint", "small"], { timeoutMs: 120_000 });
     if (s.code !== 0) assert.match(s.stderr, /^tardigrade: checkpoint of small failed: no space left/, s.stderr);
+    // 100 refused requests, each a line for daemon.log, which cannot grow now
+    const sock = join(h.home, "daemon.sock");
+    for (let i = 0; i < 100; i++) {
+      const code = await new Promise<number>((resolve, reject) => {
+        const req = request({ socketPath: sock, path: `/v1/apps/nope-${i}` }, (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode ?? 0));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+      assert.equal(code, 404);
+    }
     assert.equal((await status(h, "big")).state, "running");
     assert.equal((await status(h, "small")).state, "running");
     // space again: the same daemon checkpoints and collects
@@ -162,6 +176,8 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     await ok(h, ["checkpoint", "small"]);
     await ok(h, ["gc", "--keep", "1"]);
     assert.equal(h.daemonPid(), pid, "the daemon survived");
+    // lines that could not be written were counted, and said so once the log could grow again
+    assert.match(readFileSync(join(h.home, "daemon.log"), "utf8"), /\d+ log lines lost \(ENOSPC\)/);
     await ok(h, ["stop", "small", "--timeout", "5"]);
   });
 });

@@ -76,13 +76,13 @@ export async function captureIntoCas(
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
     }
     if (failure) {
-      // The store's own failure, if it came first (then the agent only saw "Broken pipe").
-      const storeError = ingestError;
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
-      if (storeError) {
-        const full = noSpaceError(storeError, `checkpoint of ${app} failed`, [cas.root]);
+      // A store that ran out of space stops reading: the agent then saw only "Broken pipe".
+      // (The ingest's other errors here come from the agent's failure: its verdict, the abort.)
+      if (ingestError && ingestError !== failure) {
+        const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
         if (full) throw full;
       }
       throw failure;

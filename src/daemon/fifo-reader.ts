@@ -27,6 +27,8 @@ export function openFifoReader(path: string): FifoReader {
     throw e;
   }
   sock.on("error", () => {}); // surfaced to the consumer through the stream
+  // Named like an fs.ReadStream: the store's image errors then name the FIFO's path.
+  Object.defineProperty(sock, "path", { value: path, enumerable: true });
   // Bounded wait: once the store reads (it holds the store's lock then), an agent that sends
   // nothing for IDLE_MS while the store waits for bytes is given up (the ingest fails, the lock
   // is released). Time spent queued for the lock does not count: nobody reads then.
