@@ -145,7 +145,7 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     assert.doesNotMatch(r.stderr, /Broken pipe|\n\s+at /, r.stderr);
     // fill up the rest too (daemon.log lives here): the daemon must go on serving
     const filler = join(mnt, "filler");
-    spawnSync("dd", ["if=/dev/zero", `of=${filler}`, "bs=1M", "count=64"], { stdio: "ignore" });
+    spawnSync("dd", ["if=/dev/zero", `of=${filler}`, "bs=4k", "count=16384"], { stdio: "ignore" });
     for (let i = 0; i < 2; i++) {
       const c = await h.cli(["checkpoint", "big"], { timeoutMs: 120_000 });
       assert.equal(c.code, 1, "nothing fits");

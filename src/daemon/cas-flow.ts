@@ -37,10 +37,17 @@ export async function captureIntoCas(
   onEvent: (e: CheckpointEvent) => void,
 ): Promise<CasCapture> {
   const dir = join(stagingRoot, `${app}.${randomBytes(6).toString("hex")}`);
-  await mkdir(dir, { recursive: true });
   const fifo = join(dir, `pid${pid}.img`);
   try {
+    // (not mkdir -p for dir itself: on a full disk it fails with ENOENT instead of ENOSPC)
+    await mkdir(stagingRoot, { recursive: true });
+    await mkdir(dir);
     mkfifo(fifo);
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw noSpaceError(e, `checkpoint of ${app} failed`, [stagingRoot]) ?? e;
+  }
+  try {
     // The agent's final reply decides whether the ingested image may be committed.
     let verdict!: (e: Error | null) => void;
     const agentDone = new Promise<void>((resolve, reject) => (verdict = (e) => (e ? reject(e) : resolve())));
