@@ -8,6 +8,7 @@ import type { ImageSummary } from "./image/summary.js";
 import { tardigradeHome } from "./store/home.js";
 import type { Manifest } from "./store/types.js";
 import type { GcReport } from "./store/cas/types.js";
+import { currentUmask } from "./daemon/private-fs.js";
 
 export { TgError } from "./errors.js";
 export { ImageError, parseImage } from "./image/parser.js";
@@ -46,7 +47,7 @@ export interface RunOptions extends CommonOptions {
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
 export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
-  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror });
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror, umask: currentUmask() });
 }
 
 export interface CheckpointOptions extends CommonOptions, ProgressOptions {

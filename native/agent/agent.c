@@ -613,7 +613,8 @@ static int listen_on(const char *path) {
   a.sun_family = AF_UNIX;
   strncpy(a.sun_path, path, sizeof a.sun_path - 1);
   unlink(path); /* a stale socket of an earlier run */
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 8) != 0) {
+  /* 0600 before listen(): only the daemon's user may ask for a checkpoint, whatever the app's umask */
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || chmod(path, 0600) != 0 || listen(fd, 8) != 0) {
     fprintf(stderr, "tardigrade agent: cannot listen on %s: %s\n", path, strerror(errno));
     close(fd);
     return -1;

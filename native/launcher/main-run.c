@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* The app's umask (--umask OCT): the daemon itself runs under 077; -1 = inherit. */
+static long app_umask = -1;
 
 static int start_command(struct tg_launch *l, int *report_fd) {
   int p[2];
@@ -26,6 +30,7 @@ static int start_command(struct tg_launch *l, int *report_fd) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    if (app_umask >= 0) umask((mode_t)app_umask);
     if (l->agent) {
       const char *old = getenv("LD_PRELOAD");
       char *v = malloc(strlen(l->agent) + (old ? strlen(old) : 0) + 2);
@@ -49,7 +54,7 @@ static int start_command(struct tg_launch *l, int *report_fd) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-init --status FILE --sock PATH --pidfile FILE [--agent LIB] -- CMD ARGS...\n");
+  fprintf(stderr, "usage: tardigrade-init --status FILE --sock PATH --pidfile FILE [--agent LIB] [--umask OCT] -- CMD ARGS...\n");
   exit(2);
 }
 
@@ -64,7 +69,11 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--agent") == 0) l.agent = argv[++i];
-    else usage();
+    else if (strcmp(argv[i], "--umask") == 0) {
+      char *end = NULL;
+      app_umask = strtol(argv[++i], &end, 8);
+      if (!end || *end || end == argv[i] || app_umask < 0 || app_umask > 0777) usage();
+    } else usage();
   }
   if (i >= argc || !l.status_path || !l.sock || !l.pidfile) usage();
   l.argv = argv + i;

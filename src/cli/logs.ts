@@ -2,6 +2,7 @@
 import { createReadStream, existsSync, statSync, watch } from "node:fs";
 import { AppDir } from "../daemon/appdir.js";
 import { TgError } from "../errors.js";
+import { checkAppName } from "./validate.js";
 
 function copy(file: string, from: number, to: number): Promise<void> {
   if (to <= from) return Promise.resolve();
@@ -14,7 +15,7 @@ function copy(file: string, from: number, to: number): Promise<void> {
 }
 
 export async function showLogs(home: string, name: string, follow: boolean): Promise<void> {
-  const dir = new AppDir(home, name);
+  const dir = new AppDir(home, checkAppName(name));
   if (!existsSync(dir.logFile)) {
     throw new TgError(`no log for ${name}`, `${dir.logFile} does not exist`, "See the apps with `tardigrade status`", "unknown-app");
   }

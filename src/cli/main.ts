@@ -12,6 +12,7 @@ import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
 import { showLogs } from "./logs.js";
+import { parseSeconds } from "./validate.js";
 import { progressLine } from "./progress.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
@@ -224,7 +225,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--timeout <seconds>", "grace period before SIGKILL").default("10"))
     .option("--json", "print the final state as JSON")
     .action(async (name: string, o: { timeout: string; json?: boolean }) => {
-      const s = await api.stop(name, { timeoutMs: Math.round(Number(o.timeout) * 1000) || 10_000 });
+      const s = await api.stop(name, { timeoutMs: Math.round(parseSeconds("--timeout", o.timeout) * 1000) });
       if (o.json) return out(json(s));
       out(`${name}: ${s.state}${s.state === "exited" ? ` (${describeExit(s.exit)})` : ""}`);
     });
@@ -241,7 +242,11 @@ export function buildProgram(): Command {
 
 function fail(e: unknown): never {
   if (e instanceof TgError) process.stderr.write(`tardigrade: ${e.message}\n`);
-  else process.stderr.write(`tardigrade: unexpected error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  // Never a raw stack trace: the message in the usual form (the stack with TARDIGRADE_DEBUG=1).
+  else {
+    const detail = e instanceof Error ? (process.env.TARDIGRADE_DEBUG ? (e.stack ?? e.message) : e.message) : String(e);
+    process.stderr.write(`tardigrade: unexpected error: ${detail.replace(/\.?\s*$/, "")}. Run again with TARDIGRADE_DEBUG=1 for details and report it\n`);
+  }
   process.exit(1);
 }
 

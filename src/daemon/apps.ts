@@ -14,6 +14,10 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, exportForRestore } from "./cas-flow.js";
+import { noSpaceError } from "./disk-full.js";
+import { checkImportFile } from "./import-source.js";
+import { testDelay } from "./test-hooks.js";
+import { daemonStartUmask, validUmask } from "./private-fs.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { readFileSync } from "node:fs";
@@ -38,6 +42,8 @@ export interface RunRequest {
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
   mirror?: { url: string; token: string; ack?: "received" | "durable" };
+  /** The app's umask (the client's); default: the one the daemon was started with. */
+  umask?: number;
 }
 
 export interface RunResult {
@@ -261,7 +267,8 @@ export class AppManager {
         await writeFile(join(dir.dir, "mirror-token"), req.mirror.token + "\n", { mode: 0o600 });
       }
       try {
-        const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--", ...req.argv], {
+        const umask = (validUmask(req.umask) ?? daemonStartUmask()).toString(8);
+        const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--umask", umask, "--", ...req.argv], {
           cwd: req.cwd,
           env: req.env,
           timeoutMs: 60_000,
@@ -298,14 +305,16 @@ export class AppManager {
     });
   }
 
-  async checkpoint(name: string, progress: Progress = noProgress, opts: { full?: boolean } = {}): Promise<CheckpointResult> {
+  async checkpoint(name: string, progress: Progress = noProgress, opts: { full?: boolean; signal?: AbortSignal } = {}): Promise<CheckpointResult> {
     // an app that exited meanwhile, or a refusal of the agent for child processes, is told as such
     return this.checkpointOnce(name, progress, opts).catch(async (e: unknown) => Promise.reject(await checkpointFailure(this.dir(name), e)));
   }
 
-  private async checkpointOnce(name: string, progress: Progress, opts: { full?: boolean }): Promise<CheckpointResult> {
+  private async checkpointOnce(name: string, progress: Progress, opts: { full?: boolean; signal?: AbortSignal }): Promise<CheckpointResult> {
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
+      // Queued behind another operation of this app while its client went away: nothing to do.
+      if (opts.signal?.aborted) throw new TgError(`checkpoint of ${name} cancelled`, "the client went away while it waited", "Nothing was captured", "cancelled");
       const { dir, state } = this.known(name);
       if (state.state !== "running") {
         const why = state.state === "exited" ? `the app has exited (${describeExit(state.exit)})` : "the app is still starting";
@@ -550,8 +559,11 @@ export class AppManager {
     if (typeof path !== "string" || !path.startsWith("/")) throw new TgError(`cannot import into ${name}`, "the image path must be absolute", "", "bad-request");
     if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot import into ${name}`, "this store cannot import images", "", "bad-request");
     const store = this.store;
+    await checkImportFile(name, path);
     return this.lock.run(name, async () => {
-      const c = await store.cas.ingestNext(name, path, {});
+      const c = await store.cas.ingestNext(name, path, {}).catch((e: unknown) => {
+        throw noSpaceError(e, `cannot import ${path} into ${name}`, [store.cas.root]) ?? e;
+      });
       this.log.info({ app: name, id: c.id, from: path }, "image imported");
       return toManifest(c);
     });
@@ -675,6 +687,17 @@ export class AppManager {
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
   private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
+    // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
+    // must not take it away from an app already killed for it (issue 11, defect 12).
+    const unpin = await store.cas.hold(m.id);
+    try {
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress);
+    } finally {
+      unpin();
+    }
+  }
+
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
     const name = dir.name;
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
@@ -683,6 +706,7 @@ export class AppManager {
       for await (const chunk of exportForRestore(store.cas, m.id)) void chunk;
       progress({ phase: "kill" });
       await this.kill(dir, st);
+      await testDelay("restore-after-kill");
     }
     progress({ phase: "start" });
     await mkdir(dir.dir, { recursive: true });

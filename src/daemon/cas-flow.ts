@@ -4,7 +4,6 @@
 // tardigrade-restore's stdin (no intermediate file either).
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, openSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -12,6 +11,8 @@ import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint, IngestInfo } from "../store/cas/types.js";
 import { checkpoint as agentCheckpoint, type CheckpointEvent, type CheckpointOptions } from "./agent.js";
+import { noSpaceError } from "./disk-full.js";
+import { openFifoReader } from "./fifo-reader.js";
 
 export interface CasCapture {
   checkpoint: CasCheckpoint;
@@ -25,15 +26,6 @@ function mkfifo(path: string): void {
   if (r.status !== 0) throw new TgError("cannot create the image FIFO", `mkfifo ${path}: ${r.stderr || r.error?.message || `exit ${r.status}`}`, "Check that coreutils' mkfifo is installed and the store is writable", "checkpoint-failed");
 }
 
-/** Lets a reader blocked in open() of the FIFO go (it then reads EOF). */
-function releaseReader(fifo: string): void {
-  try {
-    closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
-  } catch {
-    /* no reader waiting: nothing to release */
-  }
-}
-
 export async function captureIntoCas(
   cas: CasStore,
   app: string,
@@ -45,18 +37,32 @@ export async function captureIntoCas(
   onEvent: (e: CheckpointEvent) => void,
 ): Promise<CasCapture> {
   const dir = join(stagingRoot, `${app}.${randomBytes(6).toString("hex")}`);
-  await mkdir(dir, { recursive: true });
   const fifo = join(dir, `pid${pid}.img`);
   try {
+    // (not mkdir -p for dir itself: on a full disk it fails with ENOENT instead of ENOSPC)
+    await mkdir(stagingRoot, { recursive: true });
+    await mkdir(dir);
     mkfifo(fifo);
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw noSpaceError(e, `checkpoint of ${app} failed`, [stagingRoot]) ?? e;
+  }
+  try {
     // The agent's final reply decides whether the ingested image may be committed.
     let verdict!: (e: Error | null) => void;
     const agentDone = new Promise<void>((resolve, reject) => (verdict = (e) => (e ? reject(e) : resolve())));
     agentDone.catch(() => {}); // awaited by the ingest
     const ingestInfo: IngestInfo = { ...info, beforeCommit: () => agentDone };
-    // The store opens the read end now (it blocks until the agent opens the write end).
-    const ingest = cas.ingestNext(app, fifo, ingestInfo);
-    ingest.catch(() => {}); // awaited below
+    // Our end of the FIFO is open before the agent is asked (it never waits for the store);
+    // the ingest reads it once it holds the store's lock.
+    const reader = openFifoReader(fifo);
+    let ingestError: unknown = null;
+    const ingest = cas.ingestNext(app, reader.stream, ingestInfo);
+    ingest.catch((e: unknown) => {
+      // The store stopped reading (bad image, full disk...): the agent must not wait on a full pipe.
+      ingestError = e;
+      reader.abort("the store stopped reading the image");
+    });
     let events: CheckpointEvent[] = [];
     let failure: TgError | null = null;
     try {
@@ -78,12 +84,20 @@ export async function captureIntoCas(
     }
     if (failure) {
       verdict(failure);
-      releaseReader(fifo);
+      reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
+      // A store that ran out of space stops reading: the agent then saw only "Broken pipe".
+      // (The ingest's other errors here come from the agent's failure: its verdict, the abort.)
+      if (ingestError && ingestError !== failure) {
+        const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
+        if (full) throw full;
+      }
       throw failure;
     }
     verdict(null);
-    const checkpoint = await ingest;
+    const checkpoint = await ingest.catch((e: unknown) => {
+      throw noSpaceError(e, `checkpoint of ${app} failed`, [cas.root]) ?? e;
+    });
     const done = events[events.length - 1] as CasCapture["done"];
     return { checkpoint, events, done };
   } finally {

@@ -1,6 +1,6 @@
 // Talks to the daemon over its Unix socket, starting it on first use.
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -101,6 +101,23 @@ function tail(file: string, n = 2000): string {
   }
 }
 
+/** A home of another user is private (0700, README "Security"): say so instead of failing later on EACCES. */
+function checkHomeAccess(home: string): void {
+  try {
+    accessSync(home, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "EACCES" && code !== "EPERM") return; // missing: created below
+    let owner = "another user";
+    try {
+      owner = `uid ${statSync(home).uid}`;
+    } catch {
+      /* keep the vague word */
+    }
+    throw new TgError(`cannot use the tardigrade home ${home}`, `permission denied: it belongs to ${owner} and only its owner may talk to its daemon`, "Run tardigrade as that user (e.g. with sudo), or set TARDIGRADE_HOME to a directory of your own", "permission");
+  }
+}
+
 export class DaemonClient {
   readonly sock: string;
   constructor(readonly home: string) {
@@ -110,15 +127,16 @@ export class DaemonClient {
   /** Starts the daemon (detached, logging to daemon.log) unless one answers already. */
   async ensure(timeoutMs = 15_000): Promise<void> {
     checkSocketPath(this.sock);
+    checkHomeAccess(this.home);
     if (await pingDaemon(this.sock)) return;
     const paths = daemonPaths(this.home);
     try {
-      mkdirp(this.home);
+      mkdirp(this.home, 0o700);
     } catch (e) {
       throw new TgError(`cannot create ${this.home}`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
     }
     const logStart = existsSync(paths.log) ? statSync(paths.log).size : 0;
-    const fd = openSync(paths.log, "a", 0o644);
+    const fd = openSync(paths.log, "a", 0o600);
     const child = spawn(process.execPath, [cliMain(), "daemon"], { detached: true, stdio: ["ignore", fd, fd], env: { ...process.env, TARDIGRADE_HOME: this.home } });
     closeSync(fd);
     let exited: number | null | undefined;

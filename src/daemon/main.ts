@@ -1,6 +1,6 @@
 // The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
 // and keeps nothing important in memory (safe to kill -9 at any time).
-import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -9,15 +9,25 @@ import { mkdirp } from "../store/fsutil.js";
 import { CasStoreAdapter } from "../store/cas/adapter.js";
 import { AppManager } from "./apps.js";
 import { checkSocketPath, daemonPaths, pingDaemon } from "./client.js";
+import { safeLogSink } from "./log-sink.js";
+import { goPrivate, lockDown } from "./private-fs.js";
+import { ensureWatchdog, stopWatchdog } from "./watchdog.js";
 import { createApiServer } from "./server.js";
 
 export async function runDaemon(home: string): Promise<void> {
-  const log = pino({ base: { pid: process.pid }, level: process.env.TARDIGRADE_LOG_LEVEL ?? "info" });
+  // Everything the daemon (and the launchers it starts) creates is private to its owner
+  // (src/daemon/private-fs.ts); logging never throws (src/daemon/log-sink.ts).
+  goPrivate();
+  for (const s of [process.stdout, process.stderr]) s.on("error", () => {});
+  const log = pino({ base: { pid: process.pid }, level: process.env.TARDIGRADE_LOG_LEVEL ?? "info" }, safeLogSink());
   try {
-    mkdirp(home);
+    mkdirp(home, 0o700);
+    chmodSync(home, 0o700);
   } catch (e) {
     throw new TgError(`cannot use ${home} as the tardigrade home`, errMessage(e), "Set TARDIGRADE_HOME to a writable directory");
   }
+  const fixed = lockDown(home, (p, e) => log.warn({ path: p, err: errMessage(e) }, "cannot make private"));
+  if (fixed) log.warn({ home, entries: fixed }, "took group/other permissions off files of this home (state is private to its owner)");
   const paths = daemonPaths(home);
   checkSocketPath(paths.sock);
   // The content-addressed store (docs/store.md); it takes a lock: one daemon per home.
@@ -31,7 +41,8 @@ export async function runDaemon(home: string): Promise<void> {
       log.info({ why: e.message }, "another daemon holds this home's store; exiting");
       return;
     }
-    throw e;
+    if (e instanceof TgError) throw e;
+    throw new TgError(`cannot open the store ${join(home, "store")}`, errMessage(e), `Check ${join(home, "store", "index.sqlite")} and the pack files (disk, permissions); restore the index from a backup if it is damaged, but do not delete pack files`, "store-open");
   }
   const apps = new AppManager(home, store, log);
   const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
@@ -44,6 +55,8 @@ export async function runDaemon(home: string): Promise<void> {
     server.once("error", reject);
     server.listen(tmpSock, () => resolve());
   });
+  // Only the owner may talk to the daemon: socket 0600 in the home, itself 0700 (see README, Security).
+  chmodSync(tmpSock, 0o600);
   for (let attempt = 0; ; attempt++) {
     try {
       await link(tmpSock, paths.sock);
@@ -71,10 +84,23 @@ export async function runDaemon(home: string): Promise<void> {
   if (removed.length) log.info({ removed }, "removed unfinished checkpoints left in staging");
   apps.resumeSchedules();
   log.info({ home, sock: paths.sock }, "daemon ready");
+  // Apps with --every outlive a crash of this daemon: a watchdog restarts it (watchdog.ts).
+  const watch = (): void => {
+    try {
+      ensureWatchdog(home, paths.log);
+    } catch (e) {
+      log.warn({ err: errMessage(e) }, "cannot start the watchdog");
+    }
+  };
+  watch();
+  const watchTimer = setInterval(watch, Number(process.env.TARDIGRADE_WATCHDOG_MS ?? 2000));
+  watchTimer.unref();
 
   const shutdown = (sig: string): void => {
     log.info({ sig }, "daemon stopping (apps keep running)");
     apps.stopTimers();
+    clearInterval(watchTimer);
+    stopWatchdog(home); // stopped on purpose: not to be restarted
     void apps.closeMirrors();
     try {
       if (existsSync(paths.sock) && statSync(paths.sock).ino === sockIno) rmSync(paths.sock);

@@ -46,7 +46,7 @@ function send(res: ServerResponse, status: number, obj: unknown): void {
 }
 
 export function createApiServer(apps: AppManager, log: Logger, info: { pid: number; startedAt: string }): Server {
-  const route = async (req: IncomingMessage, progress: Progress): Promise<unknown> => {
+  const route = async (req: IncomingMessage, progress: Progress, signal: AbortSignal): Promise<unknown> => {
     const url = new URL(req.url ?? "/", "http://tardigrade");
     const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
     const m = req.method ?? "GET";
@@ -59,7 +59,7 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       if (m === "GET" && id && !action) return apps.status(id);
       if (m === "POST" && id && action === "checkpoint") {
         const b = await body(req);
-        return apps.checkpoint(id, progress, { full: b.full === true });
+        return apps.checkpoint(id, progress, { full: b.full === true, signal });
       }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
@@ -80,7 +80,9 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       }
       if (m === "POST" && id && action === "stop") {
         const b = await body(req);
-        return apps.stop(id, typeof b.timeoutMs === "number" ? b.timeoutMs : undefined);
+        if (b.timeoutMs !== undefined && !(typeof b.timeoutMs === "number" && Number.isFinite(b.timeoutMs) && b.timeoutMs >= 0 && b.timeoutMs <= 86_400_000))
+          throw new TgError(`cannot stop ${id}`, `timeoutMs must be a number of milliseconds from 0 to 86400000 (got ${JSON.stringify(b.timeoutMs)})`, "Pass e.g. --timeout 10", "bad-request");
+        return apps.stop(id, b.timeoutMs);
       }
     }
     if (res === "gc" && m === "POST") {
@@ -127,7 +129,12 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
           line({ progress: ev });
         }
       : () => {};
-    route(req, progress).then(
+    // A client that goes away (CLI interrupted) cancels its request if it is still queued.
+    const gone = new AbortController();
+    res.on("close", () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    route(req, progress, gone.signal).then(
       (out) => {
         if (streaming) {
           line({ result: out });

@@ -1,5 +1,5 @@
 // Opening a connection to a mirror server (plain TCP or TLS), with a timeout.
-import { connect as netConnect, type Socket } from "node:net";
+import { isIP, connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { MirrorAddress } from "./address.js";
 
@@ -18,7 +18,8 @@ export function dial(addr: MirrorAddress, opts: DialOptions = {}): Promise<Socke
       ? tlsConnect({
           host: addr.host,
           port: addr.port,
-          servername: addr.host,
+          // SNI is for host names only (an IP there is DEP0123); the certificate is still checked against the IP.
+          ...(isIP(addr.host) ? {} : { servername: addr.host }),
           ...(opts.ca ? { ca: opts.ca } : {}),
           rejectUnauthorized: opts.rejectUnauthorized ?? true,
         })

@@ -90,6 +90,8 @@ export function makeHome(prefix = "tg-", extraEnv: NodeJS.ProcessEnv = {}): Test
       }
     },
     async cleanup() {
+      // The watchdog first: it would restart the daemon killed below.
+      for (const pid of readPid(join(home, "watchdog.pid")).slice(0, 1)) kill(pid);
       let apps: string[] = [];
       try {
         apps = readdirSync(join(home, "apps"));

@@ -222,7 +222,9 @@ function align8(n: number): number {
 /** A path (file or FIFO: read directly) or a stream, as exact-length reads. */
 export function openImageSource(source: string | Readable): { bytes: ImageBytes; label: string } {
   if (typeof source === "string") return { bytes: new FdSource(source), label: source };
-  return { bytes: new ByteSource(source), label: "(image stream)" };
+  // A stream that knows where it reads from (fs.ReadStream, the daemon's FIFO reader) names it in errors.
+  const path = (source as { path?: unknown }).path;
+  return { bytes: new ByteSource(source), label: typeof path === "string" ? path : "(image stream)" };
 }
 
 /**

@@ -118,7 +118,10 @@ export class PackReaders {
     let done = 0;
     while (done < len) {
       const { bytesRead } = await fh.read(buf, done, len - done, offset + done);
-      if (bytesRead === 0) throw storeCorrupt(`cannot read block at offset ${offset} of ${join(this.dir, packName(pack))}`, `the file ends at ${offset + done}, the index says the block is ${len} bytes`);
+      if (bytesRead === 0) {
+        const size = await fh.stat().then((s) => s.size, () => offset + done);
+        throw storeCorrupt(`cannot read block at offset ${offset} of ${join(this.dir, packName(pack))}`, `the file ends at ${size}, the index says the block is ${len} bytes (to ${offset + len})`);
+      }
       done += bytesRead;
     }
     return buf;

@@ -113,6 +113,22 @@ export class CasStore {
   }
 
   /**
+   * Keeps `id` (and its chain) from gc until the returned function is called, e.g. from a
+   * restore's pre-read until the restorer has consumed the image. Resolves once any gc that
+   * was already running has finished, with `id` still there (else it throws unknown-checkpoint).
+   */
+  async hold(id: string): Promise<() => void> {
+    const unpin = this.pinExport(id);
+    try {
+      await this.lock.run(async () => requireCheckpoint(this.ctx, id));
+    } catch (e) {
+      unpin();
+      throw e;
+    }
+    return unpin;
+  }
+
+  /**
    * The full image of any checkpoint, composed from its chain; a pull-based stream (the
    * image is produced as fast as the consumer reads). gc keeps `id` until the stream closes.
    */
