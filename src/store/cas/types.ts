@@ -1,4 +1,5 @@
 // Public types of the content-addressed store.
+import type { DamageEvent } from "./damage.js";
 
 export interface CasOptions {
   /** zstd level for new blocks (default 1; see docs/store.md for the measurements). */
@@ -142,6 +143,8 @@ export interface GcReport {
   pagesDropped: number;
   /** Pack bytes before minus after. */
   bytesFreed: number;
+  /** Blocks gc could not read (or that failed their checks): skipped and set aside, their pages lost. */
+  damaged?: DamageEvent[];
 }
 
 export interface StoreStats {
