@@ -13,6 +13,7 @@ import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
 import { showLogs } from "./logs.js";
 import { progressLine } from "./progress.js";
+import { damageWarning, registerVerifyCommand } from "./verify.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
@@ -120,6 +121,8 @@ export function buildProgram(): Command {
     .option("--json", "print as JSON")
     .action(async (name: string | undefined, o: { json?: boolean }) => {
       const list = await api.ls(name);
+      const warning = await damageWarning();
+      if (warning) process.stderr.write(warning + "\n");
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
       const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string } } => m as never;
@@ -188,6 +191,8 @@ export function buildProgram(): Command {
       if (o.json) return out(json(r));
       out(`removed ${r.dropped.length} checkpoint(s)${r.dropped.length ? ` (${r.dropped.join(", ")})` : ""}; freed ${bytes(r.bytesFreed)}; ${r.packsRewritten} pack(s) rewritten`);
     });
+
+  registerVerifyCommand(program);
 
   program
     .command("logs")

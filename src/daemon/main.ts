@@ -10,6 +10,7 @@ import { CasStoreAdapter } from "../store/cas/adapter.js";
 import { AppManager } from "./apps.js";
 import { checkSocketPath, daemonPaths, pingDaemon } from "./client.js";
 import { createApiServer } from "./server.js";
+import { watchDamage } from "./integrity.js";
 
 export async function runDaemon(home: string): Promise<void> {
   const log = pino({ base: { pid: process.pid }, level: process.env.TARDIGRADE_LOG_LEVEL ?? "info" });
@@ -33,6 +34,7 @@ export async function runDaemon(home: string): Promise<void> {
     }
     throw e;
   }
+  watchDamage(store, log); // damage found at open (short or missing packs) and later (bad blocks)
   const apps = new AppManager(home, store, log);
   const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
 
