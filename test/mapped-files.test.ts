@@ -5,7 +5,7 @@
 // the same packages) restores.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, openSync, closeSync, readFileSync, readSync, renameSync, rmSync, statSync, utimesSync, writeSync } from "node:fs";
+import { copyFileSync, mkdtempSync, openSync, closeSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
@@ -29,13 +29,16 @@ function setup(t: TestContext): { h: TestHome; dir: string } {
 /** Rewrites `len` bytes at `off` of `file` in place (same inode), keeping its size and mtime. */
 function patchInPlace(file: string, off: number, bytes: Buffer): void {
   const st = statSync(file);
+  const ref = `${file}.times`;
+  execFileSync("touch", ["-r", file, ref]); // keeps the nanoseconds (utimes from JS would not)
   const fd = openSync(file, "r+");
   try {
     writeSync(fd, bytes, 0, bytes.length, off);
   } finally {
     closeSync(fd);
   }
-  utimesSync(file, st.atime, st.mtime);
+  execFileSync("touch", ["-r", ref, file]);
+  rmSync(ref);
   const after = statSync(file);
   assert.deepEqual([after.ino, after.size, after.mtimeMs], [st.ino, st.size, st.mtimeMs], "same inode, size and mtime");
 }
@@ -92,10 +95,9 @@ test("an executable rewritten in place with the same size and mtime: restore ref
 
   // Another host with the same package: same build-id, another inode (and this host's mtime kept).
   patchInPlace(exe, at, orig);
-  const mtime = statSync(exe).mtime;
   const ino = statSync(exe).ino;
   copyFileSync(exe, `${exe}.new`);
-  utimesSync(`${exe}.new`, mtime, mtime);
+  execFileSync("touch", ["-r", exe, `${exe}.new`]);
   renameSync(`${exe}.new`, exe);
   assert.notEqual(statSync(exe).ino, ino);
   const from = logSize(h, "bid");
