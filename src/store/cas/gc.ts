@@ -6,8 +6,9 @@
 //     reaches `minDeadFraction` is rewritten: its live pages go into new blocks in a new
 //     pack (written and fsynced first), then one transaction points pages at the new
 //     blocks, forgets dead pages and the old blocks and packs; only then are the old pack
-//     files unlinked. A crash before the switch leaves an unknown new pack (removed by
-//     open()); after it, unknown old packs (also removed by open()).
+//     files unlinked. A crash before the switch leaves a new pack still recorded pending
+//     (removed by open()); after it, old packs the switch recorded pending (also removed).
+//     A block that cannot be read is skipped and set aside at the switch (damage.ts).
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fsyncPath } from "../fsutil.js";

@@ -1,6 +1,6 @@
 // Pack files: packs/pack-NNNNNN.dat, append-only. A 16-byte header ("TGPACK\0\0", u32
 // version, u32 0), then blocks back to back. Only the index says which bytes are
-// committed; repair() cuts uncommitted tails and removes packs the index does not know.
+// committed; repair() cuts uncommitted tails and removes packs the index records as pending (never others).
 import { open, readdir, rm, stat, truncate, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { fsyncPath } from "../fsutil.js";
