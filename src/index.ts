@@ -80,6 +80,11 @@ export function verify(target?: string, o: CommonOptions = {}): Promise<VerifyRe
   return client(o).request("POST", "/v1/verify", { target });
 }
 
+/** `ls` and `storeDamage` in one request (what the CLI's `ls` uses). */
+export function lsWithDamage(app?: string, o: CommonOptions = {}): Promise<{ checkpoints: Manifest[]; damage: DamageSummary }> {
+  return client(o).request("GET", `/v1/checkpoints?damage=1${app ? `&app=${enc(app)}` : ""}`);
+}
+
 /** Damaged data the store knows of (blocks set aside, packs found short): cheap, no scrub. */
 export function storeDamage(o: CommonOptions = {}): Promise<DamageSummary> {
   return client(o).request("GET", "/v1/store/damage");

@@ -120,8 +120,8 @@ export function buildProgram(): Command {
     .argument("[name]", "only this app's")
     .option("--json", "print as JSON")
     .action(async (name: string | undefined, o: { json?: boolean }) => {
-      const list = await api.ls(name);
-      const warning = await damageWarning();
+      const { checkpoints: list, damage } = await api.lsWithDamage(name);
+      const warning = damageWarning(damage);
       if (warning) process.stderr.write(warning + "\n");
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");

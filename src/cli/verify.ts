@@ -52,8 +52,7 @@ export function registerVerifyCommand(program: Command): void {
 }
 
 /** The warning `ls` prints (on stderr) while the store knows of damaged data. */
-export async function damageWarning(): Promise<string | null> {
-  const d = await api.storeDamage();
+export function damageWarning(d: api.DamageSummary): string | null {
   if (d.badBlocks === 0 && d.damagedPacks.length === 0) return null;
   const what = [d.damagedPacks.length ? `damaged pack(s) ${d.damagedPacks.join(", ")}` : "", d.badBlocks ? `${d.badBlocks} damaged block(s) set aside` : ""].filter(Boolean).join(", ");
   return `tardigrade: warning: the store holds damaged data (${what}). Run \`tardigrade verify\` to list the checkpoints affected`;

@@ -5,7 +5,7 @@
 //   POST /v1/gc {keep}                 POST /v1/apps/:name/import {path}
 //   POST /v1/apps/:name/stop {timeoutMs}
 //   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
-//   POST /v1/verify {target}           GET  /v1/store/damage
+//   POST /v1/verify {target}           GET  /v1/store/damage   (GET /v1/checkpoints?damage=1: both in one)
 // Errors: {"error":{"what","why","fix","code"}} with a 4xx/5xx status.
 // With "accept: application/x-ndjson", checkpoint and restore stream progress instead:
 // status 200, lines {"progress":{...}}, then one {"result":...} or {"error":{...}} line.
@@ -95,6 +95,7 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
     }
     if (res === "store" && id === "damage" && m === "GET") return damageSummary(apps.store);
     if (res === "checkpoints" && m === "GET") {
+      if (!id && url.searchParams.get("damage") === "1") return { checkpoints: await apps.listCheckpoints(url.searchParams.get("app") ?? undefined), damage: damageSummary(apps.store) };
       if (!id) return apps.listCheckpoints(url.searchParams.get("app") ?? undefined);
       const manifest = await apps.store.get(id);
       if (url.searchParams.get("image") !== "1") return { manifest };

@@ -109,6 +109,7 @@ export class Catalog {
       pending: db.prepare("SELECT id FROM pending_packs ORDER BY id").pluck(),
       pagesOfBlock: db.prepare("SELECT hash FROM pages WHERE block = ?").pluck(),
       insertBad: db.prepare("INSERT OR REPLACE INTO bad_blocks (id, pack, offset, len, npages, pages, why, found_at) VALUES (@id, @pack, @offset, @len, @npages, @pages, @why, @found_at)"),
+      badBlock: db.prepare("SELECT id, pack, offset, len, npages, pages, why, found_at FROM bad_blocks WHERE id = ?"),
       badBlocks: db.prepare("SELECT id, pack, offset, len, npages, pages, why, found_at FROM bad_blocks ORDER BY id"),
       deleteDamagedPack: db.prepare("DELETE FROM damaged_packs WHERE id = ?"),
       addDamagedPack: db.prepare("INSERT OR IGNORE INTO damaged_packs (id, why, found_at) VALUES (?, ?, ?)"),
@@ -195,6 +196,9 @@ export class Catalog {
       n += hashes.length;
     }
     return n;
+  }
+  badBlock(id: number): BadBlockRow | undefined {
+    return this.st.badBlock.get(id) as BadBlockRow | undefined;
   }
   badBlocks(): BadBlockRow[] {
     return this.st.badBlocks.all() as BadBlockRow[];
