@@ -9,10 +9,12 @@ import { tardigradeHome } from "./store/home.js";
 import type { Manifest } from "./store/types.js";
 import type { GcReport } from "./store/cas/types.js";
 import { currentUmask } from "./daemon/private-fs.js";
+import type { VerifyReport } from "./store/cas/verify.js";
+import type { DamageSummary } from "./daemon/integrity.js";
 
 export { TgError } from "./errors.js";
 export { ImageError, parseImage } from "./image/parser.js";
-export type { AppState, CheckpointResult, GcReport, ImageSummary, Manifest, ProgressEvent, RestoreResult, RunResult };
+export type { AppState, CheckpointResult, DamageSummary, GcReport, VerifyReport, ImageSummary, Manifest, ProgressEvent, RestoreResult, RunResult };
 
 export interface CommonOptions {
   /** State directory (default: $TARDIGRADE_HOME, /var/lib/tardigrade as root, ~/.local/state/tardigrade). */
@@ -68,6 +70,25 @@ export function importImage(name: string, path: string, o: CommonOptions = {}): 
 /** Reclaims space: keeps the newest `keep` checkpoints per app (and what they need). */
 export function gc(o: CommonOptions & { keep?: number } = {}): Promise<GcReport> {
   return client(o).request("POST", "/v1/gc", { keep: o.keep });
+}
+
+/**
+ * Full scrub: reads and checks every block the chosen checkpoints need (`target`: a
+ * checkpoint id APP@SEQ, an app name, or all), sets aside damaged blocks and reports the
+ * checkpoints that depend on damaged data (`ok` false).
+ */
+export function verify(target?: string, o: CommonOptions = {}): Promise<VerifyReport> {
+  return client(o).request("POST", "/v1/verify", { target });
+}
+
+/** `ls` and `storeDamage` in one request (what the CLI's `ls` uses). */
+export function lsWithDamage(app?: string, o: CommonOptions = {}): Promise<{ checkpoints: Manifest[]; damage: DamageSummary }> {
+  return client(o).request("GET", `/v1/checkpoints?damage=1${app ? `&app=${enc(app)}` : ""}`);
+}
+
+/** Damaged data the store knows of (blocks set aside, packs found short): cheap, no scrub. */
+export function storeDamage(o: CommonOptions = {}): Promise<DamageSummary> {
+  return client(o).request("GET", "/v1/store/damage");
 }
 
 export interface RestoreOptions extends CommonOptions, ProgressOptions {

@@ -14,6 +14,7 @@ import { bytes, duration, json, parseInterval, table } from "./format.js";
 import { showLogs } from "./logs.js";
 import { parseSeconds } from "./validate.js";
 import { progressLine } from "./progress.js";
+import { damageWarning, registerVerifyCommand } from "./verify.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
@@ -120,7 +121,9 @@ export function buildProgram(): Command {
     .argument("[name]", "only this app's")
     .option("--json", "print as JSON")
     .action(async (name: string | undefined, o: { json?: boolean }) => {
-      const list = await api.ls(name);
+      const { checkpoints: list, damage } = await api.lsWithDamage(name);
+      const warning = damageWarning(damage);
+      if (warning) process.stderr.write(warning + "\n");
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
       const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string } } => m as never;
@@ -189,6 +192,8 @@ export function buildProgram(): Command {
       if (o.json) return out(json(r));
       out(`removed ${r.dropped.length} checkpoint(s)${r.dropped.length ? ` (${r.dropped.join(", ")})` : ""}; freed ${bytes(r.bytesFreed)}; ${r.packsRewritten} pack(s) rewritten`);
     });
+
+  registerVerifyCommand(program);
 
   program
     .command("logs")

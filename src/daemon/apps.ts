@@ -9,7 +9,7 @@ import { stableAgent } from "../native/agent-copy.js";
 import { nativeBinary } from "../native/paths.js";
 import { CasStoreAdapter, toManifest } from "../store/cas/adapter.js";
 import { DEFAULT_MERGE_POLICY } from "../store/cas/merge.js";
-import type { GcReport, MergePolicy } from "../store/cas/types.js";
+import type { CheckpointStats, GcReport, MergePolicy } from "../store/cas/types.js";
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
@@ -28,6 +28,7 @@ import { isAlive, trySignal, waitGone } from "./procs.js";
 import { checkpointFailure } from "./checkpoint-failure.js";
 import { saveFacts } from "./restore-undo.js";
 import { otherProcesses, treeRefusal } from "./tree.js";
+import { FileIdentityCache } from "./mapped-files.js";
 
 export interface RunRequest {
   name?: string;
@@ -145,6 +146,7 @@ export class AppManager {
   private readonly lock = new KeyedLock();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly periodicInFlight = new Set<string>();
+  private readonly fileIds = new FileIdentityCache();
 
   constructor(
     readonly home: string,
@@ -385,7 +387,7 @@ export class AppManager {
       pid,
       join(store.root, "staging"),
       { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}) },
-      { ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}), onProgress: (done, total) => progress({ phase: "verify", done, total }) },
+      { ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}), onProgress: (done, total) => progress({ phase: "verify", done, total }), describeFiles: (v) => this.fileIds.describe(v) },
       (e) => {
         this.log.debug({ app: name, event: e }, "agent event");
         if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
@@ -699,6 +701,8 @@ export class AppManager {
 
   private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
     const name = dir.name;
+    // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
+    await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.

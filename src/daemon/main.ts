@@ -13,6 +13,7 @@ import { safeLogSink } from "./log-sink.js";
 import { goPrivate, lockDown } from "./private-fs.js";
 import { ensureWatchdog, stopWatchdog } from "./watchdog.js";
 import { createApiServer } from "./server.js";
+import { watchDamage } from "./integrity.js";
 
 export async function runDaemon(home: string): Promise<void> {
   // Everything the daemon (and the launchers it starts) creates is private to its owner
@@ -44,6 +45,7 @@ export async function runDaemon(home: string): Promise<void> {
     if (e instanceof TgError) throw e;
     throw new TgError(`cannot open the store ${join(home, "store")}`, errMessage(e), `Check ${join(home, "store", "index.sqlite")} and the pack files (disk, permissions); restore the index from a backup if it is damaged, but do not delete pack files`, "store-open");
   }
+  watchDamage(store, log); // damage found at open (short or missing packs) and later (bad blocks)
   const apps = new AppManager(home, store, log);
   const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
 

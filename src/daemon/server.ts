@@ -5,6 +5,7 @@
 //   POST /v1/gc {keep}                 POST /v1/apps/:name/import {path}
 //   POST /v1/apps/:name/stop {timeoutMs}
 //   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
+//   POST /v1/verify {target}           GET  /v1/store/damage   (GET /v1/checkpoints?damage=1: both in one)
 // Errors: {"error":{"what","why","fix","code"}} with a 4xx/5xx status.
 // With "accept: application/x-ndjson", checkpoint and restore stream progress instead:
 // status 200, lines {"progress":{...}}, then one {"result":...} or {"error":{...}} line.
@@ -13,6 +14,7 @@ import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
 import { summarizeImage } from "../image/summary.js";
 import type { AppManager, Progress, RunRequest } from "./apps.js";
+import { damageSummary, verifyStore } from "./integrity.js";
 
 const STATUS: Record<string, number> = {
   "bad-request": 400,
@@ -89,7 +91,13 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       const b = await body(req);
       return apps.gc(typeof b.keep === "number" ? b.keep : undefined);
     }
+    if (res === "verify" && m === "POST") {
+      const b = await body(req);
+      return verifyStore(apps.store, typeof b.target === "string" ? b.target : undefined);
+    }
+    if (res === "store" && id === "damage" && m === "GET") return damageSummary(apps.store);
     if (res === "checkpoints" && m === "GET") {
+      if (!id && url.searchParams.get("damage") === "1") return { checkpoints: await apps.listCheckpoints(url.searchParams.get("app") ?? undefined), damage: damageSummary(apps.store) };
       if (!id) return apps.listCheckpoints(url.searchParams.get("app") ?? undefined);
       const manifest = await apps.store.get(id);
       if (url.searchParams.get("image") !== "1") return { manifest };

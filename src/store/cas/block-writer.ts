@@ -27,7 +27,9 @@ export class PackAppender {
     let w = this.writers[this.writers.length - 1];
     if (!w) {
       const last = this.fresh ? undefined : this.ctx.catalog.packs().pop();
-      w = last && last.size + len <= max ? await PackWriter.append(this.ctx.packDir, last.id, last.size) : await PackWriter.create(this.ctx.packDir, this.ctx.allocPackId());
+      // never append to a pack that lost bytes: new data would land after the hole
+      const appendable = last !== undefined && last.size + len <= max && !this.ctx.catalog.damagedPacks().some((d) => d.id === last.id);
+      w = last && appendable ? await PackWriter.append(this.ctx.packDir, last.id, last.size) : await PackWriter.create(this.ctx.packDir, this.ctx.allocPackId());
       this.writers.push(w);
     } else if (w.size + len > max && w.size > PACK_HEADER_SIZE) {
       w = await PackWriter.create(this.ctx.packDir, this.ctx.allocPackId());

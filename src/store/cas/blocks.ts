@@ -16,6 +16,8 @@ export class BlockCache {
     private readonly readers: PackReaders,
     private readonly packDir: string,
     private readonly capacity = 64,
+    /** Told about a block that exists in the index but cannot be read or fails its checks. */
+    private readonly onBad?: (id: number, e: unknown) => void,
   ) {}
 
   get(id: number): Promise<Buffer> {
@@ -37,7 +39,12 @@ export class BlockCache {
   private async load(id: number): Promise<Buffer> {
     const row = this.catalog.block(id);
     if (!row) throw storeCorrupt(`cannot read block ${id}`, "the index has no such block (removed by a concurrent gc?)");
-    const buf = await this.readers.read(row.pack, row.offset, row.len);
-    return decodeBlock(buf, row.npages, `${join(this.packDir, packName(row.pack))} offset ${row.offset}`);
+    try {
+      const buf = await this.readers.read(row.pack, row.offset, row.len);
+      return await decodeBlock(buf, row.npages, `${join(this.packDir, packName(row.pack))} offset ${row.offset}`);
+    } catch (e) {
+      this.onBad?.(id, e);
+      throw e;
+    }
   }
 }

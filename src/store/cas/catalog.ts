@@ -62,9 +62,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   kind TEXT NOT NULL, parent TEXT, synthetic INTEGER NOT NULL, created_at TEXT NOT NULL, pid INTEGER NOT NULL,
   stats TEXT NOT NULL, header BLOB NOT NULL, meta BLOB NOT NULL, UNIQUE (app, seq));
 CREATE TABLE IF NOT EXISTS extents (cid INTEGER NOT NULL, ord INTEGER NOT NULL, page INTEGER NOT NULL, npages INTEGER NOT NULL, hashes BLOB, locs BLOB, PRIMARY KEY (cid, ord));
+CREATE TABLE IF NOT EXISTS pending_packs (id INTEGER PRIMARY KEY, why TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bad_blocks (id INTEGER PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, len INTEGER NOT NULL, npages INTEGER NOT NULL, pages INTEGER NOT NULL, why TEXT NOT NULL, found_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS damaged_packs (id INTEGER PRIMARY KEY, why TEXT NOT NULL, found_at TEXT NOT NULL);
 `;
 
 const CK_COLS = "cid, id, app, seq, kind, parent, synthetic, created_at, pid, stats";
+
+/** A block that failed verification (moved out of `blocks`; its pages were forgotten). */
+export interface BadBlockRow extends BlockRow {
+  /** Pages of the index that pointed into it when it was found bad. */
+  pages: number;
+  why: string;
+  found_at: string;
+}
 
 export class Catalog {
   readonly db: Database.Database;
@@ -74,7 +85,7 @@ export class Catalog {
     try {
       this.db = new Database(file);
     } catch (e) {
-      throw new TgError(`cannot open the store index ${file}`, (e as Error).message, "Check the path and its permissions; if the file is damaged, move it away (the packs alone cannot be re-indexed)", "store-open");
+      throw new TgError(`cannot open the store index ${file}`, (e as Error).message, "Check the path and its permissions. Do not delete or move the index away: the packs alone cannot be re-indexed, and the store refuses to start without it; put back a copy of this file (from a backup), or move the whole store directory away to start an empty one", "store-open");
     }
     const db = this.db;
     db.pragma("auto_vacuum = INCREMENTAL"); // only takes effect on a new database
@@ -93,6 +104,16 @@ export class Catalog {
       packs: db.prepare("SELECT id, size FROM packs ORDER BY id"),
       upsertPack: db.prepare("INSERT INTO packs (id, size) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET size = excluded.size"),
       deletePack: db.prepare("DELETE FROM packs WHERE id = ?"),
+      addPending: db.prepare("INSERT OR REPLACE INTO pending_packs (id, why) VALUES (?, ?)"),
+      clearPending: db.prepare("DELETE FROM pending_packs WHERE id = ?"),
+      pending: db.prepare("SELECT id FROM pending_packs ORDER BY id").pluck(),
+      pagesOfBlock: db.prepare("SELECT hash FROM pages WHERE block = ?").pluck(),
+      insertBad: db.prepare("INSERT OR REPLACE INTO bad_blocks (id, pack, offset, len, npages, pages, why, found_at) VALUES (@id, @pack, @offset, @len, @npages, @pages, @why, @found_at)"),
+      badBlock: db.prepare("SELECT id, pack, offset, len, npages, pages, why, found_at FROM bad_blocks WHERE id = ?"),
+      badBlocks: db.prepare("SELECT id, pack, offset, len, npages, pages, why, found_at FROM bad_blocks ORDER BY id"),
+      deleteDamagedPack: db.prepare("DELETE FROM damaged_packs WHERE id = ?"),
+      addDamagedPack: db.prepare("INSERT OR IGNORE INTO damaged_packs (id, why, found_at) VALUES (?, ?, ?)"),
+      damagedPacks: db.prepare("SELECT id, why, found_at FROM damaged_packs ORDER BY id"),
       insertBlock: db.prepare("INSERT INTO blocks (pack, offset, len, npages) VALUES (?, ?, ?, ?)"),
       block: db.prepare("SELECT id, pack, offset, len, npages FROM blocks WHERE id = ?"),
       blocksOfPack: db.prepare("SELECT id, pack, offset, len, npages FROM blocks WHERE pack = ? ORDER BY offset"),
@@ -127,11 +148,67 @@ export class Catalog {
   packs(): PackRow[] {
     return this.st.packs.all() as PackRow[];
   }
+  /** Commits a pack's size (inside the commit transaction): it is no longer pending. */
   upsertPack(id: number, size: number): void {
     this.st.upsertPack.run(id, size);
+    this.st.clearPending.run(id);
   }
+  /**
+   * Forgets a committed pack whose file is about to be unlinked (gc's switch): it is
+   * recorded as pending deletion in the same transaction, so that open() may remove it.
+   */
   deletePack(id: number): void {
     this.st.deletePack.run(id);
+    this.st.deleteDamagedPack.run(id);
+    this.st.addPending.run(id, "gc-unlink");
+  }
+  /**
+   * Records a pack id as pending before its file is created (autocommitted: durable
+   * before the file exists). open() deletes a pack file only if it is pending here.
+   */
+  addPending(id: number, why: string): void {
+    this.st.addPending.run(id, why);
+  }
+  clearPending(id: number): void {
+    this.st.clearPending.run(id);
+  }
+  pendingPacks(): number[] {
+    return this.st.pending.all() as number[];
+  }
+  /**
+   * Moves blocks that failed verification out of `blocks` into `bad_blocks` and forgets
+   * the pages stored in them: dedup stops using them (the next ingest of such a page stores
+   * it again), location hints into the block miss, and gc no longer reads it.
+   * Returns the number of pages forgotten. Call inside a transaction.
+   */
+  markBlocksBad(bad: { block: BlockRow; why: string }[], at = new Date()): number {
+    if (bad.length === 0) return 0;
+    // pages has no index on block (one scan per call: this happens only on damage)
+    const byBlock = new Map<number, Buffer[]>(bad.map((b) => [b.block.id, []]));
+    if (bad.length === 1) byBlock.set(bad[0]!.block.id, this.st.pagesOfBlock.all(bad[0]!.block.id) as Buffer[]);
+    else for (const [hash, block] of this.allPages()) byBlock.get(block)?.push(hash);
+    let n = 0;
+    for (const { block: b, why } of bad) {
+      const hashes = byBlock.get(b.id)!;
+      for (const h of hashes) this.st.deletePage.run(h);
+      this.st.insertBad.run({ id: b.id, pack: b.pack, offset: b.offset, len: b.len, npages: b.npages, pages: hashes.length, why, found_at: at.toISOString() });
+      this.st.deleteBlock.run(b.id);
+      n += hashes.length;
+    }
+    return n;
+  }
+  badBlock(id: number): BadBlockRow | undefined {
+    return this.st.badBlock.get(id) as BadBlockRow | undefined;
+  }
+  badBlocks(): BadBlockRow[] {
+    return this.st.badBlocks.all() as BadBlockRow[];
+  }
+  /** A pack found shorter than committed, or missing: never appended to again. */
+  addDamagedPack(id: number, why: string, at = new Date()): void {
+    this.st.addDamagedPack.run(id, why, at.toISOString());
+  }
+  damagedPacks(): { id: number; why: string; found_at: string }[] {
+    return this.st.damagedPacks.all() as { id: number; why: string; found_at: string }[];
   }
   insertBlock(pack: number, offset: number, len: number, npages: number): number {
     return Number(this.st.insertBlock.run(pack, offset, len, npages).lastInsertRowid);

@@ -18,6 +18,11 @@ export interface StoreContext {
   filter: PageFilter | null;
   /** The page hasher (a worker thread), started on first use. */
   hasher(): Hasher;
+  /**
+   * A reader found block `id` unreadable or failing its checks: the store re-checks it
+   * under its lock and, if it is still bad, sets it aside (src/store/cas/damage.ts).
+   */
+  reportBad(id: number, e: unknown): void;
 }
 
 export function toCheckpoint(r: CheckpointRow): CasCheckpoint {

@@ -144,7 +144,7 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
   const { chain, records } = composeRecords(ctx, id);
   const target = chain[chain.length - 1]!;
   const { header, meta } = ctx.catalog.headerAndMeta(target.cid);
-  const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks);
+  const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks, ctx.reportBad);
   const budget = Math.max(1, Math.floor(ctx.opts.cacheBlocks / 2));
   let size = FILE_HEADER_SIZE;
   let count = 0;

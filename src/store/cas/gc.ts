@@ -6,8 +6,9 @@
 //     reaches `minDeadFraction` is rewritten: its live pages go into new blocks in a new
 //     pack (written and fsynced first), then one transaction points pages at the new
 //     blocks, forgets dead pages and the old blocks and packs; only then are the old pack
-//     files unlinked. A crash before the switch leaves an unknown new pack (removed by
-//     open()); after it, unknown old packs (also removed by open()).
+//     files unlinked. A crash before the switch leaves a new pack still recorded pending
+//     (removed by open()); after it, old packs the switch recorded pending (also removed).
+//     A block that cannot be read is skipped and set aside at the switch (damage.ts).
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fsyncPath } from "../fsutil.js";
@@ -19,6 +20,7 @@ import { PACK_HEADER_SIZE, packName } from "./pack.js";
 import type { GcOptions, GcReport } from "./types.js";
 import { HASH_LEN, PAGE, ZERO_HASH, crashPoint } from "./util.js";
 import { TgError } from "../../errors.js";
+import { isDamageError, setAsideBlocks, shortWhy } from "./damage.js";
 
 /** Which checkpoints stay: newest `keep` per app, pins, and the chains they need. */
 export function retention(rows: CheckpointRow[], keep: number, pin: string[] = [], keepPerApp: Record<string, number> = {}): { kept: Set<string>; forChains: string[] } {
@@ -106,11 +108,23 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
   const pipeline = new BlockPipeline(appender, ctx.opts.blockPages, ctx.opts.level, ctx.opts.inflight);
   const cache = new BlockCache(cat, ctx.readers, ctx.packDir, 8);
   const at: [number, number][] = [];
+  const moved: typeof move = [];
+  /** Blocks that cannot be read or fail their checks: skipped, set aside at the switch (their pages are lost). */
+  const bad = new Map<number, string>();
   let switched = false;
   try {
     for (const m of move) {
-      const block = await cache.get(m.block);
+      if (bad.has(m.block)) continue;
+      let block: Buffer;
+      try {
+        block = await cache.get(m.block);
+      } catch (e) {
+        if (!isDamageError(e)) throw e;
+        bad.set(m.block, shortWhy(e)); // gc holds the store's lock: no concurrent gc moved it
+        continue;
+      }
       at.push(await pipeline.add(block.subarray(m.idx * PAGE, (m.idx + 1) * PAGE)));
+      moved.push(m);
     }
     await pipeline.finish();
     crashPoint("gc-written");
@@ -119,7 +133,8 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
     cat.transaction(() => {
       for (const w of appender.writers) cat.upsertPack(w.id, w.size);
       const ids = pipeline.blocks.map((b) => cat.insertBlock(b.pack, b.offset, b.len, b.npages));
-      move.forEach((m, i) => cat.movePage(m.hash, ids[at[i]![0]]!, at[i]![1]));
+      if (bad.size > 0) report.damaged = setAsideBlocks(cat, [...bad].map(([id, why]) => ({ id, why })));
+      moved.forEach((m, i) => cat.movePage(m.hash, ids[at[i]![0]]!, at[i]![1]));
       for (const h of dead) cat.deletePage(h);
       for (const b of doomedBlocks) cat.deleteBlock(b);
       for (const id of doomedIds) cat.deletePack(id);
@@ -137,12 +152,13 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
   for (const p of doomed) {
     ctx.readers.forget(p.id);
     await rm(join(ctx.packDir, packName(p.id)), { force: true });
+    cat.clearPending(p.id);
     report.packsRemoved.push(packName(p.id));
     crashPoint("gc-unlinked-one");
   }
   await fsyncPath(ctx.packDir);
   report.packsRewritten = doomed.length;
-  report.pagesMoved = move.length;
+  report.pagesMoved = moved.length;
   report.pagesDropped = dead.length;
   report.bytesFreed = doomed.reduce((n, p) => n + p.size, 0) - appender.writers.reduce((n, w) => n + w.size, 0);
   return finish(ctx, report);

@@ -12,7 +12,7 @@ import { toCheckpoint, type StoreContext } from "./context.js";
 import { openImageSource, readImage } from "./image-stream.js";
 import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { PageFilter } from "./bloom.js";
-import type { CasCheckpoint, CheckpointStats, IngestInfo } from "./types.js";
+import type { CasCheckpoint, CheckpointStats, IngestInfo, VmaFile } from "./types.js";
 import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, crashPoint, pageOf, putLoc } from "./util.js";
 
 /** PAGES records being hashed ahead of the one being indexed. */
@@ -38,6 +38,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   const newPages: { hash: Buffer; at: [number, number] }[] = [];
   const extents: ExtentRow[] = [];
   const metaParts: Buffer[] = [];
+  const vmas: VmaFile[] = [];
   let headerRaw: Buffer | null = null;
   let kind: "full" | "incremental" = "full";
   let parent: string | null = null;
@@ -113,6 +114,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         }
         case "meta":
           metaParts.push(item.raw);
+          if (item.type === RecordType.VMA && item.payload.length > 80)
+            vmas.push({ prot: item.payload.readUInt32LE(24), kind: item.payload.readUInt32LE(28), vflags: item.payload.readUInt32LE(32), path: item.payload.toString("utf8", 80) });
           if (item.type === RecordType.THREAD && (item.payload.readUInt32LE(4) & 1) === 0) threads++;
           break;
         case "tracking":
@@ -154,6 +157,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     crashPoint("ingest-synced");
     // the caller may still be waiting for the producer's verdict (the agent's final reply)
     if (info.beforeCommit) await info.beforeCommit();
+    if (info.describeFiles) stats.mappedFiles = await info.describeFiles(vmas);
     stats.downtimeNs = info.downtimeNs ?? stats.downtimeNs;
     // the hash tracker counts changed pages only while writing them (after the TRACKING record)
     if (info.pagesWritten !== undefined) stats.pagesWritten = info.pagesWritten;

@@ -1,7 +1,9 @@
 // Where the pages of a composed record are: the page table's location hint when its block
 // still exists (blocks are immutable and their ids never reused), the page index
 // otherwise. Used by export (to read the pages) and by merge (to measure and rewrite).
+import { join } from "node:path";
 import type { ComposedRecord } from "./compose.js";
+import { packName } from "./pack.js";
 import type { StoreContext } from "./context.js";
 import { HASH_LEN, LOC_LEN, ZERO_HASH, addrOf, hex, storeCorrupt } from "./util.js";
 
@@ -34,7 +36,12 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
       }
     }
     const loc = ctx.catalog.pageLoc(h);
-    if (!loc) throw storeCorrupt(what, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store`);
+    if (!loc) {
+      // a page whose block was set aside (damage.ts): say where it was and why
+      const bad = hint !== 0 ? ctx.catalog.badBlock(hint) : undefined;
+      const where = bad ? `: its block at ${join(ctx.packDir, packName(bad.pack))} offset ${bad.offset} was set aside as damaged (${bad.why})` : "";
+      throw storeCorrupt(what, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store${where}`);
+    }
     out.push(loc);
   }
   return out;

@@ -1,9 +1,10 @@
 // Pack files: packs/pack-NNNNNN.dat, append-only. A 16-byte header ("TGPACK\0\0", u32
 // version, u32 0), then blocks back to back. Only the index says which bytes are
-// committed; repair() cuts uncommitted tails and removes packs the index does not know.
+// committed; repair() cuts uncommitted tails and removes packs the index records as pending (never others).
 import { open, readdir, rm, stat, truncate, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { fsyncPath } from "../fsutil.js";
+import { TgError } from "../../errors.js";
 import { storeCorrupt } from "./util.js";
 
 export const PACK_MAGIC = Buffer.from("TGPACK\0\0", "latin1");
@@ -143,18 +144,48 @@ export class PackReaders {
 }
 
 export interface RepairReport {
-  /** Pack files deleted because the index does not know them (crash before their commit, or after gc's switch). */
+  /** Pack files deleted because the index records them as pending (crash before their commit, or after gc's switch). */
   removedPacks: string[];
   /** Packs cut back to their committed length: [file, bytes cut]. */
   truncated: [string, number][];
-  /** Packs shorter than the index says (data lost outside our control). */
+  /** Packs shorter than the index says, or missing (data lost outside our control). */
   damaged: string[];
 }
 
-/** Brings the pack directory in line with the index: the open() half of crash safety. */
-export async function repairPacks(dir: string, known: { id: number; size: number }[]): Promise<RepairReport> {
+/** Pack file names in `dir` (pack-NNNNNN.dat), with their ids. */
+export async function packFiles(dir: string): Promise<{ name: string; id: number }[]> {
+  const out: { name: string; id: number }[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const m = PACK_RE.exec(name);
+    if (m) out.push({ name, id: Number(m[1]) });
+  }
+  return out;
+}
+
+/** Refusal to open a store whose pack files the index does not know (never deleted: they may be all the data). */
+export function unknownPacksError(root: string, names: string[], indexMissing: boolean): TgError {
+  const list = names.slice(0, 5).join(", ") + (names.length > 5 ? ", ..." : "");
+  return new TgError(
+    `cannot open the store ${root}`,
+    indexMissing
+      ? `store index missing; ${names.length} pack file(s) present (${list}) that only index.sqlite can make sense of`
+      : `the store index does not know ${names.length} pack file(s) (${list}): it is not the index these packs were written with`,
+    `Put back the index.sqlite that goes with these packs (the packs alone cannot be re-indexed); nothing was deleted. To start an empty store instead, move ${root} away`,
+    "store-corrupt",
+  );
+}
+
+/**
+ * Brings the pack directory in line with the index: the open() half of crash safety.
+ * A pack file the index does not know is deleted only if the index records it as pending
+ * (created by an ingest/merge/gc that did not commit, or switched away from by gc);
+ * any other unknown pack makes open() refuse (see unknownPacksError).
+ */
+export async function repairPacks(dir: string, known: { id: number; size: number }[], pending: number[], root: string): Promise<RepairReport> {
   const report: RepairReport = { removedPacks: [], truncated: [], damaged: [] };
   const byId = new Map(known.map((p) => [p.id, p.size]));
+  const pend = new Set(pending);
+  const unknown: string[] = [];
   for (const name of await readdir(dir)) {
     const m = PACK_RE.exec(name);
     const path = join(dir, name);
@@ -164,8 +195,10 @@ export async function repairPacks(dir: string, known: { id: number; size: number
     }
     const committed = byId.get(Number(m[1]));
     if (committed === undefined) {
-      await rm(path, { force: true });
-      report.removedPacks.push(name);
+      if (pend.has(Number(m[1]))) {
+        await rm(path, { force: true });
+        report.removedPacks.push(name);
+      } else unknown.push(name);
       continue;
     }
     const { size } = await stat(path);
@@ -175,6 +208,7 @@ export async function repairPacks(dir: string, known: { id: number; size: number
       report.truncated.push([name, size - committed]);
     } else if (size < committed) report.damaged.push(name);
   }
+  if (unknown.length > 0) throw unknownPacksError(root, unknown.sort(), false);
   for (const p of known) {
     const name = packName(p.id);
     try {

@@ -83,7 +83,7 @@ function isStale(e: unknown): boolean {
 export async function rewritePages(ctx: StoreContext, records: ComposedRecord[], locs: PageLoc[][], distinctPages: number): Promise<Relayout> {
   const appender = new PackAppender(ctx, true);
   const pipeline = new BlockPipeline(appender, ctx.opts.blockPages, ctx.opts.level, ctx.opts.inflight);
-  const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks);
+  const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks, ctx.reportBad);
   const budget = Math.max(1, Math.floor(ctx.opts.cacheBlocks / 2));
   const at = new Map<string, [number, number]>();
   const half = Math.ceil(distinctPages / 2);

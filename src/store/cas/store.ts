@@ -3,6 +3,7 @@
 //   <root>/packs/pack-NNNNNN.dat  append-only packs of compressed page blocks
 // One process opens a store at a time (<root>/lock); inside it, ingest, merge and gc are
 // serialised by a mutex; list/get/stats/exportImage run at any time.
+import { existsSync } from "node:fs";
 import { mkdir, open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -16,7 +17,11 @@ import { composeRecords } from "./compose.js";
 import { locateRecords, readCost } from "./relayout.js";
 import { Hasher } from "./hasher.js";
 import { lockStore } from "./lock.js";
-import { PackReaders, repairPacks, type RepairReport } from "./pack.js";
+import { PackReaders, packFiles, packName, repairPacks, unknownPacksError, type RepairReport } from "./pack.js";
+import { checkBlock, isDamageError, setAsideBlocks, setAsideDamagedPacks, type DamageEvent } from "./damage.js";
+export type { DamageEvent } from "./damage.js";
+export type { VerifyReport } from "./verify.js";
+import { scrub, type VerifyReport } from "./verify.js";
 import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, ReadCost, StoreStats } from "./types.js";
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
@@ -32,13 +37,24 @@ export class CasStore {
   private nextPack: number;
   private closed = false;
 
+  /**
+   * Called when the store sets damaged data aside: blocks found bad by a reader (export,
+   * merge, gc, verify) and, at open, packs found short or missing (see `damage`).
+   */
+  onDamage: ((e: DamageEvent) => void) | null = null;
+  /** Blocks reported bad whose re-check is queued (one re-check per block). */
+  private readonly recheck = new Set<number>();
+
   private constructor(
     private readonly ctx: StoreContext,
     /** What open() repaired (crash leftovers). */
     readonly repairs: RepairReport,
     private readonly unlock: () => Promise<void>,
+    /** Damage open() found and set aside (packs short or missing); also in `verify()`. */
+    readonly damage: DamageEvent[],
+    highestPackFile: number,
   ) {
-    this.nextPack = Math.max(0, ...ctx.catalog.packs().map((p) => p.id)) + 1;
+    this.nextPack = Math.max(0, highestPackFile, ...ctx.catalog.packs().map((p) => p.id), ...ctx.catalog.pendingPacks()) + 1;
   }
 
   /** Opens (creating if needed) the store at `root` and repairs crash leftovers. */
@@ -50,23 +66,54 @@ export class CasStore {
     const unlock = await lockStore(root);
     let catalog: Catalog;
     try {
+      // Without its index the packs are unusable, but they are the data: never start over
+      // on an empty index (it would take them for crash leftovers).
+      const files = await packFiles(packDir);
+      if (!existsSync(join(root, "index.sqlite")) && files.length > 0) throw unknownPacksError(root, files.map((f) => f.name).sort(), true);
       catalog = new Catalog(join(root, "index.sqlite"));
     } catch (e) {
       await unlock();
       throw e;
     }
     try {
-      const repairs = await repairPacks(packDir, catalog.packs());
-      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false) };
-      const store = new CasStore(ctx, repairs, unlock);
-      ctx.allocPackId = () => store.nextPack++;
+      const files = await packFiles(packDir);
+      const repairs = await repairPacks(packDir, catalog.packs(), catalog.pendingPacks(), root);
+      for (const id of catalog.pendingPacks()) catalog.clearPending(id); // their files are gone now
+      const damage = await setAsideDamagedPacks(catalog, packDir, repairs.damaged);
+      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false), reportBad: () => undefined };
+      const store = new CasStore(ctx, repairs, unlock, damage, Math.max(0, ...files.map((f) => f.id)));
+      ctx.allocPackId = () => {
+        const id = store.nextPack++;
+        catalog.addPending(id, "new"); // durable before the file exists: open() may delete it
+        return id;
+      };
       ctx.hasher = () => store.getHasher();
+      ctx.reportBad = (id, e) => store.reportBad(id, e);
       return store;
     } catch (e) {
       catalog.close();
       await unlock();
       throw e;
     }
+  }
+
+  /** A reader found block `id` bad: re-check it under the lock and set it aside if it still is. */
+  private reportBad(id: number, e: unknown): void {
+    if (!isDamageError(e) || this.recheck.has(id) || this.closed) return;
+    this.recheck.add(id);
+    this.lock
+      .run(async () => {
+        const row = this.ctx.catalog.block(id);
+        if (!row) return; // moved by a gc meanwhile
+        const why = await checkBlock(this.ctx, row);
+        if (why !== null) this.damaged(setAsideBlocks(this.ctx.catalog, [{ id, why }]));
+      })
+      .catch(() => undefined)
+      .finally(() => this.recheck.delete(id));
+  }
+
+  private damaged(events: DamageEvent[]): void {
+    for (const ev of events) this.onDamage?.(ev);
   }
 
   private hasherInstance: Hasher | null = null;
@@ -203,7 +250,11 @@ export class CasStore {
   /** Retention + space reclaim (see docs/store.md); checkpoints being exported count as pinned. */
   gc(opts: GcOptions): Promise<GcReport> {
     // Pins are read once gc holds the lock: an export or merge that started before counts.
-    return this.lock.run(() => collectGarbage(this.ctx, { ...opts, pin: [...(opts.pin ?? []), ...this.exporting.keys()] }));
+    return this.lock.run(async () => {
+      const r = await collectGarbage(this.ctx, { ...opts, pin: [...(opts.pin ?? []), ...this.exporting.keys()] });
+      this.damaged(r.damaged ?? []);
+      return r;
+    });
   }
 
   /**
@@ -226,6 +277,30 @@ export class CasStore {
    */
   importCheckpoint(manifest: MirrorManifest, table: MirrorTable, getBlock: (name: string) => Promise<Buffer>): Promise<ImportReport> {
     return this.lock.run(() => importMirrored(this.ctx, manifest, table, getBlock));
+  }
+
+  /**
+   * Full scrub on demand: reads and checks every block the chosen checkpoints need (all
+   * checkpoints, those of `app`, or checkpoint `id` with what its chain needs), sets aside
+   * the blocks found bad, and reports which checkpoints depend on damaged data. The chosen
+   * checkpoints are pinned against gc meanwhile; ingests go on (only setting blocks aside
+   * takes the lock).
+   */
+  async verify(target: { app?: string; id?: string } = {}): Promise<VerifyReport> {
+    const ids = target.id !== undefined ? [this.get(target.id).id] : this.list(target.app).map((c) => c.id);
+    const unpins = ids.map((id) => this.pinExport(id));
+    try {
+      const { report, bad } = await scrub(this.ctx, ids);
+      if (bad.length > 0) await this.lock.run(async () => this.damaged(setAsideBlocks(this.ctx.catalog, bad)));
+      return report;
+    } finally {
+      for (const u of unpins) u();
+    }
+  }
+
+  /** Damaged data the index records (blocks set aside, packs found short): cheap, for warnings in `ls`. */
+  damageSummary(): { badBlocks: number; damagedPacks: string[] } {
+    return { badBlocks: this.ctx.catalog.badBlocks().length, damagedPacks: this.ctx.catalog.damagedPacks().map((p) => packName(p.id)) };
   }
 
   /** Checkpoints, by app then seq. */

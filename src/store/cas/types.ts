@@ -1,4 +1,5 @@
 // Public types of the content-addressed store.
+import type { DamageEvent } from "./damage.js";
 
 export interface CasOptions {
   /** zstd level for new blocks (default 1; see docs/store.md for the measurements). */
@@ -36,8 +37,32 @@ export interface IngestInfo {
    * (nothing becomes visible). The daemon waits here for the agent's final reply.
    */
   beforeCommit?: () => Promise<void>;
+  /**
+   * Called before the commit with the image's file mappings (VMA records with a path); its
+   * result is kept with the checkpoint as `stats.mappedFiles` (the daemon records the
+   * identity of mapped executables and libraries, checked before a restore).
+   */
+  describeFiles?: (vmas: VmaFile[]) => Promise<MappedFile[]>;
   /** Called as the image is read: bytes done, total (0 when unknown: a stream). */
   onProgress?: (done: number, total: number) => void;
+}
+
+/** A file mapping as an image's VMA record gives it. */
+export interface VmaFile {
+  path: string;
+  prot: number;
+  kind: number;
+  vflags: number;
+}
+
+/** The identity of a mapped executable file recorded with a checkpoint. */
+export interface MappedFile {
+  path: string;
+  size: number;
+  /** GNU build-id (hex) from the ELF's PT_NOTE segments. */
+  buildId?: string;
+  /** SHA-256 of the whole file, when it has no build-id. */
+  sha256?: string;
 }
 
 export interface CheckpointStats {
@@ -58,6 +83,8 @@ export interface CheckpointStats {
   tracking: string | null;
   pagesScanned: number | null;
   pagesWritten: number | null;
+  /** Identity of the executables and libraries mapped at the checkpoint (see IngestInfo.describeFiles). */
+  mappedFiles?: MappedFile[];
   freshMappings: number | null;
   /** Ingest wall time (ns). */
   ingestNs: number;
@@ -142,6 +169,8 @@ export interface GcReport {
   pagesDropped: number;
   /** Pack bytes before minus after. */
   bytesFreed: number;
+  /** Blocks gc could not read (or that failed their checks): skipped and set aside, their pages lost. */
+  damaged?: DamageEvent[];
 }
 
 export interface StoreStats {

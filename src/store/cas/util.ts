@@ -36,7 +36,7 @@ export function storeCorrupt(what: string, why: string): TgError {
   return new TgError(
     what,
     why,
-    "The store's data is damaged (disk error or files changed by hand); restore from another checkpoint or a mirror, and run `tardigrade gc` to drop damaged ones",
+    "The store's data is damaged (disk error or files changed by hand); the damaged block is now set aside (the next checkpoint stores its pages again). Run `tardigrade verify` to list the checkpoints it affects; restore another checkpoint or from a mirror",
     "store-corrupt",
   );
 }
