@@ -16,7 +16,8 @@ import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { CasStore } from "../store/cas/store.js";
-import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest } from "../store/cas/mirror.js";
+import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest, type MirrorTable } from "../store/cas/mirror.js";
+import { contentDigest } from "../store/cas/lineage.js";
 import { checkpointId, parseCheckpointId } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
 import { ChunkReadError, MirrorClient, type AckLevel, type MirrorStateEvent } from "./client.js";
@@ -407,8 +408,10 @@ export interface PullFromMirrorResult {
   id: string;
   /** Checkpoints imported, oldest first (ancestors the store lacked, then the one asked for). */
   imported: (ImportReport & { id: string })[];
-  /** True if the checkpoint was already in the store (nothing fetched). */
+  /** True if the checkpoint and its whole chain were already in the store, same content (nothing imported). */
   alreadyPresent: boolean;
+  /** Local checkpoints of another lineage that had ids of the mirror's chain: renamed to app `app` (old id -> new id). */
+  setAside?: { app: string; renamed: Record<string, string> };
   blocksFetched: number;
   bytesFetched: number;
 }
@@ -432,9 +435,29 @@ async function fetchManifest(a: AdminConnection, source: string, mirrorId: strin
   return { mirrorId: header.id, manifest };
 }
 
+/** The table (page table, metadata, blocks' page lists) of a mirrored checkpoint. */
+async function fetchTable(a: AdminConnection, source: string, f: Fetched): Promise<MirrorTable> {
+  const m = f.manifest;
+  const parts = new Map<string, Buffer>();
+  const t = await a.fetchStream(source, f.mirrorId, { want: m.table.map((p) => p.hash) });
+  for await (const [h, data] of t.chunks) parts.set(h, data);
+  const tableBufs = m.table.map((p) => {
+    const b = parts.get(p.hash);
+    if (!b) throw new Error(`mirror did not send table part ${p.hash} of ${m.id}`);
+    return b;
+  });
+  const tableBytes = Buffer.concat(tableBufs);
+  if (tableBytes.length !== m.tableBytes) throw new Error(`table of ${m.id} is ${tableBytes.length} bytes, the manifest says ${m.tableBytes}`);
+  return decodeTable(tableBytes, m.id);
+}
+
 /**
  * Fetches checkpoint `id` (a store id `app@seq`, its mirror form `app.seq`, or "latest") of
  * mirror source `source` into `store`, with every ancestor the store lacks, oldest first.
+ * A local checkpoint counts as one of the chain only if it has the same content (image
+ * header, metadata, page table: lineage.ts) on the same parent, every link down to the
+ * full checkpoint; local ones of another lineage with the chain's ids are renamed to
+ * another app first (result.setAside), so the chain restored is the mirror's, never mixed.
  * Only blocks holding pages the store lacks are transferred; every block is checked
  * (SHA-256, CRC, decompressed length, each page's hash) before it is stored; each
  * checkpoint is committed atomically.
@@ -453,30 +476,54 @@ export async function pullFromMirror(
   try {
     const first = await fetchManifest(a, source, mirrorIdArg(id));
     const target = first.manifest.id;
-    const has = (cid: string): boolean => store.list(parseCheckpointId(cid)!.app).some((c) => c.id === cid);
-    const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: has(target), blocksFetched: 0, bytesFetched: 0 };
-    if (result.alreadyPresent) return result;
+    const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: false, blocksFetched: 0, bytesFetched: 0 };
+    // The mirror's whole chain, down to its full checkpoint (manifests are small). Ids
+    // alone say nothing about content: a local APP@5 may be of another lineage (lineage.ts).
     const chain: Fetched[] = [first];
     for (;;) {
       const m = (chain[chain.length - 1] as Fetched).manifest;
-      if (m.kind !== "incremental" || m.parent === null || has(m.parent)) break;
+      if (m.kind !== "incremental" || m.parent === null) break;
       if (chain.length > 100_000) throw new Error("checkpoint chain too long");
       chain.push(await fetchManifest(a, source, toMirrorId(m.parent)));
     }
-    for (const f of chain.reverse()) {
+    chain.reverse(); // oldest (the full) first
+    // Walk up from the full: a link matches if the store holds that id with the same
+    // content on the same (matching) parent. From the first link that does not match,
+    // everything above is imported; local checkpoints with those ids are another lineage.
+    const tables = new Map<string, MirrorTable>();
+    const diverged: string[] = [];
+    let matched = true;
+    let firstImport = chain.length;
+    for (let i = 0; i < chain.length; i++) {
+      const f = chain[i] as Fetched;
+      const mine = store.identity(f.manifest.id);
+      if (matched && mine !== undefined) {
+        const table = await fetchTable(a, source, f);
+        const digest = contentDigest(Buffer.from(f.manifest.header, "base64"), table.meta, table.extents);
+        const parentOk = (f.manifest.kind === "incremental" ? f.manifest.parent : null) === (mine.kind === "incremental" ? mine.parent : null);
+        if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) continue;
+        tables.set(f.manifest.id, table);
+      }
+      if (matched) firstImport = i;
+      matched = false;
+      if (mine !== undefined) diverged.push(f.manifest.id);
+    }
+    if (firstImport === chain.length) {
+      result.alreadyPresent = true;
+      return result;
+    }
+    if (diverged.length > 0) {
+      const aside = await store.setAside(diverged);
+      result.setAside = { app: aside.app, renamed: Object.fromEntries(aside.moved) };
+      opts.logger?.warn(
+        { app: parseCheckpointId(target)?.app, renamed: result.setAside.renamed },
+        `local checkpoints of another lineage had the mirror's ids; kept as app ${aside.app}`,
+      );
+    }
+    for (const f of chain.slice(firstImport)) {
       const m = f.manifest;
-      // The table (page table, metadata, blocks' page lists).
-      const parts = new Map<string, Buffer>();
-      const t = await a.fetchStream(source, f.mirrorId, { want: m.table.map((p) => p.hash) });
-      for await (const [h, data] of t.chunks) parts.set(h, data);
-      const tableBufs = m.table.map((p) => {
-        const b = parts.get(p.hash);
-        if (!b) throw new Error(`mirror did not send table part ${p.hash} of ${m.id}`);
-        return b;
-      });
-      const tableBytes = Buffer.concat(tableBufs);
-      if (tableBytes.length !== m.tableBytes) throw new Error(`table of ${m.id} is ${tableBytes.length} bytes, the manifest says ${m.tableBytes}`);
-      const table = decodeTable(tableBytes, m.id);
+      const table = tables.get(m.id) ?? (await fetchTable(a, source, f));
+      tables.delete(m.id);
       // The blocks this store lacks, streamed straight into the import.
       const need = store.blocksNeeded(table).map((b) => b.name);
       let stream: AsyncGenerator<[string, Buffer], void, void> | undefined;
