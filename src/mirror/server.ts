@@ -9,6 +9,7 @@ import { FramedConnection } from "./connection.js";
 import { DiskStore, type DiskStoreHooks, type NewChunk, type PendingCheckpoint } from "./disk-store.js";
 import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
 import { Flusher, type FlushOutcome, type FlushReason } from "./flusher.js";
+import { FrameBudget, PRE_AUTH_MAX_FRAME } from "./frame-budget.js";
 import { decodeCheckpointHeader } from "./messages.js";
 import { FrameType } from "./frames.js";
 import { Scrubber, type ScrubStats } from "./scrubber.js";
@@ -31,6 +32,8 @@ export interface MirrorServerOptions {
   maxDelayMs?: number;
   maxQueued?: number;
   maxFrame?: number;
+  /** Memory for partially received frames, all connections together (default: max(2 x maxFrame, cacheMaxBytes / 4)). */
+  frameBudgetBytes?: number;
   frameTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   /** Check unchecked chunks on disk after this long without any source sending (0: never; see scrubber.ts). */
@@ -97,6 +100,8 @@ export class MirrorServer implements SessionHost {
   readonly cache: ChunkCache;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
+  readonly maxFrame: number;
+  readonly frameBudget: FrameBudget;
   private readonly queue: QueuedCheckpoint[] = [];
   private inFlight: QueuedCheckpoint[] = [];
   private readonly sources = new Map<string, Session>();
@@ -127,6 +132,8 @@ export class MirrorServer implements SessionHost {
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
     const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
     this.cache = new ChunkCache(max);
+    this.maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
+    this.frameBudget = new FrameBudget(opts.frameBudgetBytes ?? Math.max(2 * this.maxFrame, Math.floor(max / 4)));
     this.highWater = Math.floor(max * (opts.highWaterRatio ?? DEFAULTS.highWaterRatio));
     this.maxQueued = opts.maxQueued ?? DEFAULTS.maxQueued;
     this.flusher = new Flusher(
@@ -210,7 +217,9 @@ export class MirrorServer implements SessionHost {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     sock.on("error", () => undefined);
     const conn = new FramedConnection(sock, {
-      maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME,
+      // Until Hello: a few KiB (session.ts raises it to maxFrame once authenticated).
+      maxFrame: Math.min(PRE_AUTH_MAX_FRAME, this.maxFrame),
+      budget: this.frameBudget,
       frameTimeoutMs: this.opts.frameTimeoutMs ?? DEFAULTS.frameTimeoutMs,
       arena: true,
     });

@@ -32,6 +32,8 @@ export interface SessionHost {
   readonly cache: ChunkCache;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
+  /** Largest frame payload once authenticated (before Hello: frame-budget.ts's PRE_AUTH_MAX_FRAME). */
+  readonly maxFrame: number;
   authenticate(token: string, claimedSource: string | undefined): string;
   position(source: string): SourcePosition;
   attachSource(source: string, s: Session): void;
@@ -181,6 +183,7 @@ export class Session {
       throw new ProtocolError("malformed-frame", `malformed frame: Hello.role must be "source" or "client"`);
     }
     const source = this.host.authenticate(token, claimed);
+    this.conn.setMaxFrame(this.host.maxFrame);
     this.source = source;
     this.role = role;
     if (role === "source") this.host.attachSource(source, this);
