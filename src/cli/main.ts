@@ -134,7 +134,7 @@ export function buildProgram(): Command {
       const list = await api.ls(name);
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
-      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string } } => m as never;
+      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string; error?: string } } => m as never;
       const mirrored = list.some((m) => extra(m).mirror);
       out(
         table(
@@ -152,6 +152,8 @@ export function buildProgram(): Command {
           ]),
         ),
       );
+      // Why the mirror does not have a checkpoint.
+      for (const m of list) if (extra(m).mirror?.state === "failed") out(`${m.id}: mirror failed: ${extra(m).mirror?.error ?? "no reason recorded"}`);
     });
 
   program

@@ -20,7 +20,7 @@ import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifes
 import { contentDigest } from "../store/cas/lineage.js";
 import { checkpointId, parseCheckpointId } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
-import { ChunkReadError, MirrorClient, type AckLevel, type MirrorStateEvent } from "./client.js";
+import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type MirrorStateEvent } from "./client.js";
 import type { DialOptions } from "./dial.js";
 import { silentLogger } from "./log.js";
 import { isValidName, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
@@ -99,6 +99,11 @@ export interface ShipperStateEvent {
 
 /** Times a checkpoint whose blocks moved (gc) under a send is described and offered again. */
 const MAX_ATTEMPTS = 3;
+/** Times the chain under a checkpoint is sent again because the mirror lacked its parent. */
+const MAX_RESENDS = 2;
+
+/** Sends dropped because the mirror lost checkpoints: the shipper sends them again (not a failure). */
+class MirrorLostError extends Error {}
 
 /** Reads a shipper's state file (for `ls` without a running shipper); [] if there is none. */
 export function readShipperState(path: string): ShipRecord[] {
@@ -128,6 +133,10 @@ export class MirrorShipper extends EventEmitter {
   private lastHandedSeq = 0;
   private idleWaiters: (() => void)[] = [];
   private fatalError: Error | undefined;
+  /** Bumped when the queue is rebuilt after the mirror lost checkpoints (see rewind). */
+  private epoch = 0;
+  /** Chain resends per checkpoint refused for a missing parent. */
+  private readonly resends = new Map<string, number>();
 
   private constructor(private readonly opts: MirrorShipperOptions) {
     super();
@@ -143,6 +152,7 @@ export class MirrorShipper extends EventEmitter {
       logger: this.log,
     });
     this.client.on("state", (e: MirrorStateEvent) => this.onClientState(e));
+    this.client.on("connected", (pos: { durableSeq: number }) => this.onConnected(pos.durableSeq));
     this.client.on("fatal", (e: Error) => {
       this.fatalError = e;
       for (const id of this.queue.splice(0)) this.set(id, "failed", e.message);
@@ -272,10 +282,65 @@ export class MirrorShipper extends EventEmitter {
   private async run(): Promise<void> {
     while (!this.closed && this.queue.length > 0) {
       const id = this.queue[0] as string;
+      const epoch = this.epoch;
       await this.shipOne(id);
-      this.queue.shift();
+      if (this.epoch === epoch) this.queue.shift(); // (else the queue was rebuilt: see rewind)
       this.wakeIdle();
     }
+  }
+
+  /**
+   * The destination's Hello answer: a durable position below what it acknowledged
+   * durable before means it lost checkpoints (its store was replaced, or restored from
+   * an older copy). Those are not durable any more: send them again.
+   */
+  private onConnected(durableSeq: number): void {
+    const lost = [...this.records.values()].filter((r) => r.state === "durable" && r.seq > durableSeq).sort((a, b) => a.seq - b.seq);
+    if (lost.length === 0 || this.closed) return;
+    this.rewind(
+      durableSeq,
+      `the mirror no longer has ${lost.map((r) => r.id).join(", ")} (it acknowledged them durable, now its newest durable seq is ${durableSeq}: its store was replaced or lost data); sending again`,
+    );
+  }
+
+  /**
+   * Sends again, in order, every checkpoint of the app still in the store above
+   * `fromSeq` (a chain the destination can hold: its first one is a full checkpoint
+   * or an increment on one the destination has). Ones no longer in the store are failed.
+   */
+  private rewind(fromSeq: number, why: string): void {
+    this.epoch++;
+    this.log.warn({ fromSeq, why }, "mirror lost checkpoints; sending the chain again");
+    this.client.reset(new MirrorLostError(why));
+    const inStore = this.opts.store
+      .list(this.opts.app)
+      .filter((c) => c.seq > fromSeq)
+      .sort((a, b) => a.seq - b.seq);
+    const ids = new Set(inStore.map((c) => c.id));
+    this.queue.splice(0);
+    this.lastHandedSeq = fromSeq;
+    for (const r of [...this.records.values()]) {
+      if (r.seq > fromSeq && !ids.has(r.id) && r.state !== "failed") this.set(r.id, "failed", `${why}; it is no longer in the local store, so it cannot be sent again`, true);
+    }
+    for (const c of inStore) {
+      this.queue.push(c.id);
+      this.set(c.id, "queued", undefined, true);
+    }
+    this.running ??= this.run().finally(() => {
+      this.running = undefined;
+      if (this.queue.length > 0 && !this.closed) this.running ??= this.run();
+    });
+  }
+
+  /** Seq of the full checkpoint at the root of `id`'s chain in the store (undefined: broken chain). */
+  private chainRootSeq(id: string): number | undefined {
+    const byId = new Map(this.opts.store.list(this.opts.app).map((c) => [c.id, c]));
+    let c = byId.get(id);
+    for (let n = 0; c && n < 1_000_000; n++) {
+      if (c.kind !== "incremental" || c.parent === null) return c.seq;
+      c = byId.get(c.parent);
+    }
+    return undefined;
   }
 
   /** Hands one checkpoint to the client and waits until the destination has at least received it. */
@@ -334,6 +399,18 @@ export class MirrorShipper extends EventEmitter {
       sent.catch(() => undefined);
       if (outcome.ok) return;
       if (this.closed) return;
+      if (outcome.err instanceof MirrorLostError) return; // the queue was rebuilt (rewind)
+      if (outcome.err instanceof MissingParentError) {
+        const n = (this.resends.get(id) ?? 0) + 1;
+        this.resends.set(id, n);
+        const root = this.chainRootSeq(id);
+        if (n <= MAX_RESENDS && root !== undefined) {
+          this.rewind(root - 1, `the mirror refused ${id}: ${outcome.err.message}; sending its chain again from ${checkpointId(this.opts.app, root)}`);
+          return;
+        }
+        this.set(id, "failed", outcome.err.message);
+        return;
+      }
       if (outcome.err instanceof ChunkReadError && attempt < MAX_ATTEMPTS) {
         this.log.warn({ id, attempt, err: outcome.err.message }, "blocks moved under the send; describing the checkpoint again");
         this.lastHandedSeq = seq - 1;
@@ -352,10 +429,11 @@ export class MirrorShipper extends EventEmitter {
     else if (e.state === "queued" && r.state === "received") this.set(id, "queued"); // lost from the mirror's cache
   }
 
-  private set(id: string, state: ShipState, error?: string): void {
+  /** `force`: also out of "durable" (the mirror lost it). */
+  private set(id: string, state: ShipState, error?: string, force = false): void {
     const seq = parseCheckpointId(id)!.seq;
     let r = this.records.get(id);
-    if (r?.state === "durable" && state !== "durable") return;
+    if (r?.state === "durable" && state !== "durable" && !force) return;
     if (!r) {
       r = { id, seq, mirrorId: toMirrorId(id), state, updatedAt: "" };
       this.records.set(id, r);

@@ -65,6 +65,8 @@ export class FramedConnection {
   private readonly budget: FrameBudget | undefined;
   /** Bytes of the budget this connection holds for the frame now arriving. */
   private held = 0;
+  /** Arena reads were stopped by feed() returning false. */
+  private readStopped = false;
   /** Waiting for budget (reading is paused): cancels the wait. */
   private cancelWait: (() => void) | undefined;
 
@@ -77,7 +79,14 @@ export class FramedConnection {
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 30_000;
     this.budget = opts.budget;
     const arena = opts.arena === true ? new RecvArena() : undefined;
-    const fast = arena ? readInto(accepted, arena, (b) => this.feed(b)) : undefined;
+    const fast = arena
+      ? readInto(accepted, arena, (b) => {
+          const ok = this.feed(b);
+          // (Returning false stops the handle's reads without marking the stream paused: see resumeReading.)
+          if (!ok) this.readStopped = true;
+          return ok;
+        })
+      : undefined;
     this.arena = fast ? arena : undefined;
     const socket = (this.socket = fast ?? accepted);
     if (!fast) {
@@ -107,6 +116,8 @@ export class FramedConnection {
   /** Takes received bytes; false when the socket should pause (the consumer is behind, or no budget). */
   private feed(b: Buffer): boolean {
     this.bytesIn += b.length;
+    // Closed (failed): nothing more is read, nor kept.
+    if (this.closed) return false;
     this.decoder.push(b);
     const ok = this.account();
     const w = this.wake;
@@ -145,13 +156,26 @@ export class FramedConnection {
         this.releaseBudget();
         return;
       }
-      this.socket.resume();
+      this.resumeReading();
       // frames() arms the frame timeout again.
       const w = this.wake;
       this.wake = undefined;
       w?.();
     });
     return false;
+  }
+
+  /**
+   * Reads again after feed() asked to stop. A socket read through `onread` whose callback
+   * returned false has its handle's reads stopped but is not "paused" (isPaused() is
+   * false and resume() does nothing): its _read() starts the handle reading again.
+   */
+  private resumeReading(): void {
+    if (this.arena) {
+      if (!this.readStopped || this.socket.destroyed) return;
+      this.readStopped = false;
+      (this.socket as unknown as { _read(n: number): void })._read(0);
+    } else if (this.socket.isPaused()) this.socket.resume();
   }
 
   private releaseBudget(): void {
@@ -257,7 +281,7 @@ export class FramedConnection {
           this.onEnd();
         }, this.frameTimeoutMs);
       }
-      if (this.socket.isPaused() && !this.cancelWait) this.socket.resume();
+      if (!this.cancelWait) this.resumeReading();
       try {
         await more;
       } finally {

@@ -104,6 +104,8 @@ export class MirrorServer implements SessionHost {
   readonly frameBudget: FrameBudget;
   private readonly queue: QueuedCheckpoint[] = [];
   private inFlight: QueuedCheckpoint[] = [];
+  /** Cached chunks of checkpoints larger than the cache, to write ahead of them (session.ts, roomFor). */
+  private spillQueue: { source: string; hashes: string[] }[] = [];
   private readonly sources = new Map<string, Session>();
   private readonly sessions = new Set<Session>();
   private readonly flusher: Flusher;
@@ -344,6 +346,11 @@ export class MirrorServer implements SessionHost {
     return this.flusher.request(reason);
   }
 
+  async spill(source: string, hashes: string[]): Promise<void> {
+    this.spillQueue.push({ source, hashes });
+    await this.flusher.request("spill");
+  }
+
   async list(source: string): Promise<ListedCheckpoint[]> {
     const damaged = new Set(await this.store.checkpointsUsing(source, this.store.badChunks));
     const out: ListedCheckpoint[] = this.store.checkpoints(source).map((r) => ({
@@ -397,13 +404,16 @@ export class MirrorServer implements SessionHost {
 
   private async runFlush(reasons: FlushReason[]): Promise<FlushOutcome> {
     const batch = this.queue.splice(0);
-    if (batch.length === 0 && !this.store.hasNotes) {
+    // Chunks of checkpoints still arriving that are larger than the cache: written in
+    // this generation, with no checkpoint record (their checkpoint's generation follows).
+    const spill = this.spillQueue.splice(0);
+    if (batch.length === 0 && !this.store.hasNotes && spill.length === 0) {
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
     }
     this.inFlight = batch;
     const t0 = Date.now();
     this.dropBad(batch);
-    if (batch.length === 0 && !this.store.hasNotes) {
+    if (batch.length === 0 && !this.store.hasNotes && spill.length === 0) {
       this.inFlight = [];
       this.flusher.armDelay();
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
@@ -413,6 +423,16 @@ export class MirrorServer implements SessionHost {
     const store = this.store;
     let refs = 0;
     function* newChunks(): Generator<NewChunk> {
+      for (const sp of spill) {
+        for (const h of sp.hashes) {
+          refs++;
+          if (seen.has(h)) continue;
+          seen.add(h);
+          const data = cache.get(h);
+          if (!data) throw new Error(`internal error: chunk ${h} of a checkpoint of ${sp.source} being streamed is not cached`);
+          yield [h, data, cache.owner(h)];
+        }
+      }
       for (const q of batch) {
         for (const h of q.chunkHashes) {
           refs++;
