@@ -43,7 +43,7 @@ export interface RunOptions extends CommonOptions {
   /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
   keep?: number;
   /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */
-  mirror?: { url: string; token: string; ack?: "received" | "durable" };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
 }
 
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
@@ -97,7 +97,7 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   /** Kill the running app first. */
   replace?: boolean;
   /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
-  from?: { url: string; token: string };
+  from?: { url: string; token: string; ca?: string };
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {

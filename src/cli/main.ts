@@ -8,6 +8,7 @@ import { TRACKING_MODES, type TrackingMode } from "../daemon/agent.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
 import { runDaemon } from "../daemon/main.js";
 import { readToken, registerMirrorCommands } from "../mirror/cli.js";
+import { readCaFile } from "../mirror/tls-ca.js";
 import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
@@ -30,6 +31,15 @@ function appLine(s: AppState): string[] {
   const pids = s.state === "running" ? `${s.initHostPid ?? "-"}/${s.appHostPid ?? "-"}` : "-";
   const how = s.state === "exited" ? describeExit(s.exit) : s.mode === "restore" ? `restored from ${s.checkpoint}` : "";
   return [s.name, s.state, pids, s.startedAt, how];
+}
+
+function mirrorCa(file: string | undefined, what: string): { ca?: string } {
+  if (file === undefined) return {};
+  try {
+    return { ca: readCaFile(file) };
+  } catch (e) {
+    throw new TgError(`cannot ${what} with a mirror`, errMessage(e), "Pass the PEM file of the CA that signed the mirror's certificate", "bad-request");
+  }
 }
 
 function mirrorToken(file: string | undefined, what: string): string {
@@ -58,11 +68,12 @@ export function buildProgram(): Command {
     .option("--keep <n>", "keep only the N newest checkpoints (older ones are reclaimed after each checkpoint)")
     .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
+    .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// mirror (default: the system's CAs)")
     .addOption(new Option("--mirror-ack <level>", "a checkpoint returns once the mirror has it cached (received) or on disk (durable)").choices(["received", "durable"]).default("durable"))
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -73,7 +84,7 @@ export function buildProgram(): Command {
       }
       const keep = o.keep === undefined ? undefined : Number(o.keep);
       if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
-      const mirror = o.mirror ? { url: o.mirror, token: mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck } : undefined;
+      const mirror = o.mirror ? { url: o.mirror, token: mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
       const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
@@ -105,10 +116,11 @@ export function buildProgram(): Command {
     .option("--replace", "kill the app first if it is running")
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
+    .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; from?: string; tokenFile?: string; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
-      const from = o.from ? { url: o.from, token: mirrorToken(o.tokenFile, "restore") } : undefined;
+      const from = o.from ? { url: o.from, token: mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
       const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
@@ -126,7 +138,7 @@ export function buildProgram(): Command {
       if (warning) process.stderr.write(warning + "\n");
       if (o.json) return out(json(list));
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
-      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string } } => m as never;
+      const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string; error?: string } } => m as never;
       const mirrored = list.some((m) => extra(m).mirror);
       out(
         table(
@@ -144,6 +156,8 @@ export function buildProgram(): Command {
           ]),
         ),
       );
+      // Why the mirror does not have a checkpoint.
+      for (const m of list) if (extra(m).mirror?.state === "failed") out(`${m.id}: mirror failed: ${extra(m).mirror?.error ?? "no reason recorded"}`);
     });
 
   program

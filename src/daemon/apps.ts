@@ -20,6 +20,7 @@ import { testDelay } from "./test-hooks.js";
 import { daemonStartUmask, validUmask } from "./private-fs.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
+import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
 import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
@@ -42,7 +43,7 @@ export interface RunRequest {
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
-  mirror?: { url: string; token: string; ack?: "received" | "durable" };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
 }
@@ -237,6 +238,13 @@ export class AppManager {
       }
       if (!req.mirror.token) throw new TgError("cannot run the app", "no mirror token", "Pass --token-file FILE or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
       if (req.mirror.ack && req.mirror.ack !== "received" && req.mirror.ack !== "durable") throw new TgError("cannot run the app", `unknown --mirror-ack ${req.mirror.ack}`, "Use received or durable", "bad-request");
+      if (req.mirror.ca !== undefined) {
+        try {
+          checkCaPem(req.mirror.ca, "--tls-ca");
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "Pass the PEM file of the CA that signed the mirror's certificate", "bad-request");
+        }
+      }
     }
     const name = req.name ?? this.freeName(req.argv[0]!);
     const dir = this.dir(name);
@@ -267,6 +275,8 @@ export class AppManager {
       if (req.mirror) {
         await mkdir(dir.dir, { recursive: true });
         await writeFile(join(dir.dir, "mirror-token"), req.mirror.token + "\n", { mode: 0o600 });
+        await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
+        if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
       }
       try {
         const umask = (validUmask(req.umask) ?? daemonStartUmask()).toString(8);
@@ -425,7 +435,8 @@ export class AppManager {
     let p = this.shippers.get(name);
     if (!p) {
       const token = readFileSync(join(new AppDir(this.home, name).dir, "mirror-token"), "utf8").trim();
-      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log });
+      const dial = appDialOptions(new AppDir(this.home, name).dir);
+      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, ...(dial ? { dial } : {}) });
       p.then((sh) => {
         sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
       }, () => this.shippers.delete(name));
@@ -485,7 +496,7 @@ export class AppManager {
   }
 
   /** Fetches a checkpoint (and what it needs) from a mirror into the local store. */
-  async pullFromMirror(name: string, url: string, token: string, id?: string): Promise<string> {
+  async pullFromMirror(name: string, url: string, token: string, id?: string, ca?: string): Promise<string> {
     if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot restore ${name} from ${url}`, "this store cannot import", "", "bad-request");
     try {
       parseMirrorUrl(url);
@@ -493,7 +504,7 @@ export class AppManager {
       throw new TgError(`cannot restore ${name} from ${url}`, `bad mirror address: ${errMessage(e)}`, "Use tg://HOST:PORT (or tgs:// for TLS)", "bad-request");
     }
     try {
-      const r = await pullFromMirror(url, token, name, id ?? "latest", this.store.cas, { logger: this.log });
+      const r = await pullFromMirror(url, token, name, id ?? "latest", this.store.cas, { logger: this.log, ...(ca !== undefined ? { dial: { ca: Buffer.from(ca) } } : {}) });
       this.log.info({ app: name, id: r.id, fetched: r.blocksFetched, bytes: r.bytesFetched }, "pulled from the mirror");
       return r.id;
     } catch (e) {
@@ -597,7 +608,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; from?: { url: string; token: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
@@ -607,7 +618,7 @@ export class AppManager {
         if (st0 && st0.state !== "exited" && !opts.replace)
           throw new TgError(`cannot restore ${name}`, `the app is still ${st0.state} (host pid ${st0.appHostPid ?? st0.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
         progress({ phase: "verify" });
-        checkpointId = await this.pullFromMirror(name, opts.from.url, opts.from.token, opts.checkpoint);
+        checkpointId = await this.pullFromMirror(name, opts.from.url, opts.from.token, opts.checkpoint, opts.from.ca);
       }
       const m = await this.pick(name, checkpointId);
       const st = dir.state();

@@ -65,13 +65,13 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
       }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
-        const from = b.from as { url?: unknown; token?: unknown } | undefined;
+        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown } | undefined;
         return apps.restore(
           id,
           {
             checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined,
             replace: b.replace === true,
-            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "" } } : {}),
+            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) } } : {}),
           },
           progress,
         );

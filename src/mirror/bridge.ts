@@ -16,10 +16,11 @@ import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { CasStore } from "../store/cas/store.js";
-import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest } from "../store/cas/mirror.js";
+import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest, type MirrorTable } from "../store/cas/mirror.js";
+import { contentDigest } from "../store/cas/lineage.js";
 import { checkpointId, parseCheckpointId } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
-import { ChunkReadError, MirrorClient, type AckLevel, type MirrorStateEvent } from "./client.js";
+import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type MirrorStateEvent } from "./client.js";
 import type { DialOptions } from "./dial.js";
 import { silentLogger } from "./log.js";
 import { isValidName, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
@@ -98,6 +99,11 @@ export interface ShipperStateEvent {
 
 /** Times a checkpoint whose blocks moved (gc) under a send is described and offered again. */
 const MAX_ATTEMPTS = 3;
+/** Times the chain under a checkpoint is sent again because the mirror lacked its parent. */
+const MAX_RESENDS = 2;
+
+/** Sends dropped because the mirror lost checkpoints: the shipper sends them again (not a failure). */
+class MirrorLostError extends Error {}
 
 /** Reads a shipper's state file (for `ls` without a running shipper); [] if there is none. */
 export function readShipperState(path: string): ShipRecord[] {
@@ -127,6 +133,10 @@ export class MirrorShipper extends EventEmitter {
   private lastHandedSeq = 0;
   private idleWaiters: (() => void)[] = [];
   private fatalError: Error | undefined;
+  /** Bumped when the queue is rebuilt after the mirror lost checkpoints (see rewind). */
+  private epoch = 0;
+  /** Chain resends per checkpoint refused for a missing parent. */
+  private readonly resends = new Map<string, number>();
 
   private constructor(private readonly opts: MirrorShipperOptions) {
     super();
@@ -142,6 +152,7 @@ export class MirrorShipper extends EventEmitter {
       logger: this.log,
     });
     this.client.on("state", (e: MirrorStateEvent) => this.onClientState(e));
+    this.client.on("connected", (pos: { durableSeq: number }) => this.onConnected(pos.durableSeq));
     this.client.on("fatal", (e: Error) => {
       this.fatalError = e;
       for (const id of this.queue.splice(0)) this.set(id, "failed", e.message);
@@ -271,10 +282,65 @@ export class MirrorShipper extends EventEmitter {
   private async run(): Promise<void> {
     while (!this.closed && this.queue.length > 0) {
       const id = this.queue[0] as string;
+      const epoch = this.epoch;
       await this.shipOne(id);
-      this.queue.shift();
+      if (this.epoch === epoch) this.queue.shift(); // (else the queue was rebuilt: see rewind)
       this.wakeIdle();
     }
+  }
+
+  /**
+   * The destination's Hello answer: a durable position below what it acknowledged
+   * durable before means it lost checkpoints (its store was replaced, or restored from
+   * an older copy). Those are not durable any more: send them again.
+   */
+  private onConnected(durableSeq: number): void {
+    const lost = [...this.records.values()].filter((r) => r.state === "durable" && r.seq > durableSeq).sort((a, b) => a.seq - b.seq);
+    if (lost.length === 0 || this.closed) return;
+    this.rewind(
+      durableSeq,
+      `the mirror no longer has ${lost.map((r) => r.id).join(", ")} (it acknowledged them durable, now its newest durable seq is ${durableSeq}: its store was replaced or lost data); sending again`,
+    );
+  }
+
+  /**
+   * Sends again, in order, every checkpoint of the app still in the store above
+   * `fromSeq` (a chain the destination can hold: its first one is a full checkpoint
+   * or an increment on one the destination has). Ones no longer in the store are failed.
+   */
+  private rewind(fromSeq: number, why: string): void {
+    this.epoch++;
+    this.log.warn({ fromSeq, why }, "mirror lost checkpoints; sending the chain again");
+    this.client.reset(new MirrorLostError(why));
+    const inStore = this.opts.store
+      .list(this.opts.app)
+      .filter((c) => c.seq > fromSeq)
+      .sort((a, b) => a.seq - b.seq);
+    const ids = new Set(inStore.map((c) => c.id));
+    this.queue.splice(0);
+    this.lastHandedSeq = fromSeq;
+    for (const r of [...this.records.values()]) {
+      if (r.seq > fromSeq && !ids.has(r.id) && r.state !== "failed") this.set(r.id, "failed", `${why}; it is no longer in the local store, so it cannot be sent again`, true);
+    }
+    for (const c of inStore) {
+      this.queue.push(c.id);
+      this.set(c.id, "queued", undefined, true);
+    }
+    this.running ??= this.run().finally(() => {
+      this.running = undefined;
+      if (this.queue.length > 0 && !this.closed) this.running ??= this.run();
+    });
+  }
+
+  /** Seq of the full checkpoint at the root of `id`'s chain in the store (undefined: broken chain). */
+  private chainRootSeq(id: string): number | undefined {
+    const byId = new Map(this.opts.store.list(this.opts.app).map((c) => [c.id, c]));
+    let c = byId.get(id);
+    for (let n = 0; c && n < 1_000_000; n++) {
+      if (c.kind !== "incremental" || c.parent === null) return c.seq;
+      c = byId.get(c.parent);
+    }
+    return undefined;
   }
 
   /** Hands one checkpoint to the client and waits until the destination has at least received it. */
@@ -333,6 +399,18 @@ export class MirrorShipper extends EventEmitter {
       sent.catch(() => undefined);
       if (outcome.ok) return;
       if (this.closed) return;
+      if (outcome.err instanceof MirrorLostError) return; // the queue was rebuilt (rewind)
+      if (outcome.err instanceof MissingParentError) {
+        const n = (this.resends.get(id) ?? 0) + 1;
+        this.resends.set(id, n);
+        const root = this.chainRootSeq(id);
+        if (n <= MAX_RESENDS && root !== undefined) {
+          this.rewind(root - 1, `the mirror refused ${id}: ${outcome.err.message}; sending its chain again from ${checkpointId(this.opts.app, root)}`);
+          return;
+        }
+        this.set(id, "failed", outcome.err.message);
+        return;
+      }
       if (outcome.err instanceof ChunkReadError && attempt < MAX_ATTEMPTS) {
         this.log.warn({ id, attempt, err: outcome.err.message }, "blocks moved under the send; describing the checkpoint again");
         this.lastHandedSeq = seq - 1;
@@ -351,10 +429,11 @@ export class MirrorShipper extends EventEmitter {
     else if (e.state === "queued" && r.state === "received") this.set(id, "queued"); // lost from the mirror's cache
   }
 
-  private set(id: string, state: ShipState, error?: string): void {
+  /** `force`: also out of "durable" (the mirror lost it). */
+  private set(id: string, state: ShipState, error?: string, force = false): void {
     const seq = parseCheckpointId(id)!.seq;
     let r = this.records.get(id);
-    if (r?.state === "durable" && state !== "durable") return;
+    if (r?.state === "durable" && state !== "durable" && !force) return;
     if (!r) {
       r = { id, seq, mirrorId: toMirrorId(id), state, updatedAt: "" };
       this.records.set(id, r);
@@ -407,8 +486,10 @@ export interface PullFromMirrorResult {
   id: string;
   /** Checkpoints imported, oldest first (ancestors the store lacked, then the one asked for). */
   imported: (ImportReport & { id: string })[];
-  /** True if the checkpoint was already in the store (nothing fetched). */
+  /** True if the checkpoint and its whole chain were already in the store, same content (nothing imported). */
   alreadyPresent: boolean;
+  /** Local checkpoints of another lineage that had ids of the mirror's chain: renamed to app `app` (old id -> new id). */
+  setAside?: { app: string; renamed: Record<string, string> };
   blocksFetched: number;
   bytesFetched: number;
 }
@@ -432,9 +513,29 @@ async function fetchManifest(a: AdminConnection, source: string, mirrorId: strin
   return { mirrorId: header.id, manifest };
 }
 
+/** The table (page table, metadata, blocks' page lists) of a mirrored checkpoint. */
+async function fetchTable(a: AdminConnection, source: string, f: Fetched): Promise<MirrorTable> {
+  const m = f.manifest;
+  const parts = new Map<string, Buffer>();
+  const t = await a.fetchStream(source, f.mirrorId, { want: m.table.map((p) => p.hash) });
+  for await (const [h, data] of t.chunks) parts.set(h, data);
+  const tableBufs = m.table.map((p) => {
+    const b = parts.get(p.hash);
+    if (!b) throw new Error(`mirror did not send table part ${p.hash} of ${m.id}`);
+    return b;
+  });
+  const tableBytes = Buffer.concat(tableBufs);
+  if (tableBytes.length !== m.tableBytes) throw new Error(`table of ${m.id} is ${tableBytes.length} bytes, the manifest says ${m.tableBytes}`);
+  return decodeTable(tableBytes, m.id);
+}
+
 /**
  * Fetches checkpoint `id` (a store id `app@seq`, its mirror form `app.seq`, or "latest") of
  * mirror source `source` into `store`, with every ancestor the store lacks, oldest first.
+ * A local checkpoint counts as one of the chain only if it has the same content (image
+ * header, metadata, page table: lineage.ts) on the same parent, every link down to the
+ * full checkpoint; local ones of another lineage with the chain's ids are renamed to
+ * another app first (result.setAside), so the chain restored is the mirror's, never mixed.
  * Only blocks holding pages the store lacks are transferred; every block is checked
  * (SHA-256, CRC, decompressed length, each page's hash) before it is stored; each
  * checkpoint is committed atomically.
@@ -453,30 +554,54 @@ export async function pullFromMirror(
   try {
     const first = await fetchManifest(a, source, mirrorIdArg(id));
     const target = first.manifest.id;
-    const has = (cid: string): boolean => store.list(parseCheckpointId(cid)!.app).some((c) => c.id === cid);
-    const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: has(target), blocksFetched: 0, bytesFetched: 0 };
-    if (result.alreadyPresent) return result;
+    const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: false, blocksFetched: 0, bytesFetched: 0 };
+    // The mirror's whole chain, down to its full checkpoint (manifests are small). Ids
+    // alone say nothing about content: a local APP@5 may be of another lineage (lineage.ts).
     const chain: Fetched[] = [first];
     for (;;) {
       const m = (chain[chain.length - 1] as Fetched).manifest;
-      if (m.kind !== "incremental" || m.parent === null || has(m.parent)) break;
+      if (m.kind !== "incremental" || m.parent === null) break;
       if (chain.length > 100_000) throw new Error("checkpoint chain too long");
       chain.push(await fetchManifest(a, source, toMirrorId(m.parent)));
     }
-    for (const f of chain.reverse()) {
+    chain.reverse(); // oldest (the full) first
+    // Walk up from the full: a link matches if the store holds that id with the same
+    // content on the same (matching) parent. From the first link that does not match,
+    // everything above is imported; local checkpoints with those ids are another lineage.
+    const tables = new Map<string, MirrorTable>();
+    const diverged: string[] = [];
+    let matched = true;
+    let firstImport = chain.length;
+    for (let i = 0; i < chain.length; i++) {
+      const f = chain[i] as Fetched;
+      const mine = store.identity(f.manifest.id);
+      if (matched && mine !== undefined) {
+        const table = await fetchTable(a, source, f);
+        const digest = contentDigest(Buffer.from(f.manifest.header, "base64"), table.meta, table.extents);
+        const parentOk = (f.manifest.kind === "incremental" ? f.manifest.parent : null) === (mine.kind === "incremental" ? mine.parent : null);
+        if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) continue;
+        tables.set(f.manifest.id, table);
+      }
+      if (matched) firstImport = i;
+      matched = false;
+      if (mine !== undefined) diverged.push(f.manifest.id);
+    }
+    if (firstImport === chain.length) {
+      result.alreadyPresent = true;
+      return result;
+    }
+    if (diverged.length > 0) {
+      const aside = await store.setAside(diverged);
+      result.setAside = { app: aside.app, renamed: Object.fromEntries(aside.moved) };
+      opts.logger?.warn(
+        { app: parseCheckpointId(target)?.app, renamed: result.setAside.renamed },
+        `local checkpoints of another lineage had the mirror's ids; kept as app ${aside.app}`,
+      );
+    }
+    for (const f of chain.slice(firstImport)) {
       const m = f.manifest;
-      // The table (page table, metadata, blocks' page lists).
-      const parts = new Map<string, Buffer>();
-      const t = await a.fetchStream(source, f.mirrorId, { want: m.table.map((p) => p.hash) });
-      for await (const [h, data] of t.chunks) parts.set(h, data);
-      const tableBufs = m.table.map((p) => {
-        const b = parts.get(p.hash);
-        if (!b) throw new Error(`mirror did not send table part ${p.hash} of ${m.id}`);
-        return b;
-      });
-      const tableBytes = Buffer.concat(tableBufs);
-      if (tableBytes.length !== m.tableBytes) throw new Error(`table of ${m.id} is ${tableBytes.length} bytes, the manifest says ${m.tableBytes}`);
-      const table = decodeTable(tableBytes, m.id);
+      const table = tables.get(m.id) ?? (await fetchTable(a, source, f));
+      tables.delete(m.id);
       // The blocks this store lacks, streamed straight into the import.
       const need = store.blocksNeeded(table).map((b) => b.name);
       let stream: AsyncGenerator<[string, Buffer], void, void> | undefined;

@@ -205,7 +205,8 @@ export function registerMirrorCommands(program: Command): Command {
                 ? JSON.stringify(r)
                 : r.alreadyPresent
                   ? `${r.id} is already in ${f.store}`
-                  : `pulled ${r.id} into ${f.store}: ${r.imported.map((i) => i.id).join(", ")} imported; ${r.blocksFetched} blocks, ${r.bytesFetched} bytes fetched; every block and page verified`,
+                  : `pulled ${r.id} into ${f.store}: ${r.imported.map((i) => i.id).join(", ")} imported; ${r.blocksFetched} blocks, ${r.bytesFetched} bytes fetched; every block and page verified` +
+                    (r.setAside ? `\nlocal checkpoints of another lineage with the same ids kept as app ${r.setAside.app}: ${Object.values(r.setAside.renamed).join(", ")}` : ""),
             );
           } finally {
             await store.close();

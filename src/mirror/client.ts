@@ -80,6 +80,37 @@ export class ChunkReadError extends Error {
   }
 }
 
+/**
+ * The destination refused one checkpoint (retrying the same offer cannot help): its send
+ * is rejected with this error instead of reconnecting forever; the client goes on with
+ * the next ones.
+ */
+export class CheckpointRefusedError extends Error {
+  constructor(
+    readonly id: string,
+    readonly seq: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "CheckpointRefusedError";
+  }
+}
+
+/**
+ * The destination does not hold the parent of an offered checkpoint (its store lost it):
+ * the caller sends the chain again (bridge.ts).
+ */
+export class MissingParentError extends CheckpointRefusedError {
+  constructor(id: string, seq: number, message: string) {
+    super(id, seq, "missing-parent", message);
+    this.name = "MissingParentError";
+  }
+}
+
+/** Error codes that refuse one checkpoint, not the source. */
+const REFUSAL_CODES = new Set(["missing-parent", "too-large"]);
+
 /** Chunk reads started ahead of the one being sent (LazyChunks). */
 const READ_AHEAD = 4;
 
@@ -205,14 +236,28 @@ export class MirrorClient extends EventEmitter {
     }
   }
 
+  /**
+   * Forgets every checkpoint not yet durable, rejecting its send with `err`, so that the
+   * caller can send checkpoints again from any seq (after the destination lost some:
+   * bridge.ts). Safe to call from a "connected" listener (nothing is offered yet then).
+   */
+  reset(err: Error): void {
+    for (const e of this.entries.splice(0)) {
+      if (this.byId.get(e.ckpt.id) === e) this.byId.delete(e.ckpt.id);
+      for (const w of e.waiters.splice(0)) w.reject(err);
+    }
+    this.lastSeq = 0;
+    if (this.wantWaiters.length > 0) this.conn?.socket.destroy();
+  }
+
   /** Gives up on one checkpoint (its chunks cannot be read); the caller may send it again. */
-  private failEntry(e: Entry, err: ChunkReadError): void {
+  private failEntry(e: Entry, err: ChunkReadError | CheckpointRefusedError): void {
     const i = this.entries.indexOf(e);
     if (i >= 0) this.entries.splice(i, 1);
     if (this.byId.get(e.ckpt.id) === e) this.byId.delete(e.ckpt.id);
     // Let the same seq be sent again if nothing later was queued meanwhile.
     if (this.lastSeq === e.ckpt.seq) this.lastSeq = Math.max(0, ...this.entries.map((x) => x.ckpt.seq));
-    this.log.warn({ id: e.ckpt.id, err: err.message }, "checkpoint dropped: a chunk cannot be read");
+    this.log.warn({ id: e.ckpt.id, err: err.message }, err instanceof ChunkReadError ? "checkpoint dropped: a chunk cannot be read" : "checkpoint refused by the mirror");
     this.emit("failed", { source: e.ckpt.source, id: e.ckpt.id, seq: e.ckpt.seq, error: err });
     for (const w of e.waiters.splice(0)) w.reject(err);
   }
@@ -224,6 +269,14 @@ export class MirrorClient extends EventEmitter {
       } catch (err) {
         if (this.stopped) break;
         const e = err as Error;
+        if (e instanceof MirrorRemoteError && REFUSAL_CODES.has(e.code)) {
+          // The first checkpoint not yet received is the one refused (offers are checked in order).
+          const refused = this.entries.find((x) => x.state === "queued");
+          if (refused) {
+            const { id, seq } = refused.ckpt;
+            this.failEntry(refused, e.code === "missing-parent" ? new MissingParentError(id, seq, e.message) : new CheckpointRefusedError(id, seq, e.code, e.message));
+          }
+        }
         if (e instanceof MirrorRemoteError && FATAL_CODES.has(e.code)) {
           this.fatal = e;
           this.log.error({ err: e.message }, "mirror refused this source; not retrying");

@@ -9,12 +9,15 @@
 // are valid until the next frame is asked for; `payload` is the frame's own.
 import { Socket } from "node:net";
 import { RecvArena } from "./recv-arena.js";
+import { SMALL_FRAME, type FrameBudget } from "./frame-budget.js";
 import { DEFAULT_MAX_FRAME, FrameDecoder, FrameType, ProtocolError, encodeFrameParts, encodeJsonFrame, type Frame } from "./frames.js";
 
 export interface FramedConnectionOptions {
   maxFrame?: number;
   /** A frame that has started arriving must finish within this time (ms). */
   frameTimeoutMs?: number;
+  /** Server side: memory for partially received frames, shared with the other connections. */
+  budget?: FrameBudget;
 }
 
 /** The decoder holds this much unconsumed input before the socket is paused. */
@@ -59,6 +62,13 @@ export class FramedConnection {
   private readError: Error | undefined;
   /** frames() is waiting for bytes. */
   private wake: (() => void) | undefined;
+  private readonly budget: FrameBudget | undefined;
+  /** Bytes of the budget this connection holds for the frame now arriving. */
+  private held = 0;
+  /** Arena reads were stopped by feed() returning false. */
+  private readStopped = false;
+  /** Waiting for budget (reading is paused): cancels the wait. */
+  private cancelWait: (() => void) | undefined;
 
   /**
    * @param accepted a socket the server accepted with pauseOnConnect (plain TCP ones
@@ -67,8 +77,16 @@ export class FramedConnection {
   constructor(accepted: Socket, opts: FramedConnectionOptions & { arena?: boolean } = {}) {
     this.decoder = new FrameDecoder(opts.maxFrame ?? DEFAULT_MAX_FRAME);
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 30_000;
+    this.budget = opts.budget;
     const arena = opts.arena === true ? new RecvArena() : undefined;
-    const fast = arena ? readInto(accepted, arena, (b) => this.feed(b)) : undefined;
+    const fast = arena
+      ? readInto(accepted, arena, (b) => {
+          const ok = this.feed(b);
+          // (Returning false stops the handle's reads without marking the stream paused: see resumeReading.)
+          if (!ok) this.readStopped = true;
+          return ok;
+        })
+      : undefined;
     this.arena = fast ? arena : undefined;
     const socket = (this.socket = fast ?? accepted);
     if (!fast) {
@@ -85,21 +103,86 @@ export class FramedConnection {
     });
     socket.on("close", () => {
       this.closed = true;
+      this.releaseBudget();
       this.onEnd();
     });
   }
 
-  /** Takes received bytes; false when the socket should pause (the consumer is behind). */
+  /** Largest frame payload accepted from now on (raised after Hello). */
+  setMaxFrame(n: number): void {
+    this.decoder.maxPayload = n;
+  }
+
+  /** Takes received bytes; false when the socket should pause (the consumer is behind, or no budget). */
   private feed(b: Buffer): boolean {
     this.bytesIn += b.length;
+    // Closed (failed): nothing more is read, nor kept.
+    if (this.closed) return false;
     this.decoder.push(b);
+    const ok = this.account();
     const w = this.wake;
     if (w) {
       this.wake = undefined;
       w();
+      return ok;
+    }
+    return ok && this.decoder.pendingBytes < PAUSE_BYTES;
+  }
+
+  /**
+   * Holds budget for the frame now arriving if it is large (frame-budget.ts); false if
+   * reading must stop until the budget grants it (the socket is resumed then).
+   */
+  private account(): boolean {
+    const b = this.budget;
+    if (!b || this.closed) return true;
+    if (this.cancelWait) return false;
+    const total = this.decoder.partialFrameLength();
+    const need = total > SMALL_FRAME ? total : 0;
+    if (need <= this.held) {
+      if (need < this.held) b.give(this.held - need);
+      this.held = need;
       return true;
     }
-    return this.decoder.pendingBytes < PAUSE_BYTES;
+    const more = need - this.held;
+    if (b.tryTake(more)) {
+      this.held = need;
+      return true;
+    }
+    this.cancelWait = b.wait(more, () => {
+      this.cancelWait = undefined;
+      this.held += more;
+      if (this.isClosed) {
+        this.releaseBudget();
+        return;
+      }
+      this.resumeReading();
+      // frames() arms the frame timeout again.
+      const w = this.wake;
+      this.wake = undefined;
+      w?.();
+    });
+    return false;
+  }
+
+  /**
+   * Reads again after feed() asked to stop. A socket read through `onread` whose callback
+   * returned false has its handle's reads stopped but is not "paused" (isPaused() is
+   * false and resume() does nothing): its _read() starts the handle reading again.
+   */
+  private resumeReading(): void {
+    if (this.arena) {
+      if (!this.readStopped || this.socket.destroyed) return;
+      this.readStopped = false;
+      (this.socket as unknown as { _read(n: number): void })._read(0);
+    } else if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  private releaseBudget(): void {
+    this.cancelWait?.();
+    this.cancelWait = undefined;
+    if (this.held > 0) this.budget?.give(this.held);
+    this.held = 0;
   }
 
   private onEnd(): void {
@@ -176,6 +259,7 @@ export class FramedConnection {
         // Payloads are kept by the consumer (an Offer's header is queued): own copies
         // when they lie in the arena, which is reused.
         if (this.arena && f.payload.length > 0) f = { ...f, payload: Buffer.from(f.payload) };
+        this.account(); // the frame is complete: its budget goes back
         yield f;
         this.arena?.release(this.decoder.consumed);
       }
@@ -190,13 +274,14 @@ export class FramedConnection {
       let timer: NodeJS.Timeout | undefined;
       let timedOut = false;
       const more = new Promise<void>((resolve) => (this.wake = resolve));
-      if (this.decoder.pendingBytes > 0) {
+      // (Not while waiting for budget: the peer is not the one stalling.)
+      if (this.decoder.pendingBytes > 0 && !this.cancelWait) {
         timer = setTimeout(() => {
           timedOut = true;
           this.onEnd();
         }, this.frameTimeoutMs);
       }
-      if (this.socket.isPaused()) this.socket.resume();
+      if (!this.cancelWait) this.resumeReading();
       try {
         await more;
       } finally {
@@ -223,6 +308,7 @@ export class FramedConnection {
   fail(err: ProtocolError): void {
     if (this.closed) return;
     this.closed = true;
+    this.releaseBudget();
     const s = this.socket;
     if (!s.destroyed && s.writable) {
       s.end(encodeJsonFrame(FrameType.Error, { code: err.code, message: err.message }));
@@ -234,6 +320,7 @@ export class FramedConnection {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.releaseBudget();
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }

@@ -8,12 +8,17 @@
 // gen/, then replace COMMITTED atomically (write tmp, fsync, rename, fsync STORE/).
 // Generations above COMMITTED are leftovers of an interrupted flush: deleted at open.
 import { createHash } from "node:crypto";
-import { mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
+import { chmod, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { FrameType } from "./frames.js";
 import { decodeCheckpointHeader } from "./messages.js";
 import { sha256hex } from "./objects.js";
 import { PackWriter } from "./pack-writer.js";
+import { lockMirrorStore, type StoreLock } from "./store-lock.js";
+
+/** The store holds sources' process memory: only the server's user may read it, whatever the umask. */
+export const STORE_DIR_MODE = 0o700;
+export const STORE_FILE_MODE = 0o600;
 
 export interface CheckpointRecord {
   source: string;
@@ -104,6 +109,7 @@ export class DiskStore {
   /** Every chunk whose copy on disk is some source's, unchecked (kept in step with the index). */
   private readonly uncheckedSet = new Set<string>();
   fsyncCount = 0;
+  private lock: StoreLock | undefined;
 
   private constructor(
     readonly dir: string,
@@ -112,8 +118,15 @@ export class DiskStore {
 
   static async open(dir: string, hooks: DiskStoreHooks = {}): Promise<{ store: DiskStore; removed: string[] }> {
     const s = new DiskStore(dir, hooks);
-    const removed = await s.load();
-    return { store: s, removed };
+    await mkdir(dir, { recursive: true, mode: STORE_DIR_MODE });
+    s.lock = await lockMirrorStore(dir);
+    try {
+      const removed = await s.load();
+      return { store: s, removed };
+    } catch (err) {
+      await s.lock.release();
+      throw err;
+    }
   }
 
   get committedGeneration(): number {
@@ -216,10 +229,14 @@ export class DiskStore {
   }
 
   private async load(): Promise<string[]> {
-    await mkdir(join(this.dir, "gen"), { recursive: true });
+    await mkdir(join(this.dir, "gen"), { recursive: true, mode: STORE_DIR_MODE });
+    // Modes are set explicitly (mkdir's mode is masked by the umask, and older stores were 0755/0644).
+    await chmod(this.dir, STORE_DIR_MODE);
+    await chmod(join(this.dir, "gen"), STORE_DIR_MODE);
     let committed = 0;
     try {
       const text = await readFile(join(this.dir, COMMITTED), "utf8");
+      await chmod(join(this.dir, COMMITTED), STORE_FILE_MODE);
       if (!text.startsWith(COMMITTED_PREFIX)) throw new Error("unrecognised content");
       committed = Number(text.slice(COMMITTED_PREFIX.length).trim());
       if (!Number.isSafeInteger(committed) || committed < 0) throw new Error("bad generation number");
@@ -237,7 +254,7 @@ export class DiskStore {
       if (!m || Number(m[1]) > committed) {
         await rm(join(this.dir, "gen", name), { force: true });
         removed.push(name);
-      }
+      } else await chmod(join(this.dir, "gen", name), STORE_FILE_MODE);
     }
     await rm(join(this.dir, COMMITTED + ".tmp"), { force: true });
     for (let g = 1; g <= committed; g++) {
@@ -432,10 +449,12 @@ export class DiskStore {
   async close(): Promise<void> {
     for (const fh of this.packs.values()) await fh.close();
     this.packs.clear();
+    await this.lock?.release();
+    this.lock = undefined;
   }
 
   private async writeDurable(path: string, data: Buffer): Promise<void> {
-    const fh = await open(path, "w");
+    const fh = await open(path, "w", STORE_FILE_MODE);
     try {
       await fh.writeFile(data);
       await this.fsync(fh);

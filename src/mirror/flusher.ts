@@ -3,7 +3,7 @@
 // shutdown) only *request* a flush; they never run it on the caller's stack, so no
 // packet handler ever waits for the disk.
 
-export type FlushReason = "cache" | "delay" | "queue" | "explicit" | "restore" | "shutdown" | "retry" | "scrub";
+export type FlushReason = "cache" | "delay" | "queue" | "explicit" | "restore" | "shutdown" | "retry" | "scrub" | "spill";
 
 export interface FlushOutcome {
   generation: number;

@@ -112,7 +112,20 @@ export class FrameDecoder {
   /** Bytes of the stream consumed by the frames returned so far. */
   consumed = 0;
 
-  constructor(private readonly maxPayload: number = DEFAULT_MAX_FRAME) {}
+  /** Largest payload accepted (a connection raises it after Hello: frame-budget.ts). */
+  constructor(public maxPayload: number = DEFAULT_MAX_FRAME) {}
+
+  /**
+   * Header + payload length of the frame now arriving when its header is in and the
+   * frame is not complete and within the limit (what a connection reserves: frame-budget.ts); else 0.
+   */
+  partialFrameLength(): number {
+    if (this.buffered < HEADER_SIZE) return 0;
+    const len = this.peekHeader().readUInt32LE(4);
+    if (len > this.maxPayload) return 0; // refused by next()
+    const total = HEADER_SIZE + len;
+    return this.buffered < total ? total : 0;
+  }
 
   get pendingBytes(): number {
     return this.buffered;

@@ -56,7 +56,7 @@ export class PackWriter {
     if (directRefused === undefined && constants.O_DIRECT !== undefined) {
       let fh: FileHandle | undefined;
       try {
-        fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o644);
+        fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o600);
         const st = await alignedStage(fh);
         const spare = st && (await alignedStage(fh));
         if (st && spare) return new PackWriter(fh, st, spare);
@@ -72,7 +72,7 @@ export class PackWriter {
       }
       await fh?.close();
     }
-    return new PackWriter(await open(path, "w"), undefined, undefined);
+    return new PackWriter(await open(path, "w", 0o600), undefined, undefined);
   }
 
   /** Why this process writes packs through the page cache (undefined: it does not). */

@@ -9,6 +9,7 @@ import { FramedConnection } from "./connection.js";
 import { DiskStore, type DiskStoreHooks, type NewChunk, type PendingCheckpoint } from "./disk-store.js";
 import { ProtocolError, DEFAULT_MAX_FRAME } from "./frames.js";
 import { Flusher, type FlushOutcome, type FlushReason } from "./flusher.js";
+import { FrameBudget, PRE_AUTH_MAX_FRAME } from "./frame-budget.js";
 import { decodeCheckpointHeader } from "./messages.js";
 import { FrameType } from "./frames.js";
 import { Scrubber, type ScrubStats } from "./scrubber.js";
@@ -31,6 +32,8 @@ export interface MirrorServerOptions {
   maxDelayMs?: number;
   maxQueued?: number;
   maxFrame?: number;
+  /** Memory for partially received frames, all connections together (default: max(2 x maxFrame, cacheMaxBytes / 4)). */
+  frameBudgetBytes?: number;
   frameTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   /** Check unchecked chunks on disk after this long without any source sending (0: never; see scrubber.ts). */
@@ -97,8 +100,12 @@ export class MirrorServer implements SessionHost {
   readonly cache: ChunkCache;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
+  readonly maxFrame: number;
+  readonly frameBudget: FrameBudget;
   private readonly queue: QueuedCheckpoint[] = [];
   private inFlight: QueuedCheckpoint[] = [];
+  /** Cached chunks of checkpoints larger than the cache, to write ahead of them (session.ts, roomFor). */
+  private spillQueue: { source: string; hashes: string[] }[] = [];
   private readonly sources = new Map<string, Session>();
   private readonly sessions = new Set<Session>();
   private readonly flusher: Flusher;
@@ -127,6 +134,8 @@ export class MirrorServer implements SessionHost {
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
     const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
     this.cache = new ChunkCache(max);
+    this.maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
+    this.frameBudget = new FrameBudget(opts.frameBudgetBytes ?? Math.max(2 * this.maxFrame, Math.floor(max / 4)));
     this.highWater = Math.floor(max * (opts.highWaterRatio ?? DEFAULTS.highWaterRatio));
     this.maxQueued = opts.maxQueued ?? DEFAULTS.maxQueued;
     this.flusher = new Flusher(
@@ -210,7 +219,9 @@ export class MirrorServer implements SessionHost {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     sock.on("error", () => undefined);
     const conn = new FramedConnection(sock, {
-      maxFrame: this.opts.maxFrame ?? DEFAULT_MAX_FRAME,
+      // Until Hello: a few KiB (session.ts raises it to maxFrame once authenticated).
+      maxFrame: Math.min(PRE_AUTH_MAX_FRAME, this.maxFrame),
+      budget: this.frameBudget,
       frameTimeoutMs: this.opts.frameTimeoutMs ?? DEFAULTS.frameTimeoutMs,
       arena: true,
     });
@@ -335,6 +346,11 @@ export class MirrorServer implements SessionHost {
     return this.flusher.request(reason);
   }
 
+  async spill(source: string, hashes: string[]): Promise<void> {
+    this.spillQueue.push({ source, hashes });
+    await this.flusher.request("spill");
+  }
+
   async list(source: string): Promise<ListedCheckpoint[]> {
     const damaged = new Set(await this.store.checkpointsUsing(source, this.store.badChunks));
     const out: ListedCheckpoint[] = this.store.checkpoints(source).map((r) => ({
@@ -388,13 +404,16 @@ export class MirrorServer implements SessionHost {
 
   private async runFlush(reasons: FlushReason[]): Promise<FlushOutcome> {
     const batch = this.queue.splice(0);
-    if (batch.length === 0 && !this.store.hasNotes) {
+    // Chunks of checkpoints still arriving that are larger than the cache: written in
+    // this generation, with no checkpoint record (their checkpoint's generation follows).
+    const spill = this.spillQueue.splice(0);
+    if (batch.length === 0 && !this.store.hasNotes && spill.length === 0) {
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
     }
     this.inFlight = batch;
     const t0 = Date.now();
     this.dropBad(batch);
-    if (batch.length === 0 && !this.store.hasNotes) {
+    if (batch.length === 0 && !this.store.hasNotes && spill.length === 0) {
       this.inFlight = [];
       this.flusher.armDelay();
       return { generation: this.store.committedGeneration, checkpoints: 0, sources: 0, reasons };
@@ -404,6 +423,16 @@ export class MirrorServer implements SessionHost {
     const store = this.store;
     let refs = 0;
     function* newChunks(): Generator<NewChunk> {
+      for (const sp of spill) {
+        for (const h of sp.hashes) {
+          refs++;
+          if (seen.has(h)) continue;
+          seen.add(h);
+          const data = cache.get(h);
+          if (!data) throw new Error(`internal error: chunk ${h} of a checkpoint of ${sp.source} being streamed is not cached`);
+          yield [h, data, cache.owner(h)];
+        }
+      }
       for (const q of batch) {
         for (const h of q.chunkHashes) {
           refs++;

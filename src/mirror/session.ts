@@ -32,6 +32,8 @@ export interface SessionHost {
   readonly cache: ChunkCache;
   readonly log: Logger;
   readonly handshakeTimeoutMs: number;
+  /** Largest frame payload once authenticated (before Hello: frame-budget.ts's PRE_AUTH_MAX_FRAME). */
+  readonly maxFrame: number;
   authenticate(token: string, claimedSource: string | undefined): string;
   position(source: string): SourcePosition;
   attachSource(source: string, s: Session): void;
@@ -52,6 +54,8 @@ export interface SessionHost {
   flush(reason: FlushReason): Promise<FlushOutcome>;
   list(source: string): Promise<ListedCheckpoint[]>;
   fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }>;
+  /** Writes these cached chunks of `source` (pinned by the caller) to disk now, ahead of their checkpoint. */
+  spill(source: string, hashes: string[]): Promise<void>;
 }
 
 /** Checkpoints a source may offer before committing the first (told to it in HelloOk). */
@@ -68,6 +72,13 @@ interface InProgress {
   pinned: string[];
   /** Bytes of reservation still held for missing chunks. */
   reservedChunks: number;
+  /**
+   * Its chunks need more than the whole cache: they are reserved as they arrive and,
+   * when the cache is full, written to disk ahead of the checkpoint (spilled: see spillFor).
+   */
+  streaming: boolean;
+  /** Streaming: chunks it stored in the cache that are not on disk yet. */
+  spillable: string[];
   /** Want sent: its chunks may arrive (and its cache reservation is held, this checkpoint's to release). */
   answered: boolean;
   /** The connection closed (or failed) before it was committed. */
@@ -181,6 +192,7 @@ export class Session {
       throw new ProtocolError("malformed-frame", `malformed frame: Hello.role must be "source" or "client"`);
     }
     const source = this.host.authenticate(token, claimed);
+    this.conn.setMaxFrame(this.host.maxFrame);
     this.source = source;
     this.role = role;
     if (role === "source") this.host.attachSource(source, this);
@@ -213,6 +225,16 @@ export class Session {
     if (this.host.hasCheckpoint(source, header.id) || this.pipeline.some((p) => p.header.id === header.id)) {
       throw new ProtocolError("duplicate", `checkpoint ${source}/${header.id} already exists on the mirror`);
     }
+    // An incremental is only as good as its parent: acknowledging it without one would
+    // promise a checkpoint nobody can restore (the store lost the parent, or was replaced).
+    const parent = header.parent;
+    if (parent !== undefined && !this.host.hasCheckpoint(source, parent) && !this.pipeline.some((p) => p.header.id === parent)) {
+      throw new ProtocolError(
+        "missing-parent",
+        `checkpoint ${source}/${header.id} is an increment on ${parent}, which this mirror does not hold (its store lost it or was replaced); ` +
+          `send the chain again from a full checkpoint`,
+      );
+    }
     const e: InProgress = {
       header,
       headerBytes: payload,
@@ -220,6 +242,8 @@ export class Session {
       deferred: new Set(),
       pinned: [],
       reservedChunks: 0,
+      streaming: false,
+      spillable: [],
       answered: false,
       aborted: false,
       bytes: 0,
@@ -264,6 +288,13 @@ export class Session {
       wanted.push(i);
       missing.set(c.hash, c.size);
       reservedChunks += c.size;
+    }
+    // A checkpoint bigger than the whole cache streams through it to disk: its chunks
+    // are reserved as they arrive (chunks()), not all before the Want.
+    if (reservedChunks + headerBytes.length > cache.maxBytes && headerBytes.length <= cache.maxBytes / 2) {
+      e.streaming = true;
+      this.log.info({ source, id: header.id, bytes: reservedChunks, cacheMax: cache.maxBytes }, "checkpoint larger than the cache: streaming it to disk");
+      reservedChunks = 0;
     }
     // Admission: wait until the cache has room (the source's chunks for this
     // checkpoint wait for the Want, which is how a source is slowed down).
@@ -311,9 +342,10 @@ export class Session {
   }
 
   /** A single-chunk frame (protocol 1's way; still accepted): verified on arrival. */
-  private chunk(payload: Buffer): void {
+  private async chunk(payload: Buffer): Promise<void> {
     const cur = this.inProgress("Chunk");
     const { hash, data } = decodeChunk(payload);
+    if (cur.streaming) await this.roomFor(cur, data.length);
     this.claim(cur, hash, data.length);
     this.verify(hash, data);
     this.store(cur, hash, [data], data.length, true);
@@ -327,7 +359,7 @@ export class Session {
    * exists (another source's that failed its check, or bad bytes) is hashed on
    * arrival, so that it can replace that copy.
    */
-  private chunks(parts: Buffer[]): void {
+  private async chunks(parts: Buffer[]): Promise<void> {
     const cur = this.inProgress("Chunks");
     let total = 0;
     for (const p of parts) total += p.length;
@@ -335,6 +367,9 @@ export class Session {
     for (let i = 0; i < hashes.length; i++) {
       const hash = hashes[i] as string;
       const size = sizes[i] as number;
+      // (The frame's views stay valid while it is handled, also across this wait.)
+      if (cur.streaming) await this.roomFor(cur, size);
+      if (cur.aborted || this.conn.isClosed) return;
       this.claim(cur, hash, size);
       const check = this.host.anyCopy(hash) && !this.host.cache.usable(hash, this.source as string);
       if (check) this.verify(hash, pieces[i] as Buffer[]);
@@ -390,6 +425,7 @@ export class Session {
     if (cache.pin(hash, source)) cache.release(reserved);
     else stored = cache.insert(hash, cache.slabs.copyOf(pieces, size), reserved, source, verified);
     cur.pinned.push(hash);
+    if (cur.streaming) cur.spillable.push(hash);
     // Later offers of this session that were not asked for this chunk because this one was.
     for (let i = 1; i < this.pipeline.length; i++) {
       const later = this.pipeline[i] as InProgress;
@@ -398,6 +434,41 @@ export class Session {
       later.pinned.push(hash);
     }
     return stored;
+  }
+
+  /**
+   * A streaming checkpoint's next chunk needs `size` bytes of cache: reserves them,
+   * first writing the chunks it has cached to disk (a flush of chunks only) and dropping
+   * them from the cache when it is full. Reading this connection waits meanwhile.
+   */
+  private async roomFor(cur: InProgress, size: number): Promise<void> {
+    const cache = this.host.cache;
+    if (cur.reservedChunks >= size) return;
+    if (cache.used + size > cache.maxBytes && cur.spillable.length > 0) {
+      const hashes = cur.spillable.splice(0);
+      await this.host.spill(this.source as string, hashes);
+      if (cur.aborted) return;
+      // On disk now (usable by this source): neither this checkpoint nor a later offer
+      // that shares them (pinned when they arrived: store()) needs them cached.
+      const written = new Set(hashes);
+      for (const p of this.pipeline) {
+        p.pinned = p.pinned.filter((h) => {
+          if (!written.has(h)) return true;
+          cache.unpin(h);
+          return false;
+        });
+      }
+    }
+    try {
+      await cache.reserve(size);
+    } catch (err) {
+      throw new ProtocolError("too-large", `checkpoint ${this.source as string}/${cur.header.id} ${(err as Error).message}`);
+    }
+    if (cur.aborted) {
+      cache.release(size);
+      return;
+    }
+    cur.reservedChunks += size;
   }
 
   private commit(payload: Buffer): void {

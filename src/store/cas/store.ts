@@ -26,6 +26,8 @@ import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, I
 import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
 import { TgError } from "../../errors.js";
+import { divergedAppName, localIdentity, setAside } from "./lineage.js";
+import { parseCheckpointId } from "../types.js";
 import { describeForMirror, importMirrored, blocksNeeded, type ImportReport, type MirrorExport, type MirrorManifest, type MirrorTable, type MirrorBlock } from "./mirror.js";
 
 const DEFAULTS: Required<CasOptions> = { level: 1, blockPages: MAX_BLOCK_PAGES, packMaxBytes: 256 << 20, inflight: 4, cacheBlocks: 64, hashWorker: true };
@@ -301,6 +303,19 @@ export class CasStore {
   /** Damaged data the index records (blocks set aside, packs found short): cheap, for warnings in `ls`. */
   damageSummary(): { badBlocks: number; damagedPacks: string[] } {
     return { badBlocks: this.ctx.catalog.badBlocks().length, damagedPacks: this.ctx.catalog.damagedPacks().map((p) => packName(p.id)) };
+  }
+
+  /** A local checkpoint's content digest, kind and parent (lineage.ts); undefined if absent. */
+  identity(id: string): { digest: string; kind: string; parent: string | null } | undefined {
+    return localIdentity(this.ctx, id);
+  }
+
+  /** Renames `ids` (of one app) and their descendants to a new app name (lineage.ts: a diverged lineage). */
+  setAside(ids: string[]): Promise<{ app: string; moved: Map<string, string> }> {
+    return this.lock.run(async () => {
+      const app = divergedAppName(this.ctx, parseCheckpointId(ids[0] ?? "")?.app ?? "app");
+      return Promise.resolve({ app, moved: setAside(this.ctx, ids, app) });
+    });
   }
 
   /** Checkpoints, by app then seq. */
