@@ -181,7 +181,8 @@ static int read_timers(struct tg_rec_timers *head, struct tg_timer *out, char *e
   struct tg_itimer *real = &head->itimers[ITIMER_REAL];
   if (tg.capturing && real->value_ns == 0 && real->interval_ns) {
     uint64_t pend = 0;
-    for (int i = 0; i < tg.nslots && i < TG_MAX_THREADS; i++) pend |= tg.slots[i].shared_sigpending | tg.slots[i].sigpending;
+    char status[4096];
+    if (tg_read_file("/proc/self/status", status, sizeof status) > 0) tg_status_field_u64(status, "ShdPnd", &pend, 1);
     if (pend & (1ull << (SIGALRM - 1))) real->value_ns = real->interval_ns;
   }
   return 0;

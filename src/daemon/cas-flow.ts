@@ -78,8 +78,16 @@ export async function captureIntoCas(
     }
     if (failure) {
       verdict(failure);
-      releaseReader(fifo);
-      await ingest.catch(() => {});
+      // The store's open() of the read end may not have started yet when the agent refuses
+      // before opening the write end (a refusal is quick; a busy machine delays the open):
+      // release it until the ingest has ended, or it blocks forever.
+      let ended = false;
+      const settled = ingest.then(() => {}, () => {}).finally(() => (ended = true));
+      for (let i = 0; !ended && i < 3000; i++) {
+        releaseReader(fifo);
+        await Promise.race([settled, new Promise((r) => setTimeout(r, 20))]);
+      }
+      await settled;
       throw failure;
     }
     verdict(null);
