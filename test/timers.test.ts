@@ -122,6 +122,27 @@ describe("kernel timers and thread names survive a restore", { timeout: TIMEOUT 
     assert.equal((await status(h, "te")).state, "running");
   });
 
+  test("CPU-time clocks: a CLOCK_PROCESS_CPUTIME_ID timer comes back; a CLOCK_THREAD_CPUTIME_ID one is refused by id and clock", async (t) => {
+    const h = setup(t);
+    await runApp(h, "cpu", [fixture("cputimer")]);
+    await runApp(h, "cput", [fixture("cputimer"), "1"]);
+    await waitLines(h, "cpu", (ls) => counts(ls, "n").some((c) => c > 0), "SIGPROF ticks", WAIT);
+    await waitLines(h, "cput", (ls) => counts(ls, "n").some((c) => c > 0), "SIGPROF ticks", WAIT);
+    const refused = await h.cli(["checkpoint", "cput"]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /^tardigrade: checkpoint of cput failed: timer 0 \(clock -2\) cannot be checkpointed: a timer on CLOCK_THREAD_CPUTIME_ID .*delete it \(timer_delete\) before the checkpoint/);
+    assert.equal((await status(h, "cput")).state, "running");
+    const timersBefore = procTimers(h.pids("cpu")!.app);
+    await checkpoint(h, "cpu");
+    await waitLines(h, "cpu", (ls) => ls.length >= 2, "output after the checkpoint", WAIT);
+    await killApp(h, "cpu");
+    const from = await restore(h, "cpu");
+    const restored = await waitLines(h, "cpu", (ls) => { const c = counts(ls, "n"); return c.length >= 2 && c[c.length - 1]! > c[0]!; }, "SIGPROF ticks of the restored process", WAIT, from);
+    assert.ok(restored.length >= 2);
+    assert.deepEqual(procTimers(h.pids("cpu")!.app), timersBefore);
+    await stopEndsWithSigterm(h, "cpu");
+  });
+
   test("python3 signal.setitimer(ITIMER_REAL): ticks continue after the restore", async (t) => {
     const h = setup(t);
     const python = execFileSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" }).trim();
