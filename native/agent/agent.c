@@ -280,6 +280,7 @@ static void snapshot_and_release(uint32_t gen) {
     }
     tg.fds_buf = (char *)stk + CHILD_STACK + MAPS_BUF;
     tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
+    tg_capture_timers();
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
@@ -471,6 +472,7 @@ static void do_checkpoint(char *args) {
   }
   if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
+  if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
   if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
   tg.err_rd = pfd[0];

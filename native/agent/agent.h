@@ -14,6 +14,7 @@
 #define TG_MAX_THREADS 4096
 #define TG_MAX_HIDDEN_FDS 16
 #define TG_MAX_DONTFORK 8192
+#define TG_MAX_TIMERS 1024
 /* the snapshot region: child stack, parent's maps, fd records */
 #define TG_CHILD_STACK (1u << 20)
 #define TG_MAPS_BUF (8u << 20)
@@ -86,6 +87,13 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap);
 /* capture.c: runs in the snapshot child; writes the image to tg.img_fd; returns 0 or -1 with err. */
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages);
+
+/* timers.c: POSIX timers and interval timers. The precheck refuses (naming the timer id and clock)
+ * a timer that cannot be recreated; the capture runs in the manager while every thread is parked
+ * (timers are not inherited by the snapshot child); the child gets the result, or the error. */
+TG_HIDDEN int tg_precheck_timers(char *err, size_t errlen);
+TG_HIDDEN void tg_capture_timers(void);
+TG_HIDDEN const char *tg_captured_timers(const struct tg_rec_timers **head, const struct tg_timer **timers);
 
 /* maps.c */
 struct tg_vma {

@@ -629,6 +629,13 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
       struct iovec fiov = {tg.fds_buf, tg.fds_len};
       if (tg.fds_len && write_all(&w, &fiov, 1) != 0) goto werr;
       w.nrec += tg.fds_nrec;
+      {
+        const struct tg_rec_timers *th;
+        const struct tg_timer *tt;
+        const char *terr = tg_captured_timers(&th, &tt);
+        if (terr) { snprintf(err, errlen, "%s", terr); return -1; }
+        if (put_record(&w, TG_REC_TIMERS, th, sizeof *th, tt, th->ntimers * sizeof *tt) != 0) goto werr;
+      }
       struct tg_rec_tracking tr = {tg_trk.mode == TG_TRACK_OFF ? TG_TRACK_NONE : (uint32_t)tg_trk.mode, 0, tg_trk.pages_scanned, tg_trk.pages_written, tg_trk.nfresh};
       if (put_record(&w, TG_REC_TRACKING, &tr, sizeof tr, NULL, 0) != 0) goto werr;
     }

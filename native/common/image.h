@@ -22,6 +22,7 @@ enum tg_rec_type {
   TG_REC_END = 11,
   TG_REC_PAGES_CLEAR = 12,
   TG_REC_TRACKING = 13,
+  TG_REC_TIMERS = 14,
 };
 
 struct tg_file_header {
@@ -112,6 +113,24 @@ struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
 
 struct tg_rec_pages { uint64_t addr, npages; };
 struct tg_rec_tracking { uint32_t mode, reserved; uint64_t pages_scanned, pages_written, fresh_mappings; };
+
+/* TIMERS: the fixed part, then ntimers x timer_size bytes, each starting with struct tg_timer */
+struct tg_itimer { uint64_t interval_ns, value_ns; }; /* value 0 = disarmed */
+enum { TG_NITIMERS = 3 };                              /* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF */
+struct tg_rec_timers {
+  uint32_t ntimers, timer_size;
+  struct tg_itimer itimers[TG_NITIMERS];
+};
+_Static_assert(sizeof(struct tg_rec_timers) == 56, "timers");
+struct tg_timer {
+  int32_t id, clock;
+  uint32_t notify, signo; /* sigev_notify (SIGEV_THREAD_ID = 4 included), sigev_signo */
+  uint32_t tid;           /* SIGEV_THREAD_ID: the target thread (namespace TID) */
+  int32_t overrun;        /* timer_getoverrun at capture (not restorable) */
+  uint64_t sigval;        /* sigev_value */
+  uint64_t interval_ns, value_ns; /* value 0 = disarmed */
+};
+_Static_assert(sizeof(struct tg_timer) == 48, "timer");
 
 struct tg_rec_end { uint64_t record_count, pages_total, file_size; };
 

@@ -74,13 +74,15 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
                                     "reading pages from the image (the PAGES record at image offset 0x%lx is truncated)", "checking page data (CRC mismatch in the PAGES record at image offset 0x%lx)",
                                     "setting memory protections", "restoring mm fields (PR_SET_MM_MAP)", "restoring signal handlers",
                                     "recreating a thread with its old TID",
-                                    "reading the page data (malformed or truncated record at image offset 0x%lx)"};
+                                    "reading the page data (malformed or truncated record at image offset 0x%lx)",
+                                    "recreating a POSIX timer with its old id", "re-arming an interval timer (setitimer)",
+                                    "restoring a thread's name"};
       int step = 0, e = 0;
       unsigned long v = 0;
       sscanf(msg + 5, "%d %d %lx", &step, &e, &v);
       char what[200];
       if (step == 4 || step == 5 || step == 10) snprintf(what, sizeof what, steps[step], v);
-      else snprintf(what, sizeof what, "%s", step > 0 && step < 11 ? steps[step] : "?");
+      else snprintf(what, sizeof what, "%s", step > 0 && step < (int)(sizeof steps / sizeof *steps) ? steps[step] : "?");
       snprintf(decoded, sizeof decoded, "restore failed while %s: %s (at 0x%lx); the image or the host differs from the checkpoint", what,
                e ? strerror(e) : "bad data", v);
       why = decoded;

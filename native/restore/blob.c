@@ -25,6 +25,9 @@
 #define STEP_SIGACTION 8
 #define STEP_THREAD 9
 #define STEP_STREAM 10
+#define STEP_TIMER 11
+#define STEP_ITIMER 12
+#define STEP_NAME 13
 
 #define PROT_R 1
 #define PROT_W 2
@@ -38,6 +41,8 @@
 #define FUTEX_WAKE_PRIVATE_ 129
 #define MS_ASYNC_ 1
 #define MADV_POPULATE_WRITE_ 23
+#define PR_SET_NAME_ 15
+#define PR_TIMER_CREATE_RESTORE_IDS_ 77 /* Linux 6.15: timer_create takes the wanted id in *created_timer_id */
 
 BLOB static uint32_t crc32c(uint32_t crc, const void *buf, uint64_t len) {
   const unsigned char *p = buf;
@@ -113,10 +118,62 @@ __attribute__((noreturn)) BLOB static void finish_thread(struct blob_thread *t) 
   if (t->rseq_addr) tg_sys4(SYS_rseq, t->rseq_addr, t->rseq_len, 0, t->rseq_sig);
   for (int s = 1; s <= 64; s++)
     if (t->sigpending & (1ull << (s - 1))) tg_sys3(SYS_tgkill, p->pid, t->tid, s);
+  if (t->comm[0]) {
+    long r = tg_sys2(SYS_prctl, PR_SET_NAME_, t->comm);
+    if (r < 0) fail(p, STEP_NAME, r, t->tid);
+  }
   while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST)) tg_sys4(SYS_futex, &p->go, FUTEX_WAIT_PRIVATE_, 0, 0);
   void (*tramp)(uint64_t, volatile int32_t *) = (void (*)(uint64_t, volatile int32_t *))p->trampoline_addr;
   tramp(t->uc, &ri->pending);
   for (;;) {}
+}
+
+/* POSIX timers with their old ids (PR_TIMER_CREATE_RESTORE_IDS), then armed with the time they had
+ * left at the checkpoint; interval timers likewise. Runs once every thread exists (a timer may
+ * signal one thread) and before any of them runs application code; all signals are blocked until
+ * each thread's saved mask comes back, so a timer that fires now leaves its signal pending. */
+BLOB static void restore_timers(struct blob_plan *p) {
+  long r;
+  if (p->ntimers) {
+    r = tg_sys5(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS_, 1, 0, 0, 0);
+    if (r < 0) fail(p, STEP_TIMER, r, 0);
+  }
+  for (uint64_t i = 0; i < p->ntimers; i++) {
+    struct tg_timer *t = &p->timers[i];
+    /* the kernel's struct sigevent: value, signo, notify, then the target TID in a 48-byte union */
+    struct { uint64_t value; int32_t signo, notify, tid, pad[11]; } sev;
+    uint64_t *w = (uint64_t *)&sev;
+    for (uint64_t k = 0; k < sizeof sev / 8; k++) w[k] = 0;
+    sev.value = t->sigval;
+    sev.signo = (int32_t)t->signo;
+    sev.notify = (int32_t)t->notify;
+    sev.tid = (int32_t)t->tid;
+    int32_t id = t->id;
+    r = tg_sys3(SYS_timer_create, t->clock, &sev, &id);
+    if (r < 0) fail(p, STEP_TIMER, r, (uint64_t)(uint32_t)t->id);
+    if (id != t->id) fail(p, STEP_TIMER, 0, (uint64_t)(uint32_t)t->id);
+  }
+  if (p->ntimers) {
+    r = tg_sys5(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS_, 0, 0, 0, 0);
+    if (r < 0) fail(p, STEP_TIMER, r, 0);
+  }
+  for (uint64_t i = 0; i < p->ntimers; i++) {
+    struct tg_timer *t = &p->timers[i];
+    if (!t->value_ns) continue;
+    int64_t its[4] = {(int64_t)(t->interval_ns / 1000000000ull), (int64_t)(t->interval_ns % 1000000000ull),
+                      (int64_t)(t->value_ns / 1000000000ull), (int64_t)(t->value_ns % 1000000000ull)};
+    r = tg_sys4(SYS_timer_settime, t->id, 0, its, 0);
+    if (r < 0) fail(p, STEP_TIMER, r, (uint64_t)(uint32_t)t->id);
+  }
+  for (int k = 0; k < TG_NITIMERS; k++) {
+    struct tg_itimer *it = &p->itimers[k];
+    if (!it->value_ns) continue;
+    int64_t itv[4] = {(int64_t)(it->interval_ns / 1000000000ull), (int64_t)(it->interval_ns % 1000000000ull / 1000),
+                      (int64_t)(it->value_ns / 1000000000ull), (int64_t)(it->value_ns % 1000000000ull / 1000)};
+    if (itv[2] == 0 && itv[3] == 0) itv[3] = 1;
+    r = tg_sys3(SYS_setitimer, k, itv, 0);
+    if (r < 0) fail(p, STEP_ITIMER, r, (uint64_t)k);
+  }
 }
 
 BLOB void tg_blob_main(struct blob_plan *p) {
@@ -229,6 +286,7 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     if (r != tid) fail(p, STEP_THREAD, r, (uint64_t)t->tid);
   }
   if (!main_thread) fail(p, STEP_THREAD, 3, 0);
+  restore_timers(p);
   for (int s = 1; s <= 64; s++)
     if (p->shared_sigpending & (1ull << (s - 1))) tg_sys2(SYS_kill, p->pid, s);
   volatile char ok[3];

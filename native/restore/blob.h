@@ -14,6 +14,7 @@ struct blob_thread {
   uint32_t rseq_len, rseq_sig;
   uint64_t sigpending, stack_top;
   uint64_t plan; /* struct blob_plan * */
+  char comm[16];  /* thread name, NUL terminated (empty: leave it) */
 };
 
 /* struct prctl_mm_map from linux/prctl.h, spelled out (the header is not in the blob's reach) */
@@ -42,6 +43,9 @@ struct blob_plan {
   uint64_t next_off, nrec;      /* its offset in the image; records before it */
   volatile int32_t go;
   int32_t verbose;
+  uint64_t ntimers;          /* POSIX timers, recreated with their ids once every thread exists */
+  struct tg_timer *timers;
+  struct tg_itimer itimers[TG_NITIMERS];
 };
 
 /* entry point, in section tgblob */

@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -135,6 +135,21 @@ int tg_image_load(const char *path, struct image *img) {
       img->npipes++;
       break;
     case TG_REC_TRACKING: free(p); break; /* statistics only */
+    case TG_REC_TIMERS: {
+      struct tg_rec_timers th;
+      NEED(sizeof th);
+      memcpy(&th, p, sizeof th);
+      if (img->timers) return fail(img, off, "%ssecond TIMERS record (at most one allowed)%llu", "", 0);
+      if (th.timer_size < sizeof(struct tg_timer) || th.ntimers > (h.payload_len - sizeof th) / th.timer_size)
+        return fail(img, off, "%sTIMERS record: %llu timers do not fit its payload", "", th.ntimers);
+      memcpy(img->itimers, th.itimers, sizeof img->itimers);
+      img->timers = calloc(th.ntimers + 1, sizeof *img->timers);
+      if (!img->timers) return fail(img, off, "%sout of memory (%llu)", "", th.ntimers);
+      for (uint32_t i = 0; i < th.ntimers; i++) memcpy(&img->timers[i], p + sizeof th + (size_t)i * th.timer_size, sizeof *img->timers);
+      img->ntimers = th.ntimers;
+      free(p);
+      break;
+    }
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
     }

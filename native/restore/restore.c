@@ -169,6 +169,8 @@ static void __attribute__((noreturn)) stage1(void) {
   off += img.nvmas * sizeof(struct blob_vma);
   size_t thr_off = off;
   off += img.nthreads * sizeof(struct blob_thread);
+  size_t timers_off = off;
+  off += img.ntimers * sizeof(struct tg_timer);
   off = (off + 4095) & ~4095ul;
   size_t stacks_off = off;
   off += img.nthreads * THREAD_STACK + BLOB_STACK;
@@ -228,7 +230,12 @@ static void __attribute__((noreturn)) stage1(void) {
     bt->rseq_sig = t->rseq_sig;
     bt->sigpending = t->sigpending;
     bt->stack_top = (uint64_t)(b + stacks_off + (i + 1) * THREAD_STACK);
+    memcpy(bt->comm, t->comm, sizeof bt->comm - 1);
   }
+  p->timers = (struct tg_timer *)(b + timers_off);
+  if (img.ntimers) memcpy(p->timers, img.timers, img.ntimers * sizeof *img.timers);
+  p->ntimers = img.ntimers;
+  memcpy(p->itimers, img.itimers, sizeof p->itimers);
   memcpy(p->sigs, img.sigs, sizeof p->sigs);
   p->vvar_addr = img.proc.vvar_addr;
   p->vdso_addr = img.proc.vdso_addr;
@@ -306,7 +313,7 @@ int main(int argc, char **argv) {
   launch = &l;
   if (tg_image_load(l.image, &img) != 0) return 2;
   char err[1024];
-  if (open_mapped_files(err, sizeof err) != 0) {
+  if (tg_check_timers(&img, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
     fprintf(stderr, "tardigrade-restore: %s\n", err);
     return 2;
   }

@@ -23,6 +23,8 @@ struct image {
   struct tg_rec_thread *threads; size_t nthreads;
   struct img_fd *fds; size_t nfds;
   struct img_pipe *pipes; size_t npipes;
+  struct tg_itimer itimers[TG_NITIMERS];
+  struct tg_timer *timers; size_t ntimers; /* POSIX timers (TIMERS record) */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -36,6 +38,9 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
 /* --stdio-log: where the app's appended stdout/stderr go on this host */
 extern const char *tg_stdio_log;
+
+/* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
+int tg_check_timers(const struct image *img, char *err, size_t errlen);
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

@@ -25,6 +25,8 @@ export enum RecordType {
   PAGES_CLEAR = 12,
   /** Dirty-tracking statistics of the capture (u32 mode, u32 reserved, u64 pages_scanned, pages_written, fresh_mappings). */
   TRACKING = 13,
+  /** POSIX timers and interval timers (u32 ntimers, u32 timer_size, 3 itimers, then the timers). */
+  TIMERS = 14,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -42,7 +44,11 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.END]: 24,
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
+  [RecordType.TIMERS]: 56,
 };
+
+/** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
+export const TIMER_ENTRY_SIZE = 48;
 
 export function recordTypeName(t: number): string {
   return RecordType[t] ?? `type ${t}`;
@@ -176,6 +182,27 @@ export interface TrackingInfo {
   pagesScanned: bigint;
   pagesWritten: bigint;
   freshMappings: bigint;
+}
+
+export interface PosixTimer {
+  id: number;
+  clock: number;
+  /** sigev_notify: 0 signal, 1 none, 2 thread, | 4 thread id. */
+  notify: number;
+  signo: number;
+  /** Target thread (namespace TID) of a SIGEV_THREAD_ID timer, else 0. */
+  tid: number;
+  overrun: number;
+  sigval: bigint;
+  intervalNs: bigint;
+  /** Time left at the checkpoint; 0 = disarmed. */
+  valueNs: bigint;
+}
+
+export interface TimersInfo {
+  /** ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF. */
+  itimers: { intervalNs: bigint; valueNs: bigint }[];
+  timers: PosixTimer[];
 }
 
 export interface EndInfo {

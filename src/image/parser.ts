@@ -14,6 +14,7 @@ import {
   PAGE_SIZE,
   RECORD_HEADER_SIZE,
   RecordType,
+  TIMER_ENTRY_SIZE,
   VERSION,
   recordTypeName,
   type ClearExtent,
@@ -24,6 +25,7 @@ import {
   type PageExtent,
   type ProcInfo,
   type ThreadInfo,
+  type TimersInfo,
   type TrackingInfo,
   type Vma,
 } from "./format.js";
@@ -62,6 +64,8 @@ export interface ParsedImage {
   /** PAGES_CLEAR runs (incremental images). */
   clears: ClearExtent[];
   tracking: TrackingInfo | null;
+  /** The TIMERS record (null: the image has none, as images of earlier versions). */
+  timers: TimersInfo | null;
   pagesTotal: number;
   recordCount: number;
 }
@@ -155,6 +159,30 @@ function decodeThread(p: Buffer): ThreadInfo {
   };
 }
 
+/** The TIMERS record, or what is wrong with it. */
+export function decodeTimers(p: Buffer): TimersInfo | string {
+  const n = p.readUInt32LE(0);
+  const size = p.readUInt32LE(4);
+  if (size < TIMER_ENTRY_SIZE) return `TIMERS timer_size ${size} is below ${TIMER_ENTRY_SIZE}`;
+  if (56 + n * size > p.length) return `TIMERS record holds ${n} timers of ${size} bytes but its payload is ${p.length} bytes`;
+  const itimers = [0, 1, 2].map((i) => ({ intervalNs: u64(p, 8 + i * 16), valueNs: u64(p, 16 + i * 16) }));
+  const timers = Array.from({ length: n }, (_, i) => {
+    const o = 56 + i * size;
+    return {
+      id: p.readInt32LE(o),
+      clock: p.readInt32LE(o + 4),
+      notify: p.readUInt32LE(o + 8),
+      signo: p.readUInt32LE(o + 12),
+      tid: p.readUInt32LE(o + 16),
+      overrun: p.readInt32LE(o + 20),
+      sigval: u64(p, o + 24),
+      intervalNs: u64(p, o + 32),
+      valueNs: u64(p, o + 40),
+    };
+  });
+  return { itimers, timers };
+}
+
 /** Incremental reader over one open image, with every check of docs/format.md. */
 class ImageReader {
   private scratch: Buffer;
@@ -223,6 +251,7 @@ class ImageReader {
       extents: [],
       clears: [],
       tracking: null,
+      timers: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -376,6 +405,13 @@ class ImageReader {
       case RecordType.TRACKING:
         out.tracking = { mode: p.readUInt32LE(0), pagesScanned: u64(p, 8), pagesWritten: u64(p, 16), freshMappings: u64(p, 24) };
         return null;
+      case RecordType.TIMERS: {
+        if (out.timers) this.fail(off, "second TIMERS record (at most one allowed)");
+        const decoded = decodeTimers(p);
+        if (typeof decoded === "string") this.fail(off, decoded);
+        out.timers = decoded;
+        return null;
+      }
       case RecordType.END:
         return { recordCount: u64(p, 0), pagesTotal: u64(p, 8), fileSize: u64(p, 16) };
       case RecordType.PAGES:

@@ -30,6 +30,42 @@ export interface ImageSummary {
   /** Limits that are not unlimited (cur/max, "inf" for RLIM_INFINITY). */
   rlimits: { resource: string; cur: string; max: string }[];
   tracking: { mode: number; pagesScanned: string; pagesWritten: string; freshMappings: string } | null;
+  /** POSIX timers and armed interval timers (times in ns, as decimal strings; value "0" = disarmed). */
+  timers: { kind: string; id: number | null; clock: string; notify: string; signal: string; interval: string; value: string; overrun: number }[];
+}
+
+const CLOCKS: Record<number, string> = { 0: "realtime", 1: "monotonic", 7: "boottime", 8: "realtime-alarm", 9: "boottime-alarm", 11: "tai" };
+const ITIMERS = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"];
+
+function clockName(c: number): string {
+  if (c >= 0) return CLOCKS[c] ?? `clock ${c}`;
+  const pid = ~(c >> 3);
+  const what = (c & 4) !== 0 ? "thread" : "process";
+  return pid === 0 ? `${what}-cputime` : `${what}-cputime(${pid})`;
+}
+
+function notifyName(n: number, tid: number): string {
+  const base = ["signal", "none", "thread"][n & 3] ?? `notify ${n}`;
+  return (n & 4) !== 0 ? `${base} to tid ${tid}` : base;
+}
+
+function timerRows(img: Awaited<ReturnType<typeof parseImage>>): ImageSummary["timers"] {
+  if (!img.timers) return [];
+  const rows: ImageSummary["timers"] = img.timers.timers.map((t) => ({
+    kind: "posix",
+    id: t.id,
+    clock: clockName(t.clock),
+    notify: notifyName(t.notify, t.tid),
+    signal: t.notify === 1 ? "-" : signalName(t.signo),
+    interval: t.intervalNs.toString(),
+    value: t.valueNs.toString(),
+    overrun: t.overrun,
+  }));
+  img.timers.itimers.forEach((it, i) => {
+    if (it.valueNs === 0n) return;
+    rows.push({ kind: ITIMERS[i]!, id: null, clock: i === 0 ? "realtime" : "process-cputime", notify: "signal", signal: ["SIGALRM", "SIGVTALRM", "SIGPROF"][i]!, interval: it.intervalNs.toString(), value: it.valueNs.toString(), overrun: 0 });
+  });
+  return rows;
 }
 
 const RLIMIT_NAMES = ["cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime"];
@@ -76,5 +112,6 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
       pagesWritten: img.tracking.pagesWritten.toString(),
       freshMappings: img.tracking.freshMappings.toString(),
     },
+    timers: timerRows(img),
   };
 }

@@ -140,3 +140,27 @@ export function sampleImage(opts: { npages?: number; pid?: number; fill?: (page:
     { pid: opts.pid ?? 2 },
   );
 }
+
+/** A TIMERS record (docs/format.md): itimers as [interval, value] ns, POSIX timers as given. */
+export function timersRecord(t: { itimers?: [bigint, bigint][]; timers?: { id: number; clock: number; notify: number; signo: number; tid?: number; sigval?: bigint; intervalNs: bigint; valueNs: bigint }[]; ntimers?: number }): RawRecord {
+  const timers = t.timers ?? [];
+  const b = Buffer.alloc(56 + timers.length * 48);
+  b.writeUInt32LE(t.ntimers ?? timers.length, 0);
+  b.writeUInt32LE(48, 4);
+  (t.itimers ?? []).forEach(([interval, value], i) => {
+    b.writeBigUInt64LE(interval, 8 + i * 16);
+    b.writeBigUInt64LE(value, 16 + i * 16);
+  });
+  timers.forEach((x, i) => {
+    const o = 56 + i * 48;
+    b.writeInt32LE(x.id, o);
+    b.writeInt32LE(x.clock, o + 4);
+    b.writeUInt32LE(x.notify, o + 8);
+    b.writeUInt32LE(x.signo, o + 12);
+    b.writeUInt32LE(x.tid ?? 0, o + 16);
+    b.writeBigUInt64LE(x.sigval ?? 0n, o + 24);
+    b.writeBigUInt64LE(x.intervalNs, o + 32);
+    b.writeBigUInt64LE(x.valueNs, o + 40);
+  });
+  return { type: RecordType.TIMERS, payload: b };
+}

@@ -19,7 +19,7 @@ import {
   type FileHeader,
   type TrackingInfo,
 } from "../../image/format.js";
-import { ImageError } from "../../image/parser.js";
+import { ImageError, decodeTimers } from "../../image/parser.js";
 import { hex } from "./util.js";
 
 export type ImageItem =
@@ -353,6 +353,9 @@ export async function* readImage(src: ImageBytes, label: string): AsyncGenerator
           const prev = vmas[vmas.length - 1];
           if (prev && start < prev.end) fail(off, `VMA ${hex(start)} overlaps or precedes the previous VMA (ends ${hex(prev.end)})`);
           vmas.push({ start, end });
+        } else if (rtype === RecordType.TIMERS) {
+          const t = decodeTimers(payload);
+          if (typeof t === "string") fail(off, t);
         } else if (rtype === RecordType.FD) {
           const extraLen = payload.readUInt32LE(72);
           if (80 + extraLen > payload.length) fail(off, `FD extra_len ${extraLen} exceeds the payload (${payload.length - 80} bytes)`);
