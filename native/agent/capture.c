@@ -19,6 +19,7 @@
 #include "../common/crc32c.h"
 #include "../common/sys.h"
 #include "track.h"
+#include "unix.h"
 
 struct writer {
   int fd;
@@ -397,6 +398,10 @@ static int put_path_record(struct writer *w, uint32_t type, const char *link, in
   return put_record(w, type, &id, sizeof id, path, (size_t)n);
 }
 
+static int emit_record(void *w, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
+  return put_record(w, type, a, al, b, bl);
+}
+
 static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_t errlen) {
   int dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (dfd < 0) { snprintf(err, errlen, "cannot list fds: %s", strerror(-dfd)); return -1; }
@@ -404,6 +409,7 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
   static char extra[1 << 16];
   static struct { uint32_t fd; uint64_t ino; uint32_t kind; } seen[4096];
   int nseen = 0;
+  tg_unix_begin();
   for (;;) {
     long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
     if (n <= 0) break;
@@ -431,6 +437,8 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
     }
   }
   tg_sys1(SYS_close, dfd);
+  /* Unix socket pairs: both ends must be ours; then keep what is queued in them (unix.c) */
+  if (tg_unix_end(emit_record, w, err, errlen) != 0) return -1;
   /* pipes: both ends must be ours; then keep what is buffered in them */
   for (int i = 0; i < nseen; i++) {
     if (seen[i].kind != TG_FD_PIPE_R && seen[i].kind != TG_FD_PIPE_W) continue;

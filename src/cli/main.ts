@@ -160,6 +160,7 @@ export function buildProgram(): Command {
       out(`\nfds:\n${table(["FD", "KIND", "FLAGS", "POS", "PATH"], img.fds.map((f) => [String(f.fd), f.kind, f.flags, f.pos, f.path]))}`);
       if (img.signals.length) out(`\nsignal handlers:\n${table(["SIGNAL", "HANDLER", "FLAGS", "MASK"], img.signals.map((x) => [`${x.signo} ${x.name}`, x.handler, x.flags, x.mask]))}`);
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
+      if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
       if (img.rlimits.length) out(`\nlimits: ${img.rlimits.map((r) => `${r.resource} ${r.cur}/${r.max}`).join(", ")}`);
       out(`\nmemory (${img.vmas.length} mappings):\n${table(["START", "END", "PROT", "KIND", "STORED", "PATH"], img.vmas.map((v) => [v.start, v.end, v.prot, v.kind, String(v.pagesStored), v.path]))}`);
     });

@@ -25,6 +25,8 @@ export enum RecordType {
   PAGES_CLEAR = 12,
   /** Dirty-tracking statistics of the capture (u32 mode, u32 reserved, u64 pages_scanned, pages_written, fresh_mappings). */
   TRACKING = 13,
+  /** Data queued in a Unix socket of a pair inside the app (u64 ino, u32 sock type, u32 nmsg, then bytes or nmsg x { u32 len, bytes }). */
+  SOCKET_DATA = 15,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -42,6 +44,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.END]: 24,
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
+  [RecordType.SOCKET_DATA]: 16,
 };
 
 export function recordTypeName(t: number): string {
@@ -66,7 +69,10 @@ export const FD_KIND: Record<number, string> = {
   6: "fifo",
   7: "eventfd",
   8: "epoll",
+  9: "unix-socket",
 };
+
+export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };
 
 export const MM_FIELDS = [
   "startCode",
@@ -157,6 +163,26 @@ export interface FdInfo {
   path: string;
   /** epoll only: registered targets. */
   epoll: { tfd: number; events: number; data: bigint }[];
+  /** Unix socket (kind 9) only: the socket, its peer and state. */
+  unix?: UnixSock;
+}
+
+export interface UnixSock {
+  ino: bigint;
+  peerIno: bigint;
+  type: number;
+  shutdown: number;
+  sndbuf: number;
+  rcvbuf: number;
+  peekOff: number;
+}
+
+export interface SocketData {
+  ino: bigint;
+  type: number;
+  /** Datagrams (0 for a stream socket). */
+  messages: number;
+  bytes: number;
 }
 
 export interface PageExtent {
