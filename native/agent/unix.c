@@ -8,6 +8,7 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -102,13 +103,23 @@ static int sockopt(int fd, int level, int name) {
   return tg_sys5(SYS_getsockopt, fd, level, name, &v, &l) == 0 ? v : -1;
 }
 
-/* "fd 5 (Unix stream socket bound to /x, connected to /y)" */
+/* "fd 5 (Unix stream socket bound to /x, connected to /y)": the peer's address from getpeername
+ * (sock_diag cannot name a peer that is not accepted yet) */
 static void describe(int fd, const struct uinfo *u, char *out, size_t cap) {
-  struct uinfo p;
-  const char *peer = "";
-  if (u->peer) peer = diag(u->peer, &p) == 0 && p.name[0] ? p.name : "an unnamed socket";
+  struct sockaddr_un sa;
+  socklen_t sl = sizeof sa;
+  char peer[112] = "";
+  memset(&sa, 0, sizeof sa);
+  if (u->state == 1 && tg_sys3(SYS_getpeername, fd, &sa, &sl) == 0) {
+    size_t n = sl > offsetof(struct sockaddr_un, sun_path) ? sl - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (n > sizeof peer - 1) n = sizeof peer - 1;
+    memcpy(peer, sa.sun_path, n);
+    peer[n] = 0;
+    if (n && peer[0] == 0) peer[0] = '@';
+    if (!n) snprintf(peer, sizeof peer, "an unnamed socket");
+  }
   snprintf(out, cap, "fd %d (Unix %s socket%s%s%s%s)", fd, type_name(u->type),
-           u->name[0] ? (u->state == 10 ? " listening on " : " bound to ") : "", u->name, u->peer ? ", connected to " : "", peer);
+           u->name[0] ? (u->state == 10 ? " listening on " : " bound to ") : "", u->name, peer[0] ? ", connected to " : "", peer);
 }
 
 void tg_unix_begin(void) { nsocks = overflow = 0; }
@@ -132,7 +143,7 @@ int tg_unix_describe(int fd, const struct stat *st, struct tg_rec_fd *rec, char 
     snprintf(err, errlen, "%s cannot be checkpointed: this socket type is not supported; close it before checkpointing", d);
     return -1;
   }
-  if (!u.peer) {
+  if (u.state != 1 /* TCP_ESTABLISHED */) {
     snprintf(err, errlen, "%s cannot be checkpointed: it is not connected; only connected socket pairs with both ends in the app are supported: close it before checkpointing, or run the app without it", d);
     return -1;
   }
@@ -215,6 +226,46 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
   return (long)len;
 }
 
+/* Datagram and seqpacket queues: MSG_PEEK cannot see an empty datagram that was peeked before
+ * (the kernel skips it to let peek offsets move on, and an earlier checkpoint's peek is enough),
+ * so once the peek found no fds in flight, the queue is taken out (recv) and put back in the same
+ * order through its peer, which is in this process. Refilling cannot run out of room: the same
+ * datagrams were all queued a moment ago, charged to the same sender. Not for a shut-down pair
+ * (its peer can no longer send): there the peeked copy stands. Returns the bytes in buf. */
+static long take_and_requeue(const struct sock_seen *s, int peer_fd, char *buf, size_t cap, uint32_t *nmsg, char *err, size_t errlen) {
+  struct uinfo a, b;
+  if (diag(s->ino, &a) != 0 || diag(s->peer, &b) != 0 || a.shutdown || b.shutdown) return -2;
+  int old = sockopt(s->fd, SOL_SOCKET, SO_PEEK_OFF);
+  size_t len = 0;
+  uint32_t m = 0;
+  for (;;) {
+    if (len + 4 > cap) break;
+    long r = tg_sys6l(SYS_recvfrom, s->fd, buf + len + 4, cap - len - 4, MSG_DONTWAIT, 0, 0);
+    if (r == -EINTR) continue;
+    if (r < 0) break; /* EAGAIN: empty */
+    uint32_t l32 = (uint32_t)r;
+    memcpy(buf + len, &l32, 4);
+    len += 4 + (size_t)r;
+    m++;
+  }
+  for (size_t at = 0; at < len;) {
+    uint32_t l32;
+    memcpy(&l32, buf + at, 4);
+    long r;
+    do r = tg_sys6l(SYS_sendto, peer_fd, buf + at + 4, l32, MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
+    while (r == -EINTR);
+    if (r != (long)l32) {
+      snprintf(err, errlen, "fd %d (Unix %s socket pair): putting its queue back failed at datagram %zu: %s; the application lost queued datagrams",
+               s->fd, type_name(s->type), (size_t)at, r < 0 ? strerror((int)-r) : "short send");
+      return -1;
+    }
+    at += 4 + l32;
+  }
+  if (old >= 0) tg_sys5(SYS_setsockopt, s->fd, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+  *nmsg = m;
+  return (long)len;
+}
+
 int tg_unix_end(tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
   if (overflow) { snprintf(err, errlen, "more than %d Unix sockets: not supported", MAX_SOCKS); return -1; }
   for (int i = 0; i < nsocks; i++) {
@@ -226,9 +277,9 @@ int tg_unix_end(tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
       if (diag(socks[i].ino, &u) == 0) describe(socks[i].fd, &u, d, sizeof d);
       else snprintf(d, sizeof d, "fd %d (Unix %s socket)", socks[i].fd, type_name(socks[i].type));
       snprintf(err, errlen,
-               "%s cannot be checkpointed: its peer (socket:[%u]) is outside the application; sockets to other processes are not supported yet: "
+               "%s cannot be checkpointed: its peer (%s) is outside the application; sockets to other processes are not supported yet: "
                "close the connection before checkpointing (and reconnect after), or run the app without it",
-               d, socks[i].peer);
+               d, socks[i].peer ? "another process's socket" : "not accepted yet, or closed");
       return -1;
     }
   }
@@ -241,6 +292,14 @@ int tg_unix_end(tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
     uint32_t nmsg;
     long n = peek_queue(&socks[i], data, DATA_CAP, &nmsg, err, errlen);
     if (n < 0) return -1;
+    if (socks[i].type != SOCK_STREAM) {
+      int peer_fd = -1;
+      for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer) peer_fd = socks[j].fd;
+      uint32_t m2;
+      long n2 = take_and_requeue(&socks[i], peer_fd, data, sizeof data, &m2, err, errlen);
+      if (n2 == -1) return -1;
+      if (n2 >= 0) { n = n2; nmsg = m2; }
+    }
     if (n == 0 && nmsg == 0) continue;
     struct tg_rec_socket_data h = {socks[i].ino, socks[i].type, nmsg};
     if (emit(ctx, TG_REC_SOCKET_DATA, &h, sizeof h, data, (size_t)n) != 0) {
