@@ -161,6 +161,7 @@ int tg_unix_describe(int fd, const struct stat *st, struct tg_rec_fd *rec, char 
   x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
   x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
   x.peek_off = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF);
+  x.flags = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0;
   memcpy(extra, &x, sizeof x);
   rec->kind = TG_FD_UNIX;
   rec->aux = u.peer;
@@ -191,11 +192,17 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
+    /* room for SO_PASSCRED credentials (this process's own: sent again from the peer on restore,
+     * the kernel attaches the same), none for fds: SCM_RIGHTS then sets MSG_CTRUNC and installs
+     * nothing */
+    union { char b[CMSG_SPACE(sizeof(struct ucred))]; struct cmsghdr align; } ctl;
+    mh.msg_control = ctl.b;
+    mh.msg_controllen = sizeof ctl.b;
     long r = tg_sys3(SYS_recvmsg, fd, &mh, MSG_PEEK | MSG_DONTWAIT | (dgram ? MSG_TRUNC : 0));
     if (r == -EINTR) continue;
     if (r == -EAGAIN) break;
     if (r < 0) { rc = r; break; }
-    if (mh.msg_flags & MSG_CTRUNC) { rc = -3; break; } /* SCM_RIGHTS (or credentials) queued */
+    if (mh.msg_flags & MSG_CTRUNC) { rc = -3; break; } /* SCM_RIGHTS queued */
     if (!dgram) {
       if (r == 0) break; /* end of stream: the peer shut down its sending side */
       len += (size_t)r;

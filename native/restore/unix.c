@@ -89,6 +89,11 @@ int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *e
   for (int k = 0; k < 2; k++) {
     set_buf(e[k].s, SO_SNDBUFFORCE, SO_SNDBUF, e[k].x->sndbuf);
     set_buf(e[k].s, SO_RCVBUFFORCE, SO_RCVBUF, e[k].x->rcvbuf);
+    int one = 1;
+    if ((e[k].x->flags & 1) && setsockopt(e[k].s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+      snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", e[k].f->r.fd, strerror(errno));
+      return -1;
+    }
   }
   /* data queued for a is written by b, and the reverse */
   if (refill(img, xa.ino, sv[1], a->r.fd, err, errlen) != 0 || refill(img, xb.ino, sv[0], b->r.fd, err, errlen) != 0) return -1;

@@ -175,6 +175,8 @@ export interface UnixSock {
   sndbuf: number;
   rcvbuf: number;
   peekOff: number;
+  /** bit 0: SO_PASSCRED */
+  flags: number;
 }
 
 export interface SocketData {

@@ -12,6 +12,7 @@ export function decodeUnixSock(extra: Buffer): UnixSock | string {
     sndbuf: extra.readUInt32LE(24),
     rcvbuf: extra.readUInt32LE(28),
     peekOff: extra.readInt32LE(32),
+    flags: extra.readUInt32LE(36),
   };
 }
 
