@@ -147,7 +147,12 @@ int tg_unix_describe(int fd, const struct stat *st, struct tg_rec_fd *rec, char 
     snprintf(err, errlen, "%s cannot be checkpointed: it is not connected; only connected socket pairs with both ends in the app are supported: close it before checkpointing, or run the app without it", d);
     return -1;
   }
-  if (u.name[0]) {
+  /* an autobind name (the kernel's "@" + 5 hex digits, given to a SO_PASSCRED socket when it
+   * sends, or on bind with an empty address) is random: restore autobinds again */
+  int autobound = strlen(u.name) == 6 && u.name[0] == '@';
+  for (int i = 1; autobound && i < 6; i++)
+    if (!((u.name[i] >= '0' && u.name[i] <= '9') || (u.name[i] >= 'a' && u.name[i] <= 'f'))) autobound = 0;
+  if (u.name[0] && !autobound) {
     snprintf(err, errlen, "%s cannot be checkpointed: sockets with a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
     return -1;
   }
@@ -161,7 +166,7 @@ int tg_unix_describe(int fd, const struct stat *st, struct tg_rec_fd *rec, char 
   x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
   x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
   x.peek_off = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF);
-  x.flags = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0;
+  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0);
   memcpy(extra, &x, sizeof x);
   rec->kind = TG_FD_UNIX;
   rec->aux = u.peer;
@@ -182,6 +187,7 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
   int rdshut = diag(s->ino, &u) == 0 && (u.shutdown & 1);
   size_t len = 0;
   long rc = 0;
+  int passcred = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0;
   *nmsg = 0;
   for (;;) {
     int dgram = s->type != SOCK_STREAM;
@@ -192,17 +198,29 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
-    /* room for SO_PASSCRED credentials (this process's own: sent again from the peer on restore,
-     * the kernel attaches the same), none for fds: SCM_RIGHTS then sets MSG_CTRUNC and installs
-     * nothing */
+    /* no room for fds: SCM_RIGHTS then sets MSG_CTRUNC and installs nothing; with SO_PASSCRED,
+     * room for the credentials only (this process's own: the kernel attaches them again when the
+     * data is sent back on restore) */
     union { char b[CMSG_SPACE(sizeof(struct ucred))]; struct cmsghdr align; } ctl;
-    mh.msg_control = ctl.b;
-    mh.msg_controllen = sizeof ctl.b;
+    if (passcred) {
+      mh.msg_control = ctl.b;
+      mh.msg_controllen = sizeof ctl.b;
+    }
     long r = tg_sys3(SYS_recvmsg, fd, &mh, MSG_PEEK | MSG_DONTWAIT | (dgram ? MSG_TRUNC : 0));
     if (r == -EINTR) continue;
     if (r == -EAGAIN) break;
     if (r < 0) { rc = r; break; }
     if (mh.msg_flags & MSG_CTRUNC) { rc = -3; break; } /* SCM_RIGHTS queued */
+    for (struct cmsghdr *c = mh.msg_controllen ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) { /* not expected: no room was given */
+        for (size_t k = 0; k + sizeof(int) <= c->cmsg_len - CMSG_LEN(0); k += sizeof(int)) {
+          int x;
+          memcpy(&x, CMSG_DATA(c) + k, sizeof x);
+          tg_sys1(SYS_close, x);
+        }
+        rc = -3;
+      }
+    if (rc == -3) break;
     if (!dgram) {
       if (r == 0) break; /* end of stream: the peer shut down its sending side */
       len += (size_t)r;

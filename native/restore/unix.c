@@ -94,6 +94,11 @@ int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *e
       snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", e[k].f->r.fd, strerror(errno));
       return -1;
     }
+    sa_family_t fam = AF_UNIX; /* an empty address: the kernel picks a fresh autobind name */
+    if ((e[k].x->flags & 2) && bind(e[k].s, (const struct sockaddr *)&fam, sizeof fam) != 0 && errno != EINVAL) {
+      snprintf(err, errlen, "fd %u: autobind: %s", e[k].f->r.fd, strerror(errno));
+      return -1;
+    }
   }
   /* data queued for a is written by b, and the reverse */
   if (refill(img, xa.ino, sv[1], a->r.fd, err, errlen) != 0 || refill(img, xb.ino, sv[0], b->r.fd, err, errlen) != 0) return -1;

@@ -175,7 +175,7 @@ export interface UnixSock {
   sndbuf: number;
   rcvbuf: number;
   peekOff: number;
-  /** bit 0: SO_PASSCRED */
+  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name) */
   flags: number;
 }
 
