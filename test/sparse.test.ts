@@ -10,7 +10,7 @@ import { fixture, requireNative } from "./helpers/native.js";
 import { baseline, killApp, logLines, logSize, runApp, waitExited, waitLines } from "./helpers/scenario.js";
 
 const TIMEOUT = 300_000;
-const STEPS = 120;
+const STEPS = 600; // 30 s at 50 ms: room for four checkpoints on a busy machine
 
 function setup(t: TestContext): TestHome {
   requireNative();
@@ -61,7 +61,7 @@ async function killRestoreCompare(h: TestHome, name: string, base: Promise<{ lin
 }
 
 describe("sparse address space (4 GiB reserved, 32 MiB touched)", { timeout: TIMEOUT }, () => {
-  const argv = (): string[] => [fixture("sparse"), "4096", "32", String(STEPS), "60"];
+  const argv = (): string[] => [fixture("sparse"), "4096", "32", String(STEPS), "50"];
 
   test("full checkpoint: kill -9, restore, the memory is exact", async (t) => {
     const h = setup(t);
