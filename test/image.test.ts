@@ -188,6 +188,48 @@ describe("image parser", () => {
     assert.equal(img.pagesTotal, 1);
   });
 
+  test("Unix socket pairs: FD kind 9 with its UnixSock, SOCKET_DATA with datagram framing checked", async () => {
+    const unixFd = (fd: number, ino: bigint, peer: bigint, extraLen = 40): { type: number; payload: Buffer } => {
+      const b = Buffer.alloc(80 + extraLen);
+      b.writeUInt32LE(fd, 0);
+      b.writeUInt32LE(9, 4);
+      b.writeBigUInt64LE(peer, 64);
+      b.writeUInt32LE(extraLen, 72);
+      if (extraLen >= 40) {
+        b.writeBigUInt64LE(ino, 80);
+        b.writeBigUInt64LE(peer, 88);
+        b.writeUInt32LE(2, 96); // SOCK_DGRAM
+        b.writeUInt32LE(1, 100); // receiving side shut down
+        b.writeInt32LE(-1, 112);
+      }
+      return { type: RecordType.FD, payload: b };
+    };
+    // two datagrams: "abc" and an empty one
+    const data = (nmsg: number, body: Buffer): { type: number; payload: Buffer } => {
+      const h = Buffer.alloc(16);
+      h.writeBigUInt64LE(11n, 0);
+      h.writeUInt32LE(2, 8);
+      h.writeUInt32LE(nmsg, 12);
+      return { type: RecordType.SOCKET_DATA, payload: Buffer.concat([h, body]) };
+    };
+    const body = Buffer.from([3, 0, 0, 0, 0x61, 0x62, 0x63, 0, 0, 0, 0]);
+    const recs = (sd: { type: number; payload: Buffer }, a = unixFd(3, 11n, 12n)) => [procRecord(), vmaRecord({ start: 0x10000n, end: 0x11000n }), threadRecord({ tid: 2 }), a, unixFd(4, 12n, 11n), sd];
+    const file = put(buildImage(recs(data(2, body))));
+    const img = await parseImage(file);
+    assert.deepEqual(img.fds.map((f) => [f.fd, f.kind, f.unix?.ino, f.unix?.peerIno, f.unix?.shutdown]), [[3, 9, 11n, 12n, 1], [4, 9, 12n, 11n, 1]]);
+    assert.deepEqual(img.sockets, [{ ino: 11n, type: 2, messages: 2, bytes: 3 }]);
+    const sum = await summarizeImage(file);
+    assert.equal(sum.fds[0]!.path, "socket:[11] datagram, peer fd 4, shut down for reading");
+    assert.deepEqual(sum.sockets, [{ inode: "11", type: "datagram", bytes: 3, messages: 2 }]);
+    // framing that does not add up, a datagram running past the payload, a short UnixSock
+    const bad1 = buildImage(recs(data(3, body)));
+    await rejects(put(bad1), recordOffsets(bad1)[5]!.off, /SOCKET_DATA header says 3 datagrams, the payload holds 2/);
+    const bad2 = buildImage(recs(data(1, Buffer.from([9, 0, 0, 0, 1]))));
+    await rejects(put(bad2), recordOffsets(bad2)[5]!.off, /datagram 0 \(9 bytes\) runs past the payload/);
+    const bad3 = buildImage(recs(data(2, body), unixFd(3, 11n, 12n, 8)));
+    await rejects(put(bad3), recordOffsets(bad3)[3]!.off, /Unix socket FD extra is 8 bytes, need 40/);
+  });
+
   test("fuzz: random bit flips, byte stores and cuts give a clean ImageError (never a crash)", async () => {
     const base = sampleImage({ npages: 40 });
     let seed = 12345;

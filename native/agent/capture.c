@@ -18,7 +18,9 @@
 
 #include "../common/crc32c.h"
 #include "../common/sys.h"
+#include "pagemap.h"
 #include "track.h"
+#include "unix.h"
 
 struct writer {
   int fd;
@@ -250,6 +252,83 @@ static int is_dirty(uint64_t a, uint64_t *d) {
   return *d < tg_trk.ndirty && tg_trk.dirty[*d].start <= a;
 }
 
+/* One page of a VMA, visited in address order: stored, cleared (incremental), or in hash mode
+ * compared with the previous table. take: the page holds data of its own (present or swapped,
+ * not the file's page); it must be readable. */
+static int visit_page(struct runs *rr, uint64_t a, int take, int inc, int whole, int hash) {
+  if (take && is_zero_page((void *)a)) take = 0;
+  if (hash) {
+    if (hash_clear_before(rr, a) != 0) return -1;
+    if (!take) return 0;
+    uint64_t h = page_hash((const uint64_t *)a);
+    struct tg_hash_table *nt = tg_trk.next, *pt = tg_trk.prev;
+    if (nt->count < nt->cap) nt->e[nt->count++] = (struct tg_page_hash){a, h};
+    int same = inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a && pt->e[prev_i].hash == h;
+    if (inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a) prev_i++;
+    if (same) return 0;
+    tg_trk.pages_written++;
+    return add_data(rr, a);
+  }
+  if (take) return add_data(rr, a);
+  /* written, but now zero (MADV_DONTNEED) or back to the file's page */
+  if (inc && !whole) return add_clear(rr, a, 1);
+  return 0;
+}
+
+static int make_readable(const struct tg_rec_vma *r, int *readable, char *err, size_t errlen) {
+  if (*readable) return 0;
+  long e = tg_sys3(SYS_mprotect, r->start, r->end - r->start, PROT_READ);
+  if (e < 0) { snprintf(err, errlen, "mprotect %llx: %s", (unsigned long long)r->start, strerror((int)-e)); return -1; }
+  *readable = 1;
+  return 0;
+}
+
+/* Private mappings: PAGEMAP_SCAN lists the present and swapped ranges, so a large reservation with
+ * few pages (a JVM heap, PROT_NONE guard areas) costs what its pages cost. Returns 0, -1 with err,
+ * or 1 if the kernel has no PAGEMAP_SCAN (the caller reads /proc/self/pagemap instead). */
+static int scan_private(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, struct tg_region *reg, uint64_t reg_cap,
+                        uint64_t *dcur, int inc, int whole, int hash, char *err, size_t errlen) {
+  int readable = (r->prot & 1) != 0, anon = r->kind == TG_VMA_ANON_PRIVATE;
+  for (uint64_t s = r->start; s < r->end;) {
+    struct tg_pm_scan_arg q = {sizeof q, 0, s, r->end, 0, (uint64_t)reg, reg_cap, 0, 0, 0,
+                               TG_PAGE_IS_PRESENT | TG_PAGE_IS_SWAPPED, TG_PAGE_IS_PRESENT | TG_PAGE_IS_SWAPPED | TG_PAGE_IS_FILE};
+    long n = tg_sys3(SYS_ioctl, pagemap_fd, TG_PAGEMAP_SCAN, &q);
+    if (n == -EINTR) continue;
+    if (n < 0 && s == r->start && (n == -ENOTTY || n == -EINVAL)) return 1;
+    if (n < 0) { snprintf(err, errlen, "PAGEMAP_SCAN %llx: %s", (unsigned long long)s, strerror((int)-n)); return -1; }
+    uint64_t cend = q.walk_end > s && q.walk_end <= r->end ? q.walk_end : r->end;
+#define TAKE(c) (anon || ((c) & TG_PAGE_IS_SWAPPED) || !((c) & TG_PAGE_IS_FILE))
+    if (whole) {
+      for (long k = 0; k < n; k++)
+        for (uint64_t a = reg[k].start; a < reg[k].end; a += TG_PAGE) {
+          int take = TAKE(reg[k].categories);
+          if (take && make_readable(r, &readable, err, errlen) != 0) return -1;
+          if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
+        }
+    } else {
+      /* written pages of [s, cend), each looked up in the present ranges */
+      while (*dcur < tg_trk.ndirty && tg_trk.dirty[*dcur].end <= s) (*dcur)++;
+      long k = 0;
+      for (uint64_t d = *dcur; d < tg_trk.ndirty && tg_trk.dirty[d].start < cend; d++) {
+        uint64_t a0 = tg_trk.dirty[d].start > s ? tg_trk.dirty[d].start : s;
+        uint64_t a1 = tg_trk.dirty[d].end < cend ? tg_trk.dirty[d].end : cend;
+        for (uint64_t a = a0; a < a1; a += TG_PAGE) {
+          while (k < n && reg[k].end <= a) k++;
+          int take = k < n && reg[k].start <= a && TAKE(reg[k].categories);
+          if (take && make_readable(r, &readable, err, errlen) != 0) return -1;
+          if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
+        }
+      }
+    }
+#undef TAKE
+    s = cend;
+  }
+  return 0;
+werr:
+  snprintf(err, errlen, "writing the image: %s", strerror(rr->w->err ? rr->w->err : EIO));
+  return -1;
+}
+
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || r->kind == TG_VMA_FILE_SHARED) return 0;
@@ -261,6 +340,12 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
    * had there); tracked ones only where written */
   int whole = !inc || hash || is_fresh(r->start, r->end);
   if (inc && !hash && whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
+  static int no_scan; /* this kernel has no PAGEMAP_SCAN */
+  if (!all && !no_scan && (r->kind == TG_VMA_ANON_PRIVATE || r->kind == TG_VMA_FILE_PRIVATE)) {
+    int e = scan_private(rr, r, pagemap_fd, (struct tg_region *)pm, pm_cap * 8 / sizeof(struct tg_region), dcur, inc, whole, hash, err, errlen);
+    if (e <= 0) return e;
+    no_scan = 1;
+  }
   if (!(r->prot & 1)) {
     long e = tg_sys3(SYS_mprotect, r->start, r->end - r->start, PROT_READ);
     if (e < 0) { snprintf(err, errlen, "mprotect %llx: %s", (unsigned long long)r->start, strerror((int)-e)); return -1; }
@@ -289,24 +374,7 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
       else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
       else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
       else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
-      if (take && is_zero_page((void *)a)) take = 0;
-      if (hash) {
-        if (hash_clear_before(rr, a) != 0) goto werr;
-        if (!take) continue;
-        uint64_t h = page_hash((const uint64_t *)a);
-        struct tg_hash_table *nt = tg_trk.next, *pt = tg_trk.prev;
-        if (nt->count < nt->cap) nt->e[nt->count++] = (struct tg_page_hash){a, h};
-        int same = inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a && pt->e[prev_i].hash == h;
-        if (inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a) prev_i++;
-        if (same) continue;
-        tg_trk.pages_written++;
-        if (add_data(rr, a) != 0) goto werr;
-      } else if (take) {
-        if (add_data(rr, a) != 0) goto werr;
-      } else if (inc && !whole) {
-        /* written, but now zero (MADV_DONTNEED) or back to the file's page */
-        if (add_clear(rr, a, 1) != 0) goto werr;
-      }
+      if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
     }
   }
   return 0;
@@ -397,6 +465,10 @@ static int put_path_record(struct writer *w, uint32_t type, const char *link, in
   return put_record(w, type, &id, sizeof id, path, (size_t)n);
 }
 
+static int emit_record(void *w, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
+  return put_record(w, type, a, al, b, bl);
+}
+
 static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_t errlen) {
   int dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (dfd < 0) { snprintf(err, errlen, "cannot list fds: %s", strerror(-dfd)); return -1; }
@@ -404,6 +476,7 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
   static char extra[1 << 16];
   static struct { uint32_t fd; uint64_t ino; uint32_t kind; } seen[4096];
   int nseen = 0;
+  tg_unix_begin();
   for (;;) {
     long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
     if (n <= 0) break;
@@ -431,6 +504,8 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
     }
   }
   tg_sys1(SYS_close, dfd);
+  /* Unix socket pairs: both ends must be ours; then keep what is queued in them (unix.c) */
+  if (tg_unix_end(emit_record, w, err, errlen) != 0) return -1;
   /* pipes: both ends must be ours; then keep what is buffered in them */
   for (int i = 0; i < nseen; i++) {
     if (seen[i].kind != TG_FD_PIPE_R && seen[i].kind != TG_FD_PIPE_W) continue;

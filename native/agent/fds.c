@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../common/sys.h"
+#include "unix.h"
 
 static void file_id(const struct stat *st, struct tg_file_id *id) {
   id->dev = st->st_dev;
@@ -159,6 +160,8 @@ TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t 
   }
   char desc[256];
   if (S_ISSOCK(st.st_mode)) {
+    int u = tg_unix_describe(fd, &st, rec, extra, extra_cap, err, errlen);
+    if (u <= 0) return u;
     describe_socket((unsigned long long)st.st_ino, desc, sizeof desc);
     what = desc;
   } else if (strncmp(target, "anon_inode:", 11) == 0) {
@@ -182,6 +185,7 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen) {
   static char extra[1 << 16];
   static struct { int fd, read; uint64_t ino; } pipes[4096];
   int npipes = 0, rc = 0;
+  tg_unix_begin();
   for (;;) {
     long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
     if (n <= 0) break;
@@ -202,6 +206,7 @@ TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen) {
     }
   }
   tg_sys1(SYS_close, dfd);
+  if (rc == 0 && tg_unix_end(NULL, NULL, err, errlen) != 0) rc = -1; /* socket pairs: both ends ours */
   /* a pipe must have both ends in the process (pipes to other processes come with process trees) */
   for (int i = 0; rc == 0 && i < npipes; i++) {
     int other = 0;

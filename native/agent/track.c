@@ -127,10 +127,14 @@ static int covered(uint64_t s, uint64_t e) {
 }
 
 /* Should this mapping be tracked at all? (vdso & co and shared file mappings hold no image pages;
- * shared anonymous memory is captured whole each time) */
+ * shared anonymous memory and PROT_NONE mappings are captured whole each time) */
 static int trackable(const struct tg_vma *v) {
   if (tg_vma_special(v)) return 0;
   if (v->shared) return 0;
+  /* PROT_NONE (reservations, guard areas): the application cannot write there, and protecting
+   * every page of a large reservation costs page tables for all of it; such a mapping is captured
+   * whole each time, which PAGEMAP_SCAN makes cost only its populated pages */
+  if (v->prot == 0) return 0;
   return 1;
 }
 

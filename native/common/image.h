@@ -23,6 +23,7 @@ enum tg_rec_type {
   TG_REC_PAGES_CLEAR = 12,
   TG_REC_TRACKING = 13,
   TG_REC_TIMERS = 14,
+  TG_REC_SOCKET_DATA = 15,
 };
 
 struct tg_file_header {
@@ -98,7 +99,7 @@ struct tg_rec_thread {
 _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
-                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8 };
+                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;
@@ -110,6 +111,22 @@ struct tg_rec_fd {
 _Static_assert(sizeof(struct tg_rec_fd) == 80, "fd");
 
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
+
+/* FD kind 9 (Unix socket, both ends in the process): the FD record's extra. */
+struct tg_unix_sock {
+  uint64_t ino, peer_ino;
+  uint32_t type;      /* SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 */
+  uint32_t shutdown;  /* bit 0 receive side shut down, bit 1 send side */
+  uint32_t sndbuf, rcvbuf; /* as getsockopt returns them */
+  int32_t peek_off;   /* SO_PEEK_OFF (-1 = off) */
+  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name) */
+};
+_Static_assert(sizeof(struct tg_unix_sock) == 40, "unix sock");
+
+/* SOCKET_DATA: what was queued for reading on socket ino; then the bytes (stream) or nmsg x
+ * { u32 len, len bytes } (datagram, seqpacket). */
+struct tg_rec_socket_data { uint64_t ino; uint32_t type, nmsg; };
+_Static_assert(sizeof(struct tg_rec_socket_data) == 16, "socket data");
 
 struct tg_rec_pages { uint64_t addr, npages; };
 struct tg_rec_tracking { uint32_t mode, reserved; uint64_t pages_scanned, pages_written, fresh_mappings; };

@@ -106,6 +106,9 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
       fd = eventfd((unsigned)r->aux, EFD_CLOEXEC | ((r->open_flags & O_NONBLOCK) ? EFD_NONBLOCK : 0) | (r->id.reserved ? EFD_SEMAPHORE : 0));
       if (fd < 0) { snprintf(err, errlen, "fd %u: eventfd: %s", r->fd, strerror(errno)); return -1; }
       break;
+    case TG_FD_UNIX: /* both ends at once: unix.c */
+      if (tg_unix_restore(img, i, tmp, tmp_base, err, errlen) != 0) return -1;
+      continue;
     case TG_FD_EPOLL:
       fd = epoll_create1(EPOLL_CLOEXEC);
       if (fd < 0) { snprintf(err, errlen, "fd %u: epoll_create1: %s", r->fd, strerror(errno)); return -1; }

@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -134,6 +134,28 @@ int tg_image_load(const char *path, struct image *img) {
       img->pipes[img->npipes].len = h.payload_len - 8;
       img->npipes++;
       break;
+    case TG_REC_SOCKET_DATA: {
+      NEED(sizeof(struct tg_rec_socket_data));
+      GROW(img->socks, img->nsocks);
+      struct img_sockdata *sd = &img->socks[img->nsocks];
+      memcpy(&sd->h, p, sizeof sd->h);
+      sd->data = p + sizeof sd->h;
+      sd->len = h.payload_len - sizeof sd->h;
+      if (sd->h.type != 1) { /* datagrams: nmsg x { u32 len, bytes } exactly filling the payload */
+        uint64_t at = 0, m = 0;
+        while (at < sd->len) {
+          uint32_t l32;
+          if (sd->len - at < 4) return fail(img, off, "%sSOCKET_DATA: datagram %llu has a truncated length", "", m);
+          memcpy(&l32, sd->data + at, 4);
+          if (l32 > sd->len - at - 4) return fail(img, off, "%sSOCKET_DATA: datagram %llu runs past the payload", "", m);
+          at += 4 + (uint64_t)l32;
+          m++;
+        }
+        if (m != sd->h.nmsg) return fail(img, off, "%sSOCKET_DATA: header says %llu datagrams, payload holds a different count", "", sd->h.nmsg);
+      }
+      img->nsocks++;
+      break;
+    }
     case TG_REC_TRACKING: free(p); break; /* statistics only */
     case TG_REC_TIMERS: {
       struct tg_rec_timers th;

@@ -8,6 +8,7 @@
 struct img_vma { struct tg_rec_vma r; char *path; };
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
+struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
 
 struct image {
   const char *path;
@@ -25,6 +26,7 @@ struct image {
   struct img_pipe *pipes; size_t npipes;
   struct tg_itimer itimers[TG_NITIMERS];
   struct tg_timer *timers; size_t ntimers; /* POSIX timers (TIMERS record) */
+  struct img_sockdata *socks; size_t nsocks;
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -41,6 +43,8 @@ extern const char *tg_stdio_log;
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);
+/* unix.c: makes the socket pair of record i (and its peer's) at fds >= tmp_base, into tmp[]. */
+int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *err, size_t errlen);
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

@@ -27,6 +27,8 @@ export enum RecordType {
   TRACKING = 13,
   /** POSIX timers and interval timers (u32 ntimers, u32 timer_size, 3 itimers, then the timers). */
   TIMERS = 14,
+  /** Data queued in a Unix socket of a pair inside the app (u64 ino, u32 sock type, u32 nmsg, then bytes or nmsg x { u32 len, bytes }). */
+  SOCKET_DATA = 15,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -45,6 +47,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
+  [RecordType.SOCKET_DATA]: 16,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
@@ -72,7 +75,10 @@ export const FD_KIND: Record<number, string> = {
   6: "fifo",
   7: "eventfd",
   8: "epoll",
+  9: "unix-socket",
 };
+
+export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };
 
 export const MM_FIELDS = [
   "startCode",
@@ -163,6 +169,28 @@ export interface FdInfo {
   path: string;
   /** epoll only: registered targets. */
   epoll: { tfd: number; events: number; data: bigint }[];
+  /** Unix socket (kind 9) only: the socket, its peer and state. */
+  unix?: UnixSock;
+}
+
+export interface UnixSock {
+  ino: bigint;
+  peerIno: bigint;
+  type: number;
+  shutdown: number;
+  sndbuf: number;
+  rcvbuf: number;
+  peekOff: number;
+  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name) */
+  flags: number;
+}
+
+export interface SocketData {
+  ino: bigint;
+  type: number;
+  /** Datagrams (0 for a stream socket). */
+  messages: number;
+  bytes: number;
 }
 
 export interface PageExtent {

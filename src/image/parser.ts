@@ -24,11 +24,13 @@ import {
   type FileId,
   type PageExtent,
   type ProcInfo,
+  type SocketData,
   type ThreadInfo,
   type TimersInfo,
   type TrackingInfo,
   type Vma,
 } from "./format.js";
+import { decodeSocketData, decodeUnixSock } from "./unix.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
 export class ImageError extends TgError {
@@ -60,6 +62,8 @@ export interface ParsedImage {
   threads: ThreadInfo[];
   fds: FdInfo[];
   pipes: { inode: bigint; bytes: number }[];
+  /** SOCKET_DATA records: what was queued in each Unix socket of a pair inside the app. */
+  sockets: SocketData[];
   extents: PageExtent[];
   /** PAGES_CLEAR runs (incremental images). */
   clears: ClearExtent[];
@@ -248,6 +252,7 @@ class ImageReader {
       threads: [],
       fds: [],
       pipes: [],
+      sockets: [],
       extents: [],
       clears: [],
       tracking: null,
@@ -379,6 +384,8 @@ class ImageReader {
         if (kind === 8) {
           for (let i = 0; i + 16 <= extra.length; i += 16) epoll.push({ tfd: extra.readUInt32LE(i), events: extra.readUInt32LE(i + 4), data: u64(extra, i + 8) });
         }
+        const unix = kind === 9 ? decodeUnixSock(extra) : undefined;
+        if (typeof unix === "string") this.fail(off, unix);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -387,14 +394,21 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 ? "" : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 ? "" : extra.toString("utf8"),
           epoll,
+          ...(unix ? { unix } : {}),
         });
         return null;
       }
       case RecordType.PIPE_DATA:
         out.pipes.push({ inode: u64(p, 0), bytes: p.length - 8 });
         return null;
+      case RecordType.SOCKET_DATA: {
+        const sd = decodeSocketData(p);
+        if (typeof sd === "string") this.fail(off, sd);
+        else out.sockets.push(sd);
+        return null;
+      }
       case RecordType.PAGES_CLEAR: {
         const addr = u64(p, 0);
         const npages = u64n(p, 8);

@@ -1,6 +1,6 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
 import { constants as osConstants } from "node:os";
-import { FD_KIND, VMA_KIND } from "./format.js";
+import { FD_KIND, SOCK_TYPE, VMA_KIND, type FdInfo } from "./format.js";
 import { parseImage } from "./parser.js";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
@@ -25,6 +25,8 @@ export interface ImageSummary {
   threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string }[];
   fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
   pipes: { inode: string; bytes: number }[];
+  /** Data queued in Unix sockets of pairs inside the app, per receiving socket. */
+  sockets: { inode: string; type: string; bytes: number; messages: number }[];
   /** Signals whose disposition is not the default: handler address, or "ignore". */
   signals: { signo: number; name: string; handler: string; flags: string; mask: string }[];
   /** Limits that are not unlimited (cur/max, "inf" for RLIM_INFINITY). */
@@ -77,6 +79,15 @@ function signalName(n: number): string {
   return entry ? entry[0] : n >= 34 ? `SIGRTMIN+${n - 34}` : `SIG${n}`;
 }
 
+/** What an fd is: its path, or for a Unix socket of a pair "socket:[INO] stream, peer fd N". */
+function fdPath(f: FdInfo, all: FdInfo[]): string {
+  if (!f.unix) return f.path;
+  const u = f.unix;
+  const peer = all.find((g) => g.unix?.ino === u.peerIno);
+  const shut = u.shutdown ? `, shut down ${u.shutdown === 3 ? "both ways" : u.shutdown === 1 ? "for reading" : "for writing"}` : "";
+  return `socket:[${u.ino}] ${SOCK_TYPE[u.type] ?? `type ${u.type}`}, peer ${peer ? `fd ${peer.fd}` : `socket:[${u.peerIno}]`}${shut}`;
+}
+
 export async function summarizeImage(path: string): Promise<ImageSummary> {
   const img = await parseImage(path);
   const stored = new Map<number, number>();
@@ -98,8 +109,9 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     records: img.recordCount,
     vmas: img.vmas.map((v, i) => ({ start: hex(v.start), end: hex(v.end), prot: prot(v.prot), kind: VMA_KIND[v.kind] ?? `kind ${v.kind}`, path: v.path, pagesStored: stored.get(i) ?? 0 })),
     threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
-    fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: f.path, flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
+    fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: fdPath(f, img.fds), flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
+    sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages })),
     signals: img.sigactions
       .filter((a) => a.handler !== 0n)
       .map((a) => ({ signo: a.signo, name: signalName(a.signo), handler: a.handler === 1n ? "ignore" : hex(a.handler), flags: hex(a.flags), mask: hex(a.mask) })),

@@ -1,0 +1,336 @@
+/* Unix socket pairs inside the process: see unix.h. Peers are found exactly with sock_diag
+ * (UNIX_DIAG_PEER gives the peer's inode); queued data is read with MSG_PEEK from offset 0
+ * (SO_PEEK_OFF), then the application's peek offset is put back. */
+#include "unix.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "../common/sys.h"
+#include "agent.h"
+
+#define MAX_SOCKS 1024
+#define DATA_CAP (1u << 20) /* per socket: larger queues are refused by name */
+
+struct uinfo {
+  uint32_t ino, type, state, peer, shutdown;
+  char name[112]; /* printable: a path, @abstract, or "" (unnamed) */
+};
+
+static struct sock_seen { int fd; uint32_t ino, peer, type; } socks[MAX_SOCKS];
+static int nsocks, overflow;
+
+static const char *type_name(uint32_t t) {
+  return t == SOCK_STREAM ? "stream" : t == SOCK_DGRAM ? "datagram" : t == SOCK_SEQPACKET ? "seqpacket" : "other";
+}
+
+/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
+static int diag(uint32_t ino, struct uinfo *out) {
+  memset(out, 0, sizeof *out);
+  out->ino = ino;
+  long nl = tg_sys3(SYS_socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return (int)nl;
+  struct {
+    struct nlmsghdr h;
+    struct unix_diag_req r;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST;
+  req.h.nlmsg_seq = 1;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = ~0u;
+  req.r.udiag_ino = ino;
+  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
+  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
+  struct sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  static char buf[8192] __attribute__((aligned(8)));
+  long r = tg_sys6l(SYS_sendto, nl, &req, sizeof req, 0, &sa, sizeof sa);
+  if (r >= 0) {
+    do r = tg_sys6l(SYS_recvfrom, nl, buf, sizeof buf, 0, 0, 0);
+    while (r == -EINTR);
+  }
+  tg_sys1(SYS_close, nl);
+  if (r < 0) return (int)r;
+  struct nlmsghdr *h = (struct nlmsghdr *)buf;
+  if (r < (long)sizeof *h || h->nlmsg_len > (uint32_t)r) return -EIO;
+  if (h->nlmsg_type == NLMSG_ERROR) {
+    struct nlmsgerr *e = NLMSG_DATA(h);
+    return h->nlmsg_len >= NLMSG_LENGTH(sizeof *e) && e->error ? e->error : -EIO;
+  }
+  if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EIO;
+  struct unix_diag_msg *m = NLMSG_DATA(h);
+  out->type = m->udiag_type;
+  out->state = m->udiag_state;
+  char *a = (char *)m + NLMSG_ALIGN(sizeof *m), *end = (char *)h + h->nlmsg_len;
+  while (a + sizeof(struct nlattr) <= end) {
+    struct nlattr *at = (struct nlattr *)a;
+    if (at->nla_len < sizeof *at || a + at->nla_len > end) break;
+    char *d = a + NLA_HDRLEN;
+    size_t dl = at->nla_len - NLA_HDRLEN;
+    switch (at->nla_type & NLA_TYPE_MASK) {
+    case UNIX_DIAG_NAME:
+      if (dl > 0) {
+        size_t n = dl < sizeof out->name - 1 ? dl : sizeof out->name - 1;
+        memcpy(out->name, d, n);
+        out->name[n] = 0;
+        if (out->name[0] == 0) out->name[0] = '@'; /* abstract name */
+        for (size_t i = 1; i < n; i++) if (out->name[i] == 0) out->name[i] = '@';
+      }
+      break;
+    case UNIX_DIAG_PEER: if (dl >= 4) memcpy(&out->peer, d, 4); break;
+    case UNIX_DIAG_SHUTDOWN: if (dl >= 1) out->shutdown = (uint8_t)d[0]; break;
+    }
+    a += NLA_ALIGN(at->nla_len);
+  }
+  return 0;
+}
+
+static int sockopt(int fd, int level, int name) {
+  int v = 0;
+  socklen_t l = sizeof v;
+  return tg_sys5(SYS_getsockopt, fd, level, name, &v, &l) == 0 ? v : -1;
+}
+
+/* "fd 5 (Unix stream socket bound to /x, connected to /y)": the peer's address from getpeername
+ * (sock_diag cannot name a peer that is not accepted yet) */
+static void describe(int fd, const struct uinfo *u, char *out, size_t cap) {
+  struct sockaddr_un sa;
+  socklen_t sl = sizeof sa;
+  char peer[112] = "";
+  memset(&sa, 0, sizeof sa);
+  if (u->state == 1 && tg_sys3(SYS_getpeername, fd, &sa, &sl) == 0) {
+    size_t n = sl > offsetof(struct sockaddr_un, sun_path) ? sl - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (n > sizeof peer - 1) n = sizeof peer - 1;
+    memcpy(peer, sa.sun_path, n);
+    peer[n] = 0;
+    if (n && peer[0] == 0) peer[0] = '@';
+    if (!n) snprintf(peer, sizeof peer, "an unnamed socket");
+  }
+  snprintf(out, cap, "fd %d (Unix %s socket%s%s%s%s)", fd, type_name(u->type),
+           u->name[0] ? (u->state == 10 ? " listening on " : " bound to ") : "", u->name, peer[0] ? ", connected to " : "", peer);
+}
+
+void tg_unix_begin(void) { nsocks = overflow = 0; }
+
+int tg_unix_describe(int fd, const struct stat *st, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err, size_t errlen) {
+  if (sockopt(fd, SOL_SOCKET, SO_DOMAIN) != AF_UNIX) return 1;
+  struct uinfo u;
+  int e = diag((uint32_t)st->st_ino, &u);
+  if (e < 0) {
+    snprintf(err, errlen, "fd %d (Unix socket socket:[%llu]) cannot be checkpointed: sock_diag lookup failed: %s", fd,
+             (unsigned long long)st->st_ino, strerror(-e));
+    return -1;
+  }
+  char d[400];
+  describe(fd, &u, d, sizeof d);
+  if (u.state == 10 /* TCP_LISTEN */) {
+    snprintf(err, errlen, "%s cannot be checkpointed: listening sockets are not supported yet; close it before checkpointing, or run the app without it", d);
+    return -1;
+  }
+  if (u.type != SOCK_STREAM && u.type != SOCK_DGRAM && u.type != SOCK_SEQPACKET) {
+    snprintf(err, errlen, "%s cannot be checkpointed: this socket type is not supported; close it before checkpointing", d);
+    return -1;
+  }
+  if (u.state != 1 /* TCP_ESTABLISHED */) {
+    snprintf(err, errlen, "%s cannot be checkpointed: it is not connected; only connected socket pairs with both ends in the app are supported: close it before checkpointing, or run the app without it", d);
+    return -1;
+  }
+  /* an autobind name (the kernel's "@" + 5 hex digits, given to a SO_PASSCRED socket when it
+   * sends, or on bind with an empty address) is random: restore autobinds again */
+  int autobound = strlen(u.name) == 6 && u.name[0] == '@';
+  for (int i = 1; autobound && i < 6; i++)
+    if (!((u.name[i] >= '0' && u.name[i] <= '9') || (u.name[i] >= 'a' && u.name[i] <= 'f'))) autobound = 0;
+  if (u.name[0] && !autobound) {
+    snprintf(err, errlen, "%s cannot be checkpointed: sockets with a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
+    return -1;
+  }
+  if (extra_cap < sizeof(struct tg_unix_sock)) { snprintf(err, errlen, "fd %d: no room for the socket record", fd); return -1; }
+  struct tg_unix_sock x;
+  memset(&x, 0, sizeof x);
+  x.ino = st->st_ino;
+  x.peer_ino = u.peer;
+  x.type = u.type;
+  x.shutdown = u.shutdown & 3;
+  x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
+  x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
+  x.peek_off = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF);
+  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0);
+  memcpy(extra, &x, sizeof x);
+  rec->kind = TG_FD_UNIX;
+  rec->aux = u.peer;
+  rec->extra_len = sizeof x;
+  if (nsocks < MAX_SOCKS) socks[nsocks++] = (struct sock_seen){fd, (uint32_t)st->st_ino, u.peer, u.type};
+  else overflow = 1;
+  return 0;
+}
+
+/* Everything queued for reading on fd, without consuming it. Returns bytes stored in buf (stream:
+ * raw; datagram/seqpacket: { u32 len, bytes }*), *nmsg = datagrams; -1 with err. */
+static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_t *nmsg, char *err, size_t errlen) {
+  int fd = s->fd;
+  int old = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF), zero = 0;
+  long e = tg_sys5(SYS_setsockopt, fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
+  if (e < 0) { snprintf(err, errlen, "fd %d (Unix %s socket): SO_PEEK_OFF: %s", fd, type_name(s->type), strerror((int)-e)); return -1; }
+  struct uinfo u;
+  int rdshut = diag(s->ino, &u) == 0 && (u.shutdown & 1);
+  size_t len = 0;
+  long rc = 0;
+  int passcred = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0;
+  *nmsg = 0;
+  for (;;) {
+    int dgram = s->type != SOCK_STREAM;
+    size_t hdr = dgram ? 4 : 0;
+    if (len + hdr >= cap) { rc = -2; break; }
+    struct iovec iov = {buf + len + hdr, cap - len - hdr};
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    /* no room for fds: SCM_RIGHTS then sets MSG_CTRUNC and installs nothing; with SO_PASSCRED,
+     * room for the credentials only (this process's own: the kernel attaches them again when the
+     * data is sent back on restore) */
+    union { char b[CMSG_SPACE(sizeof(struct ucred))]; struct cmsghdr align; } ctl;
+    if (passcred) {
+      mh.msg_control = ctl.b;
+      mh.msg_controllen = sizeof ctl.b;
+    }
+    long r = tg_sys3(SYS_recvmsg, fd, &mh, MSG_PEEK | MSG_DONTWAIT | (dgram ? MSG_TRUNC : 0));
+    if (r == -EINTR) continue;
+    if (r == -EAGAIN) break;
+    if (r < 0) { rc = r; break; }
+    if (mh.msg_flags & MSG_CTRUNC) { rc = -3; break; } /* SCM_RIGHTS queued */
+    for (struct cmsghdr *c = mh.msg_controllen ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) { /* not expected: no room was given */
+        for (size_t k = 0; k + sizeof(int) <= c->cmsg_len - CMSG_LEN(0); k += sizeof(int)) {
+          int x;
+          memcpy(&x, CMSG_DATA(c) + k, sizeof x);
+          tg_sys1(SYS_close, x);
+        }
+        rc = -3;
+      }
+    if (rc == -3) break;
+    if (!dgram) {
+      if (r == 0) break; /* end of stream: the peer shut down its sending side */
+      len += (size_t)r;
+      continue;
+    }
+    /* a zero-length read on a socket shut down for reading is its end (a zero-length datagram
+     * queued there is indistinguishable from it) */
+    if (r == 0 && rdshut) break;
+    if ((size_t)r > cap - len - hdr) { rc = -2; break; }
+    uint32_t l32 = (uint32_t)r;
+    memcpy(buf + len, &l32, 4);
+    len += 4 + (size_t)r;
+    (*nmsg)++;
+  }
+  long pe = tg_sys5(SYS_setsockopt, fd, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+  if (rc == -2) {
+    snprintf(err, errlen, "fd %d (Unix %s socket pair): more than %u bytes are queued in it, more than a checkpoint takes; checkpoint again once the application has read them",
+             fd, type_name(s->type), DATA_CAP);
+    return -1;
+  }
+  if (rc == -3) {
+    snprintf(err, errlen, "fd %d (Unix %s socket pair) cannot be checkpointed: file descriptors are in flight in it (SCM_RIGHTS sent, not yet received); passing fds is not supported yet: checkpoint again once the application has received them",
+             fd, type_name(s->type));
+    return -1;
+  }
+  if (rc < 0) { snprintf(err, errlen, "fd %d (Unix %s socket): peeking at its queue: %s", fd, type_name(s->type), strerror((int)-rc)); return -1; }
+  if (pe < 0 && old >= 0) { snprintf(err, errlen, "fd %d (Unix %s socket): restoring SO_PEEK_OFF: %s", fd, type_name(s->type), strerror((int)-pe)); return -1; }
+  return (long)len;
+}
+
+/* Datagram and seqpacket queues: MSG_PEEK cannot see an empty datagram that was peeked before
+ * (the kernel skips it to let peek offsets move on, and an earlier checkpoint's peek is enough),
+ * so once the peek found no fds in flight, the queue is taken out (recv) and put back in the same
+ * order through its peer, which is in this process. Refilling cannot run out of room: the same
+ * datagrams were all queued a moment ago, charged to the same sender. Not for a shut-down pair
+ * (its peer can no longer send): there the peeked copy stands. Returns the bytes in buf. */
+static long take_and_requeue(const struct sock_seen *s, int peer_fd, char *buf, size_t cap, uint32_t *nmsg, char *err, size_t errlen) {
+  struct uinfo a, b;
+  if (diag(s->ino, &a) != 0 || diag(s->peer, &b) != 0 || a.shutdown || b.shutdown) return -2;
+  int old = sockopt(s->fd, SOL_SOCKET, SO_PEEK_OFF);
+  size_t len = 0;
+  uint32_t m = 0;
+  for (;;) {
+    if (len + 4 > cap) break;
+    long r = tg_sys6l(SYS_recvfrom, s->fd, buf + len + 4, cap - len - 4, MSG_DONTWAIT, 0, 0);
+    if (r == -EINTR) continue;
+    if (r < 0) break; /* EAGAIN: empty */
+    uint32_t l32 = (uint32_t)r;
+    memcpy(buf + len, &l32, 4);
+    len += 4 + (size_t)r;
+    m++;
+  }
+  for (size_t at = 0; at < len;) {
+    uint32_t l32;
+    memcpy(&l32, buf + at, 4);
+    long r;
+    do r = tg_sys6l(SYS_sendto, peer_fd, buf + at + 4, l32, MSG_DONTWAIT | MSG_NOSIGNAL, 0, 0);
+    while (r == -EINTR);
+    if (r != (long)l32) {
+      snprintf(err, errlen, "fd %d (Unix %s socket pair): putting its queue back failed at datagram %zu: %s; the application lost queued datagrams",
+               s->fd, type_name(s->type), (size_t)at, r < 0 ? strerror((int)-r) : "short send");
+      return -1;
+    }
+    at += 4 + l32;
+  }
+  if (old >= 0) tg_sys5(SYS_setsockopt, s->fd, SOL_SOCKET, SO_PEEK_OFF, &old, sizeof old);
+  *nmsg = m;
+  return (long)len;
+}
+
+int tg_unix_end(tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
+  if (overflow) { snprintf(err, errlen, "more than %d Unix sockets: not supported", MAX_SOCKS); return -1; }
+  for (int i = 0; i < nsocks; i++) {
+    int mutual = 0;
+    for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer && socks[j].peer == socks[i].ino) mutual = 1;
+    if (!mutual) {
+      struct uinfo u;
+      char d[400];
+      if (diag(socks[i].ino, &u) == 0) describe(socks[i].fd, &u, d, sizeof d);
+      else snprintf(d, sizeof d, "fd %d (Unix %s socket)", socks[i].fd, type_name(socks[i].type));
+      snprintf(err, errlen,
+               "%s cannot be checkpointed: its peer (%s) is outside the application; sockets to other processes are not supported yet: "
+               "close the connection before checkpointing (and reconnect after), or run the app without it",
+               d, socks[i].peer ? "another process's socket" : "not accepted yet, or closed");
+      return -1;
+    }
+  }
+  if (!emit) return 0;
+  static char data[DATA_CAP + 4096];
+  for (int i = 0; i < nsocks; i++) {
+    int first = 1;
+    for (int j = 0; j < i; j++) if (socks[j].ino == socks[i].ino) first = 0;
+    if (!first) continue; /* a dup: one queue per socket */
+    uint32_t nmsg;
+    long n = peek_queue(&socks[i], data, DATA_CAP, &nmsg, err, errlen);
+    if (n < 0) return -1;
+    if (socks[i].type != SOCK_STREAM) {
+      int peer_fd = -1;
+      for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer) peer_fd = socks[j].fd;
+      uint32_t m2;
+      long n2 = take_and_requeue(&socks[i], peer_fd, data, sizeof data, &m2, err, errlen);
+      if (n2 == -1) return -1;
+      if (n2 >= 0) { n = n2; nmsg = m2; }
+    }
+    if (n == 0 && nmsg == 0) continue;
+    struct tg_rec_socket_data h = {socks[i].ino, socks[i].type, nmsg};
+    if (emit(ctx, TG_REC_SOCKET_DATA, &h, sizeof h, data, (size_t)n) != 0) {
+      snprintf(err, errlen, "recording the data queued in fd %d: no room", socks[i].fd);
+      return -1;
+    }
+  }
+  return 0;
+}
