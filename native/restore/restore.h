@@ -8,6 +8,7 @@
 struct img_vma { struct tg_rec_vma r; char *path; };
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
+struct img_file { struct tg_rec_file_state r; char *path; };
 
 struct image {
   const char *path;
@@ -23,6 +24,7 @@ struct image {
   struct tg_rec_thread *threads; size_t nthreads;
   struct img_fd *fds; size_t nfds;
   struct img_pipe *pipes; size_t npipes;
+  struct img_file *files; size_t nfiles;
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -36,6 +38,13 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
 /* --stdio-log: where the app's appended stdout/stderr go on this host */
 extern const char *tg_stdio_log;
+
+/* filecheck.c: every FILE_STATE file must be as it was at the checkpoint (files are not rolled back
+ * yet); 0, or -1 with the changed files named in err. allow: report nothing, return 0. */
+int tg_check_file_states(const struct image *img, int allow, char *err, size_t errlen);
+/* filecheck.c: may a shared writable mapping with stored contents (TG_VF_CONTENT) be written back into
+ * the file open as fd (same file, large enough)? 0 = restore it as shared memory instead. */
+int tg_content_file_usable(const struct image *img, const struct tg_rec_vma *v, int fd);
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

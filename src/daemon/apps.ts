@@ -14,6 +14,7 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, exportForRestore } from "./cas-flow.js";
+import { checkFiles, writeRestoreMarker } from "./file-check.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { readFileSync } from "node:fs";
@@ -572,7 +573,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; from?: { url: string; token: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: { url: string; token: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
@@ -589,10 +590,13 @@ export class AppManager {
       const running = st && st.state !== "exited";
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress);
+      const allow = opts.allowFileChanges === true;
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow);
       const opened = await this.store.openImage(m.id);
       try {
         const restoreBin = nativeBinary("tardigrade-restore");
+        // files written since the checkpoint: refuse before anything is killed or started
+        await checkFiles({ app: name, checkpoint: m.id, image: opened.path, logFile: dir.logFile, allow });
         // The image is verified (every bound and CRC; names the file and offset of any
         // damage) before anything else when a running app would be killed for it;
         // otherwise while tardigrade-restore reads it (the restorer checks every CRC
@@ -612,7 +616,8 @@ export class AppManager {
         verify.catch(() => this.killLaunch(dir, record.launcherPid));
         let l: Launched;
         try {
-          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+          await writeRestoreMarker(dir.logFile, m.id);
+          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
             timeoutMs: 120_000,
             onSpawn: async (pid, start) => {
               record.launcherPid = pid;
@@ -662,8 +667,10 @@ export class AppManager {
   }
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
     const name = dir.name;
+    // files written since the checkpoint: refuse before anything is killed or started
+    await checkFiles({ app: name, checkpoint: m.id, image: exportForRestore(store.cas, m.id), logFile: dir.logFile, allow });
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.
@@ -684,7 +691,8 @@ export class AppManager {
     });
     let l: Launched;
     try {
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile], {
+      await writeRestoreMarker(dir.logFile, m.id);
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
         timeoutMs: 120_000,
         stdin: image,
         onSpawn: async (pid, start) => {

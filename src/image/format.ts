@@ -25,6 +25,8 @@ export enum RecordType {
   PAGES_CLEAR = 12,
   /** Dirty-tracking statistics of the capture (u32 mode, u32 reserved, u64 pages_scanned, pages_written, fresh_mappings). */
   TRACKING = 13,
+  /** A regular file held open for writing or mapped shared and writable, as it was at the checkpoint. */
+  FILE_STATE = 16,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -42,6 +44,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.END]: 24,
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
+  [RecordType.FILE_STATE]: 64,
 };
 
 export function recordTypeName(t: number): string {
@@ -176,6 +179,24 @@ export interface TrackingInfo {
   pagesScanned: bigint;
   pagesWritten: bigint;
   freshMappings: bigint;
+}
+
+/** VMA vflags bit: a shared writable file mapping whose contents are stored as pages. */
+export const VF_CONTENT = 16;
+
+/** FILE_STATE flags. */
+export const FILE_STATE_FLAGS = { fdWrite: 1, mapped: 2, covered: 4, generation: 8 } as const;
+
+export interface FileState {
+  flags: number;
+  /** Lowest fd holding it for writing, or null. */
+  fd: number | null;
+  file: FileId;
+  ctimeNs: bigint;
+  generation: number | null;
+  /** Bytes from offset 0 whose contents the image holds (shared writable mappings). */
+  covered: bigint;
+  path: string;
 }
 
 export interface EndInfo {
