@@ -2,9 +2,9 @@
  * image holds open for writing or maps shared and writable has a FILE_STATE record; a restore
  * refuses, naming the file, if one of them is not the same file in the same state, unless
  * --allow-file-changes. What is exempt: the app's stdout/stderr log (those fds are reopened on this
- * host's log, see fds.c), and the byte ranges whose contents the image holds (shared writable
- * mappings: put back on restore), so a file wholly covered by them is only compared by identity and
- * size. */
+ * host's log, see fds.c), files only mapped (no fd for writing: their mapped contents are in the
+ * image and put back on restore), and the times of a file held by an fd whose contents the image
+ * wholly holds (sqlite's -shm): it is compared by identity and size only. */
 #include "restore.h"
 
 #include <errno.h>
@@ -83,7 +83,8 @@ int tg_check_file_states(const struct image *img, int allow, char *err, size_t e
   for (size_t i = 0; i < img->nfiles; i++) {
     const struct img_file *f = &img->files[i];
     char why[256];
-    if (is_stdio_log(img, f) || !changed(f, why, sizeof why)) continue;
+    /* mapped only (no fd for writing): its mapped contents are in the image and put back */
+    if (!(f->r.flags & TG_FS_FD_WRITE) || is_stdio_log(img, f) || !changed(f, why, sizeof why)) continue;
     bad++;
     if (allow || bad > 3) continue;
     char held[64];

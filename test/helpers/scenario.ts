@@ -17,7 +17,8 @@ export interface AppStatus {
 const BAD = /^(CORRUPT|INVARIANT|ERROR)/;
 
 export function lines(text: string): string[] {
-  return text.split("\n").filter((l) => l.length > 0 && !l.startsWith("tardigrade"));
+  // not the app's: tardigrade's messages and the marker a restore writes into the log
+  return text.split("\n").filter((l) => l.length > 0 && !l.startsWith("tardigrade") && !l.startsWith("--- tardigrade: restored "));
 }
 
 /** Runs the program without tardigrade: what an uninterrupted run prints. */
