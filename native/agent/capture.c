@@ -229,7 +229,9 @@ struct runs {
 static int flush_data(struct runs *r) {
   if (!r->data_len) return 0;
   struct tg_rec_pages ph = {r->data_start, r->data_len};
-  int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, (void *)ph.addr, r->data_len * TG_PAGE);
+  /* shared writable file contents come from the copy the parent made while parked */
+  const void *src = tg_shared_copy(ph.addr);
+  int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, src ? src : (void *)ph.addr, r->data_len * TG_PAGE);
   r->w->pages += r->data_len;
   r->data_len = 0;
   return e;
@@ -321,11 +323,12 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
       else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
       else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
       else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
-      if (take && is_zero_page((void *)a)) take = 0;
+      const void *pa = content && tg_shared_copy(a) ? tg_shared_copy(a) : (const void *)a;
+      if (take && is_zero_page(pa)) take = 0;
       if (hash) {
         if (hash_clear_before(rr, a) != 0) goto werr;
         if (!take) continue;
-        uint64_t h = page_hash((const uint64_t *)a);
+        uint64_t h = page_hash((const uint64_t *)pa);
         struct tg_hash_table *nt = tg_trk.next, *pt = tg_trk.prev;
         if (nt->count < nt->cap) nt->e[nt->count++] = (struct tg_page_hash){a, h};
         int same = inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a && pt->e[prev_i].hash == h;

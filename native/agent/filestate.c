@@ -9,6 +9,7 @@
 #include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "../common/sys.h"
@@ -159,4 +160,74 @@ TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char 
     }
   }
   return 0;
+}
+
+/* ---- contents of shared writable file mappings, copied while every thread is parked ----
+ * The snapshot child's copy-on-write view does not freeze MAP_SHARED memory: the application writes
+ * it on after the release. So the parent copies each such mapping (up to the file's end) into one
+ * private region before the release; the child writes the pages from there. The region is mapped
+ * after the last read of /proc/self/maps, so it is never part of an image. */
+static struct { uint64_t start, end, copy; } copies[256];
+static int ncopies;
+static uint64_t copy_region, copy_len;
+
+static int wants_copy(const struct tg_vma *v) {
+  return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/' &&
+         strncmp(v->path, "/memfd:", 7) != 0 && strncmp(v->path, "/dev/zero", 9) != 0 && strncmp(v->path, "/SYSV", 5) != 0;
+}
+
+/* Bytes of the mapping that lie inside its file (0: none, or not a regular file / too large). */
+static uint64_t file_part(const struct tg_vma *v) {
+  char mf[80];
+  struct stat st;
+  snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v->start, (unsigned long long)v->end);
+  if (tg_sys2(SYS_stat, mf, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) return 0;
+  if ((uint64_t)st.st_size <= v->pgoff) return 0;
+  uint64_t n = ((uint64_t)st.st_size - v->pgoff + TG_PAGE - 1) & ~(TG_PAGE - 1);
+  return n < v->end - v->start ? n : v->end - v->start;
+}
+
+TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml) {
+  ncopies = 0;
+  copy_region = 0;
+  copy_len = 0;
+  uint64_t total = 0;
+  for (const char *l = maps; l < maps + ml;) {
+    const char *e = tg_next_line(l, maps + ml);
+    struct tg_vma v;
+    if (tg_parse_maps_line(l, e, &v) == 0 && wants_copy(&v)) total += file_part(&v);
+    l = e + 1;
+  }
+  if (!total) return;
+  long r = tg_sys6l(SYS_mmap, 0, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if ((unsigned long)r > -4096UL) return; /* no memory: the child reads the live mapping (less exact) */
+  copy_region = (uint64_t)r;
+  copy_len = total;
+  uint64_t at = copy_region;
+  for (const char *l = maps; l < maps + ml && ncopies < 256;) {
+    const char *e = tg_next_line(l, maps + ml);
+    struct tg_vma v;
+    uint64_t n;
+    if (tg_parse_maps_line(l, e, &v) == 0 && wants_copy(&v) && (n = file_part(&v)) && at + n <= copy_region + total) {
+      memcpy((void *)at, (const void *)v.start, n);
+      copies[ncopies].start = v.start;
+      copies[ncopies].end = v.start + n;
+      copies[ncopies].copy = at;
+      ncopies++;
+      at += n;
+    }
+    l = e + 1;
+  }
+}
+
+TG_HIDDEN void tg_free_shared_copies(void) {
+  if (copy_region) tg_sys2(SYS_munmap, copy_region, copy_len);
+  copy_region = 0;
+  ncopies = 0;
+}
+
+TG_HIDDEN const void *tg_shared_copy(uint64_t addr) {
+  for (int i = 0; i < ncopies; i++)
+    if (addr >= copies[i].start && addr < copies[i].end) return (const void *)(copies[i].copy + (addr - copies[i].start));
+  return NULL;
 }

@@ -4,7 +4,7 @@
 // the image's FILE_STATE records and needs ioctl(FS_IOC_GETVERSION)); this runs it before
 // anything is killed or started, and writes the restore marker into the app's log.
 import { spawn } from "node:child_process";
-import { appendFile } from "node:fs/promises";
+import { appendFile, open } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { TgError } from "../errors.js";
 import { nativeBinary } from "../native/paths.js";
@@ -64,6 +64,23 @@ export function restoreMarker(checkpoint: string, at = new Date()): string {
   return `--- tardigrade: restored ${checkpoint} at ${at.toISOString()} ---\n`;
 }
 
+/** Appends the marker on a line of its own (the app's last output may lack its newline). */
 export async function writeRestoreMarker(logFile: string, checkpoint: string): Promise<void> {
-  await appendFile(logFile, restoreMarker(checkpoint), { mode: 0o600 });
+  let lead = "";
+  try {
+    const fh = await open(logFile, "r");
+    try {
+      const { size } = await fh.stat();
+      if (size > 0) {
+        const b = Buffer.alloc(1);
+        await fh.read(b, 0, 1, size - 1);
+        if (b[0] !== 0x0a) lead = "\n";
+      }
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    /* no log yet */
+  }
+  await appendFile(logFile, lead + restoreMarker(checkpoint), { mode: 0o600 });
 }
