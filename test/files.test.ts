@@ -4,12 +4,15 @@
 // contents in the checkpoint and get them back (or come back as memory once the file is gone).
 // Real programs: python3 (files, mmap, sqlite3 in PERSIST and WAL modes) and a JVM.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
-import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
+import { ImageError, parseImage } from "../src/image/parser.js";
+import { RecordType } from "../src/image/format.js";
+import { buildImage, procRecord, threadRecord } from "../src/image/writer.js";
+import { ROOT, isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, runApp, status, waitLines } from "./helpers/scenario.js";
 
@@ -118,6 +121,26 @@ describe("files written since the checkpoint", { timeout: TIMEOUT }, () => {
     assert.equal((await status(h, "holder")).state, "exited");
   });
 
+  test("same inode, same size and mtime, other contents (rewritten in place, touch -d): refused", async (t) => {
+    const { h, dir } = setup(t);
+    const file = join(dir, "data.txt");
+    writeFileSync(file, "x".repeat(4096));
+    await runApp(h, "holder", ["python3", fixtureScript("holdopen.py"), file]);
+    await waitLines(h, "holder", (ls) => ls.length >= 3, "ticks", WAIT);
+    await checkpoint(h, "holder");
+    await killApp(h, "holder");
+    const before = statSync(file, { bigint: true });
+    writeFileSync(file, "y".repeat(4096)); // same inode: truncated and rewritten
+    const sec = before.mtimeNs / 1_000_000_000n;
+    const nsec = (before.mtimeNs % 1_000_000_000n).toString().padStart(9, "0");
+    execFileSync("touch", ["-d", `@${sec}.${nsec}`, file]);
+    const now = statSync(file, { bigint: true });
+    assert.deepEqual([now.ino, now.size, now.mtimeNs], [before.ino, before.size, before.mtimeNs], "same inode, size and mtime");
+    const why = await assertRefused(h, "holder", file);
+    assert.match(why, /changed since the checkpoint \(inode changed/);
+    assert.equal((await status(h, "holder")).state, "exited");
+  });
+
   for (const mode of ["persist", "wal"] as const) {
     test(`sqlite3 in ${mode.toUpperCase()} mode: more commits after the checkpoint: refused naming the database; --allow-file-changes proceeds`, async (t) => {
       const { h, dir } = setup(t);
@@ -217,5 +240,43 @@ describe("shared writable file mappings", { timeout: TIMEOUT }, () => {
       assert.ok(first > 1 && first <= n + 6, `continues from the checkpoint (tick ${first}, checkpoint near ${n})`);
       await killApp(h, "jvm");
     }
+  });
+});
+
+describe("FILE_STATE records: bad input", () => {
+  /** A FILE_STATE payload for `path` (docs/format.md). */
+  function fileState(path: string, o: { flags?: number; size?: bigint; ino?: bigint } = {}): Buffer {
+    const b = Buffer.alloc(64);
+    b.writeUInt32LE(o.flags ?? 1, 0);
+    b.writeUInt32LE(3, 4);
+    b.writeBigUInt64LE(o.ino ?? 12345n, 16);
+    b.writeBigUInt64LE(o.size ?? 10n, 24);
+    return Buffer.concat([b, Buffer.from(path)]);
+  }
+
+  test("parsed with its fields; a short one names the record and its offset (parser and restorer)", async (t) => {
+    requireNative();
+    const dir = mkdtempSync(join(tmpdir(), "tg-fs-"));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const good = join(dir, "good.img");
+    writeFileSync(good, buildImage([procRecord(), threadRecord({ tid: 2 }), { type: RecordType.FILE_STATE, payload: fileState("/nonexistent/db") }]));
+    const img = await parseImage(good);
+    assert.equal(img.files.length, 1);
+    assert.equal(img.files[0]!.path, "/nonexistent/db");
+    assert.equal(img.files[0]!.fd, 3);
+    assert.equal(img.files[0]!.file.ino, 12345n);
+    const off = 64 + 32 + 680 + 32 + 112;
+    const bad = join(dir, "bad.img");
+    writeFileSync(bad, buildImage([procRecord(), threadRecord({ tid: 2 }), { type: RecordType.FILE_STATE, payload: Buffer.alloc(63) }]));
+    await assert.rejects(parseImage(bad), (e: unknown) => e instanceof ImageError && e.offset === off && /FILE_STATE/.test(e.message));
+    const restorer = join(ROOT, "native", "build", "tardigrade-restore");
+    const r = spawnSync(restorer, ["--check-files", "--image", bad], { encoding: "utf8" });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`bad\\.img: offset ${off}: FILE_STATE record too short`), r.stderr);
+    // the check itself: a file held for writing that is gone is named; the flag lets it pass
+    const c = spawnSync(restorer, ["--check-files", "--image", good], { encoding: "utf8" });
+    assert.equal(c.status, 3, c.stderr);
+    assert.match(c.stderr, /FILES-CHANGED \/nonexistent\/db \(open for writing as fd 3\) cannot be opened/);
+    assert.equal(spawnSync(restorer, ["--check-files", "--allow-file-changes", "--image", good]).status, 0);
   });
 });
