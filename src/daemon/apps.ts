@@ -14,7 +14,7 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, exportForRestore } from "./cas-flow.js";
-import { checkFiles, writeRestoreMarker } from "./file-check.js";
+import { checkFiles, writeRestoreFailed, writeRestoreMarker } from "./file-check.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { readFileSync } from "node:fs";
@@ -628,6 +628,7 @@ export class AppManager {
         } catch (e) {
           // Nothing of the failed attempt may look alive; its status file (the error) stays.
           for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+          await writeRestoreFailed(dir.logFile, m.id);
           await verify; // a damaged image is the real cause: report it (file, offset, what)
           if (e instanceof LaunchFailure) {
             const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
@@ -704,6 +705,7 @@ export class AppManager {
     } catch (e) {
       image.destroy();
       for (const f of [dir.pidfile, dir.sock]) await rm(f, { force: true });
+      await writeRestoreFailed(dir.logFile, m.id);
       if (exportError) throw exportError;
       if (e instanceof LaunchFailure) {
         const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;

@@ -41,10 +41,14 @@ export async function checkFiles(c: FileCheck): Promise<void> {
   child.stderr?.setEncoding("utf8");
   child.stderr?.on("data", (d: string) => (stderr += d));
   const src = typeof c.image === "string" ? null : c.image;
+  let srcError: unknown = null;
   if (src && child.stdin) {
     // the checker stops reading at the first page record: the rest of the stream is not wanted
     child.stdin.on("error", () => src.destroy());
-    src.on("error", () => child.stdin?.destroy());
+    src.on("error", (e) => {
+      srcError = e; // damaged store data: its own error (pack file, offset) is the one to report
+      child.stdin?.destroy();
+    });
     src.pipe(child.stdin);
   }
   const status = await new Promise<number | null>((resolve, reject) => {
@@ -53,6 +57,7 @@ export async function checkFiles(c: FileCheck): Promise<void> {
   });
   src?.destroy();
   if (status === 0) return;
+  if (srcError) throw srcError;
   const lines = stderr.split("\n").filter((l) => l.startsWith("tardigrade-restore:"));
   const changed = lines.find((l) => l.includes("FILES-CHANGED "));
   if (status === FILES_CHANGED_STATUS && changed) throw filesChanged(c.app, c.checkpoint, changed.slice(changed.indexOf("FILES-CHANGED ") + 14));
@@ -83,4 +88,9 @@ export async function writeRestoreMarker(logFile: string, checkpoint: string): P
     /* no log yet */
   }
   await appendFile(logFile, lead + restoreMarker(checkpoint), { mode: 0o600 });
+}
+
+/** After a marker, when the restore then failed: the marker's restore did not happen. */
+export async function writeRestoreFailed(logFile: string, checkpoint: string): Promise<void> {
+  await appendFile(logFile, `--- tardigrade: restore of ${checkpoint} failed (the lines above the marker were the last run's) ---\n`, { mode: 0o600 }).catch(() => {});
 }

@@ -106,6 +106,8 @@ export interface Scenario {
   done?: RegExp;
   /** What an uninterrupted run prints; the restored output must be a suffix of it. */
   baseline?: Promise<{ lines: string[]; code: number | null }>;
+  /** Extra arguments for `restore` (e.g. --allow-file-changes). */
+  restoreArgs?: string[];
   /** Called right after the restore returned (e.g. to send signals). */
   afterRestore?(h: TestHome): Promise<void>;
   timeoutMs?: number;
@@ -124,7 +126,7 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   await waitLines(h, s.name, (ls) => ls.length >= after + (s.moreLines ?? 3), "output after the checkpoint", timeout);
   await killApp(h, s.name);
   const from = logSize(h, s.name);
-  const r = await h.cli(["restore", s.name, "--json"]);
+  const r = await h.cli(["restore", s.name, "--json", ...(s.restoreArgs ?? [])]);
   assert.equal(r.code, 0, `restore failed: ${r.stderr}\n--- log ---\n${h.log(s.name)}`);
   const rr = JSON.parse(r.stdout) as { checkpoint: string; restoreNs: number };
   assert.equal(rr.checkpoint, m.id);
