@@ -123,7 +123,11 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     let h: TestHome | null = null;
     t.after(async () => {
       await h?.cleanup();
-      spawnSync("umount", [mnt]);
+      // a process that was killed may still be closing its files there on a busy machine
+      const mounted = (): boolean => readFileSync("/proc/mounts", "utf8").split("\n").some((l) => l.split(" ")[1] === mnt);
+      await waitFor("the test filesystem to unmount", () => !mounted() || spawnSync("umount", [mnt]).status === 0, 60_000, 100).catch(() => {
+        spawnSync("umount", ["-l", mnt]); // still busy after a minute: detach it
+      });
       rmSync(base, { recursive: true, force: true });
     });
     const savedTmp = process.env.TMPDIR;

@@ -297,6 +297,10 @@ static int scan_private(struct runs *rr, const struct tg_rec_vma *r, int pagemap
     if (n < 0 && s == r->start && (n == -ENOTTY || n == -EINVAL)) return 1;
     if (n < 0) { snprintf(err, errlen, "PAGEMAP_SCAN %llx: %s", (unsigned long long)s, strerror((int)-n)); return -1; }
     uint64_t cend = q.walk_end > s && q.walk_end <= r->end ? q.walk_end : r->end;
+    /* The kernel (seen on 6.18 with uffd-wp markers) may report a walk_end short of the ranges it
+     * returned: the walk went at least to the last range's end. Going on from walk_end would visit
+     * those pages twice, out of address order. */
+    if (n > 0 && reg[n - 1].end > cend && reg[n - 1].end <= r->end) cend = reg[n - 1].end;
 #define TAKE(c) (anon || ((c) & TG_PAGE_IS_SWAPPED) || !((c) & TG_PAGE_IS_FILE))
     if (whole) {
       for (long k = 0; k < n; k++)

@@ -98,8 +98,11 @@ static long scan(uint64_t s, uint64_t e) {
     long r = tg_sys3(SYS_ioctl, tg_trk.pagemap, PAGEMAP_SCAN, &a);
     if (r < 0) { tg_trk.ndirty = n0; return r; }
     tg_trk.ndirty += (uint64_t)r;
-    if (a.walk_end <= s) break;
-    s = a.walk_end;
+    uint64_t next = a.walk_end;
+    /* walk_end may fall short of the ranges returned (see capture.c): never scan a range twice */
+    if (r > 0 && tg_trk.dirty[tg_trk.ndirty - 1].end > next) next = tg_trk.dirty[tg_trk.ndirty - 1].end;
+    if (next <= s) break;
+    s = next;
   }
   for (uint64_t i = n0; i < tg_trk.ndirty; i++) tg_trk.pages_written += (tg_trk.dirty[i].end - tg_trk.dirty[i].start) / TG_PAGE;
   return 0;

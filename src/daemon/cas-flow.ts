@@ -83,6 +83,7 @@ export async function captureIntoCas(
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
     }
     if (failure) {
+      const storeFirst = ingestError !== null; // the store failed before the agent did
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
@@ -91,6 +92,10 @@ export async function captureIntoCas(
       if (ingestError && ingestError !== failure) {
         const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
         if (full) throw full;
+        // The agent only saw the pipe close: the store's reason is the one that matters.
+        if (storeFirst) {
+          throw new TgError(`checkpoint of ${app} failed`, `the store refused the image: ${errMessage(ingestError)}`, "Nothing was committed; the app keeps running and earlier checkpoints are intact", "checkpoint-failed");
+        }
       }
       throw failure;
     }
