@@ -110,6 +110,23 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     await new Promise((res) => setTimeout(res, 100));
     assert.throws(() => lstatSync(marker), /ENOENT/, "the second user's command did not run");
     assert.equal(readdirSync(join(h.home, "apps")).includes("evil"), false);
+
+    // Modes loosened by hand (home 0711, socket 0666): the kernel lets the second user connect,
+    // the daemon's peer-credential check (SO_PEERCRED) still refuses every request.
+    const dirOf = (p: string): string => join(p, "..");
+    for (let d = h.home; d !== "/" && d !== tmpdir(); d = dirOf(d)) chmodSync(d, 0o711);
+    chmodSync(join(h.home, "daemon.sock"), 0o666);
+    const attack2 = attack.replace(`console.log("CONNECTED", res.statusCode); process.exit(0);`, `let b = ""; res.on("data", (d) => (b += d)); res.on("end", () => { console.log("STATUS", res.statusCode, b); process.exit(0); });`);
+    assert.notEqual(attack2, attack);
+    const a2 = spawnSync("runuser", ["-u", user, "--", process.execPath, "-e", attack2], { encoding: "utf8", timeout: 60_000 });
+    assert.match(a2.stdout, /^STATUS 403 .*permission denied.*this daemon serves uid 0 \(and root\) only; the request came from uid \d+/, `${a2.stdout}${a2.stderr}`);
+    const cli2 = spawnSync("runuser", ["-u", user, "--", "env", `TARDIGRADE_HOME=${h.home}`, process.execPath, CLI, "status"], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(cli2.status, 1, cli2.stdout);
+    assert.match(cli2.stderr, /^tardigrade: cannot use the tardigrade home .*permission denied: it belongs to uid 0/, cli2.stderr); // the CLI's own check
+    await ok(h, ["status"]); // its own user still gets in
+    assert.throws(() => lstatSync(marker), /ENOENT/, "the second user's command did not run");
+    assert.equal(readdirSync(join(h.home, "apps")).includes("evil"), false);
+    assert.match(readFileSync(join(h.home, "daemon.log"), "utf8"), /refused a request from another user/);
   });
 
   test("a full filesystem: the checkpoint names the full directory; the daemon keeps serving", async (t) => {

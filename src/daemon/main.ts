@@ -2,6 +2,7 @@
 // and keeps nothing important in memory (safe to kill -9 at any time).
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
+import type { IncomingMessage } from "node:http";
 import { join } from "node:path";
 import { pino } from "pino";
 import { TgError, errMessage } from "../errors.js";
@@ -13,6 +14,7 @@ import { safeLogSink } from "./log-sink.js";
 import { goPrivate, lockDown } from "./private-fs.js";
 import { ensureWatchdog, stopWatchdog } from "./watchdog.js";
 import { createApiServer } from "./server.js";
+import { peerAllowed, peerCredentials, peerCredUnavailable, refusal } from "./peer-cred.js";
 import { watchDamage } from "./integrity.js";
 
 export async function runDaemon(home: string): Promise<void> {
@@ -47,7 +49,17 @@ export async function runDaemon(home: string): Promise<void> {
   }
   watchDamage(store, log); // damage found at open (short or missing packs) and later (bad blocks)
   const apps = new AppManager(home, store, log);
-  const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() });
+  // Second check after the socket's modes: the peer's uid (SO_PEERCRED) on every request.
+  const self = process.getuid?.() ?? 0;
+  const noCred = peerCredUnavailable();
+  if (noCred) log.warn({ why: noCred }, "cannot read peer credentials (SO_PEERCRED): only the socket's modes keep other users out");
+  const admit = (req: IncomingMessage): TgError | null => {
+    const cred = peerCredentials(req.socket);
+    if (cred === null || peerAllowed(cred, self)) return null;
+    log.warn({ uid: cred.uid, pid: cred.pid, url: req.url }, "refused a request from another user");
+    return refusal(cred, self);
+  };
+  const server = createApiServer(apps, log, { pid: process.pid, startedAt: new Date().toISOString() }, admit);
 
   // Bind a private socket, then hard-link it to daemon.sock: link() fails if
   // another daemon got there first, so at most one daemon serves a home.

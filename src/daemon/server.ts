@@ -47,7 +47,13 @@ function send(res: ServerResponse, status: number, obj: unknown): void {
   res.end(text);
 }
 
-export function createApiServer(apps: AppManager, log: Logger, info: { pid: number; startedAt: string }): Server {
+export function createApiServer(
+  apps: AppManager,
+  log: Logger,
+  info: { pid: number; startedAt: string },
+  /** Who may talk to the daemon: null lets the request in, an error refuses it (403). */
+  admit: (req: IncomingMessage) => TgError | null = () => null,
+): Server {
   const route = async (req: IncomingMessage, progress: Progress, signal: AbortSignal): Promise<unknown> => {
     const url = new URL(req.url ?? "/", "http://tardigrade");
     const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
@@ -119,6 +125,12 @@ export function createApiServer(apps: AppManager, log: Logger, info: { pid: numb
   };
 
   return createServer((req, res) => {
+    const denied = admit(req);
+    if (denied) {
+      res.setHeader("connection", "close");
+      send(res, 403, { error: denied.toJSON() });
+      return;
+    }
     const t0 = Date.now();
     const streaming = req.headers.accept === "application/x-ndjson";
     const line = (obj: unknown): void => {
