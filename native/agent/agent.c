@@ -514,8 +514,8 @@ again:
   tg.t_stop_ns = tg_now_ns(CLOCK_MONOTONIC);
   if (stop_all(err, sizeof err) != 0) {
     tg.seq--;
-    reply_error("error", err);
     drop_image(path);
+    reply_error("error", err);
     goto out;
   }
   /* Park ourselves too: our handler snapshots the process and releases everyone. */
@@ -527,8 +527,8 @@ again:
     tg_track_after_snapshot(0, 0);
     if (children_err[0]) tg.seq--;
     else snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
+    drop_image(path); /* before the reply: whoever reads it finds no image */
     reply_error("error", children_err[0] ? children_err : err);
-    drop_image(path);
     goto out;
   }
   reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
@@ -573,7 +573,7 @@ again:
     tg.seq--;
     close(tg.err_rd);
     tg.err_rd = -1;
-    if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("done", err); drop_image(path); goto out; }
+    if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); drop_image(path); reply_error("done", err); goto out; }
     tg.err_rd = pfd[0];
     tg.err_wr = pfd[1];
     goto again;
