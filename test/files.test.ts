@@ -19,9 +19,9 @@ import { killApp, logLines, logSize, runApp, status, waitLines } from "./helpers
 const TIMEOUT = 300_000;
 const WAIT = 60_000;
 
-function setup(t: TestContext): { h: TestHome; dir: string } {
+function setup(t: TestContext, env: NodeJS.ProcessEnv = {}): { h: TestHome; dir: string } {
   requireNative();
-  const h = makeHome();
+  const h = makeHome("tg-", env);
   const dir = mkdtempSync(join(tmpdir(), "tg-files-"));
   t.after(async () => {
     await h.cleanup();
@@ -203,7 +203,9 @@ describe("shared writable file mappings", { timeout: TIMEOUT }, () => {
   });
 
   test("a shared writable mapping of a file over 64 MiB: checkpoint refused naming it, nothing committed, the app runs on", async (t) => {
-    const { h, dir } = setup(t);
+    // The daemon waits after the agent's refusal: the store has seen the image end early by then
+    // (a race that a busy machine used to lose, reporting the store's 'missing END record').
+    const { h, dir } = setup(t, { TG_TEST_DELAY_AT: "checkpoint-agent-failed:1500" });
     const file = join(dir, "big.dat");
     await runApp(h, "big", ["python3", fixtureScript("sharedmap.py"), file, String(65 * 1024 * 1024)]);
     await waitLines(h, "big", (ls) => ls.length >= 3, "ticks", WAIT);
