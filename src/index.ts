@@ -96,12 +96,14 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   checkpoint?: string;
   /** Kill the running app first. */
   replace?: boolean;
+  /** Restore even if files the app holds for writing changed since the checkpoint (they are not rolled back). */
+  allowFileChanges?: boolean;
   /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
   from?: { url: string; token: string; ca?: string };
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, from: o.from }, o.onProgress);
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, from: o.from }, o.onProgress);
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

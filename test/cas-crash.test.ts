@@ -99,7 +99,9 @@ function makeImages(dir: string): Expected {
   return expected;
 }
 
-test("kill -9 during ingest, merge and gc leaves every committed checkpoint intact", { timeout: 120_000 }, async (t) => {
+// Budgets: 84 s for the crash-point test at load average 4 on 2 cores; it timed out at 120 s in a
+// full-suite run at load 6 (a benchmark on the same cores). The limit only catches a hang.
+test("kill -9 during ingest, merge and gc leaves every committed checkpoint intact", { timeout: 600_000 }, async (t) => {
   const tmp = mkdtempSync(join(tmpdir(), "tg-cas-crash-"));
   try {
     const images = join(tmp, "images");
@@ -169,7 +171,7 @@ const POINTS = [
   "gc-unlinked-one",
 ];
 
-test("a crash at each commit step of ingest, merge and gc", { timeout: 120_000 }, async () => {
+test("a crash at each commit step of ingest, merge and gc", { timeout: 600_000 }, async () => {
   const tmp = mkdtempSync(join(tmpdir(), "tg-cas-crashpt-"));
   try {
     const images = join(tmp, "images");

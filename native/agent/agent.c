@@ -281,11 +281,13 @@ static void snapshot_and_release(uint32_t gen) {
     tg.fds_buf = (char *)stk + CHILD_STACK + MAPS_BUF;
     tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
     tg_capture_timers();
+    if (tg.parent_maps_len > 0) tg_copy_shared_contents(tg.parent_maps, tg.parent_maps_len);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
     for (int i = 0; i < nsm; i++) tg_sys3(SYS_madvise, smaps_df[i].start, smaps_df[i].end - smaps_df[i].start, MADV_DONTFORK);
     tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
+    tg_free_shared_copies();
   }
   tg.child = child;
   tg.capturing = 0;

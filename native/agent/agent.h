@@ -83,7 +83,21 @@ TG_HIDDEN int tg_check_no_children(char *err, size_t errlen);
 /* Checks every application fd; 0 if all are supported, else -1 with the first problem in err. */
 TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
 
-/* capture.c: the parent's part, while parked: fd records into buf. */
+/* filestate.c: FILE_STATE records of the regular files held for writing (from the FD records in
+ * fdrecs) or mapped shared and writable (from maps), each passed to put. -1 with err: a shared
+ * writable mapping of a file too large to capture, or no room. */
+typedef int (*tg_put_fn)(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl);
+TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char *maps, long ml, tg_put_fn put, void *ctx,
+                                 char *err, size_t errlen);
+
+/* filestate.c: copies the contents of shared writable file mappings (the snapshot does not freeze
+ * them) while parked; the child finds a page's copy with tg_shared_copy (NULL: none); the parent
+ * frees them after the clone. */
+TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml);
+TG_HIDDEN void tg_free_shared_copies(void);
+TG_HIDDEN const void *tg_shared_copy(uint64_t addr);
+
+/* capture.c: the parent's part, while parked: fd records (and FILE_STATE records) into buf. */
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap);
 /* capture.c: runs in the snapshot child; writes the image to tg.img_fd; returns 0 or -1 with err. */
 TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64_t *pages);

@@ -134,6 +134,32 @@ static int is_own(uint64_t s, uint64_t e) {
   return 0;
 }
 
+static int too_large(const struct tg_vma *v, const char *path, uint64_t size, char *err, size_t errlen) {
+  snprintf(err, errlen, "mapping %llx-%llx of %s is shared and writable and the file is %llu MiB: only files up to %llu MiB "
+           "mapped this way are captured. Map it private or read-only, or keep the file under %llu MiB",
+           (unsigned long long)v->start, (unsigned long long)v->end, path, (unsigned long long)(size >> 20),
+           TG_SHARED_CONTENT_MAX >> 20, TG_SHARED_CONTENT_MAX >> 20);
+  return -1;
+}
+
+/* A shared writable mapping of a deleted file: its contents (up to the file's size) are stored and
+ * it comes back as shared memory. */
+static int shared_content(const struct tg_vma *v, struct tg_rec_vma *r, const char *path, char *err, size_t errlen) {
+  char mf[80];
+  struct stat st;
+  snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v->start, (unsigned long long)v->end);
+  long e = tg_sys2(SYS_stat, mf, &st);
+  if (e < 0) {
+    snprintf(err, errlen, "mapping %llx-%llx of deleted file %s: stat %s: %s", (unsigned long long)v->start,
+             (unsigned long long)v->end, path, mf, strerror((int)-e));
+    return -1;
+  }
+  if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) return too_large(v, path, (uint64_t)st.st_size, err, errlen);
+  r->id.size = (uint64_t)st.st_size;
+  r->vflags |= TG_VF_CONTENT;
+  return 0;
+}
+
 static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
   memset(r, 0, sizeof *r);
   r->start = v->start;
@@ -157,15 +183,17 @@ static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, siz
     /* the file is gone or replaced: keep the content itself */
     r->vflags |= TG_VF_DELETED;
     if (v->shared && (v->prot & 2) && strncmp(path, "/memfd:", 7) != 0 && strncmp(path, "/dev/zero", 9) != 0 &&
-        strncmp(path, "/SYSV", 5) != 0) {
-      snprintf(err, errlen, "mapping %llx-%llx of deleted file %s is shared and writable; not supported yet",
-               (unsigned long long)v->start, (unsigned long long)v->end, path);
+        strncmp(path, "/SYSV", 5) != 0 && shared_content(v, r, path, err, errlen) != 0)
       return -1;
-    }
     r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE;
     return 0;
   }
   r->kind = v->shared ? TG_VMA_FILE_SHARED : TG_VMA_FILE_PRIVATE;
+  /* shared and writable: the contents go into the image (filestate.c refused files too large) */
+  if (v->shared && (v->prot & 2) && S_ISREG(st.st_mode)) {
+    if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) return too_large(v, path, (uint64_t)st.st_size, err, errlen);
+    r->vflags |= TG_VF_CONTENT;
+  }
   r->id.dev = st.st_dev;
   r->id.ino = st.st_ino;
   r->id.size = (uint64_t)st.st_size;
@@ -203,7 +231,9 @@ struct runs {
 static int flush_data(struct runs *r) {
   if (!r->data_len) return 0;
   struct tg_rec_pages ph = {r->data_start, r->data_len};
-  int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, (void *)ph.addr, r->data_len * TG_PAGE);
+  /* shared writable file contents come from the copy the parent made while parked */
+  const void *src = tg_shared_copy(ph.addr);
+  int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, src ? src : (void *)ph.addr, r->data_len * TG_PAGE);
   r->w->pages += r->data_len;
   r->data_len = 0;
   return e;
@@ -255,12 +285,14 @@ static int is_dirty(uint64_t a, uint64_t *d) {
 /* One page of a VMA, visited in address order: stored, cleared (incremental), or in hash mode
  * compared with the previous table. take: the page holds data of its own (present or swapped,
  * not the file's page); it must be readable. */
-static int visit_page(struct runs *rr, uint64_t a, int take, int inc, int whole, int hash) {
-  if (take && is_zero_page((void *)a)) take = 0;
+static int visit_page(struct runs *rr, uint64_t a, int take, int inc, int whole, int hash, int content) {
+  /* a shared writable file mapping's page is read from the copy the parent made while parked */
+  const void *pa = content && tg_shared_copy(a) ? tg_shared_copy(a) : (const void *)a;
+  if (take && is_zero_page(pa)) take = 0;
   if (hash) {
     if (hash_clear_before(rr, a) != 0) return -1;
     if (!take) return 0;
-    uint64_t h = page_hash((const uint64_t *)a);
+    uint64_t h = page_hash((const uint64_t *)pa);
     struct tg_hash_table *nt = tg_trk.next, *pt = tg_trk.prev;
     if (nt->count < nt->cap) nt->e[nt->count++] = (struct tg_page_hash){a, h};
     int same = inc && pt && prev_i < pt->count && pt->e[prev_i].addr == a && pt->e[prev_i].hash == h;
@@ -307,7 +339,7 @@ static int scan_private(struct runs *rr, const struct tg_rec_vma *r, int pagemap
         for (uint64_t a = reg[k].start; a < reg[k].end; a += TG_PAGE) {
           int take = TAKE(reg[k].categories);
           if (take && make_readable(r, &readable, err, errlen) != 0) return -1;
-          if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
+          if (visit_page(rr, a, take, inc, whole, hash, 0) != 0) goto werr;
         }
     } else {
       /* written pages of [s, cend), each looked up in the present ranges */
@@ -320,7 +352,7 @@ static int scan_private(struct runs *rr, const struct tg_rec_vma *r, int pagemap
           while (k < n && reg[k].end <= a) k++;
           int take = k < n && reg[k].start <= a && TAKE(reg[k].categories);
           if (take && make_readable(r, &readable, err, errlen) != 0) return -1;
-          if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
+          if (visit_page(rr, a, take, inc, whole, hash, 0) != 0) goto werr;
         }
       }
     }
@@ -335,14 +367,15 @@ werr:
 
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
-  if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || r->kind == TG_VMA_FILE_SHARED) return 0;
+  int content = (r->vflags & TG_VF_CONTENT) != 0; /* shared writable file mapping: every page up to the file's end */
+  if (r->kind == TG_VMA_VDSO || r->kind == TG_VMA_VSYSCALL || (r->kind == TG_VMA_FILE_SHARED && !content)) return 0;
   /* a PAGES record never spans two VMAs, even where they are adjacent */
   if (flush_data(rr) != 0) goto werr;
   int all = (r->vflags & TG_VF_DELETED) && r->kind == TG_VMA_ANON_PRIVATE;
   int inc = tg_trk.incremental, hash = tg_trk.mode == TG_TRACK_HASH;
   /* uffd incremental: fresh mappings are captured whole (after clearing whatever an earlier image
-   * had there); tracked ones only where written */
-  int whole = !inc || hash || is_fresh(r->start, r->end);
+   * had there); tracked ones only where written; shared file contents are never tracked */
+  int whole = !inc || hash || content || is_fresh(r->start, r->end);
   if (inc && !hash && whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
   static int no_scan; /* this kernel has no PAGEMAP_SCAN */
   if (!all && !no_scan && (r->kind == TG_VMA_ANON_PRIVATE || r->kind == TG_VMA_FILE_PRIVATE)) {
@@ -358,7 +391,9 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
   for (uint64_t base = 0; base < npages; base += pm_cap) {
     uint64_t cnt = npages - base < pm_cap ? npages - base : pm_cap;
     uint64_t addr0 = r->start + base * TG_PAGE;
-    if (r->kind == TG_VMA_ANON_SHARED) {
+    if (content) {
+      /* no page table to ask: pages past the file's end cannot be read (SIGBUS) */
+    } else if (r->kind == TG_VMA_ANON_SHARED) {
       long e = tg_sys3(SYS_mincore, addr0, cnt * TG_PAGE, mc);
       if (e < 0) { snprintf(err, errlen, "mincore %llx: %s", (unsigned long long)addr0, strerror((int)-e)); return -1; }
     } else if (!all) {
@@ -374,11 +409,12 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
       uint64_t a = addr0 + i * TG_PAGE;
       if (!whole && !is_dirty(a, dcur)) continue;
       int take;
-      if (all) take = 1;
+      if (content) take = r->pgoff + (a - r->start) < r->id.size;
+      else if (all) take = 1;
       else if (r->kind == TG_VMA_ANON_SHARED) take = mc[i] & 1;
       else if (r->kind == TG_VMA_ANON_PRIVATE) take = (pm[i] & (PM_PRESENT | PM_SWAPPED)) != 0;
       else take = (pm[i] & PM_SWAPPED) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
-      if (visit_page(rr, a, take, inc, whole, hash) != 0) goto werr;
+      if (visit_page(rr, a, take, inc, whole, hash, content) != 0) goto werr;
     }
   }
   return 0;
@@ -553,6 +589,10 @@ static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_
   return 0;
 }
 
+static int put_cb(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
+  return put_record(ctx, type, a, al, b, bl);
+}
+
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap) {
   struct writer w = {-1, 0, 0, 0, 0, buf, cap};
   tg.pid_self = (int)tg_sys0(SYS_getpid);
@@ -560,6 +600,8 @@ TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap) {
   int none[1] = {-1};
   if (put_fds(&w, none, 0, tg.fds_err, sizeof tg.fds_err) != 0 && !tg.fds_err[0])
     snprintf(tg.fds_err, sizeof tg.fds_err, "recording the fds: %s", strerror(w.err ? w.err : EIO));
+  if (!tg.fds_err[0])
+    tg_put_file_states(buf, w.off, tg.parent_maps, tg.parent_maps_len, put_cb, &w, tg.fds_err, sizeof tg.fds_err);
   tg.fds_len = w.off;
   tg.fds_nrec = w.nrec;
 }

@@ -24,6 +24,7 @@ enum tg_rec_type {
   TG_REC_TRACKING = 13,
   TG_REC_TIMERS = 14,
   TG_REC_SOCKET_DATA = 15,
+  TG_REC_FILE_STATE = 16,
 };
 
 struct tg_file_header {
@@ -78,7 +79,8 @@ struct tg_ksigaction { uint64_t handler, flags, restorer, mask; };
 
 enum tg_vma_kind { TG_VMA_ANON_PRIVATE = 1, TG_VMA_ANON_SHARED = 2, TG_VMA_FILE_PRIVATE = 3,
                    TG_VMA_FILE_SHARED = 4, TG_VMA_VDSO = 5, TG_VMA_VSYSCALL = 6 };
-enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8 };
+/* TG_VF_CONTENT: a shared writable file mapping whose contents are stored as pages (FILE_STATE) */
+enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8, TG_VF_CONTENT = 16 };
 
 struct tg_rec_vma {
   uint64_t start, end, pgoff;
@@ -148,6 +150,18 @@ struct tg_timer {
   uint64_t interval_ns, value_ns; /* value 0 = disarmed */
 };
 _Static_assert(sizeof(struct tg_timer) == 48, "timer");
+/* FILE_STATE: a regular file the process holds open for writing or maps shared and writable, as it
+ * was at the checkpoint; restore refuses if it changed (docs/format.md). */
+enum { TG_FS_FD_WRITE = 1, TG_FS_MAPPED = 2, TG_FS_COVERED = 4, TG_FS_GENERATION = 8 };
+#define TG_SHARED_CONTENT_MAX (64ull << 20) /* largest shared writable mapped file captured */
+struct tg_rec_file_state {
+  uint32_t flags, fd;            /* fd: lowest fd holding it for writing, or UINT32_MAX */
+  uint64_t dev, ino, size, mtime_ns, ctime_ns;
+  uint32_t generation, mode;     /* generation: FS_IOC_GETVERSION (valid with TG_FS_GENERATION) */
+  uint64_t covered;              /* bytes from offset 0 whose contents are stored (TG_FS_COVERED) */
+  /* path follows */
+};
+_Static_assert(sizeof(struct tg_rec_file_state) == 64, "file state");
 
 struct tg_rec_end { uint64_t record_count, pages_total, file_size; };
 

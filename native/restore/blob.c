@@ -192,6 +192,8 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     struct blob_vma *v = &p->vmas[i];
     r = tg_sys6l(SYS_mmap, v->start, v->end - v->start, v->prot, v->mflags | MAP_FIXED_NOREPLACE_, v->fd, v->pgoff);
     if (r != (long)v->start) fail(p, STEP_MMAP, r, v->start);
+    /* a file's shared mapping whose contents the image holds: zeros first (zero pages are not stored) */
+    for (volatile uint64_t *z = (volatile uint64_t *)v->start; (uint64_t)z < v->start + v->zero_len; z++) *z = 0;
   }
   /* page data, read straight into place record by record (the image may be a stream) */
   struct tg_rec_header h = p->next_hdr;

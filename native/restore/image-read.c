@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -172,6 +172,14 @@ int tg_image_load(const char *path, struct image *img) {
       free(p);
       break;
     }
+    case TG_REC_FILE_STATE:
+      NEED(sizeof(struct tg_rec_file_state));
+      GROW(img->files, img->nfiles);
+      memcpy(&img->files[img->nfiles].r, p, sizeof(struct tg_rec_file_state));
+      img->files[img->nfiles].path = strdup(p + sizeof(struct tg_rec_file_state));
+      img->nfiles++;
+      free(p);
+      break;
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
     }

@@ -58,6 +58,19 @@ static int open_mapped_files(char *err, size_t errlen) {
     size_t k;
     for (k = 0; k < nmapfiles; k++) if (mapfiles[k].id.ino == v->id.ino && mapfiles[k].id.dev == v->id.dev && mapfiles[k].rw == rw) break;
     if (k < nmapfiles) continue;
+    if (v->vflags & TG_VF_CONTENT) {
+      /* contents in the image: written back into the same file, else restored as shared memory */
+      int fd = open(img.vmas[i].path, O_RDWR | O_CLOEXEC);
+      if (!tg_content_file_usable(&img, v, fd)) {
+        if (fd >= 0) close(fd);
+        for (size_t j = i; j < img.nvmas; j++)
+          if (img.vmas[j].r.kind == TG_VMA_FILE_SHARED && img.vmas[j].r.id.ino == v->id.ino && img.vmas[j].r.id.dev == v->id.dev)
+            img.vmas[j].r.kind = TG_VMA_ANON_SHARED;
+        continue;
+      }
+      mapfiles[nmapfiles++] = (struct mapfile){img.vmas[i].path, v->id, fd, rw};
+      continue;
+    }
     int fd = open(img.vmas[i].path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) { snprintf(err, errlen, "cannot open %s, mapped by the application: %s", img.vmas[i].path, strerror(errno)); return -1; }
     /* same size and mtime: the same file, also on another host with the same packages (inode numbers
@@ -207,8 +220,14 @@ static void __attribute__((noreturn)) stage1(void) {
     }
     if ((v->kind == TG_VMA_FILE_PRIVATE || v->kind == TG_VMA_FILE_SHARED) && bv->fd < 0)
       report_fail("mapping %llx: file %s was not opened", (unsigned long long)v->start, img.vmas[i].path);
-    /* every mapping but a shared file one may receive pages: mapped writable, then protected */
-    bv->fill = v->kind != TG_VMA_FILE_SHARED;
+    /* every mapping but a shared file one may receive pages: mapped writable, then protected; a
+     * shared file mapping with its contents in the image is zeroed up to the file's end, then filled */
+    bv->fill = v->kind != TG_VMA_FILE_SHARED || (v->vflags & TG_VF_CONTENT);
+    bv->zero_len = 0;
+    if (v->kind == TG_VMA_FILE_SHARED && (v->vflags & TG_VF_CONTENT) && v->id.size > v->pgoff) {
+      uint64_t n = (v->id.size - v->pgoff + 4095) & ~4095ull;
+      bv->zero_len = n < v->end - v->start ? n : v->end - v->start;
+    }
   }
   p->next_hdr = img.next_hdr;
   p->next_off = img.next_off;
@@ -291,15 +310,19 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--verbose]\n");
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--verbose]\n"
+                  "       tardigrade-restore --check-files --image FILE|- [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   struct tg_launch l;
   memset(&l, 0, sizeof l);
+  int allow_changes = 0, check_only = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
+    if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
+    if (strcmp(argv[i], "--check-files") == 0) { check_only = 1; continue; }
     if (i + 1 >= argc) usage();
     if (strcmp(argv[i], "--image") == 0) l.image = argv[++i];
     else if (strcmp(argv[i], "--status") == 0) l.status_path = argv[++i];
@@ -308,11 +331,17 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
     else usage();
   }
-  if (!l.image || !l.status_path || !l.sock || !l.pidfile) usage();
-  if (strlen(l.sock) >= 108) tg_die("--sock path is too long (max 107 bytes)");
+  if (!l.image || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
+  if (l.sock && strlen(l.sock) >= 108) tg_die("--sock path is too long (max 107 bytes)");
   launch = &l;
   if (tg_image_load(l.image, &img) != 0) return 2;
-  char err[1024];
+  char err[4096];
+  /* before anything is created: a refused restore starts nothing (exit status 3) */
+  if (tg_check_file_states(&img, allow_changes, err, sizeof err) != 0) {
+    fprintf(stderr, "tardigrade-restore: FILES-CHANGED %s\n", err);
+    return 3;
+  }
+  if (check_only) return 0;
   if (tg_check_timers(&img, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
     fprintf(stderr, "tardigrade-restore: %s\n", err);
     return 2;

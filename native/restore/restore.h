@@ -9,6 +9,7 @@ struct img_vma { struct tg_rec_vma r; char *path; };
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
 struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
+struct img_file { struct tg_rec_file_state r; char *path; };
 
 struct image {
   const char *path;
@@ -27,6 +28,7 @@ struct image {
   struct tg_itimer itimers[TG_NITIMERS];
   struct tg_timer *timers; size_t ntimers; /* POSIX timers (TIMERS record) */
   struct img_sockdata *socks; size_t nsocks;
+  struct img_file *files; size_t nfiles;
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -45,6 +47,12 @@ extern const char *tg_stdio_log;
 int tg_check_timers(const struct image *img, char *err, size_t errlen);
 /* unix.c: makes the socket pair of record i (and its peer's) at fds >= tmp_base, into tmp[]. */
 int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *err, size_t errlen);
+/* filecheck.c: every FILE_STATE file must be as it was at the checkpoint (files are not rolled back
+ * yet); 0, or -1 with the changed files named in err. allow: report nothing, return 0. */
+int tg_check_file_states(const struct image *img, int allow, char *err, size_t errlen);
+/* filecheck.c: may a shared writable mapping with stored contents (TG_VF_CONTENT) be written back into
+ * the file open as fd (same file, large enough)? 0 = restore it as shared memory instead. */
+int tg_content_file_usable(const struct image *img, const struct tg_rec_vma *v, int fd);
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

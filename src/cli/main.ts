@@ -114,14 +114,15 @@ export function buildProgram(): Command {
     .argument("<name>", "app name")
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
+    .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint (they are not rolled back)")
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
       const from = o.from ? { url: o.from, token: mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
@@ -180,6 +181,7 @@ export function buildProgram(): Command {
       if (img.timers.length) out(`\ntimers:\n${table(["TIMER", "CLOCK", "NOTIFY", "SIGNAL", "INTERVAL", "LEFT", "OVERRUN"], img.timers.map((x) => [x.id === null ? x.kind : `${x.kind} ${x.id}`, x.clock, x.notify, x.signal, x.interval === "0" ? "-" : duration(Number(x.interval)), x.value === "0" ? "disarmed" : duration(Number(x.value)), String(x.overrun)]))}`);
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
+      if (img.files.length) out(`\nfiles checked at restore:\n${table(["HELD", "SIZE", "INODE", "GEN", "CONTENTS", "PATH"], img.files.map((f) => [f.held, f.size, f.inode, f.generation === null ? "-" : String(f.generation), f.contentsStored ? "stored" : "-", f.path]))}`);
       if (img.rlimits.length) out(`\nlimits: ${img.rlimits.map((r) => `${r.resource} ${r.cur}/${r.max}`).join(", ")}`);
       out(`\nmemory (${img.vmas.length} mappings):\n${table(["START", "END", "PROT", "KIND", "STORED", "PATH"], img.vmas.map((v) => [v.start, v.end, v.prot, v.kind, String(v.pagesStored), v.path]))}`);
     });

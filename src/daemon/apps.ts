@@ -18,6 +18,7 @@ import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
 import { testDelay } from "./test-hooks.js";
 import { daemonStartUmask, validUmask } from "./private-fs.js";
+import { checkFiles, writeRestoreFailed, writeRestoreMarker } from "./file-check.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
@@ -608,7 +609,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
@@ -625,10 +626,13 @@ export class AppManager {
       const running = st && st.state !== "exited";
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress);
+      const allow = opts.allowFileChanges === true;
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow);
       const opened = await this.store.openImage(m.id);
       try {
         const restoreBin = nativeBinary("tardigrade-restore");
+        // files written since the checkpoint: refuse before anything is killed or started
+        await checkFiles({ app: name, checkpoint: m.id, image: opened.path, logFile: dir.logFile, allow });
         // The image is verified (every bound and CRC; names the file and offset of any
         // damage) before anything else when a running app would be killed for it;
         // otherwise while tardigrade-restore reads it (the restorer checks every CRC
@@ -649,7 +653,8 @@ export class AppManager {
         const facts = saveFacts(dir);
         let l: Launched;
         try {
-          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile], {
+          await writeRestoreMarker(dir.logFile, m.id);
+          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
             timeoutMs: 120_000,
             onSpawn: async (pid, start) => {
               record.launcherPid = pid;
@@ -660,6 +665,7 @@ export class AppManager {
         } catch (e) {
           // Nothing of the failed attempt may look alive; the replaced app's exit status stays.
           await facts.putBack();
+          await writeRestoreFailed(dir.logFile, m.id);
           await verify; // a damaged image is the real cause: report it (file, offset, what)
           if (e instanceof LaunchFailure) {
             const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
@@ -699,21 +705,23 @@ export class AppManager {
   }
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
     try {
-      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress);
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
       unpin();
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
     const name = dir.name;
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
+    // files written since the checkpoint: refuse before anything is killed or started
+    await checkFiles({ app: name, checkpoint: m.id, image: exportForRestore(store.cas, m.id), logFile: dir.logFile, allow });
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.
@@ -736,7 +744,8 @@ export class AppManager {
     });
     let l: Launched;
     try {
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile], {
+      await writeRestoreMarker(dir.logFile, m.id);
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
         timeoutMs: 120_000,
         stdin: image,
         onSpawn: async (pid, start) => {
@@ -748,6 +757,7 @@ export class AppManager {
     } catch (e) {
       image.destroy();
       await facts.putBack(); // the replaced app's exit status stays
+      await writeRestoreFailed(dir.logFile, m.id);
       if (exportError) throw exportError;
       if (e instanceof LaunchFailure) {
         const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;

@@ -13,6 +13,7 @@ import type { CasCheckpoint, IngestInfo } from "../store/cas/types.js";
 import { checkpoint as agentCheckpoint, type CheckpointEvent, type CheckpointOptions } from "./agent.js";
 import { noSpaceError } from "./disk-full.js";
 import { openFifoReader } from "./fifo-reader.js";
+import { testDelay } from "./test-hooks.js";
 
 export interface CasCapture {
   checkpoint: CasCheckpoint;
@@ -83,7 +84,12 @@ export async function captureIntoCas(
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
     }
     if (failure) {
-      const storeFirst = ingestError !== null; // the store failed before the agent did
+      await testDelay("checkpoint-agent-failed"); // lets the store see the image end first (tests)
+      // The store failed first and the agent then saw its pipe closed: the store's reason is the
+      // one that matters. An agent that stopped for a reason of its own (a refusal, after the
+      // image's first records) makes the store see the image end early, maybe before the agent's
+      // reply arrives here: then the agent's reason is the one that matters.
+      const storeFirst = ingestError !== null && /Broken pipe|killed by signal 13\b/.test(failure.why);
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
@@ -92,7 +98,6 @@ export async function captureIntoCas(
       if (ingestError && ingestError !== failure) {
         const full = noSpaceError(ingestError, `checkpoint of ${app} failed`, [cas.root]);
         if (full) throw full;
-        // The agent only saw the pipe close: the store's reason is the one that matters.
         if (storeFirst) {
           throw new TgError(`checkpoint of ${app} failed`, `the store refused the image: ${errMessage(ingestError)}`, "Nothing was committed; the app keeps running and earlier checkpoints are intact", "checkpoint-failed");
         }

@@ -29,6 +29,8 @@ export enum RecordType {
   TIMERS = 14,
   /** Data queued in a Unix socket of a pair inside the app (u64 ino, u32 sock type, u32 nmsg, then bytes or nmsg x { u32 len, bytes }). */
   SOCKET_DATA = 15,
+  /** A regular file held open for writing or mapped shared and writable, as it was at the checkpoint. */
+  FILE_STATE = 16,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -48,6 +50,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
   [RecordType.SOCKET_DATA]: 16,
+  [RecordType.FILE_STATE]: 64,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
@@ -231,6 +234,24 @@ export interface TimersInfo {
   /** ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF. */
   itimers: { intervalNs: bigint; valueNs: bigint }[];
   timers: PosixTimer[];
+}
+
+/** VMA vflags bit: a shared writable file mapping whose contents are stored as pages. */
+export const VF_CONTENT = 16;
+
+/** FILE_STATE flags. */
+export const FILE_STATE_FLAGS = { fdWrite: 1, mapped: 2, covered: 4, generation: 8 } as const;
+
+export interface FileState {
+  flags: number;
+  /** Lowest fd holding it for writing, or null. */
+  fd: number | null;
+  file: FileId;
+  ctimeNs: bigint;
+  generation: number | null;
+  /** Bytes from offset 0 whose contents the image holds (shared writable mappings). */
+  covered: bigint;
+  path: string;
 }
 
 export interface EndInfo {

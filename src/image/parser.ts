@@ -22,6 +22,7 @@ import {
   type FdInfo,
   type FileHeader,
   type FileId,
+  type FileState,
   type PageExtent,
   type ProcInfo,
   type SocketData,
@@ -64,6 +65,8 @@ export interface ParsedImage {
   pipes: { inode: bigint; bytes: number }[];
   /** SOCKET_DATA records: what was queued in each Unix socket of a pair inside the app. */
   sockets: SocketData[];
+  /** FILE_STATE records: files held for writing or mapped shared and writable. */
+  files: FileState[];
   extents: PageExtent[];
   /** PAGES_CLEAR runs (incremental images). */
   clears: ClearExtent[];
@@ -187,6 +190,20 @@ export function decodeTimers(p: Buffer): TimersInfo | string {
   return { itimers, timers };
 }
 
+function decodeFileState(p: Buffer): FileState {
+  const flags = p.readUInt32LE(0);
+  const fd = p.readUInt32LE(4);
+  return {
+    flags,
+    fd: fd === 0xffffffff ? null : fd,
+    file: { dev: u64(p, 8), ino: u64(p, 16), size: u64(p, 24), mtimeNs: u64(p, 32), mode: p.readUInt32LE(52) },
+    ctimeNs: u64(p, 40),
+    generation: flags & 8 ? p.readUInt32LE(48) : null,
+    covered: u64(p, 56),
+    path: str(p, 64),
+  };
+}
+
 /** Incremental reader over one open image, with every check of docs/format.md. */
 class ImageReader {
   private scratch: Buffer;
@@ -253,6 +270,7 @@ class ImageReader {
       fds: [],
       pipes: [],
       sockets: [],
+      files: [],
       extents: [],
       clears: [],
       tracking: null,
@@ -416,6 +434,9 @@ class ImageReader {
         out.clears.push({ addr, npages });
         return null;
       }
+      case RecordType.FILE_STATE:
+        out.files.push(decodeFileState(p));
+        return null;
       case RecordType.TRACKING:
         out.tracking = { mode: p.readUInt32LE(0), pagesScanned: u64(p, 8), pagesWritten: u64(p, 16), freshMappings: u64(p, 24) };
         return null;

@@ -1,6 +1,6 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
 import { constants as osConstants } from "node:os";
-import { FD_KIND, SOCK_TYPE, VMA_KIND, type FdInfo } from "./format.js";
+import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo } from "./format.js";
 import { parseImage } from "./parser.js";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
@@ -21,12 +21,14 @@ export interface ImageSummary {
   exe: string | null;
   pages: number;
   records: number;
-  vmas: { start: string; end: string; prot: string; kind: string; path: string; pagesStored: number }[];
+  vmas: { start: string; end: string; prot: string; kind: string; path: string; pagesStored: number; contents?: true }[];
   threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string }[];
   fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
   pipes: { inode: string; bytes: number }[];
   /** Data queued in Unix sockets of pairs inside the app, per receiving socket. */
   sockets: { inode: string; type: string; bytes: number; messages: number }[];
+  /** Files held for writing or mapped shared and writable: a restore refuses if they changed (FILE_STATE). */
+  files: { path: string; held: string; size: string; inode: string; generation: number | null; mtime: string; contentsStored: boolean }[];
   /** Signals whose disposition is not the default: handler address, or "ignore". */
   signals: { signo: number; name: string; handler: string; flags: string; mask: string }[];
   /** Limits that are not unlimited (cur/max, "inf" for RLIM_INFINITY). */
@@ -107,11 +109,28 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     exe: img.exe?.path ?? null,
     pages: img.pagesTotal,
     records: img.recordCount,
-    vmas: img.vmas.map((v, i) => ({ start: hex(v.start), end: hex(v.end), prot: prot(v.prot), kind: VMA_KIND[v.kind] ?? `kind ${v.kind}`, path: v.path, pagesStored: stored.get(i) ?? 0 })),
+    vmas: img.vmas.map((v, i) => ({
+      start: hex(v.start),
+      end: hex(v.end),
+      prot: prot(v.prot),
+      kind: VMA_KIND[v.kind] ?? `kind ${v.kind}`,
+      path: v.path,
+      pagesStored: stored.get(i) ?? 0,
+      ...(v.vflags & VF_CONTENT ? { contents: true as const } : {}),
+    })),
     threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
     fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: fdPath(f, img.fds), flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
     sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages })),
+    files: img.files.map((f) => ({
+      path: f.path,
+      held: [f.fd !== null ? `fd ${f.fd} (write)` : "", f.flags & FILE_STATE_FLAGS.mapped ? "mapped shared rw" : ""].filter(Boolean).join(", "),
+      size: f.file.size.toString(),
+      inode: f.file.ino.toString(),
+      generation: f.generation,
+      mtime: new Date(Number(f.file.mtimeNs / 1_000_000n)).toISOString(),
+      contentsStored: (f.flags & FILE_STATE_FLAGS.covered) !== 0,
+    })),
     signals: img.sigactions
       .filter((a) => a.handler !== 0n)
       .map((a) => ({ signo: a.signo, name: signalName(a.signo), handler: a.handler === 1n ? "ignore" : hex(a.handler), flags: hex(a.flags), mask: hex(a.mask) })),

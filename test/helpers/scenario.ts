@@ -17,7 +17,8 @@ export interface AppStatus {
 const BAD = /^(CORRUPT|INVARIANT|ERROR)/;
 
 export function lines(text: string): string[] {
-  return text.split("\n").filter((l) => l.length > 0 && !l.startsWith("tardigrade"));
+  // not the app's: tardigrade's messages and the marker a restore writes into the log
+  return text.split("\n").filter((l) => l.length > 0 && !l.startsWith("tardigrade") && !l.startsWith("--- tardigrade: restored "));
 }
 
 /** Runs the program without tardigrade: what an uninterrupted run prints. */
@@ -109,6 +110,8 @@ export interface Scenario {
   done?: RegExp;
   /** What an uninterrupted run prints; the restored output must be a suffix of it. */
   baseline?: Promise<{ lines: string[]; code: number | null }>;
+  /** Extra arguments for `restore` (e.g. --allow-file-changes). */
+  restoreArgs?: string[];
   /** Called right after the restore returned (e.g. to send signals). */
   afterRestore?(h: TestHome): Promise<void>;
   timeoutMs?: number;
@@ -131,7 +134,7 @@ export async function checkpointKillRestore(h: TestHome, s: Scenario): Promise<S
   await killApp(h, s.name);
   if (s.gateStep) writeFileSync(gate, "");
   const from = logSize(h, s.name);
-  const r = await h.cli(["restore", s.name, "--json"]);
+  const r = await h.cli(["restore", s.name, "--json", ...(s.restoreArgs ?? [])]);
   assert.equal(r.code, 0, `restore failed: ${r.stderr}\n--- log ---\n${h.log(s.name)}`);
   const rr = JSON.parse(r.stdout) as { checkpoint: string; restoreNs: number };
   assert.equal(rr.checkpoint, m.id);

@@ -4,7 +4,7 @@
 // vdso/vsyscall/shared-file kinds). Works on page hashes only: no page data is read.
 import type { CheckpointRow, ExtentRow } from "./catalog.js";
 import { requireCheckpoint, type StoreContext } from "./context.js";
-import { metaVmas, UNSTORED_VMA_KINDS } from "./meta.js";
+import { metaVmas, storedVma } from "./meta.js";
 import { storeCorrupt, HASH_LEN, LOC_LEN, pageOf } from "./util.js";
 import { MAX_PAGES_PER_RECORD } from "../../image/format.js";
 
@@ -76,7 +76,7 @@ export function toRecords({ mem, rows }: Composed, metaBlob: Buffer, id: string)
   const out: ComposedRecord[] = [];
   let k = 0;
   for (const v of metaVmas(metaBlob, id)) {
-    if (UNSTORED_VMA_KINDS.has(v.kind)) continue;
+    if (!storedVma(v)) continue;
     const s = pageOf(v.start);
     const e = pageOf(v.end);
     // first key >= s
@@ -120,7 +120,7 @@ export function toRecords({ mem, rows }: Composed, metaBlob: Buffer, id: string)
  * (the general composition then applies). Saves the page map (~0.4 s per GiB).
  */
 export function ownRecords(ext: ExtentRow[], metaBlob: Buffer, id: string): ComposedRecord[] | null {
-  const vmas = metaVmas(metaBlob, id).filter((v) => !UNSTORED_VMA_KINDS.has(v.kind));
+  const vmas = metaVmas(metaBlob, id).filter(storedVma);
   const out: ComposedRecord[] = [];
   let v = 0;
   let prevEnd = -1;
