@@ -4,11 +4,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "../common/image.h"
+#include "../resources/resource.h"
 
 struct img_vma { struct tg_rec_vma r; char *path; };
-struct img_fd { struct tg_rec_fd r; char *extra; };
-struct img_pipe { uint64_t ino; char *data; size_t len; };
-struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
 
 struct image {
   const char *path;
@@ -35,7 +33,7 @@ struct image {
  * a pipe); the blob reads the PAGES and END records straight into place. On error prints "<file>: offset N: <what>" and returns -1. */
 int tg_image_load(const char *path, struct image *img);
 
-/* fds.c: rebuilds the fd table (every fd >= keep_from is the restorer's own and left alone). */
+/* fds.c: rebuilds the fd table through the resource kinds (native/resources/). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
 /* --stdio-log: where the app's appended stdout/stderr go on this host */
@@ -43,8 +41,4 @@ extern const char *tg_stdio_log;
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);
-/* unix.c: makes the socket pair of record i (and its peer's) at fds >= tmp_base, into tmp[]. */
-int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *err, size_t errlen);
-
-int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif
