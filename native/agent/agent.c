@@ -59,22 +59,6 @@ TG_HIDDEN int tg_is_hidden_fd(int fd) {
                      fd == tg.err_wr || tg_track_is_hidden_fd(fd));
 }
 
-TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap) {
-  long fd = tg_sys3(SYS_open, path, O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) return fd;
-  size_t n = 0;
-  while (n + 1 < cap) {
-    long r = tg_sys3(SYS_read, fd, buf + n, cap - 1 - n);
-    if (r == -EINTR) continue;
-    if (r < 0) { tg_sys1(SYS_close, fd); return r; }
-    if (r == 0) break;
-    n += (size_t)r;
-  }
-  buf[n] = 0;
-  tg_sys1(SYS_close, fd);
-  return (long)n;
-}
-
 /* "Key:\tvalue" from a /proc status file; hex for signal masks. */
 TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex) {
   size_t kl = strlen(key);

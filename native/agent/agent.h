@@ -11,6 +11,8 @@
 #include "../common/image.h"
 
 #define TG_HIDDEN __attribute__((visibility("hidden")))
+#include "../common/readfile.h"
+#include "../resources/resource.h"
 #define TG_MAX_THREADS 4096
 #define TG_MAX_HIDDEN_FDS 16
 #define TG_MAX_DONTFORK 8192
@@ -72,7 +74,7 @@ TG_HIDDEN extern void tg_resume_trampoline(void);
 TG_HIDDEN uint64_t tg_now_ns(int clock);
 TG_HIDDEN int tg_is_hidden_fd(int fd);
 
-/* fds.c: classify one fd of this process. Returns 0 and fills rec/extra, or -1 with a message in err
+/* fds.c (the fd walk; the kinds are in native/resources/): classify one fd of this process. Returns 0 and fills rec/extra, or -1 with a message in err
  * naming the fd and why it cannot be captured. Uses only syscalls (safe in the snapshot child). */
 TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
                              size_t errlen);
@@ -82,12 +84,14 @@ TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t 
 TG_HIDDEN int tg_check_no_children(char *err, size_t errlen);
 /* Checks every application fd; 0 if all are supported, else -1 with the first problem in err. */
 TG_HIDDEN int tg_precheck_fds(char *err, size_t errlen);
+/* The fd walk behind both: with emit set, writes every FD record and each kind's data records
+ * (pipe contents, socket queues) through it. 0, or -1 with err. */
+TG_HIDDEN int tg_walk_fds(tg_emit_fn emit, void *ctx, char *err, size_t errlen);
 
 /* filestate.c: FILE_STATE records of the regular files held for writing (from the FD records in
  * fdrecs) or mapped shared and writable (from maps), each passed to put. -1 with err: a shared
  * writable mapping of a file too large to capture, or no room. */
-typedef int (*tg_put_fn)(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl);
-TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char *maps, long ml, tg_put_fn put, void *ctx,
+TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char *maps, long ml, tg_emit_fn put, void *ctx,
                                  char *err, size_t errlen);
 
 /* filestate.c: copies the contents of shared writable file mappings (the snapshot does not freeze
@@ -122,6 +126,5 @@ TG_HIDDEN int tg_vma_special(const struct tg_vma *v); /* vdso, vvar, vsyscall */
 TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
 
 /* util */
-TG_HIDDEN long tg_read_file(const char *path, char *buf, size_t cap);
 TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex);
 #endif

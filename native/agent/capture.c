@@ -20,7 +20,6 @@
 #include "../common/sys.h"
 #include "pagemap.h"
 #include "track.h"
-#include "unix.h"
 
 struct writer {
   int fd;
@@ -505,103 +504,20 @@ static int put_path_record(struct writer *w, uint32_t type, const char *link, in
   return put_record(w, type, &id, sizeof id, path, (size_t)n);
 }
 
-static int emit_record(void *w, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
-  return put_record(w, type, a, al, b, bl);
-}
-
-static int put_fds(struct writer *w, int self_fds[], int nself, char *err, size_t errlen) {
-  int dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-  if (dfd < 0) { snprintf(err, errlen, "cannot list fds: %s", strerror(-dfd)); return -1; }
-  char buf[4096];
-  static char extra[1 << 16];
-  static struct { uint32_t fd; uint64_t ino; uint32_t kind; } seen[4096];
-  int nseen = 0;
-  tg_unix_begin();
-  for (;;) {
-    long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
-    if (n <= 0) break;
-    for (long off = 0; off < n;) {
-      struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
-      off += d->reclen;
-      if (d->name[0] < '0' || d->name[0] > '9') continue;
-      int fd = atoi(d->name), skip = fd == dfd || tg_is_hidden_fd(fd);
-      for (int i = 0; i < nself; i++) if (self_fds[i] == fd) skip = 1;
-      if (skip) continue;
-      struct tg_rec_fd rec;
-      if (tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen) != 0) { tg_sys1(SYS_close, dfd); return -1; }
-      /* fds sharing one open file description (dup) are restored as dups: reserved = 1 + fd */
-      for (int i = 0; i < nseen; i++)
-        if (seen[i].ino == rec.id.ino && tg_sys5(SYS_kcmp, tg.pid_self, tg.pid_self, 0 /* KCMP_FILE */, seen[i].fd, fd) == 0) {
-          rec.reserved = seen[i].fd + 1;
-          break;
-        }
-      if (nseen < 4096) { seen[nseen].fd = (uint32_t)fd; seen[nseen].ino = rec.id.ino; seen[nseen].kind = rec.kind; nseen++; }
-      if (put_record(w, TG_REC_FD, &rec, sizeof rec, extra, rec.extra_len) != 0) {
-        snprintf(err, errlen, "writing the image: %s", strerror(w->err));
-        tg_sys1(SYS_close, dfd);
-        return -1;
-      }
-    }
-  }
-  tg_sys1(SYS_close, dfd);
-  /* Unix socket pairs: both ends must be ours; then keep what is queued in them (unix.c) */
-  if (tg_unix_end(emit_record, w, err, errlen) != 0) return -1;
-  /* pipes: both ends must be ours; then keep what is buffered in them */
-  for (int i = 0; i < nseen; i++) {
-    if (seen[i].kind != TG_FD_PIPE_R && seen[i].kind != TG_FD_PIPE_W) continue;
-    int other = 0;
-    for (int j = 0; j < nseen; j++) {
-      if (seen[j].ino != seen[i].ino) continue;
-      if ((seen[j].kind == TG_FD_PIPE_R) != (seen[i].kind == TG_FD_PIPE_R)) other = 1;
-    }
-    if (!other) {
-      snprintf(err, errlen,
-               "fd %u (pipe:[%llu], %s end): the other end of this pipe is outside the process; pipes to other "
-               "processes are not supported yet",
-               seen[i].fd, (unsigned long long)seen[i].ino, seen[i].kind == TG_FD_PIPE_R ? "read" : "write");
-      return -1;
-    }
-    if (seen[i].kind != TG_FD_PIPE_R) continue;
-    int captured = 0;
-    for (int j = 0; j < i; j++) if (seen[j].ino == seen[i].ino && seen[j].kind == TG_FD_PIPE_R) captured = 1;
-    if (captured) continue; /* data is captured once per pipe, through its first read end */
-    int tp[2];
-    if (tg_sys2(SYS_pipe2, tp, O_CLOEXEC | O_NONBLOCK) != 0) { snprintf(err, errlen, "pipe2 failed"); return -1; }
-    tg_sys3(SYS_fcntl, tp[1], F_SETPIPE_SZ, 1 << 20);
-    long got = tg_sys4(SYS_tee, seen[i].fd, tp[1], 1 << 20, SPLICE_F_NONBLOCK);
-    if (got < 0 && got != -EAGAIN) { snprintf(err, errlen, "fd %u: tee: %s", seen[i].fd, strerror((int)-got)); return -1; }
-    char *data = extra;
-    long len = 0;
-    while (got > 0 && len < (long)sizeof extra) {
-      long r = tg_sys3(SYS_read, tp[0], data + len, sizeof extra - (size_t)len);
-      if (r <= 0) break;
-      len += r;
-    }
-    tg_sys1(SYS_close, tp[0]);
-    tg_sys1(SYS_close, tp[1]);
-    if (got > (long)sizeof extra) { snprintf(err, errlen, "fd %u: more than %zu bytes buffered in a pipe", seen[i].fd, sizeof extra); return -1; }
-    uint64_t ino = seen[i].ino;
-    if (put_record(w, TG_REC_PIPE_DATA, &ino, sizeof ino, data, (size_t)(len > 0 ? len : 0)) != 0) {
-      snprintf(err, errlen, "writing the image: %s", strerror(w->err));
-      return -1;
-    }
-  }
-  return 0;
-}
-
-static int put_cb(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
-  return put_record(ctx, type, a, al, b, bl);
+/* resource.h's emit: one record through the writer; 0 or the errno that stopped it */
+static int emit_record(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl) {
+  struct writer *w = ctx;
+  return put_record(w, type, a, al, b, bl) == 0 ? 0 : (w->err ? w->err : EIO);
 }
 
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap) {
   struct writer w = {-1, 0, 0, 0, 0, buf, cap};
   tg.pid_self = (int)tg_sys0(SYS_getpid);
   tg.fds_err[0] = 0;
-  int none[1] = {-1};
-  if (put_fds(&w, none, 0, tg.fds_err, sizeof tg.fds_err) != 0 && !tg.fds_err[0])
+  if (tg_walk_fds(emit_record, &w, tg.fds_err, sizeof tg.fds_err) != 0 && !tg.fds_err[0])
     snprintf(tg.fds_err, sizeof tg.fds_err, "recording the fds: %s", strerror(w.err ? w.err : EIO));
   if (!tg.fds_err[0])
-    tg_put_file_states(buf, w.off, tg.parent_maps, tg.parent_maps_len, put_cb, &w, tg.fds_err, sizeof tg.fds_err);
+    tg_put_file_states(buf, w.off, tg.parent_maps, tg.parent_maps_len, emit_record, &w, tg.fds_err, sizeof tg.fds_err);
   tg.fds_len = w.off;
   tg.fds_nrec = w.nrec;
 }

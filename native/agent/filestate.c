@@ -141,7 +141,7 @@ static uint64_t covered_prefix(int file) {
   return cov;
 }
 
-TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char *maps, long ml, tg_put_fn put, void *ctx,
+TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char *maps, long ml, tg_emit_fn put, void *ctx,
                                  char *err, size_t errlen) {
   nfiles = 0;
   nranges = 0;
@@ -154,8 +154,9 @@ TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char 
       f->r.covered = cov < f->r.size ? cov : f->r.size;
       if (cov >= f->r.size) f->r.flags |= TG_FS_COVERED;
     }
-    if (put(ctx, TG_REC_FILE_STATE, &f->r, sizeof f->r, f->path, f->pathlen) != 0) {
-      snprintf(err, errlen, "recording the file states: %s", strerror(ENOSPC));
+    int we = put(ctx, TG_REC_FILE_STATE, &f->r, sizeof f->r, f->path, f->pathlen);
+    if (we != 0) {
+      snprintf(err, errlen, "recording the file states: %s", strerror(we));
       return -1;
     }
   }

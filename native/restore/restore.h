@@ -4,11 +4,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "../common/image.h"
+#include "../resources/resource.h"
 
 struct img_vma { struct tg_rec_vma r; char *path; };
-struct img_fd { struct tg_rec_fd r; char *extra; };
-struct img_pipe { uint64_t ino; char *data; size_t len; };
-struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
 struct img_file { struct tg_rec_file_state r; char *path; };
 
 struct image {
@@ -37,7 +35,7 @@ struct image {
  * a pipe); the blob reads the PAGES and END records straight into place. On error prints "<file>: offset N: <what>" and returns -1. */
 int tg_image_load(const char *path, struct image *img);
 
-/* fds.c: rebuilds the fd table (every fd >= keep_from is the restorer's own and left alone). */
+/* fds.c: rebuilds the fd table through the resource kinds (native/resources/). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
 /* --stdio-log: where the app's appended stdout/stderr go on this host */
@@ -45,14 +43,10 @@ extern const char *tg_stdio_log;
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);
-/* unix.c: makes the socket pair of record i (and its peer's) at fds >= tmp_base, into tmp[]. */
-int tg_unix_restore(struct image *img, size_t i, int *tmp, int tmp_base, char *err, size_t errlen);
 /* filecheck.c: every FILE_STATE file must be as it was at the checkpoint (files are not rolled back
  * yet); 0, or -1 with the changed files named in err. allow: report nothing, return 0. */
 int tg_check_file_states(const struct image *img, int allow, char *err, size_t errlen);
 /* filecheck.c: may a shared writable mapping with stored contents (TG_VF_CONTENT) be written back into
  * the file open as fd (same file, large enough)? 0 = restore it as shared memory instead. */
 int tg_content_file_usable(const struct image *img, const struct tg_rec_vma *v, int fd);
-
-int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

@@ -1,0 +1,85 @@
+/* Paths that can be reopened: regular files, directories, character devices and named FIFOs
+ * (FD kinds 1, 2, 3, 6). Captured as path, flags, offset and identity (device, inode, size,
+ * mtime); restored by opening the path again, checking it is the same file, and seeking. */
+#include "resource.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
+                    size_t errlen) {
+  mode_t m = p->st->st_mode;
+  if (!(S_ISREG(m) || S_ISDIR(m) || S_ISCHR(m) || (S_ISFIFO(m) && p->target[0] == '/'))) return 1;
+  size_t tl = p->target_len;
+  if (tl > 10 && strcmp(p->target + tl - 10, " (deleted)") == 0) {
+    snprintf(err, errlen, "fd %d: file %s has been deleted; deleted open files are not supported yet", p->fd, p->target);
+    return -1;
+  }
+  if (p->target[0] != '/') { snprintf(err, errlen, "fd %d (%s): not a path that can be reopened", p->fd, p->target); return -1; }
+  if (S_ISREG(m)) rec->kind = TG_FD_FILE;
+  else if (S_ISDIR(m)) rec->kind = TG_FD_DIR;
+  else if (S_ISCHR(m)) {
+    rec->kind = TG_FD_CHR;
+    rec->aux = p->st->st_rdev;
+    /* /dev/pts/N and /dev/ttyN belong to a terminal that does not survive a restore */
+    unsigned maj = major(p->st->st_rdev);
+    if (maj == 136 || maj == 4 || maj == 5) {
+      snprintf(err, errlen, "fd %d: terminal %s is not supported (run the app with its stdio redirected; tardigrade run does that)", p->fd, p->target);
+      return -1;
+    }
+  } else rec->kind = TG_FD_FIFO;
+  if (tl > extra_cap) { snprintf(err, errlen, "fd %d: path too long", p->fd); return -1; }
+  memcpy(extra, p->target, tl);
+  rec->extra_len = (uint32_t)tl;
+  return 0;
+}
+
+int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) { snprintf(err, errlen, "%s: fstat: %s", path, strerror(errno)); return -1; }
+  if (st.st_dev != id->dev || st.st_ino != id->ino) {
+    snprintf(err, errlen, "%s is not the file the application had open at the checkpoint (it was replaced: inode %llu, was %llu)",
+             path, (unsigned long long)st.st_ino, (unsigned long long)id->ino);
+    return -1;
+  }
+  return 0;
+}
+
+static int owns(uint32_t k) { return k == TG_FD_FILE || k == TG_FD_DIR || k == TG_FD_CHR || k == TG_FD_FIFO; }
+
+static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  const struct tg_rec_fd *r = &rc->fds[i].r;
+  char path[4097];
+  size_t pl = r->extra_len < 4096 ? r->extra_len : 4096;
+  memcpy(path, rc->fds[i].extra, pl);
+  path[pl] = 0;
+  int flags = (int)(r->open_flags & ~(uint32_t)(O_CREAT | O_TRUNC | O_EXCL)) | O_CLOEXEC;
+  /* the app's stdout/stderr log (appended): this host's log file, whatever its path was */
+  int stdio_log = rc->stdio_log && r->kind == TG_FD_FILE && (r->fd == 1 || r->fd == 2) && (r->open_flags & O_APPEND);
+  if (stdio_log) {
+    snprintf(path, sizeof path, "%s", rc->stdio_log);
+    flags |= O_CREAT;
+  }
+  if (r->kind == TG_FD_FIFO) flags |= O_NONBLOCK;
+  int fd = open(path, flags, 0644);
+  if (fd < 0) { snprintf(err, errlen, "fd %u: cannot reopen %s: %s", r->fd, path, strerror(errno)); return -1; }
+  if (r->kind != TG_FD_CHR && !stdio_log && tg_check_file(path, &r->id, fd, err, errlen) != 0) { close(fd); return -1; }
+  if (r->kind == TG_FD_FIFO && fcntl(fd, F_SETFL, tg_res_status_flags(r->open_flags)) != 0) {
+    snprintf(err, errlen, "fd %u: fcntl(F_SETFL) on %s: %s", r->fd, path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  if ((r->kind == TG_FD_FILE || r->kind == TG_FD_DIR) && lseek(fd, (off_t)r->pos, SEEK_SET) < 0) {
+    snprintf(err, errlen, "fd %u: cannot seek %s to %llu: %s", r->fd, path, (unsigned long long)r->pos, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  rc->tmp[i] = tg_res_high(fd, rc->tmp_base, err, errlen);
+  return rc->tmp[i] < 0 ? -1 : 0;
+}
+
+const struct tg_fd_ops tg_fd_file = {.name = "file", .describe = describe, .owns = owns, .open = open_one};

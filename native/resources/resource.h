@@ -1,0 +1,91 @@
+/* A resource kind of the fd table is one file of native/resources/, its capture (in the agent) and
+ * its restore (in tardigrade-restore) side by side, behind the ops table below. The agent's fd walk
+ * (agent/fds.c) and the restorer's fd rebuild (restore/fds.c) iterate tg_fd_kinds and never switch
+ * on a kind. A resource sees only common/ and this header, never the agent's or the restorer's
+ * globals: what it needs comes in a probe (capture) or a context (restore).
+ *
+ * Capture runs in the agent with every thread parked (and the precheck while the app may run):
+ * raw syscalls and static memory only, no malloc, no locks. */
+#ifndef TG_RESOURCE_H
+#define TG_RESOURCE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "../common/image.h"
+
+#define TG_RES_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- capture ---- */
+
+/* What the agent knows of one fd when asking each kind whether it is theirs. */
+struct tg_fd_probe {
+  int fd;
+  const struct stat *st;
+  const char *target;          /* readlink of /proc/self/fd/N */
+  size_t target_len;
+  const char *fdinfo;          /* /proc/self/fdinfo/N */
+  int (*is_hidden)(int fd);    /* the agent's own fds, never part of an image */
+};
+
+/* An fd recorded by the walk, for the checks across fds a kind makes at the end (both ends of a
+ * pipe or socket pair inside the process). */
+struct tg_fd_seen {
+  uint32_t fd, kind;
+  uint64_t aux;                /* as in the FD record (a pipe's inode) */
+  uint64_t ino;
+};
+
+/* Writes one record (payload a || b); 0, or an errno value (> 0) saying why it could not. */
+typedef int (*tg_emit_fn)(void *ctx, uint32_t type, const void *a, size_t al, const void *b, size_t bl);
+
+/* ---- restore ---- */
+
+struct img_fd { struct tg_rec_fd r; char *extra; };
+struct img_pipe { uint64_t ino; char *data; size_t len; };
+struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
+
+/* The image's fd records and the data records that go with them, and where each object is made:
+ * every object is created at a temporary fd >= tmp_base (tmp[i] for record i), then moved into
+ * place by the dispatcher, so that making one never lands on a number another still needs. */
+struct tg_fd_restore {
+  struct img_fd *fds; size_t nfds;
+  struct img_pipe *pipes; size_t npipes;
+  struct img_sockdata *socks; size_t nsocks;
+  int *tmp;
+  int tmp_base;
+  const char *stdio_log;       /* --stdio-log: where the app's appended stdout/stderr go on this host */
+};
+
+struct tg_fd_ops {
+  const char *name;
+  /* capture, on every fd until a kind claims it: 1 not this kind; 0 this kind (rec->kind, aux,
+   * extra_len and extra filled); -1 refused, err names the fd, what it is and the way out. */
+  int (*describe)(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
+                  size_t errlen);
+  /* capture, optional: before the walk, and after it with every fd seen: checks across fds, then
+   * (emit set: the checkpoint, not the precheck) the data records of the kind. 0, or -1 with err. */
+  void (*begin)(void);
+  int (*end)(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *ctx, char *err, size_t errlen);
+  /* restore: is record kind k this kind's? */
+  int (*owns)(uint32_t k);
+  /* restore: make the object of record i (and any record sharing it) into rc->tmp. 0 or -1. */
+  int (*open)(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen);
+  /* restore, optional: once every fd is in place (an epoll set's watched fds exist then). */
+  int (*settle)(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen);
+};
+
+/* resources/table.c: every kind, in the order describe is asked; NULL-terminated. */
+TG_RES_HIDDEN extern const struct tg_fd_ops *const tg_fd_kinds[];
+
+/* Shared helpers (resources/util.c). */
+TG_RES_HIDDEN void tg_res_file_id(const struct stat *st, struct tg_file_id *id);
+/* the value after `key` in an fdinfo text, or NULL */
+TG_RES_HIDDEN const char *tg_res_field(const char *info, const char *key);
+/* fd moved to a close-on-exec fd >= tmp_base (fd is closed); -1 with err */
+TG_RES_HIDDEN int tg_res_high(int fd, int tmp_base, char *err, size_t errlen);
+/* the status flags fcntl(F_SETFL) takes back from a record's open flags */
+TG_RES_HIDDEN int tg_res_status_flags(uint32_t open_flags);
+/* resources/file.c: is fd (opened from path) the file the record names? 0, or -1 with err */
+TG_RES_HIDDEN int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
+#endif
