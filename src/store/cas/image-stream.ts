@@ -45,29 +45,93 @@ export interface ImageBytes {
   close(): void;
 }
 
-/** Exact-length reads over a chunk stream. */
+/**
+ * Spare record buffers, reused: a fresh 1 MiB buffer is an mmap whose 256 pages each fault
+ * on first write (in this VM that kernel time was a tenth of the ingest's main thread). The
+ * consumer of readImage hands a PAGES record's memory back with `recycleRecord` once it is
+ * done with it (readImage's contract already says its data buffers may be reused).
+ */
+const spare: ArrayBuffer[] = [];
+const SPARE_MAX = 8;
+
+/** A buffer of its own memory (never a slice of a shared pool) for an n-byte record. */
+function allocRecord(n: number): Buffer {
+  const i = spare.findIndex((b) => b.byteLength === n);
+  if (i >= 0) return Buffer.from(spare.splice(i, 1)[0]!, 0, n);
+  return Buffer.allocUnsafeSlow(n);
+}
+
+/**
+ * Gives the memory of a record `view` (as readImage yielded it, or handed back by the hashing
+ * worker) for reuse by later reads. The caller must hold no other reference into it.
+ */
+export function recycleRecord(view: Buffer): void {
+  const ab = view.buffer;
+  if (!(ab instanceof ArrayBuffer) || ab.byteLength < 64 << 10 || spare.length >= SPARE_MAX) return;
+  spare.push(ab);
+}
+
+/** How much a stream source buffers before it pauses its stream. */
+const STREAM_HIGH_WATER = 8 << 20;
+
+/**
+ * Exact-length reads over a chunk stream, fed by its 'data' events (paused above
+ * STREAM_HIGH_WATER). Not through the stream's async iterator: that calls read(), which
+ * concatenates everything buffered into one new buffer (a copy of every byte, and the
+ * largest main-thread cost of reading a 1 GiB image from the agent's FIFO after hashing's);
+ * here a chunk is copied once, into the record that needs it, or not at all.
+ */
 class ByteSource implements ImageBytes {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private done = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+  private started = false;
   offset = 0;
-  private readonly it: AsyncIterator<Buffer | string>;
-  constructor(private readonly stream: Readable) {
-    this.it = (stream as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  constructor(private readonly stream: Readable) {}
+
+  /** Starts the flow on first use (a FIFO is read only once the store holds its lock). */
+  private start(): void {
+    this.started = true;
+    const s = this.stream;
+    const signal = (): void => {
+      const w = this.wake;
+      this.wake = null;
+      w?.();
+    };
+    s.on("data", (c: Buffer | string) => {
+      const b = typeof c === "string" ? Buffer.from(c) : c;
+      if (b.length === 0) return;
+      this.chunks.push(b);
+      this.buffered += b.length;
+      if (this.buffered >= STREAM_HIGH_WATER) s.pause();
+      signal();
+    });
+    s.on("end", () => {
+      this.done = true;
+      signal();
+    });
+    s.on("error", (e: Error) => {
+      this.error ??= e;
+      this.done = true;
+      signal();
+    });
+    s.on("close", () => {
+      this.done = true;
+      signal();
+    });
+    if (s.readableEnded) this.done = true;
   }
 
   private async fill(n: number): Promise<boolean> {
+    if (!this.started) this.start();
     while (this.buffered < n && !this.done) {
-      const r = await this.it.next();
-      if (r.done) {
-        this.done = true;
-        break;
-      }
-      const b = typeof r.value === "string" ? Buffer.from(r.value) : r.value;
-      if (b.length === 0) continue;
-      this.chunks.push(b);
-      this.buffered += b.length;
+      if (this.stream.isPaused()) this.stream.resume();
+      await new Promise<void>((resolve) => (this.wake = resolve));
     }
+    if (this.buffered < n && this.error) throw this.error;
+    if (this.buffered < STREAM_HIGH_WATER && this.stream.isPaused() && !this.done) this.stream.resume();
     return this.buffered >= n;
   }
 
@@ -82,7 +146,7 @@ class ByteSource implements ImageBytes {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      out = allocRecord(n); // its own memory: may be moved to the hashing thread
       let got = 0;
       while (got < n) {
         const c = this.chunks[0]!;
@@ -95,6 +159,7 @@ class ByteSource implements ImageBytes {
     }
     this.buffered -= n;
     this.offset += n;
+    if (this.buffered < STREAM_HIGH_WATER && this.stream.isPaused() && !this.done) this.stream.resume();
     return out;
   }
 
@@ -107,11 +172,12 @@ class ByteSource implements ImageBytes {
   }
 
   async drainCount(): Promise<number> {
-    let n = this.buffered;
+    let n = 0;
     for (;;) {
-      const r = await this.it.next();
-      if (r.done) return n;
-      n += r.value.length;
+      n += this.buffered; // counted, not kept
+      this.chunks = [];
+      this.buffered = 0;
+      if (!(await this.fill(1))) return n;
     }
   }
 
@@ -168,7 +234,7 @@ class FdSource implements ImageBytes {
 
   async read(n: number): Promise<Buffer | null> {
     if (n === 0) return Buffer.alloc(0);
-    const buf = Buffer.allocUnsafeSlow(n);
+    const buf = allocRecord(n);
     let from = 0;
     if (this.carry) {
       from = this.carry.copy(buf, 0);
