@@ -77,6 +77,13 @@ export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer
   return [h, z];
 }
 
+/**
+ * The CRC-32C of the pages of a raw block decoded by decodeBlock (checked against the bytes
+ * read), by the decoded buffer: a reader that passes the whole block on can take it instead
+ * of computing it again (export: crc32c-combine.ts).
+ */
+export const rawBlockCrc = new WeakMap<Buffer, number>();
+
 /** Checks and decompresses an on-disk block; `where` names the pack file and offset for errors. */
 export async function decodeBlock(buf: Buffer, npages: number, where: string): Promise<Buffer> {
   const bad = (why: string) => storeCorrupt(`cannot read the block at ${where}`, why);
@@ -94,5 +101,6 @@ export async function decodeBlock(buf: Buffer, npages: number, where: string): P
     throw bad(`zstd: ${(e as Error).message}`);
   }
   if (out.length !== npages * PAGE) throw bad(`block decompresses to ${out.length} bytes, expected ${npages * PAGE}`);
+  if (magic === RAW_BLOCK_MAGIC) rawBlockCrc.set(out, buf.readUInt32LE(12));
   return out;
 }
