@@ -26,7 +26,8 @@ export type ImageItem =
   | { kind: "header"; header: FileHeader; raw: Buffer }
   /** A metadata record, `raw` = header + payload + padding exactly as in the file. */
   | { kind: "meta"; type: RecordType; raw: Buffer; payload: Buffer; offset: number }
-  | { kind: "pages"; addr: bigint; npages: number; data: Buffer; offset: number }
+  /** With `deferPagesCrc`, `crc` is the CRC-32C the payload must have (not checked here) and `prefixCrc` that of its first 16 bytes. */
+  | { kind: "pages"; addr: bigint; npages: number; data: Buffer; offset: number; crc?: number; prefixCrc?: number }
   | { kind: "clear"; addr: bigint; npages: number; offset: number }
   | { kind: "tracking"; info: TrackingInfo; raw: Buffer }
   | { kind: "end"; recordCount: number; pagesTotal: number; fileSize: number };
@@ -298,7 +299,7 @@ export function openImageSource(source: string | Readable): { bytes: ImageBytes;
  * `label`, the byte offset and the defect. The consumer must not keep `data` buffers
  * it does not own beyond the next iteration (they may be reused in later versions).
  */
-export async function* readImage(src: ImageBytes, label: string): AsyncGenerator<ImageItem> {
+export async function* readImage(src: ImageBytes, label: string, opts: { deferPagesCrc?: boolean } = {}): AsyncGenerator<ImageItem> {
   const fail = (offset: number, reason: string): never => {
     throw new ImageError(label, offset, reason);
   };
@@ -353,7 +354,9 @@ export async function* readImage(src: ImageBytes, label: string): AsyncGenerator
     if (!body) fail(off, `truncated record ${name}: payload of ${plen} bytes (padded ${padded}) but only ${src.available()} bytes left in the stream`);
     const payload = (body as Buffer).subarray(0, plen);
     for (let i = plen; i < padded; i++) if ((body as Buffer)[i] !== 0) fail(off, `non-zero padding after record ${name}`);
-    if (crc32c(payload) !== rhb.readUInt32LE(16)) {
+    // deferred: the consumer checks a PAGES payload's CRC where it reads the pages anyway (the hashing thread)
+    const defer = opts.deferPagesCrc === true && rtype === RecordType.PAGES && plen >= 16;
+    if (!defer && crc32c(payload) !== rhb.readUInt32LE(16)) {
       const what = rtype === RecordType.PAGES ? ` (${hex(payload.readBigUInt64LE(0))}, ${payload.readBigUInt64LE(8)} pages)` : "";
       fail(off, `payload CRC mismatch in record ${name}${what}`);
     }
@@ -373,7 +376,8 @@ export async function* readImage(src: ImageBytes, label: string): AsyncGenerator
         if (!vmas.some((v) => v.start <= addr && end <= v.end)) fail(off, `PAGES ${hex(addr)}-${hex(end)} is not inside one VMA`);
         lastPageEnd = end;
         pagesTotal += npages;
-        yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off };
+        if (defer) yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off, crc: rhb.readUInt32LE(16), prefixCrc: crc32c(payload.subarray(0, 16)) };
+        else yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off };
         break;
       }
       case RecordType.PAGES_CLEAR: {

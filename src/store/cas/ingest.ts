@@ -14,7 +14,9 @@ import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { PageFilter } from "./bloom.js";
 import { NewPages, TripleList } from "./pageset.js";
 import type { CasCheckpoint, CheckpointStats, IngestInfo, VmaFile } from "./types.js";
-import { HASH_LEN, LOC_LEN, PAGE, crashPoint, pageOf, putLoc } from "./util.js";
+import { HASH_LEN, LOC_LEN, PAGE, addrOf, crashPoint, hex, pageOf, putLoc } from "./util.js";
+import type { Hashed } from "./hasher.js";
+import { ImageError } from "../../image/parser.js";
 
 /** PAGES records being hashed ahead of the one being indexed. */
 const HASH_DEPTH = 4;
@@ -68,12 +70,19 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
    */
   const fixups = new TripleList();
   const hasher = ctx.hasher();
-  const hashing: { ext: ExtentRow; p: Promise<{ data: Buffer; hashes: Buffer }> }[] = [];
+  /** PAGES records being hashed, with the CRC their payload must have (checked by the hashing thread's result). */
+  const hashing: { ext: ExtentRow; p: Promise<Hashed>; crc: number | undefined; offset: number }[] = [];
+  /** The ImageError of a record whose payload CRC does not match, as readImage would have thrown it. */
+  const crcError = (h: (typeof hashing)[number], got: Hashed): ImageError | null =>
+    h.crc !== undefined && got.crc !== h.crc ? new ImageError(label, h.offset, `payload CRC mismatch in record PAGES (${hex(addrOf(h.ext.page))}, ${h.ext.npages} pages)`) : null;
   let fresh = new Int32Array(256);
   /** Dedup + packing of the oldest hashed PAGES record. */
   const indexPages = async (): Promise<void> => {
-    const { ext, p } = hashing.shift()!;
+    const h = hashing.shift()!;
+    const { ext, p } = h;
     const got = await p;
+    const bad = crcError(h, got);
+    if (bad) throw bad;
     const data = got.data;
     // 4-aligned (the worker's fresh buffers are): read hashes as words, no object per page
     const hashes = got.hashes.byteOffset % 4 === 0 ? got.hashes : Buffer.from(got.hashes);
@@ -121,7 +130,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   };
   let committed = false;
   try {
-    for await (const item of readImage(bytes, label)) {
+    for await (const item of readImage(bytes, label, { deferPagesCrc: true })) {
       switch (item.kind) {
         case "header": {
           headerRaw = item.raw;
@@ -156,9 +165,9 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         case "pages": {
           const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null, locs: null };
           extents.push(ext);
-          const p = hasher.hash(item.data, true); // the reader is done with it
+          const p = hasher.hash(item.data, true, item.prefixCrc); // the reader is done with it
           p.catch(() => undefined); // awaited in order below
-          hashing.push({ ext, p });
+          hashing.push({ ext, p, crc: item.crc, offset: item.offset });
           stats.pages += item.npages;
           while (hashing.length > HASH_DEPTH) await indexPages();
           if (info.onProgress && item.offset - lastProgress >= 64 << 20) {
@@ -217,9 +226,19 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   } catch (e) {
     if (committed) throw e;
     bytes.close(); // a failed ingest has no use for the rest (the agent writing a FIFO gets EPIPE)
+    // An earlier record whose CRC was still being checked is the first defect of the image: report it.
+    let first: unknown = e;
+    for (const h of hashing) {
+      const got = await h.p.catch(() => null);
+      const bad = got && crcError(h, got);
+      if (bad) {
+        first = bad;
+        break;
+      }
+    }
     await Promise.allSettled(hashing.map((h) => h.p));
     await pipeline.abandon();
     await appender.rollback();
-    throw e;
+    throw first;
   }
 }
