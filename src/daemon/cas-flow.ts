@@ -8,6 +8,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { TgError, errMessage } from "../errors.js";
+import { ImageError } from "../image/parser.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint, IngestInfo } from "../store/cas/types.js";
 import { checkpoint as agentCheckpoint, type CheckpointEvent, type CheckpointOptions } from "./agent.js";
@@ -83,7 +84,10 @@ export async function captureIntoCas(
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
     }
     if (failure) {
-      const storeFirst = ingestError !== null; // the store failed before the agent did
+      // The store failed before the agent did, for a reason of its own: an image that merely
+      // ends early (the agent stopped writing, then says why) is the agent's failure.
+      const endedEarly = ingestError instanceof ImageError && /^(missing END record|truncated )/.test(ingestError.reason);
+      const storeFirst = ingestError !== null && !endedEarly;
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});

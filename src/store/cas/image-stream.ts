@@ -188,6 +188,165 @@ class ByteSource implements ImageBytes {
 }
 
 /**
+ * A byte source that hands its data over as it lands in a buffer it reuses (the daemon's
+ * FIFO: a socket with `onread`), instead of a new chunk per read(2): every 64 KiB chunk of a
+ * stream is a fresh ArrayBuffer (its pages fault on first write, and V8 starts a full GC for
+ * every 64 MiB of such memory). A Readable offering one carries it under CHUNK_FEED.
+ */
+export const CHUNK_FEED = Symbol.for("tardigrade.chunkFeed");
+
+export interface FeedSink {
+  /** n bytes arrived in buf[0..n) (valid only during the call); false: pause until resume(). */
+  got(n: number, buf: Buffer): boolean;
+  /** The source ended (`err`: failed). */
+  end(err: Error | null): void;
+  /** A read is waiting for bytes not delivered yet (the reader's idle watch counts only that time). */
+  readonly waiting: boolean;
+}
+
+export interface ChunkFeed {
+  /** Starts delivering to `sink` (what arrived before is delivered first). */
+  attach(sink: FeedSink): void;
+  /** Delivers again after got() returned false. */
+  resume(): void;
+  /** Stops the source (a writer gets EPIPE). */
+  destroy(): void;
+}
+
+/** Bytes a FeedSource keeps between the feed and the reads. */
+const STASH = 4 << 20;
+/** Largest delivery the feed makes at once (its read buffer). */
+export const FEED_CHUNK = 256 << 10;
+
+/** Exact-length reads over a ChunkFeed: bytes are copied once, from the feed's buffer into the record's. */
+class FeedSource implements ImageBytes, FeedSink {
+  offset = 0;
+  private stash = Buffer.allocUnsafeSlow(STASH);
+  private head = 0;
+  private tail = 0;
+  private done = false;
+  private error: Error | null = null;
+  private paused = false;
+  private started = false;
+  private wake: (() => void) | null = null;
+  /** After a short read: how many bytes the input still had. */
+  private left = 0;
+  /** A read is waiting for bytes the feed has not delivered yet. */
+  waiting = false;
+
+  constructor(private readonly feed: ChunkFeed) {}
+
+  got(n: number, buf: Buffer): boolean {
+    if (this.tail + n > this.stash.length) {
+      this.stash.copy(this.stash, 0, this.head, this.tail);
+      this.tail -= this.head;
+      this.head = 0;
+    }
+    if (this.tail + n > this.stash.length) {
+      // cannot happen: we pause while less than a chunk is free (guard against a larger delivery)
+      const bigger = Buffer.allocUnsafeSlow(this.tail + n);
+      this.stash.copy(bigger, 0, 0, this.tail);
+      this.stash = bigger;
+    }
+    buf.copy(this.stash, this.tail, 0, n);
+    this.tail += n;
+    this.signal();
+    const free = this.stash.length - (this.tail - this.head);
+    if (free >= FEED_CHUNK) return true;
+    this.paused = true;
+    return false;
+  }
+
+  end(err: Error | null): void {
+    this.error ??= err;
+    this.done = true;
+    this.signal();
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private async more(): Promise<void> {
+    if (!this.started) {
+      this.started = true;
+      this.feed.attach(this);
+      if (this.tail > this.head || this.done) return;
+    }
+    this.waiting = true;
+    try {
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    } finally {
+      this.waiting = false;
+    }
+  }
+
+  /** Takes up to `max` bytes of the stash into out[at..). */
+  private take(out: Buffer, at: number, max: number): number {
+    const k = Math.min(max, this.tail - this.head);
+    if (k === 0) return 0;
+    this.stash.copy(out, at, this.head, this.head + k);
+    this.head += k;
+    if (this.head === this.tail) this.head = this.tail = 0;
+    if (this.paused && this.stash.length - (this.tail - this.head) >= 2 * FEED_CHUNK) {
+      this.paused = false;
+      this.feed.resume();
+    }
+    return k;
+  }
+
+  async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
+    const out = allocRecord(n); // its own memory: may be moved to the hashing thread
+    let got = 0;
+    for (;;) {
+      got += this.take(out, got, n - got);
+      if (got === n) break;
+      if (this.done) {
+        if (this.error) throw this.error;
+        this.left = got;
+        return null;
+      }
+      await this.more();
+    }
+    this.offset += n;
+    return out;
+  }
+
+  available(): number {
+    return this.left + (this.tail - this.head);
+  }
+
+  async atEnd(): Promise<boolean> {
+    while (this.tail === this.head && !this.done) await this.more();
+    if (this.tail === this.head && this.error) throw this.error;
+    return this.tail === this.head;
+  }
+
+  async drainCount(): Promise<number> {
+    let n = 0;
+    for (;;) {
+      n += this.tail - this.head; // counted, not kept
+      this.head = this.tail = 0;
+      if (this.paused) {
+        this.paused = false;
+        this.feed.resume();
+      }
+      if (this.done) return n;
+      await this.more();
+    }
+  }
+
+  close(): void {
+    this.done = true;
+    this.feed.destroy();
+    this.signal();
+  }
+}
+
+/**
  * Exact-length reads straight from a file or FIFO: each read gets a buffer of its own,
  * filled by read(2) calls (a FIFO returns at most its pipe size per call), with no
  * intermediate chunks: a 1 MiB PAGES payload is one allocation, no copy (the agent's
@@ -291,7 +450,9 @@ export function openImageSource(source: string | Readable): { bytes: ImageBytes;
   if (typeof source === "string") return { bytes: new FdSource(source), label: source };
   // A stream that knows where it reads from (fs.ReadStream, the daemon's FIFO reader) names it in errors.
   const path = (source as { path?: unknown }).path;
-  return { bytes: new ByteSource(source), label: typeof path === "string" ? path : "(image stream)" };
+  const label = typeof path === "string" ? path : "(image stream)";
+  const feed = (source as { [CHUNK_FEED]?: ChunkFeed })[CHUNK_FEED];
+  return { bytes: feed ? new FeedSource(feed) : new ByteSource(source), label };
 }
 
 /**
