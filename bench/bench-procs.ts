@@ -101,8 +101,8 @@ export async function waitForLine(file: string, prefixes: string[], timeoutMs: n
 // ---------------------------------------------------------------------------
 // The CLI, with --json, under a given TARDIGRADE_HOME.
 
-/** bin/tardigrade.js of this checkout (bench/ compiles to dist/bench/). */
-export const CLI = join(resolve(dirname(fileURLToPath(import.meta.url)), "..", ".."), "bin", "tardigrade.js");
+/** bin/tardigrade.js of this checkout (bench/ compiles to dist/bench/), or TG_BENCH_CLI (another build, to compare two in one run). */
+export const CLI = process.env.TG_BENCH_CLI || join(resolve(dirname(fileURLToPath(import.meta.url)), "..", ".."), "bin", "tardigrade.js");
 
 export interface CliResult {
   json: unknown;

@@ -12,14 +12,21 @@
 // buffer) and a plain file write + fsync into the same filesystem as the
 // store. Prints a table and writes bench/results/engine.json.
 //
-// Environment: BENCH_SIZES="64,256,1024" (MiB), BENCH_REPS=3 (checkpoint +
-// restore rounds per size), BENCH_KEEP_HOME=1 keeps the temporary
-// TARDIGRADE_HOME. Everything the bench starts (daemon, apps, launchers) is
+// Second part (issue 15, bench/busy-app.ts): a busy app (test/fixtures/busy)
+// through a full and an incremental checkpoint and a restore after kill -9,
+// quiet and beside a CPU hog on one core: time to durable, daemon and agent
+// CPU seconds, the app's lost time, restore to running, load average.
+//
+// Environment: BENCH_SIZES="64,256,1024" (MiB; " " skips the holder part),
+// BENCH_REPS=3 (checkpoint + restore rounds per size), BENCH_BUSY_SIZES="64,1024"
+// (" " skips the busy part), BENCH_BUSY_CASES="quiet,hog", BENCH_BUSY_REPS=1,
+// TG_BENCH_CLI=path/to/bin/tardigrade.js drives another build (to compare two
+// in one run), BENCH_KEEP_HOME=1 keeps the temporary TARDIGRADE_HOME. Everything the bench starts (daemon, apps, launchers) is
 // killed by PID at the end, also on SIGINT/SIGTERM.
 import { execFileSync } from "node:child_process";
 import { randomFillSync } from "node:crypto";
 import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
-import { cpus, release, tmpdir, totalmem } from "node:os";
+import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -38,10 +45,12 @@ import {
   trackDaemon,
   waitForLine,
 } from "./bench-procs.js";
+import { type BusyCase, CRIU_ISSUE_1G, busyCase, printBusy } from "./busy-app.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = join(ROOT, "test", "fixtures");
 const HOLDER = join(FIXTURES, "build", "holder");
+const BUSY = join(FIXTURES, "build", "busy");
 const RESULTS = join(ROOT, "bench", "results", "engine.json");
 const MiB = 1 << 20;
 
@@ -315,9 +324,12 @@ function printTable(results: SizeResult[]): void {
 
 export async function main(): Promise<void> {
   const sizes = (process.env.BENCH_SIZES ?? "64,256,1024").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
+  const busySizes = (process.env.BENCH_BUSY_SIZES ?? "64,1024").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
+  const busyReps = Math.max(1, Number(process.env.BENCH_BUSY_REPS ?? 1) || 1);
+  const busyCases = (process.env.BENCH_BUSY_CASES ?? "quiet,hog").split(",").map((s) => s.trim());
   const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3) || 3);
   if (!existsSync(join(ROOT, "dist", "src", "cli", "main.js"))) throw new Error("the CLI is not built: run `npm run build` first");
-  execFileSync("make", ["-s", "-C", FIXTURES, "build/holder"], { stdio: "inherit" });
+  execFileSync("make", ["-s", "-C", FIXTURES, "build/holder", "build/busy"], { stdio: "inherit" });
 
   const home = mkdtempSync(join(tmpdir(), "tardigrade-bench-"));
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -331,8 +343,10 @@ export async function main(): Promise<void> {
 
   console.log(`TARDIGRADE_HOME=${home}; sizes ${sizes.join(", ")} MiB; ${reps} checkpoint+restore round(s) each`);
   const results: SizeResult[] = [];
+  const busy: BusyCase[] = [];
+  const loadAt: { when: string; load: number[] }[] = [{ when: "start", load: loadavg() }];
   try {
-    const data = Buffer.allocUnsafe(Math.max(...sizes) * MiB);
+    const data = Buffer.allocUnsafe(Math.max(...sizes, ...busySizes) * MiB);
     randomFillSync(data);
     for (const mib of sizes) {
       process.stdout.write(`  ${mib} MiB ...`);
@@ -340,6 +354,19 @@ export async function main(): Promise<void> {
       results.push(r);
       process.stdout.write(` downtime ${sec(r.median.downtimeNs).toFixed(3)} s, checkpoint ${sec(r.median.totalNs).toFixed(3)} s, restore ${sec(r.median.restoreToRunningNs).toFixed(3)} s\n`);
     }
+    loadAt.push({ when: "after holder", load: loadavg() });
+    for (const mib of busySizes) {
+      const { writeFsyncNs } = baseline(mib * MiB, home, data);
+      for (const c of busyCases) {
+        if (c !== "quiet" && c !== "hog") continue;
+        process.stdout.write(`  busy app ${mib} MiB, ${c} ...`);
+        const b = await busyCase(home, BUSY, mib, c === "hog", busyReps, writeFsyncNs);
+        busy.push(b);
+        const full = b.checkpoints.find((x) => x.kind === "full");
+        process.stdout.write(` full: durable ${full ? sec(full.durableNs).toFixed(3) : "-"} s, app lost ${full ? sec(full.lostNs).toFixed(3) : "-"} s; restore to running ${b.restores[0] ? sec(b.restores[0].toRunningNs).toFixed(3) : "-"} s\n`);
+      }
+    }
+    loadAt.push({ when: "end", load: loadavg() });
   } finally {
     trackDaemon(home);
     await cleanup();
@@ -349,7 +376,12 @@ export async function main(): Promise<void> {
   }
 
   console.log("");
-  printTable(results);
+  if (results.length) printTable(results);
+  if (busy.length) {
+    console.log("");
+    printBusy(busy);
+  }
+  console.log(`\nload average (1/5/15 min): ${loadAt.map((l) => `${l.when} ${l.load.map((x) => x.toFixed(2)).join("/")}`).join("; ")}`);
   mkdirSync(dirname(RESULTS), { recursive: true });
   const out = {
     bench: "engine",
@@ -369,6 +401,10 @@ export async function main(): Promise<void> {
     targets1GiB: { downtimeS: TARGET_DOWNTIME_1G_S, restoreS: TARGET_RESTORE_1G_S },
     peers1GiB: PEERS_1G,
     results,
+    busy,
+    busyMethod: "see bench/busy-app.ts: full and incremental checkpoints of test/fixtures/busy MIB 1, quiet and beside a CPU hog on one core; durable, daemon and agent CPU, app lost time, restore after kill -9 to first tick",
+    criuIssue15: CRIU_ISSUE_1G,
+    load: loadAt,
   };
   writeFileSync(RESULTS, JSON.stringify(out, null, 2) + "\n");
   console.log(`\nwrote ${RESULTS}`);

@@ -726,7 +726,8 @@ export class AppManager {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.
       progress({ phase: "verify" });
-      for await (const chunk of exportForRestore(store.cas, m.id)) void chunk;
+      // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
+      for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
       progress({ phase: "kill" });
       await this.kill(dir, st);
       await testDelay("restore-after-kill");

@@ -87,6 +87,25 @@ export class BlockPipeline {
     return at;
   }
 
+  /** Whether `npages` new pages can be given as one block of their own (addWhole). */
+  takesWhole(npages: number): boolean {
+    return this.n === 0 && npages === this.blockPages;
+  }
+
+  /**
+   * Adds a whole block's worth of pages (takesWhole() was true) without copying them: the
+   * caller gives `pages` up (kept until the block is written, then reused as a block buffer).
+   * Returns the block's local slot; page i is at index i.
+   */
+  async addWhole(pages: Buffer): Promise<number> {
+    const slot = this.blocks.length + this.queue.length;
+    const p = encodeBlock(pages, this.level);
+    p.catch(() => undefined); // awaited in drainOne
+    this.queue.push({ slot, npages: this.blockPages, buf: pages, p });
+    while (this.queue.length >= this.inflight) await this.drainOne();
+    return slot;
+  }
+
   async flush(): Promise<void> {
     if (this.n === 0) return;
     const slot = this.blocks.length + this.queue.length;
@@ -102,7 +121,7 @@ export class BlockPipeline {
     const q = this.queue.shift()!;
     const enc = await q.p;
     const b = await this.appender.write(enc, q.npages);
-    this.free.push(q.buf); // only now: a raw block is written straight from it
+    if (this.free.length <= this.inflight) this.free.push(q.buf); // only now: a raw block is written straight from it
     this.blocks[q.slot] = b;
     this.storedBytes += b.len;
   }

@@ -44,6 +44,15 @@ export class PageFilter {
     this.count++;
   }
 
+  /** mayHave() of the hash held in words w[wo..wo+8) (little-endian words, as readUInt32LE reads). */
+  mayHaveWords(w: Uint32Array, wo: number): boolean {
+    for (let i = 0; i < K; i++) {
+      const b = w[wo + i]! & this.mask;
+      if ((this.bits[b >>> 5]! & (1 << (b & 31))) === 0) return false;
+    }
+    return true;
+  }
+
   mayHave(hash: Buffer): boolean {
     for (let i = 0; i < K; i++) {
       const b = hash.readUInt32LE(i * 4) & this.mask;

@@ -7,6 +7,8 @@ import { Readable } from "node:stream";
 import { crc32c } from "@node-rs/crc32";
 import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD as MAX_RECORD_PAGES, RECORD_HEADER_SIZE, RecordType } from "../../image/format.js";
 import { BlockCache } from "./blocks.js";
+import { rawBlockCrc } from "./codec.js";
+import { crc32cCombine } from "./crc-combine.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
 import { locatePages, type PageLoc } from "./locate.js";
@@ -60,17 +62,20 @@ async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: 
       const loc = locs[i];
       let j = i + 1;
       let slice: Buffer;
+      let block: Buffer | null = null;
       if (!loc) {
         while (j < r.npages && !locs[j]) j++;
         slice = ZEROS.subarray(0, (j - i) * PAGE);
       } else {
         const [blk, idx] = loc;
         while (j < r.npages && locs[j] && locs[j]![0] === blk && locs[j]![1] === idx + (j - i)) j++;
-        const block = await cache.get(blk);
+        block = await cache.get(blk);
         slice = block.subarray(idx * PAGE, (idx + j - i) * PAGE);
         if (slice.length !== (j - i) * PAGE) throw storeCorrupt(`cannot export checkpoint ${id}`, `block ${blk} is shorter than its pages ${idx}..${idx + j - i}`);
       }
-      crc = crc32c(slice, crc);
+      // a whole raw block: its CRC was just checked against the bytes read; combine, do not recompute
+      const whole = block && slice.length === block.length ? rawBlockCrc.get(block) : undefined;
+      crc = whole !== undefined ? crc32cCombine(crc, whole, slice.length) : crc32c(slice, crc);
       out.push(slice);
       i = j;
     }

@@ -3,6 +3,7 @@
 // compressing. Message in: { id, data: Uint8Array }; out: { id, data, hashes: Uint8Array }
 // (data handed back so the caller can pack the new pages).
 import { hash } from "node:crypto";
+import { crc32c } from "@node-rs/crc32";
 import { getPriority, setPriority } from "node:os";
 import { parentPort } from "node:worker_threads";
 
@@ -33,8 +34,10 @@ if (parentPort) {
   }
 }
 
-parentPort?.on("message", (m: { id: number; data: Uint8Array }) => {
+parentPort?.on("message", (m: { id: number; data: Uint8Array; crcFrom?: number }) => {
   const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+  // the record's payload CRC, continued from its 16-byte prefix's, when the reader left it to us
+  const crc = m.crcFrom === undefined ? undefined : crc32c(data, m.crcFrom);
   const hashes = hashPages(data);
-  parentPort!.postMessage({ id: m.id, data: m.data, hashes }, [m.data.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
+  parentPort!.postMessage({ id: m.id, data: m.data, hashes, crc }, [m.data.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
 });

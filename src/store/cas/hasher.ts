@@ -2,12 +2,20 @@
 // one compresses), fed whole PAGES payloads. Falls back to hashing inline if the worker
 // cannot start.
 import { Worker } from "node:worker_threads";
+import { crc32c } from "@node-rs/crc32";
 import { hashPages } from "./hash-worker.js";
+
+/** Page hashes of a payload (and its CRC-32C when asked: continued from `crcFrom`). */
+export interface Hashed {
+  data: Buffer;
+  hashes: Buffer;
+  crc?: number;
+}
 
 export class Hasher {
   private worker: Worker | null = null;
   private nextId = 0;
-  private readonly waiting = new Map<number, { resolve: (r: { data: Buffer; hashes: Buffer }) => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<number, { resolve: (r: Hashed) => void; reject: (e: Error) => void }>();
   private failed: Error | null = null;
 
   /** True once the worker died: make a new Hasher. */
@@ -19,12 +27,12 @@ export class Hasher {
     if (!useWorker) return;
     try {
       const w = new Worker(new URL("./hash-worker.js", import.meta.url));
-      w.on("message", (m: { id: number; data: Uint8Array; hashes: Uint8Array }) => {
+      w.on("message", (m: { id: number; data: Uint8Array; hashes: Uint8Array; crc?: number }) => {
         const p = this.waiting.get(m.id);
         if (!p) return;
         this.waiting.delete(m.id);
         if (this.waiting.size === 0) w.unref(); // an idle worker does not keep the process alive
-        p.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), hashes: Buffer.from(m.hashes.buffer, m.hashes.byteOffset, m.hashes.byteLength) });
+        p.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), hashes: Buffer.from(m.hashes.buffer, m.hashes.byteOffset, m.hashes.byteLength), ...(m.crc !== undefined ? { crc: m.crc } : {}) });
       });
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => this.fail(new Error(`page hashing worker exited with code ${code}`)));
@@ -48,9 +56,9 @@ export class Hasher {
    * image reader's assembled records), it moves to the worker and back without a copy, and
    * the caller's `data` is detached. Otherwise a copy goes to the worker.
    */
-  hash(data: Buffer, give = false): Promise<{ data: Buffer; hashes: Buffer }> {
+  hash(data: Buffer, give = false, crcFrom?: number): Promise<Hashed> {
     if (this.failed) return Promise.reject(this.failed);
-    if (!this.worker) return Promise.resolve({ data, hashes: hashPages(data) });
+    if (!this.worker) return Promise.resolve({ data, hashes: hashPages(data), ...(crcFrom !== undefined ? { crc: crc32c(data, crcFrom) } : {}) });
     let msg: Uint8Array;
     if (give && data.byteOffset <= 64 && data.byteOffset + data.length === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
       msg = new Uint8Array(data.buffer, data.byteOffset, data.length);
@@ -62,7 +70,7 @@ export class Hasher {
     return new Promise((resolve, reject) => {
       if (this.waiting.size === 0) this.worker!.ref();
       this.waiting.set(id, { resolve, reject });
-      this.worker!.postMessage({ id, data: msg }, [msg.buffer as ArrayBuffer]);
+      this.worker!.postMessage({ id, data: msg, crcFrom }, [msg.buffer as ArrayBuffer]);
     });
   }
 

@@ -26,7 +26,8 @@ export type ImageItem =
   | { kind: "header"; header: FileHeader; raw: Buffer }
   /** A metadata record, `raw` = header + payload + padding exactly as in the file. */
   | { kind: "meta"; type: RecordType; raw: Buffer; payload: Buffer; offset: number }
-  | { kind: "pages"; addr: bigint; npages: number; data: Buffer; offset: number }
+  /** With `deferPagesCrc`, `crc` is the CRC-32C the payload must have (not checked here) and `prefixCrc` that of its first 16 bytes. */
+  | { kind: "pages"; addr: bigint; npages: number; data: Buffer; offset: number; crc?: number; prefixCrc?: number }
   | { kind: "clear"; addr: bigint; npages: number; offset: number }
   | { kind: "tracking"; info: TrackingInfo; raw: Buffer }
   | { kind: "end"; recordCount: number; pagesTotal: number; fileSize: number };
@@ -45,29 +46,93 @@ export interface ImageBytes {
   close(): void;
 }
 
-/** Exact-length reads over a chunk stream. */
+/**
+ * Spare record buffers, reused: a fresh 1 MiB buffer is an mmap whose 256 pages each fault
+ * on first write (in this VM that kernel time was a tenth of the ingest's main thread). The
+ * consumer of readImage hands a PAGES record's memory back with `recycleRecord` once it is
+ * done with it (readImage's contract already says its data buffers may be reused).
+ */
+const spare: ArrayBuffer[] = [];
+const SPARE_MAX = 8;
+
+/** A buffer of its own memory (never a slice of a shared pool) for an n-byte record. */
+function allocRecord(n: number): Buffer {
+  const i = spare.findIndex((b) => b.byteLength === n);
+  if (i >= 0) return Buffer.from(spare.splice(i, 1)[0]!, 0, n);
+  return Buffer.allocUnsafeSlow(n);
+}
+
+/**
+ * Gives the memory of a record `view` (as readImage yielded it, or handed back by the hashing
+ * worker) for reuse by later reads. The caller must hold no other reference into it.
+ */
+export function recycleRecord(view: Buffer): void {
+  const ab = view.buffer;
+  if (!(ab instanceof ArrayBuffer) || ab.byteLength < 64 << 10 || spare.length >= SPARE_MAX) return;
+  spare.push(ab);
+}
+
+/** How much a stream source buffers before it pauses its stream. */
+const STREAM_HIGH_WATER = 8 << 20;
+
+/**
+ * Exact-length reads over a chunk stream, fed by its 'data' events (paused above
+ * STREAM_HIGH_WATER). Not through the stream's async iterator: that calls read(), which
+ * concatenates everything buffered into one new buffer (a copy of every byte, and the
+ * largest main-thread cost of reading a 1 GiB image from the agent's FIFO after hashing's);
+ * here a chunk is copied once, into the record that needs it, or not at all.
+ */
 class ByteSource implements ImageBytes {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private done = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+  private started = false;
   offset = 0;
-  private readonly it: AsyncIterator<Buffer | string>;
-  constructor(private readonly stream: Readable) {
-    this.it = (stream as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  constructor(private readonly stream: Readable) {}
+
+  /** Starts the flow on first use (a FIFO is read only once the store holds its lock). */
+  private start(): void {
+    this.started = true;
+    const s = this.stream;
+    const signal = (): void => {
+      const w = this.wake;
+      this.wake = null;
+      w?.();
+    };
+    s.on("data", (c: Buffer | string) => {
+      const b = typeof c === "string" ? Buffer.from(c) : c;
+      if (b.length === 0) return;
+      this.chunks.push(b);
+      this.buffered += b.length;
+      if (this.buffered >= STREAM_HIGH_WATER) s.pause();
+      signal();
+    });
+    s.on("end", () => {
+      this.done = true;
+      signal();
+    });
+    s.on("error", (e: Error) => {
+      this.error ??= e;
+      this.done = true;
+      signal();
+    });
+    s.on("close", () => {
+      this.done = true;
+      signal();
+    });
+    if (s.readableEnded) this.done = true;
   }
 
   private async fill(n: number): Promise<boolean> {
+    if (!this.started) this.start();
     while (this.buffered < n && !this.done) {
-      const r = await this.it.next();
-      if (r.done) {
-        this.done = true;
-        break;
-      }
-      const b = typeof r.value === "string" ? Buffer.from(r.value) : r.value;
-      if (b.length === 0) continue;
-      this.chunks.push(b);
-      this.buffered += b.length;
+      if (this.stream.isPaused()) this.stream.resume();
+      await new Promise<void>((resolve) => (this.wake = resolve));
     }
+    if (this.buffered < n && this.error) throw this.error;
+    if (this.buffered < STREAM_HIGH_WATER && this.stream.isPaused() && !this.done) this.stream.resume();
     return this.buffered >= n;
   }
 
@@ -82,7 +147,7 @@ class ByteSource implements ImageBytes {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      out = allocRecord(n); // its own memory: may be moved to the hashing thread
       let got = 0;
       while (got < n) {
         const c = this.chunks[0]!;
@@ -95,6 +160,7 @@ class ByteSource implements ImageBytes {
     }
     this.buffered -= n;
     this.offset += n;
+    if (this.buffered < STREAM_HIGH_WATER && this.stream.isPaused() && !this.done) this.stream.resume();
     return out;
   }
 
@@ -107,16 +173,176 @@ class ByteSource implements ImageBytes {
   }
 
   async drainCount(): Promise<number> {
-    let n = this.buffered;
+    let n = 0;
     for (;;) {
-      const r = await this.it.next();
-      if (r.done) return n;
-      n += r.value.length;
+      n += this.buffered; // counted, not kept
+      this.chunks = [];
+      this.buffered = 0;
+      if (!(await this.fill(1))) return n;
     }
   }
 
   close(): void {
     this.stream.destroy();
+  }
+}
+
+/**
+ * A byte source that hands its data over as it lands in a buffer it reuses (the daemon's
+ * FIFO: a socket with `onread`), instead of a new chunk per read(2): every 64 KiB chunk of a
+ * stream is a fresh ArrayBuffer (its pages fault on first write, and V8 starts a full GC for
+ * every 64 MiB of such memory). A Readable offering one carries it under CHUNK_FEED.
+ */
+export const CHUNK_FEED = Symbol.for("tardigrade.chunkFeed");
+
+export interface FeedSink {
+  /** n bytes arrived in buf[0..n) (valid only during the call); false: pause until resume(). */
+  got(n: number, buf: Buffer): boolean;
+  /** The source ended (`err`: failed). */
+  end(err: Error | null): void;
+  /** A read is waiting for bytes not delivered yet (the reader's idle watch counts only that time). */
+  readonly waiting: boolean;
+}
+
+export interface ChunkFeed {
+  /** Starts delivering to `sink` (what arrived before is delivered first). */
+  attach(sink: FeedSink): void;
+  /** Delivers again after got() returned false. */
+  resume(): void;
+  /** Stops the source (a writer gets EPIPE). */
+  destroy(): void;
+}
+
+/** Bytes a FeedSource keeps between the feed and the reads. */
+const STASH = 4 << 20;
+/** Largest delivery the feed makes at once (its read buffer). */
+export const FEED_CHUNK = 256 << 10;
+
+/** Exact-length reads over a ChunkFeed: bytes are copied once, from the feed's buffer into the record's. */
+class FeedSource implements ImageBytes, FeedSink {
+  offset = 0;
+  private stash = Buffer.allocUnsafeSlow(STASH);
+  private head = 0;
+  private tail = 0;
+  private done = false;
+  private error: Error | null = null;
+  private paused = false;
+  private started = false;
+  private wake: (() => void) | null = null;
+  /** After a short read: how many bytes the input still had. */
+  private left = 0;
+  /** A read is waiting for bytes the feed has not delivered yet. */
+  waiting = false;
+
+  constructor(private readonly feed: ChunkFeed) {}
+
+  got(n: number, buf: Buffer): boolean {
+    if (this.tail + n > this.stash.length) {
+      this.stash.copy(this.stash, 0, this.head, this.tail);
+      this.tail -= this.head;
+      this.head = 0;
+    }
+    if (this.tail + n > this.stash.length) {
+      // cannot happen: we pause while less than a chunk is free (guard against a larger delivery)
+      const bigger = Buffer.allocUnsafeSlow(this.tail + n);
+      this.stash.copy(bigger, 0, 0, this.tail);
+      this.stash = bigger;
+    }
+    buf.copy(this.stash, this.tail, 0, n);
+    this.tail += n;
+    this.signal();
+    const free = this.stash.length - (this.tail - this.head);
+    if (free >= FEED_CHUNK) return true;
+    this.paused = true;
+    return false;
+  }
+
+  end(err: Error | null): void {
+    this.error ??= err;
+    this.done = true;
+    this.signal();
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private async more(): Promise<void> {
+    if (!this.started) {
+      this.started = true;
+      this.feed.attach(this);
+      if (this.tail > this.head || this.done) return;
+    }
+    this.waiting = true;
+    try {
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    } finally {
+      this.waiting = false;
+    }
+  }
+
+  /** Takes up to `max` bytes of the stash into out[at..). */
+  private take(out: Buffer, at: number, max: number): number {
+    const k = Math.min(max, this.tail - this.head);
+    if (k === 0) return 0;
+    this.stash.copy(out, at, this.head, this.head + k);
+    this.head += k;
+    if (this.head === this.tail) this.head = this.tail = 0;
+    if (this.paused && this.stash.length - (this.tail - this.head) >= 2 * FEED_CHUNK) {
+      this.paused = false;
+      this.feed.resume();
+    }
+    return k;
+  }
+
+  async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
+    const out = allocRecord(n); // its own memory: may be moved to the hashing thread
+    let got = 0;
+    for (;;) {
+      got += this.take(out, got, n - got);
+      if (got === n) break;
+      if (this.done) {
+        if (this.error) throw this.error;
+        this.left = got;
+        return null;
+      }
+      await this.more();
+    }
+    this.offset += n;
+    return out;
+  }
+
+  available(): number {
+    return this.left + (this.tail - this.head);
+  }
+
+  async atEnd(): Promise<boolean> {
+    while (this.tail === this.head && !this.done) await this.more();
+    if (this.tail === this.head && this.error) throw this.error;
+    return this.tail === this.head;
+  }
+
+  async drainCount(): Promise<number> {
+    let n = 0;
+    for (;;) {
+      n += this.tail - this.head; // counted, not kept
+      this.head = this.tail = 0;
+      if (this.paused) {
+        this.paused = false;
+        this.feed.resume();
+      }
+      if (this.done) return n;
+      await this.more();
+    }
+  }
+
+  close(): void {
+    this.done = true;
+    this.feed.destroy();
+    this.signal();
   }
 }
 
@@ -168,7 +394,7 @@ class FdSource implements ImageBytes {
 
   async read(n: number): Promise<Buffer | null> {
     if (n === 0) return Buffer.alloc(0);
-    const buf = Buffer.allocUnsafeSlow(n);
+    const buf = allocRecord(n);
     let from = 0;
     if (this.carry) {
       from = this.carry.copy(buf, 0);
@@ -224,7 +450,9 @@ export function openImageSource(source: string | Readable): { bytes: ImageBytes;
   if (typeof source === "string") return { bytes: new FdSource(source), label: source };
   // A stream that knows where it reads from (fs.ReadStream, the daemon's FIFO reader) names it in errors.
   const path = (source as { path?: unknown }).path;
-  return { bytes: new ByteSource(source), label: typeof path === "string" ? path : "(image stream)" };
+  const label = typeof path === "string" ? path : "(image stream)";
+  const feed = (source as { [CHUNK_FEED]?: ChunkFeed })[CHUNK_FEED];
+  return { bytes: feed ? new FeedSource(feed) : new ByteSource(source), label };
 }
 
 /**
@@ -232,7 +460,7 @@ export function openImageSource(source: string | Readable): { bytes: ImageBytes;
  * `label`, the byte offset and the defect. The consumer must not keep `data` buffers
  * it does not own beyond the next iteration (they may be reused in later versions).
  */
-export async function* readImage(src: ImageBytes, label: string): AsyncGenerator<ImageItem> {
+export async function* readImage(src: ImageBytes, label: string, opts: { deferPagesCrc?: boolean } = {}): AsyncGenerator<ImageItem> {
   const fail = (offset: number, reason: string): never => {
     throw new ImageError(label, offset, reason);
   };
@@ -287,7 +515,9 @@ export async function* readImage(src: ImageBytes, label: string): AsyncGenerator
     if (!body) fail(off, `truncated record ${name}: payload of ${plen} bytes (padded ${padded}) but only ${src.available()} bytes left in the stream`);
     const payload = (body as Buffer).subarray(0, plen);
     for (let i = plen; i < padded; i++) if ((body as Buffer)[i] !== 0) fail(off, `non-zero padding after record ${name}`);
-    if (crc32c(payload) !== rhb.readUInt32LE(16)) {
+    // deferred: the consumer checks a PAGES payload's CRC where it reads the pages anyway (the hashing thread)
+    const defer = opts.deferPagesCrc === true && rtype === RecordType.PAGES && plen >= 16;
+    if (!defer && crc32c(payload) !== rhb.readUInt32LE(16)) {
       const what = rtype === RecordType.PAGES ? ` (${hex(payload.readBigUInt64LE(0))}, ${payload.readBigUInt64LE(8)} pages)` : "";
       fail(off, `payload CRC mismatch in record ${name}${what}`);
     }
@@ -307,7 +537,8 @@ export async function* readImage(src: ImageBytes, label: string): AsyncGenerator
         if (!vmas.some((v) => v.start <= addr && end <= v.end)) fail(off, `PAGES ${hex(addr)}-${hex(end)} is not inside one VMA`);
         lastPageEnd = end;
         pagesTotal += npages;
-        yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off };
+        if (defer) yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off, crc: rhb.readUInt32LE(16), prefixCrc: crc32c(payload.subarray(0, 16)) };
+        else yield { kind: "pages", addr, npages, data: payload.subarray(16), offset: off };
         break;
       }
       case RecordType.PAGES_CLEAR: {

@@ -9,11 +9,14 @@ import { RecordType } from "../../image/format.js";
 import { checkpointId, validAppName } from "../types.js";
 import type { ExtentRow } from "./catalog.js";
 import { toCheckpoint, type StoreContext } from "./context.js";
-import { openImageSource, readImage } from "./image-stream.js";
+import { openImageSource, readImage, recycleRecord } from "./image-stream.js";
 import { BlockPipeline, PackAppender } from "./block-writer.js";
 import { PageFilter } from "./bloom.js";
+import { NewPages, TripleList } from "./pageset.js";
 import type { CasCheckpoint, CheckpointStats, IngestInfo, VmaFile } from "./types.js";
-import { HASH_LEN, LOC_LEN, PAGE, ZERO_HASH, crashPoint, pageOf, putLoc } from "./util.js";
+import { HASH_LEN, LOC_LEN, PAGE, addrOf, crashPoint, hex, pageOf, putLoc } from "./util.js";
+import type { Hashed } from "./hasher.js";
+import { ImageError } from "../../image/parser.js";
 
 /** PAGES records being hashed ahead of the one being indexed. */
 const HASH_DEPTH = 4;
@@ -34,8 +37,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   let lastProgress = 0;
   const appender = new PackAppender(ctx);
   const pipeline = new BlockPipeline(appender, ctx.opts.blockPages, ctx.opts.level, ctx.opts.inflight);
-  const pending = new Map<string, [number, number]>();
-  const newPages: { hash: Buffer; at: [number, number] }[] = [];
+  /** Pages new to the store, packed (see pageset.ts). */
+  const newPages = new NewPages();
   const extents: ExtentRow[] = [];
   const metaParts: Buffer[] = [];
   const vmas: VmaFile[] = [];
@@ -61,43 +64,73 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     ingestNs: 0,
     ...(info.extra !== undefined ? { extra: info.extra } : {}),
   };
-  /** Location hints of pages in blocks of this ingest: block ids are known only at commit. */
-  const fixups: { locs: Buffer; i: number; at: [number, number] }[] = [];
+  /**
+   * Location hints of pages in blocks of this ingest, as (extent ordinal, page index, entry
+   * of newPages): block ids are known only at commit.
+   */
+  const fixups = new TripleList();
   const hasher = ctx.hasher();
-  const hashing: { ext: ExtentRow; p: Promise<{ data: Buffer; hashes: Buffer }> }[] = [];
+  /** PAGES records being hashed, with the CRC their payload must have (checked by the hashing thread's result). */
+  const hashing: { ext: ExtentRow; p: Promise<Hashed>; crc: number | undefined; offset: number }[] = [];
+  /** The ImageError of a record whose payload CRC does not match, as readImage would have thrown it. */
+  const crcError = (h: (typeof hashing)[number], got: Hashed): ImageError | null =>
+    h.crc !== undefined && got.crc !== h.crc ? new ImageError(label, h.offset, `payload CRC mismatch in record PAGES (${hex(addrOf(h.ext.page))}, ${h.ext.npages} pages)`) : null;
+  let fresh = new Int32Array(256);
   /** Dedup + packing of the oldest hashed PAGES record. */
   const indexPages = async (): Promise<void> => {
-    const { ext, p } = hashing.shift()!;
-    const { data, hashes } = await p;
+    const h = hashing.shift()!;
+    const { ext, p } = h;
+    const got = await p;
+    const bad = crcError(h, got);
+    if (bad) throw bad;
+    const data = got.data;
+    // 4-aligned (the worker's fresh buffers are): read hashes as words, no object per page
+    const hashes = got.hashes.byteOffset % 4 === 0 ? got.hashes : Buffer.from(got.hashes);
+    const w = new Uint32Array(hashes.buffer, hashes.byteOffset, hashes.length / 4);
     ext.hashes = hashes;
     const locs = Buffer.alloc(ext.npages * LOC_LEN); // block 0: no hint (zero pages)
     ext.locs = locs;
+    if (fresh.length < ext.npages) fresh = new Int32Array(ext.npages);
+    let nfresh = 0;
     for (let i = 0; i < ext.npages; i++) {
-      const h = hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
-      if (h.equals(ZERO_HASH)) {
-        stats.zeroPages++;
+      const wo = i * 8;
+      if ((w[wo]! | w[wo + 1]! | w[wo + 2]! | w[wo + 3]! | w[wo + 4]! | w[wo + 5]! | w[wo + 6]! | w[wo + 7]!) === 0) {
+        stats.zeroPages++; // ZERO_HASH: a zero page
         continue;
       }
-      const key = h.toString("latin1");
-      const mine = pending.get(key);
-      if (mine) {
-        fixups.push({ locs, i, at: mine });
+      const mine = newPages.find(w, wo);
+      if (mine >= 0) {
+        fixups.push(ext.ord, i, mine);
         continue;
       }
-      const stored = filter.mayHave(h) ? cat.pageLoc(h) : undefined;
-      if (stored) {
-        putLoc(locs, i, stored[0], stored[1]);
-        continue;
+      if (filter.mayHaveWords(w, wo)) {
+        const stored = cat.pageLoc(hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN));
+        if (stored) {
+          putLoc(locs, i, stored[0], stored[1]);
+          continue;
+        }
       }
-      const at = await pipeline.add(data.subarray(i * PAGE, (i + 1) * PAGE));
-      pending.set(key, at);
-      newPages.push({ hash: h, at });
-      fixups.push({ locs, i, at });
+      const e = newPages.add(w, wo, -1, -1); // placed below
+      fixups.push(ext.ord, i, e);
+      fresh[nfresh++] = i;
     }
+    const first = newPages.count - nfresh;
+    if (nfresh === ext.npages && pipeline.takesWhole(nfresh)) {
+      // every page new, a whole block's worth: the record's memory becomes the block (no copy)
+      const slot = await pipeline.addWhole(data);
+      for (let k = 0; k < nfresh; k++) newPages.place(first + k, slot, k);
+      return; // data now belongs to the pipeline
+    }
+    for (let k = 0; k < nfresh; k++) {
+      const i = fresh[k]!;
+      const [slot, idx] = await pipeline.add(data.subarray(i * PAGE, (i + 1) * PAGE));
+      newPages.place(first + k, slot, idx);
+    }
+    recycleRecord(data); // its new pages were copied into blocks
   };
   let committed = false;
   try {
-    for await (const item of readImage(bytes, label)) {
+    for await (const item of readImage(bytes, label, { deferPagesCrc: true })) {
       switch (item.kind) {
         case "header": {
           headerRaw = item.raw;
@@ -132,9 +165,9 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         case "pages": {
           const ext: ExtentRow = { ord: extents.length, page: pageOf(item.addr), npages: item.npages, hashes: null, locs: null };
           extents.push(ext);
-          const p = hasher.hash(item.data, true); // the reader is done with it
+          const p = hasher.hash(item.data, true, item.prefixCrc); // the reader is done with it
           p.catch(() => undefined); // awaited in order below
-          hashing.push({ ext, p });
+          hashing.push({ ext, p, crc: item.crc, offset: item.offset });
           stats.pages += item.npages;
           while (hashing.length > HASH_DEPTH) await indexPages();
           if (info.onProgress && item.offset - lastProgress >= 64 << 20) {
@@ -162,7 +195,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     // the hash tracker counts changed pages only while writing them (after the TRACKING record)
     if (info.pagesWritten !== undefined) stats.pagesWritten = info.pagesWritten;
     stats.totalNs = info.totalNs ?? stats.totalNs;
-    stats.newPages = newPages.length;
+    stats.newPages = newPages.count;
     stats.storedBytes = pipeline.storedBytes;
     stats.threads = info.threads ?? threads;
     stats.ingestNs = Number(process.hrtime.bigint() - t0);
@@ -172,9 +205,14 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
       if (parent !== null && !cat.checkpoint(parent)) throw new TgError(`cannot store incremental checkpoint ${id}`, `its parent ${parent} was removed meanwhile`, "Take a full checkpoint", "missing-parent");
       for (const w of appender.writers) cat.upsertPack(w.id, w.size);
       const ids = pipeline.blocks.map((b) => cat.insertBlock(b.pack, b.offset, b.len, b.npages));
-      for (const p of newPages) cat.insertPage(p.hash, ids[p.at[0]]!, p.at[1]);
-      for (const f of fixups) {
-        putLoc(f.locs, f.i, ids[f.at[0]]!, f.at[1]);
+      const order = newPages.sorted();
+      cat.insertPages(order.length, (k) => {
+        const e = order[k]!;
+        return [newPages.hash(e), ids[newPages.slot(e)]!, newPages.idx(e)];
+      });
+      for (let k = 0; k < fixups.count; k++) {
+        const e = fixups.z(k);
+        putLoc(extents[fixups.x(k)]!.locs!, fixups.y(k), ids[newPages.slot(e)]!, newPages.idx(e));
       }
       const cid = cat.insertCheckpoint({ id, app, seq, kind, parent, synthetic: 0, created_at: createdAt, pid, stats: JSON.stringify(stats), header, meta: Buffer.concat(metaParts) });
       for (const e of extents) cat.insertExtent(cid, e);
@@ -182,15 +220,25 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     });
     committed = true;
     crashPoint("ingest-committed");
-    for (const p of newPages) filter.add(p.hash);
+    for (let e = 0; e < newPages.count; e++) filter.add(newPages.hash(e));
     await appender.close();
     return toCheckpoint(row);
   } catch (e) {
     if (committed) throw e;
     bytes.close(); // a failed ingest has no use for the rest (the agent writing a FIFO gets EPIPE)
+    // An earlier record whose CRC was still being checked is the first defect of the image: report it.
+    let first: unknown = e;
+    for (const h of hashing) {
+      const got = await h.p.catch(() => null);
+      const bad = got && crcError(h, got);
+      if (bad) {
+        first = bad;
+        break;
+      }
+    }
     await Promise.allSettled(hashing.map((h) => h.p));
     await pipeline.abandon();
     await appender.rollback();
-    throw e;
+    throw first;
   }
 }

@@ -1,0 +1,303 @@
+// The engine bench's second part (issue 15): what a checkpoint and a restore cost a busy
+// app and the host, for a quiet machine and beside a CPU hog on one core.
+//
+// The app is test/fixtures/busy MIB 1: MIB MiB of random data and one thread looping for
+// ever, writing 1% of its pages (a hot set spread over the whole area) and printing
+// "tick <iterations> <CLOCK_MONOTONIC ns>" every 100 ms and "gap <ns> <at>" after any
+// pause over 5 ms. Per case:
+//   - the app's rate (iterations/s) over the 1.5 s before each checkpoint;
+//   - a full checkpoint (--full) and then an incremental one, each: time to durable (the
+//     manifest's commitNs: request to the committed, fsynced checkpoint), CPU seconds of
+//     the daemon (all its threads) and of the agent (its thread tg-agent and the snapshot
+//     child it reaps: the app's cutime/cstime), the app's lost time over the window from
+//     the request to 1 s after the commit (window - iterations done / rate before), and the
+//     longest loop gap in it;
+//   - the app killed with SIGKILL, then `tardigrade restore` (no --replace: nothing to kill)
+//     until the restored app's first tick (restore to running), and the daemon's CPU.
+// Every figure is also given against a plain write + fsync of the same number of bytes in
+// the same run, and the load average (1 min) at the time is recorded.
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { loadavg } from "node:os";
+import { type RestoreJson, type RunJson, cliJson, daemonPid, killTracked, nowNs, sleep, track, trackApp, trackDaemon, waitForLine } from "./bench-procs.js";
+
+const MiB = 1 << 20;
+
+export interface BusyCheckpoint {
+  kind: "full" | "incremental";
+  id: string;
+  bytes: number;
+  pages: number;
+  downtimeNs: number;
+  /** Request to committed and fsynced (manifest commitNs, else the CLI's wall time). */
+  durableNs: number;
+  daemonCpuS: number;
+  agentCpuS: number;
+  /** Iterations/s over the 1.5 s before the request. */
+  rateBefore: number;
+  windowNs: number;
+  lostNs: number;
+  maxGapNs: number;
+  load1: number;
+}
+
+export interface BusyRestore {
+  id: string;
+  restoreNs: number;
+  /** `restore` request to the restored app's first tick. */
+  toRunningNs: number;
+  daemonCpuS: number;
+  load1: number;
+}
+
+export interface BusyCase {
+  mib: number;
+  hog: boolean;
+  writeFsyncNs: number;
+  checkpoints: BusyCheckpoint[];
+  restores: BusyRestore[];
+}
+
+const clkTck = 100; // USER_HZ on Linux
+
+function procCpuS(pid: number, withChildren = false): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    // fields 14-17 of stat: utime, stime, cutime, cstime (f[0] is field 3)
+    const own = Number(f[11]) + Number(f[12]);
+    return (withChildren ? own + Number(f[13]) + Number(f[14]) : own) / clkTck;
+  } catch {
+    return NaN;
+  }
+}
+
+/** CPU of the agent inside app `pid`: its thread tg-agent, and the snapshot children it reaped. */
+function agentCpuS(pid: number): number {
+  let t = 0;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim() !== "tg-agent") continue;
+      const s = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+      t += (Number(f[11]) + Number(f[12])) / clkTck;
+    }
+    const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    t += (Number(f[13]) + Number(f[14])) / clkTck;
+  } catch {
+    return NaN;
+  }
+  return t;
+}
+
+interface Tick {
+  iters: number;
+  t: number;
+}
+
+function readTicks(log: string): { ticks: Tick[]; gaps: { ns: number; at: number }[] } {
+  const ticks: Tick[] = [];
+  const gaps: { ns: number; at: number }[] = [];
+  if (!existsSync(log)) return { ticks, gaps };
+  for (const line of readFileSync(log, "utf8").split("\n")) {
+    const w = line.split(" ");
+    if (w[0] === "tick" && w.length === 3) ticks.push({ iters: Number(w[1]), t: Number(w[2]) });
+    else if (w[0] === "gap" && w.length === 3) gaps.push({ ns: Number(w[1]), at: Number(w[2]) });
+  }
+  return { ticks, gaps };
+}
+
+/** Iterations done at time t (ns), interpolated between the ticks around it (one app run: iterations grow). */
+function itersAt(ticks: Tick[], t: number): number {
+  const i = ticks.findIndex((k) => k.t >= t);
+  if (i < 0) return NaN;
+  if (i === 0) return ticks[0]!.t - t < 200e6 ? ticks[0]!.iters : NaN;
+  const a = ticks[i - 1]!;
+  const b = ticks[i]!;
+  return a.iters + ((b.iters - a.iters) * (t - a.t)) / (b.t - a.t);
+}
+
+/** The ticks of the current process only: a restored app starts again from its checkpoint's count. */
+function lastRun(ticks: Tick[]): Tick[] {
+  let from = 0;
+  for (let i = 1; i < ticks.length; i++) if (ticks[i]!.iters < ticks[i - 1]!.iters || ticks[i]!.t < ticks[i - 1]!.t) from = i;
+  return ticks.slice(from);
+}
+
+async function waitTickAfter(log: string, t: number, timeoutMs: number): Promise<Tick> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const hit = readTicks(log).ticks.find((k) => k.t > t);
+    if (hit) return hit;
+    await sleep(10);
+  }
+  throw new Error(`no tick after ${t} in ${log} within ${timeoutMs} ms`);
+}
+
+async function rateOver(log: string, ms: number): Promise<number> {
+  const t0 = Number(nowNs());
+  await sleep(ms);
+  const t1 = Number(nowNs());
+  await waitTickAfter(log, t1, 10_000);
+  const ticks = lastRun(readTicks(log).ticks);
+  return ((itersAt(ticks, t1) - itersAt(ticks, t0)) / (t1 - t0)) * 1e9;
+}
+
+interface ManifestJson {
+  id: string;
+  bytes: number;
+  pages: number;
+  downtimeNs: number;
+  commitNs?: number;
+}
+
+/** One case: the busy app of `mib` MiB, quiet or beside a hog. */
+export async function busyCase(home: string, busyBin: string, mib: number, hog: boolean, reps: number, writeFsyncNs: number): Promise<BusyCase> {
+  const env: NodeJS.ProcessEnv = { ...process.env, TARDIGRADE_HOME: home };
+  const cli = (args: string[], timeoutMs = 600_000) => cliJson(env, args, timeoutMs);
+  const name = `bench-busy-${mib}-${hog ? "hog" : "quiet"}`;
+  let hogPid = 0;
+  if (hog) {
+    const h = spawn(process.execPath, ["-e", "for(;;){}"], { stdio: "ignore" });
+    hogPid = h.pid ?? 0;
+    track(hogPid, "hog");
+  }
+  const out: BusyCase = { mib, hog, writeFsyncNs, checkpoints: [], restores: [] };
+  try {
+    const run = (await cli(["run", "--name", name, "--json", "--", busyBin, String(mib), "1"], 300_000)).json as RunJson;
+    trackDaemon(home);
+    track(run.initHostPid, "init");
+    track(run.appHostPid, "app");
+    let st = await trackApp(env, name);
+    const log = st.log;
+    await waitForLine(log, ["ready "], 300_000);
+    let app = run.appHostPid;
+    const dpid = daemonPid(home) ?? 0;
+    for (let r = 0; r < reps; r++) {
+      for (const kind of ["full", "incremental"] as const) {
+        const rateBefore = await rateOver(log, 1500);
+        const load1 = loadavg()[0]!;
+        const d0 = procCpuS(dpid);
+        const a0 = agentCpuS(app);
+        const t0 = Number(nowNs());
+        const ck = await cli(["checkpoint", name, "--json", ...(kind === "full" ? ["--full"] : [])]);
+        const t1 = Number(nowNs());
+        const d1 = procCpuS(dpid);
+        const a1 = agentCpuS(app);
+        const m = ck.json as ManifestJson;
+        const end = t1 + 1e9;
+        await sleep(1000);
+        await waitTickAfter(log, end, 10_000);
+        const { ticks, gaps } = readTicks(log);
+        const run1 = lastRun(ticks);
+        const done = itersAt(run1, end) - itersAt(run1, t0);
+        const windowNs = end - t0;
+        out.checkpoints.push({
+          kind,
+          id: m.id,
+          bytes: m.bytes,
+          pages: m.pages,
+          downtimeNs: m.downtimeNs,
+          durableNs: m.commitNs ?? ck.wallNs,
+          daemonCpuS: d1 - d0,
+          agentCpuS: a1 - a0,
+          rateBefore,
+          windowNs,
+          lostNs: Math.max(0, windowNs - (done / rateBefore) * 1e9),
+          maxGapNs: Math.max(0, ...gaps.filter((g) => g.at >= t0 && g.at <= end).map((g) => g.ns)),
+          load1,
+        });
+      }
+      // restore after kill -9
+      process.kill(app, "SIGKILL");
+      const gone = Date.now() + 60_000;
+      while ((await trackApp(env, name)).state !== "exited") {
+        if (Date.now() > gone) throw new Error(`${name} still not exited 60 s after SIGKILL`);
+        await sleep(50);
+      }
+      const load1 = loadavg()[0]!;
+      const d0 = procCpuS(dpid);
+      const t0 = Number(nowNs());
+      const rs = (await cli(["restore", name, "--json"], 300_000)).json as RestoreJson;
+      track(rs.initHostPid, "init");
+      track(rs.appHostPid, "app");
+      const first = await waitTickAfter(log, t0, 120_000);
+      const d1 = procCpuS(dpid);
+      out.restores.push({ id: rs.checkpoint, restoreNs: rs.restoreNs, toRunningNs: first.t - t0, daemonCpuS: d1 - d0, load1 });
+      app = rs.appHostPid;
+      st = await trackApp(env, name);
+      if (st.state !== "running") throw new Error(`${name} is ${st.state} after its restore`);
+    }
+    process.kill(app, "SIGKILL");
+  } finally {
+    if (hogPid) killTracked("SIGKILL", (t) => t.pid === hogPid);
+  }
+  return out;
+}
+
+const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : "-");
+const f3 = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : "-");
+const med = (xs: number[]): number => {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/** Issue 15's CRIU 4.2 figures on this VM (not measured in this run: CRIU=path is not wired in). */
+export const CRIU_ISSUE_1G = { cpuSPerGiB: 2.4, dumpFsyncS: [2.7, 3.2], restoreS: [3.3, 4.2] };
+
+export function printBusy(cases: BusyCase[]): void {
+  const header = ["case", "MiB", "kind", "durable s", "x write+fsync", "daemon CPU s", "agent CPU s", "CPU s/GiB", "app lost s", "lost/window", "max gap s", "downtime s", "load1"];
+  const rows: string[][] = [];
+  for (const c of cases) {
+    for (const kind of ["full", "incremental"] as const) {
+      const k = c.checkpoints.filter((x) => x.kind === kind);
+      if (k.length === 0) continue;
+      const cpu = med(k.map((x) => x.daemonCpuS + x.agentCpuS));
+      const gib = med(k.map((x) => x.bytes)) / (1024 * MiB);
+      rows.push([
+        c.hog ? "hog" : "quiet",
+        String(c.mib),
+        kind,
+        f3(med(k.map((x) => x.durableNs)) / 1e9),
+        f2(med(k.map((x) => x.durableNs)) / c.writeFsyncNs),
+        f2(med(k.map((x) => x.daemonCpuS))),
+        f2(med(k.map((x) => x.agentCpuS))),
+        f2(cpu / gib),
+        f3(med(k.map((x) => x.lostNs)) / 1e9),
+        f2(med(k.map((x) => x.lostNs / x.windowNs))),
+        f3(med(k.map((x) => x.maxGapNs)) / 1e9),
+        f3(med(k.map((x) => x.downtimeNs)) / 1e9),
+        f2(med(k.map((x) => x.load1))),
+      ]);
+    }
+    if (c.restores.length) {
+      rows.push([
+        c.hog ? "hog" : "quiet",
+        String(c.mib),
+        "restore",
+        f3(med(c.restores.map((x) => x.toRunningNs)) / 1e9),
+        f2(med(c.restores.map((x) => x.toRunningNs)) / c.writeFsyncNs),
+        f2(med(c.restores.map((x) => x.daemonCpuS))),
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        f2(med(c.restores.map((x) => x.load1))),
+      ]);
+    }
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((x, i) => x.padStart(widths[i]!)).join("  ");
+  console.log(line(header));
+  for (const r of rows) console.log(line(r));
+  console.log(
+    "\nbusy app = test/fixtures/busy MIB 1 (one thread writing 1% of its pages in a loop); medians over the rounds." +
+      "\ndurable = checkpoint request to committed and fsynced (manifest commitNs); for restore rows: `restore` request (app killed -9 before) to the restored app's first tick." +
+      "\nx write+fsync = against a plain write + fsync of the app's bytes in the same run; CPU = daemon (all threads) + agent (tg-agent thread + reaped snapshot child); CPU s/GiB = per GiB of image (for an incremental: of its small image)." +
+      "\napp lost = window (request to 1 s after the commit) minus iterations done / the rate over the 1.5 s before; load1 = 1-min load average at the request." +
+      `\nCRIU 4.2 on this VM per issue 15 (not measured in this run): ${CRIU_ISSUE_1G.cpuSPerGiB} CPU-s/GiB, dump+fsync ${CRIU_ISSUE_1G.dumpFsyncS.join("/")} s and restore ${CRIU_ISSUE_1G.restoreS.join("/")} s (min/median) at 1 GiB.`,
+  );
+}
