@@ -91,7 +91,7 @@ export async function captureIntoCas(
       // image's first records) makes the store see the image end early, maybe before the agent's
       // reply arrives here: then the agent's reason is the one that matters.
       const endedEarly = ingestError instanceof ImageError && /^(missing END record|truncated )/.test(ingestError.reason);
-      const storeFirst = ingestError !== null && !endedEarly && /Broken pipe|killed by signal 13/.test(failure.why);
+      const storeFirst = ingestError !== null && !endedEarly && /Broken pipe|killed by signal 13\b/.test(failure.why);
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
