@@ -5,7 +5,7 @@
 // Real programs: python3 (files, mmap, sqlite3 in PERSIST and WAL modes) and a JVM.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, type BigIntStats } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
@@ -46,6 +46,25 @@ function lastNum(ls: string[], re: RegExp): number {
 }
 
 /** A refused restore: exit 1, the file named, the flag offered, and nothing started. */
+/** A python3 app holding data.txt (4 KiB) open, checkpointed, then killed; the file's stat then. */
+async function heldFileCheckpointed(t: TestContext): Promise<{ h: TestHome; file: string; before: BigIntStats }> {
+  const { h, dir } = setup(t);
+  const file = join(dir, "data.txt");
+  writeFileSync(file, "x".repeat(4096));
+  await runApp(h, "holder", ["python3", fixtureScript("holdopen.py"), file]);
+  await waitLines(h, "holder", (ls) => ls.length >= 3, "ticks", WAIT);
+  await checkpoint(h, "holder");
+  await killApp(h, "holder");
+  return { h, file, before: statSync(file, { bigint: true }) };
+}
+
+/** Sets file's mtime back to mtimeNs, to the nanosecond. */
+function touchBack(file: string, mtimeNs: bigint): void {
+  const sec = mtimeNs / 1_000_000_000n;
+  const nsec = (mtimeNs % 1_000_000_000n).toString().padStart(9, "0");
+  execFileSync("touch", ["-d", `@${sec}.${nsec}`, file]);
+}
+
 async function assertRefused(h: TestHome, name: string, file: string, args: string[] = []): Promise<string> {
   const r = await h.cli(["restore", name, ...args]);
   assert.equal(r.code, 1, `restore should be refused\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
@@ -98,20 +117,11 @@ describe("files written since the checkpoint", { timeout: TIMEOUT }, () => {
   });
 
   test("inode reuse: the file deleted and recreated with the same size and mtime is refused", async (t) => {
-    const { h, dir } = setup(t);
-    const file = join(dir, "data.txt");
-    writeFileSync(file, "x".repeat(4096));
-    await runApp(h, "holder", ["python3", fixtureScript("holdopen.py"), file]);
-    await waitLines(h, "holder", (ls) => ls.length >= 3, "ticks", WAIT);
-    await checkpoint(h, "holder");
-    await killApp(h, "holder");
-    const before = statSync(file, { bigint: true });
+    const { h, file, before } = await heldFileCheckpointed(t);
     const content = readFileSync(file);
     unlinkSync(file);
     writeFileSync(file, content);
-    const sec = before.mtimeNs / 1_000_000_000n;
-    const nsec = (before.mtimeNs % 1_000_000_000n).toString().padStart(9, "0");
-    execFileSync("touch", ["-d", `@${sec}.${nsec}`, file]);
+    touchBack(file, before.mtimeNs);
     const now = statSync(file, { bigint: true });
     assert.equal(now.size, before.size);
     assert.equal(now.mtimeNs, before.mtimeNs, "same mtime");
@@ -122,18 +132,9 @@ describe("files written since the checkpoint", { timeout: TIMEOUT }, () => {
   });
 
   test("same inode, same size and mtime, other contents (rewritten in place, touch -d): refused", async (t) => {
-    const { h, dir } = setup(t);
-    const file = join(dir, "data.txt");
-    writeFileSync(file, "x".repeat(4096));
-    await runApp(h, "holder", ["python3", fixtureScript("holdopen.py"), file]);
-    await waitLines(h, "holder", (ls) => ls.length >= 3, "ticks", WAIT);
-    await checkpoint(h, "holder");
-    await killApp(h, "holder");
-    const before = statSync(file, { bigint: true });
+    const { h, file, before } = await heldFileCheckpointed(t);
     writeFileSync(file, "y".repeat(4096)); // same inode: truncated and rewritten
-    const sec = before.mtimeNs / 1_000_000_000n;
-    const nsec = (before.mtimeNs % 1_000_000_000n).toString().padStart(9, "0");
-    execFileSync("touch", ["-d", `@${sec}.${nsec}`, file]);
+    touchBack(file, before.mtimeNs);
     const now = statSync(file, { bigint: true });
     assert.deepEqual([now.ino, now.size, now.mtimeNs], [before.ino, before.size, before.mtimeNs], "same inode, size and mtime");
     const why = await assertRefused(h, "holder", file);
