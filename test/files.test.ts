@@ -203,6 +203,21 @@ describe("shared writable file mappings", { timeout: TIMEOUT }, () => {
     assert.ok(!maps.includes(file), "no mapping of the deleted path");
   });
 
+  test("MAP_SHARED anonymous and memfd memory: captured at the same instant as private memory", async (t) => {
+    const { h } = setup(t);
+    await runApp(h, "shm", [fixture("shmcount")]);
+    await waitLines(h, "shm", (ls) => ls.filter((l) => l.startsWith("ok ")).length >= 2, "counting", WAIT);
+    // several checkpoints: the app counts in all three places at full speed all along
+    for (let i = 0; i < 3; i++) await checkpoint(h, "shm");
+    await killApp(h, "shm");
+    const from = logSize(h, "shm");
+    const r = await h.cli(["restore", "shm"]);
+    assert.equal(r.code, 0, r.stderr);
+    const ls = await waitLines(h, "shm", (x) => x.some((l) => l.startsWith("CORRUPT")) || x.filter((l) => l.startsWith("ok ")).length >= 3, "counting after the restore", WAIT, from);
+    assert.deepEqual(ls.filter((l) => l.startsWith("CORRUPT")), [], `the shared counters agree with the private one: ${ls.join(" | ")}`);
+    assert.equal((await status(h, "shm")).state, "running");
+  });
+
   test("a shared writable mapping of a file over 64 MiB: checkpoint refused naming it, nothing committed, the app runs on", async (t) => {
     // The daemon waits after the agent's refusal: the store has seen the image end early by then
     // (a race that a busy machine used to lose, reporting the store's 'missing END record').

@@ -172,9 +172,11 @@ static struct { uint64_t start, end, copy; } copies[256];
 static int ncopies;
 static uint64_t copy_region, copy_len;
 
+/* Every shared writable mapping with an object behind it: files, and also MAP_SHARED|MAP_ANONYMOUS
+ * ("/dev/zero (deleted)"), memfd and System V segments, which the application writes on after the
+ * release just the same (the snapshot child would read them at a later instant than the rest). */
 static int wants_copy(const struct tg_vma *v) {
-  return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/' &&
-         strncmp(v->path, "/memfd:", 7) != 0 && strncmp(v->path, "/dev/zero", 9) != 0 && strncmp(v->path, "/SYSV", 5) != 0;
+  return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/';
 }
 
 /* Bytes of the mapping that lie inside its file (0: none, or not a regular file / too large). */
