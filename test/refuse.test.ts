@@ -176,6 +176,9 @@ describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT },
   test("a daemonizing app (shell double fork, parent exits 0): status names what it left, and it is not left running", async (t) => {
     const { h, dir } = setup(t);
     await runApp(h, "dz", ["bash", fixtureScript("children.sh"), "exit", dir]);
+    // bash exits once `run` has returned (at once, `run` itself could fail: the app ended before its agent answered)
+    await waitLines(h, "dz", (l) => l.some((x) => /^daemon \d+$/.test(x)), "the daemon started");
+    writeFileSync(join(dir, "go"), "");
     const st = await waitExited(h, "dz");
     assert.equal(st.exit?.exit_code, 0);
     const ls = logLines(h, "dz");
