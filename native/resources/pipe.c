@@ -82,7 +82,7 @@ static int open_pipe(struct tg_fd_restore *rc, size_t i, char *err, size_t errle
   const struct tg_rec_fd *r = &rc->fds[i].r;
   if (rc->tmp[i] >= 0) return 0; /* made at an earlier end's record */
   for (size_t j = 0; j < i; j++)
-    if (rc->fds[j].r.aux == r->aux && is_pipe(rc->fds[j].r.kind) && !rc->fds[j].r.reserved) return 0; /* that end is a dup's */
+    if (rc->fds[j].r.aux == r->aux && is_pipe(rc->fds[j].r.kind) && !rc->fds[j].r.reserved) return 0; /* made at that earlier record: its ends went to the first record of each end */
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) { snprintf(err, errlen, "pipe2: %s", strerror(errno)); return -1; }
   /* a pipe smaller than asked still works; data larger than it would fail to go back (below) */
