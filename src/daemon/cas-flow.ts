@@ -8,7 +8,6 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { TgError, errMessage } from "../errors.js";
-import { ImageError } from "../image/parser.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint, IngestInfo } from "../store/cas/types.js";
 import { checkpoint as agentCheckpoint, type CheckpointEvent, type CheckpointOptions } from "./agent.js";
@@ -90,8 +89,7 @@ export async function captureIntoCas(
       // one that matters. An agent that stopped for a reason of its own (a refusal, after the
       // image's first records) makes the store see the image end early, maybe before the agent's
       // reply arrives here: then the agent's reason is the one that matters.
-      const endedEarly = ingestError instanceof ImageError && /^(missing END record|truncated )/.test(ingestError.reason);
-      const storeFirst = ingestError !== null && !endedEarly && /Broken pipe|killed by signal 13\b/.test(failure.why);
+      const storeFirst = ingestError !== null && /Broken pipe|killed by signal 13\b/.test(failure.why);
       verdict(failure);
       reader.abort("the checkpoint was abandoned");
       await ingest.catch(() => {});
