@@ -103,7 +103,16 @@ describe("daemon: private state, full disk", { timeout: 600_000 }, () => {
     const catPack = spawnSync("runuser", ["-u", user, "--", "cat", packs[0]!.path], { encoding: "utf8", timeout: 60_000 });
     assert.notEqual(catPack.status, 0);
     assert.match(catPack.stderr, /Permission denied/);
-    // and as that user, the CLI says what is wrong in one line, no stack trace
+    // and as that user, the CLI says what is wrong in one line, no stack trace. The second user must
+    // reach the CLI: a checkout under a private directory (a `mktemp -d` clone is 0700) is opened
+    // for traversal (o+x, no read) for this test and closed again after.
+    for (let d = join(CLI, ".."); d !== "/"; d = join(d, "..")) {
+      const mode = lstatSync(d).mode & 0o777;
+      if ((mode & 0o001) === 0) {
+        chmodSync(d, mode | 0o001);
+        t.after(() => chmodSync(d, mode));
+      }
+    }
     const cli = spawnSync("runuser", ["-u", user, "--", "env", `TARDIGRADE_HOME=${h.home}`, process.execPath, CLI, "status"], { encoding: "utf8", timeout: 60_000 });
     assert.equal(cli.status, 1);
     assert.match(cli.stderr, /^tardigrade: [^\n]+\n$/, cli.stderr);
