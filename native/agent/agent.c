@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -234,12 +235,45 @@ static int smaps_dontfork(char *buf, size_t cap) {
   return count;
 }
 
-static char children_err[1024]; /* set when the park found child processes: the checkpoint refuses */
+static char children_err[1024]; /* set when the park found child processes, or the tree's cut was called off: the checkpoint refuses */
+
+static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A process tree's cut (docs/native-interface.md, "hold"): with every thread of this process parked,
+ * tell the caller and wait for its word. 0 when the word is `want`; -1 (why in children_err) on
+ * ABORT, a closed connection or no word within 60 s. Runs in the manager's park handler. */
+static int hold_for(const char *event, const char *want) {
+  reply("{\"event\":\"%s\",\"ok\":true}", event);
+  char line[64];
+  size_t n = 0;
+  for (;;) {
+    struct pollfd pfd = {tg.conn_fd, POLLIN, 0};
+    int r = poll(&pfd, 1, 60000);
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) { snprintf(children_err, sizeof children_err, "the process tree's cut was abandoned: no word from the daemon within 60 s after '%s'", event); return -1; }
+    ssize_t got = r > 0 ? recv(tg.conn_fd, line + n, 1, 0) : -1;
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) { snprintf(children_err, sizeof children_err, "the process tree's cut was abandoned: the daemon went away after '%s'", event); return -1; }
+    if (line[n] == '\n' || n + 2 >= sizeof line) break;
+    n++;
+  }
+  line[n] = 0;
+  if (strcmp(line, want) == 0) return 0;
+  if (strncmp(line, "ABORT", 5) == 0)
+    snprintf(children_err, sizeof children_err, "%s", line[5] == ' ' ? line + 6 : "the process tree's cut was called off by the daemon");
+  else
+    snprintf(children_err, sizeof children_err, "the process tree's cut was abandoned: expected %s, got '%.40s'", want, line);
+  return -1;
+}
+
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
   children_err[0] = 0;
-  long stk = tg_check_no_children(children_err, sizeof children_err) != 0
+  /* One process alone: no child may exist (a fork since the daemon looked). Part of a tree's cut:
+   * the daemon knows the tree; every process of it is parked before any is captured. */
+  int refused = tg.hold ? hold_for("parked", "CAPTURE") : tg_check_no_children(children_err, sizeof children_err);
+  long stk = refused != 0
                  ? -ECHILD
                  : tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   long child;
@@ -272,6 +306,13 @@ static void snapshot_and_release(uint32_t gen) {
     for (int i = 0; i < nsm; i++) tg_sys3(SYS_madvise, smaps_df[i].start, smaps_df[i].end - smaps_df[i].start, MADV_DONTFORK);
     tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
     tg_free_shared_copies();
+    /* a tree: every process is captured before any resumes */
+    if (child > 0 && tg.hold && hold_for("captured", "RESUME") != 0) {
+      tg_sys2(SYS_kill, child, SIGKILL);
+      siginfo_t si;
+      while (tg_sys5(SYS_waitid, P_PID, child, &si, WEXITED | __WALL, 0) == -EINTR) {}
+      child = -ECHILD;
+    }
   }
   tg.child = child;
   tg.capturing = 0;
@@ -444,6 +485,7 @@ static void do_checkpoint(char *args) {
   if (!path) path = args;
   tg.want_incremental = 0;
   tg.parent_seq = 0;
+  tg.hold = 0;
   int to_fifo = 0;
   img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
@@ -451,12 +493,14 @@ static void do_checkpoint(char *args) {
     else if (strcmp(w, "full") == 0) tg.want_incremental = 0;
     else if (strncmp(w, "parent=", 7) == 0) tg.parent_seq = strtoull(w + 7, NULL, 10);
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
+    else if (strcmp(w, "hold") == 0) tg.hold = 1; /* part of a process tree's cut */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
     else if (strcmp(w, "tracking=none") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_OFF; }
     else { snprintf(err, sizeof err, "unknown CHECKPOINT option '%s'", w); reply_error("error", err); return; }
   }
   if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
+  tg_res_tree = tg.hold;
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
@@ -629,6 +673,10 @@ static int after_restore(void) {
     memcpy(tg.sock_path, tg_restart.sock_path, sizeof tg.sock_path);
     tg.sock_path[sizeof tg.sock_path - 1] = 0;
   }
+  if (tg_restart.sock_base[0]) {
+    memcpy(tg.sock_base, tg_restart.sock_base, sizeof tg.sock_base);
+    tg.sock_base[sizeof tg.sock_base - 1] = 0;
+  }
   tg.listen_fd = listen_on(tg.sock_path);
   return 0;
 }
@@ -662,7 +710,6 @@ static void *manager_main(void *arg) {
   tg_real_pthread_sigmask(SIG_SETMASK, &all, NULL);
   prctl(PR_SET_NAME, "tg-agent");
   tg.manager_tid = (int)tg_sys0(SYS_gettid);
-  tg.listen_fd = listen_on(tg.sock_path);
   for (;;) {
     if (tg.listen_fd < 0) return NULL;
     int c = accept4(tg.listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -679,6 +726,16 @@ static void *manager_main(void *arg) {
   }
 }
 
+static int start_manager(void);
+static void tg_after_fork(void);
+
+/* A process of a tree that ends takes its socket file with it (exit() does; a process killed or
+ * ending with _exit leaves it, and the daemon sweeps it). Not in a forked child that has not got
+ * its own manager yet: the path is then the parent's. */
+static void unlink_own_socket(void) {
+  if (tg.active && tg.listen_fd >= 0 && tg.pid == getpid() && strcmp(tg.sock_path, tg.sock_base) != 0) unlink(tg.sock_path);
+}
+
 __attribute__((constructor)) static void tg_agent_init(void) {
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg_real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
@@ -686,16 +743,17 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg.sig = SIGRTMAX;
   const char *sock = getenv("TARDIGRADE_SOCK");
   if (!sock || !*sock || !tg_real_sigaction || !tg_real_pthread_sigmask) return;
-  if (strlen(sock) >= sizeof tg.sock_path) {
-    fprintf(stderr, "tardigrade agent: TARDIGRADE_SOCK is too long (max %zu bytes)\n", sizeof tg.sock_path - 1);
+  /* Every process of the app has an agent: the launched one (also after it execs: a wrapper that
+   * execs the real program keeps the PID) listens at TARDIGRADE_SOCK, every other one (a child that
+   * exec'd, or was forked: tg_after_fork) at TARDIGRADE_SOCK.PID. */
+  const char *root_pid = getenv("TARDIGRADE_AGENT_PID");
+  if (strlen(sock) + 12 >= sizeof tg.sock_path) {
+    fprintf(stderr, "tardigrade agent: TARDIGRADE_SOCK is too long (max %zu bytes)\n", sizeof tg.sock_path - 13);
     return;
   }
-  strcpy(tg.sock_path, sock);
-  /* Only the launched process is managed, also after it execs (a wrapper script or shim that
-   * execs the real program keeps the PID); processes it forks run without an agent (process
-   * trees are not supported yet). */
-  const char *want_pid = getenv("TARDIGRADE_AGENT_PID");
-  if (!want_pid || atoi(want_pid) != getpid()) return;
+  strcpy(tg.sock_base, sock);
+  if (root_pid && atoi(root_pid) == getpid()) strcpy(tg.sock_path, sock);
+  else snprintf(tg.sock_path, sizeof tg.sock_path, "%s.%d", sock, getpid());
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = park_handler;
@@ -707,6 +765,18 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   }
   tg.active = 1;
   tg.pid = getpid();
+  if (start_manager() != 0) return;
+  /* registered once per program: exec runs this constructor again in the new program */
+  atexit(unlink_own_socket);
+  int fe = pthread_atfork(NULL, NULL, tg_after_fork);
+  if (fe != 0) fprintf(stderr, "tardigrade agent: pthread_atfork: %s (children forked by this process run without an agent)\n", strerror(fe));
+}
+
+/* The manager thread (its signals blocked but the park signal). 0, or -1 (said on stderr). The
+ * socket is made here, before the thread: a fork meanwhile must find it in tg.listen_fd. */
+static int start_manager(void) {
+  tg.listen_fd = listen_on(tg.sock_path);
+  if (tg.listen_fd < 0) return -1;
   pthread_t t;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
@@ -723,5 +793,35 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   if (e != 0) {
     fprintf(stderr, "tardigrade agent: cannot start manager thread: %s\n", strerror(e));
     tg.active = 0;
+    return -1;
   }
+  return 0;
+}
+
+/* In the child of a fork (glibc runs this in the thread that forked): everything of the parent's
+ * agent that the child got a copy of (fds, the manager's state, the tracker) is dropped, and the
+ * child gets a manager of its own, listening at TARDIGRADE_SOCK.PID. A fork cannot happen while the
+ * threads are parked, so no checkpoint is in flight in the child. */
+static void tg_after_fork(void) {
+  if (!tg.active) return;
+  int fds[] = {tg.listen_fd, tg.conn_fd, tg.img_fd, tg.err_rd, tg.err_wr};
+  for (size_t i = 0; i < sizeof fds / sizeof *fds; i++) if (fds[i] >= 0) tg_sys1(SYS_close, fds[i]);
+  /* a connection the parent's manager was accepting as the fork happened is not in tg yet: every
+   * socket named by the parent's path (its listening socket and the connections it accepted) goes */
+  for (int fd = 0; fd < 1024; fd++) {
+    struct sockaddr_un a;
+    socklen_t al = sizeof a;
+    if (tg_sys3(SYS_getsockname, fd, &a, &al) != 0 || a.sun_family != AF_UNIX) continue;
+    if (al > offsetof(struct sockaddr_un, sun_path) && strncmp(a.sun_path, tg.sock_path, sizeof a.sun_path) == 0) tg_sys1(SYS_close, fd);
+  }
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg_track_after_fork();
+  tg.capturing = 0;
+  tg.hold = 0;
+  tg.nslots = tg.parked = 0;
+  tg.child = 0;
+  tg.seq = 0;
+  tg.pid = getpid();
+  snprintf(tg.sock_path, sizeof tg.sock_path, "%s.%d", tg.sock_base, tg.pid);
+  start_manager();
 }

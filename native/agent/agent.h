@@ -42,7 +42,9 @@ struct tg_agent {
   int active;
   int sig;                      /* the agent's park signal (SIGRTMAX) */
   int pid, ppid, manager_tid;   /* namespace ids, recorded at each capture */
-  char sock_path[108];
+  char sock_path[108];          /* where this process's agent listens */
+  char sock_base[108];          /* the app's socket: the launched process listens there, every other one at sock_base.PID */
+  int hold;                     /* this request is part of a process tree's cut: wait for the caller at each barrier */
   int listen_fd, conn_fd, img_fd, err_rd, err_wr;
   volatile int capturing;
   volatile uint32_t stop_gen, release_gen;

@@ -281,6 +281,19 @@ TG_HIDDEN void tg_track_after_snapshot(int ok, uint64_t seq) {
   }
 }
 
+TG_HIDDEN void tg_track_after_fork(void) {
+  if (tg_trk.uffd >= 0) tg_sys1(SYS_close, tg_trk.uffd);
+  if (tg_trk.pagemap >= 0) tg_sys1(SYS_close, tg_trk.pagemap); /* /proc/self/pagemap of the parent's mm */
+  if (tg_trk.prev) tg_sys2(SYS_munmap, tg_trk.prev, tg_trk.prev_len); /* MAP_SHARED with the parent */
+  if (tg_trk.next) tg_sys2(SYS_munmap, tg_trk.next, tg_trk.next_len);
+  tg_trk.uffd = tg_trk.pagemap = -1;
+  tg_trk.prev = tg_trk.next = NULL; /* the private arrays (tracked, dirty, fresh) are the child's own copies: kept */
+  tg_trk.prev_len = tg_trk.next_len = 0;
+  tg_trk.ntracked = tg_trk.ndirty = tg_trk.nfresh = 0;
+  tg_trk.base_seq = 0;
+  tg_trk.mode = TG_TRACK_NONE;
+}
+
 TG_HIDDEN void tg_track_reset(void) {
   /* none of these exist in a restored process (they are never part of an image) */
   tg_trk.uffd = tg_trk.pagemap = -1;

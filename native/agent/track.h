@@ -52,6 +52,9 @@ __attribute__((visibility("hidden"))) int tg_track_before_snapshot(int want_incr
 __attribute__((visibility("hidden"))) void tg_track_after_snapshot(int ok, uint64_t seq);
 /* After a restore: every fd and mapping of the tracker is gone; the next checkpoint is full. */
 __attribute__((visibility("hidden"))) void tg_track_reset(void);
+/* In a forked child: the tracker's fds and shared tables are the parent's; drop them (the child's
+ * mappings lost their registration in the fork): the child's first checkpoint is full. */
+__attribute__((visibility("hidden"))) void tg_track_after_fork(void);
 /* Index of the first of n sorted, disjoint regions that ends after addr (n if none). */
 __attribute__((visibility("hidden"))) uint64_t tg_regions_first_after(const struct tg_region *r, uint64_t n, uint64_t addr);
 /* Ranges of the agent's own that are never part of an image. */

@@ -172,6 +172,7 @@ struct tg_restart_info {
   volatile int32_t pending;      /* threads not yet out of the restorer blob */
   uint64_t blob_addr, blob_len;  /* restorer mapping the manager unmaps */
   char sock_path[108];           /* where the agent listens after restore */
+  char sock_base[108];           /* the app's agent socket: a process forked later listens at sock_base.PID */
 };
 
 #endif

@@ -44,11 +44,27 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
    * "ERR <message>" (EOF without OK = the restorer died). */
   char msg[1024] = {0};
   size_t got = 0;
+  int oks = 0;
   for (;;) {
     ssize_t r = read(report, msg + got, sizeof msg - 1 - got);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     got += (size_t)r;
+    if (l->image && l->expect_ok > 0) {
+      /* a restore: every process of the tree says "OK\n" (or one says "ERR ...") */
+      msg[got] = 0;
+      char *line = msg, *e;
+      int bad = 0;
+      while ((e = strchr(line, '\n'))) {
+        if (strncmp(line, "OK\n", 3) != 0) { bad = 1; break; }
+        oks++;
+        line = e + 1;
+      }
+      if (bad) { memmove(msg, line, strlen(line) + 1); got = strlen(msg); break; }
+      memmove(msg, line, strlen(line) + 1);
+      got = strlen(msg);
+      if (oks == l->expect_ok) { strcpy(msg, "OK"); break; }
+    }
     if (got >= sizeof msg - 1) break;
   }
   close(report);
@@ -93,10 +109,20 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
     failed = 3;
   }
   if (failed) {
+    if (l->go_fd >= 0) close(l->go_fd); /* the processes waiting for the word end (status 107) */
+    kill(-1, SIGKILL);                  /* every process of the namespace: a tree's too */
     kill(app_pid, SIGKILL);
     while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {}
     tg_write_status(l->status_path, json);
     return failed;
+  }
+  if (l->image && l->go_fd >= 0) {
+    /* every process of the tree is restored: let them all run */
+    for (int i = 0; i < l->expect_ok; i++) {
+      char go = 'G';
+      while (write(l->go_fd, &go, 1) < 0 && errno == EINTR) {}
+    }
+    close(l->go_fd);
   }
   char ready = 'R';
   if (write(sync_fd, &ready, 1) != 1) fprintf(stderr, "tardigrade: cannot signal readiness: %s\n", strerror(errno));

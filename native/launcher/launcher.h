@@ -13,6 +13,8 @@ struct tg_launch {
   const char *image;        /* restore: raw image */
   char **argv;              /* run: command */
   int verbose;
+  int expect_ok;            /* restore: processes that each report "OK" (a process tree: several) */
+  int go_fd;                /* restore: the init writes expect_ok bytes here once all said OK (-1: none) */
 };
 
 /* Creates the application inside PID 1 of the new namespace. Returns its PID (in the namespace) or

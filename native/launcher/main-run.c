@@ -61,6 +61,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
   struct tg_launch l;
   memset(&l, 0, sizeof l);
+  l.go_fd = -1;
   int i = 1;
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) { i++; break; }

@@ -1,7 +1,9 @@
 /* Pipes with both ends in the process (FD kinds 4 and 5, PIPE_DATA): the capture checks that
  * every pipe's other end is ours and keeps what is buffered in it (tee into a private pipe:
  * nothing is consumed); the restore makes each pipe once, at its first end's record, refills it
- * and hands each end to its records. Pipes to other processes come with process trees. */
+ * and hands each end to its records. In a process tree (tg_res_tree) an end may be alone in the
+ * process: the daemon checks the tree, and the restorer makes such a pipe once for every process
+ * (rc->shared) before the tree is cloned. */
 #include "resource.h"
 
 #include <errno.h>
@@ -34,7 +36,7 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
     int other = 0;
     for (int j = 0; j < nseen; j++)
       if (is_pipe(seen[j].kind) && seen[j].aux == seen[i].aux && seen[j].kind != seen[i].kind) other = 1;
-    if (!other) {
+    if (!other && !tg_res_tree) {
       snprintf(err, errlen,
                "fd %u (pipe:[%llu], %s end): the other end of this pipe is outside the process; pipes to other "
                "processes are not supported yet",
@@ -84,10 +86,17 @@ static int open_pipe(struct tg_fd_restore *rc, size_t i, char *err, size_t errle
   for (size_t j = 0; j < i; j++)
     if (rc->fds[j].r.aux == r->aux && is_pipe(rc->fds[j].r.kind) && !rc->fds[j].r.reserved) return 0; /* made at that earlier record: its ends went to the first record of each end */
   int p[2];
-  if (pipe2(p, O_CLOEXEC) != 0) { snprintf(err, errlen, "pipe2: %s", strerror(errno)); return -1; }
+  const struct tg_shared_pipe *sh = NULL;
+  for (size_t k = 0; k < rc->nshared; k++) if (rc->shared[k].ino == r->aux) sh = &rc->shared[k];
+  if (sh) {
+    /* made (and refilled) before the tree was cloned: this process takes its own copies of the ends */
+    p[0] = fcntl(sh->r, F_DUPFD_CLOEXEC, 0);
+    p[1] = fcntl(sh->w, F_DUPFD_CLOEXEC, 0);
+    if (p[0] < 0 || p[1] < 0) { snprintf(err, errlen, "pipe:[%llu]: dup: %s", (unsigned long long)r->aux, strerror(errno)); return -1; }
+  } else if (pipe2(p, O_CLOEXEC) != 0) { snprintf(err, errlen, "pipe2: %s", strerror(errno)); return -1; }
   /* a pipe smaller than asked still works; data larger than it would fail to go back (below) */
-  if (r->id.size > 65536) (void)fcntl(p[1], F_SETPIPE_SZ, (int)r->id.size);
-  for (size_t k = 0; k < rc->npipes; k++) {
+  if (!sh && r->id.size > 65536) (void)fcntl(p[1], F_SETPIPE_SZ, (int)r->id.size);
+  for (size_t k = 0; !sh && k < rc->npipes; k++) {
     if (rc->pipes[k].ino != r->aux) continue;
     size_t w = 0;
     while (w < rc->pipes[k].len) {
@@ -114,6 +123,29 @@ static int open_pipe(struct tg_fd_restore *rc, size_t i, char *err, size_t errle
   if (!gave_r) close(rh);
   if (!gave_w) close(wh);
   return 0;
+}
+
+/* The restorer, before it clones a process tree: one pipe for inode ino, refilled with data (its
+ * size as the record says). 0, or -1 with err. */
+TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, uint64_t size, const char *data, size_t len,
+                                      int tmp_base, char *err, size_t errlen) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) { snprintf(err, errlen, "pipe2: %s", strerror(errno)); return -1; }
+  if (size > 65536) (void)fcntl(p[1], F_SETPIPE_SZ, (int)size);
+  for (size_t w = 0; w < len;) {
+    ssize_t n = write(p[1], data + w, len - w);
+    if (n <= 0) {
+      snprintf(err, errlen, "refilling pipe:[%llu]: %s", (unsigned long long)ino, n < 0 ? strerror(errno) : "short write");
+      close(p[0]);
+      close(p[1]);
+      return -1;
+    }
+    w += (size_t)n;
+  }
+  out->ino = ino;
+  out->r = tg_res_high(p[0], tmp_base, err, errlen);
+  out->w = tg_res_high(p[1], tmp_base, err, errlen);
+  return out->r < 0 || out->w < 0 ? -1 : 0;
 }
 
 const struct tg_fd_ops tg_fd_pipe = {.name = "pipe", .describe = describe, .end = end, .owns = is_pipe, .open = open_pipe};

@@ -44,6 +44,9 @@ typedef int (*tg_emit_fn)(void *ctx, uint32_t type, const void *a, size_t al, co
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
 struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
+/* A pipe of a process tree that the restorer made once, before the tree was cloned (its ends are
+ * inherited by every process, which takes the ends its records name and closes the rest). */
+struct tg_shared_pipe { uint64_t ino; int r, w; };
 
 /* The image's fd records and the data records that go with them, and where each object is made:
  * every object is created at a temporary fd >= tmp_base (tmp[i] for record i), then moved into
@@ -55,6 +58,7 @@ struct tg_fd_restore {
   int *tmp;
   int tmp_base;
   const char *stdio_log;       /* --stdio-log: where the app's appended stdout/stderr go on this host */
+  const struct tg_shared_pipe *shared; size_t nshared; /* pipes of the tree, made before it was cloned */
 };
 
 struct tg_fd_ops {
@@ -75,6 +79,11 @@ struct tg_fd_ops {
   int (*settle)(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen);
 };
 
+/* Set by the agent for a capture that is part of a process tree's cut: an fd whose other end is in
+ * another process of the app is then the tree's business (the daemon checks that it is inside the
+ * app), not a refusal. */
+TG_RES_HIDDEN extern int tg_res_tree;
+
 /* resources/table.c: every kind, in the order describe is asked; NULL-terminated. */
 TG_RES_HIDDEN extern const struct tg_fd_ops *const tg_fd_kinds[];
 
@@ -86,6 +95,9 @@ TG_RES_HIDDEN const char *tg_res_field(const char *info, const char *key);
 TG_RES_HIDDEN int tg_res_high(int fd, int tmp_base, char *err, size_t errlen);
 /* the status flags fcntl(F_SETFL) takes back from a record's open flags */
 TG_RES_HIDDEN int tg_res_status_flags(uint32_t open_flags);
+/* resources/pipe.c: the restorer's pipes of a process tree (struct tg_shared_pipe) */
+TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, uint64_t size, const char *data, size_t len,
+                                      int tmp_base, char *err, size_t errlen);
 /* resources/file.c: is fd (opened from path) the file the record names? 0, or -1 with err */
 TG_RES_HIDDEN int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

@@ -32,3 +32,5 @@ int tg_res_high(int fd, int tmp_base, char *err, size_t errlen) {
 int tg_res_status_flags(uint32_t open_flags) {
   return (int)(open_flags & (O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME));
 }
+
+TG_RES_HIDDEN int tg_res_tree;

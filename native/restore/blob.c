@@ -270,6 +270,7 @@ BLOB void tg_blob_main(struct blob_plan *p) {
   ri->blob_addr = p->blob_addr;
   ri->blob_len = p->blob_len;
   for (int i = 0; i < 108; i++) ri->sock_path[i] = p->sock_path[i];
+  for (int i = 0; i < 108; i++) ri->sock_base[i] = p->sock_base[i];
   struct blob_thread *main_thread = 0;
   for (uint64_t i = 0; i < p->nthreads; i++) {
     struct blob_thread *t = &p->threads[i];
@@ -294,6 +295,13 @@ BLOB void tg_blob_main(struct blob_plan *p) {
   volatile char ok[3];
   ok[0] = 'O'; ok[1] = 'K'; ok[2] = '\n';
   tg_sys3(SYS_write, p->report_fd, (const char *)ok, 3);
+  if (p->go_fd >= 0) {
+    /* the init says go once every process of the tree is restored: none runs before */
+    volatile char c[1];
+    long g;
+    while ((g = tg_sys3(SYS_read, p->go_fd, (char *)c, 1)) == -4 /* EINTR */) {}
+    if (g != 1) tg_sys1(SYS_exit_group, 107); /* the init gave up on the restore */
+  }
   tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
   __atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
   tg_sys3(SYS_futex, &p->go, FUTEX_WAKE_PRIVATE_, 1 << 30);

@@ -39,6 +39,9 @@ struct blob_plan {
   uint64_t shared_sigpending;
   uint64_t restart_info_addr, trampoline_addr;
   char sock_path[108];
+  char sock_base[108];
+  int32_t go_fd;             /* a process tree: read one byte from it before the app runs (every process restored) */
+  int32_t pad_;
   struct tg_rec_header next_hdr; /* first PAGES/END header, read by stage 1 */
   uint64_t next_off, nrec;      /* its offset in the image; records before it */
   volatile int32_t go;

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 const char *tg_stdio_log;
+struct tg_shared_pipe *tg_shared_pipes;
+size_t tg_nshared_pipes;
 
 static const struct tg_fd_ops *owner(uint32_t kind) {
   for (const struct tg_fd_ops *const *k = tg_fd_kinds; *k; k++) if ((*k)->owns(kind)) return *k;
@@ -26,7 +28,8 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
   int *tmp = calloc(img->nfds ? img->nfds : 1, sizeof *tmp);
   if (!tmp) { snprintf(err, errlen, "out of memory"); return -1; }
   for (size_t i = 0; i < img->nfds; i++) tmp[i] = -1;
-  struct tg_fd_restore rc = {img->fds, img->nfds, img->pipes, img->npipes, img->socks, img->nsocks, tmp, tmp_base, tg_stdio_log};
+  struct tg_fd_restore rc = {img->fds, img->nfds, img->pipes, img->npipes, img->socks, img->nsocks, tmp, tmp_base, tg_stdio_log,
+                            tg_shared_pipes, tg_nshared_pipes};
   int ret = -1;
   for (size_t i = 0; i < img->nfds; i++) {
     const struct tg_rec_fd *r = &img->fds[i].r;

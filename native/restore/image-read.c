@@ -47,7 +47,13 @@ static int skip_pad(int fd, uint64_t len) {
 int tg_image_load(const char *path, struct image *img) {
   memset(img, 0, sizeof *img);
   img->path = path;
-  img->fd = strcmp(path, "-") == 0 ? fcntl(0, F_DUPFD_CLOEXEC, 3) : open(path, O_RDONLY | O_CLOEXEC);
+  /* "-" is stdin; "/dev/fd/N" is taken as the inherited fd N itself (a socket, as node hands extra
+   * stdio, cannot be reopened through /proc) */
+  int inherited = strncmp(path, "/dev/fd/", 8) == 0 ? atoi(path + 8) : -1;
+  img->fd = strcmp(path, "-") == 0 ? fcntl(0, F_DUPFD_CLOEXEC, 3)
+            : inherited >= 0       ? fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+                                   : open(path, O_RDONLY | O_CLOEXEC);
+  if (inherited >= 3 && img->fd >= 0) close(inherited);
   if (img->fd < 0) { fprintf(stderr, "tardigrade-restore: cannot open image %s: %s\n", path, strerror(errno)); return -1; }
   struct stat st;
   if (fstat(img->fd, &st) != 0) return fail(img, 0, "fstat: %s%llu", strerror(errno), 0);

@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../launcher/launcher.h"
@@ -27,13 +28,26 @@
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
 extern const unsigned int __rseq_size __attribute__((weak));
 
-static struct image img;
+static struct image img; /* the image of the process being restored (each process of a tree has its own) */
 static int report_fd = -1;
 
 struct mapfile { const char *path; struct tg_file_id id; int fd; int rw; };
 static struct mapfile *mapfiles;
 static size_t nmapfiles;
 static int exe_fd = -1;
+
+/* A process tree: one image per live process (the first is the app's main process, whose agent
+ * listens at --sock; every other one at --sock.PID), and the zombies not yet reaped. */
+#define MAX_PROCS 1024
+struct proc_plan { struct image img; struct mapfile *mapfiles; size_t nmapfiles; int exe_fd; };
+static struct proc_plan *plans;
+static size_t nplans;
+struct node { int pid, ppid, pgid, sid, plan, status; }; /* plan -1: a zombie with its wait status */
+static struct node nodes[MAX_PROCS];
+static size_t nnodes;
+static int go_rd = -1;
+static const char *sock_base = "";
+static char own_sock[108];
 
 static void report_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void report_fail(const char *fmt, ...) {
@@ -158,6 +172,7 @@ static void __attribute__((noreturn)) stage1(void) {
   for (size_t i = 0; i < img.nfds; i++) if ((int)img.fds[i].r.fd >= floor) floor = (int)img.fds[i].r.fd + 1;
   img.fd = move_high(img.fd, floor);
   report_fd = move_high(report_fd, floor);
+  go_rd = move_high(go_rd, floor);
   exe_fd = move_high(exe_fd, floor);
   for (size_t k = 0; k < nmapfiles; k++) mapfiles[k].fd = move_high(mapfiles[k].fd, floor);
   close_range(0, (unsigned)floor - 1, 0);
@@ -168,8 +183,6 @@ static void __attribute__((noreturn)) stage1(void) {
     struct rlimit r = {img.rlimits[i].cur, img.rlimits[i].max};
     prlimit(0, (enum __rlimit_resource)i, &r, NULL); /* raising a hard limit needs CAP_SYS_RESOURCE: keep ours then */
   }
-  if ((pid_t)img.proc.sid == getpid()) setsid();
-  else if ((pid_t)img.proc.pgid == getpid()) setpgid(0, 0);
 
   /* the blob: code, plan, arrays, thread stacks, its own stack */
   size_t code = (size_t)(__stop_tgblob - __start_tgblob);
@@ -266,7 +279,9 @@ static void __attribute__((noreturn)) stage1(void) {
   p->shared_sigpending = img.proc.shared_sigpending;
   p->restart_info_addr = img.proc.restart_info_addr;
   p->trampoline_addr = img.proc.trampoline_addr;
-  snprintf(p->sock_path, sizeof p->sock_path, "%s", getenv("TG_RESTORE_SOCK") ? getenv("TG_RESTORE_SOCK") : "");
+  snprintf(p->sock_path, sizeof p->sock_path, "%s", own_sock);
+  snprintf(p->sock_base, sizeof p->sock_base, "%s", sock_base);
+  p->go_fd = go_rd;
   int has_main = 0;
   for (size_t i = 0; i < p->nthreads; i++) has_main |= p->threads[i].is_main;
   if (!has_main) report_fail("the image has no thread with TID %u (the main thread); cannot restore", img.proc.pid);
@@ -284,68 +299,239 @@ static void __attribute__((noreturn)) stage1(void) {
 
 static struct tg_launch *launch;
 
-static int start_restore(struct tg_launch *l, int *report) {
-  (void)l;
-  int pfd[2];
-  if (pipe2(pfd, O_CLOEXEC) != 0) return -1;
-  pid_t want = (pid_t)img.proc.pid;
+static struct node *node_of(int pid) {
+  for (size_t i = 0; i < nnodes; i++) if (nodes[i].pid == pid) return &nodes[i];
+  return NULL;
+}
+
+static pid_t spawn(struct node *n);
+
+/* In the new process n (made by its parent, the init, or a session helper): its session and
+ * group, its children (in pid order), then a zombie ends with its status and a live process
+ * becomes its image. */
+static void __attribute__((noreturn)) become(struct node *n) {
+  if (n->sid == n->pid) {
+    if (setsid() < 0) report_fail("process %d: setsid: %s", n->pid, strerror(errno));
+  } else if (getsid(0) != n->sid) {
+    report_fail("process %d: cannot be put back in session %d (its parent is in session %d)", n->pid, n->sid, (int)getsid(0));
+  }
+  if (n->pgid == n->pid) {
+    if (getpgid(0) != n->pid && setpgid(0, 0) != 0) report_fail("process %d: setpgid: %s", n->pid, strerror(errno));
+  } else if (getpgid(0) != n->pgid && setpgid(0, n->pgid) != 0) {
+    report_fail("process %d: cannot join process group %d: %s", n->pid, n->pgid, strerror(errno));
+  }
+  for (size_t i = 0; i < nnodes; i++)
+    if (nodes[i].ppid == n->pid && spawn(&nodes[i]) < 0) report_fail("cannot create process %d: %s", nodes[i].pid, strerror(errno));
+  if (n->plan < 0) {
+    /* a zombie: ends as it ended, and waits for its parent's wait() */
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    close(report_fd);
+    if (WIFSIGNALED(n->status)) {
+      signal(WTERMSIG(n->status), SIG_DFL);
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, NULL);
+      raise(WTERMSIG(n->status));
+    }
+    _exit(WIFEXITED(n->status) ? WEXITSTATUS(n->status) : 0);
+  }
+  struct proc_plan *pl = &plans[n->plan];
+  img = pl->img;
+  mapfiles = pl->mapfiles;
+  nmapfiles = pl->nmapfiles;
+  exe_fd = pl->exe_fd;
+  if (n->plan == 0) snprintf(own_sock, sizeof own_sock, "%s", sock_base);
+  else snprintf(own_sock, sizeof own_sock, "%s.%d", sock_base, n->pid);
+  stage1();
+}
+
+/* clone3 with the old pid; in the child, become n. The child's pid, or -1 (errno). */
+static pid_t spawn(struct node *n) {
+  pid_t want = (pid_t)n->pid;
   struct clone_args a;
   memset(&a, 0, sizeof a);
   a.exit_signal = SIGCHLD;
   a.set_tid = (uint64_t)&want;
   a.set_tid_size = 1;
   long r = syscall(SYS_clone3, &a, sizeof a);
-  if (r < 0) {
-    fprintf(stderr, "tardigrade-restore: cannot create process %d: %s\n", want, strerror(errno));
+  if (r == 0) become(n);
+  return (pid_t)r;
+}
+
+/* Pipes of the tree (an end in two processes, or an end whose other end no process holds any
+ * more), made once here and refilled: every process takes its ends from them. */
+static int make_shared_pipes(int base, char *err, size_t errlen) {
+  size_t cap = 0;
+  for (size_t k = 0; k < nplans; k++) cap += plans[k].img.nfds;
+  tg_shared_pipes = calloc(cap ? cap : 1, sizeof *tg_shared_pipes);
+  if (!tg_shared_pipes) { snprintf(err, errlen, "out of memory"); return -1; }
+  for (size_t k = 0; k < nplans; k++) {
+    const struct image *im = &plans[k].img;
+    for (size_t i = 0; i < im->nfds; i++) {
+      const struct tg_rec_fd *r = &im->fds[i].r;
+      if (r->kind != TG_FD_PIPE_R && r->kind != TG_FD_PIPE_W) continue;
+      int done = 0, elsewhere = 0, other_end_here = 0;
+      for (size_t j = 0; j < tg_nshared_pipes; j++) if (tg_shared_pipes[j].ino == r->aux) done = 1;
+      if (done) continue;
+      for (size_t q = 0; q < nplans; q++)
+        for (size_t f = 0; f < plans[q].img.nfds; f++) {
+          const struct tg_rec_fd *o = &plans[q].img.fds[f].r;
+          if ((o->kind != TG_FD_PIPE_R && o->kind != TG_FD_PIPE_W) || o->aux != r->aux) continue;
+          if (q != k) elsewhere = 1;
+          else if (o->kind != r->kind) other_end_here = 1;
+        }
+      if (!elsewhere && other_end_here) continue; /* both ends in one process only: made there, as for one process */
+      const char *data = NULL;
+      size_t len = 0;
+      for (size_t q = 0; q < nplans && !data; q++)
+        for (size_t d = 0; d < plans[q].img.npipes; d++)
+          if (plans[q].img.pipes[d].ino == r->aux) { data = plans[q].img.pipes[d].data; len = plans[q].img.pipes[d].len; break; }
+      if (tg_pipe_make_shared(&tg_shared_pipes[tg_nshared_pipes], r->aux, r->id.size, data ? data : "", len, base, err, errlen) != 0) return -1;
+      tg_nshared_pipes++;
+    }
+  }
+  return 0;
+}
+
+static int start_restore(struct tg_launch *l, int *report) {
+  int pfd[2], gfd[2];
+  if (pipe2(pfd, O_CLOEXEC) != 0 || pipe2(gfd, O_CLOEXEC) != 0) return -1;
+  report_fd = pfd[1];
+  go_rd = gfd[0];
+  l->go_fd = gfd[1];
+  l->expect_ok = (int)nplans;
+  /* above every fd any process of the tree has: no process closes or reuses them before it took its ends */
+  int base = 3;
+  for (size_t k = 0; k < nplans; k++)
+    for (size_t i = 0; i < plans[k].img.nfds; i++) if ((int)plans[k].img.fds[i].r.fd >= base) base = (int)plans[k].img.fds[i].r.fd + 1;
+  char err[1024];
+  if (make_shared_pipes(base + 256, err, sizeof err) != 0) {
+    fprintf(stderr, "tardigrade-restore: %s\n", err);
     return -1;
   }
-  if (r == 0) {
-    close(pfd[0]);
-    report_fd = pfd[1];
-    stage1();
+  pid_t root = -1;
+  for (size_t i = 0; i < nnodes; i++) {
+    struct node *n = &nodes[i];
+    if (n->ppid != 1 || (n->sid != 1 && n->sid != n->pid && !node_of(n->sid))) continue;
+    pid_t r = spawn(n);
+    if (r < 0) { fprintf(stderr, "tardigrade-restore: cannot create process %d: %s\n", n->pid, strerror(errno)); return -1; }
+    if (n->plan == 0) root = r;
   }
+  /* orphans of a session whose leader is gone: a helper takes the leader's pid, makes the session,
+   * creates them and exits (they are re-parented to this init, as they were) */
+  for (size_t i = 0; i < nnodes; i++) {
+    struct node *n = &nodes[i];
+    if (n->ppid != 1 || n->sid == 1 || n->sid == n->pid || node_of(n->sid)) continue;
+    int first = 1;
+    for (size_t j = 0; j < i; j++)
+      if (nodes[j].ppid == 1 && nodes[j].sid == n->sid) first = 0;
+    if (!first) continue;
+    struct node helper = {n->sid, 1, n->sid, n->sid, -2, 0};
+    pid_t want = (pid_t)helper.pid;
+    struct clone_args a;
+    memset(&a, 0, sizeof a);
+    a.exit_signal = SIGCHLD;
+    a.set_tid = (uint64_t)&want;
+    a.set_tid_size = 1;
+    long r = syscall(SYS_clone3, &a, sizeof a);
+    if (r < 0) { fprintf(stderr, "tardigrade-restore: cannot create the leader %d of session %d: %s\n", helper.pid, helper.sid, strerror(errno)); return -1; }
+    if (r == 0) {
+      if (setsid() < 0) report_fail("session helper %d: setsid: %s", helper.pid, strerror(errno));
+      for (size_t j = i; j < nnodes; j++)
+        if (nodes[j].ppid == 1 && nodes[j].sid == helper.sid && spawn(&nodes[j]) < 0)
+          report_fail("cannot create process %d: %s", nodes[j].pid, strerror(errno));
+      _exit(0);
+    }
+    while (waitpid((pid_t)r, NULL, 0) < 0 && errno == EINTR) {}
+  }
+  for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   close(pfd[1]);
+  close(gfd[0]);
+  report_fd = go_rd = -1;
   *report = pfd[0];
-  return (int)r;
+  return (int)root;
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--verbose]\n"
-                  "       tardigrade-restore --check-files --image FILE|- [--stdio-log FILE] [--allow-file-changes]\n");
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--verbose]\n"
+                  "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   struct tg_launch l;
   memset(&l, 0, sizeof l);
+  l.go_fd = -1;
   int allow_changes = 0, check_only = 0;
+  const char *paths[MAX_PROCS];
+  size_t npaths = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
     if (strcmp(argv[i], "--check-files") == 0) { check_only = 1; continue; }
     if (i + 1 >= argc) usage();
-    if (strcmp(argv[i], "--image") == 0) l.image = argv[++i];
+    if (strcmp(argv[i], "--image") == 0) {
+      if (npaths == MAX_PROCS) tg_die("more than %d processes", MAX_PROCS);
+      paths[npaths++] = argv[++i];
+    } else if (strcmp(argv[i], "--zombie") == 0) {
+      struct node z = {0, 0, 0, 0, -1, 0};
+      if (nnodes >= MAX_PROCS || sscanf(argv[++i], "%d:%d:%d:%d:%d", &z.pid, &z.ppid, &z.pgid, &z.sid, &z.status) != 5 || z.pid < 2)
+        tg_die("--zombie wants PID:PPID:PGID:SID:STATUS (the wait status), got '%s'", argv[i]);
+      nodes[nnodes++] = z;
+    }
     else if (strcmp(argv[i], "--status") == 0) l.status_path = argv[++i];
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
     else usage();
   }
-  if (!l.image || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
-  if (l.sock && strlen(l.sock) >= 108) tg_die("--sock path is too long (max 107 bytes)");
+  if (!npaths || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
+  if (l.sock && strlen(l.sock) + 12 >= 108) tg_die("--sock path is too long (max 95 bytes)");
   launch = &l;
-  if (tg_image_load(l.image, &img) != 0) return 2;
+  l.image = paths[0];
+  plans = calloc(npaths, sizeof *plans);
+  if (!plans) tg_die("out of memory");
+  for (size_t k = 0; k < npaths; k++)
+    if (tg_image_load(paths[k], &plans[k].img) != 0) return 2;
+  nplans = npaths;
   char err[4096];
   /* before anything is created: a refused restore starts nothing (exit status 3) */
-  if (tg_check_file_states(&img, allow_changes, err, sizeof err) != 0) {
-    fprintf(stderr, "tardigrade-restore: FILES-CHANGED %s\n", err);
-    return 3;
-  }
+  for (size_t k = 0; k < nplans; k++)
+    if (tg_check_file_states(&plans[k].img, allow_changes, err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: FILES-CHANGED %s\n", err);
+      return 3;
+    }
   if (check_only) return 0;
-  if (tg_check_timers(&img, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
-    fprintf(stderr, "tardigrade-restore: %s\n", err);
-    return 2;
+  for (size_t k = 0; k < nplans; k++) {
+    img = plans[k].img;
+    mapfiles = NULL;
+    nmapfiles = 0;
+    exe_fd = -1;
+    if (tg_check_timers(&img, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: %s\n", err);
+      return 2;
+    }
+    plans[k] = (struct proc_plan){img, mapfiles, nmapfiles, exe_fd};
+    const struct tg_rec_proc *pr = &img.proc;
+    if (nnodes >= MAX_PROCS) tg_die("more than %d processes", MAX_PROCS);
+    if (node_of((int)pr->pid)) tg_die("two processes with pid %u in the images", pr->pid);
+    /* the main process is the init's child (it was launched so); the others keep their parents */
+    nodes[nnodes++] = (struct node){(int)pr->pid, k == 0 ? 1 : (int)pr->ppid, (int)pr->pgid, (int)pr->sid, (int)k, 0};
   }
-  setenv("TG_RESTORE_SOCK", l.sock, 1);
+  /* every parent must be in the tree (or be the init) */
+  for (size_t i = 0; i < nnodes; i++)
+    if (nodes[i].ppid != 1 && !node_of(nodes[i].ppid)) {
+      fprintf(stderr, "tardigrade-restore: process %d has parent %d, which is in no image\n", nodes[i].pid, nodes[i].ppid);
+      return 2;
+    }
+  /* children are made in pid order */
+  for (size_t i = 1; i < nnodes; i++)
+    for (size_t j = i; j > 0 && nodes[j - 1].pid > nodes[j].pid; j--) {
+      struct node t = nodes[j];
+      nodes[j] = nodes[j - 1];
+      nodes[j - 1] = t;
+    }
+  sock_base = l.sock;
   return tg_launch_main(&l, start_restore);
 }

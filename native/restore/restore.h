@@ -40,6 +40,9 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen);
 
 /* --stdio-log: where the app's appended stdout/stderr go on this host */
 extern const char *tg_stdio_log;
+/* the pipes of a process tree, made before the tree was cloned (restore.c fills them) */
+extern struct tg_shared_pipe *tg_shared_pipes;
+extern size_t tg_nshared_pipes;
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);

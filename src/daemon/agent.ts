@@ -12,6 +12,8 @@ export interface PingReply {
 }
 
 export type CheckpointEvent =
+  | { event: "parked"; ok: true }
+  | { event: "captured"; ok: true }
   | { event: "resumed"; ok: true; downtime_ns: number; threads: number }
   | { event: "error"; ok: false; error: string }
   | {
@@ -30,8 +32,8 @@ export type CheckpointEvent =
     }
   | { event: "done"; ok: false; error: string };
 
-/** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends. */
-function request(sock: string, line: string, onLine: (obj: Record<string, unknown>) => boolean, timeoutMs: number): Promise<void> {
+/** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends; onLine may send more lines. */
+function request(sock: string, line: string, onLine: (obj: Record<string, unknown>, send: (line: string) => void) => boolean, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const c = createConnection(sock);
     let buf = "";
@@ -60,7 +62,7 @@ function request(sock: string, line: string, onLine: (obj: Record<string, unknow
           fail(new Error(`the agent sent a malformed reply: ${JSON.stringify(text.slice(0, 200))}`));
           return;
         }
-        if (onLine(obj)) {
+        if (onLine(obj, (l) => c.write(l + "\n"))) {
           finished = true;
           clearTimeout(timer);
           c.end();
@@ -96,6 +98,12 @@ export interface CheckpointOptions {
   tracking?: TrackingMode;
   /** imagePath is a FIFO the caller reads. */
   fifo?: boolean;
+  /**
+   * Part of a process tree's cut: the agent says "parked" once every thread of its process is
+   * stopped and "captured" once its snapshot is taken, and waits at each for the word this
+   * returns ("CAPTURE", "RESUME", or "ABORT <why>").
+   */
+  hold?: (e: { event: "parked" | "captured" }) => Promise<string>;
 }
 
 /** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
@@ -104,10 +112,15 @@ export async function checkpoint(sock: string, imagePath: string, onEvent: (e: C
   const words = [imagePath, opts.incrementalOn ? `incremental parent=${opts.incrementalOn}` : "full"];
   if (opts.tracking) words.push(`tracking=${opts.tracking}`);
   if (opts.fifo) words.push("fifo");
-  await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o) => {
+  if (opts.hold) words.push("hold");
+  const hold = opts.hold;
+  await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o, send) => {
     const e = o as unknown as CheckpointEvent;
     events.push(e);
     onEvent(e);
+    if (hold && (e.event === "parked" || e.event === "captured")) {
+      hold(e).then(send, (err: unknown) => send(`ABORT ${err instanceof Error ? err.message : String(err)}`.replace(/\n/g, " ")));
+    }
     return e.event === "done" || e.event === "error";
   }, timeoutMs);
   return events;

@@ -38,6 +38,8 @@ export interface AppRecord {
   mirrorAck?: "received" | "durable";
   /** The running process's last committed image: agent seq and store id (incrementals build on it). */
   lastAgentSeq?: number;
+  /** A process tree: every other process's agent seq and checkpoint of its last committed image (its next incremental's base), by pid. */
+  treeLineage?: Record<string, { agentSeq: number; id: string }>;
   lastId?: string;
 }
 

@@ -29,7 +29,8 @@ import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
 import { checkpointFailure } from "./checkpoint-failure.js";
 import { saveFacts } from "./restore-undo.js";
-import { otherProcesses, treeRefusal } from "./tree.js";
+import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
+import { checkpointTree, treeOf } from "./tree-checkpoint.js";
 import { FileIdentityCache } from "./mapped-files.js";
 
 export interface RunRequest {
@@ -333,16 +334,29 @@ export class AppManager {
         const why = state.state === "exited" ? `the app has exited (${describeExit(state.exit)})` : "the app is still starting";
         throw new TgError(`cannot checkpoint ${name}`, why, state.state === "exited" ? `Restore its last checkpoint with \`tardigrade restore ${name}\` or start it again with \`tardigrade run\`` : "Try again in a moment", "not-running");
       }
-      // Process trees are not captured yet (the agent checks again once every thread is parked).
-      const others = state.initHostPid && state.appHostPid ? otherProcesses(state.initHostPid, state.appHostPid) : [];
-      if (others.length) throw treeRefusal(name, others);
+      // A process tree: one consistent cut over all its processes (tree-checkpoint.ts).
+      const procs = state.initHostPid ? appProcesses(state.initHostPid) : [];
+      const main = procs.find((p) => p.hostPid === state.appHostPid);
+      if (procs.length > 1 && main) {
+        if (!(this.store instanceof CasStoreAdapter)) throw treeRefusal(name, `the app has ${procs.length - 1} other process(es): ${describeProcesses(procs.filter((p) => p !== main))}`, "This store keeps single processes only");
+        return this.checkpointTreeCas(this.store, name, dir, state.initHostPid!, main.hostPid, t0, progress, opts.full === true);
+      }
       let pid: number;
       try {
         pid = (await ping(dir.sock)).pid;
       } catch (e) {
         throw new TgError(`cannot checkpoint ${name}`, `its agent does not answer on ${dir.sock} (${errMessage(e)})`, `Check the app's log with \`tardigrade logs ${name}\``, "agent-unreachable");
       }
-      if (this.store instanceof CasStoreAdapter) return this.checkpointCas(this.store, name, dir, pid, t0, progress, opts.full === true);
+      if (this.store instanceof CasStoreAdapter) {
+        const store = this.store;
+        return this.checkpointCas(store, name, dir, pid, t0, progress, opts.full === true).catch((e: unknown) => {
+          // a process started between our look and the park (the agent found it, parked): the tree way
+          const again = state.initHostPid ? appProcesses(state.initHostPid) : [];
+          const m = again.find((p) => p.hostPid === state.appHostPid);
+          if (e instanceof TgError && isAgentTreeRefusal(e.why) && m && again.length > 1) return this.checkpointTreeCas(store, name, dir, state.initHostPid!, m.hostPid, t0, progress, opts.full === true);
+          throw e;
+        });
+      }
       const staging = await this.store.stage(name);
       let events: CheckpointEvent[];
       progress({ phase: "capture" });
@@ -423,6 +437,43 @@ export class AppManager {
     this.afterCommit(store, c.id, c.kind === "incremental");
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
     return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}) };
+  }
+
+  /** A process tree's checkpoint (tree-checkpoint.ts): incremental per process on its last committed image. */
+  private async checkpointTreeCas(store: CasStoreAdapter, name: string, dir: AppDir, initHostPid: number, mainHostPid: number, t0: bigint, progress: Progress, full: boolean): Promise<CheckpointResult> {
+    const rec = dir.record() as AppRecord | null;
+    progress({ phase: "capture" });
+    const cap0Pid = appProcesses(initHostPid).find((p) => p.hostPid === mainHostPid)?.pid;
+    const cap = await checkpointTree({
+      cas: store.cas,
+      app: name,
+      sock: dir.sock,
+      stagingRoot: join(store.root, "staging"),
+      list: () => appProcesses(initHostPid),
+      mainHostPid,
+      mainIncremental: rec?.lastAgentSeq && rec.lastId ? { agentSeq: rec.lastAgentSeq, id: rec.lastId } : null,
+      lineage: rec?.treeLineage ?? {},
+      full,
+      ...(rec?.tracking ? { tracking: rec.tracking } : {}),
+      describeFiles: (v) => this.fileIds.describe(v),
+      onProgress: (done, total) => progress({ phase: "verify", done, total }),
+      onEvent: (pid, e) => {
+        this.log.debug({ app: name, pid, event: e }, "agent event");
+        if (e.event === "resumed" && pid === cap0Pid) progress({ phase: "write", downtimeNs: e.downtime_ns });
+      },
+    });
+    const c = cap.main.checkpoint;
+    if (rec) {
+      rec.lastAgentSeq = cap.main.done.seq;
+      rec.lastId = c.id;
+      rec.treeLineage = cap.lineage;
+      await dir.writeRecord(rec);
+    }
+    this.log.info({ app: name, id: c.id, processes: cap.info.tree.length, treeDowntimeNs: cap.info.treeDowntimeNs }, "process tree checkpoint committed");
+    for (const o of cap.others) this.afterCommit(store, o.checkpoint.id, o.checkpoint.kind === "incremental", false);
+    this.afterCommit(store, c.id, c.kind === "incremental");
+    if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, "process-tree checkpoints are not shipped to the mirror yet");
+    return { ...toManifest(c), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
@@ -540,10 +591,11 @@ export class AppManager {
   };
 
   /** Background work after a commit, one job at a time: merge a long chain, then apply retention. */
-  private afterCommit(store: CasStoreAdapter, id: string, incremental: boolean): void {
+  private afterCommit(store: CasStoreAdapter, id: string, incremental: boolean, retain = true): void {
     this.background = this.background
       .then(async () => {
         if (incremental && (await store.cas.mergeIfNeeded(id, this.mergePolicy))) this.log.info({ id }, "chain merged into a synthetic full checkpoint");
+        if (!retain) return;
         const keepPerApp = this.keepPerApp();
         if (Object.keys(keepPerApp).length) {
           const r = await store.cas.gc({ keep: Infinity, keepPerApp, pin: await this.mirrorPins() });
@@ -709,25 +761,37 @@ export class AppManager {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
+    const unpins: (() => void)[] = [];
     try {
+      // a process tree: every process's checkpoint, pinned as well
+      const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
+      for (const e of tree?.tree ?? []) if (e.id && e.id !== m.id) unpins.push(await store.cas.hold(e.id));
       return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
       unpin();
+      for (const u of unpins) u();
     }
   }
 
   private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
     const name = dir.name;
+    // a process tree: the main process's image first, then every other live process's; zombies by their status
+    const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const others = (tree?.tree ?? []).filter((e) => e.id && e.id !== m.id);
+    const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
+    for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
     // files written since the checkpoint: refuse before anything is killed or started
     await checkFiles({ app: name, checkpoint: m.id, image: exportForRestore(store.cas, m.id), logFile: dir.logFile, allow });
+    for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: exportForRestore(store.cas, e.id!), logFile: dir.logFile, allow });
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.
       progress({ phase: "verify" });
       // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
       for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
+      for (const e of others) for await (const chunk of store.cas.exportChunks(e.id!)) void chunk;
       progress({ phase: "kill" });
       await this.kill(dir, st);
       await testDelay("restore-after-kill");
@@ -737,18 +801,22 @@ export class AppManager {
     const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const image = exportForRestore(store.cas, m.id);
+    const images = others.map((e) => exportForRestore(store.cas, e.id!));
     const facts = saveFacts(dir);
     let exportError: unknown = null;
-    image.on("error", (e) => {
-      exportError = e;
-      this.killLaunch(dir, record.launcherPid);
-    });
+    for (const im of [image, ...images])
+      im.on("error", (e) => {
+        exportError = e;
+        this.killLaunch(dir, record.launcherPid);
+      });
+    const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`])];
     let l: Launched;
     try {
       await writeRestoreMarker(dir.logFile, m.id);
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
         timeoutMs: 120_000,
         stdin: image,
+        images,
         onSpawn: async (pid, start) => {
           record.launcherPid = pid;
           record.launcherStart = start;
@@ -757,6 +825,7 @@ export class AppManager {
       });
     } catch (e) {
       image.destroy();
+      for (const im of images) im.destroy();
       await facts.putBack(); // the replaced app's exit status stays
       await writeRestoreFailed(dir.logFile, m.id);
       if (exportError) throw exportError;

@@ -2,7 +2,8 @@
 // writes the raw image into a FIFO that the store ingests as it arrives (no
 // intermediate file), and a restore pipes the store's composed full image into
 // tardigrade-restore's stdin (no intermediate file either).
-import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import koffi from "koffi";
 import { randomBytes } from "node:crypto";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -22,9 +23,14 @@ export interface CasCapture {
   done: Extract<CheckpointEvent, { event: "done"; ok: true }>;
 }
 
+/** libc's mkfifo(3) through koffi (node has none; spawning mkfifo(1) cost ~5-10 ms per image, too slow for a tree's cut). */
+let libcMkfifo: ((path: string, mode: number) => number) | null = null;
 function mkfifo(path: string): void {
-  const r = spawnSync("mkfifo", ["-m", "600", path], { encoding: "utf8" });
-  if (r.status !== 0) throw new TgError("cannot create the image FIFO", `mkfifo ${path}: ${r.stderr || r.error?.message || `exit ${r.status}`}`, "Check that coreutils' mkfifo is installed and the store is writable", "checkpoint-failed");
+  libcMkfifo ??= koffi.load("libc.so.6").func("int mkfifo(const char *path, uint32_t mode)") as (path: string, mode: number) => number;
+  if (libcMkfifo(path, 0o600) !== 0) {
+    if (!existsSync(join(path, ".."))) throw Object.assign(new Error(`mkfifo ${path}: no such directory`), { code: "ENOENT" });
+    throw new TgError("cannot create the image FIFO", `mkfifo ${path} failed`, "Check that the store is writable and not full", "checkpoint-failed");
+  }
 }
 
 export async function captureIntoCas(
@@ -36,6 +42,8 @@ export async function captureIntoCas(
   agentOpts: Omit<CheckpointOptions, "fifo">,
   info: Omit<IngestInfo, "downtimeNs" | "totalNs">,
   onEvent: (e: CheckpointEvent) => void,
+  /** A process of a tree: stored under this name (`<app>~<pid>` for all but the main process) at the tree's seq. */
+  at?: { storeApp: string; seq: number },
 ): Promise<CasCapture> {
   const dir = join(stagingRoot, `${app}.${randomBytes(6).toString("hex")}`);
   const fifo = join(dir, `pid${pid}.img`);
@@ -53,12 +61,19 @@ export async function captureIntoCas(
     let verdict!: (e: Error | null) => void;
     const agentDone = new Promise<void>((resolve, reject) => (verdict = (e) => (e ? reject(e) : resolve())));
     agentDone.catch(() => {}); // awaited by the ingest
-    const ingestInfo: IngestInfo = { ...info, beforeCommit: () => agentDone };
+    const also = info.beforeCommit;
+    const ingestInfo: IngestInfo = {
+      ...info,
+      beforeCommit: async () => {
+        await agentDone;
+        await also?.(); // a tree's main process: every other process committed first
+      },
+    };
     // Our end of the FIFO is open before the agent is asked (it never waits for the store);
     // the ingest reads it once it holds the store's lock.
     const reader = openFifoReader(fifo);
     let ingestError: unknown = null;
-    const ingest = cas.ingestNext(app, reader.stream, ingestInfo);
+    const ingest = at ? cas.ingest(at.storeApp, at.seq, reader.stream, ingestInfo) : cas.ingestNext(app, reader.stream, ingestInfo);
     ingest.catch((e: unknown) => {
       // The store stopped reading (bad image, full disk...): the agent must not wait on a full pipe.
       ingestError = e;
@@ -82,6 +97,7 @@ export async function captureIntoCas(
       }
     } catch (e) {
       failure = new TgError(`checkpoint of ${app} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");
+      onEvent({ event: "error", ok: false, error: failure.why }); // a tree's cut learns it now, not after the store gave up
     }
     if (failure) {
       await testDelay("checkpoint-agent-failed"); // lets the store see the image end first (tests)

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { TgError } from "../errors.js";
 import { describeExit, type AppDir, type AppState } from "./appdir.js";
 import { isAlive, sleep } from "./procs.js";
-import { TREE_FIX, isAgentTreeRefusal } from "./tree.js";
+import { isAgentTreeRefusal } from "./tree.js";
 
 /** PF_EXITING in the flags field of /proc/PID/stat: the process is in exit (its fds may already be closed). */
 const PF_EXITING = 0x4;
@@ -37,7 +37,8 @@ export async function exitOf(dir: AppDir, limitMs = 30_000): Promise<AppState | 
 /** The error to report for a checkpoint of `dir`'s app that failed with `e`. */
 export async function checkpointFailure(dir: AppDir, e: unknown): Promise<unknown> {
   if (!(e instanceof TgError) || (e.code !== "checkpoint-failed" && e.code !== "agent-unreachable")) return e;
-  if (isAgentTreeRefusal(e.why)) return new TgError(`cannot checkpoint ${dir.name}`, e.why.replace(/; process trees are not supported yet$/, ""), TREE_FIX, "checkpoint-failed");
+  if (isAgentTreeRefusal(e.why))
+    return new TgError(`cannot checkpoint ${dir.name}`, e.why.replace(/; process trees are not supported yet$/, ""), "The app started processes during the checkpoint, twice in a row; try again. Nothing was committed; the app keeps running and earlier checkpoints are intact", "checkpoint-failed");
   const st = await exitOf(dir);
   if (st)
     return new TgError(

@@ -2,7 +2,7 @@
 // both: --status/--sock/--pidfile) and waits until the agent answers PING, or
 // the launcher ends first. Used symmetrically by run and restore.
 import { spawn } from "node:child_process";
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { ping, type PingReply } from "./agent.js";
 import type { AppDir, ExitStatus } from "./appdir.js";
@@ -36,6 +36,8 @@ export interface LaunchOptions {
   timeoutMs: number;
   /** Piped into the launcher's stdin (tardigrade-restore --image -). */
   stdin?: Readable;
+  /** Piped into the launcher's fds 3, 4, ... (tardigrade-restore --image /dev/fd/3 ...: a process tree's other images). */
+  images?: Readable[];
   /** Called right after spawn, so the launcher pid reaches disk before we wait. */
   onSpawn(pid: number, start: string | null): Promise<void>;
 }
@@ -61,13 +63,17 @@ export async function launch(dir: AppDir, bin: string, args: string[], opts: Lau
   const t0 = process.hrtime.bigint();
   let exited: number | null | undefined;
   let spawnError: Error | undefined;
-  const child = spawn(bin, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: [opts.stdin ? "pipe" : "ignore", logFd, logFd] });
+  const extra = opts.images ?? [];
+  const child = spawn(bin, args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: [opts.stdin ? "pipe" : "ignore", logFd, logFd, ...extra.map(() => "pipe" as const)] });
   closeSync(logFd);
-  if (opts.stdin && child.stdin) {
-    // the restorer reads what it needs and may stop early (an error): never crash on EPIPE
-    child.stdin.on("error", () => {});
-    opts.stdin.pipe(child.stdin);
-  }
+  // the restorer reads what it needs and may stop early (an error): never crash on EPIPE
+  const feed = (src: Readable, to: Writable | null | undefined): void => {
+    if (!to) return;
+    to.on("error", () => {});
+    src.pipe(to);
+  };
+  if (opts.stdin) feed(opts.stdin, child.stdin);
+  extra.forEach((src, i) => feed(src, child.stdio[3 + i] as Writable | null));
   child.on("error", (e) => (spawnError = e));
   child.on("exit", (code, sig) => (exited = code ?? (sig ? 128 : null)));
   child.unref();

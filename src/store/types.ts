@@ -75,12 +75,34 @@ export function validAppName(name: string): boolean {
   return APP_RE.test(name);
 }
 
+/**
+ * A process tree's checkpoint is one checkpoint per process at the same seq: the app's main
+ * process under the app's name (its stats.extra.tree lists the tree), every other process under
+ * `<app>~<pid>`, a name no app can have ('~' is not allowed in app names).
+ */
+const MEMBER_RE = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63})~([1-9][0-9]{0,9})$/;
+
+export function memberApp(app: string, pid: number): string {
+  return `${app}~${pid}`;
+}
+
+/** The app and pid of a member name (`calc~7`), or null for an app's own name. */
+export function parseMemberApp(name: string): { app: string; pid: number } | null {
+  const m = MEMBER_RE.exec(name);
+  return m ? { app: m[1]!, pid: Number(m[2]) } : null;
+}
+
+/** A name the store keeps checkpoints under: an app's, or a member process's of an app's tree. */
+export function validStoreAppName(name: string): boolean {
+  return APP_RE.test(name) || MEMBER_RE.test(name);
+}
+
 export function checkpointId(app: string, seq: number): string {
   return `${app}@${seq}`;
 }
 
 export function parseCheckpointId(id: string): { app: string; seq: number } | null {
-  const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63})@([1-9][0-9]{0,15})$/.exec(id);
+  const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:~[1-9][0-9]{0,9})?)@([1-9][0-9]{0,15})$/.exec(id);
   return m ? { app: m[1]!, seq: Number(m[2]) } : null;
 }
 

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { TgError } from "../../errors.js";
-import { validAppName, type Manifest, type OpenedImage, type PutInfo, type Staging, type Store } from "../types.js";
+import { parseMemberApp, validAppName, type Manifest, type OpenedImage, type PutInfo, type Staging, type Store } from "../types.js";
 import { CasStore } from "./store.js";
 import type { CasCheckpoint, CasOptions } from "./types.js";
 
@@ -87,7 +87,8 @@ export class CasStoreAdapter implements Store {
   }
 
   async list(app?: string): Promise<Manifest[]> {
-    return this.cas.list(app).map(toManifest);
+    // a process tree's other processes are part of their tree's checkpoint, not listed apart
+    return this.cas.list(app).filter((c) => app !== undefined || !parseMemberApp(c.app)).map(toManifest);
   }
 
   async get(id: string): Promise<Manifest> {

@@ -20,6 +20,7 @@ import { PACK_HEADER_SIZE, packName } from "./pack.js";
 import type { GcOptions, GcReport } from "./types.js";
 import { HASH_LEN, PAGE, ZERO_HASH, crashPoint } from "./util.js";
 import { TgError } from "../../errors.js";
+import { parseMemberApp } from "../types.js";
 import { isDamageError, setAsideBlocks, shortWhy } from "./damage.js";
 
 /** Which checkpoints stay: newest `keep` per app, pins, and the chains they need. */
@@ -33,9 +34,16 @@ export function retention(rows: CheckpointRow[], keep: number, pin: string[] = [
   }
   const roots = new Set<string>(pin.filter((id) => byId.has(id)));
   for (const l of byApp.values()) {
+    if (parseMemberApp(l[0]!.app)) continue; // a tree's other processes follow its main one (below)
     l.sort((a, b) => b.seq - a.seq);
     const n = keepPerApp[l[0]!.app] ?? keep;
     for (const r of l.slice(0, Number.isFinite(n) ? n : l.length)) roots.add(r.id);
+  }
+  // A member process's checkpoint stays while the tree checkpoint of its seq does; one whose
+  // tree checkpoint never committed (a failed tree checkpoint) or is dropped goes.
+  for (const r of rows) {
+    const m = parseMemberApp(r.app);
+    if (m && (roots.has(`${m.app}@${r.seq}`) || pin.includes(`${m.app}@${r.seq}`))) roots.add(r.id);
   }
   const kept = new Set<string>(roots);
   const forChains: string[] = [];

@@ -6,7 +6,7 @@ import { stat } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { TgError } from "../../errors.js";
 import { RecordType } from "../../image/format.js";
-import { checkpointId, validAppName } from "../types.js";
+import { checkpointId, validStoreAppName } from "../types.js";
 import type { ExtentRow } from "./catalog.js";
 import { toCheckpoint, type StoreContext } from "./context.js";
 import { openImageSource, readImage, recycleRecord } from "./image-stream.js";
@@ -24,7 +24,7 @@ const TRACKING_MODES: Record<number, string> = { 0: "none", 1: "uffd", 2: "hash"
 
 export async function ingestImage(ctx: StoreContext, app: string, seq: number, source: string | Readable, info: IngestInfo = {}): Promise<CasCheckpoint> {
   const t0 = process.hrtime.bigint();
-  if (!validAppName(app)) throw new TgError(`cannot store a checkpoint for ${JSON.stringify(app)}`, "invalid app name", "Use letters, digits, '.', '_' and '-' (at most 64)", "bad-request");
+  if (!validStoreAppName(app)) throw new TgError(`cannot store a checkpoint for ${JSON.stringify(app)}`, "invalid app name", "Use letters, digits, '.', '_' and '-' (at most 64)", "bad-request");
   if (!Number.isSafeInteger(seq) || seq < 1) throw new TgError(`cannot store checkpoint ${app}@${seq}`, "seq must be a positive integer", "", "bad-request");
   const id = checkpointId(app, seq);
   const cat = ctx.catalog;

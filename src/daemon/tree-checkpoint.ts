@@ -1,0 +1,373 @@
+// A process tree's checkpoint: one consistent cut over every process of the app. Each process's
+// agent is asked with `hold`: it parks its threads and says "parked"; once every process is
+// parked the daemon says CAPTURE (each takes its snapshot, pipe contents and all, with the whole
+// tree stopped) and, once every process is captured, RESUME. Any failure before that sends ABORT
+// to the others: nothing is captured, every process resumes. Each process's image is stored as a
+// checkpoint of its own at the tree's seq (the main process under the app's name, the others
+// under `<app>~<pid>`, committed first); the main process's checkpoint, committed last, lists the
+// tree in stats.extra.tree, and is what `ls` shows and `restore` takes.
+import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { TgError, errMessage } from "../errors.js";
+import type { CasStore } from "../store/cas/store.js";
+import type { IngestInfo, MappedFile, VmaFile } from "../store/cas/types.js";
+import { memberApp, parseMemberApp } from "../store/types.js";
+import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
+import { captureIntoCas, type CasCapture } from "./cas-flow.js";
+import { sleep } from "./procs.js";
+import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
+
+/** One process of a tree checkpoint, as stats.extra.tree of the main process's checkpoint lists it. */
+export interface TreeEntry {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  comm: string;
+  threads: number;
+  /** The checkpoint holding this process's image (absent for a zombie). */
+  id?: string;
+  zombie?: boolean;
+  waitStatus?: number;
+  downtimeNs?: number;
+  kind?: "full" | "incremental";
+  pages?: number;
+}
+
+export interface TreeInfo {
+  tree: TreeEntry[];
+  /** First park request to the last process resumed, as the daemon saw it. */
+  treeDowntimeNs: number;
+}
+
+/** The tree of a checkpoint's stats.extra, or null for a single process. */
+export function treeOf(extra: unknown): TreeInfo | null {
+  const t = (extra as { tree?: unknown } | null | undefined)?.tree;
+  return Array.isArray(t) ? (extra as TreeInfo) : null;
+}
+
+/** Where process `pid`'s agent listens (docs/native-interface.md). */
+export function agentSock(sock: string, pid: number, mainPid: number): string {
+  return pid === mainPid ? sock : `${sock}.${pid}`;
+}
+
+/** Per process: the agent's seq of its last committed image and that checkpoint (incrementals). */
+export type TreeLineage = Record<string, { agentSeq: number; id: string }>;
+
+/** Every process parked before any is captured, every one captured before any resumes. */
+class Cut {
+  private parked = 0;
+  private captured = 0;
+  private failed: Error | null = null;
+  get failedWith(): Error | null {
+    return this.failed;
+  }
+  private readonly waiters: { stage: "parked" | "captured"; resolve: (w: string) => void; reject: (e: Error) => void }[] = [];
+  constructor(private readonly n: number) {}
+
+  hold(e: { event: "parked" | "captured" }): Promise<string> {
+    if (this.failed) return Promise.reject(this.failed);
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ stage: e.event, resolve, reject });
+      if (e.event === "parked") this.parked++;
+      else this.captured++;
+      this.release();
+    });
+  }
+
+  fail(why: Error): void {
+    if (this.failed) return;
+    this.failed = why;
+    for (const w of this.waiters.splice(0)) w.reject(why);
+  }
+
+  /** Asked once every process is parked: a reason to call the cut off (the tree changed), or null. */
+  verify: () => string | null = () => null;
+
+  private release(): void {
+    const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
+    if (!stage) return;
+    if (stage === "parked") {
+      const changed = this.verify();
+      if (changed) {
+        this.fail(new TreeChanged(changed));
+        return;
+      }
+    }
+    for (const w of this.waiters.filter((x) => x.stage === stage)) w.resolve(stage === "parked" ? "CAPTURE" : "RESUME");
+    this.waiters.splice(0, this.waiters.length, ...this.waiters.filter((x) => x.stage !== stage));
+  }
+}
+
+/** The tree changed between the daemon's look and the park: the checkpoint is tried again. */
+class TreeChanged extends Error {}
+
+/** Pipe ends no process of the tree has the other end of, held by a process outside the app: "pipe:[N] (pid P, fd F)". */
+function pipesToOutside(procs: TreeProcess[]): string[] {
+  const ends = new Map<string, { pid: number; fd: string }[]>();
+  for (const p of procs) {
+    if (p.zombie) continue;
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${p.hostPid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let t = "";
+      try {
+        t = readlinkSync(`/proc/${p.hostPid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      if (!t.startsWith("pipe:[")) continue;
+      const l = ends.get(t) ?? [];
+      l.push({ pid: p.pid, fd });
+      ends.set(t, l);
+    }
+  }
+  const inApp = new Set(procs.map((p) => p.hostPid));
+  const out: string[] = [];
+  // a pipe the app holds: does any process outside the app hold it too? (a rare case: look only then)
+  let outside: Map<string, number> | null = null;
+  for (const [pipe, l] of ends) {
+    if (!outside) {
+      outside = new Map();
+      for (const d of readdirSync("/proc")) {
+        if (!/^\d+$/.test(d) || inApp.has(Number(d))) continue;
+        let fds: string[] = [];
+        try {
+          fds = readdirSync(`/proc/${d}/fd`);
+        } catch {
+          continue;
+        }
+        for (const fd of fds) {
+          try {
+            const t = readlinkSync(`/proc/${d}/fd/${fd}`);
+            if (t.startsWith("pipe:[") && ends.has(t)) outside.set(t, Number(d));
+          } catch {
+            /* gone */
+          }
+        }
+      }
+    }
+    const holder = outside.get(pipe);
+    if (holder !== undefined) out.push(`${pipe} (pid ${l[0]!.pid}, fd ${l[0]!.fd}; also held by host pid ${holder}, outside the app)`);
+  }
+  return out;
+}
+
+export interface TreeCapture {
+  main: CasCapture;
+  others: CasCapture[];
+  info: TreeInfo;
+  lineage: TreeLineage;
+}
+
+export interface TreeCheckpointArgs {
+  cas: CasStore;
+  app: string;
+  sock: string;
+  stagingRoot: string;
+  /** The app's processes now (appProcesses of its init). */
+  list: () => TreeProcess[];
+  mainHostPid: number;
+  /** The main process's base (null: full) and every other process's (from the app's record). */
+  mainIncremental: { agentSeq: number; id: string } | null;
+  lineage: TreeLineage;
+  full: boolean;
+  tracking?: TrackingMode;
+  describeFiles: (v: VmaFile[]) => Promise<MappedFile[]>;
+  onProgress: (done: number, total: number) => void;
+  onEvent: (pid: number, e: CheckpointEvent) => void;
+}
+
+/** Attempts before giving up on a tree that keeps changing (processes starting or ending) under the cut. */
+const ATTEMPTS = 25;
+
+export async function checkpointTree(a: TreeCheckpointArgs): Promise<TreeCapture> {
+  for (let attempt = 1; ; attempt++) {
+    const procs = a.list();
+    const main = procs.find((p) => p.hostPid === a.mainHostPid);
+    if (!main) throw new TgError(`cannot checkpoint ${a.app}`, "its main process has exited", "Nothing was committed", "not-running");
+    try {
+      return await checkpointOnce(a, procs, main.pid);
+    } catch (e) {
+      if (e instanceof TreeChanged && attempt < ATTEMPTS) {
+        await sleep(Math.random() * 30); // out of step with a loop that forks at a fixed period
+        continue;
+      }
+      {
+        if (e instanceof TreeChanged)
+          throw new TgError(`cannot checkpoint ${a.app}`, `its processes kept changing during ${ATTEMPTS} attempts (last: ${e.message})`, "Nothing was committed; the app keeps running; try again", "checkpoint-failed");
+        throw e;
+      }
+    }
+  }
+}
+
+const pidSet = (l: TreeProcess[]): string =>
+  l
+    .filter((p) => !p.zombie)
+    .map((p) => p.pid)
+    .join(",");
+
+/**
+ * Socket files of processes that ended without exit() (killed, _exit): removed when older than
+ * a few seconds (a process forked after `procs` was read may have just made its own).
+ */
+function sweepSockets(sock: string, procs: TreeProcess[]): void {
+  const dir = dirname(sock);
+  const prefix = basename(sock) + ".";
+  const live = new Set(procs.filter((p) => !p.zombie).map((p) => String(p.pid)));
+  const old = Date.now() - 5000;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length)) || live.has(n.slice(prefix.length))) continue;
+    try {
+      if (statSync(join(dir, n)).ctimeMs < old) rmSync(join(dir, n), { force: true });
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+}
+
+async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainPid: number): Promise<TreeCapture> {
+  sweepSockets(a.sock, procs);
+  const live = procs.filter((p) => !p.zombie);
+  const noAgent = live.filter((p) => !p.agent);
+  if (noAgent.length)
+    throw treeRefusal(a.app, `${describeProcesses(noAgent)}: ${noAgent.length === 1 ? "has" : "have"} no tardigrade agent inside (a statically linked program, or one started without LD_PRELOAD)`, "Checkpoint once it has ended, or run it dynamically linked with LD_PRELOAD kept");
+  const problem = layoutProblem(procs, mainPid);
+  if (problem) throw treeRefusal(a.app, `the restorer could not rebuild its sessions and process groups: ${problem}`, "Checkpoint once that process has ended");
+  const outside = pipesToOutside(procs);
+  if (outside.length) throw treeRefusal(a.app, `pipes to processes outside the app: ${outside.join(", ")}`, "Checkpoint once those pipes are closed");
+  // every agent answers (a process forked a moment ago starts its manager first)
+  // (only where the socket is not there yet: the cut must follow the look quickly, a shell loop
+  // forks every few ms)
+  for (const p of live) {
+    const sock = agentSock(a.sock, p.pid, mainPid);
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      if (existsSync(sock)) break;
+      try {
+        await ping(sock, 2000);
+        break;
+      } catch (e) {
+        const now = a.list().find((q) => q.pid === p.pid);
+        if (!now || now.hostPid !== p.hostPid || now.zombie || now.command !== p.command) throw new TreeChanged(`pid ${p.pid} (${p.command}) ended or exec'd`);
+        if (Date.now() > deadline)
+          throw new TgError(`cannot checkpoint ${a.app}`, `the agent of pid ${p.pid} (${p.command}) does not answer on ${sock} (${errMessage(e)})`, "Nothing was committed; try again", "agent-unreachable");
+        await sleep(20);
+      }
+    }
+  }
+  // one seq for the whole tree, above every earlier one of any of its processes (a failed tree
+  // checkpoint may have left other processes' checkpoints at a seq its main one never got)
+  const seqs = a.cas.list().filter((c) => c.app === a.app || parseMemberApp(c.app)?.app === a.app).map((c) => c.seq);
+  const seq = (seqs.length ? Math.max(...seqs) : 0) + 1;
+  const cut = new Cut(live.length);
+  const before = pidSet(procs);
+  cut.verify = () => {
+    // every thread of every process is parked: none can fork or exit now (but a process that had
+    // not been asked yet, and a process in exit)
+    const now = pidSet(a.list());
+    return now === before ? null : `processes ${before} became ${now}`;
+  };
+  const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
+  const t0 = process.hrtime.bigint();
+  let lastResumed = t0;
+  const downtimes = new Map<number, number>();
+  // the other processes first: the store ingests one image at a time, in this order, and the main
+  // process's checkpoint, committed last, waits for theirs
+  const order = [...live.filter((p) => p.pid !== mainPid), ...live.filter((p) => p.pid === mainPid)];
+  const captures: Promise<CasCapture>[] = [];
+  for (const p of order) {
+    const isMain = p.pid === mainPid;
+    const storeApp = isMain ? a.app : memberApp(a.app, p.pid);
+    const base = a.full ? null : isMain ? a.mainIncremental : (a.lineage[String(p.pid)] ?? null);
+    let baseOk = base !== null && a.tracking !== "none";
+    if (base && baseOk) {
+      try {
+        a.cas.get(base.id);
+      } catch {
+        baseOk = false; // collected: this one is full
+      }
+    }
+    const others = captures.slice();
+    const ingestInfo: Omit<IngestInfo, "downtimeNs" | "totalNs"> = {
+      ...(baseOk && base ? { parent: base.id } : {}),
+      onProgress: a.onProgress,
+      describeFiles: a.describeFiles,
+      ...(isMain
+        ? {
+            extra: info,
+            beforeCommit: async () => {
+              const done = await Promise.allSettled(others);
+              const bad = done.find((d) => d.status === "rejected");
+              if (bad) throw (bad as PromiseRejectedResult).reason;
+              // the listing goes into this checkpoint's stats (the same object), before it commits
+              const ids = new Map<number, string>([[mainPid, `${a.app}@${seq}`]]);
+              done.forEach((d, i) => ids.set(order[i]!.pid, (d as PromiseFulfilledResult<CasCapture>).value.checkpoint.id));
+              info.treeDowntimeNs = Number(lastResumed - t0);
+              info.tree = procs.map((q) => ({
+                pid: q.pid,
+                ppid: q.pid === mainPid ? 1 : q.ppid,
+                pgid: q.pgid,
+                sid: q.sid,
+                comm: q.comm,
+                threads: q.threads,
+                ...(ids.has(q.pid) ? { id: ids.get(q.pid)!, downtimeNs: downtimes.get(q.pid) ?? 0 } : {}),
+                ...(q.zombie ? { zombie: true, waitStatus: q.waitStatus ?? 0 } : {}),
+              }));
+            },
+          }
+        : {}),
+    };
+    const c = captureIntoCas(
+      a.cas,
+      a.app,
+      agentSock(a.sock, p.pid, mainPid),
+      p.pid,
+      a.stagingRoot,
+      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e) },
+      ingestInfo,
+      (e) => {
+        if (e.event === "resumed") {
+          lastResumed = process.hrtime.bigint();
+          downtimes.set(p.pid, e.downtime_ns);
+        }
+        if (e.ok === false) cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
+        a.onEvent(p.pid, e);
+      },
+      { storeApp, seq },
+    );
+    c.catch((e: unknown) => cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`)));
+    captures.push(c);
+  }
+  const settled = await Promise.allSettled(captures);
+  if (cut.failedWith instanceof TreeChanged) throw cut.failedWith;
+  const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q.hostPid]));
+  for (const [i, st] of settled.entries())
+    if (st.status === "rejected" && nowLive.get(order[i]!.pid) !== order[i]!.hostPid) throw new TreeChanged(`pid ${order[i]!.pid} (${order[i]!.command}) ended during the cut`);
+  const failures = settled.flatMap((s, i) => (s.status === "rejected" ? [{ p: order[i]!, e: s.reason as unknown }] : []));
+  if (failures.length) {
+    // the process that failed first says why; the others only saw the cut called off
+    const first = failures.find((f) => !/cut was (called off|abandoned)|pid \d+ \(.*\): /.test(errMessage(f.e))) ?? failures[0]!;
+    const e = first.e;
+    if (e instanceof TgError && !e.why.startsWith("pid ")) throw new TgError(e.what, `pid ${first.p.pid} (${first.p.comm}): ${e.why}`, e.fix, e.code);
+    throw e;
+  }
+  const caps = settled.map((s) => (s as PromiseFulfilledResult<CasCapture>).value);
+  const lineage: TreeLineage = {};
+  order.forEach((p, i) => {
+    const c = caps[i]!;
+    if (p.pid !== mainPid && typeof c.done.seq === "number") lineage[String(p.pid)] = { agentSeq: c.done.seq, id: c.checkpoint.id };
+  });
+  return { main: caps[caps.length - 1]!, others: caps.slice(0, -1), info, lineage };
+}
