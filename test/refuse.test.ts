@@ -135,20 +135,37 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     assert.deepEqual(sums, [expected], "md5sum printed once, the sum of the whole stream");
   });
 
-  // Known gap (README Limits): with the daemon's `sleep 0.05` loop the tree checkpoint did not
-  // finish here (the CLI gave up); kept as a todo that still runs, so the day it passes is seen.
-  test("a double-forked daemon inside the namespace (re-parented to its init, in a session whose leader is gone): checkpointed and restored", { todo: "the tree checkpoint of a double-forked daemon does not finish yet" }, async (t) => {
+  test("a double-forked daemon inside the namespace (re-parented to its init): checkpointed and restored", async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "d", ["bash", fixtureScript("children.sh"), "daemon", dir]);
     const ls = await waitLines(h, "d", (l) => l.some((x) => /^daemon \d+$/.test(x)) && lastTick(l) >= 2, "daemon started");
     const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x))!)![1]);
-    await waitFor("the daemon re-parented and exec'd", () => others(h, "d").find((p) => p.pid === pid && p.command.startsWith("sh -c") && p.ppid === 1));
+    const orig = await waitFor("the daemon re-parented and exec'd", () => others(h, "d").find((p) => p.pid === pid && p.command.startsWith("sh -c") && p.ppid === 1));
     await checkpointOk(h, "d");
     await crashAndRestore(h, "d");
     const back = await waitFor("the daemon restored, the init's child again", () => others(h, "d").find((p) => p.pid === pid && p.ppid === 1));
     assert.ok(back.command.startsWith("sh -c"));
+    assert.deepEqual([back.sid, back.pgid], [orig.sid, orig.pgid], "its session and process group as before");
     const n = lastTick(logLines(h, "d"));
     await waitLines(h, "d", (l) => lastTick(l) >= n + 3, "bash ticks after the restore");
+    release();
+    await waitFor("the daemon gone once released", () => !isAlive(back.hostPid));
+  });
+
+  test("a classic daemon (python: fork, setsid, fork, the middle one exits): restored in its session, whose leader is gone, and counts on", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "cd", ["python3", fixtureScript("daemonize.py"), dir]);
+    const ls = await waitLines(h, "cd", (l) => l.some((x) => /^daemon \d+$/.test(x)) && lastTick(l) >= 2, "daemon started");
+    const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x))!)![1]);
+    const orig = await waitFor("the daemon re-parented", () => others(h, "cd").find((p) => p.pid === pid && p.ppid === 1));
+    assert.ok(orig.sid !== 1 && orig.sid !== pid && !others(h, "cd").some((p) => p.pid === orig.sid), `its session's leader is gone: ${JSON.stringify(orig)}`);
+    await checkpointOk(h, "cd");
+    const count = (): number => Number(readFileSync(join(dir, "daemon"), "utf8"));
+    await crashAndRestore(h, "cd");
+    const back = await waitFor("the daemon restored", () => others(h, "cd").find((p) => p.pid === pid && p.ppid === 1));
+    assert.deepEqual([back.sid, back.pgid], [orig.sid, orig.pgid], "its session and process group as before");
+    const n = count();
+    await waitFor("the daemon counts on after the restore", () => count() >= n + 3);
     release();
     await waitFor("the daemon gone once released", () => !isAlive(back.hostPid));
   });

@@ -43,7 +43,14 @@ export async function captureIntoCas(
   info: Omit<IngestInfo, "downtimeNs" | "totalNs">,
   onEvent: (e: CheckpointEvent) => void,
   /** A process of a tree: stored under this name (`<app>~<pid>` for all but the main process) at the tree's seq. */
-  at?: { storeApp: string; seq: number },
+  at?: {
+    storeApp: string;
+    seq: number;
+    /** Awaited before this image is queued for the store (a tree's main process: after every other one, whose commits it waits for). */
+    after?: Promise<unknown>;
+    /** Told once this image is queued for the store. */
+    queued?: () => void;
+  },
 ): Promise<CasCapture> {
   const dir = join(stagingRoot, `${app}.${randomBytes(6).toString("hex")}`);
   const fifo = join(dir, `pid${pid}.img`);
@@ -73,7 +80,11 @@ export async function captureIntoCas(
     // the ingest reads it once it holds the store's lock.
     const reader = openFifoReader(fifo);
     let ingestError: unknown = null;
+    // (the store takes images in the order they are queued: a tree's main process must come last,
+    // or its commit, which waits for the others', would hold the store while they wait for it)
+    if (at?.after) await at.after;
     const ingest = at ? cas.ingest(at.storeApp, at.seq, reader.stream, ingestInfo) : cas.ingestNext(app, reader.stream, ingestInfo);
+    at?.queued?.();
     ingest.catch((e: unknown) => {
       // The store stopped reading (bad image, full disk...): the agent must not wait on a full pipe.
       ingestError = e;

@@ -287,6 +287,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   // process's checkpoint, committed last, waits for theirs
   const order = [...live.filter((p) => p.pid !== mainPid), ...live.filter((p) => p.pid === mainPid)];
   const captures: Promise<CasCapture>[] = [];
+  const queued: Promise<void>[] = [];
   for (const p of order) {
     const isMain = p.pid === mainPid;
     const storeApp = isMain ? a.app : memberApp(a.app, p.pid);
@@ -300,6 +301,8 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
       }
     }
     const others = captures.slice();
+    let tell: () => void = () => {};
+    if (!isMain) queued.push(new Promise<void>((r) => (tell = r)));
     const ingestInfo: Omit<IngestInfo, "downtimeNs" | "totalNs"> = {
       ...(baseOk && base ? { parent: base.id } : {}),
       onProgress: a.onProgress,
@@ -345,8 +348,9 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
         if (e.ok === false) cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
         a.onEvent(p.pid, e);
       },
-      { storeApp, seq },
+      isMain ? { storeApp, seq, after: Promise.all(queued) } : { storeApp, seq, queued: tell },
     );
+    void c.then(tell, tell); // a capture that failed before it was queued does not hold the main one back
     c.catch((e: unknown) => cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`)));
     captures.push(c);
   }
