@@ -169,6 +169,19 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     release();
     await waitFor("the daemon gone once released", () => !isAlive(back.hostPid));
   });
+
+  test("python3 multiprocessing.Pool(4) checkpointed mid-run, killed and restored: the known total (its lock is shared memory of the tree)", async (t) => {
+    const { h } = setup(t);
+    const expected = execFileSync("python3", [fixtureScript("pool.py"), "--expect"], { encoding: "utf8" }).trim();
+    await runApp(h, "pool", ["python3", fixtureScript("pool.py")]);
+    await waitLines(h, "pool", (l) => l.some((x) => /^progress [1-9]\d*00$/.test(x)), "the pool at work");
+    await waitFor("the pool's 4 workers", () => others(h, "pool").filter((p) => !p.zombie).length >= 4);
+    await checkpointOk(h, "pool");
+    await crashAndRestore(h, "pool");
+    const ls = await waitLines(h, "pool", (l) => l.some((x) => x.startsWith("total ")), "the pool finished", 240_000);
+    assert.deepEqual(ls.filter((x) => x.startsWith("total ")), [expected]);
+    assert.ok(!ls.some((x) => /Traceback|Error/.test(x)), ls.filter((x) => /Traceback|Error/.test(x)).join("\n"));
+  });
 });
 
 describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT }, () => {

@@ -170,6 +170,12 @@ static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, siz
   if (tg_vma_path_is(v, "[heap]")) r->vflags |= TG_VF_HEAP;
   if (tg_vma_path_is(v, "[stack]")) r->vflags |= TG_VF_STACK | TG_VF_GROWSDOWN;
   if (v->ino == 0) { r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE; return 0; }
+  /* the object behind shared memory (a shmem inode: MAP_SHARED|MAP_ANONYMOUS, memfd, a deleted
+   * file, SysV): two processes of a tree that map the same one share it after a restore too */
+  if (v->shared) {
+    r->id.dev = ((uint64_t)v->devmaj << 32) | v->devmin;
+    r->id.ino = v->ino;
+  }
   /* file-backed */
   int deleted = ends_with(v->path, v->pathlen, " (deleted)");
   char path[4096];

@@ -46,6 +46,17 @@ struct node { int pid, ppid, pgid, sid, plan, status; }; /* plan -1: a zombie wi
 static struct node nodes[MAX_PROCS];
 static size_t nnodes;
 static int go_rd = -1;
+/* Shared memory objects mapped by two or more processes of a tree (VMA kind anon shared, by the
+ * object's dev and inode): one memfd each, made before the tree is cloned, mapped by each. */
+struct shm_obj { uint64_t dev, ino, size; int nplans, last_plan, fd; };
+static struct shm_obj *shm_objs;
+static size_t nshm_objs;
+
+static struct shm_obj *shm_of(const struct tg_rec_vma *v) {
+  if (v->kind != TG_VMA_ANON_SHARED || v->id.ino == 0) return NULL;
+  for (size_t i = 0; i < nshm_objs; i++) if (shm_objs[i].dev == v->id.dev && shm_objs[i].ino == v->id.ino) return &shm_objs[i];
+  return NULL;
+}
 static const char *sock_base = "";
 static char own_sock[108];
 
@@ -226,7 +237,12 @@ static void __attribute__((noreturn)) stage1(void) {
     bv->fd = -1;
     switch (v->kind) {
     case TG_VMA_ANON_PRIVATE: bv->mflags = MAP_PRIVATE | MAP_ANONYMOUS | ((v->vflags & TG_VF_GROWSDOWN) ? MAP_GROWSDOWN : 0); break;
-    case TG_VMA_ANON_SHARED: bv->mflags = MAP_SHARED | MAP_ANONYMOUS; break;
+    case TG_VMA_ANON_SHARED: {
+      const struct shm_obj *o = shm_of(v);
+      if (o && o->fd >= 0) { bv->mflags = MAP_SHARED; bv->fd = o->fd; bv->pgoff = v->pgoff; } /* one object for the tree */
+      else bv->mflags = MAP_SHARED | MAP_ANONYMOUS;
+      break;
+    }
     case TG_VMA_FILE_PRIVATE: bv->mflags = MAP_PRIVATE; bv->fd = mapfile_fd(v); bv->pgoff = v->pgoff; break;
     case TG_VMA_FILE_SHARED: bv->mflags = MAP_SHARED; bv->fd = mapfile_fd(v); bv->pgoff = v->pgoff; break;
     default: report_fail("mapping %llx: unknown kind %u", (unsigned long long)v->start, v->kind);
@@ -410,6 +426,18 @@ static int start_restore(struct tg_launch *l, int *report) {
     fprintf(stderr, "tardigrade-restore: %s\n", err);
     return -1;
   }
+  for (size_t i = 0; i < nshm_objs; i++) {
+    struct shm_obj *o = &shm_objs[i];
+    if (o->nplans < 2) continue; /* one process: an anonymous shared mapping, as ever */
+    int fd = memfd_create("tardigrade-shared", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)o->size) != 0) {
+      fprintf(stderr, "tardigrade-restore: shared memory of %llu bytes: %s\n", (unsigned long long)o->size, strerror(errno));
+      return -1;
+    }
+    o->fd = fcntl(fd, F_DUPFD_CLOEXEC, base + 256);
+    close(fd);
+    if (o->fd < 0) { fprintf(stderr, "tardigrade-restore: fcntl: %s\n", strerror(errno)); return -1; }
+  }
   pid_t root = -1;
   for (size_t i = 0; i < nnodes; i++) {
     struct node *n = &nodes[i];
@@ -446,6 +474,7 @@ static int start_restore(struct tg_launch *l, int *report) {
     while (waitpid((pid_t)r, NULL, 0) < 0 && errno == EINTR) {}
   }
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
+  for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
   close(pfd[1]);
   close(gfd[0]);
   report_fd = go_rd = -1;
@@ -519,6 +548,23 @@ int main(int argc, char **argv) {
     /* the main process is the init's child (it was launched so); the others keep their parents */
     nodes[nnodes++] = (struct node){(int)pr->pid, k == 0 ? 1 : (int)pr->ppid, (int)pr->pgid, (int)pr->sid, (int)k, 0};
   }
+  /* shared memory objects of the tree */
+  size_t nv = 0;
+  for (size_t k = 0; k < nplans; k++) nv += plans[k].img.nvmas;
+  shm_objs = calloc(nv ? nv : 1, sizeof *shm_objs);
+  if (!shm_objs) tg_die("out of memory");
+  for (size_t k = 0; k < nplans; k++)
+    for (size_t i = 0; i < plans[k].img.nvmas; i++) {
+      const struct tg_rec_vma *v = &plans[k].img.vmas[i].r;
+      if (v->kind != TG_VMA_ANON_SHARED || v->id.ino == 0) continue;
+      struct shm_obj *o = shm_of(v);
+      if (!o) {
+        o = &shm_objs[nshm_objs++];
+        *o = (struct shm_obj){v->id.dev, v->id.ino, 0, 0, -1, -1};
+      }
+      if (o->last_plan != (int)k) { o->nplans++; o->last_plan = (int)k; }
+      if (v->pgoff + (v->end - v->start) > o->size) o->size = v->pgoff + (v->end - v->start);
+    }
   /* every parent must be in the tree (or be the init) */
   for (size_t i = 0; i < nnodes; i++)
     if (nodes[i].ppid != 1 && !node_of(nodes[i].ppid)) {
