@@ -640,6 +640,13 @@ out:
 static int listen_on(const char *path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
+  /* high, out of the way of a program that takes low numbers for itself (`exec 3<file` in a
+   * shell would otherwise replace the agent's socket) */
+  struct rlimit nl;
+  if (getrlimit(RLIMIT_NOFILE, &nl) == 0 && nl.rlim_cur >= 256) {
+    int hi = fcntl(fd, F_DUPFD_CLOEXEC, (int)(nl.rlim_cur > 1124 ? 1024 : nl.rlim_cur - 100));
+    if (hi >= 0) { close(fd); fd = hi; } /* else: a low fd still works */
+  }
   struct sockaddr_un a;
   memset(&a, 0, sizeof a);
   a.sun_family = AF_UNIX;

@@ -15,6 +15,7 @@ import { memberApp, parseMemberApp } from "../store/types.js";
 import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
+import { sharedDescriptionProblem } from "./shared-fds.js";
 import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
 
 /** One process of a tree checkpoint, as stats.extra.tree of the main process's checkpoint lists it. */
@@ -88,9 +89,14 @@ class Cut {
     const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
     if (!stage) return;
     if (stage === "parked") {
-      const changed = this.verify();
-      if (changed) {
-        this.fail(new TreeChanged(changed));
+      try {
+        const changed = this.verify();
+        if (changed) {
+          this.fail(new TreeChanged(changed));
+          return;
+        }
+      } catch (e) {
+        this.fail(e instanceof Error ? e : new Error(String(e)));
         return;
       }
     }
@@ -101,6 +107,8 @@ class Cut {
 
 /** The tree changed between the daemon's look and the park: the checkpoint is tried again. */
 class TreeChanged extends Error {}
+/** Something of the parked tree cannot be captured: the checkpoint is refused. */
+class TreeRefused extends Error {}
 
 /** Pipe ends no process of the tree has the other end of, held by a process outside the app: "pipe:[N] (pid P, fd F)". */
 function pipesToOutside(procs: TreeProcess[]): string[] {
@@ -276,8 +284,12 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   cut.verify = () => {
     // every thread of every process is parked: none can fork or exit now (but a process that had
     // not been asked yet, and a process in exit)
-    const now = pidSet(a.list());
-    return now === before ? null : `processes ${before} became ${now}`;
+    const list = a.list();
+    const now = pidSet(list);
+    if (now !== before) return `processes ${before} became ${now}`;
+    const shared = sharedDescriptionProblem(list);
+    if (shared) throw new TreeRefused(shared);
+    return null;
   };
   const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
   const t0 = process.hrtime.bigint();
@@ -356,6 +368,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   }
   const settled = await Promise.allSettled(captures);
   if (cut.failedWith instanceof TreeChanged) throw cut.failedWith;
+  if (cut.failedWith instanceof TreeRefused) throw treeRefusal(a.app, cut.failedWith.message, "Checkpoint once one of them has closed it");
   const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q.hostPid]));
   for (const [i, st] of settled.entries())
     if (st.status === "rejected" && nowLive.get(order[i]!.pid) !== order[i]!.hostPid) throw new TreeChanged(`pid ${order[i]!.pid} (${order[i]!.command}) ended during the cut`);
