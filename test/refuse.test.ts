@@ -51,10 +51,12 @@ function lastTick(ls: string[]): number {
   return 0;
 }
 
-async function checkpointOk(h: TestHome, app: string): Promise<void> {
+async function checkpointOk(h: TestHome, app: string): Promise<string> {
   const r = await h.cli(["checkpoint", app, "--json"]);
-  assert.equal(r.code, 0, `checkpoint once the children are gone: ${r.stderr}`);
-  assert.match((JSON.parse(r.stdout) as { id: string }).id, new RegExp(`^${app}@\\d+$`));
+  assert.equal(r.code, 0, `checkpoint of the tree: ${r.stderr}`);
+  const id = (JSON.parse(r.stdout) as { id: string }).id;
+  assert.match(id, new RegExp(`^${app}@\\d+$`));
+  return id;
 }
 
 /** The app's other processes, from its init's host pid (what the daemon walks). */
@@ -79,7 +81,13 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     await runApp(h, "b", ["bash", fixtureScript("children.sh"), "child", dir]);
     const ls = await waitLines(h, "b", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
     const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
-    await checkpointOk(h, "b");
+    const id = await checkpointOk(h, "b");
+    // inspect lists the tree: bash (pid 2) and its child, each with its own checkpoint
+    const ins = await h.cli(["inspect", id]);
+    assert.equal(ins.code, 0, ins.stderr);
+    assert.match(ins.stdout, /process tree of \d+ processes, tree downtime /);
+    assert.match(ins.stdout, new RegExp(`\\n\\s*2\\s+1\\s+\\d+\\s+\\d+\\s+bash\\s+\\d+\\s+${id}\\s`));
+    assert.match(ins.stdout, new RegExp(`\\n\\s*${child}\\s+2\\s+\\d+\\s+\\d+\\s+sh\\s+\\d+\\s+b~${child}@\\d+\\s`));
     await crashAndRestore(h, "b");
     // the child is back with its pid, still a child of bash
     const back = await waitFor("the child restored", () => others(h, "b").find((p) => p.pid === child && p.command.startsWith("sh -c")));

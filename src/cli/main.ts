@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // tardigrade CLI. Every command but `daemon` and `logs` talks to the per-host daemon.
 import { readFileSync } from "node:fs";
+import { treeOf } from "../daemon/tree-info.js";
 import { resolve } from "node:path";
 import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
@@ -173,6 +174,11 @@ export function buildProgram(): Command {
       out(`  ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s), downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}`);
       const st = (m as { stats?: { tracking?: string | null; pagesScanned?: number | null; pagesWritten?: number | null; storedBytes?: number; newPages?: number } }).stats;
       if (st) out(`  tracking ${st.tracking ?? "-"}: ${st.pagesScanned ?? "-"} pages scanned, ${st.pagesWritten ?? "-"} written since the parent; ${st.newPages ?? "-"} new pages, ${st.storedBytes !== undefined ? bytes(st.storedBytes) : "-"} stored`);
+      const tree = treeOf((m as { stats?: { extra?: unknown } }).stats?.extra);
+      if (tree) {
+        out(`  process tree of ${tree.tree.length} processes, tree downtime ${duration(tree.treeDowntimeNs)} (first park to last resume); each live process's image is a checkpoint of its own (\`tardigrade inspect ID\`):`);
+        out(table(["PID", "PPID", "PGID", "SID", "COMM", "THREADS", "CHECKPOINT", "DOWNTIME"], tree.tree.map((p) => [String(p.pid), String(p.ppid), String(p.pgid), String(p.sid), p.comm, String(p.threads), p.zombie ? `zombie, wait status ${p.waitStatus ?? 0}` : (p.id ?? "-"), p.downtimeNs !== undefined ? duration(p.downtimeNs) : "-"])));
+      }
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
       out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);
       out(`\nthreads:\n${table(["TID", "COMM", "RIP", "RSP", ""], img.threads.map((t) => [String(t.tid), t.comm, t.rip, t.rsp, t.manager ? "(agent)" : ""]))}`);

@@ -30,7 +30,8 @@ import { isAlive, trySignal, waitGone } from "./procs.js";
 import { checkpointFailure } from "./checkpoint-failure.js";
 import { saveFacts } from "./restore-undo.js";
 import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
-import { checkpointTree, treeOf } from "./tree-checkpoint.js";
+import { checkpointTree } from "./tree-checkpoint.js";
+import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
 
 export interface RunRequest {

@@ -16,36 +16,8 @@ import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
 import { sharedDescriptionProblem } from "./shared-fds.js";
+import type { TreeInfo } from "./tree-info.js";
 import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
-
-/** One process of a tree checkpoint, as stats.extra.tree of the main process's checkpoint lists it. */
-export interface TreeEntry {
-  pid: number;
-  ppid: number;
-  pgid: number;
-  sid: number;
-  comm: string;
-  threads: number;
-  /** The checkpoint holding this process's image (absent for a zombie). */
-  id?: string;
-  zombie?: boolean;
-  waitStatus?: number;
-  downtimeNs?: number;
-  kind?: "full" | "incremental";
-  pages?: number;
-}
-
-export interface TreeInfo {
-  tree: TreeEntry[];
-  /** First park request to the last process resumed, as the daemon saw it. */
-  treeDowntimeNs: number;
-}
-
-/** The tree of a checkpoint's stats.extra, or null for a single process. */
-export function treeOf(extra: unknown): TreeInfo | null {
-  const t = (extra as { tree?: unknown } | null | undefined)?.tree;
-  return Array.isArray(t) ? (extra as TreeInfo) : null;
-}
 
 /** Where process `pid`'s agent listens (docs/native-interface.md). */
 export function agentSock(sock: string, pid: number, mainPid: number): string {
