@@ -559,8 +559,10 @@ again:
     reply_error("error", children_err[0] ? children_err : err);
     goto out;
   }
-  reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu}",
-        (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq);
+  /* stop_ns/resumed_ns: CLOCK_MONOTONIC, the host's clock: a tree's downtime is the first stop to the last resume */
+  reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu,\"stop_ns\":%llu,\"resumed_ns\":%llu}",
+        (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq, (unsigned long long)tg.t_stop_ns,
+        (unsigned long long)tg.t_resumed_ns);
   close(tg.err_wr);
   tg.err_wr = -1;
   char msg[8192] = {0};

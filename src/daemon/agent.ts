@@ -14,7 +14,7 @@ export interface PingReply {
 export type CheckpointEvent =
   | { event: "parked"; ok: true }
   | { event: "captured"; ok: true }
-  | { event: "resumed"; ok: true; downtime_ns: number; threads: number }
+  | { event: "resumed"; ok: true; downtime_ns: number; threads: number; stop_ns?: number; resumed_ns?: number }
   | { event: "error"; ok: false; error: string }
   | {
       event: "done";

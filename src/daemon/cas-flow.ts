@@ -50,6 +50,8 @@ export async function captureIntoCas(
     after?: Promise<unknown>;
     /** Told once this image is queued for the store. */
     queued?: () => void;
+    /** Awaited before the agent is asked (a tree: every process asked at once, once all are set up). */
+    go?: Promise<unknown>;
   },
 ): Promise<CasCapture> {
   const dir = join(stagingRoot, `${app}.${randomBytes(6).toString("hex")}`);
@@ -85,6 +87,7 @@ export async function captureIntoCas(
     if (at?.after) await at.after;
     const ingest = at ? cas.ingest(at.storeApp, at.seq, reader.stream, ingestInfo) : cas.ingestNext(app, reader.stream, ingestInfo);
     at?.queued?.();
+    if (at?.go) await at.go;
     ingest.catch((e: unknown) => {
       // The store stopped reading (bad image, full disk...): the agent must not wait on a full pipe.
       ingestError = e;

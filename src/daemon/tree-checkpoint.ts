@@ -264,14 +264,20 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     return null;
   };
   const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
-  const t0 = process.hrtime.bigint();
-  let lastResumed = t0;
+  // the tree's downtime: the first process stopped to the last resumed, on the agents' clock
+  // (CLOCK_MONOTONIC, the same for every process of the host)
+  let firstStop = Infinity;
+  let lastResumed = 0;
   const downtimes = new Map<number, number>();
   // the other processes first: the store ingests one image at a time, in this order, and the main
   // process's checkpoint, committed last, waits for theirs
   const order = [...live.filter((p) => p.pid !== mainPid), ...live.filter((p) => p.pid === mainPid)];
   const captures: Promise<CasCapture>[] = [];
   const queued: Promise<void>[] = [];
+  // every agent is asked at once, when every process's FIFO and ingest are ready (the first to
+  // park would otherwise wait, stopped, while the daemon sets up the others)
+  let go!: () => void;
+  const allReady = new Promise<void>((r) => (go = r));
   for (const p of order) {
     const isMain = p.pid === mainPid;
     const storeApp = isMain ? a.app : memberApp(a.app, p.pid);
@@ -301,7 +307,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
               // the listing goes into this checkpoint's stats (the same object), before it commits
               const ids = new Map<number, string>([[mainPid, `${a.app}@${seq}`]]);
               done.forEach((d, i) => ids.set(order[i]!.pid, (d as PromiseFulfilledResult<CasCapture>).value.checkpoint.id));
-              info.treeDowntimeNs = Number(lastResumed - t0);
+              info.treeDowntimeNs = lastResumed > firstStop ? lastResumed - firstStop : Math.max(0, ...downtimes.values());
               info.tree = procs.map((q) => ({
                 pid: q.pid,
                 ppid: q.pid === mainPid ? 1 : q.ppid,
@@ -326,15 +332,19 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
       ingestInfo,
       (e) => {
         if (e.event === "resumed") {
-          lastResumed = process.hrtime.bigint();
           downtimes.set(p.pid, e.downtime_ns);
+          if (typeof e.stop_ns === "number" && typeof e.resumed_ns === "number") {
+            firstStop = Math.min(firstStop, e.stop_ns);
+            lastResumed = Math.max(lastResumed, e.resumed_ns);
+          }
         }
         if (e.ok === false) cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
         a.onEvent(p.pid, e);
       },
-      isMain ? { storeApp, seq, after: Promise.all(queued) } : { storeApp, seq, queued: tell },
+      isMain ? { storeApp, seq, after: Promise.all(queued), queued: () => go(), go: allReady } : { storeApp, seq, queued: tell, go: allReady },
     );
     void c.then(tell, tell); // a capture that failed before it was queued does not hold the main one back
+    if (isMain) void c.then(go, go); // nor does a main one that failed before it was (the others then learn it from the cut)
     c.catch((e: unknown) => cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`)));
     captures.push(c);
   }
