@@ -22,6 +22,7 @@
 
 #include "../launcher/launcher.h"
 #include "blob.h"
+#include "pages-direct.h"
 #include "restore.h"
 
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
@@ -184,6 +185,8 @@ static void __attribute__((noreturn)) stage1(void) {
   off += img.nthreads * sizeof(struct blob_thread);
   size_t timers_off = off;
   off += img.ntimers * sizeof(struct tg_timer);
+  size_t direct_off = off = (off + 63) & ~63ul;
+  off += tg_direct_blob_size();
   off = (off + 4095) & ~4095ul;
   size_t stacks_off = off;
   off += img.nthreads * THREAD_STACK + BLOB_STACK;
@@ -255,6 +258,8 @@ static void __attribute__((noreturn)) stage1(void) {
   if (img.ntimers) memcpy(p->timers, img.timers, img.ntimers * sizeof *img.timers);
   p->ntimers = img.ntimers;
   memcpy(p->itimers, img.itimers, sizeof p->itimers);
+  p->direct = (uint64_t)tg_direct_to_blob(b + direct_off, b, floor, &p->direct_fn, err, sizeof err);
+  if (tg_direct_blob_size() && !p->direct) report_fail("%s", err);
   memcpy(p->sigs, img.sigs, sizeof p->sigs);
   p->vvar_addr = img.proc.vvar_addr;
   p->vdso_addr = img.proc.vdso_addr;
@@ -310,7 +315,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
@@ -319,6 +324,7 @@ int main(int argc, char **argv) {
   struct tg_launch l;
   memset(&l, 0, sizeof l);
   int allow_changes = 0, check_only = 0;
+  const char *direct = NULL;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
@@ -329,12 +335,14 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
+    else if (strcmp(argv[i], "--direct") == 0) direct = argv[++i];
     else usage();
   }
   if (!l.image || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
   if (l.sock && strlen(l.sock) >= 108) tg_die("--sock path is too long (max 107 bytes)");
   launch = &l;
   if (tg_image_load(l.image, &img) != 0) return 2;
+  if (direct && tg_direct_load(direct) != 0) return 2;
   char err[4096];
   /* before anything is created: a refused restore starts nothing (exit status 3) */
   if (tg_check_file_states(&img, allow_changes, err, sizeof err) != 0) {
