@@ -44,7 +44,8 @@ export interface RestorePlan {
 
 interface PlanBlock {
   row: BlockRow;
-  pieces: { addr: bigint; index: number; count: number; rec: ComposedRecord }[];
+  /** page: the first page number (address / 4096) the run goes to */
+  pieces: { page: number; index: number; count: number; rec: ComposedRecord }[];
 }
 
 /**
@@ -105,11 +106,11 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
         pb = { row, pieces: [] };
         byBlock.set(blk, pb);
       }
-      const addr = addrOf(r.page + i);
+      const page = r.page + i;
       const last = pb.pieces[pb.pieces.length - 1];
       // a piece stays inside one record, hence one mapping (the restorer checks each piece against one)
-      if (last && last.rec === r && last.index + last.count === idx && last.addr + BigInt(last.count * PAGE) === addr) last.count++;
-      else pb.pieces.push({ addr, index: idx, count: 1, rec: r });
+      if (last && last.rec === r && last.index + last.count === idx && last.page + last.count === page) last.count++;
+      else pb.pieces.push({ page, index: idx, count: 1, rec: r });
       directPages++;
     }
     flush(r.npages);
@@ -142,7 +143,7 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
     file.writeUInt32LE(b.pieces.length, bo + 20);
     bo += BLOCK;
     for (const p of b.pieces) {
-      file.writeBigUInt64LE(p.addr, po);
+      file.writeBigUInt64LE(addrOf(p.page), po);
       file.writeUInt32LE(p.index, po + 8);
       file.writeUInt32LE(p.count, po + 12);
       po += PIECE;
