@@ -13,7 +13,9 @@ import { after, before, describe, test } from "node:test";
 import { buildImage, cwdRecord, pagesRecord, procRecord, threadRecord, vmaRecord } from "../src/image/writer.js";
 import { CasStore } from "../src/store/cas/index.js";
 import type { RestorePlan } from "../src/store/cas/restore-plan.js";
-import { P, readImageMemory, rng } from "./helpers/cas-images.js";
+import { P, churnChain, readImageMemory, rng } from "./helpers/cas-images.js";
+import { composeByPages, composeBySegments, composeRecords, resolveChain } from "../src/store/cas/compose.js";
+import type { StoreContext } from "../src/store/cas/context.js";
 import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 import { killApp, runApp, status, waitLines } from "./helpers/scenario.js";
@@ -183,6 +185,43 @@ describe("restore plan", () => {
       again.release();
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe("composition by runs", () => {
+  test("gives the records the page map gives, on every checkpoint of churned chains", async () => {
+    for (const seed of [3, 4, 5]) {
+      const store = await CasStore.open(join(tmp, `s${++n}`));
+      try {
+        const { images } = churnChain(seed, 12);
+        const ids: string[] = [];
+        for (let i = 0; i < images.length; i++) {
+          const f = join(tmp, `c${++n}.img`);
+          writeFileSync(f, images[i]!);
+          ids.push((await store.ingest("churn", i + 1, f)).id);
+        }
+        // the store's context, for the composition functions (not part of CasStore's API)
+        const ctx = (store as unknown as { ctx: StoreContext }).ctx;
+        let longest = 0;
+        for (const id of ids) {
+          const chain = resolveChain(ctx, id);
+          const { meta } = ctx.catalog.headerAndMeta(chain[chain.length - 1]!.cid);
+          const want = composeByPages(ctx, chain, meta, id);
+          assert.ok(composeBySegments(ctx, chain, meta, id), `${id}: composed by runs (no overlapping rows)`);
+          longest = Math.max(longest, chain.length);
+          const got = composeRecords(ctx, id).records;
+          assert.equal(got.length, want.length, `${id}: record count`);
+          got.forEach((r, i) => {
+            const w = want[i]!;
+            assert.deepEqual([r.page, r.npages], [w.page, w.npages], `${id} record ${i}`);
+            assert.ok(r.hashes.equals(w.hashes) && r.locs.equals(w.locs), `${id} record ${i}: hashes and locations`);
+          });
+        }
+        assert.ok(longest >= 3, `chains of several images (longest ${longest})`);
+      } finally {
+        await store.close();
+      }
     }
   });
 });
