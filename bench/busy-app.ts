@@ -255,7 +255,7 @@ const med = (xs: number[]): number => {
   return s.length === 0 ? NaN : s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Issue 15's CRIU 4.2 figures on this VM (not measured in this run: CRIU=path is not wired in). */
+/** Issue 15's CRIU 4.2 figures on this VM, printed when CRIU=path is not given (then CRIU is measured in the run: criu-peer.ts). */
 export const CRIU_ISSUE_1G = { cpuSPerGiB: 2.4, dumpFsyncS: [2.7, 3.2], restoreS: [3.3, 4.2] };
 
 export function printBusy(cases: BusyCase[]): void {

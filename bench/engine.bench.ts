@@ -307,7 +307,7 @@ function printTable(results: SizeResult[]): void {
     "\ndowntime = app threads stopped (agent); checkpoint = agent total: threads stopped, snapshot, image streamed into the store (which hashes and writes it as it reads);" +
       "\n1st commit = the first round's checkpoint until committed in the store (all pages new: hashed, compressed or probed, written, fsynced);" +
       "\n  later rounds find the same memory and store only its changed pages (deduplicated), so their checkpoint time is lower." +
-      "\nstored = image bytes in the manifest; restore = tardigrade-restore spawned, the image streamed from the store into it, until the agent answers" +
+      "\nstored = image bytes in the manifest; restore = tardigrade-restore spawned (raw blocks read from the packs by the restorer, the rest of the image streamed into it), until the agent answers" +
       "\n  (the bench restores with --replace: the pass that reads the whole image before killing the running copy is not in it, as a restore" +
       "\n  after a crash has none; CLI wall times with it are in the JSON as cliRestoreNs)." +
       "\napp pass = the holder's own checksum pass over all its memory (SIGUSR1), before the first checkpoint / first after a restore:" +
