@@ -134,7 +134,7 @@ BLOB static long dp_uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t 
 BLOB void tg_direct_read(struct blob_plan *p) {
   struct tg_dp_blob *d = (struct tg_dp_blob *)p->direct;
   int populate = 1;
-  int uffd = dp_uffd();
+  int uffd = d->no_uffd ? -1 : dp_uffd();
   for (uint64_t i = 0; i < d->nblocks; i++) {
     const struct tg_dp_block *b = &d->blocks[i];
     const struct tg_dp_piece *pc = &d->pieces[b->first_piece];

@@ -107,6 +107,8 @@ struct tg_dp_blob *tg_direct_to_blob(char *at, char *blob, int fd_floor, uint64_
   d->fds = (int32_t *)p;
   p += al64(plan.h.npacks * sizeof(int32_t));
   d->scratch = (unsigned char *)p;
+  const char *uf = getenv("TARDIGRADE_RESTORE_UFFD");
+  d->no_uffd = uf && strcmp(uf, "0") == 0;
   for (uint32_t i = 0; i < plan.h.npacks; i++) {
     int fd = open(plan.paths[i], O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

@@ -49,6 +49,7 @@ struct tg_dp_blob {
   struct tg_dp_piece *pieces;
   int32_t *fds;        /* per pack, opened by stage 1 above the application's fds */
   unsigned char *scratch; /* TG_DP_BLOCK_HEADER + 256 pages: each block is read and checked there, then copied into place */
+  uint64_t no_uffd;       /* TARDIGRADE_RESTORE_UFFD=0: fill by MADV_POPULATE_WRITE + copy only (see docs/store.md) */
 };
 
 /* pages-direct.c, in tardigrade-restore's main: reads and checks the plan before anything is created.
