@@ -20,6 +20,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { loadavg } from "node:os";
 import { type RestoreJson, type RunJson, cliJson, daemonPid, killTracked, nowNs, sleep, track, trackApp, trackDaemon, waitForLine } from "./bench-procs.js";
+import { type CriuRound, criuRound } from "./criu-peer.js";
 
 const MiB = 1 << 20;
 
@@ -56,11 +57,13 @@ export interface BusyCase {
   writeFsyncNs: number;
   checkpoints: BusyCheckpoint[];
   restores: BusyRestore[];
+  /** CRIU's rounds on the same fixture, interleaved with ours (CRIU=path set). */
+  criu: CriuRound[];
 }
 
 const clkTck = 100; // USER_HZ on Linux
 
-function procCpuS(pid: number, withChildren = false): number {
+export function procCpuS(pid: number, withChildren = false): number {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
@@ -96,7 +99,7 @@ interface Tick {
   t: number;
 }
 
-function readTicks(log: string): { ticks: Tick[]; gaps: { ns: number; at: number }[] } {
+export function readTicks(log: string): { ticks: Tick[]; gaps: { ns: number; at: number }[] } {
   const ticks: Tick[] = [];
   const gaps: { ns: number; at: number }[] = [];
   if (!existsSync(log)) return { ticks, gaps };
@@ -109,7 +112,7 @@ function readTicks(log: string): { ticks: Tick[]; gaps: { ns: number; at: number
 }
 
 /** Iterations done at time t (ns), interpolated between the ticks around it (one app run: iterations grow). */
-function itersAt(ticks: Tick[], t: number): number {
+export function itersAt(ticks: Tick[], t: number): number {
   const i = ticks.findIndex((k) => k.t >= t);
   if (i < 0) return NaN;
   if (i === 0) return ticks[0]!.t - t < 200e6 ? ticks[0]!.iters : NaN;
@@ -119,13 +122,13 @@ function itersAt(ticks: Tick[], t: number): number {
 }
 
 /** The ticks of the current process only: a restored app starts again from its checkpoint's count. */
-function lastRun(ticks: Tick[]): Tick[] {
+export function lastRun(ticks: Tick[]): Tick[] {
   let from = 0;
   for (let i = 1; i < ticks.length; i++) if (ticks[i]!.iters < ticks[i - 1]!.iters || ticks[i]!.t < ticks[i - 1]!.t) from = i;
   return ticks.slice(from);
 }
 
-async function waitTickAfter(log: string, t: number, timeoutMs: number): Promise<Tick> {
+export async function waitTickAfter(log: string, t: number, timeoutMs: number): Promise<Tick> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const hit = readTicks(log).ticks.find((k) => k.t > t);
@@ -135,7 +138,7 @@ async function waitTickAfter(log: string, t: number, timeoutMs: number): Promise
   throw new Error(`no tick after ${t} in ${log} within ${timeoutMs} ms`);
 }
 
-async function rateOver(log: string, ms: number): Promise<number> {
+export async function rateOver(log: string, ms: number): Promise<number> {
   const t0 = Number(nowNs());
   await sleep(ms);
   const t1 = Number(nowNs());
@@ -153,7 +156,7 @@ interface ManifestJson {
 }
 
 /** One case: the busy app of `mib` MiB, quiet or beside a hog. */
-export async function busyCase(home: string, busyBin: string, mib: number, hog: boolean, reps: number, writeFsyncNs: number): Promise<BusyCase> {
+export async function busyCase(home: string, busyBin: string, mib: number, hog: boolean, reps: number, writeFsyncNs: number, criu?: string): Promise<BusyCase> {
   const env: NodeJS.ProcessEnv = { ...process.env, TARDIGRADE_HOME: home };
   const cli = (args: string[], timeoutMs = 600_000) => cliJson(env, args, timeoutMs);
   const name = `bench-busy-${mib}-${hog ? "hog" : "quiet"}`;
@@ -163,7 +166,7 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
     hogPid = h.pid ?? 0;
     track(hogPid, "hog");
   }
-  const out: BusyCase = { mib, hog, writeFsyncNs, checkpoints: [], restores: [] };
+  const out: BusyCase = { mib, hog, writeFsyncNs, checkpoints: [], restores: [], criu: [] };
   try {
     const run = (await cli(["run", "--name", name, "--json", "--", busyBin, String(mib), "1"], 300_000)).json as RunJson;
     trackDaemon(home);
@@ -228,6 +231,15 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
       app = rs.appHostPid;
       st = await trackApp(env, name);
       if (st.state !== "running") throw new Error(`${name} is ${st.state} after its restore`);
+      // CRIU's round, interleaved: our app is stopped meanwhile (SIGSTOP) so that both see the same host
+      if (criu) {
+        process.kill(app, "SIGSTOP");
+        try {
+          out.criu.push(await criuRound(criu, busyBin, mib, home, r));
+        } finally {
+          process.kill(app, "SIGCONT");
+        }
+      }
     }
     process.kill(app, "SIGKILL");
   } finally {
@@ -243,7 +255,7 @@ const med = (xs: number[]): number => {
   return s.length === 0 ? NaN : s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Issue 15's CRIU 4.2 figures on this VM (not measured in this run: CRIU=path is not wired in). */
+/** Issue 15's CRIU 4.2 figures on this VM, printed when CRIU=path is not given (then CRIU is measured in the run: criu-peer.ts). */
 export const CRIU_ISSUE_1G = { cpuSPerGiB: 2.4, dumpFsyncS: [2.7, 3.2], restoreS: [3.3, 4.2] };
 
 export function printBusy(cases: BusyCase[]): void {
@@ -288,6 +300,14 @@ export function printBusy(cases: BusyCase[]): void {
         f2(med(c.restores.map((x) => x.load1))),
       ]);
     }
+    if (c.criu.length) {
+      const k = c.criu;
+      const gib = med(k.map((x) => x.imageBytes)) / (1024 * MiB);
+      const cpu = med(k.map((x) => x.dumpCpuS));
+      const tag = c.hog ? "hog" : "quiet";
+      rows.push([tag, String(c.mib), "criu dump", f3(med(k.map((x) => x.durableNs)) / 1e9), f2(med(k.map((x) => x.durableNs)) / c.writeFsyncNs), f2(cpu), "-", f2(cpu / gib), f3(med(k.map((x) => x.lostNs)) / 1e9), f2(med(k.map((x) => x.lostNs / x.windowNs))), f3(med(k.map((x) => x.maxGapNs)) / 1e9), "-", f2(med(k.map((x) => x.load1)))]);
+      rows.push([tag, String(c.mib), "criu restore", f3(med(k.map((x) => x.restoreToRunningNs)) / 1e9), f2(med(k.map((x) => x.restoreToRunningNs)) / c.writeFsyncNs), f2(med(k.map((x) => x.restoreCpuS))), "-", "-", "-", "-", "-", "-", f2(med(k.map((x) => x.load1)))]);
+    }
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((x, i) => x.padStart(widths[i]!)).join("  ");
@@ -298,6 +318,41 @@ export function printBusy(cases: BusyCase[]): void {
       "\ndurable = checkpoint request to committed and fsynced (manifest commitNs); for restore rows: `restore` request (app killed -9 before) to the restored app's first tick." +
       "\nx write+fsync = against a plain write + fsync of the app's bytes in the same run; CPU = daemon (all threads) + agent (tg-agent thread + reaped snapshot child); CPU s/GiB = per GiB of image (for an incremental: of its small image)." +
       "\napp lost = window (request to 1 s after the commit) minus iterations done / the rate over the 1.5 s before; load1 = 1-min load average at the request." +
-      `\nCRIU 4.2 on this VM per issue 15 (not measured in this run): ${CRIU_ISSUE_1G.cpuSPerGiB} CPU-s/GiB, dump+fsync ${CRIU_ISSUE_1G.dumpFsyncS.join("/")} s and restore ${CRIU_ISSUE_1G.restoreS.join("/")} s (min/median) at 1 GiB.`,
+      "\ncriu dump = `criu dump --leave-running` + fsync of the image files (durable), CPU = criu's user + system; criu restore = `criu restore -d` request (app killed -9 before) to the restored app's first tick; a fresh app per round (every dump is full)." +
+      (cases.some((c) => c.criu.length)
+        ? ""
+        : `\nCRIU 4.2 on this VM per issue 15 (not measured in this run; set CRIU=path): ${CRIU_ISSUE_1G.cpuSPerGiB} CPU-s/GiB, dump+fsync ${CRIU_ISSUE_1G.dumpFsyncS.join("/")} s and restore ${CRIU_ISSUE_1G.restoreS.join("/")} s (min/median) at 1 GiB.`),
   );
+  const verdicts = targets(cases);
+  if (verdicts.length) console.log("\nissue 15 targets, against CRIU in the same run:\n" + verdicts.join("\n"));
+}
+
+export interface Verdict {
+  case: string;
+  mib: number;
+  what: string;
+  ours: number;
+  criu: number;
+  ratio: number;
+  target: number;
+  met: boolean;
+}
+
+/** Issue 15's targets 1-3 per case, where CRIU ran: CPU/GiB of a full checkpoint, time to durable, restore to running. */
+export function verdicts(cases: BusyCase[]): Verdict[] {
+  const out: Verdict[] = [];
+  for (const c of cases) {
+    const full = c.checkpoints.filter((x) => x.kind === "full");
+    if (c.criu.length === 0 || full.length === 0) continue;
+    const tag = c.hog ? "hog" : "quiet";
+    const add = (what: string, ours: number, criu: number, target: number) => out.push({ case: tag, mib: c.mib, what, ours, criu, ratio: ours / criu, target, met: ours / criu <= target });
+    add("CPU s/GiB, full checkpoint (target 1)", med(full.map((x) => (x.daemonCpuS + x.agentCpuS) / (x.bytes / (1024 * MiB)))), med(c.criu.map((x) => x.dumpCpuS / (x.imageBytes / (1024 * MiB)))), 1);
+    add("time to durable, full (target 2)", med(full.map((x) => x.durableNs)) / 1e9, med(c.criu.map((x) => x.durableNs)) / 1e9, c.mib <= 64 ? 2 : 1);
+    if (c.restores.length) add("restore to running (target 3)", med(c.restores.map((x) => x.toRunningNs)) / 1e9, med(c.criu.map((x) => x.restoreToRunningNs)) / 1e9, 0.5);
+  }
+  return out;
+}
+
+function targets(cases: BusyCase[]): string[] {
+  return verdicts(cases).map((v) => `  ${v.case} ${v.mib} MiB, ${v.what}: ours ${f3(v.ours)}, CRIU ${f3(v.criu)}: ${f2(v.ratio)}x (target <= ${v.target}x: ${v.met ? "met" : "NOT met"})`);
 }

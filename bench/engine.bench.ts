@@ -20,6 +20,8 @@
 // Environment: BENCH_SIZES="64,256,1024" (MiB; " " skips the holder part),
 // BENCH_REPS=3 (checkpoint + restore rounds per size), BENCH_BUSY_SIZES="64,1024"
 // (" " skips the busy part), BENCH_BUSY_CASES="quiet,hog", BENCH_BUSY_REPS=1,
+// CRIU=path/to/criu adds CRIU's dump + fsync and restore of the same busy fixture, interleaved
+// round by round (bench/criu-peer.ts), and issue 15's targets as ratios to it;
 // TG_BENCH_CLI=path/to/bin/tardigrade.js drives another build (to compare two
 // in one run), BENCH_KEEP_HOME=1 keeps the temporary TARDIGRADE_HOME. Everything the bench starts (daemon, apps, launchers) is
 // killed by PID at the end, also on SIGINT/SIGTERM.
@@ -45,7 +47,7 @@ import {
   trackDaemon,
   waitForLine,
 } from "./bench-procs.js";
-import { type BusyCase, CRIU_ISSUE_1G, busyCase, printBusy } from "./busy-app.js";
+import { type BusyCase, CRIU_ISSUE_1G, busyCase, printBusy, verdicts } from "./busy-app.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = join(ROOT, "test", "fixtures");
@@ -305,7 +307,7 @@ function printTable(results: SizeResult[]): void {
     "\ndowntime = app threads stopped (agent); checkpoint = agent total: threads stopped, snapshot, image streamed into the store (which hashes and writes it as it reads);" +
       "\n1st commit = the first round's checkpoint until committed in the store (all pages new: hashed, compressed or probed, written, fsynced);" +
       "\n  later rounds find the same memory and store only its changed pages (deduplicated), so their checkpoint time is lower." +
-      "\nstored = image bytes in the manifest; restore = tardigrade-restore spawned, the image streamed from the store into it, until the agent answers" +
+      "\nstored = image bytes in the manifest; restore = tardigrade-restore spawned (raw blocks read from the packs by the restorer, the rest of the image streamed into it), until the agent answers" +
       "\n  (the bench restores with --replace: the pass that reads the whole image before killing the running copy is not in it, as a restore" +
       "\n  after a crash has none; CLI wall times with it are in the JSON as cliRestoreNs)." +
       "\napp pass = the holder's own checksum pass over all its memory (SIGUSR1), before the first checkpoint / first after a restore:" +
@@ -328,6 +330,8 @@ export async function main(): Promise<void> {
   const busyReps = Math.max(1, Number(process.env.BENCH_BUSY_REPS ?? 1) || 1);
   const busyCases = (process.env.BENCH_BUSY_CASES ?? "quiet,hog").split(",").map((s) => s.trim());
   const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3) || 3);
+  const criu = process.env.CRIU || undefined;
+  if (criu && !existsSync(criu)) throw new Error(`CRIU=${criu}: no such file`);
   if (!existsSync(join(ROOT, "dist", "src", "cli", "main.js"))) throw new Error("the CLI is not built: run `npm run build` first");
   execFileSync("make", ["-s", "-C", FIXTURES, "build/holder", "build/busy"], { stdio: "inherit" });
 
@@ -360,7 +364,7 @@ export async function main(): Promise<void> {
       for (const c of busyCases) {
         if (c !== "quiet" && c !== "hog") continue;
         process.stdout.write(`  busy app ${mib} MiB, ${c} ...`);
-        const b = await busyCase(home, BUSY, mib, c === "hog", busyReps, writeFsyncNs);
+        const b = await busyCase(home, BUSY, mib, c === "hog", busyReps, writeFsyncNs, criu);
         busy.push(b);
         const full = b.checkpoints.find((x) => x.kind === "full");
         process.stdout.write(` full: durable ${full ? sec(full.durableNs).toFixed(3) : "-"} s, app lost ${full ? sec(full.lostNs).toFixed(3) : "-"} s; restore to running ${b.restores[0] ? sec(b.restores[0].toRunningNs).toFixed(3) : "-"} s\n`);
@@ -404,6 +408,8 @@ export async function main(): Promise<void> {
     busy,
     busyMethod: "see bench/busy-app.ts: full and incremental checkpoints of test/fixtures/busy MIB 1, quiet and beside a CPU hog on one core; durable, daemon and agent CPU, app lost time, restore after kill -9 to first tick",
     criuIssue15: CRIU_ISSUE_1G,
+    criu: criu ?? null,
+    issue15Targets: verdicts(busy),
     load: loadAt,
   };
   writeFileSync(RESULTS, JSON.stringify(out, null, 2) + "\n");

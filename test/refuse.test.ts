@@ -194,13 +194,14 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
   test("an open file description shared through fork (one offset) is refused, naming both fds; nothing committed, the tree runs on", async (t) => {
     const { h, dir } = setup(t);
     writeFileSync(join(dir, "data"), Array.from({ length: 100000 }, (_, i) => `line ${i}`).join("\n"));
-    const script = `exec 3<${JSON.stringify(join(dir, "data"))}; (while read -r -u 3 l; do echo "child $l"; sleep 0.05; done) & while :; do echo tick; sleep 0.05; done`;
+    // (fd 9: a low number can race with the agent's connection being accepted, a known limit)
+    const script = `exec 9<${JSON.stringify(join(dir, "data"))}; (while read -r -u 9 l; do echo "child $l"; sleep 0.05; done) & while :; do echo tick; sleep 0.05; done`;
     await runApp(h, "sh", ["bash", "-c", script]);
     await waitLines(h, "sh", (l) => l.some((x) => x.startsWith("child line")), "the child reads the shared fd");
     const before = await ids(h, "sh");
     const r = await h.cli(["checkpoint", "sh"]);
     assert.equal(r.code, 1, r.stdout);
-    assert.match(r.stderr, /fd 3 of pid 2 \(bash\) and fd 3 of pid \d+ \(bash\) share one open file description of .*\/data .*not supported yet.*Nothing was committed; the app keeps running/);
+    assert.match(r.stderr, /fd 9 of pid 2 \(bash\) and fd 9 of pid \d+ \(bash\) share one open file description of .*\/data .*not supported yet.*Nothing was committed; the app keeps running/);
     assert.deepEqual(await ids(h, "sh"), before, "nothing committed");
     const n = logLines(h, "sh").length;
     await waitLines(h, "sh", (l) => l.length >= n + 5, "the tree runs on");

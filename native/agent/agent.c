@@ -726,6 +726,10 @@ static void *manager_main(void *arg) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return NULL;
     }
+    /* off the low numbers at once, as the listening socket (a shell's `exec 3<file` at this very
+     * moment still races with it: a known limit) */
+    int hi = fcntl(c, F_DUPFD_CLOEXEC, tg.listen_fd > 100 ? tg.listen_fd - 50 : 3);
+    if (hi >= 0) { close(c); c = hi; }
     tg.conn_fd = c;
     int listen_before = tg.listen_fd;
     serve_one();

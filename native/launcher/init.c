@@ -92,12 +92,15 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
                                     "recreating a thread with its old TID",
                                     "reading the page data (malformed or truncated record at image offset 0x%lx)",
                                     "recreating a POSIX timer with its old id", "re-arming an interval timer (setitimer)",
-                                    "restoring a thread's name"};
+                                    "restoring a thread's name",
+                                    "reading a stored block from its pack file (block %lu of the restore plan)",
+                                    "checking a stored block (bad header or CRC mismatch: block %lu of the restore plan)",
+                                    "placing a stored block (outside the mappings being filled: block %lu of the restore plan)"};
       int step = 0, e = 0;
       unsigned long v = 0;
       sscanf(msg + 5, "%d %d %lx", &step, &e, &v);
       char what[200];
-      if (step == 4 || step == 5 || step == 10) snprintf(what, sizeof what, steps[step], v);
+      if (step == 4 || step == 5 || step == 10 || (step >= 14 && step <= 16)) snprintf(what, sizeof what, steps[step], v);
       else snprintf(what, sizeof what, "%s", step > 0 && step < (int)(sizeof steps / sizeof *steps) ? steps[step] : "?");
       snprintf(decoded, sizeof decoded, "restore failed while %s: %s (at 0x%lx); the image or the host differs from the checkpoint", what,
                e ? strerror(e) : "bad data", v);

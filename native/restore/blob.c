@@ -195,6 +195,7 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     /* a file's shared mapping whose contents the image holds: zeros first (zero pages are not stored) */
     for (volatile uint64_t *z = (volatile uint64_t *)v->start; (uint64_t)z < v->start + v->zero_len; z++) *z = 0;
   }
+  if (p->direct_fn) ((void (*)(struct blob_plan *))p->direct_fn)(p); /* stored blocks first (pages-direct-blob.c) */
   /* page data, read straight into place record by record (the image may be a stream) */
   struct tg_rec_header h = p->next_hdr;
   uint64_t off = p->next_off, nrec = p->nrec;

@@ -23,6 +23,7 @@
 
 #include "../launcher/launcher.h"
 #include "blob.h"
+#include "pages-direct.h"
 #include "restore.h"
 
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
@@ -59,6 +60,7 @@ static struct shm_obj *shm_of(const struct tg_rec_vma *v) {
 }
 static const char *sock_base = "";
 static char own_sock[108];
+static int own_plan; /* which image this process is (0: the main process) */
 
 static void report_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void report_fail(const char *fmt, ...) {
@@ -208,6 +210,8 @@ static void __attribute__((noreturn)) stage1(void) {
   off += img.nthreads * sizeof(struct blob_thread);
   size_t timers_off = off;
   off += img.ntimers * sizeof(struct tg_timer);
+  size_t direct_off = off = (off + 63) & ~63ul;
+  off += tg_direct_blob_size();
   off = (off + 4095) & ~4095ul;
   size_t stacks_off = off;
   off += img.nthreads * THREAD_STACK + BLOB_STACK;
@@ -284,6 +288,13 @@ static void __attribute__((noreturn)) stage1(void) {
   if (img.ntimers) memcpy(p->timers, img.timers, img.ntimers * sizeof *img.timers);
   p->ntimers = img.ntimers;
   memcpy(p->itimers, img.itimers, sizeof p->itimers);
+  /* the restore plan covers the main process's image only (a tree's other processes come whole on their fds) */
+  if (own_plan == 0) {
+    p->direct = (uint64_t)tg_direct_to_blob(b + direct_off, b, floor, &p->direct_fn, err, sizeof err);
+    if (tg_direct_blob_size() && !p->direct) report_fail("%s", err);
+  } else {
+    p->direct = p->direct_fn = 0;
+  }
   memcpy(p->sigs, img.sigs, sizeof p->sigs);
   p->vvar_addr = img.proc.vvar_addr;
   p->vdso_addr = img.proc.vdso_addr;
@@ -353,6 +364,7 @@ static void __attribute__((noreturn)) become(struct node *n) {
     _exit(WIFEXITED(n->status) ? WEXITSTATUS(n->status) : 0);
   }
   struct proc_plan *pl = &plans[n->plan];
+  own_plan = n->plan;
   img = pl->img;
   mapfiles = pl->mapfiles;
   nmapfiles = pl->nmapfiles;
@@ -483,7 +495,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
@@ -495,6 +507,7 @@ int main(int argc, char **argv) {
   int allow_changes = 0, check_only = 0;
   const char *paths[MAX_PROCS];
   size_t npaths = 0;
+  const char *direct = NULL;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
@@ -513,6 +526,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
+    else if (strcmp(argv[i], "--direct") == 0) direct = argv[++i];
     else usage();
   }
   if (!npaths || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
@@ -524,6 +538,8 @@ int main(int argc, char **argv) {
   for (size_t k = 0; k < npaths; k++)
     if (tg_image_load(paths[k], &plans[k].img) != 0) return 2;
   nplans = npaths;
+  /* the restore plan (pages read straight from the store's packs) is the main process's */
+  if (direct && tg_direct_load(direct) != 0) return 2;
   char err[4096];
   /* before anything is created: a refused restore starts nothing (exit status 3) */
   for (size_t k = 0; k < nplans; k++)

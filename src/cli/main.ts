@@ -7,8 +7,6 @@ import { Command, CommanderError, Option } from "commander";
 import * as api from "../index.js";
 import { TRACKING_MODES, type TrackingMode } from "../daemon/agent.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
-import { runDaemon } from "../daemon/main.js";
-import { readToken, registerMirrorCommands } from "../mirror/cli.js";
 import { readCaFile } from "../mirror/tls-ca.js";
 import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
@@ -43,7 +41,11 @@ function mirrorCa(file: string | undefined, what: string): { ca?: string } {
   }
 }
 
-function mirrorToken(file: string | undefined, what: string): string {
+// The daemon's and the mirror's modules load the store (SQLite, zstd): imported only by the commands
+// that need them, so that every other command starts in a fraction of the time (issue 15: a restore
+// is timed from the CLI request).
+async function mirrorToken(file: string | undefined, what: string): Promise<string> {
+  const { readToken } = await import("../mirror/cli.js");
   try {
     return readToken(file);
   } catch (e) {
@@ -85,7 +87,7 @@ export function buildProgram(): Command {
       }
       const keep = o.keep === undefined ? undefined : Number(o.keep);
       if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
-      const mirror = o.mirror ? { url: o.mirror, token: mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
+      const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
       const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
@@ -122,7 +124,7 @@ export function buildProgram(): Command {
     .option("--json", "print the result as JSON")
     .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
-      const from = o.from ? { url: o.from, token: mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
+      const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
       const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
@@ -263,6 +265,7 @@ export function buildProgram(): Command {
     .command("daemon")
     .description("run the per-host daemon in the foreground (normally started on first use)")
     .action(async () => {
+      const { runDaemon } = await import("../daemon/main.js");
       await runDaemon(tardigradeHome());
     });
 
@@ -286,7 +289,8 @@ export async function main(argv: string[]): Promise<void> {
     throw e;
   });
   const program = buildProgram();
-  registerMirrorCommands(program);
+  const word = argv[2];
+  if (word === undefined || word === "mirror" || word === "help" || word.startsWith("-")) (await import("../mirror/cli.js")).registerMirrorCommands(program);
   program.exitOverride();
   try {
     await program.parseAsync(argv);

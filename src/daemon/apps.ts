@@ -13,7 +13,7 @@ import type { CheckpointStats, GcReport, MergePolicy } from "../store/cas/types.
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
-import { captureIntoCas, exportForRestore } from "./cas-flow.js";
+import { captureIntoCas, exportForRestore, metaForFileCheck, restoreInput } from "./cas-flow.js";
 import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
 import { testDelay } from "./test-hooks.js";
@@ -784,8 +784,8 @@ export class AppManager {
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
     for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
     // files written since the checkpoint: refuse before anything is killed or started
-    await checkFiles({ app: name, checkpoint: m.id, image: exportForRestore(store.cas, m.id), logFile: dir.logFile, allow });
-    for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: exportForRestore(store.cas, e.id!), logFile: dir.logFile, allow });
+    await checkFiles({ app: name, checkpoint: m.id, image: metaForFileCheck(store.cas, m.id), logFile: dir.logFile, allow });
+    for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: metaForFileCheck(store.cas, e.id!), logFile: dir.logFile, allow });
     if (running && st) {
       // Read the whole composed image once before killing the running app: damaged store
       // data (checked block by block as it is read) must not cost the app its life.
@@ -801,7 +801,9 @@ export class AppManager {
     await mkdir(dir.dir, { recursive: true });
     const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
-    const image = exportForRestore(store.cas, m.id);
+    const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
+    const image = input.image;
+    // a tree's other processes: their composed images, whole, on fds 3, 4, ...
     const images = others.map((e) => exportForRestore(store.cas, e.id!));
     const facts = saveFacts(dir);
     let exportError: unknown = null;
@@ -814,7 +816,7 @@ export class AppManager {
     let l: Launched;
     try {
       await writeRestoreMarker(dir.logFile, m.id);
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...input.args], {
         timeoutMs: 120_000,
         stdin: image,
         images,
@@ -825,17 +827,18 @@ export class AppManager {
         },
       });
     } catch (e) {
-      image.destroy();
+      await input.release();
       for (const im of images) im.destroy();
       await facts.putBack(); // the replaced app's exit status stays
       await writeRestoreFailed(dir.logFile, m.id);
       if (exportError) throw exportError;
       if (e instanceof LaunchFailure) {
-        const detail = e.messages.length ? e.messages.join("; ") : `${describeExit(e.status)}: ${e.message}`;
+        const detail = e.messages.length ? input.explain(e.messages).join("; ") : `${describeExit(e.status)}: ${e.message}`;
         throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
       }
       throw e;
     }
+    await input.release();
     record.initStart = l.initStart;
     record.restoreNs = l.elapsedNs;
     await dir.writeRecord(record);

@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import koffi from "koffi";
 import { randomBytes } from "node:crypto";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { TgError, errMessage } from "../errors.js";
@@ -148,4 +148,59 @@ export async function captureIntoCas(
 /** The full image of `id`, composed by the store, for tardigrade-restore's stdin. */
 export function exportForRestore(cas: CasStore, id: string): Readable {
   return cas.exportImage(id);
+}
+
+/** The metadata of `id` (no pages), for `tardigrade-restore --check-files`. */
+export function metaForFileCheck(cas: CasStore, id: string): Readable {
+  return cas.exportMeta(id);
+}
+
+export interface RestoreInput {
+  /** tardigrade-restore's stdin. */
+  image: Readable;
+  /** Extra arguments (--direct PLAN). */
+  args: string[];
+  /** Names the pack file and offset of a block the restorer named by its index in the plan. */
+  explain(messages: string[]): string[];
+  /** Once the restorer has read everything (or failed): the plan file goes, gc may take the packs again. */
+  release(): Promise<void>;
+}
+
+/**
+ * What a restore from the store hands tardigrade-restore: the raw blocks' pages through a
+ * plan it reads from the pack files itself (src/store/cas/restore-plan.ts), the rest as the
+ * image on its stdin. TARDIGRADE_RESTORE_DIRECT=0 pipes the whole composed image instead
+ * (the former path, kept for comparison: `npm run bench -- engine`).
+ */
+export async function restoreInput(cas: CasStore, id: string, appDir: string): Promise<RestoreInput> {
+  if (process.env.TARDIGRADE_RESTORE_DIRECT === "0") {
+    return { image: exportForRestore(cas, id), args: [], explain: (m) => m, release: async () => undefined };
+  }
+  const { plan, image, release } = cas.restoreWithPlan(id);
+  const file = join(appDir, "restore-plan.bin");
+  try {
+    await writeFile(file, plan.file, { mode: 0o600 });
+  } catch (e) {
+    image.destroy();
+    release();
+    throw e;
+  }
+  return {
+    image,
+    args: ["--direct", file],
+    explain: (messages) =>
+      messages.map((m) =>
+        m.replace(/block (\d+) of the restore plan/, (all, n: string) => {
+          const b = plan.blocks[Number(n)];
+          if (!b) return all;
+          cas.suspectBlock(b.id, m);
+          return `the block at ${cas.packPath(b.pack)} offset ${b.offset}`;
+        }),
+      ),
+    release: async () => {
+      image.destroy();
+      release();
+      await rm(file, { force: true });
+    },
+  };
 }

@@ -95,11 +95,12 @@ export class BlockPipeline {
   /**
    * Adds a whole block's worth of pages (takesWhole() was true) without copying them: the
    * caller gives `pages` up (kept until the block is written, then reused as a block buffer).
-   * Returns the block's local slot; page i is at index i.
+   * Returns the block's local slot; page i is at index i. `pagesCrc`, the CRC-32C of `pages`
+   * when known, saves computing it again should the block be stored raw.
    */
-  async addWhole(pages: Buffer): Promise<number> {
+  async addWhole(pages: Buffer, pagesCrc?: number): Promise<number> {
     const slot = this.blocks.length + this.queue.length;
-    const p = encodeBlock(pages, this.level);
+    const p = encodeBlock(pages, this.level, pagesCrc);
     p.catch(() => undefined); // awaited in drainOne
     this.queue.push({ slot, npages: this.blockPages, buf: pages, p });
     while (this.queue.length >= this.inflight) await this.drainOne();

@@ -18,7 +18,7 @@ export class PageFilter {
 
   /** A filter sized for at least `expected` entries (≥ 16 bits each). */
   static sized(expected: number): PageFilter {
-    let log2 = 20;
+    let log2 = 25; // 4 MiB: 2M pages (8 GiB) before a rebuild from the index, which costs ~1 s per 256k pages here
     while (2 ** log2 < expected * 16 && log2 < 32) log2++;
     return new PageFilter(log2);
   }

@@ -63,8 +63,9 @@ export function probablyIncompressible(pages: Buffer): boolean {
 /**
  * Compresses `pages` (npages × 4096 bytes) into an on-disk block: [header, zstd frame].
  * A raw block's data is `pages` itself: keep it unchanged until the block is written.
+ * `pagesCrc`: the CRC-32C of `pages` if the caller has it (checked by the image's record CRC).
  */
-export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer, Buffer]> {
+export async function encodeBlock(pages: Buffer, level: number, pagesCrc?: number): Promise<[Buffer, Buffer]> {
   const packed = probablyIncompressible(pages) ? pages : await zstd.compress(pages, level);
   // under 2% saved: not worth a decompression on every read
   const raw = packed === pages || packed.length >= pages.length * 0.98;
@@ -73,7 +74,7 @@ export async function encodeBlock(pages: Buffer, level: number): Promise<[Buffer
   h.writeUInt32LE(raw ? RAW_BLOCK_MAGIC : BLOCK_MAGIC, 0);
   h.writeUInt32LE(pages.length / PAGE, 4);
   h.writeUInt32LE(z.length, 8);
-  h.writeUInt32LE(crc32c(z), 12);
+  h.writeUInt32LE(raw && pagesCrc !== undefined ? pagesCrc : crc32c(z), 12);
   return [h, z];
 }
 

@@ -137,6 +137,105 @@ export function ownRecords(ext: ExtentRow[], metaBlob: Buffer, id: string): Comp
   return out;
 }
 
+/**
+ * A run of composed memory: pages [start, start + n) are pages [off, off + n) of a PAGES row.
+ * Composition by runs costs per row, not per page (issue 15: the page map cost ~1 s per GiB
+ * of a two-image chain under load, before every restore of it).
+ */
+interface Seg {
+  start: number;
+  n: number;
+  row: ExtentRow;
+  off: number;
+}
+
+/** Rows sorted by page, or null if two of them overlap (then the page map composes). */
+function sortedDisjoint(rows: ExtentRow[]): ExtentRow[] | null {
+  const r = rows.slice().sort((a, b) => a.page - b.page);
+  for (let i = 1; i < r.length; i++) if (r[i - 1]!.page + r[i - 1]!.npages > r[i]!.page) return null;
+  return r;
+}
+
+/** `segs` with the pages of `rows` (sorted, disjoint) removed, and, unless `clear`, replaced by them. */
+function overlay(segs: Seg[], rows: ExtentRow[], clear: boolean): Seg[] {
+  const out: Seg[] = [];
+  let i = 0;
+  let cur: Seg | undefined = segs[0];
+  for (const r of rows) {
+    const end = r.page + r.npages;
+    while (cur && cur.start + cur.n <= r.page) {
+      out.push(cur);
+      cur = segs[++i];
+    }
+    if (cur && cur.start < r.page) {
+      out.push({ start: cur.start, n: r.page - cur.start, row: cur.row, off: cur.off });
+      cur = { start: r.page, n: cur.start + cur.n - r.page, row: cur.row, off: cur.off + (r.page - cur.start) };
+    }
+    while (cur && cur.start + cur.n <= end) cur = segs[++i];
+    if (cur && cur.start < end) cur = { start: end, n: cur.start + cur.n - end, row: cur.row, off: cur.off + (end - cur.start) };
+    if (!clear) out.push({ start: r.page, n: r.npages, row: r, off: 0 });
+  }
+  while (cur) {
+    out.push(cur);
+    cur = segs[++i];
+  }
+  return out;
+}
+
+/** composeChain + toRecords by runs; null when an image's rows overlap each other. */
+export function composeBySegments(ctx: StoreContext, chain: CheckpointRow[], metaBlob: Buffer, id: string): ComposedRecord[] | null {
+  let segs: Seg[] = [];
+  for (const ck of chain) {
+    const ext = ctx.catalog.extents(ck.cid);
+    const clears = sortedDisjoint(ext.filter((e) => e.hashes === null));
+    const pages = sortedDisjoint(ext.filter((e) => e.hashes !== null));
+    if (!clears || !pages) return null;
+    if (clears.length) segs = overlay(segs, clears, true);
+    segs = overlay(segs, pages, false);
+  }
+  const out: ComposedRecord[] = [];
+  let k = 0;
+  for (const v of metaVmas(metaBlob, id)) {
+    if (!storedVma(v)) continue;
+    const s = pageOf(v.start);
+    const e = pageOf(v.end);
+    while (k < segs.length && segs[k]!.start + segs[k]!.n <= s) k++;
+    // runs of consecutive pages inside [s, e), cut every MAX_PAGES_PER_RECORD pages, as toRecords does
+    let parts: Seg[] = [];
+    let runStart = -1;
+    let runLen = 0;
+    const flush = () => {
+      if (runLen === 0) return;
+      const hashes = Buffer.allocUnsafe(runLen * HASH_LEN);
+      const locs = Buffer.alloc(runLen * LOC_LEN);
+      let at = 0;
+      for (const p of parts) {
+        p.row.hashes!.copy(hashes, at * HASH_LEN, p.off * HASH_LEN, (p.off + p.n) * HASH_LEN);
+        if (p.row.locs) p.row.locs.copy(locs, at * LOC_LEN, p.off * LOC_LEN, (p.off + p.n) * LOC_LEN);
+        at += p.n;
+      }
+      out.push({ page: runStart, npages: runLen, hashes, locs });
+      parts = [];
+      runLen = 0;
+    };
+    for (let j = k; j < segs.length && segs[j]!.start < e; j++) {
+      const g = segs[j]!;
+      let from = Math.max(g.start, s);
+      const to = Math.min(g.start + g.n, e);
+      while (from < to) {
+        if (runLen > 0 && (from !== runStart + runLen || runLen === MAX_PAGES_PER_RECORD)) flush();
+        if (runLen === 0) runStart = from;
+        const take = Math.min(to - from, MAX_PAGES_PER_RECORD - runLen);
+        parts.push({ start: from, n: take, row: g.row, off: g.off + (from - g.start) });
+        runLen += take;
+        from += take;
+      }
+    }
+    flush();
+  }
+  return out;
+}
+
 /** The records of a full image of checkpoint `id`. */
 export function composeRecords(ctx: StoreContext, id: string): { chain: CheckpointRow[]; records: ComposedRecord[] } {
   const chain = resolveChain(ctx, id);
@@ -146,6 +245,12 @@ export function composeRecords(ctx: StoreContext, id: string): { chain: Checkpoi
     const own = ownRecords(ctx.catalog.extents(target.cid), meta, id);
     if (own) return { chain, records: own };
   }
-  const composed = composeChain(ctx, chain);
-  return { chain, records: toRecords(composed, meta, id) };
+  const bySegs = composeBySegments(ctx, chain, meta, id);
+  if (bySegs) return { chain, records: bySegs };
+  return { chain, records: composeByPages(ctx, chain, meta, id) };
+}
+
+/** The page-map composition (images whose rows overlap each other; and the reference in tests). */
+export function composeByPages(ctx: StoreContext, chain: CheckpointRow[], metaBlob: Buffer, id: string): ComposedRecord[] {
+  return toRecords(composeChain(ctx, chain), metaBlob, id);
 }

@@ -23,6 +23,10 @@ export interface StoreContext {
    * under its lock and, if it is still bad, sets it aside (src/store/cas/damage.ts).
    */
   reportBad(id: number, e: unknown): void;
+  /** Pack ids a restorer is reading (restore-plan.ts), with counts: gc defers unlinking them. */
+  heldPacks: Map<number, number>;
+  /** Packs gc dropped from the index while held: unlinked (and their pending mark cleared) on release. */
+  deferredUnlinks: Set<number>;
 }
 
 export function toCheckpoint(r: CheckpointRow): CasCheckpoint {

@@ -40,7 +40,7 @@ function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<num
   return locatePages(ctx, r, alive, `cannot export checkpoint ${id}`);
 }
 
-type Locs = PageLoc[];
+export type Locs = PageLoc[];
 
 /** Zero pages for records: slices of one shared buffer (never written). */
 const ZEROS = Buffer.alloc(MAX_RECORD_PAGES * PAGE);
@@ -103,9 +103,12 @@ class Locator {
     private readonly ctx: StoreContext,
     private readonly id: string,
     private readonly records: ComposedRecord[],
+    /** Locations already looked up (restore-plan.ts), used until a read fails. */
+    private preset: Locs[] | null = null,
   ) {}
   get(i: number): Locs {
     let l = this.locs.get(i);
+    if (!l && this.preset) l = this.preset[i];
     if (!l) {
       if (this.alive.size > 100_000) this.alive.clear();
       l = locate(this.ctx, this.id, this.records[i]!, this.alive);
@@ -115,6 +118,7 @@ class Locator {
   }
   /** After a failed read (a gc moved blocks): forget which blocks exist. */
   stale(): void {
+    this.preset = null;
     this.alive.clear();
     this.locs.clear();
   }
@@ -147,8 +151,17 @@ function prefetch(cache: BlockCache, locator: Locator, from: number, to: number,
 /** The full image of checkpoint `id`, as chunks (record by record). */
 export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerator<Buffer> {
   const { chain, records } = composeRecords(ctx, id);
-  const target = chain[chain.length - 1]!;
-  const { header, meta } = ctx.catalog.headerAndMeta(target.cid);
+  yield* imageChunks(ctx, id, chain[chain.length - 1]!.cid, records);
+}
+
+/**
+ * An image of checkpoint `id` (cid: its catalog row) with `records` as its PAGES: the full
+ * image when they are its composed records; a restore with a plan (restore-plan.ts) passes
+ * only the pages the plan does not read from the packs, with their locations (`locs`).
+ * With `records` empty: the metadata alone (what `tardigrade-restore --check-files` reads).
+ */
+export async function* imageChunks(ctx: StoreContext, id: string, cid: number, records: ComposedRecord[], locs: Locs[] | null = null): AsyncGenerator<Buffer> {
+  const { header, meta } = ctx.catalog.headerAndMeta(cid);
   const cache = new BlockCache(ctx.catalog, ctx.readers, ctx.packDir, ctx.opts.cacheBlocks, ctx.reportBad);
   const budget = Math.max(1, Math.floor(ctx.opts.cacheBlocks / 2));
   let size = FILE_HEADER_SIZE;
@@ -162,7 +175,7 @@ export async function* exportChunks(ctx: StoreContext, id: string): AsyncGenerat
     count++;
     yield r.raw;
   }
-  const locator = new Locator(ctx, id, records);
+  const locator = new Locator(ctx, id, records, locs);
   for (let i = 0; i < records.length; i++) {
     if (i % PREFETCH_RECORDS === 0) prefetch(cache, locator, i, Math.min(records.length, i + PREFETCH_RECORDS * 2), budget);
     const r = records[i]!;

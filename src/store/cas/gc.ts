@@ -159,6 +159,12 @@ export async function collectGarbage(ctx: StoreContext, opts: GcOptions): Promis
   }
   for (const p of doomed) {
     ctx.readers.forget(p.id);
+    if (ctx.heldPacks.has(p.id)) {
+      // a restorer is about to read it (restore-plan.ts): unlinked on release; pending until then
+      ctx.deferredUnlinks.add(p.id);
+      report.packsRemoved.push(packName(p.id));
+      continue;
+    }
     await rm(join(ctx.packDir, packName(p.id)), { force: true });
     cat.clearPending(p.id);
     report.packsRemoved.push(packName(p.id));

@@ -1,9 +1,10 @@
 // Worker thread: SHA-256 of each 4 KiB page of a PAGES payload, zero pages marked with
 // 32 zero bytes. Runs beside the ingest loop so hashing overlaps reading, indexing and
-// compressing. Message in: { id, data: Uint8Array }; out: { id, data, hashes: Uint8Array }
+// compressing. Message in: { id, data: Uint8Array, crcFrom? }; out: { id, data, hashes: Uint8Array, crc?, pagesCrc? }
 // (data handed back so the caller can pack the new pages).
 import { hash } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
+import { crc32cCombine } from "./crc-combine.js";
 import { getPriority, setPriority } from "node:os";
 import { parentPort } from "node:worker_threads";
 
@@ -36,8 +37,10 @@ if (parentPort) {
 
 parentPort?.on("message", (m: { id: number; data: Uint8Array; crcFrom?: number }) => {
   const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-  // the record's payload CRC, continued from its 16-byte prefix's, when the reader left it to us
-  const crc = m.crcFrom === undefined ? undefined : crc32c(data, m.crcFrom);
+  // the record's payload CRC, continued from its 16-byte prefix's, when the reader left it to us:
+  // from the pages' own CRC, which is also the CRC of a raw block made of exactly these pages
+  const pagesCrc = m.crcFrom === undefined ? undefined : crc32c(data);
+  const crc = pagesCrc === undefined ? undefined : crc32cCombine(m.crcFrom!, pagesCrc, data.length);
   const hashes = hashPages(data);
-  parentPort!.postMessage({ id: m.id, data: m.data, hashes, crc }, [m.data.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
+  parentPort!.postMessage({ id: m.id, data: m.data, hashes, crc, pagesCrc }, [m.data.buffer as ArrayBuffer, hashes.buffer as ArrayBuffer]);
 });

@@ -10,6 +10,8 @@ export interface Hashed {
   data: Buffer;
   hashes: Buffer;
   crc?: number;
+  /** CRC-32C of `data` alone (with crc). */
+  pagesCrc?: number;
 }
 
 export class Hasher {
@@ -27,12 +29,12 @@ export class Hasher {
     if (!useWorker) return;
     try {
       const w = new Worker(new URL("./hash-worker.js", import.meta.url));
-      w.on("message", (m: { id: number; data: Uint8Array; hashes: Uint8Array; crc?: number }) => {
+      w.on("message", (m: { id: number; data: Uint8Array; hashes: Uint8Array; crc?: number; pagesCrc?: number }) => {
         const p = this.waiting.get(m.id);
         if (!p) return;
         this.waiting.delete(m.id);
         if (this.waiting.size === 0) w.unref(); // an idle worker does not keep the process alive
-        p.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), hashes: Buffer.from(m.hashes.buffer, m.hashes.byteOffset, m.hashes.byteLength), ...(m.crc !== undefined ? { crc: m.crc } : {}) });
+        p.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), hashes: Buffer.from(m.hashes.buffer, m.hashes.byteOffset, m.hashes.byteLength), ...(m.crc !== undefined ? { crc: m.crc, pagesCrc: m.pagesCrc! } : {}) });
       });
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => this.fail(new Error(`page hashing worker exited with code ${code}`)));

@@ -117,7 +117,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     const first = newPages.count - nfresh;
     if (nfresh === ext.npages && pipeline.takesWhole(nfresh)) {
       // every page new, a whole block's worth: the record's memory becomes the block (no copy)
-      const slot = await pipeline.addWhole(data);
+      const slot = await pipeline.addWhole(data, got.pagesCrc); // its CRC: known from the record's check
       for (let k = 0; k < nfresh; k++) newPages.place(first + k, slot, k);
       return; // data now belongs to the pipeline
     }

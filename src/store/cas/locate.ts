@@ -17,9 +17,13 @@ export type PageLoc = [number, number] | null;
  */
 export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<number, boolean> | null, what: string): PageLoc[] {
   const out: PageLoc[] = [];
+  // zero hashes tested as words where the table is 4-aligned (no Buffer per page)
+  const hs = r.hashes;
+  const w = hs.byteOffset % 4 === 0 ? new Uint32Array(hs.buffer, hs.byteOffset, hs.length >>> 2) : null;
   for (let i = 0; i < r.npages; i++) {
-    const h = r.hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
-    if (h.equals(ZERO_HASH)) {
+    const o = i * 8;
+    const zero = w ? (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 : hs.subarray(i * HASH_LEN, (i + 1) * HASH_LEN).equals(ZERO_HASH);
+    if (zero) {
       out.push(null);
       continue;
     }
@@ -35,6 +39,7 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
         continue;
       }
     }
+    const h = hs.subarray(i * HASH_LEN, (i + 1) * HASH_LEN);
     const loc = ctx.catalog.pageLoc(h);
     if (!loc) {
       // a page whose block was set aside (damage.ts): say where it was and why

@@ -4,13 +4,14 @@
 // One process opens a store at a time (<root>/lock); inside it, ingest, merge and gc are
 // serialised by a mutex; list/get/stats/exportImage run at any time.
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, stat } from "node:fs/promises";
+import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { collectGarbage } from "./gc.js";
 import { Catalog } from "./catalog.js";
 import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
-import { exportChunks, exportStream } from "./export.js";
+import { exportChunks, exportStream, imageChunks } from "./export.js";
+import { planRestore, type RestorePlan } from "./restore-plan.js";
 import { ingestImage } from "./ingest.js";
 import { chainInfo, mergeCheckpoint, shouldMerge } from "./merge.js";
 import { composeRecords } from "./compose.js";
@@ -23,7 +24,7 @@ export type { DamageEvent } from "./damage.js";
 export type { VerifyReport } from "./verify.js";
 import { scrub, type VerifyReport } from "./verify.js";
 import type { CasCheckpoint, CasOptions, CheckpointStats, GcOptions, GcReport, IngestInfo, MergePolicy, ReadCost, StoreStats } from "./types.js";
-import { HASH_LEN, Mutex, PAGE, ZERO_HASH } from "./util.js";
+import { HASH_LEN, Mutex, PAGE, ZERO_HASH, storeCorrupt } from "./util.js";
 import { MAX_BLOCK_PAGES } from "./codec.js";
 import { TgError } from "../../errors.js";
 import { divergedAppName, localIdentity, setAside } from "./lineage.js";
@@ -82,7 +83,7 @@ export class CasStore {
       const repairs = await repairPacks(packDir, catalog.packs(), catalog.pendingPacks(), root);
       for (const id of catalog.pendingPacks()) catalog.clearPending(id); // their files are gone now
       const damage = await setAsideDamagedPacks(catalog, packDir, repairs.damaged);
-      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false), reportBad: () => undefined };
+      const ctx: StoreContext = { root, packDir, catalog, readers: new PackReaders(packDir), opts, allocPackId: () => 0, filter: null, hasher: () => new Hasher(false), reportBad: () => undefined, heldPacks: new Map(), deferredUnlinks: new Set() };
       const store = new CasStore(ctx, repairs, unlock, damage, Math.max(0, ...files.map((f) => f.id)));
       ctx.allocPackId = () => {
         const id = store.nextPack++;
@@ -187,6 +188,78 @@ export class CasStore {
     const s = exportStream(this.ctx, id);
     s.once("close", unpin);
     return s;
+  }
+
+  /**
+   * A restore of `id` with a plan (restore-plan.ts): the plan file for `tardigrade-restore
+   * --direct` and the image of what the plan does not read. gc keeps `id`, its chain and
+   * the plan's pack files until `release()` (call it once the restorer has read them).
+   */
+  restoreWithPlan(id: string): { plan: RestorePlan; image: Readable; release(): void } {
+    requireCheckpoint(this.ctx, id);
+    const unpin = this.pinExport(id);
+    let plan: RestorePlan;
+    try {
+      plan = planRestore(this.ctx, id);
+    } catch (e) {
+      unpin();
+      throw e;
+    }
+    // synchronous since the plan's first lookup: no gc step ran in between
+    const unhold = this.holdPacks(plan.packs);
+    const image = Readable.from(imageChunks(this.ctx, id, plan.cid, plan.records, plan.locs), { objectMode: false, highWaterMark: 4 << 20 });
+    let released = false;
+    return {
+      plan,
+      image,
+      release: () => {
+        if (released) return;
+        released = true;
+        unhold();
+        unpin();
+      },
+    };
+  }
+
+  /** The metadata of `id` as an image without pages (header, records before the pages, END): what the file check reads. */
+  exportMeta(id: string): Readable {
+    const row = requireCheckpoint(this.ctx, id);
+    const unpin = this.pinExport(id);
+    const s = Readable.from(imageChunks(this.ctx, id, row.cid, []), { objectMode: false });
+    s.once("close", unpin);
+    return s;
+  }
+
+  /** Path of pack `id`'s file. */
+  packPath(id: number): string {
+    return join(this.ctx.packDir, packName(id));
+  }
+
+  /** A reader outside the store (the restorer) found block `id` bad: re-check it and set it aside if it is. */
+  suspectBlock(id: number, why: string): void {
+    this.reportBad(id, storeCorrupt(`cannot read block ${id}`, why));
+  }
+
+  private holdPacks(packs: number[]): () => void {
+    const held = this.ctx.heldPacks;
+    for (const p of packs) held.set(p, (held.get(p) ?? 0) + 1);
+    return () => {
+      for (const p of packs) {
+        const n = (held.get(p) ?? 1) - 1;
+        if (n > 0) {
+          held.set(p, n);
+          continue;
+        }
+        held.delete(p);
+        if (!this.ctx.deferredUnlinks.delete(p) || this.closed) continue;
+        // gc dropped it meanwhile: unlink now; until then it stayed pending (open() removes it after a crash)
+        void rm(join(this.ctx.packDir, packName(p)), { force: true })
+          .then(() => {
+            if (!this.closed) this.ctx.catalog.clearPending(p);
+          })
+          .catch(() => undefined);
+      }
+    };
   }
 
   /** Same as exportImage, as an async iterable of Buffers (pinned against gc while iterated). */
