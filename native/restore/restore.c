@@ -374,17 +374,22 @@ static void __attribute__((noreturn)) become(struct node *n) {
   stage1();
 }
 
-/* clone3 with the old pid; in the child, become n. The child's pid, or -1 (errno). */
-static pid_t spawn(struct node *n) {
-  pid_t want = (pid_t)n->pid;
+/* A child with pid `want` in this namespace (clone3 set_tid): 0 in the child, its pid, or -1 (errno). */
+static pid_t clone_with_pid(int want) {
+  pid_t tid = (pid_t)want;
   struct clone_args a;
   memset(&a, 0, sizeof a);
   a.exit_signal = SIGCHLD;
-  a.set_tid = (uint64_t)&want;
+  a.set_tid = (uint64_t)&tid;
   a.set_tid_size = 1;
-  long r = syscall(SYS_clone3, &a, sizeof a);
+  return (pid_t)syscall(SYS_clone3, &a, sizeof a);
+}
+
+/* clone3 with the old pid; in the child, become n. The child's pid, or -1 (errno). */
+static pid_t spawn(struct node *n) {
+  pid_t r = clone_with_pid(n->pid);
   if (r == 0) become(n);
-  return (pid_t)r;
+  return r;
 }
 
 /* Pipes of the tree (an end in two processes, or an end whose other end no process holds any
@@ -468,13 +473,7 @@ static int start_restore(struct tg_launch *l, int *report) {
       if (nodes[j].ppid == 1 && nodes[j].sid == n->sid) first = 0;
     if (!first) continue;
     struct node helper = {n->sid, 1, n->sid, n->sid, -2, 0};
-    pid_t want = (pid_t)helper.pid;
-    struct clone_args a;
-    memset(&a, 0, sizeof a);
-    a.exit_signal = SIGCHLD;
-    a.set_tid = (uint64_t)&want;
-    a.set_tid_size = 1;
-    long r = syscall(SYS_clone3, &a, sizeof a);
+    pid_t r = clone_with_pid(helper.pid);
     if (r < 0) { fprintf(stderr, "tardigrade-restore: cannot create the leader %d of session %d: %s\n", helper.pid, helper.sid, strerror(errno)); return -1; }
     if (r == 0) {
       if (setsid() < 0) report_fail("session helper %d: setsid: %s", helper.pid, strerror(errno));
