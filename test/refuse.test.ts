@@ -206,6 +206,53 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     const n = logLines(h, "sh").length;
     await waitLines(h, "sh", (l) => l.length >= n + 5, "the tree runs on");
   });
+
+  test("a statically linked child (no agent can enter it): refused naming its pid and command; nothing committed, the tree runs on", async (t) => {
+    const { h, dir } = setup(t);
+    writeFileSync(join(dir, "st.c"), "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n");
+    execFileSync("cc", ["-static", "-o", join(dir, "static-child"), join(dir, "st.c")]);
+    await runApp(h, "st", ["bash", "-c", `${join(dir, "static-child")} & while :; do echo tick; sleep 0.05; done`]);
+    const child = await waitFor("the static child", () => others(h, "st").find((p) => p.command.endsWith("static-child")));
+    await waitLines(h, "st", (l) => l.includes("tick"), "ticking");
+    const before = await ids(h, "st");
+    const r = await h.cli(["checkpoint", "st"]);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, new RegExp(`pid ${child.pid} \\([^)]*static-child\\): has no tardigrade agent inside \\(a statically linked program, or one started without LD_PRELOAD\\).*Nothing was committed; the app keeps running`));
+    assert.deepEqual(await ids(h, "st"), before, "nothing committed");
+    const n = logLines(h, "st").length;
+    await waitLines(h, "st", (l) => l.length >= n + 5, "the tree runs on");
+    process.kill(child.hostPid, "SIGKILL");
+  });
+
+  test("make -j2 building a small C project, checkpointed while compilers run, killed and restored: the build completes and the program works", async (t) => {
+    const { h, dir } = setup(t);
+    const proj = join(dir, "proj");
+    execFileSync("mkdir", ["-p", proj]);
+    const units = 8;
+    for (let i = 0; i < units; i++) {
+      // enough work for cc1 at -O2 (a few hundred ms each) that the checkpoint finds compilers running
+      const cases = Array.from({ length: 1500 }, (_, k) => `case ${k}: x = x * ${k + 3} + ${i}; break;`).join("\n");
+      writeFileSync(join(proj, `u${i}.c`), `unsigned long f${i}(unsigned long x, int k) { for (int j = 0; j < 4; j++) switch ((k + j) % 1500) {\n${cases}\n} return x; }\n`);
+    }
+    const calls = Array.from({ length: units }, (_, i) => `s += f${i}(${i + 1}, ${i * 7});`).join(" ");
+    const decls = Array.from({ length: units }, (_, i) => `unsigned long f${i}(unsigned long, int);`).join("\n");
+    writeFileSync(join(proj, "main.c"), `#include <stdio.h>\n${decls}\nint main(void) { unsigned long s = 0; ${calls} printf("sum %lu\\n", s); return 0; }\n`);
+    const objs = [...Array.from({ length: units }, (_, i) => `u${i}.o`), "main.o"];
+    writeFileSync(join(proj, "Makefile"), `prog: ${objs.join(" ")}\n\tcc -o $@ $^\n%.o: %.c\n\tcc -O2 -c -o $@ $<\n`);
+    const expected = (() => {
+      const ref = join(dir, "ref");
+      execFileSync("cp", ["-r", proj, ref]);
+      execFileSync("make", ["-s", "-C", ref, "-j2"]);
+      return execFileSync(join(ref, "prog"), { encoding: "utf8" }).trim();
+    })();
+    await runApp(h, "mk", ["bash", "-c", `make -j2 -C ${JSON.stringify(proj)} && echo "build ok" && ${JSON.stringify(join(proj, "prog"))}; while :; do echo tick; sleep 0.05; done`]);
+    await waitFor("compilers running", () => others(h, "mk").some((p) => p.comm === "cc1"));
+    await checkpointOk(h, "mk");
+    await crashAndRestore(h, "mk");
+    const ls = await waitLines(h, "mk", (l) => l.includes(expected) || l.some((x) => /Error|error:/.test(x)), "the build finished and the program ran", 240_000);
+    assert.ok(ls.includes("build ok"), ls.join("\n"));
+    assert.ok(ls.includes(expected), ls.join("\n"));
+  });
 });
 
 describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT }, () => {
