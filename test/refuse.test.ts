@@ -253,6 +253,17 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     assert.ok(ls.includes("build ok"), ls.join("\n"));
     assert.ok(ls.includes(expected), ls.join("\n"));
   });
+
+  test("python3 subprocess with pipes to a child that keeps a running sum, checkpointed mid-conversation, killed and restored: the final sum is right", async (t) => {
+    const { h } = setup(t);
+    const n = 400;
+    await runApp(h, "sp", ["python3", fixtureScript("subproc.py"), String(n)]);
+    await waitLines(h, "sp", (l) => l.some((x) => /^sum \d{3,}$/.test(x)), "the conversation under way");
+    await checkpointOk(h, "sp");
+    await crashAndRestore(h, "sp");
+    const ls = await waitLines(h, "sp", (l) => l.some((x) => x.startsWith("final ")), "the conversation over", 240_000);
+    assert.ok(ls.includes(`final ${(n * (n + 1)) / 2} child rc 0`), ls.slice(-5).join("\n"));
+  });
 });
 
 describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT }, () => {
