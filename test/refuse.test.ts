@@ -24,9 +24,9 @@ interface Setup {
   release(): void;
 }
 
-function setup(t: TestContext): Setup {
+function setup(t: TestContext, env: Record<string, string> = {}): Setup {
   requireNative();
-  const h = makeHome();
+  const h = makeHome("tg-", env);
   const dir = mkdtempSync(join(tmpdir(), "tg-tree-"));
   t.after(async () => {
     // the fixtures' helpers end once the release file exists, whatever happened
@@ -263,6 +263,43 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     await crashAndRestore(h, "sp");
     const ls = await waitLines(h, "sp", (l) => l.some((x) => x.startsWith("final ")), "the conversation over", 240_000);
     assert.ok(ls.includes(`final ${(n * (n + 1)) / 2} child rc 0`), ls.slice(-5).join("\n"));
+  });
+
+  test("kill -9 of one child while the tree is parked: that cut is abandoned and the checkpoint taken again, with the child as the zombie it now is; the rest runs on", async (t) => {
+    const { h } = setup(t, { TG_TEST_DELAY_AT: "tree-parked:4000" });
+    const code = "import os, time\nfor _ in range(2):\n    if os.fork() == 0:\n        while True: time.sleep(0.05)\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)\n";
+    await runApp(h, "kc", ["python3", "-c", code]);
+    await waitLines(h, "kc", (l) => l.includes("tick"), "python ticking (a pyenv shim's helpers gone)");
+    const kids = await waitFor("two children", () => {
+      const o = others(h, "kc").filter((p) => !p.zombie && p.comm.startsWith("python"));
+      return o.length === 2 ? o : null;
+    });
+    const before = await ids(h, "kc");
+    const ck = h.cli(["checkpoint", "kc"]);
+    // every process parked (its main thread waits in the agent's park futex): kill one child
+    const victim = kids[0]!;
+    const wchan = (): string => {
+      try {
+        return readFileSync(`/proc/${victim.hostPid}/wchan`, "utf8");
+      } catch (e) {
+        return `(${(e as Error).message}; processes now: ${JSON.stringify(others(h, "kc"))})`;
+      }
+    };
+    await waitFor("the tree parked", () => {
+      const w = wchan();
+      assert.ok(!w.startsWith("("), `the child ${victim.pid} is gone before the kill: ${w}`);
+      return w === "futex_do_wait";
+    });
+    process.kill(victim.hostPid, "SIGKILL");
+    const r = await ck;
+    assert.equal(r.code, 0, `the checkpoint is taken again once the tree changed: ${r.stderr}`);
+    const after = await ids(h, "kc");
+    assert.equal(after.length, before.length + 1, "one checkpoint committed");
+    const ins = await h.cli(["inspect", after[after.length - 1]!]);
+    assert.match(ins.stdout, new RegExp(`\\n\\s*${victim.pid}\\s+2\\s+.*zombie, wait status 9\\s`), ins.stdout);
+    const n = logLines(h, "kc").length;
+    await waitLines(h, "kc", (l) => l.length >= n + 5, "the rest of the tree runs on");
+    await checkpointOk(h, "kc");
   });
 });
 

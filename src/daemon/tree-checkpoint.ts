@@ -15,6 +15,7 @@ import { memberApp, parseMemberApp } from "../store/types.js";
 import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
+import { testDelay } from "./test-hooks.js";
 import { sharedDescriptionProblem } from "./shared-fds.js";
 import type { TreeInfo } from "./tree-info.js";
 import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
@@ -32,6 +33,8 @@ class Cut {
   private parked = 0;
   private captured = 0;
   private failed: Error | null = null;
+  private verifying = false;
+  private verified = false;
   get failedWith(): Error | null {
     return this.failed;
   }
@@ -60,17 +63,26 @@ class Cut {
   private release(): void {
     const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
     if (!stage) return;
-    if (stage === "parked") {
-      try {
-        const changed = this.verify();
-        if (changed) {
-          this.fail(new TreeChanged(changed));
+    if (stage === "parked" && !this.verified) {
+      if (this.verifying) return;
+      this.verifying = true;
+      // (a test pause with every process parked: TG_TEST_DELAY_AT=tree-parked:MS)
+      void testDelay("tree-parked").then(() => {
+        if (this.failed) return;
+        try {
+          const changed = this.verify();
+          if (changed) {
+            this.fail(new TreeChanged(changed));
+            return;
+          }
+        } catch (e) {
+          this.fail(e instanceof Error ? e : new Error(String(e)));
           return;
         }
-      } catch (e) {
-        this.fail(e instanceof Error ? e : new Error(String(e)));
-        return;
-      }
+        this.verified = true;
+        this.release();
+      });
+      return;
     }
     for (const w of this.waiters.filter((x) => x.stage === stage)) w.resolve(stage === "parked" ? "CAPTURE" : "RESUME");
     this.waiters.splice(0, this.waiters.length, ...this.waiters.filter((x) => x.stage !== stage));
