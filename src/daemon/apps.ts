@@ -473,8 +473,11 @@ export class AppManager {
     this.log.info({ app: name, id: c.id, processes: cap.info.tree.length, treeDowntimeNs: cap.info.treeDowntimeNs }, "process tree checkpoint committed");
     for (const o of cap.others) this.afterCommit(store, o.checkpoint.id, o.checkpoint.kind === "incremental", false);
     this.afterCommit(store, c.id, c.kind === "incremental");
-    if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, "process-tree checkpoints are not shipped to the mirror yet");
-    return { ...toManifest(c), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    // said with the result too: an app run for a standby must not believe this one is on the mirror
+    const notShipped = "process-tree checkpoints are not shipped to the mirror yet: this one is on this host only";
+    if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, notShipped);
+    const mirror: MirrorView | undefined = rec?.mirrorUrl ? { url: rec.mirrorUrl, state: "failed", updatedAt: new Date().toISOString(), error: notShipped } : undefined;
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
