@@ -67,11 +67,11 @@ function others(h: TestHome, app: string): ReturnType<typeof otherProcesses> {
 }
 
 /** kill -9 of the whole tree (its namespace's init), then a restore of the last checkpoint. */
-async function crashAndRestore(h: TestHome, app: string): Promise<void> {
+async function crashAndRestore(h: TestHome, app: string, more: string[] = []): Promise<void> {
   const p = h.pids(app)!;
   process.kill(p.init, "SIGKILL");
   await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app));
-  const r = await h.cli(["restore", app]);
+  const r = await h.cli(["restore", app, ...more]);
   assert.equal(r.code, 0, `restore: ${r.stderr}`);
 }
 
@@ -238,7 +238,9 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     const decls = Array.from({ length: units }, (_, i) => `unsigned long f${i}(unsigned long, int);`).join("\n");
     writeFileSync(join(proj, "main.c"), `#include <stdio.h>\n${decls}\nint main(void) { unsigned long s = 0; ${calls} printf("sum %lu\\n", s); return 0; }\n`);
     const objs = [...Array.from({ length: units }, (_, i) => `u${i}.o`), "main.o"];
-    writeFileSync(join(proj, "Makefile"), `prog: ${objs.join(" ")}\n\tcc -o $@ $^\n%.o: %.c\n\tcc -O2 -c -o $@ $<\n`);
+    // -pipe: cc1 and as talk through a pipe (captured) instead of a temporary file that gcc deletes
+    // once `as` is done, which would make the restore refuse (files are not rolled back yet)
+    writeFileSync(join(proj, "Makefile"), `prog: ${objs.join(" ")}\n\tcc -o $@ $^\n%.o: %.c\n\tcc -pipe -O2 -c -o $@ $<\n`);
     const expected = (() => {
       const ref = join(dir, "ref");
       execFileSync("cp", ["-r", proj, ref]);
@@ -248,7 +250,9 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     await runApp(h, "mk", ["bash", "-c", `make -j2 -C ${JSON.stringify(proj)} && echo "build ok" && ${JSON.stringify(join(proj, "prog"))}; while :; do echo tick; sleep 0.05; done`]);
     await waitFor("compilers running", () => others(h, "mk").some((p) => p.comm === "cc1"));
     await checkpointOk(h, "mk");
-    await crashAndRestore(h, "mk");
+    // the build goes on until the kill: an object file `as` had open may have been written since;
+    // restored `as` writes it again whole (data files are not rolled back yet: issue 14)
+    await crashAndRestore(h, "mk", ["--allow-file-changes"]);
     const ls = await waitLines(h, "mk", (l) => l.includes(expected) || l.some((x) => /Error|error:/.test(x)), "the build finished and the program ran", 240_000);
     assert.ok(ls.includes("build ok"), ls.join("\n"));
     assert.ok(ls.includes(expected), ls.join("\n"));

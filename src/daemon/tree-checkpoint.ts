@@ -177,11 +177,24 @@ export interface TreeCheckpointArgs {
 /** Attempts before giving up on a tree that keeps changing (processes starting or ending) under the cut. */
 const ATTEMPTS = 25;
 
+/** Looks in a row a process must be seen without the agent before the checkpoint refuses it (one in the middle of an exec has none for a moment). */
+const NO_AGENT_LOOKS = 3;
+
 export async function checkpointTree(a: TreeCheckpointArgs): Promise<TreeCapture> {
+  const noAgentSeen = new Map<number, number>(); // host pid -> looks in a row without the agent
+  let waits = 0; // bounded: a tree that always has a process in the middle of an exec is looked at anyway
   for (let attempt = 1; ; attempt++) {
     const procs = a.list();
     const main = procs.find((p) => p.hostPid === a.mainHostPid);
     if (!main) throw new TgError(`cannot checkpoint ${a.app}`, "its main process has exited", "Nothing was committed", "not-running");
+    const lacking = procs.filter((p) => !p.zombie && !p.agent);
+    for (const h of [...noAgentSeen.keys()]) if (!lacking.some((p) => p.hostPid === h)) noAgentSeen.delete(h);
+    for (const p of lacking) noAgentSeen.set(p.hostPid, (noAgentSeen.get(p.hostPid) ?? 0) + 1);
+    if (lacking.some((p) => (noAgentSeen.get(p.hostPid) ?? 0) < NO_AGENT_LOOKS) && waits++ < 100) {
+      await sleep(20 + Math.random() * 30);
+      attempt--;
+      continue;
+    }
     try {
       return await checkpointOnce(a, procs, main.pid);
     } catch (e) {
