@@ -158,3 +158,110 @@ export async function criuRound(criu: string, busyBin: string, mib: number, work
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/** frozen_time of a CRIU dump, in µs, from its stats-dump image (two magic words, a length, then the StatsEntry message: field 1 DumpStatsEntry, its field 2 frozen_time). */
+export function criuFrozenUs(imgDir: string): number {
+  const b = readFileSync(join(imgDir, "stats-dump"));
+  let at = 12; // magic, magic, u32 message length
+  const end = Math.min(b.length, 12 + b.readUInt32LE(8));
+  const varint = (): number => {
+    let v = 0;
+    for (let shift = 0; at < end; shift += 7) {
+      const x = b[at++]!;
+      v += (x & 0x7f) * 2 ** shift;
+      if (!(x & 0x80)) return v;
+    }
+    throw new Error("stats-dump: truncated varint");
+  };
+  const fields = (limit: number, want: number, inner: boolean): number | null => {
+    while (at < limit) {
+      const key = varint();
+      const field = Math.floor(key / 8);
+      const wire = key & 7;
+      if (wire === 0) {
+        const v = varint();
+        if (inner && field === want) return v;
+      } else if (wire === 2) {
+        const len = varint();
+        if (!inner && field === want) return fields(at + len, 2, true);
+        at += len;
+      } else throw new Error(`stats-dump: wire type ${wire} not expected`);
+    }
+    return null;
+  };
+  const v = fields(end, 1, false);
+  if (v === null) throw new Error("stats-dump has no frozen_time");
+  return v;
+}
+
+/** The session id of a process, or null once it is gone. */
+function sessionOf(pid: number): number | null {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(s.slice(s.lastIndexOf(")") + 2).split(" ")[3]);
+  } catch {
+    return null;
+  }
+}
+
+export interface CriuTreeRound {
+  /** The tree frozen during `criu dump --leave-running` (its own stats) */
+  frozenNs: number;
+  dumpNs: number;
+  imageBytes: number;
+  /** `criu restore -d` of the killed tree until it returns (every process running) */
+  restoreNs: number;
+  load1: number;
+}
+
+/**
+ * One CRIU round on a process tree: `script` (bash starting `n` children that print "ready"
+ * once their memory is filled), started in its own session with its output appended to a log;
+ * a full dump with --leave-running (then fsync), SIGKILL of the whole session, `criu restore -d`.
+ */
+export async function criuTreeRound(criu: string, script: string, n: number, workDir: string, round: number): Promise<CriuTreeRound> {
+  const dir = join(workDir, `criu-tree-${round}`);
+  rmSync(dir, { recursive: true, force: true });
+  const img = join(dir, "img");
+  mkdirSync(img, { recursive: true });
+  const log = join(dir, "log");
+  const out = openSync(log, "a");
+  const app = spawn("bash", [script], { detached: true, stdio: ["ignore", out, out] });
+  closeSync(out);
+  const pid = app.pid ?? 0;
+  if (!pid) throw new Error(`cannot start ${script}`);
+  track(pid, "criu-app");
+  try {
+    for (let i = 0; ; i++) {
+      if ((readFileSync(log, "utf8").match(/^ready \d+$/gm) ?? []).length >= n) break;
+      if (i > 6000) throw new Error(`CRIU round: ${n} children never got ready`);
+      await sleep(50);
+    }
+    const load1 = loadavg()[0]!;
+    const dump = await runCriu(criu, ["dump", "-t", String(pid), "-D", img, "--leave-running", "-o", "dump.log"]);
+    const imageBytes = fsyncTree(img);
+    const frozenNs = criuFrozenUs(img) * 1000;
+    // every process of the session gone (reaped), or criu cannot take their pids again
+    const members = readdirSync("/proc").filter((d) => /^\d+$/.test(d) && sessionOf(Number(d)) === pid).map(Number);
+    process.kill(-pid, "SIGKILL");
+    for (const m of members) await gone(m, 60_000);
+    const fd = openSync(log, "a");
+    let rs: { cpuS: number; ns: number };
+    try {
+      rs = await runCriu(criu, ["restore", "-D", img, "-d", "-o", "restore.log", "--inherit-fd", `fd[3]:${log.slice(1)}`], ["ignore", "ignore", "pipe", fd]);
+    } finally {
+      closeSync(fd);
+    }
+    track(pid, "criu-app");
+    return { frozenNs, dumpNs: dump.ns, imageBytes, restoreNs: rs.ns, load1 };
+  } finally {
+    try {
+      process.kill(-pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+    killTracked("SIGKILL", (t) => t.what === "criu-app");
+    await gone(pid, 60_000).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

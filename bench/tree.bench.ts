@@ -9,12 +9,13 @@
 //
 // Environment: BENCH_TREE_PROCS=4 (dirtiers), BENCH_TREE_MIB=256 (each), BENCH_TREE_ROUNDS=2.
 // Prints a table, writes bench/results/tree.json. Everything started is killed by PID.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { appProcesses } from "../src/daemon/tree.js";
 import { cleanup, cliJson, median, sleep, trackApp, trackDaemon } from "./bench-procs.js";
+import { criuTreeRound, type CriuTreeRound } from "./criu-peer.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIRTIER = join(ROOT, "test", "fixtures", "build", "dirtier");
@@ -98,12 +99,16 @@ export async function main(): Promise<void> {
   const script = join(home, "tree.sh");
   writeFileSync(script, `#!/bin/bash\nfor i in $(seq 1 ${n}); do ${DIRTIER} ${mib} 1 "" $i & done\nwait\n`, { mode: 0o755 });
   const cases: Record<string, Round[]> = { tree: [], single: [] };
+  const criu = process.env.CRIU || undefined;
+  if (criu && !existsSync(criu)) throw new Error(`CRIU=${criu}: no such file`);
+  const criuRounds: CriuTreeRound[] = [];
   const load0 = loadavg();
   try {
     for (let r = 0; r < rounds; r++) {
-      // interleaved: the tree, then one process holding the same total memory
+      // interleaved: the tree, one process holding the same total memory, CRIU on the same tree
       cases.tree!.push(await round(env, `tree${r}`, ["bash", script], n));
       cases.single!.push(await round(env, `single${r}`, [DIRTIER, String(mib * n), "1", "", "1"], 1));
+      if (criu) criuRounds.push(await criuTreeRound(criu, script, n, home, r));
     }
   } finally {
     await cleanup();
@@ -115,7 +120,15 @@ export async function main(): Promise<void> {
   console.log("figure".padEnd(16) + "tree".padStart(12) + "single".padStart(12) + "ratio".padStart(8));
   for (const [k, t, s, ratio] of rows) console.log(k.padEnd(16) + t.toFixed(1).padStart(12) + s.toFixed(1).padStart(12) + ratio.toFixed(2).padStart(8));
   const incr = med("tree", "incrDowntimeMs");
-  console.log(`incremental tree downtime at 1%: ${incr.toFixed(1)} ms (target <= 60 ms: ${incr <= 60 ? "met" : "NOT met"}); CRIU comparison: not run (CRIU=path is not used by this bench yet)`);
+  console.log(`incremental tree downtime at 1%: ${incr.toFixed(1)} ms (target <= 60 ms: ${incr <= 60 ? "met" : "NOT met"})`);
+  if (criuRounds.length) {
+    const frozen = median(criuRounds.map((c) => c.frozenNs)) / 1e6;
+    const restore = median(criuRounds.map((c) => c.restoreNs)) / 1e6;
+    const full = med("tree", "fullDowntimeMs");
+    const ours = med("tree", "restoreMs");
+    console.log(`CRIU on the same tree (${criuRounds.length} rounds, medians): frozen ${frozen.toFixed(1)} ms, dump ${(median(criuRounds.map((c) => c.dumpNs)) / 1e6).toFixed(1)} ms, restore ${restore.toFixed(1)} ms, load ${criuRounds.map((c) => c.load1.toFixed(2)).join(" ")}`);
+    console.log(`full tree downtime ${full.toFixed(1)} ms = ${(full / frozen).toFixed(3)} x CRIU's frozen time (target <= 0.125: ${full <= frozen / 8 ? "met" : "NOT met"}); restore ${ours.toFixed(1)} ms = ${(ours / restore).toFixed(2)} x CRIU's (target <= 1: ${ours <= restore ? "met" : "NOT met"})`);
+  } else console.log("CRIU comparison: not run (give CRIU=path to a criu binary)");
   mkdirSync(dirname(RESULTS), { recursive: true });
-  writeFileSync(RESULTS, JSON.stringify({ procs: n, mib, rounds, load: { before: load0, after: loadavg() }, cases }, null, 2));
+  writeFileSync(RESULTS, JSON.stringify({ procs: n, mib, rounds, load: { before: load0, after: loadavg() }, cases, criu: criuRounds }, null, 2));
 }

@@ -16,7 +16,7 @@ import { ROOT, isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.
 import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, runApp, status, waitLines } from "./helpers/scenario.js";
 
-const TIMEOUT = 300_000;
+const TIMEOUT = 1_800_000; // per describe block (all its tests): generous for a busy machine; every wait inside is on a condition
 const WAIT = 60_000;
 
 function setup(t: TestContext, env: NodeJS.ProcessEnv = {}): { h: TestHome; dir: string } {

@@ -13,7 +13,7 @@ import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
 import { checkpointKillRestore, killApp, logLines, logSize, runApp, status, waitExited, waitLines } from "./helpers/scenario.js";
 
-const TIMEOUT = 240_000;
+const TIMEOUT = 1_800_000; // per describe block (all its tests): generous for a busy machine; every wait inside is on a condition
 
 function setup(t: TestContext): TestHome {
   requireNative();

@@ -9,7 +9,7 @@ import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 import { baseline, killApp, logLines, logSize, runApp, waitExited, waitLines } from "./helpers/scenario.js";
 
-const TIMEOUT = 300_000;
+const TIMEOUT = 1_800_000; // per describe block (all its tests): generous for a busy machine; every wait inside is on a condition
 const STEPS = 600; // 30 s at 50 ms: room for four checkpoints on a busy machine
 
 function setup(t: TestContext): TestHome {

@@ -10,7 +10,7 @@ import { makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, runApp, status, waitLines } from "./helpers/scenario.js";
 
-const TIMEOUT = 300_000;
+const TIMEOUT = 1_800_000; // per describe block (all its tests): generous for a busy machine; every wait inside is on a condition
 const WAIT = 60_000;
 
 function setup(t: TestContext): TestHome {

@@ -242,8 +242,8 @@ static void reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A process tree's cut (docs/native-interface.md, "hold"): with every thread of this process parked,
  * tell the caller and wait for its word. 0 when the word is `want`; -1 (why in children_err) on
  * ABORT, a closed connection or no word within 60 s. Runs in the manager's park handler. */
-static int hold_for(const char *event, const char *want) {
-  reply("{\"event\":\"%s\",\"ok\":true}", event);
+static int hold_for(const char *event, const char *want, const char *more) {
+  reply("{\"event\":\"%s\",\"ok\":true%s}", event, more);
   char line[64];
   size_t n = 0;
   for (;;) {
@@ -272,7 +272,7 @@ static void snapshot_and_release(uint32_t gen) {
   children_err[0] = 0;
   /* One process alone: no child may exist (a fork since the daemon looked). Part of a tree's cut:
    * the daemon knows the tree; every process of it is parked before any is captured. */
-  int refused = tg.hold ? hold_for("parked", "CAPTURE") : tg_check_no_children(children_err, sizeof children_err);
+  int refused = tg.hold ? hold_for("parked", "CAPTURE", "") : tg_check_no_children(children_err, sizeof children_err);
   long stk = refused != 0
                  ? -ECHILD
                  : tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -307,7 +307,12 @@ static void snapshot_and_release(uint32_t gen) {
     tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
     tg_free_shared_copies();
     /* a tree: every process is captured before any resumes */
-    if (child > 0 && tg.hold && hold_for("captured", "RESUME") != 0) {
+    /* (with the Unix sockets whose peer is in another process: the daemon checks that it is in the app) */
+    static char unmatched[8192];
+    size_t un = tg.hold ? tg_unix_unmatched(unmatched + 8, sizeof unmatched - 8) : 0;
+    if (un) memcpy(unmatched, ",\"unix\":", 8);
+    else if (tg.hold) snprintf(unmatched, sizeof unmatched, ",\"unix\":\"too many to list\"");
+    if (child > 0 && tg.hold && hold_for("captured", "RESUME", unmatched) != 0) {
       tg_sys2(SYS_kill, child, SIGKILL);
       siginfo_t si;
       while (tg_sys5(SYS_waitid, P_PID, child, &si, WEXITED | __WALL, 0) == -EINTR) {}
@@ -422,7 +427,7 @@ fail:
 
 static void reply(const char *fmt, ...) {
   if (tg.conn_fd < 0) return;
-  char buf[1024];
+  static char buf[10240]; /* the manager's thread only; room for a tree's list of Unix peers */
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
@@ -821,10 +826,28 @@ static void tg_after_fork(void) {
   for (size_t i = 0; i < sizeof fds / sizeof *fds; i++) if (fds[i] >= 0) tg_sys1(SYS_close, fds[i]);
   /* a connection the parent's manager was accepting as the fork happened is not in tg yet: every
    * socket named by the parent's path (its listening socket and the connections it accepted) goes */
-  for (int fd = 0; fd < 1024; fd++) {
+  /* (the open fds from /proc/self/fd, not every number up to a limit: a fork costs a few syscalls
+   * per open fd) */
+  static int open_fds[4096];
+  int nopen = 0, dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dfd >= 0) {
+    char buf[4096];
+    long n;
+    while ((n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf)) > 0)
+      for (long off = 0; off < n;) {
+        struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
+        off += d->reclen;
+        if (d->name[0] >= '0' && d->name[0] <= '9' && nopen < (int)(sizeof open_fds / sizeof *open_fds)) open_fds[nopen++] = atoi(d->name);
+      }
+    tg_sys1(SYS_close, dfd);
+  } else {
+    for (int fd = 0; fd < 1024; fd++) open_fds[nopen++] = fd; /* no /proc: every low number */
+  }
+  for (int i = 0; i < nopen; i++) {
+    int fd = open_fds[i];
     struct sockaddr_un a;
     socklen_t al = sizeof a;
-    if (tg_sys3(SYS_getsockname, fd, &a, &al) != 0 || a.sun_family != AF_UNIX) continue;
+    if (fd == dfd || tg_sys3(SYS_getsockname, fd, &a, &al) != 0 || a.sun_family != AF_UNIX) continue;
     if (al > offsetof(struct sockaddr_un, sun_path) && strncmp(a.sun_path, tg.sock_path, sizeof a.sun_path) == 0) tg_sys1(SYS_close, fd);
   }
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;

@@ -25,6 +25,7 @@ enum tg_rec_type {
   TG_REC_TIMERS = 14,
   TG_REC_SOCKET_DATA = 15,
   TG_REC_FILE_STATE = 16,
+  TG_REC_LOCKS = 17,
 };
 
 struct tg_file_header {
@@ -129,6 +130,16 @@ _Static_assert(sizeof(struct tg_unix_sock) == 40, "unix sock");
  * { u32 len, len bytes } (datagram, seqpacket). */
 struct tg_rec_socket_data { uint64_t ino; uint32_t type, nmsg; };
 _Static_assert(sizeof(struct tg_rec_socket_data) == 16, "socket data");
+
+/* LOCKS: n x struct tg_lock, the file locks the process held through its fds (flock, POSIX
+ * record locks it owns, open-file-description locks), as /proc/self/fdinfo lists them. */
+enum tg_lock_kind { TG_LOCK_FLOCK = 1, TG_LOCK_POSIX = 2, TG_LOCK_OFD = 3 };
+enum tg_lock_type { TG_LOCK_READ = 1, TG_LOCK_WRITE = 2 };
+struct tg_lock {
+  uint32_t fd, kind, type, reserved;
+  uint64_t start, end; /* byte range, end inclusive; end UINT64_MAX: to the end of the file (also flock) */
+};
+_Static_assert(sizeof(struct tg_lock) == 32, "lock");
 
 struct tg_rec_pages { uint64_t addr, npages; };
 struct tg_rec_tracking { uint32_t mode, reserved; uint64_t pages_scanned, pages_written, fresh_mappings; };

@@ -35,7 +35,17 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
   if (tl > extra_cap) { snprintf(err, errlen, "fd %d: path too long", p->fd); return -1; }
   memcpy(extra, p->target, tl);
   rec->extra_len = (uint32_t)tl;
+  /* the locks held through it (locks.c; a dup lists them again: taken back at the first fd, the
+   * one the restore opens) */
+  if ((S_ISREG(m) || S_ISDIR(m)) && tg_locks_note(p->fd, p->fdinfo, p->target, err, errlen) != 0) return -1;
   return 0;
+}
+
+static void begin(void) { tg_locks_begin(); }
+
+static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
+  (void)seen, (void)nseen;
+  return emit ? tg_locks_emit(emit, ctx, err, errlen) : 0;
 }
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen) {
@@ -82,4 +92,15 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   return rc->tmp[i] < 0 ? -1 : 0;
 }
 
-const struct tg_fd_ops tg_fd_file = {.name = "file", .describe = describe, .owns = owns, .open = open_one};
+/* once every fd is in place: the locks held through it (a POSIX lock by its owner, this process) */
+static int settle(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  const struct tg_rec_fd *r = &rc->fds[i].r;
+  if (r->kind != TG_FD_FILE && r->kind != TG_FD_DIR) return 0;
+  char path[4097];
+  size_t pl = r->extra_len < 4096 ? r->extra_len : 4096;
+  memcpy(path, rc->fds[i].extra, pl);
+  path[pl] = 0;
+  return tg_locks_apply(rc, r->fd, path, err, errlen);
+}
+
+const struct tg_fd_ops tg_fd_file = {.name = "file", .describe = describe, .begin = begin, .end = end, .owns = owns, .open = open_one, .settle = settle};

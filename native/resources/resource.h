@@ -59,6 +59,7 @@ struct tg_fd_restore {
   int tmp_base;
   const char *stdio_log;       /* --stdio-log: where the app's appended stdout/stderr go on this host */
   const struct tg_shared_pipe *shared; size_t nshared; /* pipes of the tree, made before it was cloned */
+  const struct tg_lock *locks; size_t nlocks;          /* LOCKS record: taken back once every fd is in place */
 };
 
 struct tg_fd_ops {
@@ -98,6 +99,18 @@ TG_RES_HIDDEN int tg_res_status_flags(uint32_t open_flags);
 /* resources/pipe.c: the restorer's pipes of a process tree (struct tg_shared_pipe) */
 TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, uint64_t size, const char *data, size_t len,
                                       int tmp_base, char *err, size_t errlen);
+/* resources/unix.c: after a tree-mode capture, the sockets whose peer is in another process, as
+ * JSON [[fd,ino,peer],...] (its length, 0 if it did not fit); at restore, a Unix socket record's
+ * inode and its peer's (0, or -1 for another kind) */
+TG_RES_HIDDEN size_t tg_unix_unmatched(char *out, size_t cap);
+TG_RES_HIDDEN int tg_unix_ids(const struct img_fd *f, uint64_t *ino, uint64_t *peer);
+/* resources/locks.c: the locks fdinfo lists for an fd (noted for the LOCKS record); 0, or -1 with
+ * err (a lease, or more locks than a checkpoint takes) */
+TG_RES_HIDDEN void tg_locks_begin(void);
+TG_RES_HIDDEN int tg_locks_note(int fd, const char *fdinfo, const char *path, char *err, size_t errlen);
+TG_RES_HIDDEN int tg_locks_emit(tg_emit_fn emit, void *ctx, char *err, size_t errlen);
+/* resources/locks.c: takes back the locks recorded for fd (in place); 0, or -1 with err */
+TG_RES_HIDDEN int tg_locks_apply(const struct tg_fd_restore *rc, uint32_t fd, const char *path, char *err, size_t errlen);
 /* resources/file.c: is fd (opened from path) the file the record names? 0, or -1 with err */
 TG_RES_HIDDEN int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
 #endif

@@ -308,6 +308,9 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
   for (int i = 0; i < nsocks; i++) {
     int mutual = 0;
     for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer && socks[j].peer == socks[i].ino) mutual = 1;
+    /* part of a tree's cut: a peer in another process of the app (the daemon checks that it is,
+     * from what tg_unix_unmatched tells it) */
+    if (!mutual && tg_res_tree && socks[i].peer) continue;
     if (!mutual) {
       struct uinfo u;
       char d[400];
@@ -329,9 +332,10 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
     uint32_t nmsg;
     long n = peek_queue(&socks[i], data, DATA_CAP, &nmsg, err, errlen);
     if (n < 0) return -1;
-    if (socks[i].type != SOCK_STREAM) {
-      int peer_fd = -1;
-      for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer) peer_fd = socks[j].fd;
+    int peer_fd = -1;
+    for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer) peer_fd = socks[j].fd;
+    /* (a peer in another process of the tree: the peeked copy stands) */
+    if (socks[i].type != SOCK_STREAM && peer_fd >= 0) {
       uint32_t m2;
       long n2 = take_and_requeue(&socks[i], peer_fd, data, sizeof data, &m2, err, errlen);
       if (n2 == -1) return -1;
@@ -348,7 +352,37 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
   return 0;
 }
 
+/* After a tree-mode capture: the sockets whose peer is not in this process, as JSON
+ * [[fd,ino,peer],...] for the daemon (which checks that every such peer is in another process of
+ * the app). The length written (0 when cap is too small: then the daemon sees nothing and the
+ * restore would refuse a missing peer, never restore wrong). */
+TG_RES_HIDDEN size_t tg_unix_unmatched(char *out, size_t cap) {
+  size_t n = 0;
+  if (cap < 3) return 0;
+  out[n++] = '[';
+  for (int i = 0; i < nsocks; i++) {
+    int mutual = 0;
+    for (int j = 0; j < nsocks; j++) if (socks[j].ino == socks[i].peer && socks[j].peer == socks[i].ino) mutual = 1;
+    if (mutual) continue;
+    int w = snprintf(out + n, cap - n, "%s[%d,%u,%u]", n > 1 ? "," : "", socks[i].fd, socks[i].ino, socks[i].peer);
+    if (w < 0 || (size_t)w >= cap - n - 1) return 0;
+    n += (size_t)w;
+  }
+  out[n++] = ']';
+  out[n] = 0;
+  return n;
+}
+
 /* ---- restore ---- */
+
+TG_RES_HIDDEN int tg_unix_ids(const struct img_fd *f, uint64_t *ino, uint64_t *peer) {
+  struct tg_unix_sock x;
+  if (f->r.kind != TG_FD_UNIX || f->r.extra_len < sizeof x) return -1;
+  memcpy(&x, f->extra, sizeof x);
+  *ino = x.ino;
+  *peer = x.peer_ino;
+  return 0;
+}
 
 static int extra_of(const struct img_fd *f, struct tg_unix_sock *x) {
   if (f->r.extra_len < sizeof *x) return -1;

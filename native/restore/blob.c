@@ -304,6 +304,16 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     if (g != 1) tg_sys1(SYS_exit_group, 107); /* the init gave up on the restore */
   }
   tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+  /* closing those may have dropped POSIX locks stage 1 took back (a process's POSIX locks on a
+   * file go with its first close of any fd of it): taken again, as the same owner, before the
+   * application runs. Stage 1 found them free a moment ago; should another process have taken
+   * one since, the process ends rather than run without it. */
+  for (uint64_t i = 0; i < p->nlocks; i++) {
+    const struct tg_lock *k = &p->locks[i];
+    struct { int16_t type, whence; int64_t start, len; int32_t pid, pad; } fl = {
+        k->type == TG_LOCK_WRITE ? 1 /* F_WRLCK */ : 0 /* F_RDLCK */, 0, (int64_t)k->start, k->end == ~0ULL ? 0 : (int64_t)(k->end - k->start + 1), 0, 0};
+    if (tg_sys3(SYS_fcntl, k->fd, 6 /* F_SETLK */, &fl) != 0) tg_sys1(SYS_exit_group, 109);
+  }
   __atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
   tg_sys3(SYS_futex, &p->go, FUTEX_WAKE_PRIVATE_, 1 << 30);
   finish_thread(main_thread);

@@ -49,6 +49,8 @@ struct blob_plan {
   uint64_t ntimers;          /* POSIX timers, recreated with their ids once every thread exists */
   struct tg_timer *timers;
   struct tg_itimer itimers[TG_NITIMERS];
+  uint64_t nlocks;           /* POSIX locks, taken again after the restorer's fds are closed */
+  struct tg_lock *locks;
   uint64_t direct, direct_fn; /* pages read straight from pack files (pages-direct.h): plan, reader; 0: none */
 };
 

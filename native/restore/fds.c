@@ -29,11 +29,19 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
   if (!tmp) { snprintf(err, errlen, "out of memory"); return -1; }
   for (size_t i = 0; i < img->nfds; i++) tmp[i] = -1;
   struct tg_fd_restore rc = {img->fds, img->nfds, img->pipes, img->npipes, img->socks, img->nsocks, tmp, tmp_base, tg_stdio_log,
-                            tg_shared_pipes, tg_nshared_pipes};
+                            tg_shared_pipes, tg_nshared_pipes, img->locks, img->nlocks};
   int ret = -1;
+  /* made by the init for the whole tree (tree-fds.c): this process's copy */
   for (size_t i = 0; i < img->nfds; i++) {
     const struct tg_rec_fd *r = &img->fds[i].r;
-    if (r->reserved) continue; /* a dup of an earlier fd */
+    int h = r->reserved ? -1 : tg_tree_premade_fd((int)img->proc.pid, r->fd);
+    if (h < 0) continue;
+    tmp[i] = fcntl(h, F_DUPFD_CLOEXEC, tmp_base);
+    if (tmp[i] < 0) { snprintf(err, errlen, "fd %u: taking the tree's copy: %s", r->fd, strerror(errno)); goto out; }
+  }
+  for (size_t i = 0; i < img->nfds; i++) {
+    const struct tg_rec_fd *r = &img->fds[i].r;
+    if (r->reserved || tmp[i] >= 0) continue; /* a dup of an earlier fd, or made already */
     const struct tg_fd_ops *k = owner(r->kind);
     if (!k) { snprintf(err, errlen, "fd %u: unknown kind %u in image", r->fd, r->kind); goto out; }
     if (k->open(&rc, i, err, errlen) != 0) goto out;

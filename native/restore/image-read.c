@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -185,6 +185,12 @@ int tg_image_load(const char *path, struct image *img) {
       img->files[img->nfiles].path = strdup(p + sizeof(struct tg_rec_file_state));
       img->nfiles++;
       free(p);
+      break;
+    case TG_REC_LOCKS:
+      if (img->locks) return fail(img, off, "%ssecond LOCKS record (at most one allowed)%llu", "", 0);
+      if (h.payload_len % sizeof(struct tg_lock)) return fail(img, off, "%sLOCKS record of %llu bytes is not a whole number of locks", "", h.payload_len);
+      img->locks = (struct tg_lock *)p; /* p is kept */
+      img->nlocks = h.payload_len / sizeof(struct tg_lock);
       break;
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);

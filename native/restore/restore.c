@@ -210,6 +210,8 @@ static void __attribute__((noreturn)) stage1(void) {
   off += img.nthreads * sizeof(struct blob_thread);
   size_t timers_off = off;
   off += img.ntimers * sizeof(struct tg_timer);
+  size_t locks_off = off;
+  off += img.nlocks * sizeof(struct tg_lock);
   size_t direct_off = off = (off + 63) & ~63ul;
   off += tg_direct_blob_size();
   off = (off + 4095) & ~4095ul;
@@ -287,6 +289,11 @@ static void __attribute__((noreturn)) stage1(void) {
   p->timers = (struct tg_timer *)(b + timers_off);
   if (img.ntimers) memcpy(p->timers, img.timers, img.ntimers * sizeof *img.timers);
   p->ntimers = img.ntimers;
+  /* POSIX locks again once the blob closed the restorer's fds: closing any fd of a file drops
+   * the process's POSIX locks on it (a file it also maps, or one the tree shares) */
+  p->locks = (struct tg_lock *)(b + locks_off);
+  p->nlocks = 0;
+  for (size_t i = 0; i < img.nlocks; i++) if (img.locks[i].kind == TG_LOCK_POSIX) p->locks[p->nlocks++] = img.locks[i];
   memcpy(p->itimers, img.itimers, sizeof p->itimers);
   /* the restore plan covers the main process's image only (a tree's other processes come whole on their fds) */
   if (own_plan == 0) {
@@ -443,6 +450,17 @@ static int start_restore(struct tg_launch *l, int *report) {
     fprintf(stderr, "tardigrade-restore: %s\n", err);
     return -1;
   }
+  {
+    const struct image **imgs = calloc(nplans, sizeof *imgs);
+    if (!imgs) return -1;
+    for (size_t k = 0; k < nplans; k++) imgs[k] = &plans[k].img;
+    int r = tg_tree_premake(imgs, nplans, base + 256, err, sizeof err);
+    free(imgs);
+    if (r != 0) {
+      fprintf(stderr, "tardigrade-restore: %s\n", err);
+      return -1;
+    }
+  }
   for (size_t i = 0; i < nshm_objs; i++) {
     struct shm_obj *o = &shm_objs[i];
     if (o->nplans < 2) continue; /* one process: an anonymous shared mapping, as ever */
@@ -485,6 +503,7 @@ static int start_restore(struct tg_launch *l, int *report) {
     while (waitpid((pid_t)r, NULL, 0) < 0 && errno == EINTR) {}
   }
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
+  tg_tree_close_premade();
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
   close(pfd[1]);
   close(gfd[0]);
@@ -494,7 +513,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
@@ -520,6 +539,9 @@ int main(int argc, char **argv) {
       if (nnodes >= MAX_PROCS || sscanf(argv[++i], "%d:%d:%d:%d:%d", &z.pid, &z.ppid, &z.pgid, &z.sid, &z.status) != 5 || z.pid < 2)
         tg_die("--zombie wants PID:PPID:PGID:SID:STATUS (the wait status), got '%s'", argv[i]);
       nodes[nnodes++] = z;
+    }
+    else if (strcmp(argv[i], "--shared") == 0) {
+      if (tg_tree_shared_arg(argv[++i]) != 0) tg_die("--shared wants PID:FD,PID:FD[,...] (fds sharing one open file description), got '%s'", argv[i]);
     }
     else if (strcmp(argv[i], "--status") == 0) l.status_path = argv[++i];
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];

@@ -27,6 +27,7 @@ struct image {
   struct tg_timer *timers; size_t ntimers; /* POSIX timers (TIMERS record) */
   struct img_sockdata *socks; size_t nsocks;
   struct img_file *files; size_t nfiles;
+  struct tg_lock *locks; size_t nlocks; /* LOCKS record */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -43,6 +44,14 @@ extern const char *tg_stdio_log;
 /* the pipes of a process tree, made before the tree was cloned (restore.c fills them) */
 extern struct tg_shared_pipe *tg_shared_pipes;
 extern size_t tg_nshared_pipes;
+
+/* tree-fds.c: objects two processes of a tree hold (an open file description shared through fork,
+ * named by --shared PID:FD,PID:FD...; a Unix socket pair split between processes), made once by
+ * the init before the tree is cloned. */
+int tg_tree_shared_arg(const char *arg);
+int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base, char *err, size_t errlen);
+int tg_tree_premade_fd(int pid, uint32_t fd); /* the init's fd for this process's fd, or -1 */
+void tg_tree_close_premade(void);
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);

@@ -13,7 +13,8 @@ export interface PingReply {
 
 export type CheckpointEvent =
   | { event: "parked"; ok: true }
-  | { event: "captured"; ok: true }
+  /** unix (part of a tree's cut): [fd, inode, peer inode] of each Unix socket whose peer is in no fd of this process, or a word when there were too many to list. */
+  | { event: "captured"; ok: true; unix?: [number, number, number][] | string }
   | { event: "resumed"; ok: true; downtime_ns: number; threads: number; stop_ns?: number; resumed_ns?: number }
   | { event: "error"; ok: false; error: string }
   | {
@@ -103,7 +104,7 @@ export interface CheckpointOptions {
    * stopped and "captured" once its snapshot is taken, and waits at each for the word this
    * returns ("CAPTURE", "RESUME", or "ABORT <why>").
    */
-  hold?: (e: { event: "parked" | "captured" }) => Promise<string>;
+  hold?: (e: Extract<CheckpointEvent, { event: "parked" | "captured" }>) => Promise<string>;
 }
 
 /** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */

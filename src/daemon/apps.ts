@@ -815,7 +815,7 @@ export class AppManager {
         exportError = e;
         this.killLaunch(dir, record.launcherPid);
       });
-    const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`])];
+    const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`]), ...(tree?.shared ?? []).flatMap((g) => ["--shared", g.map(([pid, fd]) => `${pid}:${fd}`).join(",")])];
     let l: Launched;
     try {
       await writeRestoreMarker(dir.logFile, m.id);

@@ -1,10 +1,13 @@
 // Open file descriptions shared by two processes of a tree (inherited through fork: one offset,
-// one set of flags, one socket or eventfd seen by both). The restorer makes pipes and shared
-// memory once for the whole tree; every other kind is made again in each process, so a shared
-// one would come back as two: the checkpoint refuses it by name instead. Exempt: pipes (shared
-// on restore), files opened for appending (every write goes to the end: the offset does not
-// matter), character devices (/dev/null: no offset) and named FIFOs (reopened by path). Sharing is asked of the kernel with
-// kcmp(KCMP_FILE) through koffi (node has no binding), between fds that name the same object.
+// one set of flags, one socket or eventfd seen by both). Found while the tree is parked, by asking
+// the kernel (kcmp(KCMP_FILE), through koffi: node has no binding) about fds that name the same
+// object in two processes; each group is recorded with the checkpoint and made once by the
+// restorer's init, before the tree is cloned (native/restore/tree-fds.c), so both processes hold
+// one description again. Kinds made that way: regular files and directories (one offset),
+// sockets, eventfds. Not grouped: pipes (the restorer shares them its own way), files opened for
+// appending (every write goes to the end; the app's log among them), character devices (no offset)
+// and named FIFOs (reopened by path). Any other kind shared (an epoll set, a timerfd...) refuses the
+// checkpoint by name.
 import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import koffi from "koffi";
 import type { TreeProcess } from "./tree.js";
@@ -26,10 +29,9 @@ interface OpenFd {
   proc: TreeProcess;
   fd: number;
   target: string;
-  key: string;
-  exempt: boolean;
 }
 
+/** Every fd of a process with what it points at (one readlink each: the cheap part, done for all). */
 function openFds(p: TreeProcess): OpenFd[] {
   const out: OpenFd[] = [];
   let fds: string[] = [];
@@ -39,45 +41,84 @@ function openFds(p: TreeProcess): OpenFd[] {
     return out;
   }
   for (const f of fds) {
-    const fd = Number(f);
     try {
-      const target = readlinkSync(`/proc/${p.hostPid}/fd/${f}`);
-      const st = statSync(`/proc/${p.hostPid}/fd/${f}`);
-      const flags = Number.parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/${p.hostPid}/fdinfo/${f}`, "utf8"))?.[1] ?? "0", 8);
-      // (a named FIFO is reopened by path: the pipe behind it is the same for every opener)
-      const exempt = target.startsWith("pipe:[") || st.isCharacterDevice() || st.isFIFO() || (st.isFile() && (flags & O_APPEND) !== 0);
-      out.push({ proc: p, fd, target, key: `${st.dev}:${st.ino}`, exempt });
+      out.push({ proc: p, fd: Number(f), target: readlinkSync(`/proc/${p.hostPid}/fd/${f}`) });
     } catch {
-      /* closed meanwhile, or not ours to read */
+      /* closed meanwhile */
     }
   }
-  return out;
+  return out.sort((a, b) => a.fd - b.fd);
 }
 
-/**
- * "fd 3 of pid 2 (bash) and fd 3 of pid 5 (cat) share one open file description of
- * /tmp/data (offset and flags)", or null. Meant for a tree whose every thread is parked.
- */
-export function sharedDescriptionProblem(procs: TreeProcess[]): string | null {
-  const byKey = new Map<string, OpenFd[]>();
+/** "made" (grouped and made once), "exempt" (restored apart, rightly) or "refused". */
+function howShared(o: OpenFd): "made" | "exempt" | "refused" {
+  const t = o.target;
+  if (t.startsWith("pipe:[")) return "exempt";
+  if (t.startsWith("socket:[") || t === "anon_inode:[eventfd]") return "made";
+  if (t.startsWith("anon_inode:")) return "refused";
+  const path = `/proc/${o.proc.hostPid}/fd/${o.fd}`;
+  const st = statSync(path);
+  if (st.isCharacterDevice() || st.isFIFO()) return "exempt";
+  if (st.isFile()) {
+    const flags = Number.parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/${o.proc.hostPid}/fdinfo/${o.fd}`, "utf8"))?.[1] ?? "0", 8);
+    return (flags & O_APPEND) !== 0 ? "exempt" : "made";
+  }
+  return st.isDirectory() ? "made" : "refused";
+}
+
+export interface SharedDescriptions {
+  /** Each group: [pid, fd] of every process holding that description (its lowest fd there; higher ones are dups the image records as such). */
+  groups: [number, number][][];
+  /** Why the checkpoint must refuse (a kind the restorer cannot share), or null. */
+  problem: string | null;
+}
+
+/** The tree's shared open file descriptions. Meant for a tree whose every thread is parked. */
+export function sharedDescriptions(procs: TreeProcess[]): SharedDescriptions {
+  const byTarget = new Map<string, OpenFd[]>();
   for (const p of procs) {
     if (p.zombie) continue;
     for (const o of openFds(p)) {
-      if (o.exempt) continue;
-      const l = byKey.get(o.key) ?? [];
+      const l = byTarget.get(o.target) ?? [];
       l.push(o);
-      byKey.set(o.key, l);
+      byTarget.set(o.target, l);
     }
   }
-  for (const l of byKey.values()) {
-    for (let i = 0; i < l.length; i++)
-      for (let j = i + 1; j < l.length; j++) {
-        const a = l[i]!;
-        const b = l[j]!;
-        if (a.proc.pid === b.proc.pid) continue; // dups inside one process: restored as dups
-        if (sameDescription(a.proc.hostPid, a.fd, b.proc.hostPid, b.fd))
-          return `fd ${a.fd} of pid ${a.proc.pid} (${a.proc.comm}) and fd ${b.fd} of pid ${b.proc.pid} (${b.proc.comm}) share one open file description of ${a.target} (inherited through fork: one offset, one object); sharing it between processes is not supported yet`;
+  const groups: [number, number][][] = [];
+  for (const l of byTarget.values()) {
+    if (new Set(l.map((o) => o.proc.pid)).size < 2) continue; // in one process only (dups there are the image's business)
+    // clusters of one description each, by kcmp against each cluster's first fd
+    const clusters: OpenFd[][] = [];
+    for (const o of l) {
+      const c = clusters.find((c) => {
+        try {
+          return sameDescription(c[0]!.proc.hostPid, c[0]!.fd, o.proc.hostPid, o.fd);
+        } catch {
+          return false;
+        }
+      });
+      if (c) c.push(o);
+      else clusters.push([o]);
+    }
+    for (const c of clusters) {
+      const first = new Map<number, OpenFd>(); // per process its lowest fd (openFds sorts)
+      for (const o of c) if (!first.has(o.proc.pid)) first.set(o.proc.pid, o);
+      if (first.size < 2) continue;
+      let how: ReturnType<typeof howShared>;
+      try {
+        how = howShared(c[0]!);
+      } catch {
+        continue; // closed meanwhile: the tree changed, which the cut sees
       }
+      if (how === "exempt") continue;
+      const [a, b] = [...first.values()];
+      if (how === "refused")
+        return {
+          groups: [],
+          problem: `fd ${a!.fd} of pid ${a!.proc.pid} (${a!.proc.comm}) and fd ${b!.fd} of pid ${b!.proc.pid} (${b!.proc.comm}) share one open file description of ${a!.target} (inherited through fork); sharing this kind between processes is not supported yet`,
+        };
+      groups.push([...first.values()].map((o) => [o.proc.pid, o.fd]));
+    }
   }
-  return null;
+  return { groups, problem: null };
 }

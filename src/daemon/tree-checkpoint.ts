@@ -6,7 +6,7 @@
 // checkpoint of its own at the tree's seq (the main process under the app's name, the others
 // under `<app>~<pid>`, committed first); the main process's checkpoint, committed last, lists the
 // tree in stats.extra.tree, and is what `ls` shows and `restore` takes.
-import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
@@ -16,7 +16,7 @@ import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
 import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
 import { testDelay } from "./test-hooks.js";
-import { sharedDescriptionProblem } from "./shared-fds.js";
+import { sharedDescriptions } from "./shared-fds.js";
 import type { TreeInfo } from "./tree-info.js";
 import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
 
@@ -41,8 +41,19 @@ class Cut {
   private readonly waiters: { stage: "parked" | "captured"; resolve: (w: string) => void; reject: (e: Error) => void }[] = [];
   constructor(private readonly n: number) {}
 
-  hold(e: { event: "parked" | "captured" }): Promise<string> {
+  /** pid -> the Unix sockets its agent found without their peer in that process: [fd, inode, peer inode] */
+  private readonly unixLone = new Map<number, [number, number, number][]>();
+
+  hold(e: Extract<CheckpointEvent, { event: "parked" | "captured" }>, pid: number): Promise<string> {
     if (this.failed) return Promise.reject(this.failed);
+    if (e.event === "captured" && e.unix !== undefined) {
+      if (typeof e.unix === "string") {
+        const why = new TreeRefused(`pid ${pid} has more Unix sockets connected to other processes than a checkpoint lists (${e.unix})`);
+        this.fail(why);
+        return Promise.reject(why);
+      }
+      this.unixLone.set(pid, e.unix);
+    }
     return new Promise((resolve, reject) => {
       this.waiters.push({ stage: e.event, resolve, reject });
       if (e.event === "parked") this.parked++;
@@ -60,9 +71,25 @@ class Cut {
   /** Asked once every process is parked: a reason to call the cut off (the tree changed), or null. */
   verify: () => string | null = () => null;
 
+  /** Every Unix socket whose peer is in another process: is that peer in a process of the tree (and is its peer this one)? */
+  private unixProblem(): string | null {
+    const lone = [...this.unixLone.entries()].flatMap(([pid, l]) => l.map(([fd, ino, peer]) => ({ pid, fd, ino, peer })));
+    for (const s of lone)
+      if (!lone.some((o) => o.ino === s.peer && o.peer === s.ino && o.pid !== s.pid))
+        return `fd ${s.fd} of pid ${s.pid} is a Unix socket (socket:[${s.ino}]) connected to a socket no process of the app holds (socket:[${s.peer}]: a process outside the app, or a connection not accepted yet)`;
+    return null;
+  }
+
   private release(): void {
     const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
     if (!stage) return;
+    if (stage === "captured") {
+      const problem = this.unixProblem();
+      if (problem) {
+        this.fail(new TreeRefused(problem));
+        return;
+      }
+    }
     if (stage === "parked" && !this.verified) {
       if (this.verifying) return;
       this.verifying = true;
@@ -94,9 +121,14 @@ class TreeChanged extends Error {}
 /** Something of the parked tree cannot be captured: the checkpoint is refused. */
 class TreeRefused extends Error {}
 
-/** Pipe ends no process of the tree has the other end of, held by a process outside the app: "pipe:[N] (pid P, fd F)". */
+/**
+ * Pipe ends no process of the tree has the other end of, held by a process outside the app:
+ * "pipe:[N] (pid P, fd F; also held by host pid H, outside the app)". Only pipes the app holds
+ * one end of are looked for outside (a walk of every process's fds, so only when there are such
+ * pipes); a pipe with both ends in the app is the app's.
+ */
 function pipesToOutside(procs: TreeProcess[]): string[] {
-  const ends = new Map<string, { pid: number; fd: string }[]>();
+  const ends = new Map<string, { pid: number; fd: string; dirs: Set<number> }>();
   for (const p of procs) {
     if (p.zombie) continue;
     let fds: string[] = [];
@@ -107,44 +139,45 @@ function pipesToOutside(procs: TreeProcess[]): string[] {
     }
     for (const fd of fds) {
       let t = "";
+      let dir = 0;
       try {
         t = readlinkSync(`/proc/${p.hostPid}/fd/${fd}`);
+        if (!t.startsWith("pipe:[")) continue;
+        // O_RDONLY 0, O_WRONLY 1 (an O_RDWR end of a FIFO opened by path: both)
+        dir = Number.parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/${p.hostPid}/fdinfo/${fd}`, "utf8"))?.[1] ?? "0", 8) & 3;
       } catch {
         continue;
       }
-      if (!t.startsWith("pipe:[")) continue;
-      const l = ends.get(t) ?? [];
-      l.push({ pid: p.pid, fd });
-      ends.set(t, l);
+      const e = ends.get(t) ?? { pid: p.pid, fd, dirs: new Set<number>() };
+      if (dir === 2) e.dirs.add(0).add(1);
+      else e.dirs.add(dir);
+      ends.set(t, e);
     }
   }
+  const lone = new Map([...ends].filter(([, e]) => e.dirs.size < 2));
+  if (!lone.size) return [];
   const inApp = new Set(procs.map((p) => p.hostPid));
   const out: string[] = [];
-  // a pipe the app holds: does any process outside the app hold it too? (a rare case: look only then)
-  let outside: Map<string, number> | null = null;
-  for (const [pipe, l] of ends) {
-    if (!outside) {
-      outside = new Map();
-      for (const d of readdirSync("/proc")) {
-        if (!/^\d+$/.test(d) || inApp.has(Number(d))) continue;
-        let fds: string[] = [];
-        try {
-          fds = readdirSync(`/proc/${d}/fd`);
-        } catch {
-          continue;
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d) || inApp.has(Number(d))) continue;
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${d}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const t = readlinkSync(`/proc/${d}/fd/${fd}`);
+        const e = lone.get(t);
+        if (e) {
+          out.push(`${t} (pid ${e.pid}, fd ${e.fd}; also held by host pid ${d}, outside the app)`);
+          lone.delete(t);
         }
-        for (const fd of fds) {
-          try {
-            const t = readlinkSync(`/proc/${d}/fd/${fd}`);
-            if (t.startsWith("pipe:[") && ends.has(t)) outside.set(t, Number(d));
-          } catch {
-            /* gone */
-          }
-        }
+      } catch {
+        /* gone */
       }
     }
-    const holder = outside.get(pipe);
-    if (holder !== undefined) out.push(`${pipe} (pid ${l[0]!.pid}, fd ${l[0]!.fd}; also held by host pid ${holder}, outside the app)`);
   }
   return out;
 }
@@ -277,6 +310,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   const seqs = a.cas.list().filter((c) => c.app === a.app || parseMemberApp(c.app)?.app === a.app).map((c) => c.seq);
   const seq = (seqs.length ? Math.max(...seqs) : 0) + 1;
   const cut = new Cut(live.length);
+  const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
   const before = pidSet(procs);
   cut.verify = () => {
     // every thread of every process is parked: none can fork or exit now (but a process that had
@@ -284,11 +318,12 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     const list = a.list();
     const now = pidSet(list);
     if (now !== before) return `processes ${before} became ${now}`;
-    const shared = sharedDescriptionProblem(list);
-    if (shared) throw new TreeRefused(shared);
+    const shared = sharedDescriptions(list);
+    if (shared.problem) throw new TreeRefused(shared.problem);
+    if (shared.groups.length) info.shared = shared.groups;
+    else delete info.shared;
     return null;
   };
-  const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
   // the tree's downtime: the first process stopped to the last resumed, on the agents' clock
   // (CLOCK_MONOTONIC, the same for every process of the host)
   let firstStop = Infinity;
@@ -353,7 +388,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
       agentSock(a.sock, p.pid, mainPid),
       p.pid,
       a.stagingRoot,
-      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e) },
+      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e, p.pid) },
       ingestInfo,
       (e) => {
         if (e.event === "resumed") {
@@ -376,9 +411,15 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   const settled = await Promise.allSettled(captures);
   if (cut.failedWith instanceof TreeChanged) throw cut.failedWith;
   if (cut.failedWith instanceof TreeRefused) throw treeRefusal(a.app, cut.failedWith.message, "Checkpoint once one of them has closed it");
-  const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q.hostPid]));
-  for (const [i, st] of settled.entries())
-    if (st.status === "rejected" && nowLive.get(order[i]!.pid) !== order[i]!.hostPid) throw new TreeChanged(`pid ${order[i]!.pid} (${order[i]!.command}) ended during the cut`);
+  const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q]));
+  for (const [i, st] of settled.entries()) {
+    if (st.status !== "rejected") continue;
+    const was = order[i]!;
+    const now = nowLive.get(was.pid);
+    if (!now || now.hostPid !== was.hostPid) throw new TreeChanged(`pid ${was.pid} (${was.command}) ended during the cut`);
+    // (an exec between the look and the request: the old program's socket file was still there)
+    if (now.command !== was.command) throw new TreeChanged(`pid ${was.pid} (${was.command}) exec'd ${now.command} during the cut`);
+  }
   const failures = settled.flatMap((s, i) => (s.status === "rejected" ? [{ p: order[i]!, e: s.reason as unknown }] : []));
   if (failures.length) {
     // the process that failed first says why; the others only saw the cut called off

@@ -20,6 +20,8 @@ export interface TreeInfo {
   tree: TreeEntry[];
   /** First park request to the last process resumed, as the daemon saw it. */
   treeDowntimeNs: number;
+  /** Open file descriptions two or more processes share: [pid, fd] of each holder (the restorer makes each once). */
+  shared?: [number, number][][];
 }
 
 /** The tree of a checkpoint's stats.extra, or null for a single process. */

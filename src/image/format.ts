@@ -31,6 +31,8 @@ export enum RecordType {
   SOCKET_DATA = 15,
   /** A regular file held open for writing or mapped shared and writable, as it was at the checkpoint. */
   FILE_STATE = 16,
+  /** File locks held through the process's fds: n x { u32 fd, kind (1 flock, 2 POSIX, 3 OFD), type (1 read, 2 write), reserved; u64 start, end (inclusive; all ones: to EOF) }. */
+  LOCKS = 17,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -51,6 +53,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TIMERS]: 56,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
+  [RecordType.LOCKS]: 0,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
@@ -252,6 +255,19 @@ export interface FileState {
   /** Bytes from offset 0 whose contents the image holds (shared writable mappings). */
   covered: bigint;
   path: string;
+}
+
+/** LOCKS kinds by their number. */
+export const LOCK_KIND: Record<number, FileLock["kind"]> = { 1: "flock", 2: "posix", 3: "ofd" };
+
+/** One lock of the LOCKS record. */
+export interface FileLock {
+  fd: number;
+  kind: "flock" | "posix" | "ofd";
+  type: "read" | "write";
+  start: bigint;
+  /** Inclusive; 2^64-1: to the end of the file. */
+  end: bigint;
 }
 
 export interface EndInfo {

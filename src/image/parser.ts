@@ -9,6 +9,7 @@ import {
   MAGIC,
   MAX_META_PAYLOAD,
   MAX_PAGES_PER_RECORD,
+  LOCK_KIND,
   MIN_PAYLOAD,
   MM_FIELDS,
   PAGE_SIZE,
@@ -22,6 +23,7 @@ import {
   type FdInfo,
   type FileHeader,
   type FileId,
+  type FileLock,
   type FileState,
   type PageExtent,
   type ProcInfo,
@@ -67,6 +69,8 @@ export interface ParsedImage {
   sockets: SocketData[];
   /** FILE_STATE records: files held for writing or mapped shared and writable. */
   files: FileState[];
+  /** The LOCKS record: file locks held through the process's fds. */
+  locks: FileLock[];
   extents: PageExtent[];
   /** PAGES_CLEAR runs (incremental images). */
   clears: ClearExtent[];
@@ -271,6 +275,7 @@ class ImageReader {
       pipes: [],
       sockets: [],
       files: [],
+      locks: [],
       extents: [],
       clears: [],
       tracking: null,
@@ -437,6 +442,17 @@ class ImageReader {
       case RecordType.FILE_STATE:
         out.files.push(decodeFileState(p));
         return null;
+      case RecordType.LOCKS: {
+        if (out.locks.length) this.fail(off, "second LOCKS record (at most one allowed)");
+        if (p.length % 32) this.fail(off, `LOCKS record of ${p.length} bytes is not a whole number of 32-byte locks`);
+        for (let i = 0; i < p.length; i += 32) {
+          const kind = p.readUInt32LE(i + 4);
+          const type = p.readUInt32LE(i + 8);
+          if (kind < 1 || kind > 3 || type < 1 || type > 2) this.fail(off + 32 + i, `LOCKS: lock ${i / 32} has kind ${kind} and type ${type}`);
+          out.locks.push({ fd: p.readUInt32LE(i), kind: LOCK_KIND[kind]!, type: type === 2 ? "write" : "read", start: u64(p, i + 16), end: u64(p, i + 24) });
+        }
+        return null;
+      }
       case RecordType.TRACKING:
         out.tracking = { mode: p.readUInt32LE(0), pagesScanned: u64(p, 8), pagesWritten: u64(p, 16), freshMappings: u64(p, 24) };
         return null;

@@ -27,6 +27,8 @@ export interface ImageSummary {
   pipes: { inode: string; bytes: number }[];
   /** Data queued in Unix sockets of pairs inside the app, per receiving socket. */
   sockets: { inode: string; type: string; bytes: number; messages: number }[];
+  /** File locks held through its fds (LOCKS), taken back on restore. */
+  locks: { fd: number; kind: string; type: string; range: string }[];
   /** Files held for writing or mapped shared and writable: a restore refuses if they changed (FILE_STATE). */
   files: { path: string; held: string; size: string; inode: string; generation: number | null; mtime: string; contentsStored: boolean }[];
   /** Signals whose disposition is not the default: handler address, or "ignore". */
@@ -121,6 +123,7 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
     fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: fdPath(f, img.fds), flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
+    locks: img.locks.map((k) => ({ fd: k.fd, kind: k.kind, type: k.type, range: `${k.start}-${k.end === 2n ** 64n - 1n ? "EOF" : k.end.toString()}` })),
     sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages })),
     files: img.files.map((f) => ({
       path: f.path,
