@@ -54,14 +54,14 @@ struct tg_dp_blob {
 
 /* pages-direct.c, in tardigrade-restore's main: reads and checks the plan before anything is created.
  * 0, or -1 with the reason printed. */
-int tg_direct_load(const char *path);
+int tg_direct_load(size_t k, const char *path);
 /* Stage 1: bytes the blob mapping needs for the plan (0 without one). */
-size_t tg_direct_blob_size(void);
+size_t tg_direct_blob_size(size_t k);
 /* Stage 1: opens the pack files (close-on-exec, at or above fd_floor) and copies the plan to `at`
  * inside the blob mapping, whose copy starts at `blob` (the section's code is at its start). Returns the
  * struct tg_dp_blob * and sets *fn to the blob's reader (tg_direct_read's address in the copy); on
  * failure writes err and returns NULL. */
-struct tg_dp_blob *tg_direct_to_blob(char *at, char *blob, int fd_floor, uint64_t *fn, char *err, size_t errlen);
+struct tg_dp_blob *tg_direct_to_blob(size_t k, char *at, char *blob, int fd_floor, uint64_t *fn, char *err, size_t errlen);
 
 /* pages-direct-blob.c, stage 2 (section tgblob): reads every block of the plan into place. */
 struct blob_plan;

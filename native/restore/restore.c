@@ -213,7 +213,7 @@ static void __attribute__((noreturn)) stage1(void) {
   size_t locks_off = off;
   off += img.nlocks * sizeof(struct tg_lock);
   size_t direct_off = off = (off + 63) & ~63ul;
-  off += tg_direct_blob_size();
+  off += tg_direct_blob_size((size_t)own_plan);
   off = (off + 4095) & ~4095ul;
   size_t stacks_off = off;
   off += img.nthreads * THREAD_STACK + BLOB_STACK;
@@ -295,13 +295,9 @@ static void __attribute__((noreturn)) stage1(void) {
   p->nlocks = 0;
   for (size_t i = 0; i < img.nlocks; i++) if (img.locks[i].kind == TG_LOCK_POSIX) p->locks[p->nlocks++] = img.locks[i];
   memcpy(p->itimers, img.itimers, sizeof p->itimers);
-  /* the restore plan covers the main process's image only (a tree's other processes come whole on their fds) */
-  if (own_plan == 0) {
-    p->direct = (uint64_t)tg_direct_to_blob(b + direct_off, b, floor, &p->direct_fn, err, sizeof err);
-    if (tg_direct_blob_size() && !p->direct) report_fail("%s", err);
-  } else {
-    p->direct = p->direct_fn = 0;
-  }
+  /* this process's restore plan (each image may have one: the Nth --direct is the Nth --image's) */
+  p->direct = (uint64_t)tg_direct_to_blob((size_t)own_plan, b + direct_off, b, floor, &p->direct_fn, err, sizeof err);
+  if (tg_direct_blob_size((size_t)own_plan) && !p->direct) report_fail("%s", err);
   memcpy(p->sigs, img.sigs, sizeof p->sigs);
   p->vvar_addr = img.proc.vvar_addr;
   p->vdso_addr = img.proc.vdso_addr;
@@ -513,7 +509,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN]... [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n");
   exit(2);
 }
@@ -525,7 +521,8 @@ int main(int argc, char **argv) {
   int allow_changes = 0, check_only = 0;
   const char *paths[MAX_PROCS];
   size_t npaths = 0;
-  const char *direct = NULL;
+  static const char *direct[MAX_PROCS]; /* restore plans, in the order of the images */
+  size_t ndirect = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
@@ -547,7 +544,10 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
-    else if (strcmp(argv[i], "--direct") == 0) direct = argv[++i];
+    else if (strcmp(argv[i], "--direct") == 0) {
+      if (ndirect == MAX_PROCS) tg_die("more than %d --direct", MAX_PROCS);
+      direct[ndirect++] = argv[++i];
+    }
     else usage();
   }
   if (!npaths || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
@@ -559,8 +559,9 @@ int main(int argc, char **argv) {
   for (size_t k = 0; k < npaths; k++)
     if (tg_image_load(paths[k], &plans[k].img) != 0) return 2;
   nplans = npaths;
-  /* the restore plan (pages read straight from the store's packs) is the main process's */
-  if (direct && tg_direct_load(direct) != 0) return 2;
+  /* the restore plans (pages read straight from the store's packs), one per image that has one */
+  for (size_t k = 0; k < ndirect; k++)
+    if (tg_direct_load(k, direct[k]) != 0) return 2;
   char err[4096];
   /* before anything is created: a refused restore starts nothing (exit status 3) */
   for (size_t k = 0; k < nplans; k++)

@@ -178,7 +178,7 @@ export function buildProgram(): Command {
       if (st) out(`  tracking ${st.tracking ?? "-"}: ${st.pagesScanned ?? "-"} pages scanned, ${st.pagesWritten ?? "-"} written since the parent; ${st.newPages ?? "-"} new pages, ${st.storedBytes !== undefined ? bytes(st.storedBytes) : "-"} stored`);
       const tree = treeOf((m as { stats?: { extra?: unknown } }).stats?.extra);
       if (tree) {
-        out(`  process tree of ${tree.tree.length} processes, tree downtime ${duration(tree.treeDowntimeNs)} (first park to last resume); each live process's image is a checkpoint of its own (\`tardigrade inspect ID\`):`);
+        out(`  process tree of ${tree.tree.length} processes, tree downtime ${duration(tree.treeDowntimeNs)} (first park to last resume)${tree.cut ? `: every process parked ${duration(tree.cut.parkNs)}, checks ${duration(tree.cut.verifyNs)}, capture ${duration(tree.cut.captureNs)}, resume ${duration(tree.cut.resumeNs)}` : ""}; each live process's image is a checkpoint of its own (\`tardigrade inspect ID\`):`);
         out(table(["PID", "PPID", "PGID", "SID", "COMM", "THREADS", "CHECKPOINT", "DOWNTIME"], tree.tree.map((p) => [String(p.pid), String(p.ppid), String(p.pgid), String(p.sid), p.comm, String(p.threads), p.zombie ? `zombie, wait status ${p.waitStatus ?? 0}` : (p.id ?? "-"), p.downtimeNs !== undefined ? duration(p.downtimeNs) : "-"])));
       }
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);

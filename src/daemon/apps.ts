@@ -13,7 +13,7 @@ import type { CheckpointStats, GcReport, MergePolicy } from "../store/cas/types.
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
-import { captureIntoCas, exportForRestore, metaForFileCheck, restoreInput } from "./cas-flow.js";
+import { captureIntoCas, metaForFileCheck, restoreInput, type RestoreInput } from "./cas-flow.js";
 import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
 import { testDelay } from "./test-hooks.js";
@@ -806,8 +806,21 @@ export class AppManager {
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
     const image = input.image;
-    // a tree's other processes: their composed images, whole, on fds 3, 4, ...
-    const images = others.map((e) => exportForRestore(store.cas, e.id!));
+    // a tree's other processes: their images on fds 3, 4, ..., each with its own restore plan
+    const memberInputs: RestoreInput[] = [];
+    try {
+      for (const e of others) memberInputs.push(await restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`));
+    } catch (e) {
+      for (const mi of [input, ...memberInputs]) await mi.release();
+      throw e;
+    }
+    const images = memberInputs.map((mi) => mi.image);
+    // (the Nth --direct is the Nth image's: all or none have one)
+    const directArgs = [...input.args, ...memberInputs.flatMap((mi) => mi.args)];
+    const explain = (ms: string[]): string[] => [input, ...memberInputs].reduce((acc, mi) => mi.explain(acc), ms);
+    const releaseAll = async (): Promise<void> => {
+      for (const mi of [input, ...memberInputs]) await mi.release();
+    };
     const facts = saveFacts(dir);
     let exportError: unknown = null;
     for (const im of [image, ...images])
@@ -819,7 +832,7 @@ export class AppManager {
     let l: Launched;
     try {
       await writeRestoreMarker(dir.logFile, m.id);
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...input.args], {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...directArgs], {
         timeoutMs: 120_000,
         stdin: image,
         images,
@@ -830,18 +843,17 @@ export class AppManager {
         },
       });
     } catch (e) {
-      await input.release();
-      for (const im of images) im.destroy();
+      await releaseAll();
       await facts.putBack(); // the replaced app's exit status stays
       await writeRestoreFailed(dir.logFile, m.id);
       if (exportError) throw exportError;
       if (e instanceof LaunchFailure) {
-        const detail = e.messages.length ? input.explain(e.messages).join("; ") : `${describeExit(e.status)}: ${e.message}`;
+        const detail = e.messages.length ? explain(e.messages).join("; ") : `${describeExit(e.status)}: ${e.message}`;
         throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
       }
       throw e;
     }
-    await input.release();
+    await releaseAll();
     record.initStart = l.initStart;
     record.restoreNs = l.elapsedNs;
     await dir.writeRecord(record);

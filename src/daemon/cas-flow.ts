@@ -172,12 +172,12 @@ export interface RestoreInput {
  * image on its stdin. TARDIGRADE_RESTORE_DIRECT=0 pipes the whole composed image instead
  * (the former path, kept for comparison: `npm run bench -- engine`).
  */
-export async function restoreInput(cas: CasStore, id: string, appDir: string): Promise<RestoreInput> {
+export async function restoreInput(cas: CasStore, id: string, appDir: string, planName = "restore-plan.bin"): Promise<RestoreInput> {
   if (process.env.TARDIGRADE_RESTORE_DIRECT === "0") {
     return { image: exportForRestore(cas, id), args: [], explain: (m) => m, release: async () => undefined };
   }
   const { plan, image, release } = cas.restoreWithPlan(id);
-  const file = join(appDir, "restore-plan.bin");
+  const file = join(appDir, planName);
   try {
     await writeFile(file, plan.file, { mode: 0o600 });
   } catch (e) {

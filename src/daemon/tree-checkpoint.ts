@@ -39,6 +39,8 @@ class Cut {
     return this.failed;
   }
   private readonly waiters: { stage: "parked" | "captured"; resolve: (w: string) => void; reject: (e: Error) => void }[] = [];
+  /** When (daemon's monotonic clock, ns) the first process parked, all had, the tree was verified, all had captured. */
+  readonly at = { firstParked: 0n, allParked: 0n, verified: 0n, allCaptured: 0n };
   constructor(private readonly n: number) {}
 
   /** pid -> the Unix sockets its agent found without their peer in that process: [fd, inode, peer inode] */
@@ -56,8 +58,11 @@ class Cut {
     }
     return new Promise((resolve, reject) => {
       this.waiters.push({ stage: e.event, resolve, reject });
-      if (e.event === "parked") this.parked++;
-      else this.captured++;
+      const now = process.hrtime.bigint();
+      if (e.event === "parked") {
+        if (this.parked++ === 0) this.at.firstParked = now;
+        if (this.parked === this.n) this.at.allParked = now;
+      } else if (++this.captured === this.n) this.at.allCaptured = now;
       this.release();
     });
   }
@@ -107,6 +112,7 @@ class Cut {
           return;
         }
         this.verified = true;
+        this.at.verified = process.hrtime.bigint();
         this.release();
       });
       return;
@@ -368,6 +374,15 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
               const ids = new Map<number, string>([[mainPid, `${a.app}@${seq}`]]);
               done.forEach((d, i) => ids.set(order[i]!.pid, (d as PromiseFulfilledResult<CasCapture>).value.checkpoint.id));
               info.treeDowntimeNs = lastResumed > firstStop ? lastResumed - firstStop : Math.max(0, ...downtimes.values());
+              // where the tree's downtime went (the agents' CLOCK_MONOTONIC is node's hrtime clock)
+              const at = cut.at;
+              if (lastResumed > firstStop && at.allCaptured > 0n)
+                info.cut = {
+                  parkNs: Number(at.allParked) - firstStop,
+                  verifyNs: Number(at.verified - at.allParked),
+                  captureNs: Number(at.allCaptured - at.verified),
+                  resumeNs: lastResumed - Number(at.allCaptured),
+                };
               info.tree = procs.map((q) => ({
                 pid: q.pid,
                 ppid: q.pid === mainPid ? 1 : q.ppid,

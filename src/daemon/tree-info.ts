@@ -20,6 +20,8 @@ export interface TreeInfo {
   tree: TreeEntry[];
   /** First park request to the last process resumed, as the daemon saw it. */
   treeDowntimeNs: number;
+  /** The downtime by stage: first stop to every process parked (as the daemon heard it), the daemon's checks, CAPTURE to every process captured, to the last resumed. */
+  cut?: { parkNs: number; verifyNs: number; captureNs: number; resumeNs: number };
   /** Open file descriptions two or more processes share: [pid, fd] of each holder (the restorer makes each once). */
   shared?: [number, number][][];
 }
