@@ -102,7 +102,7 @@ struct tg_rec_thread {
 _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
-                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9 };
+                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;
@@ -125,6 +125,18 @@ struct tg_unix_sock {
   uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name) */
 };
 _Static_assert(sizeof(struct tg_unix_sock) == 40, "unix sock");
+
+/* FD kind 10 (a listening Unix socket bound to a path or an abstract name): the FD record's extra,
+ * then name_len bytes of the name (a path, or a NUL then the abstract name). */
+struct tg_unix_listen {
+  uint32_t type;      /* SOCK_STREAM 1, SOCK_SEQPACKET 5 */
+  uint32_t backlog;   /* listen()'s, as sock_diag gives it */
+  uint32_t sndbuf, rcvbuf;
+  uint32_t flags;     /* bit 0: SO_PASSCRED */
+  uint32_t mode;      /* the socket file's mode bits (a path) */
+  uint32_t name_len, reserved;
+};
+_Static_assert(sizeof(struct tg_unix_listen) == 32, "unix listen");
 
 /* SOCKET_DATA: what was queued for reading on socket ino; then the bytes (stream) or nmsg x
  * { u32 len, len bytes } (datagram, seqpacket). */

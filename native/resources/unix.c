@@ -29,8 +29,10 @@
 #define DATA_CAP (1u << 20) /* per socket: larger queues are refused by name */
 
 struct uinfo {
-  uint32_t ino, type, state, peer, shutdown;
+  uint32_t ino, type, state, peer, shutdown, backlog;
   char name[112]; /* printable: a path, @abstract, or "" (unnamed) */
+  char raw[108];  /* the name as bound (an abstract one starts with NUL) */
+  uint32_t raw_len;
 };
 
 static struct sock_seen { int fd; uint32_t ino, peer, type; } socks[MAX_SOCKS];
@@ -58,7 +60,7 @@ static int diag(uint32_t ino, struct uinfo *out) {
   req.r.sdiag_family = AF_UNIX;
   req.r.udiag_states = ~0u;
   req.r.udiag_ino = ino;
-  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
+  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
   req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
   struct sockaddr_nl sa;
   memset(&sa, 0, sizeof sa);
@@ -88,7 +90,18 @@ static int diag(uint32_t ino, struct uinfo *out) {
     char *d = a + NLA_HDRLEN;
     size_t dl = at->nla_len - NLA_HDRLEN;
     switch (at->nla_type & NLA_TYPE_MASK) {
+    case UNIX_DIAG_RQLEN:
+      if (dl >= sizeof(struct unix_diag_rqlen)) {
+        struct unix_diag_rqlen q;
+        memcpy(&q, d, sizeof q);
+        out->backlog = q.udiag_wqueue; /* a listening socket: its backlog */
+      }
+      break;
     case UNIX_DIAG_NAME:
+      if (dl > 0 && dl <= sizeof out->raw) {
+        memcpy(out->raw, d, dl);
+        out->raw_len = (uint32_t)dl;
+      }
       if (dl > 0) {
         size_t n = dl < sizeof out->name - 1 ? dl : sizeof out->name - 1;
         memcpy(out->name, d, n);
@@ -132,6 +145,45 @@ static void describe(int fd, const struct uinfo *u, char *out, size_t cap) {
 
 static void begin(void) { nsocks = overflow = 0; }
 
+/* A listening socket bound to a name: recorded with its name, backlog and options; the
+ * connections waiting in its accept queue are not (they are dropped: their clients see the
+ * connection end). */
+static int describe_listener(const struct tg_fd_probe *p, const struct uinfo *u, const char *d, struct tg_rec_fd *rec, char *extra,
+                             size_t extra_cap, char *err, size_t errlen) {
+  int fd = p->fd;
+  if (u->raw_len == 0) {
+    snprintf(err, errlen, "%s cannot be checkpointed: a listening socket without a name; close it before checkpointing", d);
+    return -1;
+  }
+  if (u->raw[0] != 0 && u->raw[0] != '/') {
+    snprintf(err, errlen, "%s cannot be checkpointed: it was bound to a relative path; bind it to an absolute path", d);
+    return -1;
+  }
+  struct tg_unix_listen x;
+  memset(&x, 0, sizeof x);
+  x.type = u->type;
+  x.backlog = u->backlog;
+  x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
+  x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
+  x.flags = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0;
+  x.name_len = u->raw_len;
+  if (u->raw[0] == '/') {
+    char path[109];
+    memcpy(path, u->raw, u->raw_len);
+    path[u->raw_len] = 0;
+    struct stat st;
+    /* (the path may have been replaced or removed since the bind: then the mode is a default) */
+    x.mode = tg_sys2(SYS_stat, path, &st) == 0 && S_ISSOCK(st.st_mode) ? (st.st_mode & 07777) : 0777;
+    if (x.name_len && path[x.name_len - 1] == 0) x.name_len--; /* a trailing NUL some binders pass */
+  }
+  if (extra_cap < sizeof x + x.name_len) { snprintf(err, errlen, "fd %d: no room for the socket record", fd); return -1; }
+  memcpy(extra, &x, sizeof x);
+  memcpy(extra + sizeof x, u->raw, x.name_len);
+  rec->kind = TG_FD_UNIX_LISTEN;
+  rec->extra_len = (uint32_t)(sizeof x + x.name_len);
+  return 0;
+}
+
 static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err, size_t errlen) {
   if (!S_ISSOCK(p->st->st_mode)) return 1;
   int fd = p->fd;
@@ -146,10 +198,7 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
   }
   char d[400];
   describe(fd, &u, d, sizeof d);
-  if (u.state == 10 /* TCP_LISTEN */) {
-    snprintf(err, errlen, "%s cannot be checkpointed: listening sockets are not supported yet; close it before checkpointing, or run the app without it", d);
-    return -1;
-  }
+  if (u.state == 10 /* TCP_LISTEN */) return describe_listener(p, &u, d, rec, extra, extra_cap, err, errlen);
   if (u.type != SOCK_STREAM && u.type != SOCK_DGRAM && u.type != SOCK_SEQPACKET) {
     snprintf(err, errlen, "%s cannot be checkpointed: this socket type is not supported; close it before checkpointing", d);
     return -1;
@@ -499,6 +548,74 @@ static int open_pair(struct tg_fd_restore *img, size_t i, char *err, size_t errl
   return 0;
 }
 
-static int owns(uint32_t k) { return k == TG_FD_UNIX; }
+/* A listening socket again on its name. A path left behind by the dead process (nobody answers on
+ * it) is removed first; one somebody listens on, or a file that is not a socket, fails the restore
+ * naming it; so does an abstract name in use. */
+static int open_listener(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  const struct img_fd *f = &rc->fds[i];
+  struct tg_unix_listen x;
+  if (f->r.extra_len < sizeof x) { snprintf(err, errlen, "fd %u: listening Unix socket record without its data", f->r.fd); return -1; }
+  memcpy(&x, f->extra, sizeof x);
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  if (x.name_len == 0 || x.name_len > sizeof sa.sun_path || x.name_len > f->r.extra_len - sizeof x) {
+    snprintf(err, errlen, "fd %u: listening Unix socket record with a name of %u bytes", f->r.fd, x.name_len);
+    return -1;
+  }
+  memcpy(sa.sun_path, f->extra + sizeof x, x.name_len);
+  socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + x.name_len);
+  char shown[112];
+  snprintf(shown, sizeof shown, "%s%.*s", sa.sun_path[0] ? "" : "@", (int)(sa.sun_path[0] ? x.name_len : x.name_len - 1), sa.sun_path[0] ? sa.sun_path : sa.sun_path + 1);
+  int s = socket(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0);
+  if (s < 0) { snprintf(err, errlen, "fd %u: socket: %s", f->r.fd, strerror(errno)); return -1; }
+  if (sa.sun_path[0]) {
+    struct stat st;
+    if (lstat(sa.sun_path, &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "fd %u: cannot listen on %s again: a file that is not a socket is there now", f->r.fd, shown);
+        close(s);
+        return -1;
+      }
+      int probe = socket(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0);
+      int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sl) == 0;
+      if (probe >= 0) close(probe);
+      if (live) {
+        snprintf(err, errlen, "fd %u: cannot listen on %s again: another process listens on it now (stop it and restore again)", f->r.fd, shown);
+        close(s);
+        return -1;
+      }
+      unlink(sa.sun_path); /* the dead process's socket file */
+    }
+  }
+  if (bind(s, (struct sockaddr *)&sa, sl) != 0) {
+    snprintf(err, errlen, "fd %u: cannot listen on %s again: bind: %s%s", f->r.fd, shown, strerror(errno),
+             errno == EADDRINUSE ? " (another process holds the name now: stop it and restore again)" : "");
+    close(s);
+    return -1;
+  }
+  if (sa.sun_path[0] && chmod(sa.sun_path, x.mode) != 0) { snprintf(err, errlen, "fd %u: chmod %s: %s", f->r.fd, shown, strerror(errno)); close(s); return -1; }
+  set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
+  set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
+  int one = 1;
+  if ((x.flags & 1) && setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+    snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", f->r.fd, strerror(errno));
+    close(s);
+    return -1;
+  }
+  if (listen(s, (int)x.backlog) != 0 || fcntl(s, F_SETFL, (int)(f->r.open_flags & (O_NONBLOCK | O_ASYNC))) != 0) {
+    snprintf(err, errlen, "fd %u: listen on %s: %s", f->r.fd, shown, strerror(errno));
+    close(s);
+    return -1;
+  }
+  rc->tmp[i] = tg_res_high(s, rc->tmp_base, err, errlen);
+  return rc->tmp[i] < 0 ? -1 : 0;
+}
 
-const struct tg_fd_ops tg_fd_unix = {.name = "unix", .describe = describe_fd, .begin = begin, .end = end, .owns = owns, .open = open_pair};
+static int open_any(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  return rc->fds[i].r.kind == TG_FD_UNIX_LISTEN ? open_listener(rc, i, err, errlen) : open_pair(rc, i, err, errlen);
+}
+
+static int owns(uint32_t k) { return k == TG_FD_UNIX || k == TG_FD_UNIX_LISTEN; }
+
+const struct tg_fd_ops tg_fd_unix = {.name = "unix", .describe = describe_fd, .begin = begin, .end = end, .owns = owns, .open = open_any};

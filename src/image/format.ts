@@ -82,6 +82,7 @@ export const FD_KIND: Record<number, string> = {
   7: "eventfd",
   8: "epoll",
   9: "unix-socket",
+  10: "unix-listen",
 };
 
 export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };

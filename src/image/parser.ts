@@ -33,7 +33,7 @@ import {
   type TrackingInfo,
   type Vma,
 } from "./format.js";
-import { decodeSocketData, decodeUnixSock } from "./unix.js";
+import { decodeSocketData, decodeUnixSock, unixListenName } from "./unix.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
 export class ImageError extends TgError {
@@ -408,6 +408,7 @@ class ImageReader {
           for (let i = 0; i + 16 <= extra.length; i += 16) epoll.push({ tfd: extra.readUInt32LE(i), events: extra.readUInt32LE(i + 4), data: u64(extra, i + 8) });
         }
         const unix = kind === 9 ? decodeUnixSock(extra) : undefined;
+        if (kind === 10 && (extra.length < 32 || extra.readUInt32LE(24) > extra.length - 32)) this.fail(off, `listening Unix socket FD extra of ${extra.length} bytes does not hold its name`);
         if (typeof unix === "string") this.fail(off, unix);
         out.fds.push({
           fd: p.readUInt32LE(0),
@@ -417,7 +418,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 ? "" : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 ? "" : kind === 10 ? unixListenName(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
         });

@@ -16,6 +16,16 @@ export function decodeUnixSock(extra: Buffer): UnixSock | string {
   };
 }
 
+/** A listening Unix socket's name from its FD extra (struct tg_unix_listen, then the name): "listening on PATH" or "listening on @NAME". */
+export function unixListenName(extra: Buffer): string {
+  const len = extra.readUInt32LE(24);
+  const name = extra.subarray(32, 32 + len);
+  const type = SOCK_TYPE_NAMES[extra.readUInt32LE(0)] ?? "socket";
+  return `Unix ${type} socket listening on ${name[0] === 0 ? "@" + name.subarray(1).toString("utf8") : name.toString("utf8")} (backlog ${extra.readUInt32LE(4)})`;
+}
+
+const SOCK_TYPE_NAMES: Record<number, string> = { 1: "stream", 5: "seqpacket" };
+
 /** A SOCKET_DATA payload, its datagram framing checked; or an error message. */
 export function decodeSocketData(p: Buffer): SocketData | string {
   const ino = p.readBigUInt64LE(0);
