@@ -29,7 +29,7 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
   if (!tmp) { snprintf(err, errlen, "out of memory"); return -1; }
   for (size_t i = 0; i < img->nfds; i++) tmp[i] = -1;
   struct tg_fd_restore rc = {img->fds, img->nfds, img->pipes, img->npipes, img->socks, img->nsocks, tmp, tmp_base, tg_stdio_log,
-                            tg_shared_pipes, tg_nshared_pipes};
+                            tg_shared_pipes, tg_nshared_pipes, img->repairs, img->nrepairs};
   int ret = -1;
   for (size_t i = 0; i < img->nfds; i++) {
     const struct tg_rec_fd *r = &img->fds[i].r;

@@ -27,6 +27,7 @@ struct image {
   struct tg_timer *timers; size_t ntimers; /* POSIX timers (TIMERS record) */
   struct img_sockdata *socks; size_t nsocks;
   struct img_file *files; size_t nfiles;
+  struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };

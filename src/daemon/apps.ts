@@ -1,5 +1,6 @@
 // The daemon's app manager: run, checkpoint, restore, stop and status of apps.
 // All state is read from and written to disk (AppDir), never only kept in memory.
+import { restoreNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -87,6 +88,8 @@ export interface RestoreResult {
   verifyOverlapped: boolean;
   /** Request to running: everything the caller waited for (lookup, verify, kill, restore). */
   wallNs: number;
+  /** What the restore did that the app may notice (TCP connections restored closed). */
+  notes?: string[];
 }
 
 const SOCK_MAX = 107;
@@ -848,7 +851,8 @@ export class AppManager {
     this.schedule(name, record.everyMs);
     const wallNs = Number(process.hrtime.bigint() - t0);
     this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
-    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs };
+    const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
+    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}) };
   }
 
   /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */

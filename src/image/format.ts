@@ -1,5 +1,7 @@
 // Constants and field layouts of the raw process image, version 1 (docs/format.md).
 
+import type { InetSock } from "./inet.js";
+
 export const MAGIC = Buffer.from("TGIMAGE\0", "latin1");
 export const VERSION = 1;
 export const FILE_HEADER_SIZE = 64;
@@ -31,6 +33,8 @@ export enum RecordType {
   SOCKET_DATA = 15,
   /** A regular file held open for writing or mapped shared and writable, as it was at the checkpoint. */
   FILE_STATE = 16,
+  /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
+  INET_REPAIR = 20,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -51,6 +55,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TIMERS]: 56,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
+  [RecordType.INET_REPAIR]: 72,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
@@ -79,6 +84,7 @@ export const FD_KIND: Record<number, string> = {
   7: "eventfd",
   8: "epoll",
   9: "unix-socket",
+  13: "inet-socket",
 };
 
 export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };
@@ -174,6 +180,8 @@ export interface FdInfo {
   epoll: { tfd: number; events: number; data: bigint }[];
   /** Unix socket (kind 9) only: the socket, its peer and state. */
   unix?: UnixSock;
+  /** TCP/UDP socket (kind 13) only. */
+  inet?: InetSock;
 }
 
 export interface UnixSock {

@@ -32,6 +32,7 @@ import {
   type Vma,
 } from "./format.js";
 import { decodeSocketData, decodeUnixSock } from "./unix.js";
+import { decodeInetRepair, decodeInetSock, type InetRepair } from "./inet.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
 export class ImageError extends TgError {
@@ -65,6 +66,8 @@ export interface ParsedImage {
   pipes: { inode: bigint; bytes: number }[];
   /** SOCKET_DATA records: what was queued in each Unix socket of a pair inside the app. */
   sockets: SocketData[];
+  /** INET_REPAIR records: TCP connections with both ends in the app, restored whole. */
+  repairs: InetRepair[];
   /** FILE_STATE records: files held for writing or mapped shared and writable. */
   files: FileState[];
   extents: PageExtent[];
@@ -270,6 +273,7 @@ class ImageReader {
       fds: [],
       pipes: [],
       sockets: [],
+      repairs: [],
       files: [],
       extents: [],
       clears: [],
@@ -404,6 +408,8 @@ class ImageReader {
         }
         const unix = kind === 9 ? decodeUnixSock(extra) : undefined;
         if (typeof unix === "string") this.fail(off, unix);
+        const inet = kind === 13 ? decodeInetSock(extra) : undefined;
+        if (typeof inet === "string") this.fail(off, inet);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -412,9 +418,10 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 ? "" : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
+          ...(inet ? { inet } : {}),
         });
         return null;
       }
@@ -425,6 +432,12 @@ class ImageReader {
         const sd = decodeSocketData(p);
         if (typeof sd === "string") this.fail(off, sd);
         else out.sockets.push(sd);
+        return null;
+      }
+      case RecordType.INET_REPAIR: {
+        const r = decodeInetRepair(p);
+        if (typeof r === "string") this.fail(off, r);
+        else out.repairs.push(r);
         return null;
       }
       case RecordType.PAGES_CLEAR: {
