@@ -239,6 +239,50 @@ describe("TCP and UDP servers: checkpoint while serving, kill -9, restore", { ti
   });
 });
 
+describe("restore --replace keeps the connections to outside peers (traffic held with nftables, TCP_REPAIR)", { timeout: TIMEOUT }, () => {
+  test("redis-server checkpointed while redis-benchmark runs: after restore --replace the idle held connection keeps working (same connection, no reconnect); one that carried data since is restored closed", { skip: (!have("redis-server") && "redis-server is not installed") || (!have("nft") && "nft (Debian nftables) is not installed") }, async (t) => {
+    const h = setup(t);
+    const port = await freePort();
+    await runApp(h, "redis", ["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+    await waitFor("redis answers", () => redisCli(port, ["PING"]).then((o) => o === "PONG", () => false), 120_000, 100);
+    assert.equal(await redisCli(port, ["SET", "n", "10"]), "OK");
+    const held = await LineClient.open(port);
+    const busy = await LineClient.open(port);
+    t.after(() => {
+      held.sock.destroy();
+      busy.sock.destroy();
+    });
+    const heldPort = held.sock.localPort!;
+    const busyPort = busy.sock.localPort!; // (read now: a closed socket no longer has it)
+    let heldClosed = false;
+    void held.closed.then(() => (heldClosed = true));
+    assert.equal(await held.ask("INCR n"), ":11");
+    assert.equal(await busy.ask("PING"), "+PONG");
+    const bench = new Promise<string>((resolve, reject) =>
+      execFile("redis-benchmark", ["-h", "127.0.0.1", "-p", String(port), "-n", "20000", "-c", "4", "-q", "-t", "set,get"], { timeout: 240_000 }, (e, out) => (e ? reject(e) : resolve(out))),
+    );
+    await waitFor("redis-benchmark connected", async () => Number(/connected_clients:(\d+)/.exec(await redisCli(port, ["INFO", "clients"]))?.[1] ?? 0) >= 5, 60_000, 20);
+    const id = await checkpoint(h, "redis");
+    assert.match(await bench, /GET/, "the benchmark ran through the checkpoint");
+    const socks = await inspectInet(h, id);
+    assert.ok(socks.filter((s) => s.state === "established").length >= 2, JSON.stringify(socks));
+    assert.equal(await busy.ask("PING"), "+PONG", "this one carries data after the checkpoint");
+    const r = await h.cli(["restore", "redis", "--replace", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const notes = (JSON.parse(r.stdout) as { notes?: string[] }).notes ?? [];
+    assert.ok(notes.some((n) => n.includes(`127.0.0.1:${heldPort} established`) && /kept: restored with TCP_REPAIR/.test(n)), JSON.stringify(notes));
+    assert.ok(notes.some((n) => n.includes(`127.0.0.1:${busyPort} established`) && /restored closed \(it carried data since the checkpoint/.test(n)), JSON.stringify(notes));
+    // the held connection: same socket, the state of the checkpoint (n = 11), and it goes on
+    assert.equal(await held.ask("INCR n"), ":12");
+    assert.equal(await held.ask("GET n"), "$2");
+    assert.equal(heldClosed, false, "no reconnect: the client's socket never closed");
+    await busy.closed; // reset
+    assert.equal(await redisCli(port, ["GET", "n"]), "12");
+    const tables = execFileSync("nft", ["list", "tables"], { encoding: "utf8" });
+    assert.ok(!tables.includes(`tardigrade_redis_`), `the hold is released: ${tables}`);
+  });
+});
+
 describe("a TCP connection with both ends in the app is restored whole", { timeout: TIMEOUT }, () => {
   test("loopback connection with 50000 unread bytes queued: after kill -9 and restore the ticks go on and the queued bytes arrive intact", async (t) => {
     const h = setup(t);

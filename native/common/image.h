@@ -149,8 +149,10 @@ struct tg_inet_sock {
 };
 _Static_assert(sizeof(struct tg_inet_sock) == 112, "inet sock");
 
-/* INET_REPAIR: the TCP_REPAIR state of an established connection whose both ends are in the process
- * (restored whole); then outq_len bytes of its send queue, then inq_len bytes of its receive queue. */
+/* INET_REPAIR: the TCP_REPAIR state of an established connection (both ends in the process: restored
+ * whole; flags bit 0, the peer is outside: restored whole only by a planned restore that held its
+ * traffic, else closed); then outq_len bytes of its send queue, then inq_len bytes of its receive queue. */
+enum { TG_IR_EXTERNAL = 1 };
 struct tg_rec_inet_repair {
   uint64_t ino;
   uint32_t snd_seq, rcv_seq;       /* TCP_QUEUE_SEQ of the send queue (after its last byte) and the receive queue */
@@ -158,7 +160,7 @@ struct tg_rec_inet_repair {
   uint32_t timestamp;              /* TCP_TIMESTAMP */
   uint32_t outq_len, unsent_len, inq_len;
   uint32_t snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup; /* TCP_REPAIR_WINDOW */
-  uint32_t reserved;
+  uint32_t flags;                  /* TG_IR_* */
 };
 _Static_assert(sizeof(struct tg_rec_inet_repair) == 72, "inet repair");
 

@@ -36,6 +36,8 @@
 
 #define MAX_SOCKS 1024
 #define REPAIR_CAP (1u << 20) /* per connection restored whole: queues larger than this are refused */
+#define EXTERNAL_ONE (256u << 10) /* connections to outside peers: per connection, and in all */
+#define EXTERNAL_CAP (1u << 20)
 
 static struct seen { int fd; struct tg_inet_sock x; } socks[MAX_SOCKS];
 static int nsocks, overflow;
@@ -293,6 +295,10 @@ out:
   if (used < 0) snprintf(err, errlen, "fd %d (%s): reading the connection with TCP_REPAIR failed (%s)", fd, name, what);
 out_msg:
   e = sopt(fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+  /* leaving repair mode clears the socket's SO_REUSEADDR: put the app's back (a socket of a server
+   * that lost it would block the server's next bind on the port while it lingers in TIME-WAIT) */
+  int reuse = (s->x.opts & TG_IO_REUSEADDR) ? 1 : 0;
+  if (e >= 0) e = sopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse);
   if (e < 0 && used >= 0) {
     snprintf(err, errlen, "fd %d (%s): leaving TCP_REPAIR: %s", fd, name, strerror((int)-e));
     used = -1;
@@ -305,13 +311,28 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
   if (overflow) { snprintf(err, errlen, "more than %d TCP/UDP sockets: not supported", MAX_SOCKS); return -1; }
   if (!emit) return 0;
   static char data[REPAIR_CAP];
+  size_t external_bytes = 0;
   for (int i = 0; i < nsocks; i++) {
     int dup = 0;
     for (int j = 0; j < i; j++) if (socks[j].x.ino == socks[i].x.ino) dup = 1;
-    if (dup || peer_of(i) < 0) continue;
+    if (dup || socks[i].x.protocol != IPPROTO_TCP || socks[i].x.state != 1) continue;
+    int inside = peer_of(i) >= 0;
     struct tg_rec_inet_repair r;
-    long n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
-    if (n < 0) return -1;
+    long n;
+    if (inside) {
+      n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
+      if (n < 0) return -1;
+    } else {
+      /* a peer outside: its state serves only a planned restore that holds its traffic (after a
+       * crash it comes back closed), so it is recorded when it can be, within a budget, and a
+       * connection that cannot be read is simply left without one */
+      char e2[512];
+      size_t room = external_bytes < EXTERNAL_CAP ? EXTERNAL_CAP - external_bytes : 0;
+      n = repair_read(&socks[i], &r, data, room < EXTERNAL_ONE ? room : EXTERNAL_ONE, e2, sizeof e2);
+      if (n < 0) continue;
+      external_bytes += (size_t)n;
+      r.flags |= TG_IR_EXTERNAL;
+    }
     int we = emit(ctx, TG_REC_INET_REPAIR, &r, sizeof r, data, (size_t)n);
     if (we != 0) {
       snprintf(err, errlen, "recording the TCP connection of fd %d: %s", socks[i].fd, strerror(we));
@@ -514,7 +535,13 @@ fail:;
 }
 
 static const struct img_inet_repair *repair_of(const struct tg_fd_restore *rc, uint64_t ino) {
-  for (size_t k = 0; k < rc->nrepairs; k++) if (rc->repairs[k].h.ino == ino) return &rc->repairs[k];
+  for (size_t k = 0; k < rc->nrepairs; k++) {
+    const struct img_inet_repair *ir = &rc->repairs[k];
+    if (ir->h.ino != ino) continue;
+    if (!(ir->h.flags & TG_IR_EXTERNAL)) return ir;
+    for (size_t j = 0; j < rc->nkeep_conns; j++) if (rc->keep_conns[j] == ino) return ir; /* held by the daemon */
+    return NULL;
+  }
   return NULL;
 }
 
@@ -636,6 +663,9 @@ static int settle(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) 
   const struct tg_rec_inet_repair *r = &ir->h;
   const char *step = "leaving TCP_REPAIR";
   if (setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0) goto fail;
+  int reuse = (x.opts & TG_IO_REUSEADDR) ? 1 : 0; /* leaving repair cleared it */
+  step = "SO_REUSEADDR";
+  if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) != 0) goto fail;
   step = "sending the unsent data";
   size_t sent_part = r->outq_len - r->unsent_len;
   for (size_t w = 0; w < r->unsent_len;) {

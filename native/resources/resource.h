@@ -62,6 +62,7 @@ struct tg_fd_restore {
   const char *stdio_log;       /* --stdio-log: where the app's appended stdout/stderr go on this host */
   const struct tg_shared_pipe *shared; size_t nshared; /* pipes of the tree, made before it was cloned */
   const struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records (resources/inet.c) */
+  const uint64_t *keep_conns; size_t nkeep_conns; /* --keep-connections: connections to outside peers held by the daemon, restored whole */
 };
 
 struct tg_fd_ops {

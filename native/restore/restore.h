@@ -44,6 +44,13 @@ extern const char *tg_stdio_log;
 /* the pipes of a process tree, made before the tree was cloned (restore.c fills them) */
 extern struct tg_shared_pipe *tg_shared_pipes;
 extern size_t tg_nshared_pipes;
+/* --keep-connections INO,...: TCP connections to peers outside whose traffic the daemon holds (restored whole) */
+extern uint64_t *tg_keep_conns;
+extern size_t tg_nkeep_conns;
+/* connfreeze.c: --freeze-connections PID INO:SND:RCV...: each connection of process PID put in TCP_REPAIR
+ * (it then closes without a packet when the process dies) and compared with the checkpoint's sequence
+ * numbers; prints "same INO" or "moved INO WHY" per connection. Returns the exit status. */
+int tg_freeze_connections(int argc, char **argv);
 
 /* timers.c: can this host recreate the image's POSIX timers (ids, target threads)? */
 int tg_check_timers(const struct image *img, char *err, size_t errlen);

@@ -26,6 +26,11 @@ export interface InetSock {
 /** An INET_REPAIR record: a TCP connection restored whole (both ends in the app). */
 export interface InetRepair {
   ino: bigint;
+  /** TCP_QUEUE_SEQ of the send and receive queues at the checkpoint. */
+  sndSeq: number;
+  rcvSeq: number;
+  /** The peer is outside the app (kept only by a planned restore that holds its traffic). */
+  external: boolean;
   outq: number;
   unsent: number;
   inq: number;
@@ -80,7 +85,7 @@ export function decodeInetRepair(p: Buffer): InetRepair | string {
   const inq = p.readUInt32LE(44);
   if (outq + inq !== p.length - INET_REPAIR_SIZE) return `INET_REPAIR queue lengths (${outq} + ${inq}) do not match its ${p.length - INET_REPAIR_SIZE} data bytes`;
   if (unsent > outq) return `INET_REPAIR: ${unsent} unsent bytes in a send queue of ${outq}`;
-  return { ino: p.readBigUInt64LE(0), outq, unsent, inq };
+  return { ino: p.readBigUInt64LE(0), sndSeq: p.readUInt32LE(8), rcvSeq: p.readUInt32LE(12), external: (p.readUInt32LE(68) & 1) !== 0, outq, unsent, inq };
 }
 
 /** One line for a socket: "tcp ipv4 127.0.0.1:6379 listening (backlog 511)". */
@@ -90,10 +95,11 @@ export function describeInet(s: InetSock): string {
   return `${s.proto} ${s.family} ${s.local}${peer} ${s.state}${extra}`;
 }
 
-/** What a restore does with a TCP connection: whole (both ends in the app) or closed (the peer saw it drop). */
-export function connectionFate(s: InetSock, repaired: boolean): "whole" | "closed" | null {
+/** What a restore does with a TCP connection: whole (both ends in the app) or closed (the peer saw it
+ * drop; a planned restore may keep one whose state was recorded: `hold` in its stats). */
+export function connectionFate(s: InetSock, repair: InetRepair | undefined): "whole" | "closed" | null {
   if (s.proto !== "tcp" || s.state === "listening" || s.state === "closed") return null;
-  return repaired ? "whole" : "closed";
+  return repair && !repair.external ? "whole" : "closed";
 }
 
 /** A TCP/UDP socket as kept with a checkpoint's stats (what a restore will do with it). */
@@ -103,26 +109,32 @@ export interface SocketStat {
   socket: string;
   /** TCP connections: "whole" (both ends in the app, TCP_REPAIR) or "closed" (after a restore the app's next read or write gets ECONNRESET). */
   fate?: "whole" | "closed";
+  /** A connection to a peer outside whose TCP_REPAIR state was recorded: what `restore --replace` needs to keep it. */
+  hold?: { ino: string; sndSeq: number; rcvSeq: number; family: string; local: string; remote: string };
 }
 
 /** The sockets of an image's FD records (kind 13, extra as in the record) and its INET_REPAIR inodes. */
-export function socketStats(fds: { fd: number; extra: Buffer }[], repaired: Set<bigint>): SocketStat[] {
+export function socketStats(fds: { fd: number; extra: Buffer }[], repairs: InetRepair[]): SocketStat[] {
   const out: SocketStat[] = [];
   for (const f of fds) {
     const s = decodeInetSock(f.extra);
     if (typeof s === "string") continue;
-    const fate = connectionFate(s, repaired.has(s.ino));
-    out.push({ fd: f.fd, socket: describeInet(s), ...(fate ? { fate } : {}) });
+    const r = repairs.find((x) => x.ino === s.ino);
+    const fate = connectionFate(s, r);
+    const hold = r?.external && s.state === "established" ? { ino: s.ino.toString(), sndSeq: r.sndSeq, rcvSeq: r.rcvSeq, family: s.family, local: s.local, remote: s.remote } : undefined;
+    out.push({ fd: f.fd, socket: describeInet(s), ...(fate ? { fate } : {}), ...(hold ? { hold } : {}) });
   }
   return out;
 }
 
 /** What a restore says about the app's connections (README: TCP connections after a crash). */
-export function restoreNotes(socks: SocketStat[] | undefined, pid?: number): string[] {
+export function restoreNotes(socks: SocketStat[] | undefined, pid?: number, held?: Map<string, string>): string[] {
   const who = pid !== undefined ? `pid ${pid} ` : "";
-  return (socks ?? []).filter((s) => s.fate).map((s) =>
-    s.fate === "closed"
-      ? `${who}fd ${s.fd} (${s.socket}): restored closed: its peer saw the connection drop when the app died; the app's next read or write on it gets ECONNRESET`
-      : `${who}fd ${s.fd} (${s.socket}): restored whole (both ends are in the app)`,
-  );
+  return (socks ?? []).filter((s) => s.fate).map((s) => {
+    const h = s.hold && held?.get(s.hold.ino);
+    if (h === "kept") return `${who}fd ${s.fd} (${s.socket}): kept: restored with TCP_REPAIR while its traffic was held; its peer saw a pause`;
+    if (s.fate === "whole") return `${who}fd ${s.fd} (${s.socket}): restored whole (both ends are in the app)`;
+    const why = h ? h : held ? "its state was not recorded at the checkpoint" : "its peer saw the connection drop when the app died";
+    return `${who}fd ${s.fd} (${s.socket}): restored closed (${why}); the app's next read or write on it gets ECONNRESET`;
+  });
 }

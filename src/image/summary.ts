@@ -129,7 +129,7 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     inet: img.fds.flatMap((f) => {
       const s = f.inet;
       if (!s) return [];
-      const fate = connectionFate(s, img.repairs.some((r) => r.ino === s.ino));
+      const fate = connectionFate(s, img.repairs.find((r) => r.ino === s.ino));
       const listening = s.state === "listening";
       return [{ fd: f.fd, proto: s.proto, family: s.family, state: s.state, local: s.local, remote: s.remote, toRead: listening ? 0 : s.rqueue, toSend: s.wqueue, backlog: listening ? s.backlog : 0, options: s.options, ...(fate ? { restore: fate } : {}) }];
     }),
