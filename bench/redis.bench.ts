@@ -6,7 +6,8 @@
 // worst request latency while a checkpoint ran (target <= 100 ms at 1 GiB) against the worst of the
 // baseline, the checkpoints' downtime. CRIU's dump --leave-running is not run by this bench yet.
 //
-// Environment: BENCH_REDIS_MIB=256, BENCH_REDIS_SECS=30, BENCH_REDIS_EVERY_S=10, BENCH_REDIS_CONNS=8.
+// Environment: BENCH_REDIS_MIB=256, BENCH_REDIS_SECS=30, BENCH_REDIS_EVERY_S=10, BENCH_REDIS_CONNS=8,
+// BENCH_REDIS_TRACKING=uffd|hash|none (tardigrade run --tracking; default: tardigrade's default).
 // Prints a table, writes bench/results/redis.json. Everything started is killed by PID.
 import { execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -123,7 +124,8 @@ export async function main(): Promise<void> {
     plain.kill("SIGKILL");
     // 2. under tardigrade, a checkpoint every `every` seconds
     const p2 = await freePort();
-    await cliJson(env, ["run", "--name", "redis", "--json", "--", "redis-server", ...redisArgs(p2)]);
+    const tracking = process.env.BENCH_REDIS_TRACKING ? ["--tracking", process.env.BENCH_REDIS_TRACKING] : [];
+    await cliJson(env, ["run", "--name", "redis", ...tracking, "--json", "--", "redis-server", ...redisArgs(p2)]);
     trackDaemon(home);
     await trackApp(env, "redis");
     await waitRedis(p2);
@@ -151,19 +153,24 @@ export async function main(): Promise<void> {
   const during = tracked.samples.filter(([end, ms]) => windows.some((w) => end / 1e6 >= w.startMs && end / 1e6 - ms <= w.endMs)).map((s) => s[1]);
   const worstDuring = during.length ? max(during) : 0;
   const ratio = tracked.ops / base.ops;
-  console.log(`redis-server with ${mib} MiB of values, ${conns} connections of GET/SET for ${secs} s, a checkpoint every ${every} s; ${cpus().length} CPUs, load ${load0.map((x) => x.toFixed(2)).join(" ")} -> ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  // steady state: requests that ended outside every checkpoint window, per second outside them
+  const inWindow = (endMs: number): boolean => windows.some((w) => endMs >= w.startMs && endMs <= w.endMs);
+  const windowMs = windows.reduce((n, w) => n + Math.min(w.endMs, secs * 1000) - w.startMs, 0);
+  const outsideRate = tracked.samples.filter(([end]) => !inWindow(end / 1e6)).length / Math.max(0.001, secs - windowMs / 1000);
+  const insideRate = windowMs > 0 ? tracked.samples.filter(([end]) => inWindow(end / 1e6)).length / (windowMs / 1000) : 0;
+  console.log(`redis-server with ${mib} MiB of values, ${conns} connections of GET/SET for ${secs} s, a checkpoint every ${every} s, tracking ${process.env.BENCH_REDIS_TRACKING ?? "default"}; ${cpus().length} CPUs, load ${load0.map((x) => x.toFixed(2)).join(" ")} -> ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   console.log("figure".padEnd(28) + "untracked".padStart(12) + "tardigrade".padStart(12));
   const row = (k: string, a: number, b: number, d = 1): void => console.log(k.padEnd(28) + a.toFixed(d).padStart(12) + b.toFixed(d).padStart(12));
   row("requests/s", base.ops / secs, tracked.ops / secs, 0);
   row("latency p50 (ms)", pct(lat(base), 50), pct(lat(tracked), 50), 2);
   row("latency p99 (ms)", pct(lat(base), 99), pct(lat(tracked), 99), 2);
   row("latency max (ms)", max(lat(base)), max(lat(tracked)), 1);
-  console.log(`throughput: ${ratio.toFixed(3)}x untracked (target >= 0.95: ${ratio >= 0.95 ? "met" : "NOT met"})`);
+  console.log(`throughput: ${ratio.toFixed(3)}x untracked (target >= 0.95: ${ratio >= 0.95 ? "met" : "NOT met"}); outside checkpoints ${(outsideRate / (base.ops / secs)).toFixed(3)}x, while a checkpoint ran ${(insideRate / (base.ops / secs)).toFixed(3)}x`);
   console.log(`checkpoints: ${windows.map((w) => `${w.kind} downtime ${w.downtimeMs.toFixed(1)} ms, ${(w.endMs - w.startMs).toFixed(0)} ms wall`).join("; ") || "none"}`);
   console.log(`worst request latency while a checkpoint ran: ${worstDuring.toFixed(1)} ms (${during.length} requests; target <= 100 ms at 1 GiB: ${mib >= 1024 ? (worstDuring <= 100 ? "met" : "NOT met") : `not judged at ${mib} MiB`}); CRIU comparison: not run (CRIU=path is not used by this bench yet)`);
   mkdirSync(dirname(RESULTS), { recursive: true });
   writeFileSync(
     RESULTS,
-    JSON.stringify({ mib, secs, every, conns, load: { before: load0, after: loadavg() }, untracked: { ops: base.ops, errors: base.errors, p50: pct(lat(base), 50), p99: pct(lat(base), 99), max: max(lat(base)) }, tardigrade: { ops: tracked.ops, errors: tracked.errors, p50: pct(lat(tracked), 50), p99: pct(lat(tracked), 99), max: max(lat(tracked)), worstDuringCheckpoint: worstDuring, checkpoints: windows } }, null, 2),
+    JSON.stringify({ mib, secs, every, conns, tracking: process.env.BENCH_REDIS_TRACKING ?? "default", load: { before: load0, after: loadavg() }, untracked: { ops: base.ops, errors: base.errors, p50: pct(lat(base), 50), p99: pct(lat(base), 99), max: max(lat(base)) }, tardigrade: { ops: tracked.ops, outsideRate, insideRate, errors: tracked.errors, p50: pct(lat(tracked), 50), p99: pct(lat(tracked), 99), max: max(lat(tracked)), worstDuringCheckpoint: worstDuring, checkpoints: windows } }, null, 2),
   );
 }
