@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
@@ -208,6 +208,32 @@ describe("TCP and UDP servers: checkpoint while serving, kill -9, restore", { ti
     assert.equal(await c2.ask("1"), "total 13", "the total of the checkpoint (12), not of the moment of the kill (112)");
     assert.equal(await echo("b"), "udp b", "the UDP socket answers on the same port");
     assert.equal((await status(h, "aio")).state, "running");
+  });
+
+  test("python3 http.server on IPv6 [::1]: after kill -9 and restore it serves again on the same address", async (t) => {
+    const h = setup(t);
+    const port = await freePort();
+    const dir = join(h.home, "www");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "x.txt"), "hello v6\n");
+    await runApp(h, "web6", ["python3", "-u", "-m", "http.server", String(port), "--bind", "::1", "--directory", dir]);
+    const fetch6 = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const req = request({ host: "::1", family: 6, port, path: "/x.txt", agent: false }, (res) => {
+          let body = "";
+          res.setEncoding("utf8").on("data", (d: string) => (body += d));
+          res.on("end", () => resolve(body));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    await waitFor("http.server answers on [::1]", () => fetch6().then((b) => b === "hello v6\n", () => false), 120_000, 100);
+    const id = await checkpoint(h, "web6");
+    const socks = await inspectInet(h, id);
+    assert.ok(socks.some((s) => s.family === "ipv6" && s.state === "listening" && s.local === `[::1]:${port}` && s.backlog === 5), JSON.stringify(socks));
+    await killApp(h, "web6");
+    await restore(h, "web6");
+    assert.equal(await fetch6(), "hello v6\n");
   });
 
   test("redis-server: keys of the checkpoint after kill -9 and restore; a connection held across the checkpoint", { skip: !have("redis-server") && "redis-server is not installed" }, async (t) => {
