@@ -358,19 +358,19 @@ describe("end to end: refusals and crash safety", { timeout: TIMEOUT }, () => {
     assert.deepEqual(JSON.parse((await h.cli(["ls", "short", "--json"])).stdout), []);
   });
 
-  test("an app holding a TCP socket: checkpoint refuses naming the fd; earlier checkpoints intact; app keeps running", async (t) => {
+  test("an app holding a netlink socket: checkpoint refuses naming the fd; earlier checkpoints intact; app keeps running", async (t) => {
     const h = setup(t);
     await runApp(h, "calc", [fixture("counter"), "1000", "50"]);
     await waitLines(h, "calc", (ls) => ls.length >= 2, "calc runs");
     const first = await h.cli(["checkpoint", "calc", "--json"]);
     assert.equal(first.code, 0, first.stderr);
-    await runApp(h, "tcp", [fixture("tcpsock"), "0", "50"]);
+    await runApp(h, "tcp", ["python3", fixtureScript("othersock.py"), "netlink", "50"]); // TCP and UDP are supported: test/sockets-*.test.ts
     const ls = await waitLines(h, "tcp", (l) => l.some((x) => x.startsWith("sockfd")) && l.length >= 4, "tcpsock ready");
     const fd = /^sockfd (\d+)$/.exec(ls.find((l) => l.startsWith("sockfd"))!)![1];
     const n0 = lastNum(logLines(h, "tcp"), /^count (\d+)$/);
     const r = await h.cli(["checkpoint", "tcp"]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, new RegExp(`^tardigrade: checkpoint of tcp failed: .*fd ${fd}\\b.*TCP`, "i"));
+    assert.match(r.stderr, new RegExp(`^tardigrade: checkpoint of tcp failed: .*fd ${fd}\\b.*netlink socket, protocol 0 \\(route\\)`, "i"));
     assert.match(r.stderr, /Nothing was committed/);
     await waitLines(h, "tcp", (l) => lastNum(l, /^count (\d+)$/) >= n0 + 5, "tcp app keeps counting");
     const counts = logLines(h, "tcp").filter((l) => l.startsWith("count")).map((l) => Number(l.split(" ")[1]));

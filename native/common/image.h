@@ -26,6 +26,7 @@ enum tg_rec_type {
   TG_REC_SOCKET_DATA = 15,
   TG_REC_FILE_STATE = 16,
   TG_REC_LOCKS = 17,
+  TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
 };
 
 struct tg_file_header {
@@ -102,7 +103,8 @@ struct tg_rec_thread {
 _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
-                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10 };
+                  TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10,
+                  TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */ };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;
@@ -137,6 +139,43 @@ struct tg_unix_listen {
   uint32_t name_len, reserved;
 };
 _Static_assert(sizeof(struct tg_unix_listen) == 32, "unix listen");
+
+/* FD kind 13 (TCP or UDP socket, IPv4 or IPv6): the FD record's extra. */
+enum { TG_INET_BOUND = 1 };                    /* tg_inet_sock.flags */
+enum { TG_IO_REUSEADDR = 1, TG_IO_REUSEPORT = 2, TG_IO_NODELAY = 4, TG_IO_KEEPALIVE = 8, TG_IO_V6ONLY = 16,
+       TG_IO_BROADCAST = 32 };                 /* tg_inet_sock.opts */
+struct tg_inet_sock {
+  uint64_t ino;
+  uint16_t family, type, protocol; /* AF_INET 2 / AF_INET6 10; SOCK_STREAM 1 / SOCK_DGRAM 2; IPPROTO_TCP 6 / UDP 17 */
+  uint8_t state;                   /* TCP: the kernel's TCP state (1 established, 7 close, 10 listen, ...); UDP: 1 connected, 7 not */
+  uint8_t flags;                   /* TG_INET_* */
+  uint16_t lport, rport;           /* host order */
+  uint32_t scope_id;               /* IPv6 scope of the local address */
+  uint8_t laddr[16], raddr[16];    /* network order; IPv4 in the first 4 bytes */
+  uint32_t backlog;                /* listen backlog (sk_max_ack_backlog) */
+  uint32_t sndbuf, rcvbuf;         /* as getsockopt returns them */
+  uint32_t rqueue, wqueue;         /* bytes queued to read / to send (listening: connections waiting, for inspect) */
+  uint32_t opts;                   /* TG_IO_* */
+  int32_t keepidle, keepintvl, keepcnt; /* TCP keepalive (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) */
+  uint32_t reserved;
+  int64_t rcvtimeo_us, sndtimeo_us; /* SO_RCVTIMEO, SO_SNDTIMEO (0 = none) */
+};
+_Static_assert(sizeof(struct tg_inet_sock) == 112, "inet sock");
+
+/* INET_REPAIR: the TCP_REPAIR state of an established connection (both ends in the process: restored
+ * whole; flags bit 0, the peer is outside: restored whole only by a planned restore that held its
+ * traffic, else closed); then outq_len bytes of its send queue, then inq_len bytes of its receive queue. */
+enum { TG_IR_EXTERNAL = 1 };
+struct tg_rec_inet_repair {
+  uint64_t ino;
+  uint32_t snd_seq, rcv_seq;       /* TCP_QUEUE_SEQ of the send queue (after its last byte) and the receive queue */
+  uint32_t mss, snd_wscale, rcv_wscale, options; /* options: tcpi_options (TCPI_OPT_*) */
+  uint32_t timestamp;              /* TCP_TIMESTAMP */
+  uint32_t outq_len, unsent_len, inq_len;
+  uint32_t snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup; /* TCP_REPAIR_WINDOW */
+  uint32_t flags;                  /* TG_IR_* */
+};
+_Static_assert(sizeof(struct tg_rec_inet_repair) == 72, "inet repair");
 
 /* SOCKET_DATA: what was queued for reading on socket ino; then the bytes (stream) or nmsg x
  * { u32 len, len bytes } (datagram, seqpacket). */

@@ -44,6 +44,8 @@ typedef int (*tg_emit_fn)(void *ctx, uint32_t type, const void *a, size_t al, co
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
 struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
+/* INET_REPAIR: a TCP connection restored whole (data: send queue, then receive queue) */
+struct img_inet_repair { struct tg_rec_inet_repair h; char *data; size_t len; };
 /* A pipe of a process tree that the restorer made once, before the tree was cloned (its ends are
  * inherited by every process, which takes the ends its records name and closes the rest). */
 struct tg_shared_pipe { uint64_t ino; int r, w; };
@@ -60,6 +62,8 @@ struct tg_fd_restore {
   const char *stdio_log;       /* --stdio-log: where the app's appended stdout/stderr go on this host */
   const struct tg_shared_pipe *shared; size_t nshared; /* pipes of the tree, made before it was cloned */
   const struct tg_lock *locks; size_t nlocks;          /* LOCKS record: taken back once every fd is in place */
+  const struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records (resources/inet.c) */
+  const uint64_t *keep_conns; size_t nkeep_conns; /* --keep-connections: connections to outside peers held by the daemon, restored whole */
 };
 
 struct tg_fd_ops {

@@ -1,6 +1,5 @@
-/* Sockets no other kind took (TCP, UDP, raw, netlink...): refused, named from /proc/self/net so
- * that the message says which connection or listener it is. Network services come with their own
- * kinds (issue: listening and connected sockets). */
+/* Sockets no other kind took (raw, netlink, packet, SCTP...): refused, named from /proc/self/net so
+ * that the message says which connection or listener it is. TCP and UDP are inet.c's, Unix sockets unix.c's. */
 #include "resource.h"
 
 #include <stdio.h>
@@ -8,6 +7,10 @@
 #include <string.h>
 
 #include "../common/readfile.h"
+#include "../common/sys.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 /* Describe a socket from /proc/self/net/{tcp,tcp6,udp,udp6,unix} for the refusal message. */
 static void describe_socket(unsigned long long ino, char *out, size_t cap) {
@@ -66,7 +69,25 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
   (void)rec, (void)extra, (void)extra_cap;
   if (!S_ISSOCK(p->st->st_mode)) return 1;
   char what[256];
-  describe_socket((unsigned long long)p->st->st_ino, what, sizeof what);
+  int dom = -1, type = -1, proto = -1;
+  socklen_t l = sizeof dom;
+  tg_sys5(SYS_getsockopt, p->fd, SOL_SOCKET, SO_DOMAIN, &dom, &l);
+  l = sizeof type;
+  tg_sys5(SYS_getsockopt, p->fd, SOL_SOCKET, SO_TYPE, &type, &l);
+  l = sizeof proto;
+  tg_sys5(SYS_getsockopt, p->fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l);
+  static const char *nl[] = {"route", "unused", "usersock", "firewall", "sock_diag", "nflog", "xfrm", "selinux", "iscsi", "audit",
+                             "fib_lookup", "connector", "netfilter", "ip6_fw", "dnrtmsg", "kobject_uevent", "generic"};
+  if (dom == AF_NETLINK)
+    snprintf(what, sizeof what, "netlink socket, protocol %d (%s)", proto, proto >= 0 && proto < (int)(sizeof nl / sizeof *nl) ? nl[proto] : "?");
+  else if (dom == AF_PACKET)
+    snprintf(what, sizeof what, "packet socket (%s)", type == SOCK_RAW ? "raw" : type == SOCK_DGRAM ? "datagram" : "other");
+  else if ((dom == AF_INET || dom == AF_INET6) && type == SOCK_RAW)
+    snprintf(what, sizeof what, "raw %s socket, IP protocol %d", dom == AF_INET ? "IPv4" : "IPv6", proto);
+  else if ((dom == AF_INET || dom == AF_INET6) && proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+    snprintf(what, sizeof what, "%s socket of type %d, IP protocol %d (not TCP or UDP)", dom == AF_INET ? "IPv4" : "IPv6", type, proto);
+  else
+    describe_socket((unsigned long long)p->st->st_ino, what, sizeof what);
   snprintf(err, errlen,
            "fd %d (%s, %s) cannot be checkpointed: this kind of file descriptor is not supported yet; "
            "close it in the application or run it without it",

@@ -15,6 +15,8 @@
 const char *tg_stdio_log;
 struct tg_shared_pipe *tg_shared_pipes;
 size_t tg_nshared_pipes;
+uint64_t *tg_keep_conns;
+size_t tg_nkeep_conns;
 
 static const struct tg_fd_ops *owner(uint32_t kind) {
   for (const struct tg_fd_ops *const *k = tg_fd_kinds; *k; k++) if ((*k)->owns(kind)) return *k;
@@ -29,7 +31,7 @@ int tg_restore_fds(struct image *img, char *err, size_t errlen) {
   if (!tmp) { snprintf(err, errlen, "out of memory"); return -1; }
   for (size_t i = 0; i < img->nfds; i++) tmp[i] = -1;
   struct tg_fd_restore rc = {img->fds, img->nfds, img->pipes, img->npipes, img->socks, img->nsocks, tmp, tmp_base, tg_stdio_log,
-                            tg_shared_pipes, tg_nshared_pipes, img->locks, img->nlocks};
+                            tg_shared_pipes, tg_nshared_pipes, img->locks, img->nlocks, img->repairs, img->nrepairs, tg_keep_conns, tg_nkeep_conns};
   int ret = -1;
   /* made by the init for the whole tree (tree-fds.c): this process's copy */
   for (size_t i = 0; i < img->nfds; i++) {

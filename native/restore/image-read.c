@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS", "?", "?", "INET_REPAIR"};
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -192,6 +192,18 @@ int tg_image_load(const char *path, struct image *img) {
       img->locks = (struct tg_lock *)p; /* p is kept */
       img->nlocks = h.payload_len / sizeof(struct tg_lock);
       break;
+    case TG_REC_INET_REPAIR: {
+      NEED(sizeof(struct tg_rec_inet_repair));
+      GROW(img->repairs, img->nrepairs);
+      struct img_inet_repair *ir = &img->repairs[img->nrepairs];
+      memcpy(&ir->h, p, sizeof ir->h);
+      ir->data = p + sizeof ir->h; /* p is kept */
+      ir->len = h.payload_len - sizeof ir->h;
+      if ((uint64_t)ir->h.outq_len + ir->h.inq_len != ir->len || ir->h.unsent_len > ir->h.outq_len)
+        return fail(img, off, "%sINET_REPAIR: queue lengths do not match the payload (%llu bytes)", "", ir->len);
+      img->nrepairs++;
+      break;
+    }
     default:
       return fail(img, off, "unknown record type %s (%llu)", type_name(h.type), h.type);
     }

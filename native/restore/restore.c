@@ -509,8 +509,9 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN]... [--verbose]\n"
-                  "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n");
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--direct PLAN]... [--keep-connections INO,...] [--verbose]\n"
+                  "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n"
+                  "       tardigrade-restore --freeze-connections PID INO:SND_SEQ:RCV_SEQ...\n");
   exit(2);
 }
 
@@ -527,6 +528,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
     if (strcmp(argv[i], "--check-files") == 0) { check_only = 1; continue; }
+    if (strcmp(argv[i], "--freeze-connections") == 0) return tg_freeze_connections(argc - i - 1, argv + i + 1);
     if (i + 1 >= argc) usage();
     if (strcmp(argv[i], "--image") == 0) {
       if (npaths == MAX_PROCS) tg_die("more than %d processes", MAX_PROCS);
@@ -547,6 +549,17 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--direct") == 0) {
       if (ndirect == MAX_PROCS) tg_die("more than %d --direct", MAX_PROCS);
       direct[ndirect++] = argv[++i];
+    }
+    else if (strcmp(argv[i], "--keep-connections") == 0) {
+      const char *s = argv[++i];
+      for (const char *q = s; *q; q++) tg_nkeep_conns += *q == ',';
+      tg_keep_conns = calloc(tg_nkeep_conns + 1, sizeof *tg_keep_conns);
+      if (!tg_keep_conns) tg_die("out of memory");
+      tg_nkeep_conns = 0;
+      for (char *e; *s; s = *e ? e + 1 : e) {
+        tg_keep_conns[tg_nkeep_conns++] = strtoull(s, &e, 10);
+        if (e == s || (*e && *e != ',')) tg_die("--keep-connections wants socket inodes separated by commas, got '%s'", argv[i]);
+      }
     }
     else usage();
   }

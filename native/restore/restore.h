@@ -28,6 +28,7 @@ struct image {
   struct img_sockdata *socks; size_t nsocks;
   struct img_file *files; size_t nfiles;
   struct tg_lock *locks; size_t nlocks; /* LOCKS record */
+  struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -44,6 +45,13 @@ extern const char *tg_stdio_log;
 /* the pipes of a process tree, made before the tree was cloned (restore.c fills them) */
 extern struct tg_shared_pipe *tg_shared_pipes;
 extern size_t tg_nshared_pipes;
+/* --keep-connections INO,...: TCP connections to peers outside whose traffic the daemon holds (restored whole) */
+extern uint64_t *tg_keep_conns;
+extern size_t tg_nkeep_conns;
+/* connfreeze.c: --freeze-connections PID INO:SND:RCV...: each connection of process PID put in TCP_REPAIR
+ * (it then closes without a packet when the process dies) and compared with the checkpoint's sequence
+ * numbers; prints "same INO" or "moved INO WHY" per connection. Returns the exit status. */
+int tg_freeze_connections(int argc, char **argv);
 
 /* tree-fds.c: objects two processes of a tree hold (an open file description shared through fork,
  * named by --shared PID:FD,PID:FD...; a Unix socket pair split between processes), made once by

@@ -75,7 +75,7 @@ int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base,
   size_t nf = 0, ns = 0;
   for (size_t k = 0; k < nimgs; k++) nf += imgs[k]->nfds, ns += imgs[k]->nsocks;
   all = (struct tg_fd_restore){calloc(nf ? nf : 1, sizeof(struct img_fd)), 0, NULL, 0, calloc(ns ? ns : 1, sizeof(struct img_sockdata)), 0,
-                               calloc(nf ? nf : 1, sizeof(int)), tmp_base, tg_stdio_log, NULL, 0, NULL, 0};
+                               calloc(nf ? nf : 1, sizeof(int)), tmp_base, tg_stdio_log, NULL, 0, NULL, 0, NULL, 0, NULL, 0};
   pid_of = calloc(nf ? nf : 1, sizeof *pid_of);
   if (!all.fds || !all.socks || !all.tmp || !pid_of) { snprintf(err, errlen, "out of memory"); return -1; }
   for (size_t k = 0; k < nimgs; k++) {

@@ -129,6 +129,7 @@ export function buildProgram(): Command {
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
+      for (const n of r.notes ?? []) out(`  ${n}`);
     });
 
   program
@@ -190,6 +191,8 @@ export function buildProgram(): Command {
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);
+      if (img.inet.length)
+        out(`\nTCP/UDP sockets:\n${table(["FD", "PROTO", "STATE", "LOCAL", "REMOTE", "TO READ", "TO SEND", "BACKLOG", "RESTORE"], img.inet.map((s) => [String(s.fd), `${s.proto}/${s.family}`, s.state, s.local, s.remote || "-", String(s.toRead), String(s.toSend), s.backlog ? String(s.backlog) : "-", s.restore ?? (s.state === "listening" ? "listen again" : "bind again")]))}`);
       if (img.files.length) out(`\nfiles checked at restore:\n${table(["HELD", "SIZE", "INODE", "GEN", "CONTENTS", "PATH"], img.files.map((f) => [f.held, f.size, f.inode, f.generation === null ? "-" : String(f.generation), f.contentsStored ? "stored" : "-", f.path]))}`);
       if (img.rlimits.length) out(`\nlimits: ${img.rlimits.map((r) => `${r.resource} ${r.cur}/${r.max}`).join(", ")}`);
       out(`\nmemory (${img.vmas.length} mappings):\n${table(["START", "END", "PROT", "KIND", "STORED", "PATH"], img.vmas.map((v) => [v.start, v.end, v.prot, v.kind, String(v.pagesStored), v.path]))}`);

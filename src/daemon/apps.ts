@@ -1,5 +1,7 @@
 // The daemon's app manager: run, checkpoint, restore, stop and status of apps.
 // All state is read from and written to disk (AppDir), never only kept in memory.
+import { holdConnections, type HeldConnections } from "./hold-connections.js";
+import { restoreNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -87,6 +89,8 @@ export interface RestoreResult {
   verifyOverlapped: boolean;
   /** Request to running: everything the caller waited for (lookup, verify, kill, restore). */
   wallNs: number;
+  /** What the restore did that the app may notice (TCP connections restored closed). */
+  notes?: string[];
 }
 
 const SOCK_MAX = 107;
@@ -789,78 +793,87 @@ export class AppManager {
     // files written since the checkpoint: refuse before anything is killed or started
     await checkFiles({ app: name, checkpoint: m.id, image: metaForFileCheck(store.cas, m.id), logFile: dir.logFile, allow });
     for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: metaForFileCheck(store.cas, e.id!), logFile: dir.logFile, allow });
-    if (running && st) {
-      // Read the whole composed image once before killing the running app: damaged store
-      // data (checked block by block as it is read) must not cost the app its life.
-      progress({ phase: "verify" });
-      // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
-      for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
-      for (const e of others) for await (const chunk of store.cas.exportChunks(e.id!)) void chunk;
-      progress({ phase: "kill" });
-      await this.kill(dir, st);
-      await testDelay("restore-after-kill");
-    }
-    progress({ phase: "start" });
-    await mkdir(dir.dir, { recursive: true });
-    const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
-    await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
-    const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
-    const image = input.image;
-    // a tree's other processes: their images on fds 3, 4, ..., each with its own restore plan
-    const memberInputs: RestoreInput[] = [];
+    let held: HeldConnections | null = null;
     try {
-      for (const e of others) memberInputs.push(await restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`));
-    } catch (e) {
-      for (const mi of [input, ...memberInputs]) await mi.release();
-      throw e;
-    }
-    const images = memberInputs.map((mi) => mi.image);
-    // (the Nth --direct is the Nth image's: all or none have one)
-    const directArgs = [...input.args, ...memberInputs.flatMap((mi) => mi.args)];
-    const explain = (ms: string[]): string[] => [input, ...memberInputs].reduce((acc, mi) => mi.explain(acc), ms);
-    const releaseAll = async (): Promise<void> => {
-      for (const mi of [input, ...memberInputs]) await mi.release();
-    };
-    const facts = saveFacts(dir);
-    let exportError: unknown = null;
-    for (const im of [image, ...images])
-      im.on("error", (e) => {
-        exportError = e;
-        this.killLaunch(dir, record.launcherPid);
-      });
-    const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`]), ...(tree?.shared ?? []).flatMap((g) => ["--shared", g.map(([pid, fd]) => `${pid}:${fd}`).join(",")])];
-    let l: Launched;
-    try {
-      await writeRestoreMarker(dir.logFile, m.id);
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...directArgs], {
-        timeoutMs: 120_000,
-        stdin: image,
-        images,
-        onSpawn: async (pid, start) => {
-          record.launcherPid = pid;
-          record.launcherStart = start;
-          await dir.writeRecord(record);
-        },
-      });
-    } catch (e) {
-      await releaseAll();
-      await facts.putBack(); // the replaced app's exit status stays
-      await writeRestoreFailed(dir.logFile, m.id);
-      if (exportError) throw exportError;
-      if (e instanceof LaunchFailure) {
-        const detail = e.messages.length ? explain(e.messages).join("; ") : `${describeExit(e.status)}: ${e.message}`;
-        throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
+      if (running && st) {
+        // Read the whole composed image once before killing the running app: damaged store
+        // data (checked block by block as it is read) must not cost the app its life.
+        progress({ phase: "verify" });
+        // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
+        for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
+        for (const e of others) for await (const chunk of store.cas.exportChunks(e.id!)) void chunk;
+        // a planned restore keeps the connections that can be kept (src/daemon/hold-connections.ts)
+        if (st.appHostPid) held = await holdConnections(name, st.appHostPid, (m as { stats?: CheckpointStats }).stats?.sockets);
+        progress({ phase: "kill" });
+        await this.kill(dir, st);
+        await testDelay("restore-after-kill");
       }
-      throw e;
+      progress({ phase: "start" });
+      await mkdir(dir.dir, { recursive: true });
+      const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
+      await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
+      const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
+      const image = input.image;
+      // a tree's other processes: their images on fds 3, 4, ..., each with its own restore plan
+      const memberInputs: RestoreInput[] = [];
+      try {
+        for (const e of others) memberInputs.push(await restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`));
+      } catch (e) {
+        for (const mi of [input, ...memberInputs]) await mi.release();
+        throw e;
+      }
+      const images = memberInputs.map((mi) => mi.image);
+      // (the Nth --direct is the Nth image's: all or none have one)
+      const directArgs = [...input.args, ...memberInputs.flatMap((mi) => mi.args)];
+      const explain = (ms: string[]): string[] => [input, ...memberInputs].reduce((acc, mi) => mi.explain(acc), ms);
+      const releaseAll = async (): Promise<void> => {
+        for (const mi of [input, ...memberInputs]) await mi.release();
+      };
+      const facts = saveFacts(dir);
+      let exportError: unknown = null;
+      for (const im of [image, ...images])
+        im.on("error", (e) => {
+          exportError = e;
+          this.killLaunch(dir, record.launcherPid);
+        });
+      const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`]), ...(tree?.shared ?? []).flatMap((g) => ["--shared", g.map(([pid, fd]) => `${pid}:${fd}`).join(",")])];
+      let l: Launched;
+      try {
+        await writeRestoreMarker(dir.logFile, m.id);
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(held?.args ?? []), ...directArgs], {
+          timeoutMs: 120_000,
+          stdin: image,
+          images,
+          onSpawn: async (pid, start) => {
+            record.launcherPid = pid;
+            record.launcherStart = start;
+            await dir.writeRecord(record);
+          },
+        });
+      } catch (e) {
+        await releaseAll();
+        await facts.putBack(); // the replaced app's exit status stays
+        await writeRestoreFailed(dir.logFile, m.id);
+        if (exportError) throw exportError;
+        if (e instanceof LaunchFailure) {
+          const detail = e.messages.length ? explain(e.messages).join("; ") : `${describeExit(e.status)}: ${e.message}`;
+          throw new TgError(`cannot restore ${name} from ${m.id}`, detail, `See \`tardigrade logs ${name}\`; try an earlier checkpoint with --checkpoint`, "restore-failed");
+        }
+        throw e;
+      }
+      await releaseAll();
+      record.initStart = l.initStart;
+      record.restoreNs = l.elapsedNs;
+      await dir.writeRecord(record);
+      this.schedule(name, record.everyMs);
+      const wallNs = Number(process.hrtime.bigint() - t0);
+      this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
+      await held?.release();
+      const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
+      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}) };
+    } finally {
+      await held?.release(); // the traffic goes through again, whatever happened
     }
-    await releaseAll();
-    record.initStart = l.initStart;
-    record.restoreNs = l.elapsedNs;
-    await dir.writeRecord(record);
-    this.schedule(name, record.everyMs);
-    const wallNs = Number(process.hrtime.bigint() - t0);
-    this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
-    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs };
   }
 
   /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */

@@ -1,5 +1,6 @@
 // The per-host daemon process: owns $TARDIGRADE_HOME/daemon.sock, serves the API,
 // and keeps nothing important in memory (safe to kill -9 at any time).
+import { releaseStaleHolds } from "./hold-connections.js";
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { link, unlink } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
@@ -98,6 +99,8 @@ export async function runDaemon(home: string): Promise<void> {
   if (removed.length) log.info({ removed }, "removed unfinished checkpoints left in staging");
   apps.resumeSchedules();
   log.info({ home, sock: paths.sock }, "daemon ready");
+  // connections a dead daemon left held by nftables go through again (src/daemon/hold-connections.ts)
+  releaseStaleHolds().then((t) => t.length && log.warn({ tables: t }, "released connections a dead daemon had held"), (e: unknown) => log.warn({ err: String(e) }, "cannot look for held connections"));
   // Apps with --every outlive a crash of this daemon: a watchdog restarts it (watchdog.ts).
   const watch = (): void => {
     try {

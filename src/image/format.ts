@@ -1,5 +1,7 @@
 // Constants and field layouts of the raw process image, version 1 (docs/format.md).
 
+import type { InetSock } from "./inet.js";
+
 export const MAGIC = Buffer.from("TGIMAGE\0", "latin1");
 export const VERSION = 1;
 export const FILE_HEADER_SIZE = 64;
@@ -33,6 +35,8 @@ export enum RecordType {
   FILE_STATE = 16,
   /** File locks held through the process's fds: n x { u32 fd, kind (1 flock, 2 POSIX, 3 OFD), type (1 read, 2 write), reserved; u64 start, end (inclusive; all ones: to EOF) }. */
   LOCKS = 17,
+  /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
+  INET_REPAIR = 20,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -54,6 +58,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,
+  [RecordType.INET_REPAIR]: 72,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
@@ -83,6 +88,7 @@ export const FD_KIND: Record<number, string> = {
   8: "epoll",
   9: "unix-socket",
   10: "unix-listen",
+  13: "inet-socket",
 };
 
 export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };
@@ -178,6 +184,8 @@ export interface FdInfo {
   epoll: { tfd: number; events: number; data: bigint }[];
   /** Unix socket (kind 9) only: the socket, its peer and state. */
   unix?: UnixSock;
+  /** TCP/UDP socket (kind 13) only. */
+  inet?: InetSock;
 }
 
 export interface UnixSock {

@@ -34,6 +34,7 @@ import {
   type Vma,
 } from "./format.js";
 import { decodeSocketData, decodeUnixSock, unixListenName } from "./unix.js";
+import { decodeInetRepair, decodeInetSock, type InetRepair } from "./inet.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
 export class ImageError extends TgError {
@@ -67,6 +68,8 @@ export interface ParsedImage {
   pipes: { inode: bigint; bytes: number }[];
   /** SOCKET_DATA records: what was queued in each Unix socket of a pair inside the app. */
   sockets: SocketData[];
+  /** INET_REPAIR records: TCP connections with both ends in the app, restored whole. */
+  repairs: InetRepair[];
   /** FILE_STATE records: files held for writing or mapped shared and writable. */
   files: FileState[];
   /** The LOCKS record: file locks held through the process's fds. */
@@ -274,6 +277,7 @@ class ImageReader {
       fds: [],
       pipes: [],
       sockets: [],
+      repairs: [],
       files: [],
       locks: [],
       extents: [],
@@ -410,6 +414,8 @@ class ImageReader {
         const unix = kind === 9 ? decodeUnixSock(extra) : undefined;
         if (kind === 10 && (extra.length < 32 || extra.readUInt32LE(24) > extra.length - 32)) this.fail(off, `listening Unix socket FD extra of ${extra.length} bytes does not hold its name`);
         if (typeof unix === "string") this.fail(off, unix);
+        const inet = kind === 13 ? decodeInetSock(extra) : undefined;
+        if (typeof inet === "string") this.fail(off, inet);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -418,9 +424,10 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 ? "" : kind === 10 ? unixListenName(extra) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
+          ...(inet ? { inet } : {}),
         });
         return null;
       }
@@ -431,6 +438,12 @@ class ImageReader {
         const sd = decodeSocketData(p);
         if (typeof sd === "string") this.fail(off, sd);
         else out.sockets.push(sd);
+        return null;
+      }
+      case RecordType.INET_REPAIR: {
+        const r = decodeInetRepair(p);
+        if (typeof r === "string") this.fail(off, r);
+        else out.repairs.push(r);
         return null;
       }
       case RecordType.PAGES_CLEAR: {

@@ -2,6 +2,7 @@
 import { constants as osConstants } from "node:os";
 import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo } from "./format.js";
 import { parseImage } from "./parser.js";
+import { connectionFate, describeInet } from "./inet.js";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
@@ -29,6 +30,8 @@ export interface ImageSummary {
   sockets: { inode: string; type: string; bytes: number; messages: number }[];
   /** File locks held through its fds (LOCKS), taken back on restore. */
   locks: { fd: number; kind: string; type: string; range: string }[];
+  /** TCP and UDP sockets: family, protocol, state, addresses, bytes queued; `restore`: what a restore does with a connection. */
+  inet: { fd: number; proto: string; family: string; state: string; local: string; remote: string; toRead: number; toSend: number; backlog: number; options: string[]; restore?: "whole" | "closed" }[];
   /** Files held for writing or mapped shared and writable: a restore refuses if they changed (FILE_STATE). */
   files: { path: string; held: string; size: string; inode: string; generation: number | null; mtime: string; contentsStored: boolean }[];
   /** Signals whose disposition is not the default: handler address, or "ignore". */
@@ -85,6 +88,7 @@ function signalName(n: number): string {
 
 /** What an fd is: its path, or for a Unix socket of a pair "socket:[INO] stream, peer fd N". */
 function fdPath(f: FdInfo, all: FdInfo[]): string {
+  if (f.inet) return describeInet(f.inet);
   if (!f.unix) return f.path;
   const u = f.unix;
   const peer = all.find((g) => g.unix?.ino === u.peerIno);
@@ -125,6 +129,13 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
     locks: img.locks.map((k) => ({ fd: k.fd, kind: k.kind, type: k.type, range: `${k.start}-${k.end === 2n ** 64n - 1n ? "EOF" : k.end.toString()}` })),
     sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages })),
+    inet: img.fds.flatMap((f) => {
+      const s = f.inet;
+      if (!s) return [];
+      const fate = connectionFate(s, img.repairs.find((r) => r.ino === s.ino));
+      const listening = s.state === "listening";
+      return [{ fd: f.fd, proto: s.proto, family: s.family, state: s.state, local: s.local, remote: s.remote, toRead: listening ? 0 : s.rqueue, toSend: s.wqueue, backlog: listening ? s.backlog : 0, options: s.options, ...(fate ? { restore: fate } : {}) }];
+    }),
     files: img.files.map((f) => ({
       path: f.path,
       held: [f.fd !== null ? `fd ${f.fd} (write)` : "", f.flags & FILE_STATE_FLAGS.mapped ? "mapped shared rw" : ""].filter(Boolean).join(", "),

@@ -6,6 +6,7 @@ import { stat } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { TgError } from "../../errors.js";
 import { RecordType } from "../../image/format.js";
+import { decodeInetRepair, socketStats, type InetRepair } from "../../image/inet.js";
 import { checkpointId, validStoreAppName } from "../types.js";
 import type { ExtentRow } from "./catalog.js";
 import { toCheckpoint, type StoreContext } from "./context.js";
@@ -42,6 +43,8 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
   const extents: ExtentRow[] = [];
   const metaParts: Buffer[] = [];
   const vmas: VmaFile[] = [];
+  const inetFds: { fd: number; extra: Buffer }[] = []; // TCP/UDP sockets (FD kind 13) and connections restored whole
+  const repairs: InetRepair[] = [];
   let headerRaw: Buffer | null = null;
   let kind: "full" | "incremental" = "full";
   let parent: string | null = null;
@@ -150,6 +153,12 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
           if (item.type === RecordType.VMA && item.payload.length > 80)
             vmas.push({ prot: item.payload.readUInt32LE(24), kind: item.payload.readUInt32LE(28), vflags: item.payload.readUInt32LE(32), path: item.payload.toString("utf8", 80) });
           if (item.type === RecordType.THREAD && (item.payload.readUInt32LE(4) & 1) === 0) threads++;
+          if (item.type === RecordType.FD && item.payload.length >= 80 && item.payload.readUInt32LE(4) === 13)
+            inetFds.push({ fd: item.payload.readUInt32LE(0), extra: Buffer.from(item.payload.subarray(80, 80 + item.payload.readUInt32LE(72))) });
+          if (item.type === RecordType.INET_REPAIR) {
+            const r = decodeInetRepair(item.payload);
+            if (typeof r !== "string") repairs.push(r);
+          }
           break;
         case "tracking":
           metaParts.push(item.raw);
@@ -191,6 +200,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     // the caller may still be waiting for the producer's verdict (the agent's final reply)
     if (info.beforeCommit) await info.beforeCommit();
     if (info.describeFiles) stats.mappedFiles = await info.describeFiles(vmas);
+    if (inetFds.length) stats.sockets = socketStats(inetFds, repairs);
     stats.downtimeNs = info.downtimeNs ?? stats.downtimeNs;
     // the hash tracker counts changed pages only while writing them (after the TRACKING record)
     if (info.pagesWritten !== undefined) stats.pagesWritten = info.pagesWritten;

@@ -1,4 +1,5 @@
 // Public types of the content-addressed store.
+import type { SocketStat } from "../../image/inet.js";
 import type { DamageEvent } from "./damage.js";
 
 export interface CasOptions {
@@ -85,6 +86,8 @@ export interface CheckpointStats {
   pagesWritten: number | null;
   /** Identity of the executables and libraries mapped at the checkpoint (see IngestInfo.describeFiles). */
   mappedFiles?: MappedFile[];
+  /** TCP/UDP sockets of the image and what a restore does with them (src/image/inet.ts). */
+  sockets?: SocketStat[];
   freshMappings: number | null;
   /** Ingest wall time (ns). */
   ingestNs: number;
