@@ -25,6 +25,7 @@ enum tg_rec_type {
   TG_REC_TIMERS = 14,
   TG_REC_SOCKET_DATA = 15,
   TG_REC_FILE_STATE = 16,
+  TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
 };
 
 struct tg_file_header {

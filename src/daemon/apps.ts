@@ -33,6 +33,10 @@ import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
+import { FilesCapture, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
+import type { FilesRollback } from "./files-restore.js";
+import { DEFAULT_FILES, journalPath, type FilesConfig } from "./files-set.js";
+import { runFilesConfig } from "./files-config.js";
 
 export interface RunRequest {
   name?: string;
@@ -49,6 +53,8 @@ export interface RunRequest {
   mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
+  /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
+  files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
 }
 
 export interface RunResult {
@@ -70,6 +76,8 @@ export interface CheckpointResult extends Manifest {
   commitNs: number;
   /** Why a checkpoint that could have been incremental is full (from the agent). */
   fullReason?: string;
+  /** The app's files at this checkpoint (issue 14). */
+  files?: FilesRef;
 }
 
 export interface RestoreResult {
@@ -87,6 +95,8 @@ export interface RestoreResult {
   verifyOverlapped: boolean;
   /** Request to running: everything the caller waited for (lookup, verify, kill, restore). */
   wallNs: number;
+  /** The app's files rolled back to the checkpoint before its processes were restored (issue 14). */
+  files?: FilesRollback & { id: string };
 }
 
 const SOCK_MAX = 107;
@@ -126,7 +136,7 @@ class KeyedLock {
 }
 
 /** The app record of a restore: the app's settings carry over; the process facts start anew. */
-function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string): AppRecord {
+function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string, filesId?: string): AppRecord {
   const now = new Date().toISOString();
   return {
     everyMs: prev?.everyMs,
@@ -134,6 +144,8 @@ function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string)
     keep: prev?.keep,
     mirrorUrl: prev?.mirrorUrl,
     mirrorAck: prev?.mirrorAck,
+    ...(prev?.files ? { files: prev.files } : {}),
+    ...(filesId ? { lastFilesId: filesId } : {}),
     name,
     argv: prev?.argv ?? [],
     cwd: prev?.cwd ?? "/",
@@ -249,6 +261,7 @@ export class AppManager {
         }
       }
     }
+    const files = runFilesConfig(req.files, req.cwd);
     const name = req.name ?? this.freeName(req.argv[0]!);
     const dir = this.dir(name);
     if (dir.sock.length > SOCK_MAX) throw new TgError(`cannot run ${name}`, `the agent socket path ${dir.sock} is longer than ${SOCK_MAX} bytes`, "Use a shorter TARDIGRADE_HOME or app name", "bad-request");
@@ -259,6 +272,7 @@ export class AppManager {
       const init = nativeBinary("tardigrade-init");
       const agent = await stableAgent(this.home);
       await mkdir(dir.dir, { recursive: true });
+      await rm(journalPath(dir.dir), { force: true }); // a new run: the files the last one touched are not this one's
       const now = new Date().toISOString();
       const record: AppRecord = {
         name,
@@ -273,6 +287,7 @@ export class AppManager {
         everyMs: req.everyMs,
         ...(req.tracking ? { tracking: req.tracking } : {}),
         ...(req.keep ? { keep: req.keep } : {}),
+        files,
         ...(req.mirror ? { mirrorUrl: req.mirror.url, mirrorAck: req.mirror.ack ?? "durable" } : {}),
       };
       if (req.mirror) {
@@ -406,19 +421,53 @@ export class AppManager {
       }
     }
     progress({ phase: "capture" });
-    const cap = await captureIntoCas(
-      store.cas,
-      name,
-      dir.sock,
-      pid,
-      join(store.root, "staging"),
-      { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}) },
-      { ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}), onProgress: (done, total) => progress({ phase: "verify", done, total }), describeFiles: (v) => this.fileIds.describe(v) },
-      (e) => {
-        this.log.debug({ app: name, event: e }, "agent event");
-        if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
-      },
-    );
+    // the app's files (files-flow.ts): queued in the store first, read while the app is parked
+    const seq = nextSeq(store.cas, name);
+    const files = this.filesCapture(store, name, dir, rec, seq, full);
+    const initHostPid = dir.state()?.initHostPid;
+    const extra: { files?: FilesRef } = {};
+    let cutError: unknown = null;
+    const hold = async (e: { event: "parked" | "captured" }): Promise<string> => {
+      if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
+      try {
+        // (with hold the agent leaves the check for child processes to us)
+        const procs = initHostPid ? appProcesses(initHostPid).filter((p) => !p.zombie) : [];
+        const others = procs.filter((p) => p.pid !== pid);
+        if (others.length) throw new Error(`the app has ${others.length} other process(es): ${describeProcesses(others)}`);
+        extra.files = files.cut(procs.map((p) => p.hostPid));
+      } catch (err) {
+        cutError = err;
+        throw err;
+      }
+      return "CAPTURE";
+    };
+    let cap: Awaited<ReturnType<typeof captureIntoCas>>;
+    try {
+      cap = await captureIntoCas(
+        store.cas,
+        name,
+        dir.sock,
+        pid,
+        join(store.root, "staging"),
+        { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}), ...(files ? { hold } : {}) },
+        {
+          ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}),
+          onProgress: (done, total) => progress({ phase: "verify", done, total }),
+          describeFiles: (v) => this.fileIds.describe(v),
+          ...(files ? { extra, beforeCommit: async () => void (await files.committed) } : {}),
+        },
+        (e) => {
+          this.log.debug({ app: name, event: e }, "agent event");
+          if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
+        },
+        files ? { storeApp: name, seq } : undefined,
+      );
+    } catch (e) {
+      files?.abort(e);
+      if (cutError && !(cutError instanceof Error && /^the app has \d+ other/.test(cutError.message)))
+        throw new TgError(`checkpoint of ${name} failed`, `the app's files could not be captured: ${errMessage(cutError)}`, "Nothing was committed; the app keeps running. Leave the file out with run --files-exclude, or run with --files none", "checkpoint-failed");
+      throw e;
+    }
     const c = cap.checkpoint;
     const fullReason = full
       ? "full checkpoint requested"
@@ -432,12 +481,25 @@ export class AppManager {
     if (rec) {
       rec.lastAgentSeq = cap.done.seq;
       rec.lastId = c.id;
+      if (files?.ref) rec.lastFilesId = files.ref.id;
       await dir.writeRecord(rec);
     }
     this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
     this.afterCommit(store, c.id, c.kind === "incremental");
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}) };
+    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}), ...(files?.ref ? { files: files.ref } : {}) };
+  }
+
+  /** Paths never in an app's file set: its log, tardigrade's home. */
+  private filesNever(dir: AppDir): string[] {
+    return [dir.logFile, this.home];
+  }
+
+  /** The app's file capture for a checkpoint at seq (files-flow.ts), or null with --files none. */
+  private filesCapture(store: CasStoreAdapter, name: string, dir: AppDir, rec: AppRecord | null, seq: number, full: boolean): FilesCapture | null {
+    const cfg: FilesConfig = rec?.files ?? DEFAULT_FILES;
+    if (!cfg.enabled) return null;
+    return new FilesCapture({ cas: store.cas, app: name, seq, appDir: dir.dir, cfg, parentId: full ? null : (rec?.lastFilesId ?? null), never: this.filesNever(dir) });
   }
 
   /** A process tree's checkpoint (tree-checkpoint.ts): incremental per process on its last committed image. */
@@ -445,6 +507,7 @@ export class AppManager {
     const rec = dir.record() as AppRecord | null;
     progress({ phase: "capture" });
     const cap0Pid = appProcesses(initHostPid).find((p) => p.hostPid === mainHostPid)?.pid;
+    let lastFiles = null as FilesCapture | null; // (set in a callback)
     const cap = await checkpointTree({
       cas: store.cas,
       app: name,
@@ -462,11 +525,28 @@ export class AppManager {
         this.log.debug({ app: name, pid, event: e }, "agent event");
         if (e.event === "resumed" && pid === cap0Pid) progress({ phase: "write", downtimeNs: e.downtime_ns });
       },
+      ...((rec?.files ?? DEFAULT_FILES).enabled
+        ? {
+            files: (seq: number) => {
+              const f = this.filesCapture(store, name, dir, rec, seq, full)!;
+              lastFiles = f;
+              return {
+                atCut: async () => void f.cut(appProcesses(initHostPid).filter((p) => !p.zombie).map((p) => p.hostPid)),
+                beforeMainCommit: async () => {
+                  await f.committed;
+                  return { files: f.ref };
+                },
+                abort: (why: unknown) => f.abort(why),
+              };
+            },
+          }
+        : {}),
     });
     const c = cap.main.checkpoint;
     if (rec) {
       rec.lastAgentSeq = cap.main.done.seq;
       rec.lastId = c.id;
+      if (lastFiles?.ref) rec.lastFilesId = lastFiles.ref.id;
       rec.treeLineage = cap.lineage;
       await dir.writeRecord(rec);
     }
@@ -477,7 +557,7 @@ export class AppManager {
     const notShipped = "process-tree checkpoints are not shipped to the mirror yet: this one is on this host only";
     if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, notShipped);
     const mirror: MirrorView | undefined = rec?.mirrorUrl ? { url: rec.mirrorUrl, state: "failed", updatedAt: new Date().toISOString(), error: notShipped } : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
@@ -770,6 +850,9 @@ export class AppManager {
       // a process tree: every process's checkpoint, pinned as well
       const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
       for (const e of tree?.tree ?? []) if (e.id && e.id !== m.id) unpins.push(await store.cas.hold(e.id));
+      // its files image too
+      const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+      if (files) unpins.push(await store.cas.hold(files.id));
       return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
       unpin();
@@ -777,12 +860,17 @@ export class AppManager {
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean): Promise<RestoreResult> {
+    let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
     const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
     const others = (tree?.tree ?? []).filter((e) => e.id && e.id !== m.id);
     const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
+    // the app's files are rolled back to the checkpoint (files-flow.ts): the checkpoint wins over
+    // changes made since, which the file check would otherwise refuse
+    const filesRef = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+    if (filesRef) allow = true;
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
     for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
@@ -796,13 +884,27 @@ export class AppManager {
       // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
       for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
       for (const e of others) for await (const chunk of store.cas.exportChunks(e.id!)) void chunk;
+      if (filesRef) for await (const chunk of store.cas.exportChunks(filesRef.id)) void chunk;
       progress({ phase: "kill" });
       await this.kill(dir, st);
       await testDelay("restore-after-kill");
     }
     progress({ phase: "start" });
     await mkdir(dir.dir, { recursive: true });
-    const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
+    const prevRecord = dir.record() as AppRecord | null;
+    let rolledBack: RestoreResult["files"];
+    if (filesRef) {
+      // before any process exists: every fd offset then agrees with its file
+      try {
+        const r = await restoreFiles(store.cas, filesRef, dir.dir, prevRecord?.files ?? DEFAULT_FILES, this.filesNever(dir));
+        rolledBack = { id: filesRef.id, ...r };
+      } catch (e) {
+        await writeRestoreFailed(dir.logFile, m.id);
+        throw new TgError(`cannot restore ${name} from ${m.id}`, `rolling its files back failed: ${errMessage(e)}`, "No process was started; run the restore again (it rolls the files back from the start)", "restore-failed");
+      }
+      this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
+    }
+    const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
     await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
     const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
     const image = input.image;
@@ -848,7 +950,7 @@ export class AppManager {
     this.schedule(name, record.everyMs);
     const wallNs = Number(process.hrtime.bigint() - t0);
     this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
-    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs };
+    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(rolledBack ? { files: rolledBack } : {}) };
   }
 
   /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */

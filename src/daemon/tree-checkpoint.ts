@@ -59,6 +59,8 @@ class Cut {
 
   /** Asked once every process is parked: a reason to call the cut off (the tree changed), or null. */
   verify: () => string | null = () => null;
+  /** Run once verified, every process still parked (the files' cut). */
+  atCut: () => Promise<void> = async () => {};
 
   private release(): void {
     const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
@@ -79,8 +81,14 @@ class Cut {
           this.fail(e instanceof Error ? e : new Error(String(e)));
           return;
         }
-        this.verified = true;
-        this.release();
+        // the app's files, at the same instant (files-flow.ts)
+        void this.atCut().then(
+          () => {
+            this.verified = true;
+            this.release();
+          },
+          (e: unknown) => this.fail(e instanceof Error ? e : new Error(String(e))),
+        );
       });
       return;
     }
@@ -172,6 +180,18 @@ export interface TreeCheckpointArgs {
   describeFiles: (v: VmaFile[]) => Promise<MappedFile[]>;
   onProgress: (done: number, total: number) => void;
   onEvent: (pid: number, e: CheckpointEvent) => void;
+  /** The app's files (files-flow.ts), per attempt at its seq before any image is queued. */
+  files?: (seq: number) => TreeFiles;
+}
+
+/** A tree checkpoint's file capture (files-flow.ts): queued in the store before the processes' images. */
+export interface TreeFiles {
+  /** With every process parked and the cut verified, before CAPTURE. */
+  atCut(): Promise<void>;
+  /** Awaited before the main process's checkpoint commits; what it returns joins the tree listing in its stats.extra. */
+  beforeMainCommit(): Promise<Record<string, unknown>>;
+  /** The attempt failed. */
+  abort(why: unknown): void;
 }
 
 /** Attempts before giving up on a tree that keeps changing (processes starting or ending) under the cut. */
@@ -288,6 +308,8 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     if (shared) throw new TreeRefused(shared);
     return null;
   };
+  const files = a.files?.(seq);
+  if (files) cut.atCut = () => files.atCut();
   const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
   // the tree's downtime: the first process stopped to the last resumed, on the agents' clock
   // (CLOCK_MONOTONIC, the same for every process of the host)
@@ -329,6 +351,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
               const done = await Promise.allSettled(others);
               const bad = done.find((d) => d.status === "rejected");
               if (bad) throw (bad as PromiseRejectedResult).reason;
+              if (files) Object.assign(info, await files.beforeMainCommit());
               // the listing goes into this checkpoint's stats (the same object), before it commits
               const ids = new Map<number, string>([[mainPid, `${a.app}@${seq}`]]);
               done.forEach((d, i) => ids.set(order[i]!.pid, (d as PromiseFulfilledResult<CasCapture>).value.checkpoint.id));
@@ -374,6 +397,8 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     captures.push(c);
   }
   const settled = await Promise.allSettled(captures);
+  const bad = settled.find((st) => st.status === "rejected");
+  if (bad) files?.abort((bad as PromiseRejectedResult).reason);
   if (cut.failedWith instanceof TreeChanged) throw cut.failedWith;
   if (cut.failedWith instanceof TreeRefused) throw treeRefusal(a.app, cut.failedWith.message, "Checkpoint once one of them has closed it");
   const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q.hostPid]));

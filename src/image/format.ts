@@ -31,6 +31,8 @@ export enum RecordType {
   SOCKET_DATA = 15,
   /** A regular file held open for writing or mapped shared and writable, as it was at the checkpoint. */
   FILE_STATE = 16,
+  /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
+  FILE = 30,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -51,6 +53,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TIMERS]: 56,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
+  [RecordType.FILE]: 72,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */
