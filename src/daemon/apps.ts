@@ -921,7 +921,7 @@ export class AppManager {
     let l: Launched;
     try {
       await writeRestoreMarker(dir.logFile, m.id);
-      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...input.args], {
+      l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...input.args], {
         timeoutMs: 120_000,
         stdin: image,
         images,
