@@ -499,7 +499,7 @@ export class AppManager {
   private filesCapture(store: CasStoreAdapter, name: string, dir: AppDir, rec: AppRecord | null, seq: number, full: boolean): FilesCapture | null {
     const cfg: FilesConfig = rec?.files ?? DEFAULT_FILES;
     if (!cfg.enabled) return null;
-    return new FilesCapture({ cas: store.cas, app: name, seq, appDir: dir.dir, cfg, parentId: full ? null : (rec?.lastFilesId ?? null), never: this.filesNever(dir) });
+    return new FilesCapture({ cas: store.cas, app: name, seq, appDir: dir.dir, cfg, parentId: full ? null : (rec?.lastFilesId ?? null), never: this.filesNever(dir), stagingRoot: join(store.root, "staging") });
   }
 
   /** A process tree's checkpoint (tree-checkpoint.ts): incremental per process on its last committed image. */

@@ -1,8 +1,10 @@
 // The file half of a checkpoint's cut (issue 14, docs/files.md): with every process of the app
 // parked, each file of the set is looked at (size, mtime, ctime, inode against the parent
-// checkpoint's files) and the contents of those that changed are read into memory, so that the
-// files belong to the same instant as the memory; the image is then stored after the app resumed.
-import { closeSync, lstatSync, openSync, readSync } from "node:fs";
+// checkpoint's files) and those that changed are copied (in the kernel: copy_file_range or
+// sendfile, no bytes through the daemon) into a staging directory, so that the files belong to
+// the same instant as the memory; the image is then made from the copies after the app resumed.
+import { copyFileSync, lstatSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
 
 /** A files checkpoint's manifest (its stats.extra): every file of the set, bigints as strings. */
@@ -32,34 +34,8 @@ export interface FilesCut {
   /** Files whose contents were read (new or changed since the parent). */
   changed: string[];
   bytesRead: number;
-  /** Time spent with the app parked, ns. */
+  /** Time spent with the app held, ns. */
   cutNs: number;
-}
-
-const CHUNK = 64 << 20;
-
-/** Reads the whole file at path (opened once: the bytes and the stat are of one inode). */
-function readWhole(path: string, size: number): Buffer[] {
-  const fd = openSync(path, "r");
-  try {
-    const out: Buffer[] = [];
-    let off = 0;
-    while (off < size) {
-      const b = Buffer.allocUnsafe(Math.min(CHUNK, size - off));
-      let got = 0;
-      while (got < b.length) {
-        const n = readSync(fd, b, got, b.length - got, off + got);
-        if (n === 0) break;
-        got += n;
-      }
-      if (got < b.length) b.fill(0, got); // shortened meanwhile by someone outside the app
-      out.push(b);
-      off += b.length;
-    }
-    return out;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /**
@@ -67,7 +43,7 @@ function readWhole(path: string, size: number): Buffer[] {
  * changed), paths that do not exist are recorded absent, anything else (directories, symlinks,
  * devices) is left out. Sync on purpose: it runs while the app is parked.
  */
-export function cutFiles(paths: string[], parent: FilesManifest | null): FilesCut {
+export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string): FilesCut {
   const t0 = process.hrtime.bigint();
   const byPath = new Map<string, FileEntry>();
   const byIno = new Map<string, FileEntry>();
@@ -87,7 +63,7 @@ export function cutFiles(paths: string[], parent: FilesManifest | null): FilesCu
       st = lstatSync(path, { bigint: true });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR")
-        contents.push({ entry: { path, present: false, base: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, mode: 0, uid: 0, gid: 0, dev: 0, ino: 0 }, data: null });
+        contents.push({ entry: { path, present: false, base: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, mode: 0, uid: 0, gid: 0, dev: 0, ino: 0 }, copy: null });
       continue;
     }
     if (!st.isFile()) continue;
@@ -118,19 +94,21 @@ export function cutFiles(paths: string[], parent: FilesManifest | null): FilesCu
     if (!entry.size) entry.base = 0;
     if (entry.base) usedBases.add(entry.base);
     if (unchanged || !entry.size) {
-      contents.push({ entry, data: null });
+      contents.push({ entry, copy: null });
       if (!unchanged) changed.push(path);
       continue;
     }
-    let data: Buffer[];
+    const copy = join(staging, String(contents.length));
     try {
-      data = readWhole(path, entry.size);
+      copyFileSync(path, copy);
+      const size = statSync(copy).size;
+      if (size !== entry.size) throw new Error(`it changed size while copied (${entry.size} -> ${size} bytes): something outside the app writes it`);
     } catch (e) {
-      throw new Error(`cannot read ${path}: ${(e as Error).message}`);
+      throw new Error(`cannot copy ${path}: ${(e as Error).message}`);
     }
     bytesRead += entry.size;
     changed.push(path);
-    contents.push({ entry, data });
+    contents.push({ entry, copy });
   }
   const manifest: FilesManifest = { version: 1, cutNs: String(BigInt(Date.now()) * 1_000_000n), nextSlot, files: contents.map((c) => toStored(c.entry)) };
   return { contents, manifest, changed, bytesRead, cutNs: Number(process.hrtime.bigint() - t0) };

@@ -3,13 +3,16 @@
 // processes' images and committed before the main process's checkpoint (whose commit waits for it,
 // and whose stats.extra.files names it): a kill -9 at any moment leaves either both or neither
 // visible (an orphan files checkpoint is what gc removes, like a failed tree's members).
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
 import { PassThrough, Readable } from "node:stream";
 import { errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint } from "../store/cas/types.js";
 import { parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
-import { buildFilesImage } from "./files-image.js";
+import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
 
@@ -51,6 +54,8 @@ export interface FilesCaptureArgs {
   parentId: string | null;
   /** Paths never in the set (the app's log, tardigrade's home). */
   never: string[];
+  /** Where the copies made at the cut wait for the store (the store's staging directory). */
+  stagingRoot: string;
 }
 
 /** One checkpoint's file capture: queued in the store at once, filled at the cut. */
@@ -75,20 +80,26 @@ export class FilesCapture {
     }
     this.parent = parent;
     this.parentId = parentId;
+    this.staging = join(a.stagingRoot, `files.${a.app}.${randomBytes(6).toString("hex")}`);
     this.committed = a.cas.ingest(filesApp(a.app), a.seq, this.stream, { threads: 0, extra: this.extra, ...(parentId ? { parent: parentId } : {}) });
-    this.committed.catch(() => {}); // awaited by the main checkpoint's commit
+    const clean = (): void => rmSync(this.staging, { recursive: true, force: true });
+    this.committed.then(clean, clean); // (also awaited by the main checkpoint's commit)
   }
+
+  private readonly staging: string;
 
   /** With every process of the app parked: reads what changed, hands the image to the store. */
   cut(hostPids: number[]): FilesRef {
     const keep = fileFilter(this.a.cfg, this.a.never);
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
-    const c = cutFiles(paths, this.parent);
+    mkdirSync(this.staging, { recursive: true });
+    const c = cutFiles(paths, this.parent, this.staging);
     Object.assign(this.extra, c.manifest);
     const parentSeq = this.parentId ? (parseCheckpointId(this.parentId)?.seq ?? 0) : 0;
-    const img = buildFilesImage(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) });
-    for (const chunk of img.chunks) this.stream.write(chunk);
-    this.stream.end();
+    // made from the copies once the app runs again
+    const img = Readable.from(filesImageChunks(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) }));
+    img.on("error", (e) => this.stream.destroy(e));
+    img.pipe(this.stream);
     this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
     return this.ref;
   }

@@ -5,6 +5,7 @@
 // the parent's files image (PAGES_CLEAR + PAGES of what changed), composed, merged, collected,
 // verified and shipped with the rest. This module encodes and decodes that image.
 import { crc32c } from "@node-rs/crc32";
+import { open } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD, PAGE_SIZE, RECORD_HEADER_SIZE, RecordType } from "../image/format.js";
 import { fileHeader, procRecord, recordBytes, vmaRecord, type RawRecord } from "../image/writer.js";
@@ -69,15 +70,28 @@ const pageUp = (n: number): number => Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
 /** What the image stores for one file: nothing new (unchanged since the parent), or its contents. */
 export interface FileContent {
   entry: FileEntry;
-  /** The file's bytes at the cut (whole file), or null when the parent's pages stand. */
-  data: Buffer[] | null;
+  /** A copy of the file's bytes at the cut (a staging file), or null when the parent's pages stand. */
+  copy: string | null;
+}
+
+/** Page data read from the staging copies this many bytes at a time (one PAGES record). */
+const PAGES_BYTES = MAX_PAGES_PER_RECORD * PAGE_SIZE;
+const pagesRecordBytes = (np: number): number => RECORD_HEADER_SIZE + 16 + np * PAGE_SIZE;
+
+function pagesHeader(addr: number, np: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(addr), 0);
+  b.writeBigUInt64LE(BigInt(np), 8);
+  return b;
 }
 
 /**
- * The files image, as chunks: FILE records (in base order), one VMA per non-empty file, then for
- * each file with data a PAGES_CLEAR over its region (incremental) and its pages.
+ * The files image as a stream of chunks: FILE records (in base order), one VMA per non-empty
+ * file, then for each file with a copy a PAGES_CLEAR over its region (incremental) and its pages,
+ * read from the copy. Sizes are known from the entries, so the END record is right without a
+ * second pass.
  */
-export function buildFilesImage(files: FileContent[], h: { seq: number; parentSeq: number; createdNs: bigint }): { chunks: Buffer[]; bytes: number; pages: number } {
+export async function* filesImageChunks(files: FileContent[], h: { seq: number; parentSeq: number; createdNs: bigint }): AsyncGenerator<Buffer> {
   const sorted = [...files].sort((a, b) => a.entry.base - b.entry.base);
   const meta: RawRecord[] = [procRecord({ pid: 0, nthreads: 0 })];
   for (const f of sorted) meta.push({ type: RecordType.FILE, payload: encodeFile(f.entry) });
@@ -85,47 +99,57 @@ export function buildFilesImage(files: FileContent[], h: { seq: number; parentSe
     if (!f.entry.present || f.entry.base === 0 || f.entry.size === 0) continue;
     meta.push(vmaRecord({ start: BigInt(f.entry.base), end: BigInt(f.entry.base + pageUp(f.entry.size)) }));
   }
-  const chunks: Buffer[] = [fileHeader({ pid: 0, seq: BigInt(h.seq), parentSeq: BigInt(h.parentSeq), flags: h.parentSeq ? 1 : 0, createdNs: h.createdNs })];
-  let records = 0;
+  const withData = sorted.filter((f) => f.copy && f.entry.present && f.entry.base !== 0 && f.entry.size > 0);
+  const head = [fileHeader({ pid: 0, seq: BigInt(h.seq), parentSeq: BigInt(h.parentSeq), flags: h.parentSeq ? 1 : 0, createdNs: h.createdNs }), ...meta.map(recordBytes)];
+  let records = meta.length;
+  let bytes = head.reduce((n, c) => n + c.length, 0);
   let pages = 0;
-  const put = (r: RawRecord): void => {
-    chunks.push(recordBytes(r));
-    records++;
-  };
-  meta.forEach(put);
-  for (const f of sorted) {
-    if (!f.data || !f.entry.present || f.entry.base === 0 || f.entry.size === 0) continue;
+  for (const f of withData) {
+    const span = pageUp(f.entry.size);
+    if (h.parentSeq) {
+      records++;
+      bytes += RECORD_HEADER_SIZE + 16;
+    }
+    for (let off = 0; off < span; off += PAGES_BYTES) {
+      const np = Math.min(PAGES_BYTES, span - off) / PAGE_SIZE;
+      records++;
+      pages += np;
+      bytes += pagesRecordBytes(np);
+    }
+  }
+  bytes += RECORD_HEADER_SIZE + 24;
+  yield* head;
+  for (const f of withData) {
     const span = pageUp(f.entry.size);
     if (h.parentSeq) {
       const c = Buffer.alloc(16);
       c.writeBigUInt64LE(BigInt(f.entry.base), 0);
       c.writeBigUInt64LE(BigInt(span / PAGE_SIZE), 8);
-      put({ type: RecordType.PAGES_CLEAR, payload: c });
+      yield recordBytes({ type: RecordType.PAGES_CLEAR, payload: c });
     }
-    // the pages, MAX_PAGES_PER_RECORD at a time, the last one padded with zeros
-    let off = 0;
-    for (const part of f.data) {
-      for (let i = 0; i < part.length; i += MAX_PAGES_PER_RECORD * PAGE_SIZE) {
-        const body = part.subarray(i, Math.min(part.length, i + MAX_PAGES_PER_RECORD * PAGE_SIZE));
-        const np = Math.ceil(body.length / PAGE_SIZE);
-        const hdr = Buffer.alloc(16);
-        hdr.writeBigUInt64LE(BigInt(f.entry.base + off), 0);
-        hdr.writeBigUInt64LE(BigInt(np), 8);
-        const pad = np * PAGE_SIZE - body.length;
-        put({ type: RecordType.PAGES, payload: Buffer.concat(pad ? [hdr, body, Buffer.alloc(pad)] : [hdr, body]) });
-        pages += np;
-        off += np * PAGE_SIZE;
+    const fh = await open(f.copy!, "r");
+    try {
+      for (let off = 0; off < span; off += PAGES_BYTES) {
+        const len = Math.min(PAGES_BYTES, span - off);
+        const body = Buffer.alloc(16 + len); // zeros past the end of the copy
+        pagesHeader(f.entry.base + off, len / PAGE_SIZE).copy(body, 0);
+        let got = 0;
+        while (got < len) {
+          const { bytesRead } = await fh.read(body, 16 + got, len - got, off + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        yield recordBytes({ type: RecordType.PAGES, payload: body });
       }
+    } finally {
+      await fh.close();
     }
   }
-  let bytes = chunks.reduce((n, c) => n + c.length, 0);
-  bytes += RECORD_HEADER_SIZE + 24;
   const end = Buffer.alloc(24);
   end.writeBigUInt64LE(BigInt(records), 0);
   end.writeBigUInt64LE(BigInt(pages), 8);
   end.writeBigUInt64LE(BigInt(bytes), 16);
-  chunks.push(recordBytes({ type: RecordType.END, payload: end }));
-  return { chunks, bytes, pages };
+  yield recordBytes({ type: RecordType.END, payload: end });
 }
 
 /** A record of a composed files image as the reader yields it. */
