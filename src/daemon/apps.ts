@@ -486,6 +486,7 @@ export class AppManager {
     }
     this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
     this.afterCommit(store, c.id, c.kind === "incremental");
+    if (files?.ref) this.afterCommitFiles(store, files.ref.id);
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
     return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}), ...(files?.ref ? { files: files.ref } : {}) };
   }
@@ -553,6 +554,7 @@ export class AppManager {
     this.log.info({ app: name, id: c.id, processes: cap.info.tree.length, treeDowntimeNs: cap.info.treeDowntimeNs }, "process tree checkpoint committed");
     for (const o of cap.others) this.afterCommit(store, o.checkpoint.id, o.checkpoint.kind === "incremental", false);
     this.afterCommit(store, c.id, c.kind === "incremental");
+    if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // said with the result too: an app run for a standby must not believe this one is on the mirror
     const notShipped = "process-tree checkpoints are not shipped to the mirror yet: this one is on this host only";
     if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, notShipped);
@@ -687,6 +689,17 @@ export class AppManager {
         }
       })
       .catch((e) => this.log.warn({ id, err: errMessage(e) }, "background merge/retention failed"));
+  }
+
+  /** A files image's chain is merged like the processes' (files-flow.ts). */
+  private afterCommitFiles(store: CasStoreAdapter, id: string): void {
+    let incremental = false;
+    try {
+      incremental = store.cas.get(id).kind === "incremental";
+    } catch {
+      return;
+    }
+    this.afterCommit(store, id, incremental, false);
   }
 
   /** Waits for background merges and retention (tests, shutdown). */

@@ -158,13 +158,20 @@ export type FilesRecord = { type: "file"; entry: FileEntry } | { type: "pages"; 
 /** Reads a (composed, full) files image stream record by record, checking every CRC. */
 export async function* readFilesImage(src: Readable, what: string): AsyncGenerator<FilesRecord> {
   let buf: Buffer = Buffer.alloc(0);
+  const pending: Buffer[] = []; // read, not yet joined into buf (joined once per record, not per chunk)
+  let pendingLen = 0;
   let off = 0; // of buf[0] in the stream
   const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const need = async (n: number): Promise<boolean> => {
-    while (buf.length < n) {
+    while (buf.length + pendingLen < n) {
       const r = await it.next();
       if (r.done) return false;
-      buf = buf.length ? Buffer.concat([buf, r.value]) : r.value;
+      pending.push(r.value);
+      pendingLen += r.value.length;
+    }
+    if (buf.length < n) {
+      buf = Buffer.concat([buf, ...pending.splice(0)]);
+      pendingLen = 0;
     }
     return true;
   };
