@@ -12,7 +12,7 @@
 //   restore: the rollback of the file (restore --replace) against a plain copy of it (cp + fsync).
 // Prints a table, the load, and writes bench/results/files.json. Everything started is killed by PID.
 import { randomBytes } from "node:crypto";
-import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, fsyncSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { cpus, loadavg, release, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -76,7 +76,7 @@ export async function main(): Promise<void> {
       const command = async (cmd: string, want: string): Promise<string> => {
         const from = logSizeOf(log);
         writeFileSync(`${file}.cmd.tmp`, cmd);
-        copyFileSync(`${file}.cmd.tmp`, `${file}.cmd`);
+        renameSync(`${file}.cmd.tmp`, `${file}.cmd`); // whole, at once: the app polls for it
         return waitForLine(log, [want], 600_000, from);
       };
       return { mode, name, file, log, command, rates: [] as number[] };

@@ -134,6 +134,7 @@ export function buildProgram(): Command {
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
+      if (r.filesSkipped) out(`  files: ${r.filesSkipped}`);
       const f = r.files;
       if (f) {
         out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
@@ -185,7 +186,11 @@ export function buildProgram(): Command {
     .option("--json", "print as JSON")
     .action(async (id: string, o: { json?: boolean }) => {
       const { manifest: m, image: img } = await api.inspect(id);
-      if (o.json) return out(json({ manifest: m, image: img }));
+      // the app's data files at this checkpoint: the manifest of its files image (docs/files.md)
+      const filesId = ((m as { stats?: { extra?: { files?: { id?: unknown } } } }).stats?.extra?.files?.id);
+      type FileRow = { path: string; present: boolean; size: number; mode: number; mtimeNs: string };
+      const files = typeof filesId === "string" ? await api.inspect(filesId).then((f) => ({ id: filesId, list: ((f.manifest as { stats?: { extra?: { files?: FileRow[] } } }).stats?.extra?.files ?? []) }), (e: unknown) => ({ id: filesId, list: [] as FileRow[], error: errMessage(e) })) : null;
+      if (o.json) return out(json({ manifest: m, image: img, ...(files ? { files } : {}) }));
       out(`${m.id}  ${m.kind}${m.parent ? ` on ${m.parent}` : ""}  created ${m.createdAt}`);
       out(`  ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s), downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}`);
       const st = (m as { stats?: { tracking?: string | null; pagesScanned?: number | null; pagesWritten?: number | null; storedBytes?: number; newPages?: number } }).stats;
@@ -194,6 +199,10 @@ export function buildProgram(): Command {
       if (tree) {
         out(`  process tree of ${tree.tree.length} processes, tree downtime ${duration(tree.treeDowntimeNs)} (first park to last resume); each live process's image is a checkpoint of its own (\`tardigrade inspect ID\`):`);
         out(table(["PID", "PPID", "PGID", "SID", "COMM", "THREADS", "CHECKPOINT", "DOWNTIME"], tree.tree.map((p) => [String(p.pid), String(p.ppid), String(p.pgid), String(p.sid), p.comm, String(p.threads), p.zombie ? `zombie, wait status ${p.waitStatus ?? 0}` : (p.id ?? "-"), p.downtimeNs !== undefined ? duration(p.downtimeNs) : "-"])));
+      }
+      if (files) {
+        out(`  data files (${files.id}${"error" in files ? `: ${files.error}` : ""}): ${files.list.filter((f) => f.present).length} in the set, ${files.list.filter((f) => !f.present).length} absent at the checkpoint`);
+        if (files.list.length) out(table(["SIZE", "MODE", "MTIME", "PATH"], files.list.map((f) => (f.present ? [bytes(f.size), (f.mode & 0o7777).toString(8), new Date(Number(BigInt(f.mtimeNs) / 1_000_000n)).toISOString(), f.path] : ["absent", "-", "-", f.path]))));
       }
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
       out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);

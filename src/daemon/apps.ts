@@ -33,7 +33,7 @@ import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
-import { FilesCapture, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
+import { FilesCapture, filesApp, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
 import type { FilesRollback } from "./files-restore.js";
 import { DEFAULT_FILES, journalPath, type FilesConfig } from "./files-set.js";
 import { runFilesConfig } from "./files-config.js";
@@ -97,6 +97,8 @@ export interface RestoreResult {
   wallNs: number;
   /** The app's files rolled back to the checkpoint before its processes were restored (issue 14). */
   files?: FilesRollback & { id: string };
+  /** Why the checkpoint's files were not rolled back (its files image is not in this store: a standby). */
+  filesSkipped?: string;
 }
 
 const SOCK_MAX = 107;
@@ -431,9 +433,11 @@ export class AppManager {
       if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
       try {
         // (with hold the agent leaves the check for child processes to us)
-        const procs = initHostPid ? appProcesses(initHostPid).filter((p) => !p.zombie) : [];
+        // (zombies count: the tree way restores them)
+        const procs = initHostPid ? appProcesses(initHostPid) : [];
         const others = procs.filter((p) => p.pid !== pid);
-        if (others.length) throw new Error(`the app has ${others.length} other process(es): ${describeProcesses(others)}`);
+        // (the agent's own words: the checkpoint is then taken the tree way, isAgentTreeRefusal)
+        if (others.length) throw new Error(`the app has ${others.length} other process${others.length === 1 ? "" : "es"}: ${describeProcesses(others)}`);
         extra.files = files.cut(procs.map((p) => p.hostPid));
       } catch (err) {
         cutError = err;
@@ -464,7 +468,9 @@ export class AppManager {
       );
     } catch (e) {
       files?.abort(e);
-      if (cutError && !(cutError instanceof Error && /^the app has \d+ other/.test(cutError.message)))
+      if (cutError instanceof Error && isAgentTreeRefusal(cutError.message))
+        throw new TgError(`checkpoint of ${name} failed`, cutError.message, "Nothing was committed", "checkpoint-failed"); // (taken again the tree way)
+      if (cutError)
         throw new TgError(`checkpoint of ${name} failed`, `the app's files could not be captured: ${errMessage(cutError)}`, "Nothing was committed; the app keeps running. Leave the file out with run --files-exclude, or run with --files none", "checkpoint-failed");
       throw e;
     }
@@ -864,8 +870,9 @@ export class AppManager {
       const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
       for (const e of tree?.tree ?? []) if (e.id && e.id !== m.id) unpins.push(await store.cas.hold(e.id));
       // its files image too
+      // (absent on a standby: the mirror does not ship files images yet; restored without rollback, said so)
       const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
-      if (files) unpins.push(await store.cas.hold(files.id));
+      if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
       return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
       unpin();
@@ -882,7 +889,9 @@ export class AppManager {
     const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
     // the app's files are rolled back to the checkpoint (files-flow.ts): the checkpoint wins over
     // changes made since, which the file check would otherwise refuse
-    const filesRef = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const named = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const filesRef = named && store.cas.list(filesApp(name)).some((c) => c.id === named.id) ? named : null;
+    if (named && !filesRef) this.log.warn({ app: name, id: m.id, files: named.id }, "the checkpoint's files image is not in this store (the mirror does not ship files images yet): files are not rolled back");
     if (filesRef) allow = true;
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
@@ -963,7 +972,7 @@ export class AppManager {
     this.schedule(name, record.everyMs);
     const wallNs = Number(process.hrtime.bigint() - t0);
     this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
-    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(rolledBack ? { files: rolledBack } : {}) };
+    return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store (the mirror does not ship files images yet): files were not rolled back` } : {}) };
   }
 
   /** Kills a launcher we spawned and whatever it started (by host PID), without waiting. */
