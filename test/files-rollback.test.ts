@@ -3,14 +3,15 @@
 // transaction with a page cache much smaller than the database; a python3 app appending to a log
 // and replacing a result file by write-temp-then-rename, creating and deleting files. Each app
 // checks the files against its own memory, so each test can fail: it is also run with
-// `--files none`, where the files are left as the crash left them, and must then fail.
+// `--files none`, where the files are left as the crash left them, and must then fail. And a
+// `--files DIR` tree changed by another program, with `--files-exclude`.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
-import { fixtureScript, requireNative } from "./helpers/native.js";
+import { fixture, fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, status, waitLines } from "./helpers/scenario.js";
 
 const TIMEOUT = 400_000;
@@ -150,6 +151,33 @@ describe("files rolled back on restore (issue 14)", { timeout: TIMEOUT }, () => 
   test("sqlite3 DELETE mode with --files none: the same scenario fails", async (t) => {
     const { verdict } = await sqliteScenario(t, "delete", "none");
     assert.doesNotMatch(verdict, /^verify ok/, `without rollback the database cannot match the app's memory: ${verdict}`);
+  });
+
+  test("--files DIR snapshots a whole tree (changed by another program too), --files-exclude leaves files out; inspect lists the files", async (t) => {
+    const { h, dir } = setup(t);
+    const data = join(dir, "data");
+    mkdirSync(join(data, "sub"), { recursive: true });
+    writeFileSync(join(data, "a.txt"), "a at the checkpoint\n");
+    writeFileSync(join(data, "sub", "b.bin"), Buffer.alloc(100_000, 7));
+    writeFileSync(join(data, "scratch.tmp"), "tmp at the checkpoint\n");
+    await run(h, "ctr", ["--files", data, "--files-exclude", "*.tmp"], [fixture("counter"), "1000000", "50"]);
+    await waitLines(h, "ctr", (ls) => ls.length >= 3, "first counts", WAIT);
+    const cp = await checkpoint(h, "ctr");
+    assert.equal(cp.files?.files, 2, `a.txt and sub/b.bin, not scratch.tmp: ${JSON.stringify(cp.files)}`);
+    const ins = await h.cli(["inspect", cp.id]);
+    assert.equal(ins.code, 0, ins.stderr);
+    assert.ok(ins.stdout.includes(join(data, "sub", "b.bin")) && !ins.stdout.includes("scratch.tmp"), ins.stdout);
+    // another program changes the tree
+    writeFileSync(join(data, "a.txt"), "changed by someone else\n");
+    writeFileSync(join(data, "sub", "new.txt"), "new\n");
+    writeFileSync(join(data, "scratch.tmp"), "tmp changed\n");
+    await killApp(h, "ctr");
+    const r = await restore(h, "ctr");
+    assert.equal(readFileSync(join(data, "a.txt"), "utf8"), "a at the checkpoint\n");
+    assert.deepEqual(readFileSync(join(data, "sub", "b.bin")), Buffer.alloc(100_000, 7));
+    assert.ok(!existsSync(join(data, "sub", "new.txt")), `created after the checkpoint: removed (${JSON.stringify(r.files)})`);
+    assert.equal(readFileSync(join(data, "scratch.tmp"), "utf8"), "tmp changed\n", "excluded: untouched");
+    assert.equal(r.files?.unchanged, 1, JSON.stringify(r.files));
   });
 
   for (const files of ["on", "none"] as const) {
