@@ -463,6 +463,7 @@ export class AppManager {
         (e) => {
           this.log.debug({ app: name, event: e }, "agent event");
           if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
+          if (e.ok === false) files?.abort(e.error); // (the store is held for the files image: end it now)
         },
         files ? { storeApp: name, seq } : undefined,
       );
@@ -470,6 +471,8 @@ export class AppManager {
       files?.abort(e);
       if (cutError instanceof Error && isAgentTreeRefusal(cutError.message))
         throw new TgError(`checkpoint of ${name} failed`, cutError.message, "Nothing was committed", "checkpoint-failed"); // (taken again the tree way)
+      const full = cutError ? noSpaceError(cutError, `checkpoint of ${name} failed`, [store.root]) : null;
+      if (full) throw full;
       if (cutError)
         throw new TgError(`checkpoint of ${name} failed`, `the app's files could not be captured: ${errMessage(cutError)}`, "Nothing was committed; the app keeps running. Leave the file out with run --files-exclude, or run with --files none", "checkpoint-failed");
       throw e;

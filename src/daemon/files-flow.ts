@@ -88,8 +88,21 @@ export class FilesCapture {
 
   private readonly staging: string;
 
-  /** With every process of the app parked: reads what changed, hands the image to the store. */
+  /**
+   * With every process of the app parked: copies what changed, hands the image to the store. A
+   * failure ends the image at once: the store holds its lock for it, and the processes' images
+   * queued behind it must not wait for an image that never comes.
+   */
   cut(hostPids: number[]): FilesRef {
+    try {
+      return this.cutOnce(hostPids);
+    } catch (e) {
+      this.abort(e);
+      throw e;
+    }
+  }
+
+  private cutOnce(hostPids: number[]): FilesRef {
     const keep = fileFilter(this.a.cfg, this.a.never);
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
     mkdirSync(this.staging, { recursive: true });

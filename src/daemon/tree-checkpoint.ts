@@ -386,14 +386,20 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
             lastResumed = Math.max(lastResumed, e.resumed_ns);
           }
         }
-        if (e.ok === false) cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
+        if (e.ok === false) {
+          cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
+          files?.abort(e.error); // (the store is held for the files image, queued first: end it now)
+        }
         a.onEvent(p.pid, e);
       },
       isMain ? { storeApp, seq, after: Promise.all(queued), queued: () => go(), go: allReady } : { storeApp, seq, queued: tell, go: allReady },
     );
     void c.then(tell, tell); // a capture that failed before it was queued does not hold the main one back
     if (isMain) void c.then(go, go); // nor does a main one that failed before it was (the others then learn it from the cut)
-    c.catch((e: unknown) => cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`)));
+    c.catch((e: unknown) => {
+      cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`));
+      files?.abort(e);
+    });
     captures.push(c);
   }
   const settled = await Promise.allSettled(captures);
