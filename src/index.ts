@@ -44,12 +44,14 @@ export interface RunOptions extends CommonOptions {
   keep?: number;
   /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */
   mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
+  /** The app's data files (issue 14, on by default): `enabled: false` keeps them out; `dirs` trees snapshotted whole; `exclude` globs left out. */
+  files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
 }
 
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
 export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
-  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror, umask: currentUmask() });
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror, files: o.files, umask: currentUmask() });
 }
 
 export interface CheckpointOptions extends CommonOptions, ProgressOptions {

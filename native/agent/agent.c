@@ -309,9 +309,9 @@ static void snapshot_and_release(uint32_t gen) {
     /* a tree: every process is captured before any resumes */
     /* (with the Unix sockets whose peer is in another process: the daemon checks that it is in the app) */
     static char unmatched[8192];
-    size_t un = tg.hold ? tg_unix_unmatched(unmatched + 8, sizeof unmatched - 8) : 0;
+    size_t un = tg_res_tree ? tg_unix_unmatched(unmatched + 8, sizeof unmatched - 8) : 0;
     if (un) memcpy(unmatched, ",\"unix\":", 8);
-    else if (tg.hold) snprintf(unmatched, sizeof unmatched, ",\"unix\":\"too many to list\"");
+    else if (tg_res_tree) snprintf(unmatched, sizeof unmatched, ",\"unix\":\"too many to list\"");
     if (child > 0 && tg.hold && hold_for("captured", "RESUME", unmatched) != 0) {
       tg_sys2(SYS_kill, child, SIGKILL);
       siginfo_t si;
@@ -490,7 +490,7 @@ static void do_checkpoint(char *args) {
   if (!path) path = args;
   tg.want_incremental = 0;
   tg.parent_seq = 0;
-  tg.hold = 0;
+  tg.hold = tg.tree = 0;
   int to_fifo = 0;
   img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
@@ -498,14 +498,15 @@ static void do_checkpoint(char *args) {
     else if (strcmp(w, "full") == 0) tg.want_incremental = 0;
     else if (strncmp(w, "parent=", 7) == 0) tg.parent_seq = strtoull(w + 7, NULL, 10);
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
-    else if (strcmp(w, "hold") == 0) tg.hold = 1; /* part of a process tree's cut */
+    else if (strcmp(w, "hold") == 0) tg.hold = 1; /* wait at each barrier */
+    else if (strcmp(w, "tree") == 0) tg.tree = 1; /* part of a process tree's cut */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
     else if (strcmp(w, "tracking=none") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_OFF; }
     else { snprintf(err, sizeof err, "unknown CHECKPOINT option '%s'", w); reply_error("error", err); return; }
   }
   if (path[0] != '/') { reply_error("error", "CHECKPOINT needs an absolute path"); return; }
-  tg_res_tree = tg.hold;
+  tg_res_tree = tg.hold && tg.tree;
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
@@ -853,7 +854,7 @@ static void tg_after_fork(void) {
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg_track_after_fork();
   tg.capturing = 0;
-  tg.hold = 0;
+  tg.hold = tg.tree = 0;
   tg.nslots = tg.parked = 0;
   tg.child = 0;
   tg.seq = 0;

@@ -44,7 +44,8 @@ struct tg_agent {
   int pid, ppid, manager_tid;   /* namespace ids, recorded at each capture */
   char sock_path[108];          /* where this process's agent listens */
   char sock_base[108];          /* the app's socket: the launched process listens there, every other one at sock_base.PID */
-  int hold;                     /* this request is part of a process tree's cut: wait for the caller at each barrier */
+  int hold;                     /* wait for the caller at each barrier (a process tree's cut, or a single process whose files are read at the cut) */
+  int tree;                     /* part of a process tree's cut: an fd whose other end is in another process is the daemon's to check */
   int listen_fd, conn_fd, img_fd, err_rd, err_wr;
   volatile int capturing;
   volatile uint32_t stop_gen, release_gen;

@@ -27,6 +27,7 @@ enum tg_rec_type {
   TG_REC_FILE_STATE = 16,
   TG_REC_LOCKS = 17,
   TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
+  TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
 };
 
 struct tg_file_header {

@@ -47,10 +47,12 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
   (void)seen, (void)nseen;
   return emit ? tg_locks_emit(emit, ctx, err, errlen) : 0;
 }
+TG_RES_HIDDEN int tg_files_rolled_back;
 
 int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen) {
   struct stat st;
   if (fstat(fd, &st) != 0) { snprintf(err, errlen, "%s: fstat: %s", path, strerror(errno)); return -1; }
+  if (tg_files_rolled_back && S_ISREG(st.st_mode) && S_ISREG(id->mode)) return 0;
   if (st.st_dev != id->dev || st.st_ino != id->ino) {
     snprintf(err, errlen, "%s is not the file the application had open at the checkpoint (it was replaced: inode %llu, was %llu)",
              path, (unsigned long long)st.st_ino, (unsigned long long)id->ino);

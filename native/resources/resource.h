@@ -117,4 +117,8 @@ TG_RES_HIDDEN int tg_locks_emit(tg_emit_fn emit, void *ctx, char *err, size_t er
 TG_RES_HIDDEN int tg_locks_apply(const struct tg_fd_restore *rc, uint32_t fd, const char *path, char *err, size_t errlen);
 /* resources/file.c: is fd (opened from path) the file the record names? 0, or -1 with err */
 TG_RES_HIDDEN int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *err, size_t errlen);
+/* resources/file.c: set by the restorer's --files-rolled-back (issue 14): the daemon has just put the
+ * app's files back as they were at the checkpoint, recreating those deleted since (new inodes), so
+ * a regular file at its path is the checkpoint's even when its inode differs */
+TG_RES_HIDDEN extern int tg_files_rolled_back;
 #endif

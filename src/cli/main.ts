@@ -73,10 +73,12 @@ export function buildProgram(): Command {
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// mirror (default: the system's CAs)")
     .addOption(new Option("--mirror-ack <level>", "a checkpoint returns once the mirror has it cached (received) or on disk (durable)").choices(["received", "durable"]).default("durable"))
+    .option("--files <dir>", "data files: also snapshot this whole tree (repeatable), or `none` to keep files out of checkpoints (default: the files the app writes)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--files-exclude <glob>", "leave matching files out of checkpoints (repeatable; `*.tmp` matches names, `/srv/x/**` paths)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -88,7 +90,9 @@ export function buildProgram(): Command {
       const keep = o.keep === undefined ? undefined : Number(o.keep);
       if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
       const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
-      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror });
+      const none = o.files?.includes("none") === true;
+      const files = o.files || o.filesExclude ? { ...(none ? { enabled: false } : {}), dirs: (o.files ?? []).filter((d) => d !== "none"), exclude: o.filesExclude ?? [] } : undefined;
+      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror, files });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
       out(`  output: tardigrade logs ${r.name}    checkpoint: tardigrade checkpoint ${r.name}${everyMs ? `    (also every ${o.every})` : ""}`);
@@ -108,6 +112,7 @@ export function buildProgram(): Command {
       const kind = m.kind === "incremental" ? `incremental on ${m.parent}` : "full";
       out(`${m.id} (${kind}): ${m.pages} pages, ${bytes(m.bytes)}${st?.storedBytes !== undefined ? ` (${bytes(st.storedBytes)} new in the store)` : ""}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
       if (m.fullReason && !o.full) out(`  full because: ${m.fullReason}`);
+      if (m.files) out(`  files: ${m.files.files} in the set, ${m.files.changed} new or changed (${bytes(m.files.bytesRead)} read while the app was held, ${duration(m.files.cutNs)})`);
       if (m.mirror) out(`  mirror ${m.mirror.url}: ${m.mirror.state}${m.mirror.error ? ` (${m.mirror.error})` : ""}`);
     });
 
@@ -117,7 +122,7 @@ export function buildProgram(): Command {
     .argument("<name>", "app name")
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
-    .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint (they are not rolled back)")
+    .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint and the checkpoint has no files (run --files none): they are not rolled back")
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
@@ -130,6 +135,16 @@ export function buildProgram(): Command {
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
       for (const n of r.notes ?? []) out(`  ${n}`);
+      if (r.filesSkipped) out(`  files: ${r.filesSkipped}`);
+      const f = r.files;
+      if (f) {
+        out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
+        for (const p of f.rewritten) out(`    rewritten  ${p}`);
+        for (const p of f.recreated) out(`    recreated  ${p}`);
+        for (const p of f.renamedBack) out(`    renamed back  ${p}`);
+        for (const p of f.removed) out(`    removed    ${p}`);
+        for (const p of f.leftAsIs) out(`    left as is ${p} (first written after the checkpoint, older than it: not in its set)`);
+      }
     });
 
   program
@@ -172,7 +187,11 @@ export function buildProgram(): Command {
     .option("--json", "print as JSON")
     .action(async (id: string, o: { json?: boolean }) => {
       const { manifest: m, image: img } = await api.inspect(id);
-      if (o.json) return out(json({ manifest: m, image: img }));
+      // the app's data files at this checkpoint: the manifest of its files image (docs/files.md)
+      const filesId = ((m as { stats?: { extra?: { files?: { id?: unknown } } } }).stats?.extra?.files?.id);
+      type FileRow = { path: string; present: boolean; size: number; mode: number; mtimeNs: string };
+      const files = typeof filesId === "string" ? await api.inspect(filesId).then((f) => ({ id: filesId, list: ((f.manifest as { stats?: { extra?: { files?: FileRow[] } } }).stats?.extra?.files ?? []) }), (e: unknown) => ({ id: filesId, list: [] as FileRow[], error: errMessage(e) })) : null;
+      if (o.json) return out(json({ manifest: m, image: img, ...(files ? { files } : {}) }));
       out(`${m.id}  ${m.kind}${m.parent ? ` on ${m.parent}` : ""}  created ${m.createdAt}`);
       out(`  ${m.pages} pages, ${bytes(m.bytes)}, ${m.threads} thread(s), downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}`);
       const st = (m as { stats?: { tracking?: string | null; pagesScanned?: number | null; pagesWritten?: number | null; storedBytes?: number; newPages?: number } }).stats;
@@ -181,6 +200,10 @@ export function buildProgram(): Command {
       if (tree) {
         out(`  process tree of ${tree.tree.length} processes, tree downtime ${duration(tree.treeDowntimeNs)} (first park to last resume)${tree.cut ? `: every process parked ${duration(tree.cut.parkNs)}, checks ${duration(tree.cut.verifyNs)}, capture ${duration(tree.cut.captureNs)}, resume ${duration(tree.cut.resumeNs)}` : ""}; each live process's image is a checkpoint of its own (\`tardigrade inspect ID\`):`);
         out(table(["PID", "PPID", "PGID", "SID", "COMM", "THREADS", "CHECKPOINT", "DOWNTIME"], tree.tree.map((p) => [String(p.pid), String(p.ppid), String(p.pgid), String(p.sid), p.comm, String(p.threads), p.zombie ? `zombie, wait status ${p.waitStatus ?? 0}` : (p.id ?? "-"), p.downtimeNs !== undefined ? duration(p.downtimeNs) : "-"])));
+      }
+      if (files) {
+        out(`  data files (${files.id}${"error" in files ? `: ${files.error}` : ""}): ${files.list.filter((f) => f.present).length} in the set, ${files.list.filter((f) => !f.present).length} absent at the checkpoint`);
+        if (files.list.length) out(table(["SIZE", "MODE", "MTIME", "PATH"], files.list.map((f) => (f.present ? [bytes(f.size), (f.mode & 0o7777).toString(8), new Date(Number(BigInt(f.mtimeNs) / 1_000_000n)).toISOString(), f.path] : ["absent", "-", "-", f.path]))));
       }
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
       out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);

@@ -105,6 +105,8 @@ export interface CheckpointOptions {
    * returns ("CAPTURE", "RESUME", or "ABORT <why>").
    */
   hold?: (e: Extract<CheckpointEvent, { event: "parked" | "captured" }>) => Promise<string>;
+  /** With hold: part of a process tree's cut (an fd whose other end is in another process is then the daemon's to check, not a refusal). */
+  tree?: boolean;
 }
 
 /** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
@@ -114,6 +116,7 @@ export async function checkpoint(sock: string, imagePath: string, onEvent: (e: C
   if (opts.tracking) words.push(`tracking=${opts.tracking}`);
   if (opts.fifo) words.push("fifo");
   if (opts.hold) words.push("hold");
+  if (opts.tree) words.push("tree");
   const hold = opts.hold;
   await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o, send) => {
     const e = o as unknown as CheckpointEvent;

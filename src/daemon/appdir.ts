@@ -5,6 +5,7 @@
 //   status     exit status JSON (written by tardigrade-init/-restore when the app ends)
 //   log        the app's stdout and stderr
 //   agent.sock the agent's control socket
+import type { FilesConfig } from "./files-set.js";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { constants } from "node:os";
 import { join } from "node:path";
@@ -41,6 +42,10 @@ export interface AppRecord {
   /** A process tree: every other process's agent seq and checkpoint of its last committed image (its next incremental's base), by pid. */
   treeLineage?: Record<string, { agentSeq: number; id: string }>;
   lastId?: string;
+  /** The app's data files (issue 14): on by default; `run --files none|DIR`, `--files-exclude GLOB`. */
+  files?: FilesConfig;
+  /** The last committed files image (`<app>~files@SEQ`): the next one is incremental on it. */
+  lastFilesId?: string;
 }
 
 export interface ExitStatus {

@@ -35,6 +35,10 @@ import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
+import { FilesCapture, filesApp, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
+import type { FilesRollback } from "./files-restore.js";
+import { DEFAULT_FILES, journalPath, type FilesConfig } from "./files-set.js";
+import { runFilesConfig } from "./files-config.js";
 
 export interface RunRequest {
   name?: string;
@@ -51,6 +55,8 @@ export interface RunRequest {
   mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
+  /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
+  files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
 }
 
 export interface RunResult {
@@ -72,6 +78,8 @@ export interface CheckpointResult extends Manifest {
   commitNs: number;
   /** Why a checkpoint that could have been incremental is full (from the agent). */
   fullReason?: string;
+  /** The app's files at this checkpoint (issue 14). */
+  files?: FilesRef;
 }
 
 export interface RestoreResult {
@@ -91,6 +99,10 @@ export interface RestoreResult {
   wallNs: number;
   /** What the restore did that the app may notice (TCP connections restored closed). */
   notes?: string[];
+  /** The app's files rolled back to the checkpoint before its processes were restored (issue 14). */
+  files?: FilesRollback & { id: string };
+  /** Why the checkpoint's files were not rolled back (its files image is not in this store: a standby). */
+  filesSkipped?: string;
 }
 
 const SOCK_MAX = 107;
@@ -130,7 +142,7 @@ class KeyedLock {
 }
 
 /** The app record of a restore: the app's settings carry over; the process facts start anew. */
-function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string): AppRecord {
+function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string, filesId?: string): AppRecord {
   const now = new Date().toISOString();
   return {
     everyMs: prev?.everyMs,
@@ -138,6 +150,8 @@ function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string)
     keep: prev?.keep,
     mirrorUrl: prev?.mirrorUrl,
     mirrorAck: prev?.mirrorAck,
+    ...(prev?.files ? { files: prev.files } : {}),
+    ...(filesId ? { lastFilesId: filesId } : {}),
     name,
     argv: prev?.argv ?? [],
     cwd: prev?.cwd ?? "/",
@@ -253,6 +267,7 @@ export class AppManager {
         }
       }
     }
+    const files = runFilesConfig(req.files, req.cwd);
     const name = req.name ?? this.freeName(req.argv[0]!);
     const dir = this.dir(name);
     if (dir.sock.length > SOCK_MAX) throw new TgError(`cannot run ${name}`, `the agent socket path ${dir.sock} is longer than ${SOCK_MAX} bytes`, "Use a shorter TARDIGRADE_HOME or app name", "bad-request");
@@ -263,6 +278,7 @@ export class AppManager {
       const init = nativeBinary("tardigrade-init");
       const agent = await stableAgent(this.home);
       await mkdir(dir.dir, { recursive: true });
+      await rm(journalPath(dir.dir), { force: true }); // a new run: the files the last one touched are not this one's
       const now = new Date().toISOString();
       const record: AppRecord = {
         name,
@@ -277,6 +293,7 @@ export class AppManager {
         everyMs: req.everyMs,
         ...(req.tracking ? { tracking: req.tracking } : {}),
         ...(req.keep ? { keep: req.keep } : {}),
+        files,
         ...(req.mirror ? { mirrorUrl: req.mirror.url, mirrorAck: req.mirror.ack ?? "durable" } : {}),
       };
       if (req.mirror) {
@@ -410,19 +427,60 @@ export class AppManager {
       }
     }
     progress({ phase: "capture" });
-    const cap = await captureIntoCas(
-      store.cas,
-      name,
-      dir.sock,
-      pid,
-      join(store.root, "staging"),
-      { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}) },
-      { ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}), onProgress: (done, total) => progress({ phase: "verify", done, total }), describeFiles: (v) => this.fileIds.describe(v) },
-      (e) => {
-        this.log.debug({ app: name, event: e }, "agent event");
-        if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
-      },
-    );
+    // the app's files (files-flow.ts): queued in the store first, read while the app is parked
+    const seq = nextSeq(store.cas, name);
+    const files = this.filesCapture(store, name, dir, rec, seq, full);
+    const initHostPid = dir.state()?.initHostPid;
+    const extra: { files?: FilesRef } = {};
+    let cutError: unknown = null;
+    const hold = async (e: { event: "parked" | "captured" }): Promise<string> => {
+      if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
+      try {
+        // (with hold the agent leaves the check for child processes to us)
+        // (zombies count: the tree way restores them)
+        const procs = initHostPid ? appProcesses(initHostPid) : [];
+        const others = procs.filter((p) => p.pid !== pid);
+        // (the agent's own words: the checkpoint is then taken the tree way, isAgentTreeRefusal)
+        if (others.length) throw new Error(`the app has ${others.length} other process${others.length === 1 ? "" : "es"}: ${describeProcesses(others)}`);
+        extra.files = files.cut(procs.map((p) => p.hostPid));
+      } catch (err) {
+        cutError = err;
+        throw err;
+      }
+      return "CAPTURE";
+    };
+    let cap: Awaited<ReturnType<typeof captureIntoCas>>;
+    try {
+      cap = await captureIntoCas(
+        store.cas,
+        name,
+        dir.sock,
+        pid,
+        join(store.root, "staging"),
+        { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}), ...(files ? { hold } : {}) },
+        {
+          ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}),
+          onProgress: (done, total) => progress({ phase: "verify", done, total }),
+          describeFiles: (v) => this.fileIds.describe(v),
+          ...(files ? { extra, beforeCommit: async () => void (await files.committed) } : {}),
+        },
+        (e) => {
+          this.log.debug({ app: name, event: e }, "agent event");
+          if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
+          if (e.ok === false) files?.abort(e.error); // (the store is held for the files image: end it now)
+        },
+        files ? { storeApp: name, seq } : undefined,
+      );
+    } catch (e) {
+      files?.abort(e);
+      if (cutError instanceof Error && isAgentTreeRefusal(cutError.message))
+        throw new TgError(`checkpoint of ${name} failed`, cutError.message, "Nothing was committed", "checkpoint-failed"); // (taken again the tree way)
+      const full = cutError ? noSpaceError(cutError, `checkpoint of ${name} failed`, [store.root]) : null;
+      if (full) throw full;
+      if (cutError)
+        throw new TgError(`checkpoint of ${name} failed`, `the app's files could not be captured: ${errMessage(cutError)}`, "Nothing was committed; the app keeps running. Leave the file out with run --files-exclude, or run with --files none", "checkpoint-failed");
+      throw e;
+    }
     const c = cap.checkpoint;
     const fullReason = full
       ? "full checkpoint requested"
@@ -436,12 +494,26 @@ export class AppManager {
     if (rec) {
       rec.lastAgentSeq = cap.done.seq;
       rec.lastId = c.id;
+      if (files?.ref) rec.lastFilesId = files.ref.id;
       await dir.writeRecord(rec);
     }
     this.log.info({ app: name, id: c.id, kind: c.kind, pages: c.stats.pages, storedBytes: c.stats.storedBytes, downtimeNs: c.stats.downtimeNs }, "checkpoint committed");
     this.afterCommit(store, c.id, c.kind === "incremental");
+    if (files?.ref) this.afterCommitFiles(store, files.ref.id);
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}) };
+    return { ...toManifest(c), commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" && fullReason ? { fullReason } : {}), ...(mirror ? { mirror } : {}), ...(files?.ref ? { files: files.ref } : {}) };
+  }
+
+  /** Paths never in an app's file set: its log, tardigrade's home. */
+  private filesNever(dir: AppDir): string[] {
+    return [dir.logFile, this.home];
+  }
+
+  /** The app's file capture for a checkpoint at seq (files-flow.ts), or null with --files none. */
+  private filesCapture(store: CasStoreAdapter, name: string, dir: AppDir, rec: AppRecord | null, seq: number, full: boolean): FilesCapture | null {
+    const cfg: FilesConfig = rec?.files ?? DEFAULT_FILES;
+    if (!cfg.enabled) return null;
+    return new FilesCapture({ cas: store.cas, app: name, seq, appDir: dir.dir, cfg, parentId: full ? null : (rec?.lastFilesId ?? null), never: this.filesNever(dir), stagingRoot: join(store.root, "staging") });
   }
 
   /** A process tree's checkpoint (tree-checkpoint.ts): incremental per process on its last committed image. */
@@ -449,6 +521,7 @@ export class AppManager {
     const rec = dir.record() as AppRecord | null;
     progress({ phase: "capture" });
     const cap0Pid = appProcesses(initHostPid).find((p) => p.hostPid === mainHostPid)?.pid;
+    let lastFiles = null as FilesCapture | null; // (set in a callback)
     const cap = await checkpointTree({
       cas: store.cas,
       app: name,
@@ -466,22 +539,40 @@ export class AppManager {
         this.log.debug({ app: name, pid, event: e }, "agent event");
         if (e.event === "resumed" && pid === cap0Pid) progress({ phase: "write", downtimeNs: e.downtime_ns });
       },
+      ...((rec?.files ?? DEFAULT_FILES).enabled
+        ? {
+            files: (seq: number) => {
+              const f = this.filesCapture(store, name, dir, rec, seq, full)!;
+              lastFiles = f;
+              return {
+                atCut: async () => void f.cut(appProcesses(initHostPid).filter((p) => !p.zombie).map((p) => p.hostPid)),
+                beforeMainCommit: async () => {
+                  await f.committed;
+                  return { files: f.ref };
+                },
+                abort: (why: unknown) => f.abort(why),
+              };
+            },
+          }
+        : {}),
     });
     const c = cap.main.checkpoint;
     if (rec) {
       rec.lastAgentSeq = cap.main.done.seq;
       rec.lastId = c.id;
+      if (lastFiles?.ref) rec.lastFilesId = lastFiles.ref.id;
       rec.treeLineage = cap.lineage;
       await dir.writeRecord(rec);
     }
     this.log.info({ app: name, id: c.id, processes: cap.info.tree.length, treeDowntimeNs: cap.info.treeDowntimeNs }, "process tree checkpoint committed");
     for (const o of cap.others) this.afterCommit(store, o.checkpoint.id, o.checkpoint.kind === "incremental", false);
     this.afterCommit(store, c.id, c.kind === "incremental");
+    if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // said with the result too: an app run for a standby must not believe this one is on the mirror
     const notShipped = "process-tree checkpoints are not shipped to the mirror yet: this one is on this host only";
     if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, notShipped);
     const mirror: MirrorView | undefined = rec?.mirrorUrl ? { url: rec.mirrorUrl, state: "failed", updatedAt: new Date().toISOString(), error: notShipped } : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
@@ -611,6 +702,17 @@ export class AppManager {
         }
       })
       .catch((e) => this.log.warn({ id, err: errMessage(e) }, "background merge/retention failed"));
+  }
+
+  /** A files image's chain is merged like the processes' (files-flow.ts). */
+  private afterCommitFiles(store: CasStoreAdapter, id: string): void {
+    let incremental = false;
+    try {
+      incremental = store.cas.get(id).kind === "incremental";
+    } catch {
+      return;
+    }
+    this.afterCommit(store, id, incremental, false);
   }
 
   /** Waits for background merges and retention (tests, shutdown). */
@@ -774,6 +876,10 @@ export class AppManager {
       // a process tree: every process's checkpoint, pinned as well
       const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
       for (const e of tree?.tree ?? []) if (e.id && e.id !== m.id) unpins.push(await store.cas.hold(e.id));
+      // its files image too
+      // (absent on a standby: the mirror does not ship files images yet; restored without rollback, said so)
+      const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+      if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
       return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
       unpin();
@@ -781,12 +887,19 @@ export class AppManager {
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean): Promise<RestoreResult> {
+    let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
     const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
     const others = (tree?.tree ?? []).filter((e) => e.id && e.id !== m.id);
     const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
+    // the app's files are rolled back to the checkpoint (files-flow.ts): the checkpoint wins over
+    // changes made since, which the file check would otherwise refuse
+    const named = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const filesRef = named && store.cas.list(filesApp(name)).some((c) => c.id === named.id) ? named : null;
+    if (named && !filesRef) this.log.warn({ app: name, id: m.id, files: named.id }, "the checkpoint's files image is not in this store (the mirror does not ship files images yet): files are not rolled back");
+    if (filesRef) allow = true;
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
     for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
@@ -802,6 +915,7 @@ export class AppManager {
         // (the store's generator itself: a Readable's async iterator would concatenate what it buffered)
         for await (const chunk of store.cas.exportChunks(m.id)) void chunk;
         for (const e of others) for await (const chunk of store.cas.exportChunks(e.id!)) void chunk;
+        if (filesRef) for await (const chunk of store.cas.exportChunks(filesRef.id)) void chunk;
         // a planned restore keeps the connections that can be kept (src/daemon/hold-connections.ts)
         if (st.appHostPid) held = await holdConnections(name, st.appHostPid, (m as { stats?: CheckpointStats }).stats?.sockets);
         progress({ phase: "kill" });
@@ -810,7 +924,20 @@ export class AppManager {
       }
       progress({ phase: "start" });
       await mkdir(dir.dir, { recursive: true });
-      const record = restoreRecord(name, dir.record() as AppRecord | null, m.id);
+      const prevRecord = dir.record() as AppRecord | null;
+      let rolledBack: RestoreResult["files"];
+      if (filesRef) {
+        // before any process exists: every fd offset then agrees with its file
+        try {
+          const r = await restoreFiles(store.cas, filesRef, dir.dir, prevRecord?.files ?? DEFAULT_FILES, this.filesNever(dir));
+          rolledBack = { id: filesRef.id, ...r };
+        } catch (e) {
+          await writeRestoreFailed(dir.logFile, m.id);
+          throw new TgError(`cannot restore ${name} from ${m.id}`, `rolling its files back failed: ${errMessage(e)}`, "No process was started; run the restore again (it rolls the files back from the start)", "restore-failed");
+        }
+        this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
+      }
+      const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
       const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
       const image = input.image;
@@ -840,7 +967,7 @@ export class AppManager {
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);
-        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(held?.args ?? []), ...directArgs], {
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs], {
           timeoutMs: 120_000,
           stdin: image,
           images,
@@ -870,7 +997,7 @@ export class AppManager {
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
       const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
-      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}) };
+      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store (the mirror does not ship files images yet): files were not rolled back` } : {}) };
     } finally {
       await held?.release(); // the traffic goes through again, whatever happened
     }

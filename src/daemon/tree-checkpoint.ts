@@ -75,6 +75,8 @@ class Cut {
 
   /** Asked once every process is parked: a reason to call the cut off (the tree changed), or null. */
   verify: () => string | null = () => null;
+  /** Run once verified, every process still parked (the files' cut). */
+  atCut: () => Promise<void> = async () => {};
 
   /** Every Unix socket whose peer is in another process: is that peer in a process of the tree (and is its peer this one)? */
   private unixProblem(): string | null {
@@ -111,9 +113,15 @@ class Cut {
           this.fail(e instanceof Error ? e : new Error(String(e)));
           return;
         }
-        this.verified = true;
-        this.at.verified = process.hrtime.bigint();
-        this.release();
+        // the app's files, at the same instant (files-flow.ts)
+        void this.atCut().then(
+          () => {
+            this.verified = true;
+            this.at.verified = process.hrtime.bigint();
+            this.release();
+          },
+          (e: unknown) => this.fail(e instanceof Error ? e : new Error(String(e))),
+        );
       });
       return;
     }
@@ -211,6 +219,18 @@ export interface TreeCheckpointArgs {
   describeFiles: (v: VmaFile[]) => Promise<MappedFile[]>;
   onProgress: (done: number, total: number) => void;
   onEvent: (pid: number, e: CheckpointEvent) => void;
+  /** The app's files (files-flow.ts), per attempt at its seq before any image is queued. */
+  files?: (seq: number) => TreeFiles;
+}
+
+/** A tree checkpoint's file capture (files-flow.ts): queued in the store before the processes' images. */
+export interface TreeFiles {
+  /** With every process parked and the cut verified, before CAPTURE. */
+  atCut(): Promise<void>;
+  /** Awaited before the main process's checkpoint commits; what it returns joins the tree listing in its stats.extra. */
+  beforeMainCommit(): Promise<Record<string, unknown>>;
+  /** The attempt failed. */
+  abort(why: unknown): void;
 }
 
 /** Attempts before giving up on a tree that keeps changing (processes starting or ending) under the cut. */
@@ -330,6 +350,8 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     else delete info.shared;
     return null;
   };
+  const files = a.files?.(seq);
+  if (files) cut.atCut = () => files.atCut();
   // the tree's downtime: the first process stopped to the last resumed, on the agents' clock
   // (CLOCK_MONOTONIC, the same for every process of the host)
   let firstStop = Infinity;
@@ -370,6 +392,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
               const done = await Promise.allSettled(others);
               const bad = done.find((d) => d.status === "rejected");
               if (bad) throw (bad as PromiseRejectedResult).reason;
+              if (files) Object.assign(info, await files.beforeMainCommit());
               // the listing goes into this checkpoint's stats (the same object), before it commits
               const ids = new Map<number, string>([[mainPid, `${a.app}@${seq}`]]);
               done.forEach((d, i) => ids.set(order[i]!.pid, (d as PromiseFulfilledResult<CasCapture>).value.checkpoint.id));
@@ -403,7 +426,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
       agentSock(a.sock, p.pid, mainPid),
       p.pid,
       a.stagingRoot,
-      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e, p.pid) },
+      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e, p.pid), tree: true },
       ingestInfo,
       (e) => {
         if (e.event === "resumed") {
@@ -413,17 +436,25 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
             lastResumed = Math.max(lastResumed, e.resumed_ns);
           }
         }
-        if (e.ok === false) cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
+        if (e.ok === false) {
+          cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${e.error}`));
+          files?.abort(e.error); // (the store is held for the files image, queued first: end it now)
+        }
         a.onEvent(p.pid, e);
       },
       isMain ? { storeApp, seq, after: Promise.all(queued), queued: () => go(), go: allReady } : { storeApp, seq, queued: tell, go: allReady },
     );
     void c.then(tell, tell); // a capture that failed before it was queued does not hold the main one back
     if (isMain) void c.then(go, go); // nor does a main one that failed before it was (the others then learn it from the cut)
-    c.catch((e: unknown) => cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`)));
+    c.catch((e: unknown) => {
+      cut.fail(new Error(`pid ${p.pid} (${p.comm}): ${errMessage(e)}`));
+      files?.abort(e);
+    });
     captures.push(c);
   }
   const settled = await Promise.allSettled(captures);
+  const bad = settled.find((st) => st.status === "rejected");
+  if (bad) files?.abort((bad as PromiseRejectedResult).reason);
   if (cut.failedWith instanceof TreeChanged) throw cut.failedWith;
   if (cut.failedWith instanceof TreeRefused) throw treeRefusal(a.app, cut.failedWith.message, "Checkpoint once one of them has closed it");
   const nowLive = new Map(a.list().filter((q) => !q.zombie).map((q) => [q.pid, q]));

@@ -37,6 +37,8 @@ export enum RecordType {
   LOCKS = 17,
   /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
   INET_REPAIR = 20,
+  /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
+  FILE = 30,
 }
 
 /** Fixed (minimum) payload size per record type. */
@@ -59,6 +61,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,
   [RecordType.INET_REPAIR]: 72,
+  [RecordType.FILE]: 72,
 };
 
 /** Size of one POSIX timer entry in a TIMERS record (entries may be longer in later versions). */

@@ -467,6 +467,8 @@ class ImageReader {
         }
         return null;
       }
+      case RecordType.FILE: // a files image's data file (src/daemon/files-image.ts reads them)
+        return null;
       case RecordType.TRACKING:
         out.tracking = { mode: p.readUInt32LE(0), pagesScanned: u64(p, 8), pagesWritten: u64(p, 16), freshMappings: u64(p, 24) };
         return null;

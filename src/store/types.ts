@@ -80,16 +80,20 @@ export function validAppName(name: string): boolean {
  * process under the app's name (its stats.extra.tree lists the tree), every other process under
  * `<app>~<pid>`, a name no app can have ('~' is not allowed in app names).
  */
-const MEMBER_RE = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63})~([1-9][0-9]{0,9})$/;
+const MEMBER_RE = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63})~([1-9][0-9]{0,9}|files)$/;
 
 export function memberApp(app: string, pid: number): string {
   return `${app}~${pid}`;
 }
 
-/** The app and pid of a member name (`calc~7`), or null for an app's own name. */
+/**
+ * The app and pid of a member name (`calc~7`), or null for an app's own name. The app's files
+ * images (`calc~files`, src/daemon/files-flow.ts) are members too, with pid 0: kept while the
+ * checkpoint of their seq is, hidden from `ls`.
+ */
 export function parseMemberApp(name: string): { app: string; pid: number } | null {
   const m = MEMBER_RE.exec(name);
-  return m ? { app: m[1]!, pid: Number(m[2]) } : null;
+  return m ? { app: m[1]!, pid: m[2] === "files" ? 0 : Number(m[2]) } : null;
 }
 
 /** A name the store keeps checkpoints under: an app's, or a member process's of an app's tree. */
@@ -102,7 +106,7 @@ export function checkpointId(app: string, seq: number): string {
 }
 
 export function parseCheckpointId(id: string): { app: string; seq: number } | null {
-  const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:~[1-9][0-9]{0,9})?)@([1-9][0-9]{0,15})$/.exec(id);
+  const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:~(?:[1-9][0-9]{0,9}|files))?)@([1-9][0-9]{0,15})$/.exec(id);
   return m ? { app: m[1]!, seq: Number(m[2]) } : null;
 }
 

@@ -63,11 +63,31 @@ function main(role: string, args: string[]): void {
   const server = createServer((c) => {
     let buf = "";
     c.setEncoding("utf8");
+    // the request, then (with `hold`) the daemon's words at each barrier
+    const lines: string[] = [];
+    let wake: (() => void) | null = null;
+    const nextLine = async (): Promise<string> => {
+      while (!lines.length) await new Promise<void>((r) => (wake = r));
+      return lines.shift()!;
+    };
+    let started = false;
     c.on("data", (d: string) => {
       buf += d;
-      const nl = buf.indexOf("\n");
-      if (nl < 0) return;
-      const words = buf.slice(0, nl).split(" ");
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        lines.push(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+      const w = wake;
+      wake = null;
+      w?.();
+      if (!started && lines.length) {
+        started = true;
+        void handle(lines.shift()!);
+      }
+    });
+    const handle = async (line: string): Promise<void> => {
+      const words = line.split(" ");
       const [cmd, path] = words;
       const fifo = words.includes("fifo");
       const send = (o: unknown): boolean => c.write(JSON.stringify(o) + "\n");
@@ -79,6 +99,18 @@ function main(role: string, args: string[]): void {
           send({ event: "error", ok: false, error: "fd 3: TCP socket 127.0.0.1:4000 (listening) is not supported" });
           c.end();
           return;
+        }
+        // a cut held by the daemon (its files' cut, a tree): "parked", wait for CAPTURE, "captured", wait for RESUME
+        if (words.includes("hold")) {
+          for (const [event, want] of [["parked", "CAPTURE"], ["captured", "RESUME"]] as const) {
+            send({ event, ok: true });
+            const word = await nextLine();
+            if (word !== want) {
+              send({ event: "error", ok: false, error: word.startsWith("ABORT") ? word.slice(6) || "the cut was called off by the daemon" : `expected ${want}, got ${word}` });
+              c.end();
+              return;
+            }
+          }
         }
         seq++;
         send({ event: "resumed", ok: true, downtime_ns: 1234, threads: 2 });
@@ -94,7 +126,7 @@ function main(role: string, args: string[]): void {
         send({ event: "done", ok: true, bytes: img.length, pages: 20, total_ns: 5678, seq, kind: "full", parent: 0 });
         c.end();
       }
-    });
+    };
   });
   rmSync(sock, { force: true });
   server.listen(sock);

@@ -1,0 +1,139 @@
+// The daemon's part of issue 14 (docs/files.md): a checkpoint's files are one more image, stored as
+// the checkpoint `<app>~files@SEQ` at the checkpoint's seq, queued in the store before the
+// processes' images and committed before the main process's checkpoint (whose commit waits for it,
+// and whose stats.extra.files names it): a kill -9 at any moment leaves either both or neither
+// visible (an orphan files checkpoint is what gc removes, like a failed tree's members).
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { PassThrough, Readable } from "node:stream";
+import { errMessage } from "../errors.js";
+import type { CasStore } from "../store/cas/store.js";
+import type { CasCheckpoint } from "../store/cas/types.js";
+import { parseCheckpointId, parseMemberApp } from "../store/types.js";
+import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
+import { filesImageChunks } from "./files-image.js";
+import { rollbackFiles, type FilesRollback } from "./files-restore.js";
+import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
+
+/** The store name of an app's files images. */
+export const filesApp = (app: string): string => `${app}~files`;
+
+/** What a checkpoint's stats.extra.files says (the main process's checkpoint). */
+export interface FilesRef {
+  id: string;
+  files: number;
+  /** Files read at the cut (new or changed since the parent files image). */
+  changed: number;
+  bytesRead: number;
+  /** Time the app was held for the file cut (ns). */
+  cutNs: number;
+}
+
+export function filesRefOf(extra: unknown): FilesRef | null {
+  const f = (extra as { files?: unknown } | null | undefined)?.files as Partial<FilesRef> | undefined;
+  return f && typeof f.id === "string" ? (f as FilesRef) : null;
+}
+
+/** The next seq of an app's checkpoints (its own, its tree members', its files images'). */
+export function nextSeq(cas: CasStore, app: string): number {
+  const seqs = cas
+    .list()
+    .filter((c) => c.app === app || parseMemberApp(c.app)?.app === app || c.app === filesApp(app))
+    .map((c) => c.seq);
+  return (seqs.length ? Math.max(...seqs) : 0) + 1;
+}
+
+export interface FilesCaptureArgs {
+  cas: CasStore;
+  app: string;
+  seq: number;
+  appDir: string;
+  cfg: FilesConfig;
+  /** The last committed files checkpoint (its next incremental's base), if any. */
+  parentId: string | null;
+  /** Paths never in the set (the app's log, tardigrade's home). */
+  never: string[];
+  /** Where the copies made at the cut wait for the store (the store's staging directory). */
+  stagingRoot: string;
+}
+
+/** One checkpoint's file capture: queued in the store at once, filled at the cut. */
+export class FilesCapture {
+  private readonly stream = new PassThrough();
+  private readonly extra: Partial<FilesManifest> = {};
+  readonly committed: Promise<CasCheckpoint>;
+  ref: FilesRef | null = null;
+  private readonly parent: FilesManifest | null;
+  private readonly parentId: string | null;
+
+  constructor(private readonly a: FilesCaptureArgs) {
+    let parent: FilesManifest | null = null;
+    let parentId = a.parentId;
+    if (parentId) {
+      try {
+        parent = filesManifest(a.cas.get(parentId).stats.extra);
+      } catch {
+        parent = null; // collected: this one is full
+      }
+      if (!parent) parentId = null;
+    }
+    this.parent = parent;
+    this.parentId = parentId;
+    this.staging = join(a.stagingRoot, `files.${a.app}.${randomBytes(6).toString("hex")}`);
+    this.committed = a.cas.ingest(filesApp(a.app), a.seq, this.stream, { threads: 0, extra: this.extra, ...(parentId ? { parent: parentId } : {}) });
+    const clean = (): void => rmSync(this.staging, { recursive: true, force: true });
+    this.committed.then(clean, clean); // (also awaited by the main checkpoint's commit)
+  }
+
+  private readonly staging: string;
+
+  /**
+   * With every process of the app parked: copies what changed, hands the image to the store. A
+   * failure ends the image at once: the store holds its lock for it, and the processes' images
+   * queued behind it must not wait for an image that never comes.
+   */
+  cut(hostPids: number[]): FilesRef {
+    try {
+      return this.cutOnce(hostPids);
+    } catch (e) {
+      this.abort(e);
+      throw e;
+    }
+  }
+
+  private cutOnce(hostPids: number[]): FilesRef {
+    const keep = fileFilter(this.a.cfg, this.a.never);
+    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
+    mkdirSync(this.staging, { recursive: true });
+    const c = cutFiles(paths, this.parent, this.staging);
+    Object.assign(this.extra, c.manifest);
+    const parentSeq = this.parentId ? (parseCheckpointId(this.parentId)?.seq ?? 0) : 0;
+    // made from the copies once the app runs again
+    const img = Readable.from(filesImageChunks(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) }));
+    img.on("error", (e) => this.stream.destroy(e));
+    img.pipe(this.stream);
+    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
+    return this.ref;
+  }
+
+  /** The checkpoint failed: nothing of the files may be committed. */
+  abort(why: unknown): void {
+    if (!this.stream.destroyed) this.stream.destroy(new Error(`the checkpoint was abandoned: ${errMessage(why)}`));
+  }
+}
+
+/** Restore's part: rolls the files back to the checkpoint's files image. */
+export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string, cfg: FilesConfig, never: string[]): Promise<FilesRollback> {
+  const manifest = filesManifest(cas.get(ref.id).stats.extra);
+  if (!manifest) throw new Error(`${ref.id} has no files manifest`);
+  const keep = fileFilter(cfg, never);
+  const touched = [...readJournal(appDir)];
+  for (const d of cfg.dirs) touched.push(...walkDir(d));
+  const image: Readable = cas.exportImage(ref.id);
+  try {
+    return await rollbackFiles(manifest, image, touched, keep, ref.id);
+  } finally {
+    image.destroy();
+  }
+}

@@ -1,0 +1,148 @@
+// Rolls an app's file set back to a checkpoint (issue 14, docs/files.md), before its processes are
+// restored: every file present at the cut gets its contents, size, mode, owner and times back (in
+// place when the path still holds the same inode, by renaming it back when the app renamed it,
+// else written anew), paths absent at the cut are removed, and files the app touched first after
+// the checkpoint are removed when they were created after it. Nothing outside the set is touched.
+import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, lstatSync, openSync, renameSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
+import type { Readable } from "node:stream";
+import { fromStored, type FilesManifest } from "./files-capture.js";
+import { readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
+
+export interface FilesRollback {
+  /** Files whose contents were written back (in place, renamed back or recreated). */
+  rewritten: string[];
+  renamedBack: string[];
+  recreated: string[];
+  /** Created after the checkpoint (or absent at it): removed. */
+  removed: string[];
+  /** Touched by the app after the checkpoint, existing before it, not in its set: left as they are. */
+  leftAsIs: string[];
+  unchanged: number;
+  bytesWritten: number;
+  ns: number;
+}
+
+const lstat = (p: string): BigIntStats | null => {
+  try {
+    return lstatSync(p, { bigint: true });
+  } catch {
+    return null;
+  }
+};
+
+const sameState = (st: BigIntStats, e: FileEntry): boolean =>
+  Number(st.dev) === e.dev && Number(st.ino) === e.ino && Number(st.size) === e.size && st.mtimeNs === e.mtimeNs && st.ctimeNs === e.ctimeNs && Number(st.mode) === e.mode;
+
+/**
+ * Rolls back. `image` is the composed files image of the checkpoint; `touched` every path the app
+ * may have touched since (its journal, its --files trees); `keep` says which paths are in the set.
+ */
+export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], keep: (p: string) => boolean, what: string): Promise<FilesRollback> {
+  const t0 = process.hrtime.bigint();
+  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], unchanged: 0, bytesWritten: 0, ns: 0 };
+  const entries = manifest.files.map(fromStored).filter((e) => keep(e.path));
+  const present = entries.filter((e) => e.present);
+  const inSet = new Set(entries.map((e) => e.path));
+  const cutNs = BigInt(manifest.cutNs);
+  // where each inode of the set is now (a file the app renamed away is found by its inode)
+  const candidates = [...new Set([...entries.map((e) => e.path), ...touched])].filter(keep);
+  const now = new Map<string, string>();
+  for (const p of candidates) {
+    const st = lstat(p);
+    if (st?.isFile()) now.set(`${st.dev}:${st.ino}`, p);
+  }
+  // 1. files to write, by base: open (renamed back or created) and truncated
+  const open = new Map<number, { e: FileEntry; fd: number }>();
+  const skip = new Set<string>();
+  try {
+    for (const e of present) {
+      let st = lstat(e.path);
+      if (st?.isFile() && sameState(st, e)) {
+        r.unchanged++;
+        skip.add(e.path);
+        continue;
+      }
+      if (!st || !st.isFile() || Number(st.dev) !== e.dev || Number(st.ino) !== e.ino) {
+        const at = now.get(`${e.dev}:${e.ino}`);
+        if (at && at !== e.path && !present.some((o) => o.path === at && o.dev === e.dev && o.ino === e.ino)) {
+          renameSync(at, e.path);
+          r.renamedBack.push(`${at} -> ${e.path}`);
+          st = lstat(e.path);
+        } else {
+          st = null;
+        }
+      }
+      let fd: number;
+      if (st) {
+        fd = openSync(e.path, "r+");
+      } else {
+        // written beside it, then renamed over the path: a crash leaves the old file or the new one
+        const tmp = `${e.path}.tg-restore-${process.pid}`;
+        fd = openSync(tmp, "w+", e.mode & 0o7777);
+        open.set(e.base || -open.size - 1, { e: { ...e, path: tmp, present: true }, fd });
+        r.recreated.push(e.path);
+        continue;
+      }
+      ftruncateSync(fd, 0);
+      open.set(e.base || -open.size - 1, { e, fd });
+      r.rewritten.push(e.path);
+    }
+    for (const { fd, e } of open.values()) ftruncateSync(fd, e.size);
+    // 2. the contents, from the composed image (pages of files not being written are skipped)
+    for await (const rec of readFilesImage(image, what)) {
+      if (rec.type !== "pages") continue;
+      const base = Math.floor(rec.addr / SLOT_BYTES) * SLOT_BYTES;
+      const o = open.get(base);
+      if (!o) continue;
+      const off = rec.addr - base;
+      const len = Math.min(rec.data.length, o.e.size - off);
+      if (len <= 0) continue;
+      // all-zero pages stay holes (the file was truncated to nothing first)
+      let w = 0;
+      while (w < len) {
+        w += writeSync(o.fd, rec.data, w, len - w, off + w);
+      }
+      r.bytesWritten += len;
+    }
+    // 3. mode, owner, times; durable before the renames that make recreated files visible
+    for (const { e, fd } of open.values()) {
+      fdatasyncSync(fd);
+      closeSync(fd);
+      chmodSync(e.path, e.mode & 0o7777);
+      try {
+        chownSync(e.path, e.uid, e.gid);
+      } catch {
+        /* not root: the owner stays */
+      }
+      const s = (ns: bigint): number => Number(ns) / 1e9;
+      utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
+    }
+    for (const { e } of open.values()) {
+      if (!e.path.includes(".tg-restore-")) continue;
+      renameSync(e.path, e.path.replace(/\.tg-restore-\d+$/, ""));
+    }
+    open.clear();
+  } finally {
+    for (const { fd } of open.values()) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* closed */
+      }
+    }
+  }
+  // 4. paths that did not exist at the cut, and files first touched after it
+  for (const p of candidates) {
+    if (skip.has(p) || present.some((e) => e.path === p)) continue;
+    const st = lstat(p);
+    if (!st?.isFile()) continue;
+    if (inSet.has(p) || (st.birthtimeNs > 0n && st.birthtimeNs > cutNs)) {
+      unlinkSync(p);
+      r.removed.push(p);
+    } else {
+      r.leftAsIs.push(p);
+    }
+  }
+  r.ns = Number(process.hrtime.bigint() - t0);
+  return r;
+}

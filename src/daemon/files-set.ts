@@ -1,0 +1,136 @@
+// Which files belong to an app's file set (issue 14, docs/files.md): the paths the agents wrote
+// into the app's file journal (opened for writing, created, truncated, renamed, linked, unlinked:
+// native/agent/files-track.c), the regular files any process of the app holds open for writing or
+// maps shared and writable at the cut, every regular file under the `run --files DIR` trees, and
+// every path of the parent checkpoint's set; minus `--files-exclude` globs, the app's own log,
+// tardigrade's home, and /dev, /proc, /sys.
+import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { join, resolve } from "node:path";
+
+/** The app's choice at `run` (kept in its record). */
+export interface FilesConfig {
+  /** false: `--files none` (files are neither captured nor rolled back). */
+  enabled: boolean;
+  /** Trees snapshotted whole (`--files DIR`), absolute. */
+  dirs: string[];
+  /** Globs of paths left out (`--files-exclude GLOB`): `*` within a name, `**` across directories, `?`. */
+  exclude: string[];
+}
+
+export const DEFAULT_FILES: FilesConfig = { enabled: true, dirs: [], exclude: [] };
+
+/** The journal the agents append to (beside the agent socket). */
+export function journalPath(appDir: string): string {
+  return join(appDir, "files.journal");
+}
+
+/** Every path the journal names (entries: one op letter, the absolute path, NUL). */
+export function readJournal(appDir: string): string[] {
+  let b: Buffer;
+  try {
+    b = readFileSync(journalPath(appDir));
+  } catch {
+    return [];
+  }
+  const out = new Set<string>();
+  let start = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] !== 0) continue;
+    if (i > start + 1) {
+      const p = b.subarray(start + 1, i).toString();
+      if (p.startsWith("/")) out.add(resolve(p));
+    }
+    start = i + 1;
+  }
+  return [...out];
+}
+
+export function globToRegExp(glob: string): RegExp {
+  let re = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === "*" && glob[i + 1] === "*") {
+      re += ".*";
+      i++;
+      if (glob[i + 1] === "/") i++;
+    } else if (c === "*") re += "[^/]*";
+    else if (c === "?") re += "[^/]";
+    else re += /[\\^$.+()|{}[\]]/.test(c) ? `\\${c}` : c;
+  }
+  return new RegExp(`^${re}$`);
+}
+
+/** A filter of paths: the kernel's pseudo files, tardigrade's own files and the excluded globs are out. */
+export function fileFilter(cfg: FilesConfig, never: string[]): (path: string) => boolean {
+  const globs = cfg.exclude.map(globToRegExp);
+  const base = (p: string): string => p.slice(p.lastIndexOf("/") + 1);
+  return (p) => {
+    if (/^\/(dev|proc|sys)(\/|$)/.test(p)) return false;
+    if (never.some((n) => p === n || p.startsWith(n.endsWith("/") ? n : n + "/"))) return false;
+    // a glob without a slash matches the file's name, one with a slash the whole path
+    return !globs.some((g, i) => g.test(cfg.exclude[i]!.includes("/") ? p : base(p)));
+  };
+}
+
+/** Regular files any of these host processes holds open for writing or maps shared and writable. */
+export function writtenByProcesses(hostPids: number[]): string[] {
+  const out = new Set<string>();
+  for (const pid of hostPids) {
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+        if (!target.startsWith("/") || target.endsWith(" (deleted)")) continue;
+        const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8");
+        const flags = parseInt(/flags:\s+([0-7]+)/.exec(info)?.[1] ?? "0", 8);
+        if ((flags & 3) === 0 && (flags & 0o2000) === 0) continue; // read only, not appending
+        if (lstatSync(target).isFile()) out.add(target);
+      } catch {
+        /* closed meanwhile */
+      }
+    }
+    try {
+      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
+        const m = /^\S+ (\S{4}) \S+ \S+ \d+\s+(\/.*)$/.exec(line);
+        if (m && m[1]![1] === "w" && m[1]![3] === "s" && !m[2]!.endsWith(" (deleted)")) out.add(m[2]!);
+      }
+    } catch {
+      /* gone */
+    }
+  }
+  return [...out];
+}
+
+/** Every regular file under dir (symlinks are not followed). */
+export function walkDir(dir: string, out: string[] = [], limit = 1_000_000): string[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const n of names) {
+    if (out.length >= limit) break;
+    const p = join(dir, n);
+    try {
+      const st = lstatSync(p);
+      if (st.isDirectory()) walkDir(p, out, limit);
+      else if (st.isFile()) out.push(p);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** The app's file set at a cut, sorted. */
+export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean): string[] {
+  const all = new Set<string>([...readJournal(appDir), ...writtenByProcesses(hostPids), ...previous]);
+  for (const d of cfg.dirs) for (const p of walkDir(d)) all.add(p);
+  return [...all].filter(keep).sort();
+}
