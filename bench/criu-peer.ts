@@ -93,6 +93,15 @@ async function gone(pid: number, ms: number): Promise<void> {
   }
 }
 
+/** `criu restore -d` of the images in img, the app's stdout/stderr handed over as `fd` (the log, open for appending; closed here). */
+async function criuRestoreOnLog(criu: string, img: string, log: string, fd: number): Promise<{ cpuS: number; ns: number }> {
+  try {
+    return await runCriu(criu, ["restore", "-D", img, "-d", "-o", "restore.log", "--inherit-fd", `fd[3]:${log.slice(1)}`], ["ignore", "ignore", "pipe", fd]);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** One CRIU round on a fresh busy app of `mib` MiB (see the file's comment). */
 export async function criuRound(criu: string, busyBin: string, mib: number, workDir: string, round: number): Promise<CriuRound> {
   const dir = join(workDir, `criu-${mib}-${round}`);
@@ -131,12 +140,7 @@ export async function criuRound(criu: string, busyBin: string, mib: number, work
     // Its first tick is timed by this process's clock: criu restores the app's CLOCK_MONOTONIC as it
     // was (time namespace), so the app's own timestamps do not compare with ours.
     const seen = tickSeen(log, from, 120_000);
-    let rs: { cpuS: number; ns: number };
-    try {
-      rs = await runCriu(criu, ["restore", "-D", img, "-d", "-o", "restore.log", "--inherit-fd", `fd[3]:${log.slice(1)}`], ["ignore", "ignore", "pipe", fd]);
-    } finally {
-      closeSync(fd);
-    }
+    const rs = await criuRestoreOnLog(criu, img, log, fd);
     track(pid, "criu-app");
     const firstSeen = await seen;
     return {
@@ -245,13 +249,7 @@ export async function criuTreeRound(criu: string, script: string, n: number, wor
     const members = readdirSync("/proc").filter((d) => /^\d+$/.test(d) && sessionOf(Number(d)) === pid).map(Number);
     process.kill(-pid, "SIGKILL");
     for (const m of members) await gone(m, 60_000);
-    const fd = openSync(log, "a");
-    let rs: { cpuS: number; ns: number };
-    try {
-      rs = await runCriu(criu, ["restore", "-D", img, "-d", "-o", "restore.log", "--inherit-fd", `fd[3]:${log.slice(1)}`], ["ignore", "ignore", "pipe", fd]);
-    } finally {
-      closeSync(fd);
-    }
+    const rs = await criuRestoreOnLog(criu, img, log, openSync(log, "a"));
     track(pid, "criu-app");
     return { frozenNs, dumpNs: dump.ns, imageBytes, restoreNs: rs.ns, load1 };
   } finally {
