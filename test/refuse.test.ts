@@ -241,19 +241,19 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
 });
 
 describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT }, () => {
-  test("a daemonizing app (shell double fork, parent exits 0): status names what it left, and it is not left running", async (t) => {
+  test("an app that fails (bash exits 4) leaving a process: status names what it left, and it is not left running", async (t) => {
     const { h, dir } = setup(t);
     await runApp(h, "dz", ["bash", fixtureScript("children.sh"), "exit", dir]);
     // bash exits once `run` has returned (at once, `run` itself could fail: the app ended before its agent answered)
     await waitLines(h, "dz", (l) => l.some((x) => /^daemon \d+$/.test(x)), "the daemon started");
     writeFileSync(join(dir, "go"), "");
     const st = await waitExited(h, "dz");
-    assert.equal(st.exit?.exit_code, 0);
+    assert.equal(st.exit?.exit_code, 4);
     const ls = logLines(h, "dz");
     const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x)) ?? "")?.[1]);
     assert.ok(pid > 0, `the fixture printed its daemon's pid: ${ls.join(" | ")}`);
     const s = await h.cli(["status", "dz"]);
-    assert.match(s.stdout, new RegExp(`exit status 0, leaving 1 process in the background, stopped with it: pid ${pid} \\(.*\\); daemonizing apps are not supported .*run the app in the foreground`));
+    assert.match(s.stdout, new RegExp(`exit status 4, leaving 1 process in the background, stopped with it: pid ${pid} \\(.*\\) \\(tardigrade goes on with the processes an app leaves only when the process it follows exits with status 0`));
     // nothing of it survives (the namespace ended with the app)
     await waitFor("no process of the app left", () =>
       readdirSync("/proc")
@@ -266,6 +266,44 @@ describe("item 8: what ends and fails says what happened", { timeout: TIMEOUT },
           }
         }),
     );
+  });
+
+  test("a daemonizing app (python: fork, setsid, fork; the parent exits 0): tardigrade follows the daemon, checkpoints it, restores it, and ends with it", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "dmn", ["python3", fixtureScript("daemonize.py"), dir, "exit"]);
+    const ls = await waitLines(h, "dmn", (l) => l.some((x) => /^daemon \d+$/.test(x)), "daemon started");
+    const pid = Number(/^daemon (\d+)$/.exec(ls.find((x) => /^daemon \d+$/.test(x))!)![1]);
+    const parentHost = h.pids("dmn")!.app;
+    writeFileSync(join(dir, "go"), "");
+    await waitFor("the init follows the daemon (and says so in the log)", () => h.log("dmn").split("\n").some((x) => x.startsWith("tardigrade: the app's process") && x.includes(`leaving pid ${pid} (`) && x.includes("follows it as the app's main process")));
+    await waitFor("the pidfile names the daemon", () => h.pids("dmn")?.app !== parentHost);
+    const st = await status(h, "dmn");
+    assert.equal(st.state, "running", "the app runs on in its daemon");
+    const count = (): number => Number(readFileSync(join(dir, "daemon"), "utf8") || "0");
+    const c1 = await h.cli(["checkpoint", "dmn", "--json"]);
+    assert.equal(c1.code, 0, c1.stderr);
+    const m1 = JSON.parse(c1.stdout) as { id: string; kind: string };
+    assert.equal(m1.kind, "full");
+    const seen = JSON.parse((await h.cli(["inspect", m1.id, "--json"])).stdout) as { image: { pid: number } };
+    assert.equal(seen.image.pid, pid, "the checkpoint is the daemon's");
+    const before = count();
+    const c2 = JSON.parse((await h.cli(["checkpoint", "dmn", "--json"])).stdout) as { id: string; kind: string; parent?: string };
+    assert.equal(c2.kind, "incremental", "then incremental on the daemon's own checkpoint");
+    const atCheckpoint = count();
+    await waitFor("the daemon counts on", () => count() >= atCheckpoint + 3);
+    await crashAndRestore(h, "dmn");
+    const back = await waitFor("the daemon restored", () => {
+      const p = h.pids("dmn");
+      return p && isAlive(p.app) ? p : undefined;
+    });
+    const n = count();
+    assert.ok(n >= before, `the daemon goes on from the checkpoint (${n}; ${before} before it)`);
+    await waitFor("the daemon counts on after the restore", () => count() >= n + 3);
+    assert.equal((await status(h, "dmn")).state, "running");
+    release();
+    const end = await waitExited(h, "dmn");
+    assert.equal(end.exit?.exit_code, 0, "the app ends with its daemon");
+    assert.ok(!isAlive(back.app));
   });
 
   test("an app that exits during the checkpoint: 'the app exited during the checkpoint', nothing committed", async (t) => {

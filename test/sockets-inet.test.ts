@@ -13,6 +13,7 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { makeHome, waitFor, type TestHome } from "./helpers/home.js";
+import { freePort } from "./helpers/net.js";
 import { fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, runApp, status, waitExited, waitLines } from "./helpers/scenario.js";
 
@@ -23,15 +24,6 @@ function setup(t: TestContext): TestHome {
   const h = makeHome();
   t.after(() => h.cleanup());
   return h;
-}
-
-/** A port nobody listens on right now (the kernel picks it; ports in the ephemeral range are private enough on loopback). */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 interface InetRow {
@@ -382,4 +374,26 @@ describe("sockets refused", { timeout: TIMEOUT }, () => {
       assert.deepEqual(JSON.parse((await h.cli(["ls", kind, "--json"])).stdout), []);
     });
   }
+});
+
+describe("a daemonizing server (issue 12: the app's first process exits 0 leaving its daemon)", { timeout: TIMEOUT }, () => {
+  test("redis-server --daemonize yes: followed after its parent exits, checkpointed, killed and restored with the keys of the checkpoint; the app ends when the server shuts down", { skip: !have("redis-server") && "redis-server is not installed" }, async (t) => {
+    const h = setup(t);
+    const port = await freePort();
+    const dir = join(h.home, "redis-files");
+    mkdirSync(dir);
+    await runApp(h, "rdd", ["redis-server", "--daemonize", "yes", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--pidfile", join(dir, "redis.pid"), "--logfile", join(dir, "redis.log")]);
+    await waitFor("redis answers", () => redisCli(port, ["PING"]).then((o) => o === "PONG", () => false), 120_000, 100);
+    await waitFor("the init follows the daemon", () => h.log("rdd").includes("tardigrade follows it as the app's main process"));
+    assert.equal((await status(h, "rdd")).state, "running");
+    assert.equal(await redisCli(port, ["SET", "k", "at-checkpoint"]), "OK");
+    await checkpoint(h, "rdd");
+    assert.equal(await redisCli(port, ["SET", "k", "after"]), "OK");
+    await killApp(h, "rdd");
+    await restore(h, "rdd");
+    assert.equal(await redisCli(port, ["GET", "k"]), "at-checkpoint", "the value of the checkpoint");
+    await redisCli(port, ["SHUTDOWN", "NOSAVE"]).catch(() => "");
+    const st = await waitExited(h, "rdd");
+    assert.equal(st.exit?.exit_code, 0, "the app ends with its server");
+  });
 });

@@ -646,7 +646,7 @@ out:
 }
 
 static int listen_on(const char *path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0); /* accepted in the manager after poll */
   if (fd < 0) return -1;
   /* high, out of the way of a program that takes low numbers for itself (`exec 3<file` in a
    * shell would otherwise replace the agent's socket) */
@@ -727,13 +727,22 @@ static void *manager_main(void *arg) {
   tg.manager_tid = (int)tg_sys0(SYS_gettid);
   for (;;) {
     if (tg.listen_fd < 0) return NULL;
-    int c = accept4(tg.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (c < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
+    /* wait in poll, not in accept: a blocked accept holds the lowest free fd number reserved until
+     * a connection comes, and the app's dup2() onto that number fails with EBUSY meanwhile (bash's
+     * `exec 3<file`, node's spawn with extra stdio); the listening socket is non-blocking */
+    struct pollfd pfd = {tg.listen_fd, POLLIN, 0};
+    int pr = poll(&pfd, 1, -1);
+    if (pr < 0) {
+      if (errno == EINTR) continue;
       return NULL;
     }
-    /* off the low numbers at once, as the listening socket (a shell's `exec 3<file` at this very
-     * moment still races with it: a known limit) */
+    int c = accept4(tg.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return NULL;
+    }
+    /* off the low numbers at once, as the listening socket (an app's dup2() onto the number the
+     * accept took, in these few microseconds, still gets EBUSY: a known limit) */
     int hi = fcntl(c, F_DUPFD_CLOEXEC, tg.listen_fd > 100 ? tg.listen_fd - 50 : 3);
     if (hi >= 0) { close(c); c = hi; }
     tg.conn_fd = c;

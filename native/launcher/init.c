@@ -4,10 +4,12 @@
 #include "launcher.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile pid_t app_pid;
@@ -24,6 +26,44 @@ static void json_str(const char *in, char *out, size_t cap) {
     else out[o++] = (char)ch;
   }
   out[o] = 0;
+}
+
+/* Makes `nspid` (host pid `host`) the app's main process after the one followed (`was`) exited 0:
+ * the pidfile names it (the daemon reads it for every operation), and its agent's control socket
+ * (TARDIGRADE_SOCK.PID) is renamed to TARDIGRADE_SOCK, where the daemon talks to the app's main
+ * process; the listening socket stays bound, so the agent goes on answering there. */
+static void follow(struct tg_launch *l, pid_t was, int host, int nspid, const char *cmd) {
+  app_pid = nspid;
+  char self[32];
+  ssize_t n = readlink("/proc/self", self, sizeof self - 1); /* our host pid: /proc is the host's */
+  if (n > 0 && l->pidfile) {
+    self[n] = 0;
+    char line[64], tmp[4200];
+    snprintf(line, sizeof line, "%s %d\n", self, host);
+    snprintf(tmp, sizeof tmp, "%s.tmp", l->pidfile);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd) != 0 || rename(tmp, l->pidfile) != 0)
+      fprintf(stderr, "tardigrade: cannot write pidfile %s: %s\n", l->pidfile, strerror(errno));
+  } else if (n <= 0) {
+    fprintf(stderr, "tardigrade: cannot read /proc/self: %s\n", strerror(errno));
+  }
+  int moved = 0;
+  if (l->sock) {
+    char own[4200];
+    snprintf(own, sizeof own, "%s.%d", l->sock, nspid);
+    /* its agent made the socket when it started (fork or exec); wait a little for a process that
+     * is starting (at most 2 s: one without the agent makes the next checkpoint refuse, naming it) */
+    for (int i = 0; i < 200 && !moved; i++) {
+      if (rename(own, l->sock) == 0) moved = 1;
+      else if (errno != ENOENT) break;
+      else {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+      }
+    }
+  }
+  fprintf(stderr, "tardigrade: the app's process %d exited (status 0) leaving pid %d (%s) running: tardigrade follows it as the app's main process%s\n",
+          (int)was, nspid, cmd, moved || !l->sock ? "" : " (its agent does not answer: checkpoints will refuse)");
 }
 
 int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
@@ -139,6 +179,16 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
       return 1;
     }
     if (p != app_pid) continue;
+    /* a daemonizing app: the process followed exited 0 and left others running: follow the oldest */
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+      int nspid = 0;
+      char cmd[200];
+      int host = tg_oldest_leftover(&nspid, cmd, sizeof cmd);
+      if (host > 0) {
+        follow(l, p, host, nspid, cmd);
+        continue;
+      }
+    }
     int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     char left[700] = "";
     int nleft = WIFEXITED(st) ? tg_describe_leftovers(esc, 600) : 0; /* killed: its children just went with it */

@@ -28,6 +28,10 @@ int tg_launch_main(struct tg_launch *l, tg_start_app_fn start);
  * as "pid N (command), ..." in out; returns how many. */
 int tg_describe_leftovers(char *out, size_t cap);
 
+/* leftovers.c: the oldest live child of the init (not a zombie, not the snapshot writer): its host
+ * pid (0 if none), its pid in the namespace in *nspid and its command line in cmd. */
+int tg_oldest_leftover(int *nspid, char *cmd, size_t cap);
+
 void tg_write_status(const char *path, const char *json);
 void tg_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 

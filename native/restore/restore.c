@@ -497,6 +497,9 @@ static int start_restore(struct tg_launch *l, int *report) {
       _exit(0);
     }
     while (waitpid((pid_t)r, NULL, 0) < 0 && errno == EINTR) {}
+    /* the main process among them (a daemonizing app's daemon, init.c): same pid, now our child */
+    for (size_t j = i; j < nnodes; j++)
+      if (nodes[j].plan == 0 && nodes[j].ppid == 1 && nodes[j].sid == helper.sid) root = nodes[j].pid;
   }
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   tg_tree_close_premade();

@@ -137,7 +137,8 @@ export class AppDir {
     const exit = this.exitStatus();
     let state: AppState["state"];
     if (exit) state = "exited";
-    else if (pids) state = isAlive(pids.init, r.initStart) && isAlive(pids.app) ? "running" : "exited";
+    // (the init ends with the app; its main process may be changing: a daemonizing app, init.c)
+    else if (pids) state = isAlive(pids.init, r.initStart) ? "running" : "exited";
     else state = isAlive(r.launcherPid, r.launcherStart) ? "starting" : "exited";
     return {
       name: r.name,
@@ -168,7 +169,7 @@ export function describeExit(e: ExitStatus | null): string {
   const how = describeEnd(e);
   if (!e?.left) return how;
   const n = e.left;
-  return `${how}, leaving ${n} process${n === 1 ? "" : "es"} in the background, stopped with it: ${e.left_desc ?? "?"}; daemonizing apps are not supported (tardigrade follows the process it started): run the app in the foreground, e.g. redis-server --daemonize no`;
+  return `${how}, leaving ${n} process${n === 1 ? "" : "es"} in the background, stopped with it: ${e.left_desc ?? "?"} (tardigrade goes on with the processes an app leaves only when the process it follows exits with status 0, as a daemonizing app's does)`;
 }
 
 function describeEnd(e: ExitStatus | null): string {

@@ -1,5 +1,6 @@
 // The daemon's app manager: run, checkpoint, restore, stop and status of apps.
 // All state is read from and written to disk (AppDir), never only kept in memory.
+import type { CasStore } from "../store/cas/store.js";
 import { holdConnections, type HeldConnections } from "./hold-connections.js";
 import { restoreNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
@@ -420,8 +421,8 @@ export class AppManager {
     let incrementalOn: number | undefined;
     if (!full && rec?.tracking !== "none" && rec?.lastAgentSeq && rec.lastId) {
       try {
-        store.cas.get(rec.lastId);
-        incrementalOn = rec.lastAgentSeq;
+        // (the same process: a daemonizing app's main process may have changed, init.c)
+        if (store.cas.get(rec.lastId).pid === pid) incrementalOn = rec.lastAgentSeq;
       } catch {
         /* the base was collected: this one is full */
       }
@@ -488,7 +489,9 @@ export class AppManager {
         ? "dirty-page tracking is off (run --tracking none)"
         : !incrementalOn
         ? rec?.lastId
-          ? `its base ${rec.lastId} is no longer in the store`
+          ? store.cas.list(name).some((x) => x.id === rec.lastId)
+            ? `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)`
+            : `its base ${rec.lastId} is no longer in the store`
           : "first checkpoint since the app started or was restored"
         : cap.done.full_reason;
     if (rec) {
@@ -529,7 +532,8 @@ export class AppManager {
       stagingRoot: join(store.root, "staging"),
       list: () => appProcesses(initHostPid),
       mainHostPid,
-      mainIncremental: rec?.lastAgentSeq && rec.lastId ? { agentSeq: rec.lastAgentSeq, id: rec.lastId } : null,
+      // (only on the same process's last checkpoint: a daemonizing app's main process may have changed, init.c)
+      mainIncremental: rec?.lastAgentSeq && rec.lastId && store.cas.list(name).find((c) => c.id === rec.lastId)?.pid === cap0Pid ? { agentSeq: rec.lastAgentSeq, id: rec.lastId } : null,
       lineage: rec?.treeLineage ?? {},
       full,
       ...(rec?.tracking ? { tracking: rec.tracking } : {}),
@@ -568,10 +572,8 @@ export class AppManager {
     for (const o of cap.others) this.afterCommit(store, o.checkpoint.id, o.checkpoint.kind === "incremental", false);
     this.afterCommit(store, c.id, c.kind === "incremental");
     if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
-    // said with the result too: an app run for a standby must not believe this one is on the mirror
-    const notShipped = "process-tree checkpoints are not shipped to the mirror yet: this one is on this host only";
-    if (rec?.mirrorUrl) this.log.warn({ app: name, id: c.id }, notShipped);
-    const mirror: MirrorView | undefined = rec?.mirrorUrl ? { url: rec.mirrorUrl, state: "failed", updatedAt: new Date().toISOString(), error: notShipped } : undefined;
+    // shipped with every process's checkpoint and the files image, as one mirror checkpoint (src/mirror/bundle.ts)
+    const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
     return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
@@ -587,7 +589,7 @@ export class AppManager {
     if (!p) {
       const token = readFileSync(join(new AppDir(this.home, name).dir, "mirror-token"), "utf8").trim();
       const dial = appDialOptions(new AppDir(this.home, name).dir);
-      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, ...(dial ? { dial } : {}) });
+      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, membersOf: (id) => membersOf(store.cas, id), ...(dial ? { dial } : {}) });
       p.then((sh) => {
         sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
       }, () => this.shippers.delete(name));
@@ -874,11 +876,15 @@ export class AppManager {
     const unpins: (() => void)[] = [];
     try {
       // a process tree: every process's checkpoint, pinned as well
-      const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
-      for (const e of tree?.tree ?? []) if (e.id && e.id !== m.id) unpins.push(await store.cas.hold(e.id));
-      // its files image too
-      // (absent on a standby: the mirror does not ship files images yet; restored without rollback, said so)
-      const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+      const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
+      for (const e of tree?.tree ?? []) {
+        if (!e.id || e.id === m.id) continue;
+        if (!store.cas.list(parseCheckpointId(e.id)?.app).some((c) => c.id === e.id))
+          throw new TgError(`cannot restore ${dir.name} from ${m.id}`, `it is a process tree, and the checkpoint of its process ${e.pid} (${e.comm}), ${e.id}, is not in this store`, "Restore another checkpoint (`tardigrade ls`), or pull this one again from the mirror", "restore-failed");
+        unpins.push(await store.cas.hold(e.id));
+      }
+      // its files image too (absent only if it was taken out of the store: restored without rollback, said so)
+      const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
       if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
       return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
     } finally {
@@ -891,14 +897,14 @@ export class AppManager {
     let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
-    const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
     const others = (tree?.tree ?? []).filter((e) => e.id && e.id !== m.id);
     const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
     // the app's files are rolled back to the checkpoint (files-flow.ts): the checkpoint wins over
     // changes made since, which the file check would otherwise refuse
-    const named = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra);
+    const named = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
     const filesRef = named && store.cas.list(filesApp(name)).some((c) => c.id === named.id) ? named : null;
-    if (named && !filesRef) this.log.warn({ app: name, id: m.id, files: named.id }, "the checkpoint's files image is not in this store (the mirror does not ship files images yet): files are not rolled back");
+    if (named && !filesRef) this.log.warn({ app: name, id: m.id, files: named.id }, "the checkpoint's files image is not in this store: files are not rolled back");
     if (filesRef) allow = true;
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
@@ -997,7 +1003,7 @@ export class AppManager {
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
       const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
-      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store (the mirror does not ship files images yet): files were not rolled back` } : {}) };
+      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
       await held?.release(); // the traffic goes through again, whatever happened
     }
@@ -1034,4 +1040,16 @@ export class AppManager {
       return dir.state() ?? state;
     });
   }
+}
+
+/**
+ * The checkpoints committed with checkpoint `id` and restored with it, which the mirror carries
+ * with it (src/mirror/bundle.ts): every other live process of its tree, its files image.
+ */
+export function membersOf(cas: CasStore, id: string): string[] {
+  const extra = cas.get(id).stats.extra;
+  const out = (treeOf(extra, id)?.tree ?? []).map((e) => e.id).filter((x): x is string => x !== undefined && x !== id);
+  const files = filesRefOf(extra, id);
+  if (files) out.push(files.id);
+  return out;
 }

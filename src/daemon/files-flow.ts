@@ -10,7 +10,7 @@ import { PassThrough, Readable } from "node:stream";
 import { errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint } from "../store/cas/types.js";
-import { parseCheckpointId, parseMemberApp } from "../store/types.js";
+import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
 import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
@@ -30,9 +30,12 @@ export interface FilesRef {
   cutNs: number;
 }
 
-export function filesRefOf(extra: unknown): FilesRef | null {
+/** The files image a checkpoint names; with `ownId` (the checkpoint's id), the one of its app and seq (see treeOf). */
+export function filesRefOf(extra: unknown, ownId?: string): FilesRef | null {
   const f = (extra as { files?: unknown } | null | undefined)?.files as Partial<FilesRef> | undefined;
-  return f && typeof f.id === "string" ? (f as FilesRef) : null;
+  if (!f || typeof f.id !== "string") return null;
+  const own = ownId === undefined ? null : parseCheckpointId(ownId);
+  return own ? { ...(f as FilesRef), id: checkpointId(filesApp(own.app), own.seq) } : (f as FilesRef);
 }
 
 /** The next seq of an app's checkpoints (its own, its tree members', its files images'). */

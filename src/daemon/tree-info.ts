@@ -1,5 +1,6 @@
 // What a process tree's checkpoint records about its tree (stats.extra of the main process's
 // checkpoint): read by the CLI, the restore and the capture (tree-checkpoint.ts).
+import { checkpointId, memberApp, parseCheckpointId, parseMemberApp } from "../store/types.js";
 
 /** One process of a tree checkpoint, as stats.extra.tree of the main process's checkpoint lists it. */
 export interface TreeEntry {
@@ -26,9 +27,26 @@ export interface TreeInfo {
   shared?: [number, number][][];
 }
 
-/** The tree of a checkpoint's stats.extra, or null for a single process. */
-export function treeOf(extra: unknown): TreeInfo | null {
+/**
+ * The tree of a checkpoint's stats.extra, or null for a single process. With `ownId` (the main
+ * checkpoint's id), each process's checkpoint id is the one of the same seq under that id's app:
+ * a checkpoint set aside under another app name (a diverged lineage, src/store/cas/lineage.ts)
+ * had its members renamed with it, while its stats still name the old ids.
+ */
+export function treeOf(extra: unknown, ownId?: string): TreeInfo | null {
   const t = (extra as { tree?: unknown } | null | undefined)?.tree;
-  return Array.isArray(t) ? (extra as TreeInfo) : null;
+  if (!Array.isArray(t)) return null;
+  const info = extra as TreeInfo;
+  const own = ownId === undefined ? null : parseCheckpointId(ownId);
+  if (!own) return info;
+  return {
+    ...info,
+    tree: info.tree.map((e) => {
+      if (e.id === undefined) return e;
+      const app = parseCheckpointId(e.id)?.app;
+      const member = app === undefined ? null : parseMemberApp(app);
+      return { ...e, id: member ? checkpointId(memberApp(own.app, member.pid), own.seq) : (ownId as string) };
+    }),
+  };
 }
 

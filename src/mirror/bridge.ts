@@ -16,14 +16,15 @@ import { readFileSync } from "node:fs";
 import type { Logger } from "pino";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { CasStore } from "../store/cas/store.js";
-import { decodeTable, parseMirrorManifest, type ImportReport, type MirrorManifest, type MirrorTable } from "../store/cas/mirror.js";
+import { decodeTable, type ImportReport, type MirrorManifest, type MirrorTable } from "../store/cas/mirror.js";
 import { contentDigest } from "../store/cas/lineage.js";
-import { checkpointId, parseCheckpointId } from "../store/types.js";
+import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
 import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type MirrorStateEvent } from "./client.js";
 import type { DialOptions } from "./dial.js";
 import { silentLogger } from "./log.js";
 import { isValidName, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
+import { encodeMirrorObject, objectIdOf, parseMirrorObject } from "./bundle.js";
 
 export type ShipState = "queued" | "sending" | "received" | "durable" | "failed";
 
@@ -87,6 +88,11 @@ export interface MirrorShipperOptions {
   dial?: DialOptions;
   backoff?: { initialMs?: number; maxMs?: number };
   logger?: Logger;
+  /**
+   * Store ids of the checkpoints committed with checkpoint `id` and restored with it (the other
+   * processes of its tree, its files image): shipped with it as one mirror checkpoint.
+   */
+  membersOf?: (id: string) => string[];
 }
 
 export interface ShipperStateEvent {
@@ -353,19 +359,28 @@ export class MirrorShipper extends EventEmitter {
       let blocks = 0;
       let blockBytes = 0;
       try {
-        const d = await this.opts.store.blocksOf(id);
+        // The checkpoint and the members committed with it (other processes of its tree, its
+        // files image): one mirror checkpoint (bundle.ts).
+        const members = this.opts.membersOf?.(id) ?? [];
+        const parts = [];
+        for (const p of [...members, id]) parts.push(await this.opts.store.blocksOf(p));
+        const d = parts[parts.length - 1]!;
         const m = d.manifest;
         const chunks = new Map<string, Buffer | LazyChunk>();
-        for (const p of d.tableParts) chunks.set(p.hash, p.data);
-        for (const b of d.blocks) chunks.set(b.name, { size: b.size, read: b.read });
-        blocks = d.blocks.length;
-        blockBytes = m.blockBytes;
+        for (const x of parts) {
+          for (const p of x.tableParts) chunks.set(p.hash, p.data);
+          for (const b of x.blocks) {
+            if (!chunks.has(b.name)) blocks++;
+            chunks.set(b.name, { size: b.size, read: b.read });
+          }
+          blockBytes += x.manifest.blockBytes;
+        }
         ck = {
           source: this.source,
           id: toMirrorId(id),
           seq: m.seq,
           ...(m.parent !== null ? { parent: toMirrorId(m.parent) } : {}),
-          manifest: d.manifestBytes,
+          manifest: parts.length > 1 ? encodeMirrorObject(m, parts.slice(0, -1).map((x) => x.manifest)) : d.manifestBytes,
           chunks,
         };
       } catch (e) {
@@ -494,23 +509,62 @@ export interface PullFromMirrorResult {
   bytesFetched: number;
 }
 
+/** One checkpoint's manifest, and the mirror checkpoint that carries it (with its chunks). */
 interface Fetched {
   mirrorId: string;
   manifest: MirrorManifest;
 }
 
-async function fetchManifest(a: AdminConnection, source: string, mirrorId: string): Promise<Fetched> {
-  const { header, chunks } = await a.fetchStream(source, mirrorId, { want: [] });
-  for await (const _ of chunks) {
-    // none: want is empty
+/** A mirror checkpoint's parts (bundle.ts), fetched once each. */
+class MirrorObjects {
+  private readonly cache = new Map<string, { mirrorId: string; main: MirrorManifest; members: MirrorManifest[] }>();
+
+  constructor(
+    private readonly a: AdminConnection,
+    private readonly source: string,
+  ) {}
+
+  /** Mirror checkpoint `mirrorId` (or "latest"): its main checkpoint and its members. */
+  async object(mirrorId: string): Promise<{ mirrorId: string; main: MirrorManifest; members: MirrorManifest[] }> {
+    const hit = this.cache.get(mirrorId);
+    if (hit) return hit;
+    const { header, chunks } = await this.a.fetchStream(this.source, mirrorId, { want: [] });
+    for await (const _ of chunks) {
+      // none: want is empty
+    }
+    const o = parseMirrorObject(header.manifest);
+    if (header.id !== toMirrorId(o.main.id) || header.seq !== o.main.seq) {
+      throw new Error(`mirror checkpoint ${this.source}/${header.id} (seq ${header.seq}) carries the manifest of ${o.main.id}`);
+    }
+    const names = new Set(header.chunks.map((c) => c.hash));
+    for (const m of [...o.members, o.main]) {
+      for (const p of m.table) if (!names.has(p.hash)) throw new Error(`mirror checkpoint ${this.source}/${header.id} does not name table part ${p.hash} of ${m.id}`);
+    }
+    const r = { mirrorId: header.id, ...o };
+    this.cache.set(header.id, r);
+    if (mirrorId !== header.id) this.cache.set(mirrorId, r);
+    return r;
   }
-  const manifest = parseMirrorManifest(header.manifest);
-  if (header.id !== toMirrorId(manifest.id) || header.seq !== manifest.seq) {
-    throw new Error(`mirror checkpoint ${source}/${header.id} (seq ${header.seq}) carries the manifest of ${manifest.id}`);
+
+  /** Store checkpoint `storeId` (a main checkpoint or a member) from the mirror checkpoint holding it. */
+  async part(storeId: string): Promise<Fetched> {
+    const o = await this.object(objectIdOf(storeId));
+    const m = [...o.members, o.main].find((x) => x.id === storeId);
+    if (!m) throw new Error(`mirror checkpoint ${this.source}/${o.mirrorId} does not hold ${storeId}`);
+    return { mirrorId: o.mirrorId, manifest: m };
   }
-  const names = new Set(header.chunks.map((c) => c.hash));
-  for (const p of manifest.table) if (!names.has(p.hash)) throw new Error(`mirror checkpoint ${source}/${header.id} does not name its table part ${p.hash}`);
-  return { mirrorId: header.id, manifest };
+
+  /** `f`'s chain on the mirror, oldest (its full checkpoint) first. */
+  async chain(f: Fetched): Promise<Fetched[]> {
+    const chain: Fetched[] = [f];
+    for (;;) {
+      const m = (chain[chain.length - 1] as Fetched).manifest;
+      if (m.kind !== "incremental" || m.parent === null) break;
+      if (chain.length > 100_000) throw new Error("checkpoint chain too long");
+      chain.push(await this.part(m.parent));
+    }
+    return chain.reverse();
+  }
 }
 
 /** The table (page table, metadata, blocks' page lists) of a mirrored checkpoint. */
@@ -552,74 +606,82 @@ export async function pullFromMirror(
   const admin: AdminOptions = { url, token, ...(opts.helloSource ? { source: opts.helloSource } : {}), ...(opts.dial ? { dial: opts.dial } : {}) };
   const a = await AdminConnection.open(admin);
   try {
-    const first = await fetchManifest(a, source, mirrorIdArg(id));
-    const target = first.manifest.id;
+    const objects = new MirrorObjects(a, source);
+    const top = await objects.object(mirrorIdArg(id));
+    const target = top.main.id;
     const result: PullFromMirrorResult = { id: target, imported: [], alreadyPresent: false, blocksFetched: 0, bytesFetched: 0 };
-    // The mirror's whole chain, down to its full checkpoint (manifests are small). Ids
-    // alone say nothing about content: a local APP@5 may be of another lineage (lineage.ts).
-    const chain: Fetched[] = [first];
-    for (;;) {
-      const m = (chain[chain.length - 1] as Fetched).manifest;
-      if (m.kind !== "incremental" || m.parent === null) break;
-      if (chain.length > 100_000) throw new Error("checkpoint chain too long");
-      chain.push(await fetchManifest(a, source, toMirrorId(m.parent)));
-    }
-    chain.reverse(); // oldest (the full) first
-    // Walk up from the full: a link matches if the store holds that id with the same
-    // content on the same (matching) parent. From the first link that does not match,
+    // Every part of the mirror checkpoint (the tree's other processes and the files image,
+    // then the main process) on its own chain, down to its full checkpoint (manifests are
+    // small). Ids alone say nothing about content: a local APP@5 may be of another lineage
+    // (lineage.ts). Walk up from the full: a link matches if the store holds that id with the
+    // same content on the same (matching) parent. From the first link that does not match,
     // everything above is imported; local checkpoints with those ids are another lineage.
+    const plans: { chain: Fetched[]; firstImport: number; diverged: string[] }[] = [];
     const tables = new Map<string, MirrorTable>();
-    const diverged: string[] = [];
-    let matched = true;
-    let firstImport = chain.length;
-    for (let i = 0; i < chain.length; i++) {
-      const f = chain[i] as Fetched;
-      const mine = store.identity(f.manifest.id);
-      if (matched && mine !== undefined) {
-        const table = await fetchTable(a, source, f);
-        const digest = contentDigest(Buffer.from(f.manifest.header, "base64"), table.meta, table.extents);
-        const parentOk = (f.manifest.kind === "incremental" ? f.manifest.parent : null) === (mine.kind === "incremental" ? mine.parent : null);
-        if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) continue;
-        tables.set(f.manifest.id, table);
+    for (const m of [...top.members, top.main]) {
+      const chain = await objects.chain({ mirrorId: top.mirrorId, manifest: m });
+      const diverged: string[] = [];
+      let matched = true;
+      let firstImport = chain.length;
+      for (let i = 0; i < chain.length; i++) {
+        const f = chain[i] as Fetched;
+        const mine = store.identity(f.manifest.id);
+        if (matched && mine !== undefined) {
+          const table = await fetchTable(a, source, f);
+          const digest = contentDigest(Buffer.from(f.manifest.header, "base64"), table.meta, table.extents);
+          const parentOk = (f.manifest.kind === "incremental" ? f.manifest.parent : null) === (mine.kind === "incremental" ? mine.parent : null);
+          if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) continue;
+          tables.set(f.manifest.id, table);
+        }
+        if (matched) firstImport = i;
+        matched = false;
+        if (mine !== undefined) diverged.push(f.manifest.id);
       }
-      if (matched) firstImport = i;
-      matched = false;
-      if (mine !== undefined) diverged.push(f.manifest.id);
+      plans.push({ chain, firstImport, diverged });
     }
-    if (firstImport === chain.length) {
+    if (plans.every((p) => p.firstImport === p.chain.length)) {
       result.alreadyPresent = true;
       return result;
     }
-    if (diverged.length > 0) {
-      const aside = await store.setAside(diverged);
-      result.setAside = { app: aside.app, renamed: Object.fromEntries(aside.moved) };
-      opts.logger?.warn(
-        { app: parseCheckpointId(target)?.app, renamed: result.setAside.renamed },
-        `local checkpoints of another lineage had the mirror's ids; kept as app ${aside.app}`,
-      );
+    // Local checkpoints of another lineage are set aside, the members under the main's new name.
+    if (plans.some((p) => p.diverged.length > 0)) {
+      const mainApp = top.main.app;
+      const base = store.divergedName(mainApp);
+      const renamed: Record<string, string> = {};
+      for (const p of plans) {
+        if (p.diverged.length === 0) continue;
+        const app = (p.chain[0] as Fetched).manifest.app;
+        const member = parseMemberApp(app);
+        const aside = await store.setAside(p.diverged, member ? `${base}~${member.pid === 0 ? "files" : member.pid}` : base);
+        Object.assign(renamed, Object.fromEntries(aside.moved));
+      }
+      result.setAside = { app: base, renamed };
+      opts.logger?.warn({ app: mainApp, renamed }, `local checkpoints of another lineage had the mirror's ids; kept as app ${base}`);
     }
-    for (const f of chain.slice(firstImport)) {
-      const m = f.manifest;
-      const table = tables.get(m.id) ?? (await fetchTable(a, source, f));
-      tables.delete(m.id);
-      // The blocks this store lacks, streamed straight into the import.
-      const need = store.blocksNeeded(table).map((b) => b.name);
-      let stream: AsyncGenerator<[string, Buffer], void, void> | undefined;
-      if (need.length > 0) stream = (await a.fetchStream(source, f.mirrorId, { want: need })).chunks;
-      const getBlock = async (name: string): Promise<Buffer> => {
-        const r = await stream?.next();
-        if (!r || r.done === true) throw new Error(`mirror ended the fetch of ${m.id} before block ${name}`);
-        const [h, data] = r.value;
-        if (h !== name) throw new Error(`mirror sent block ${h} where ${name} was expected`);
-        result.blocksFetched++;
-        result.bytesFetched += data.length;
-        return data;
-      };
-      const rep = await store.importCheckpoint(m, table, getBlock);
-      // Drain what the import did not take (a page stored meanwhile): the connection serves the next request.
-      if (stream) for await (const _ of stream);
-      result.imported.push({ ...rep, id: m.id });
-      opts.logger?.info({ id: m.id, blocksStored: rep.blocksStored, bytesStored: rep.bytesStored }, "imported from mirror");
+    for (const p of plans) {
+      for (const f of p.chain.slice(p.firstImport)) {
+        const m = f.manifest;
+        const table = tables.get(m.id) ?? (await fetchTable(a, source, f));
+        tables.delete(m.id);
+        // The blocks this store lacks, streamed straight into the import.
+        const need = store.blocksNeeded(table).map((b) => b.name);
+        let stream: AsyncGenerator<[string, Buffer], void, void> | undefined;
+        if (need.length > 0) stream = (await a.fetchStream(source, f.mirrorId, { want: need })).chunks;
+        const getBlock = async (name: string): Promise<Buffer> => {
+          const r = await stream?.next();
+          if (!r || r.done === true) throw new Error(`mirror ended the fetch of ${m.id} before block ${name}`);
+          const [h, data] = r.value;
+          if (h !== name) throw new Error(`mirror sent block ${h} where ${name} was expected`);
+          result.blocksFetched++;
+          result.bytesFetched += data.length;
+          return data;
+        };
+        const rep = await store.importCheckpoint(m, table, getBlock);
+        // Drain what the import did not take (a page stored meanwhile): the connection serves the next request.
+        if (stream) for await (const _ of stream);
+        result.imported.push({ ...rep, id: m.id });
+        opts.logger?.info({ id: m.id, blocksStored: rep.blocksStored, bytesStored: rep.bytesStored }, "imported from mirror");
+      }
     }
     return result;
   } finally {

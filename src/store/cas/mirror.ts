@@ -17,7 +17,7 @@
 // by SHA-256). The manifest (small JSON) names the parts.
 import { hash } from "node:crypto";
 import { TgError } from "../../errors.js";
-import { checkpointId, validAppName } from "../types.js";
+import { checkpointId, validAppName, validStoreAppName } from "../types.js";
 import type { CheckpointRow, ExtentRow } from "./catalog.js";
 import { decodeBlock, BLOCK_HEADER_SIZE, MAX_BLOCK_PAGES } from "./codec.js";
 import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
@@ -162,8 +162,11 @@ export function decodeTable(buf: Buffer, id: string): MirrorTable {
   return { meta, extents, blocks };
 }
 
-/** Parses and checks a mirror manifest (JSON bytes). */
-export function parseMirrorManifest(bytes: Buffer): MirrorManifest {
+/**
+ * Parses and checks a mirror manifest (JSON bytes). `member`: a checkpoint of another process
+ * of a tree, or a files image (`APP~PID`, `APP~files`), carried in a bundle (src/mirror/bundle.ts).
+ */
+export function parseMirrorManifest(bytes: Buffer, member = false): MirrorManifest {
   let m: MirrorManifest;
   try {
     m = JSON.parse(bytes.toString("utf8")) as MirrorManifest;
@@ -173,7 +176,7 @@ export function parseMirrorManifest(bytes: Buffer): MirrorManifest {
   const id = typeof m?.id === "string" ? m.id : "?";
   if (m.format !== MIRROR_MANIFEST_FORMAT) throw badManifest(id, `manifest format ${JSON.stringify(m.format)} is not ${MIRROR_MANIFEST_FORMAT}`);
   if (m.version !== MIRROR_MANIFEST_VERSION) throw badManifest(id, `manifest version ${m.version}, this tardigrade knows ${MIRROR_MANIFEST_VERSION}`);
-  if (typeof m.app !== "string" || !validAppName(m.app)) throw badManifest(id, "bad app name");
+  if (typeof m.app !== "string" || !(member ? validStoreAppName(m.app) : validAppName(m.app))) throw badManifest(id, "bad app name");
   if (!Number.isSafeInteger(m.seq) || m.seq < 1 || m.id !== checkpointId(m.app, m.seq)) throw badManifest(id, "bad id/seq");
   if (m.kind !== "full" && m.kind !== "incremental") throw badManifest(id, "bad kind");
   if (m.kind === "incremental" && typeof m.parent !== "string") throw badManifest(id, "incremental without a parent");

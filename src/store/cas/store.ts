@@ -384,11 +384,16 @@ export class CasStore {
   }
 
   /** Renames `ids` (of one app) and their descendants to a new app name (lineage.ts: a diverged lineage). */
-  setAside(ids: string[]): Promise<{ app: string; moved: Map<string, string> }> {
+  setAside(ids: string[], to?: string): Promise<{ app: string; moved: Map<string, string> }> {
     return this.lock.run(async () => {
-      const app = divergedAppName(this.ctx, parseCheckpointId(ids[0] ?? "")?.app ?? "app");
+      const app = to ?? divergedAppName(this.ctx, parseCheckpointId(ids[0] ?? "")?.app ?? "app");
       return Promise.resolve({ app, moved: setAside(this.ctx, ids, app) });
     });
+  }
+
+  /** An app name no checkpoint uses yet, for `app`'s checkpoints of another lineage (setAside). */
+  divergedName(app: string): string {
+    return divergedAppName(this.ctx, app);
   }
 
   /** Checkpoints, by app then seq. */
