@@ -97,7 +97,9 @@ describe("daemon with a mirror destination", () => {
       for (let i = 0; i < 2; i++) {
         const cp = await a.cli(["checkpoint", "tree", "--json"]);
         assert.equal(cp.code, 0, cp.stderr);
-        const m = JSON.parse(cp.stdout) as { id: string; mirror?: { state: string; error?: string }; files?: { id: string } };
+        const m = JSON.parse(cp.stdout) as { id: string; kind: string; fullReason?: string; mirror?: { state: string; error?: string }; files?: { id: string } };
+        if (i === 0) assert.match(m.fullReason ?? "", /^first checkpoint since the app started/, "the first tree checkpoint says why it is full");
+        else assert.equal(m.kind, "incremental", m.fullReason);
         assert.equal(m.mirror?.state, "durable", `${m.id} acknowledged durable by the mirror (${m.mirror?.error ?? ""})`);
         assert.ok(m.files, "the checkpoint has a files image");
         ids.push(m.id);

@@ -524,6 +524,11 @@ export class AppManager {
     const rec = dir.record() as AppRecord | null;
     progress({ phase: "capture" });
     const cap0Pid = appProcesses(initHostPid).find((p) => p.hostPid === mainHostPid)?.pid;
+    // the main process's checkpoint is incremental only on the same process's last one (a
+    // daemonizing app's main process may have changed, init.c)
+    const last = rec?.lastId ? store.cas.list(name).find((c) => c.id === rec.lastId) : undefined;
+    const mainBase = rec?.lastAgentSeq && last && last.pid === cap0Pid && rec.tracking !== "none" ? { agentSeq: rec.lastAgentSeq, id: last.id } : null;
+    const noBase = rec?.tracking === "none" ? "dirty-page tracking is off (run --tracking none)" : !rec?.lastId ? "first checkpoint since the app started or was restored" : !last ? `its base ${rec.lastId} is no longer in the store` : `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)`;
     let lastFiles = null as FilesCapture | null; // (set in a callback)
     const cap = await checkpointTree({
       cas: store.cas,
@@ -532,8 +537,7 @@ export class AppManager {
       stagingRoot: join(store.root, "staging"),
       list: () => appProcesses(initHostPid),
       mainHostPid,
-      // (only on the same process's last checkpoint: a daemonizing app's main process may have changed, init.c)
-      mainIncremental: rec?.lastAgentSeq && rec.lastId && store.cas.list(name).find((c) => c.id === rec.lastId)?.pid === cap0Pid ? { agentSeq: rec.lastAgentSeq, id: rec.lastId } : null,
+      mainIncremental: mainBase,
       lineage: rec?.treeLineage ?? {},
       full,
       ...(rec?.tracking ? { tracking: rec.tracking } : {}),
@@ -574,7 +578,7 @@ export class AppManager {
     if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // shipped with every process's checkpoint and the files image, as one mirror checkpoint (src/mirror/bundle.ts)
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !mainBase ? noBase : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
