@@ -4,9 +4,9 @@
 #include "launcher.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,12 +38,7 @@ static void follow(struct tg_launch *l, pid_t was, int host, int nspid, const ch
   ssize_t n = readlink("/proc/self", self, sizeof self - 1); /* our host pid: /proc is the host's */
   if (n > 0 && l->pidfile) {
     self[n] = 0;
-    char line[64], tmp[4200];
-    snprintf(line, sizeof line, "%s %d\n", self, host);
-    snprintf(tmp, sizeof tmp, "%s.tmp", l->pidfile);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd) != 0 || rename(tmp, l->pidfile) != 0)
-      fprintf(stderr, "tardigrade: cannot write pidfile %s: %s\n", l->pidfile, strerror(errno));
+    tg_write_pidfile(l->pidfile, atoi(self), host);
   } else if (n <= 0) {
     fprintf(stderr, "tardigrade: cannot read /proc/self: %s\n", strerror(errno));
   }

@@ -38,6 +38,15 @@ void tg_write_status(const char *path, const char *json) {
   if (rename(tmp, path) != 0) fprintf(stderr, "tardigrade: cannot rename %s: %s\n", tmp, strerror(errno));
 }
 
+void tg_write_pidfile(const char *path, int init, int app) {
+  char line[64], tmp[4200];
+  snprintf(line, sizeof line, "%d %d\n", init, app);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd) != 0 || rename(tmp, path) != 0)
+    fprintf(stderr, "tardigrade: cannot write pidfile %s: %s\n", path, strerror(errno));
+}
+
 static pid_t init_pid;
 static void forward(int sig) {
   if (init_pid > 0) kill(init_pid, sig);
@@ -80,13 +89,7 @@ int tg_launch_main(struct tg_launch *l, tg_start_app_fn start) {
   do r = read(sync[0], &c, 1); while (r < 0 && errno == EINTR);
   close(sync[0]);
   if (r == 1 && c == 'R' && l->pidfile) {
-    pid_t app = only_child_of(init_pid);
-    char line[64], tmp[4200];
-    snprintf(line, sizeof line, "%d %d\n", init_pid, app);
-    snprintf(tmp, sizeof tmp, "%s.tmp", l->pidfile);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line) || close(fd) != 0 || rename(tmp, l->pidfile) != 0)
-      fprintf(stderr, "tardigrade: cannot write pidfile %s: %s\n", l->pidfile, strerror(errno));
+    tg_write_pidfile(l->pidfile, init_pid, only_child_of(init_pid));
   }
   int st = 0;
   while (waitpid(init_pid, &st, 0) < 0) {

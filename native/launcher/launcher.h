@@ -33,6 +33,8 @@ int tg_describe_leftovers(char *out, size_t cap);
 int tg_oldest_leftover(int *nspid, char *cmd, size_t cap);
 
 void tg_write_status(const char *path, const char *json);
+/* "<init> <app>\n" (host pids) into path, atomically (path.tmp + rename). */
+void tg_write_pidfile(const char *path, int init, int app);
 void tg_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
 #endif
