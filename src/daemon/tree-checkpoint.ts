@@ -465,6 +465,9 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     if (!now || now.hostPid !== was.hostPid) throw new TreeChanged(`pid ${was.pid} (${was.command}) ended during the cut`);
     // (an exec between the look and the request: the old program's socket file was still there)
     if (now.command !== was.command) throw new TreeChanged(`pid ${was.pid} (${was.command}) exec'd ${now.command} during the cut`);
+    // (a program just exec'd: its preloaded agent is mapped, the socket file of the process's
+    // earlier program is there, the new agent's constructor has not listened yet)
+    if (/ECONNREFUSED/.test(errMessage(st.reason))) throw new TreeChanged(`pid ${was.pid} (${was.command}): its agent did not listen yet (a program starting after exec)`);
   }
   const failures = settled.flatMap((s, i) => (s.status === "rejected" ? [{ p: order[i]!, e: s.reason as unknown }] : []));
   if (failures.length) {

@@ -91,6 +91,7 @@ export const FD_KIND: Record<number, string> = {
   8: "epoll",
   9: "unix-socket",
   10: "unix-listen",
+  11: "inotify",
   13: "inet-socket",
 };
 

@@ -416,6 +416,8 @@ class ImageReader {
         if (typeof unix === "string") this.fail(off, unix);
         const inet = kind === 13 ? decodeInetSock(extra) : undefined;
         if (typeof inet === "string") this.fail(off, inet);
+        const watches = kind === 11 ? decodeInotify(extra, p.readUInt32LE(64)) : undefined;
+        if (typeof watches === "string") this.fail(off, watches);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -424,7 +426,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -507,4 +509,26 @@ export async function parseImage(file: string, opts: ParseOptions = {}): Promise
   } finally {
     await fh.close();
   }
+}
+
+/** A watch of an inotify fd (FD kind 11). */
+export interface InotifyWatch {
+  wd: number;
+  mask: number;
+  path: string;
+}
+
+/** FD kind 11's extra: {i32 wd, u32 mask, u32 path_len, u32 0, path} back to back, `count` of them; or what is wrong. */
+function decodeInotify(extra: Buffer, count: number): InotifyWatch[] | string {
+  const out: InotifyWatch[] = [];
+  let o = 0;
+  while (o < extra.length) {
+    if (o + 16 > extra.length) return `inotify FD extra: a watch header at byte ${o} is cut short`;
+    const len = extra.readUInt32LE(o + 8);
+    if (len === 0 || len > 4095 || o + 16 + len > extra.length) return `inotify FD extra: watch at byte ${o} claims a path of ${len} bytes`;
+    out.push({ wd: extra.readInt32LE(o), mask: extra.readUInt32LE(o + 4), path: extra.toString("utf8", o + 16, o + 16 + len) });
+    o += 16 + len;
+  }
+  if (out.length !== count) return `inotify FD extra holds ${out.length} watches, the record says ${count}`;
+  return out;
 }
