@@ -491,6 +491,7 @@ static void do_checkpoint(char *args) {
   tg.want_incremental = 0;
   tg.parent_seq = 0;
   tg.hold = tg.tree = 0;
+  tg_res_ext_unix_closed = 0;
   int to_fifo = 0;
   img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
@@ -500,6 +501,7 @@ static void do_checkpoint(char *args) {
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
     else if (strcmp(w, "hold") == 0) tg.hold = 1; /* wait at each barrier */
     else if (strcmp(w, "tree") == 0) tg.tree = 1; /* part of a process tree's cut */
+    else if (strcmp(w, "external-unix=closed") == 0) tg_res_ext_unix_closed = 1; /* run --external-unix closed */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
     else if (strcmp(w, "tracking=none") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_OFF; }
@@ -855,6 +857,7 @@ static void tg_after_fork(void) {
   tg_track_after_fork();
   tg.capturing = 0;
   tg.hold = tg.tree = 0;
+  tg_res_ext_unix_closed = 0;
   tg.nslots = tg.parked = 0;
   tg.child = 0;
   tg.seq = 0;

@@ -88,6 +88,9 @@ struct tg_fd_ops {
  * another process of the app is then the tree's business (the daemon checks that it is inside the
  * app), not a refusal. */
 TG_RES_HIDDEN extern int tg_res_tree;
+/* Set by the agent for a checkpoint of an app run with `--external-unix closed`: a Unix stream
+ * socket whose peer is outside the app is recorded to come back closed instead of refusing. */
+TG_RES_HIDDEN extern int tg_res_ext_unix_closed;
 
 /* resources/table.c: every kind, in the order describe is asked; NULL-terminated. */
 TG_RES_HIDDEN extern const struct tg_fd_ops *const tg_fd_kinds[];

@@ -34,3 +34,4 @@ int tg_res_status_flags(uint32_t open_flags) {
 }
 
 TG_RES_HIDDEN int tg_res_tree;
+TG_RES_HIDDEN int tg_res_ext_unix_closed;

@@ -33,7 +33,7 @@ import {
   type TrackingInfo,
   type Vma,
 } from "./format.js";
-import { decodeSocketData, decodeUnixSock, unixListenName } from "./unix.js";
+import { decodeSocketData, decodeUnixExternal, decodeUnixSock, describeUnixExternal, unixListenName } from "./unix.js";
 import { decodeInetRepair, decodeInetSock, type InetRepair } from "./inet.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
@@ -416,6 +416,8 @@ class ImageReader {
         if (typeof unix === "string") this.fail(off, unix);
         const inet = kind === 13 ? decodeInetSock(extra) : undefined;
         if (typeof inet === "string") this.fail(off, inet);
+        const unixExt = kind === 14 ? decodeUnixExternal(extra) : undefined;
+        if (typeof unixExt === "string") this.fail(off, unixExt);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -424,7 +426,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : unixExt ? describeUnixExternal(unixExt) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
