@@ -537,7 +537,12 @@ static void do_checkpoint(char *args) {
     }
   }
   if (tg.img_fd < 0) {
-    snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(errno));
+    int e = errno;
+    /* a process that switched users (nginx workers' `user` directive): the daemon's store is private */
+    if (e == EACCES && geteuid() != 0)
+      snprintf(err, sizeof err, "cannot create image %s: %s: this process runs as uid %d, which may not write into the daemon's private store; processes that switch to another user are not supported yet (for nginx: `user root;`, or run it as the daemon's user)",
+               path, strerror(e), (int)geteuid());
+    else snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(e));
     reply_error("error", err);
     goto out;
   }
