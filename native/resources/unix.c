@@ -42,52 +42,18 @@ static const char *type_name(uint32_t t) {
   return t == SOCK_STREAM ? "stream" : t == SOCK_DGRAM ? "datagram" : t == SOCK_SEQPACKET ? "seqpacket" : "other";
 }
 
-/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
-static int diag(uint32_t ino, struct uinfo *out) {
-  memset(out, 0, sizeof *out);
-  out->ino = ino;
-  long nl = tg_sys3(SYS_socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return (int)nl;
-  struct {
-    struct nlmsghdr h;
-    struct unix_diag_req r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.h.nlmsg_len = sizeof req;
-  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST;
-  req.h.nlmsg_seq = 1;
-  req.r.sdiag_family = AF_UNIX;
-  req.r.udiag_states = ~0u;
-  req.r.udiag_ino = ino;
-  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
-  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
-  struct sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  static char buf[8192] __attribute__((aligned(8)));
-  long r = tg_sys6l(SYS_sendto, nl, &req, sizeof req, 0, &sa, sizeof sa);
-  if (r >= 0) {
-    do r = tg_sys6l(SYS_recvfrom, nl, buf, sizeof buf, 0, 0, 0);
-    while (r == -EINTR);
-  }
-  tg_sys1(SYS_close, nl);
-  if (r < 0) return (int)r;
-  struct nlmsghdr *h = (struct nlmsghdr *)buf;
-  if (r < (long)sizeof *h || h->nlmsg_len > (uint32_t)r) return -EIO;
-  if (h->nlmsg_type == NLMSG_ERROR) {
-    struct nlmsgerr *e = NLMSG_DATA(h);
-    return h->nlmsg_len >= NLMSG_LENGTH(sizeof *e) && e->error ? e->error : -EIO;
-  }
+/* The answer to one sock_diag lookup (tg_res_sock_diag's callback): 1 parsed, -EIO malformed. */
+static int parse_diag(const struct nlmsghdr *h, void *ctx) {
+  struct uinfo *out = ctx;
   if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EIO;
-  struct unix_diag_msg *m = NLMSG_DATA(h);
+  const struct unix_diag_msg *m = NLMSG_DATA(h);
   out->type = m->udiag_type;
   out->state = m->udiag_state;
-  char *a = (char *)m + NLMSG_ALIGN(sizeof *m), *end = (char *)h + h->nlmsg_len;
+  const char *a = (const char *)m + NLMSG_ALIGN(sizeof *m), *end = (const char *)h + h->nlmsg_len;
   while (a + sizeof(struct nlattr) <= end) {
-    struct nlattr *at = (struct nlattr *)a;
+    const struct nlattr *at = (const struct nlattr *)a;
     if (at->nla_len < sizeof *at || a + at->nla_len > end) break;
-    char *d = a + NLA_HDRLEN;
+    const char *d = a + NLA_HDRLEN;
     size_t dl = at->nla_len - NLA_HDRLEN;
     switch (at->nla_type & NLA_TYPE_MASK) {
     case UNIX_DIAG_RQLEN:
@@ -115,7 +81,22 @@ static int diag(uint32_t ino, struct uinfo *out) {
     }
     a += NLA_ALIGN(at->nla_len);
   }
-  return 0;
+  return 1;
+}
+
+/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
+static int diag(uint32_t ino, struct uinfo *out) {
+  memset(out, 0, sizeof *out);
+  out->ino = ino;
+  struct unix_diag_req r;
+  memset(&r, 0, sizeof r);
+  r.sdiag_family = AF_UNIX;
+  r.udiag_states = ~0u;
+  r.udiag_ino = ino;
+  r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
+  r.udiag_cookie[0] = r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
+  int rc = tg_res_sock_diag(&r, sizeof r, 0, parse_diag, out);
+  return rc == 1 ? 0 : rc < 0 ? rc : -EIO; /* (an answer without a message: malformed) */
 }
 
 static int sockopt(int fd, int level, int name) {
