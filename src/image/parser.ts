@@ -426,7 +426,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : unixExt ? describeUnixExternal(unixExt) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -490,6 +490,13 @@ class ImageReader {
 }
 
 /** Parses and verifies an image; throws ImageError naming file, offset and defect. */
+/** A signalfd's set (FD kind 15, aux bit n-1: signal n): "signalfd for signals 10, 15". */
+function signalfdSet(mask: bigint): string {
+  const sigs: number[] = [];
+  for (let n = 1; n <= 64; n++) if ((mask >> BigInt(n - 1)) & 1n) sigs.push(n);
+  return `signalfd for signal${sigs.length === 1 ? "" : "s"} ${sigs.join(", ") || "(none)"}`;
+}
+
 export async function parseImage(file: string, opts: ParseOptions = {}): Promise<ParsedImage> {
   let fh: FileHandle;
   try {
