@@ -63,16 +63,16 @@ int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *e
 
 static int owns(uint32_t k) { return k == TG_FD_FILE || k == TG_FD_DIR || k == TG_FD_CHR || k == TG_FD_FIFO; }
 
-/* Was `recorded` (an fd's path at the checkpoint) the app's stdout/stderr log, `log` on this host?
- * The same path, or the same app's log under another home ("/apps/NAME/log" at its end); an
- * appended file of the app's own at fd 1 or 2 (nginx puts its error log there) is not. */
+/* Was `recorded` (an fd's path at the checkpoint) an app's stdout/stderr log? `log` itself, or
+ * any tardigrade home's "/apps/NAME/log" (another host's, or another app's for an imported
+ * image); an appended file of the app's own at fd 1 or 2 (nginx puts its error log there) is not. */
 static int is_app_log(const char *recorded, const char *log) {
   if (strcmp(recorded, log) == 0) return 1;
-  const char *tail = NULL;
-  for (const char *p = strstr(log, "/apps/"); p; p = strstr(p + 1, "/apps/")) tail = p;
-  if (!tail) return 0;
-  size_t rl = strlen(recorded), tl = strlen(tail);
-  return rl >= tl && strcmp(recorded + rl - tl, tail) == 0;
+  size_t rl = strlen(recorded);
+  if (rl < 10 || strcmp(recorded + rl - 4, "/log") != 0) return 0;
+  const char *name_end = recorded + rl - 4, *p = name_end;
+  while (p > recorded && p[-1] != '/') p--;
+  return p < name_end && p - recorded >= 6 && strncmp(p - 6, "/apps/", 6) == 0;
 }
 
 static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
