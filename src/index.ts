@@ -46,12 +46,14 @@ export interface RunOptions extends CommonOptions {
   mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
   /** The app's data files (issue 14, on by default): `enabled: false` keeps them out; `dirs` trees snapshotted whole; `exclude` globs left out. */
   files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
+  /** Unix stream sockets connected to a process outside the app: "refuse" the checkpoint (default) or record them to be restored "closed". */
+  externalUnix?: "refuse" | "closed";
 }
 
 /** Starts `argv` under tardigrade; resolves once its agent answers. */
 export function run(argv: string[], o: RunOptions = {}): Promise<RunResult> {
   const env = o.env ?? (Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined)) as Record<string, string>);
-  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror, files: o.files, umask: currentUmask() });
+  return client(o).request("POST", "/v1/apps", { name: o.name, argv, cwd: o.cwd ?? process.cwd(), env, everyMs: o.everyMs, tracking: o.tracking, keep: o.keep, mirror: o.mirror, files: o.files, externalUnix: o.externalUnix, umask: currentUmask() });
 }
 
 export interface CheckpointOptions extends CommonOptions, ProgressOptions {

@@ -491,6 +491,7 @@ static void do_checkpoint(char *args) {
   tg.want_incremental = 0;
   tg.parent_seq = 0;
   tg.hold = tg.tree = 0;
+  tg_res_ext_unix_closed = 0;
   int to_fifo = 0;
   img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
@@ -500,6 +501,7 @@ static void do_checkpoint(char *args) {
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
     else if (strcmp(w, "hold") == 0) tg.hold = 1; /* wait at each barrier */
     else if (strcmp(w, "tree") == 0) tg.tree = 1; /* part of a process tree's cut */
+    else if (strcmp(w, "external-unix=closed") == 0) tg_res_ext_unix_closed = 1; /* run --external-unix closed */
     else if (strcmp(w, "tracking=hash") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_HASH; }
     else if (strcmp(w, "tracking=uffd") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_UFFD; }
     else if (strcmp(w, "tracking=none") == 0) { if (tg_trk.mode == TG_TRACK_NONE) tg_trk.requested = TG_TRACK_OFF; }
@@ -535,7 +537,12 @@ static void do_checkpoint(char *args) {
     }
   }
   if (tg.img_fd < 0) {
-    snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(errno));
+    int e = errno;
+    /* a process that switched users (nginx workers' `user` directive): the daemon's store is private */
+    if (e == EACCES && geteuid() != 0)
+      snprintf(err, sizeof err, "cannot create image %s: %s: this process runs as uid %d, which may not write into the daemon's private store; processes that switch to another user are not supported yet (for nginx: `user root;`, or run it as the daemon's user)",
+               path, strerror(e), (int)geteuid());
+    else snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(e));
     reply_error("error", err);
     goto out;
   }
@@ -864,6 +871,7 @@ static void tg_after_fork(void) {
   tg_track_after_fork();
   tg.capturing = 0;
   tg.hold = tg.tree = 0;
+  tg_res_ext_unix_closed = 0;
   tg.nslots = tg.parked = 0;
   tg.child = 0;
   tg.seq = 0;

@@ -105,7 +105,7 @@ _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
                   TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10, TG_FD_INOTIFY = 11,
-                  TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */ };
+                  TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;
@@ -140,6 +140,20 @@ struct tg_unix_listen {
   uint32_t name_len, reserved;
 };
 _Static_assert(sizeof(struct tg_unix_listen) == 32, "unix listen");
+
+/* FD kind 14 (a Unix socket connected to a peer outside the app): the FD record's extra, then
+ * peer_len bytes of the peer's name (a path, or a NUL then an abstract name; 0: unnamed), then
+ * name_len bytes of the socket's own name (as sock_diag gives it; shown only). */
+enum { TG_UX_RECONNECT = 1, TG_UX_CLOSED = 2 }; /* tg_unix_ext.action */
+struct tg_unix_ext {
+  uint32_t type;      /* SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 */
+  uint32_t action;    /* TG_UX_RECONNECT: a datagram socket connected again to the peer's name;
+                         TG_UX_CLOSED: made as a connection whose peer has gone (ECONNRESET, then EOF / EPIPE) */
+  uint32_t sndbuf, rcvbuf;
+  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound */
+  uint32_t peer_len, name_len, reserved;
+};
+_Static_assert(sizeof(struct tg_unix_ext) == 32, "unix ext");
 
 /* FD kind 13 (TCP or UDP socket, IPv4 or IPv6): the FD record's extra. */
 enum { TG_INET_BOUND = 1 };                    /* tg_inet_sock.flags */

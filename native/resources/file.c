@@ -63,6 +63,18 @@ int tg_check_file(const char *path, const struct tg_file_id *id, int fd, char *e
 
 static int owns(uint32_t k) { return k == TG_FD_FILE || k == TG_FD_DIR || k == TG_FD_CHR || k == TG_FD_FIFO; }
 
+/* Was `recorded` (an fd's path at the checkpoint) an app's stdout/stderr log? `log` itself, or
+ * any tardigrade home's "/apps/NAME/log" (another host's, or another app's for an imported
+ * image); an appended file of the app's own at fd 1 or 2 (nginx puts its error log there) is not. */
+static int is_app_log(const char *recorded, const char *log) {
+  if (strcmp(recorded, log) == 0) return 1;
+  size_t rl = strlen(recorded);
+  if (rl < 10 || strcmp(recorded + rl - 4, "/log") != 0) return 0;
+  const char *name_end = recorded + rl - 4, *p = name_end;
+  while (p > recorded && p[-1] != '/') p--;
+  return p < name_end && p - recorded >= 6 && strncmp(p - 6, "/apps/", 6) == 0;
+}
+
 static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
   const struct tg_rec_fd *r = &rc->fds[i].r;
   char path[4097];
@@ -71,7 +83,7 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   path[pl] = 0;
   int flags = (int)(r->open_flags & ~(uint32_t)(O_CREAT | O_TRUNC | O_EXCL)) | O_CLOEXEC;
   /* the app's stdout/stderr log (appended): this host's log file, whatever its path was */
-  int stdio_log = rc->stdio_log && r->kind == TG_FD_FILE && (r->fd == 1 || r->fd == 2) && (r->open_flags & O_APPEND);
+  int stdio_log = rc->stdio_log && r->kind == TG_FD_FILE && (r->fd == 1 || r->fd == 2) && (r->open_flags & O_APPEND) && is_app_log(path, rc->stdio_log);
   if (stdio_log) {
     snprintf(path, sizeof path, "%s", rc->stdio_log);
     flags |= O_CREAT;

@@ -91,42 +91,25 @@ static int64_t timeo_us(int fd, int name) {
 
 /* A listener's backlog (sk_max_ack_backlog: sock_diag's wqueue for a listening socket), found by
  * inode in a dump of the family's listening TCP sockets. 0 if not found. */
+struct backlog_ask { uint64_t ino; uint32_t found; };
+
+static int backlog_of(const struct nlmsghdr *h, void *ctx) {
+  struct backlog_ask *a = ctx;
+  if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return 0;
+  const struct inet_diag_msg *m = NLMSG_DATA(h);
+  if (m->idiag_inode == a->ino) a->found = m->idiag_wqueue;
+  return 0;
+}
+
 static uint32_t listen_backlog(uint16_t family, uint64_t ino) {
-  long nl = tg_sys3(SYS_socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return 0;
-  struct {
-    struct nlmsghdr h;
-    struct inet_diag_req_v2 r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.h.nlmsg_len = sizeof req;
-  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-  req.h.nlmsg_seq = 1;
-  req.r.sdiag_family = (uint8_t)family;
-  req.r.sdiag_protocol = IPPROTO_TCP;
-  req.r.idiag_states = 1u << 10; /* TCP_LISTEN */
-  struct sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  uint32_t found = 0;
-  static char buf[16384] __attribute__((aligned(8)));
-  if (tg_sys6l(SYS_sendto, nl, &req, sizeof req, 0, &sa, sizeof sa) >= 0) {
-    for (int done = 0; !done;) {
-      long r;
-      do r = tg_sys6l(SYS_recvfrom, nl, buf, sizeof buf, 0, 0, 0);
-      while (r == -EINTR);
-      if (r <= 0) break;
-      for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (unsigned long)r); h = NLMSG_NEXT(h, r)) {
-        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) { done = 1; break; }
-        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) continue;
-        struct inet_diag_msg *m = NLMSG_DATA(h);
-        if (m->idiag_inode == ino) found = m->idiag_wqueue;
-      }
-    }
-  }
-  tg_sys1(SYS_close, nl);
-  return found;
+  struct inet_diag_req_v2 r;
+  memset(&r, 0, sizeof r);
+  r.sdiag_family = (uint8_t)family;
+  r.sdiag_protocol = IPPROTO_TCP;
+  r.idiag_states = 1u << 10; /* TCP_LISTEN */
+  struct backlog_ask a = {ino, 0};
+  (void)tg_res_sock_diag(&r, sizeof r, 1, backlog_of, &a);
+  return a.found;
 }
 
 static void begin(void) { nsocks = overflow = 0; }

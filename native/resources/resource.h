@@ -88,6 +88,9 @@ struct tg_fd_ops {
  * another process of the app is then the tree's business (the daemon checks that it is inside the
  * app), not a refusal. */
 TG_RES_HIDDEN extern int tg_res_tree;
+/* Set by the agent for a checkpoint of an app run with `--external-unix closed`: a Unix stream
+ * socket whose peer is outside the app is recorded to come back closed instead of refusing. */
+TG_RES_HIDDEN extern int tg_res_ext_unix_closed;
 
 /* resources/table.c: every kind, in the order describe is asked; NULL-terminated. */
 TG_RES_HIDDEN extern const struct tg_fd_ops *const tg_fd_kinds[];
@@ -100,6 +103,13 @@ TG_RES_HIDDEN const char *tg_res_field(const char *info, const char *key);
 TG_RES_HIDDEN int tg_res_high(int fd, int tmp_base, char *err, size_t errlen);
 /* the status flags fcntl(F_SETFL) takes back from a record's open flags */
 TG_RES_HIDDEN int tg_res_status_flags(uint32_t open_flags);
+/* One sock_diag request: body (the family's request: struct unix_diag_req, inet_diag_req_v2...)
+ * sent as a SOCK_DIAG_BY_FAMILY message (dump: NLM_F_DUMP, answered until NLMSG_DONE; else one
+ * answer), each(message, ctx) called on every answer message until it returns non-zero. Returns
+ * each's non-zero value, 0 at the end of the answer, or -errno (the socket, sending, receiving,
+ * or the kernel's NLMSG_ERROR). Raw syscalls and a static buffer: capture-safe, not reentrant. */
+struct nlmsghdr;
+TG_RES_HIDDEN int tg_res_sock_diag(const void *body, size_t body_len, int dump, int (*each)(const struct nlmsghdr *h, void *ctx), void *ctx);
 /* resources/pipe.c: the restorer's pipes of a process tree (struct tg_shared_pipe) */
 TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, uint64_t size, const char *data, size_t len,
                                       int tmp_base, char *err, size_t errlen);

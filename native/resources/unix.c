@@ -42,52 +42,18 @@ static const char *type_name(uint32_t t) {
   return t == SOCK_STREAM ? "stream" : t == SOCK_DGRAM ? "datagram" : t == SOCK_SEQPACKET ? "seqpacket" : "other";
 }
 
-/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
-static int diag(uint32_t ino, struct uinfo *out) {
-  memset(out, 0, sizeof *out);
-  out->ino = ino;
-  long nl = tg_sys3(SYS_socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return (int)nl;
-  struct {
-    struct nlmsghdr h;
-    struct unix_diag_req r;
-  } req;
-  memset(&req, 0, sizeof req);
-  req.h.nlmsg_len = sizeof req;
-  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST;
-  req.h.nlmsg_seq = 1;
-  req.r.sdiag_family = AF_UNIX;
-  req.r.udiag_states = ~0u;
-  req.r.udiag_ino = ino;
-  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
-  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
-  struct sockaddr_nl sa;
-  memset(&sa, 0, sizeof sa);
-  sa.nl_family = AF_NETLINK;
-  static char buf[8192] __attribute__((aligned(8)));
-  long r = tg_sys6l(SYS_sendto, nl, &req, sizeof req, 0, &sa, sizeof sa);
-  if (r >= 0) {
-    do r = tg_sys6l(SYS_recvfrom, nl, buf, sizeof buf, 0, 0, 0);
-    while (r == -EINTR);
-  }
-  tg_sys1(SYS_close, nl);
-  if (r < 0) return (int)r;
-  struct nlmsghdr *h = (struct nlmsghdr *)buf;
-  if (r < (long)sizeof *h || h->nlmsg_len > (uint32_t)r) return -EIO;
-  if (h->nlmsg_type == NLMSG_ERROR) {
-    struct nlmsgerr *e = NLMSG_DATA(h);
-    return h->nlmsg_len >= NLMSG_LENGTH(sizeof *e) && e->error ? e->error : -EIO;
-  }
+/* The answer to one sock_diag lookup (tg_res_sock_diag's callback): 1 parsed, -EIO malformed. */
+static int parse_diag(const struct nlmsghdr *h, void *ctx) {
+  struct uinfo *out = ctx;
   if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EIO;
-  struct unix_diag_msg *m = NLMSG_DATA(h);
+  const struct unix_diag_msg *m = NLMSG_DATA(h);
   out->type = m->udiag_type;
   out->state = m->udiag_state;
-  char *a = (char *)m + NLMSG_ALIGN(sizeof *m), *end = (char *)h + h->nlmsg_len;
+  const char *a = (const char *)m + NLMSG_ALIGN(sizeof *m), *end = (const char *)h + h->nlmsg_len;
   while (a + sizeof(struct nlattr) <= end) {
-    struct nlattr *at = (struct nlattr *)a;
+    const struct nlattr *at = (const struct nlattr *)a;
     if (at->nla_len < sizeof *at || a + at->nla_len > end) break;
-    char *d = a + NLA_HDRLEN;
+    const char *d = a + NLA_HDRLEN;
     size_t dl = at->nla_len - NLA_HDRLEN;
     switch (at->nla_type & NLA_TYPE_MASK) {
     case UNIX_DIAG_RQLEN:
@@ -115,7 +81,22 @@ static int diag(uint32_t ino, struct uinfo *out) {
     }
     a += NLA_ALIGN(at->nla_len);
   }
-  return 0;
+  return 1;
+}
+
+/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
+static int diag(uint32_t ino, struct uinfo *out) {
+  memset(out, 0, sizeof *out);
+  out->ino = ino;
+  struct unix_diag_req r;
+  memset(&r, 0, sizeof r);
+  r.sdiag_family = AF_UNIX;
+  r.udiag_states = ~0u;
+  r.udiag_ino = ino;
+  r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN;
+  r.udiag_cookie[0] = r.udiag_cookie[1] = ~0u; /* INET_DIAG_NOCOOKIE */
+  int rc = tg_res_sock_diag(&r, sizeof r, 0, parse_diag, out);
+  return rc == 1 ? 0 : rc < 0 ? rc : -EIO; /* (an answer without a message: malformed) */
 }
 
 static int sockopt(int fd, int level, int name) {
@@ -143,7 +124,92 @@ static void describe(int fd, const struct uinfo *u, char *out, size_t cap) {
            u->name[0] ? (u->state == 10 ? " listening on " : " bound to ") : "", u->name, peer[0] ? ", connected to " : "", peer);
 }
 
-static void begin(void) { nsocks = overflow = 0; }
+/* The socket inodes this process holds (every fd, the agent's own too), listed once per walk: a
+ * peer among them is inside; any other is another process's. */
+#define MAX_OWN 4096
+static uint32_t own_inos[MAX_OWN];
+static int nown = -1; /* -1: not listed yet in this walk */
+
+static int own_socket(uint32_t ino) {
+  if (nown < 0) {
+    nown = 0;
+    int dfd = (int)tg_sys3(SYS_open, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (dfd < 0) return -1;
+    static char buf[4096] __attribute__((aligned(8)));
+    for (;;) {
+      long n = tg_sys3(SYS_getdents64, dfd, buf, sizeof buf);
+      if (n <= 0) break;
+      for (long off = 0; off < n;) {
+        struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(buf + off);
+        off += d->reclen;
+        int fd = 0;
+        const char *c = d->name;
+        if (*c < '0' || *c > '9') continue;
+        for (; *c >= '0' && *c <= '9'; c++) fd = fd * 10 + (*c - '0');
+        struct stat st;
+        if (fd == dfd || tg_sys2(SYS_fstat, fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+        if (nown == MAX_OWN) { tg_sys1(SYS_close, dfd); return -1; }
+        own_inos[nown++] = (uint32_t)st.st_ino;
+      }
+    }
+    tg_sys1(SYS_close, dfd);
+  }
+  for (int i = 0; i < nown; i++) if (own_inos[i] == ino) return 1;
+  return 0;
+}
+
+static void begin(void) { nsocks = overflow = 0; nown = -1; }
+
+/* A connected socket whose peer is outside the app (another process's socket, or gone): a
+ * datagram socket connected to a name is connected to that name again at restore; any other comes
+ * back closed with `run --external-unix closed`, else it is refused, naming the peer. */
+static int describe_external(const struct tg_fd_probe *p, const struct uinfo *u, const char *d, int autobound, struct tg_rec_fd *rec,
+                             char *extra, size_t extra_cap, char *err, size_t errlen) {
+  int fd = p->fd;
+  struct sockaddr_un sa;
+  socklen_t sl = sizeof sa;
+  memset(&sa, 0, sizeof sa);
+  uint32_t peer_len = 0;
+  if (u->peer && tg_sys3(SYS_getpeername, fd, &sa, &sl) == 0 && sl > offsetof(struct sockaddr_un, sun_path))
+    peer_len = (uint32_t)(sl - offsetof(struct sockaddr_un, sun_path));
+  if (peer_len && sa.sun_path[0] && sa.sun_path[peer_len - 1] == 0) peer_len--; /* a trailing NUL some binders pass */
+  struct tg_unix_ext x;
+  memset(&x, 0, sizeof x);
+  x.type = u->type;
+  if (u->type == SOCK_DGRAM && peer_len) {
+    if (u->name[0] && !autobound) {
+      snprintf(err, errlen, "%s cannot be checkpointed: a datagram socket bound to a name of its own and connected outside the app is not supported yet; close it before checkpointing", d);
+      return -1;
+    }
+    if (sa.sun_path[0] != 0 && sa.sun_path[0] != '/') {
+      snprintf(err, errlen, "%s cannot be checkpointed: it is connected to a relative path, which a restore cannot find again; connect it to an absolute path", d);
+      return -1;
+    }
+    x.action = TG_UX_RECONNECT;
+  } else if (tg_res_ext_unix_closed) {
+    x.action = TG_UX_CLOSED;
+  } else {
+    snprintf(err, errlen,
+             "%s cannot be checkpointed: its peer is %s, outside the application, and a restore cannot bring that connection back; "
+             "run the app with `--external-unix closed` to have such connections restored closed (the app's next read gets ECONNRESET, "
+             "a write EPIPE, as when the peer goes away), or close the connection before checkpointing",
+             d, u->peer ? "another process's socket" : "gone (it closed its end)");
+    return -1;
+  }
+  x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
+  x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
+  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0);
+  x.peer_len = peer_len;
+  x.name_len = u->raw_len;
+  if (extra_cap < sizeof x + x.peer_len + x.name_len) { snprintf(err, errlen, "fd %d: no room for the socket record", fd); return -1; }
+  memcpy(extra, &x, sizeof x);
+  memcpy(extra + sizeof x, sa.sun_path, x.peer_len);
+  memcpy(extra + sizeof x + x.peer_len, u->raw, x.name_len);
+  rec->kind = TG_FD_UNIX_EXT;
+  rec->aux = u->peer;
+  rec->extra_len = (uint32_t)(sizeof x + x.peer_len + x.name_len);
+  return 0;
+}
 
 /* A listening socket bound to a name: recorded with its name, backlog and options; the
  * connections waiting in its accept queue are not (they are dropped: their clients see the
@@ -212,6 +278,16 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
   int autobound = strlen(u.name) == 6 && u.name[0] == '@';
   for (int i = 1; autobound && i < 6; i++)
     if (!((u.name[i] >= '0' && u.name[i] <= '9') || (u.name[i] >= 'a' && u.name[i] <= 'f'))) autobound = 0;
+  /* a peer outside the process (one process alone: outside the app; in a tree the daemon finds
+   * it in another process, or refuses) */
+  if (!tg_res_tree && (u.type != SOCK_DGRAM || u.peer)) {
+    int own = u.peer ? own_socket(u.peer) : 0;
+    if (own < 0) {
+      snprintf(err, errlen, "%s cannot be checkpointed: listing this process's sockets failed (more than %d?)", d, MAX_OWN);
+      return -1;
+    }
+    if (!own) return describe_external(p, &u, d, autobound, rec, extra, extra_cap, err, errlen);
+  }
   if (u.name[0] && !autobound) {
     snprintf(err, errlen, "%s cannot be checkpointed: sockets with a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
     return -1;
@@ -612,10 +688,74 @@ static int open_listener(struct tg_fd_restore *rc, size_t i, char *err, size_t e
   return rc->tmp[i] < 0 ? -1 : 0;
 }
 
-static int open_any(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
-  return rc->fds[i].r.kind == TG_FD_UNIX_LISTEN ? open_listener(rc, i, err, errlen) : open_pair(rc, i, err, errlen);
+/* A socket whose peer was outside the app. TG_UX_RECONNECT: a datagram socket connected to the
+ * peer's name again; nothing bound there now leaves it unconnected (its next send gets ENOTCONN;
+ * the daemon's restore output says so). TG_UX_CLOSED: one end of a fresh pair whose other end
+ * is closed with a byte unread in it, which the kernel reports as a reset: the next read gets
+ * ECONNRESET (then end of file), a write EPIPE. */
+static int open_external(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  const struct img_fd *f = &rc->fds[i];
+  struct tg_unix_ext x;
+  if (f->r.extra_len < sizeof x) { snprintf(err, errlen, "fd %u: Unix socket record without its data", f->r.fd); return -1; }
+  memcpy(&x, f->extra, sizeof x);
+  if (x.peer_len > sizeof(((struct sockaddr_un *)0)->sun_path) || x.peer_len > f->r.extra_len - sizeof x) {
+    snprintf(err, errlen, "fd %u: Unix socket record with a peer name of %u bytes", f->r.fd, x.peer_len);
+    return -1;
+  }
+  int s = -1;
+  if (x.action == TG_UX_RECONNECT) {
+    s = socket(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0);
+    if (s < 0) { snprintf(err, errlen, "fd %u: socket: %s", f->r.fd, strerror(errno)); return -1; }
+    int one = 1;
+    if ((x.flags & 1) && setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+      snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", f->r.fd, strerror(errno));
+      close(s);
+      return -1;
+    }
+    sa_family_t fam = AF_UNIX;
+    if ((x.flags & 2) && bind(s, (const struct sockaddr *)&fam, sizeof fam) != 0 && errno != EINVAL) {
+      snprintf(err, errlen, "fd %u: autobind: %s", f->r.fd, strerror(errno));
+      close(s);
+      return -1;
+    }
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, f->extra + sizeof x, x.peer_len);
+    /* (refused or missing: left unconnected, as the restore output says) */
+    if (x.peer_len) (void)connect(s, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + x.peer_len));
+  } else if (x.action == TG_UX_CLOSED) {
+    int sv[2];
+    if (socketpair(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0, sv) != 0) {
+      snprintf(err, errlen, "fd %u: socketpair: %s", f->r.fd, strerror(errno));
+      return -1;
+    }
+    char b = 0;
+    ssize_t n = send(sv[0], &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    int e = errno;
+    close(sv[1]);
+    if (n != 1) { snprintf(err, errlen, "fd %u: making it a closed connection: send: %s", f->r.fd, strerror(e)); close(sv[0]); return -1; }
+    s = sv[0];
+  } else {
+    snprintf(err, errlen, "fd %u: Unix socket record with an unknown action %u", f->r.fd, x.action);
+    return -1;
+  }
+  set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
+  set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
+  if (fcntl(s, F_SETFL, (int)(f->r.open_flags & (O_NONBLOCK | O_ASYNC))) != 0) {
+    snprintf(err, errlen, "fd %u: fcntl(F_SETFL): %s", f->r.fd, strerror(errno));
+    close(s);
+    return -1;
+  }
+  rc->tmp[i] = tg_res_high(s, rc->tmp_base, err, errlen);
+  return rc->tmp[i] < 0 ? -1 : 0;
 }
 
-static int owns(uint32_t k) { return k == TG_FD_UNIX || k == TG_FD_UNIX_LISTEN; }
+static int open_any(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  uint32_t k = rc->fds[i].r.kind;
+  return k == TG_FD_UNIX_LISTEN ? open_listener(rc, i, err, errlen) : k == TG_FD_UNIX_EXT ? open_external(rc, i, err, errlen) : open_pair(rc, i, err, errlen);
+}
+
+static int owns(uint32_t k) { return k == TG_FD_UNIX || k == TG_FD_UNIX_LISTEN || k == TG_FD_UNIX_EXT; }
 
 const struct tg_fd_ops tg_fd_unix = {.name = "unix", .describe = describe_fd, .begin = begin, .end = end, .owns = owns, .open = open_any};

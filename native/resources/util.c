@@ -3,9 +3,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include "../common/sys.h"
 
 void tg_res_file_id(const struct stat *st, struct tg_file_id *id) {
   id->dev = st->st_dev;
@@ -33,4 +38,44 @@ int tg_res_status_flags(uint32_t open_flags) {
   return (int)(open_flags & (O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME));
 }
 
+int tg_res_sock_diag(const void *body, size_t body_len, int dump, int (*each)(const struct nlmsghdr *h, void *ctx), void *ctx) {
+  static struct { struct nlmsghdr h; char body[128]; } req __attribute__((aligned(8)));
+  static char buf[16384] __attribute__((aligned(8)));
+  if (body_len > sizeof req.body) return -EINVAL;
+  memset(&req, 0, sizeof req);
+  req.h.nlmsg_len = (uint32_t)(sizeof req.h + body_len);
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = (uint16_t)(NLM_F_REQUEST | (dump ? NLM_F_DUMP : 0));
+  req.h.nlmsg_seq = 1;
+  memcpy(req.body, body, body_len);
+  long nl = tg_sys3(SYS_socket, AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return (int)nl;
+  struct sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  int rc = 0;
+  long r = tg_sys6l(SYS_sendto, nl, &req, req.h.nlmsg_len, 0, &sa, sizeof sa);
+  if (r < 0) rc = (int)r;
+  for (int done = rc != 0; !done;) {
+    do r = tg_sys6l(SYS_recvfrom, nl, buf, sizeof buf, 0, 0, 0);
+    while (r == -EINTR);
+    if (r < 0) { rc = (int)r; break; }
+    if (r == 0) break;
+    done = !dump; /* a lookup is answered in one message; a dump ends with NLMSG_DONE */
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (unsigned long)r); h = NLMSG_NEXT(h, r)) {
+      if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        const struct nlmsgerr *e = NLMSG_DATA(h);
+        rc = h->nlmsg_len >= NLMSG_LENGTH(sizeof *e) ? e->error : -EIO;
+        done = 1;
+        break;
+      }
+      if ((rc = each(h, ctx)) != 0) { done = 1; break; }
+    }
+  }
+  tg_sys1(SYS_close, nl);
+  return rc;
+}
+
 TG_RES_HIDDEN int tg_res_tree;
+TG_RES_HIDDEN int tg_res_ext_unix_closed;

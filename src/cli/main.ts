@@ -75,10 +75,11 @@ export function buildProgram(): Command {
     .addOption(new Option("--mirror-ack <level>", "a checkpoint returns once the mirror has it cached (received) or on disk (durable)").choices(["received", "durable"]).default("durable"))
     .option("--files <dir>", "data files: also snapshot this whole tree (repeatable), or `none` to keep files out of checkpoints (default: the files the app writes)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--files-exclude <glob>", "leave matching files out of checkpoints (repeatable; `*.tmp` matches names, `/srv/x/**` paths)", (v: string, prev: string[] = []) => [...prev, v])
+    .addOption(new Option("--external-unix <policy>", "a Unix stream socket connected to a process outside the app: refuse the checkpoint, naming it, or record it to be restored closed (ECONNRESET/EPIPE on next use)").choices(["refuse", "closed"]).default("refuse"))
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; externalUnix: "refuse" | "closed"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -92,7 +93,7 @@ export function buildProgram(): Command {
       const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
       const none = o.files?.includes("none") === true;
       const files = o.files || o.filesExclude ? { ...(none ? { enabled: false } : {}), dirs: (o.files ?? []).filter((d) => d !== "none"), exclude: o.filesExclude ?? [] } : undefined;
-      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror, files });
+      const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror, files, ...(o.externalUnix === "closed" ? { externalUnix: "closed" as const } : {}) });
       if (o.json) return out(json(r));
       out(`started ${r.name}: pid ${r.pid} in its namespace, host pid ${r.appHostPid} (init ${r.initHostPid}), ${r.threads} thread(s)`);
       out(`  output: tardigrade logs ${r.name}    checkpoint: tardigrade checkpoint ${r.name}${everyMs ? `    (also every ${o.every})` : ""}`);

@@ -90,6 +90,9 @@ export async function ping(sock: string, timeoutMs = 2000): Promise<PingReply> {
 /** Dirty-page trackers the agent knows (`tracking=` of CHECKPOINT); "none" makes every checkpoint full. */
 export const TRACKING_MODES = ["uffd", "hash", "none"] as const;
 export type TrackingMode = (typeof TRACKING_MODES)[number];
+/** run --external-unix: what a checkpoint does with a Unix stream socket connected outside the app. */
+export const EXTERNAL_UNIX_POLICIES = ["refuse", "closed"] as const;
+export type ExternalUnixPolicy = (typeof EXTERNAL_UNIX_POLICIES)[number];
 
 /** Options of a CHECKPOINT request (docs/native-interface.md). */
 export interface CheckpointOptions {
@@ -105,6 +108,8 @@ export interface CheckpointOptions {
    * returns ("CAPTURE", "RESUME", or "ABORT <why>").
    */
   hold?: (e: Extract<CheckpointEvent, { event: "parked" | "captured" }>) => Promise<string>;
+  /** run --external-unix: "closed" records Unix stream sockets connected outside the app as closed connections instead of refusing. */
+  externalUnix?: ExternalUnixPolicy;
   /** With hold: part of a process tree's cut (an fd whose other end is in another process is then the daemon's to check, not a refusal). */
   tree?: boolean;
 }
@@ -117,6 +122,7 @@ export async function checkpoint(sock: string, imagePath: string, onEvent: (e: C
   if (opts.fifo) words.push("fifo");
   if (opts.hold) words.push("hold");
   if (opts.tree) words.push("tree");
+  if (opts.externalUnix === "closed") words.push("external-unix=closed");
   const hold = opts.hold;
   await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o, send) => {
     const e = o as unknown as CheckpointEvent;

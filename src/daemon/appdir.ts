@@ -10,7 +10,7 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { writeFileAtomic } from "../store/fsutil.js";
-import type { TrackingMode } from "./agent.js";
+import type { ExternalUnixPolicy, TrackingMode } from "./agent.js";
 import { isAlive } from "./procs.js";
 
 export interface AppRecord {
@@ -31,6 +31,8 @@ export interface AppRecord {
   restoreNs?: number;
   /** Dirty-page tracking asked for at run (default uffd, with hash as the kernel fallback). */
   tracking?: TrackingMode;
+  /** run --external-unix: "closed" records Unix stream sockets connected outside the app to come back closed (absent: refuse them). */
+  externalUnix?: ExternalUnixPolicy;
   /** Retention: keep this many newest checkpoints of the app (gc after each commit). */
   keep?: number;
   /** Mirror destination (tg://HOST:PORT) every committed checkpoint is streamed to; token in mirror-token. */

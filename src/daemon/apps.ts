@@ -15,7 +15,8 @@ import { DEFAULT_MERGE_POLICY } from "../store/cas/merge.js";
 import type { CheckpointStats, GcReport, MergePolicy } from "../store/cas/types.js";
 import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
-import { TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
+import { EXTERNAL_UNIX_POLICIES, TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type ExternalUnixPolicy, type TrackingMode } from "./agent.js";
+import { externalUnixNotes } from "./unix-notes.js";
 import { captureIntoCas, metaForFileCheck, restoreInput, type RestoreInput } from "./cas-flow.js";
 import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
@@ -58,6 +59,8 @@ export interface RunRequest {
   umask?: number;
   /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
   files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
+  /** Unix stream sockets connected outside the app: "refuse" (default) or "closed" (restored as closed connections). */
+  externalUnix?: ExternalUnixPolicy;
 }
 
 export interface RunResult {
@@ -148,6 +151,7 @@ function restoreRecord(name: string, prev: AppRecord | null, checkpoint: string,
   return {
     everyMs: prev?.everyMs,
     tracking: prev?.tracking,
+    ...(prev?.externalUnix ? { externalUnix: prev.externalUnix } : {}),
     keep: prev?.keep,
     mirrorUrl: prev?.mirrorUrl,
     mirrorAck: prev?.mirrorAck,
@@ -250,6 +254,8 @@ export class AppManager {
       throw new TgError("cannot run the app", "no command given", "Put the command after `--`: tardigrade run --name NAME -- CMD ARGS...", "bad-request");
     if (req.tracking !== undefined && !(TRACKING_MODES as readonly string[]).includes(req.tracking))
       throw new TgError("cannot run the app", `unknown tracking mode ${JSON.stringify(req.tracking)}`, "Use --tracking uffd, hash or none", "bad-request");
+    if (req.externalUnix !== undefined && req.externalUnix !== null && !(EXTERNAL_UNIX_POLICIES as readonly string[]).includes(req.externalUnix))
+      throw new TgError("cannot run the app", `unknown --external-unix policy ${JSON.stringify(req.externalUnix)}`, "Use --external-unix refuse or closed", "bad-request");
     if (req.keep !== undefined && req.keep !== null && (!Number.isSafeInteger(req.keep) || req.keep < 1))
       throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${JSON.stringify(req.keep)})`, "Pass e.g. --keep 3", "bad-request");
     if (req.mirror) {
@@ -293,6 +299,7 @@ export class AppManager {
         launcherStart: null,
         everyMs: req.everyMs,
         ...(req.tracking ? { tracking: req.tracking } : {}),
+        ...(req.externalUnix === "closed" ? { externalUnix: req.externalUnix } : {}),
         ...(req.keep ? { keep: req.keep } : {}),
         files,
         ...(req.mirror ? { mirrorUrl: req.mirror.url, mirrorAck: req.mirror.ack ?? "durable" } : {}),
@@ -458,7 +465,7 @@ export class AppManager {
         dir.sock,
         pid,
         join(store.root, "staging"),
-        { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}), ...(files ? { hold } : {}) },
+        { ...(incrementalOn ? { incrementalOn } : {}), ...(rec?.tracking ? { tracking: rec.tracking } : {}), ...(rec?.externalUnix ? { externalUnix: rec.externalUnix } : {}), ...(files ? { hold } : {}) },
         {
           ...(incrementalOn && rec?.lastId ? { parent: rec.lastId } : {}),
           onProgress: (done, total) => progress({ phase: "verify", done, total }),
@@ -1007,6 +1014,7 @@ export class AppManager {
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
       const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
+      notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
       await held?.release(); // the traffic goes through again, whatever happened

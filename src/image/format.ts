@@ -93,6 +93,8 @@ export const FD_KIND: Record<number, string> = {
   10: "unix-listen",
   11: "inotify",
   13: "inet-socket",
+  14: "unix-external",
+  15: "signalfd",
 };
 
 export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };

@@ -33,7 +33,7 @@ import {
   type TrackingInfo,
   type Vma,
 } from "./format.js";
-import { decodeSocketData, decodeUnixSock, unixListenName } from "./unix.js";
+import { decodeSocketData, decodeUnixExternal, decodeUnixSock, describeUnixExternal, unixListenName } from "./unix.js";
 import { decodeInetRepair, decodeInetSock, type InetRepair } from "./inet.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
@@ -418,6 +418,8 @@ class ImageReader {
         if (typeof inet === "string") this.fail(off, inet);
         const watches = kind === 11 ? decodeInotify(extra, p.readUInt32LE(64)) : undefined;
         if (typeof watches === "string") this.fail(off, watches);
+        const unixExt = kind === 14 ? decodeUnixExternal(extra) : undefined;
+        if (typeof unixExt === "string") this.fail(off, unixExt);
         out.fds.push({
           fd: p.readUInt32LE(0),
           kind,
@@ -426,7 +428,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -490,6 +492,13 @@ class ImageReader {
 }
 
 /** Parses and verifies an image; throws ImageError naming file, offset and defect. */
+/** A signalfd's set (FD kind 15, aux bit n-1: signal n): "signalfd for signals 10, 15". */
+function signalfdSet(mask: bigint): string {
+  const sigs: number[] = [];
+  for (let n = 1; n <= 64; n++) if ((mask >> BigInt(n - 1)) & 1n) sigs.push(n);
+  return `signalfd for signal${sigs.length === 1 ? "" : "s"} ${sigs.join(", ") || "(none)"}`;
+}
+
 export async function parseImage(file: string, opts: ParseOptions = {}): Promise<ParsedImage> {
   let fh: FileHandle;
   try {

@@ -24,7 +24,52 @@ export function unixListenName(extra: Buffer): string {
   return `Unix ${type} socket listening on ${name[0] === 0 ? "@" + name.subarray(1).toString("utf8") : name.toString("utf8")} (backlog ${extra.readUInt32LE(4)})`;
 }
 
-const SOCK_TYPE_NAMES: Record<number, string> = { 1: "stream", 5: "seqpacket" };
+const SOCK_TYPE_NAMES: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };
+
+/** A Unix socket whose peer was outside the app (FD kind 14: struct tg_unix_ext, the peer's name, its own name). */
+export interface UnixExternal {
+  type: string;
+  /** "reconnect": a datagram socket connected to the peer's name again; "closed": restored as a connection whose peer went away. */
+  action: "reconnect" | "closed";
+  /** The peer's name (a path, "@name" for an abstract one), or "" (unnamed, or gone). */
+  peer: string;
+  /** The socket's own name, or "". */
+  name: string;
+}
+
+function shownName(b: Buffer): string {
+  return b.length === 0 ? "" : b[0] === 0 ? "@" + b.subarray(1).toString("utf8") : b.toString("utf8");
+}
+
+/** The FD extra of a kind-14 fd, or an error message. */
+export function decodeUnixExternal(extra: Buffer): UnixExternal | string {
+  if (extra.length < 32) return `external Unix socket FD extra is ${extra.length} bytes, need 32`;
+  const action = extra.readUInt32LE(4);
+  const peerLen = extra.readUInt32LE(20);
+  const nameLen = extra.readUInt32LE(24);
+  if (peerLen > 108 || nameLen > 108 || 32 + peerLen + nameLen > extra.length) return `external Unix socket FD extra of ${extra.length} bytes does not hold names of ${peerLen} and ${nameLen} bytes`;
+  if (action !== 1 && action !== 2) return `external Unix socket FD extra has an unknown action ${action}`;
+  return {
+    type: SOCK_TYPE_NAMES[extra.readUInt32LE(0)] ?? `type ${extra.readUInt32LE(0)}`,
+    action: action === 1 ? "reconnect" : "closed",
+    peer: shownName(extra.subarray(32, 32 + peerLen)),
+    name: shownName(extra.subarray(32 + peerLen, 32 + peerLen + nameLen)),
+  };
+}
+
+/** "Unix stream socket bound to /x, connected to /y (outside the app)" */
+export function describeUnixExternal(u: UnixExternal): string {
+  return `Unix ${u.type} socket${u.name ? ` bound to ${u.name}` : ""}, connected to ${u.peer || "an unnamed socket"} (outside the app)`;
+}
+
+/** What a restore did with a socket whose peer was outside (README: Unix sockets to outside peers). `live` says whether a socket file is at a path now. */
+export function externalUnixNote(fd: number, u: UnixExternal, live: (path: string) => boolean, pid?: number): string {
+  const who = pid !== undefined ? `pid ${pid} ` : "";
+  const what = `${who}fd ${fd} (${describeUnixExternal(u)})`;
+  if (u.action === "closed") return `${what}: restored closed (its peer is outside the app); the app's next read on it gets ECONNRESET, a write EPIPE`;
+  if (u.peer.startsWith("/") && !live(u.peer)) return `${what}: restored unconnected: nothing is bound to ${u.peer} now; the app's next send on it gets ENOTCONN (it may connect again)`;
+  return `${what}: connected to ${u.peer} again`;
+}
 
 /** A SOCKET_DATA payload, its datagram framing checked; or an error message. */
 export function decodeSocketData(p: Buffer): SocketData | string {
