@@ -9,7 +9,7 @@ import { getPriority, setPriority } from "node:os";
 import { parentPort } from "node:worker_threads";
 
 /** How much lower than the daemon's this thread runs (see below). */
-const HASH_NICE = 10;
+const HASH_NICE = Number(process.env.TG_HASH_NICE ?? 10);
 
 const PAGE = 4096;
 const ZERO = Buffer.alloc(PAGE);
