@@ -125,8 +125,8 @@ export class BlockPipeline {
     const enc = await q.p;
     const b = await this.appender.write(enc, q.npages);
     // only now: a raw block is written straight from it. A record's memory goes back to the
-    // image reader for the next records (a fresh 1 MiB buffer faults in 256 pages: on this VM
-    // ~7 µs each, ~1.8 s per GiB of a full checkpoint whose records all became blocks).
+    // image reader for the next records (a fresh 1 MiB buffer faults in 256 pages, several µs
+    // each on this VM: docs/store.md, "third step").
     if (q.whole) recycleRecord(q.buf);
     else if (this.free.length <= this.inflight) this.free.push(q.buf);
     this.blocks[q.slot] = b;
