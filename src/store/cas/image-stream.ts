@@ -291,7 +291,8 @@ class FeedSource implements ImageBytes, FeedSink {
     if (!this.started) {
       this.started = true;
       this.feed.attach(this);
-      if (this.tail > this.head || this.done) return;
+      // (what arrived early may have filled the waiting record already: got() signalled nobody)
+      if (this.tail > this.head || this.done || (this.want !== null && this.want.got === this.want.out.length)) return;
     }
     this.waiting = true;
     try {
