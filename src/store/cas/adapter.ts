@@ -43,7 +43,6 @@ export class CasStoreAdapter implements Store {
 
   static async open(root: string, opts: CasOptions = {}): Promise<CasStoreAdapter> {
     const cas = await CasStore.open(root, opts);
-    cas.warmUp(); // the daemon's store: its first checkpoint does not wait for the hashing thread to start
     await mkdir(join(root, "staging"), { recursive: true });
     await mkdir(join(root, "exports"), { recursive: true });
     return new CasStoreAdapter(root, cas);

@@ -120,15 +120,6 @@ export class CasStore {
   }
 
   private hasherInstance: Hasher | null = null;
-  /**
-   * Starts the page hashing thread now rather than at the first ingest: its start costs ~0.2
-   * CPU-s and, at nice +10 on a busy host, 0.6-1.1 s of wall time, which the first checkpoint
-   * after a daemon start waited for (measured: most of a 64 MiB checkpoint's time to durable).
-   * An idle worker keeps no process alive.
-   */
-  warmUp(): void {
-    this.getHasher();
-  }
   /** @internal */
   getHasher(): Hasher {
     if (!this.hasherInstance || this.hasherInstance.broken) this.hasherInstance = new Hasher(this.ctx.opts.hashWorker);
