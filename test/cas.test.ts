@@ -75,6 +75,28 @@ async function bytesReadByExport(store: CasStore, id: string): Promise<number> {
 }
 
 describe("cas store", () => {
+  test("page hashes: the native SHA-256 of every page equals node's, zero pages marked, also in the worker", async () => {
+    const data = Buffer.alloc(300 * 4096 + 8).subarray(8); // 8-aligned, not at the buffer's start
+    randomBytes(data.length).copy(data);
+    data.fill(0, 4096, 2 * 4096);
+    data.fill(0xab, 7 * 4096, 8 * 4096);
+    data.fill(0, 299 * 4096 + 4095); // last byte zero, rest not
+    const want = Buffer.alloc(300 * 32);
+    for (let i = 0; i < 300; i++) if (i !== 1) createHash("sha256").update(data.subarray(i * 4096, (i + 1) * 4096)).digest().copy(want, i * 32);
+    const { hashPages } = await import("../src/store/cas/hash-worker.js");
+    assert.ok(hashPages(data).equals(want), "inline");
+    const odd = Buffer.alloc(2 * 4096 + 1).subarray(1); // not 8-aligned: node's crypto per page
+    data.copy(odd, 0, 0, 2 * 4096);
+    assert.ok(hashPages(odd).equals(want.subarray(0, 64)), "unaligned");
+    const { Hasher } = await import("../src/store/cas/hasher.js");
+    const h = new Hasher(true);
+    try {
+      const got = await h.hash(Buffer.from(data));
+      assert.ok(got.hashes.equals(want), "worker");
+    } finally {
+      await h.close();
+    }
+  });
   test("pages are stored once across checkpoints and apps; zero pages are never stored", async () => {
     const store = await CasStore.open(dir());
     const shared = Array.from({ length: 40 }, () => randomBytes(P));

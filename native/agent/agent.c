@@ -180,7 +180,9 @@ TG_HIDDEN long tg_clone_on_stack(void *stack_top, void (*fn)(void));
 /* The snapshot writer is background work: it runs 10 nice levels below the application, so that
  * on a busy machine it yields the CPU to the application's threads (it costs no downtime, only a
  * longer write). Raising one's own nice value needs no privilege. */
+#ifndef TG_WRITER_NICE
 #define TG_WRITER_NICE 10
+#endif
 static void lower_priority(void) {
   long prio = tg_sys2(SYS_getpriority, PRIO_PROCESS, 0); /* the kernel returns 20 - nice */
   if (prio <= 0) return; /* cannot tell: leave it */

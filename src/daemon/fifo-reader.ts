@@ -5,6 +5,7 @@
 // defect 2). The read end is watched by the event loop (epoll): it reports end of file
 // only after a writer came and went, never before one came.
 import { closeSync, constants, openSync } from "node:fs";
+import koffi from "koffi";
 import { type OnReadOpts, Socket, type SocketConstructorOpts } from "node:net";
 import type { Readable } from "node:stream";
 import { CHUNK_FEED, FEED_CHUNK, type ChunkFeed, type FeedSink } from "../store/cas/image-stream.js";
@@ -21,8 +22,26 @@ export interface FifoReader {
   abort(why: string): void;
 }
 
+/** F_SETPIPE_SZ (linux/fcntl.h): not in node's constants. */
+const F_SETPIPE_SZ = 1031;
+/** The FIFO's capacity asked for: the default 64 KiB made every 1 GiB image 16,384 wake-ups of
+ * the writer and as many reads (at most /proc/sys/fs/pipe-max-size, 1 MiB by default). */
+const PIPE_BYTES = 1 << 20;
+let libcFcntl: ((fd: number, cmd: number, ...rest: unknown[]) => number) | null = null;
+
+/** Grows the pipe behind fd; a refusal (a user over pipe-user-pages-soft, an older kernel) leaves the default. */
+function growPipe(fd: number): void {
+  try {
+    libcFcntl ??= koffi.load("libc.so.6").func("int fcntl(int fd, int cmd, ...)") as (fd: number, cmd: number, ...rest: unknown[]) => number;
+    libcFcntl(fd, F_SETPIPE_SZ, "int", PIPE_BYTES);
+  } catch {
+    // koffi or libc unavailable: the default pipe size works, only slower
+  }
+}
+
 export function openFifoReader(path: string): FifoReader {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  growPipe(fd);
   // Every read(2) lands in this one buffer (the socket's `onread`), handed to the store's
   // reader (a ChunkFeed, image-stream.ts) which copies it into the records: no new memory
   // per chunk. Before the store reads, up to EARLY_MAX bytes are kept here (then reading pauses).

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
 import { TgError } from "../errors.js";
 
-export type NativeName = "libtardigrade-agent.so" | "tardigrade-init" | "tardigrade-restore";
+export type NativeName = "libtardigrade-agent.so" | "tardigrade-init" | "tardigrade-restore" | "libtardigrade-hash.so";
 
 /** The package root: the nearest ancestor of this module holding package.json. */
 export function packageRoot(): string {

@@ -233,10 +233,28 @@ class FeedSource implements ImageBytes, FeedSink {
   private left = 0;
   /** A read is waiting for bytes the feed has not delivered yet. */
   waiting = false;
+  /** The record a waiting read fills (`got` bytes so far): got() copies into it directly. */
+  private want: { out: Buffer; got: number } | null = null;
 
   constructor(private readonly feed: ChunkFeed) {}
 
-  got(n: number, buf: Buffer): boolean {
+  got(n0: number, buf0: Buffer): boolean {
+    // A read waiting for the rest of its record, with nothing stashed before these bytes: they
+    // go straight into the record (one copy instead of two), only what is left over is stashed.
+    let n = n0;
+    let buf = buf0;
+    const w = this.want;
+    if (w && this.tail === this.head && w.got < w.out.length) {
+      const k = Math.min(n, w.out.length - w.got);
+      buf.copy(w.out, w.got, 0, k);
+      w.got += k;
+      buf = buf.subarray(k);
+      n -= k;
+      if (n === 0) {
+        this.signal();
+        return !this.paused;
+      }
+    }
     if (this.tail + n > this.stash.length) {
       this.stash.copy(this.stash, 0, this.head, this.tail);
       this.tail -= this.head;
@@ -273,7 +291,8 @@ class FeedSource implements ImageBytes, FeedSink {
     if (!this.started) {
       this.started = true;
       this.feed.attach(this);
-      if (this.tail > this.head || this.done) return;
+      // (what arrived early may have filled the waiting record already: got() signalled nobody)
+      if (this.tail > this.head || this.done || (this.want !== null && this.want.got === this.want.out.length)) return;
     }
     this.waiting = true;
     try {
@@ -300,16 +319,21 @@ class FeedSource implements ImageBytes, FeedSink {
   async read(n: number): Promise<Buffer | null> {
     if (n === 0) return Buffer.alloc(0);
     const out = allocRecord(n); // its own memory: may be moved to the hashing thread
-    let got = 0;
+    const w = { out, got: 0 };
     for (;;) {
-      got += this.take(out, got, n - got);
-      if (got === n) break;
+      w.got += this.take(out, w.got, n - w.got);
+      if (w.got === n) break;
       if (this.done) {
         if (this.error) throw this.error;
-        this.left = got;
+        this.left = w.got;
         return null;
       }
-      await this.more();
+      this.want = w;
+      try {
+        await this.more();
+      } finally {
+        this.want = null;
+      }
     }
     this.offset += n;
     return out;

@@ -3,6 +3,7 @@
 // current pack; then the commit: packs fsynced, then one SQLite transaction (packs,
 // blocks, pages, manifest, page table). Nothing is visible before that transaction.
 import { stat } from "node:fs/promises";
+import { endianness } from "node:os";
 import type { Readable } from "node:stream";
 import { TgError } from "../../errors.js";
 import { RecordType } from "../../image/format.js";
@@ -19,6 +20,8 @@ import { HASH_LEN, LOC_LEN, PAGE, addrOf, crashPoint, hex, pageOf, putLoc } from
 import type { Hashed } from "./hasher.js";
 import { ImageError } from "../../image/parser.js";
 
+/** Typed-array words are the page table's little-endian u32s. */
+const LITTLE_ENDIAN = endianness() === "LE";
 /** PAGES records being hashed ahead of the one being indexed. */
 const HASH_DEPTH = 4;
 const TRACKING_MODES: Record<number, string> = { 0: "none", 1: "uffd", 2: "hash" };
@@ -220,9 +223,25 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
         const e = order[k]!;
         return [newPages.hash(e), ids[newPages.slot(e)]!, newPages.idx(e)];
       });
+      // one location hint per new page (262,144 for a full 1 GiB image): written as words
+      // through a view of each row's hints (a row's hints are a buffer of their own: aligned)
+      // rather than by putLoc's two checked writeUInt32LE calls (~0.2 s per GiB)
+      let row = -1;
+      let words: Uint32Array | null = null;
       for (let k = 0; k < fixups.count; k++) {
         const e = fixups.z(k);
-        putLoc(extents[fixups.x(k)]!.locs!, fixups.y(k), ids[newPages.slot(e)]!, newPages.idx(e));
+        const ord = fixups.x(k);
+        if (ord !== row) {
+          row = ord;
+          const l = extents[ord]!.locs!;
+          words = LITTLE_ENDIAN && l.byteOffset % 4 === 0 ? new Uint32Array(l.buffer, l.byteOffset, l.length / 4) : null;
+        }
+        const block = ids[newPages.slot(e)]!;
+        if (words) {
+          const i = fixups.y(k) * 2;
+          words[i] = block <= 0xffffffff ? block : 0;
+          words[i + 1] = newPages.idx(e);
+        } else putLoc(extents[ord]!.locs!, fixups.y(k), block, newPages.idx(e));
       }
       const cid = cat.insertCheckpoint({ id, app, seq, kind, parent, synthetic: 0, created_at: createdAt, pid, stats: JSON.stringify(stats), header, meta: Buffer.concat(metaParts) });
       for (const e of extents) cat.insertExtent(cid, e);
