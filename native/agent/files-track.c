@@ -75,9 +75,10 @@ static void journal(char op, const char *path, char op2, const char *path2) {
 }
 
 /* The absolute path of fd (a regular file), into out; 0 if it is one. */
-static int fd_path(int fd, char *out, size_t cap) {
+static int fd_path(int fd, char *out, size_t cap, struct stat *st_out) {
   struct stat st;
   if (tg_sys2(SYS_fstat, fd, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+  *st_out = st;
   char link[40];
   snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
   long n = tg_sys3(SYS_readlink, link, out, cap - 1);
@@ -89,7 +90,10 @@ static int fd_path(int fd, char *out, size_t cap) {
 static void opened(int fd, int flags) {
   if (fd < 0 || !tg.active || !(flags & WRITE_FLAGS)) return;
   char p[PATH_MAX];
-  if (fd_path(fd, p, sizeof p) == 0) journal('W', p, 0, NULL);
+  struct stat st;
+  if (fd_path(fd, p, sizeof p, &st) != 0) return;
+  journal('W', p, 0, NULL);
+  if (flags & (O_WRONLY | O_RDWR)) tg_ranges_opened(fd, flags, &st); /* files-ranges.c */
 }
 
 /* path made absolute against dirfd (AT_FDCWD: the working directory); not resolved further. */
@@ -154,6 +158,28 @@ static mode_t mode_arg(int flags, va_list ap) {
 OPEN_WRAPPER(open)
 OPEN_WRAPPER(open64)
 
+/* the fortified opens of programs built with _FORTIFY_SOURCE (no mode: O_CREAT goes the other way) */
+typedef int (*open2_fn)(const char *, int);
+typedef int (*openat2_fn)(int, const char *, int);
+#define OPEN2_WRAPPER(name) \
+  __attribute__((visibility("default"))) int name(const char *path, int flags) { \
+    REAL(name, open2_fn) \
+    int fd = real_##name(path, flags); \
+    opened(fd, flags); \
+    return fd; \
+  }
+OPEN2_WRAPPER(__open_2)
+OPEN2_WRAPPER(__open64_2)
+#define OPENAT2_WRAPPER(name) \
+  __attribute__((visibility("default"))) int name(int dirfd, const char *path, int flags) { \
+    REAL(name, openat2_fn) \
+    int fd = real_##name(dirfd, path, flags); \
+    opened(fd, flags); \
+    return fd; \
+  }
+OPENAT2_WRAPPER(__openat_2)
+OPENAT2_WRAPPER(__openat64_2)
+
 #define OPENAT_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(int dirfd, const char *path, int flags, ...) { \
     va_list ap; \
@@ -189,6 +215,7 @@ typedef FILE *(*fopen_fn)(const char *, const char *);
     if (f && mode && (strchr(mode, 'w') || strchr(mode, 'a') || strchr(mode, '+'))) { \
       int saved = errno; \
       opened(fileno(f), O_WRONLY); \
+      tg_ranges_whole(fileno(f)); /* its writes happen inside libc */ \
       errno = saved; \
     } \
     return f; \

@@ -3,9 +3,16 @@
 // checkpoint's files) and those that changed are copied (in the kernel: copy_file_range or
 // sendfile, no bytes through the daemon) into a staging directory, so that the files belong to
 // the same instant as the memory; the image is then made from the copies after the app resumed.
-import { copyFileSync, lstatSync, statSync } from "node:fs";
+import { closeSync, copyFileSync, lstatSync, openSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
+import { mergeRanges, type ChangedRanges, type Range } from "./files-ranges.js";
+
+const PAGE = 4096;
+/** Ranges closer than this are read as one (fewer reads; the pages between are deduplicated by the store). */
+const RANGE_GAP = 16 * 1024;
+/** At most this many bytes of ranges are read into memory at a cut; past it, files are copied whole. */
+const RANGES_MEMORY = 256 * 2 ** 20;
 
 /** A files checkpoint's manifest (its stats.extra): every file of the set, bigints as strings. */
 export interface FilesManifest {
@@ -33,6 +40,8 @@ export interface FilesCut {
   manifest: FilesManifest;
   /** Files whose contents were read (new or changed since the parent). */
   changed: string[];
+  /** Of those, files of which only the changed ranges were read. */
+  ranged: string[];
   bytesRead: number;
   /** Time spent with the app held, ns. */
   cutNs: number;
@@ -43,7 +52,7 @@ export interface FilesCut {
  * changed), paths that do not exist are recorded absent, anything else (directories, symlinks,
  * devices) is left out. Sync on purpose: it runs while the app is parked.
  */
-export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string): FilesCut {
+export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string, ranges: ChangedRanges | null = null): FilesCut {
   const t0 = process.hrtime.bigint();
   const byPath = new Map<string, FileEntry>();
   const byIno = new Map<string, FileEntry>();
@@ -56,7 +65,9 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
   const usedBases = new Set<number>();
   const contents: FileContent[] = [];
   const changed: string[] = [];
+  const ranged: string[] = [];
   let bytesRead = 0;
+  let inMemory = 0;
   for (const path of paths) {
     let st;
     try {
@@ -98,6 +109,21 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
       if (!unchanged) changed.push(path);
       continue;
     }
+    // only the ranges the agents noted, when they are known to be all of what changed
+    const key = `${entry.dev}:${entry.ino}`;
+    const noted = prev && ranges && !ranges.overflow && !ranges.opaque.has(key) ? ranges.byFile.get(key) : undefined;
+    if (prev && noted && entry.base === prev.base) {
+      const pieces = readRanges(path, noted, prev.size, entry.size, RANGES_MEMORY - inMemory);
+      if (pieces) {
+        const n = pieces.reduce((t, p) => t + p.data.length, 0);
+        inMemory += n;
+        bytesRead += n;
+        changed.push(path);
+        ranged.push(path);
+        contents.push({ entry, copy: null, pieces });
+        continue;
+      }
+    }
     const copy = join(staging, String(contents.length));
     try {
       copyFileSync(path, copy);
@@ -111,5 +137,45 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
     contents.push({ entry, copy });
   }
   const manifest: FilesManifest = { version: 1, cutNs: String(BigInt(Date.now()) * 1_000_000n), nextSlot, files: contents.map((c) => toStored(c.entry)) };
-  return { contents, manifest, changed, bytesRead, cutNs: Number(process.hrtime.bigint() - t0) };
+  return { contents, manifest, changed, ranged, bytesRead, cutNs: Number(process.hrtime.bigint() - t0) };
+}
+
+/**
+ * The pages of the noted ranges (page-aligned, within the file's size now), plus the page at the
+ * old end when the size changed (its tail was zeros or is now). null when they add up to half the
+ * file or more, or past `budget` bytes: the whole file is copied instead.
+ */
+function readRanges(path: string, noted: Range[], oldSize: number, size: number, budget: number): { off: number; data: Buffer }[] | null {
+  const span = Math.ceil(size / PAGE) * PAGE;
+  const want: Range[] = [];
+  for (const [s, e] of noted) {
+    const a = Math.floor(s / PAGE) * PAGE;
+    const b = Math.min(span, Math.ceil(Math.min(e, span) / PAGE) * PAGE);
+    if (b > a) want.push([a, b]);
+  }
+  if (oldSize !== size) {
+    const a = Math.floor(Math.min(oldSize, size) / PAGE) * PAGE;
+    if (a < span) want.push([a, a + PAGE]);
+  }
+  const merged = mergeRanges(want, RANGE_GAP);
+  const total = merged.reduce((t, [a, b]) => t + b - a, 0);
+  if (total * 2 >= span || total > budget) return null;
+  const out: { off: number; data: Buffer }[] = [];
+  const fd = openSync(path, "r");
+  try {
+    for (const [a, b] of merged) {
+      const data = Buffer.allocUnsafe(b - a);
+      let got = 0;
+      while (got < data.length) {
+        const n = readSync(fd, data, got, data.length - got, a + got);
+        if (n === 0) break;
+        got += n;
+      }
+      data.fill(0, got); // zeros past the end of the file
+      out.push({ off: a, data });
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
 }

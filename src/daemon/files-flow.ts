@@ -14,6 +14,7 @@ import { parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
 import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
+import { takeRanges } from "./files-ranges.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
 
 /** The store name of an app's files images. */
@@ -26,6 +27,8 @@ export interface FilesRef {
   /** Files read at the cut (new or changed since the parent files image). */
   changed: number;
   bytesRead: number;
+  /** Of the changed files, those of which only the ranges the agents noted were read. */
+  ranged?: number;
   /** Time the app was held for the file cut (ns). */
   cutNs: number;
 }
@@ -103,17 +106,20 @@ export class FilesCapture {
   }
 
   private cutOnce(hostPids: number[]): FilesRef {
+    const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
     mkdirSync(this.staging, { recursive: true });
-    const c = cutFiles(paths, this.parent, this.staging);
+    const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
+    const c = cutFiles(paths, this.parent, this.staging, ranges);
+    c.cutNs = Number(process.hrtime.bigint() - t0); // (the set's walk and the ranges count as held time too)
     Object.assign(this.extra, c.manifest);
     const parentSeq = this.parentId ? (parseCheckpointId(this.parentId)?.seq ?? 0) : 0;
     // made from the copies once the app runs again
     const img = Readable.from(filesImageChunks(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) }));
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
-    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
+    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
     return this.ref;
   }
 
