@@ -9,7 +9,7 @@
 // parent's bytes in the checkpoint: the byte comparison fails.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -87,5 +87,45 @@ describe("changed ranges of the app's files (issue 14)", { timeout: TIMEOUT }, (
     await cli(["restore", "rw", "--replace", "--checkpoint", c2.id, "--json"]);
     assert.deepEqual(digest(dir), a, `restore of ${c2.id}`);
     assert.notDeepEqual(a, d);
+  });
+
+  test("copy-before-write: checkpoints taken while the app writes give back the files of the instant its memory is from", { timeout: TIMEOUT }, async (t) => {
+    requireNative();
+    // the daemon reads the ranges 300 ms after the cut: the app changes many of those pages first
+    const h = makeHome("tg-", { TG_TEST_DELAY_AT: "files-deferred-read:300" });
+    const dir = mkdtempSync(join(tmpdir(), "tg-rg-"));
+    t.after(async () => {
+      await h.cleanup();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const cli = async (args: string[]): Promise<string> => {
+      const r = await h.cli(args);
+      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+      return r.stdout;
+    };
+    const checkpoint = async (): Promise<Ckpt> => JSON.parse(await cli(["checkpoint", "race", "--json"])) as Ckpt;
+    const verify = async (): Promise<string> => {
+      const from = logSize(h, "race");
+      writeFileSync(join(dir, "cmd"), "verify");
+      const ls = await waitLines(h, "race", (l) => l.some((x) => x.startsWith("verify ")), "verify", 120_000, from);
+      return ls.find((x) => x.startsWith("verify "))!;
+    };
+    await cli(["run", "--name", "race", "--json", "--", "python3", fixtureScript("racewriter.py"), dir]);
+    await waitLines(h, "race", (ls) => ls.includes("ready"), "ready");
+    await checkpoint();
+    // until one reads the data file (32 MiB, up to 4 KB per write) by ranges: that one is restored
+    const ranged: number[] = [];
+    while (ranged.length < 8 && !ranged.some((n) => n >= 1)) {
+      const from = logSize(h, "race");
+      await waitLines(h, "race", (ls) => ls.some((l) => l.startsWith("wrote ")), "writes", 60_000, from);
+      ranged.push((await checkpoint()).files?.ranged ?? 0);
+    }
+    assert.ok(ranged.some((n) => n >= 1), `files read by ranges: ${ranged.join(", ")}`);
+    const saved = statSync(join(h.home, "apps", "race", "files.cow-log")).size;
+    assert.ok(saved > 0, "pages were saved before the app changed them");
+    await killApp(h, "race");
+    await cli(["restore", "race", "--json"]);
+    const v = await verify();
+    assert.match(v, /^verify ok \d+/, v);
   });
 });

@@ -134,6 +134,7 @@ TG_HIDDEN void tg_ranges_init(void);
 TG_HIDDEN void tg_ranges_after_fork(void);
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st);
 TG_HIDDEN void tg_ranges_whole(int fd);
+TG_HIDDEN void tg_ranges_before_truncate(int dirfd, const char *path, uint64_t from);
 
 /* util */
 TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex);

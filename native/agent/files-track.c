@@ -151,6 +151,7 @@ static mode_t mode_arg(int flags, va_list ap) {
     mode_t m = mode_arg(flags, ap); \
     va_end(ap); \
     REAL(name, open_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     int fd = real_##name(path, flags, m); \
     opened(fd, flags); \
     return fd; \
@@ -164,6 +165,7 @@ typedef int (*openat2_fn)(int, const char *, int);
 #define OPEN2_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(const char *path, int flags) { \
     REAL(name, open2_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     int fd = real_##name(path, flags); \
     opened(fd, flags); \
     return fd; \
@@ -173,6 +175,7 @@ OPEN2_WRAPPER(__open64_2)
 #define OPENAT2_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(int dirfd, const char *path, int flags) { \
     REAL(name, openat2_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(dirfd, path, 0); \
     int fd = real_##name(dirfd, path, flags); \
     opened(fd, flags); \
     return fd; \
@@ -187,6 +190,7 @@ OPENAT2_WRAPPER(__openat64_2)
     mode_t m = mode_arg(flags, ap); \
     va_end(ap); \
     REAL(name, openat_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(dirfd, path, 0); \
     int fd = real_##name(dirfd, path, flags, m); \
     opened(fd, flags); \
     return fd; \
@@ -197,6 +201,7 @@ OPENAT_WRAPPER(openat64)
 #define CREAT_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(const char *path, mode_t m) { \
     REAL(name, creat_fn) \
+    tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     int fd = real_##name(path, m); \
     opened(fd, O_CREAT | O_WRONLY); \
     return fd; \
@@ -211,6 +216,7 @@ typedef FILE *(*fopen_fn)(const char *, const char *);
     static fopen_fn real; \
     if (!real) real = (fopen_fn)dlsym(RTLD_NEXT, #name); \
     if (!real) { errno = ENOSYS; return NULL; } \
+    if (mode && strchr(mode, 'w')) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     FILE *f = real(path, mode); \
     if (f && mode && (strchr(mode, 'w') || strchr(mode, 'a') || strchr(mode, '+'))) { \
       int saved = errno; \
@@ -280,10 +286,12 @@ __attribute__((visibility("default"))) int linkat(int od, const char *o, int nd,
 __attribute__((visibility("default"))) int truncate(const char *p, off_t len) {
   REAL(truncate, trunc_fn)
   touched('W', AT_FDCWD, p);
+  tg_ranges_before_truncate(AT_FDCWD, p, len >= 0 ? (uint64_t)len : 0);
   return real_truncate(p, len);
 }
 __attribute__((visibility("default"))) int truncate64(const char *p, off_t len) {
   REAL(truncate64, trunc_fn)
   touched('W', AT_FDCWD, p);
+  tg_ranges_before_truncate(AT_FDCWD, p, len >= 0 ? (uint64_t)len : 0);
   return real_truncate64(p, len);
 }

@@ -11,7 +11,8 @@ import { errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint } from "../store/cas/types.js";
 import { parseCheckpointId, parseMemberApp } from "../store/types.js";
-import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
+import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
+import { endCow } from "./files-cow.js";
 import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { takeRanges } from "./files-ranges.js";
@@ -111,20 +112,31 @@ export class FilesCapture {
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
     mkdirSync(this.staging, { recursive: true });
     const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
-    const c = cutFiles(paths, this.parent, this.staging, ranges);
+    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir);
     c.cutNs = Number(process.hrtime.bigint() - t0); // (the set's walk and the ranges count as held time too)
     Object.assign(this.extra, c.manifest);
     const parentSeq = this.parentId ? (parseCheckpointId(this.parentId)?.seq ?? 0) : 0;
     // made from the copies once the app runs again
-    const img = Readable.from(filesImageChunks(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) }));
+    const h = { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) };
+    const deferred = c.deferred;
+    this.deferred = deferred;
+    const img = Readable.from(
+      (async function* () {
+        if (deferred) await finishCut(deferred); // the app runs again: the ranges left for now
+        yield* filesImageChunks(c.contents, h);
+      })(),
+    );
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
     this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
     return this.ref;
   }
 
+  private deferred: Deferred | null = null;
+
   /** The checkpoint failed: nothing of the files may be committed. */
   abort(why: unknown): void {
+    if (this.deferred) endCow(this.deferred.appDir);
     if (!this.stream.destroyed) this.stream.destroy(new Error(`the checkpoint was abandoned: ${errMessage(why)}`));
   }
 }

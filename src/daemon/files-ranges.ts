@@ -15,6 +15,9 @@ const HEAD = 4096;
 const FDS_OFF = HEAD;
 const ENTRIES_OFF = HEAD + FDS * 16;
 const ENTRY = 32;
+const SLOTS_OFF = 512;
+const SLOTS = 64;
+const SLOT = 40;
 const TABLE_BYTES = ENTRIES_OFF + 2 * CAP * ENTRY;
 const END = 0xffffffffffffffffn;
 
@@ -28,6 +31,10 @@ export interface ChangedRanges {
   overflow: boolean;
   /** Files written where the agent does not see (untracked fds open for writing, shared writable mappings): copied whole. */
   opaque: Set<string>;
+  /** Writes in flight at the cut (a thread parked inside a write): by "dev:ino"; their pages are read while the app is held. */
+  inflight: Map<string, Range[]>;
+  /** A write was in flight without a slot to say where: nothing is left for after the app resumes. */
+  unslotted: boolean;
   tables: number;
 }
 
@@ -126,7 +133,7 @@ function add(byFile: Map<string, Range[]>, key: string, r: Range): void {
  * next interval. Sync on purpose: it runs while the app is held.
  */
 export function takeRanges(appDir: string, hostPids: number[], parentId: string | null): ChangedRanges {
-  const r: ChangedRanges = { byFile: new Map(), overflow: false, opaque: new Set(), tables: 0 };
+  const r: ChangedRanges = { byFile: new Map(), overflow: false, opaque: new Set(), inflight: new Map(), unslotted: false, tables: 0 };
   try {
     const p = JSON.parse(readFileSync(pendingPath(appDir), "utf8")) as PendingFile;
     if (p.parent === parentId) {
@@ -162,6 +169,11 @@ export function takeRanges(appDir: string, hostPids: number[], parentId: string 
     if (b.readBigUInt64LE(0) !== MAGIC || b.readUInt32LE(8) !== 1) continue;
     r.tables++;
     buffers.set(path, b);
+    if (b.readUInt32LE(48)) r.unslotted = true;
+    for (let i = 0; i < SLOTS; i++) {
+      const o = SLOTS_OFF + i * SLOT;
+      if (b.readBigUInt64LE(o) === 2n) add(r.inflight, `${b.readBigUInt64LE(o + 8)}:${b.readBigUInt64LE(o + 16)}`, [u64(b, o + 24), u64(b, o + 32)]);
+    }
     const cur = b.readUInt32LE(16) & 1;
     const count = Math.min(b.readUInt32LE(32 + cur * 4), CAP);
     if (b.readUInt32LE(40 + cur * 4)) r.overflow = true;
