@@ -437,6 +437,7 @@ export class AppManager {
     const extra: { files?: FilesRef } = {};
     let cutError: unknown = null;
     const hold = async (e: { event: "parked" | "captured" }): Promise<string> => {
+      if (e.event === "captured") files?.released(); // (its deferred reads start once RESUME is out)
       if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
       try {
         // (with hold the agent leaves the check for child processes to us)
@@ -550,6 +551,7 @@ export class AppManager {
               return {
                 atCut: async () => void f.cut(appProcesses(initHostPid).filter((p) => !p.zombie).map((p) => p.hostPid)),
                 beforeMainCommit: async () => {
+                  f.released();
                   await f.committed;
                   return { files: f.ref };
                 },

@@ -46,15 +46,22 @@ export function publishCow(appDir: string, files: CowFile[]): bigint {
     ftruncateSync(lfd, 0);
     closeSync(lfd);
     const body = Buffer.alloc(n * ENTRY);
+    const put = (v: number, o: number): void => {
+      body.writeUInt32LE(v % 0x100000000, o);
+      body.writeUInt32LE(Math.floor(v / 0x100000000), o + 4);
+    };
     let i = 0;
-    for (const f of sorted)
+    for (const f of sorted) {
+      const dev = Number(f.dev);
+      const ino = Number(f.ino);
       for (const [a, b] of f.ranges) {
-        body.writeBigUInt64LE(f.dev, i * ENTRY);
-        body.writeBigUInt64LE(f.ino, i * ENTRY + 8);
-        body.writeBigUInt64LE(BigInt(a), i * ENTRY + 16);
-        body.writeBigUInt64LE(BigInt(b), i * ENTRY + 24);
+        put(dev, i * ENTRY);
+        put(ino, i * ENTRY + 8);
+        put(a, i * ENTRY + 16);
+        put(b, i * ENTRY + 24);
         i++;
       }
+    }
     if (n) writeSync(fd, body, 0, body.length, ENTRIES_OFF);
     const h = Buffer.alloc(32);
     h.writeBigUInt64LE(MAGIC, 0);

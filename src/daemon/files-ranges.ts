@@ -5,7 +5,7 @@
 // keeps what it read in `files.pending-ranges.json` until a files image made from it commits: a cut
 // whose checkpoint fails leaves its ranges to the next one (which has the same parent). Tables of
 // processes that are gone are read one last time and removed.
-import { closeSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 const MAGIC = 0x314e52474152475fn;
@@ -19,7 +19,6 @@ const SLOTS_OFF = 512;
 const SLOTS = 64;
 const SLOT = 40;
 const TABLE_BYTES = ENTRIES_OFF + 2 * CAP * ENTRY;
-const END = 0xffffffffffffffffn;
 
 /** [start, end) byte ranges; end Infinity: to the end of the file. */
 export type Range = [number, number];
@@ -46,9 +45,11 @@ interface PendingFile {
 
 const pendingPath = (appDir: string): string => join(appDir, "files.pending-ranges.json");
 
+/** A u64 as a number without a BigInt (dev, ino, offsets: below 2^53); all ones: Infinity. */
 const u64 = (b: Buffer, off: number): number => {
-  const v = b.readBigUInt64LE(off);
-  return v === END ? Infinity : Number(v);
+  const lo = b.readUInt32LE(off);
+  const hi = b.readUInt32LE(off + 4);
+  return lo === 0xffffffff && hi === 0xffffffff ? Infinity : hi * 0x100000000 + lo;
 };
 
 /** Table files mapped by each live process (host pid -> table path). */
@@ -71,8 +72,8 @@ function tablesOf(hostPids: number[]): Map<number, string> {
 function trackedFds(b: Buffer): Map<number, string> {
   const out = new Map<number, string>();
   for (let fd = 0; fd < FDS; fd++) {
-    const ino = b.readBigUInt64LE(FDS_OFF + fd * 16 + 8);
-    if (ino) out.set(fd, `${b.readBigUInt64LE(FDS_OFF + fd * 16)}:${ino}`);
+    const ino = u64(b, FDS_OFF + fd * 16 + 8);
+    if (ino) out.set(fd, `${u64(b, FDS_OFF + fd * 16)}:${ino}`);
   }
   return out;
 }
@@ -134,14 +135,23 @@ function add(byFile: Map<string, Range[]>, key: string, r: Range): void {
  */
 export function takeRanges(appDir: string, hostPids: number[], parentId: string | null): ChangedRanges {
   const r: ChangedRanges = { byFile: new Map(), overflow: false, opaque: new Set(), inflight: new Map(), unslotted: false, tables: 0 };
+  let text: string | null = null;
   try {
-    const p = JSON.parse(readFileSync(pendingPath(appDir), "utf8")) as PendingFile;
-    if (p.parent === parentId) {
+    text = readFileSync(pendingPath(appDir), "utf8");
+  } catch {
+    /* none */
+  }
+  if (text !== null) {
+    let p: PendingFile | null = null;
+    try {
+      p = JSON.parse(text) as PendingFile;
+    } catch {
+      r.overflow = true; // written in place by a daemon killed meanwhile: what it held is not known
+    }
+    if (p && p.parent === parentId) {
       r.overflow ||= p.overflow;
       for (const [k, s, e] of p.ranges) add(r.byFile, k, [s, e ?? Infinity]);
     }
-  } catch {
-    /* none */
   }
   let names: string[] = [];
   try {
@@ -155,33 +165,38 @@ export function takeRanges(appDir: string, hostPids: number[], parentId: string 
   const flips: { path: string; b: Buffer }[] = [];
   for (const n of names) {
     const path = join(appDir, n);
-    const b = Buffer.alloc(TABLE_BYTES);
+    // the header, the fds and the entries of the half being filled (not the whole table: GC)
+    const b = Buffer.allocUnsafe(TABLE_BYTES);
     try {
       const fd = openSync(path, "r");
       try {
-        if (readSync(fd, b, 0, TABLE_BYTES, 0) !== TABLE_BYTES) continue;
+        if (readSync(fd, b, 0, ENTRIES_OFF, 0) !== ENTRIES_OFF) continue;
+        if (b.readBigUInt64LE(0) !== MAGIC || b.readUInt32LE(8) !== 1) continue;
+        const cur = b.readUInt32LE(16) & 1;
+        const n = Math.min(b.readUInt32LE(32 + cur * 4), CAP) * ENTRY;
+        const at = ENTRIES_OFF + cur * CAP * ENTRY;
+        if (n && readSync(fd, b, at, n, at) !== n) continue;
       } finally {
         closeSync(fd);
       }
     } catch {
       continue;
     }
-    if (b.readBigUInt64LE(0) !== MAGIC || b.readUInt32LE(8) !== 1) continue;
     r.tables++;
     buffers.set(path, b);
     if (b.readUInt32LE(48)) r.unslotted = true;
     for (let i = 0; i < SLOTS; i++) {
       const o = SLOTS_OFF + i * SLOT;
-      if (b.readBigUInt64LE(o) === 2n) add(r.inflight, `${b.readBigUInt64LE(o + 8)}:${b.readBigUInt64LE(o + 16)}`, [u64(b, o + 24), u64(b, o + 32)]);
+      if (u64(b, o) === 2) add(r.inflight, `${u64(b, o + 8)}:${u64(b, o + 16)}`, [u64(b, o + 24), u64(b, o + 32)]);
     }
     const cur = b.readUInt32LE(16) & 1;
     const count = Math.min(b.readUInt32LE(32 + cur * 4), CAP);
     if (b.readUInt32LE(40 + cur * 4)) r.overflow = true;
     for (let i = 0; i < count; i++) {
       const o = ENTRIES_OFF + (cur * CAP + i) * ENTRY;
-      const ino = b.readBigUInt64LE(o + 8);
+      const ino = u64(b, o + 8);
       if (!ino) continue; // being written as the process was parked (its write had not happened) or killed
-      add(r.byFile, `${b.readBigUInt64LE(o)}:${ino}`, [u64(b, o + 16), u64(b, o + 24)]);
+      add(r.byFile, `${u64(b, o)}:${ino}`, [u64(b, o + 16), u64(b, o + 24)]);
     }
     flips.push({ path, b });
   }
@@ -189,9 +204,8 @@ export function takeRanges(appDir: string, hostPids: number[], parentId: string 
   // kept before any table starts its next interval: a daemon killed from here on loses nothing
   const pending: PendingFile = { parent: parentId, overflow: r.overflow, ranges: [] };
   for (const [k, l] of r.byFile) for (const [s, e] of mergeRanges(l)) pending.ranges.push([k, s, Number.isFinite(e) ? e : null]);
-  const tmp = `${pendingPath(appDir)}.tmp`;
-  writeFileSync(tmp, JSON.stringify(pending));
-  renameSync(tmp, pendingPath(appDir));
+  // (in place: a half-written file reads as "not known", and the next cut copies changed files whole)
+  writeFileSync(pendingPath(appDir), JSON.stringify(pending));
   for (const { path, b } of flips) {
     if (!liveSet.has(path)) {
       unlinkSync(path); // its process is gone: what it noted is in the pending ranges now
