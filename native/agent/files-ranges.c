@@ -491,7 +491,7 @@ typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 #define MMAP_WRAPPER(name) \
   EXPORT void *name(void *a, size_t n, int prot, int fl, int fd, off_t off) { \
     REAL(name, mmap_fn, MAP_FAILED) \
-    if (fd >= 0 && (prot & PROT_WRITE) && (fl & MAP_TYPE) == MAP_SHARED && rg) { \
+    if (fd >= 0 && (prot & PROT_WRITE) && ((fl & MAP_TYPE) == MAP_SHARED || (fl & MAP_TYPE) == MAP_SHARED_VALIDATE) && rg) { \
       int e = errno; \
       struct stat st; \
       if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) { \
