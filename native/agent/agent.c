@@ -803,6 +803,7 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg.active = 1;
   tg.pid = getpid();
   if (start_manager() != 0) return;
+  tg_ranges_init();
   /* registered once per program: exec runs this constructor again in the new program */
   atexit(unlink_own_socket);
   int fe = pthread_atfork(NULL, NULL, tg_after_fork);
@@ -871,6 +872,7 @@ static void tg_after_fork(void) {
   }
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg_track_after_fork();
+  tg_ranges_after_fork();
   tg.capturing = 0;
   tg.hold = tg.tree = 0;
   tg_res_ext_unix_closed = 0;

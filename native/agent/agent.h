@@ -128,6 +128,14 @@ TG_HIDDEN int tg_vma_path_is(const struct tg_vma *v, const char *s);
 TG_HIDDEN int tg_vma_special(const struct tg_vma *v); /* vdso, vvar, vsyscall */
 TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
 
+/* files-ranges.c: the changed ranges of the app's files (docs/files.md) */
+struct stat;
+TG_HIDDEN void tg_ranges_init(void);
+TG_HIDDEN void tg_ranges_after_fork(void);
+TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st);
+TG_HIDDEN void tg_ranges_whole(int fd);
+TG_HIDDEN void tg_ranges_before_truncate(int dirfd, const char *path, uint64_t from);
+
 /* util */
 TG_HIDDEN int tg_status_field_u64(const char *status, const char *key, uint64_t *out, int hex);
 #endif

@@ -75,9 +75,10 @@ static void journal(char op, const char *path, char op2, const char *path2) {
 }
 
 /* The absolute path of fd (a regular file), into out; 0 if it is one. */
-static int fd_path(int fd, char *out, size_t cap) {
+static int fd_path(int fd, char *out, size_t cap, struct stat *st_out) {
   struct stat st;
   if (tg_sys2(SYS_fstat, fd, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+  *st_out = st;
   char link[40];
   snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
   long n = tg_sys3(SYS_readlink, link, out, cap - 1);
@@ -89,7 +90,10 @@ static int fd_path(int fd, char *out, size_t cap) {
 static void opened(int fd, int flags) {
   if (fd < 0 || !tg.active || !(flags & WRITE_FLAGS)) return;
   char p[PATH_MAX];
-  if (fd_path(fd, p, sizeof p) == 0) journal('W', p, 0, NULL);
+  struct stat st;
+  if (fd_path(fd, p, sizeof p, &st) != 0) return;
+  journal('W', p, 0, NULL);
+  if (flags & (O_WRONLY | O_RDWR)) tg_ranges_opened(fd, flags, &st); /* files-ranges.c */
 }
 
 /* path made absolute against dirfd (AT_FDCWD: the working directory); not resolved further. */
@@ -147,12 +151,37 @@ static mode_t mode_arg(int flags, va_list ap) {
     mode_t m = mode_arg(flags, ap); \
     va_end(ap); \
     REAL(name, open_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     int fd = real_##name(path, flags, m); \
     opened(fd, flags); \
     return fd; \
   }
 OPEN_WRAPPER(open)
 OPEN_WRAPPER(open64)
+
+/* the fortified opens of programs built with _FORTIFY_SOURCE (no mode: O_CREAT goes the other way) */
+typedef int (*open2_fn)(const char *, int);
+typedef int (*openat2_fn)(int, const char *, int);
+#define OPEN2_WRAPPER(name) \
+  __attribute__((visibility("default"))) int name(const char *path, int flags) { \
+    REAL(name, open2_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
+    int fd = real_##name(path, flags); \
+    opened(fd, flags); \
+    return fd; \
+  }
+OPEN2_WRAPPER(__open_2)
+OPEN2_WRAPPER(__open64_2)
+#define OPENAT2_WRAPPER(name) \
+  __attribute__((visibility("default"))) int name(int dirfd, const char *path, int flags) { \
+    REAL(name, openat2_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(dirfd, path, 0); \
+    int fd = real_##name(dirfd, path, flags); \
+    opened(fd, flags); \
+    return fd; \
+  }
+OPENAT2_WRAPPER(__openat_2)
+OPENAT2_WRAPPER(__openat64_2)
 
 #define OPENAT_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(int dirfd, const char *path, int flags, ...) { \
@@ -161,6 +190,7 @@ OPEN_WRAPPER(open64)
     mode_t m = mode_arg(flags, ap); \
     va_end(ap); \
     REAL(name, openat_fn) \
+    if (flags & O_TRUNC) tg_ranges_before_truncate(dirfd, path, 0); \
     int fd = real_##name(dirfd, path, flags, m); \
     opened(fd, flags); \
     return fd; \
@@ -171,6 +201,7 @@ OPENAT_WRAPPER(openat64)
 #define CREAT_WRAPPER(name) \
   __attribute__((visibility("default"))) int name(const char *path, mode_t m) { \
     REAL(name, creat_fn) \
+    tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     int fd = real_##name(path, m); \
     opened(fd, O_CREAT | O_WRONLY); \
     return fd; \
@@ -185,10 +216,12 @@ typedef FILE *(*fopen_fn)(const char *, const char *);
     static fopen_fn real; \
     if (!real) real = (fopen_fn)dlsym(RTLD_NEXT, #name); \
     if (!real) { errno = ENOSYS; return NULL; } \
+    if (mode && strchr(mode, 'w')) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
     FILE *f = real(path, mode); \
     if (f && mode && (strchr(mode, 'w') || strchr(mode, 'a') || strchr(mode, '+'))) { \
       int saved = errno; \
       opened(fileno(f), O_WRONLY); \
+      tg_ranges_whole(fileno(f)); /* its writes happen inside libc */ \
       errno = saved; \
     } \
     return f; \
@@ -253,10 +286,12 @@ __attribute__((visibility("default"))) int linkat(int od, const char *o, int nd,
 __attribute__((visibility("default"))) int truncate(const char *p, off_t len) {
   REAL(truncate, trunc_fn)
   touched('W', AT_FDCWD, p);
+  tg_ranges_before_truncate(AT_FDCWD, p, len >= 0 ? (uint64_t)len : 0);
   return real_truncate(p, len);
 }
 __attribute__((visibility("default"))) int truncate64(const char *p, off_t len) {
   REAL(truncate64, trunc_fn)
   touched('W', AT_FDCWD, p);
+  tg_ranges_before_truncate(AT_FDCWD, p, len >= 0 ? (uint64_t)len : 0);
   return real_truncate64(p, len);
 }

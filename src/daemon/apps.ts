@@ -37,6 +37,7 @@ import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
+import { clearRanges } from "./files-ranges.js";
 import { FilesCapture, filesApp, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
 import type { FilesRollback } from "./files-restore.js";
 import { DEFAULT_FILES, journalPath, type FilesConfig } from "./files-set.js";
@@ -286,6 +287,7 @@ export class AppManager {
       const agent = await stableAgent(this.home);
       await mkdir(dir.dir, { recursive: true });
       await rm(journalPath(dir.dir), { force: true }); // a new run: the files the last one touched are not this one's
+      clearRanges(dir.dir); // (nor the ranges it wrote)
       const now = new Date().toISOString();
       const record: AppRecord = {
         name,
@@ -314,7 +316,8 @@ export class AppManager {
         const umask = (validUmask(req.umask) ?? daemonStartUmask()).toString(8);
         const l = await launch(dir, init, ["--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--agent", agent, "--umask", umask, "--", ...req.argv], {
           cwd: req.cwd,
-          env: req.env,
+          // (the agents note their writes' ranges for the files' cut: files-ranges.ts)
+          env: files.enabled ? { ...(req.env ?? process.env), TARDIGRADE_FILES_RANGES: "1" } : req.env,
           timeoutMs: 60_000,
           onSpawn: async (pid, start) => {
             record.launcherPid = pid;
@@ -442,6 +445,7 @@ export class AppManager {
     const extra: { files?: FilesRef } = {};
     let cutError: unknown = null;
     const hold = async (e: { event: "parked" | "captured" }): Promise<string> => {
+      if (e.event === "captured") files?.released(); // (its deferred reads start once RESUME is out)
       if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
       try {
         // (with hold the agent leaves the check for child processes to us)
@@ -562,6 +566,7 @@ export class AppManager {
               return {
                 atCut: async () => void f.cut(appProcesses(initHostPid).filter((p) => !p.zombie).map((p) => p.hostPid)),
                 beforeMainCommit: async () => {
+                  f.released();
                   await f.committed;
                   return { files: f.ref };
                 },

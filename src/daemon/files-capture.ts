@@ -3,9 +3,18 @@
 // checkpoint's files) and those that changed are copied (in the kernel: copy_file_range or
 // sendfile, no bytes through the daemon) into a staging directory, so that the files belong to
 // the same instant as the memory; the image is then made from the copies after the app resumed.
-import { copyFileSync, lstatSync, statSync } from "node:fs";
+import { closeSync, copyFileSync, lstatSync, openSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
+import { COW_CAP, endCow, intersect, pagesOf, patchPieces, publishCow, readCowLog, readPieces, readPiecesSync, type Piece } from "./files-cow.js";
+import { testDelay } from "./test-hooks.js";
+import { mergeRanges, type ChangedRanges, type Range } from "./files-ranges.js";
+
+const PAGE = 4096;
+/** Ranges closer than this are read as one (fewer reads; the pages between are deduplicated by the store, but are read and saved too). */
+const RANGE_GAP = 4096;
+/** At most this many bytes of ranges are read into memory at a cut; past it, files are copied whole. */
+const RANGES_MEMORY = 256 * 2 ** 20;
 
 /** A files checkpoint's manifest (its stats.extra): every file of the set, bigints as strings. */
 export interface FilesManifest {
@@ -33,9 +42,28 @@ export interface FilesCut {
   manifest: FilesManifest;
   /** Files whose contents were read (new or changed since the parent). */
   changed: string[];
+  /** Of those, files of which only the changed ranges were read. */
+  ranged: string[];
   bytesRead: number;
   /** Time spent with the app held, ns. */
   cutNs: number;
+  /** Ranges read after the app resumed (copy-before-write: finishCut), or null. */
+  deferred: Deferred | null;
+}
+
+interface DeferredFile {
+  content: FileContent;
+  key: string;
+  fd: number;
+  ranges: Range[];
+  /** Pages a write in flight at the cut was changing: read while the app was held. */
+  early: Piece[];
+}
+
+export interface Deferred {
+  appDir: string;
+  gen: bigint;
+  files: DeferredFile[];
 }
 
 /**
@@ -43,7 +71,7 @@ export interface FilesCut {
  * changed), paths that do not exist are recorded absent, anything else (directories, symlinks,
  * devices) is left out. Sync on purpose: it runs while the app is parked.
  */
-export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string): FilesCut {
+export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string, ranges: ChangedRanges | null = null, cowDir: string | null = null): FilesCut {
   const t0 = process.hrtime.bigint();
   const byPath = new Map<string, FileEntry>();
   const byIno = new Map<string, FileEntry>();
@@ -56,7 +84,11 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
   const usedBases = new Set<number>();
   const contents: FileContent[] = [];
   const changed: string[] = [];
+  const ranged: string[] = [];
   let bytesRead = 0;
+  let inMemory = 0;
+  const later: DeferredFile[] = [];
+  try {
   for (const path of paths) {
     let st;
     try {
@@ -98,6 +130,24 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
       if (!unchanged) changed.push(path);
       continue;
     }
+    // only the ranges the agents noted, when they are known to be all of what changed
+    const key = `${entry.dev}:${entry.ino}`;
+    const noted = prev && ranges && !ranges.overflow && !ranges.opaque.has(key) ? ranges.byFile.get(key) : undefined;
+    if (prev && noted && entry.base === prev.base) {
+      const plan = planRanges(noted, prev.size, entry.size, RANGES_MEMORY - inMemory);
+      if (plan) {
+        const n = plan.reduce((t, [a, b]) => t + b - a, 0);
+        inMemory += n;
+        bytesRead += n;
+        changed.push(path);
+        ranged.push(path);
+        const content: FileContent = { entry, copy: null, pieces: [] };
+        contents.push(content);
+        // opened now: a file renamed over or removed after the cut is still the one read
+        later.push({ content, key, fd: openSync(path, "r"), ranges: plan, early: [] });
+        continue;
+      }
+    }
     const copy = join(staging, String(contents.length));
     try {
       copyFileSync(path, copy);
@@ -110,6 +160,83 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
     changed.push(path);
     contents.push({ entry, copy });
   }
+  // the ranges: read after the app resumed (copy-before-write), or now
+  let deferred: Deferred | null = null;
+  const n = later.reduce((t, f) => t + f.ranges.length, 0);
+  if (later.length && cowDir && ranges && !ranges.unslotted && n <= COW_CAP) {
+    for (const f of later) f.early = readPiecesSync(f.fd, intersect(f.ranges, ranges.inflight.get(f.key) ?? []));
+    const gen = publishCow(
+      cowDir,
+      later.map((f) => ({ dev: BigInt(f.content.entry.dev), ino: BigInt(f.content.entry.ino), ranges: f.ranges })),
+    );
+    deferred = { appDir: cowDir, gen, files: later };
+  } else {
+    for (const f of later) {
+      f.content.pieces = readPiecesSync(f.fd, f.ranges);
+      closeSync(f.fd);
+    }
+  }
   const manifest: FilesManifest = { version: 1, cutNs: String(BigInt(Date.now()) * 1_000_000n), nextSlot, files: contents.map((c) => toStored(c.entry)) };
-  return { contents, manifest, changed, bytesRead, cutNs: Number(process.hrtime.bigint() - t0) };
+  return { contents, manifest, changed, ranged, bytesRead, cutNs: Number(process.hrtime.bigint() - t0), deferred };
+  } catch (e) {
+    for (const f of later) {
+      try {
+        closeSync(f.fd);
+      } catch {
+        /* closed */
+      }
+    }
+    throw e;
+  }
+}
+
+/**
+ * After the app resumed: the deferred ranges read from the files, then the pages the agents saved
+ * before changing them put over them (and the pages of writes in flight at the cut, read then).
+ */
+export async function finishCut(d: Deferred): Promise<void> {
+  let ended = false;
+  try {
+    await testDelay("files-deferred-read"); // (tests: the app writes meanwhile)
+    for (const f of d.files) f.content.pieces = await readPieces(f.fd, f.ranges);
+    const saved = readCowLog(d.appDir, d.gen);
+    ended = true;
+    if (endCow(d.appDir)) throw new Error("an agent of the app could not save a file's page before changing it (files.cow-log): the files' state at the cut is not known");
+    for (const f of d.files) {
+      patchPieces(f.content.pieces!, saved.get(f.key) ?? new Map());
+      patchPieces(f.content.pieces!, pagesOf(f.early));
+    }
+  } finally {
+    if (!ended) endCow(d.appDir);
+    for (const f of d.files) {
+      try {
+        closeSync(f.fd);
+      } catch {
+        /* closed */
+      }
+    }
+  }
+}
+
+/**
+ * The pages of the noted ranges (page-aligned, within the file's size now), plus the page at the
+ * old end when the size changed (its tail was zeros or is now). null when they add up to half the
+ * file or more, or past `budget` bytes: the whole file is copied instead.
+ */
+function planRanges(noted: Range[], oldSize: number, size: number, budget: number): Range[] | null {
+  const span = Math.ceil(size / PAGE) * PAGE;
+  const want: Range[] = [];
+  for (const [s, e] of noted) {
+    const a = Math.floor(s / PAGE) * PAGE;
+    const b = Math.min(span, Math.ceil(Math.min(e, span) / PAGE) * PAGE);
+    if (b > a) want.push([a, b]);
+  }
+  if (oldSize !== size) {
+    const a = Math.floor(Math.min(oldSize, size) / PAGE) * PAGE;
+    if (a < span) want.push([a, a + PAGE]);
+  }
+  const merged = mergeRanges(want, RANGE_GAP);
+  const total = merged.reduce((t, [a, b]) => t + b - a, 0);
+  if (total * 2 >= span || total > budget) return null;
+  return merged;
 }

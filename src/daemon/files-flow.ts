@@ -11,9 +11,11 @@ import { errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint } from "../store/cas/types.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
-import { cutFiles, filesManifest, type FilesManifest } from "./files-capture.js";
+import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
+import { endCow } from "./files-cow.js";
 import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
+import { takeRanges } from "./files-ranges.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
 
 /** The store name of an app's files images. */
@@ -26,8 +28,13 @@ export interface FilesRef {
   /** Files read at the cut (new or changed since the parent files image). */
   changed: number;
   bytesRead: number;
-  /** Time the app was held for the file cut (ns). */
+  /** Of the changed files, those of which only the ranges the agents noted were read. */
+  ranged?: number;
+  /** Time the app was held for the file cut (ns), and its parts: the set, the agents' tables, the files. */
   cutNs: number;
+  setNs?: number;
+  rangesNs?: number;
+  filesNs?: number;
 }
 
 /** The files image a checkpoint names; with `ownId` (the checkpoint's id), the one of its app and seq (see treeOf). */
@@ -106,22 +113,56 @@ export class FilesCapture {
   }
 
   private cutOnce(hostPids: number[]): FilesRef {
+    const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
     mkdirSync(this.staging, { recursive: true });
-    const c = cutFiles(paths, this.parent, this.staging);
+    const t1 = process.hrtime.bigint();
+    const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
+    const t2 = process.hrtime.bigint();
+    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir);
+    const t3 = process.hrtime.bigint();
+    c.cutNs = Number(t3 - t0); // (the set's walk and the ranges count as held time too)
+    const split = { setNs: Number(t1 - t0), rangesNs: Number(t2 - t1), filesNs: Number(t3 - t2) };
     Object.assign(this.extra, c.manifest);
     const parentSeq = this.parentId ? (parseCheckpointId(this.parentId)?.seq ?? 0) : 0;
     // made from the copies once the app runs again
-    const img = Readable.from(filesImageChunks(c.contents, { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) }));
+    const h = { seq: this.a.seq, parentSeq, createdNs: BigInt(c.manifest.cutNs) };
+    const deferred = c.deferred;
+    this.deferred = deferred;
+    if (deferred) setTimeout(this.resume, 5000).unref(); // (a caller that never says)
+    const resumed = this.resumed;
+    const img = Readable.from(
+      (async function* () {
+        if (deferred) {
+          // once the app runs again (the daemon's loop is then free for the hold's last words)
+          await resumed;
+          await finishCut(deferred);
+        }
+        yield* filesImageChunks(c.contents, h);
+      })(),
+    );
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
-    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, bytesRead: c.bytesRead, cutNs: c.cutNs };
+    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
     return this.ref;
+  }
+
+  private deferred: Deferred | null = null;
+  private resume: () => void = () => undefined;
+  /** Resolved by released() (or 5 s after the cut, for callers that do not say). */
+  private readonly resumed = new Promise<void>((r) => {
+    this.resume = r;
+  });
+
+  /** The app runs again (the daemon answered RESUME): the ranges left for after the cut are read now. */
+  released(): void {
+    setImmediate(this.resume);
   }
 
   /** The checkpoint failed: nothing of the files may be committed. */
   abort(why: unknown): void {
+    if (this.deferred) endCow(this.deferred.appDir);
     if (!this.stream.destroyed) this.stream.destroy(new Error(`the checkpoint was abandoned: ${errMessage(why)}`));
   }
 }

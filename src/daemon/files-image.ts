@@ -72,6 +72,8 @@ export interface FileContent {
   entry: FileEntry;
   /** A copy of the file's bytes at the cut (a staging file), or null when the parent's pages stand. */
   copy: string | null;
+  /** Or only these pages (page-aligned offsets in the file) changed since the parent: read at the cut, the parent's pages stand for the rest. */
+  pieces?: { off: number; data: Buffer }[];
 }
 
 /** Page data read from the staging copies this many bytes at a time (one PAGES record). */
@@ -104,6 +106,15 @@ export async function* filesImageChunks(files: FileContent[], h: { seq: number; 
   let records = meta.length;
   let bytes = head.reduce((n, c) => n + c.length, 0);
   let pages = 0;
+  const withPieces = sorted.filter((f) => !f.copy && f.pieces?.length && f.entry.present && f.entry.base !== 0);
+  for (const f of withPieces)
+    for (const p of f.pieces!)
+      for (let off = 0; off < p.data.length; off += PAGES_BYTES) {
+        const np = Math.min(PAGES_BYTES, p.data.length - off) / PAGE_SIZE;
+        records++;
+        pages += np;
+        bytes += pagesRecordBytes(np);
+      }
   for (const f of withData) {
     const span = pageUp(f.entry.size);
     if (h.parentSeq) {
@@ -118,8 +129,20 @@ export async function* filesImageChunks(files: FileContent[], h: { seq: number; 
     }
   }
   bytes += RECORD_HEADER_SIZE + 24;
+  const pieceSet = new Set(withPieces);
+  const dataSet = new Set(withData);
   yield* head;
-  for (const f of withData) {
+  // in address order: the store wants PAGES records ascending
+  for (const f of sorted) {
+    if (pieceSet.has(f)) {
+      for (const p of f.pieces!)
+        for (let off = 0; off < p.data.length; off += PAGES_BYTES) {
+          const len = Math.min(PAGES_BYTES, p.data.length - off);
+          yield recordBytes({ type: RecordType.PAGES, payload: Buffer.concat([pagesHeader(f.entry.base + p.off + off, len / PAGE_SIZE), p.data.subarray(off, off + len)]) });
+        }
+      continue;
+    }
+    if (!dataSet.has(f)) continue;
     const span = pageUp(f.entry.size);
     if (h.parentSeq) {
       const c = Buffer.alloc(16);

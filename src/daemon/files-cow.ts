@@ -1,0 +1,197 @@
+// Copy-before-write of the app's changed file ranges (issue 14, docs/files.md "Changed ranges"):
+// at the cut, with the app held, the daemon publishes in `files.cow` (mapped shared by every agent of
+// the app: native/agent/files-ranges.c) the pages it will read after the app resumed, and empties
+// `files.cow-log`. Until the daemon turns it off, an agent about to change such a page appends the
+// page's bytes to the log first. The daemon reads the pages from the files (through fds opened at
+// the cut: a file renamed over or unlinked since is still the one read), then the log: the first
+// record of a page holds its bytes at the cut, and wins over what the file holds now.
+import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
+import { read } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type { Range } from "./files-ranges.js";
+
+const MAGIC = 0x315745434741475fn;
+export const COW_CAP = 16384;
+const ENTRIES_OFF = 64;
+const ENTRY = 32;
+const REC = 40;
+const PAGE = 4096;
+const readAsync = promisify(read);
+
+const cowPath = (appDir: string): string => join(appDir, "files.cow");
+const logPath = (appDir: string): string => join(appDir, "files.cow-log");
+
+export interface CowFile {
+  dev: bigint;
+  ino: bigint;
+  /** Page-aligned, sorted, disjoint. */
+  ranges: Range[];
+}
+
+/** With the app held: the pages to be read after it resumes. Returns the generation the agents save under. */
+export function publishCow(appDir: string, files: CowFile[]): bigint {
+  const sorted = [...files].sort((a, b) => (a.dev !== b.dev ? (a.dev < b.dev ? -1 : 1) : a.ino < b.ino ? -1 : a.ino > b.ino ? 1 : 0));
+  const n = sorted.reduce((t, f) => t + f.ranges.length, 0);
+  if (n > COW_CAP) throw new Error(`${n} ranges to save after the cut: at most ${COW_CAP}`);
+  const fd = openSync(cowPath(appDir), existsSync(cowPath(appDir)) ? "r+" : "w+", 0o600);
+  try {
+    const head = Buffer.alloc(ENTRIES_OFF);
+    if (readSync(fd, head, 0, ENTRIES_OFF, 0) < 32) head.fill(0);
+    const gen = (head.readBigUInt64LE(0) === MAGIC ? head.readBigUInt64LE(8) : 0n) + 1n;
+    // off while the list and the log are replaced
+    const off = Buffer.alloc(4);
+    writeSync(fd, off, 0, 4, 16);
+    const lfd = openSync(logPath(appDir), "w", 0o600);
+    ftruncateSync(lfd, 0);
+    closeSync(lfd);
+    const body = Buffer.alloc(n * ENTRY);
+    const put = (v: number, o: number): void => {
+      body.writeUInt32LE(v % 0x100000000, o);
+      body.writeUInt32LE(Math.floor(v / 0x100000000), o + 4);
+    };
+    let i = 0;
+    for (const f of sorted) {
+      const dev = Number(f.dev);
+      const ino = Number(f.ino);
+      for (const [a, b] of f.ranges) {
+        put(dev, i * ENTRY);
+        put(ino, i * ENTRY + 8);
+        put(a, i * ENTRY + 16);
+        put(b, i * ENTRY + 24);
+        i++;
+      }
+    }
+    if (n) writeSync(fd, body, 0, body.length, ENTRIES_OFF);
+    const h = Buffer.alloc(32);
+    h.writeBigUInt64LE(MAGIC, 0);
+    h.writeBigUInt64LE(gen, 8);
+    h.writeUInt32LE(0, 16); // active: last
+    h.writeUInt32LE(n, 20);
+    h.writeUInt32LE(0, 24); // lost
+    writeSync(fd, h, 0, 32, 0);
+    if (n) {
+      const on = Buffer.alloc(4);
+      on.writeUInt32LE(1);
+      writeSync(fd, on, 0, 4, 16);
+    }
+    return gen;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The agents stop saving; true when one of them could not save a page (the pages read are then not the cut's). */
+export function endCow(appDir: string): boolean {
+  let lost = false;
+  try {
+    const fd = openSync(cowPath(appDir), "r+");
+    try {
+      const h = Buffer.alloc(32);
+      readSync(fd, h, 0, 32, 0);
+      lost = h.readUInt32LE(24) !== 0;
+      writeSync(fd, Buffer.alloc(4), 0, 4, 16);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    /* none */
+  }
+  return lost;
+}
+
+export interface Piece {
+  off: number;
+  data: Buffer;
+}
+
+/** Reads [a, b) ranges of an open file (async: the app runs meanwhile). */
+export async function readPieces(fd: number, ranges: Range[]): Promise<Piece[]> {
+  const out: Piece[] = [];
+  for (const [a, b] of ranges) {
+    const data = Buffer.allocUnsafe(b - a);
+    let got = 0;
+    while (got < data.length) {
+      const { bytesRead } = await readAsync(fd, data, got, data.length - got, a + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    data.fill(0, got);
+    out.push({ off: a, data });
+  }
+  return out;
+}
+
+/** Sync variant, with the app held. */
+export function readPiecesSync(fd: number, ranges: Range[]): Piece[] {
+  const out: Piece[] = [];
+  for (const [a, b] of ranges) {
+    const data = Buffer.allocUnsafe(b - a);
+    let got = 0;
+    while (got < data.length) {
+      const n = readSync(fd, data, got, data.length - got, a + got);
+      if (n === 0) break;
+      got += n;
+    }
+    data.fill(0, got);
+    out.push({ off: a, data });
+  }
+  return out;
+}
+
+/** The saved pages of a generation: "dev:ino" -> page offset -> bytes (the first record of each page). */
+export function readCowLog(appDir: string, gen: bigint): Map<string, Map<number, Buffer>> {
+  const out = new Map<string, Map<number, Buffer>>();
+  let b: Buffer;
+  try {
+    b = readFileSync(logPath(appDir));
+  } catch {
+    return out;
+  }
+  let o = 0;
+  while (o + REC <= b.length) {
+    const g = b.readBigUInt64LE(o);
+    const key = `${b.readBigUInt64LE(o + 8)}:${b.readBigUInt64LE(o + 16)}`;
+    const off = Number(b.readBigUInt64LE(o + 24));
+    const len = Number(b.readBigUInt64LE(o + 32));
+    if (o + REC + len > b.length || len % PAGE || off % PAGE) break; // (a record being written)
+    if (g === gen) {
+      let m = out.get(key);
+      if (!m) out.set(key, (m = new Map()));
+      for (let p = 0; p < len; p += PAGE) if (!m.has(off + p)) m.set(off + p, b.subarray(o + REC + p, o + REC + p + PAGE));
+    }
+    o += REC + len;
+  }
+  return out;
+}
+
+/** Overwrites pieces' pages with these (page offset -> bytes). */
+export function patchPieces(pieces: Piece[], pages: Map<number, Buffer>): void {
+  for (const p of pieces)
+    for (let x = 0; x < p.data.length; x += PAGE) {
+      const v = pages.get(p.off + x);
+      if (v) v.copy(p.data, x);
+    }
+}
+
+/** The pages of pieces, by offset. */
+export function pagesOf(pieces: Piece[]): Map<number, Buffer> {
+  const m = new Map<number, Buffer>();
+  for (const p of pieces) for (let x = 0; x < p.data.length; x += PAGE) m.set(p.off + x, p.data.subarray(x, x + PAGE));
+  return m;
+}
+
+/** Intersection of two sorted disjoint range lists (page-aligned outward). */
+export function intersect(a: Range[], b: Range[]): Range[] {
+  const out: Range[] = [];
+  for (const [s, e] of b) {
+    const ps = Math.floor(s / PAGE) * PAGE;
+    const pe = Number.isFinite(e) ? Math.ceil(e / PAGE) * PAGE : Infinity;
+    for (const [x, y] of a) {
+      const lo = Math.max(x, ps);
+      const hi = Math.min(y, pe);
+      if (lo < hi) out.push([lo, hi]);
+    }
+  }
+  return out;
+}
