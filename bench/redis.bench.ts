@@ -11,11 +11,12 @@
 // Prints a table, writes bench/results/redis.json. Everything started is killed by PID.
 import { execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer, type Socket } from "node:net";
+import { connect, type Socket } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cleanup, cliJson, nowNs, sleep, track, trackApp, trackDaemon } from "./bench-procs.js";
+import { freePort } from "../test/helpers/net.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const RESULTS = join(ROOT, "bench", "results", "redis.json");
@@ -24,14 +25,6 @@ const envInt = (name: string, def: number): number => {
   const v = Number(process.env[name]);
   return Number.isFinite(v) && v > 0 ? Math.floor(v) : def;
 };
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
 
 function redisCli(port: number, args: string[]): Promise<string> {
   return new Promise((res, rej) =>

@@ -12,8 +12,8 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, test } from "node:test";
-import { makeHome } from "./helpers/home.js";
+import { describe, test, type TestContext } from "node:test";
+import { makeHome, type TestHome } from "./helpers/home.js";
 import { fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logSize, waitLines } from "./helpers/scenario.js";
 
@@ -27,20 +27,26 @@ interface Ckpt {
 
 const digest = (dir: string): Record<string, string> => Object.fromEntries(FILES.map((f) => [f, createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")]));
 
+/** A home and a scratch directory, both removed after the test; `cli` must succeed. */
+function scratch(t: TestContext, env: Record<string, string> = {}): { h: TestHome; dir: string; cli: (args: string[]) => Promise<string> } {
+  requireNative();
+  const h = makeHome("tg-", env);
+  const dir = mkdtempSync(join(tmpdir(), "tg-rg-"));
+  t.after(async () => {
+    await h.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const cli = async (args: string[]): Promise<string> => {
+    const r = await h.cli(args);
+    assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+    return r.stdout;
+  };
+  return { h, dir, cli };
+}
+
 describe("changed ranges of the app's files (issue 14)", { timeout: TIMEOUT }, () => {
   test("only the noted ranges are read at the cut; restores give back each checkpoint's bytes exactly", { timeout: TIMEOUT }, async (t) => {
-    requireNative();
-    const h = makeHome("tg-");
-    const dir = mkdtempSync(join(tmpdir(), "tg-rg-"));
-    t.after(async () => {
-      await h.cleanup();
-      rmSync(dir, { recursive: true, force: true });
-    });
-    const cli = async (args: string[]): Promise<string> => {
-      const r = await h.cli(args);
-      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
-      return r.stdout;
-    };
+    const { h, dir, cli } = scratch(t);
     const checkpoint = async (): Promise<Ckpt> => JSON.parse(await cli(["checkpoint", "rw", "--json"])) as Ckpt;
     const phase = async (n: number): Promise<void> => {
       const from = logSize(h, "rw");
@@ -90,19 +96,8 @@ describe("changed ranges of the app's files (issue 14)", { timeout: TIMEOUT }, (
   });
 
   test("copy-before-write: checkpoints taken while the app writes give back the files of the instant its memory is from", { timeout: TIMEOUT }, async (t) => {
-    requireNative();
     // the daemon reads the ranges 300 ms after the cut: the app changes many of those pages first
-    const h = makeHome("tg-", { TG_TEST_DELAY_AT: "files-deferred-read:300" });
-    const dir = mkdtempSync(join(tmpdir(), "tg-rg-"));
-    t.after(async () => {
-      await h.cleanup();
-      rmSync(dir, { recursive: true, force: true });
-    });
-    const cli = async (args: string[]): Promise<string> => {
-      const r = await h.cli(args);
-      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
-      return r.stdout;
-    };
+    const { h, dir, cli } = scratch(t, { TG_TEST_DELAY_AT: "files-deferred-read:300" });
     const checkpoint = async (): Promise<Ckpt> => JSON.parse(await cli(["checkpoint", "race", "--json"])) as Ckpt;
     const verify = async (): Promise<string> => {
       const from = logSize(h, "race");

@@ -8,11 +8,11 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { isAlive, waitFor } from "./helpers/home.js";
 import { checkpointOk, crashAndRestore, others, setup } from "./helpers/tree.js";
+import { freePort } from "./helpers/net.js";
 
 const TIMEOUT = 1_800_000; // per describe block: generous for a busy machine; every wait inside is on a condition
 
@@ -23,14 +23,6 @@ function haveNginx(): boolean {
   } catch {
     return false;
   }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 /** One request on a fresh connection: the body ("worker PID"). */

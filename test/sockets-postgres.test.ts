@@ -12,12 +12,12 @@
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawn } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { waitFor } from "./helpers/home.js";
 import { fixture } from "./helpers/native.js";
 import { checkpointOk, crashAndRestore, setup } from "./helpers/tree.js";
+import { freePort } from "./helpers/net.js";
 
 const TIMEOUT = 1_800_000; // per describe block: generous for a busy machine; every wait inside is on a condition
 
@@ -37,14 +37,6 @@ function postgresUid(): { uid: number; gid: number } | null {
   } catch {
     return null;
   }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 function sql(port: number, q: string): Promise<string> {
