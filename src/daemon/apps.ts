@@ -428,15 +428,8 @@ export class AppManager {
   /** Streamed capture into the content-addressed store: incremental on the last committed image. */
   private async checkpointCas(store: CasStoreAdapter, name: string, dir: AppDir, pid: number, t0: bigint, progress: Progress, full: boolean): Promise<CheckpointResult> {
     const rec = dir.record() as AppRecord | null;
-    let incrementalOn: number | undefined;
-    if (!full && rec?.tracking !== "none" && rec?.lastAgentSeq && rec.lastId) {
-      try {
-        // (the same process: a daemonizing app's main process may have changed, init.c)
-        if (store.cas.get(rec.lastId).pid === pid) incrementalOn = rec.lastAgentSeq;
-      } catch {
-        /* the base was collected: this one is full */
-      }
-    }
+    const base = mainBase(store.cas, name, rec, pid);
+    const incrementalOn = full ? undefined : base.on?.agentSeq;
     progress({ phase: "capture" });
     // the app's files (files-flow.ts): queued in the store first, read while the app is parked
     const seq = nextSeq(store.cas, name);
@@ -496,15 +489,9 @@ export class AppManager {
     const c = cap.checkpoint;
     const fullReason = full
       ? "full checkpoint requested"
-      : rec?.tracking === "none"
-        ? "dirty-page tracking is off (run --tracking none)"
-        : !incrementalOn
-        ? rec?.lastId
-          ? store.cas.list(name).some((x) => x.id === rec.lastId)
-            ? `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)`
-            : `its base ${rec.lastId} is no longer in the store`
-          : "first checkpoint since the app started or was restored"
-        : cap.done.full_reason;
+      : base.on
+        ? cap.done.full_reason
+        : base.why;
     if (rec) {
       rec.lastAgentSeq = cap.done.seq;
       rec.lastId = c.id;
@@ -535,11 +522,7 @@ export class AppManager {
     const rec = dir.record() as AppRecord | null;
     progress({ phase: "capture" });
     const cap0Pid = appProcesses(initHostPid).find((p) => p.hostPid === mainHostPid)?.pid;
-    // the main process's checkpoint is incremental only on the same process's last one (a
-    // daemonizing app's main process may have changed, init.c)
-    const last = rec?.lastId ? store.cas.list(name).find((c) => c.id === rec.lastId) : undefined;
-    const mainBase = rec?.lastAgentSeq && last && last.pid === cap0Pid && rec.tracking !== "none" ? { agentSeq: rec.lastAgentSeq, id: last.id } : null;
-    const noBase = rec?.tracking === "none" ? "dirty-page tracking is off (run --tracking none)" : !rec?.lastId ? "first checkpoint since the app started or was restored" : !last ? `its base ${rec.lastId} is no longer in the store` : `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)`;
+    const base = mainBase(store.cas, name, rec, cap0Pid);
     let lastFiles = null as FilesCapture | null; // (set in a callback)
     const cap = await checkpointTree({
       cas: store.cas,
@@ -548,7 +531,7 @@ export class AppManager {
       stagingRoot: join(store.root, "staging"),
       list: () => appProcesses(initHostPid),
       mainHostPid,
-      mainIncremental: mainBase,
+      mainIncremental: base.on,
       lineage: rec?.treeLineage ?? {},
       full,
       ...(rec?.tracking ? { tracking: rec.tracking } : {}),
@@ -590,7 +573,7 @@ export class AppManager {
     if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // shipped with every process's checkpoint and the files image, as one mirror checkpoint (src/mirror/bundle.ts)
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !mainBase ? noBase : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !base.on ? base.why : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
@@ -1069,4 +1052,18 @@ export function membersOf(cas: CasStore, id: string): string[] {
   const files = filesRefOf(extra, id);
   if (files) out.push(files.id);
   return out;
+}
+
+/**
+ * What the app's main process's next checkpoint can be incremental on: its last checkpoint, if it
+ * is still in the store and is the same process's (a daemonizing app's main process may have
+ * changed, init.c) and tracking is on; else why the next one is full.
+ */
+function mainBase(cas: CasStore, app: string, rec: AppRecord | null, pid: number | undefined): { on: { agentSeq: number; id: string } | null; why: string } {
+  if (rec?.tracking === "none") return { on: null, why: "dirty-page tracking is off (run --tracking none)" };
+  if (!rec?.lastId || !rec.lastAgentSeq) return { on: null, why: "first checkpoint since the app started or was restored" };
+  const last = cas.list(app).find((c) => c.id === rec.lastId);
+  if (!last) return { on: null, why: `its base ${rec.lastId} is no longer in the store` };
+  if (last.pid !== pid) return { on: null, why: `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)` };
+  return { on: { agentSeq: rec.lastAgentSeq, id: last.id }, why: "" };
 }
