@@ -144,6 +144,7 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
     /* Not ours: hand it to what the application installed for this signal. */
     if (tg.app_action_set) {
       struct sigaction *a = &tg.app_action;
+      tg_thread_app_signals++;
       if ((a->sa_flags & SA_SIGINFO) && a->sa_sigaction) a->sa_sigaction(sig, si, ucv);
       else if (!(a->sa_flags & SA_SIGINFO) && a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL)
         a->sa_handler(sig);
@@ -151,6 +152,7 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
     errno = saved_errno;
     return;
   }
+  tg_thread_parks++; /* before anything is captured: a restored thread has counted its park */
   int tid = (int)tg_sys0(SYS_gettid);
   uint32_t gen = tg.stop_gen;
   int idx = __atomic_fetch_add(&tg.nslots, 1, __ATOMIC_SEQ_CST);
@@ -777,6 +779,7 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg_real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
   tg_real_pthread_sigmask = (sigmask_fn)dlsym(RTLD_NEXT, "pthread_sigmask");
+  tg_waits_init();
   tg.sig = SIGRTMAX;
   const char *sock = getenv("TARDIGRADE_SOCK");
   if (!sock || !*sock || !tg_real_sigaction || !tg_real_pthread_sigmask) return;

@@ -11,6 +11,8 @@
 #include "../common/image.h"
 
 #define TG_HIDDEN __attribute__((visibility("hidden")))
+/* per-thread agent state: initial-exec, so reading it in a signal handler never allocates */
+#define TG_TLS __thread __attribute__((tls_model("initial-exec")))
 #include "../common/readfile.h"
 #include "../resources/resource.h"
 #define TG_MAX_THREADS 4096
@@ -71,6 +73,10 @@ struct tg_agent {
 };
 
 TG_HIDDEN extern struct tg_agent tg;
+/* waits.c, wrappers.c: how many times this thread was parked, and ran an application handler */
+TG_HIDDEN extern TG_TLS uint32_t tg_thread_parks;
+TG_HIDDEN extern TG_TLS uint32_t tg_thread_app_signals;
+TG_HIDDEN void tg_waits_init(void);
 TG_HIDDEN extern struct tg_restart_info tg_restart;
 TG_HIDDEN extern void tg_resume_trampoline(void);
 

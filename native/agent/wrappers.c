@@ -1,5 +1,5 @@
 /* Keeps the agent's park signal invisible to the application: the application can neither replace
- * its handler nor block it. What the application asks for is remembered and shown back to it, and
+ * its handler nor block it, and its waits do not end early because of it (waits.c). What the application asks for is remembered and shown back to it, and
  * a park signal that is not the agent's own is passed on to the application's handler. */
 #include "agent.h"
 
@@ -18,22 +18,54 @@ static const sigset_t *unblock_ours(const sigset_t *set, sigset_t *copy) {
   return copy;
 }
 
+/* The application's handlers run through app_handler_entry, which counts, per thread, how many
+ * of them ran: a wait interrupted while no application handler ran was interrupted by the agent's
+ * park alone, and is restarted (waits.c). The application sees its own handler in every answer. */
+TG_HIDDEN TG_TLS uint32_t tg_thread_app_signals;
+static struct sigaction app_handlers[65];
+
+static void app_handler_entry(int sig, siginfo_t *si, void *uc) {
+  tg_thread_app_signals++;
+  const struct sigaction *a = &app_handlers[sig];
+  if (a->sa_flags & SA_SIGINFO) a->sa_sigaction(sig, si, uc);
+  else if (a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL) a->sa_handler(sig);
+}
+
+static int is_handler(const struct sigaction *a) {
+  return (a->sa_flags & SA_SIGINFO) ? a->sa_sigaction != NULL : (a->sa_handler != SIG_IGN && a->sa_handler != SIG_DFL);
+}
+
 __attribute__((visibility("default"))) int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
   if (!tg_real_sigaction) { errno = ENOSYS; return -1; }
-  if (!tg.active || sig != tg.sig) {
-    if (tg.active && act && sig > 0 && sig < 65) {
-      /* never let a handler's mask block the park signal */
-      struct sigaction a = *act;
-      sigdelset(&a.sa_mask, tg.sig);
-      return tg_real_sigaction(sig, &a, old);
+  if (!tg.active) return tg_real_sigaction(sig, act, old);
+  if (sig == tg.sig) {
+    if (old) {
+      if (tg.app_action_set) *old = tg.app_action;
+      else { memset(old, 0, sizeof *old); old->sa_handler = SIG_DFL; }
     }
-    return tg_real_sigaction(sig, act, old);
+    if (act) { tg.app_action = *act; tg.app_action_set = 1; }
+    return 0;
+  }
+  if (sig <= 0 || sig >= 65) return tg_real_sigaction(sig, act, old);
+  struct sigaction k, prev = app_handlers[sig];
+  if (tg_real_sigaction(sig, NULL, &k) != 0) return -1;
+  if (act) {
+    struct sigaction a = *act;
+    sigdelset(&a.sa_mask, tg.sig); /* never let a handler's mask block the park signal */
+    if (is_handler(act)) {
+      /* SIGKILL/SIGSTOP: the kernel refuses before the table is touched */
+      if (sig == SIGKILL || sig == SIGSTOP) return tg_real_sigaction(sig, &a, NULL);
+      app_handlers[sig] = *act;
+      a.sa_sigaction = app_handler_entry;
+      a.sa_flags |= SA_SIGINFO;
+    }
+    if (tg_real_sigaction(sig, &a, NULL) != 0) return -1;
   }
   if (old) {
-    if (tg.app_action_set) *old = tg.app_action;
-    else { memset(old, 0, sizeof *old); old->sa_handler = SIG_DFL; }
+    *old = k;
+    /* the table still holds a one-shot (SA_RESETHAND) handler the kernel has reset: the kernel's answer is right */
+    if ((k.sa_flags & SA_SIGINFO) && k.sa_sigaction == app_handler_entry) *old = prev;
   }
-  if (act) { tg.app_action = *act; tg.app_action_set = 1; }
   return 0;
 }
 
