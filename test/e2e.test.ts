@@ -46,12 +46,14 @@ const computed = (ls: string[]) => Promise.resolve({ lines: ls, code: 0 });
 describe("end to end: C fixtures", { timeout: TIMEOUT }, () => {
   test("counter: continues from the checkpoint; same checkpoint restores twice; --replace", async (t) => {
     const h = setup(t);
-    const expected = [...seq(100, (i) => [`count ${i}`]), "done 100"];
+    // 300 ticks of 50 ms: a restored copy runs for 15 s, long enough to still be running when the
+    // second restore is refused on a busy machine (with 100 it had ended first, under load 12)
+    const expected = [...seq(300, (i) => [`count ${i}`]), "done 300"];
     const r = await checkpointKillRestore(h, {
       name: "counter",
-      argv: [fixture("counter"), "100", "50"],
+      argv: [fixture("counter"), "300", "50"],
       ready: (ls) => ls.length >= 10,
-      done: /^done 100$/,
+      done: /^done 300$/,
       baseline: computed(expected),
     });
     assert.ok(r.resumeAt! >= 10);
@@ -69,7 +71,7 @@ describe("end to end: C fixtures", { timeout: TIMEOUT }, () => {
     assert.equal(rep.code, 0, rep.stderr);
     assert.ok(!isAlive(old.app) && !isAlive(old.init), "the replaced copy is gone");
     assert.equal((JSON.parse(rep.stdout) as { checkpoint: string }).checkpoint, r.id);
-    await waitLines(h, "counter", (ls) => ls[ls.length - 1] === "done 100", "replaced copy finishes", 300_000);
+    await waitLines(h, "counter", (ls) => ls[ls.length - 1] === "done 300", "replaced copy finishes", 300_000);
     // The replacing copy's output starts at the last occurrence of the checkpointed line.
     const all = logLines(h, "counter");
     const start = all.lastIndexOf(expected[r.resumeAt!]!);

@@ -295,3 +295,46 @@ __attribute__((visibility("default"))) int truncate64(const char *p, off_t len) 
   tg_ranges_before_truncate(AT_FDCWD, p, len >= 0 ? (uint64_t)len : 0);
   return real_truncate64(p, len);
 }
+
+/* mkstemp and its kin create the file inside libc (not through open()): a temporary file the app
+ * made, wrote, closed and still had at a checkpoint (sort's runs) is in its set like any other. */
+typedef int (*mkstemp_fn)(char *);
+typedef int (*mkostemp_fn)(char *, int);
+typedef int (*mkstemps_fn)(char *, int);
+typedef int (*mkostemps_fn)(char *, int, int);
+#define MKSTEMP_WRAPPER(name, type, params, args) \
+  __attribute__((visibility("default"))) int name params { \
+    REAL(name, type) \
+    int fd = real_##name args; \
+    opened(fd, O_CREAT | O_RDWR); \
+    return fd; \
+  }
+MKSTEMP_WRAPPER(mkstemp, mkstemp_fn, (char *t), (t))
+MKSTEMP_WRAPPER(mkstemp64, mkstemp_fn, (char *t), (t))
+MKSTEMP_WRAPPER(mkostemp, mkostemp_fn, (char *t, int fl), (t, fl))
+MKSTEMP_WRAPPER(mkostemp64, mkostemp_fn, (char *t, int fl), (t, fl))
+MKSTEMP_WRAPPER(mkstemps, mkstemps_fn, (char *t, int sl), (t, sl))
+MKSTEMP_WRAPPER(mkstemps64, mkstemps_fn, (char *t, int sl), (t, sl))
+MKSTEMP_WRAPPER(mkostemps, mkostemps_fn, (char *t, int sl, int fl), (t, sl, fl))
+MKSTEMP_WRAPPER(mkostemps64, mkostemps_fn, (char *t, int sl, int fl), (t, sl, fl))
+
+/* freopen for writing (a daemon sending its stdout to a log) opens inside libc too */
+typedef FILE *(*freopen_fn)(const char *, const char *, FILE *);
+#define FREOPEN_WRAPPER(name) \
+  __attribute__((visibility("default"))) FILE *name(const char *path, const char *mode, FILE *stream) { \
+    static freopen_fn real; \
+    if (!real) real = (freopen_fn)dlsym(RTLD_NEXT, #name); \
+    if (!real) { errno = ENOSYS; return NULL; } \
+    int writing = path && mode && (strchr(mode, 'w') || strchr(mode, 'a') || strchr(mode, '+')); \
+    if (path && mode && strchr(mode, 'w')) tg_ranges_before_truncate(AT_FDCWD, path, 0); \
+    FILE *f = real(path, mode, stream); \
+    if (f && writing) { \
+      int saved = errno; \
+      opened(fileno(f), O_WRONLY); \
+      tg_ranges_whole(fileno(f)); \
+      errno = saved; \
+    } \
+    return f; \
+  }
+FREOPEN_WRAPPER(freopen)
+FREOPEN_WRAPPER(freopen64)

@@ -105,7 +105,8 @@ _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
                   TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10, TG_FD_INOTIFY = 11,
-                  TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15 };
+                  TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15,
+                  TG_FD_TIMERFD = 25 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;
@@ -115,6 +116,15 @@ struct tg_rec_fd {
   /* extra follows */
 };
 _Static_assert(sizeof(struct tg_rec_fd) == 80, "fd");
+
+/* FD kind 25 (timerfd): the FD record's extra. value_ns is the time left until the next expiry
+ * (0: disarmed), except with flags bit 0 (TFD_TIMER_ABSTIME) on a CLOCK_REALTIME(_ALARM) timer,
+ * where it is the absolute wall-clock deadline; ticks are expirations not yet read. */
+struct tg_timerfd {
+  uint32_t clockid, flags; /* flags: the timer's TFD_TIMER_ABSTIME (1) and TFD_TIMER_CANCEL_ON_SET (2) */
+  uint64_t ticks, value_ns, interval_ns;
+};
+_Static_assert(sizeof(struct tg_timerfd) == 32, "timerfd");
 
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
 

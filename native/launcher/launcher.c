@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd);
@@ -48,6 +49,32 @@ void tg_write_pidfile(const char *path, int init, int app) {
 }
 
 static pid_t init_pid;
+
+/* A restored app's CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from where they were at the checkpoint
+ * (as CRIU does): its processes live in a time namespace whose offsets make up for the difference
+ * with this host's clocks (another host's, after a failover, may be hours behind: an app whose
+ * deadlines are on that clock — node's timers, an absolute clock_nanosleep — would stall until
+ * this host caught up). Made before the init is forked: every process of the app is created in it.
+ * BOOTTIME gets the same offset (it stays MONOTONIC plus this host's suspended time). Without time
+ * namespaces (a kernel without CONFIG_TIME_NS) the restore goes on with the host's clocks, and says so. */
+static void set_app_clock(uint64_t app_ns) {
+  struct timespec now;
+  if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) tg_die("clock_gettime: %s", strerror(errno));
+  int64_t off = (int64_t)app_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+  if (unshare(CLONE_NEWTIME) != 0) {
+    fprintf(stderr, "tardigrade: warning: no time namespace for the app (%s): its CLOCK_MONOTONIC jumps by %+.3f s at the restore\n",
+            strerror(errno), (double)-off / 1e9);
+    return;
+  }
+  int64_t sec = off / 1000000000, nsec = off % 1000000000;
+  if (nsec < 0) { nsec += 1000000000; sec--; }
+  char buf[128];
+  int n = snprintf(buf, sizeof buf, "monotonic %lld %lld\nboottime %lld %lld\n", (long long)sec, (long long)nsec, (long long)sec, (long long)nsec);
+  int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, buf, (size_t)n) != n)
+    tg_die("cannot set the app's clocks (/proc/self/timens_offsets, offset %+.3f s): %s", (double)off / 1e9, strerror(errno));
+  close(fd);
+}
 static void forward(int sig) {
   if (init_pid > 0) kill(init_pid, sig);
 }
@@ -71,6 +98,7 @@ int tg_launch_main(struct tg_launch *l, tg_start_app_fn start) {
   if (pipe2(sync, O_CLOEXEC) != 0) tg_die("pipe: %s", strerror(errno));
   if (unshare(CLONE_NEWPID) != 0)
     tg_die("cannot create a PID namespace: %s (tardigrade needs root or CAP_SYS_ADMIN)", strerror(errno));
+  if (l->app_clock_ns) set_app_clock(l->app_clock_ns);
   init_pid = fork();
   if (init_pid < 0) tg_die("fork: %s", strerror(errno));
   if (init_pid == 0) {

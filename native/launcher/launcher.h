@@ -2,6 +2,7 @@
  * waits, a fresh PID namespace whose PID 1 is a tiny init, and the application below it. */
 #ifndef TG_LAUNCHER_H
 #define TG_LAUNCHER_H
+#include <stdint.h>
 
 #include <stddef.h>
 
@@ -15,6 +16,7 @@ struct tg_launch {
   int verbose;
   int expect_ok;            /* restore: processes that each report "OK" (a process tree: several) */
   int go_fd;                /* restore: the init writes expect_ok bytes here once all said OK (-1: none) */
+  uint64_t app_clock_ns;    /* restore: CLOCK_MONOTONIC as the app saw it at the checkpoint (0: the host's clocks) */
 };
 
 /* Creates the application inside PID 1 of the new namespace. Returns its PID (in the namespace) or

@@ -634,5 +634,6 @@ int main(int argc, char **argv) {
       nodes[j - 1] = t;
     }
   sock_base = l.sock;
+  l.app_clock_ns = plans[0].img.proc.monotonic_ns; /* the main process's view (the cut's instant) */
   return tg_launch_main(&l, start_restore);
 }

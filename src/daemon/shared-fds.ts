@@ -4,9 +4,9 @@
 // object in two processes; each group is recorded with the checkpoint and made once by the
 // restorer's init, before the tree is cloned (native/restore/tree-fds.c), so both processes hold
 // one description again. Kinds made that way: regular files and directories (one offset),
-// sockets, eventfds. Not grouped: pipes (the restorer shares them its own way), files opened for
+// sockets, eventfds, timerfds. Not grouped: pipes (the restorer shares them its own way), files opened for
 // appending (every write goes to the end; the app's log among them), character devices (no offset)
-// and named FIFOs (reopened by path). Any other kind shared (an epoll set, a timerfd...) refuses the
+// and named FIFOs (reopened by path). Any other kind shared (a signalfd, an inotify instance...) refuses the
 // checkpoint by name.
 import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import koffi from "koffi";
@@ -54,7 +54,7 @@ function openFds(p: TreeProcess): OpenFd[] {
 function howShared(o: OpenFd): "made" | "exempt" | "refused" {
   const t = o.target;
   if (t.startsWith("pipe:[")) return "exempt";
-  if (t.startsWith("socket:[") || t === "anon_inode:[eventfd]") return "made";
+  if (t.startsWith("socket:[") || t === "anon_inode:[eventfd]" || t === "anon_inode:[timerfd]") return "made";
   if (t.startsWith("anon_inode:")) return "refused";
   const path = `/proc/${o.proc.hostPid}/fd/${o.fd}`;
   const st = statSync(path);

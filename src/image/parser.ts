@@ -419,6 +419,7 @@ class ImageReader {
         const watches = kind === 11 ? decodeInotify(extra, p.readUInt32LE(64)) : undefined;
         if (typeof watches === "string") this.fail(off, watches);
         const unixExt = kind === 14 ? decodeUnixExternal(extra) : undefined;
+        if (kind === 25 && extra.length !== 32) this.fail(off, `timerfd FD extra of ${extra.length} bytes (32 expected)`);
         if (typeof unixExt === "string") this.fail(off, unixExt);
         out.fds.push({
           fd: p.readUInt32LE(0),
@@ -428,7 +429,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 25 ? timerfdState(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -492,6 +493,24 @@ class ImageReader {
 }
 
 /** Parses and verifies an image; throws ImageError naming file, offset and defect. */
+const CLOCK_NAME: Record<number, string> = { 0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME", 8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM" };
+
+/** A timerfd (FD kind 25, extra: struct tg_timerfd): "timerfd on CLOCK_MONOTONIC, next in 0.1 s, every 0.1 s, 3 expirations unread". */
+function timerfdState(e: Buffer): string {
+  const clock = e.readUInt32LE(0);
+  const flags = e.readUInt32LE(4);
+  const ticks = e.readBigUInt64LE(8);
+  const value = Number(e.readBigUInt64LE(16)) / 1e9;
+  const every = Number(e.readBigUInt64LE(24)) / 1e9;
+  const parts = [`timerfd on ${CLOCK_NAME[clock] ?? `clock ${clock}`}`];
+  if (!value) parts.push("disarmed");
+  else if (flags & 1) parts.push(`at ${new Date(value * 1000).toISOString()}`);
+  else parts.push(`next in ${value.toFixed(3)} s`);
+  if (every) parts.push(`every ${every.toFixed(3)} s`);
+  if (ticks) parts.push(`${ticks} expiration${ticks === 1n ? "" : "s"} unread`);
+  return parts.join(", ");
+}
+
 /** A signalfd's set (FD kind 15, aux bit n-1: signal n): "signalfd for signals 10, 15". */
 function signalfdSet(mask: bigint): string {
   const sigs: number[] = [];
