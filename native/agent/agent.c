@@ -162,6 +162,7 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
     s->uc = (ucontext_t *)ucv;
     s->is_manager = tid == tg.manager_tid;
   }
+  if (tid == tg.pid) tg_capture_thread_attrs(); /* the main thread's own (attrs.c), before it counts as parked */
   if (tid == tg.manager_tid) {
     snapshot_and_release(gen);
   } else {
@@ -303,6 +304,7 @@ static void snapshot_and_release(uint32_t gen) {
     tg.fds_buf = (char *)stk + CHILD_STACK + MAPS_BUF;
     tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
     tg_capture_timers();
+    tg_capture_attrs();
     if (tg.parent_maps_len > 0) tg_copy_shared_contents(tg.parent_maps, tg.parent_maps_len);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
     for (int i = 0; i < tg_ndontfork; i++)
@@ -515,6 +517,7 @@ static void do_checkpoint(char *args) {
   tg_res_tree = tg.hold && tg.tree;
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
+  if (tg_precheck_attrs(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
   if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
   tg.err_rd = pfd[0];
@@ -780,6 +783,7 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg_real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
   tg_real_pthread_sigmask = (sigmask_fn)dlsym(RTLD_NEXT, "pthread_sigmask");
   tg_waits_init();
+  tg_attrs_init();
   tg.sig = SIGRTMAX;
   const char *sock = getenv("TARDIGRADE_SOCK");
   if (!sock || !*sock || !tg_real_sigaction || !tg_real_pthread_sigmask) return;

@@ -118,6 +118,12 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
 /* timers.c: POSIX timers and interval timers. The precheck refuses (naming the timer id and clock)
  * a timer that cannot be recreated; the capture runs in the manager while every thread is parked
  * (timers are not inherited by the snapshot child); the child gets the result, or the error. */
+/* attrs.c: prctl flags, personality, timer slack, affinity; seccomp refused */
+TG_HIDDEN void tg_attrs_init(void);
+TG_HIDDEN int tg_precheck_attrs(char *err, size_t errlen);
+TG_HIDDEN void tg_capture_attrs(void);
+TG_HIDDEN void tg_capture_thread_attrs(void);
+TG_HIDDEN const struct tg_rec_attrs *tg_captured_attrs(void);
 TG_HIDDEN int tg_precheck_timers(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_timers(void);
 TG_HIDDEN const char *tg_captured_timers(const struct tg_rec_timers **head, const struct tg_timer **timers);

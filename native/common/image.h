@@ -27,6 +27,7 @@ enum tg_rec_type {
   TG_REC_FILE_STATE = 16,
   TG_REC_LOCKS = 17,
   TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
+  TG_REC_ATTRS = 40, /* process attributes: prctl flags, personality, timer slack, CPU affinity */
   TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
 };
 
@@ -74,6 +75,15 @@ struct tg_rec_proc {
   uint64_t monotonic_ns;
 };
 _Static_assert(sizeof(struct tg_rec_proc) == 680, "proc");
+
+/* ATTRS (40): what prctl, personality and sched_getaffinity say of the process (its main thread) */
+struct tg_rec_attrs {
+  uint32_t pdeathsig, subreaper, dumpable, no_new_privs;
+  uint32_t personality, cpus_len; /* cpus_len: bytes of cpus sched_getaffinity filled */
+  uint64_t timerslack_ns;
+  uint64_t cpus[16];              /* affinity mask, up to 1024 CPUs */
+};
+_Static_assert(sizeof(struct tg_rec_attrs) == 160, "attrs");
 
 struct tg_rlimit { uint64_t cur, max; };
 #define TG_NRLIMITS 16

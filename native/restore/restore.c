@@ -196,6 +196,7 @@ static void __attribute__((noreturn)) stage1(void) {
     struct rlimit r = {img.rlimits[i].cur, img.rlimits[i].max};
     prlimit(0, (enum __rlimit_resource)i, &r, NULL); /* raising a hard limit needs CAP_SYS_RESOURCE: keep ours then */
   }
+  if (tg_restore_attrs(&img, err, sizeof err) != 0) report_fail("%s", err);
 
   /* the blob: code, plan, arrays, thread stacks, its own stack */
   size_t code = (size_t)(__stop_tgblob - __start_tgblob);

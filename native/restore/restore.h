@@ -29,6 +29,7 @@ struct image {
   struct img_file *files; size_t nfiles;
   struct tg_lock *locks; size_t nlocks; /* LOCKS record */
   struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records */
+  struct tg_rec_attrs attrs; int has_attrs; /* ATTRS record (images of earlier versions have none) */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -36,6 +37,10 @@ struct image {
 /* image-read.c: reads and checks every record before the page data, sequentially (the image may be
  * a pipe); the blob reads the PAGES and END records straight into place. On error prints "<file>: offset N: <what>" and returns -1. */
 int tg_image_load(const char *path, struct image *img);
+
+/* attrs.c: the ATTRS record given back to this process (before its threads are made); warnings
+ * on stderr for what this host cannot take (CPUs it does not have). 0, or -1 with err. */
+int tg_restore_attrs(const struct image *img, char *err, size_t errlen);
 
 /* fds.c: rebuilds the fd table through the resource kinds (native/resources/). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);

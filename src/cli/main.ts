@@ -212,6 +212,11 @@ export function buildProgram(): Command {
       out(`\nfds:\n${table(["FD", "KIND", "FLAGS", "POS", "PATH"], img.fds.map((f) => [String(f.fd), f.kind, f.flags, f.pos, f.path]))}`);
       if (img.signals.length) out(`\nsignal handlers:\n${table(["SIGNAL", "HANDLER", "FLAGS", "MASK"], img.signals.map((x) => [`${x.signo} ${x.name}`, x.handler, x.flags, x.mask]))}`);
       if (img.timers.length) out(`\ntimers:\n${table(["TIMER", "CLOCK", "NOTIFY", "SIGNAL", "INTERVAL", "LEFT", "OVERRUN"], img.timers.map((x) => [x.id === null ? x.kind : `${x.kind} ${x.id}`, x.clock, x.notify, x.signal, x.interval === "0" ? "-" : duration(Number(x.interval)), x.value === "0" ? "disarmed" : duration(Number(x.value)), String(x.overrun)]))}`);
+      if (img.attrs) {
+        const a = img.attrs;
+        const flags = [a.subreaper ? "child subreaper" : "", a.dumpable !== 1 ? `dumpable ${a.dumpable}` : "", a.noNewPrivs ? "no_new_privs" : "", a.pdeathsig ? `parent-death signal ${a.pdeathsig}` : "", a.personality ? `personality 0x${a.personality.toString(16)}` : ""].filter((x) => x);
+        out(`\nattributes: ${[...flags, `timer slack ${a.timerslackNs} ns`, a.cpus.length ? `CPUs ${a.cpus.join(",")}` : ""].filter((x) => x).join(", ")}`);
+      }
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);

@@ -37,6 +37,8 @@ export enum RecordType {
   LOCKS = 17,
   /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
   INET_REPAIR = 20,
+  /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
+  ATTRS = 40,
   /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
   FILE = 30,
 }
@@ -57,6 +59,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
+  [RecordType.ATTRS]: 160,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,

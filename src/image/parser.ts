@@ -80,8 +80,22 @@ export interface ParsedImage {
   tracking: TrackingInfo | null;
   /** The TIMERS record (null: the image has none, as images of earlier versions). */
   timers: TimersInfo | null;
+  /** The ATTRS record (null: the image has none, as images of earlier versions). */
+  attrs: ProcAttrs | null;
   pagesTotal: number;
   recordCount: number;
+}
+
+/** The ATTRS record: prctl flags, personality, timer slack, the main thread's CPU affinity. */
+export interface ProcAttrs {
+  pdeathsig: number;
+  subreaper: boolean;
+  dumpable: number;
+  noNewPrivs: boolean;
+  personality: number;
+  timerslackNs: number;
+  /** CPUs the main thread may run on (empty: not recorded). */
+  cpus: number[];
 }
 
 export interface ParseOptions {
@@ -284,6 +298,7 @@ class ImageReader {
       clears: [],
       tracking: null,
       timers: null,
+      attrs: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -482,6 +497,23 @@ class ImageReader {
         const decoded = decodeTimers(p);
         if (typeof decoded === "string") this.fail(off, decoded);
         out.timers = decoded;
+        return null;
+      }
+      case RecordType.ATTRS: {
+        if (out.attrs) this.fail(off, "second ATTRS record (at most one allowed)");
+        const len = p.readUInt32LE(20);
+        if (len > 128) this.fail(off, `ATTRS: cpus_len ${len} is over 128 bytes`);
+        const cpus: number[] = [];
+        for (let i = 0; i < len * 8; i++) if ((p[32 + (i >> 3)]! >> (i & 7)) & 1) cpus.push(i);
+        out.attrs = {
+          pdeathsig: p.readUInt32LE(0),
+          subreaper: p.readUInt32LE(4) !== 0,
+          dumpable: p.readUInt32LE(8),
+          noNewPrivs: p.readUInt32LE(12) !== 0,
+          personality: p.readUInt32LE(16),
+          timerslackNs: Number(u64(p, 24)),
+          cpus,
+        };
         return null;
       }
       case RecordType.END:

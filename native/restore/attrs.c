@@ -1,0 +1,45 @@
+/* The ATTRS record given back (native/agent/attrs.c captures it): run in the restored process
+ * before its threads are made, so they inherit the timer slack and the CPU affinity. The dumpable
+ * flag is set here too: the restorer runs as root, and /proc/self becoming root's changes nothing
+ * for it. */
+#include "restore.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+
+int tg_restore_attrs(const struct image *img, char *err, size_t errlen) {
+  if (!img->has_attrs) return 0;
+  const struct tg_rec_attrs *a = &img->attrs;
+  if ((unsigned)personality(0xffffffff) != a->personality && personality(a->personality) == -1) {
+    snprintf(err, errlen, "cannot set the personality 0x%x: %s", a->personality, strerror(errno));
+    return -1;
+  }
+  if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "cannot set the parent-death signal %u: %s", a->pdeathsig, strerror(errno));
+    return -1;
+  }
+  if (a->subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "cannot make the process a child subreaper: %s", strerror(errno));
+    return -1;
+  }
+  if (a->timerslack_ns && prctl(PR_SET_TIMERSLACK, (unsigned long)a->timerslack_ns, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "cannot set the timer slack (%llu ns): %s", (unsigned long long)a->timerslack_ns, strerror(errno));
+    return -1;
+  }
+  if (a->cpus_len && a->cpus_len <= sizeof a->cpus && sched_setaffinity(0, a->cpus_len, (const cpu_set_t *)a->cpus) != 0)
+    fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot give back its CPU affinity (%s): it runs on every CPU of this host\n",
+            img->proc.pid, strerror(errno)); /* a host without those CPUs: run rather than refuse */
+  if (a->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "cannot set no_new_privs: %s", strerror(errno));
+    return -1;
+  }
+  if (a->dumpable <= 1 && prctl(PR_SET_DUMPABLE, (unsigned long)a->dumpable, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "cannot set the dumpable flag to %u: %s", a->dumpable, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
