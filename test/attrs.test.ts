@@ -1,5 +1,5 @@
 // Process attributes a restore gives back (ATTRS record): child subreaper, dumpable, no_new_privs,
-// timer slack, personality, CPU affinity, a child's parent-death signal; and a process that
+// timer slack, personality, nice, scheduling policy, CPU affinity, a child's parent-death signal; and a process that
 // installed a seccomp filter refused by name (a restore would run it without its sandbox). A C
 // fixture (test/fixtures/attrs.c) prints what the kernel says of each; every process started is
 // killed by PID (helpers/tree.ts, helpers/home.ts).
@@ -19,8 +19,8 @@ describe("process attributes", { timeout: 600_000 }, () => {
     const ls = await waitLines(h, "attrs", (l) => !!last(l, "main") && !!last(l, "child"), "both processes print", 120_000);
     const main = last(ls, "main")!;
     const child = last(ls, "child")!;
-    assert.match(main, /^attrs main pdeath 0 sub 1 dump 0 nnp 1 pers 0x40000 slack 123456 cpus \d+$/);
-    assert.match(child, /^attrs child pdeath 12 sub 0 dump 0 nnp 1 pers 0x40000 slack 123456 cpus \d+$/);
+    assert.match(main, /^attrs main pdeath 0 sub 1 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+$/);
+    assert.match(child, /^attrs child pdeath 12 sub 0 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+$/);
     const id = await checkpointOk(h, "attrs");
     const seen = JSON.parse((await h.cli(["inspect", id, "--json"])).stdout) as unknown;
     assert.match(JSON.stringify(seen), /"subreaper":true/, "inspect --json carries the attributes");

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -63,6 +64,13 @@ TG_HIDDEN void tg_capture_thread_attrs(void) {
   long slack = tg_sys1(SYS_prctl, PR_GET_TIMERSLACK);
   a->timerslack_ns = slack < 0 ? 0 : (uint64_t)slack;
   a->cpus_len = 0; /* (the manager reads the main thread's affinity) */
+  long prio = tg_sys2(SYS_getpriority, PRIO_PROCESS, 0); /* the kernel returns 20 - nice */
+  a->nice = prio < 0 ? 0 : (int32_t)(20 - prio);
+  long pol = tg_sys1(SYS_sched_getscheduler, 0);
+  struct sched_param sp = {0};
+  a->sched_policy = pol < 0 ? 0 : (uint32_t)(pol & ~SCHED_RESET_ON_FORK);
+  a->sched_flags = pol > 0 && (pol & SCHED_RESET_ON_FORK) ? 1 : 0;
+  a->sched_priority = tg_sys2(SYS_sched_getparam, 0, &sp) == 0 ? (uint32_t)sp.sched_priority : 0;
 }
 
 /* Per-process attributes, and the main thread's affinity: by the manager, every thread parked. */

@@ -82,8 +82,10 @@ struct tg_rec_attrs {
   uint32_t personality, cpus_len; /* cpus_len: bytes of cpus sched_getaffinity filled */
   uint64_t timerslack_ns;
   uint64_t cpus[16];              /* affinity mask, up to 1024 CPUs */
+  int32_t nice;                   /* the main thread's (getpriority) */
+  uint32_t sched_policy, sched_priority, sched_flags; /* sched_flags: bit 0 SCHED_RESET_ON_FORK */
 };
-_Static_assert(sizeof(struct tg_rec_attrs) == 160, "attrs");
+_Static_assert(sizeof(struct tg_rec_attrs) == 176, "attrs");
 
 struct tg_rlimit { uint64_t cur, max; };
 #define TG_NRLIMITS 16

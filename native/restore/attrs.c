@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 
 int tg_restore_attrs(const struct image *img, char *err, size_t errlen) {
   if (!img->has_attrs) return 0;
@@ -33,6 +34,14 @@ int tg_restore_attrs(const struct image *img, char *err, size_t errlen) {
   if (a->cpus_len && a->cpus_len <= sizeof a->cpus && sched_setaffinity(0, a->cpus_len, (const cpu_set_t *)a->cpus) != 0)
     fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot give back its CPU affinity (%s): it runs on every CPU of this host\n",
             img->proc.pid, strerror(errno)); /* a host without those CPUs: run rather than refuse */
+  if (setpriority(PRIO_PROCESS, 0, a->nice) != 0)
+    fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot give back its nice value %d (%s)\n", img->proc.pid, a->nice, strerror(errno));
+  struct sched_param sp = {.sched_priority = (int)a->sched_priority};
+  int pol = (int)a->sched_policy | (a->sched_flags & 1 ? SCHED_RESET_ON_FORK : 0);
+  if ((a->sched_policy || a->sched_flags) && sched_setscheduler(0, pol, &sp) != 0) {
+    snprintf(err, errlen, "cannot give back its scheduling policy %u (priority %u): %s", a->sched_policy, a->sched_priority, strerror(errno));
+    return -1;
+  }
   if (a->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
     snprintf(err, errlen, "cannot set no_new_privs: %s", strerror(errno));
     return -1;

@@ -37,7 +37,7 @@ export enum RecordType {
   LOCKS = 17,
   /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
   INET_REPAIR = 20,
-  /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
+  /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]; i32 nice; u32 sched_policy, sched_priority, sched_flags. */
   ATTRS = 40,
   /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
   FILE = 30,
@@ -59,7 +59,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.PAGES_CLEAR]: 16,
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
-  [RecordType.ATTRS]: 160,
+  [RecordType.ATTRS]: 176,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,

@@ -96,6 +96,11 @@ export interface ProcAttrs {
   timerslackNs: number;
   /** CPUs the main thread may run on (empty: not recorded). */
   cpus: number[];
+  nice: number;
+  /** sched_getscheduler: 0 SCHED_OTHER, 1 FIFO, 2 RR, 3 BATCH, 5 IDLE, 6 DEADLINE */
+  schedPolicy: number;
+  schedPriority: number;
+  schedResetOnFork: boolean;
 }
 
 export interface ParseOptions {
@@ -513,6 +518,10 @@ class ImageReader {
           personality: p.readUInt32LE(16),
           timerslackNs: Number(u64(p, 24)),
           cpus,
+          nice: p.readInt32LE(160),
+          schedPolicy: p.readUInt32LE(164),
+          schedPriority: p.readUInt32LE(168),
+          schedResetOnFork: (p.readUInt32LE(172) & 1) !== 0,
         };
         return null;
       }
