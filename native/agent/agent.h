@@ -131,6 +131,7 @@ TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
 /* files-ranges.c: the changed ranges of the app's files (docs/files.md) */
 struct stat;
 TG_HIDDEN void tg_ranges_init(void);
+TG_HIDDEN int tg_files_on(void); /* the app's files are part of its checkpoints (not `run --files none`) */
 TG_HIDDEN void tg_ranges_after_fork(void);
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st);
 TG_HIDDEN void tg_ranges_whole(int fd);

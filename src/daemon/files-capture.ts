@@ -71,7 +71,14 @@ export interface Deferred {
  * changed), paths that do not exist are recorded absent, anything else (directories, symlinks,
  * devices) is left out. Sync on purpose: it runs while the app is parked.
  */
-export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string, ranges: ChangedRanges | null = null, cowDir: string | null = null): FilesCut {
+export function cutFiles(
+  paths: string[],
+  parent: FilesManifest | null,
+  staging: string,
+  ranges: ChangedRanges | null = null,
+  cowDir: string | null = null,
+  sources: ReadonlyMap<string, string> = new Map(),
+): FilesCut {
   const t0 = process.hrtime.bigint();
   const byPath = new Map<string, FileEntry>();
   const byIno = new Map<string, FileEntry>();
@@ -90,9 +97,11 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
   const later: DeferredFile[] = [];
   try {
   for (const path of paths) {
+    // a deleted file held open: recorded under its staging name, read through /proc/PID/fd/N
+    const src = sources.get(path) ?? path;
     let st;
     try {
-      st = lstatSync(path, { bigint: true });
+      st = src === path ? lstatSync(path, { bigint: true }) : statSync(src, { bigint: true });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR")
         contents.push({ entry: { path, present: false, base: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, mode: 0, uid: 0, gid: 0, dev: 0, ino: 0 }, copy: null });
@@ -144,13 +153,13 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
         const content: FileContent = { entry, copy: null, pieces: [] };
         contents.push(content);
         // opened now: a file renamed over or removed after the cut is still the one read
-        later.push({ content, key, fd: openSync(path, "r"), ranges: plan, early: [] });
+        later.push({ content, key, fd: openSync(src, "r"), ranges: plan, early: [] });
         continue;
       }
     }
     const copy = join(staging, String(contents.length));
     try {
-      copyFileSync(path, copy);
+      copyFileSync(src, copy);
       const size = statSync(copy).size;
       if (size !== entry.size) throw new Error(`it changed size while copied (${entry.size} -> ${size} bytes): something outside the app writes it`);
     } catch (e) {

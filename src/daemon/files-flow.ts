@@ -13,6 +13,7 @@ import type { CasCheckpoint } from "../store/cas/types.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
 import { endCow } from "./files-cow.js";
+import { deletedOpenFiles } from "./files-deleted.js";
 import { filesImageChunks } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { takeRanges } from "./files-ranges.js";
@@ -115,12 +116,13 @@ export class FilesCapture {
   private cutOnce(hostPids: number[]): FilesRef {
     const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
-    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
+    const deleted = deletedOpenFiles(hostPids);
+    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted);
     mkdirSync(this.staging, { recursive: true });
     const t1 = process.hrtime.bigint();
     const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
     const t2 = process.hrtime.bigint();
-    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir);
+    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir, deleted);
     const t3 = process.hrtime.bigint();
     c.cutNs = Number(t3 - t0); // (the set's walk and the ranges count as held time too)
     const split = { setNs: Number(t1 - t0), rangesNs: Number(t2 - t1), filesNs: Number(t3 - t2) };

@@ -6,6 +6,7 @@
 // tardigrade's home, and /dev, /proc, /sys.
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { isStagingName } from "./files-deleted.js";
 
 /** The app's choice at `run` (kept in its record). */
 export interface FilesConfig {
@@ -128,9 +129,12 @@ export function walkDir(dir: string, out: string[] = [], limit = 1_000_000): str
   return out;
 }
 
-/** The app's file set at a cut, sorted. */
-export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean): string[] {
-  const all = new Set<string>([...readJournal(appDir), ...writtenByProcesses(hostPids), ...previous]);
+/**
+ * The app's file set at a cut, sorted. `deleted`: the staging names of the deleted files held open
+ * now (files-deleted.ts); those of the parent's set that are not are left out (they were restored).
+ */
+export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean, deleted: ReadonlyMap<string, string> = new Map()): string[] {
+  const all = new Set<string>([...readJournal(appDir), ...writtenByProcesses(hostPids), ...previous.filter((p) => !isStagingName(p)), ...deleted.keys()]);
   for (const d of cfg.dirs) for (const p of walkDir(d)) all.add(p);
   return [...all].filter(keep).sort();
 }

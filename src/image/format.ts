@@ -95,6 +95,7 @@ export const FD_KIND: Record<number, string> = {
   13: "inet-socket",
   14: "unix-external",
   15: "signalfd",
+  20: "deleted-file",
 };
 
 export const SOCK_TYPE: Record<number, string> = { 1: "stream", 2: "datagram", 5: "seqpacket" };

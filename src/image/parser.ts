@@ -428,7 +428,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 20 ? deletedFile(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -492,6 +492,13 @@ class ImageReader {
 }
 
 /** Parses and verifies an image; throws ImageError naming file, offset and defect. */
+/** A deleted-but-open file (FD kind 20, extra: staging path, NUL, the path it had): "PATH (deleted; contents at STAGING)". */
+function deletedFile(extra: Buffer): string {
+  const nul = extra.indexOf(0);
+  if (nul < 0) return extra.toString("utf8");
+  return `${extra.subarray(nul + 1).toString("utf8")} (deleted; contents at ${extra.subarray(0, nul).toString("utf8")})`;
+}
+
 /** A signalfd's set (FD kind 15, aux bit n-1: signal n): "signalfd for signals 10, 15". */
 function signalfdSet(mask: bigint): string {
   const sigs: number[] = [];
