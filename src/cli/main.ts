@@ -144,6 +144,9 @@ export function buildProgram(): Command {
         for (const p of f.recreated) out(`    recreated  ${p}`);
         for (const p of f.renamedBack) out(`    renamed back  ${p}`);
         for (const p of f.removed) out(`    removed    ${p}`);
+        for (const p of f.dirsMade ?? []) out(`    made dir   ${p}`);
+        for (const p of f.dirsRemoved ?? []) out(`    removed dir ${p}`);
+        for (const p of f.relinked ?? []) out(`    relinked   ${p}`);
         for (const p of f.leftAsIs) out(`    left as is ${p} (first written after the checkpoint, older than it: not in its set)`);
       }
     });

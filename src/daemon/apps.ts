@@ -940,7 +940,7 @@ export class AppManager {
           await writeRestoreFailed(dir.logFile, m.id);
           throw new TgError(`cannot restore ${name} from ${m.id}`, `rolling its files back failed: ${errMessage(e)}`, "No process was started; run the restore again (it rolls the files back from the start)", "restore-failed");
         }
-        this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
+        this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, dirsMade: rolledBack.dirsMade, dirsRemoved: rolledBack.dirsRemoved, relinked: rolledBack.relinked, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
       }
       const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too

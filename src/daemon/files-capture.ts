@@ -95,6 +95,7 @@ export function cutFiles(
   let bytesRead = 0;
   let inMemory = 0;
   const later: DeferredFile[] = [];
+  const linked = new Map<string, string>(); // dev:ino -> the first path of the set with it
   try {
   for (const path of paths) {
     // a deleted file held open: recorded under its staging name, read through /proc/PID/fd/N
@@ -107,7 +108,7 @@ export function cutFiles(
         contents.push({ entry: { path, present: false, base: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, mode: 0, uid: 0, gid: 0, dev: 0, ino: 0 }, copy: null });
       continue;
     }
-    if (!st.isFile()) continue;
+    if (!st.isFile() && !st.isDirectory()) continue;
     const entry: FileEntry = {
       path,
       present: true,
@@ -122,6 +123,19 @@ export function cutFiles(
       dev: Number(st.dev),
       ino: Number(st.ino),
     };
+    // a directory: its mode, owner and times (restore makes it again, or removes it)
+    if (st.isDirectory()) {
+      contents.push({ entry: { ...entry, size: 0 }, copy: null });
+      continue;
+    }
+    // a second name of a file already in the set (a hard link): no contents of its own
+    const key0 = `${entry.dev}:${entry.ino}`;
+    const first = st.nlink > 1n ? linked.get(key0) : undefined;
+    if (first !== undefined) {
+      contents.push({ entry: { ...entry, link: first }, copy: null });
+      continue;
+    }
+    if (st.nlink > 1n) linked.set(key0, path);
     if (entry.size >= SLOT_BYTES) throw new Error(`${path} is ${entry.size} bytes: files of 1 TiB or more are not supported`);
     // the same file (inode) as in the parent, under this path or another one (renamed): its region
     const same = byPath.get(path);

@@ -14,7 +14,7 @@ import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.
 import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
 import { endCow } from "./files-cow.js";
 import { deletedOpenFiles } from "./files-deleted.js";
-import { filesImageChunks } from "./files-image.js";
+import { filesImageChunks, isDirMode } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { takeRanges } from "./files-ranges.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
@@ -146,7 +146,7 @@ export class FilesCapture {
     );
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
-    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
+    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present && !isDirMode(f.mode)).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
     return this.ref;
   }
 
@@ -175,7 +175,7 @@ export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string,
   if (!manifest) throw new Error(`${ref.id} has no files manifest`);
   const keep = fileFilter(cfg, never);
   const touched = [...readJournal(appDir)];
-  for (const d of cfg.dirs) touched.push(...walkDir(d));
+  for (const d of cfg.dirs) touched.push(...walkDir(d, [], 1_000_000, true));
   const image: Readable = cas.exportImage(ref.id);
   try {
     return await rollbackFiles(manifest, image, touched, keep, ref.id);

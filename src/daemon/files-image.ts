@@ -14,6 +14,8 @@ import { fileHeader, procRecord, recordBytes, vmaRecord, type RawRecord } from "
 export const SLOT_BYTES = 2 ** 40;
 /** FILE flags: bit 0 the file existed at the cut (else: a path of the set that did not). */
 export const FILE_PRESENT = 1;
+/** FILE flags: bit 1 a hard link of an earlier present path of the set (same device and inode; no contents of its own). */
+export const FILE_LINK = 2;
 
 /** One file of a checkpoint's set, as its FILE record and the files manifest say. */
 export interface FileEntry {
@@ -30,7 +32,14 @@ export interface FileEntry {
   gid: number;
   dev: number;
   ino: number;
+  /** A hard link: the earlier path of the set with the same inode (whose contents it shares). */
+  link?: string;
+  /** Extended attributes of the user namespace (`user.*`), name -> value in base64. */
+  xattrs?: Record<string, string>;
 }
+
+/** A directory's entry (its mode's file type). */
+export const isDirMode = (mode: number): boolean => (mode & 0o170000) === 0o040000;
 
 export function encodeFile(f: FileEntry): Buffer {
   const b = Buffer.alloc(72);
@@ -41,7 +50,7 @@ export function encodeFile(f: FileEntry): Buffer {
   b.writeUInt32LE(f.mode >>> 0, 32);
   b.writeUInt32LE(f.uid >>> 0, 36);
   b.writeUInt32LE(f.gid >>> 0, 40);
-  b.writeUInt32LE(f.present ? FILE_PRESENT : 0, 44);
+  b.writeUInt32LE((f.present ? FILE_PRESENT : 0) | (f.link ? FILE_LINK : 0), 44);
   b.writeBigUInt64LE(BigInt(f.dev), 48);
   b.writeBigUInt64LE(BigInt(f.ino), 56);
   b.writeBigUInt64LE(f.ctimeNs, 64);

@@ -3,10 +3,12 @@
 // place when the path still holds the same inode, by renaming it back when the app renamed it,
 // else written anew), paths absent at the cut are removed, and files the app touched first after
 // the checkpoint are removed when they were created after it. Nothing outside the set is touched.
-import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, lstatSync, openSync, renameSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
+import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, linkSync, lstatSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
+import { dirname } from "node:path";
 import type { Readable } from "node:stream";
 import { fromStored, type FilesManifest } from "./files-capture.js";
-import { readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
+import { walkDir } from "./files-set.js";
+import { isDirMode, readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
 
 export interface FilesRollback {
   /** Files whose contents were written back (in place, renamed back or recreated). */
@@ -17,6 +19,11 @@ export interface FilesRollback {
   removed: string[];
   /** Touched by the app after the checkpoint, existing before it, not in its set: left as they are. */
   leftAsIs: string[];
+  /** Directories made again (removed or renamed away since) and removed (made after the checkpoint). */
+  dirsMade: string[];
+  dirsRemoved: string[];
+  /** Second names of hard links made again (a link to the first name). */
+  relinked: string[];
   unchanged: number;
   bytesWritten: number;
   ns: number;
@@ -33,23 +40,55 @@ const lstat = (p: string): BigIntStats | null => {
 const sameState = (st: BigIntStats, e: FileEntry): boolean =>
   Number(st.dev) === e.dev && Number(st.ino) === e.ino && Number(st.size) === e.size && st.mtimeNs === e.mtimeNs && st.ctimeNs === e.ctimeNs && Number(st.mode) === e.mode;
 
+/** Mode, owner (when root) and times of a path as the entry says. */
+function setMeta(e: FileEntry): void {
+  try {
+    chownSync(e.path, e.uid, e.gid); // (before chmod: chown clears set-user-ID bits)
+  } catch {
+    /* not root: the owner stays */
+  }
+  chmodSync(e.path, e.mode & 0o7777);
+  const s = (ns: bigint): number => Number(ns) / 1e9;
+  utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
+}
+
 /**
  * Rolls back. `image` is the composed files image of the checkpoint; `touched` every path the app
  * may have touched since (its journal, its --files trees); `keep` says which paths are in the set.
  */
 export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], keep: (p: string) => boolean, what: string): Promise<FilesRollback> {
   const t0 = process.hrtime.bigint();
-  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], unchanged: 0, bytesWritten: 0, ns: 0 };
+  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], unchanged: 0, bytesWritten: 0, ns: 0 };
   const entries = manifest.files.map(fromStored).filter((e) => keep(e.path));
-  const present = entries.filter((e) => e.present);
+  const dirs = entries.filter((e) => e.present && isDirMode(e.mode)).sort((a, b) => a.path.length - b.path.length);
+  const links = entries.filter((e) => e.present && e.link !== undefined);
+  const present = entries.filter((e) => e.present && !isDirMode(e.mode) && e.link === undefined);
+  const dirPaths = new Set(dirs.map((e) => e.path));
   const inSet = new Set(entries.map((e) => e.path));
   const cutNs = BigInt(manifest.cutNs);
   // where each inode of the set is now (a file the app renamed away is found by its inode)
   const candidates = [...new Set([...entries.map((e) => e.path), ...touched])].filter(keep);
   const now = new Map<string, string>();
+  const nowDirs = new Map<string, string>();
   for (const p of candidates) {
     const st = lstat(p);
     if (st?.isFile()) now.set(`${st.dev}:${st.ino}`, p);
+    else if (st?.isDirectory()) nowDirs.set(`${st.dev}:${st.ino}`, p);
+  }
+  // 0. directories of the checkpoint, parents first: renamed back (found by inode) or made again
+  for (const e of dirs) {
+    if (lstat(e.path)?.isDirectory()) continue;
+    const at = nowDirs.get(`${e.dev}:${e.ino}`);
+    if (at && at !== e.path && !dirPaths.has(at) && lstat(at)?.isDirectory()) {
+      mkdirSync(dirname(e.path), { recursive: true });
+      renameSync(at, e.path);
+      r.renamedBack.push(`${at} -> ${e.path}`);
+      // what the app made in it since is now under this path: to be judged like the rest
+      for (const p of walkDir(e.path, [], 100_000, true)) if (keep(p) && !candidates.includes(p)) candidates.push(p);
+    } else {
+      mkdirSync(e.path, { recursive: true, mode: e.mode & 0o7777 });
+      r.dirsMade.push(e.path);
+    }
   }
   // 1. files to write, by base: open (renamed back or created) and truncated
   const open = new Map<number, { e: FileEntry; fd: number }>();
@@ -78,6 +117,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
       } else {
         // written beside it, then renamed over the path: a crash leaves the old file or the new one
         const tmp = `${e.path}.tg-restore-${process.pid}`;
+        mkdirSync(dirname(e.path), { recursive: true }); // (a directory outside the set's directories)
         fd = openSync(tmp, "w+", e.mode & 0o7777);
         open.set(e.base || -open.size - 1, { e: { ...e, path: tmp, present: true }, fd });
         r.recreated.push(e.path);
@@ -108,14 +148,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
     for (const { e, fd } of open.values()) {
       fdatasyncSync(fd);
       closeSync(fd);
-      chmodSync(e.path, e.mode & 0o7777);
-      try {
-        chownSync(e.path, e.uid, e.gid);
-      } catch {
-        /* not root: the owner stays */
-      }
-      const s = (ns: bigint): number => Number(ns) / 1e9;
-      utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
+      setMeta(e);
     }
     for (const { e } of open.values()) {
       if (!e.path.includes(".tg-restore-")) continue;
@@ -131,18 +164,57 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
       }
     }
   }
-  // 4. paths that did not exist at the cut, and files first touched after it
+  // 4. second names of hard links: a link to the first name again (made beside it, renamed over it)
+  for (const e of links) {
+    const to = lstat(e.link!);
+    const st = lstat(e.path);
+    if (!to || (st && st.dev === to.dev && st.ino === to.ino)) continue;
+    const tmp = `${e.path}.tg-restore-${process.pid}`;
+    mkdirSync(dirname(e.path), { recursive: true });
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* none */
+    }
+    linkSync(e.link!, tmp);
+    renameSync(tmp, e.path);
+    r.relinked.push(`${e.path} -> ${e.link!}`);
+  }
+  // 5. paths that did not exist at the cut, and files first touched after it
+  const linkPaths = new Set(links.map((e) => e.path));
+  // the inodes of the set's files now: another name of one is a link the app made after the cut
+  const setInodes = new Set<string>();
+  for (const e of present) {
+    const st = lstat(e.path);
+    if (st) setInodes.add(`${st.dev}:${st.ino}`);
+  }
   for (const p of candidates) {
-    if (skip.has(p) || present.some((e) => e.path === p)) continue;
+    if (skip.has(p) || linkPaths.has(p) || present.some((e) => e.path === p)) continue;
     const st = lstat(p);
     if (!st?.isFile()) continue;
-    if (inSet.has(p) || (st.birthtimeNs > 0n && st.birthtimeNs > cutNs)) {
+    if (inSet.has(p) || (st.birthtimeNs > 0n && st.birthtimeNs > cutNs) || (st.nlink > 1n && setInodes.has(`${st.dev}:${st.ino}`))) {
       unlinkSync(p);
       r.removed.push(p);
     } else {
       r.leftAsIs.push(p);
     }
   }
+  // 6. directories that did not exist at the cut (or were made after it), deepest first: removed when
+  // empty now (what is left in one is not the app's: it stays, and so does the directory)
+  const extraDirs = candidates.filter((p) => !dirPaths.has(p)).sort((a, b) => b.length - a.length);
+  for (const p of extraDirs) {
+    const st = lstat(p);
+    if (!st?.isDirectory()) continue;
+    if (!inSet.has(p) && !(st.birthtimeNs > 0n && st.birthtimeNs > cutNs)) continue;
+    try {
+      rmdirSync(p);
+      r.dirsRemoved.push(p);
+    } catch {
+      r.leftAsIs.push(p);
+    }
+  }
+  // 7. the directories' mode, owner and times, deepest first (after everything made or removed in them)
+  for (const e of [...dirs].reverse()) setMeta(e);
   r.ns = Number(process.hrtime.bigint() - t0);
   return r;
 }
