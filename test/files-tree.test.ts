@@ -1,9 +1,10 @@
 // Issue 14: directories the app makes, removes and renames, hard links, and the mode, owner and
 // times of its files and directories come back with the checkpoint. A python3 app builds a tree,
 // is checkpointed, then removes a directory with its file, renames one, makes one, changes modes,
-// an owner and times, and replaces a second name of a file (test/fixtures/treeapp.py); after kill
+// an owner, times and user.* extended attributes, and replaces a second name of a file (test/fixtures/treeapp.py); after kill
 // -9 and restore the tree must be exactly the checkpoint's.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -55,6 +56,9 @@ describe("files: directories, hard links, owner, mode and times", { timeout: 300
     const link = statSync(join(dir, "data-link.txt"));
     assert.deepEqual([link.dev, link.ino], [data.dev, data.ino], `data-link.txt is a second name of data.txt again: ${res}`);
     assert.equal(data.nlink, 2);
+    // user.* extended attributes: the checkpoint's (python reads them: node has no binding)
+    const xa = spawnSync("python3", ["-c", "import os,sys; print(sorted((n, os.getxattr(p, n).decode()) for p in sys.argv[1:] for n in os.listxattr(p)))", join(dir, "data.txt"), join(dir, "keep")], { encoding: "utf8" });
+    assert.equal(xa.stdout.trim(), "[('user.dir', 'd1'), ('user.tag', 'v1')]", `extended attributes: ${xa.stdout}${xa.stderr} ${res}`);
     await killApp(h, "tree");
   });
 });

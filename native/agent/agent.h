@@ -103,6 +103,7 @@ TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char 
 TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml);
 TG_HIDDEN void tg_free_shared_copies(void);
 TG_HIDDEN const void *tg_shared_copy(uint64_t addr);
+TG_HIDDEN const char *tg_shared_copy_missed(void); /* a mapping that wanted a copy and got none: the capture refuses */
 
 /* capture.c: the parent's part, while parked: fd records (and FILE_STATE records) into buf. */
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap);

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
 import { COW_CAP, endCow, intersect, pagesOf, patchPieces, publishCow, readCowLog, readPieces, readPiecesSync, type Piece } from "./files-cow.js";
 import { testDelay } from "./test-hooks.js";
+import { readUserXattrs } from "./files-xattr.js";
 import { mergeRanges, type ChangedRanges, type Range } from "./files-ranges.js";
 
 const PAGE = 4096;
@@ -125,7 +126,8 @@ export function cutFiles(
     };
     // a directory: its mode, owner and times (restore makes it again, or removes it)
     if (st.isDirectory()) {
-      contents.push({ entry: { ...entry, size: 0 }, copy: null });
+      const xa = readUserXattrs(path);
+      contents.push({ entry: { ...entry, size: 0, ...(xa ? { xattrs: xa } : {}) }, copy: null });
       continue;
     }
     // a second name of a file already in the set (a hard link): no contents of its own
@@ -148,6 +150,9 @@ export function cutFiles(
     } else if (entry.size) entry.base = nextSlot++ * SLOT_BYTES;
     if (!entry.size) entry.base = 0;
     if (entry.base) usedBases.add(entry.base);
+    // user.* extended attributes: the parent's when nothing changed (setting one changes the ctime)
+    const xa = unchanged ? prev?.xattrs : src === path ? readUserXattrs(path) : undefined;
+    if (xa) entry.xattrs = xa;
     if (unchanged || !entry.size) {
       contents.push({ entry, copy: null });
       if (!unchanged) changed.push(path);

@@ -170,7 +170,7 @@ export class FilesCapture {
 }
 
 /** Restore's part: rolls the files back to the checkpoint's files image. */
-export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string, cfg: FilesConfig, never: string[]): Promise<FilesRollback> {
+export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string, cfg: FilesConfig, never: string[], keepChanged: string[] = []): Promise<FilesRollback> {
   const manifest = filesManifest(cas.get(ref.id).stats.extra);
   if (!manifest) throw new Error(`${ref.id} has no files manifest`);
   const keep = fileFilter(cfg, never);
@@ -178,7 +178,7 @@ export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string,
   for (const d of cfg.dirs) touched.push(...walkDir(d, [], 1_000_000, true));
   const image: Readable = cas.exportImage(ref.id);
   try {
-    return await rollbackFiles(manifest, image, touched, keep, ref.id);
+    return await rollbackFiles(manifest, image, touched, keep, ref.id, keepChanged);
   } finally {
     image.destroy();
   }

@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import type { Readable } from "node:stream";
 import { fromStored, type FilesManifest } from "./files-capture.js";
 import { walkDir } from "./files-set.js";
+import { writeUserXattrs } from "./files-xattr.js";
 import { isDirMode, readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
 
 export interface FilesRollback {
@@ -24,6 +25,8 @@ export interface FilesRollback {
   dirsRemoved: string[];
   /** Second names of hard links made again (a link to the first name). */
   relinked: string[];
+  /** Paths under `restore --keep-file-changes` that differ from the checkpoint: left as they are. */
+  kept: string[];
   unchanged: number;
   bytesWritten: number;
   ns: number;
@@ -48,6 +51,7 @@ function setMeta(e: FileEntry): void {
     /* not root: the owner stays */
   }
   chmodSync(e.path, e.mode & 0o7777);
+  writeUserXattrs(e.path, e.xattrs);
   const s = (ns: bigint): number => Number(ns) / 1e9;
   utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
 }
@@ -56,9 +60,21 @@ function setMeta(e: FileEntry): void {
  * Rolls back. `image` is the composed files image of the checkpoint; `touched` every path the app
  * may have touched since (its journal, its --files trees); `keep` says which paths are in the set.
  */
-export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], keep: (p: string) => boolean, what: string): Promise<FilesRollback> {
+export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], inSetNow: (p: string) => boolean, what: string, keepChanged: string[] = []): Promise<FilesRollback> {
   const t0 = process.hrtime.bigint();
-  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], unchanged: 0, bytesWritten: 0, ns: 0 };
+  // `--keep-file-changes`: those paths (and what is under them) are left out of the rollback
+  const isKept = (p: string): boolean => keepChanged.some((k) => p === k || p.startsWith(k.endsWith("/") ? k : `${k}/`));
+  const keep = (p: string): boolean => inSetNow(p) && !isKept(p);
+  const keptSeen = new Set<string>();
+  for (const s of manifest.files) {
+    if (!inSetNow(s.path) || !isKept(s.path)) continue;
+    const e = fromStored(s);
+    const st = lstat(e.path);
+    const same = e.present ? st !== null && (isDirMode(e.mode) ? st.isDirectory() && Number(st.ino) === e.ino && Number(st.mode) === e.mode : sameState(st, e)) : st === null;
+    if (!same) keptSeen.add(e.path);
+  }
+  for (const p of touched) if (inSetNow(p) && isKept(p) && !manifest.files.some((f) => f.path === p) && lstat(p)) keptSeen.add(p);
+  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], kept: [], unchanged: 0, bytesWritten: 0, ns: 0 };
   const entries = manifest.files.map(fromStored).filter((e) => keep(e.path));
   const dirs = entries.filter((e) => e.present && isDirMode(e.mode)).sort((a, b) => a.path.length - b.path.length);
   const links = entries.filter((e) => e.present && e.link !== undefined);
@@ -215,6 +231,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
   }
   // 7. the directories' mode, owner and times, deepest first (after everything made or removed in them)
   for (const e of [...dirs].reverse()) setMeta(e);
+  r.kept = [...keptSeen].sort();
   r.ns = Number(process.hrtime.bigint() - t0);
   return r;
 }
