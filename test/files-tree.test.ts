@@ -1,8 +1,9 @@
 // Issue 14: directories the app makes, removes and renames, hard links, and the mode, owner and
 // times of its files and directories come back with the checkpoint. A python3 app builds a tree,
-// is checkpointed, then removes a directory with its file, renames one, makes one, changes modes,
-// an owner, times and user.* extended attributes, and replaces a second name of a file (test/fixtures/treeapp.py); after kill
-// -9 and restore the tree must be exactly the checkpoint's.
+// is checkpointed, then removes a directory with its file (a file takes its name), renames one,
+// makes one, changes modes, an owner, times and user.* extended attributes, replaces a second name
+// of a file and swaps two files' names (test/fixtures/treeapp.py); after kill -9 and restore the
+// tree must be exactly the checkpoint's.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
@@ -37,13 +38,15 @@ describe("files: directories, hard links, owner, mode and times", { timeout: 300
     assert.equal(before.keepMode, 0o750);
     writeFileSync(join(dir, "go"), "");
     await waitLines(h, "tree", (ls) => ls.includes("changed"), "the tree changed", WAIT);
-    assert.ok(!existsSync(join(dir, "gone")) && existsSync(join(dir, "moved2")) && existsSync(join(dir, "newdir")));
+    assert.ok(statSync(join(dir, "gone")).isFile() && existsSync(join(dir, "moved2")) && existsSync(join(dir, "newdir")));
     await killApp(h, "tree");
     unlinkSync(join(dir, "go")); // not the app's: the restored app waits for it again
     const rr = await h.cli(["restore", "tree", "--json"]);
     assert.equal(rr.code, 0, rr.stderr);
     const res = JSON.stringify((JSON.parse(rr.stdout) as { files?: unknown }).files);
-    assert.deepEqual(readdirSync(dir).sort(), ["data-link.txt", "data.txt", "gone", "keep", "moved"], res);
+    assert.deepEqual(readdirSync(dir).sort(), ["data-link.txt", "data.txt", "gone", "keep", "moved", "s1.txt", "s2.txt"], res);
+    // two files that swapped names (one renamed away, the other renamed onto its name): each its own again
+    for (const n of ["s1", "s2"]) assert.equal(readFileSync(join(dir, `${n}.txt`), "utf8"), `${n} at the checkpoint\n`, res);
     assert.equal(readFileSync(join(dir, "gone", "b.txt"), "utf8"), "gone/b.txt at the checkpoint\n", res);
     assert.deepEqual(readdirSync(join(dir, "moved")), ["c.txt"], `moved back, without what was made in it after: ${res}`);
     assert.equal(readFileSync(join(dir, "moved", "c.txt"), "utf8"), "moved/c.txt at the checkpoint\n");

@@ -82,18 +82,27 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
   const dirPaths = new Set(dirs.map((e) => e.path));
   const inSet = new Set(entries.map((e) => e.path));
   const cutNs = BigInt(manifest.cutNs);
-  // where each inode of the set is now (a file the app renamed away is found by its inode)
+  // made after the cut (birth time, where the file system keeps one): not a file of the checkpoint
+  const bornAfter = (st: BigIntStats): boolean => st.birthtimeNs > 0n && st.birthtimeNs > cutNs;
+  // where each inode of the set is now (a file the app renamed away is found by its inode). An inode
+  // number freed since the cut can be given to a file made after it (a log rotator: the new log gets
+  // the number of the backup it dropped), so a file born after the cut is no candidate.
   const candidates = [...new Set([...entries.map((e) => e.path), ...touched])].filter(keep);
   const now = new Map<string, string>();
   const nowDirs = new Map<string, string>();
   for (const p of candidates) {
     const st = lstat(p);
-    if (st?.isFile()) now.set(`${st.dev}:${st.ino}`, p);
-    else if (st?.isDirectory()) nowDirs.set(`${st.dev}:${st.ino}`, p);
+    if (st?.isFile() && !bornAfter(st)) now.set(`${st.dev}:${st.ino}`, p);
+    else if (st?.isDirectory() && !bornAfter(st)) nowDirs.set(`${st.dev}:${st.ino}`, p);
   }
   // 0. directories of the checkpoint, parents first: renamed back (found by inode) or made again
   for (const e of dirs) {
-    if (lstat(e.path)?.isDirectory()) continue;
+    const cur = lstat(e.path);
+    if (cur?.isDirectory()) continue;
+    if (cur) {
+      unlinkSync(e.path); // a file (or symlink) of the set where the directory was
+      r.removed.push(e.path);
+    }
     const at = nowDirs.get(`${e.dev}:${e.ino}`);
     if (at && at !== e.path && !dirPaths.has(at) && lstat(at)?.isDirectory()) {
       mkdirSync(dirname(e.path), { recursive: true });
@@ -109,17 +118,22 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
   // 1. files to write, by base: open (renamed back or created) and truncated
   const open = new Map<number, { e: FileEntry; fd: number }>();
   const skip = new Set<string>();
+  // paths already given their checkpoint file: never renamed away again
+  const settled = new Set<string>();
   try {
     for (const e of present) {
       let st = lstat(e.path);
+      settled.add(e.path);
       if (st?.isFile() && sameState(st, e)) {
         r.unchanged++;
         skip.add(e.path);
         continue;
       }
       if (!st || !st.isFile() || Number(st.dev) !== e.dev || Number(st.ino) !== e.ino) {
-        const at = now.get(`${e.dev}:${e.ino}`);
-        if (at && at !== e.path && !present.some((o) => o.path === at && o.dev === e.dev && o.ino === e.ino)) {
+        const key = `${e.dev}:${e.ino}`;
+        const at = now.get(key);
+        if (at && at !== e.path && !settled.has(at) && !present.some((o) => o.path === at && o.dev === e.dev && o.ino === e.ino)) {
+          now.delete(key);
           renameSync(at, e.path);
           r.renamedBack.push(`${at} -> ${e.path}`);
           st = lstat(e.path);
