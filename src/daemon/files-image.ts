@@ -6,7 +6,6 @@
 // verified and shipped with the rest. This module encodes and decodes that image.
 import { crc32c } from "@node-rs/crc32";
 import { open } from "node:fs/promises";
-import type { Readable } from "node:stream";
 import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD, PAGE_SIZE, RECORD_HEADER_SIZE, RecordType } from "../image/format.js";
 import { fileHeader, procRecord, recordBytes, vmaRecord, type RawRecord } from "../image/writer.js";
 
@@ -187,13 +186,13 @@ export async function* filesImageChunks(files: FileContent[], h: { seq: number; 
 /** A record of a composed files image as the reader yields it. */
 export type FilesRecord = { type: "file"; entry: FileEntry } | { type: "pages"; addr: number; data: Buffer };
 
-/** Reads a (composed, full) files image stream record by record, checking every CRC. */
-export async function* readFilesImage(src: Readable, what: string): AsyncGenerator<FilesRecord> {
+/** Reads a (composed, full) files image record by record, checking every CRC. */
+export async function* readFilesImage(src: AsyncIterable<Buffer>, what: string): AsyncGenerator<FilesRecord> {
   let buf: Buffer = Buffer.alloc(0);
   const pending: Buffer[] = []; // read, not yet joined into buf (joined once per record, not per chunk)
   let pendingLen = 0;
   let off = 0; // of buf[0] in the stream
-  const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const it = src[Symbol.asyncIterator]();
   const need = async (n: number): Promise<boolean> => {
     while (buf.length + pendingLen < n) {
       const r = await it.next();

@@ -5,7 +5,6 @@
 // the checkpoint are removed when they were created after it. Nothing outside the set is touched.
 import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, linkSync, lstatSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
 import { dirname } from "node:path";
-import type { Readable } from "node:stream";
 import { fromStored, type FilesManifest } from "./files-capture.js";
 import { walkDir } from "./files-set.js";
 import { writeUserXattrs } from "./files-xattr.js";
@@ -60,7 +59,7 @@ function setMeta(e: FileEntry): void {
  * Rolls back. `image` is the composed files image of the checkpoint; `touched` every path the app
  * may have touched since (its journal, its --files trees); `keep` says which paths are in the set.
  */
-export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], inSetNow: (p: string) => boolean, what: string, keepChanged: string[] = []): Promise<FilesRollback> {
+export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterable<Buffer>, touched: string[], inSetNow: (p: string) => boolean, what: string, keepChanged: string[] = []): Promise<FilesRollback> {
   const t0 = process.hrtime.bigint();
   // `--keep-file-changes`: those paths (and what is under them) are left out of the rollback
   const isKept = (p: string): boolean => keepChanged.some((k) => p === k || p.startsWith(k.endsWith("/") ? k : `${k}/`));
