@@ -102,12 +102,14 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   replace?: boolean;
   /** Restore even if files the app holds for writing changed since the checkpoint (they are not rolled back). */
   allowFileChanges?: boolean;
+  /** Absolute paths (files, or directories: everything under them) of the app's set that keep their current state instead of the checkpoint's. */
+  keepFileChanges?: string[];
   /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
   from?: { url: string; token: string; ca?: string };
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, from: o.from }, o.onProgress);
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from }, o.onProgress);
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

@@ -1,6 +1,6 @@
 // Kinds of fd tardigrade does not restore yet are refused by name, nothing committed, the app
 // running on: a POSIX message queue (it looks like a regular file named "/NAME": recorded as one,
-// the restore reopened that path on the root filesystem), a pidfd, an io_uring instance and a pseudo-terminal (tmux, screen, script, python's pty).
+// the restore reopened that path on the root filesystem), a pidfd, an io_uring instance, a memfd held only as an fd (not taken for a deleted file) and a pseudo-terminal (tmux, screen, script, python's pty).
 // Every process started is killed by PID (helpers/tree.ts, helpers/home.ts).
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -11,6 +11,7 @@ import { ids, setup } from "./helpers/tree.js";
 const CASES: [kind: string, named: RegExp][] = [
   ["mq", /fd \d+ \(POSIX message queue \/tg-fdkinds-\d+( \(deleted\))?\) cannot be checkpointed: message queues are not supported yet/],
   ["pidfd", /fd \d+ \(anon_inode:\[pidfd\].*\) cannot be checkpointed: this kind of file descriptor is not supported yet/],
+  ["memfd", /fd \d+ \(memfd \/memfd:tg-fdkinds \(deleted\)\) cannot be checkpointed: a memfd held as an fd is not supported yet/],
   ["pty", /fd \d+: terminal \/dev\/(ptmx|pts\/\d+) is not supported/],
   ["uring", /fd \d+ \(anon_inode:\[io_uring\].*\) cannot be checkpointed: this kind of file descriptor is not supported yet/],
 ];

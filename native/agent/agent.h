@@ -109,6 +109,7 @@ TG_HIDDEN int tg_put_file_states(const char *fdrecs, uint64_t fdlen, const char 
 TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml);
 TG_HIDDEN void tg_free_shared_copies(void);
 TG_HIDDEN const void *tg_shared_copy(uint64_t addr);
+TG_HIDDEN const char *tg_shared_copy_missed(void); /* a mapping that wanted a copy and got none: the capture refuses */
 
 /* capture.c: the parent's part, while parked: fd records (and FILE_STATE records) into buf. */
 TG_HIDDEN void tg_capture_fds(char *buf, uint64_t cap);
@@ -143,6 +144,7 @@ TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
 /* files-ranges.c: the changed ranges of the app's files (docs/files.md) */
 struct stat;
 TG_HIDDEN void tg_ranges_init(void);
+TG_HIDDEN int tg_files_on(void); /* the app's files are part of its checkpoints (not `run --files none`) */
 TG_HIDDEN void tg_ranges_after_fork(void);
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st);
 TG_HIDDEN void tg_ranges_whole(int fd);

@@ -538,6 +538,7 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   const char *maps = tg.parent_maps;
   long ml = tg.parent_maps_len;
   if (ml <= 0 || ml >= (long)(8u << 20) - 1) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
+  if (tg_shared_copy_missed()) { snprintf(err, errlen, "%s", tg_shared_copy_missed()); return -1; }
   size_t maps_cap = 8u << 20;
   char *cmaps = own_alloc(maps_cap);
   size_t pm_cap = 65536;

@@ -14,6 +14,7 @@
 
 #include "../common/sys.h"
 #include "../resources/resource.h"
+#include "files-deleted.h"
 
 #define MAX_FDS 4096
 
@@ -39,6 +40,8 @@ TG_HIDDEN int tg_describe_fd(int fd, struct tg_rec_fd *rec, char *extra, size_t 
   rec->open_flags &= ~(uint32_t)O_CLOEXEC;
   tg_res_file_id(&st, &rec->id);
   struct tg_fd_probe probe = {fd, &st, target, (size_t)n, info, tg_is_hidden_fd};
+  int del = tg_files_deleted_describe(&probe, rec, extra, extra_cap, err, errlen, tg_files_on()); /* before the file kind, which refuses deleted files */
+  if (del <= 0) return del;
   for (const struct tg_fd_ops *const *k = tg_fd_kinds; *k; k++) {
     int c = (*k)->describe(&probe, rec, extra, extra_cap, err, errlen);
     if (c <= 0) return c;

@@ -622,9 +622,13 @@ static void inherited_fds(void) {
   }
 }
 
+static int files_on;
+TG_HIDDEN int tg_files_on(void) { return files_on; }
+
 TG_HIDDEN void tg_ranges_init(void) {
   const char *on = getenv("TARDIGRADE_FILES_RANGES");
   if (!on || strcmp(on, "1") != 0 || !tg.active) return;
+  files_on = 1;
   rg = new_table();
   if (rg) inherited_fds();
 }

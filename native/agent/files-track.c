@@ -1,6 +1,7 @@
 /* Which files the application touches (issue 14, docs/files.md): wrappers of the calls that open a
  * file for writing, create, truncate, rename, link or unlink one append its absolute path to the
  * app's file journal (`files.journal` beside the agent socket), one O_APPEND write per event, so
+ * (directories made or removed: `mkdir`, `mkdirat`, `rmdir`, `unlinkat(AT_REMOVEDIR)`, op 'D'),
  * every process of the app (and one that exits or is killed) leaves what it touched where the
  * daemon reads it at the next checkpoint. Only paths are recorded here: the daemon decides what
  * changed (size, times, inode) and stores the contents. Reads and ordinary writes cost nothing. */
@@ -269,7 +270,30 @@ __attribute__((visibility("default"))) int unlink(const char *p) {
 __attribute__((visibility("default"))) int unlinkat(int d, const char *p, int fl) {
   REAL(unlinkat, at_fn)
   if (!(fl & AT_REMOVEDIR)) touched('U', d, p);
-  return real_unlinkat(d, p, fl);
+  int r = real_unlinkat(d, p, fl);
+  if (r == 0 && (fl & AT_REMOVEDIR)) touched('D', d, p); /* only once removed: a failed rmdir of a big tree adds nothing */
+  return r;
+}
+/* directories made and removed: their paths join the set (the daemon restores the tree) */
+typedef int (*mkdir_fn)(const char *, mode_t);
+typedef int (*mkdirat_fn)(int, const char *, mode_t);
+__attribute__((visibility("default"))) int mkdir(const char *p, mode_t m) {
+  REAL(mkdir, mkdir_fn)
+  int r = real_mkdir(p, m);
+  if (r == 0) touched('D', AT_FDCWD, p);
+  return r;
+}
+__attribute__((visibility("default"))) int mkdirat(int d, const char *p, mode_t m) {
+  REAL(mkdirat, mkdirat_fn)
+  int r = real_mkdirat(d, p, m);
+  if (r == 0) touched('D', d, p);
+  return r;
+}
+__attribute__((visibility("default"))) int rmdir(const char *p) {
+  REAL(rmdir, path_fn)
+  int r = real_rmdir(p);
+  if (r == 0) touched('D', AT_FDCWD, p);
+  return r;
 }
 __attribute__((visibility("default"))) int link(const char *o, const char *n) {
   REAL(link, path2_fn)

@@ -179,12 +179,37 @@ static int wants_copy(const struct tg_vma *v) {
   return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/';
 }
 
-/* Bytes of the mapping that lie inside its file (0: none, or not a regular file / too large). */
+/* The first shared writable mapping that wanted a copy and got none ("" if none): the capture
+ * refuses then (tg_shared_copy_missed), rather than let the snapshot child read it after the app
+ * resumed (a write in that window would land in the checkpoint). */
+static char missed[512];
+
+static void miss(const struct tg_vma *v, const char *why) {
+  if (missed[0]) return;
+  snprintf(missed, sizeof missed, "shared writable mapping %llx-%llx of %.*s: %s", (unsigned long long)v->start, (unsigned long long)v->end,
+           (int)v->pathlen, v->path, why);
+}
+
+TG_HIDDEN const char *tg_shared_copy_missed(void) { return missed[0] ? missed : NULL; }
+
+/* Bytes of the mapping that lie inside its file (0: none, or not a regular file; too large: noted
+ * with miss). */
 static uint64_t file_part(const struct tg_vma *v) {
   char mf[80];
   struct stat st;
   snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v->start, (unsigned long long)v->end);
-  if (tg_sys2(SYS_stat, mf, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) return 0;
+  if (tg_sys2(SYS_stat, mf, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+  /* (a file that still has its name is refused by the capture's own check, capture.c, naming it) */
+  if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX && ends_with(v->path, v->pathlen, " (deleted)")) {
+    char why[200];
+    snprintf(why, sizeof why,
+             "the object behind it is %llu MiB, and only up to %llu MiB is copied with the app parked (a larger one would be "
+             "read after the app resumed and could mix two instants); keep such shared memory under %llu MiB",
+             (unsigned long long)((uint64_t)st.st_size >> 20), TG_SHARED_CONTENT_MAX >> 20, TG_SHARED_CONTENT_MAX >> 20);
+    miss(v, why);
+    return 0;
+  }
+  if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) return 0;
   if ((uint64_t)st.st_size <= v->pgoff) return 0;
   uint64_t n = ((uint64_t)st.st_size - v->pgoff + TG_PAGE - 1) & ~(TG_PAGE - 1);
   return n < v->end - v->start ? n : v->end - v->start;
@@ -194,6 +219,7 @@ TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml) {
   ncopies = 0;
   copy_region = 0;
   copy_len = 0;
+  missed[0] = 0;
   uint64_t total = 0;
   for (const char *l = maps; l < maps + ml;) {
     const char *e = tg_next_line(l, maps + ml);
@@ -203,15 +229,23 @@ TG_HIDDEN void tg_copy_shared_contents(const char *maps, long ml) {
   }
   if (!total) return;
   long r = tg_sys6l(SYS_mmap, 0, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if ((unsigned long)r > -4096UL) return; /* no memory: the child reads the live mapping (less exact) */
+  if ((unsigned long)r > -4096UL) {
+    snprintf(missed, sizeof missed, "no memory for a copy of the app's shared writable mappings (%llu MiB) while it is parked: %s",
+             (unsigned long long)(total >> 20), strerror((int)-r));
+    return;
+  }
   copy_region = (uint64_t)r;
   copy_len = total;
   uint64_t at = copy_region;
-  for (const char *l = maps; l < maps + ml && ncopies < 256;) {
+  for (const char *l = maps; l < maps + ml;) {
     const char *e = tg_next_line(l, maps + ml);
     struct tg_vma v;
     uint64_t n;
     if (tg_parse_maps_line(l, e, &v) == 0 && wants_copy(&v) && (n = file_part(&v)) && at + n <= copy_region + total) {
+      if (ncopies == 256) {
+        miss(&v, "more than 256 shared writable mappings: the rest would be read after the app resumed");
+        break;
+      }
       memcpy((void *)at, (const void *)v.start, n);
       copies[ncopies].start = v.start;
       copies[ncopies].end = v.start + n;

@@ -118,7 +118,7 @@ _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
                   TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10, TG_FD_INOTIFY = 11,
                   TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15,
-                  TG_FD_TIMERFD = 25 };
+                  TG_FD_FILE_DELETED = 20 /* 20-24: issue 14's files */, TG_FD_TIMERFD = 25 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
   uint64_t pos;

@@ -15,6 +15,10 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
   mode_t m = p->st->st_mode;
   if (!(S_ISREG(m) || S_ISDIR(m) || S_ISCHR(m) || (S_ISFIFO(m) && p->target[0] == '/'))) return 1;
   size_t tl = p->target_len;
+  if (strncmp(p->target, "/memfd:", 7) == 0) {
+    snprintf(err, errlen, "fd %d (memfd %s) cannot be checkpointed: a memfd held as an fd is not supported yet (one the process maps is: its memory is captured)", p->fd, p->target);
+    return -1;
+  }
   if (tl > 10 && strcmp(p->target + tl - 10, " (deleted)") == 0) {
     snprintf(err, errlen, "fd %d: file %s has been deleted; deleted open files are not supported yet", p->fd, p->target);
     return -1;

@@ -4,6 +4,7 @@
  * moved into place (so that making one never lands on a number another still needs), then the
  * kinds that need the others in place settle (epoll interest lists). */
 #include "restore.h"
+#include "../agent/files-deleted.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@ uint64_t *tg_keep_conns;
 size_t tg_nkeep_conns;
 
 static const struct tg_fd_ops *owner(uint32_t kind) {
+  if (tg_fd_file_deleted.owns(kind)) return &tg_fd_file_deleted; /* agent/files-deleted.c */
   for (const struct tg_fd_ops *const *k = tg_fd_kinds; *k; k++) if ((*k)->owns(kind)) return *k;
   return NULL;
 }

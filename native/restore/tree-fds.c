@@ -9,6 +9,7 @@
  * open functions find a peer in any process. Pipes have their own way (restore.c,
  * make_shared_pipes). */
 #include "restore.h"
+#include "../agent/files-deleted.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -47,6 +48,7 @@ int tg_tree_shared_arg(const char *arg) {
 }
 
 static const struct tg_fd_ops *owner(uint32_t kind) {
+  if (tg_fd_file_deleted.owns(kind)) return &tg_fd_file_deleted; /* agent/files-deleted.c */
   for (const struct tg_fd_ops *const *k = tg_fd_kinds; *k; k++) if ((*k)->owns(kind)) return *k;
   return NULL;
 }

@@ -124,14 +124,15 @@ export function buildProgram(): Command {
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
     .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint and the checkpoint has no files (run --files none): they are not rolled back")
+    .option("--keep-file-changes <path>", "leave this file of the app's set (or everything under this directory) as it is now instead of rolling it back to the checkpoint (repeatable)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
       const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
@@ -140,10 +141,16 @@ export function buildProgram(): Command {
       const f = r.files;
       if (f) {
         out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
+        const over = f.rewritten.length + f.recreated.length + f.renamedBack.length + f.removed.length + (f.dirsMade?.length ?? 0) + (f.dirsRemoved?.length ?? 0) + (f.relinked?.length ?? 0);
+        if (over) out(`  the checkpoint wins: ${over} path(s) changed since the checkpoint were put back as it had them (below); \`restore --keep-file-changes PATH\` keeps a path as it is`);
+        for (const p of f.kept ?? []) out(`    kept as is ${p} (--keep-file-changes; it differs from the checkpoint)`);
         for (const p of f.rewritten) out(`    rewritten  ${p}`);
         for (const p of f.recreated) out(`    recreated  ${p}`);
         for (const p of f.renamedBack) out(`    renamed back  ${p}`);
         for (const p of f.removed) out(`    removed    ${p}`);
+        for (const p of f.dirsMade ?? []) out(`    made dir   ${p}`);
+        for (const p of f.dirsRemoved ?? []) out(`    removed dir ${p}`);
+        for (const p of f.relinked ?? []) out(`    relinked   ${p}`);
         for (const p of f.leftAsIs) out(`    left as is ${p} (first written after the checkpoint, older than it: not in its set)`);
       }
     });

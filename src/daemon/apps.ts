@@ -772,7 +772,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
@@ -790,7 +790,7 @@ export class AppManager {
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const allow = opts.allowFileChanges === true;
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow);
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? []);
       const opened = await this.store.openImage(m.id);
       try {
         const restoreBin = nativeBinary("tardigrade-restore");
@@ -868,7 +868,7 @@ export class AppManager {
   }
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = []): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
@@ -885,14 +885,14 @@ export class AppManager {
       // its files image too (absent only if it was taken out of the store: restored without rollback, said so)
       const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
       if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
-      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow);
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged);
     } finally {
       unpin();
       for (const u of unpins) u();
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[]): Promise<RestoreResult> {
     let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
@@ -905,6 +905,8 @@ export class AppManager {
     const filesRef = named && store.cas.list(filesApp(name)).some((c) => c.id === named.id) ? named : null;
     if (named && !filesRef) this.log.warn({ app: name, id: m.id, files: named.id }, "the checkpoint's files image is not in this store: files are not rolled back");
     if (filesRef) allow = true;
+    if (keepChanged.length && !filesRef)
+      throw new TgError(`cannot restore ${name} from ${m.id}`, `--keep-file-changes was given but the checkpoint has no files image${named ? " in this store" : " (the app runs with --files none)"}: no file would be rolled back anyway`, "Restore without --keep-file-changes", "bad-request");
     // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
     await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
     for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
@@ -934,13 +936,13 @@ export class AppManager {
       if (filesRef) {
         // before any process exists: every fd offset then agrees with its file
         try {
-          const r = await restoreFiles(store.cas, filesRef, dir.dir, prevRecord?.files ?? DEFAULT_FILES, this.filesNever(dir));
+          const r = await restoreFiles(store.cas, filesRef, dir.dir, prevRecord?.files ?? DEFAULT_FILES, this.filesNever(dir), keepChanged);
           rolledBack = { id: filesRef.id, ...r };
         } catch (e) {
           await writeRestoreFailed(dir.logFile, m.id);
           throw new TgError(`cannot restore ${name} from ${m.id}`, `rolling its files back failed: ${errMessage(e)}`, "No process was started; run the restore again (it rolls the files back from the start)", "restore-failed");
         }
-        this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
+        this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, dirsMade: rolledBack.dirsMade, dirsRemoved: rolledBack.dirsRemoved, relinked: rolledBack.relinked, kept: rolledBack.kept, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
       }
       const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too

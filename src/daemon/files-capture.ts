@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
 import { COW_CAP, endCow, intersect, pagesOf, patchPieces, publishCow, readCowLog, readPieces, readPiecesSync, type Piece } from "./files-cow.js";
 import { testDelay } from "./test-hooks.js";
+import { readUserXattrs } from "./files-xattr.js";
 import { mergeRanges, type ChangedRanges, type Range } from "./files-ranges.js";
 
 const PAGE = 4096;
@@ -71,7 +72,14 @@ export interface Deferred {
  * changed), paths that do not exist are recorded absent, anything else (directories, symlinks,
  * devices) is left out. Sync on purpose: it runs while the app is parked.
  */
-export function cutFiles(paths: string[], parent: FilesManifest | null, staging: string, ranges: ChangedRanges | null = null, cowDir: string | null = null): FilesCut {
+export function cutFiles(
+  paths: string[],
+  parent: FilesManifest | null,
+  staging: string,
+  ranges: ChangedRanges | null = null,
+  cowDir: string | null = null,
+  sources: ReadonlyMap<string, string> = new Map(),
+): FilesCut {
   const t0 = process.hrtime.bigint();
   const byPath = new Map<string, FileEntry>();
   const byIno = new Map<string, FileEntry>();
@@ -88,17 +96,20 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
   let bytesRead = 0;
   let inMemory = 0;
   const later: DeferredFile[] = [];
+  const linked = new Map<string, string>(); // dev:ino -> the first path of the set with it
   try {
   for (const path of paths) {
+    // a deleted file held open: recorded under its staging name, read through /proc/PID/fd/N
+    const src = sources.get(path) ?? path;
     let st;
     try {
-      st = lstatSync(path, { bigint: true });
+      st = src === path ? lstatSync(path, { bigint: true }) : statSync(src, { bigint: true });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ENOENT" || (e as NodeJS.ErrnoException).code === "ENOTDIR")
         contents.push({ entry: { path, present: false, base: 0, size: 0, mtimeNs: 0n, atimeNs: 0n, ctimeNs: 0n, mode: 0, uid: 0, gid: 0, dev: 0, ino: 0 }, copy: null });
       continue;
     }
-    if (!st.isFile()) continue;
+    if (!st.isFile() && !st.isDirectory()) continue;
     const entry: FileEntry = {
       path,
       present: true,
@@ -113,6 +124,20 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
       dev: Number(st.dev),
       ino: Number(st.ino),
     };
+    // a directory: its mode, owner and times (restore makes it again, or removes it)
+    if (st.isDirectory()) {
+      const xa = readUserXattrs(path);
+      contents.push({ entry: { ...entry, size: 0, ...(xa ? { xattrs: xa } : {}) }, copy: null });
+      continue;
+    }
+    // a second name of a file already in the set (a hard link): no contents of its own
+    const key0 = `${entry.dev}:${entry.ino}`;
+    const first = st.nlink > 1n ? linked.get(key0) : undefined;
+    if (first !== undefined) {
+      contents.push({ entry: { ...entry, link: first }, copy: null });
+      continue;
+    }
+    if (st.nlink > 1n) linked.set(key0, path);
     if (entry.size >= SLOT_BYTES) throw new Error(`${path} is ${entry.size} bytes: files of 1 TiB or more are not supported`);
     // the same file (inode) as in the parent, under this path or another one (renamed): its region
     const same = byPath.get(path);
@@ -125,6 +150,9 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
     } else if (entry.size) entry.base = nextSlot++ * SLOT_BYTES;
     if (!entry.size) entry.base = 0;
     if (entry.base) usedBases.add(entry.base);
+    // user.* extended attributes: the parent's when nothing changed (setting one changes the ctime)
+    const xa = unchanged ? prev?.xattrs : src === path ? readUserXattrs(path) : undefined;
+    if (xa) entry.xattrs = xa;
     if (unchanged || !entry.size) {
       contents.push({ entry, copy: null });
       if (!unchanged) changed.push(path);
@@ -144,13 +172,13 @@ export function cutFiles(paths: string[], parent: FilesManifest | null, staging:
         const content: FileContent = { entry, copy: null, pieces: [] };
         contents.push(content);
         // opened now: a file renamed over or removed after the cut is still the one read
-        later.push({ content, key, fd: openSync(path, "r"), ranges: plan, early: [] });
+        later.push({ content, key, fd: openSync(src, "r"), ranges: plan, early: [] });
         continue;
       }
     }
     const copy = join(staging, String(contents.length));
     try {
-      copyFileSync(path, copy);
+      copyFileSync(src, copy);
       const size = statSync(copy).size;
       if (size !== entry.size) throw new Error(`it changed size while copied (${entry.size} -> ${size} bytes): something outside the app writes it`);
     } catch (e) {

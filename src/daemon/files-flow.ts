@@ -13,7 +13,8 @@ import type { CasCheckpoint } from "../store/cas/types.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
 import { endCow } from "./files-cow.js";
-import { filesImageChunks } from "./files-image.js";
+import { deletedOpenFiles } from "./files-deleted.js";
+import { filesImageChunks, isDirMode } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { takeRanges } from "./files-ranges.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
@@ -115,12 +116,13 @@ export class FilesCapture {
   private cutOnce(hostPids: number[]): FilesRef {
     const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
-    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep);
+    const deleted = deletedOpenFiles(hostPids);
+    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted);
     mkdirSync(this.staging, { recursive: true });
     const t1 = process.hrtime.bigint();
     const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
     const t2 = process.hrtime.bigint();
-    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir);
+    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir, deleted);
     const t3 = process.hrtime.bigint();
     c.cutNs = Number(t3 - t0); // (the set's walk and the ranges count as held time too)
     const split = { setNs: Number(t1 - t0), rangesNs: Number(t2 - t1), filesNs: Number(t3 - t2) };
@@ -144,7 +146,7 @@ export class FilesCapture {
     );
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
-    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
+    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present && !isDirMode(f.mode)).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
     return this.ref;
   }
 
@@ -168,16 +170,18 @@ export class FilesCapture {
 }
 
 /** Restore's part: rolls the files back to the checkpoint's files image. */
-export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string, cfg: FilesConfig, never: string[]): Promise<FilesRollback> {
+export async function restoreFiles(cas: CasStore, ref: FilesRef, appDir: string, cfg: FilesConfig, never: string[], keepChanged: string[] = []): Promise<FilesRollback> {
   const manifest = filesManifest(cas.get(ref.id).stats.extra);
   if (!manifest) throw new Error(`${ref.id} has no files manifest`);
   const keep = fileFilter(cfg, never);
   const touched = [...readJournal(appDir)];
-  for (const d of cfg.dirs) touched.push(...walkDir(d));
-  const image: Readable = cas.exportImage(ref.id);
+  for (const d of cfg.dirs) touched.push(...walkDir(d, [], 1_000_000, true));
+  // the image as the store's chunks, not its Readable: the stream's joining of small chunks was the
+  // top of the profile (docs/files.md, "Rollback speed")
+  const image = cas.exportChunks(ref.id);
   try {
-    return await rollbackFiles(manifest, image, touched, keep, ref.id);
+    return await rollbackFiles(manifest, image, touched, keep, ref.id, keepChanged);
   } finally {
-    image.destroy();
+    await image.return(undefined); // unpins it when left before its end
   }
 }

@@ -6,7 +6,6 @@
 // verified and shipped with the rest. This module encodes and decodes that image.
 import { crc32c } from "@node-rs/crc32";
 import { open } from "node:fs/promises";
-import type { Readable } from "node:stream";
 import { FILE_HEADER_SIZE, MAX_PAGES_PER_RECORD, PAGE_SIZE, RECORD_HEADER_SIZE, RecordType } from "../image/format.js";
 import { fileHeader, procRecord, recordBytes, vmaRecord, type RawRecord } from "../image/writer.js";
 
@@ -14,6 +13,8 @@ import { fileHeader, procRecord, recordBytes, vmaRecord, type RawRecord } from "
 export const SLOT_BYTES = 2 ** 40;
 /** FILE flags: bit 0 the file existed at the cut (else: a path of the set that did not). */
 export const FILE_PRESENT = 1;
+/** FILE flags: bit 1 a hard link of an earlier present path of the set (same device and inode; no contents of its own). */
+export const FILE_LINK = 2;
 
 /** One file of a checkpoint's set, as its FILE record and the files manifest say. */
 export interface FileEntry {
@@ -30,7 +31,14 @@ export interface FileEntry {
   gid: number;
   dev: number;
   ino: number;
+  /** A hard link: the earlier path of the set with the same inode (whose contents it shares). */
+  link?: string;
+  /** Extended attributes of the user namespace (`user.*`), name -> value in base64. */
+  xattrs?: Record<string, string>;
 }
+
+/** A directory's entry (its mode's file type). */
+export const isDirMode = (mode: number): boolean => (mode & 0o170000) === 0o040000;
 
 export function encodeFile(f: FileEntry): Buffer {
   const b = Buffer.alloc(72);
@@ -41,7 +49,7 @@ export function encodeFile(f: FileEntry): Buffer {
   b.writeUInt32LE(f.mode >>> 0, 32);
   b.writeUInt32LE(f.uid >>> 0, 36);
   b.writeUInt32LE(f.gid >>> 0, 40);
-  b.writeUInt32LE(f.present ? FILE_PRESENT : 0, 44);
+  b.writeUInt32LE((f.present ? FILE_PRESENT : 0) | (f.link ? FILE_LINK : 0), 44);
   b.writeBigUInt64LE(BigInt(f.dev), 48);
   b.writeBigUInt64LE(BigInt(f.ino), 56);
   b.writeBigUInt64LE(f.ctimeNs, 64);
@@ -178,13 +186,13 @@ export async function* filesImageChunks(files: FileContent[], h: { seq: number; 
 /** A record of a composed files image as the reader yields it. */
 export type FilesRecord = { type: "file"; entry: FileEntry } | { type: "pages"; addr: number; data: Buffer };
 
-/** Reads a (composed, full) files image stream record by record, checking every CRC. */
-export async function* readFilesImage(src: Readable, what: string): AsyncGenerator<FilesRecord> {
+/** Reads a (composed, full) files image record by record, checking every CRC. */
+export async function* readFilesImage(src: AsyncIterable<Buffer>, what: string): AsyncGenerator<FilesRecord> {
   let buf: Buffer = Buffer.alloc(0);
   const pending: Buffer[] = []; // read, not yet joined into buf (joined once per record, not per chunk)
   let pendingLen = 0;
   let off = 0; // of buf[0] in the stream
-  const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const it = src[Symbol.asyncIterator]();
   const need = async (n: number): Promise<boolean> => {
     while (buf.length + pendingLen < n) {
       const r = await it.next();

@@ -3,10 +3,12 @@
 // place when the path still holds the same inode, by renaming it back when the app renamed it,
 // else written anew), paths absent at the cut are removed, and files the app touched first after
 // the checkpoint are removed when they were created after it. Nothing outside the set is touched.
-import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, lstatSync, openSync, renameSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
-import type { Readable } from "node:stream";
+import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, linkSync, lstatSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
+import { dirname } from "node:path";
 import { fromStored, type FilesManifest } from "./files-capture.js";
-import { readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
+import { walkDir } from "./files-set.js";
+import { writeUserXattrs } from "./files-xattr.js";
+import { isDirMode, readFilesImage, SLOT_BYTES, type FileEntry } from "./files-image.js";
 
 export interface FilesRollback {
   /** Files whose contents were written back (in place, renamed back or recreated). */
@@ -17,6 +19,13 @@ export interface FilesRollback {
   removed: string[];
   /** Touched by the app after the checkpoint, existing before it, not in its set: left as they are. */
   leftAsIs: string[];
+  /** Directories made again (removed or renamed away since) and removed (made after the checkpoint). */
+  dirsMade: string[];
+  dirsRemoved: string[];
+  /** Second names of hard links made again (a link to the first name). */
+  relinked: string[];
+  /** Paths under `restore --keep-file-changes` that differ from the checkpoint: left as they are. */
+  kept: string[];
   unchanged: number;
   bytesWritten: number;
   ns: number;
@@ -33,38 +42,97 @@ const lstat = (p: string): BigIntStats | null => {
 const sameState = (st: BigIntStats, e: FileEntry): boolean =>
   Number(st.dev) === e.dev && Number(st.ino) === e.ino && Number(st.size) === e.size && st.mtimeNs === e.mtimeNs && st.ctimeNs === e.ctimeNs && Number(st.mode) === e.mode;
 
+/** Mode, owner (when root) and times of a path as the entry says. */
+function setMeta(e: FileEntry): void {
+  try {
+    chownSync(e.path, e.uid, e.gid); // (before chmod: chown clears set-user-ID bits)
+  } catch {
+    /* not root: the owner stays */
+  }
+  chmodSync(e.path, e.mode & 0o7777);
+  writeUserXattrs(e.path, e.xattrs);
+  const s = (ns: bigint): number => Number(ns) / 1e9;
+  utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
+}
+
 /**
  * Rolls back. `image` is the composed files image of the checkpoint; `touched` every path the app
  * may have touched since (its journal, its --files trees); `keep` says which paths are in the set.
  */
-export async function rollbackFiles(manifest: FilesManifest, image: Readable, touched: string[], keep: (p: string) => boolean, what: string): Promise<FilesRollback> {
+export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterable<Buffer>, touched: string[], inSetNow: (p: string) => boolean, what: string, keepChanged: string[] = []): Promise<FilesRollback> {
   const t0 = process.hrtime.bigint();
-  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], unchanged: 0, bytesWritten: 0, ns: 0 };
+  // `--keep-file-changes`: those paths (and what is under them) are left out of the rollback
+  const isKept = (p: string): boolean => keepChanged.some((k) => p === k || p.startsWith(k.endsWith("/") ? k : `${k}/`));
+  const keep = (p: string): boolean => inSetNow(p) && !isKept(p);
+  const keptSeen = new Set<string>();
+  for (const s of manifest.files) {
+    if (!inSetNow(s.path) || !isKept(s.path)) continue;
+    const e = fromStored(s);
+    const st = lstat(e.path);
+    const same = e.present ? st !== null && (isDirMode(e.mode) ? st.isDirectory() && Number(st.ino) === e.ino && Number(st.mode) === e.mode : sameState(st, e)) : st === null;
+    if (!same) keptSeen.add(e.path);
+  }
+  for (const p of touched) if (inSetNow(p) && isKept(p) && !manifest.files.some((f) => f.path === p) && lstat(p)) keptSeen.add(p);
+  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], kept: [], unchanged: 0, bytesWritten: 0, ns: 0 };
   const entries = manifest.files.map(fromStored).filter((e) => keep(e.path));
-  const present = entries.filter((e) => e.present);
+  const dirs = entries.filter((e) => e.present && isDirMode(e.mode)).sort((a, b) => a.path.length - b.path.length);
+  const links = entries.filter((e) => e.present && e.link !== undefined);
+  const present = entries.filter((e) => e.present && !isDirMode(e.mode) && e.link === undefined);
+  const dirPaths = new Set(dirs.map((e) => e.path));
   const inSet = new Set(entries.map((e) => e.path));
   const cutNs = BigInt(manifest.cutNs);
-  // where each inode of the set is now (a file the app renamed away is found by its inode)
+  // made after the cut (birth time, where the file system keeps one): not a file of the checkpoint
+  const bornAfter = (st: BigIntStats): boolean => st.birthtimeNs > 0n && st.birthtimeNs > cutNs;
+  // where each inode of the set is now (a file the app renamed away is found by its inode). An inode
+  // number freed since the cut can be given to a file made after it (a log rotator: the new log gets
+  // the number of the backup it dropped), so a file born after the cut is no candidate.
   const candidates = [...new Set([...entries.map((e) => e.path), ...touched])].filter(keep);
   const now = new Map<string, string>();
+  const nowDirs = new Map<string, string>();
   for (const p of candidates) {
     const st = lstat(p);
-    if (st?.isFile()) now.set(`${st.dev}:${st.ino}`, p);
+    if (st?.isFile() && !bornAfter(st)) now.set(`${st.dev}:${st.ino}`, p);
+    else if (st?.isDirectory() && !bornAfter(st)) nowDirs.set(`${st.dev}:${st.ino}`, p);
+  }
+  // 0. directories of the checkpoint, parents first: renamed back (found by inode) or made again
+  for (const e of dirs) {
+    const cur = lstat(e.path);
+    if (cur?.isDirectory()) continue;
+    if (cur) {
+      unlinkSync(e.path); // a file (or symlink) of the set where the directory was
+      r.removed.push(e.path);
+    }
+    const at = nowDirs.get(`${e.dev}:${e.ino}`);
+    if (at && at !== e.path && !dirPaths.has(at) && lstat(at)?.isDirectory()) {
+      mkdirSync(dirname(e.path), { recursive: true });
+      renameSync(at, e.path);
+      r.renamedBack.push(`${at} -> ${e.path}`);
+      // what the app made in it since is now under this path: to be judged like the rest
+      for (const p of walkDir(e.path, [], 100_000, true)) if (keep(p) && !candidates.includes(p)) candidates.push(p);
+    } else {
+      mkdirSync(e.path, { recursive: true, mode: e.mode & 0o7777 });
+      r.dirsMade.push(e.path);
+    }
   }
   // 1. files to write, by base: open (renamed back or created) and truncated
   const open = new Map<number, { e: FileEntry; fd: number }>();
   const skip = new Set<string>();
+  // paths already given their checkpoint file: never renamed away again
+  const settled = new Set<string>();
   try {
     for (const e of present) {
       let st = lstat(e.path);
+      settled.add(e.path);
       if (st?.isFile() && sameState(st, e)) {
         r.unchanged++;
         skip.add(e.path);
         continue;
       }
       if (!st || !st.isFile() || Number(st.dev) !== e.dev || Number(st.ino) !== e.ino) {
-        const at = now.get(`${e.dev}:${e.ino}`);
-        if (at && at !== e.path && !present.some((o) => o.path === at && o.dev === e.dev && o.ino === e.ino)) {
+        const key = `${e.dev}:${e.ino}`;
+        const at = now.get(key);
+        if (at && at !== e.path && !settled.has(at) && !present.some((o) => o.path === at && o.dev === e.dev && o.ino === e.ino)) {
+          now.delete(key);
           renameSync(at, e.path);
           r.renamedBack.push(`${at} -> ${e.path}`);
           st = lstat(e.path);
@@ -78,6 +146,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
       } else {
         // written beside it, then renamed over the path: a crash leaves the old file or the new one
         const tmp = `${e.path}.tg-restore-${process.pid}`;
+        mkdirSync(dirname(e.path), { recursive: true }); // (a directory outside the set's directories)
         fd = openSync(tmp, "w+", e.mode & 0o7777);
         open.set(e.base || -open.size - 1, { e: { ...e, path: tmp, present: true }, fd });
         r.recreated.push(e.path);
@@ -108,14 +177,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
     for (const { e, fd } of open.values()) {
       fdatasyncSync(fd);
       closeSync(fd);
-      chmodSync(e.path, e.mode & 0o7777);
-      try {
-        chownSync(e.path, e.uid, e.gid);
-      } catch {
-        /* not root: the owner stays */
-      }
-      const s = (ns: bigint): number => Number(ns) / 1e9;
-      utimesSync(e.path, s(e.atimeNs), s(e.mtimeNs));
+      setMeta(e);
     }
     for (const { e } of open.values()) {
       if (!e.path.includes(".tg-restore-")) continue;
@@ -131,18 +193,58 @@ export async function rollbackFiles(manifest: FilesManifest, image: Readable, to
       }
     }
   }
-  // 4. paths that did not exist at the cut, and files first touched after it
+  // 4. second names of hard links: a link to the first name again (made beside it, renamed over it)
+  for (const e of links) {
+    const to = lstat(e.link!);
+    const st = lstat(e.path);
+    if (!to || (st && st.dev === to.dev && st.ino === to.ino)) continue;
+    const tmp = `${e.path}.tg-restore-${process.pid}`;
+    mkdirSync(dirname(e.path), { recursive: true });
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* none */
+    }
+    linkSync(e.link!, tmp);
+    renameSync(tmp, e.path);
+    r.relinked.push(`${e.path} -> ${e.link!}`);
+  }
+  // 5. paths that did not exist at the cut, and files first touched after it
+  const linkPaths = new Set(links.map((e) => e.path));
+  // the inodes of the set's files now: another name of one is a link the app made after the cut
+  const setInodes = new Set<string>();
+  for (const e of present) {
+    const st = lstat(e.path);
+    if (st) setInodes.add(`${st.dev}:${st.ino}`);
+  }
   for (const p of candidates) {
-    if (skip.has(p) || present.some((e) => e.path === p)) continue;
+    if (skip.has(p) || linkPaths.has(p) || present.some((e) => e.path === p)) continue;
     const st = lstat(p);
     if (!st?.isFile()) continue;
-    if (inSet.has(p) || (st.birthtimeNs > 0n && st.birthtimeNs > cutNs)) {
+    if (inSet.has(p) || (st.birthtimeNs > 0n && st.birthtimeNs > cutNs) || (st.nlink > 1n && setInodes.has(`${st.dev}:${st.ino}`))) {
       unlinkSync(p);
       r.removed.push(p);
     } else {
       r.leftAsIs.push(p);
     }
   }
+  // 6. directories that did not exist at the cut (or were made after it), deepest first: removed when
+  // empty now (what is left in one is not the app's: it stays, and so does the directory)
+  const extraDirs = candidates.filter((p) => !dirPaths.has(p)).sort((a, b) => b.length - a.length);
+  for (const p of extraDirs) {
+    const st = lstat(p);
+    if (!st?.isDirectory()) continue;
+    if (!inSet.has(p) && !(st.birthtimeNs > 0n && st.birthtimeNs > cutNs)) continue;
+    try {
+      rmdirSync(p);
+      r.dirsRemoved.push(p);
+    } catch {
+      r.leftAsIs.push(p);
+    }
+  }
+  // 7. the directories' mode, owner and times, deepest first (after everything made or removed in them)
+  for (const e of [...dirs].reverse()) setMeta(e);
+  r.kept = [...keptSeen].sort();
   r.ns = Number(process.hrtime.bigint() - t0);
   return r;
 }

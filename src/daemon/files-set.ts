@@ -6,6 +6,7 @@
 // tardigrade's home, and /dev, /proc, /sys.
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { isStagingName } from "./files-deleted.js";
 
 /** The app's choice at `run` (kept in its record). */
 export interface FilesConfig {
@@ -106,8 +107,8 @@ export function writtenByProcesses(hostPids: number[]): string[] {
   return [...out];
 }
 
-/** Every regular file under dir (symlinks are not followed). */
-export function walkDir(dir: string, out: string[] = [], limit = 1_000_000): string[] {
+/** Every regular file under dir (symlinks are not followed); with `dirs`, every directory under it too. */
+export function walkDir(dir: string, out: string[] = [], limit = 1_000_000, dirs = false): string[] {
   let names: string[] = [];
   try {
     names = readdirSync(dir);
@@ -119,8 +120,10 @@ export function walkDir(dir: string, out: string[] = [], limit = 1_000_000): str
     const p = join(dir, n);
     try {
       const st = lstatSync(p);
-      if (st.isDirectory()) walkDir(p, out, limit);
-      else if (st.isFile()) out.push(p);
+      if (st.isDirectory()) {
+        if (dirs) out.push(p);
+        walkDir(p, out, limit, dirs);
+      } else if (st.isFile()) out.push(p);
     } catch {
       /* gone */
     }
@@ -128,9 +131,30 @@ export function walkDir(dir: string, out: string[] = [], limit = 1_000_000): str
   return out;
 }
 
-/** The app's file set at a cut, sorted. */
-export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean): string[] {
-  const all = new Set<string>([...readJournal(appDir), ...writtenByProcesses(hostPids), ...previous]);
-  for (const d of cfg.dirs) for (const p of walkDir(d)) all.add(p);
+/** Directories among these paths (the app made, removed or renamed them: the journal says so), and everything under them. */
+function underDirs(paths: Iterable<string>, keep: (p: string) => boolean): string[] {
+  const out: string[] = [];
+  for (const p of paths) {
+    if (!keep(p)) continue;
+    try {
+      if (lstatSync(p).isDirectory()) walkDir(p, out, 100_000, true);
+    } catch {
+      /* absent */
+    }
+  }
+  return out;
+}
+
+/**
+ * The app's file set at a cut, sorted. Regular files and the directories the app made, removed or renamed (or under
+ * `--files DIR`), and what is under them. `deleted`: the staging names of the deleted files held open
+ * now (files-deleted.ts); those of the parent's set that are not are left out (they were restored).
+ */
+export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean, deleted: ReadonlyMap<string, string> = new Map()): string[] {
+  const journal = readJournal(appDir);
+  const all = new Set<string>([...journal, ...writtenByProcesses(hostPids), ...previous.filter((p) => !isStagingName(p)), ...deleted.keys()]);
+  for (const d of cfg.dirs) for (const p of walkDir(d, [], 1_000_000, true)) all.add(p);
+  // a directory the app made or renamed: what is in it is the app's too
+  for (const p of underDirs(journal, keep)) all.add(p);
   return [...all].filter(keep).sort();
 }

@@ -98,6 +98,7 @@ export const FD_KIND: Record<number, string> = {
   13: "inet-socket",
   14: "unix-external",
   15: "signalfd",
+  20: "deleted-file",
   25: "timerfd",
 };
 

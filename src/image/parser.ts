@@ -449,7 +449,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 25 ? timerfdState(extra) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 20 ? deletedFile(extra) : kind === 25 ? timerfdState(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -533,7 +533,6 @@ class ImageReader {
   }
 }
 
-/** Parses and verifies an image; throws ImageError naming file, offset and defect. */
 const CLOCK_NAME: Record<number, string> = { 0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME", 8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM" };
 
 /** A timerfd (FD kind 25, extra: struct tg_timerfd): "timerfd on CLOCK_MONOTONIC, next in 0.1 s, every 0.1 s, 3 expirations unread". */
@@ -552,6 +551,13 @@ function timerfdState(e: Buffer): string {
   return parts.join(", ");
 }
 
+/** A deleted-but-open file (FD kind 20, extra: staging path, NUL, the path it had): "PATH (deleted; contents at STAGING)". */
+function deletedFile(extra: Buffer): string {
+  const nul = extra.indexOf(0);
+  if (nul < 0) return extra.toString("utf8");
+  return `${extra.subarray(nul + 1).toString("utf8")} (deleted; contents at ${extra.subarray(0, nul).toString("utf8")})`;
+}
+
 /** A signalfd's set (FD kind 15, aux bit n-1: signal n): "signalfd for signals 10, 15". */
 function signalfdSet(mask: bigint): string {
   const sigs: number[] = [];
@@ -559,6 +565,7 @@ function signalfdSet(mask: bigint): string {
   return `signalfd for signal${sigs.length === 1 ? "" : "s"} ${sigs.join(", ") || "(none)"}`;
 }
 
+/** Parses and verifies an image; throws ImageError naming file, offset and defect. */
 export async function parseImage(file: string, opts: ParseOptions = {}): Promise<ParsedImage> {
   let fh: FileHandle;
   try {
