@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <linux/sched.h>
+#include <linux/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "../common/sys.h"
 
@@ -28,6 +30,7 @@
 #define STEP_TIMER 11
 #define STEP_ITIMER 12
 #define STEP_NAME 13
+#define STEP_TRACK 17
 
 #define PROT_R 1
 #define PROT_W 2
@@ -42,6 +45,11 @@
 #define MS_ASYNC_ 1
 #define MADV_POPULATE_WRITE_ 23
 #define PR_SET_NAME_ 15
+#define O_CLOEXEC_ 02000000
+#define O_NONBLOCK_ 04000
+#define UFFD_FEATURE_WP_UNPOPULATED_ (1 << 13)
+#define UFFD_FEATURE_WP_ASYNC_ (1 << 15)
+#define MAP_SHARED_ 0x01
 #define PR_TIMER_CREATE_RESTORE_IDS_ 77 /* Linux 6.15: timer_create takes the wanted id in *created_timer_id */
 
 BLOB static uint32_t crc32c(uint32_t crc, const void *buf, uint64_t len) {
@@ -176,6 +184,52 @@ BLOB static void restore_timers(struct blob_plan *p) {
   }
 }
 
+/* Dirty-page tracking on the restored memory (docs/engine.md, "Checkpoints after a restore"): every
+ * private mapping the application can write is registered with a fresh userfaultfd in write-protect
+ * async mode and protected, now that its pages are in and before anything else writes to it (the
+ * threads do not exist yet). The agent adopts the uffd (track.c): the image restored is its base.
+ * Anything that fails leaves the mapping unregistered, which the agent's scan reports (EPERM) and
+ * captures whole; a mapping registered but not protected would be a silently wrong incremental,
+ * so that ends the restore. */
+BLOB static void arm_tracking(struct blob_plan *p, struct tg_restart_info *ri) {
+  ri->track_uffd = -1;
+  ri->track_regions = 0;
+  long fd = tg_sys1(SYS_userfaultfd, O_CLOEXEC_ | O_NONBLOCK_);
+  if (fd < 0) return; /* no userfaultfd here: the next checkpoint is full */
+  struct uffdio_api api;
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_ASYNC_ | UFFD_FEATURE_WP_UNPOPULATED_;
+  api.ioctls = 0;
+  if (tg_sys3(SYS_ioctl, fd, UFFDIO_API, &api) < 0) { tg_sys1(SYS_close, fd); return; }
+  uint32_t n = 0;
+  for (uint64_t i = 0; i < p->nvmas; i++) {
+    struct blob_vma *v = &p->vmas[i];
+    if ((v->mflags & MAP_SHARED_) || v->prot == 0) continue; /* as the agent's trackable() */
+    struct uffdio_register reg;
+    reg.range.start = v->start;
+    reg.range.len = v->end - v->start;
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    reg.ioctls = 0;
+    if (tg_sys3(SYS_ioctl, fd, UFFDIO_REGISTER, &reg) < 0) continue;
+    struct uffdio_writeprotect wp;
+    wp.range.start = v->start;
+    wp.range.len = v->end - v->start;
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    long r = tg_sys3(SYS_ioctl, fd, UFFDIO_WRITEPROTECT, &wp);
+    if (r < 0) {
+      struct uffdio_range un;
+      un.start = v->start;
+      un.len = v->end - v->start;
+      long u = tg_sys3(SYS_ioctl, fd, UFFDIO_UNREGISTER, &un);
+      if (u < 0) fail(p, STEP_TRACK, u, v->start);
+      continue;
+    }
+    n++;
+  }
+  ri->track_regions = n;
+  ri->track_uffd = (int32_t)fd;
+}
+
 BLOB void tg_blob_main(struct blob_plan *p) {
   long r;
   for (uint64_t i = 0; i < p->nunmap; i++) {
@@ -253,6 +307,7 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
   }
+  if (p->track) arm_tracking(p, (struct tg_restart_info *)p->restart_info_addr);
   p->mm.auxv = (uint64_t)p->auxv;
   r = tg_sys5(SYS_prctl, PR_SET_MM_, PR_SET_MM_MAP_, &p->mm, sizeof p->mm, 0);
   if (r < 0 && (int32_t)p->mm.exe_fd >= 0) {
@@ -303,7 +358,16 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     while ((g = tg_sys3(SYS_read, p->go_fd, (char *)c, 1)) == -4 /* EINTR */) {}
     if (g != 1) tg_sys1(SYS_exit_group, 107); /* the init gave up on the restore */
   }
-  tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+  {
+    /* the restorer's fds go; the tracking uffd stays (the agent adopts it) */
+    int32_t keep = p->track ? ((struct tg_restart_info *)p->restart_info_addr)->track_uffd : -1;
+    if (keep >= p->fd_floor) {
+      if (keep > p->fd_floor) tg_sys3(SYS_close_range, p->fd_floor, (uint64_t)keep - 1, 0);
+      tg_sys3(SYS_close_range, (uint64_t)keep + 1, ~0U, 0);
+    } else {
+      tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+    }
+  }
   /* closing those may have dropped POSIX locks stage 1 took back (a process's POSIX locks on a
    * file go with its first close of any fd of it): taken again, as the same owner, before the
    * application runs. Stage 1 found them free a moment ago; should another process have taken

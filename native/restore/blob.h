@@ -52,6 +52,8 @@ struct blob_plan {
   uint64_t nlocks;           /* POSIX locks, taken again after the restorer's fds are closed */
   struct tg_lock *locks;
   uint64_t direct, direct_fn; /* pages read straight from pack files (pages-direct.h): plan, reader; 0: none */
+  uint32_t track;            /* TG_PROC_TRACK_UFFD: arm write-protect tracking on the restored memory */
+  uint32_t pad2_;
 };
 
 /* entry point, in section tgblob */

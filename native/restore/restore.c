@@ -312,6 +312,7 @@ static void __attribute__((noreturn)) stage1(void) {
   snprintf(p->sock_path, sizeof p->sock_path, "%s", own_sock);
   snprintf(p->sock_base, sizeof p->sock_base, "%s", sock_base);
   p->go_fd = go_rd;
+  p->track = img.proc.flags & TG_PROC_TRACK_UFFD;
   int has_main = 0;
   for (size_t i = 0; i < p->nthreads; i++) has_main |= p->threads[i].is_main;
   if (!has_main) report_fail("the image has no thread with TID %u (the main thread); cannot restore", img.proc.pid);

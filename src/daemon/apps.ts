@@ -33,6 +33,7 @@ import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
 import { checkpointFailure } from "./checkpoint-failure.js";
 import { saveFacts } from "./restore-undo.js";
+import { restoredBases } from "./restored-base.js";
 import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
@@ -996,6 +997,9 @@ export class AppManager {
       await releaseAll();
       record.initStart = l.initStart;
       record.restoreNs = l.elapsedNs;
+      // the restored agents track written pages from the restored images on (blob.c, track.c):
+      // the next checkpoint is incremental on this one
+      Object.assign(record, await restoredBases(dir.sock, l.ping, m.id, others));
       await dir.writeRecord(record);
       this.schedule(name, record.everyMs);
       const wallNs = Number(process.hrtime.bigint() - t0);
