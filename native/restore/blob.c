@@ -15,6 +15,7 @@
 #include <linux/userfaultfd.h>
 
 #include "../common/sys.h"
+#include "pages-direct.h"
 
 #define BLOB __attribute__((section("tgblob"), noinline))
 #define STEP_MUNMAP 1
@@ -31,6 +32,7 @@
 #define STEP_ITIMER 12
 #define STEP_NAME 13
 #define STEP_TRACK 17
+#define STEP_LAZY 18
 
 #define PROT_R 1
 #define PROT_W 2
@@ -230,6 +232,53 @@ BLOB static void arm_tracking(struct blob_plan *p, struct tg_restart_info *ri) {
   ri->track_uffd = (int32_t)fd;
 }
 
+/* restore --lazy: the uffd (SCM_RIGHTS) and the registered ranges to the page server (lazy.c). */
+BLOB static void send_uffd(struct blob_plan *p) {
+  uint64_t *buf = (uint64_t *)((struct tg_dp_blob *)p->direct)->scratch;
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < p->nvmas && 2 * n + 3 < (256 * 4096) / 8; i++)
+    if (p->vmas[i].opened & 2) {
+      buf[1 + 2 * n] = p->vmas[i].start;
+      buf[2 + 2 * n] = p->vmas[i].end;
+      n++;
+    }
+  buf[0] = n;
+  struct { uint64_t len; int32_t level, type; int32_t fd, pad; } cm;
+  cm.len = 20; /* CMSG_LEN(sizeof(int)) */
+  cm.level = 1; /* SOL_SOCKET */
+  cm.type = 1;  /* SCM_RIGHTS */
+  cm.fd = p->lazy_uffd;
+  cm.pad = 0;
+  struct { uint64_t base, len; } iov;
+  iov.base = (uint64_t)buf;
+  iov.len = 8;
+  struct { uint64_t name; uint32_t namelen, pad0; uint64_t iov, iovlen, control, controllen; uint32_t flags, pad1; } mh;
+  mh.name = 0;
+  mh.namelen = 0;
+  mh.pad0 = 0;
+  mh.iov = (uint64_t)&iov;
+  mh.iovlen = 1;
+  mh.control = (uint64_t)&cm;
+  mh.controllen = 24; /* CMSG_SPACE(sizeof(int)) */
+  mh.flags = 0;
+  mh.pad1 = 0;
+  long r;
+  while ((r = tg_sys3(SYS_sendmsg, p->lazy_sock, &mh, 0)) == -4) {}
+  if (r != 8) fail(p, STEP_LAZY, r, 0);
+  const char *rest = (const char *)(buf + 1);
+  uint64_t left = n * 16;
+  while (left) {
+    r = tg_sys3(SYS_write, p->lazy_sock, rest, left);
+    if (r == -4) continue;
+    if (r <= 0) fail(p, STEP_LAZY, r, left);
+    rest += r;
+    left -= (uint64_t)r;
+  }
+  tg_sys1(SYS_close, p->lazy_sock);
+  tg_sys1(SYS_close, p->lazy_uffd);
+  p->lazy_sock = p->lazy_uffd = -1;
+}
+
 BLOB void tg_blob_main(struct blob_plan *p) {
   long r;
   for (uint64_t i = 0; i < p->nunmap; i++) {
@@ -287,6 +336,29 @@ BLOB void tg_blob_main(struct blob_plan *p) {
       if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
       v->opened = 1;
     }
+    if (p->lazy_uffd >= 0 && (v->opened & 2)) {
+      /* restore --lazy: this mapping is registered for missing pages: placed with UFFDIO_COPY */
+      unsigned char *sc = ((struct tg_dp_blob *)p->direct)->scratch;
+      if (read_full(p->img_fd, sc, len) != 0) fail(p, STEP_READ, 0, off);
+      uint32_t c = crc32c(0, ph, sizeof ph);
+      c = crc32c(c, sc, len);
+      if (c != h.payload_crc) fail(p, STEP_CRC, 0, off);
+      for (uint64_t done = 0; done < len;) {
+        struct uffdio_copy uc;
+        uc.dst = ph[0] + done;
+        uc.src = (uint64_t)sc + done;
+        uc.len = len - done;
+        uc.mode = 0;
+        uc.copy = 0;
+        r = tg_sys3(SYS_ioctl, p->lazy_uffd, UFFDIO_COPY, &uc);
+        if (uc.copy > 0) done += (uint64_t)uc.copy;
+        else if (r < 0 && r != -11) fail(p, STEP_READ, r, ph[0] + done);
+        else if (r == 0) fail(p, STEP_READ, 5, ph[0] + done);
+      }
+      off += sizeof h + sizeof ph + len;
+      nrec++;
+      continue;
+    }
     /* fault the record's pages in with one call (MADV_POPULATE_WRITE, Linux 5.14+) rather than one
      * fault per page inside read(): ~15-30% faster here. EINVAL: an older kernel, read faults them. */
     if (populate) {
@@ -306,6 +378,11 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     if (!v->opened) continue;
     r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
+  }
+  if (p->lazy_uffd >= 0) {
+    /* restore --lazy: from here on the page server answers the faults (the blob's own too) */
+    send_uffd(p);
+    p->track = 0; /* (a lazy restore's first checkpoint is full: docs/engine.md) */
   }
   if (p->track) arm_tracking(p, (struct tg_restart_info *)p->restart_info_addr);
   p->mm.auxv = (uint64_t)p->auxv;

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { ExternalUnixPolicy, TrackingMode } from "./agent.js";
 import { isAlive } from "./procs.js";
+import { lazyProgress, type LazyProgress } from "./lazy-restore.js";
 
 export interface AppRecord {
   name: string;
@@ -72,6 +73,8 @@ export interface AppState {
   launcherPid: number;
   exit: ExitStatus | null;
   log: string;
+  /** A lazy restore's page loading (restore --lazy). */
+  lazy?: LazyProgress;
 }
 
 export class AppDir {
@@ -154,8 +157,17 @@ export class AppDir {
       launcherPid: r.launcherPid,
       exit: state === "exited" ? (exit ?? {}) : null,
       log: this.logFile,
+      ...lazyOf(this.dir, r.mode, state === "exited"),
     };
   }
+}
+
+function lazyOf(dir: string, mode: AppState["mode"], exited: boolean): { lazy?: LazyProgress } {
+  const p = mode === "restore" ? lazyProgress(dir) : null;
+  // the page server (in tardigrade-restore) ended with the app's memory half in: the app went with it
+  if (p && exited && p.state === "loading")
+    return { lazy: { ...p, state: "failed", error: "the page server (tardigrade-restore) ended before the memory was all in; the app was killed with it rather than left to read zeros" } };
+  return p ? { lazy: p } : {};
 }
 
 export function listAppNames(home: string): string[] {

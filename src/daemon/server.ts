@@ -78,6 +78,7 @@ export function createApiServer(
             checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined,
             replace: b.replace === true,
             allowFileChanges: b.allowFileChanges === true,
+            lazy: b.lazy === true,
             ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) } } : {}),
           },
           progress,
