@@ -139,4 +139,24 @@ describe("restore --lazy", { timeout: 1_800_000 }, () => {
     assert.equal(lazy?.state, "failed", JSON.stringify(st));
     assert.match(lazy?.error ?? "", /page server/);
   });
+
+  test("stopped mid-load: status says the app ended before its memory was in, not a failure", async (t) => {
+    const h = setup(t, { TARDIGRADE_TEST_LAZY_BLOCK_MS: "20" });
+    await runApp(h, "stp", [fixture("dirtier"), "256", "1"]);
+    await waitLines(h, "stp", (ls) => ls.some((l) => l.startsWith("ready")), "ready", 300_000);
+    const cp = await h.cli(["checkpoint", "stp", "--json"]);
+    assert.equal(cp.code, 0, cp.stderr);
+    await killApp(h, "stp");
+    const r = await h.cli(["restore", "stp", "--lazy", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const ls = await h.cli(["status"]); // (every app; `ls` lists checkpoints)
+    assert.match(ls.stdout, /loading memory lazily: \d+% of \d+ pages/);
+    const stop = await h.cli(["stop", "stp"]);
+    assert.equal(stop.code, 0, stop.stderr);
+    const lazy = await waitFor("the server to see the app gone", async () => {
+      const l = await lazyState(h, "stp");
+      return l && l.state !== "loading" ? l : null;
+    }, 300_000);
+    assert.equal(lazy.state, "stopped", JSON.stringify(lazy));
+  });
 });

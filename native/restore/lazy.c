@@ -24,6 +24,8 @@
 int tg_lazy_child_fd = -1;
 static int server_fd = -1;
 static const char *progress_path;
+static pthread_t server_thread;
+static int server_started;
 static int slow_ms; /* TARDIGRADE_TEST_LAZY_BLOCK_MS (tests): the background load waits that long before each block */
 
 struct range { uint64_t start, end; };
@@ -362,9 +364,16 @@ int tg_lazy_start(const char *path, char *err, size_t errlen) {
   for (uint64_t i = 0; i < s.nblocks; i++)
     for (uint32_t k = 0; k < s.blocks[i].npieces; k++) s.refs[n++] = (struct ref){s.pieces[s.blocks[i].first_piece + k].addr, (uint32_t)i, s.blocks[i].first_piece + k};
   qsort(s.refs, s.nrefs, sizeof *s.refs, cmp_ref);
-  pthread_t t;
-  int r = pthread_create(&t, NULL, server_main, NULL);
+  int r = pthread_create(&server_thread, NULL, server_main, NULL);
   if (r != 0) { snprintf(err, errlen, "pthread_create: %s", strerror(r)); return -1; }
-  pthread_detach(t);
+  server_started = 1;
   return 0;
+}
+
+void tg_lazy_finish(void) {
+  if (!server_started) return;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  pthread_timedjoin_np(server_thread, NULL, &until); /* (timed out: the server's last word stays) */
 }

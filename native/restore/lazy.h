@@ -24,6 +24,9 @@ int tg_lazy_start(const char *progress_path, char *err, size_t errlen);
  * namespace) is killed if the outer process, hence the server, dies. Without the server, the
  * kernel would fill the missing pages with zeros. 0, or -1 (errno). No-op without --lazy. */
 int tg_lazy_in_init(void);
+/* In the outer process once the init has ended: gives the server (at most 5 s) to notice that the
+ * application is gone and say so in the progress file, before the process exits. */
+void tg_lazy_finish(void);
 /* The end of the socket pair the restored process keeps (-1 without --lazy). */
 extern int tg_lazy_child_fd;
 #endif

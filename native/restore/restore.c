@@ -655,5 +655,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  return tg_launch_main(&l, start_restore);
+  int rc = tg_launch_main(&l, start_restore);
+  tg_lazy_finish();
+  return rc;
 }

@@ -157,15 +157,16 @@ export class AppDir {
       launcherPid: r.launcherPid,
       exit: state === "exited" ? (exit ?? {}) : null,
       log: this.logFile,
-      ...lazyOf(this.dir, r.mode, state === "exited"),
+      ...lazyOf(this.dir, r.mode, state === "exited" && !isAlive(r.launcherPid, r.launcherStart)),
     };
   }
 }
 
-function lazyOf(dir: string, mode: AppState["mode"], exited: boolean): { lazy?: LazyProgress } {
+/** ended: the app and its restorer (whose thread is the page server) are gone. */
+function lazyOf(dir: string, mode: AppState["mode"], ended: boolean): { lazy?: LazyProgress } {
   const p = mode === "restore" ? lazyProgress(dir) : null;
-  // the page server (in tardigrade-restore) ended with the app's memory half in: the app went with it
-  if (p && exited && p.state === "loading")
+  // the page server ended with the app's memory half in, without a word (killed): the app went with it
+  if (p && ended && p.state === "loading")
     return { lazy: { ...p, state: "failed", error: "the page server (tardigrade-restore) ended before the memory was all in; the app was killed with it rather than left to read zeros" } };
   return p ? { lazy: p } : {};
 }
