@@ -106,10 +106,12 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   keepFileChanges?: string[];
   /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
   from?: { url: string; token: string; ca?: string };
+  /** Lazy restore: the app runs before its memory is all in (docs/engine.md, "Lazy restore"). */
+  lazy?: boolean;
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from }, o.onProgress);
+  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from, lazy: o.lazy === true }, o.onProgress);
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

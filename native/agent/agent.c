@@ -683,6 +683,27 @@ static int listen_on(const char *path) {
   return fd;
 }
 
+/* The restorer armed dirty-page tracking on the restored memory before any thread ran (blob.c):
+ * the tracker takes its uffd, with the restored image as its base (track.c). */
+static void adopt_tracking(void) {
+  int uffd = tg_restart.track_uffd;
+  if (uffd < 0) return;
+  long stk = tg_sys6l(SYS_mmap, 0, TG_CHILD_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if ((unsigned long)stk > -4096UL) {
+    tg_restart.track_uffd = -1;
+    close(uffd); /* the next checkpoint is full */
+    return;
+  }
+  tg.child_stack = (uint64_t)stk; /* (the tracker leaves this region out) */
+  long n = tg_read_file("/proc/self/maps", (char *)stk, MAPS_BUF);
+  if (n <= 0 || tg_track_adopt(uffd, tg.seq, (char *)stk, n) != 0) {
+    if (n <= 0) close(uffd);
+  }
+  tg_restart.track_uffd = -1;
+  tg_sys2(SYS_munmap, stk, TG_CHILD_REGION);
+  tg.child_stack = 0;
+}
+
 /* The manager resumes here (inside do_checkpoint) in a restored process. */
 static int after_restore(void) {
   tg.seen_restored = tg_restart.restored;
@@ -691,7 +712,9 @@ static int after_restore(void) {
   tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
   tg.child = 0;
   tg.pid = getpid();
+  tg.child_stack = 0; /* the snapshot's region of the checkpoint is gone */
   tg_track_reset();
+  adopt_tracking();
   for (int i = 0; i < 5000 && __atomic_load_n(&tg_restart.pending, __ATOMIC_SEQ_CST) > 0; i++) {
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
@@ -722,8 +745,8 @@ static void serve_one(void) {
   }
   line[n] = 0;
   if (strcmp(line, "PING") == 0) {
-    reply("{\"ok\":true,\"pid\":%d,\"hostpid\":%d,\"threads\":%d,\"restored\":%d,\"seq\":%llu}", getpid(), host_pid(),
-          count_threads(), tg_restart.restored, (unsigned long long)tg.seq);
+    reply("{\"ok\":true,\"pid\":%d,\"hostpid\":%d,\"threads\":%d,\"restored\":%d,\"seq\":%llu,\"base\":%llu}", getpid(), host_pid(),
+          count_threads(), tg_restart.restored, (unsigned long long)tg.seq, (unsigned long long)tg_trk.base_seq);
   } else if (strncmp(line, "CHECKPOINT ", 11) == 0) {
     do_checkpoint(line + 11);
   } else {

@@ -468,6 +468,7 @@ static int put_proc(struct writer *w, const char *maps, size_t mapslen) {
   if (!pr.vvar_addr) pr.vvar_addr = pr.vdso_addr;
   pr.restart_info_addr = (uint64_t)&tg_restart;
   pr.trampoline_addr = (uint64_t)&tg_resume_trampoline;
+  pr.flags = tg_trk.mode == TG_TRACK_UFFD ? TG_PROC_TRACK_UFFD : 0; /* the restorer arms tracking again (track.c) */
   uint64_t f[53];
   stat_fields(f);
   pr.mm[MM_START_CODE] = f[26];

@@ -60,7 +60,10 @@ TG_HIDDEN int tg_track_owns(uint64_t s, uint64_t e) {
   return 0;
 }
 
-TG_HIDDEN int tg_track_is_hidden_fd(int fd) { return fd >= 0 && (fd == tg_trk.uffd || fd == tg_trk.pagemap); }
+TG_HIDDEN int tg_track_is_hidden_fd(int fd) {
+  /* (track_uffd: armed by the restorer, until the manager adopts it) */
+  return fd >= 0 && (fd == tg_trk.uffd || fd == tg_trk.pagemap || fd == tg_restart.track_uffd);
+}
 
 static int uffd_open(void) {
   long fd = tg_sys1(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -235,6 +238,7 @@ TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq
   tg_trk.ndirty = tg_trk.nfresh = 0;
   tg_trk.pages_scanned = tg_trk.pages_written = 0;
   tg_trk.reason[0] = 0;
+  tg_restart.track_uffd = -1; /* in the image: no uffd until a restorer arms one */
   if (tg_trk.mode == TG_TRACK_NONE) {
     tg_trk.mode = tg_trk.requested;
     if (tg_trk.mode == TG_TRACK_UFFD && uffd_open() != 0) tg_trk.mode = TG_TRACK_HASH; /* reason kept */
@@ -303,4 +307,34 @@ TG_HIDDEN void tg_track_reset(void) {
   tg_trk.ntracked = tg_trk.ndirty = tg_trk.nfresh = 0;
   tg_trk.base_seq = 0;
   tg_trk.mode = TG_TRACK_NONE;
+}
+
+TG_HIDDEN int tg_track_adopt(int uffd, uint64_t seq, const char *maps, long maps_len) {
+  long pm = tg_sys3(SYS_open, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+  if (pm < 0 || arrays() != 0) {
+    if (pm >= 0) tg_sys1(SYS_close, pm);
+    tg_sys1(SYS_close, uffd);
+    return -1;
+  }
+  tg_trk.uffd = uffd;
+  tg_trk.pagemap = (int)pm;
+  tg_trk.mode = TG_TRACK_UFFD;
+  /* The tracked list: every trackable mapping now. The restorer registered those of the image; one
+   * the application made since (its threads run already) is not registered, and the next scan of it
+   * fails with EPERM, which makes it fresh (captured whole), as for any mapping made between two
+   * checkpoints. */
+  uint64_t nt = 0;
+  for (const char *l = maps; l < maps + maps_len;) {
+    const char *e = tg_next_line(l, maps + maps_len);
+    struct tg_vma v;
+    if (tg_parse_maps_line(l, e, &v) == 0 && has_content(&v) && trackable(&v) && !is_agent_range(v.start, v.end) &&
+        nt < tg_trk.tracked_cap) {
+      if (nt && tg_trk.tracked[nt - 1].end == v.start) tg_trk.tracked[nt - 1].end = v.end;
+      else tg_trk.tracked[nt++] = (struct tg_region){v.start, v.end, 0};
+    }
+    l = e + 1;
+  }
+  tg_trk.ntracked = nt;
+  tg_trk.base_seq = seq;
+  return 0;
 }

@@ -52,6 +52,9 @@ __attribute__((visibility("hidden"))) int tg_track_before_snapshot(int want_incr
 __attribute__((visibility("hidden"))) void tg_track_after_snapshot(int ok, uint64_t seq);
 /* After a restore: every fd and mapping of the tracker is gone; the next checkpoint is full. */
 __attribute__((visibility("hidden"))) void tg_track_reset(void);
+/* After a restore whose restorer armed `uffd` on the restored memory (image seq `seq`): the tracker
+ * takes it, and the next checkpoint may be incremental on that image. 0, or -1 (uffd closed: full). */
+__attribute__((visibility("hidden"))) int tg_track_adopt(int uffd, uint64_t seq, const char *maps, long maps_len);
 /* In a forked child: the tracker's fds and shared tables are the parent's; drop them (the child's
  * mappings lost their registration in the fork): the child's first checkpoint is full. */
 __attribute__((visibility("hidden"))) void tg_track_after_fork(void);

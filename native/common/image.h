@@ -70,11 +70,16 @@ struct tg_rec_proc {
   uint64_t vvar_addr, vdso_addr, restart_info_addr, trampoline_addr;
   uint64_t mm[MM_NFIELDS];
   uint64_t shared_sigpending;
-  uint32_t auxv_len, reserved;
+  uint32_t auxv_len, flags;      /* flags: TG_PROC_* */
   uint8_t auxv[512];
   uint64_t monotonic_ns;
 };
 _Static_assert(sizeof(struct tg_rec_proc) == 680, "proc");
+
+/* TG_PROC_TRACK_UFFD: the agent tracked written pages with userfaultfd and its tg_restart_info has
+ * track_uffd: the restorer arms tracking on the restored memory before any thread runs and hands
+ * the uffd over there, so the first checkpoint after the restore is incremental on it. */
+enum { TG_PROC_TRACK_UFFD = 1 };
 
 /* ATTRS (40): what prctl, personality and sched_getaffinity say of the process (its main thread) */
 struct tg_rec_attrs {
@@ -272,6 +277,9 @@ struct tg_restart_info {
   uint64_t blob_addr, blob_len;  /* restorer mapping the manager unmaps */
   char sock_path[108];           /* where the agent listens after restore */
   char sock_base[108];           /* the app's agent socket: a process forked later listens at sock_base.PID */
+  /* (only with TG_PROC_TRACK_UFFD in the image) */
+  volatile int32_t track_uffd;   /* userfaultfd the restorer armed on the restored memory (write-protect, async), or -1 */
+  uint32_t track_regions;        /* mappings it registered */
 };
 
 #endif

@@ -11,8 +11,11 @@
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <linux/sched.h>
+#include <linux/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "../common/sys.h"
+#include "pages-direct.h"
 
 #define BLOB __attribute__((section("tgblob"), noinline))
 #define STEP_MUNMAP 1
@@ -28,6 +31,8 @@
 #define STEP_TIMER 11
 #define STEP_ITIMER 12
 #define STEP_NAME 13
+#define STEP_TRACK 17
+#define STEP_LAZY 18
 
 #define PROT_R 1
 #define PROT_W 2
@@ -42,6 +47,11 @@
 #define MS_ASYNC_ 1
 #define MADV_POPULATE_WRITE_ 23
 #define PR_SET_NAME_ 15
+#define O_CLOEXEC_ 02000000
+#define O_NONBLOCK_ 04000
+#define UFFD_FEATURE_WP_UNPOPULATED_ (1 << 13)
+#define UFFD_FEATURE_WP_ASYNC_ (1 << 15)
+#define MAP_SHARED_ 0x01
 #define PR_TIMER_CREATE_RESTORE_IDS_ 77 /* Linux 6.15: timer_create takes the wanted id in *created_timer_id */
 
 BLOB static uint32_t crc32c(uint32_t crc, const void *buf, uint64_t len) {
@@ -176,6 +186,99 @@ BLOB static void restore_timers(struct blob_plan *p) {
   }
 }
 
+/* Dirty-page tracking on the restored memory (docs/engine.md, "Checkpoints after a restore"): every
+ * private mapping the application can write is registered with a fresh userfaultfd in write-protect
+ * async mode and protected, now that its pages are in and before anything else writes to it (the
+ * threads do not exist yet). The agent adopts the uffd (track.c): the image restored is its base.
+ * Anything that fails leaves the mapping unregistered, which the agent's scan reports (EPERM) and
+ * captures whole; a mapping registered but not protected would be a silently wrong incremental,
+ * so that ends the restore. */
+BLOB static void arm_tracking(struct blob_plan *p, struct tg_restart_info *ri) {
+  ri->track_uffd = -1;
+  ri->track_regions = 0;
+  long fd = tg_sys1(SYS_userfaultfd, O_CLOEXEC_ | O_NONBLOCK_);
+  if (fd < 0) return; /* no userfaultfd here: the next checkpoint is full */
+  struct uffdio_api api;
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_WP_ASYNC_ | UFFD_FEATURE_WP_UNPOPULATED_;
+  api.ioctls = 0;
+  if (tg_sys3(SYS_ioctl, fd, UFFDIO_API, &api) < 0) { tg_sys1(SYS_close, fd); return; }
+  uint32_t n = 0;
+  for (uint64_t i = 0; i < p->nvmas; i++) {
+    struct blob_vma *v = &p->vmas[i];
+    if ((v->mflags & MAP_SHARED_) || v->prot == 0) continue; /* as the agent's trackable() */
+    struct uffdio_register reg;
+    reg.range.start = v->start;
+    reg.range.len = v->end - v->start;
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    reg.ioctls = 0;
+    if (tg_sys3(SYS_ioctl, fd, UFFDIO_REGISTER, &reg) < 0) continue;
+    struct uffdio_writeprotect wp;
+    wp.range.start = v->start;
+    wp.range.len = v->end - v->start;
+    wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+    long r = tg_sys3(SYS_ioctl, fd, UFFDIO_WRITEPROTECT, &wp);
+    if (r < 0) {
+      struct uffdio_range un;
+      un.start = v->start;
+      un.len = v->end - v->start;
+      long u = tg_sys3(SYS_ioctl, fd, UFFDIO_UNREGISTER, &un);
+      if (u < 0) fail(p, STEP_TRACK, u, v->start);
+      continue;
+    }
+    n++;
+  }
+  ri->track_regions = n;
+  ri->track_uffd = (int32_t)fd;
+}
+
+/* restore --lazy: the uffd (SCM_RIGHTS) and the registered ranges to the page server (lazy.c). */
+BLOB static void send_uffd(struct blob_plan *p) {
+  uint64_t *buf = (uint64_t *)((struct tg_dp_blob *)p->direct)->scratch;
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < p->nvmas && 2 * n + 3 < (256 * 4096) / 8; i++)
+    if (p->vmas[i].opened & 2) {
+      buf[1 + 2 * n] = p->vmas[i].start;
+      buf[2 + 2 * n] = p->vmas[i].end;
+      n++;
+    }
+  buf[0] = n;
+  struct { uint64_t len; int32_t level, type; int32_t fd, pad; } cm;
+  cm.len = 20; /* CMSG_LEN(sizeof(int)) */
+  cm.level = 1; /* SOL_SOCKET */
+  cm.type = 1;  /* SCM_RIGHTS */
+  cm.fd = p->lazy_uffd;
+  cm.pad = 0;
+  struct { uint64_t base, len; } iov;
+  iov.base = (uint64_t)buf;
+  iov.len = 8;
+  struct { uint64_t name; uint32_t namelen, pad0; uint64_t iov, iovlen, control, controllen; uint32_t flags, pad1; } mh;
+  mh.name = 0;
+  mh.namelen = 0;
+  mh.pad0 = 0;
+  mh.iov = (uint64_t)&iov;
+  mh.iovlen = 1;
+  mh.control = (uint64_t)&cm;
+  mh.controllen = 24; /* CMSG_SPACE(sizeof(int)) */
+  mh.flags = 0;
+  mh.pad1 = 0;
+  long r;
+  while ((r = tg_sys3(SYS_sendmsg, p->lazy_sock, &mh, 0)) == -4) {}
+  if (r != 8) fail(p, STEP_LAZY, r, 0);
+  const char *rest = (const char *)(buf + 1);
+  uint64_t left = n * 16;
+  while (left) {
+    r = tg_sys3(SYS_write, p->lazy_sock, rest, left);
+    if (r == -4) continue;
+    if (r <= 0) fail(p, STEP_LAZY, r, left);
+    rest += r;
+    left -= (uint64_t)r;
+  }
+  tg_sys1(SYS_close, p->lazy_sock);
+  tg_sys1(SYS_close, p->lazy_uffd);
+  p->lazy_sock = p->lazy_uffd = -1;
+}
+
 BLOB void tg_blob_main(struct blob_plan *p) {
   long r;
   for (uint64_t i = 0; i < p->nunmap; i++) {
@@ -233,6 +336,29 @@ BLOB void tg_blob_main(struct blob_plan *p) {
       if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
       v->opened = 1;
     }
+    if (p->lazy_uffd >= 0 && (v->opened & 2)) {
+      /* restore --lazy: this mapping is registered for missing pages: placed with UFFDIO_COPY */
+      unsigned char *sc = ((struct tg_dp_blob *)p->direct)->scratch;
+      if (read_full(p->img_fd, sc, len) != 0) fail(p, STEP_READ, 0, off);
+      uint32_t c = crc32c(0, ph, sizeof ph);
+      c = crc32c(c, sc, len);
+      if (c != h.payload_crc) fail(p, STEP_CRC, 0, off);
+      for (uint64_t done = 0; done < len;) {
+        struct uffdio_copy uc;
+        uc.dst = ph[0] + done;
+        uc.src = (uint64_t)sc + done;
+        uc.len = len - done;
+        uc.mode = 0;
+        uc.copy = 0;
+        r = tg_sys3(SYS_ioctl, p->lazy_uffd, UFFDIO_COPY, &uc);
+        if (uc.copy > 0) done += (uint64_t)uc.copy;
+        else if (r < 0 && r != -11) fail(p, STEP_READ, r, ph[0] + done);
+        else if (r == 0) fail(p, STEP_READ, 5, ph[0] + done);
+      }
+      off += sizeof h + sizeof ph + len;
+      nrec++;
+      continue;
+    }
     /* fault the record's pages in with one call (MADV_POPULATE_WRITE, Linux 5.14+) rather than one
      * fault per page inside read(): ~15-30% faster here. EINVAL: an older kernel, read faults them. */
     if (populate) {
@@ -253,6 +379,12 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
   }
+  if (p->lazy_uffd >= 0) {
+    /* restore --lazy: from here on the page server answers the faults (the blob's own too) */
+    send_uffd(p);
+    p->track = 0; /* (a lazy restore's first checkpoint is full: docs/engine.md) */
+  }
+  if (p->track) arm_tracking(p, (struct tg_restart_info *)p->restart_info_addr);
   p->mm.auxv = (uint64_t)p->auxv;
   r = tg_sys5(SYS_prctl, PR_SET_MM_, PR_SET_MM_MAP_, &p->mm, sizeof p->mm, 0);
   if (r < 0 && (int32_t)p->mm.exe_fd >= 0) {
@@ -303,7 +435,16 @@ BLOB void tg_blob_main(struct blob_plan *p) {
     while ((g = tg_sys3(SYS_read, p->go_fd, (char *)c, 1)) == -4 /* EINTR */) {}
     if (g != 1) tg_sys1(SYS_exit_group, 107); /* the init gave up on the restore */
   }
-  tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+  {
+    /* the restorer's fds go; the tracking uffd stays (the agent adopts it) */
+    int32_t keep = p->track ? ((struct tg_restart_info *)p->restart_info_addr)->track_uffd : -1;
+    if (keep >= p->fd_floor) {
+      if (keep > p->fd_floor) tg_sys3(SYS_close_range, p->fd_floor, (uint64_t)keep - 1, 0);
+      tg_sys3(SYS_close_range, (uint64_t)keep + 1, ~0U, 0);
+    } else {
+      tg_sys3(SYS_close_range, p->fd_floor, ~0U, 0);
+    }
+  }
   /* closing those may have dropped POSIX locks stage 1 took back (a process's POSIX locks on a
    * file go with its first close of any fd of it): taken again, as the same owner, before the
    * application runs. Stage 1 found them free a moment ago; should another process have taken

@@ -52,6 +52,10 @@ struct blob_plan {
   uint64_t nlocks;           /* POSIX locks, taken again after the restorer's fds are closed */
   struct tg_lock *locks;
   uint64_t direct, direct_fn; /* pages read straight from pack files (pages-direct.h): plan, reader; 0: none */
+  uint32_t track;            /* TG_PROC_TRACK_UFFD: arm write-protect tracking on the restored memory */
+  int32_t lazy_sock;         /* restore --lazy: the page server's socket (lazy.h), or -1 */
+  int32_t lazy_uffd;         /* set by tg_direct_read in lazy mode: mappings registered (blob_vma.opened & 2), or -1 */
+  int32_t pad3_;
 };
 
 /* entry point, in section tgblob */

@@ -131,12 +131,45 @@ BLOB static long dp_uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t 
   return 0;
 }
 
+/* restore --lazy (lazy.h): a userfaultfd that also reports forks, moves and removals (the server refuses
+ * the first two and remembers the last). -1 if the kernel refuses. */
+BLOB static int dp_uffd_lazy(void) {
+  long fd = tg_sys1(SYS_userfaultfd, O_CLOEXEC_);
+  if (fd < 0) return -1;
+  struct uffdio_api api;
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE;
+  api.ioctls = 0;
+  if (tg_sys3(SYS_ioctl, fd, UFFDIO_API, &api) < 0) {
+    tg_sys1(SYS_close, fd);
+    return -1;
+  }
+  return (int)fd;
+}
+
 BLOB void tg_direct_read(struct blob_plan *p) {
   struct tg_dp_blob *d = (struct tg_dp_blob *)p->direct;
   int populate = 1;
-  int uffd = d->no_uffd ? -1 : dp_uffd();
+  int uffd = d->no_uffd ? -1 : d->lazy ? dp_uffd_lazy() : dp_uffd();
+  int lazy = d->lazy && uffd >= 0;
+  if (lazy) {
+    /* register every mapping the plan fills that can be (anonymous private); the blocks that (also) go
+     * elsewhere are read now, the rest by the page server once the blob hands it the uffd */
+    for (uint64_t i = 0; i < d->nblocks; i++) {
+      const struct tg_dp_block *b = &d->blocks[i];
+      const struct tg_dp_piece *pc = &d->pieces[b->first_piece];
+      for (uint32_t k = 0; k < b->npieces; k++) dp_open(p, pc[k].addr, (uint64_t)pc[k].count * 4096, i, uffd);
+    }
+    p->lazy_uffd = uffd;
+  }
   for (uint64_t i = 0; i < d->nblocks; i++) {
     const struct tg_dp_block *b = &d->blocks[i];
+    if (lazy) {
+      int later = 1;
+      for (uint32_t k = 0; k < b->npieces; k++)
+        if (!(dp_open(p, d->pieces[b->first_piece + k].addr, (uint64_t)d->pieces[b->first_piece + k].count * 4096, i, -1)->opened & VMA_UFFD)) later = 0;
+      if (later) continue;
+    }
     const struct tg_dp_piece *pc = &d->pieces[b->first_piece];
     uint64_t len = (uint64_t)b->npages * 4096;
     int fd = d->fds[b->pack];
@@ -169,6 +202,7 @@ BLOB void tg_direct_read(struct blob_plan *p) {
       __asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
     }
   }
+  if (lazy) return; /* the mappings stay registered: blob.c hands the uffd to the page server */
   /* every registered mapping back to normal before anything else touches it (a missing page of a
    * registered range would block the toucher for ever: nobody serves the userfaultfd) */
   for (uint64_t k = 0; k < p->nvmas; k++) {

@@ -140,3 +140,13 @@ struct tg_dp_blob *tg_direct_to_blob(size_t k, char *at, char *blob, int fd_floo
   *fn = (uint64_t)(blob + ((char *)tg_direct_read - __start_tgblob));
   return d;
 }
+
+int tg_direct_plan(size_t k, uint32_t *npacks, char ***paths, uint64_t *nblocks, struct tg_dp_block **blocks, struct tg_dp_piece **pieces) {
+  if (k >= nplans || !plans[k].loaded) return -1;
+  *npacks = plans[k].h.npacks;
+  *paths = plans[k].paths;
+  *nblocks = plans[k].h.nblocks;
+  *blocks = plans[k].blocks;
+  *pieces = plans[k].pieces;
+  return 0;
+}

@@ -50,6 +50,7 @@ struct tg_dp_blob {
   int32_t *fds;        /* per pack, opened by stage 1 above the application's fds */
   unsigned char *scratch; /* TG_DP_BLOCK_HEADER + 256 pages: each block is read and checked there, then copied into place */
   uint64_t no_uffd;       /* TARDIGRADE_RESTORE_UFFD=0: fill by MADV_POPULATE_WRITE + copy only (see docs/store.md) */
+  uint64_t lazy;          /* restore --lazy (lazy.h): register, place only what the server cannot serve */
 };
 
 /* pages-direct.c, in tardigrade-restore's main: reads and checks the plan before anything is created.
@@ -62,6 +63,9 @@ size_t tg_direct_blob_size(size_t k);
  * struct tg_dp_blob * and sets *fn to the blob's reader (tg_direct_read's address in the copy); on
  * failure writes err and returns NULL. */
 struct tg_dp_blob *tg_direct_to_blob(size_t k, char *at, char *blob, int fd_floor, uint64_t *fn, char *err, size_t errlen);
+
+/* The loaded plan k (for the lazy page server, lazy.c): 0, or -1 if there is none. */
+int tg_direct_plan(size_t k, uint32_t *npacks, char ***paths, uint64_t *nblocks, struct tg_dp_block **blocks, struct tg_dp_piece **pieces);
 
 /* pages-direct-blob.c, stage 2 (section tgblob): reads every block of the plan into place. */
 struct blob_plan;

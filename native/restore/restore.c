@@ -23,6 +23,7 @@
 
 #include "../launcher/launcher.h"
 #include "blob.h"
+#include "lazy.h"
 #include "pages-direct.h"
 #include "restore.h"
 
@@ -61,6 +62,7 @@ static struct shm_obj *shm_of(const struct tg_rec_vma *v) {
 static const char *sock_base = "";
 static char own_sock[108];
 static int own_plan; /* which image this process is (0: the main process) */
+static const char *lazy_progress; /* restore --lazy: the page server's progress file (lazy.h) */
 
 static void report_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void report_fail(const char *fmt, ...) {
@@ -186,6 +188,7 @@ static void __attribute__((noreturn)) stage1(void) {
   img.fd = move_high(img.fd, floor);
   report_fd = move_high(report_fd, floor);
   go_rd = move_high(go_rd, floor);
+  int lazy_sock = lazy_progress && own_plan == 0 ? move_high(tg_lazy_child_fd, floor) : -1;
   exe_fd = move_high(exe_fd, floor);
   for (size_t k = 0; k < nmapfiles; k++) mapfiles[k].fd = move_high(mapfiles[k].fd, floor);
   close_range(0, (unsigned)floor - 1, 0);
@@ -299,6 +302,9 @@ static void __attribute__((noreturn)) stage1(void) {
   /* this process's restore plan (each image may have one: the Nth --direct is the Nth --image's) */
   p->direct = (uint64_t)tg_direct_to_blob((size_t)own_plan, b + direct_off, b, floor, &p->direct_fn, err, sizeof err);
   if (tg_direct_blob_size((size_t)own_plan) && !p->direct) report_fail("%s", err);
+  p->lazy_sock = lazy_sock;
+  p->lazy_uffd = -1;
+  if (p->direct && lazy_sock >= 0) ((struct tg_dp_blob *)p->direct)->lazy = 1;
   memcpy(p->sigs, img.sigs, sizeof p->sigs);
   p->vvar_addr = img.proc.vvar_addr;
   p->vdso_addr = img.proc.vdso_addr;
@@ -313,6 +319,7 @@ static void __attribute__((noreturn)) stage1(void) {
   snprintf(p->sock_path, sizeof p->sock_path, "%s", own_sock);
   snprintf(p->sock_base, sizeof p->sock_base, "%s", sock_base);
   p->go_fd = go_rd;
+  p->track = img.proc.flags & TG_PROC_TRACK_UFFD;
   int has_main = 0;
   for (size_t i = 0; i < p->nthreads; i++) has_main |= p->threads[i].is_main;
   if (!has_main) report_fail("the image has no thread with TID %u (the main thread); cannot restore", img.proc.pid);
@@ -438,6 +445,7 @@ static int start_restore(struct tg_launch *l, int *report) {
   go_rd = gfd[0];
   l->go_fd = gfd[1];
   l->expect_ok = (int)nplans;
+  if (tg_lazy_in_init() != 0) return -1;
   /* above every fd any process of the tree has: no process closes or reuses them before it took its ends */
   int base = 3;
   for (size_t k = 0; k < nplans; k++)
@@ -502,6 +510,7 @@ static int start_restore(struct tg_launch *l, int *report) {
     for (size_t j = i; j < nnodes; j++)
       if (nodes[j].plan == 0 && nodes[j].ppid == 1 && nodes[j].sid == helper.sid) root = nodes[j].pid;
   }
+  if (tg_lazy_child_fd >= 0) close(tg_lazy_child_fd); /* (the init's copy) */
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   tg_tree_close_premade();
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
@@ -513,7 +522,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n"
                   "       tardigrade-restore --freeze-connections PID INO:SND_SEQ:RCV_SEQ...\n");
   exit(2);
@@ -551,6 +560,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--sock") == 0) l.sock = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0) l.pidfile = argv[++i];
     else if (strcmp(argv[i], "--stdio-log") == 0) tg_stdio_log = argv[++i];
+    else if (strcmp(argv[i], "--lazy") == 0) lazy_progress = argv[++i];
     else if (strcmp(argv[i], "--direct") == 0) {
       if (ndirect == MAX_PROCS) tg_die("more than %d --direct", MAX_PROCS);
       direct[ndirect++] = argv[++i];
@@ -577,6 +587,8 @@ int main(int argc, char **argv) {
   for (size_t k = 0; k < npaths; k++)
     if (tg_image_load(paths[k], &plans[k].img) != 0) return 2;
   nplans = npaths;
+  if (lazy_progress && (npaths != 1 || ndirect != 1))
+    tg_die("--lazy restores one process with a restore plan (--direct); a process tree, or an image without a plan, is restored eagerly");
   /* the restore plans (pages read straight from the store's packs), one per image that has one */
   for (size_t k = 0; k < ndirect; k++)
     if (tg_direct_load(k, direct[k]) != 0) return 2;
@@ -636,5 +648,16 @@ int main(int argc, char **argv) {
     }
   sock_base = l.sock;
   l.app_clock_ns = plans[0].img.proc.monotonic_ns; /* the main process's view (the cut's instant) */
-  return tg_launch_main(&l, start_restore);
+  if (lazy_progress) {
+    /* above every fd of the image, as the tree's shared pipes */
+    int base = 3;
+    for (size_t i = 0; i < plans[0].img.nfds; i++) if ((int)plans[0].img.fds[i].r.fd >= base) base = (int)plans[0].img.fds[i].r.fd + 1;
+    if (tg_lazy_prepare(base + 256, err, sizeof err) < 0 || tg_lazy_start(lazy_progress, err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: lazy restore: %s\n", err);
+      return 2;
+    }
+  }
+  int rc = tg_launch_main(&l, start_restore);
+  tg_lazy_finish();
+  return rc;
 }

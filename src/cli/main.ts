@@ -15,6 +15,7 @@ import { showLogs } from "./logs.js";
 import { parseSeconds } from "./validate.js";
 import { progressLine } from "./progress.js";
 import { damageWarning, registerVerifyCommand } from "./verify.js";
+import { describeLazy } from "../daemon/lazy-restore.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
@@ -29,7 +30,7 @@ function version(): string {
 function appLine(s: AppState): string[] {
   const pids = s.state === "running" ? `${s.initHostPid ?? "-"}/${s.appHostPid ?? "-"}` : "-";
   const how = s.state === "exited" ? describeExit(s.exit) : s.mode === "restore" ? `restored from ${s.checkpoint}` : "";
-  return [s.name, s.state, pids, s.startedAt, how];
+  return [s.name, s.state, pids, s.startedAt, s.lazy ? `${how}; ${describeLazy(s.lazy)}` : how];
 }
 
 function mirrorCa(file: string | undefined, what: string): { ca?: string } {
@@ -128,14 +129,16 @@ export function buildProgram(): Command {
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
+    .option("--lazy", "resume the app before its memory is all in: the rest is loaded on first touch and in the background (`tardigrade status` shows the progress)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
       const bar = o.json ? undefined : progressLine();
       const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from, lazy: o.lazy === true, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
       if (o.json) return out(json(r));
       const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
       out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
+      if (r.lazy) out(`  ${describeLazy(r.lazy)} when it answered; \`tardigrade status ${r.name}\` shows the rest`);
       for (const n of r.notes ?? []) out(`  ${n}`);
       if (r.filesSkipped) out(`  files: ${r.filesSkipped}`);
       const f = r.files;

@@ -9,6 +9,8 @@ export interface PingReply {
   threads: number;
   restored: boolean | number;
   seq: number;
+  /** The image seq the agent's dirty-page tracking is relative to (0: none, its next checkpoint is full). */
+  base?: number;
 }
 
 export type CheckpointEvent =

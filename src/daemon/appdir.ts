@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { ExternalUnixPolicy, TrackingMode } from "./agent.js";
 import { isAlive } from "./procs.js";
+import { lazyProgress, type LazyProgress } from "./lazy-restore.js";
 
 export interface AppRecord {
   name: string;
@@ -72,6 +73,8 @@ export interface AppState {
   launcherPid: number;
   exit: ExitStatus | null;
   log: string;
+  /** A lazy restore's page loading (restore --lazy). */
+  lazy?: LazyProgress;
 }
 
 export class AppDir {
@@ -154,8 +157,18 @@ export class AppDir {
       launcherPid: r.launcherPid,
       exit: state === "exited" ? (exit ?? {}) : null,
       log: this.logFile,
+      ...lazyOf(this.dir, r.mode, state === "exited" && !isAlive(r.launcherPid, r.launcherStart)),
     };
   }
+}
+
+/** ended: the app and its restorer (whose thread is the page server) are gone. */
+function lazyOf(dir: string, mode: AppState["mode"], ended: boolean): { lazy?: LazyProgress } {
+  const p = mode === "restore" ? lazyProgress(dir) : null;
+  // the page server ended with the app's memory half in, without a word (killed): the app went with it
+  if (p && ended && p.state === "loading")
+    return { lazy: { ...p, state: "failed", error: "the page server (tardigrade-restore) ended before the memory was all in; the app was killed with it rather than left to read zeros" } };
+  return p ? { lazy: p } : {};
 }
 
 export function listAppNames(home: string): string[] {

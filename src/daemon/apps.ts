@@ -33,6 +33,8 @@ import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
 import { checkpointFailure } from "./checkpoint-failure.js";
 import { saveFacts } from "./restore-undo.js";
+import { restoredBases } from "./restored-base.js";
+import { lazyProgress, lazyRestoreArgs, refuseCheckpointWhileLoading, type LazyProgress } from "./lazy-restore.js";
 import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
 import { checkpointTree } from "./tree-checkpoint.js";
 import { treeOf } from "./tree-info.js";
@@ -104,6 +106,8 @@ export interface RestoreResult {
   wallNs: number;
   /** What the restore did that the app may notice (TCP connections restored closed). */
   notes?: string[];
+  /** restore --lazy: the page loading when the app answered (the rest goes on in the background; `status` shows it). */
+  lazy?: LazyProgress;
   /** The app's files rolled back to the checkpoint before its processes were restored (issue 14). */
   files?: FilesRollback & { id: string };
   /** Why the checkpoint's files were not rolled back (its files image is not in this store: a standby). */
@@ -367,6 +371,7 @@ export class AppManager {
         const why = state.state === "exited" ? `the app has exited (${describeExit(state.exit)})` : "the app is still starting";
         throw new TgError(`cannot checkpoint ${name}`, why, state.state === "exited" ? `Restore its last checkpoint with \`tardigrade restore ${name}\` or start it again with \`tardigrade run\`` : "Try again in a moment", "not-running");
       }
+      if (state.mode === "restore") refuseCheckpointWhileLoading(dir.dir, name);
       // A process tree: one consistent cut over all its processes (tree-checkpoint.ts).
       const procs = state.initHostPid ? appProcesses(state.initHostPid) : [];
       const main = procs.find((p) => p.hostPid === state.appHostPid);
@@ -772,7 +777,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string } }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     return this.lock.run(name, async () => {
       const t0 = process.hrtime.bigint();
@@ -790,7 +795,8 @@ export class AppManager {
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const allow = opts.allowFileChanges === true;
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? []);
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? [], opts.lazy === true);
+      if (opts.lazy) throw new TgError(`cannot restore ${name} lazily`, "this store has no restore plans", "Restore without --lazy", "bad-request");
       const opened = await this.store.openImage(m.id);
       try {
         const restoreBin = nativeBinary("tardigrade-restore");
@@ -868,7 +874,7 @@ export class AppManager {
   }
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = []): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
@@ -885,19 +891,20 @@ export class AppManager {
       // its files image too (absent only if it was taken out of the store: restored without rollback, said so)
       const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
       if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
-      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged);
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged, lazy);
     } finally {
       unpin();
       for (const u of unpins) u();
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[]): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[], lazy: boolean): Promise<RestoreResult> {
     let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
     const tree = treeOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
     const others = (tree?.tree ?? []).filter((e) => e.id && e.id !== m.id);
+    const lazyArgs = lazyRestoreArgs(dir.dir, name, m.id, (tree?.tree.length ?? 1) > 1, lazy);
     const zombies = (tree?.tree ?? []).filter((e) => e.zombie);
     // the app's files are rolled back to the checkpoint (files-flow.ts): the checkpoint wins over
     // changes made since, which the file check would otherwise refuse
@@ -974,7 +981,7 @@ export class AppManager {
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);
-        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs], {
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
           timeoutMs: 120_000,
           stdin: image,
           images,
@@ -998,6 +1005,9 @@ export class AppManager {
       await releaseAll();
       record.initStart = l.initStart;
       record.restoreNs = l.elapsedNs;
+      // the restored agents track written pages from the restored images on (blob.c, track.c):
+      // the next checkpoint is incremental on this one
+      Object.assign(record, await restoredBases(dir.sock, l.ping, m.id, others));
       await dir.writeRecord(record);
       this.schedule(name, record.everyMs);
       const wallNs = Number(process.hrtime.bigint() - t0);
@@ -1005,7 +1015,8 @@ export class AppManager {
       await held?.release();
       const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
-      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
+      const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
+      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
       await held?.release(); // the traffic goes through again, whatever happened
     }

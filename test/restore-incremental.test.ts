@@ -1,0 +1,143 @@
+// Issue 16, decision 6 (docs/ha.md): the first checkpoint after a restore is incremental on the
+// restored checkpoint. The restorer arms dirty-page tracking on the restored memory before any
+// thread runs; a write it missed would make that incremental silently wrong, so the fixture
+// (test/fixtures/patterns.c) checks every byte of its memory against its model at every step,
+// right from the first instant after each restore, and after a restore of the incremental.
+import assert from "node:assert/strict";
+import { describe, test, type TestContext } from "node:test";
+import { makeHome, waitFor, type TestHome } from "./helpers/home.js";
+import { fixture, requireNative } from "./helpers/native.js";
+import { killApp, logSize, runApp, waitLines } from "./helpers/scenario.js";
+import { crashAndRestore } from "./helpers/tree.js";
+
+function setup(t: TestContext): TestHome {
+  requireNative();
+  const h = makeHome("tg-rinc-");
+  t.after(() => h.cleanup());
+  return h;
+}
+
+interface Cp {
+  id: string;
+  kind: string;
+  parent: string | null;
+  bytes: number;
+  pages: number;
+  fullReason?: string;
+}
+
+async function checkpoint(h: TestHome, name: string): Promise<Cp> {
+  const r = await h.cli(["checkpoint", name, "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as Cp;
+}
+
+/** Steps the fixture printed after byte `from` of its log (every one checked its whole memory). */
+async function stepsAfter(h: TestHome, name: string, from: number, n: number): Promise<void> {
+  await waitLines(h, name, (ls) => ls.filter((l) => /step \d+$/.test(l)).length >= n, `${n} checked steps`, 300_000, from);
+}
+
+async function restore(h: TestHome, name: string, id: string): Promise<number> {
+  const from = logSize(h, name);
+  const r = await h.cli(["restore", name, "--checkpoint", id, "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  return from;
+}
+
+describe("checkpoints after a restore are incremental on it", { timeout: 1_800_000 }, () => {
+  test("single process: restore, incremental on the restored checkpoint, restore of that: every byte right", async (t) => {
+    const h = setup(t);
+    // 32 MiB, 64 pages (256 KiB) written per step, every page checked at every step
+    await runApp(h, "pat", [fixture("patterns"), "32", "64", "2000", "4"]);
+    await stepsAfter(h, "pat", 0, 3);
+    const a = await checkpoint(h, "pat");
+    assert.equal(a.kind, "full");
+    await killApp(h, "pat");
+    let from = await restore(h, "pat", a.id);
+    // the restored process writes at once (its first step after the restore writes a window)
+    await stepsAfter(h, "pat", from, 3);
+    const b = await checkpoint(h, "pat");
+    assert.equal(b.kind, "incremental", `the first checkpoint after a restore: ${b.fullReason ?? ""}`);
+    assert.equal(b.parent, a.id);
+    assert.ok(b.pages < a.pages, `incremental ${b.pages} pages, full ${a.pages}`);
+    // inspect and ls name the parent
+    const ins = await h.cli(["inspect", b.id, "--json"]);
+    assert.equal(ins.code, 0, ins.stderr);
+    assert.equal((JSON.parse(ins.stdout) as { parent?: string | null; manifest?: { parent?: string | null } }).parent ?? (JSON.parse(ins.stdout) as { manifest?: { parent?: string | null } }).manifest?.parent, a.id);
+    const ls = await h.cli(["ls", "pat", "--json"]);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.equal((JSON.parse(ls.stdout) as Cp[]).find((c) => c.id === b.id)?.parent, a.id);
+    // the incremental restores to exactly the memory the model says (the fixture checks every byte)
+    await killApp(h, "pat");
+    from = await restore(h, "pat", b.id);
+    await stepsAfter(h, "pat", from, 6);
+    // and so on: the next is incremental on b's restore
+    const c = await checkpoint(h, "pat");
+    assert.equal(c.kind, "incremental", c.fullReason ?? "");
+    assert.equal(c.parent, b.id);
+    await killApp(h, "pat");
+    from = await restore(h, "pat", c.id);
+    await stepsAfter(h, "pat", from, 6);
+  });
+
+  test("writes in the first instant after the restore are caught (no sleep between steps)", async (t) => {
+    const h = setup(t);
+    // the fixture never sleeps: whichever instruction it resumes at, it writes within microseconds;
+    // a page it writes is written again only 2048 steps later (seconds), after the next checkpoint
+    await runApp(h, "busy", [fixture("patterns"), "32", "4", "0", "16"]);
+    await stepsAfter(h, "busy", 0, 2);
+    for (let round = 0; round < 3; round++) {
+      const a = await checkpoint(h, "busy");
+      await killApp(h, "busy");
+      let from = await restore(h, "busy", a.id);
+      const b = await checkpoint(h, "busy"); // at once: its content is mostly the first instant's writes
+      assert.equal(b.kind, "incremental", b.fullReason ?? "");
+      assert.equal(b.parent, a.id);
+      await killApp(h, "busy");
+      from = await restore(h, "busy", b.id);
+      await stepsAfter(h, "busy", from, 2);
+    }
+  });
+
+  test("process tree: every member's next checkpoint is incremental on its restored image", async (t) => {
+    const h = setup(t);
+    await runApp(h, "ptree", [fixture("patterns"), "8", "16", "2000", "4", "2"]);
+    await waitLines(h, "ptree", (ls) => new Set(ls.filter((l) => /^pid \d+ step/.test(l)).map((l) => l.split(" ")[1])).size >= 3, "three processes stepping", 300_000);
+    const a = await checkpoint(h, "ptree");
+    await crashAndRestore(h, "ptree", ["--checkpoint", a.id]);
+    const from = logSize(h, "ptree");
+    await waitLines(h, "ptree", (ls) => new Set(ls.filter((l) => /^pid \d+ step/.test(l)).map((l) => l.split(" ")[1])).size >= 3, "three restored processes stepping", 300_000, from);
+    const b = await checkpoint(h, "ptree");
+    assert.equal(b.kind, "incremental", b.fullReason ?? "");
+    assert.equal(b.parent, a.id);
+    // every other process: its checkpoint of the same cut is incremental on its restored one
+    const ins = await h.cli(["inspect", b.id, "--json"]);
+    assert.equal(ins.code, 0, ins.stderr);
+    const members = await waitFor("the tree's members in inspect", () => memberIds(ins.stdout), 1000);
+    assert.equal(members.length, 2, ins.stdout.slice(0, 2000));
+    for (const id of members) {
+      const mi = await h.cli(["inspect", id, "--json"]);
+      assert.equal(mi.code, 0, mi.stderr);
+      const m = JSON.parse(mi.stdout) as { kind?: string; manifest?: { kind?: string } };
+      assert.equal(m.kind ?? m.manifest?.kind, "incremental", `member ${id}`);
+    }
+    await crashAndRestore(h, "ptree", ["--checkpoint", b.id]);
+    const from2 = logSize(h, "ptree");
+    await waitLines(h, "ptree", (ls) => ls.filter((l) => /^pid \d+ step/.test(l)).length >= 9, "the tree restored from the incremental, stepping", 300_000, from2);
+  });
+});
+
+/** The checkpoint ids of a tree's other processes in `inspect --json`, wherever it lists them. */
+function memberIds(json: string): string[] | null {
+  const found = new Set<string>();
+  const walk = (v: unknown): void => {
+    if (Array.isArray(v)) v.forEach(walk);
+    else if (v && typeof v === "object") {
+      const o = v as Record<string, unknown>;
+      if (typeof o.pid === "number" && typeof o.id === "string" && o.id.includes("~")) found.add(o.id);
+      Object.values(o).forEach(walk);
+    }
+  };
+  walk(JSON.parse(json));
+  return found.size ? [...found] : null;
+}
