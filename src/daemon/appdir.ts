@@ -5,6 +5,7 @@
 //   status     exit status JSON (written by tardigrade-init/-restore when the app ends)
 //   log        the app's stdout and stderr
 //   agent.sock the agent's control socket
+import { readFenced, type FencedRecord } from "../ha/app-lease.js";
 import type { FilesConfig } from "./files-set.js";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { constants } from "node:os";
@@ -72,6 +73,8 @@ export interface AppState {
   launcherPid: number;
   exit: ExitStatus | null;
   log: string;
+  /** The app was stopped because this host lost its lease on the mirror (docs/ha.md): it stays stopped. */
+  fenced?: FencedRecord;
 }
 
 export class AppDir {
@@ -154,8 +157,14 @@ export class AppDir {
       launcherPid: r.launcherPid,
       exit: state === "exited" ? (exit ?? {}) : null,
       log: this.logFile,
+      ...fencedField(this.dir),
     };
   }
+}
+
+function fencedField(dir: string): { fenced?: FencedRecord } {
+  const f = readFenced(dir);
+  return f ? { fenced: f } : {};
 }
 
 export function listAppNames(home: string): string[] {

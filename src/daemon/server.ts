@@ -12,6 +12,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
+import type { Takeover } from "../ha/fence.js";
 import { summarizeImage } from "../image/summary.js";
 import type { AppManager, Progress, RunRequest } from "./apps.js";
 import { damageSummary, verifyStore } from "./integrity.js";
@@ -71,14 +72,14 @@ export function createApiServer(
       }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
-        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown } | undefined;
+        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown; takeover?: unknown } | undefined;
         return apps.restore(
           id,
           {
             checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined,
             replace: b.replace === true,
             allowFileChanges: b.allowFileChanges === true,
-            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) } } : {}),
+            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}), ...takeoverOf(from.takeover) } } : {}),
           },
           progress,
         );
@@ -172,4 +173,13 @@ export function createApiServer(
       },
     );
   });
+}
+
+/** A standby's takeover request (src/ha/standby.ts), checked field by field. */
+function takeoverOf(v: unknown): { takeover?: Takeover } {
+  if (typeof v !== "object" || v === null) return {};
+  const t = v as Record<string, unknown>;
+  const n = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x > 0;
+  if (!n(t.epoch) || !n(t.ttlMs)) throw new TgError("cannot take over", "the takeover's lease epoch and ttlMs must be positive integers", "Use `tardigrade standby`", "bad-request");
+  return { takeover: { epoch: t.epoch, ttlMs: t.ttlMs, ...(n(t.everyMs) ? { everyMs: t.everyMs } : {}), ...(t.ack === "received" || t.ack === "durable" ? { ack: t.ack } : {}) } };
 }
