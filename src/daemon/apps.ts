@@ -30,6 +30,7 @@ import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
 import { DEFAULT_LEASE_MS, clearFenced, describeFenced, readAppLease, readFenced, writeAppLease } from "../ha/app-lease.js";
 import { fenceApp, type Takeover } from "../ha/fence.js";
 import { hostId } from "../ha/host.js";
+import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
 import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
@@ -59,7 +60,7 @@ export interface RunRequest {
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
-  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of a standby: heartbeats go there directly too */ standby?: string };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
   /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
@@ -271,6 +272,13 @@ export class AppManager {
       }
       if (!req.mirror.token) throw new TgError("cannot run the app", "no mirror token", "Pass --token-file FILE or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
       if (req.mirror.ack && req.mirror.ack !== "received" && req.mirror.ack !== "durable") throw new TgError("cannot run the app", `unknown --mirror-ack ${req.mirror.ack}`, "Use received or durable", "bad-request");
+      if (req.mirror.standby !== undefined) {
+        try {
+          parseHostPort(req.mirror.standby, "--standby");
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "Pass the standby's heartbeat address, e.g. --standby 10.0.0.2:7071", "bad-request");
+        }
+      }
       if (req.mirror.leaseMs !== undefined && (!Number.isSafeInteger(req.mirror.leaseMs) || req.mirror.leaseMs < 200 || req.mirror.leaseMs > 60_000)) throw new TgError("cannot run the app", `--failover-after must be 200ms to 60s (got ${JSON.stringify(req.mirror.leaseMs)} ms)`, "Pass e.g. --failover-after 3s", "bad-request");
       if (req.mirror.ca !== undefined) {
         try {
@@ -317,7 +325,7 @@ export class AppManager {
         await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
         if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
         // a new run takes a new lease (docs/ha.md)
-        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS });
+        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(req.mirror.standby ? { standby: req.mirror.standby } : {}) });
         await clearFenced(dir.dir);
       }
       try {
@@ -602,14 +610,17 @@ export class AppManager {
       const fenced = readFenced(appDir);
       if (fenced) return Promise.reject(new Error(`${name} is ${describeFenced(fenced)}: its checkpoints are not shipped`));
       const lease = readAppLease(appDir) ?? { ttlMs: DEFAULT_LEASE_MS };
-      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, membersOf: (id) => membersOf(store.cas, id), ...(dial ? { dial } : {}), lease: { host: hostId(), ...lease } });
+      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, membersOf: (id) => membersOf(store.cas, id), ...(dial ? { dial } : {}), lease: { host: hostId(), ...lease, keep: () => new AppDir(this.home, name).state()?.state !== "exited" } });
       p.then((sh) => {
         sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
         // docs/ha.md: the epoch is kept for a daemon restart; losing the lease stops the app for good
         sh.on("lease", (l: { epoch: number }) => {
           if (l.epoch !== lease.epoch) writeAppLease(appDir, { ...lease, epoch: (lease.epoch = l.epoch) }).catch((e) => this.log.error({ app: name, err: errMessage(e) }, "cannot record the lease epoch"));
         });
+        const beats = lease.standby ? new BeatSender(parseHostPort(lease.standby, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)) : undefined;
+        sh.once("closed", () => beats?.stop());
         sh.on("fenced", (f: FencedInfo) => {
+          beats?.stop();
           this.schedule(name, undefined);
           this.shippers.delete(name);
           fenceApp(new AppDir(this.home, name), f, this.log).finally(() => void sh.close());

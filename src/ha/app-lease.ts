@@ -16,6 +16,8 @@ export interface AppLease {
   /** The epoch this host holds (absent before the first grant). */
   epoch?: number;
   ttlMs: number;
+  /** `HOST:PORT` of a standby to send heartbeats to directly (run --standby). */
+  standby?: string;
 }
 
 export interface FencedRecord {

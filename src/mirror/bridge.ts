@@ -94,7 +94,7 @@ export interface MirrorShipperOptions {
    */
   membersOf?: (id: string) => string[];
   /** Hold the app's lease on the mirror (MirrorClientOptions.lease): events "lease" and "fenced". */
-  lease?: { host: string; ttlMs: number; epoch?: number };
+  lease?: { host: string; ttlMs: number; epoch?: number; keep?: () => boolean };
 }
 
 export interface ShipperStateEvent {
@@ -298,6 +298,7 @@ export class MirrorShipper extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.emit("closed");
     await this.client.close();
     await this.running?.catch(() => undefined);
     this.dirty = true;

@@ -41,7 +41,7 @@ export interface MirrorClientOptions {
    * renewal answered before expiry minus a margin, by this process's monotonic clock)
    * emits "fenced" once and stops the client for good.
    */
-  lease?: { host: string; ttlMs: number; epoch?: number };
+  lease?: { host: string; ttlMs: number; epoch?: number; /** renew only while this holds (the app runs): else the lease lapses */ keep?: () => boolean };
 }
 
 /** Why a leased source must stop running its app (event "fenced"). */
@@ -380,6 +380,9 @@ export class MirrorClient extends EventEmitter {
   /** Takes (or renews, with its epoch) the lease right after Hello; then renews it every ttl/6 on this connection. */
   private async takeLease(conn: FramedConnection, frames: AsyncGenerator<Frame, void, void>): Promise<void> {
     const lease = this.opts.lease!;
+    // Not running (a daemon restarted after its app died): no lease taken; checkpoints still
+    // shipped go under the epoch it had, refused `fenced` if another host took the lease since.
+    if (lease.keep && !lease.keep()) return;
     const sentAt = performance.now();
     await conn.sendJson(FrameType.Lease, { host: lease.host, ...(this.epoch !== undefined ? { epoch: this.epoch } : {}), ttlMs: lease.ttlMs });
     const r = await frames.next();
@@ -389,7 +392,7 @@ export class MirrorClient extends EventEmitter {
     if (r.value.type !== FrameType.Granted) throw new Error(`mirror answered Lease with ${FrameType[r.value.type]}`);
     this.onGranted(r.value.payload, sentAt);
     this.leaseTimer = setInterval(() => {
-      if (conn.isClosed) return;
+      if (conn.isClosed || (lease.keep && !lease.keep())) return;
       this.leaseSent.push(performance.now());
       conn.sendJson(FrameType.Lease, { host: lease.host, epoch: this.epoch, ttlMs: lease.ttlMs }).catch(() => undefined);
     }, Math.max(20, Math.floor(lease.ttlMs / 6)));

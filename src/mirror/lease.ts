@@ -80,6 +80,14 @@ export class LeaseTable {
     return this.live.get(source)?.epoch;
   }
 
+  /** Who holds the lease of `source`, without asking for it (a standby watching the primary). */
+  peek(source: string): LeaseAnswerHeld | null {
+    const cur = this.live.get(source);
+    if (!cur) return null;
+    const t = this.now();
+    return { granted: false, holder: cur.holder, epoch: cur.epoch, expiresInMs: Math.max(0, Math.round(cur.expiresAt - t)), renewedMsAgo: cur.renewedAt === null ? null : Math.round(t - cur.renewedAt) };
+  }
+
   holderOf(source: string): string | undefined {
     return this.live.get(source)?.holder;
   }

@@ -17,7 +17,7 @@ import { Session, type SessionHost, type SourcePosition } from "./session.js";
 import { silentLogger } from "./log.js";
 import type { TokenTable } from "./tokens.js";
 import { isValidName } from "./objects.js";
-import { LeaseTable, type LeaseAnswer } from "./lease.js";
+import { LeaseTable, type LeaseAnswer, type LeaseAnswerHeld } from "./lease.js";
 
 export interface MirrorServerOptions {
   host?: string;
@@ -286,6 +286,10 @@ export class MirrorServer implements SessionHost {
 
   epochOf(source: string): number | undefined {
     return this.leases.epochOf(source);
+  }
+
+  peekLease(source: string): LeaseAnswerHeld | null {
+    return this.leases.peek(source);
   }
 
   holderOf(source: string): string | undefined {

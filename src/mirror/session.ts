@@ -19,7 +19,7 @@ import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, int, optSt
 import { sha256hex, type CheckpointHeader } from "./objects.js";
 import type { ChunkCache } from "./cache.js";
 import type { ListedCheckpoint, QueuedCheckpoint } from "./server.js";
-import type { LeaseAnswer } from "./lease.js";
+import type { LeaseAnswer, LeaseAnswerHeld } from "./lease.js";
 
 export interface SourcePosition {
   durableSeq: number;
@@ -62,6 +62,8 @@ export interface SessionHost {
   /** The epoch an Offer of `source` must carry (undefined: no lease was ever granted, any Offer goes). */
   epochOf(source: string): number | undefined;
   holderOf(source: string): string | undefined;
+  /** The lease of `source` as it stands, not asking for it (Lease {probe: true}). */
+  peekLease(source: string): LeaseAnswerHeld | null;
 }
 
 /** Checkpoints a source may offer before committing the first (told to it in HelloOk). */
@@ -534,6 +536,12 @@ export class Session {
   /** Lease {host, epoch?, ttlMs}: answered Granted or Held (lease.ts). */
   private async lease(payload: Buffer): Promise<void> {
     const req = parseJson(FrameType.Lease, payload);
+    if (req.probe === true) {
+      // A standby watching: who holds it and when it was last renewed (holder "" and epoch 0: never granted).
+      const p = this.host.peekLease(this.source as string);
+      await this.conn.sendJson(FrameType.Held, p ? { holder: p.holder, epoch: p.epoch, expiresInMs: p.expiresInMs, renewedMsAgo: p.renewedMsAgo } : { holder: "", epoch: 0, expiresInMs: 0, renewedMsAgo: null });
+      return;
+    }
     const host = str(req, "host", FrameType.Lease);
     if (host.length === 0 || host.length > 256) throw new ProtocolError("malformed-frame", "malformed frame: Lease.host must be 1 to 256 characters");
     const epoch = req.epoch === undefined || req.epoch === null ? undefined : int(req, "epoch", FrameType.Lease);
