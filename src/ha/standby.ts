@@ -8,6 +8,7 @@
 import { AdminConnection, type LeaseReply } from "../mirror/admin.js";
 import type { DialOptions } from "../mirror/dial.js";
 import type { ListedCheckpoint } from "../mirror/server.js";
+import { TgError } from "../errors.js";
 import { BeatReceiver } from "./heartbeat.js";
 import type { Takeover } from "./fence.js";
 
@@ -38,6 +39,8 @@ export interface TakeoverReport {
   /** How long each path had been silent when the lease was asked for (ms). */
   silentMs: { udp: number; mirror: number };
   checkpoint: string;
+  /** Its id on the mirror (the primary's mirror-state.json names it too). */
+  mirrorId: string;
   checkpointState: "durable" | "received";
   /** Lease granted to the app restored (ms). */
   restoreMs: number;
@@ -119,13 +122,13 @@ async function takeOver(o: StandbyOptions, epoch: number, previousHolder: string
   }, Math.max(20, Math.floor(o.failoverAfterMs / 6)));
   try {
     const c = pickCheckpoint(await admin.list(), o.rpo);
-    if (!c) throw new Error(`the mirror holds no ${o.rpo === "durable" ? "durable " : ""}checkpoint of ${o.app}: nothing to restore (the lease, epoch ${epoch}, is held by this host until it expires)`);
+    if (!c) throw new TgError(`cannot take ${o.app} over`, `the mirror holds no ${o.rpo === "durable" ? "durable " : ""}checkpoint of it: nothing to restore (the lease, epoch ${epoch}, is held by this host until it expires)`, o.rpo === "durable" ? "Wait for a checkpoint to become durable, or pass --rpo received" : "Check that the primary runs with --mirror", "not-found");
     o.log(`restoring ${o.app} from ${c.id} (${c.state}, seq ${c.seq}) under epoch ${epoch}`);
     const r = await o.restore(c.id, { epoch, ttlMs: o.failoverAfterMs, ...(o.everyMs !== undefined ? { everyMs: o.everyMs } : {}) });
-    if (lost) throw new Error(`${lost} while restoring: stop the restored app (\`tardigrade stop ${o.app}\`)`);
+    if (lost) throw new TgError(`took ${o.app} over but lost its lease`, `${lost} while restoring`, `Another host runs it now: stop the copy restored here (\`tardigrade stop ${o.app}\`)`, "fenced");
     const restoreMs = Math.round(performance.now() - t0);
     o.log(`takeover done: ${o.app} running from ${r.checkpoint} (host pid ${r.appHostPid}), ${restoreMs} ms after the lease was granted`);
-    return { app: o.app, epoch, previousHolder, silentMs, checkpoint: r.checkpoint, checkpointState: c.state, restoreMs, appHostPid: r.appHostPid, beatsReceived };
+    return { app: o.app, epoch, previousHolder, silentMs, checkpoint: r.checkpoint, mirrorId: c.id, checkpointState: c.state, restoreMs, appHostPid: r.appHostPid, beatsReceived };
   } finally {
     clearInterval(timer);
     await renewing;
