@@ -62,7 +62,7 @@ interface Outcome {
 }
 
 /** Sets up the three hosts, runs the app on P and the standby on S, cuts with `cut`, then hands over to `check`. */
-async function scenario(cut: (net: Net, P: TestHome) => void, check: (o: Outcome) => Promise<void>): Promise<void> {
+async function scenario(cut: (net: Net, P: TestHome) => void, check: (o: Outcome) => Promise<void>, extra: { run?: (net: Net) => string[]; standby?: (net: Net) => string[]; ready?: (net: Net) => boolean } = {}): Promise<void> {
   requireNative();
   const net = makeNet();
   const tmp = tempDir("tg-ha-net-");
@@ -77,9 +77,9 @@ async function scenario(cut: (net: Net, P: TestHome) => void, check: (o: Outcome
   try {
     mirror = start(net, "M", [process.execPath, join(ROOT, "dist/src/mirror/server-main.js"), "--listen", "0.0.0.0:7070", "--store", join(tmp.dir, "mirror"), "--tokens", tokens, "--max-delay", "100ms"], process.env);
     await waitFor("the mirror listening", () => mirror!.out.join("").includes('"port":7070'), 60_000);
-    const run = await cli(net, "P", P, ["run", "--name", "calc", "--every", `${INTERVAL_MS}ms`, "--mirror", `tg://${net.addr("pm", "M")}:7070`, "--token-file", tokenFile, "--standby", `${net.addr("ps", "S")}:7071`, "--failover-after", FAILOVER, "--", fixture("counter"), "1000000", String(TICK_MS)]);
+    const run = await cli(net, "P", P, ["run", "--name", "calc", "--every", `${INTERVAL_MS}ms`, "--mirror", `tg://${net.addr("pm", "M")}:7070`, "--token-file", tokenFile, "--standby", `${net.addr("ps", "S")}:7071`, "--failover-after", FAILOVER, ...(extra.run?.(net) ?? []), "--", fixture("counter"), "1000000", String(TICK_MS)]);
     assert.equal(run.code, 0, run.stderr);
-    standby = start(net, "S", [process.execPath, CLI, "standby", "--mirror", `tg://${net.addr("sm", "M")}:7070`, "--app", "calc", "--token-file", tokenFile, "--failover-after", FAILOVER, "--listen", `${net.addr("ps", "S")}:7071`, "--every", `${INTERVAL_MS}ms`, "--json"], S.env);
+    standby = start(net, "S", [process.execPath, CLI, "standby", "--mirror", `tg://${net.addr("sm", "M")}:7070`, "--app", "calc", "--token-file", tokenFile, "--failover-after", FAILOVER, "--listen", `${net.addr("ps", "S")}:7071`, "--every", `${INTERVAL_MS}ms`, "--json", ...(extra.standby?.(net) ?? [])], S.env);
     await waitFor("the standby sees the primary's lease", () => standby!.err.join("").includes("held by primary"), 60_000);
     await waitFor("two checkpoints durable on the mirror", () => {
       try {
@@ -89,6 +89,7 @@ async function scenario(cut: (net: Net, P: TestHome) => void, check: (o: Outcome
         return false;
       }
     }, 60_000);
+    if (extra.ready) await waitFor("the primary ready", () => extra.ready!(net), 60_000);
     // Cut at a random phase of the checkpoint interval (the condition: the counter's own output).
     const phase = randomInt(0, INTERVAL_MS / TICK_MS);
     const from = countOf(P.log("calc"));
@@ -203,6 +204,23 @@ describe("failover between namespaces", { skip: skip ?? false }, () => {
         const st = JSON.parse((await cli(o.net, "P", o.P, ["status", "calc", "--json"])).stdout) as { state: string; fenced?: { epoch: number } };
         assert.equal(st.state, "exited");
         assert.ok(st.fenced, "the primary's daemon fenced its app");
+      },
+    );
+  });
+
+  test("--address: the primary holds the service address with the lease, drops it when fenced; the standby adds it on takeover", { timeout: 300_000 }, async () => {
+    const ADDR = "10.77.2.100/24";
+    await scenario(
+      (net) => net.down("pm"),
+      async (o) => {
+        await tookOver(o, "primary<->mirror cut, --address");
+        await waitFor("the service address on the standby", () => o.net.addrs("ps", "S").includes(ADDR), 60_000);
+        await waitFor("the service address gone from the fenced primary", () => !o.net.addrs("ps", "P").includes(ADDR), 60_000);
+      },
+      {
+        run: (net) => ["--address", ADDR, "--dev", net.dev("ps", "P")],
+        standby: (net) => ["--address", ADDR, "--dev", net.dev("ps", "S")],
+        ready: (net) => net.addrs("ps", "P").includes(ADDR) && !net.addrs("ps", "S").includes(ADDR),
       },
     );
   });

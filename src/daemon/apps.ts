@@ -31,6 +31,7 @@ import { DEFAULT_LEASE_MS, clearFenced, describeFenced, readAppLease, readFenced
 import { fenceApp, type Takeover } from "../ha/fence.js";
 import { hostId } from "../ha/host.js";
 import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
+import { addServiceAddress, parseServiceAddress, removeServiceAddress, type ServiceAddress } from "../ha/address.js";
 import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
@@ -60,7 +61,7 @@ export interface RunRequest {
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
-  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of a standby: heartbeats go there directly too */ standby?: string };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of a standby: heartbeats go there directly too */ standby?: string; /** service address held with the lease */ address?: ServiceAddress };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
   /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
@@ -279,6 +280,13 @@ export class AppManager {
           throw new TgError("cannot run the app", errMessage(e), "Pass the standby's heartbeat address, e.g. --standby 10.0.0.2:7071", "bad-request");
         }
       }
+      if (req.mirror.address !== undefined) {
+        try {
+          req.mirror.address = parseServiceAddress(req.mirror.address.cidr, req.mirror.address.dev);
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "Pass e.g. --address 10.0.0.100/24 --dev eth0", "bad-request");
+        }
+      }
       if (req.mirror.leaseMs !== undefined && (!Number.isSafeInteger(req.mirror.leaseMs) || req.mirror.leaseMs < 200 || req.mirror.leaseMs > 60_000)) throw new TgError("cannot run the app", `--failover-after must be 200ms to 60s (got ${JSON.stringify(req.mirror.leaseMs)} ms)`, "Pass e.g. --failover-after 3s", "bad-request");
       if (req.mirror.ca !== undefined) {
         try {
@@ -325,7 +333,7 @@ export class AppManager {
         await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
         if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
         // a new run takes a new lease (docs/ha.md)
-        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(req.mirror.standby ? { standby: req.mirror.standby } : {}) });
+        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(req.mirror.standby ? { standby: req.mirror.standby } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
         await clearFenced(dir.dir);
       }
       try {
@@ -614,7 +622,14 @@ export class AppManager {
       p.then((sh) => {
         sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
         // docs/ha.md: the epoch is kept for a daemon restart; losing the lease stops the app for good
+        let addressHeld = false;
         sh.on("lease", (l: { epoch: number }) => {
+          // the service address goes with the lease (docs/ha.md, decision 4)
+          if (lease.address && !addressHeld && !sh.fenced) {
+            addressHeld = true;
+            const a = lease.address;
+            addServiceAddress(a).then((r) => this.log.info({ app: name, address: a.cidr, dev: a.dev, arp: r.arp }, "service address added"), (e) => this.log.error({ app: name, err: errMessage(e) }, "service address not added"));
+          }
           if (l.epoch !== lease.epoch) writeAppLease(appDir, { ...lease, epoch: (lease.epoch = l.epoch) }).catch((e) => this.log.error({ app: name, err: errMessage(e) }, "cannot record the lease epoch"));
         });
         const beats = lease.standby ? new BeatSender(parseHostPort(lease.standby, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)) : undefined;
@@ -623,7 +638,10 @@ export class AppManager {
           beats?.stop();
           this.schedule(name, undefined);
           this.shippers.delete(name);
-          fenceApp(new AppDir(this.home, name), f, this.log).finally(() => void sh.close());
+          fenceApp(new AppDir(this.home, name), f, this.log)
+            .then(() => lease.address && removeServiceAddress(lease.address).then(() => this.log.info({ app: name, address: lease.address!.cidr }, "service address removed")))
+            .catch((e) => this.log.error({ app: name, err: errMessage(e) }, "fencing: service address not removed"))
+            .finally(() => void sh.close());
         });
         sh.connect();
       }, () => this.shippers.delete(name));
@@ -917,7 +935,7 @@ export class AppManager {
   private async prepareTakeover(dir: AppDir, from: { url: string; token: string }, t: Takeover): Promise<void> {
     await mkdir(dir.dir, { recursive: true });
     await writeFile(join(dir.dir, "mirror-token"), from.token + "\n", { mode: 0o600 });
-    await writeAppLease(dir.dir, { epoch: t.epoch, ttlMs: t.ttlMs });
+    await writeAppLease(dir.dir, { epoch: t.epoch, ttlMs: t.ttlMs, ...(t.address ? { address: parseServiceAddress(t.address.cidr, t.address.dev) } : {}) });
     await clearFenced(dir.dir);
     const prev = dir.record() as AppRecord | null;
     const now = new Date().toISOString();

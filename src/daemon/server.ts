@@ -175,11 +175,18 @@ export function createApiServer(
   });
 }
 
+/** A service address ({cidr, dev}), checked again by the app manager (src/ha/address.ts). */
+function addressOf(v: unknown): { address?: { cidr: string; dev: string } } {
+  if (typeof v !== "object" || v === null) return {};
+  const a = v as Record<string, unknown>;
+  return { address: { cidr: typeof a.cidr === "string" ? a.cidr : "", dev: typeof a.dev === "string" ? a.dev : "" } };
+}
+
 /** A standby's takeover request (src/ha/standby.ts), checked field by field. */
 function takeoverOf(v: unknown): { takeover?: Takeover } {
   if (typeof v !== "object" || v === null) return {};
   const t = v as Record<string, unknown>;
   const n = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x > 0;
   if (!n(t.epoch) || !n(t.ttlMs)) throw new TgError("cannot take over", "the takeover's lease epoch and ttlMs must be positive integers", "Use `tardigrade standby`", "bad-request");
-  return { takeover: { epoch: t.epoch, ttlMs: t.ttlMs, ...(n(t.everyMs) ? { everyMs: t.everyMs } : {}), ...(t.ack === "received" || t.ack === "durable" ? { ack: t.ack } : {}) } };
+  return { takeover: { epoch: t.epoch, ttlMs: t.ttlMs, ...(n(t.everyMs) ? { everyMs: t.everyMs } : {}), ...(t.ack === "received" || t.ack === "durable" ? { ack: t.ack } : {}), ...addressOf(t.address) } };
 }

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../store/fsutil.js";
+import type { ServiceAddress } from "./address.js";
 
 /** Lease length (and standby failover timeout) when none is given. */
 export const DEFAULT_LEASE_MS = 3_000;
@@ -18,6 +19,8 @@ export interface AppLease {
   ttlMs: number;
   /** `HOST:PORT` of a standby to send heartbeats to directly (run --standby). */
   standby?: string;
+  /** The service address this host holds while it holds the lease (--address, --dev). */
+  address?: ServiceAddress;
 }
 
 export interface FencedRecord {

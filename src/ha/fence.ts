@@ -6,6 +6,7 @@ import type { AppDir } from "../daemon/appdir.js";
 import { isAlive, trySignal } from "../daemon/procs.js";
 import type { FencedInfo } from "../mirror/client.js";
 import { describeFenced, writeFenced } from "./app-lease.js";
+import type { ServiceAddress } from "./address.js";
 
 /** What a standby's takeover asks of the restore (src/ha/standby.ts). */
 export interface Takeover {
@@ -15,6 +16,8 @@ export interface Takeover {
   /** Periodic checkpoints of the restored app (run --every of the primary). */
   everyMs?: number;
   ack?: "received" | "durable";
+  /** The service address to take with the lease (standby --address, --dev). */
+  address?: ServiceAddress;
 }
 
 export async function fenceApp(dir: AppDir, info: FencedInfo, log: Logger): Promise<void> {

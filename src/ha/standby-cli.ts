@@ -11,6 +11,7 @@ import { parseHostPort } from "./heartbeat.js";
 import { hostId } from "./host.js";
 import { runStandby } from "./standby.js";
 import { DEFAULT_LEASE_MS } from "./app-lease.js";
+import { parseServiceAddress, type ServiceAddress } from "./address.js";
 
 export function registerStandbyCommand(program: Command): void {
   program
@@ -24,14 +25,17 @@ export function registerStandbyCommand(program: Command): void {
     .addOption(new Option("--rpo <level>", "restore the newest checkpoint the mirror has on disk (durable) or in memory (received)").choices(["durable", "received"]).default("durable"))
     .option("--listen <host:port>", "where the primary's heartbeats arrive (its run --standby)", "0.0.0.0:7071")
     .option("--every <duration>", "periodic checkpoints of the restored app (like run --every)")
+    .option("--address <ip/prefix>", "after the takeover, hold this service address while holding the lease (removed if fenced); needs --dev")
+    .option("--dev <iface>", "the interface for --address")
     .option("--json", "print the takeover report as JSON")
-    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; json?: boolean }) => {
-      let failoverAfterMs: number, everyMs: number | undefined, token: string, listen: { host: string; port: number };
+    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; address?: string; dev?: string; json?: boolean }) => {
+      let failoverAfterMs: number, everyMs: number | undefined, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
       try {
         failoverAfterMs = o.failoverAfter ? parseInterval(o.failoverAfter) : DEFAULT_LEASE_MS;
         everyMs = o.every ? parseInterval(o.every) : undefined;
         token = readToken(o.tokenFile);
         listen = parseHostPort(o.listen, "--listen");
+        address = o.address !== undefined || o.dev !== undefined ? parseServiceAddress(o.address ?? "", o.dev) : undefined;
       } catch (e) {
         throw new TgError("cannot start the standby", errMessage(e), "See `tardigrade standby --help`", "bad-request");
       }
@@ -49,7 +53,7 @@ export function registerStandbyCommand(program: Command): void {
         ...(everyMs !== undefined ? { everyMs } : {}),
         log,
         restore: async (checkpoint, takeover) => {
-          const r = await api.restore(o.app, { checkpoint, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable" } } });
+          const r = await api.restore(o.app, { checkpoint, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable", ...(address ? { address } : {}) } } });
           return { checkpoint: r.checkpoint, appHostPid: r.appHostPid };
         },
       });

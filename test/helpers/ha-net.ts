@@ -20,6 +20,10 @@ export interface Net {
   ns: Record<Host, string>;
   /** The address of `host` on `link`. */
   addr(link: Link, host: Host): string;
+  /** The name of `host`'s end of `link`. */
+  dev(link: Link, host: Host): string;
+  /** The addresses (IP/PREFIX) on `host`'s end of `link`. */
+  addrs(link: Link, host: Host): string[];
   /** Takes both ends of a link down (up again with up). */
   down(link: Link): void;
   up(link: Link): void;
@@ -53,6 +57,11 @@ export function makeNet(): Net {
   const net: Net = {
     ns,
     addr: (link, host) => `10.77.${LINKS[link].net}.${LINKS[link].a === host ? 1 : 2}`,
+    dev,
+    addrs(link, host) {
+      const out = execFileSync("ip", ["-n", ns[host], "-o", "-4", "addr", "show", "dev", dev(link, host)], { encoding: "utf8" });
+      return [...out.matchAll(/\binet (\S+)/g)].map((m) => m[1]!);
+    },
     down(link) {
       const l = LINKS[link];
       ip(["-n", ns[l.a], "link", "set", dev(link, l.a), "down"]);
