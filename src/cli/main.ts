@@ -8,6 +8,7 @@ import * as api from "../index.js";
 import { TRACKING_MODES, type TrackingMode } from "../daemon/agent.js";
 import { describeExit, type AppState } from "../daemon/appdir.js";
 import { readCaFile } from "../mirror/tls-ca.js";
+import { describeFenced } from "../ha/app-lease.js";
 import { TgError, errMessage } from "../errors.js";
 import { tardigradeHome } from "../store/home.js";
 import { bytes, duration, json, parseInterval, table } from "./format.js";
@@ -29,7 +30,7 @@ function version(): string {
 
 function appLine(s: AppState): string[] {
   const pids = s.state === "running" ? `${s.initHostPid ?? "-"}/${s.appHostPid ?? "-"}` : "-";
-  const how = s.state === "exited" ? describeExit(s.exit) : s.mode === "restore" ? `restored from ${s.checkpoint}` : "";
+  const how = s.fenced ? describeFenced(s.fenced) : s.state === "exited" ? describeExit(s.exit) : s.mode === "restore" ? `restored from ${s.checkpoint}` : "";
   return [s.name, s.state, pids, s.startedAt, s.lazy ? `${how}; ${describeLazy(s.lazy)}` : how];
 }
 
@@ -73,6 +74,10 @@ export function buildProgram(): Command {
     .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// mirror (default: the system's CAs)")
+    .option("--standby <host:port>", "with --mirror: also send heartbeats straight to this standby (`tardigrade standby --listen`)")
+    .option("--failover-after <duration>", "with --mirror: the app's lease on the mirror lasts this long (default 3s); unrenewed, the app is stopped and a standby may take over")
+    .option("--address <ip/prefix>", "with --mirror: a service address this host holds while it holds the app's lease (removed when fenced); needs --dev")
+    .option("--dev <iface>", "the interface for --address")
     .addOption(new Option("--mirror-ack <level>", "a checkpoint returns once the mirror has it cached (received) or on disk (durable)").choices(["received", "durable"]).default("durable"))
     .option("--files <dir>", "data files: also snapshot this whole tree (repeatable), or `none` to keep files out of checkpoints (default: the files the app writes)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--files-exclude <glob>", "leave matching files out of checkpoints (repeatable; `*.tmp` matches names, `/srv/x/**` paths)", (v: string, prev: string[] = []) => [...prev, v])
@@ -80,7 +85,7 @@ export function buildProgram(): Command {
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; externalUnix: "refuse" | "closed"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; failoverAfter?: string; standby?: string; address?: string; dev?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; externalUnix: "refuse" | "closed"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -91,7 +96,13 @@ export function buildProgram(): Command {
       }
       const keep = o.keep === undefined ? undefined : Number(o.keep);
       if (keep !== undefined && (!Number.isSafeInteger(keep) || keep < 1)) throw new TgError("cannot run the app", `--keep must be a whole number ≥ 1 (got ${o.keep})`, "Pass e.g. --keep 3", "bad-request");
-      const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run") } : undefined;
+      let leaseMs: number | undefined;
+      try {
+        if (o.failoverAfter !== undefined) leaseMs = parseInterval(o.failoverAfter);
+      } catch (e) {
+        throw new TgError("cannot run the app", `--failover-after: ${errMessage(e)}`, "", "bad-request");
+      }
+      const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run"), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(o.standby ? { standby: o.standby } : {}), ...(o.address !== undefined || o.dev !== undefined ? { address: { cidr: o.address ?? "", dev: o.dev ?? "" } } : {}) } : undefined;
       const none = o.files?.includes("none") === true;
       const files = o.files || o.filesExclude ? { ...(none ? { enabled: false } : {}), dirs: (o.files ?? []).filter((d) => d !== "none"), exclude: o.filesExclude ?? [] } : undefined;
       const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror, files, ...(o.externalUnix === "closed" ? { externalUnix: "closed" as const } : {}) });
@@ -168,6 +179,7 @@ export function buildProgram(): Command {
       const warning = damageWarning(damage);
       if (warning) process.stderr.write(warning + "\n");
       if (o.json) return out(json(list));
+      for (const a of (await api.apps()).filter((x) => x.fenced && (!name || x.name === name))) process.stderr.write(`${a.name}: ${describeFenced(a.fenced!)}: ${a.fenced!.reason}\n`);
       if (list.length === 0) return out(name ? `no checkpoints of ${name}` : "no checkpoints");
       const extra = (m: api.Manifest): { stats?: { storedBytes?: number }; synthetic?: boolean; mirror?: { state: string; error?: string } } => m as never;
       const mirrored = list.some((m) => extra(m).mirror);
@@ -334,6 +346,7 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   const word = argv[2];
   if (word === undefined || word === "mirror" || word === "help" || word.startsWith("-")) (await import("../mirror/cli.js")).registerMirrorCommands(program);
+  if (word === undefined || word === "standby" || word === "help" || word.startsWith("-")) (await import("../ha/standby-cli.js")).registerStandbyCommand(program);
   program.exitOverride();
   try {
     await program.parseAsync(argv);

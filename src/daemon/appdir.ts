@@ -5,6 +5,7 @@
 //   status     exit status JSON (written by tardigrade-init/-restore when the app ends)
 //   log        the app's stdout and stderr
 //   agent.sock the agent's control socket
+import { readFenced, type FencedRecord } from "../ha/app-lease.js";
 import type { FilesConfig } from "./files-set.js";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { constants } from "node:os";
@@ -75,6 +76,8 @@ export interface AppState {
   log: string;
   /** A lazy restore's page loading (restore --lazy). */
   lazy?: LazyProgress;
+  /** The app was stopped because this host lost its lease on the mirror (docs/ha.md): it stays stopped. */
+  fenced?: FencedRecord;
 }
 
 export class AppDir {
@@ -158,6 +161,7 @@ export class AppDir {
       exit: state === "exited" ? (exit ?? {}) : null,
       log: this.logFile,
       ...lazyOf(this.dir, r.mode, state === "exited" && !isAlive(r.launcherPid, r.launcherStart)),
+      ...fencedField(this.dir),
     };
   }
 }
@@ -169,6 +173,11 @@ function lazyOf(dir: string, mode: AppState["mode"], ended: boolean): { lazy?: L
   if (p && ended && p.state === "loading")
     return { lazy: { ...p, state: "failed", error: "the page server (tardigrade-restore) ended before the memory was all in; the app was killed with it rather than left to read zeros" } };
   return p ? { lazy: p } : {};
+}
+
+function fencedField(dir: string): { fenced?: FencedRecord } {
+  const f = readFenced(dir);
+  return f ? { fenced: f } : {};
 }
 
 export function listAppNames(home: string): string[] {

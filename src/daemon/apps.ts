@@ -24,8 +24,14 @@ import { testDelay } from "./test-hooks.js";
 import { daemonStartUmask, validUmask } from "./private-fs.js";
 import { checkFiles, writeRestoreFailed, writeRestoreMarker } from "./file-check.js";
 import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
+import type { FencedInfo } from "../mirror/client.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
+import { DEFAULT_LEASE_MS, clearFenced, describeFenced, readAppLease, readFenced, writeAppLease } from "../ha/app-lease.js";
+import { fenceApp, type Takeover } from "../ha/fence.js";
+import { hostId } from "../ha/host.js";
+import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
+import { addServiceAddress, parseServiceAddress, removeServiceAddress, type ServiceAddress } from "../ha/address.js";
 import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
@@ -57,7 +63,7 @@ export interface RunRequest {
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
-  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of a standby: heartbeats go there directly too */ standby?: string; /** service address held with the lease */ address?: ServiceAddress };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
   /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
@@ -215,7 +221,7 @@ export class AppManager {
       const r = dir.record() as AppRecord | null;
       if (r?.everyMs && dir.state()?.state === "running") this.schedule(n, r.everyMs);
       // a mirror shipper goes on where it stopped (checkpoints committed meanwhile are backfilled)
-      if (r?.mirrorUrl && this.store instanceof CasStoreAdapter)
+      if (r?.mirrorUrl && this.store instanceof CasStoreAdapter && !readFenced(dir.dir))
         this.shipper(this.store, n, r).catch((e) => this.log.warn({ app: n, err: errMessage(e) }, "mirror shipper not started"));
     }
   }
@@ -271,6 +277,21 @@ export class AppManager {
       }
       if (!req.mirror.token) throw new TgError("cannot run the app", "no mirror token", "Pass --token-file FILE or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
       if (req.mirror.ack && req.mirror.ack !== "received" && req.mirror.ack !== "durable") throw new TgError("cannot run the app", `unknown --mirror-ack ${req.mirror.ack}`, "Use received or durable", "bad-request");
+      if (req.mirror.standby !== undefined) {
+        try {
+          parseHostPort(req.mirror.standby, "--standby");
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "Pass the standby's heartbeat address, e.g. --standby 10.0.0.2:7071", "bad-request");
+        }
+      }
+      if (req.mirror.address !== undefined) {
+        try {
+          req.mirror.address = parseServiceAddress(req.mirror.address.cidr, req.mirror.address.dev);
+        } catch (e) {
+          throw new TgError("cannot run the app", errMessage(e), "Pass e.g. --address 10.0.0.100/24 --dev eth0", "bad-request");
+        }
+      }
+      if (req.mirror.leaseMs !== undefined && (!Number.isSafeInteger(req.mirror.leaseMs) || req.mirror.leaseMs < 200 || req.mirror.leaseMs > 60_000)) throw new TgError("cannot run the app", `--failover-after must be 200ms to 60s (got ${JSON.stringify(req.mirror.leaseMs)} ms)`, "Pass e.g. --failover-after 3s", "bad-request");
       if (req.mirror.ca !== undefined) {
         try {
           checkCaPem(req.mirror.ca, "--tls-ca");
@@ -315,6 +336,9 @@ export class AppManager {
         await writeFile(join(dir.dir, "mirror-token"), req.mirror.token + "\n", { mode: 0o600 });
         await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
         if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
+        // a new run takes a new lease (docs/ha.md)
+        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(req.mirror.standby ? { standby: req.mirror.standby } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
+        await clearFenced(dir.dir);
       }
       try {
         const umask = (validUmask(req.umask) ?? daemonStartUmask()).toString(8);
@@ -332,6 +356,8 @@ export class AppManager {
         record.initStart = l.initStart;
         await dir.writeRecord(record);
         this.schedule(name, req.everyMs);
+        // the lease is taken as shipping starts, not at the first checkpoint
+        if (req.mirror && this.store instanceof CasStoreAdapter) this.shipper(this.store, name, record).catch((e) => this.log.warn({ app: name, err: errMessage(e) }, "mirror shipper not started"));
         this.log.info({ app: name, argv: req.argv, hostPid: l.appHostPid }, "app started");
         return { name, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, startNs: l.elapsedNs };
       } catch (e) {
@@ -593,9 +619,36 @@ export class AppManager {
     if (!p) {
       const token = readFileSync(join(new AppDir(this.home, name).dir, "mirror-token"), "utf8").trim();
       const dial = appDialOptions(new AppDir(this.home, name).dir);
-      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, membersOf: (id) => membersOf(store.cas, id), ...(dial ? { dial } : {}) });
+      const appDir = new AppDir(this.home, name).dir;
+      const fenced = readFenced(appDir);
+      if (fenced) return Promise.reject(new Error(`${name} is ${describeFenced(fenced)}: its checkpoints are not shipped`));
+      const lease = readAppLease(appDir) ?? { ttlMs: DEFAULT_LEASE_MS };
+      p = MirrorShipper.open({ store: store.cas, app: name, url: rec.mirrorUrl!, token, statePath: this.mirrorStatePath(name), ack: rec.mirrorAck ?? "durable", logger: this.log, membersOf: (id) => membersOf(store.cas, id), ...(dial ? { dial } : {}), lease: { host: hostId(), ...lease, keep: () => new AppDir(this.home, name).state()?.state !== "exited" } });
       p.then((sh) => {
         sh.on("fatal", (e: unknown) => this.log.error({ app: name, err: errMessage(e) }, "mirror refused this source"));
+        // docs/ha.md: the epoch is kept for a daemon restart; losing the lease stops the app for good
+        let addressHeld = false;
+        sh.on("lease", (l: { epoch: number }) => {
+          // the service address goes with the lease (docs/ha.md, decision 4)
+          if (lease.address && !addressHeld && !sh.fenced) {
+            addressHeld = true;
+            const a = lease.address;
+            addServiceAddress(a).then((r) => this.log.info({ app: name, address: a.cidr, dev: a.dev, arp: r.arp }, "service address added"), (e) => this.log.error({ app: name, err: errMessage(e) }, "service address not added"));
+          }
+          if (l.epoch !== lease.epoch) writeAppLease(appDir, { ...lease, epoch: (lease.epoch = l.epoch) }).catch((e) => this.log.error({ app: name, err: errMessage(e) }, "cannot record the lease epoch"));
+        });
+        const beats = lease.standby ? new BeatSender(parseHostPort(lease.standby, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)) : undefined;
+        sh.once("closed", () => beats?.stop());
+        sh.on("fenced", (f: FencedInfo) => {
+          beats?.stop();
+          this.schedule(name, undefined);
+          this.shippers.delete(name);
+          fenceApp(new AppDir(this.home, name), f, this.log)
+            .then(() => lease.address && removeServiceAddress(lease.address).then(() => this.log.info({ app: name, address: lease.address!.cidr }, "service address removed")))
+            .catch((e) => this.log.error({ app: name, err: errMessage(e) }, "fencing: service address not removed"))
+            .finally(() => void sh.close());
+        });
+        sh.connect();
       }, () => this.shippers.delete(name));
       this.shippers.set(name, p);
     }
@@ -777,9 +830,13 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string; takeover?: Takeover }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
-    return this.lock.run(name, async () => {
+    const r = await this.lock.run(name, async () => {
+      const fenced = readFenced(dir.dir);
+      if (fenced && !opts.from?.takeover)
+        throw new TgError(`cannot restore ${name}`, `it is ${describeFenced(fenced)}: ${fenced.reason}`, `Another host runs it now; take it back with \`tardigrade standby --mirror URL --app ${name}\` (a takeover under a new lease)`, "conflict");
+      if (opts.from?.takeover) await this.prepareTakeover(dir, opts.from, opts.from.takeover);
       const t0 = process.hrtime.bigint();
       let checkpointId = opts.checkpoint;
       if (opts.from) {
@@ -871,9 +928,28 @@ export class AppManager {
         await opened.release();
       }
     });
+    // A takeover ships the restored app's checkpoints under its new epoch from now on (the shipper renews the lease).
+    if (opts.from?.takeover && this.store instanceof CasStoreAdapter) {
+      const rec = dir.record() as AppRecord | null;
+      if (rec?.mirrorUrl) await this.shipper(this.store, name, rec).catch((e) => this.log.warn({ app: name, err: errMessage(e) }, "mirror shipper not started"));
+    }
+    return r;
   }
 
   /** Restore from the content-addressed store: its composed full image is piped into the restorer. */
+  /** A standby's takeover (src/ha/standby.ts): the restored app ships under the lease epoch it was granted. */
+  private async prepareTakeover(dir: AppDir, from: { url: string; token: string }, t: Takeover): Promise<void> {
+    await mkdir(dir.dir, { recursive: true });
+    await writeFile(join(dir.dir, "mirror-token"), from.token + "\n", { mode: 0o600 });
+    await writeAppLease(dir.dir, { epoch: t.epoch, ttlMs: t.ttlMs, ...(t.address ? { address: parseServiceAddress(t.address.cidr, t.address.dev) } : {}) });
+    await clearFenced(dir.dir);
+    const prev = dir.record() as AppRecord | null;
+    const now = new Date().toISOString();
+    await dir.writeRecord({ ...(prev ?? { name: dir.name, argv: [], cwd: "/", createdAt: now, startedAt: now, mode: "restore", checkpoint: null, launcherPid: 0, launcherStart: null }), mirrorUrl: from.url, mirrorAck: t.ack ?? prev?.mirrorAck ?? "durable", ...(t.everyMs !== undefined ? { everyMs: t.everyMs } : {}) });
+    await this.shippers.get(dir.name)?.then((s) => s.close()).catch(() => undefined);
+    this.shippers.delete(dir.name);
+  }
+
   private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).

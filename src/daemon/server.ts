@@ -12,6 +12,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
+import type { Takeover } from "../ha/fence.js";
 import { summarizeImage } from "../image/summary.js";
 import type { AppManager, Progress, RunRequest } from "./apps.js";
 import { damageSummary, verifyStore } from "./integrity.js";
@@ -71,7 +72,7 @@ export function createApiServer(
       }
       if (m === "POST" && id && action === "restore") {
         const b = await body(req);
-        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown } | undefined;
+        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown; takeover?: unknown } | undefined;
         return apps.restore(
           id,
           {
@@ -80,7 +81,7 @@ export function createApiServer(
             allowFileChanges: b.allowFileChanges === true,
             ...(Array.isArray(b.keepFileChanges) ? { keepFileChanges: b.keepFileChanges.filter((x): x is string => typeof x === "string") } : {}),
             lazy: b.lazy === true,
-            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) } } : {}),
+            ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}), ...takeoverOf(from.takeover) } } : {}),
           },
           progress,
         );
@@ -174,4 +175,20 @@ export function createApiServer(
       },
     );
   });
+}
+
+/** A service address ({cidr, dev}), checked again by the app manager (src/ha/address.ts). */
+function addressOf(v: unknown): { address?: { cidr: string; dev: string } } {
+  if (typeof v !== "object" || v === null) return {};
+  const a = v as Record<string, unknown>;
+  return { address: { cidr: typeof a.cidr === "string" ? a.cidr : "", dev: typeof a.dev === "string" ? a.dev : "" } };
+}
+
+/** A standby's takeover request (src/ha/standby.ts), checked field by field. */
+function takeoverOf(v: unknown): { takeover?: Takeover } {
+  if (typeof v !== "object" || v === null) return {};
+  const t = v as Record<string, unknown>;
+  const n = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x > 0;
+  if (!n(t.epoch) || !n(t.ttlMs)) throw new TgError("cannot take over", "the takeover's lease epoch and ttlMs must be positive integers", "Use `tardigrade standby`", "bad-request");
+  return { takeover: { epoch: t.epoch, ttlMs: t.ttlMs, ...(n(t.everyMs) ? { everyMs: t.everyMs } : {}), ...(t.ack === "received" || t.ack === "durable" ? { ack: t.ack } : {}), ...addressOf(t.address) } };
 }

@@ -17,6 +17,8 @@ export interface AdminOptions {
   dial?: DialOptions;
 }
 
+export type LeaseReply = { granted: true; holder: string; epoch: number; ttlMs: number } | { granted: false; holder: string; epoch: number; expiresInMs: number; renewedMsAgo: number | null };
+
 export class AdminConnection {
   private constructor(
     private readonly conn: FramedConnection,
@@ -45,6 +47,21 @@ export class AdminConnection {
   async flush(): Promise<FlushOutcome> {
     await this.conn.sendJson(FrameType.Flush, {});
     return parseJson(FrameType.Flushed, (await this.expect(FrameType.Flushed)).payload) as unknown as FlushOutcome;
+  }
+
+  /**
+   * The source's lease (docs/ha.md): `probe` only reports who holds it; else takes it (no
+   * epoch) or renews it (its epoch) for `host`.
+   */
+  async lease(req: { host?: string; epoch?: number; ttlMs?: number; probe?: boolean }): Promise<LeaseReply> {
+    await this.conn.sendJson(FrameType.Lease, req);
+    const r = await this.frames.next();
+    if (r.done === true) throw new Error("mirror closed the connection while answering Lease");
+    if (r.value.type === FrameType.Error) throw remoteError(r.value.payload);
+    const v = parseJson(r.value.type, r.value.payload);
+    if (r.value.type === FrameType.Granted) return { granted: true, holder: String(v.holder), epoch: Number(v.epoch), ttlMs: Number(v.ttlMs) };
+    if (r.value.type !== FrameType.Held) throw new Error(`mirror answered Lease with ${FrameType[r.value.type]}`);
+    return { granted: false, holder: String(v.holder), epoch: Number(v.epoch), expiresInMs: Number(v.expiresInMs), renewedMsAgo: typeof v.renewedMsAgo === "number" ? v.renewedMsAgo : null };
   }
 
   async list(): Promise<ListedCheckpoint[]> {

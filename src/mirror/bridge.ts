@@ -20,7 +20,7 @@ import { decodeTable, type ImportReport, type MirrorManifest, type MirrorTable }
 import { contentDigest } from "../store/cas/lineage.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
-import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type MirrorStateEvent } from "./client.js";
+import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type FencedInfo, type MirrorStateEvent } from "./client.js";
 import type { DialOptions } from "./dial.js";
 import { silentLogger } from "./log.js";
 import { isValidName, type LazyChunk, type MirrorCheckpoint } from "./objects.js";
@@ -93,6 +93,8 @@ export interface MirrorShipperOptions {
    * processes of its tree, its files image): shipped with it as one mirror checkpoint.
    */
   membersOf?: (id: string) => string[];
+  /** Hold the app's lease on the mirror (MirrorClientOptions.lease): events "lease" and "fenced". */
+  lease?: { host: string; ttlMs: number; epoch?: number; keep?: () => boolean };
 }
 
 export interface ShipperStateEvent {
@@ -155,8 +157,11 @@ export class MirrorShipper extends EventEmitter {
       ack: opts.ack ?? "durable",
       ...(opts.dial ? { dial: opts.dial } : {}),
       ...(opts.backoff ? { backoff: opts.backoff } : {}),
+      ...(opts.lease ? { lease: opts.lease } : {}),
       logger: this.log,
     });
+    this.client.on("lease", (l: unknown) => this.emit("lease", l));
+    this.client.on("fenced", (f: unknown) => this.emit("fenced", f));
     this.client.on("state", (e: MirrorStateEvent) => this.onClientState(e));
     this.client.on("connected", (pos: { durableSeq: number }) => this.onConnected(pos.durableSeq));
     this.client.on("fatal", (e: Error) => {
@@ -171,6 +176,21 @@ export class MirrorShipper extends EventEmitter {
    * Loads the state file, queues every checkpoint not yet durable (and, with backfill, the
    * store's newer ones), and starts shipping in the background.
    */
+  /** Connects now (not at the first checkpoint): with a lease, takes it (attach "lease"/"fenced" listeners first). */
+  connect(): void {
+    this.client.start();
+  }
+
+  /** Why this shipper lost the app's lease, if it did. */
+  get fenced(): FencedInfo | undefined {
+    return this.client.fenced;
+  }
+
+  /** The lease epoch held (undefined before the first grant or without a lease). */
+  get leaseEpoch(): number | undefined {
+    return this.client.epoch;
+  }
+
   static async open(opts: MirrorShipperOptions): Promise<MirrorShipper> {
     const s = new MirrorShipper(opts);
     await s.load();
@@ -278,6 +298,7 @@ export class MirrorShipper extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.emit("closed");
     await this.client.close();
     await this.running?.catch(() => undefined);
     this.dirty = true;

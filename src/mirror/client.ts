@@ -34,6 +34,30 @@ export interface MirrorClientOptions {
   logger?: Logger;
   /** Chunk bytes per Chunks frame (default 1 MiB; a chunk bigger than this goes alone). */
   frameBytes?: number;
+  /**
+   * Hold the source's lease (docs/ha.md): taken right after each Hello (renewed with
+   * `epoch` when given: a restarted daemon, or a standby that took it over), renewed every
+   * ttlMs/6, and every Offer carries its epoch. Losing it (Held, a `fenced` refusal, or no
+   * renewal answered before expiry minus a margin, by this process's monotonic clock)
+   * emits "fenced" once and stops the client for good.
+   */
+  lease?: { host: string; ttlMs: number; epoch?: number; /** renew only while this holds (the app runs): else the lease lapses */ keep?: () => boolean };
+}
+
+/** Why a leased source must stop running its app (event "fenced"). */
+export interface FencedInfo {
+  /** Who holds the lease now ("?" when unknown: the lease expired unrenewed). */
+  holder: string;
+  /** The lease's current epoch (this client's own when it expired unrenewed). */
+  epoch: number;
+  reason: string;
+}
+
+export class FencedError extends Error {
+  constructor(readonly info: FencedInfo) {
+    super(`fenced: ${info.reason}`);
+    this.name = "FencedError";
+  }
 }
 
 /** Default chunk bytes per Chunks frame: big enough that per-frame costs vanish. */
@@ -115,7 +139,7 @@ const REFUSAL_CODES = new Set(["missing-parent", "too-large"]);
 const READ_AHEAD = 4;
 
 /** Errors after which retrying cannot help: reported and the client stops. */
-const FATAL_CODES = new Set(["auth-failed", "bad-version", "forbidden"]);
+const FATAL_CODES = new Set(["auth-failed", "bad-version", "forbidden", "fenced"]);
 
 const RANK: Record<MirrorState, number> = { queued: 0, received: 1, durable: 2 };
 
@@ -137,6 +161,15 @@ export class MirrorClient extends EventEmitter {
   private fatal: Error | undefined;
   /** What the destination said it had at the last Hello (seqs at or below are not offered again). */
   private remote = { durableSeq: 0, receivedSeq: 0 };
+  /** The lease epoch this client holds (undefined before the first grant, or without a lease). */
+  epoch: number | undefined;
+  /** performance.now() when the lease runs out unless renewed (the renewal's send time + ttl). */
+  leaseExpiresAt = 0;
+  /** Send times of renewals not yet answered (answers come in order). */
+  private leaseSent: number[] = [];
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  fenced: FencedInfo | undefined;
   readonly stats: MirrorClientStats = {
     connects: 0,
     bytesSent: 0,
@@ -152,6 +185,7 @@ export class MirrorClient extends EventEmitter {
     this.addr = parseMirrorUrl(opts.url);
     this.log = (opts.logger ?? silentLogger()).child({ mirror: opts.url, source: opts.source });
     this.backoffMs = opts.backoff?.initialMs ?? 100;
+    this.epoch = opts.lease?.epoch;
   }
 
   /** Starts connecting (and reconnecting) in the background. */
@@ -203,6 +237,8 @@ export class MirrorClient extends EventEmitter {
   /** Stops: closes the connection; unacknowledged sends are rejected. */
   async close(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.leaseTimer);
+    clearTimeout(this.expiryTimer);
     this.wake?.();
     this.conn?.close();
     this.conn?.socket.destroy();
@@ -277,6 +313,11 @@ export class MirrorClient extends EventEmitter {
             this.failEntry(refused, e.code === "missing-parent" ? new MissingParentError(id, seq, e.message) : new CheckpointRefusedError(id, seq, e.code, e.message));
           }
         }
+        if (e instanceof FencedError || (e instanceof MirrorRemoteError && e.code === "fenced")) {
+          const m = /at epoch (\d+), held by (\S+);/.exec(e.message);
+          this.fence(e instanceof FencedError ? e.info : { holder: m?.[2] ?? "?", epoch: Number(m?.[1] ?? 0), reason: e.message });
+          return;
+        }
         if (e instanceof MirrorRemoteError && FATAL_CODES.has(e.code)) {
           this.fatal = e;
           this.log.error({ err: e.message }, "mirror refused this source; not retrying");
@@ -318,6 +359,7 @@ export class MirrorClient extends EventEmitter {
         else if (e.ckpt.seq <= receivedSeq) this.setState(e, "received");
         else if (e.state === "received") this.setState(e, "queued"); // lost from the mirror's cache (it restarted)
       }
+      if (this.opts.lease) await this.takeLease(conn, frames);
       this.emit("connected", { durableSeq, receivedSeq });
       const reader = this.readLoop(frames);
       const sender = this.sendLoop(conn);
@@ -326,11 +368,83 @@ export class MirrorClient extends EventEmitter {
       // Whichever ends first ends the session; the other is unblocked by the socket closing.
       await Promise.race([reader, sender]);
     } finally {
+      clearInterval(this.leaseTimer);
+      this.leaseSent = [];
       conn.socket.destroy();
       this.conn = undefined;
       this.rejectWants(new Error("connection closed"));
       this.stats.bytesSent += conn.bytesOut;
     }
+  }
+
+  /** Takes (or renews, with its epoch) the lease right after Hello; then renews it every ttl/6 on this connection. */
+  private async takeLease(conn: FramedConnection, frames: AsyncGenerator<Frame, void, void>): Promise<void> {
+    const lease = this.opts.lease!;
+    // Not running (a daemon restarted after its app died): no lease taken; checkpoints still
+    // shipped go under the epoch it had, refused `fenced` if another host took the lease since.
+    if (lease.keep && !lease.keep()) return;
+    const sentAt = performance.now();
+    await conn.sendJson(FrameType.Lease, { host: lease.host, ...(this.epoch !== undefined ? { epoch: this.epoch } : {}), ttlMs: lease.ttlMs });
+    const r = await frames.next();
+    if (r.done === true) throw new Error("mirror closed the connection while answering Lease");
+    if (r.value.type === FrameType.Error) throw remoteError(r.value.payload);
+    if (r.value.type === FrameType.Held) throw new FencedError(this.heldInfo(r.value.payload));
+    if (r.value.type !== FrameType.Granted) throw new Error(`mirror answered Lease with ${FrameType[r.value.type]}`);
+    this.onGranted(r.value.payload, sentAt);
+    this.leaseTimer = setInterval(() => {
+      if (conn.isClosed || (lease.keep && !lease.keep())) return;
+      this.leaseSent.push(performance.now());
+      conn.sendJson(FrameType.Lease, { host: lease.host, epoch: this.epoch, ttlMs: lease.ttlMs }).catch(() => undefined);
+    }, Math.max(20, Math.floor(lease.ttlMs / 6)));
+  }
+
+  private heldInfo(payload: Buffer): FencedInfo {
+    const v = parseJson(FrameType.Held, payload);
+    const holder = String(v.holder);
+    const epoch = Number(v.epoch);
+    const mine = this.epoch === undefined ? "" : ` (this host had epoch ${this.epoch})`;
+    return { holder, epoch, reason: `the lease of ${this.opts.source} is held by ${holder} at epoch ${epoch}${mine}` };
+  }
+
+  private onGranted(payload: Buffer, sentAt: number): void {
+    const v = parseJson(FrameType.Granted, payload);
+    const epoch = Number(v.epoch);
+    const ttlMs = Number(v.ttlMs);
+    const first = this.epoch !== epoch;
+    this.epoch = epoch;
+    // From the request's send time: this side's expiry always comes before the mirror's.
+    this.leaseExpiresAt = sentAt + ttlMs;
+    if (first) this.log.info({ epoch, ttlMs }, "lease granted");
+    this.emit("lease", { epoch, holder: String(v.holder), ttlMs, expiresAt: this.leaseExpiresAt });
+    const margin = Math.min(ttlMs / 5, 500);
+    clearTimeout(this.expiryTimer);
+    const check = (): void => {
+      if (this.fenced || this.stopped) return;
+      const left = this.leaseExpiresAt - margin - performance.now();
+      if (left > 0) {
+        this.expiryTimer = setTimeout(check, left);
+        return;
+      }
+      this.fence({ holder: "?", epoch, reason: `the lease of ${this.opts.source} (epoch ${epoch}) expired: not renewed for ${ttlMs} ms (the mirror is unreachable)` });
+    };
+    this.expiryTimer = setTimeout(check, Math.max(0, this.leaseExpiresAt - margin - performance.now()));
+  }
+
+  /** This host lost the lease: told once ("fenced"), then the client stops for good. */
+  private fence(info: FencedInfo): void {
+    if (this.fenced) return;
+    this.fenced = info;
+    const err = new FencedError(info);
+    this.fatal = err;
+    this.stopped = true;
+    clearInterval(this.leaseTimer);
+    clearTimeout(this.expiryTimer);
+    this.log.error({ holder: info.holder, epoch: info.epoch }, err.message);
+    this.emit("fenced", info);
+    this.wake?.();
+    this.conn?.socket.destroy();
+    this.rejectWants(err);
+    for (const en of this.entries) for (const w of en.waiters.splice(0)) w.reject(err);
   }
 
   private async readLoop(frames: AsyncGenerator<Frame, void, void>): Promise<void> {
@@ -372,6 +486,13 @@ export class MirrorClient extends EventEmitter {
         }
         return;
       }
+      case FrameType.Granted: {
+        const sentAt = this.leaseSent.shift() ?? performance.now();
+        this.onGranted(f.payload, sentAt);
+        return;
+      }
+      case FrameType.Held:
+        throw new FencedError(this.heldInfo(f.payload));
       case FrameType.Error:
         throw remoteError(f.payload);
       default:
@@ -423,6 +544,7 @@ export class MirrorClient extends EventEmitter {
   /** Sends an Offer; the promise is its Want. */
   private async offer(conn: FramedConnection, e: Entry): Promise<{ e: Entry; header: CheckpointHeader; want: Promise<Buffer> }> {
     const header = headerOf(e.ckpt);
+    if (this.epoch !== undefined) header.epoch = this.epoch;
     const want = new Promise<Buffer>((resolve, reject) => this.wantWaiters.push({ resolve, reject }));
     want.catch(() => undefined); // (awaited by sendLoop unless the connection fails first)
     await conn.send(FrameType.Offer, [encodeCheckpointHeader(header)]);

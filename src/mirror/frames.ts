@@ -39,6 +39,10 @@ export enum FrameType {
   FetchHeader = 15, // s->c checkpoint header + chunk list + manifest (same layout as Offer)
   FetchEnd = 16, // s->c JSON {id, chunks}
   Chunks = 17, // c->s: u32 count | count x (32-byte sha256 | u32 size) | the chunks' bytes, in order
+  // 18-29: high availability (docs/ha.md)
+  Lease = 18, // c->s JSON {host, epoch?, ttlMs} take (no epoch) or renew (its epoch) the source's lease; {probe: true}: answered Held, taking nothing
+  Granted = 19, // s->c JSON {holder, epoch, ttlMs}: the asker holds the lease for ttlMs from now
+  Held = 20, // s->c JSON {holder, epoch, expiresInMs, renewedMsAgo}: another host (or epoch) holds it
 }
 
 

@@ -56,7 +56,7 @@ export function name(obj: Record<string, unknown>, key: string, type: FrameType)
 }
 
 // Offer / FetchHeader payload:
-//   u32 jsonLen | JSON {id, seq, parent?, chunkCount, manifestLen}
+//   u32 jsonLen | JSON {id, seq, parent?, epoch?, chunkCount, manifestLen}
 //   | chunkCount x (32-byte sha256 | u32 size) | manifest bytes
 const REF_BYTES = HASH_BYTES + 4;
 
@@ -66,6 +66,7 @@ export function encodeCheckpointHeader(h: CheckpointHeader): Buffer {
       id: h.id,
       seq: h.seq,
       ...(h.parent !== undefined ? { parent: h.parent } : {}),
+      ...(h.epoch !== undefined ? { epoch: h.epoch } : {}),
       chunkCount: h.chunks.length,
       manifestLen: h.manifest.length,
     }),
@@ -95,6 +96,7 @@ export function decodeCheckpointHeader(type: FrameType, p: Buffer): CheckpointHe
   if (seq < 1) malformed(`${t}.seq must be >= 1`);
   const parentRaw = optStr(meta, "parent", type);
   if (parentRaw !== undefined && !isValidName(parentRaw)) malformed(`${t}.parent is not a valid name`);
+  const epoch = meta.epoch === undefined ? undefined : int(meta, "epoch", type);
   const chunkCount = int(meta, "chunkCount", type);
   const manifestLen = int(meta, "manifestLen", type);
   if (chunkCount > MAX_CHUNKS_PER_CHECKPOINT) {
@@ -116,7 +118,7 @@ export function decodeCheckpointHeader(type: FrameType, p: Buffer): CheckpointHe
     off += REF_BYTES;
   }
   const manifest = Buffer.from(p.subarray(off, off + manifestLen));
-  return { id, seq, ...(parentRaw !== undefined ? { parent: parentRaw } : {}), chunks, manifest };
+  return { id, seq, ...(parentRaw !== undefined ? { parent: parentRaw } : {}), ...(epoch !== undefined ? { epoch } : {}), chunks, manifest };
 }
 
 // Want payload: u32 jsonLen | JSON {id, count} | bitmap of ceil(chunkCount/8) bytes,

@@ -51,6 +51,8 @@ export interface CheckpointHeader {
   id: string;
   seq: number;
   parent?: string;
+  /** The sender's lease epoch (docs/ha.md): the mirror refuses an Offer whose epoch is not the current one (`fenced`). */
+  epoch?: number;
   chunks: ChunkRef[];
   manifest: Buffer;
 }

@@ -17,6 +17,7 @@ import { Session, type SessionHost, type SourcePosition } from "./session.js";
 import { silentLogger } from "./log.js";
 import type { TokenTable } from "./tokens.js";
 import { isValidName } from "./objects.js";
+import { LeaseTable, type LeaseAnswer, type LeaseAnswerHeld } from "./lease.js";
 
 export interface MirrorServerOptions {
   host?: string;
@@ -126,10 +127,14 @@ export class MirrorServer implements SessionHost {
     protocolErrors: 0,
   };
 
+  /** Each source's lease: which host may run the app, under which epoch (lease.ts). */
+  readonly leases: LeaseTable;
+
   private constructor(
     private readonly opts: MirrorServerOptions,
     readonly store: DiskStore,
   ) {
+    this.leases = new LeaseTable(opts.storeDir);
     this.log = opts.logger ?? silentLogger();
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs;
     const max = opts.cacheMaxBytes ?? DEFAULTS.cacheMaxBytes;
@@ -273,6 +278,22 @@ export class MirrorServer implements SessionHost {
       receivedSeq: r?.seq ?? d?.seq ?? 0,
       receivedId: r?.id ?? d?.id ?? null,
     };
+  }
+
+  lease(source: string, host: string, epoch: number | undefined, ttlMs: number): Promise<LeaseAnswer> {
+    return this.leases.request(source, host, epoch, ttlMs);
+  }
+
+  epochOf(source: string): number | undefined {
+    return this.leases.epochOf(source);
+  }
+
+  peekLease(source: string): LeaseAnswerHeld | null {
+    return this.leases.peek(source);
+  }
+
+  holderOf(source: string): string | undefined {
+    return this.leases.holderOf(source);
   }
 
   attachSource(source: string, s: Session): void {

@@ -15,10 +15,11 @@ import type { FramedConnection } from "./connection.js";
 import { FrameType, ProtocolError, type Frame } from "./frames.js";
 import type { FlushOutcome, FlushReason } from "./flusher.js";
 import { createHash } from "node:crypto";
-import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, optStr, parseJson, splitChunks, str } from "./messages.js";
+import { chunkParts, decodeCheckpointHeader, decodeChunk, encodeWant, int, optStr, parseJson, splitChunks, str } from "./messages.js";
 import { sha256hex, type CheckpointHeader } from "./objects.js";
 import type { ChunkCache } from "./cache.js";
 import type { ListedCheckpoint, QueuedCheckpoint } from "./server.js";
+import type { LeaseAnswer, LeaseAnswerHeld } from "./lease.js";
 
 export interface SourcePosition {
   durableSeq: number;
@@ -56,6 +57,13 @@ export interface SessionHost {
   fetch(source: string, id: string): Promise<{ header: Buffer; chunks: string[]; readChunk(hash: string): Promise<Buffer> }>;
   /** Writes these cached chunks of `source` (pinned by the caller) to disk now, ahead of their checkpoint. */
   spill(source: string, hashes: string[]): Promise<void>;
+  /** The lease of `source` (lease.ts): taken or renewed by `host`. */
+  lease(source: string, host: string, epoch: number | undefined, ttlMs: number): Promise<LeaseAnswer>;
+  /** The epoch an Offer of `source` must carry (undefined: no lease was ever granted, any Offer goes). */
+  epochOf(source: string): number | undefined;
+  holderOf(source: string): string | undefined;
+  /** The lease of `source` as it stands, not asking for it (Lease {probe: true}). */
+  peekLease(source: string): LeaseAnswerHeld | null;
 }
 
 /** Checkpoints a source may offer before committing the first (told to it in HelloOk). */
@@ -173,6 +181,8 @@ export class Session {
         return this.conn.sendJson(FrameType.Listing, { source: this.source, checkpoints: await this.host.list(this.source) });
       case FrameType.Fetch:
         return this.fetch(f.payload);
+      case FrameType.Lease:
+        return this.lease(f.payload);
       case FrameType.Error: {
         this.log.warn({ source: this.source, peerError: f.payload.toString("utf8").slice(0, 500) }, "peer reported an error");
         this.conn.close();
@@ -214,6 +224,16 @@ export class Session {
       );
     }
     const header = decodeCheckpointHeader(FrameType.Offer, payload);
+    // Fencing (docs/ha.md): once a lease was granted for the source, only its current epoch may add checkpoints.
+    const epoch = this.host.epochOf(source);
+    if (epoch !== undefined && header.epoch !== epoch) {
+      throw new ProtocolError(
+        "fenced",
+        `fenced: ${source}/${header.id} was offered under ${header.epoch === undefined ? "no lease epoch" : `lease epoch ${header.epoch}`}, ` +
+          `but the lease of ${source} is at epoch ${epoch}, held by ${this.host.holderOf(source) ?? "?"}; ` +
+          `this host lost the lease: its app must stay stopped (the holder runs it)`,
+      );
+    }
     const prev = this.pipeline[this.pipeline.length - 1];
     const last = prev?.header.seq ?? this.host.lastSeq(source);
     if (header.seq <= last) {
@@ -510,6 +530,30 @@ export class Session {
       for (const h of cur.pinned) this.host.cache.unpin(h);
       if (cur.answered) this.host.cache.release(cur.reservedChunks + cur.headerBytes.length);
       this.log.info({ source: this.source, id: cur.header.id }, `partial checkpoint discarded: ${why}`);
+    }
+  }
+
+  /** Lease {host, epoch?, ttlMs}: answered Granted or Held (lease.ts). */
+  private async lease(payload: Buffer): Promise<void> {
+    const req = parseJson(FrameType.Lease, payload);
+    if (req.probe === true) {
+      // A standby watching: who holds it and when it was last renewed (holder "" and epoch 0: never granted).
+      const p = this.host.peekLease(this.source as string);
+      await this.conn.sendJson(FrameType.Held, p ? { holder: p.holder, epoch: p.epoch, expiresInMs: p.expiresInMs, renewedMsAgo: p.renewedMsAgo } : { holder: "", epoch: 0, expiresInMs: 0, renewedMsAgo: null });
+      return;
+    }
+    const host = str(req, "host", FrameType.Lease);
+    if (host.length === 0 || host.length > 256) throw new ProtocolError("malformed-frame", "malformed frame: Lease.host must be 1 to 256 characters");
+    const epoch = req.epoch === undefined || req.epoch === null ? undefined : int(req, "epoch", FrameType.Lease);
+    const ttlMs = int(req, "ttlMs", FrameType.Lease);
+    const source = this.source as string;
+    const a = await this.host.lease(source, host, epoch, ttlMs);
+    if (a.granted) {
+      if (epoch === undefined) this.log.info({ source, host, epoch: a.epoch, ttlMs: a.ttlMs }, "lease granted");
+      await this.conn.sendJson(FrameType.Granted, { holder: a.holder, epoch: a.epoch, ttlMs: a.ttlMs });
+    } else {
+      if (epoch !== undefined) this.log.warn({ source, host, epoch, current: a.epoch, holder: a.holder }, "lease renewal refused: stale epoch");
+      await this.conn.sendJson(FrameType.Held, { holder: a.holder, epoch: a.epoch, expiresInMs: a.expiresInMs, renewedMsAgo: a.renewedMsAgo });
     }
   }
 

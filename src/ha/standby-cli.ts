@@ -1,0 +1,68 @@
+// `tardigrade standby`: watch an app running on another host and take it over when that
+// host is gone (src/ha/standby.ts; docs/ha.md).
+import type { Command } from "commander";
+import { Option } from "commander";
+import * as api from "../index.js";
+import { TgError, errMessage } from "../errors.js";
+import { parseInterval } from "../cli/format.js";
+import { readToken } from "../mirror/cli.js";
+import { readCaFile } from "../mirror/tls-ca.js";
+import { parseHostPort } from "./heartbeat.js";
+import { hostId } from "./host.js";
+import { runStandby } from "./standby.js";
+import { DEFAULT_LEASE_MS } from "./app-lease.js";
+import { parseServiceAddress, type ServiceAddress } from "./address.js";
+
+export function registerStandbyCommand(program: Command): void {
+  program
+    .command("standby")
+    .description("watch an app running on another host; take it over (lease, restore --from the mirror) when that host is silent")
+    .requiredOption("--mirror <url>", "the mirror the primary ships to, tg://HOST:PORT")
+    .requiredOption("--app <name>", "the app to protect (its mirror source)")
+    .option("--token-file <file>", "the app's mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
+    .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// mirror")
+    .option("--failover-after <duration>", "take over after this long without the primary on both paths (match the primary's run --failover-after)", "3s")
+    .addOption(new Option("--rpo <level>", "restore the newest checkpoint the mirror has on disk (durable) or in memory (received)").choices(["durable", "received"]).default("durable"))
+    .option("--listen <host:port>", "where the primary's heartbeats arrive (its run --standby)", "0.0.0.0:7071")
+    .option("--every <duration>", "periodic checkpoints of the restored app (like run --every)")
+    .option("--address <ip/prefix>", "after the takeover, hold this service address while holding the lease (removed if fenced); needs --dev")
+    .option("--dev <iface>", "the interface for --address")
+    .option("--json", "print the takeover report as JSON")
+    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; address?: string; dev?: string; json?: boolean }) => {
+      let failoverAfterMs: number, everyMs: number | undefined, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
+      try {
+        failoverAfterMs = o.failoverAfter ? parseInterval(o.failoverAfter) : DEFAULT_LEASE_MS;
+        everyMs = o.every ? parseInterval(o.every) : undefined;
+        token = readToken(o.tokenFile);
+        listen = parseHostPort(o.listen, "--listen");
+        address = o.address !== undefined || o.dev !== undefined ? parseServiceAddress(o.address ?? "", o.dev) : undefined;
+      } catch (e) {
+        throw new TgError("cannot start the standby", errMessage(e), "See `tardigrade standby --help`", "bad-request");
+      }
+      const ca = o.tlsCa ? readCaFile(o.tlsCa) : undefined;
+      const log = (line: string): void => void process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+      const report = await runStandby({
+        url: o.mirror,
+        app: o.app,
+        token,
+        ...(ca !== undefined ? { dial: { ca: Buffer.from(ca) } } : {}),
+        host: hostId(),
+        failoverAfterMs,
+        rpo: o.rpo,
+        listen,
+        ...(everyMs !== undefined ? { everyMs } : {}),
+        log,
+        restore: async (checkpoint, takeover) => {
+          const r = await api.restore(o.app, { checkpoint, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable", ...(address ? { address } : {}) } } });
+          return { checkpoint: r.checkpoint, appHostPid: r.appHostPid };
+        },
+      });
+      if (!report) return;
+      const st = await api.status(o.app);
+      if (o.json) return void process.stdout.write(JSON.stringify({ ...report, status: st }, null, 2) + "\n");
+      process.stdout.write(
+        `took over ${report.app} from ${report.previousHolder || "?"}: lease epoch ${report.epoch}, primary silent ${report.silentMs.udp} ms (udp) / ${report.silentMs.mirror} ms (mirror)\n` +
+          `  restored from ${report.checkpoint} (${report.checkpointState}) in ${report.restoreMs} ms; ${st.name} ${st.state}, host pid ${st.appHostPid ?? "-"}\n`,
+      );
+    });
+}
