@@ -117,6 +117,9 @@ struct tg_rec_fd {
 _Static_assert(sizeof(struct tg_rec_fd) == 80, "fd");
 
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
+/* tfd bit 31: the process's fd tfd is not the file the entry watches (another process of a tree
+ * sharing the set registered it): the restore does not add it from this process */
+#define TG_EPOLL_OTHER 0x80000000u
 
 /* FD kind 9 (Unix socket, both ends in the process): the FD record's extra. */
 struct tg_unix_sock {
@@ -180,7 +183,7 @@ _Static_assert(sizeof(struct tg_inet_sock) == 112, "inet sock");
 /* INET_REPAIR: the TCP_REPAIR state of an established connection (both ends in the process: restored
  * whole; flags bit 0, the peer is outside: restored whole only by a planned restore that held its
  * traffic, else closed); then outq_len bytes of its send queue, then inq_len bytes of its receive queue. */
-enum { TG_IR_EXTERNAL = 1 };
+enum { TG_IR_EXTERNAL = 1, TG_IR_LOCAL = 2 }; /* LOCAL (with EXTERNAL): a tree's cut, peer on this host: queues read whole; restored whole when the other end is in another process of the tree */
 struct tg_rec_inet_repair {
   uint64_t ino;
   uint32_t snd_seq, rcv_seq;       /* TCP_QUEUE_SEQ of the send queue (after its last byte) and the receive queue */
