@@ -1,7 +1,8 @@
 // Issues 12/13: sockets (and epoll sets) of a process tree. A TCP connection over loopback with its two ends in two
 // processes of the app is restored whole (both ends made with TCP_REPAIR before the tree runs),
 // and a Unix socket a child holds to a server outside the app is handled as for one process:
-// refused by name under the default policy, restored closed under `--external-unix closed`. An
+// refused by name under the default policy, restored closed under `--external-unix closed`. A Unix
+// stream connection a child made to its parent's named listener is restored (the accepted end unnamed). An
 // epoll set shared by a parent and its child, each having registered an entry, is restored as one
 // set with both entries.
 // Real programs (python3); every wait is on a condition.
@@ -44,6 +45,36 @@ describe("sockets of a process tree", { timeout: TIMEOUT }, () => {
     let sum = 0;
     for (let i = 0; i < 50000; i++) sum += i % 251;
     assert.ok(out.includes(`queued 50000 ${sum}`), out.join("\n"));
+    assert.ok(out.includes("done 0"), out.join("\n"));
+    const after = ticks(out);
+    after.forEach((n, i) => assert.equal(n, after[0]! + i, "ticks consecutive"));
+    assert.ok(after[0]! > 1 && after[0]! <= at + 1, `first tick after the restore ${after[0]}: continues from the checkpoint (${at} ticks then)`);
+  });
+
+  test("a Unix stream connection a child made to its parent's named listener, 50000 unread bytes queued: killed and restored; the accepted end comes back unnamed, the listener on its path, the ticks go on and the bytes arrive intact", async (t) => {
+    const { h, dir } = setup(t);
+    const gate = join(dir, "gate");
+    const sock = join(dir, "tree.sock");
+    const r0 = await h.cli(["run", "--name", "ut", "--json", "--", "python3", fixtureScript("unixtree.py"), sock, gate, "50000", "50"]);
+    assert.equal(r0.code, 0, r0.stderr);
+    await waitLines(h, "ut", (l) => ticks(l).length >= 5, "ticks");
+    assert.ok(logLines(h, "ut").includes(`accepted ${sock}`), "the accepted end carries the listener's name");
+    await checkpointOk(h, "ut");
+    const at = ticks(logLines(h, "ut")).length;
+    await waitLines(h, "ut", (l) => ticks(l).length >= at + 5, "ticks after the checkpoint");
+    const p = h.pids("ut")!;
+    process.kill(p.init, "SIGKILL");
+    await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app));
+    const from = logSize(h, "ut");
+    const r = await h.cli(["restore", "ut", "--json"]);
+    assert.equal(r.code, 0, `restore: ${r.stderr}\n--- log ---\n${h.log("ut")}`);
+    await waitLines(h, "ut", (l) => ticks(l).length >= 3, "ticks after the restore", 120_000, from);
+    writeFileSync(gate, "");
+    const out = await waitLines(h, "ut", (l) => l.some((x) => x.startsWith("done") || x.startsWith("ERROR")), "the queued bytes read", 120_000, from);
+    let sum = 0;
+    for (let i = 0; i < 50000; i++) sum += i % 251;
+    assert.ok(out.includes(`queued 50000 ${sum}`), out.join("\n"));
+    assert.ok(out.includes("second again"), out.join("\n")); // the listener, restored on its path, accepts a new connection
     assert.ok(out.includes("done 0"), out.join("\n"));
     const after = ticks(out);
     after.forEach((n, i) => assert.equal(n, after[0]! + i, "ticks consecutive"));

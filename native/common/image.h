@@ -128,7 +128,7 @@ struct tg_unix_sock {
   uint32_t shutdown;  /* bit 0 receive side shut down, bit 1 send side */
   uint32_t sndbuf, rcvbuf; /* as getsockopt returns them */
   int32_t peek_off;   /* SO_PEEK_OFF (-1 = off) */
-  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name) */
+  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name); bit 2: it had a name (accepted from a named listener): restored unnamed */
 };
 _Static_assert(sizeof(struct tg_unix_sock) == 40, "unix sock");
 

@@ -71,6 +71,7 @@ static int parse_diag(const struct nlmsghdr *h, void *ctx) {
       if (dl > 0) {
         size_t n = dl < sizeof out->name - 1 ? dl : sizeof out->name - 1;
         memcpy(out->name, d, n);
+        if (d[0] != 0 && n > 0 && d[n - 1] == 0) n--; /* a path's trailing NUL (some binders pass it) */
         out->name[n] = 0;
         if (out->name[0] == 0) out->name[0] = '@'; /* abstract name */
         for (size_t i = 1; i < n; i++) if (out->name[i] == 0) out->name[i] = '@';
@@ -367,8 +368,13 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
     }
     if (!own && !tree) return describe_external(p, &u, d, autobound, rec, extra, extra_cap, err, errlen);
   }
-  if (u.name[0] && !autobound) {
-    snprintf(err, errlen, "%s cannot be checkpointed: sockets with a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
+  /* a connection accepted from a named listener (or a client that bound a name before connecting)
+   * carries that name: the pair is made again unnamed (its getsockname then gives an unnamed
+   * address; the name stays the listener's, restored with it). Only stream and seqpacket ones: a
+   * datagram socket's name is its address, which others send to. */
+  int named = u.name[0] && !autobound;
+  if (named && u.type == SOCK_DGRAM) {
+    snprintf(err, errlen, "%s cannot be checkpointed: datagram sockets bound to a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
     return -1;
   }
   if (extra_cap < sizeof(struct tg_unix_sock)) { snprintf(err, errlen, "fd %d: no room for the socket record", fd); return -1; }
@@ -381,7 +387,7 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
   x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
   x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
   x.peek_off = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF);
-  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0);
+  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0) | (named ? 4 : 0);
   memcpy(extra, &x, sizeof x);
   rec->kind = TG_FD_UNIX;
   rec->aux = u.peer;

@@ -203,7 +203,7 @@ export interface UnixSock {
   sndbuf: number;
   rcvbuf: number;
   peekOff: number;
-  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name) */
+  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name), bit 2: named (restored unnamed) */
   flags: number;
 }
 
