@@ -83,7 +83,9 @@ struct tg_ksigaction { uint64_t handler, flags, restorer, mask; };
 enum tg_vma_kind { TG_VMA_ANON_PRIVATE = 1, TG_VMA_ANON_SHARED = 2, TG_VMA_FILE_PRIVATE = 3,
                    TG_VMA_FILE_SHARED = 4, TG_VMA_VDSO = 5, TG_VMA_VSYSCALL = 6 };
 /* TG_VF_CONTENT: a shared writable file mapping whose contents are stored as pages (FILE_STATE) */
-enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8, TG_VF_CONTENT = 16 };
+/* TG_VF_SYSV: a System V segment's mapping: reserved = its key, id.ino its id, id.size its size,
+ * id.mode its permission bits, id.mtime_ns its owner (uid << 32 | gid) */
+enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8, TG_VF_CONTENT = 16, TG_VF_SYSV = 32 };
 
 struct tg_rec_vma {
   uint64_t start, end, pgoff;
