@@ -51,7 +51,7 @@ describe("sockets of a process tree", { timeout: TIMEOUT }, () => {
     assert.ok(after[0]! > 1 && after[0]! <= at + 1, `first tick after the restore ${after[0]}: continues from the checkpoint (${at} ticks then)`);
   });
 
-  test("a Unix stream connection a child made to its parent's named listener, 50000 unread bytes queued: killed and restored; the accepted end comes back unnamed, the listener on its path, the ticks go on and the bytes arrive intact", async (t) => {
+  test("a Unix stream connection a child made to its parent's named listener, the accepted end inherited by a second child too, 50000 unread bytes queued: killed and restored; one connection, the accepted end unnamed, the listener on its path, the ticks go on and the bytes arrive intact", async (t) => {
     const { h, dir } = setup(t);
     const gate = join(dir, "gate");
     const sock = join(dir, "tree.sock");
@@ -59,6 +59,7 @@ describe("sockets of a process tree", { timeout: TIMEOUT }, () => {
     assert.equal(r0.code, 0, r0.stderr);
     await waitLines(h, "ut", (l) => ticks(l).length >= 5, "ticks");
     assert.ok(logLines(h, "ut").includes(`accepted ${sock}`), "the accepted end carries the listener's name");
+    await waitFor("the child and the holder", () => others(h, "ut").filter((q) => !q.zombie).length >= 2);
     await checkpointOk(h, "ut");
     const at = ticks(logLines(h, "ut")).length;
     await waitLines(h, "ut", (l) => ticks(l).length >= at + 5, "ticks after the checkpoint");

@@ -118,16 +118,22 @@ int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base,
     }
     if (!made && make((size_t)first, err, errlen) != 0) return -1;
   }
-  /* 2. Unix sockets whose peer is in another process: the pair */
+  /* 2. Unix sockets whose peer is in another process: the pair. A socket two processes hold (its
+   * description inherited through fork: one inode, one description) is made once: a second pair
+   * made for it would take its peer's end away from the first (python's multiprocessing Manager:
+   * a worker inherits the parent's connection to the manager process) */
   for (size_t i = 0; i < all.nfds; i++) {
     uint64_t ino, peer;
     if (all.fds[i].r.reserved || all.tmp[i] >= 0 || tg_unix_ids(&all.fds[i], &ino, &peer) != 0) continue;
-    int local = 0;
+    int local = 0, same = -1;
     for (size_t j = 0; j < all.nfds; j++) {
       uint64_t ji, jp;
-      if (pid_of[j] == pid_of[i] && tg_unix_ids(&all.fds[j], &ji, &jp) == 0 && ji == peer) local = 1;
+      if (tg_unix_ids(&all.fds[j], &ji, &jp) != 0) continue;
+      if (pid_of[j] == pid_of[i] && ji == peer) local = 1;
+      if (j != i && ji == ino && all.tmp[j] >= 0 && same < 0) same = all.tmp[j];
     }
-    if (!local && make(i, err, errlen) != 0) return -1;
+    if (same >= 0) all.tmp[i] = same;
+    else if (!local && make(i, err, errlen) != 0) return -1;
   }
   /* 3. every member of a group takes what was made for one of them */
   for (size_t g = 0; g < ngroups; g++) {
