@@ -18,6 +18,7 @@
 
 #include "../common/crc32c.h"
 #include "../common/sys.h"
+#include "../common/sysvshm.h"
 #include "pagemap.h"
 #include "track.h"
 
@@ -159,6 +160,19 @@ static int shared_content(const struct tg_vma *v, struct tg_rec_vma *r, const ch
   return 0;
 }
 
+/* A System V segment's mapping (its inode is the segment's id): key, size, mode and owner go into
+ * the record so that the restore makes the segment again (docs/format.md, VMA). One marked for
+ * removal (SHM_DEST: nobody can shmget it) stays plain shared memory, as does one not listed. */
+static void sysv_segment(const struct tg_vma *v, struct tg_rec_vma *r) {
+  struct tg_sysv_shm s;
+  if (tg_sysv_shm_find((int32_t)v->ino, &s) != 0 || (s.mode & 01000)) return;
+  r->vflags |= TG_VF_SYSV;
+  r->reserved = (uint32_t)s.key;
+  r->id.size = s.size;
+  r->id.mode = s.mode & 0777;
+  r->id.mtime_ns = (uint64_t)s.uid << 32 | s.gid;
+}
+
 static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
   memset(r, 0, sizeof *r);
   r->start = v->start;
@@ -191,6 +205,7 @@ static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, siz
         strncmp(path, "/SYSV", 5) != 0 && shared_content(v, r, path, err, errlen) != 0)
       return -1;
     r->kind = v->shared ? TG_VMA_ANON_SHARED : TG_VMA_ANON_PRIVATE;
+    if (v->shared && strncmp(path, "/SYSV", 5) == 0) sysv_segment(v, r);
     return 0;
   }
   r->kind = v->shared ? TG_VMA_FILE_SHARED : TG_VMA_FILE_PRIVATE;

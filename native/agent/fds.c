@@ -76,7 +76,16 @@ TG_HIDDEN int tg_walk_fds(tg_emit_fn emit, void *ctx, char *err, size_t errlen) 
       int fd = atoi(d->name);
       if (fd == dfd || tg_is_hidden_fd(fd)) continue;
       struct tg_rec_fd rec;
-      if (tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen) != 0) { rc = -1; break; }
+      /* the precheck runs while the app runs: an fd it closed since the listing is no refusal,
+       * and one closed and opened again at that number is looked at again (the capture's walk,
+       * every thread parked, sees the table as it is) */
+      int dr = tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen), gone = 0;
+      for (int again = 0; dr != 0 && !emit && !gone && again < 8; again++) {
+        gone = tg_sys2(SYS_fcntl, fd, F_GETFD) == -EBADF;
+        if (!gone) dr = tg_describe_fd(fd, &rec, extra, sizeof extra, err, errlen);
+      }
+      if (gone) continue;
+      if (dr != 0) { rc = -1; break; }
       if (nseen == MAX_FDS) {
         snprintf(err, errlen, "more than %d open file descriptors: not supported yet (fd %d and more)", MAX_FDS, fd);
         rc = -1;

@@ -100,7 +100,9 @@ struct tg_ksigaction { uint64_t handler, flags, restorer, mask; };
 enum tg_vma_kind { TG_VMA_ANON_PRIVATE = 1, TG_VMA_ANON_SHARED = 2, TG_VMA_FILE_PRIVATE = 3,
                    TG_VMA_FILE_SHARED = 4, TG_VMA_VDSO = 5, TG_VMA_VSYSCALL = 6 };
 /* TG_VF_CONTENT: a shared writable file mapping whose contents are stored as pages (FILE_STATE) */
-enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8, TG_VF_CONTENT = 16 };
+/* TG_VF_SYSV: a System V segment's mapping: reserved = its key, id.ino its id, id.size its size,
+ * id.mode its permission bits, id.mtime_ns its owner (uid << 32 | gid) */
+enum { TG_VF_HEAP = 1, TG_VF_STACK = 2, TG_VF_GROWSDOWN = 4, TG_VF_DELETED = 8, TG_VF_CONTENT = 16, TG_VF_SYSV = 32 };
 
 struct tg_rec_vma {
   uint64_t start, end, pgoff;
@@ -144,6 +146,9 @@ struct tg_timerfd {
 _Static_assert(sizeof(struct tg_timerfd) == 32, "timerfd");
 
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
+/* tfd bit 31: the process's fd tfd is not the file the entry watches (another process of a tree
+ * sharing the set registered it): the restore does not add it from this process */
+#define TG_EPOLL_OTHER 0x80000000u
 
 /* FD kind 9 (Unix socket, both ends in the process): the FD record's extra. */
 struct tg_unix_sock {
@@ -152,7 +157,7 @@ struct tg_unix_sock {
   uint32_t shutdown;  /* bit 0 receive side shut down, bit 1 send side */
   uint32_t sndbuf, rcvbuf; /* as getsockopt returns them */
   int32_t peek_off;   /* SO_PEEK_OFF (-1 = off) */
-  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name) */
+  uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound (a kernel-chosen abstract name); bit 2: it had a name (accepted from a named listener): restored unnamed */
 };
 _Static_assert(sizeof(struct tg_unix_sock) == 40, "unix sock");
 
@@ -207,7 +212,7 @@ _Static_assert(sizeof(struct tg_inet_sock) == 112, "inet sock");
 /* INET_REPAIR: the TCP_REPAIR state of an established connection (both ends in the process: restored
  * whole; flags bit 0, the peer is outside: restored whole only by a planned restore that held its
  * traffic, else closed); then outq_len bytes of its send queue, then inq_len bytes of its receive queue. */
-enum { TG_IR_EXTERNAL = 1 };
+enum { TG_IR_EXTERNAL = 1, TG_IR_LOCAL = 2 }; /* LOCAL (with EXTERNAL): a tree's cut, peer on this host: queues read whole; restored whole when the other end is in another process of the tree */
 struct tg_rec_inet_repair {
   uint64_t ino;
   uint32_t snd_seq, rcv_seq;       /* TCP_QUEUE_SEQ of the send queue (after its last byte) and the receive queue */

@@ -215,6 +215,16 @@ static int peer_of(int i) {
   return -1;
 }
 
+/* the remote address is this host's (loopback, or the socket's own address): in a tree's cut the
+ * peer may be another process of the app */
+static int local_peer(const struct tg_inet_sock *x) {
+  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (!memcmp(x->raddr, x->laddr, 16)) return 1;
+  if (x->family == AF_INET) return x->raddr[0] == 127;
+  if (!memcmp(x->raddr, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16)) return 1;
+  return !memcmp(x->raddr, v4mapped, 12) && x->raddr[12] == 127;
+}
+
 static int sopt(int fd, int level, int name, const void *v, socklen_t l) { return (int)tg_sys5(SYS_setsockopt, fd, level, name, v, l); }
 
 /* One established connection, read with TCP_REPAIR and put back out of repair at once (without a
@@ -305,6 +315,13 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
     if (inside) {
       n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
       if (n < 0) return -1;
+    } else if (tg_res_tree && local_peer(&socks[i].x)) {
+      /* a tree's cut, a peer on this host: it may be another process of the app, whose end the
+       * restorer pairs with this one (tree-fds.c): read as a connection inside (all its queues, a
+       * failure refuses); with no such end in the tree it is an outside one */
+      n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
+      if (n < 0) return -1;
+      r.flags |= TG_IR_EXTERNAL | TG_IR_LOCAL;
     } else {
       /* a peer outside: its state serves only a planned restore that holds its traffic (after a
        * crash it comes back closed), so it is recorded when it can be, within a budget, and a
@@ -459,6 +476,9 @@ static int bind_same(int s, const struct tg_inet_sock *x, const struct img_fd *f
     }
     return -1;
   }
+  /* a listener keeps it through listen() (a connection of a process tree, made before it, may be
+   * bound on the port already: tree-fds.c), then has the app's value */
+  if (x->protocol == IPPROTO_TCP && x->state == 10) return 0;
   if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &app, sizeof app) != 0) { snprintf(err, errlen, "fd %u: SO_REUSEADDR: %s", f->r.fd, strerror(errno)); return -1; }
   return 0;
 }
@@ -613,10 +633,13 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   s = socket(x.family, x.type | SOCK_CLOEXEC, x.protocol);
   if (s < 0) { snprintf(err, errlen, "fd %u: socket: %s", f->r.fd, strerror(errno)); return -1; }
   if (set_common(s, &x, f, err, errlen) != 0 || ((x.flags & TG_INET_BOUND) && bind_same(s, &x, f, err, errlen) != 0)) { close(s); return -1; }
-  if (x.protocol == IPPROTO_TCP && x.state == 10 && listen(s, (int)x.backlog) != 0) {
-    snprintf(err, errlen, "fd %u: listen: %s", f->r.fd, strerror(errno));
-    close(s);
-    return -1;
+  if (x.protocol == IPPROTO_TCP && x.state == 10) {
+    int app = (x.opts & TG_IO_REUSEADDR) ? 1 : 0;
+    if (listen(s, (int)x.backlog) != 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &app, sizeof app) != 0) {
+      snprintf(err, errlen, "fd %u: listen: %s", f->r.fd, strerror(errno));
+      close(s);
+      return -1;
+    }
   }
   if (x.protocol == IPPROTO_UDP && x.state == 1) {
     struct sockaddr_in6 sa;
@@ -634,19 +657,14 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   return rc->tmp[i] < 0 ? -1 : 0;
 }
 
-/* A connection restored whole leaves repair mode once every fd is in place (its peer exists): the
- * window probe and the unsent part of its send queue go out now. */
-static int settle(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
-  const struct img_fd *f = &rc->fds[i];
-  struct tg_inet_sock x;
-  if (extra_of(f, &x) != 0) return 0;
-  const struct img_inet_repair *ir = repair_of(rc, x.ino);
-  if (!ir || x.protocol != IPPROTO_TCP || x.state == 10 || x.state == 7) return 0;
-  int s = (int)f->r.fd, off = TCP_REPAIR_OFF;
+/* Socket s, made by make_repaired, leaves repair mode (its peer exists): the window probe and the
+ * unsent part of its send queue go out now. reuse: SO_REUSEADDR from then on. */
+static int leave_repair(int s, const struct tg_inet_sock *px, const struct img_fd *f, const struct img_inet_repair *ir, int reuse, char *err, size_t errlen) {
+  struct tg_inet_sock x = *px;
+  int off = TCP_REPAIR_OFF;
   const struct tg_rec_inet_repair *r = &ir->h;
   const char *step = "leaving TCP_REPAIR";
   if (setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) != 0) goto fail;
-  int reuse = (x.opts & TG_IO_REUSEADDR) ? 1 : 0; /* leaving repair cleared it */
   step = "SO_REUSEADDR";
   if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) != 0) goto fail;
   step = "sending the unsent data";
@@ -666,6 +684,61 @@ fail:;
   name_sock(&x, name, sizeof name);
   snprintf(err, errlen, "fd %u (%s): restoring the connection with TCP_REPAIR: %s: %s", f->r.fd, name, step, strerror(e));
   return -1;
+}
+
+/* A connection restored whole leaves repair mode once every fd is in place (its peer exists). */
+static int settle(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
+  const struct img_fd *f = &rc->fds[i];
+  struct tg_inet_sock x;
+  if (extra_of(f, &x) != 0) return 0;
+  const struct img_inet_repair *ir = repair_of(rc, x.ino);
+  if (!ir || x.protocol != IPPROTO_TCP || x.state == 10 || x.state == 7) return 0;
+  return leave_repair((int)f->r.fd, &x, f, ir, (x.opts & TG_IO_REUSEADDR) ? 1 : 0 /* leaving repair cleared it */, err, errlen);
+}
+
+/* A process tree: connections with their two ends in two processes of the tree, made whole by the
+ * init before the tree is cloned (both ends exist before either leaves repair mode). */
+static const struct img_inet_repair *any_repair(const struct tg_fd_restore *all, uint64_t ino) {
+  for (size_t k = 0; k < all->nrepairs; k++) if (all->repairs[k].h.ino == ino) return &all->repairs[k];
+  return NULL;
+}
+
+static int established_tcp(const struct img_fd *f, struct tg_inet_sock *x) {
+  return f->r.kind == TG_FD_INET && !f->r.reserved && extra_of(f, x) == 0 && x->protocol == IPPROTO_TCP && x->state == 1;
+}
+
+TG_RES_HIDDEN int tg_inet_tree_pairs(struct tg_fd_restore *all, const int *pid_of, uint64_t *made, size_t *nmade, char *err, size_t errlen) {
+  *nmade = 0;
+  for (size_t i = 0; i < all->nfds; i++) {
+    struct tg_inet_sock a, b;
+    if (all->tmp[i] >= 0 || !established_tcp(&all->fds[i], &a)) continue;
+    const struct img_inet_repair *ra = any_repair(all, a.ino), *rb = NULL;
+    if (!ra) continue;
+    int done = 0;
+    for (size_t k = 0; k < *nmade; k++) done |= made[k] == a.ino;
+    if (done) continue; /* its other holders take it (the same socket in two processes) */
+    size_t j = all->nfds;
+    for (size_t k = 0; k < all->nfds && j == all->nfds; k++) {
+      if (pid_of[k] == pid_of[i] || !established_tcp(&all->fds[k], &b) || b.family != a.family || b.ino == a.ino) continue;
+      if (b.lport == a.rport && b.rport == a.lport && !memcmp(b.laddr, a.raddr, 16) && !memcmp(b.raddr, a.laddr, 16) && (rb = any_repair(all, b.ino))) j = k;
+    }
+    if (j == all->nfds) continue; /* not a pair split between two processes: each process's own */
+    const struct img_fd *fa = &all->fds[i], *fb = &all->fds[j];
+    int sa = make_repaired(&a, fa, ra, err, errlen);
+    if (sa < 0) return -1;
+    int sb = make_repaired(&b, fb, rb, err, errlen);
+    if (sb < 0) { close(sa); return -1; }
+    /* SO_REUSEADDR stays on (decision): a listener on the same port is bound after these, in its
+     * own process, and a bind beside a connection without it fails */
+    if (leave_repair(sa, &a, fa, ra, 1, err, errlen) != 0 || leave_repair(sb, &b, fb, rb, 1, err, errlen) != 0) { close(sa); close(sb); return -1; }
+    all->tmp[i] = tg_res_high(sa, all->tmp_base, err, errlen);
+    if (all->tmp[i] < 0) { close(sb); return -1; }
+    all->tmp[j] = tg_res_high(sb, all->tmp_base, err, errlen);
+    if (all->tmp[j] < 0) return -1;
+    made[(*nmade)++] = a.ino;
+    made[(*nmade)++] = b.ino;
+  }
+  return 0;
 }
 
 static int owns(uint32_t k) { return k == TG_FD_INET; }

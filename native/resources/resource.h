@@ -118,6 +118,11 @@ TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, 
  * inode and its peer's (0, or -1 for another kind) */
 TG_RES_HIDDEN size_t tg_unix_unmatched(char *out, size_t cap);
 TG_RES_HIDDEN int tg_unix_ids(const struct img_fd *f, uint64_t *ino, uint64_t *peer);
+/* resources/inet.c: a process tree's TCP connections whose two ends are in two of its processes
+ * (all: every record of the tree, repairs: every process's INET_REPAIR records; pid_of: each
+ * record's process), made whole at all->tmp; the inodes made are listed in made (room for
+ * all->nfds). 0, or -1 with err. */
+TG_RES_HIDDEN int tg_inet_tree_pairs(struct tg_fd_restore *all, const int *pid_of, uint64_t *made, size_t *nmade, char *err, size_t errlen);
 /* resources/locks.c: the locks fdinfo lists for an fd (noted for the LOCKS record); 0, or -1 with
  * err (a lease, or more locks than a checkpoint takes) */
 TG_RES_HIDDEN void tg_locks_begin(void);

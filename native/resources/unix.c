@@ -71,6 +71,7 @@ static int parse_diag(const struct nlmsghdr *h, void *ctx) {
       if (dl > 0) {
         size_t n = dl < sizeof out->name - 1 ? dl : sizeof out->name - 1;
         memcpy(out->name, d, n);
+        if (d[0] != 0 && n > 0 && d[n - 1] == 0) n--; /* a path's trailing NUL (some binders pass it) */
         out->name[n] = 0;
         if (out->name[0] == 0) out->name[0] = '@'; /* abstract name */
         for (size_t i = 1; i < n; i++) if (out->name[i] == 0) out->name[i] = '@';
@@ -158,7 +159,80 @@ static int own_socket(uint32_t ino) {
   return 0;
 }
 
-static void begin(void) { nsocks = overflow = 0; nown = -1; }
+/* A process tree's cut: the socket inodes held by the other processes of this PID namespace (the
+ * app's, which holds the app's processes and its init), listed once per walk from the host's /proc
+ * (every process there whose ns/pid is ours). Used only for a socket whose peer is not this
+ * process's: a peer among them is in the app (the daemon checks the pairs), any other is outside. */
+#define MAX_TREE 16384
+static uint32_t tree_inos[MAX_TREE];
+static int ntree = -1; /* -1: not listed yet in this walk */
+
+/* fn(dirfd, name) on every numeric entry of the directory at path; 0, or -errno opening it */
+static int each_number(const char *path, void (*fn)(const char *name, void *ctx), void *ctx) {
+  int dfd = (int)tg_sys3(SYS_open, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dfd < 0) return dfd;
+  static char buf[2][4096] __attribute__((aligned(8)));
+  static int depth;
+  char *b = buf[depth++ & 1];
+  for (;;) {
+    long n = tg_sys3(SYS_getdents64, dfd, b, sizeof buf[0]);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      struct { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; } *d = (void *)(b + off);
+      off += d->reclen;
+      if (d->name[0] >= '0' && d->name[0] <= '9') fn(d->name, ctx);
+    }
+  }
+  depth--;
+  tg_sys1(SYS_close, dfd);
+  return 0;
+}
+
+struct tree_walk { char pidns[64]; char self[24]; const char *pid; };
+
+static void note_fd(const char *name, void *ctx) {
+  struct tree_walk *w = ctx;
+  char path[96], t[64];
+  snprintf(path, sizeof path, "/proc/%s/fd/%s", w->pid, name);
+  long n = tg_sys3(SYS_readlink, path, t, sizeof t - 1);
+  if (n <= 8 || memcmp(t, "socket:[", 8) != 0) return;
+  t[n] = 0;
+  uint32_t ino = 0;
+  for (const char *c = t + 8; *c >= '0' && *c <= '9'; c++) ino = ino * 10 + (uint32_t)(*c - '0');
+  if (ntree < MAX_TREE) tree_inos[ntree++] = ino;
+}
+
+static void note_process(const char *name, void *ctx) {
+  struct tree_walk *w = ctx;
+  if (!strcmp(name, w->self)) return;
+  char path[64], ns[64];
+  snprintf(path, sizeof path, "/proc/%s/ns/pid", name);
+  long n = tg_sys3(SYS_readlink, path, ns, sizeof ns - 1);
+  if (n <= 0) return;
+  ns[n] = 0;
+  if (strcmp(ns, w->pidns) != 0) return;
+  snprintf(path, sizeof path, "/proc/%s/fd", name);
+  w->pid = name;
+  (void)each_number(path, note_fd, w);
+}
+
+/* 1 the peer is held by another process of the app's PID namespace, 0 not, -1 the list failed */
+static int tree_socket(uint32_t ino) {
+  if (ntree < 0) {
+    static struct tree_walk w;
+    memset(&w, 0, sizeof w);
+    long n = tg_sys3(SYS_readlink, "/proc/self/ns/pid", w.pidns, sizeof w.pidns - 1);
+    long m = tg_sys3(SYS_readlink, "/proc/self", w.self, sizeof w.self - 1);
+    if (n <= 0 || m <= 0) return -1;
+    ntree = 0;
+    if (each_number("/proc", note_process, &w) != 0) { ntree = -1; return -1; }
+    if (ntree >= MAX_TREE) { ntree = -1; return -1; }
+  }
+  for (int i = 0; i < ntree; i++) if (tree_inos[i] == ino) return 1;
+  return 0;
+}
+
+static void begin(void) { nsocks = overflow = 0; nown = -1; ntree = -1; }
 
 /* A connected socket whose peer is outside the app (another process's socket, or gone): a
  * datagram socket connected to a name is connected to that name again at restore; any other comes
@@ -280,16 +354,27 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
     if (!((u.name[i] >= '0' && u.name[i] <= '9') || (u.name[i] >= 'a' && u.name[i] <= 'f'))) autobound = 0;
   /* a peer outside the process (one process alone: outside the app; in a tree the daemon finds
    * it in another process, or refuses) */
-  if (!tg_res_tree && (u.type != SOCK_DGRAM || u.peer)) {
+  if (u.type != SOCK_DGRAM || u.peer) {
     int own = u.peer ? own_socket(u.peer) : 0;
     if (own < 0) {
       snprintf(err, errlen, "%s cannot be checkpointed: listing this process's sockets failed (more than %d?)", d, MAX_OWN);
       return -1;
     }
-    if (!own) return describe_external(p, &u, d, autobound, rec, extra, extra_cap, err, errlen);
+    /* in a tree, a peer another process of the app holds is the daemon's to pair */
+    int tree = !own && u.peer && tg_res_tree ? tree_socket(u.peer) : 0;
+    if (tree < 0) {
+      snprintf(err, errlen, "%s cannot be checkpointed: listing the sockets of the app's other processes failed (more than %d?)", d, MAX_TREE);
+      return -1;
+    }
+    if (!own && !tree) return describe_external(p, &u, d, autobound, rec, extra, extra_cap, err, errlen);
   }
-  if (u.name[0] && !autobound) {
-    snprintf(err, errlen, "%s cannot be checkpointed: sockets with a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
+  /* a connection accepted from a named listener (or a client that bound a name before connecting)
+   * carries that name: the pair is made again unnamed (its getsockname then gives an unnamed
+   * address; the name stays the listener's, restored with it). Only stream and seqpacket ones: a
+   * datagram socket's name is its address, which others send to. */
+  int named = u.name[0] && !autobound;
+  if (named && u.type == SOCK_DGRAM) {
+    snprintf(err, errlen, "%s cannot be checkpointed: datagram sockets bound to a name are not supported yet (only unnamed pairs, as socketpair makes); close it before checkpointing", d);
     return -1;
   }
   if (extra_cap < sizeof(struct tg_unix_sock)) { snprintf(err, errlen, "fd %d: no room for the socket record", fd); return -1; }
@@ -302,7 +387,7 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
   x.sndbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_SNDBUF);
   x.rcvbuf = (uint32_t)sockopt(fd, SOL_SOCKET, SO_RCVBUF);
   x.peek_off = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF);
-  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0);
+  x.flags = (sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0 ? 1 : 0) | (autobound ? 2 : 0) | (named ? 4 : 0);
   memcpy(extra, &x, sizeof x);
   rec->kind = TG_FD_UNIX;
   rec->aux = u.peer;

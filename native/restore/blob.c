@@ -293,6 +293,17 @@ BLOB void tg_blob_main(struct blob_plan *p) {
   }
   for (uint64_t i = 0; i < p->nvmas; i++) {
     struct blob_vma *v = &p->vmas[i];
+    if (v->shmid >= 0) {
+      /* a System V segment: attached read-write where it was (fails on any mapping there, as
+       * MAP_FIXED_NOREPLACE does), then given its protection; the refill below opens it again */
+      r = tg_sys3(SYS_shmat, v->shmid, v->start, 0);
+      if (r != (long)v->start) fail(p, STEP_MMAP, r, v->start);
+      if ((v->prot & (PROT_R | PROT_W)) != (PROT_R | PROT_W) || (v->prot & ~(uint32_t)(PROT_R | PROT_W))) {
+        r = tg_sys3(SYS_mprotect, v->start, v->end - v->start, v->prot);
+        if (r < 0) fail(p, STEP_MPROTECT, r, v->start);
+      }
+      continue;
+    }
     r = tg_sys6l(SYS_mmap, v->start, v->end - v->start, v->prot, v->mflags | MAP_FIXED_NOREPLACE_, v->fd, v->pgoff);
     if (r != (long)v->start) fail(p, STEP_MMAP, r, v->start);
     /* a file's shared mapping whose contents the image holds: zeros first (zero pages are not stored) */

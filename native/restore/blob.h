@@ -7,7 +7,7 @@
 #include "../common/image.h"
 
 struct blob_range { uint64_t start, end; };
-struct blob_vma { uint64_t start, end, pgoff; uint32_t prot, mflags; int32_t fd; uint32_t fill, opened; uint64_t zero_len; /* bytes zeroed before the fill */ };
+struct blob_vma { uint64_t start, end, pgoff; uint32_t prot, mflags; int32_t fd; uint32_t fill, opened; uint64_t zero_len; /* bytes zeroed before the fill */ int32_t shmid; /* >= 0: a System V segment, attached with shmat */ uint32_t pad; };
 struct blob_thread {
   uint32_t tid, is_main;
   uint64_t uc, fs, gs, ctid, robust_head, robust_len, rseq_addr;

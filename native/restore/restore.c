@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/sysvshm.h"
 #include "../launcher/launcher.h"
 #include "blob.h"
 #include "lazy.h"
@@ -50,7 +51,8 @@ static size_t nnodes;
 static int go_rd = -1;
 /* Shared memory objects mapped by two or more processes of a tree (VMA kind anon shared, by the
  * object's dev and inode): one memfd each, made before the tree is cloned, mapped by each. */
-struct shm_obj { uint64_t dev, ino, size; int nplans, last_plan, fd; };
+struct shm_obj { uint64_t dev, ino, size; int nplans, last_plan, fd;
+                 int sysv, shmid; struct tg_sysv_shm seg; }; /* sysv: made again as a System V segment (TG_VF_SYSV), attached by shmat */
 static struct shm_obj *shm_objs;
 static size_t nshm_objs;
 
@@ -245,11 +247,13 @@ static void __attribute__((noreturn)) stage1(void) {
     bv->prot = v->prot;
     bv->pgoff = 0;
     bv->fd = -1;
+    bv->shmid = -1;
     switch (v->kind) {
     case TG_VMA_ANON_PRIVATE: bv->mflags = MAP_PRIVATE | MAP_ANONYMOUS | ((v->vflags & TG_VF_GROWSDOWN) ? MAP_GROWSDOWN : 0); break;
     case TG_VMA_ANON_SHARED: {
       const struct shm_obj *o = shm_of(v);
-      if (o && o->fd >= 0) { bv->mflags = MAP_SHARED; bv->fd = o->fd; bv->pgoff = v->pgoff; } /* one object for the tree */
+      if (o && o->sysv) bv->shmid = o->shmid; /* a System V segment again */
+      else if (o && o->fd >= 0) { bv->mflags = MAP_SHARED; bv->fd = o->fd; bv->pgoff = v->pgoff; } /* one object for the tree */
       else bv->mflags = MAP_SHARED | MAP_ANONYMOUS;
       break;
     }
@@ -468,6 +472,12 @@ static int start_restore(struct tg_launch *l, int *report) {
   }
   for (size_t i = 0; i < nshm_objs; i++) {
     struct shm_obj *o = &shm_objs[i];
+    if (o->sysv) {
+      o->shmid = tg_sysv_shm_make(&o->seg, err, sizeof err);
+      if (o->shmid < 0) { fprintf(stderr, "tardigrade-restore: %s\n", err); return -1; }
+      if (o->shmid != o->seg.id) fprintf(stderr, "tardigrade-restore: System V shared memory segment key 0x%08x is id %d now (was %d: taken)\n", (unsigned)o->seg.key, o->shmid, o->seg.id);
+      continue;
+    }
     if (o->nplans < 2) continue; /* one process: an anonymous shared mapping, as ever */
     int fd = memfd_create("tardigrade-shared", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)o->size) != 0) {
@@ -628,8 +638,12 @@ int main(int argc, char **argv) {
       struct shm_obj *o = shm_of(v);
       if (!o) {
         o = &shm_objs[nshm_objs++];
-        *o = (struct shm_obj){v->id.dev, v->id.ino, 0, 0, -1, -1};
+        *o = (struct shm_obj){v->id.dev, v->id.ino, 0, 0, -1, -1, 0, -1, {0}};
+        if (v->vflags & TG_VF_SYSV)
+          o->sysv = 1, o->seg = (struct tg_sysv_shm){(int32_t)v->reserved, (int32_t)v->id.ino, v->id.mode, (uint32_t)(v->id.mtime_ns >> 32), (uint32_t)v->id.mtime_ns, v->id.size};
       }
+      /* shmat maps a segment whole: one mapped in part (or split) stays plain shared memory */
+      if (o->sysv && (!(v->vflags & TG_VF_SYSV) || v->pgoff != 0 || v->end - v->start != ((o->seg.size + 4095) & ~4095ull))) o->sysv = 0;
       if (o->last_plan != (int)k) { o->nplans++; o->last_plan = (int)k; }
       if (v->pgoff + (v->end - v->start) > o->size) o->size = v->pgoff + (v->end - v->start);
     }

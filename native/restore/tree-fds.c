@@ -2,10 +2,11 @@
  * before the tree is cloned, and inherited by every process, which takes its own fds from them
  * (fds.c asks tg_tree_premade_fd before it makes anything itself).
  *
- * Two cases: an open file description shared through fork (the daemon found the groups with kcmp
- * and passes them as --shared PID:FD,PID:FD,...: one description, one offset, made once), and a
+ * Three cases: an open file description shared through fork (the daemon found the groups with kcmp
+ * and passes them as --shared PID:FD,PID:FD,...: one description, one offset, made once), a
  * Unix socket whose peer is in another process (a socketpair split by fork: the pair is made once,
- * each process takes its end). Every record of the tree goes into one table, so the kinds' own
+ * each process takes its end), and a TCP connection whose other end is in another process
+ * (loopback: both ends made with TCP_REPAIR, then out of repair, before any process runs). Every record of the tree goes into one table, so the kinds' own
  * open functions find a peer in any process. Pipes have their own way (restore.c,
  * make_shared_pipes). */
 #include "restore.h"
@@ -74,18 +75,22 @@ static int make(size_t i, char *err, size_t errlen) {
 }
 
 int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base, char *err, size_t errlen) {
-  size_t nf = 0, ns = 0;
-  for (size_t k = 0; k < nimgs; k++) nf += imgs[k]->nfds, ns += imgs[k]->nsocks;
+  size_t nf = 0, ns = 0, nr = 0;
+  for (size_t k = 0; k < nimgs; k++) nf += imgs[k]->nfds, ns += imgs[k]->nsocks, nr += imgs[k]->nrepairs;
   all = (struct tg_fd_restore){calloc(nf ? nf : 1, sizeof(struct img_fd)), 0, NULL, 0, calloc(ns ? ns : 1, sizeof(struct img_sockdata)), 0,
                                calloc(nf ? nf : 1, sizeof(int)), tmp_base, tg_stdio_log, NULL, 0, NULL, 0, NULL, 0, NULL, 0};
   pid_of = calloc(nf ? nf : 1, sizeof *pid_of);
-  if (!all.fds || !all.socks || !all.tmp || !pid_of) { snprintf(err, errlen, "out of memory"); return -1; }
+  struct img_inet_repair *repairs = calloc(nr ? nr : 1, sizeof *repairs);
+  uint64_t *paired = calloc(nf ? nf : 1, sizeof *paired);
+  if (!all.fds || !all.socks || !all.tmp || !pid_of || !repairs || !paired) { snprintf(err, errlen, "out of memory"); return -1; }
+  all.repairs = repairs;
   for (size_t k = 0; k < nimgs; k++) {
     for (size_t i = 0; i < imgs[k]->nfds; i++) {
       pid_of[all.nfds] = (int)imgs[k]->proc.pid;
       all.tmp[all.nfds] = -1;
       all.fds[all.nfds++] = imgs[k]->fds[i];
     }
+    for (size_t i = 0; i < imgs[k]->nrepairs; i++) repairs[all.nrepairs++] = imgs[k]->repairs[i];
     /* a socket held by two processes had its queue recorded by each: once is what it held */
     for (size_t i = 0; i < imgs[k]->nsocks; i++) {
       int seen = 0;
@@ -93,6 +98,14 @@ int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base,
       if (!seen) all.socks[all.nsocks++] = imgs[k]->socks[i];
     }
   }
+  /* 0. TCP connections with their two ends in two processes: both made, then out of repair mode
+   * (resources/inet.c); a planned restore's --keep-connections no longer concerns them */
+  size_t npaired = 0;
+  if (tg_inet_tree_pairs(&all, pid_of, paired, &npaired, err, errlen) != 0) return -1;
+  for (size_t k = 0; k < npaired; k++)
+    for (size_t c = 0; c < tg_nkeep_conns; c++)
+      if (tg_keep_conns[c] == paired[k]) tg_keep_conns[c--] = tg_keep_conns[--tg_nkeep_conns];
+  free(paired);
   /* 1. each shared description, once */
   for (size_t g = 0; g < ngroups; g++) {
     long first = -1, made = 0;
@@ -107,16 +120,22 @@ int tg_tree_premake(const struct image *const *imgs, size_t nimgs, int tmp_base,
     }
     if (!made && make((size_t)first, err, errlen) != 0) return -1;
   }
-  /* 2. Unix sockets whose peer is in another process: the pair */
+  /* 2. Unix sockets whose peer is in another process: the pair. A socket two processes hold (its
+   * description inherited through fork: one inode, one description) is made once: a second pair
+   * made for it would take its peer's end away from the first (python's multiprocessing Manager:
+   * a worker inherits the parent's connection to the manager process) */
   for (size_t i = 0; i < all.nfds; i++) {
     uint64_t ino, peer;
     if (all.fds[i].r.reserved || all.tmp[i] >= 0 || tg_unix_ids(&all.fds[i], &ino, &peer) != 0) continue;
-    int local = 0;
+    int local = 0, same = -1;
     for (size_t j = 0; j < all.nfds; j++) {
       uint64_t ji, jp;
-      if (pid_of[j] == pid_of[i] && tg_unix_ids(&all.fds[j], &ji, &jp) == 0 && ji == peer) local = 1;
+      if (tg_unix_ids(&all.fds[j], &ji, &jp) != 0) continue;
+      if (pid_of[j] == pid_of[i] && ji == peer) local = 1;
+      if (j != i && ji == ino && all.tmp[j] >= 0 && same < 0) same = all.tmp[j];
     }
-    if (!local && make(i, err, errlen) != 0) return -1;
+    if (same >= 0) all.tmp[i] = same;
+    else if (!local && make(i, err, errlen) != 0) return -1;
   }
   /* 3. every member of a group takes what was made for one of them */
   for (size_t g = 0; g < ngroups; g++) {

@@ -2,7 +2,7 @@
 // All state is read from and written to disk (AppDir), never only kept in memory.
 import type { CasStore } from "../store/cas/store.js";
 import { holdConnections, type HeldConnections } from "./hold-connections.js";
-import { restoreNotes } from "../image/inet.js";
+import { treeRestoreNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -566,6 +566,7 @@ export class AppManager {
       lineage: rec?.treeLineage ?? {},
       full,
       ...(rec?.tracking ? { tracking: rec.tracking } : {}),
+      ...(rec?.externalUnix ? { externalUnix: rec.externalUnix } : {}),
       describeFiles: (v) => this.fileIds.describe(v),
       onProgress: (done, total) => progress({ phase: "verify", done, total }),
       onEvent: (pid, e) => {
@@ -1089,8 +1090,9 @@ export class AppManager {
       const wallNs = Number(process.hrtime.bigint() - t0);
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
-      const notes = [...restoreNotes((m as { stats?: CheckpointStats }).stats?.sockets, undefined, held?.fate), ...others.flatMap((e) => restoreNotes(store.cas.get(e.id!).stats.sockets, e.pid))];
+      const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate);
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
+      for (const e of others) notes.push(...(await externalUnixNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {

@@ -4,7 +4,7 @@
 // object in two processes; each group is recorded with the checkpoint and made once by the
 // restorer's init, before the tree is cloned (native/restore/tree-fds.c), so both processes hold
 // one description again. Kinds made that way: regular files and directories (one offset),
-// sockets, eventfds, timerfds. Not grouped: pipes (the restorer shares them its own way), files opened for
+// sockets, eventfds, timerfds, epoll sets (each process adds back its own entries). Not grouped: pipes (the restorer shares them its own way), files opened for
 // appending (every write goes to the end; the app's log among them), character devices (no offset)
 // and named FIFOs (reopened by path). Any other kind shared (a signalfd, an inotify instance...) refuses the
 // checkpoint by name.
@@ -50,11 +50,39 @@ function openFds(p: TreeProcess): OpenFd[] {
   return out.sort((a, b) => a.fd - b.fd);
 }
 
+/**
+ * An epoll set shared by processes (made once at restore; each process adds back the entries its
+ * own fds registered: native/resources/epoll.c): an entry whose watched file no sharing process
+ * holds at that fd number could not be added back. Why, or null.
+ */
+function epollUnheld(holders: OpenFd[]): string | null {
+  const a = holders[0]!;
+  let info = "";
+  try {
+    info = readFileSync(`/proc/${a.proc.hostPid}/fdinfo/${a.fd}`, "utf8");
+  } catch {
+    return null; // closed meanwhile: the tree changed, which the cut sees
+  }
+  for (const m of info.matchAll(/^tfd:\s*(\d+)\s.*\bino:([0-9a-f]+)/gm)) {
+    const ino = BigInt(`0x${m[2]}`);
+    const held = holders.some((o) => {
+      try {
+        return statSync(`/proc/${o.proc.hostPid}/fd/${m[1]}`, { bigint: true }).ino === ino;
+      } catch {
+        return false;
+      }
+    });
+    if (!held)
+      return `the epoll set at fd ${a.fd} of pid ${a.proc.pid} (${a.proc.comm}), shared with ${holders.length - 1} other process${holders.length > 2 ? "es" : ""}, watches a file (inode ${ino}) that none of them holds at fd ${m[1]} any more; a restore could not add it back`;
+  }
+  return null;
+}
+
 /** "made" (grouped and made once), "exempt" (restored apart, rightly) or "refused". */
 function howShared(o: OpenFd): "made" | "exempt" | "refused" {
   const t = o.target;
   if (t.startsWith("pipe:[")) return "exempt";
-  if (t.startsWith("socket:[") || t === "anon_inode:[eventfd]" || t === "anon_inode:[timerfd]") return "made";
+  if (t.startsWith("socket:[") || t === "anon_inode:[eventfd]" || t === "anon_inode:[timerfd]" || t === "anon_inode:[eventpoll]") return "made";
   if (t.startsWith("anon_inode:")) return "refused";
   const path = `/proc/${o.proc.hostPid}/fd/${o.fd}`;
   const st = statSync(path);
@@ -117,6 +145,10 @@ export function sharedDescriptions(procs: TreeProcess[]): SharedDescriptions {
           groups: [],
           problem: `fd ${a!.fd} of pid ${a!.proc.pid} (${a!.proc.comm}) and fd ${b!.fd} of pid ${b!.proc.pid} (${b!.proc.comm}) share one open file description of ${a!.target} (inherited through fork); sharing this kind between processes is not supported yet`,
         };
+      if (c[0]!.target === "anon_inode:[eventpoll]") {
+        const lost = epollUnheld([...first.values()]);
+        if (lost) return { groups: [], problem: lost };
+      }
       groups.push([...first.values()].map((o) => [o.proc.pid, o.fd]));
     }
   }

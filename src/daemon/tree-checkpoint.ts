@@ -12,7 +12,7 @@ import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { IngestInfo, MappedFile, VmaFile } from "../store/cas/types.js";
 import { memberApp, parseMemberApp } from "../store/types.js";
-import { ping, type CheckpointEvent, type TrackingMode } from "./agent.js";
+import { ping, type CheckpointEvent, type ExternalUnixPolicy, type TrackingMode } from "./agent.js";
 import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
 import { testDelay } from "./test-hooks.js";
@@ -216,6 +216,8 @@ export interface TreeCheckpointArgs {
   lineage: TreeLineage;
   full: boolean;
   tracking?: TrackingMode;
+  /** run --external-unix: passed to every process's agent. */
+  externalUnix?: ExternalUnixPolicy;
   describeFiles: (v: VmaFile[]) => Promise<MappedFile[]>;
   onProgress: (done: number, total: number) => void;
   onEvent: (pid: number, e: CheckpointEvent) => void;
@@ -426,7 +428,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
       agentSock(a.sock, p.pid, mainPid),
       p.pid,
       a.stagingRoot,
-      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), hold: (e) => cut.hold(e, p.pid), tree: true },
+      { ...(baseOk && base ? { incrementalOn: base.agentSeq } : {}), ...(a.tracking ? { tracking: a.tracking } : {}), ...(a.externalUnix ? { externalUnix: a.externalUnix } : {}), hold: (e) => cut.hold(e, p.pid), tree: true },
       ingestInfo,
       (e) => {
         if (e.event === "resumed") {

@@ -192,7 +192,8 @@ export interface FdInfo {
   aux: bigint;
   path: string;
   /** epoll only: registered targets. */
-  epoll: { tfd: number; events: number; data: bigint }[];
+  /** other: an entry another process of a tree (sharing the set) registered, added back by that process */
+  epoll: { tfd: number; events: number; data: bigint; other?: boolean }[];
   /** Unix socket (kind 9) only: the socket, its peer and state. */
   unix?: UnixSock;
   /** TCP/UDP socket (kind 13) only. */
@@ -207,7 +208,7 @@ export interface UnixSock {
   sndbuf: number;
   rcvbuf: number;
   peekOff: number;
-  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name) */
+  /** bit 0: SO_PASSCRED, bit 1: autobound (kernel-chosen abstract name), bit 2: named (restored unnamed) */
   flags: number;
 }
 

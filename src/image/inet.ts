@@ -138,3 +138,23 @@ export function restoreNotes(socks: SocketStat[] | undefined, pid?: number, held
     return `${who}fd ${s.fd} (${s.socket}): restored closed (${why}); the app's next read or write on it gets ECONNRESET`;
   });
 }
+
+/**
+ * A process tree's restore notes: every process's sockets (pid undefined: the main process's). A
+ * connection whose other end is another process's (loopback inside the tree, both recorded with
+ * TCP_REPAIR) is restored whole by the restorer (native/resources/inet.c, tree pairs), not closed.
+ */
+export function treeRestoreNotes(procs: { pid?: number; socks: SocketStat[] | undefined }[], held?: Map<string, string>): string[] {
+  const holds = procs.flatMap((p, i) => (p.socks ?? []).flatMap((s) => (s.hold ? [{ i, h: s.hold }] : [])));
+  return procs.flatMap((p, i) => {
+    const socks = (p.socks ?? []).map((s): SocketStat => {
+      const h = s.hold;
+      if (!h || s.fate !== "closed") return s;
+      const paired = holds.some((o) => o.i !== i && o.h.family === h.family && o.h.local === h.remote && o.h.remote === h.local);
+      if (!paired) return s;
+      const { hold: _hold, ...rest } = s;
+      return { ...rest, fate: "whole" };
+    });
+    return restoreNotes(socks, p.pid, held);
+  });
+}

@@ -429,7 +429,7 @@ class ImageReader {
         const kind = p.readUInt32LE(4);
         const epoll = [];
         if (kind === 8) {
-          for (let i = 0; i + 16 <= extra.length; i += 16) epoll.push({ tfd: extra.readUInt32LE(i), events: extra.readUInt32LE(i + 4), data: u64(extra, i + 8) });
+          for (let i = 0; i + 16 <= extra.length; i += 16) epoll.push({ tfd: extra.readUInt32LE(i) & 0x7fffffff, events: extra.readUInt32LE(i + 4), data: u64(extra, i + 8), ...(extra.readUInt32LE(i) >>> 31 ? { other: true } : {}) }); // bit 31: another process's entry
         }
         const unix = kind === 9 ? decodeUnixSock(extra) : undefined;
         if (kind === 10 && (extra.length < 32 || extra.readUInt32LE(24) > extra.length - 32)) this.fail(off, `listening Unix socket FD extra of ${extra.length} bytes does not hold its name`);
