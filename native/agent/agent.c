@@ -9,6 +9,7 @@
  * image and resumes each thread by rt_sigreturn on its saved frame; the manager thread notices it
  * was restored through tg_restart and listens again.
  */
+#include "../common/jsonesc.h"
 #include "agent.h"
 
 #include <dirent.h>
@@ -449,20 +450,9 @@ static void reply(const char *fmt, ...) {
   }
 }
 
-static void json_escape(const char *in, char *out, size_t cap) {
-  size_t o = 0;
-  for (; *in && o + 7 < cap; in++) {
-    unsigned char c = (unsigned char)*in;
-    if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-    else if (c < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-    else out[o++] = (char)c;
-  }
-  out[o] = 0;
-}
-
 static void reply_error(const char *event, const char *msg) {
   char esc[1024];
-  json_escape(msg, esc, sizeof esc);
+  tg_json_escape(msg, esc, sizeof esc);
   reply("{\"event\":\"%s\",\"ok\":false,\"error\":\"%s\"}", event, esc);
 }
 
@@ -637,7 +627,7 @@ again:
     sscanf(msg + 3, "%llu %llu %llu", &bytes, &pages, &written);
     tg_trk.pages_written = written; /* counted by the child in hash mode */
     char reason[400];
-    json_escape(tg_trk.reason, reason, sizeof reason);
+    tg_json_escape(tg_trk.reason, reason, sizeof reason);
     reply("{\"event\":\"done\",\"ok\":true,\"bytes\":%llu,\"pages\":%llu,\"total_ns\":%llu,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu,"
           "\"kind\":\"%s\",\"parent\":%llu,\"tracking\":\"%s\",\"pages_scanned\":%llu,\"pages_written\":%llu,\"full_reason\":\"%s\"}",
           bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq,

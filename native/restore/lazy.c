@@ -1,4 +1,5 @@
 /* The lazy page server (see lazy.h): a thread of tardigrade-restore's outer process. */
+#include "../common/jsonesc.h"
 #include "lazy.h"
 
 #include <errno.h>
@@ -55,21 +56,10 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void json_esc(const char *in, char *out, size_t cap) {
-  size_t o = 0;
-  for (; *in && o + 7 < cap; in++) {
-    unsigned char c = (unsigned char)*in;
-    if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-    else if (c < 0x20) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-    else out[o++] = (char)c;
-  }
-  out[o] = 0;
-}
-
 static void progress(const char *state, const char *error) {
   if (!progress_path) return;
   char tmp[4200], body[2048], esc[1024];
-  json_esc(error ? error : "", esc, sizeof esc);
+  tg_json_escape(error ? error : "", esc, sizeof esc);
   int n = snprintf(body, sizeof body, "{\"state\":\"%s\",\"loaded\":%llu,\"total\":%llu,\"faults\":%llu,\"ms\":%llu%s%s%s}\n", state,
                    (unsigned long long)s.done, (unsigned long long)s.total, (unsigned long long)s.faults,
                    (unsigned long long)(now_ms() - s.t0), error ? ",\"error\":\"" : "", error ? esc : "", error ? "\"" : "");
