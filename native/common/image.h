@@ -176,11 +176,12 @@ _Static_assert(sizeof(struct tg_unix_listen) == 32, "unix listen");
 /* FD kind 14 (a Unix socket connected to a peer outside the app): the FD record's extra, then
  * peer_len bytes of the peer's name (a path, or a NUL then an abstract name; 0: unnamed), then
  * name_len bytes of the socket's own name (as sock_diag gives it; shown only). */
-enum { TG_UX_RECONNECT = 1, TG_UX_CLOSED = 2 }; /* tg_unix_ext.action */
+enum { TG_UX_RECONNECT = 1, TG_UX_CLOSED = 2, TG_UX_EOF = 3 }; /* tg_unix_ext.action */
 struct tg_unix_ext {
   uint32_t type;      /* SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 */
   uint32_t action;    /* TG_UX_RECONNECT: a datagram socket connected again to the peer's name;
-                         TG_UX_CLOSED: made as a connection whose peer has gone (ECONNRESET, then EOF / EPIPE) */
+                         TG_UX_CLOSED: made as a connection whose peer has gone (ECONNRESET, then EOF / EPIPE);
+                         TG_UX_EOF: its peer had closed its end and nothing was left to read: end of file, EPIPE */
   uint32_t sndbuf, rcvbuf;
   uint32_t flags;     /* bit 0: SO_PASSCRED; bit 1: autobound */
   uint32_t peer_len, name_len, reserved;

@@ -29,7 +29,7 @@
 #define DATA_CAP (1u << 20) /* per socket: larger queues are refused by name */
 
 struct uinfo {
-  uint32_t ino, type, state, peer, shutdown, backlog;
+  uint32_t ino, type, state, peer, shutdown, backlog, rqueue;
   char name[112]; /* printable: a path, @abstract, or "" (unnamed) */
   char raw[108];  /* the name as bound (an abstract one starts with NUL) */
   uint32_t raw_len;
@@ -61,6 +61,7 @@ static int parse_diag(const struct nlmsghdr *h, void *ctx) {
         struct unix_diag_rqlen q;
         memcpy(&q, d, sizeof q);
         out->backlog = q.udiag_wqueue; /* a listening socket: its backlog */
+        out->rqueue = q.udiag_rqueue;  /* a connected one: the bytes waiting to be read */
       }
       break;
     case UNIX_DIAG_NAME:
@@ -260,6 +261,10 @@ static int describe_external(const struct tg_fd_probe *p, const struct uinfo *u,
       return -1;
     }
     x.action = TG_UX_RECONNECT;
+  } else if (!u->peer && u->type != SOCK_DGRAM && u->rqueue == 0) {
+    /* its peer closed its end (a worker that exited) and nothing is left to read: the restore makes
+     * it the same, whatever --external-unix says (nothing outside is lost) */
+    x.action = TG_UX_EOF;
   } else if (tg_res_ext_unix_closed) {
     x.action = TG_UX_CLOSED;
   } else {
@@ -777,7 +782,8 @@ static int open_listener(struct tg_fd_restore *rc, size_t i, char *err, size_t e
  * peer's name again; nothing bound there now leaves it unconnected (its next send gets ENOTCONN;
  * the daemon's restore output says so). TG_UX_CLOSED: one end of a fresh pair whose other end
  * is closed with a byte unread in it, which the kernel reports as a reset: the next read gets
- * ECONNRESET (then end of file), a write EPIPE. */
+ * ECONNRESET (then end of file), a write EPIPE. TG_UX_EOF: the peer had closed its end with
+ * nothing left to read: a fresh pair whose other end is closed (end of file, EPIPE). */
 static int open_external(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
   const struct img_fd *f = &rc->fds[i];
   struct tg_unix_ext x;
@@ -809,6 +815,14 @@ static int open_external(struct tg_fd_restore *rc, size_t i, char *err, size_t e
     memcpy(sa.sun_path, f->extra + sizeof x, x.peer_len);
     /* (refused or missing: left unconnected, as the restore output says) */
     if (x.peer_len) (void)connect(s, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + x.peer_len));
+  } else if (x.action == TG_UX_EOF) {
+    int sv[2];
+    if (socketpair(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0, sv) != 0) {
+      snprintf(err, errlen, "fd %u: socketpair: %s", f->r.fd, strerror(errno));
+      return -1;
+    }
+    close(sv[1]); /* nothing unread in it: a read gets end of file, a write EPIPE */
+    s = sv[0];
   } else if (x.action == TG_UX_CLOSED) {
     int sv[2];
     if (socketpair(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0, sv) != 0) {

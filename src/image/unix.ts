@@ -29,8 +29,8 @@ const SOCK_TYPE_NAMES: Record<number, string> = { 1: "stream", 2: "datagram", 5:
 /** A Unix socket whose peer was outside the app (FD kind 14: struct tg_unix_ext, the peer's name, its own name). */
 export interface UnixExternal {
   type: string;
-  /** "reconnect": a datagram socket connected to the peer's name again; "closed": restored as a connection whose peer went away. */
-  action: "reconnect" | "closed";
+  /** "reconnect": a datagram socket connected to the peer's name again; "closed": restored as a connection whose peer went away; "eof": its peer had closed its end, nothing left to read. */
+  action: "reconnect" | "closed" | "eof";
   /** The peer's name (a path, "@name" for an abstract one), or "" (unnamed, or gone). */
   peer: string;
   /** The socket's own name, or "". */
@@ -48,10 +48,10 @@ export function decodeUnixExternal(extra: Buffer): UnixExternal | string {
   const peerLen = extra.readUInt32LE(20);
   const nameLen = extra.readUInt32LE(24);
   if (peerLen > 108 || nameLen > 108 || 32 + peerLen + nameLen > extra.length) return `external Unix socket FD extra of ${extra.length} bytes does not hold names of ${peerLen} and ${nameLen} bytes`;
-  if (action !== 1 && action !== 2) return `external Unix socket FD extra has an unknown action ${action}`;
+  if (action !== 1 && action !== 2 && action !== 3) return `external Unix socket FD extra has an unknown action ${action}`;
   return {
     type: SOCK_TYPE_NAMES[extra.readUInt32LE(0)] ?? `type ${extra.readUInt32LE(0)}`,
-    action: action === 1 ? "reconnect" : "closed",
+    action: action === 1 ? "reconnect" : action === 2 ? "closed" : "eof",
     peer: shownName(extra.subarray(32, 32 + peerLen)),
     name: shownName(extra.subarray(32 + peerLen, 32 + peerLen + nameLen)),
   };
@@ -59,6 +59,7 @@ export function decodeUnixExternal(extra: Buffer): UnixExternal | string {
 
 /** "Unix stream socket bound to /x, connected to /y (outside the app)" */
 export function describeUnixExternal(u: UnixExternal): string {
+  if (u.action === "eof") return `Unix ${u.type} socket${u.name ? ` bound to ${u.name}` : ""} whose peer closed its end`;
   return `Unix ${u.type} socket${u.name ? ` bound to ${u.name}` : ""}, connected to ${u.peer || "an unnamed socket"} (outside the app)`;
 }
 
@@ -66,6 +67,7 @@ export function describeUnixExternal(u: UnixExternal): string {
 export function externalUnixNote(fd: number, u: UnixExternal, live: (path: string) => boolean, pid?: number): string {
   const who = pid !== undefined ? `pid ${pid} ` : "";
   const what = `${who}fd ${fd} (${describeUnixExternal(u)})`;
+  if (u.action === "eof") return `${what}: its peer had closed its end: restored the same (the app's next read gets end of file, a write EPIPE)`;
   if (u.action === "closed") return `${what}: restored closed (its peer is outside the app); the app's next read on it gets ECONNRESET, a write EPIPE`;
   if (u.peer.startsWith("/") && !live(u.peer)) return `${what}: restored unconnected: nothing is bound to ${u.peer} now; the app's next send on it gets ENOTCONN (it may connect again)`;
   return `${what}: connected to ${u.peer} again`;
