@@ -8,6 +8,7 @@
  * intervals went by, until a read or timerfd_gettime forwards the timer. So the capture calls
  * timerfd_gettime first (it forwards, and gives the time left), then reads fdinfo again. */
 #include "resource.h"
+#include "../common/readfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,15 +43,11 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
   static char info[1024];
   char path[64];
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", p->fd);
-  int ifd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
-  ssize_t n = ifd < 0 ? -1 : syscall(SYS_read, ifd, info, sizeof info - 1);
-  int e = errno;
-  if (ifd >= 0) syscall(SYS_close, ifd);
+  long n = tg_read_file(path, info, sizeof info);
   if (n <= 0) {
-    snprintf(err, errlen, "fd %d (timerfd) cannot be checkpointed: %s: %s", p->fd, path, n < 0 ? strerror(e) : "empty");
+    snprintf(err, errlen, "fd %d (timerfd) cannot be checkpointed: %s: %s", p->fd, path, n < 0 ? strerror((int)-n) : "empty");
     return -1;
   }
-  info[n] = 0;
   const char *clk = tg_res_field(info, "clockid:"), *ticks = tg_res_field(info, "ticks:"),
              *fl = tg_res_field(info, "settime flags:");
   if (!clk || !ticks || !fl || extra_cap < sizeof(struct tg_timerfd)) {
