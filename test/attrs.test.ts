@@ -1,5 +1,7 @@
 // Process attributes a restore gives back (ATTRS record): child subreaper, dumpable, no_new_privs,
-// timer slack, personality, nice, scheduling policy, CPU affinity, a child's parent-death signal; and a process that
+// timer slack, personality, nice, scheduling policy, CPU affinity, a child's parent-death signal; a
+// second thread's own nice, policy, timer slack and affinity (THREAD_ATTRS records); each thread's
+// alternate signal stack (given back by the kernel's sigreturn from the park frame); and a process that
 // installed a seccomp filter refused by name (a restore would run it without its sandbox). A C
 // fixture (test/fixtures/attrs.c) prints what the kernel says of each; every process started is
 // killed by PID (helpers/tree.ts, helpers/home.ts).
@@ -13,22 +15,27 @@ import { checkpointOk, crashAndRestore, ids, others, setup } from "./helpers/tre
 const last = (ls: string[], who: string): string | undefined => ls.filter((l) => l.startsWith(`attrs ${who} `)).pop();
 
 describe("process attributes", { timeout: 600_000 }, () => {
-  test("subreaper, dumpable, no_new_privs, timer slack, personality, affinity and a child's parent-death signal come back", async (t) => {
+  test("subreaper, dumpable, no_new_privs, timer slack, personality, affinity, a child's parent-death signal and a thread's own come back", async (t) => {
     const { h, dir, release } = setup(t);
     await runApp(h, "attrs", [fixture("attrs"), dir]);
-    const ls = await waitLines(h, "attrs", (l) => !!last(l, "main") && !!last(l, "child"), "both processes print", 120_000);
+    const all = (l: string[]): boolean => !!last(l, "main") && !!last(l, "child") && !!last(l, "thread");
+    const ls = await waitLines(h, "attrs", all, "both processes and the thread print", 120_000);
     const main = last(ls, "main")!;
     const child = last(ls, "child")!;
-    assert.match(main, /^attrs main pdeath 0 sub 1 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+$/);
-    assert.match(child, /^attrs child pdeath 12 sub 0 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+$/);
+    const thread = last(ls, "thread")!;
+    assert.match(thread, /^attrs thread pdeath 0 sub 1 dump 0 nnp 1 pers 0x40000 slack 654321 nice 11 sched 0 cpus 0 alt thread$/);
+    assert.match(main, /^attrs main pdeath 0 sub 1 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+ alt main$/);
+    assert.match(child, /^attrs child pdeath 12 sub 0 dump 0 nnp 1 pers 0x40000 slack 123456 nice 7 sched 3 cpus \d+ alt main$/);
     const id = await checkpointOk(h, "attrs");
     const seen = JSON.parse((await h.cli(["inspect", id, "--json"])).stdout) as unknown;
     assert.match(JSON.stringify(seen), /"subreaper":true/, "inspect --json carries the attributes");
+    assert.match(JSON.stringify(seen), /"attrs":\{"nice":11,"schedPolicy":0,"schedPriority":0,"schedResetOnFork":false,"timerslackNs":654321,"cpus":\[0\]\}/, "inspect --json carries the thread's own");
     const from = logSize(h, "attrs");
     await crashAndRestore(h, "attrs");
-    const after = await waitLines(h, "attrs", (l) => !!last(l, "main") && !!last(l, "child"), "both processes print after the restore", 120_000, from);
+    const after = await waitLines(h, "attrs", all, "both processes and the thread print after the restore", 120_000, from);
     assert.equal(last(after, "main"), main, "the main process's attributes as at the checkpoint");
     assert.equal(last(after, "child"), child, "the child's attributes as at the checkpoint");
+    assert.equal(last(after, "thread"), thread, "the second thread's own attributes as at the checkpoint");
     // and from outside: the kernel's view of the restored main process
     const st = readFileSync(`/proc/${h.pids("attrs")!.app}/status`, "utf8");
     assert.match(st, /^NoNewPrivs:\s+1$/m);

@@ -162,8 +162,9 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
     record_self(s, tid);
     s->uc = (ucontext_t *)ucv;
     s->is_manager = tid == tg.manager_tid;
+    tg_capture_own_thread_attrs(&s->attrs, tid); /* each thread's own (attrs.c) */
+    if (tid == tg.pid) tg_capture_thread_attrs(&s->attrs); /* the process's, by its main thread, before it counts as parked */
   }
-  if (tid == tg.pid) tg_capture_thread_attrs(); /* the main thread's own (attrs.c), before it counts as parked */
   if (tid == tg.manager_tid) {
     snapshot_and_release(gen);
   } else {

@@ -38,6 +38,7 @@ struct tg_slot {
   uint32_t rseq_len, rseq_sig;
   uint64_t sigpending, shared_sigpending;
   char comm[16];
+  struct tg_rec_thread_attrs attrs; /* its nice, scheduling, timer slack and affinity (attrs.c) */
 };
 
 struct tg_agent {
@@ -123,7 +124,8 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
 TG_HIDDEN void tg_attrs_init(void);
 TG_HIDDEN int tg_precheck_attrs(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_attrs(void);
-TG_HIDDEN void tg_capture_thread_attrs(void);
+TG_HIDDEN void tg_capture_own_thread_attrs(struct tg_rec_thread_attrs *t, int tid);
+TG_HIDDEN void tg_capture_thread_attrs(const struct tg_rec_thread_attrs *own);
 TG_HIDDEN const struct tg_rec_attrs *tg_captured_attrs(void);
 TG_HIDDEN int tg_precheck_timers(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_timers(void);

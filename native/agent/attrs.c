@@ -1,7 +1,8 @@
 /* Process attributes that are neither memory, fds nor timers, captured with every thread parked and
  * given back by the restorer (native/restore/attrs.c): the parent-death signal, child-subreaper,
  * dumpable and no-new-privs flags (prctl), the personality, the timer slack and the main thread's
- * CPU affinity (ATTRS record, docs/format.md). Read with every thread parked (the snapshot child
+ * CPU affinity (ATTRS record, docs/format.md); and each thread's own nice value, scheduling policy,
+ * timer slack and CPU affinity (THREAD_ATTRS records, given back by the restorer's blob). Read with every thread parked (the snapshot child
  * inherits neither pdeathsig nor subreaper), the per-thread ones by the main thread itself in its
  * park handler; the snapshot child writes the record.
  *
@@ -51,9 +52,28 @@ TG_HIDDEN int tg_precheck_attrs(char *err, size_t errlen) {
   return -1;
 }
 
-/* Per-thread attributes, the main thread's (the manager thread was made before the app's main()
- * set any): called by the main thread in its park handler, before the manager captures. */
-TG_HIDDEN void tg_capture_thread_attrs(void) {
+/* One thread's own (nice, scheduling, timer slack and CPU affinity are per thread in Linux): called
+ * by every thread in its park handler, so each reads its own; written as its THREAD_ATTRS record. */
+TG_HIDDEN void tg_capture_own_thread_attrs(struct tg_rec_thread_attrs *t, int tid) {
+  memset(t, 0, sizeof *t);
+  t->tid = (uint32_t)tid;
+  long prio = tg_sys2(SYS_getpriority, PRIO_PROCESS, 0); /* the calling thread's; the kernel returns 20 - nice */
+  t->nice = prio < 0 ? 0 : (int32_t)(20 - prio);
+  long pol = tg_sys1(SYS_sched_getscheduler, 0);
+  struct sched_param sp = {0};
+  t->sched_policy = pol < 0 ? 0 : (uint32_t)(pol & ~SCHED_RESET_ON_FORK);
+  t->sched_flags = pol > 0 && (pol & SCHED_RESET_ON_FORK) ? 1 : 0;
+  t->sched_priority = tg_sys2(SYS_sched_getparam, 0, &sp) == 0 ? (uint32_t)sp.sched_priority : 0;
+  long slack = tg_sys1(SYS_prctl, PR_GET_TIMERSLACK);
+  t->timerslack_ns = slack < 0 ? 0 : (uint64_t)slack;
+  long n = tg_sys3(SYS_sched_getaffinity, 0, sizeof t->cpus, t->cpus);
+  t->cpus_len = n > 0 ? (uint32_t)n : 0;
+}
+
+/* The process's attributes read by its main thread (the manager thread was made before the app's
+ * main() set any): called by the main thread in its park handler after tg_capture_own_thread_attrs,
+ * before the manager captures. */
+TG_HIDDEN void tg_capture_thread_attrs(const struct tg_rec_thread_attrs *own) {
   struct tg_rec_attrs *a = &cap_attrs;
   int sig = 0;
   a->pdeathsig = tg_sys2(SYS_prctl, PR_GET_PDEATHSIG, &sig) == 0 ? (uint32_t)sig : 0;
@@ -61,16 +81,12 @@ TG_HIDDEN void tg_capture_thread_attrs(void) {
   a->no_new_privs = nnp > 0 ? 1 : 0;
   long pers = tg_sys1(SYS_personality, 0xffffffff);
   a->personality = pers < 0 ? 0 : (uint32_t)pers;
-  long slack = tg_sys1(SYS_prctl, PR_GET_TIMERSLACK);
-  a->timerslack_ns = slack < 0 ? 0 : (uint64_t)slack;
+  a->timerslack_ns = own->timerslack_ns;
   a->cpus_len = 0; /* (the manager reads the main thread's affinity) */
-  long prio = tg_sys2(SYS_getpriority, PRIO_PROCESS, 0); /* the kernel returns 20 - nice */
-  a->nice = prio < 0 ? 0 : (int32_t)(20 - prio);
-  long pol = tg_sys1(SYS_sched_getscheduler, 0);
-  struct sched_param sp = {0};
-  a->sched_policy = pol < 0 ? 0 : (uint32_t)(pol & ~SCHED_RESET_ON_FORK);
-  a->sched_flags = pol > 0 && (pol & SCHED_RESET_ON_FORK) ? 1 : 0;
-  a->sched_priority = tg_sys2(SYS_sched_getparam, 0, &sp) == 0 ? (uint32_t)sp.sched_priority : 0;
+  a->nice = own->nice;
+  a->sched_policy = own->sched_policy;
+  a->sched_flags = own->sched_flags;
+  a->sched_priority = own->sched_priority;
 }
 
 /* Per-process attributes, and the main thread's affinity: by the manager, every thread parked. */

@@ -682,6 +682,7 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
         t.rsp = (uint64_t)s->uc->uc_mcontext.gregs[REG_RSP];
         memcpy(t.comm, s->comm, sizeof t.comm);
         if (put_record(&w, TG_REC_THREAD, &t, sizeof t, NULL, 0) != 0) goto werr;
+        if (put_record(&w, TG_REC_THREAD_ATTRS, &s->attrs, sizeof s->attrs, NULL, 0) != 0) goto werr;
       }
       /* fd records were taken by the parent while the threads were parked: file offsets, pipe
        * contents and eventfd counters are shared with the running application */

@@ -28,6 +28,7 @@ enum tg_rec_type {
   TG_REC_LOCKS = 17,
   TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
   TG_REC_ATTRS = 40, /* process attributes: prctl flags, personality, timer slack, CPU affinity */
+  TG_REC_THREAD_ATTRS = 41, /* one thread's own: nice, scheduling policy, timer slack, CPU affinity */
   TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
 };
 
@@ -91,6 +92,18 @@ struct tg_rec_attrs {
   uint32_t sched_policy, sched_priority, sched_flags; /* sched_flags: bit 0 SCHED_RESET_ON_FORK */
 };
 _Static_assert(sizeof(struct tg_rec_attrs) == 176, "attrs");
+
+/* THREAD_ATTRS (41): what is per thread in Linux, read by each thread itself in its park handler;
+ * one record per THREAD record (the same tid), given back by each restored thread before it runs */
+struct tg_rec_thread_attrs {
+  uint32_t tid;
+  int32_t nice;
+  uint32_t sched_policy, sched_priority, sched_flags; /* as in ATTRS */
+  uint32_t cpus_len;              /* bytes of cpus sched_getaffinity filled (0: not read) */
+  uint64_t timerslack_ns;
+  uint64_t cpus[16];
+};
+_Static_assert(sizeof(struct tg_rec_thread_attrs) == 160, "thread attrs");
 
 struct tg_rlimit { uint64_t cur, max; };
 #define TG_NRLIMITS 16

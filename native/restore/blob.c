@@ -33,6 +33,7 @@
 #define STEP_NAME 13
 #define STEP_TRACK 17
 #define STEP_LAZY 18
+#define STEP_THREAD_ATTRS 19
 
 #define PROT_R 1
 #define PROT_W 2
@@ -117,6 +118,24 @@ __asm__(".pushsection tgblob,\"ax\",@progbits\n"
         ".size blob_clone3, .-blob_clone3\n"
         ".popsection\n");
 
+/* The thread's own attributes (THREAD_ATTRS): the process's were set by stage 1 and inherited; the
+ * affinity was checked against this host there (cpus_len 0: run on every CPU, said as a warning). */
+BLOB static void set_thread_attrs(struct blob_plan *p, struct blob_thread *t) {
+  const struct tg_rec_thread_attrs *a = &t->attrs;
+  long r;
+  if (a->cpus_len) tg_sys3(SYS_sched_setaffinity, 0, a->cpus_len, a->cpus); /* (checked by stage 1) */
+  r = tg_sys3(SYS_setpriority, 0 /* PRIO_PROCESS */, 0, a->nice);
+  if (r < 0) fail(p, STEP_THREAD_ATTRS, r, t->tid);
+  /* always: the thread inherited the process's policy (stage 1), its own may be another */
+  int32_t prio = (int32_t)a->sched_priority;
+  r = tg_sys3(SYS_sched_setscheduler, 0, (long)a->sched_policy | (a->sched_flags & 1 ? 0x40000000L /* SCHED_RESET_ON_FORK */ : 0), &prio);
+  if (r < 0) fail(p, STEP_THREAD_ATTRS, r, t->tid);
+  if (a->timerslack_ns) {
+    r = tg_sys2(SYS_prctl, 29 /* PR_SET_TIMERSLACK */, a->timerslack_ns);
+    if (r < 0) fail(p, STEP_THREAD_ATTRS, r, t->tid);
+  }
+}
+
 __attribute__((noreturn)) BLOB static void finish_thread(struct blob_thread *t) {
   struct blob_plan *p = (struct blob_plan *)t->plan;
   struct tg_restart_info *ri = (struct tg_restart_info *)p->restart_info_addr;
@@ -132,6 +151,7 @@ __attribute__((noreturn)) BLOB static void finish_thread(struct blob_thread *t) 
     long r = tg_sys2(SYS_prctl, PR_SET_NAME_, t->comm);
     if (r < 0) fail(p, STEP_NAME, r, t->tid);
   }
+  if (t->attrs.tid) set_thread_attrs(p, t);
   while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST)) tg_sys4(SYS_futex, &p->go, FUTEX_WAIT_PRIVATE_, 0, 0);
   void (*tramp)(uint64_t, volatile int32_t *) = (void (*)(uint64_t, volatile int32_t *))p->trampoline_addr;
   tramp(t->uc, &ri->pending);

@@ -15,6 +15,7 @@ struct blob_thread {
   uint64_t sigpending, stack_top;
   uint64_t plan; /* struct blob_plan * */
   char comm[16];  /* thread name, NUL terminated (empty: leave it) */
+  struct tg_rec_thread_attrs attrs; /* its own nice, scheduling, timer slack, affinity (tid 0: none in the image) */
 };
 
 /* struct prctl_mm_map from linux/prctl.h, spelled out (the header is not in the blob's reach) */

@@ -14,6 +14,7 @@
 static const char *type_name(uint32_t t) {
   static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS", "?", "?", "INET_REPAIR"};
   if (t == TG_REC_ATTRS) return "ATTRS";
+  if (t == TG_REC_THREAD_ATTRS) return "THREAD_ATTRS";
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -123,6 +124,18 @@ int tg_image_load(const char *path, struct image *img) {
       memcpy(&img->threads[img->nthreads++], p, sizeof(struct tg_rec_thread));
       free(p);
       break;
+    case TG_REC_THREAD_ATTRS: {
+      NEED(sizeof(struct tg_rec_thread_attrs));
+      struct tg_rec_thread_attrs ta;
+      memcpy(&ta, p, sizeof ta);
+      free(p);
+      if (!img->nthreads || img->threads[img->nthreads - 1].tid != ta.tid || ta.tid == 0)
+        return fail(img, off, "%sTHREAD_ATTRS record of tid %llu does not follow that thread's THREAD record", "", ta.tid);
+      if (ta.cpus_len > sizeof ta.cpus) return fail(img, off, "%sTHREAD_ATTRS: cpus_len %llu is over 128 bytes", "", ta.cpus_len);
+      GROW(img->thread_attrs, img->nthread_attrs);
+      img->thread_attrs[img->nthread_attrs++] = ta;
+      break;
+    }
     case TG_REC_FD: {
       NEED(sizeof(struct tg_rec_fd));
       struct tg_rec_fd r;

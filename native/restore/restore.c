@@ -293,6 +293,7 @@ static void __attribute__((noreturn)) stage1(void) {
     bt->sigpending = t->sigpending;
     bt->stack_top = (uint64_t)(b + stacks_off + (i + 1) * THREAD_STACK);
     memcpy(bt->comm, t->comm, sizeof bt->comm - 1);
+    tg_thread_attrs_for_blob(&img, t->tid, &bt->attrs);
   }
   p->timers = (struct tg_timer *)(b + timers_off);
   if (img.ntimers) memcpy(p->timers, img.timers, img.ntimers * sizeof *img.timers);

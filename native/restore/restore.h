@@ -21,6 +21,7 @@ struct image {
   struct tg_ksigaction sigs[64];
   struct img_vma *vmas; size_t nvmas;
   struct tg_rec_thread *threads; size_t nthreads;
+  struct tg_rec_thread_attrs *thread_attrs; size_t nthread_attrs; /* THREAD_ATTRS, one per thread (none in images of earlier versions) */
   struct img_fd *fds; size_t nfds;
   struct img_pipe *pipes; size_t npipes;
   struct tg_itimer itimers[TG_NITIMERS];
@@ -41,6 +42,9 @@ int tg_image_load(const char *path, struct image *img);
 /* attrs.c: the ATTRS record given back to this process (before its threads are made); warnings
  * on stderr for what this host cannot take (CPUs it does not have). 0, or -1 with err. */
 int tg_restore_attrs(const struct image *img, char *err, size_t errlen);
+/* attrs.c: the THREAD_ATTRS record of thread tid for the blob (zeroed: none), its affinity checked
+ * against this host (a warning, and every CPU, when none of its CPUs is here) */
+void tg_thread_attrs_for_blob(const struct image *img, uint32_t tid, struct tg_rec_thread_attrs *out);
 
 /* fds.c: rebuilds the fd table through the resource kinds (native/resources/). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);

@@ -20,6 +20,18 @@ import { describeLazy } from "../daemon/lazy-restore.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
+/** "0-3,6" for [0,1,2,3,6]. */
+function cpuRanges(cpus: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < cpus.length; ) {
+    let j = i;
+    while (j + 1 < cpus.length && cpus[j + 1] === cpus[j]! + 1) j++;
+    parts.push(j === i ? String(cpus[i]) : `${cpus[i]}-${cpus[j]}`);
+    i = j + 1;
+  }
+  return parts.join(",") || "-";
+}
+
 function version(): string {
   try {
     return (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -230,7 +242,7 @@ export function buildProgram(): Command {
       }
       out(`  image ${img.file} (format v${img.version}, pid ${img.pid}, agent seq ${img.seq})`);
       out(`  exe ${img.exe ?? "?"}   cwd ${img.cwd}`);
-      out(`\nthreads:\n${table(["TID", "COMM", "RIP", "RSP", ""], img.threads.map((t) => [String(t.tid), t.comm, t.rip, t.rsp, t.manager ? "(agent)" : ""]))}`);
+      out(`\nthreads:\n${table(["TID", "COMM", "RIP", "RSP", "NICE", "POLICY", "CPUS", ""], img.threads.map((t) => [String(t.tid), t.comm, t.rip, t.rsp, t.attrs ? String(t.attrs.nice) : "-", t.attrs ? `${t.attrs.schedPolicy}/${t.attrs.schedPriority}` : "-", t.attrs ? cpuRanges(t.attrs.cpus) : "-", t.manager ? "(agent)" : ""]))}`);
       out(`\nfds:\n${table(["FD", "KIND", "FLAGS", "POS", "PATH"], img.fds.map((f) => [String(f.fd), f.kind, f.flags, f.pos, f.path]))}`);
       if (img.signals.length) out(`\nsignal handlers:\n${table(["SIGNAL", "HANDLER", "FLAGS", "MASK"], img.signals.map((x) => [`${x.signo} ${x.name}`, x.handler, x.flags, x.mask]))}`);
       if (img.timers.length) out(`\ntimers:\n${table(["TIMER", "CLOCK", "NOTIFY", "SIGNAL", "INTERVAL", "LEFT", "OVERRUN"], img.timers.map((x) => [x.id === null ? x.kind : `${x.kind} ${x.id}`, x.clock, x.notify, x.signal, x.interval === "0" ? "-" : duration(Number(x.interval)), x.value === "0" ? "disarmed" : duration(Number(x.value)), String(x.overrun)]))}`);

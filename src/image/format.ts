@@ -39,6 +39,8 @@ export enum RecordType {
   INET_REPAIR = 20,
   /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]; i32 nice; u32 sched_policy, sched_priority, sched_flags. */
   ATTRS = 40,
+  /** One thread's own attributes, after its THREAD record: u32 tid; i32 nice; u32 sched_policy, sched_priority, sched_flags, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
+  THREAD_ATTRS = 41,
   /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
   FILE = 30,
 }
@@ -60,6 +62,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
   [RecordType.ATTRS]: 176,
+  [RecordType.THREAD_ATTRS]: 160,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,
@@ -180,6 +183,18 @@ export interface ThreadInfo {
   rip: bigint;
   rsp: bigint;
   comm: string;
+  /** Its own nice value, scheduling policy, timer slack and CPU affinity (THREAD_ATTRS; absent in images of earlier versions). */
+  attrs?: ThreadAttrs;
+}
+
+/** The THREAD_ATTRS record of one thread. */
+export interface ThreadAttrs {
+  nice: number;
+  schedPolicy: number;
+  schedPriority: number;
+  schedResetOnFork: boolean;
+  timerslackNs: number;
+  cpus: number[];
 }
 
 export interface FdInfo {

@@ -170,6 +170,13 @@ function decodeVma(p: Buffer): Vma {
   };
 }
 
+/** The CPUs set in an affinity mask (sched_getaffinity's bytes). */
+function cpuList(mask: Buffer): number[] {
+  const cpus: number[] = [];
+  for (let i = 0; i < mask.length * 8; i++) if ((mask[i >> 3]! >> (i & 7)) & 1) cpus.push(i);
+  return cpus;
+}
+
 function decodeThread(p: Buffer): ThreadInfo {
   const comm = p.subarray(96, 112);
   const nul = comm.indexOf(0);
@@ -422,6 +429,22 @@ class ImageReader {
       case RecordType.THREAD:
         out.threads.push(decodeThread(p));
         return null;
+      case RecordType.THREAD_ATTRS: {
+        const tid = p.readUInt32LE(0);
+        const last = out.threads[out.threads.length - 1];
+        if (!last || last.tid !== tid || last.attrs) this.fail(off, `THREAD_ATTRS record of tid ${tid} does not follow that thread's THREAD record`);
+        const len = p.readUInt32LE(20);
+        if (len > 128) this.fail(off, `THREAD_ATTRS: cpus_len ${len} is over 128 bytes`);
+        (last as ThreadInfo).attrs = {
+          nice: p.readInt32LE(4),
+          schedPolicy: p.readUInt32LE(8),
+          schedPriority: p.readUInt32LE(12),
+          schedResetOnFork: (p.readUInt32LE(16) & 1) !== 0,
+          timerslackNs: Number(u64(p, 24)),
+          cpus: cpuList(p.subarray(32, 32 + len)),
+        };
+        return null;
+      }
       case RecordType.FD: {
         const extraLen = p.readUInt32LE(72);
         if (80 + extraLen > p.length) this.fail(off, `FD extra_len ${extraLen} exceeds the payload (${p.length - 80} bytes)`);
@@ -508,8 +531,7 @@ class ImageReader {
         if (out.attrs) this.fail(off, "second ATTRS record (at most one allowed)");
         const len = p.readUInt32LE(20);
         if (len > 128) this.fail(off, `ATTRS: cpus_len ${len} is over 128 bytes`);
-        const cpus: number[] = [];
-        for (let i = 0; i < len * 8; i++) if ((p[32 + (i >> 3)]! >> (i & 7)) & 1) cpus.push(i);
+        const cpus = cpuList(p.subarray(32, 32 + len));
         out.attrs = {
           pdeathsig: p.readUInt32LE(0),
           subreaper: p.readUInt32LE(4) !== 0,

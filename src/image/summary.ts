@@ -1,6 +1,6 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
 import { constants as osConstants } from "node:os";
-import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo } from "./format.js";
+import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo, type ThreadAttrs } from "./format.js";
 import { parseImage, type ProcAttrs } from "./parser.js";
 import { connectionFate, describeInet } from "./inet.js";
 
@@ -23,7 +23,7 @@ export interface ImageSummary {
   pages: number;
   records: number;
   vmas: { start: string; end: string; prot: string; kind: string; path: string; pagesStored: number; contents?: true }[];
-  threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string }[];
+  threads: { tid: number; manager: boolean; comm: string; rip: string; rsp: string; attrs?: ThreadAttrs }[];
   fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
   pipes: { inode: string; bytes: number }[];
   /** Data queued in Unix sockets of pairs inside the app, per receiving socket. */
@@ -126,7 +126,7 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
       pagesStored: stored.get(i) ?? 0,
       ...(v.vflags & VF_CONTENT ? { contents: true as const } : {}),
     })),
-    threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp) })),
+    threads: img.threads.map((t) => ({ tid: t.tid, manager: (t.flags & 1) !== 0, comm: t.comm, rip: hex(t.rip), rsp: hex(t.rsp), ...(t.attrs ? { attrs: t.attrs } : {}) })),
     fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: fdPath(f, img.fds), flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
     locks: img.locks.map((k) => ({ fd: k.fd, kind: k.kind, type: k.type, range: `${k.start}-${k.end === 2n ** 64n - 1n ? "EOF" : k.end.toString()}` })),
