@@ -108,6 +108,28 @@ static void futex_wait(volatile void *addr, uint32_t val, long timeout_ns) {
 }
 static void futex_wake(volatile void *addr, int n) { tg_sys3(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n); }
 
+/* ---- the manager's fds and fork ----
+ * An application thread may fork while the manager makes one of its fds (the image, the error
+ * pipe, an accepted connection): the child then holds a copy the agent does not know of (the
+ * kernel copies the fd table before the memory, so tg.img_fd can still say -1 in the child), and
+ * the child's next checkpoint refused over "pidN.img (deleted)". The manager makes each fd and
+ * records it under fd_guard; fork takes it first (pthread_atfork), so a child has either none of
+ * them or the ones tg names, which tg_after_fork closes. Held for a few syscalls, never across a
+ * wait. */
+static pthread_mutex_t fd_guard = PTHREAD_MUTEX_INITIALIZER;
+static void fd_guard_lock(void) { pthread_mutex_lock(&fd_guard); }
+static void fd_guard_unlock(void) { pthread_mutex_unlock(&fd_guard); }
+/* closes one of tg's fds and forgets it at once (a fork between the two would have the child close
+ * the number again, maybe an application's fd by then) */
+static void guarded_close(int *fd) {
+  int e = errno;
+  fd_guard_lock();
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+  fd_guard_unlock();
+  errno = e;
+}
+
 /* ---- the park signal handler: runs in every application thread, and last in the manager ---- */
 
 static void record_self(struct tg_slot *s, int tid) {
@@ -510,28 +532,37 @@ static void do_checkpoint(char *args) {
   if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_attrs(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
-  if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); reply_error("error", err); return; }
-  tg.err_rd = pfd[0];
-  tg.err_wr = pfd[1];
+  fd_guard_lock();
+  int pe = pipe2(pfd, O_CLOEXEC) != 0 ? errno : 0;
+  if (!pe) { tg.err_rd = pfd[0]; tg.err_wr = pfd[1]; }
+  fd_guard_unlock();
+  if (pe) { snprintf(err, sizeof err, "pipe: %s", strerror(pe)); reply_error("error", err); return; }
   if (to_fifo) {
     /* the caller opens the read end concurrently: wait up to 5 s for it */
     for (int i = 0; i < 500; i++) {
+      fd_guard_lock();
       tg.img_fd = open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK);
-      if (tg.img_fd >= 0 || errno != ENXIO) break;
+      int oe = errno;
+      fd_guard_unlock();
+      if (tg.img_fd >= 0 || oe != ENXIO) { errno = oe; break; }
       struct timespec ts = {0, 10000000};
       nanosleep(&ts, NULL);
     }
   } else {
+    fd_guard_lock();
     tg.img_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int oe = errno;
+    fd_guard_unlock();
+    errno = oe;
   }
   if (to_fifo && tg.img_fd >= 0) {
     struct stat st;
-    if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { close(tg.img_fd); tg.img_fd = -1; errno = EINVAL; }
+    if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { guarded_close(&tg.img_fd); errno = EINVAL; }
     else {
-      if (fcntl(tg.img_fd, F_SETFL, 0) != 0) { close(tg.img_fd); tg.img_fd = -1; } /* blocking writes from here on */
+      if (fcntl(tg.img_fd, F_SETFL, 0) != 0) guarded_close(&tg.img_fd); /* blocking writes from here on */
       /* 1 MiB in flight (one PAGES record): 16x fewer wake-ups of the reader than the default 64 KiB.
        * Refused (pipe-max-size lowered, pipe quota): the default size works, only slower. */
-      else if (fcntl(tg.img_fd, F_SETPIPE_SZ, 1 << 20) < 0 && errno != EPERM && errno != EBUSY) { close(tg.img_fd); tg.img_fd = -1; }
+      else if (fcntl(tg.img_fd, F_SETPIPE_SZ, 1 << 20) < 0 && errno != EPERM && errno != EBUSY) guarded_close(&tg.img_fd);
     }
   }
   if (tg.img_fd < 0) {
@@ -574,8 +605,7 @@ again:
   reply("{\"event\":\"resumed\",\"ok\":true,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu,\"stop_ns\":%llu,\"resumed_ns\":%llu}",
         (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq, (unsigned long long)tg.t_stop_ns,
         (unsigned long long)tg.t_resumed_ns);
-  close(tg.err_wr);
-  tg.err_wr = -1;
+  guarded_close(&tg.err_wr);
   char msg[8192] = {0};
   size_t got = 0;
   for (;;) {
@@ -612,11 +642,12 @@ again:
      * before the first byte), so the same image fd goes on; the tracker starts over (full). */
     tg_track_after_snapshot(0, 0);
     tg.seq--;
-    close(tg.err_rd);
-    tg.err_rd = -1;
-    if (pipe2(pfd, O_CLOEXEC) != 0) { snprintf(err, sizeof err, "pipe: %s", strerror(errno)); drop_image(path); reply_error("done", err); goto out; }
-    tg.err_rd = pfd[0];
-    tg.err_wr = pfd[1];
+    guarded_close(&tg.err_rd);
+    fd_guard_lock();
+    int pe2 = pipe2(pfd, O_CLOEXEC) != 0 ? errno : 0;
+    if (!pe2) { tg.err_rd = pfd[0]; tg.err_wr = pfd[1]; }
+    fd_guard_unlock();
+    if (pe2) { snprintf(err, sizeof err, "pipe: %s", strerror(pe2)); drop_image(path); reply_error("done", err); goto out; }
     goto again;
   }
   tg_track_after_snapshot(ok, tg.seq);
@@ -644,10 +675,9 @@ again:
     reply_error("done", msg);
   }
 out:
-  if (tg.img_fd >= 0) close(tg.img_fd);
-  if (tg.err_rd >= 0) close(tg.err_rd);
-  if (tg.err_wr >= 0) close(tg.err_wr);
-  tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  guarded_close(&tg.img_fd);
+  guarded_close(&tg.err_rd);
+  guarded_close(&tg.err_wr);
 }
 
 static int listen_on(const char *path) {
@@ -764,26 +794,36 @@ static void *manager_main(void *arg) {
       if (errno == EINTR) continue;
       return NULL;
     }
+    fd_guard_lock(); /* the listening socket is non-blocking: never held across a wait */
     int c = accept4(tg.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    int ae = errno;
+    if (c >= 0) {
+      /* off the low numbers at once, as the listening socket (an app's dup2() onto the number the
+       * accept took, in these few microseconds, still gets EBUSY: a known limit) */
+      int hi = fcntl(c, F_DUPFD_CLOEXEC, tg.listen_fd > 100 ? tg.listen_fd - 50 : 3);
+      if (hi >= 0) { close(c); c = hi; }
+      tg.conn_fd = c;
+    }
+    fd_guard_unlock();
     if (c < 0) {
-      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      if (ae == EINTR || ae == ECONNABORTED || ae == EAGAIN || ae == EWOULDBLOCK) continue;
       return NULL;
     }
-    /* off the low numbers at once, as the listening socket (an app's dup2() onto the number the
-     * accept took, in these few microseconds, still gets EBUSY: a known limit) */
-    int hi = fcntl(c, F_DUPFD_CLOEXEC, tg.listen_fd > 100 ? tg.listen_fd - 50 : 3);
-    if (hi >= 0) { close(c); c = hi; }
-    tg.conn_fd = c;
     int listen_before = tg.listen_fd;
     serve_one();
     /* after a restore, conn_fd was reset (it does not exist any more) */
-    if (tg.conn_fd == c && tg.listen_fd == listen_before) close(c);
+    if (tg.conn_fd == c && tg.listen_fd == listen_before) guarded_close(&tg.conn_fd);
     tg.conn_fd = -1;
   }
 }
 
 static int start_manager(void);
 static void tg_after_fork(void);
+/* the child's atfork handler: fd_guard was taken by the prepare handler in this thread */
+static void tg_after_fork_locked(void) {
+  pthread_mutex_init(&fd_guard, NULL);
+  tg_after_fork();
+}
 
 /* A process of a tree that ends takes its socket file with it (exit() does; a process killed or
  * ending with _exit leaves it, and the daemon sweeps it). Not in a forked child that has not got
@@ -827,7 +867,7 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg_ranges_init();
   /* registered once per program: exec runs this constructor again in the new program */
   atexit(unlink_own_socket);
-  int fe = pthread_atfork(NULL, NULL, tg_after_fork);
+  int fe = pthread_atfork(fd_guard_lock, fd_guard_unlock, tg_after_fork_locked);
   if (fe != 0) fprintf(stderr, "tardigrade agent: pthread_atfork: %s (children forked by this process run without an agent)\n", strerror(fe));
 }
 
