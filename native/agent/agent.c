@@ -118,6 +118,11 @@ static void futex_wake(volatile void *addr, int n) { tg_sys3(SYS_futex, addr, FU
  * wait. */
 static pthread_mutex_t fd_guard = PTHREAD_MUTEX_INITIALIZER;
 static void fd_guard_lock(void) { pthread_mutex_lock(&fd_guard); }
+/* fork's prepare handler: a tree's cut in progress first (forkgate.c), then the manager's fds */
+static void before_fork(void) {
+  tg_forkgate_wait();
+  fd_guard_lock();
+}
 static void fd_guard_unlock(void) { pthread_mutex_unlock(&fd_guard); }
 /* closes one of tg's fds and forgets it at once (a fork between the two would have the child close
  * the number again, maybe an application's fd by then) */
@@ -295,10 +300,15 @@ static int hold_for(const char *event, const char *want, const char *more) {
   return -1;
 }
 
+/* the tracker took this round's written pages (and protected them again): a snapshot that then
+ * fails loses them, and the next checkpoint must be full; one called off before it keeps its base */
+static int tracker_touched;
+
 static void snapshot_and_release(uint32_t gen) {
   /* The child runs on a stack of its own: the manager's stack is part of the image, and must
    * not change under the writer. The parent drops the mapping right away. */
   children_err[0] = 0;
+  tracker_touched = 0;
   /* One process alone: no child may exist (a fork since the daemon looked). Part of a tree's cut:
    * the daemon knows the tree; every process of it is parked before any is captured. */
   int refused = tg.hold ? hold_for("parked", "CAPTURE", "") : tg_check_no_children(children_err, sizeof children_err);
@@ -322,6 +332,7 @@ static void snapshot_and_release(uint32_t gen) {
     /* read again after the tracker: besides its own arrays, registering mappings for write
      * protection can split or merge them (0.1 ms) */
     if (tg.parent_maps_len > 0) {
+      tracker_touched = 1;
       tg_track_before_snapshot(tg.want_incremental, tg.parent_seq, tg.parent_maps, tg.parent_maps_len);
       tg.parent_maps_len = tg_read_file("/proc/self/maps", tg.parent_maps, MAPS_BUF);
     }
@@ -594,7 +605,7 @@ again:
   if (tg_restart.restored != tg.seen_restored) { after_restore(); return; }
   uint64_t downtime = tg.t_resumed_ns - tg.t_stop_ns;
   if (tg.child <= 0) {
-    tg_track_after_snapshot(0, 0);
+    if (tracker_touched) tg_track_after_snapshot(0, 0); /* (a tree's cut called off while parked: the base holds) */
     if (children_err[0]) tg.seq--;
     else snprintf(err, sizeof err, "cannot create the snapshot process: %s", strerror((int)-tg.child));
     drop_image(path);
@@ -867,7 +878,8 @@ __attribute__((constructor)) static void tg_agent_init(void) {
   tg_ranges_init();
   /* registered once per program: exec runs this constructor again in the new program */
   atexit(unlink_own_socket);
-  int fe = pthread_atfork(fd_guard_lock, fd_guard_unlock, tg_after_fork_locked);
+  tg_forkgate_init();
+  int fe = pthread_atfork(before_fork, fd_guard_unlock, tg_after_fork_locked);
   if (fe != 0) fprintf(stderr, "tardigrade agent: pthread_atfork: %s (children forked by this process run without an agent)\n", strerror(fe));
 }
 

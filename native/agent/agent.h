@@ -124,6 +124,9 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
 TG_HIDDEN void tg_attrs_init(void);
 TG_HIDDEN int tg_precheck_attrs(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_attrs(void);
+/* forkgate.c: fork() waits while the daemon takes a tree's cut */
+TG_HIDDEN void tg_forkgate_init(void);
+TG_HIDDEN void tg_forkgate_wait(void);
 TG_HIDDEN void tg_capture_own_thread_attrs(struct tg_rec_thread_attrs *t, int tid);
 TG_HIDDEN void tg_capture_thread_attrs(const struct tg_rec_thread_attrs *own);
 TG_HIDDEN const struct tg_rec_attrs *tg_captured_attrs(void);

@@ -6,7 +6,7 @@
 // checkpoint of its own at the tree's seq (the main process under the app's name, the others
 // under `<app>~<pid>`, committed first); the main process's checkpoint, committed last, lists the
 // tree in stats.extra.tree, and is what `ls` shows and `restore` takes.
-import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
@@ -241,10 +241,43 @@ const ATTEMPTS = 25;
 /** Looks in a row a process must be seen without the agent before the checkpoint refuses it (one in the middle of an exec has none for a moment). */
 const NO_AGENT_LOOKS = 3;
 
+/**
+ * The fork gate (native/agent/forkgate.c): while the file is there, fork() in the app's processes
+ * waits, so the tree the daemon lists is the tree it parks. Shut before each look, opened once
+ * every process is parked (none can fork then) or when the attempt ends; its mtime bounds an
+ * agent's wait if the daemon dies meanwhile.
+ */
+export class ForkGate {
+  readonly path: string;
+  constructor(sock: string) {
+    this.path = join(dirname(sock), "cut.gate");
+  }
+  shut(): void {
+    try {
+      writeFileSync(this.path, "", { mode: 0o600 });
+    } catch {
+      /* the app's directory is gone: the cut fails on its own */
+    }
+  }
+  open(): void {
+    rmSync(this.path, { force: true });
+  }
+}
+
 export async function checkpointTree(a: TreeCheckpointArgs): Promise<TreeCapture> {
+  const gate = new ForkGate(a.sock);
+  try {
+    return await checkpointTreeGated(a, gate);
+  } finally {
+    gate.open();
+  }
+}
+
+async function checkpointTreeGated(a: TreeCheckpointArgs, gate: ForkGate): Promise<TreeCapture> {
   const noAgentSeen = new Map<number, number>(); // host pid -> looks in a row without the agent
   let waits = 0; // bounded: a tree that always has a process in the middle of an exec is looked at anyway
   for (let attempt = 1; ; attempt++) {
+    gate.shut();
     const procs = a.list();
     const main = procs.find((p) => p.hostPid === a.mainHostPid);
     if (!main) throw new TgError(`cannot checkpoint ${a.app}`, "its main process has exited", "Nothing was committed", "not-running");
@@ -257,7 +290,7 @@ export async function checkpointTree(a: TreeCheckpointArgs): Promise<TreeCapture
       continue;
     }
     try {
-      return await checkpointOnce(a, procs, main.pid);
+      return await checkpointOnce(a, procs, main.pid, gate);
     } catch (e) {
       if (e instanceof TreeChanged && attempt < ATTEMPTS) {
         await sleep(Math.random() * 30); // out of step with a loop that forks at a fixed period
@@ -303,7 +336,7 @@ function sweepSockets(sock: string, procs: TreeProcess[]): void {
   }
 }
 
-async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainPid: number): Promise<TreeCapture> {
+async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainPid: number, gate: ForkGate): Promise<TreeCapture> {
   sweepSockets(a.sock, procs);
   const live = procs.filter((p) => !p.zombie);
   const noAgent = live.filter((p) => !p.agent);
@@ -346,6 +379,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     const list = a.list();
     const now = pidSet(list);
     if (now !== before) return `processes ${before} became ${now}`;
+    gate.open(); // every process is parked: none forks until it resumes
     const shared = sharedDescriptions(list);
     if (shared.problem) throw new TreeRefused(shared.problem);
     if (shared.groups.length) info.shared = shared.groups;

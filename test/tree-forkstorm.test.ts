@@ -1,0 +1,59 @@
+// A tree that never stops forking (two threads fork a child every few ms, each child lives 30 ms):
+// the daemon's look at the tree and the park of its processes used to disagree every time (a child
+// forked or ended in between) and the checkpoint was refused after 25 tries. With the fork gate
+// (native/agent/forkgate.c) forks wait while a cut is taken: every checkpoint commits, incremental
+// on the one before, and a restore of the last gives the app back at that instant with its
+// children (those that had exited unreaped come back as zombies with their status: the app counts
+// any other status as bad). Every wait is on a condition; every process is killed by PID.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { fixture } from "./helpers/native.js";
+import { logLines, logSize, runApp, waitExited, waitLines } from "./helpers/scenario.js";
+import { crashAndRestore, setup } from "./helpers/tree.js";
+
+const TICK = /^tick (\d+) sum (\d+) forks (\d+) bad (\d+)$/;
+const ticks = (ls: string[]): { n: number; sum: number; forks: number; bad: number }[] =>
+  ls.flatMap((l) => {
+    const m = TICK.exec(l);
+    return m ? [{ n: Number(m[1]), sum: Number(m[2]), forks: Number(m[3]), bad: Number(m[4]) }] : [];
+  });
+
+describe("a tree that forks all the time", { timeout: 900_000 }, () => {
+  test("five checkpoints in a row commit (incremental after the first), and the last restores with its children", async (t) => {
+    const { h, dir, release } = setup(t);
+    await runApp(h, "fs", [fixture("forkstorm"), dir]);
+    await waitLines(h, "fs", (l) => ticks(l).some((x) => x.forks >= 20), "it forks", 120_000);
+    const kinds: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await h.cli(["checkpoint", "fs", "--json"]);
+      assert.equal(r.code, 0, `checkpoint ${i + 1}: ${r.stderr}`);
+      const m = JSON.parse(r.stdout) as { kind?: string; parent?: string | null };
+      kinds.push(m.kind ?? (m.parent ? "incremental" : "full"));
+    }
+    assert.equal(kinds[0], "full");
+    assert.ok(kinds.slice(1).every((k) => k === "incremental"), `incremental after the first: ${kinds.join(", ")}`);
+    assert.ok(!existsSync(join(h.home, "apps", "fs", "cut.gate")), "the fork gate is open once the checkpoints are done");
+    // the last checkpoint was taken before this tick was printed
+    const atCheckpoint = ticks(logLines(h, "fs")).pop()!.n;
+    const from = logSize(h, "fs");
+    await waitLines(h, "fs", (l) => ticks(l).some((x) => x.n >= atCheckpoint + 5), "it runs on after the checkpoints", 120_000, from);
+    await crashAndRestore(h, "fs");
+    // the lines since `from`: the first run's last ones, then the restored app's, which start over
+    // from the checkpoint's tick
+    const since = ticks(await waitLines(h, "fs", (l) => {
+      const x = ticks(l);
+      const back = x.findIndex((y, i) => i > 0 && y.n <= x[i - 1]!.n);
+      return back > 0 && x.length - back >= 20;
+    }, "20 ticks after the restore", 180_000, from));
+    const back = since.findIndex((y, i) => i > 0 && y.n <= since[i - 1]!.n);
+    const after = since.slice(back);
+    assert.ok(after[0]!.n <= atCheckpoint + 1, `the app went back to the checkpoint (its first tick ${after[0]!.n}; tick ${atCheckpoint} was printed after the checkpoint)`);
+    for (const x of after) assert.equal(x.sum, (x.n * (x.n + 1)) / 2, `tick ${x.n}: its memory is the checkpoint's`);
+    assert.ok(after[after.length - 1]!.forks > after[0]!.forks, "it forks after the restore");
+    assert.equal(after[after.length - 1]!.bad, 0, "every child (restored running or as a zombie) was reaped with status 7");
+    release();
+    await waitExited(h, "fs", 120_000);
+  });
+});
