@@ -8,10 +8,15 @@
  * waits (in the pthread_atfork prepare handler, before glibc takes any lock) until the file is gone:
  * the processes already forked finish, the tree stops changing, and the cut holds. The file's mtime
  * bounds the wait: a gate older than TG_GATE_MAX_S seconds (a daemon killed during a cut) is ignored.
- * One stat per fork while no cut runs. posix_spawn/vfork do not run fork handlers: they pass. */
+ * One stat per fork while no cut runs. posix_spawn and posix_spawnp (GNU make's way, and
+ * python's subprocess where it can) run no fork handlers: wrapped here to wait the same. vfork
+ * passes. */
 #include "agent.h"
 #include "../common/sys.h"
 
+#include <dlfcn.h>
+#include <errno.h>
+#include <spawn.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -39,4 +44,24 @@ TG_HIDDEN void tg_forkgate_wait(void) {
     struct timespec ms2 = {0, 2000000};
     tg_sys2(SYS_nanosleep, &ms2, NULL); /* the park signal may come here: this thread parks, then looks again */
   }
+}
+
+typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *, char *const[], char *const[]);
+
+static int spawn_via(const char *name, pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *at,
+                     char *const argv[], char *const envp[]) {
+  spawn_fn real = (spawn_fn)dlsym(RTLD_NEXT, name);
+  if (!real) return ENOSYS;
+  tg_forkgate_wait();
+  return real(pid, path, fa, at, argv, envp);
+}
+
+__attribute__((visibility("default"))) int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                                                       const posix_spawnattr_t *at, char *const argv[], char *const envp[]) {
+  return spawn_via("posix_spawn", pid, path, fa, at, argv, envp);
+}
+
+__attribute__((visibility("default"))) int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+                                                        const posix_spawnattr_t *at, char *const argv[], char *const envp[]) {
+  return spawn_via("posix_spawnp", pid, file, fa, at, argv, envp);
 }
