@@ -43,6 +43,7 @@ import { restoredBases } from "./restored-base.js";
 import { lazyProgress, lazyRestoreArgs, refuseCheckpointWhileLoading, type LazyProgress } from "./lazy-restore.js";
 import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
 import { checkpointTree } from "./tree-checkpoint.js";
+import { sweepLeftovers } from "./leftovers-sweep.js";
 import { treeOf } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
 import { clearRanges } from "./files-ranges.js";
@@ -223,6 +224,20 @@ export class AppManager {
       // a mirror shipper goes on where it stopped (checkpoints committed meanwhile are backfilled)
       if (r?.mirrorUrl && this.store instanceof CasStoreAdapter && !readFenced(dir.dir))
         this.shipper(this.store, n, r).catch((e) => this.log.warn({ app: n, err: errMessage(e) }, "mirror shipper not started"));
+    }
+  }
+
+  /** The leftovers of the running apps' ended processes (leftovers-sweep.ts): run every few seconds. */
+  sweepEnded(): void {
+    for (const n of listAppNames(this.home)) {
+      const dir = new AppDir(this.home, n);
+      const st = dir.state();
+      if (st?.state !== "running" || !st.initHostPid) continue;
+      try {
+        sweepLeftovers(dir.sock, appProcesses(st.initHostPid));
+      } catch (e) {
+        this.log.warn({ app: n, err: errMessage(e) }, "cannot sweep the leftovers of ended processes");
+      }
     }
   }
 

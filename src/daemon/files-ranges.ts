@@ -53,7 +53,7 @@ const u64 = (b: Buffer, off: number): number => {
 };
 
 /** Table files mapped by each live process (host pid -> table path). */
-function tablesOf(hostPids: number[]): Map<number, string> {
+export function tablesOf(hostPids: number[]): Map<number, string> {
   const out = new Map<number, string>();
   for (const pid of hostPids) {
     try {
@@ -66,6 +66,26 @@ function tablesOf(hostPids: number[]): Map<number, string> {
     }
   }
   return out;
+}
+
+/** A table file in which nothing was noted (nor is being noted): a process that ended without writing leaves one. */
+export function tableIsEmpty(path: string): boolean {
+  const b = Buffer.alloc(SLOTS_OFF + SLOTS * SLOT);
+  try {
+    const fd = openSync(path, "r");
+    try {
+      if (readSync(fd, b, 0, b.length, 0) !== b.length) return false;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+  if (b.readBigUInt64LE(0) !== MAGIC) return false;
+  // counts and overflow of both halves, writes in flight without a slot
+  for (const off of [32, 36, 40, 44, 48]) if (b.readUInt32LE(off)) return false;
+  for (let i = 0; i < SLOTS; i++) if (u64(b, SLOTS_OFF + i * SLOT)) return false;
+  return true;
 }
 
 /** Tracked fds of a table: fd -> "dev:ino". */

@@ -112,11 +112,15 @@ export async function runDaemon(home: string): Promise<void> {
   watch();
   const watchTimer = setInterval(watch, Number(process.env.TARDIGRADE_WATCHDOG_MS ?? 2000));
   watchTimer.unref();
+  // what the agents of ended processes leave beside the app's socket (leftovers-sweep.ts)
+  const sweepTimer = setInterval(() => apps.sweepEnded(), 3000);
+  sweepTimer.unref();
 
   const shutdown = (sig: string): void => {
     log.info({ sig }, "daemon stopping (apps keep running)");
     apps.stopTimers();
     clearInterval(watchTimer);
+    clearInterval(sweepTimer);
     stopWatchdog(home); // stopped on purpose: not to be restarted
     void apps.closeMirrors();
     try {

@@ -6,8 +6,8 @@
 // checkpoint of its own at the tree's seq (the main process under the app's name, the others
 // under `<app>~<pid>`, committed first); the main process's checkpoint, committed last, lists the
 // tree in stats.extra.tree, and is what `ls` shows and `restore` takes.
-import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { existsSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { TgError, errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { IngestInfo, MappedFile, VmaFile } from "../store/cas/types.js";
@@ -17,6 +17,7 @@ import { captureIntoCas, type CasCapture } from "./cas-flow.js";
 import { sleep } from "./procs.js";
 import { testDelay } from "./test-hooks.js";
 import { sharedDescriptions } from "./shared-fds.js";
+import { sweepLeftovers } from "./leftovers-sweep.js";
 import type { TreeInfo } from "./tree-info.js";
 import { describeProcesses, layoutProblem, treeRefusal, type TreeProcess } from "./tree.js";
 
@@ -311,33 +312,8 @@ const pidSet = (l: TreeProcess[]): string =>
     .map((p) => p.pid)
     .join(",");
 
-/**
- * Socket files of processes that ended without exit() (killed, _exit): removed when older than
- * a few seconds (a process forked after `procs` was read may have just made its own).
- */
-function sweepSockets(sock: string, procs: TreeProcess[]): void {
-  const dir = dirname(sock);
-  const prefix = basename(sock) + ".";
-  const live = new Set(procs.filter((p) => !p.zombie).map((p) => String(p.pid)));
-  const old = Date.now() - 5000;
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length)) || live.has(n.slice(prefix.length))) continue;
-    try {
-      if (statSync(join(dir, n)).ctimeMs < old) rmSync(join(dir, n), { force: true });
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-}
-
 async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainPid: number, gate: ForkGate): Promise<TreeCapture> {
-  sweepSockets(a.sock, procs);
+  sweepLeftovers(a.sock, procs);
   const live = procs.filter((p) => !p.zombie);
   const noAgent = live.filter((p) => !p.agent);
   if (noAgent.length)
