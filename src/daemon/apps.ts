@@ -483,9 +483,17 @@ export class AppManager {
     const initHostPid = dir.state()?.initHostPid;
     const extra: { files?: FilesRef } = {};
     let cutError: unknown = null;
+    // The files are read while the app is parked, beside the agent's own capture: CAPTURE goes
+    // out first, the (synchronous) files' cut runs next on this thread, and RESUME waits for it.
+    let filesCut: Promise<void> = Promise.resolve();
     const hold = async (e: { event: "parked" | "captured" }): Promise<string> => {
-      if (e.event === "captured") files?.released(); // (its deferred reads start once RESUME is out)
-      if (e.event !== "parked" || !files) return e.event === "parked" ? "CAPTURE" : "RESUME";
+      if (e.event === "captured") {
+        await filesCut;
+        if (cutError) throw cutError;
+        files?.released(); // (its deferred reads start once RESUME is out)
+        return "RESUME";
+      }
+      if (!files) return "CAPTURE";
       try {
         // (with hold the agent leaves the check for child processes to us)
         // (zombies count: the tree way restores them)
@@ -493,7 +501,18 @@ export class AppManager {
         const others = procs.filter((p) => p.pid !== pid);
         // (the agent's own words: the checkpoint is then taken the tree way, isAgentTreeRefusal)
         if (others.length) throw new Error(`the app has ${others.length} other process${others.length === 1 ? "" : "es"}: ${describeProcesses(others)}`);
-        extra.files = files.cut(procs.map((p) => p.hostPid));
+        // (listed now: the snapshot writer forked after CAPTURE has the app's name for an instant)
+        const hostPids = procs.map((p) => p.hostPid);
+        filesCut = new Promise<void>((done) =>
+          setImmediate(() => {
+            try {
+              extra.files = files.cut(hostPids);
+            } catch (err) {
+              cutError = err;
+            }
+            done();
+          }),
+        );
       } catch (err) {
         cutError = err;
         throw err;
@@ -594,7 +613,7 @@ export class AppManager {
               const f = this.filesCapture(store, name, dir, rec, seq, full)!;
               lastFiles = f;
               return {
-                atCut: async () => void f.cut(appProcesses(initHostPid).filter((p) => !p.zombie).map((p) => p.hostPid)),
+                atCut: async (hostPids: number[]) => void f.cut(hostPids),
                 beforeMainCommit: async () => {
                   f.released();
                   await f.committed;

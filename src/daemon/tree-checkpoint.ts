@@ -36,6 +36,8 @@ class Cut {
   private failed: Error | null = null;
   private verifying = false;
   private verified = false;
+  /** The files' cut (atCut) is done: RESUME waits for it, CAPTURE does not (both read the parked tree). */
+  private filesCut = false;
   get failedWith(): Error | null {
     return this.failed;
   }
@@ -76,7 +78,7 @@ class Cut {
 
   /** Asked once every process is parked: a reason to call the cut off (the tree changed), or null. */
   verify: () => string | null = () => null;
-  /** Run once verified, every process still parked (the files' cut). */
+  /** Run once verified, every process still parked (the files' cut), beside the processes' own captures. */
   atCut: () => Promise<void> = async () => {};
 
   /** Every Unix socket whose peer is in another process: is that peer in a process of the tree (and is its peer this one)? */
@@ -92,6 +94,7 @@ class Cut {
     const stage = this.parked === this.n && this.captured === 0 ? "parked" : this.captured === this.n ? "captured" : null;
     if (!stage) return;
     if (stage === "captured") {
+      if (!this.filesCut) return; // (release() again once it is)
       const problem = this.unixProblem();
       if (problem) {
         this.fail(new TreeRefused(problem));
@@ -114,15 +117,22 @@ class Cut {
           this.fail(e instanceof Error ? e : new Error(String(e)));
           return;
         }
-        // the app's files, at the same instant (files-flow.ts)
-        void this.atCut().then(
-          () => {
-            this.verified = true;
-            this.at.verified = process.hrtime.bigint();
-            this.release();
-          },
-          (e: unknown) => this.fail(e instanceof Error ? e : new Error(String(e))),
-        );
+        this.verified = true;
+        this.at.verified = process.hrtime.bigint();
+        // every process captures its own state now, and the app's files are read at the same
+        // instant meanwhile (files-flow.ts): the tree stays parked until both are done. (The
+        // CAPTURE words go out first: the files' cut is synchronous work on this thread.)
+        this.release();
+        setImmediate(() => {
+          if (this.failed) return;
+          void this.atCut().then(
+            () => {
+              this.filesCut = true;
+              this.release();
+            },
+            (e: unknown) => this.fail(e instanceof Error ? e : new Error(String(e))),
+          );
+        });
       });
       return;
     }
@@ -228,8 +238,8 @@ export interface TreeCheckpointArgs {
 
 /** A tree checkpoint's file capture (files-flow.ts): queued in the store before the processes' images. */
 export interface TreeFiles {
-  /** With every process parked and the cut verified, before CAPTURE. */
-  atCut(): Promise<void>;
+  /** With every process parked and the cut verified, while they capture (`hostPids`: the live processes of the cut). */
+  atCut(hostPids: number[]): Promise<void>;
   /** Awaited before the main process's checkpoint commits; what it returns joins the tree listing in its stats.extra. */
   beforeMainCommit(): Promise<Record<string, unknown>>;
   /** The attempt failed. */
@@ -349,12 +359,15 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
   const cut = new Cut(live.length);
   const info: TreeInfo = { tree: [], treeDowntimeNs: 0 };
   const before = pidSet(procs);
+  let cutHostPids: number[] = [];
   cut.verify = () => {
     // every thread of every process is parked: none can fork or exit now (but a process that had
     // not been asked yet, and a process in exit)
     const list = a.list();
     const now = pidSet(list);
     if (now !== before) return `processes ${before} became ${now}`;
+    // (listed before any snapshot writer is forked: a writer's first instant has the app's name)
+    cutHostPids = list.filter((p) => !p.zombie).map((p) => p.hostPid);
     gate.open(); // every process is parked: none forks until it resumes
     const shared = sharedDescriptions(list);
     if (shared.problem) throw new TreeRefused(shared.problem);
@@ -363,7 +376,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
     return null;
   };
   const files = a.files?.(seq);
-  if (files) cut.atCut = () => files.atCut();
+  if (files) cut.atCut = () => files.atCut(cutHostPids);
   // the tree's downtime: the first process stopped to the last resumed, on the agents' clock
   // (CLOCK_MONOTONIC, the same for every process of the host)
   let firstStop = Infinity;
