@@ -362,6 +362,12 @@ static void __attribute__((noreturn)) become(struct node *n) {
   } else if (getpgid(0) != n->pgid && setpgid(0, n->pgid) != 0) {
     report_fail("process %d: cannot join process group %d: %s", n->pid, n->pgid, strerror(errno));
   }
+  /* its controlling terminal, before its children are made (they inherit it), and the terminal's
+   * foreground group once that group exists (resources/pty.c) */
+  if (n->plan >= 0 && plans[n->plan].img.has_tty) {
+    char err[512];
+    if (tg_pty_ctty(&plans[n->plan].img.tty, n->pid, n->pgid, err, sizeof err) != 0) report_fail("process %d: %s", n->pid, err);
+  }
   for (size_t i = 0; i < nnodes; i++)
     if (nodes[i].ppid == n->pid && spawn(&nodes[i]) < 0) report_fail("cannot create process %d: %s", nodes[i].pid, strerror(errno));
   if (n->plan < 0) {
@@ -464,6 +470,10 @@ static int start_restore(struct tg_launch *l, int *report) {
     if (!imgs) return -1;
     for (size_t k = 0; k < nplans; k++) imgs[k] = &plans[k].img;
     int r = tg_tree_premake(imgs, nplans, base + 256, err, sizeof err);
+    /* the app's ptys, at their indexes (resources/pty.c) */
+    for (size_t k = 0; k < nplans && r == 0; k++)
+      r = tg_pty_note(imgs[k]->fds, imgs[k]->nfds, imgs[k]->has_tty ? &imgs[k]->tty : NULL, err, sizeof err);
+    if (r == 0) r = tg_pty_premake(base + 256, err, sizeof err);
     free(imgs);
     if (r != 0) {
       fprintf(stderr, "tardigrade-restore: %s\n", err);
@@ -523,6 +533,7 @@ static int start_restore(struct tg_launch *l, int *report) {
   if (tg_lazy_child_fd >= 0) close(tg_lazy_child_fd); /* (the init's copy) */
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   tg_tree_close_premade();
+  tg_pty_close_premade();
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
   close(pfd[1]);
   close(gfd[0]);
