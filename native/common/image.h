@@ -151,7 +151,7 @@ _Static_assert(sizeof(struct tg_timerfd) == 32, "timerfd");
  * The pty is one of the app's own (its private devpts instance, native/launcher); index is N. The
  * terminal state is the slave's (termios and window size, read through either end); locked and
  * packet mode are read from a master only; bytes queued are counted, not kept (docs/format.md). */
-enum { TG_PTY_LOCKED = 1, TG_PTY_PACKET = 2, TG_PTY_MASTER_STATE = 4 }; /* tg_pty.flags */
+enum { TG_PTY_LOCKED = 1, TG_PTY_PACKET = 2, TG_PTY_MASTER_STATE = 4, TG_PTY_HUNGUP = 8 }; /* tg_pty.flags; HUNGUP: a slave whose master was closed (no state) */
 struct tg_pty {
   uint32_t index, flags;
   uint32_t in_queued;  /* a slave: bytes the app had not read yet from it (FIONREAD) */

@@ -98,7 +98,16 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
       return -1;
     }
     int q = 0;
-    if ((r = tg_sys3(SYS_ioctl, p->fd, FIONREAD, &q)) != 0 || (r = -read_term(p->fd, &t)) != 0) {
+    r = tg_sys3(SYS_ioctl, p->fd, FIONREAD, &q);
+    if (r == -EIO) {
+      /* hung up (its master was closed): restored open on a pty whose master no record holds,
+       * closed when the app starts running, which hangs it up again */
+      t.flags = TG_PTY_HUNGUP;
+      r = 0;
+    } else if (r == 0) {
+      r = -read_term(p->fd, &t);
+    }
+    if (r != 0) {
       snprintf(err, errlen, "fd %d (pty %s) cannot be checkpointed: ioctl: %s", p->fd, p->target, strerror((int)-r));
       return -1;
     }
@@ -177,6 +186,7 @@ static int note(uint32_t index, const struct tg_pty *st, char *err, size_t errle
     m->master = -1;
   }
   /* a master's record knows the most (lock, packet mode); a slave's state is taken otherwise */
+  if (st && (st->flags & TG_PTY_HUNGUP)) return 0; /* knows nothing of the terminal */
   if (st && (!m->known || ((st->flags & TG_PTY_MASTER_STATE) && !(m->st.flags & TG_PTY_MASTER_STATE)))) {
     uint32_t in = m->st.in_queued > st->in_queued ? m->st.in_queued : st->in_queued, out = m->st.out_queued > st->out_queued ? m->st.out_queued : st->out_queued;
     m->st = *st;

@@ -564,6 +564,7 @@ function ptyState(kind: number, e: Buffer): string {
   const index = e.readUInt32LE(0);
   const flags = e.readUInt32LE(4);
   const queued = e.readUInt32LE(8) + e.readUInt32LE(12);
+  if (flags & 8) return `/dev/pts/${index}, hung up (its master was closed)`;
   const parts = [`/dev/pts/${index}${kind === 16 ? " master" : ""}`, `${e.readUInt16LE(16)}x${e.readUInt16LE(18)}`];
   if (flags & 1) parts.push("locked");
   if (flags & 2) parts.push("packet mode");
