@@ -127,6 +127,7 @@ enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4
                   TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10, TG_FD_INOTIFY = 11,
                   TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15,
                   TG_FD_PTY_MASTER = 16, TG_FD_PTY_SLAVE = 17, /* resources/pty.c */
+                  TG_FD_UNIX_DGRAM = 18, /* resources/unixdgram.c */
                   TG_FD_FILE_DELETED = 20 /* 20-24: issue 14's files */, TG_FD_TIMERFD = 25 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
@@ -214,6 +215,18 @@ struct tg_unix_ext {
   uint32_t peer_len, name_len, reserved;
 };
 _Static_assert(sizeof(struct tg_unix_ext) == 32, "unix ext");
+
+/* FD kind 18 (a Unix datagram socket bound to a name of its own): the FD record's extra, then
+ * name_len bytes of its name (a path, or a NUL then the abstract name), then peer_len bytes of the
+ * name of the socket it is connected to (0: not connected). Its queue: a SOCKET_DATA record. */
+struct tg_unix_dgram {
+  uint64_t ino;
+  uint32_t sndbuf, rcvbuf;
+  uint32_t flags;     /* bit 0: SO_PASSCRED */
+  uint32_t mode;      /* the socket file's mode bits (a path) */
+  uint32_t name_len, peer_len;
+};
+_Static_assert(sizeof(struct tg_unix_dgram) == 32, "unix dgram");
 
 /* FD kind 13 (TCP or UDP socket, IPv4 or IPv6): the FD record's extra. */
 enum { TG_INET_BOUND = 1 };                    /* tg_inet_sock.flags */

@@ -103,6 +103,7 @@ export const FD_KIND: Record<number, string> = {
   15: "signalfd",
   16: "pty-master",
   17: "pty",
+  18: "unix-dgram",
   20: "deleted-file",
   25: "timerfd",
 };
