@@ -534,6 +534,18 @@ static int start_restore(struct tg_launch *l, int *report) {
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   tg_tree_close_premade();
   tg_pty_close_premade();
+  /* the namespace's next pid after the highest restored one, as in the run it comes from: else
+   * the app's first fork after the restore takes pid 2, whose agent then thinks itself the app's
+   * first process (TARDIGRADE_AGENT_PID=2 in the inherited environment) and takes over the main
+   * agent socket path (a tmux pane's shell forking `sleep` did: the next checkpoint failed) */
+  int top = 1;
+  for (size_t j = 0; j < nnodes; j++) if (nodes[j].pid > top) top = nodes[j].pid;
+  char last[16];
+  int ln = snprintf(last, sizeof last, "%d", top);
+  int lfd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+  if (lfd < 0 || write(lfd, last, (size_t)ln) != ln)
+    fprintf(stderr, "tardigrade-restore: warning: cannot set the namespace's last pid to %d (%s): new processes may take low pids\n", top, strerror(errno));
+  if (lfd >= 0) close(lfd);
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
   close(pfd[1]);
   close(gfd[0]);
