@@ -27,6 +27,7 @@ enum tg_rec_type {
   TG_REC_FILE_STATE = 16,
   TG_REC_LOCKS = 17,
   TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
+  TG_REC_TTY = 21,         /* the process's controlling terminal, one of the app's ptys (resources/pty.c) */
   TG_REC_ATTRS = 40, /* process attributes: prctl flags, personality, timer slack, CPU affinity */
   TG_REC_THREAD_ATTRS = 41, /* one thread's own: nice, scheduling policy, timer slack, CPU affinity */
   TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
@@ -138,6 +139,8 @@ _Static_assert(sizeof(struct tg_rec_thread) == 112, "thread");
 enum tg_fd_kind { TG_FD_FILE = 1, TG_FD_CHR = 2, TG_FD_DIR = 3, TG_FD_PIPE_R = 4, TG_FD_PIPE_W = 5,
                   TG_FD_FIFO = 6, TG_FD_EVENTFD = 7, TG_FD_EPOLL = 8, TG_FD_UNIX = 9, TG_FD_UNIX_LISTEN = 10, TG_FD_INOTIFY = 11,
                   TG_FD_INET = 13 /* 13-19: TCP/UDP sockets */, TG_FD_UNIX_EXT = 14, TG_FD_SIGNALFD = 15,
+                  TG_FD_PTY_MASTER = 16, TG_FD_PTY_SLAVE = 17, /* resources/pty.c */
+                  TG_FD_UNIX_DGRAM = 18, /* resources/unixdgram.c */
                   TG_FD_FILE_DELETED = 20 /* 20-24: issue 14's files */, TG_FD_TIMERFD = 25 };
 struct tg_rec_fd {
   uint32_t fd, kind, open_flags, fd_flags;
@@ -157,6 +160,31 @@ struct tg_timerfd {
   uint64_t ticks, value_ns, interval_ns;
 };
 _Static_assert(sizeof(struct tg_timerfd) == 32, "timerfd");
+
+/* FD kinds 16 (a pty's master, /dev/ptmx) and 17 (its slave, /dev/pts/N): the FD record's extra.
+ * The pty is one of the app's own (its private devpts instance, native/launcher); index is N. The
+ * terminal state is the slave's (termios and window size, read through either end); locked and
+ * packet mode are read from a master only; bytes queued are counted, not kept (docs/format.md). */
+enum { TG_PTY_LOCKED = 1, TG_PTY_PACKET = 2, TG_PTY_MASTER_STATE = 4, TG_PTY_HUNGUP = 8 }; /* tg_pty.flags; HUNGUP: a slave whose master was closed (no state) */
+struct tg_pty {
+  uint32_t index, flags;
+  uint32_t in_queued;  /* a slave: bytes the app had not read yet from it (FIONREAD) */
+  uint32_t out_queued; /* a master: bytes the app had not read yet from it (FIONREAD) */
+  uint16_t rows, cols, xpixel, ypixel;
+  uint32_t iflag, oflag, cflag, lflag, ispeed, ospeed; /* the slave's struct termios2 (TCGETS2) */
+  uint8_t line, cc[19];
+  uint32_t reserved;
+};
+_Static_assert(sizeof(struct tg_pty) == 72, "pty");
+
+/* TTY (21): the process's controlling terminal, pty index of the app's devpts; the terminal's
+ * session (the session leader's pid) and foreground process group, in the app's PID namespace. */
+struct tg_rec_tty {
+  uint32_t index;
+  int32_t sid, fg_pgrp; /* fg_pgrp 0: none */
+  uint32_t reserved;
+};
+_Static_assert(sizeof(struct tg_rec_tty) == 16, "tty");
 
 struct tg_epoll_entry { uint32_t tfd, events; uint64_t data; };
 /* tfd bit 31: the process's fd tfd is not the file the entry watches (another process of a tree
@@ -200,6 +228,18 @@ struct tg_unix_ext {
   uint32_t peer_len, name_len, reserved;
 };
 _Static_assert(sizeof(struct tg_unix_ext) == 32, "unix ext");
+
+/* FD kind 18 (a Unix datagram socket bound to a name of its own): the FD record's extra, then
+ * name_len bytes of its name (a path, or a NUL then the abstract name), then peer_len bytes of the
+ * name of the socket it is connected to (0: not connected). Its queue: a SOCKET_DATA record. */
+struct tg_unix_dgram {
+  uint64_t ino;
+  uint32_t sndbuf, rcvbuf;
+  uint32_t flags;     /* bit 0: SO_PASSCRED */
+  uint32_t mode;      /* the socket file's mode bits (a path) */
+  uint32_t name_len, peer_len;
+};
+_Static_assert(sizeof(struct tg_unix_dgram) == 32, "unix dgram");
 
 /* FD kind 13 (TCP or UDP socket, IPv4 or IPv6): the FD record's extra. */
 enum { TG_INET_BOUND = 1 };                    /* tg_inet_sock.flags */

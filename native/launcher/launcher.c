@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +76,17 @@ static void set_app_clock(uint64_t app_ns) {
     tg_die("cannot set the app's clocks (/proc/self/timens_offsets, offset %+.3f s): %s", (double)off / 1e9, strerror(errno));
   close(fd);
 }
+/* The app's own terminals: a private mount namespace (mounts of the host still reach it: slave
+ * propagation) with a devpts instance of its own on /dev/pts, where /dev/ptmx opens. Its ptys are
+ * numbered from 0 whatever the host has, and a restore, made in a fresh instance the same way,
+ * gets back the numbers the app knew (/dev/pts/N in /proc, utmp, tmux's state): resources/pty.c. */
+static void private_devpts(void) {
+  if (unshare(CLONE_NEWNS) != 0) tg_die("cannot create a mount namespace for the app's terminals: %s", strerror(errno));
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) tg_die("cannot make the app's mounts private (mount --make-rslave /): %s", strerror(errno));
+  if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5") != 0)
+    tg_die("cannot mount the app's own devpts on /dev/pts: %s", strerror(errno));
+}
+
 static void forward(int sig) {
   if (init_pid > 0) kill(init_pid, sig);
 }
@@ -98,6 +110,7 @@ int tg_launch_main(struct tg_launch *l, tg_start_app_fn start) {
   if (pipe2(sync, O_CLOEXEC) != 0) tg_die("pipe: %s", strerror(errno));
   if (unshare(CLONE_NEWPID) != 0)
     tg_die("cannot create a PID namespace: %s (tardigrade needs root or CAP_SYS_ADMIN)", strerror(errno));
+  private_devpts();
   if (l->app_clock_ns) set_app_clock(l->app_clock_ns);
   init_pid = fork();
   if (init_pid < 0) tg_die("fork: %s", strerror(errno));

@@ -136,4 +136,15 @@ TG_RES_HIDDEN int tg_check_file(const char *path, const struct tg_file_id *id, i
  * app's files back as they were at the checkpoint, recreating those deleted since (new inodes), so
  * a regular file at its path is the checkpoint's even when its inode differs */
 TG_RES_HIDDEN extern int tg_files_rolled_back;
+/* resources/pty.c, restore: the app's ptys, made again by the restorer's init before the tree is
+ * cloned (every process inherits the masters, closed by the blob after the go). tg_pty_note: the
+ * ptys one process's records and its TTY record (or NULL) name; tg_pty_premake: makes them all at
+ * their indexes (opening /dev/ptmx in the restorer's fresh devpts) with their state; 0, or -1 with
+ * err. tg_pty_ctty: in a new process, once in its session and group: its controlling terminal (a
+ * session leader) and the terminal's foreground group (a process of that group); 0, or -1 with err. */
+struct tg_rec_tty;
+TG_RES_HIDDEN int tg_pty_note(const struct img_fd *fds, size_t nfds, const struct tg_rec_tty *tty, char *err, size_t errlen);
+TG_RES_HIDDEN int tg_pty_premake(int tmp_base, char *err, size_t errlen);
+TG_RES_HIDDEN void tg_pty_close_premade(void);
+TG_RES_HIDDEN int tg_pty_ctty(const struct tg_rec_tty *t, int pid, int pgid, char *err, size_t errlen);
 #endif

@@ -363,6 +363,12 @@ static void __attribute__((noreturn)) become(struct node *n) {
   } else if (getpgid(0) != n->pgid && setpgid(0, n->pgid) != 0) {
     report_fail("process %d: cannot join process group %d: %s", n->pid, n->pgid, strerror(errno));
   }
+  /* its controlling terminal, before its children are made (they inherit it), and the terminal's
+   * foreground group once that group exists (resources/pty.c) */
+  if (n->plan >= 0 && plans[n->plan].img.has_tty) {
+    char err[512];
+    if (tg_pty_ctty(&plans[n->plan].img.tty, n->pid, n->pgid, err, sizeof err) != 0) report_fail("process %d: %s", n->pid, err);
+  }
   for (size_t i = 0; i < nnodes; i++)
     if (nodes[i].ppid == n->pid && spawn(&nodes[i]) < 0) report_fail("cannot create process %d: %s", nodes[i].pid, strerror(errno));
   if (n->plan < 0) {
@@ -465,6 +471,10 @@ static int start_restore(struct tg_launch *l, int *report) {
     if (!imgs) return -1;
     for (size_t k = 0; k < nplans; k++) imgs[k] = &plans[k].img;
     int r = tg_tree_premake(imgs, nplans, base + 256, err, sizeof err);
+    /* the app's ptys, at their indexes (resources/pty.c) */
+    for (size_t k = 0; k < nplans && r == 0; k++)
+      r = tg_pty_note(imgs[k]->fds, imgs[k]->nfds, imgs[k]->has_tty ? &imgs[k]->tty : NULL, err, sizeof err);
+    if (r == 0) r = tg_pty_premake(base + 256, err, sizeof err);
     free(imgs);
     if (r != 0) {
       fprintf(stderr, "tardigrade-restore: %s\n", err);
@@ -524,6 +534,19 @@ static int start_restore(struct tg_launch *l, int *report) {
   if (tg_lazy_child_fd >= 0) close(tg_lazy_child_fd); /* (the init's copy) */
   for (size_t j = 0; j < tg_nshared_pipes; j++) { close(tg_shared_pipes[j].r); close(tg_shared_pipes[j].w); }
   tg_tree_close_premade();
+  tg_pty_close_premade();
+  /* the namespace's next pid after the highest restored one, as in the run it comes from: else
+   * the app's first fork after the restore takes pid 2, whose agent then thinks itself the app's
+   * first process (TARDIGRADE_AGENT_PID=2 in the inherited environment) and takes over the main
+   * agent socket path (a tmux pane's shell forking `sleep` did: the next checkpoint failed) */
+  int top = 1;
+  for (size_t j = 0; j < nnodes; j++) if (nodes[j].pid > top) top = nodes[j].pid;
+  char last[16];
+  int ln = snprintf(last, sizeof last, "%d", top);
+  int lfd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+  if (lfd < 0 || write(lfd, last, (size_t)ln) != ln)
+    fprintf(stderr, "tardigrade-restore: warning: cannot set the namespace's last pid to %d (%s): new processes may take low pids\n", top, strerror(errno));
+  if (lfd >= 0) close(lfd);
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
   close(pfd[1]);
   close(gfd[0]);

@@ -30,6 +30,7 @@ struct image {
   struct img_file *files; size_t nfiles;
   struct tg_lock *locks; size_t nlocks; /* LOCKS record */
   struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records */
+  struct tg_rec_tty tty; int has_tty; /* TTY record: its controlling terminal (resources/pty.c) */
   struct tg_rec_attrs attrs; int has_attrs; /* ATTRS record (images of earlier versions have none) */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;

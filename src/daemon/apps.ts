@@ -17,6 +17,7 @@ import type { Manifest, Store } from "../store/types.js";
 import { parseCheckpointId, unknownCheckpoint, validAppName } from "../store/types.js";
 import { EXTERNAL_UNIX_POLICIES, TRACKING_MODES, checkpoint as agentCheckpoint, ping, type CheckpointEvent, type ExternalUnixPolicy, type TrackingMode } from "./agent.js";
 import { externalUnixNotes } from "./unix-notes.js";
+import { ptyNotes } from "./pty-notes.js";
 import { captureIntoCas, metaForFileCheck, restoreInput, type RestoreInput } from "./cas-flow.js";
 import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
@@ -1127,6 +1128,8 @@ export class AppManager {
       const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate);
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       for (const e of others) notes.push(...(await externalUnixNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
+      notes.push(...(await ptyNotes(store.cas.exportMeta(m.id)).catch(() => [])));
+      for (const e of others) notes.push(...(await ptyNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {

@@ -37,6 +37,8 @@ export enum RecordType {
   LOCKS = 17,
   /** A TCP connection with both ends in the app, read with TCP_REPAIR (src/image/inet.ts). */
   INET_REPAIR = 20,
+  /** The process's controlling terminal, one of the app's ptys: u32 index; i32 sid, fg_pgrp; u32 reserved. */
+  TTY = 21,
   /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]; i32 nice; u32 sched_policy, sched_priority, sched_flags. */
   ATTRS = 40,
   /** One thread's own attributes, after its THREAD record: u32 tid; i32 nice; u32 sched_policy, sched_priority, sched_flags, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
@@ -67,6 +69,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,
   [RecordType.INET_REPAIR]: 72,
+  [RecordType.TTY]: 16,
   [RecordType.FILE]: 72,
 };
 
@@ -101,6 +104,9 @@ export const FD_KIND: Record<number, string> = {
   13: "inet-socket",
   14: "unix-external",
   15: "signalfd",
+  16: "pty-master",
+  17: "pty",
+  18: "unix-dgram",
   20: "deleted-file",
   25: "timerfd",
 };

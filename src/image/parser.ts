@@ -82,6 +82,8 @@ export interface ParsedImage {
   timers: TimersInfo | null;
   /** The ATTRS record (null: the image has none, as images of earlier versions). */
   attrs: ProcAttrs | null;
+  /** The TTY record: the process's controlling terminal (null: none). */
+  tty: { index: number; sid: number; fgPgrp: number } | null;
   pagesTotal: number;
   recordCount: number;
 }
@@ -311,6 +313,7 @@ class ImageReader {
       tracking: null,
       timers: null,
       attrs: null,
+      tty: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -463,6 +466,8 @@ class ImageReader {
         if (typeof watches === "string") this.fail(off, watches);
         const unixExt = kind === 14 ? decodeUnixExternal(extra) : undefined;
         if (kind === 25 && extra.length !== 32) this.fail(off, `timerfd FD extra of ${extra.length} bytes (32 expected)`);
+        if (kind === 18 && (extra.length < 32 || 32 + extra.readUInt32LE(24) + extra.readUInt32LE(28) > extra.length)) this.fail(off, `named Unix datagram socket FD extra of ${extra.length} bytes does not hold its names`);
+        if ((kind === 16 || kind === 17) && extra.length !== 72) this.fail(off, `pty FD extra of ${extra.length} bytes (72 expected)`);
         if (typeof unixExt === "string") this.fail(off, unixExt);
         out.fds.push({
           fd: p.readUInt32LE(0),
@@ -472,7 +477,7 @@ class ImageReader {
           pos: u64(p, 16),
           file: fileId(p, 24),
           aux: u64(p, 64),
-          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 20 ? deletedFile(extra) : kind === 25 ? timerfdState(extra) : extra.toString("utf8"),
+          path: kind === 8 || kind === 9 || kind === 13 ? "" : kind === 10 ? unixListenName(extra) : kind === 11 ? (watches as InotifyWatch[]).map((w) => `wd ${w.wd} ${w.path}`).join(", ") : unixExt ? describeUnixExternal(unixExt) : kind === 15 ? signalfdSet(u64(p, 64)) : kind === 20 ? deletedFile(extra) : kind === 25 ? timerfdState(extra) : kind === 16 || kind === 17 ? ptyState(kind, extra) : kind === 18 ? unixDgramName(extra) : extra.toString("utf8"),
           epoll,
           ...(unix ? { unix } : {}),
           ...(inet ? { inet } : {}),
@@ -547,6 +552,10 @@ class ImageReader {
         };
         return null;
       }
+      case RecordType.TTY:
+        if (out.tty) this.fail(off, "second TTY record (at most one allowed)");
+        out.tty = { index: p.readUInt32LE(0), sid: p.readInt32LE(4), fgPgrp: p.readInt32LE(8) };
+        return null;
       case RecordType.END:
         return { recordCount: u64(p, 0), pagesTotal: u64(p, 8), fileSize: u64(p, 16) };
       case RecordType.PAGES:
@@ -570,6 +579,27 @@ function timerfdState(e: Buffer): string {
   else parts.push(`next in ${value.toFixed(3)} s`);
   if (every) parts.push(`every ${every.toFixed(3)} s`);
   if (ticks) parts.push(`${ticks} expiration${ticks === 1n ? "" : "s"} unread`);
+  return parts.join(", ");
+}
+
+/** A named Unix datagram socket (FD kind 18, extra: struct tg_unix_dgram, name, peer name): "Unix datagram socket bound to /x, connected to /dev/log". */
+function unixDgramName(e: Buffer): string {
+  const show = (b: Buffer): string => (b[0] === 0 ? `@${b.subarray(1).toString("utf8")}` : b.toString("utf8"));
+  const nl = e.readUInt32LE(24);
+  const pl = e.readUInt32LE(28);
+  return `Unix datagram socket bound to ${show(e.subarray(32, 32 + nl))}${pl ? `, connected to ${show(e.subarray(32 + nl, 32 + nl + pl))}` : ""}`;
+}
+
+/** A pty end (FD kinds 16, 17; extra: struct tg_pty): "/dev/pts/0 master, 24x80, packet mode, 12 bytes queued (dropped at restore)". */
+function ptyState(kind: number, e: Buffer): string {
+  const index = e.readUInt32LE(0);
+  const flags = e.readUInt32LE(4);
+  const queued = e.readUInt32LE(8) + e.readUInt32LE(12);
+  if (flags & 8) return `/dev/pts/${index}, hung up (its master was closed)`;
+  const parts = [`/dev/pts/${index}${kind === 16 ? " master" : ""}`, `${e.readUInt16LE(16)}x${e.readUInt16LE(18)}`];
+  if (flags & 1) parts.push("locked");
+  if (flags & 2) parts.push("packet mode");
+  if (queued) parts.push(`${queued} byte${queued === 1 ? "" : "s"} queued (dropped at restore)`);
   return parts.join(", ");
 }
 
