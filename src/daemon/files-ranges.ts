@@ -68,20 +68,26 @@ export function tablesOf(hostPids: number[]): Map<number, string> {
   return out;
 }
 
-/** A table file in which nothing was noted (nor is being noted): a process that ended without writing leaves one. */
+/**
+ * A table file in which nothing was noted (nor is being noted): a process that ended without
+ * writing leaves one; one killed while making its table leaves it short or without its magic
+ * (the magic is stored last), never to be used.
+ */
 export function tableIsEmpty(path: string): boolean {
   const b = Buffer.alloc(SLOTS_OFF + SLOTS * SLOT);
   try {
     const fd = openSync(path, "r");
     try {
-      if (readSync(fd, b, 0, b.length, 0) !== b.length) return false;
+      if (readSync(fd, b, 0, b.length, 0) !== b.length) return true; // (cut short before its ftruncate)
     } finally {
       closeSync(fd);
     }
   } catch {
     return false;
   }
-  if (b.readBigUInt64LE(0) !== MAGIC) return false;
+  const magic = b.readBigUInt64LE(0);
+  if (magic === 0n) return true; // (never made ready)
+  if (magic !== MAGIC) return false;
   // counts and overflow of both halves, writes in flight without a slot
   for (const off of [32, 36, 40, 44, 48]) if (b.readUInt32LE(off)) return false;
   for (let i = 0; i < SLOTS; i++) if (u64(b, SLOTS_OFF + i * SLOT)) return false;
