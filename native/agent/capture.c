@@ -396,6 +396,44 @@ werr:
   return -1;
 }
 
+/* A hot mapping's non-zero pages, read from the tracker's memfd with pread into one buffer (the
+ * first touch of each page of a mapping costs this child a fault; a read into a buffer it already
+ * touched does not). 0, -1 with err, or 1 without a buffer (the caller reads the shared mapping). */
+static int hot_store(struct runs *rr, const struct tg_rec_vma *r, char *err, size_t errlen) {
+  static char *scratch;
+  if (!scratch) scratch = own_alloc((size_t)TG_PAGES_PER_RECORD * TG_PAGE);
+  if (!scratch || tg_trk.hot_fd < 0) return 1;
+  if (flush_data(rr) != 0) goto werr;
+  uint64_t off = (uint64_t)tg_track_hot_copy(r->start) - (uint64_t)tg_trk.hot_buf;
+  for (uint64_t a = r->start; a < r->end;) {
+    uint64_t n = (r->end - a) / TG_PAGE < TG_PAGES_PER_RECORD ? (r->end - a) / TG_PAGE : TG_PAGES_PER_RECORD;
+    for (uint64_t got = 0; got < n * TG_PAGE;) {
+      long e = tg_sys4(SYS_pread64, tg_trk.hot_fd, scratch + got, n * TG_PAGE - got, off + got);
+      if (e == -EINTR) continue;
+      if (e <= 0) {
+        snprintf(err, errlen, "reading the copy of mapping %llx: %s", (unsigned long long)r->start, e ? strerror((int)-e) : "short read");
+        return -1;
+      }
+      got += (uint64_t)e;
+    }
+    for (uint64_t i = 0; i < n;) {
+      if (is_zero_page(scratch + i * TG_PAGE)) { i++; continue; }
+      uint64_t j = i;
+      while (j < n && !is_zero_page(scratch + j * TG_PAGE)) j++;
+      struct tg_rec_pages ph = {a + i * TG_PAGE, j - i};
+      if (put_record(rr->w, TG_REC_PAGES, &ph, sizeof ph, scratch + i * TG_PAGE, (j - i) * TG_PAGE) != 0) goto werr;
+      rr->w->pages += j - i;
+      i = j;
+    }
+    a += n * TG_PAGE;
+    off += n * TG_PAGE;
+  }
+  return 0;
+werr:
+  snprintf(err, errlen, "writing the image: %s", strerror(rr->w->err ? rr->w->err : EIO));
+  return -1;
+}
+
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   int content = (r->vflags & TG_VF_CONTENT) != 0; /* shared writable file mapping: every page up to the file's end */
@@ -412,7 +450,9 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
     /* a hot mapping (track.c, adaptive tracking): not mapped in this child; stored whole (the
      * tracker listed it as fresh) from the copy the manager made while the threads were parked */
     if (inc && !hash && !whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
-    for (uint64_t a = r->start; a < r->end; a += TG_PAGE)
+    int e = hot_store(rr, r, err, errlen);
+    if (e <= 0) return e;
+    for (uint64_t a = r->start; a < r->end; a += TG_PAGE) /* no scratch buffer: through the shared mapping */
       if (visit_page(rr, a, 1, inc, 1, hash, 0) != 0) goto werr;
     return 0;
   }

@@ -10,9 +10,9 @@
  * Adaptive tracking (uffd mode, docs/engine.md "Adaptive tracking"): a private anonymous writable
  * mapping of at least TG_HOT_MIN bytes whose share of written pages at a checkpoint reaches
  * TG_HOT_PCT % is "hot" from then on: it is no longer write-protected, and at each checkpoint the
- * manager copies it whole while the threads are parked (into hot_buf, MAP_SHARED, so neither the
- * copy nor the fork write-protects anything) and the snapshot child, which does not map it
- * (MADV_DONTFORK around the clone), stores it whole from the copy. After `interval` checkpoints a
+ * manager copies it whole while the threads are parked (into hot_buf, a memfd mapped shared, so
+ * neither the copy nor the fork write-protects anything) and the snapshot child, which does not map
+ * it (MADV_DONTFORK around the clone), stores it whole from the copy, read with pread. After `interval` checkpoints a
  * hot mapping is write-protected again (a probe): the next checkpoint's scan measures its share
  * afresh, and one that went quiet stays tracked page by page. */
 #ifndef TG_TRACK_H
@@ -67,8 +67,10 @@ struct tg_track {
   /* adaptive tracking (uffd mode) */
   struct tg_hot hot[TG_HOT_MAX];
   uint32_t nhot;
-  void *hot_buf;                 /* MAP_SHARED: the fork leaves the parent's copies writable */
+  void *hot_buf;                 /* MAP_SHARED of hot_fd: the fork leaves the parent's copies writable */
   uint64_t hot_buf_len;
+  int hot_fd;                    /* memfd behind hot_buf (hidden): the child reads it with pread, never mapping a page */
+  uint64_t hot_want;             /* bytes the buffer lacked at the last checkpoint: made after it, not in a pause */
   uint64_t hot_pages;            /* pages copied whole as hot at this checkpoint */
 };
 
