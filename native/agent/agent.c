@@ -649,6 +649,7 @@ out:
   if (tg.err_rd >= 0) close(tg.err_rd);
   if (tg.err_wr >= 0) close(tg.err_wr);
   tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg_track_idle(); /* after the reply: the daemon commits meanwhile */
 }
 
 static int listen_on(const char *path) {

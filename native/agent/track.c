@@ -187,6 +187,9 @@ static int hot_buffer(uint64_t total) {
     tg_sys1(SYS_close, fd);
     return -1;
   }
+  /* MAP_POPULATE maps a shared mapping's pages read-only (to see them dirtied): one write per page
+   * now, so that the copy in the pause takes no write fault either */
+  for (uint64_t o = 0; o < total; o += TG_PAGE) ((volatile char *)p)[o] = 0;
   tg_trk.hot_buf = (void *)p;
   tg_trk.hot_buf_len = total;
   tg_trk.hot_fd = (int)fd;
@@ -202,7 +205,7 @@ static void hot_copies(void) {
     if (tg_trk.hot[i].copy) total += tg_trk.hot[i].end - tg_trk.hot[i].start;
   if (!total) return;
   if (tg_trk.hot_buf_len < total) {
-    /* The buffer is made after this checkpoint (tg_track_after_snapshot), not while the threads
+    /* The buffer is made after this checkpoint (tg_track_idle), not while the threads
      * are parked (the first touch of 256 MiB of new memory took ~1.3 s here); until then each hot
      * mapping is captured from the child's view, as any other. */
     tg_trk.hot_want = total;
@@ -442,9 +445,12 @@ TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq
   return remapped;
 }
 
-TG_HIDDEN void tg_track_after_snapshot(int ok, uint64_t seq) {
+TG_HIDDEN void tg_track_idle(void) {
   if (tg_trk.hot_want > tg_trk.hot_buf_len && hot_buffer(tg_trk.hot_want) != 0) { /* none: tried again at the next checkpoint */ }
   tg_trk.hot_want = 0;
+}
+
+TG_HIDDEN void tg_track_after_snapshot(int ok, uint64_t seq) {
   if (!ok) {
     /* written pages were reported and protected again, but not stored: start over */
     tg_trk.base_seq = 0;

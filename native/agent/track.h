@@ -97,6 +97,9 @@ __attribute__((visibility("hidden"))) void tg_track_after_fork(void);
  * the maps the capture cuts its records from. */
 __attribute__((visibility("hidden"))) void tg_track_before_clone(const char *maps, long maps_len);
 __attribute__((visibility("hidden"))) void tg_track_after_clone(void);
+/* Manager, after a checkpoint's reply, the threads running: makes the hot mappings' copy buffer
+ * the last checkpoint found lacking (its pages are touched once here, not in a pause). */
+__attribute__((visibility("hidden"))) void tg_track_idle(void);
 /* Snapshot child: the copy of the page at addr of a hot mapping copied at this checkpoint, or NULL. */
 __attribute__((visibility("hidden"))) const void *tg_track_hot_copy(uint64_t addr);
 /* Index of the first of n sorted, disjoint regions that ends after addr (n if none). */
