@@ -27,6 +27,8 @@ const MiB = 1 << 20;
 export interface BusyCheckpoint {
   kind: "full" | "incremental";
   id: string;
+  /** Pages the adaptive tracker copied whole (manifest stats.hotPages; 0 or absent: none). */
+  hotPages: number;
   bytes: number;
   pages: number;
   downtimeNs: number;
@@ -53,6 +55,8 @@ export interface BusyRestore {
 
 export interface BusyCase {
   mib: number;
+  /** The busy app's hot set, % of its pages (BENCH_BUSY_PERCENT; 1 unless set). */
+  percent: number;
   hog: boolean;
   writeFsyncNs: number;
   checkpoints: BusyCheckpoint[];
@@ -156,7 +160,7 @@ interface ManifestJson {
 }
 
 /** One case: the busy app of `mib` MiB, quiet or beside a hog. */
-export async function busyCase(home: string, busyBin: string, mib: number, hog: boolean, reps: number, writeFsyncNs: number, criu?: string): Promise<BusyCase> {
+export async function busyCase(home: string, busyBin: string, mib: number, hog: boolean, reps: number, writeFsyncNs: number, criu?: string, percent = 1, incs = 1): Promise<BusyCase> {
   const env: NodeJS.ProcessEnv = { ...process.env, TARDIGRADE_HOME: home };
   const cli = (args: string[], timeoutMs = 600_000) => cliJson(env, args, timeoutMs);
   const name = `bench-busy-${mib}-${hog ? "hog" : "quiet"}`;
@@ -166,9 +170,9 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
     hogPid = h.pid ?? 0;
     track(hogPid, "hog");
   }
-  const out: BusyCase = { mib, hog, writeFsyncNs, checkpoints: [], restores: [], criu: [] };
+  const out: BusyCase = { mib, percent, hog, writeFsyncNs, checkpoints: [], restores: [], criu: [] };
   try {
-    const run = (await cli(["run", "--name", name, "--json", "--", busyBin, String(mib), "1"], 300_000)).json as RunJson;
+    const run = (await cli(["run", "--name", name, "--json", "--", busyBin, String(mib), String(percent)], 300_000)).json as RunJson;
     trackDaemon(home);
     track(run.initHostPid, "init");
     track(run.appHostPid, "app");
@@ -178,7 +182,8 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
     let app = run.appHostPid;
     const dpid = daemonPid(home) ?? 0;
     for (let r = 0; r < reps; r++) {
-      for (const kind of ["full", "incremental"] as const) {
+      const kinds: ("full" | "incremental")[] = ["full", ...Array.from({ length: Math.max(1, incs) }, () => "incremental" as const)];
+      for (const kind of kinds) {
         const rateBefore = await rateOver(log, 1500);
         const load1 = loadavg()[0]!;
         const d0 = procCpuS(dpid);
@@ -188,7 +193,7 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
         const t1 = Number(nowNs());
         const d1 = procCpuS(dpid);
         const a1 = agentCpuS(app);
-        const m = ck.json as ManifestJson;
+        const m = ck.json as ManifestJson & { stats?: { hotPages?: number } };
         const end = t1 + 1e9;
         await sleep(1000);
         await waitTickAfter(log, end, 10_000);
@@ -199,6 +204,7 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
         out.checkpoints.push({
           kind,
           id: m.id,
+          hotPages: m.stats?.hotPages ?? 0,
           bytes: m.bytes,
           pages: m.pages,
           downtimeNs: m.downtimeNs,
@@ -259,7 +265,7 @@ const med = (xs: number[]): number => {
 export const CRIU_ISSUE_1G = { cpuSPerGiB: 2.4, dumpFsyncS: [2.7, 3.2], restoreS: [3.3, 4.2] };
 
 export function printBusy(cases: BusyCase[]): void {
-  const header = ["case", "MiB", "kind", "durable s", "x write+fsync", "daemon CPU s", "agent CPU s", "CPU s/GiB", "app lost s", "lost/window", "max gap s", "downtime s", "load1"];
+  const header = ["case", "MiB", "hot %", "kind", "hot pages", "durable s", "x write+fsync", "daemon CPU s", "agent CPU s", "CPU s/GiB", "app lost s", "lost/window", "max gap s", "downtime s", "load1"];
   const rows: string[][] = [];
   for (const c of cases) {
     for (const kind of ["full", "incremental"] as const) {
@@ -270,7 +276,9 @@ export function printBusy(cases: BusyCase[]): void {
       rows.push([
         c.hog ? "hog" : "quiet",
         String(c.mib),
+        String(c.percent),
         kind,
+        String(med(k.map((x) => x.hotPages))),
         f3(med(k.map((x) => x.durableNs)) / 1e9),
         f2(med(k.map((x) => x.durableNs)) / c.writeFsyncNs),
         f2(med(k.map((x) => x.daemonCpuS))),
@@ -287,7 +295,9 @@ export function printBusy(cases: BusyCase[]): void {
       rows.push([
         c.hog ? "hog" : "quiet",
         String(c.mib),
+        String(c.percent),
         "restore",
+        "-",
         f3(med(c.restores.map((x) => x.toRunningNs)) / 1e9),
         f2(med(c.restores.map((x) => x.toRunningNs)) / c.writeFsyncNs),
         f2(med(c.restores.map((x) => x.daemonCpuS))),
@@ -305,8 +315,8 @@ export function printBusy(cases: BusyCase[]): void {
       const gib = med(k.map((x) => x.imageBytes)) / (1024 * MiB);
       const cpu = med(k.map((x) => x.dumpCpuS));
       const tag = c.hog ? "hog" : "quiet";
-      rows.push([tag, String(c.mib), "criu dump", f3(med(k.map((x) => x.durableNs)) / 1e9), f2(med(k.map((x) => x.durableNs)) / c.writeFsyncNs), f2(cpu), "-", f2(cpu / gib), f3(med(k.map((x) => x.lostNs)) / 1e9), f2(med(k.map((x) => x.lostNs / x.windowNs))), f3(med(k.map((x) => x.maxGapNs)) / 1e9), "-", f2(med(k.map((x) => x.load1)))]);
-      rows.push([tag, String(c.mib), "criu restore", f3(med(k.map((x) => x.restoreToRunningNs)) / 1e9), f2(med(k.map((x) => x.restoreToRunningNs)) / c.writeFsyncNs), f2(med(k.map((x) => x.restoreCpuS))), "-", "-", "-", "-", "-", "-", f2(med(k.map((x) => x.load1)))]);
+      rows.push([tag, String(c.mib), String(c.percent), "criu dump", "-", f3(med(k.map((x) => x.durableNs)) / 1e9), f2(med(k.map((x) => x.durableNs)) / c.writeFsyncNs), f2(cpu), "-", f2(cpu / gib), f3(med(k.map((x) => x.lostNs)) / 1e9), f2(med(k.map((x) => x.lostNs / x.windowNs))), f3(med(k.map((x) => x.maxGapNs)) / 1e9), "-", f2(med(k.map((x) => x.load1)))]);
+      rows.push([tag, String(c.mib), String(c.percent), "criu restore", "-", f3(med(k.map((x) => x.restoreToRunningNs)) / 1e9), f2(med(k.map((x) => x.restoreToRunningNs)) / c.writeFsyncNs), f2(med(k.map((x) => x.restoreCpuS))), "-", "-", "-", "-", "-", "-", f2(med(k.map((x) => x.load1)))]);
     }
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -314,7 +324,7 @@ export function printBusy(cases: BusyCase[]): void {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
   console.log(
-    "\nbusy app = test/fixtures/busy MIB 1 (one thread writing 1% of its pages in a loop); medians over the rounds." +
+    "\nbusy app = test/fixtures/busy MIB PERCENT (one thread writing PERCENT % of its pages, one word each, in a loop); medians over the rounds; hot pages = pages the adaptive tracker copied whole." +
       "\ndurable = checkpoint request to committed and fsynced (manifest commitNs); for restore rows: `restore` request (app killed -9 before) to the restored app's first tick." +
       "\nx write+fsync = against a plain write + fsync of the app's bytes in the same run; CPU = daemon (all threads) + agent (tg-agent thread + reaped snapshot child); CPU s/GiB = per GiB of image (for an incremental: of its small image)." +
       "\napp lost = window (request to 1 s after the commit) minus iterations done / the rate over the 1.5 s before; load1 = 1-min load average at the request." +
@@ -355,4 +365,77 @@ export function verdicts(cases: BusyCase[]): Verdict[] {
 
 function targets(cases: BusyCase[]): string[] {
   return verdicts(cases).map((v) => `  ${v.case} ${v.mib} MiB, ${v.what}: ours ${f3(v.ours)}, CRIU ${f3(v.criu)}: ${f2(v.ratio)}x (target <= ${v.target}x: ${v.met ? "met" : "NOT met"})`);
+}
+
+// ---------------------------------------------------------------------------
+// The first write pass after a checkpoint (issue 15 item 4): test/fixtures/dirtier MIB 100
+// rewrites every word of every page on each SIGUSR1 and prints how long the pass took. A pass
+// with no checkpoint since the previous one is the plain pass; a pass right after a checkpoint
+// (committed: the snapshot child has exited) pays what the checkpoint left behind (write-protect
+// and copy-on-write faults on each first write to a page).
+
+export interface PassRound {
+  kind: string;
+  plainNs: number;
+  afterNs: number;
+  downtimeNs: number;
+  hotPages: number;
+  load1: number;
+}
+
+export interface PassCase {
+  mib: number;
+  rounds: PassRound[];
+}
+
+export async function firstPassCase(home: string, dirtierBin: string, mib: number, rounds: number): Promise<PassCase> {
+  const env: NodeJS.ProcessEnv = { ...process.env, TARDIGRADE_HOME: home };
+  const cli = (args: string[], timeoutMs = 600_000) => cliJson(env, args, timeoutMs);
+  const name = `bench-pass-${mib}`;
+  const run = (await cli(["run", "--name", name, "--json", "--", dirtierBin, String(mib), "100"], 300_000)).json as RunJson;
+  trackDaemon(home);
+  track(run.initHostPid, "init");
+  track(run.appHostPid, "app");
+  const st = await trackApp(env, name);
+  const log = st.log;
+  await waitForLine(log, ["ready "], 300_000);
+  const app = run.appHostPid;
+  let from = 0;
+  const pass = async (): Promise<number> => {
+    from = existsSync(log) ? readFileSync(log).length : 0;
+    process.kill(app, "SIGUSR1");
+    const l = await waitForLine(log, ["dirtied "], 300_000, from);
+    return Number(l.split(" ")[2]);
+  };
+  const out: PassCase = { mib, rounds: [] };
+  try {
+    await pass(); // warm
+    for (let r = 0; r < rounds; r++) {
+      const plainNs = await pass();
+      const load1 = loadavg()[0]!;
+      const ck = (await cli(["checkpoint", name, "--json", ...(r === 0 ? ["--full"] : [])])).json as ManifestJson & { kind?: string; stats?: { hotPages?: number } };
+      const afterNs = await pass();
+      out.rounds.push({ kind: ck.kind ?? "?", plainNs, afterNs, downtimeNs: ck.downtimeNs, hotPages: ck.stats?.hotPages ?? 0, load1 });
+    }
+  } finally {
+    killTracked("SIGKILL", (t) => t.pid === app);
+  }
+  return out;
+}
+
+export function printFirstPass(cases: PassCase[]): void {
+  const header = ["MiB", "round", "kind", "hot pages", "plain pass s", "pass after s", "after/plain", "downtime s", "lost s", "load1"];
+  const rows: string[][] = [];
+  for (const c of cases)
+    c.rounds.forEach((x, i) =>
+      rows.push([String(c.mib), String(i + 1), x.kind, String(x.hotPages), f3(x.plainNs / 1e9), f3(x.afterNs / 1e9), f2(x.afterNs / x.plainNs), f3(x.downtimeNs / 1e9), f3((x.afterNs - x.plainNs + x.downtimeNs) / 1e9), f2(x.load1)]),
+    );
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((x, i) => x.padStart(widths[i]!)).join("  ");
+  console.log(line(header));
+  for (const r of rows) console.log(line(r));
+  console.log(
+    "\nfirst pass = test/fixtures/dirtier MIB 100: every page rewritten on SIGUSR1 (its own timing); plain = a pass with no checkpoint since the last," +
+      "\npass after = the first pass after the checkpoint committed (round 1: --full); lost = pass after - plain + downtime: the app's time lost to the checkpoint.",
+  );
 }

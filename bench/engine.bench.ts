@@ -47,12 +47,13 @@ import {
   trackDaemon,
   waitForLine,
 } from "./bench-procs.js";
-import { type BusyCase, CRIU_ISSUE_1G, busyCase, printBusy, verdicts } from "./busy-app.js";
+import { type BusyCase, type PassCase, CRIU_ISSUE_1G, busyCase, firstPassCase, printBusy, printFirstPass, verdicts } from "./busy-app.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const FIXTURES = join(ROOT, "test", "fixtures");
 const HOLDER = join(FIXTURES, "build", "holder");
 const BUSY = join(FIXTURES, "build", "busy");
+const DIRTIER = join(FIXTURES, "build", "dirtier");
 const RESULTS = join(ROOT, "bench", "results", "engine.json");
 const MiB = 1 << 20;
 
@@ -329,11 +330,15 @@ export async function main(): Promise<void> {
   const busySizes = (process.env.BENCH_BUSY_SIZES ?? "64,1024").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
   const busyReps = Math.max(1, Number(process.env.BENCH_BUSY_REPS ?? 1) || 1);
   const busyCases = (process.env.BENCH_BUSY_CASES ?? "quiet,hog").split(",").map((s) => s.trim());
+  const busyPercent = Number(process.env.BENCH_BUSY_PERCENT ?? 1) || 1;
+  const busyIncs = Math.max(1, Number(process.env.BENCH_BUSY_INCS ?? 1) || 1);
+  const passSizes = (process.env.BENCH_FIRSTPASS_MIB ?? "256").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
+  const passRounds = Math.max(1, Number(process.env.BENCH_FIRSTPASS_ROUNDS ?? 4) || 4);
   const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3) || 3);
   const criu = process.env.CRIU || undefined;
   if (criu && !existsSync(criu)) throw new Error(`CRIU=${criu}: no such file`);
   if (!existsSync(join(ROOT, "dist", "src", "cli", "main.js"))) throw new Error("the CLI is not built: run `npm run build` first");
-  execFileSync("make", ["-s", "-C", FIXTURES, "build/holder", "build/busy"], { stdio: "inherit" });
+  execFileSync("make", ["-s", "-C", FIXTURES, "build/holder", "build/busy", "build/dirtier"], { stdio: "inherit" });
 
   const home = mkdtempSync(join(tmpdir(), "tardigrade-bench-"));
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -348,9 +353,10 @@ export async function main(): Promise<void> {
   console.log(`TARDIGRADE_HOME=${home}; sizes ${sizes.join(", ")} MiB; ${reps} checkpoint+restore round(s) each`);
   const results: SizeResult[] = [];
   const busy: BusyCase[] = [];
+  const passes: PassCase[] = [];
   const loadAt: { when: string; load: number[] }[] = [{ when: "start", load: loadavg() }];
   try {
-    const data = Buffer.allocUnsafe(Math.max(...sizes, ...busySizes) * MiB);
+    const data = Buffer.allocUnsafe(Math.max(1, ...sizes, ...busySizes) * MiB);
     randomFillSync(data);
     for (const mib of sizes) {
       process.stdout.write(`  ${mib} MiB ...`);
@@ -364,11 +370,17 @@ export async function main(): Promise<void> {
       for (const c of busyCases) {
         if (c !== "quiet" && c !== "hog") continue;
         process.stdout.write(`  busy app ${mib} MiB, ${c} ...`);
-        const b = await busyCase(home, BUSY, mib, c === "hog", busyReps, writeFsyncNs, criu);
+        const b = await busyCase(home, BUSY, mib, c === "hog", busyReps, writeFsyncNs, criu, busyPercent, busyIncs);
         busy.push(b);
         const full = b.checkpoints.find((x) => x.kind === "full");
         process.stdout.write(` full: durable ${full ? sec(full.durableNs).toFixed(3) : "-"} s, app lost ${full ? sec(full.lostNs).toFixed(3) : "-"} s; restore to running ${b.restores[0] ? sec(b.restores[0].toRunningNs).toFixed(3) : "-"} s\n`);
       }
+    }
+    for (const mib of passSizes) {
+      process.stdout.write(`  first write pass after a checkpoint, ${mib} MiB ...`);
+      const p = await firstPassCase(home, DIRTIER, mib, passRounds);
+      passes.push(p);
+      process.stdout.write(` after/plain ${p.rounds.map((x) => (x.afterNs / x.plainNs).toFixed(1)).join(", ")}\n`);
     }
     loadAt.push({ when: "end", load: loadavg() });
   } finally {
@@ -384,6 +396,10 @@ export async function main(): Promise<void> {
   if (busy.length) {
     console.log("");
     printBusy(busy);
+  }
+  if (passes.length) {
+    console.log("");
+    printFirstPass(passes);
   }
   console.log(`\nload average (1/5/15 min): ${loadAt.map((l) => `${l.when} ${l.load.map((x) => x.toFixed(2)).join("/")}`).join("; ")}`);
   mkdirSync(dirname(RESULTS), { recursive: true });
@@ -406,6 +422,7 @@ export async function main(): Promise<void> {
     peers1GiB: PEERS_1G,
     results,
     busy,
+    firstPass: passes,
     busyMethod: "see bench/busy-app.ts: full and incremental checkpoints of test/fixtures/busy MIB 1, quiet and beside a CPU hog on one core; durable, daemon and agent CPU, app lost time, restore after kill -9 to first tick",
     criuIssue15: CRIU_ISSUE_1G,
     criu: criu ?? null,

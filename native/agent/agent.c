@@ -341,7 +341,9 @@ static void snapshot_and_release(uint32_t gen) {
     tg_capture_timers();
     tg_capture_attrs();
     if (tg.parent_maps_len > 0) tg_copy_shared_contents(tg.parent_maps, tg.parent_maps_len);
+    if (tg.parent_maps_len > 0) tg_track_before_clone(tg.parent_maps, tg.parent_maps_len);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
+    tg_track_after_clone();
     for (int i = 0; i < tg_ndontfork; i++)
       tg_sys3(SYS_madvise, tg_dontfork[i].start, tg_dontfork[i].end - tg_dontfork[i].start, MADV_DONTFORK);
     for (int i = 0; i < nsm; i++) tg_sys3(SYS_madvise, smaps_df[i].start, smaps_df[i].end - smaps_df[i].start, MADV_DONTFORK);
@@ -672,11 +674,11 @@ again:
     char reason[400];
     tg_json_escape(tg_trk.reason, reason, sizeof reason);
     reply("{\"event\":\"done\",\"ok\":true,\"bytes\":%llu,\"pages\":%llu,\"total_ns\":%llu,\"downtime_ns\":%llu,\"threads\":%d,\"seq\":%llu,"
-          "\"kind\":\"%s\",\"parent\":%llu,\"tracking\":\"%s\",\"pages_scanned\":%llu,\"pages_written\":%llu,\"full_reason\":\"%s\"}",
+          "\"kind\":\"%s\",\"parent\":%llu,\"tracking\":\"%s\",\"pages_scanned\":%llu,\"pages_written\":%llu,\"hot_pages\":%llu,\"full_reason\":\"%s\"}",
           bytes, pages, (unsigned long long)total, (unsigned long long)downtime, tg.nslots, (unsigned long long)tg.seq,
           tg_trk.incremental ? "incremental" : "full", tg_trk.incremental ? (unsigned long long)tg.parent_seq : 0ull,
           tg_trk.mode == TG_TRACK_UFFD ? "uffd" : tg_trk.mode == TG_TRACK_HASH ? "hash" : "none", (unsigned long long)tg_trk.pages_scanned,
-          (unsigned long long)tg_trk.pages_written, tg_trk.incremental ? "" : reason);
+          (unsigned long long)tg_trk.pages_written, (unsigned long long)tg_trk.hot_pages, tg_trk.incremental ? "" : reason);
   } else {
     if (strncmp(msg, "ERR ", 4) == 0) memmove(msg, msg + 4, strlen(msg + 4) + 1);
     else if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)
@@ -689,6 +691,7 @@ out:
   guarded_close(&tg.img_fd);
   guarded_close(&tg.err_rd);
   guarded_close(&tg.err_wr);
+  tg_track_idle(); /* after the reply: the daemon commits meanwhile */
 }
 
 static int listen_on(const char *path) {

@@ -113,6 +113,7 @@ static void collect_owned(void) {
   add_owned(tg_trk.fresh, tg_trk.fresh_cap * sizeof(struct tg_region));
   add_owned(tg_trk.prev, tg_trk.prev_len);
   add_owned(tg_trk.next, tg_trk.next_len);
+  add_owned(tg_trk.hot_buf, tg_trk.hot_buf_len);
 }
 /* The pieces of [s, e) outside the agent's memory: returns how many (into out). */
 static int app_pieces(uint64_t s, uint64_t e, struct span *out, int cap) {
@@ -252,7 +253,9 @@ static int flush_data(struct runs *r) {
   if (!r->data_len) return 0;
   struct tg_rec_pages ph = {r->data_start, r->data_len};
   /* shared writable file contents come from the copy the parent made while parked */
+  /* (and hot mappings from the manager's copy: track.c, adaptive tracking) */
   const void *src = tg_shared_copy(ph.addr);
+  if (!src) src = tg_track_hot_copy(ph.addr);
   int e = put_record(r->w, TG_REC_PAGES, &ph, sizeof ph, src ? src : (void *)ph.addr, r->data_len * TG_PAGE);
   r->w->pages += r->data_len;
   r->data_len = 0;
@@ -290,6 +293,13 @@ static int hash_clear_before(struct runs *rr, uint64_t addr) {
   return 0;
 }
 
+/* Is [s,e) all in the copy of one hot mapping (track.c, adaptive tracking), which this child does
+ * not map? */
+static int hot_covers(uint64_t s, uint64_t e) {
+  const char *hc = tg_track_hot_copy(s);
+  return hc && tg_track_hot_copy(e - TG_PAGE) == hc + (e - TG_PAGE - s);
+}
+
 /* Is [s,e) a mapping the tracker saw as fresh (captured whole this time)? */
 static int is_fresh(uint64_t s, uint64_t e) {
   uint64_t lo = tg_regions_first_after(tg_trk.fresh, tg_trk.nfresh, s);
@@ -308,6 +318,7 @@ static int is_dirty(uint64_t a, uint64_t *d) {
 static int visit_page(struct runs *rr, uint64_t a, int take, int inc, int whole, int hash, int content) {
   /* a shared writable file mapping's page is read from the copy the parent made while parked */
   const void *pa = content && tg_shared_copy(a) ? tg_shared_copy(a) : (const void *)a;
+  if (!content && tg_trk.nhot && tg_track_hot_copy(a)) pa = tg_track_hot_copy(a);
   if (take && is_zero_page(pa)) take = 0;
   if (hash) {
     if (hash_clear_before(rr, a) != 0) return -1;
@@ -385,6 +396,44 @@ werr:
   return -1;
 }
 
+/* A hot mapping's non-zero pages, read from the tracker's memfd with pread into one buffer (the
+ * first touch of each page of a mapping costs this child a fault; a read into a buffer it already
+ * touched does not). 0, -1 with err, or 1 without a buffer (the caller reads the shared mapping). */
+static int hot_store(struct runs *rr, const struct tg_rec_vma *r, char *err, size_t errlen) {
+  static char *scratch;
+  if (!scratch) scratch = own_alloc((size_t)TG_PAGES_PER_RECORD * TG_PAGE);
+  if (!scratch || tg_trk.hot_fd < 0) return 1;
+  if (flush_data(rr) != 0) goto werr;
+  uint64_t off = (uint64_t)tg_track_hot_copy(r->start) - (uint64_t)tg_trk.hot_buf;
+  for (uint64_t a = r->start; a < r->end;) {
+    uint64_t n = (r->end - a) / TG_PAGE < TG_PAGES_PER_RECORD ? (r->end - a) / TG_PAGE : TG_PAGES_PER_RECORD;
+    for (uint64_t got = 0; got < n * TG_PAGE;) {
+      long e = tg_sys4(SYS_pread64, tg_trk.hot_fd, scratch + got, n * TG_PAGE - got, off + got);
+      if (e == -EINTR) continue;
+      if (e <= 0) {
+        snprintf(err, errlen, "reading the copy of mapping %llx: %s", (unsigned long long)r->start, e ? strerror((int)-e) : "short read");
+        return -1;
+      }
+      got += (uint64_t)e;
+    }
+    for (uint64_t i = 0; i < n;) {
+      if (is_zero_page(scratch + i * TG_PAGE)) { i++; continue; }
+      uint64_t j = i;
+      while (j < n && !is_zero_page(scratch + j * TG_PAGE)) j++;
+      struct tg_rec_pages ph = {a + i * TG_PAGE, j - i};
+      if (put_record(rr->w, TG_REC_PAGES, &ph, sizeof ph, scratch + i * TG_PAGE, (j - i) * TG_PAGE) != 0) goto werr;
+      rr->w->pages += j - i;
+      i = j;
+    }
+    a += n * TG_PAGE;
+    off += n * TG_PAGE;
+  }
+  return 0;
+werr:
+  snprintf(err, errlen, "writing the image: %s", strerror(rr->w->err ? rr->w->err : EIO));
+  return -1;
+}
+
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   int content = (r->vflags & TG_VF_CONTENT) != 0; /* shared writable file mapping: every page up to the file's end */
@@ -397,6 +446,16 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
    * had there); tracked ones only where written; shared file contents are never tracked */
   int whole = !inc || hash || content || is_fresh(r->start, r->end);
   if (inc && !hash && whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
+  if (hot_covers(r->start, r->end)) {
+    /* a hot mapping (track.c, adaptive tracking): not mapped in this child; stored whole (the
+     * tracker listed it as fresh) from the copy the manager made while the threads were parked */
+    if (inc && !hash && !whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
+    int e = hot_store(rr, r, err, errlen);
+    if (e <= 0) return e;
+    for (uint64_t a = r->start; a < r->end; a += TG_PAGE) /* no scratch buffer: through the shared mapping */
+      if (visit_page(rr, a, 1, inc, 1, hash, 0) != 0) goto werr;
+    return 0;
+  }
   static int no_scan; /* this kernel has no PAGEMAP_SCAN */
   if (!all && !no_scan && (r->kind == TG_VMA_ANON_PRIVATE || r->kind == TG_VMA_FILE_PRIVATE)) {
     int e = scan_private(rr, r, pagemap_fd, (struct tg_region *)pm, pm_cap * 8 / sizeof(struct tg_region), dcur, inc, whole, hash, err, errlen);
@@ -568,7 +627,8 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
     const char *e = memchr(l, '\n', (size_t)(maps + ml - l));
     if (!e) e = maps + ml;
     struct tg_vma v, cv;
-    if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !tg_vma_path_is(&v, "[vsyscall]")) {
+    if (tg_parse_maps_line(l, e, &v) == 0 && !is_own(v.start, v.end) && !tg_vma_path_is(&v, "[vsyscall]") &&
+        !hot_covers(v.start, v.end)) {
       /* covered by the child's mappings (their boundaries may differ: one child mapping can span
        * two of the parent's, or the reverse); c stays at the first child line ending after v.start */
       int found = 0;

@@ -3,6 +3,7 @@
  * restore can refuse when such a file changed since. Runs in the parent while every thread is parked,
  * after the FD records were written: no allocation, syscalls only. */
 #include "agent.h"
+#include "track.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -176,7 +177,8 @@ static uint64_t copy_region, copy_len;
  * ("/dev/zero (deleted)"), memfd and System V segments, which the application writes on after the
  * release just the same (the snapshot child would read them at a later instant than the rest). */
 static int wants_copy(const struct tg_vma *v) {
-  return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/';
+  /* (not the tracker's own shared memory: hash tables, copies of hot mappings; never in an image) */
+  return v->ino && v->shared && (v->prot & 3) == 3 && v->pathlen > 0 && v->path[0] == '/' && !tg_track_owns(v->start, v->end);
 }
 
 /* The first shared writable mapping that wanted a copy and got none ("" if none): the capture

@@ -28,7 +28,7 @@ struct pm_scan_arg {
 };
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 
-TG_HIDDEN struct tg_track tg_trk = {.mode = TG_TRACK_NONE, .requested = TG_TRACK_UFFD, .uffd = -1, .pagemap = -1};
+TG_HIDDEN struct tg_track tg_trk = {.mode = TG_TRACK_NONE, .requested = TG_TRACK_UFFD, .uffd = -1, .pagemap = -1, .hot_fd = -1};
 
 #define TRACKED_CAP (1u << 20)
 #define DIRTY_CAP (4u << 20)
@@ -54,6 +54,7 @@ TG_HIDDEN int tg_track_owns(uint64_t s, uint64_t e) {
       {tg_trk.fresh, FRESH_CAP * sizeof(struct tg_region)},
       {tg_trk.prev, tg_trk.prev_len},
       {tg_trk.next, tg_trk.next_len},
+      {tg_trk.hot_buf, tg_trk.hot_buf_len},
   };
   for (size_t i = 0; i < sizeof r / sizeof *r; i++)
     if (r[i].p && s >= (uint64_t)r[i].p && e <= (uint64_t)r[i].p + r[i].len) return 1;
@@ -62,7 +63,7 @@ TG_HIDDEN int tg_track_owns(uint64_t s, uint64_t e) {
 
 TG_HIDDEN int tg_track_is_hidden_fd(int fd) {
   /* (track_uffd: armed by the restorer, until the manager adopts it) */
-  return fd >= 0 && (fd == tg_trk.uffd || fd == tg_trk.pagemap || fd == tg_restart.track_uffd);
+  return fd >= 0 && (fd == tg_trk.uffd || fd == tg_trk.pagemap || fd == tg_trk.hot_fd || fd == tg_restart.track_uffd);
 }
 
 static int uffd_open(void) {
@@ -89,13 +90,14 @@ static int uffd_open(void) {
   return 0;
 }
 
-/* The pages of [s, e) written since the last scan, protected again. 0, or -errno (EPERM: the range
- * is not registered, e.g. it was unmapped and mapped anew). */
-static long scan(uint64_t s, uint64_t e) {
+/* The pages of [s, e) written since they were last protected, appended to the dirty list; with wp,
+ * protected again in the same call. Adds their number to *pages. 0, or -errno (EPERM: the range is
+ * not registered, e.g. it was unmapped and mapped anew). */
+static long scan(uint64_t s, uint64_t e, int wp, uint64_t *pages) {
   uint64_t n0 = tg_trk.ndirty;
   while (s < e) {
-    if (tg_trk.dirty_cap - tg_trk.ndirty < 64) return -ENOSPC;
-    struct pm_scan_arg a = {sizeof a, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, s, e, 0,
+    if (tg_trk.dirty_cap - tg_trk.ndirty < 64) { tg_trk.ndirty = n0; return -ENOSPC; }
+    struct pm_scan_arg a = {sizeof a, (wp ? PM_SCAN_WP_MATCHING : 0) | PM_SCAN_CHECK_WPASYNC, s, e, 0,
                             (uint64_t)(tg_trk.dirty + tg_trk.ndirty), tg_trk.dirty_cap - tg_trk.ndirty, 0, 0,
                             PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN};
     long r = tg_sys3(SYS_ioctl, tg_trk.pagemap, PAGEMAP_SCAN, &a);
@@ -107,7 +109,7 @@ static long scan(uint64_t s, uint64_t e) {
     if (next <= s) break;
     s = next;
   }
-  for (uint64_t i = n0; i < tg_trk.ndirty; i++) tg_trk.pages_written += (tg_trk.dirty[i].end - tg_trk.dirty[i].start) / TG_PAGE;
+  for (uint64_t i = n0; i < tg_trk.ndirty; i++) *pages += (tg_trk.dirty[i].end - tg_trk.dirty[i].start) / TG_PAGE;
   return 0;
 }
 
@@ -159,33 +161,155 @@ static int is_agent_range(uint64_t s, uint64_t e) {
   return tg_track_owns(s, e);
 }
 
+/* Adaptive tracking (track.h): may this mapping become hot? Private anonymous writable memory of
+ * some size, and not in an application that uses MADV_DONTFORK (its marks are lifted and set again
+ * around the clone by agent.c; the two must not meet on one mapping). */
+static int hot_eligible(const struct tg_vma *v) {
+  return v->ino == 0 && !v->shared && (v->prot & 3) == 3 && v->end - v->start >= TG_HOT_MIN && tg_ndontfork == 0 &&
+         !tg.dontfork_seen;
+}
+
+/* The copies' buffer: a memfd mapped shared. 0, or -1 (none: the mappings are captured from the
+ * child's own view). */
+static int hot_buffer(uint64_t total) {
+  if (tg_trk.hot_buf_len >= total) return 0;
+  if (tg_trk.hot_buf) tg_sys2(SYS_munmap, tg_trk.hot_buf, tg_trk.hot_buf_len);
+  if (tg_trk.hot_fd >= 0) tg_sys1(SYS_close, tg_trk.hot_fd);
+  tg_trk.hot_buf = NULL;
+  tg_trk.hot_buf_len = 0;
+  tg_trk.hot_fd = -1;
+  long fd = tg_sys2(SYS_memfd_create, "tg-hot", MFD_CLOEXEC);
+  if (fd < 0) return -1;
+  /* pages and page tables made now (the threads run): a copy into them later takes no fault */
+  long p = tg_sys4(SYS_fallocate, fd, 0, 0, total);
+  if (p == 0) p = tg_sys6l(SYS_mmap, 0, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  if (p < 0 && p > -4096) {
+    tg_sys1(SYS_close, fd);
+    return -1;
+  }
+  /* MAP_POPULATE maps a shared mapping's pages read-only (to see them dirtied): one write per page
+   * now, so that the copy in the pause takes no write fault either */
+  for (uint64_t o = 0; o < total; o += TG_PAGE) ((volatile char *)p)[o] = 0;
+  tg_trk.hot_buf = (void *)p;
+  tg_trk.hot_buf_len = total;
+  tg_trk.hot_fd = (int)fd;
+  return 0;
+}
+
+/* This checkpoint's copies of the mappings captured from a copy (hot, or probed): made here, with
+ * every thread parked. A mapping without one is captured by the child from its own view (exact
+ * too, only the fork's copy-on-write costs the app again). */
+static void hot_copies(void) {
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < tg_trk.nhot; i++)
+    if (tg_trk.hot[i].copy) total += tg_trk.hot[i].end - tg_trk.hot[i].start;
+  if (!total) return;
+  if (tg_trk.hot_buf_len < total) {
+    /* The buffer is made after this checkpoint (tg_track_idle), not while the threads
+     * are parked (the first touch of 256 MiB of new memory took ~1.3 s here); until then each hot
+     * mapping is captured from the child's view, as any other. */
+    tg_trk.hot_want = total;
+    for (uint32_t i = 0; i < tg_trk.nhot; i++) tg_trk.hot[i].copy = 0;
+    return;
+  }
+  uint64_t at = (uint64_t)tg_trk.hot_buf;
+  for (uint32_t i = 0; i < tg_trk.nhot; i++) {
+    struct tg_hot *h = &tg_trk.hot[i];
+    if (!h->copy) continue;
+    if (!tg_trk.hot_buf) { h->copy = 0; continue; }
+    memcpy((void *)at, (const void *)h->start, h->end - h->start);
+    h->copy = at;
+    at += h->end - h->start;
+    tg_trk.hot_pages += (h->end - h->start) / TG_PAGE;
+  }
+}
+
 static void uffd_round(int can_inc, const char *maps, long maps_len) {
   uint64_t nt = 0;
   int overflow = 0;
+  static struct tg_hot hn[TG_HOT_MAX]; /* the adaptive states of the mappings as they are now */
+  uint32_t nh = 0;
+  uint64_t hot_bytes = 0;
   /* new tracked list is built in place after the old one is no longer needed: collect first */
   for (const char *l = maps; l < maps + maps_len;) {
     const char *e = tg_next_line(l, maps + maps_len);
     struct tg_vma v;
     if (tg_parse_maps_line(l, e, &v) == 0 && has_content(&v) && !is_agent_range(v.start, v.end)) {
-      tg_trk.pages_scanned += (v.end - v.start) / TG_PAGE;
+      uint64_t npages = (v.end - v.start) / TG_PAGE;
+      tg_trk.pages_scanned += npages;
       int fresh = 1;
-      if (can_inc && trackable(&v) && covered(v.start, v.end)) {
-        long r = scan(v.start, v.end);
-        if (r == 0) fresh = 0;
-        else if (r == -ENOSPC) { can_inc = 0; overflow = 1; } /* give up: this checkpoint becomes full */
+      uint64_t cat = (uint64_t)trackable(&v); /* fresh list: 0 untrackable, 1 protect it now, 2 hot (left unprotected) */
+      struct tg_hot *h = NULL;
+      if (cat && hot_eligible(&v) && nh < TG_HOT_MAX) {
+        h = &hn[nh++];
+        *h = (struct tg_hot){v.start, v.end, 0, 0, TG_HOT_PROBE_FIRST, 101, 0};
+        for (uint32_t i = 0; i < tg_trk.nhot; i++)
+          if (tg_trk.hot[i].start == v.start && tg_trk.hot[i].end == v.end) { *h = tg_trk.hot[i]; h->copy = 0; break; }
       }
-      if (fresh && tg_trk.nfresh < tg_trk.fresh_cap) tg_trk.fresh[tg_trk.nfresh++] = (struct tg_region){v.start, v.end, trackable(&v)};
+      int registered = cat && covered(v.start, v.end);
+      if (h && h->hot && (!registered || hot_bytes + (v.end - v.start) > TG_HOT_BUDGET)) h->hot = 0; /* captured whole, protected again */
+      if (h && h->hot) {
+        /* hot: not scanned (every page it wrote since it was last protected counts as written), copied whole */
+        hot_bytes += v.end - v.start;
+        h->copy = 1;
+        cat = 2;
+        if (++h->rounds >= h->interval) {
+          /* probe: protected again now; the next checkpoint's scan measures its share */
+          h->hot = 0;
+          h->rounds = 0;
+          h->pct = 101;
+          h->interval = h->interval * 2 > TG_HOT_PROBE_MAX ? TG_HOT_PROBE_MAX : h->interval * 2;
+          cat = 1;
+        }
+      } else if (can_inc && registered) {
+        uint64_t w = 0;
+        long r;
+        if (h && h->pct >= TG_HOT_PCT / 2 && hot_bytes + (v.end - v.start) <= TG_HOT_BUDGET) {
+          /* a candidate: its share is measured first without protecting anything */
+          uint64_t n0 = tg_trk.ndirty;
+          r = scan(v.start, v.end, 0, &w);
+          tg_trk.ndirty = n0;
+          if (r == 0 && w * 100 >= (uint64_t)TG_HOT_PCT * npages) {
+            h->hot = 1;
+            h->rounds = 0;
+            h->pct = (uint32_t)(w * 100 / npages);
+            h->copy = 1;
+            hot_bytes += v.end - v.start;
+            tg_trk.pages_written += w;
+            cat = 2;
+            goto add;
+          }
+          w = 0;
+        }
+        r = scan(v.start, v.end, 1, &w);
+        if (r == 0) {
+          fresh = 0;
+          tg_trk.pages_written += w;
+          if (h) {
+            h->pct = (uint32_t)(w * 100 / npages);
+            if (h->pct < TG_HOT_PCT) h->interval = TG_HOT_PROBE_FIRST; /* quiet: tracked page by page again */
+          }
+        } else if (r == -ENOSPC) {
+          can_inc = 0; /* give up: this checkpoint becomes full */
+          overflow = 1;
+        }
+      }
+    add:
+      if (fresh && tg_trk.nfresh < tg_trk.fresh_cap) tg_trk.fresh[tg_trk.nfresh++] = (struct tg_region){v.start, v.end, cat};
     }
     l = e + 1;
   }
+  memcpy(tg_trk.hot, hn, nh * sizeof *hn);
+  tg_trk.nhot = nh;
   if (overflow) {
     snprintf(tg_trk.reason, sizeof tg_trk.reason, "too many written ranges to list; this checkpoint is full");
     tg_trk.incremental = 0;
   }
+  hot_copies();
   /* register and protect fresh mappings; rebuild the tracked list from the current map */
   for (uint64_t i = 0; i < tg_trk.nfresh; i++) {
     struct tg_region *f = &tg_trk.fresh[i];
-    if (!f->categories) continue;
+    if (f->categories != 1) continue;
     struct uffdio_register reg = {.range = {f->start, f->end - f->start}, .mode = UFFDIO_REGISTER_MODE_WP};
     long r = tg_sys3(SYS_ioctl, tg_trk.uffd, UFFDIO_REGISTER, &reg);
     if (r == 0) {
@@ -233,8 +357,60 @@ static int hash_tables(const char *maps, long maps_len) {
   return 0;
 }
 
+/* Is [s, e) one whole mapping in maps? */
+static int one_mapping(const char *maps, long maps_len, uint64_t s, uint64_t e) {
+  for (const char *l = maps; l < maps + maps_len;) {
+    const char *le = tg_next_line(l, maps + maps_len);
+    struct tg_vma v;
+    if (tg_parse_maps_line(l, le, &v) == 0 && v.start <= s && v.end > s) return v.start == s && v.end == e;
+    l = le + 1;
+  }
+  return 0;
+}
+
+TG_HIDDEN void tg_track_before_clone(const char *maps, long maps_len) {
+  for (uint32_t i = 0; i < tg_trk.nhot; i++) {
+    struct tg_hot *h = &tg_trk.hot[i];
+    if (!h->copy) continue;
+    /* The capture cuts its records from these maps (read after the tracker registered fresh
+     * mappings, which may merge with a neighbour): a hot mapping that is no longer one mapping of
+     * its own is captured from the child's view, and this checkpoint full (exact either way). */
+    if (!one_mapping(maps, maps_len, h->start, h->end)) {
+      h->copy = 0;
+      h->hot = 0;
+      if (tg_trk.incremental) {
+        tg_trk.incremental = 0;
+        snprintf(tg_trk.reason, sizeof tg_trk.reason, "a mapping copied whole by adaptive tracking was merged with another; this checkpoint is full");
+      }
+      continue;
+    }
+    /* (refused: the child maps it copy-on-write as any other, and still reads the copy) */
+    if (tg_sys3(SYS_madvise, h->start, h->end - h->start, MADV_DONTFORK) != 0) continue;
+  }
+}
+
+TG_HIDDEN void tg_track_after_clone(void) {
+  for (uint32_t i = 0; i < tg_trk.nhot; i++) {
+    struct tg_hot *h = &tg_trk.hot[i];
+    if (!h->copy) continue;
+    /* the application's own forks must inherit it: should the kernel refuse, the mapping is no
+     * longer adaptive (the next checkpoint, not finding the mark lifted, would leave it so) */
+    if (tg_sys3(SYS_madvise, h->start, h->end - h->start, MADV_DOFORK) != 0) h->hot = 0;
+  }
+}
+
+TG_HIDDEN const void *tg_track_hot_copy(uint64_t addr) {
+  for (uint32_t i = 0; i < tg_trk.nhot; i++) {
+    const struct tg_hot *h = &tg_trk.hot[i];
+    if (h->copy && addr >= h->start && addr < h->end) return (const void *)(h->copy + (addr - h->start));
+  }
+  return NULL;
+}
+
 TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq, const char *maps, long maps_len) {
   tg_trk.incremental = 0;
+  tg_trk.hot_pages = 0;
+  for (uint32_t i = 0; i < tg_trk.nhot; i++) tg_trk.hot[i].copy = 0;
   tg_trk.ndirty = tg_trk.nfresh = 0;
   tg_trk.pages_scanned = tg_trk.pages_written = 0;
   tg_trk.reason[0] = 0;
@@ -257,7 +433,9 @@ TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq
   if (arrays() != 0) { snprintf(tg_trk.reason, sizeof tg_trk.reason, "out of memory for tracking"); return remapped; }
   if (tg_trk.mode == TG_TRACK_UFFD) {
     tg_trk.incremental = can_inc;
+    void *hb = tg_trk.hot_buf;
     uffd_round(can_inc, maps, maps_len);
+    remapped |= hb != tg_trk.hot_buf;
   } else {
     void *before = tg_trk.next;
     if (hash_tables(maps, maps_len) != 0) { snprintf(tg_trk.reason, sizeof tg_trk.reason, "out of memory for page hashes"); return 1; }
@@ -265,6 +443,11 @@ TG_HIDDEN int tg_track_before_snapshot(int want_incremental, uint64_t parent_seq
     tg_trk.incremental = can_inc && tg_trk.prev != NULL;
   }
   return remapped;
+}
+
+TG_HIDDEN void tg_track_idle(void) {
+  if (tg_trk.hot_want > tg_trk.hot_buf_len && hot_buffer(tg_trk.hot_want) != 0) { /* none: tried again at the next checkpoint */ }
+  tg_trk.hot_want = 0;
 }
 
 TG_HIDDEN void tg_track_after_snapshot(int ok, uint64_t seq) {
@@ -290,6 +473,12 @@ TG_HIDDEN void tg_track_after_fork(void) {
   if (tg_trk.pagemap >= 0) tg_sys1(SYS_close, tg_trk.pagemap); /* /proc/self/pagemap of the parent's mm */
   if (tg_trk.prev) tg_sys2(SYS_munmap, tg_trk.prev, tg_trk.prev_len); /* MAP_SHARED with the parent */
   if (tg_trk.next) tg_sys2(SYS_munmap, tg_trk.next, tg_trk.next_len);
+  if (tg_trk.hot_buf) tg_sys2(SYS_munmap, tg_trk.hot_buf, tg_trk.hot_buf_len); /* MAP_SHARED with the parent */
+  if (tg_trk.hot_fd >= 0) tg_sys1(SYS_close, tg_trk.hot_fd);
+  tg_trk.hot_fd = -1;
+  tg_trk.hot_buf = NULL;
+  tg_trk.hot_buf_len = 0;
+  tg_trk.nhot = 0;
   tg_trk.uffd = tg_trk.pagemap = -1;
   tg_trk.prev = tg_trk.next = NULL; /* the private arrays (tracked, dirty, fresh) are the child's own copies: kept */
   tg_trk.prev_len = tg_trk.next_len = 0;
@@ -303,6 +492,10 @@ TG_HIDDEN void tg_track_reset(void) {
   tg_trk.uffd = tg_trk.pagemap = -1;
   tg_trk.tracked = tg_trk.dirty = tg_trk.fresh = NULL;
   tg_trk.prev = tg_trk.next = NULL;
+  tg_trk.hot_buf = NULL;
+  tg_trk.hot_buf_len = 0;
+  tg_trk.hot_fd = -1;
+  tg_trk.nhot = 0;
   tg_trk.prev_len = tg_trk.next_len = 0;
   tg_trk.ntracked = tg_trk.ndirty = tg_trk.nfresh = 0;
   tg_trk.base_seq = 0;

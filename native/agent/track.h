@@ -5,7 +5,16 @@
  * protects them again in the same call. Mappings that appeared, moved or grew since are "fresh":
  * captured whole once, then registered.
  * hash mode (fallback, or forced): the snapshot child hashes every captured page and compares with
- * the table the previous checkpoint left in shared memory. */
+ * the table the previous checkpoint left in shared memory.
+ *
+ * Adaptive tracking (uffd mode, docs/engine.md "Adaptive tracking"): a private anonymous writable
+ * mapping of at least TG_HOT_MIN bytes whose share of written pages at a checkpoint reaches
+ * TG_HOT_PCT % is "hot" from then on: it is no longer write-protected, and at each checkpoint the
+ * manager copies it whole while the threads are parked (into hot_buf, a memfd mapped shared, so
+ * neither the copy nor the fork write-protects anything) and the snapshot child, which does not map
+ * it (MADV_DONTFORK around the clone), stores it whole from the copy, read with pread. After `interval` checkpoints a
+ * hot mapping is write-protected again (a probe): the next checkpoint's scan measures its share
+ * afresh, and one that went quiet stays tracked page by page. */
 #ifndef TG_TRACK_H
 #define TG_TRACK_H
 #include <stdint.h>
@@ -18,6 +27,23 @@
 struct tg_region { uint64_t start, end, categories; }; /* struct page_region of PAGEMAP_SCAN */
 struct tg_page_hash { uint64_t addr, hash; };
 struct tg_hash_table { uint64_t count, cap; struct tg_page_hash e[]; };
+
+#define TG_HOT_MIN (1ull << 20)
+#define TG_HOT_PCT 50
+#define TG_HOT_MAX 32                 /* mappings with an adaptive state */
+#define TG_HOT_BUDGET (1ull << 30)   /* bytes of hot mappings copied at one checkpoint, at most */
+#define TG_HOT_PROBE_FIRST 4          /* hot checkpoints before the first probe; doubles up to ... */
+#define TG_HOT_PROBE_MAX 16
+
+/* One mapping's adaptive state, keyed by its exact range. */
+struct tg_hot {
+  uint64_t start, end;
+  uint32_t hot;        /* 1: not write-protected, copied whole at each checkpoint */
+  uint32_t rounds;     /* checkpoints since it became hot or was last probed */
+  uint32_t interval;   /* hot checkpoints before the next probe */
+  uint32_t pct;        /* written share at the last scan (0-100), or 101: not measured */
+  uint64_t copy;       /* this checkpoint: its copy in hot_buf (0: none) */
+};
 
 struct tg_track {
   int mode;              /* chosen at the first checkpoint, kept for the agent's life */
@@ -38,6 +64,14 @@ struct tg_track {
   struct tg_hash_table *prev, *next;
   uint64_t prev_len, next_len;   /* mapping sizes */
   char reason[160];              /* why this checkpoint is full, if it is */
+  /* adaptive tracking (uffd mode) */
+  struct tg_hot hot[TG_HOT_MAX];
+  uint32_t nhot;
+  void *hot_buf;                 /* MAP_SHARED of hot_fd: the fork leaves the parent's copies writable */
+  uint64_t hot_buf_len;
+  int hot_fd;                    /* memfd behind hot_buf (hidden): the child reads it with pread, never mapping a page */
+  uint64_t hot_want;             /* bytes the buffer lacked at the last checkpoint: made after it, not in a pause */
+  uint64_t hot_pages;            /* pages copied whole as hot at this checkpoint */
 };
 
 extern struct tg_track tg_trk __attribute__((visibility("hidden")));
@@ -58,6 +92,16 @@ __attribute__((visibility("hidden"))) int tg_track_adopt(int uffd, uint64_t seq,
 /* In a forked child: the tracker's fds and shared tables are the parent's; drop them (the child's
  * mappings lost their registration in the fork): the child's first checkpoint is full. */
 __attribute__((visibility("hidden"))) void tg_track_after_fork(void);
+/* Manager, right before and right after the snapshot clone: the hot mappings copied at this
+ * checkpoint are left out of the child (MADV_DONTFORK), then inherited again by any fork. maps:
+ * the maps the capture cuts its records from. */
+__attribute__((visibility("hidden"))) void tg_track_before_clone(const char *maps, long maps_len);
+__attribute__((visibility("hidden"))) void tg_track_after_clone(void);
+/* Manager, after a checkpoint's reply, the threads running: makes the hot mappings' copy buffer
+ * the last checkpoint found lacking (its pages are touched once here, not in a pause). */
+__attribute__((visibility("hidden"))) void tg_track_idle(void);
+/* Snapshot child: the copy of the page at addr of a hot mapping copied at this checkpoint, or NULL. */
+__attribute__((visibility("hidden"))) const void *tg_track_hot_copy(uint64_t addr);
 /* Index of the first of n sorted, disjoint regions that ends after addr (n if none). */
 __attribute__((visibility("hidden"))) uint64_t tg_regions_first_after(const struct tg_region *r, uint64_t n, uint64_t addr);
 /* Ranges of the agent's own that are never part of an image. */

@@ -31,6 +31,8 @@ export type CheckpointEvent =
       tracking?: TrackingMode;
       pages_scanned?: number;
       pages_written?: number;
+      /** Pages of mappings copied whole by adaptive tracking (docs/engine.md) */
+      hot_pages?: number;
       full_reason?: string;
     }
   | { event: "done"; ok: false; error: string };

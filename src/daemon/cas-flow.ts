@@ -101,6 +101,7 @@ export async function captureIntoCas(
         if (e.event === "done" && e.ok) {
           ingestInfo.totalNs = e.total_ns;
           if (typeof e.pages_written === "number") ingestInfo.pagesWritten = e.pages_written;
+          if (typeof e.hot_pages === "number") ingestInfo.hotPages = e.hot_pages;
         }
         onEvent(e);
       }, { ...agentOpts, fifo: true });

@@ -207,6 +207,7 @@ export async function ingestImage(ctx: StoreContext, app: string, seq: number, s
     stats.downtimeNs = info.downtimeNs ?? stats.downtimeNs;
     // the hash tracker counts changed pages only while writing them (after the TRACKING record)
     if (info.pagesWritten !== undefined) stats.pagesWritten = info.pagesWritten;
+    if (info.hotPages) stats.hotPages = info.hotPages;
     stats.totalNs = info.totalNs ?? stats.totalNs;
     stats.newPages = newPages.count;
     stats.storedBytes = pipeline.storedBytes;

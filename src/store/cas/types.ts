@@ -25,6 +25,8 @@ export interface IngestInfo {
   totalNs?: number;
   /** Pages written since the parent, as the producer counted them (overrides the TRACKING record). */
   pagesWritten?: number;
+  /** Pages of mappings the agent's adaptive tracking copied whole (written wholesale between checkpoints). */
+  hotPages?: number;
   /** Thread count to record (default: THREAD records of the image minus the agent's manager thread). */
   threads?: number;
   /** Parent checkpoint id of an incremental image (default: `<app>@<parent_seq from the image header>`). */
@@ -84,6 +86,8 @@ export interface CheckpointStats {
   tracking: string | null;
   pagesScanned: number | null;
   pagesWritten: number | null;
+  /** Pages copied whole by adaptive tracking (absent: none, or an agent that does not say). */
+  hotPages?: number;
   /** Identity of the executables and libraries mapped at the checkpoint (see IngestInfo.describeFiles). */
   mappedFiles?: MappedFile[];
   /** TCP/UDP sockets of the image and what a restore does with them (src/image/inet.ts). */
