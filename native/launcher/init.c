@@ -132,7 +132,8 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
                                     "checking a stored block (bad header or CRC mismatch: block %lu of the restore plan)",
                                     "placing a stored block (outside the mappings being filled: block %lu of the restore plan)",
                                     "arming dirty-page tracking on the restored memory (a mapping could not be write-protected nor unregistered)",
-                                    "handing the memory to the lazy page server"};
+                                    "handing the memory to the lazy page server",
+                                    "giving the process back its user and group ids and capabilities (the value is the uid)"};
       int step = 0, e = 0;
       unsigned long v = 0;
       sscanf(msg + 5, "%d %d %lx", &step, &e, &v);

@@ -239,6 +239,10 @@ export function buildProgram(): Command {
         const flags = [a.subreaper ? "child subreaper" : "", a.dumpable !== 1 ? `dumpable ${a.dumpable}` : "", a.noNewPrivs ? "no_new_privs" : "", a.pdeathsig ? `parent-death signal ${a.pdeathsig}` : "", a.personality ? `personality 0x${a.personality.toString(16)}` : ""].filter((x) => x);
         out(`\nattributes: ${[...flags, `timer slack ${a.timerslackNs} ns`, a.nice ? `nice ${a.nice}` : "", a.schedPolicy ? `scheduling policy ${a.schedPolicy} priority ${a.schedPriority}` : "", a.cpus.length ? `CPUs ${a.cpus.join(",")}` : ""].filter((x) => x).join(", ")}`);
       }
+      if (img.creds) {
+        const c = img.creds;
+        out(`\ncredentials: uid ${c.uid.join("/")} gid ${c.gid.join("/")} (real/effective/saved/fs), groups ${c.groups.join(",") || "-"}, capabilities inheritable ${c.capInh} permitted ${c.capPrm} effective ${c.capEff} bounding ${c.capBnd} ambient ${c.capAmb}, securebits 0x${c.securebits.toString(16)}`);
+      }
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);

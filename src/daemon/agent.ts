@@ -1,6 +1,8 @@
 // Client of the agent control protocol (docs/native-interface.md): one request
 // per connection over the app's Unix socket, replies are JSON lines.
+import { closeSync } from "node:fs";
 import { createConnection } from "node:net";
+import { sendLineWithFd } from "./send-fd.js";
 
 export interface PingReply {
   ok: true;
@@ -36,7 +38,7 @@ export type CheckpointEvent =
   | { event: "done"; ok: false; error: string };
 
 /** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends; onLine may send more lines. */
-function request(sock: string, line: string, onLine: (obj: Record<string, unknown>, send: (line: string) => void) => boolean, timeoutMs: number): Promise<void> {
+function request(sock: string, line: string, onLine: (obj: Record<string, unknown>, send: (line: string) => void) => boolean, timeoutMs: number, passFd?: number, onSent?: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const c = createConnection(sock);
     let buf = "";
@@ -50,7 +52,19 @@ function request(sock: string, line: string, onLine: (obj: Record<string, unknow
       reject(e);
     };
     c.setEncoding("utf8");
-    c.on("connect", () => c.write(line + "\n"));
+    c.on("connect", () => {
+      if (passFd === undefined) {
+        c.write(line + "\n");
+        return;
+      }
+      try {
+        sendLineWithFd(c, line + "\n", passFd);
+      } catch (e) {
+        fail(e instanceof Error ? e : new Error(String(e)));
+      } finally {
+        onSent?.(); // the agent holds its own copy now: the caller's goes (a FIFO's reader then sees the end when the agent closes)
+      }
+    });
     c.on("data", (d: string) => {
       buf += d;
       let nl: number;
@@ -104,6 +118,8 @@ export interface CheckpointOptions {
   tracking?: TrackingMode;
   /** imagePath is a FIFO the caller reads. */
   fifo?: boolean;
+  /** The image (file or FIFO write end) the caller opened: passed to the agent with the request (SCM_RIGHTS). checkpoint() owns it: closed once sent, or when the request fails. */
+  imageFd?: number;
   /**
    * Part of a process tree's cut: the agent says "parked" once every thread of its process is
    * stopped and "captured" once its snapshot is taken, and waits at each for the word this
@@ -122,18 +138,30 @@ export async function checkpoint(sock: string, imagePath: string, onEvent: (e: C
   const words = [imagePath, opts.incrementalOn ? `incremental parent=${opts.incrementalOn}` : "full"];
   if (opts.tracking) words.push(`tracking=${opts.tracking}`);
   if (opts.fifo) words.push("fifo");
+  if (opts.imageFd !== undefined) words.push("fd");
   if (opts.hold) words.push("hold");
   if (opts.tree) words.push("tree");
   if (opts.externalUnix === "closed") words.push("external-unix=closed");
   const hold = opts.hold;
-  await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o, send) => {
-    const e = o as unknown as CheckpointEvent;
-    events.push(e);
-    onEvent(e);
-    if (hold && (e.event === "parked" || e.event === "captured")) {
-      hold(e).then(send, (err: unknown) => send(`ABORT ${err instanceof Error ? err.message : String(err)}`.replace(/\n/g, " ")));
-    }
-    return e.event === "done" || e.event === "error";
-  }, timeoutMs);
+  const imageFd = opts.imageFd;
+  let fdOpen = imageFd !== undefined;
+  const closeFd = (): void => {
+    if (!fdOpen || imageFd === undefined) return;
+    fdOpen = false;
+    closeSync(imageFd);
+  };
+  try {
+    await request(`${sock}`, `CHECKPOINT ${words.join(" ")}`, (o, send) => {
+      const e = o as unknown as CheckpointEvent;
+      events.push(e);
+      onEvent(e);
+      if (hold && (e.event === "parked" || e.event === "captured")) {
+        hold(e).then(send, (err: unknown) => send(`ABORT ${err instanceof Error ? err.message : String(err)}`.replace(/\n/g, " ")));
+      }
+      return e.event === "done" || e.event === "error";
+    }, timeoutMs, imageFd, closeFd);
+  } finally {
+    closeFd();
+  }
   return events;
 }

@@ -39,6 +39,8 @@ export enum RecordType {
   INET_REPAIR = 20,
   /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]; i32 nice; u32 sched_policy, sched_priority, sched_flags. */
   ATTRS = 40,
+  /** Credentials: u32 uid[4] (real, effective, saved, fs), gid[4], ngroups, securebits; u64 cap_inh, cap_prm, cap_eff, cap_bnd, cap_amb; u32 groups[64]. */
+  CREDS = 45,
   /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
   FILE = 30,
 }
@@ -60,6 +62,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TRACKING]: 32,
   [RecordType.TIMERS]: 56,
   [RecordType.ATTRS]: 176,
+  [RecordType.CREDS]: 336,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,

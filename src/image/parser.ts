@@ -82,6 +82,8 @@ export interface ParsedImage {
   timers: TimersInfo | null;
   /** The ATTRS record (null: the image has none, as images of earlier versions). */
   attrs: ProcAttrs | null;
+  /** The CREDS record (null: the image has none, as images of earlier versions). */
+  creds: ProcCreds | null;
   pagesTotal: number;
   recordCount: number;
 }
@@ -101,6 +103,20 @@ export interface ProcAttrs {
   schedPolicy: number;
   schedPriority: number;
   schedResetOnFork: boolean;
+}
+
+/** The CREDS record: the process's user and group ids, groups, capability sets (hex) and securebits. */
+export interface ProcCreds {
+  /** real, effective, saved, filesystem */
+  uid: [number, number, number, number];
+  gid: [number, number, number, number];
+  groups: number[];
+  securebits: number;
+  capInh: string;
+  capPrm: string;
+  capEff: string;
+  capBnd: string;
+  capAmb: string;
 }
 
 export interface ParseOptions {
@@ -304,6 +320,7 @@ class ImageReader {
       tracking: null,
       timers: null,
       attrs: null,
+      creds: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -523,6 +540,17 @@ class ImageReader {
           schedPriority: p.readUInt32LE(168),
           schedResetOnFork: (p.readUInt32LE(172) & 1) !== 0,
         };
+        return null;
+      }
+      case RecordType.CREDS: {
+        if (out.creds) this.fail(off, "second CREDS record (at most one allowed)");
+        const ngroups = p.readUInt32LE(32);
+        if (ngroups > 64) this.fail(off, `CREDS: ${ngroups} groups, over 64`);
+        const ids = (at: number): [number, number, number, number] => [p.readUInt32LE(at), p.readUInt32LE(at + 4), p.readUInt32LE(at + 8), p.readUInt32LE(at + 12)];
+        const hex = (at: number): string => u64(p, at).toString(16).padStart(16, "0");
+        const groups: number[] = [];
+        for (let i = 0; i < ngroups; i++) groups.push(p.readUInt32LE(80 + i * 4));
+        out.creds = { uid: ids(0), gid: ids(16), groups, securebits: p.readUInt32LE(36), capInh: hex(40), capPrm: hex(48), capEff: hex(56), capBnd: hex(64), capAmb: hex(72) };
         return null;
       }
       case RecordType.END:

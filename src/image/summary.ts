@@ -1,7 +1,7 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
 import { constants as osConstants } from "node:os";
 import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo } from "./format.js";
-import { parseImage, type ProcAttrs } from "./parser.js";
+import { parseImage, type ProcAttrs, type ProcCreds } from "./parser.js";
 import { connectionFate, describeInet } from "./inet.js";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
@@ -43,6 +43,8 @@ export interface ImageSummary {
   timers: { kind: string; id: number | null; clock: string; notify: string; signal: string; interval: string; value: string; overrun: number }[];
   /** Process attributes (ATTRS; null in images of earlier versions). */
   attrs: ProcAttrs | null;
+  /** Credentials (CREDS; null in images of earlier versions). */
+  creds: ProcCreds | null;
 }
 
 const CLOCKS: Record<number, string> = { 0: "realtime", 1: "monotonic", 7: "boottime", 8: "realtime-alarm", 9: "boottime-alarm", 11: "tai" };
@@ -161,5 +163,6 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     },
     timers: timerRows(img),
     attrs: img.attrs,
+    creds: img.creds,
   };
 }
