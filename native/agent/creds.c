@@ -154,6 +154,9 @@ static void let_in(uid_t u) {
   char err[512];
   if (tg_grant_agent_dir(tg.sock_base, (uint32_t)u, err, sizeof err) != 0)
     fprintf(stderr, "tardigrade agent: pid %d: %s (its checkpoints will fail to reach it)\n", getpid(), err);
+  Dl_info self;
+  if (dladdr((void *)let_in, &self) && self.dli_fname && self.dli_fname[0] == '/' && tg_grant_read(self.dli_fname, (uint32_t)u, err, sizeof err) != 0)
+    fprintf(stderr, "tardigrade agent: pid %d: %s (a program it execs as uid %u would run without the agent)\n", getpid(), err, (unsigned)u);
 }
 
 typedef int (*set1_fn)(uid_t);

@@ -74,6 +74,27 @@ static int add_user_entry(const char *path, uint32_t uid, uint16_t perm, char *e
   return 0;
 }
 
+/* Search on every ancestor of path (path itself excluded) that others may not search. */
+static int grant_ancestors(const char *path, uint32_t uid, char *err, size_t errlen) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  for (char *p = strrchr(dir, '/'); p && p != dir; p = strrchr(dir, '/')) {
+    *p = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) { snprintf(err, errlen, "%s: %s", dir, strerror(errno)); return -1; }
+    if (!(st.st_mode & S_IXOTH) && add_user_entry(dir, uid, 1 /* search */, err, errlen) != 0) return -1;
+  }
+  return 0;
+}
+
+int tg_grant_read(const char *path, uint32_t uid, char *err, size_t errlen) {
+  if (uid == 0 || uid == (uint32_t)-1) return 0;
+  struct stat st;
+  if (stat(path, &st) != 0) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return -1; }
+  if (!(st.st_mode & S_IROTH) && add_user_entry(path, uid, 4 /* read */, err, errlen) != 0) return -1;
+  return grant_ancestors(path, uid, err, errlen);
+}
+
 int tg_grant_agent_dir(const char *sock_base, uint32_t uid, char *err, size_t errlen) {
   if (uid == 0 || uid == (uint32_t)-1) return 0;
   char dir[4096];
@@ -82,15 +103,14 @@ int tg_grant_agent_dir(const char *sock_base, uint32_t uid, char *err, size_t er
   if (!slash || slash == dir) { snprintf(err, errlen, "the agent socket %s has no directory of its own", sock_base); return -1; }
   *slash = 0;
   if (add_user_entry(dir, uid, 3 /* write, search */, err, errlen) != 0) return -1;
-  char journal[4200];
-  snprintf(journal, sizeof journal, "%s/files.journal", dir);
-  if (access(journal, F_OK) == 0 && add_user_entry(journal, uid, 2 /* write */, err, errlen) != 0) return -1;
-  /* every ancestor the user could not search */
-  for (char *p = strrchr(dir, '/'); p && p != dir; p = strrchr(dir, '/')) {
-    *p = 0;
-    struct stat st;
-    if (stat(dir, &st) != 0) { snprintf(err, errlen, "%s: %s", dir, strerror(errno)); return -1; }
-    if (!(st.st_mode & S_IXOTH) && add_user_entry(dir, uid, 1 /* search */, err, errlen) != 0) return -1;
+  /* the files journal (appended to) and the write-ahead copies table (mapped read-write), when
+   * they exist already (made by root); made later by this user, they are its own */
+  static const char *const shared[] = {"files.journal", "files.cow"};
+  for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) {
+    char f[4200];
+    snprintf(f, sizeof f, "%s/%s", dir, shared[i]);
+    if (access(f, F_OK) == 0 && add_user_entry(f, uid, 6 /* read, write */, err, errlen) != 0) return -1;
   }
-  return 0;
+  /* every ancestor the user could not search */
+  return grant_ancestors(dir, uid, err, errlen);
 }

@@ -12,4 +12,7 @@
  * not search. 0, or -1 with err. Only root (or the owner of each) can do it: call it before the
  * process gives up root. */
 __attribute__((visibility("hidden"))) int tg_grant_agent_dir(const char *sock_base, uint32_t uid, char *err, size_t errlen);
+/* Read on path (the agent library the daemon keeps in its home: a program the process execs as
+ * that user loads it again) and search on its ancestors, for uid. 0, or -1 with err. */
+__attribute__((visibility("hidden"))) int tg_grant_read(const char *path, uint32_t uid, char *err, size_t errlen);
 #endif
