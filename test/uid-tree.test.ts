@@ -5,11 +5,14 @@
 // the file it holds open go on from the checkpoint, and the store stays private to root (the child
 // wrote its image through an fd the daemon opened). Every wait is on a condition.
 import assert from "node:assert/strict";
-import { chmodSync, lstatSync, readFileSync, readdirSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { nativeDir } from "../src/native/paths.js";
 import { fixture } from "./helpers/native.js";
 import { logLines, logSize, runApp, status, waitExited, waitLines } from "./helpers/scenario.js";
+import { isAlive, waitFor } from "./helpers/home.js";
 import { checkpointOk, crashAndRestore, others, setup } from "./helpers/tree.js";
 
 const CHILD = /^asnobody child n (\d+) (uid .*)$/;
@@ -40,6 +43,14 @@ function notPrivate(dir: string): string[] {
   };
   walk(dir);
   return bad;
+}
+
+/** A scratch directory removed after the test. */
+function mkdtempDir(t: { after: (fn: () => void) => void }): string {
+  const d = join(tmpdir(), `tg-uid-native-${process.pid}-${Math.random().toString(16).slice(2)}`);
+  mkdirSync(d);
+  t.after(() => rmSync(d, { recursive: true, force: true }));
+  return d;
 }
 
 const skip = process.getuid?.() !== 0 ? "needs root (tardigrade run does)" : false;
@@ -80,5 +91,26 @@ describe("processes of another user", { timeout: 900_000 }, () => {
     assert.equal((await status(h, "asn")).state, "running");
     release();
     await waitExited(h, "asn", 120_000);
+  });
+
+  test("a restorer that cannot give uid 65534 back (no CAP_SETUID) refuses the restore naming the pid and the uid; nothing runs", { skip }, async (t) => {
+    // the daemon's native directory, with tardigrade-restore run without CAP_SETUID and CAP_SETGID
+    // in its bounding set (as a daemon that is not root, or in a restricted container)
+    const native = mkdtempDir(t);
+    for (const n of ["libtardigrade-agent.so", "tardigrade-init", "libtardigrade-hash.so"]) symlinkSync(join(nativeDir(), n), join(native, n));
+    writeFileSync(join(native, "tardigrade-restore"), `#!/bin/sh\nexec setpriv --bounding-set -setuid,-setgid -- ${join(nativeDir(), "tardigrade-restore")} "$@"\n`, { mode: 0o755 });
+    const { h, dir } = setup(t, { TARDIGRADE_NATIVE_DIR: native });
+    chmodSync(dir, 0o777);
+    await runApp(h, "asn", [fixture("asnobody"), dir]);
+    await waitLines(h, "asn", (l) => lastChild(l) !== null, "the child prints", 120_000);
+    const kid = others(h, "asn")[0]!;
+    await checkpointOk(h, "asn");
+    const p = h.pids("asn")!;
+    process.kill(p.init, "SIGKILL");
+    await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app));
+    const r = await h.cli(["restore", "asn"]);
+    assert.notEqual(r.code, 0, `the restore must refuse: ${r.stdout}`);
+    assert.match(r.stderr, new RegExp(`process ${kid.pid} ran as uid 65534 \\(gid 65534\\), not this restorer.s user.*CAP_SETUID`), r.stderr);
+    assert.notEqual((await status(h, "asn")).state, "running", "nothing runs");
   });
 });

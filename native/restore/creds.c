@@ -76,7 +76,7 @@ static int same_creds(const struct tg_rec_creds *a, const struct tg_rec_creds *b
 #define CAP_SETUID_ 7
 #define CAP_SETPCAP_ 8
 
-int tg_check_creds(const struct image *img, char *err, size_t errlen) {
+int tg_check_creds(const struct image *img, int ids_only, char *err, size_t errlen) {
   if (!img->has_creds) return 0;
   const struct tg_rec_creds *c = &img->creds;
   struct tg_rec_creds me;
@@ -85,15 +85,18 @@ int tg_check_creds(const struct image *img, char *err, size_t errlen) {
     return -1;
   }
   if (same_creds(c, &me)) return 0;
+  int ids_differ = memcmp(c->uid, me.uid, sizeof c->uid) || memcmp(c->gid, me.gid, sizeof c->gid) || c->ngroups != me.ngroups ||
+                   memcmp(c->groups, me.groups, c->ngroups * sizeof *c->groups);
   uint64_t need = (1ull << CAP_SETGID_) | (1ull << CAP_SETUID_) | (1ull << CAP_SETPCAP_);
+  if (ids_only && !ids_differ) return 0;
   if ((me.cap_eff & need) != need) {
     snprintf(err, errlen,
-             "process %u ran as uid %u (gid %u, with other credentials than this restorer's, uid %u): only a restorer with "
-             "CAP_SETUID, CAP_SETGID and CAP_SETPCAP (root) can give them back, and it is never restored as another user; "
-             "restore it as root",
-             img->proc.pid, c->uid[1], c->gid[1], me.uid[1]);
+             "process %u ran as uid %u (gid %u), %s: only a restorer with CAP_SETUID, CAP_SETGID and CAP_SETPCAP (root) can "
+             "give them back, and it is never restored as another user; restore it as root",
+             img->proc.pid, c->uid[1], c->gid[1], ids_differ ? "not this restorer's user, groups or gid" : "with other capabilities or securebits than this restorer's");
     return -1;
   }
+  if (ids_only) return 0;
   uint64_t want = c->cap_inh | c->cap_prm | c->cap_eff | c->cap_amb;
   if ((want & ~me.cap_prm) || (c->cap_bnd & ~me.cap_bnd)) {
     snprintf(err, errlen,

@@ -611,12 +611,17 @@ int main(int argc, char **argv) {
       return 3;
     }
   if (check_only) return 0;
+  for (size_t k = 0; k < nplans; k++)
+    if (tg_check_creds(&plans[k].img, 1, err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: %s\n", err);
+      return 2;
+    }
   for (size_t k = 0; k < nplans; k++) {
     img = plans[k].img;
     mapfiles = NULL;
     nmapfiles = 0;
     exe_fd = -1;
-    if (tg_check_timers(&img, err, sizeof err) != 0 || tg_check_creds(&img, err, sizeof err) != 0 ||
+    if (tg_check_timers(&img, err, sizeof err) != 0 || tg_check_creds(&img, 0, err, sizeof err) != 0 ||
         tg_creds_grant(&img, l.sock, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
       fprintf(stderr, "tardigrade-restore: %s\n", err);
       return 2;

@@ -44,8 +44,9 @@ int tg_image_load(const char *path, struct image *img);
 int tg_restore_attrs(const struct image *img, char *err, size_t errlen);
 
 /* creds.c: 0, or -1 with err naming the pid and uid when this restorer cannot give the process
- * its credentials back (checked before anything is created). */
-int tg_check_creds(const struct image *img, char *err, size_t errlen);
+ * its credentials back (checked before anything is created). ids_only: only a process of another
+ * user, group or groups (checked over the whole tree first: the refusal names it). */
+int tg_check_creds(const struct image *img, int ids_only, char *err, size_t errlen);
 /* creds.c: lets the process's user into the directory of the app's agent sockets (its agent
  * listens there again as that user). 0, or -1 with err. */
 int tg_creds_grant(const struct image *img, const char *sock_base, char *err, size_t errlen);
