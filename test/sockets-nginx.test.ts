@@ -3,10 +3,13 @@
 // worker and its accept lock in shared memory. Checkpointed while a client outside the app sends
 // requests, killed -9 (the whole tree), restored: the workers answer on the same port, and the
 // master still runs its workers (a worker killed after the restore is started again and the
-// error log says so). Every wait is on a condition.
+// error log says so). As root, the workers run as nobody (nginx's default `user nobody`; the group is
+// nogroup, Debian has no group nobody): the master is root, every worker switched users, and the
+// workers come back as nobody (docs/engine.md, "Processes of another user"). Every wait is on a
+// condition.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -25,6 +28,11 @@ function haveNginx(): boolean {
   }
 }
 
+/** The Uid line of a process's status (real, effective, saved, filesystem). */
+function uidLine(hostPid: number): string {
+  return readFileSync(`/proc/${hostPid}/status`, "utf8").split("\n").find((l) => l.startsWith("Uid:")) ?? "";
+}
+
 /** One request on a fresh connection: the body ("worker PID"). */
 function get(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -40,7 +48,7 @@ function get(port: number): Promise<string> {
   });
 }
 
-/** A foreground nginx with everything in `dir`, on a private port (as root, its workers stay root: see README Limits). */
+/** A foreground nginx with everything in `dir`, on a private port (as root, its workers run as nobody). */
 function config(dir: string, port: number): string {
   for (const d of ["logs", "tmp"]) mkdirSync(join(dir, d), { recursive: true });
   const conf = join(dir, "nginx.conf");
@@ -50,7 +58,7 @@ function config(dir: string, port: number): string {
       "daemon off;",
       "master_process on;",
       "worker_processes 2;",
-      process.getuid?.() === 0 ? "user root;" : "",
+      process.getuid?.() === 0 ? "user nobody nogroup;" : "",
       `pid ${dir}/nginx.pid;`,
       `error_log ${dir}/logs/error.log info;`,
       "events { worker_connections 64; }",
@@ -68,6 +76,7 @@ function config(dir: string, port: number): string {
 describe("issue 13: nginx master + workers sharing a listening socket", { timeout: TIMEOUT }, () => {
   test("checkpointed while serving, killed -9, restored: the workers answer on the same port, the master restarts a killed worker", { skip: !haveNginx() && "nginx is not installed (Debian package nginx)" }, async (t) => {
     const { h, dir } = setup(t);
+    chmodSync(dir, 0o755); // the workers (nobody) reach their temp directories under it
     const port = await freePort();
     const conf = config(dir, port);
     const r = await h.cli(["run", "--name", "ngx", "--json", "--", "nginx", "-p", dir, "-c", conf]);
@@ -75,6 +84,8 @@ describe("issue 13: nginx master + workers sharing a listening socket", { timeou
     await waitFor("nginx answers", () => get(port).then((b) => b.startsWith("worker "), () => false), 120_000, 100);
     await waitFor("two workers", () => others(h, "ngx").filter((p) => p.command.includes("worker process")).length === 2);
     const workers = others(h, "ngx").filter((p) => p.command.includes("worker process")).map((p) => `worker ${p.pid}`);
+    const asRoot = process.getuid?.() === 0;
+    if (asRoot) for (const p of others(h, "ngx").filter((p) => p.command.includes("worker process"))) assert.match(uidLine(p.hostPid), /^Uid:\s+65534\s+65534\s+65534\s+65534$/, "a worker runs as nobody");
 
     // checkpoint while a client outside keeps asking: every request is answered
     let serving = true;
@@ -100,6 +111,11 @@ describe("issue 13: nginx master + workers sharing a listening socket", { timeou
     const seen = new Set<string>();
     for (let i = 0; i < 20; i++) seen.add(await get(port));
     for (const b of seen) assert.ok(workers.includes(b), `answered by a restored worker (${workers.join(", ")}): ${b}`);
+    // the restored workers are nobody again, the master root
+    const restored = others(h, "ngx").filter((p) => p.command.includes("worker process"));
+    assert.equal(restored.length, 2, "both workers are back");
+    if (asRoot) for (const p of restored) assert.match(uidLine(p.hostPid), /^Uid:\s+65534\s+65534\s+65534\s+65534$/, `restored worker ${p.pid} runs as nobody`);
+    if (asRoot) assert.match(uidLine(h.pids("ngx")!.app), /^Uid:\s+0\s+0\s+0\s+0$/, "the master is root");
 
     // the master after the restore: a worker killed is noticed (SIGCHLD, its channel) and started again
     const victim = others(h, "ngx").find((p) => p.command.includes("worker process"));

@@ -5,18 +5,17 @@
 // of the checkpoint (its data files are rolled back with it), and takes new writes. Every child
 // waits on a signalfd in an epoll set (its latch), so this also covers signalfd (FD kind 15).
 //
-// postgres refuses to run as root, and tardigrade cannot yet checkpoint a process that switched to
-// another user (README Limits); the tests run as root, so the real postgres runs as root with a
-// small LD_PRELOAD shim (test/fixtures/asuser.c) that makes geteuid()/getuid() answer the
-// postgres user's uid, which owns the data directory. Every wait is on a condition.
+// Started the Debian way, as root through `runuser -u postgres --`: runuser (root) stays as the app's
+// main process, its child becomes the postgres user and execs the postmaster, whose processes all
+// run as postgres; each comes back as postgres (docs/engine.md, "Processes of another user"). Every
+// wait is on a condition.
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawn } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { waitFor } from "./helpers/home.js";
-import { fixture } from "./helpers/native.js";
-import { checkpointOk, crashAndRestore, setup } from "./helpers/tree.js";
+import { checkpointOk, crashAndRestore, others, setup } from "./helpers/tree.js";
 import { freePort } from "./helpers/net.js";
 
 const TIMEOUT = 1_800_000; // per describe block: generous for a busy machine; every wait inside is on a condition
@@ -37,6 +36,11 @@ function postgresUid(): { uid: number; gid: number } | null {
   } catch {
     return null;
   }
+}
+
+/** The effective uid of a process (its status's Uid line). */
+function uidOf(hostPid: number): string {
+  return /^Uid:\s+\d+\s+(\d+)/m.exec(readFileSync(`/proc/${hostPid}/status`, "utf8"))?.[1] ?? "?";
 }
 
 function sql(port: number, q: string): Promise<string> {
@@ -60,10 +64,8 @@ describe("issue 13: postgres", { timeout: TIMEOUT }, () => {
     chownSync(data, pg.uid, pg.gid);
     execFileSync("runuser", ["-u", "postgres", "--", join(bin, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"], { stdio: "ignore" });
     const port = await freePort();
-    const shim = fixture("asuser.so");
     // shared_buffers under the 64 MiB a shared mapping is copied within the cut (README Limits)
-    const cmd = `LD_PRELOAD="$LD_PRELOAD ${shim}" ASUSER_UID=${pg.uid} exec ${join(bin, "postgres")} -D ${data} -p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c shared_buffers=16MB -c fsync=off`;
-    const r = await h.cli(["run", "--name", "pg", "--json", "--", "sh", "-c", cmd]);
+    const r = await h.cli(["run", "--name", "pg", "--json", "--", "runuser", "-u", "postgres", "--", join(bin, "postgres"), "-D", data, "-p", String(port), "-k", data, "-c", "listen_addresses=127.0.0.1", "-c", "shared_buffers=16MB", "-c", "fsync=off"]);
     assert.equal(r.code, 0, r.stderr);
     await waitFor("postgres accepts sessions", () => sql(port, "select 1").then((o) => o === "1", () => false), 180_000, 200);
     await sql(port, "create table t (x int)");
@@ -90,9 +92,14 @@ describe("issue 13: postgres", { timeout: TIMEOUT }, () => {
     let signalfds = 0;
     for (const child of ins.stdout.match(/pg~\d+@\d+/g) ?? []) if (/signalfd +\S+ +\d+ +signalfd for signals? [\d, ]+/.test((await h.cli(["inspect", child])).stdout)) signalfds++;
     assert.ok(signalfds >= 2, `children with a signalfd: ${signalfds}\n${ins.stdout}`);
+    const uids = (): Map<number, string> => new Map(others(h, "pg").map((p) => [p.pid, uidOf(p.hostPid)]));
+    const before = uids();
+    assert.ok([...before.values()].filter((u) => u === String(pg.uid)).length >= 3, `the postgres processes run as uid ${pg.uid}: ${JSON.stringify([...before])}`);
 
     await crashAndRestore(h, "pg");
     await waitFor("the restored postgres accepts sessions", () => sql(port, "select 1").then((o) => o === "1", () => false), 180_000, 200);
+    const after = uids();
+    for (const [pid, uid] of before) if (after.has(pid)) assert.equal(after.get(pid), uid, `process ${pid} runs as uid ${uid} again`);
     assert.equal(await sql(port, "select count(*), sum(x) from t"), "200|20100", "exactly the rows of the checkpoint");
     await sql(port, "insert into t values (1000)");
     assert.equal(await sql(port, "select count(*), max(x) from t"), "201|1000", "new writes after the restore");

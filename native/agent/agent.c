@@ -58,7 +58,7 @@ TG_HIDDEN uint64_t tg_now_ns(int clock) {
 
 TG_HIDDEN int tg_is_hidden_fd(int fd) {
   return fd >= 0 && (fd == tg.listen_fd || fd == tg.conn_fd || fd == tg.img_fd || fd == tg.err_rd ||
-                     fd == tg.err_wr || tg_track_is_hidden_fd(fd));
+                     fd == tg.err_wr || fd == tg.passed_fd || tg_track_is_hidden_fd(fd));
 }
 
 /* "Key:\tvalue" from a /proc status file; hex for signal masks. */
@@ -190,7 +190,10 @@ static void park_handler(int sig, siginfo_t *si, void *ucv) {
     s->uc = (ucontext_t *)ucv;
     s->is_manager = tid == tg.manager_tid;
     tg_capture_own_thread_attrs(&s->attrs, tid); /* each thread's own (attrs.c) */
-    if (tid == tg.pid) tg_capture_thread_attrs(&s->attrs); /* the process's, by its main thread, before it counts as parked */
+    if (tid == tg.pid) { /* the process's, by its main thread, before it counts as parked */
+      tg_capture_thread_attrs(&s->attrs); /* attrs.c */
+      tg_capture_creds();                 /* creds.c */
+    }
   }
   if (tid == tg.manager_tid) {
     snapshot_and_release(gen);
@@ -340,6 +343,7 @@ static void snapshot_and_release(uint32_t gen) {
     tg_capture_fds(tg.fds_buf, TG_FDS_BUF);
     tg_capture_timers();
     tg_capture_attrs();
+    tg_capture_creds_fallback();
     if (tg.parent_maps_len > 0) tg_copy_shared_contents(tg.parent_maps, tg.parent_maps_len);
     if (tg.parent_maps_len > 0) tg_track_before_clone(tg.parent_maps, tg.parent_maps_len);
     child = tg_clone_on_stack((char *)stk + CHILD_STACK, snapshot_child);
@@ -524,13 +528,14 @@ static void do_checkpoint(char *args) {
   tg.parent_seq = 0;
   tg.hold = tg.tree = 0;
   tg_res_ext_unix_closed = 0;
-  int to_fifo = 0;
+  int to_fifo = 0, use_fd = 0;
   img_is_fifo = 0;
   for (char *w = strtok_r(NULL, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
     if (strcmp(w, "incremental") == 0) tg.want_incremental = 1;
     else if (strcmp(w, "full") == 0) tg.want_incremental = 0;
     else if (strncmp(w, "parent=", 7) == 0) tg.parent_seq = strtoull(w + 7, NULL, 10);
     else if (strcmp(w, "fifo") == 0) to_fifo = img_is_fifo = 1; /* the path is a FIFO the caller reads: stream the image */
+    else if (strcmp(w, "fd") == 0) use_fd = 1; /* the caller opened the path and passed it with the request (SCM_RIGHTS) */
     else if (strcmp(w, "hold") == 0) tg.hold = 1; /* wait at each barrier */
     else if (strcmp(w, "tree") == 0) tg.tree = 1; /* part of a process tree's cut */
     else if (strcmp(w, "external-unix=closed") == 0) tg_res_ext_unix_closed = 1; /* run --external-unix closed */
@@ -544,13 +549,23 @@ static void do_checkpoint(char *args) {
   if (tg_precheck_fds(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_timers(err, sizeof err) != 0) { reply_error("error", err); return; }
   if (tg_precheck_attrs(err, sizeof err) != 0) { reply_error("error", err); return; }
+  if (tg_precheck_creds(err, sizeof err) != 0) { reply_error("error", err); return; }
   int pfd[2];
   fd_guard_lock();
   int pe = pipe2(pfd, O_CLOEXEC) != 0 ? errno : 0;
   if (!pe) { tg.err_rd = pfd[0]; tg.err_wr = pfd[1]; }
   fd_guard_unlock();
   if (pe) { snprintf(err, sizeof err, "pipe: %s", strerror(pe)); reply_error("error", err); return; }
-  if (to_fifo) {
+  if (use_fd) {
+    /* the daemon opened the image (its store stays private to it: a process of another user could
+     * not create a file there) and passed it */
+    fd_guard_lock();
+    tg.img_fd = tg.passed_fd;
+    tg.passed_fd = -1;
+    fd_guard_unlock();
+    if (tg.img_fd < 0) errno = EBADF;
+    else if (!to_fifo && fcntl(tg.img_fd, F_SETFL, 0) != 0) guarded_close(&tg.img_fd);
+  } else if (to_fifo) {
     /* the caller opens the read end concurrently: wait up to 5 s for it */
     for (int i = 0; i < 500; i++) {
       fd_guard_lock();
@@ -568,6 +583,11 @@ static void do_checkpoint(char *args) {
     fd_guard_unlock();
     errno = oe;
   }
+  if (use_fd && tg.img_fd < 0) {
+    snprintf(err, sizeof err, "CHECKPOINT ... fd: no image fd came with the request (SCM_RIGHTS)");
+    reply_error("error", err);
+    goto out;
+  }
   if (to_fifo && tg.img_fd >= 0) {
     struct stat st;
     if (fstat(tg.img_fd, &st) != 0 || !S_ISFIFO(st.st_mode)) { guarded_close(&tg.img_fd); errno = EINVAL; }
@@ -582,7 +602,7 @@ static void do_checkpoint(char *args) {
     int e = errno;
     /* a process that switched users (nginx workers' `user` directive): the daemon's store is private */
     if (e == EACCES && geteuid() != 0)
-      snprintf(err, sizeof err, "cannot create image %s: %s: this process runs as uid %d, which may not write into the daemon's private store; processes that switch to another user are not supported yet (for nginx: `user root;`, or run it as the daemon's user)",
+      snprintf(err, sizeof err, "cannot create image %s: %s: this process runs as uid %d, which may not write into the daemon's private store (a daemon of this version passes the image's fd)",
                path, strerror(e), (int)geteuid());
     else snprintf(err, sizeof err, "cannot create image %s: %s", path, strerror(e));
     reply_error("error", err);
@@ -744,7 +764,7 @@ static int after_restore(void) {
   tg.seen_restored = tg_restart.restored;
   /* Our old fds do not exist in the restored process, and their numbers may be the application's by
    * now: forget them without closing. */
-  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = tg.passed_fd = -1;
   tg.child = 0;
   tg.pid = getpid();
   tg.child_stack = 0; /* the snapshot's region of the checkpoint is gone */
@@ -768,13 +788,63 @@ static int after_restore(void) {
   return 0;
 }
 
+/* One byte of the request; an fd passed with it (SCM_RIGHTS: the image the daemon opened) goes to
+ * tg.passed_fd (a second one is closed). Received under fd_guard once the socket is readable, so a
+ * fork meanwhile never copies an fd tg does not name. */
+static ssize_t recv_byte(char *c) {
+  struct pollfd pfd = {tg.conn_fd, POLLIN, 0};
+  if (poll(&pfd, 1, -1) < 0) return -1;
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int) * 4)]; } u;
+  struct iovec iov = {c, 1};
+  struct msghdr m;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = u.buf;
+  m.msg_controllen = sizeof u.buf;
+  fd_guard_lock();
+  ssize_t r = recvmsg(tg.conn_fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  int e = errno;
+  if (r > 0)
+  for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+    size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < nfd; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
+      if (tg.passed_fd < 0) {
+        /* high, out of the way of the app's numbers, as the agent's other fds */
+        int hi = fcntl(fd, F_DUPFD_CLOEXEC, tg.listen_fd > 100 ? tg.listen_fd - 60 : 3);
+        if (hi >= 0) { close(fd); fd = hi; }
+        tg.passed_fd = fd;
+      } else {
+        close(fd);
+      }
+    }
+  }
+  fd_guard_unlock();
+  if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK)) e = EINTR; /* (readable, then not: look again) */
+  errno = e;
+  return r;
+}
+
+/* Only the daemon (root, or the user the app was started by) and the app's own user may talk to
+ * the agent; the socket file's mode (0600) says the same, this checks it on every connection. */
+static int peer_allowed(int fd) {
+  struct ucred cr;
+  socklen_t l = sizeof cr;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) != 0) return 0;
+  return cr.uid == 0 || cr.uid == geteuid() || cr.uid == getuid();
+}
+
 static void serve_one(void) {
   char line[512];
   size_t n = 0;
+  guarded_close(&tg.passed_fd);
   while (n < sizeof line - 1) {
-    ssize_t r = recv(tg.conn_fd, line + n, 1, 0);
+    ssize_t r = recv_byte(line + n);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return;
+    if (r <= 0) { guarded_close(&tg.passed_fd); return; }
     if (line[n] == '\n') break;
     n++;
   }
@@ -787,6 +857,7 @@ static void serve_one(void) {
   } else {
     reply("{\"ok\":false,\"error\":\"unknown request\"}");
   }
+  guarded_close(&tg.passed_fd); /* not taken by the checkpoint */
 }
 
 static void *manager_main(void *arg) {
@@ -823,6 +894,7 @@ static void *manager_main(void *arg) {
       if (ae == EINTR || ae == ECONNABORTED || ae == EAGAIN || ae == EWOULDBLOCK) continue;
       return NULL;
     }
+    if (!peer_allowed(c)) { guarded_close(&tg.conn_fd); continue; }
     int listen_before = tg.listen_fd;
     serve_one();
     /* after a restore, conn_fd was reset (it does not exist any more) */
@@ -847,7 +919,7 @@ static void unlink_own_socket(void) {
 }
 
 __attribute__((constructor)) static void tg_agent_init(void) {
-  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = tg.passed_fd = -1;
   tg_real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
   tg_real_pthread_sigmask = (sigmask_fn)dlsym(RTLD_NEXT, "pthread_sigmask");
   tg_waits_init();
@@ -918,7 +990,7 @@ static int start_manager(void) {
  * threads are parked, so no checkpoint is in flight in the child. */
 static void tg_after_fork(void) {
   if (!tg.active) return;
-  int fds[] = {tg.listen_fd, tg.conn_fd, tg.img_fd, tg.err_rd, tg.err_wr};
+  int fds[] = {tg.listen_fd, tg.conn_fd, tg.img_fd, tg.err_rd, tg.err_wr, tg.passed_fd};
   for (size_t i = 0; i < sizeof fds / sizeof *fds; i++) if (fds[i] >= 0) tg_sys1(SYS_close, fds[i]);
   /* a connection the parent's manager was accepting as the fork happened is not in tg yet: every
    * socket named by the parent's path (its listening socket and the connections it accepted) goes */
@@ -946,7 +1018,7 @@ static void tg_after_fork(void) {
     if (fd == dfd || tg_sys3(SYS_getsockname, fd, &a, &al) != 0 || a.sun_family != AF_UNIX) continue;
     if (al > offsetof(struct sockaddr_un, sun_path) && strncmp(a.sun_path, tg.sock_path, sizeof a.sun_path) == 0) tg_sys1(SYS_close, fd);
   }
-  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = -1;
+  tg.listen_fd = tg.conn_fd = tg.img_fd = tg.err_rd = tg.err_wr = tg.passed_fd = -1;
   tg_track_after_fork();
   tg_ranges_after_fork();
   tg.capturing = 0;

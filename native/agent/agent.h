@@ -50,6 +50,7 @@ struct tg_agent {
   int hold;                     /* wait for the caller at each barrier (a process tree's cut, or a single process whose files are read at the cut) */
   int tree;                     /* part of a process tree's cut: an fd whose other end is in another process is the daemon's to check */
   int listen_fd, conn_fd, img_fd, err_rd, err_wr;
+  int passed_fd; /* an fd that came with the request being served (SCM_RIGHTS), or -1 */
   volatile int capturing;
   volatile uint32_t stop_gen, release_gen;
   volatile int nslots, parked;
@@ -130,6 +131,11 @@ TG_HIDDEN void tg_forkgate_wait(void);
 TG_HIDDEN void tg_capture_own_thread_attrs(struct tg_rec_thread_attrs *t, int tid);
 TG_HIDDEN void tg_capture_thread_attrs(const struct tg_rec_thread_attrs *own);
 TG_HIDDEN const struct tg_rec_attrs *tg_captured_attrs(void);
+/* creds.c: the CREDS record (every thread's credentials must be the same: refused otherwise) */
+TG_HIDDEN int tg_precheck_creds(char *err, size_t errlen);
+TG_HIDDEN void tg_capture_creds(void);
+TG_HIDDEN void tg_capture_creds_fallback(void);
+TG_HIDDEN const struct tg_rec_creds *tg_captured_creds(void);
 TG_HIDDEN int tg_precheck_timers(char *err, size_t errlen);
 TG_HIDDEN void tg_capture_timers(void);
 TG_HIDDEN const char *tg_captured_timers(const struct tg_rec_timers **head, const struct tg_timer **timers);

@@ -757,6 +757,7 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
         if (terr) { snprintf(err, errlen, "%s", terr); return -1; }
         if (put_record(&w, TG_REC_TIMERS, th, sizeof *th, tt, th->ntimers * sizeof *tt) != 0) goto werr;
         if (put_record(&w, TG_REC_ATTRS, tg_captured_attrs(), sizeof(struct tg_rec_attrs), NULL, 0) != 0) goto werr;
+        if (tg_captured_creds() && put_record(&w, TG_REC_CREDS, tg_captured_creds(), sizeof(struct tg_rec_creds), NULL, 0) != 0) goto werr;
       }
       struct tg_rec_tracking tr = {tg_trk.mode == TG_TRACK_OFF ? TG_TRACK_NONE : (uint32_t)tg_trk.mode, 0, tg_trk.pages_scanned, tg_trk.pages_written, tg_trk.nfresh};
       if (put_record(&w, TG_REC_TRACKING, &tr, sizeof tr, NULL, 0) != 0) goto werr;

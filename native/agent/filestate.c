@@ -100,16 +100,30 @@ static int from_maps(const char *maps, long ml, char *err, size_t errlen) {
     char mf[80];
     snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v.start, (unsigned long long)v.end);
     int fd = (int)tg_sys3(SYS_open, mf, O_RDONLY | O_CLOEXEC, 0);
+    struct stat st;
+    long r;
+    if (fd == -EPERM && v.pathlen < 4096) {
+      /* map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: a process that gave up root
+       * (docs/engine.md, "Processes of another user") finds the file by its path, checked to be
+       * the mapped inode (no read permission needed for that) */
+      char path[4096];
+      memcpy(path, v.path, v.pathlen);
+      path[v.pathlen] = 0;
+      r = tg_sys2(SYS_stat, path, &st);
+      if (r == 0 && st.st_ino == v.ino) fd = -1;
+      else fd = r < 0 ? (int)r : -ENOENT;
+      if (fd == -1) goto have_stat;
+    }
     if (fd < 0) {
       snprintf(err, errlen, "mapping %llx-%llx of %.*s: cannot open it through %s: %s", (unsigned long long)v.start,
                (unsigned long long)v.end, (int)v.pathlen, v.path, mf, strerror(-fd));
       return -1;
     }
-    struct stat st;
-    long r = tg_sys2(SYS_fstat, fd, &st);
-    if (r < 0 || !S_ISREG(st.st_mode)) { tg_sys1(SYS_close, fd); continue; } /* a device: not a data file */
+    r = tg_sys2(SYS_fstat, fd, &st);
+  have_stat:
+    if (r < 0 || !S_ISREG(st.st_mode)) { if (fd >= 0) tg_sys1(SYS_close, fd); continue; } /* a device: not a data file */
     if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX) {
-      tg_sys1(SYS_close, fd);
+      if (fd >= 0) tg_sys1(SYS_close, fd);
       snprintf(err, errlen,
                "mapping %llx-%llx of %.*s is shared and writable and the file is %llu MiB: only files up to %llu MiB "
                "mapped this way are captured (their contents go into the checkpoint). Map it private or read-only, "
@@ -120,7 +134,7 @@ static int from_maps(const char *maps, long ml, char *err, size_t errlen) {
     }
     struct fs_file *f = find(st.st_dev, st.st_ino);
     if (!f) f = add(&st, fd, v.path, v.pathlen);
-    tg_sys1(SYS_close, fd);
+    if (fd >= 0) tg_sys1(SYS_close, fd);
     if (!f || nranges >= MAX_RANGES) { snprintf(err, errlen, "too many files mapped shared and writable"); return -1; }
     f->r.flags |= TG_FS_MAPPED;
     ranges[nranges].file = (int)(f - files);
@@ -200,7 +214,16 @@ static uint64_t file_part(const struct tg_vma *v) {
   char mf[80];
   struct stat st;
   snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v->start, (unsigned long long)v->end);
-  if (tg_sys2(SYS_stat, mf, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+  long sr = tg_sys2(SYS_stat, mf, &st);
+  if (sr == -EPERM && v->pathlen < 4096) {
+    /* without CAP_SYS_ADMIN (a process of another user): by its path, if it is the mapped inode */
+    char path[4096];
+    memcpy(path, v->path, v->pathlen);
+    path[v->pathlen] = 0;
+    sr = tg_sys2(SYS_stat, path, &st);
+    if (sr == 0 && st.st_ino != v->ino) sr = -ENOENT;
+  }
+  if (sr != 0 || !S_ISREG(st.st_mode)) return 0;
   /* (a file that still has its name is refused by the capture's own check, capture.c, naming it) */
   if ((uint64_t)st.st_size > TG_SHARED_CONTENT_MAX && ends_with(v->path, v->pathlen, " (deleted)")) {
     char why[200];

@@ -30,6 +30,7 @@ enum tg_rec_type {
   TG_REC_TTY = 21,         /* the process's controlling terminal, one of the app's ptys (resources/pty.c) */
   TG_REC_ATTRS = 40, /* process attributes: prctl flags, personality, timer slack, CPU affinity */
   TG_REC_THREAD_ATTRS = 41, /* one thread's own: nice, scheduling policy, timer slack, CPU affinity */
+  TG_REC_CREDS = 45, /* the process's user and group ids, supplementary groups, capabilities, securebits */
   TG_REC_FILE = 30, /* files images only (the daemon's, docs/format.md): the restorer never reads one */
 };
 
@@ -105,6 +106,17 @@ struct tg_rec_thread_attrs {
   uint64_t cpus[16];
 };
 _Static_assert(sizeof(struct tg_rec_thread_attrs) == 160, "thread attrs");
+/* CREDS (45): the credentials of every thread of the process (the agent refuses a process whose
+ * threads differ), as /proc/self/status and PR_GET_SECUREBITS say them. */
+#define TG_MAX_GROUPS 64
+struct tg_rec_creds {
+  uint32_t uid[4];             /* real, effective, saved, filesystem */
+  uint32_t gid[4];
+  uint32_t ngroups, securebits;
+  uint64_t cap_inh, cap_prm, cap_eff, cap_bnd, cap_amb;
+  uint32_t groups[TG_MAX_GROUPS];
+};
+_Static_assert(sizeof(struct tg_rec_creds) == 336, "creds");
 
 struct tg_rlimit { uint64_t cur, max; };
 #define TG_NRLIMITS 16

@@ -133,7 +133,9 @@ int tg_init_main(struct tg_launch *l, tg_start_app_fn start, int sync_fd) {
                                     "placing a stored block (outside the mappings being filled: block %lu of the restore plan)",
                                     "arming dirty-page tracking on the restored memory (a mapping could not be write-protected nor unregistered)",
                                     "handing the memory to the lazy page server",
-                                    "giving a thread back its nice value, scheduling policy or timer slack"};
+                                    "giving a thread back its nice value, scheduling policy or timer slack",
+
+                                    "giving the process back its user and group ids and capabilities (the value is the uid)"};
       int step = 0, e = 0;
       unsigned long v = 0;
       sscanf(msg + 5, "%d %d %lx", &step, &e, &v);

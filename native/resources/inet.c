@@ -230,8 +230,10 @@ static int sopt(int fd, int level, int name, const void *v, socklen_t l) { retur
 /* One established connection, read with TCP_REPAIR and put back out of repair at once (without a
  * window probe): the queues are peeked, nothing is consumed. Returns the bytes of buf used (send
  * queue then receive queue) or -1 with err. */
+static int repair_errno; /* why the last repair_read could not turn TCP_REPAIR on (EPERM: no CAP_NET_ADMIN) */
 static long repair_read(const struct seen *s, struct tg_rec_inet_repair *r, char *buf, size_t cap, char *err, size_t errlen) {
   int fd = s->fd;
+  repair_errno = 0;
   char name[200];
   name_sock(&s->x, name, sizeof name);
   memset(r, 0, sizeof *r);
@@ -239,6 +241,7 @@ static long repair_read(const struct seen *s, struct tg_rec_inet_repair *r, char
   int on = TCP_REPAIR_ON, off = TCP_REPAIR_OFF_NO_WP;
   long e = sopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof on);
   if (e < 0) {
+    repair_errno = (int)-e;
     snprintf(err, errlen, "fd %d (%s): TCP_REPAIR: %s (capturing a connection needs CAP_NET_ADMIN)", fd, name, strerror((int)-e));
     return -1;
   }
@@ -320,6 +323,9 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
        * restorer pairs with this one (tree-fds.c): read as a connection inside (all its queues, a
        * failure refuses); with no such end in the tree it is an outside one */
       n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
+      /* a process that gave up root (an nginx worker as nobody) cannot read it: it is then taken as
+       * one to outside, which comes back closed (docs/engine.md, "Processes of another user") */
+      if (n < 0 && repair_errno == EPERM) { err[0] = 0; continue; }
       if (n < 0) return -1;
       r.flags |= TG_IR_EXTERNAL | TG_IR_LOCAL;
     } else {

@@ -98,6 +98,8 @@ __attribute__((noreturn)) BLOB static void fail(struct blob_plan *p, int step, l
   for (;;) {}
 }
 
+#include "creds-blob.h"
+
 /* long clone3_thread(struct clone_args *a, size_t size, void (*fn)(struct blob_thread *), struct blob_thread *t)
  * The child starts on its new stack and calls fn(t); it never returns. */
 long blob_clone3(void *args, uint64_t size, void (*fn)(struct blob_thread *), struct blob_thread *t);
@@ -152,6 +154,7 @@ __attribute__((noreturn)) BLOB static void finish_thread(struct blob_thread *t) 
     if (r < 0) fail(p, STEP_NAME, r, t->tid);
   }
   if (t->attrs.tid) set_thread_attrs(p, t);
+  if (!t->is_main) thread_creds(p);
   while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST)) tg_sys4(SYS_futex, &p->go, FUTEX_WAIT_PRIVATE_, 0, 0);
   void (*tramp)(uint64_t, volatile int32_t *) = (void (*)(uint64_t, volatile int32_t *))p->trampoline_addr;
   tramp(t->uc, &ri->pending);
@@ -456,6 +459,7 @@ BLOB void tg_blob_main(struct blob_plan *p) {
   restore_timers(p);
   for (int s = 1; s <= 64; s++)
     if (p->shared_sigpending & (1ull << (s - 1))) tg_sys2(SYS_kill, p->pid, s);
+  process_creds(p); /* last: everything above may need privilege */
   volatile char ok[3];
   ok[0] = 'O'; ok[1] = 'K'; ok[2] = '\n';
   tg_sys3(SYS_write, p->report_fd, (const char *)ok, 3);

@@ -26,6 +26,14 @@ struct blob_mm_map {
   uint32_t auxv_size, exe_fd;
 };
 
+/* credentials set in every thread last (creds-blob.h); set 0: leave the restorer's */
+struct blob_creds {
+  uint32_t set;
+  int32_t dumpable;          /* the ATTRS record's, set again after the ids changed (that resets it), or -1 */
+  struct tg_rec_creds c;
+  volatile int32_t go, done; /* the main thread's word to the others; how many of them have set theirs */
+};
+
 struct blob_plan {
   uint64_t blob_addr, blob_len;
   int32_t img_fd, report_fd, fd_floor, pid;
@@ -57,6 +65,7 @@ struct blob_plan {
   int32_t lazy_sock;         /* restore --lazy: the page server's socket (lazy.h), or -1 */
   int32_t lazy_uffd;         /* set by tg_direct_read in lazy mode: mappings registered (blob_vma.opened & 2), or -1 */
   int32_t pad3_;
+  struct blob_creds creds;
 };
 
 /* entry point, in section tgblob */

@@ -15,6 +15,7 @@ static const char *type_name(uint32_t t) {
   static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS", "?", "?", "INET_REPAIR", "TTY"};
   if (t == TG_REC_ATTRS) return "ATTRS";
   if (t == TG_REC_THREAD_ATTRS) return "THREAD_ATTRS";
+  if (t == TG_REC_CREDS) return "CREDS";
   return t < sizeof n / sizeof *n ? n[t] : "unknown";
 }
 
@@ -106,6 +107,7 @@ int tg_image_load(const char *path, struct image *img) {
     case TG_REC_CWD: img->cwd = p; break;
     case TG_REC_EXE: NEED(sizeof img->exe_id); memcpy(&img->exe_id, p, sizeof img->exe_id); img->exe = strdup(p + sizeof img->exe_id); free(p); break;
     case TG_REC_TTY: NEED(sizeof img->tty); memcpy(&img->tty, p, sizeof img->tty); img->has_tty = 1; free(p); break;
+    case TG_REC_CREDS: NEED(sizeof img->creds); memcpy(&img->creds, p, sizeof img->creds); img->has_creds = 1; free(p); break;
     case TG_REC_ATTRS: NEED(sizeof img->attrs); memcpy(&img->attrs, p, sizeof img->attrs); img->has_attrs = 1; free(p); break;
     case TG_REC_RLIMITS: NEED(sizeof img->rlimits); memcpy(img->rlimits, p, sizeof img->rlimits); free(p); break;
     case TG_REC_SIGACTIONS: NEED(sizeof img->sigs); memcpy(img->sigs, p, sizeof img->sigs); free(p); break;

@@ -325,6 +325,7 @@ static void __attribute__((noreturn)) stage1(void) {
   snprintf(p->sock_base, sizeof p->sock_base, "%s", sock_base);
   p->go_fd = go_rd;
   p->track = img.proc.flags & TG_PROC_TRACK_UFFD;
+  tg_creds_to_blob(&img, &p->creds);
   int has_main = 0;
   for (size_t i = 0; i < p->nthreads; i++) has_main |= p->threads[i].is_main;
   if (!has_main) report_fail("the image has no thread with TID %u (the main thread); cannot restore", img.proc.pid);
@@ -634,12 +635,18 @@ int main(int argc, char **argv) {
       return 3;
     }
   if (check_only) return 0;
+  for (size_t k = 0; k < nplans; k++)
+    if (tg_check_creds(&plans[k].img, 1, err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: %s\n", err);
+      return 2;
+    }
   for (size_t k = 0; k < nplans; k++) {
     img = plans[k].img;
     mapfiles = NULL;
     nmapfiles = 0;
     exe_fd = -1;
-    if (tg_check_timers(&img, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
+    if (tg_check_timers(&img, err, sizeof err) != 0 || tg_check_creds(&img, 0, err, sizeof err) != 0 ||
+        tg_creds_grant(&img, l.sock, err, sizeof err) != 0 || open_mapped_files(err, sizeof err) != 0) {
       fprintf(stderr, "tardigrade-restore: %s\n", err);
       return 2;
     }

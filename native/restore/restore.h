@@ -32,6 +32,7 @@ struct image {
   struct img_inet_repair *repairs; size_t nrepairs; /* INET_REPAIR records */
   struct tg_rec_tty tty; int has_tty; /* TTY record: its controlling terminal (resources/pty.c) */
   struct tg_rec_attrs attrs; int has_attrs; /* ATTRS record (images of earlier versions have none) */
+  struct tg_rec_creds creds; int has_creds; /* CREDS record (images of earlier versions have none: restored as the restorer) */
   struct tg_rec_header next_hdr; /* the first PAGES or END record header, already read */
   uint64_t next_off, nrec, size;
 };
@@ -46,6 +47,17 @@ int tg_restore_attrs(const struct image *img, char *err, size_t errlen);
 /* attrs.c: the THREAD_ATTRS record of thread tid for the blob (zeroed: none), its affinity checked
  * against this host (a warning, and every CPU, when none of its CPUs is here) */
 void tg_thread_attrs_for_blob(const struct image *img, uint32_t tid, struct tg_rec_thread_attrs *out);
+
+/* creds.c: 0, or -1 with err naming the pid and uid when this restorer cannot give the process
+ * its credentials back (checked before anything is created). ids_only: only a process of another
+ * user, group or groups (checked over the whole tree first: the refusal names it). */
+int tg_check_creds(const struct image *img, int ids_only, char *err, size_t errlen);
+/* creds.c: lets the process's user into the directory of the app's agent sockets (its agent
+ * listens there again as that user). 0, or -1 with err. */
+int tg_creds_grant(const struct image *img, const char *sock_base, char *err, size_t errlen);
+struct blob_creds;
+/* creds.c: what the blob sets in every thread last (nothing when they are the restorer's own). */
+void tg_creds_to_blob(const struct image *img, struct blob_creds *out);
 
 /* fds.c: rebuilds the fd table through the resource kinds (native/resources/). */
 int tg_restore_fds(struct image *img, char *err, size_t errlen);

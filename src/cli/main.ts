@@ -252,6 +252,10 @@ export function buildProgram(): Command {
         out(`\nattributes: ${[...flags, `timer slack ${a.timerslackNs} ns`, a.nice ? `nice ${a.nice}` : "", a.schedPolicy ? `scheduling policy ${a.schedPolicy} priority ${a.schedPriority}` : "", a.cpus.length ? `CPUs ${a.cpus.join(",")}` : ""].filter((x) => x).join(", ")}`);
       }
       if (img.tty) out(`\ncontrolling terminal: /dev/pts/${img.tty.index} (session ${img.tty.sid}${img.tty.fgPgrp > 0 ? `, foreground group ${img.tty.fgPgrp}` : ""})`);
+      if (img.creds) {
+        const c = img.creds;
+        out(`\ncredentials: uid ${c.uid.join("/")} gid ${c.gid.join("/")} (real/effective/saved/fs), groups ${c.groups.join(",") || "-"}, capabilities inheritable ${c.capInh} permitted ${c.capPrm} effective ${c.capEff} bounding ${c.capBnd} ambient ${c.capAmb}, securebits 0x${c.securebits.toString(16)}`);
+      }
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
       if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);

@@ -1,6 +1,8 @@
 // Client of the agent control protocol (docs/native-interface.md): one request
 // per connection over the app's Unix socket, replies are JSON lines.
+import { closeSync, rmSync } from "node:fs";
 import { createConnection } from "node:net";
+import { sendLineWithFd } from "./send-fd.js";
 
 export interface PingReply {
   ok: true;
@@ -38,7 +40,7 @@ export type CheckpointEvent =
   | { event: "done"; ok: false; error: string };
 
 /** Sends one request and calls onLine for each JSON reply until it returns true (finished) or the socket ends; onLine may send more lines. */
-function request(sock: string, line: string, onLine: (obj: Record<string, unknown>, send: (line: string) => void) => boolean, timeoutMs: number): Promise<void> {
+function request(sock: string, line: string, onLine: (obj: Record<string, unknown>, send: (line: string) => void) => boolean, timeoutMs: number, passFd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const c = createConnection(sock);
     let buf = "";
@@ -52,7 +54,17 @@ function request(sock: string, line: string, onLine: (obj: Record<string, unknow
       reject(e);
     };
     c.setEncoding("utf8");
-    c.on("connect", () => c.write(line + "\n"));
+    c.on("connect", () => {
+      if (passFd === undefined) {
+        c.write(line + "\n");
+        return;
+      }
+      try {
+        sendLineWithFd(c, line + "\n", passFd);
+      } catch (e) {
+        fail(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
     c.on("data", (d: string) => {
       buf += d;
       let nl: number;
@@ -106,6 +118,8 @@ export interface CheckpointOptions {
   tracking?: TrackingMode;
   /** imagePath is a FIFO the caller reads. */
   fifo?: boolean;
+  /** The image (file or FIFO write end) the caller opened: passed to the agent with the request (SCM_RIGHTS). checkpoint() owns it and closes it when the request is over. */
+  imageFd?: number;
   /**
    * Part of a process tree's cut: the agent says "parked" once every thread of its process is
    * stopped and "captured" once its snapshot is taken, and waits at each for the word this
@@ -118,12 +132,13 @@ export interface CheckpointOptions {
   tree?: boolean;
 }
 
-/** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
-export async function checkpoint(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, opts: CheckpointOptions = {}, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
+/** One CHECKPOINT request. */
+async function checkpointOnce(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, opts: CheckpointOptions = {}, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
   const events: CheckpointEvent[] = [];
   const words = [imagePath, opts.incrementalOn ? `incremental parent=${opts.incrementalOn}` : "full"];
   if (opts.tracking) words.push(`tracking=${opts.tracking}`);
   if (opts.fifo) words.push("fifo");
+  if (opts.imageFd !== undefined) words.push("fd");
   if (opts.hold) words.push("hold");
   if (opts.tree) words.push("tree");
   if (opts.externalUnix === "closed") words.push("external-unix=closed");
@@ -136,6 +151,29 @@ export async function checkpoint(sock: string, imagePath: string, onEvent: (e: C
       hold(e).then(send, (err: unknown) => send(`ABORT ${err instanceof Error ? err.message : String(err)}`.replace(/\n/g, " ")));
     }
     return e.event === "done" || e.event === "error";
-  }, timeoutMs);
+  }, timeoutMs, opts.imageFd);
   return events;
 }
+
+/** Returns the events of one CHECKPOINT request; the last one is "done" or "error". */
+export async function checkpoint(sock: string, imagePath: string, onEvent: (e: CheckpointEvent) => void, opts: CheckpointOptions = {}, timeoutMs = 30 * 60_000): Promise<CheckpointEvent[]> {
+  // The caller's copy of the image fd stays open until the request is over: a FIFO's reader sees
+  // the end only once the agent's copy and this one are closed (an agent that opens the path
+  // itself, as earlier versions, comes and goes before the reader has seen anything otherwise).
+  const imageFd = opts.imageFd;
+  try {
+    const oldAgent = (e: CheckpointEvent): boolean => imageFd !== undefined && e.event === "error" && e.error.includes("unknown CHECKPOINT option 'fd'");
+    const events = await checkpointOnce(sock, imagePath, (e) => {
+      if (!oldAgent(e)) onEvent(e); // (answered again below)
+    }, opts, timeoutMs);
+    const last = events[events.length - 1];
+    if (!last || !oldAgent(last)) return events;
+    // An agent of an earlier version (an app started before an upgrade) opens the image itself, as
+    // it always did (it refused before touching anything): the file the caller made goes first.
+    if (!opts.fifo) rmSync(imagePath, { force: true });
+    return await checkpointOnce(sock, imagePath, onEvent, { ...opts, imageFd: undefined }, timeoutMs);
+  } finally {
+    if (imageFd !== undefined) closeSync(imageFd);
+  }
+}
+

@@ -33,7 +33,7 @@ import { fenceApp, type Takeover } from "../ha/fence.js";
 import { hostId } from "../ha/host.js";
 import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
 import { addServiceAddress, parseServiceAddress, removeServiceAddress, type ServiceAddress } from "../ha/address.js";
-import { readFileSync } from "node:fs";
+import { constants as fsc, openSync, readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
@@ -441,10 +441,12 @@ export class AppManager {
       let events: CheckpointEvent[];
       progress({ phase: "capture" });
       try {
+        // opened here and passed to the agent (a process of another user could not create it in the store)
+        const imageFd = openSync(staging.imagePath(pid), fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
         events = await agentCheckpoint(dir.sock, staging.imagePath(pid), (e) => {
           this.log.debug({ app: name, event: e }, "agent event");
           if (e.event === "resumed") progress({ phase: "write", downtimeNs: e.downtime_ns });
-        });
+        }, { imageFd });
       } catch (e) {
         await this.store.discard(staging);
         throw new TgError(`checkpoint of ${name} failed`, `lost contact with the agent (${errMessage(e)})`, "Nothing was committed; earlier checkpoints are intact", "checkpoint-failed");

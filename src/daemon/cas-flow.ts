@@ -2,7 +2,7 @@
 // writes the raw image into a FIFO that the store ingests as it arrives (no
 // intermediate file), and a restore pipes the store's composed full image into
 // tardigrade-restore's stdin (no intermediate file either).
-import { existsSync } from "node:fs";
+import { constants as fsc, existsSync, openSync } from "node:fs";
 import koffi from "koffi";
 import { randomBytes } from "node:crypto";
 import { mkdir, rm, writeFile } from "node:fs/promises";
@@ -96,6 +96,9 @@ export async function captureIntoCas(
     let events: CheckpointEvent[] = [];
     let failure: TgError | null = null;
     try {
+      // The FIFO's write end, opened here (the reader is open: no wait) and passed to the agent with
+      // the request: a process of another user could not open it in the private store.
+      const imageFd = openSync(fifo, fsc.O_WRONLY | fsc.O_NONBLOCK);
       events = await agentCheckpoint(sock, fifo, (e) => {
         if (e.event === "resumed") ingestInfo.downtimeNs = e.downtime_ns;
         if (e.event === "done" && e.ok) {
@@ -104,7 +107,7 @@ export async function captureIntoCas(
           if (typeof e.hot_pages === "number") ingestInfo.hotPages = e.hot_pages;
         }
         onEvent(e);
-      }, { ...agentOpts, fifo: true });
+      }, { ...agentOpts, fifo: true, imageFd });
       const last = events[events.length - 1];
       if (!last || last.ok === false || last.event !== "done") {
         const why = last && last.ok === false ? last.error : "the agent gave no final reply";

@@ -43,6 +43,8 @@ export enum RecordType {
   ATTRS = 40,
   /** One thread's own attributes, after its THREAD record: u32 tid; i32 nice; u32 sched_policy, sched_priority, sched_flags, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
   THREAD_ATTRS = 41,
+  /** Credentials: u32 uid[4] (real, effective, saved, fs), gid[4], ngroups, securebits; u64 cap_inh, cap_prm, cap_eff, cap_bnd, cap_amb; u32 groups[64]. */
+  CREDS = 45,
   /** A data file of the app's file set (issue 14): only in a files image (docs/format.md, "Files images"). */
   FILE = 30,
 }
@@ -65,6 +67,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.TIMERS]: 56,
   [RecordType.ATTRS]: 176,
   [RecordType.THREAD_ATTRS]: 160,
+  [RecordType.CREDS]: 336,
   [RecordType.SOCKET_DATA]: 16,
   [RecordType.FILE_STATE]: 64,
   [RecordType.LOCKS]: 0,

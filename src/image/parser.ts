@@ -84,6 +84,8 @@ export interface ParsedImage {
   attrs: ProcAttrs | null;
   /** The TTY record: the process's controlling terminal (null: none). */
   tty: { index: number; sid: number; fgPgrp: number } | null;
+  /** The CREDS record (null: the image has none, as images of earlier versions). */
+  creds: ProcCreds | null;
   pagesTotal: number;
   recordCount: number;
 }
@@ -103,6 +105,20 @@ export interface ProcAttrs {
   schedPolicy: number;
   schedPriority: number;
   schedResetOnFork: boolean;
+}
+
+/** The CREDS record: the process's user and group ids, groups, capability sets (hex) and securebits. */
+export interface ProcCreds {
+  /** real, effective, saved, filesystem */
+  uid: [number, number, number, number];
+  gid: [number, number, number, number];
+  groups: number[];
+  securebits: number;
+  capInh: string;
+  capPrm: string;
+  capEff: string;
+  capBnd: string;
+  capAmb: string;
 }
 
 export interface ParseOptions {
@@ -314,6 +330,7 @@ class ImageReader {
       timers: null,
       attrs: null,
       tty: null,
+      creds: null,
       pagesTotal: 0,
       recordCount: 0,
     };
@@ -556,6 +573,17 @@ class ImageReader {
         if (out.tty) this.fail(off, "second TTY record (at most one allowed)");
         out.tty = { index: p.readUInt32LE(0), sid: p.readInt32LE(4), fgPgrp: p.readInt32LE(8) };
         return null;
+      case RecordType.CREDS: {
+        if (out.creds) this.fail(off, "second CREDS record (at most one allowed)");
+        const ngroups = p.readUInt32LE(32);
+        if (ngroups > 64) this.fail(off, `CREDS: ${ngroups} groups, over 64`);
+        const ids = (at: number): [number, number, number, number] => [p.readUInt32LE(at), p.readUInt32LE(at + 4), p.readUInt32LE(at + 8), p.readUInt32LE(at + 12)];
+        const hex = (at: number): string => u64(p, at).toString(16).padStart(16, "0");
+        const groups: number[] = [];
+        for (let i = 0; i < ngroups; i++) groups.push(p.readUInt32LE(80 + i * 4));
+        out.creds = { uid: ids(0), gid: ids(16), groups, securebits: p.readUInt32LE(36), capInh: hex(40), capPrm: hex(48), capEff: hex(56), capBnd: hex(64), capAmb: hex(72) };
+        return null;
+      }
       case RecordType.END:
         return { recordCount: u64(p, 0), pagesTotal: u64(p, 8), fileSize: u64(p, 16) };
       case RecordType.PAGES:

@@ -1,7 +1,7 @@
 // A JSON-friendly summary of a parsed image, for `tardigrade inspect`.
 import { constants as osConstants } from "node:os";
 import { FD_KIND, FILE_STATE_FLAGS, SOCK_TYPE, VF_CONTENT, VMA_KIND, type FdInfo, type ThreadAttrs } from "./format.js";
-import { parseImage, type ParsedImage, type ProcAttrs } from "./parser.js";
+import { parseImage, type ParsedImage, type ProcAttrs, type ProcCreds } from "./parser.js";
 import { connectionFate, describeInet } from "./inet.js";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
@@ -45,6 +45,8 @@ export interface ImageSummary {
   attrs: ProcAttrs | null;
   /** The controlling terminal (TTY record), null: none. */
   tty: ParsedImage["tty"];
+  /** Credentials (CREDS; null in images of earlier versions). */
+  creds: ProcCreds | null;
 }
 
 const CLOCKS: Record<number, string> = { 0: "realtime", 1: "monotonic", 7: "boottime", 8: "realtime-alarm", 9: "boottime-alarm", 11: "tai" };
@@ -164,5 +166,6 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     timers: timerRows(img),
     attrs: img.attrs,
     tty: img.tty,
+    creds: img.creds,
   };
 }
