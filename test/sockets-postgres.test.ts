@@ -38,9 +38,13 @@ function postgresUid(): { uid: number; gid: number } | null {
   }
 }
 
-/** The effective uid of a process (its status's Uid line). */
-function uidOf(hostPid: number): string {
-  return /^Uid:\s+\d+\s+(\d+)/m.exec(readFileSync(`/proc/${hostPid}/status`, "utf8"))?.[1] ?? "?";
+/** The effective uid of a process (its status's Uid line); null once it is gone (a backend that ended meanwhile). */
+function uidOf(hostPid: number): string | null {
+  try {
+    return /^Uid:\s+\d+\s+(\d+)/m.exec(readFileSync(`/proc/${hostPid}/status`, "utf8"))?.[1] ?? "?";
+  } catch {
+    return null;
+  }
 }
 
 function sql(port: number, q: string): Promise<string> {
@@ -92,7 +96,15 @@ describe("issue 13: postgres", { timeout: TIMEOUT }, () => {
     let signalfds = 0;
     for (const child of ins.stdout.match(/pg~\d+@\d+/g) ?? []) if (/signalfd +\S+ +\d+ +signalfd for signals? [\d, ]+/.test((await h.cli(["inspect", child])).stdout)) signalfds++;
     assert.ok(signalfds >= 2, `children with a signalfd: ${signalfds}\n${ins.stdout}`);
-    const uids = (): Map<number, string> => new Map(others(h, "pg").map((p) => [p.pid, uidOf(p.hostPid)]));
+    const uids = (): Map<number, string> =>
+      new Map(
+        others(h, "pg")
+          .filter((p) => !p.zombie)
+          .flatMap((p) => {
+            const u = uidOf(p.hostPid);
+            return u === null ? [] : [[p.pid, u] as [number, string]];
+          }),
+      );
     const before = uids();
     assert.ok([...before.values()].filter((u) => u === String(pg.uid)).length >= 3, `the postgres processes run as uid ${pg.uid}: ${JSON.stringify([...before])}`);
 
