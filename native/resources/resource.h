@@ -110,6 +110,18 @@ TG_RES_HIDDEN int tg_res_status_flags(uint32_t open_flags);
  * or the kernel's NLMSG_ERROR). Raw syscalls and a static buffer: capture-safe, not reentrant. */
 struct nlmsghdr;
 TG_RES_HIDDEN int tg_res_sock_diag(const void *body, size_t body_len, int dump, int (*each)(const struct nlmsghdr *h, void *ctx), void *ctx);
+/* A socket's buffer size given back: half of what SO_*BUF reported (the kernel doubles it), with
+ * the FORCE option first (over the limits, root) */
+TG_RES_HIDDEN void tg_res_sock_buf(int fd, int force, int plain, uint32_t v);
+/* A Unix socket s bound again on its name (at restore): a socket file a dead process left is
+ * replaced, and a name someone still uses (probed with a socket of `type`) or a file that is not a
+ * socket refuses; then the file's mode, buffer sizes and SO_PASSCRED (flags bit 0) come back.
+ * `what`: "listen on", "bind" (said in errors), `busy`: what the live user does ("listens",
+ * "receives"). 0, or -1 with err (s left to the caller). */
+struct sockaddr_un;
+TG_RES_HIDDEN int tg_res_unix_bind_again(int s, int type, const struct sockaddr_un *sa, unsigned sl, uint32_t mode, uint32_t sndbuf,
+                                         uint32_t rcvbuf, uint32_t flags, unsigned fd, const char *what, const char *busy, const char *shown,
+                                         char *err, size_t errlen);
 /* resources/pipe.c: the restorer's pipes of a process tree (struct tg_shared_pipe) */
 TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, uint64_t size, const char *data, size_t len,
                                       int tmp_base, char *err, size_t errlen);

@@ -605,13 +605,6 @@ static int extra_of(const struct img_fd *f, struct tg_unix_sock *x) {
   return 0;
 }
 
-static void set_buf(int fd, int force, int plain, uint32_t v) {
-  /* getsockopt gave the doubled value the kernel keeps; set* doubles what it is given */
-  int half = (int)(v / 2);
-  if (half <= 0) return;
-  if (setsockopt(fd, SOL_SOCKET, force, &half, sizeof half) != 0) setsockopt(fd, SOL_SOCKET, plain, &half, sizeof half);
-}
-
 /* Writes through `from` what was queued for reading at the other end. */
 static int refill(const struct tg_fd_restore *img, uint64_t ino, int from, uint32_t fdno, char *err, size_t errlen) {
   for (size_t k = 0; k < img->nsocks; k++) {
@@ -676,8 +669,8 @@ static int open_pair(struct tg_fd_restore *img, size_t i, char *err, size_t errl
   }
   struct { struct img_fd *f; struct tg_unix_sock *x; int s; } e[2] = {{a, &xa, sv[0]}, {b, &xb, sv[1]}};
   for (int k = 0; k < 2; k++) {
-    set_buf(e[k].s, SO_SNDBUFFORCE, SO_SNDBUF, e[k].x->sndbuf);
-    set_buf(e[k].s, SO_RCVBUFFORCE, SO_RCVBUF, e[k].x->rcvbuf);
+    tg_res_sock_buf(e[k].s, SO_SNDBUFFORCE, SO_SNDBUF, e[k].x->sndbuf);
+    tg_res_sock_buf(e[k].s, SO_RCVBUFFORCE, SO_RCVBUF, e[k].x->rcvbuf);
     int one = 1;
     if ((e[k].x->flags & 1) && setsockopt(e[k].s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
       snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", e[k].f->r.fd, strerror(errno));
@@ -735,37 +728,7 @@ static int open_listener(struct tg_fd_restore *rc, size_t i, char *err, size_t e
   snprintf(shown, sizeof shown, "%s%.*s", sa.sun_path[0] ? "" : "@", (int)(sa.sun_path[0] ? x.name_len : x.name_len - 1), sa.sun_path[0] ? sa.sun_path : sa.sun_path + 1);
   int s = socket(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0);
   if (s < 0) { snprintf(err, errlen, "fd %u: socket: %s", f->r.fd, strerror(errno)); return -1; }
-  if (sa.sun_path[0]) {
-    struct stat st;
-    if (lstat(sa.sun_path, &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "fd %u: cannot listen on %s again: a file that is not a socket is there now", f->r.fd, shown);
-        close(s);
-        return -1;
-      }
-      int probe = socket(AF_UNIX, (int)x.type | SOCK_CLOEXEC, 0);
-      int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sl) == 0;
-      if (probe >= 0) close(probe);
-      if (live) {
-        snprintf(err, errlen, "fd %u: cannot listen on %s again: another process listens on it now (stop it and restore again)", f->r.fd, shown);
-        close(s);
-        return -1;
-      }
-      unlink(sa.sun_path); /* the dead process's socket file */
-    }
-  }
-  if (bind(s, (struct sockaddr *)&sa, sl) != 0) {
-    snprintf(err, errlen, "fd %u: cannot listen on %s again: bind: %s%s", f->r.fd, shown, strerror(errno),
-             errno == EADDRINUSE ? " (another process holds the name now: stop it and restore again)" : "");
-    close(s);
-    return -1;
-  }
-  if (sa.sun_path[0] && chmod(sa.sun_path, x.mode) != 0) { snprintf(err, errlen, "fd %u: chmod %s: %s", f->r.fd, shown, strerror(errno)); close(s); return -1; }
-  set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
-  set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
-  int one = 1;
-  if ((x.flags & 1) && setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
-    snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", f->r.fd, strerror(errno));
+  if (tg_res_unix_bind_again(s, (int)x.type, &sa, sl, x.mode, x.sndbuf, x.rcvbuf, x.flags, f->r.fd, "listen on", "listens", shown, err, errlen) != 0) {
     close(s);
     return -1;
   }
@@ -839,8 +802,8 @@ static int open_external(struct tg_fd_restore *rc, size_t i, char *err, size_t e
     snprintf(err, errlen, "fd %u: Unix socket record with an unknown action %u", f->r.fd, x.action);
     return -1;
   }
-  set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
-  set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
+  tg_res_sock_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
+  tg_res_sock_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
   if (fcntl(s, F_SETFL, (int)(f->r.open_flags & (O_NONBLOCK | O_ASYNC))) != 0) {
     snprintf(err, errlen, "fd %u: fcntl(F_SETFL): %s", f->r.fd, strerror(errno));
     close(s);

@@ -214,10 +214,6 @@ static int record(const struct img_fd *f, struct tg_unix_dgram *x, struct sockad
   return 0;
 }
 
-static void set_buf(int fd, int force, int plain, uint32_t v) {
-  int half = (int)(v / 2);
-  if (half > 0 && setsockopt(fd, SOL_SOCKET, force, &half, sizeof half) != 0) setsockopt(fd, SOL_SOCKET, plain, &half, sizeof half);
-}
 
 static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
   const struct img_fd *f = &rc->fds[i];
@@ -229,38 +225,7 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   shown(name.sun_path, x.name_len, shown_name, sizeof shown_name);
   int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) { snprintf(err, errlen, "fd %u: socket: %s", f->r.fd, strerror(errno)); return -1; }
-  if (name.sun_path[0]) {
-    struct stat st;
-    if (lstat(name.sun_path, &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "fd %u: cannot bind %s again: a file that is not a socket is there now", f->r.fd, shown_name);
-        close(s);
-        return -1;
-      }
-      /* a socket file someone still receives on is another process's now */
-      int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      int live = probe >= 0 && connect(probe, (struct sockaddr *)&name, nl) == 0;
-      if (probe >= 0) close(probe);
-      if (live) {
-        snprintf(err, errlen, "fd %u: cannot bind %s again: another process receives on it now (stop it and restore again)", f->r.fd, shown_name);
-        close(s);
-        return -1;
-      }
-      unlink(name.sun_path); /* the dead process's socket file */
-    }
-  }
-  if (bind(s, (struct sockaddr *)&name, nl) != 0) {
-    snprintf(err, errlen, "fd %u: cannot bind %s again: %s%s", f->r.fd, shown_name, strerror(errno),
-             errno == EADDRINUSE ? " (another process holds the name now: stop it and restore again)" : "");
-    close(s);
-    return -1;
-  }
-  if (name.sun_path[0] && chmod(name.sun_path, x.mode) != 0) { snprintf(err, errlen, "fd %u: chmod %s: %s", f->r.fd, shown_name, strerror(errno)); close(s); return -1; }
-  set_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, x.sndbuf);
-  set_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, x.rcvbuf);
-  int on = 1;
-  if ((x.flags & 1) && setsockopt(s, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) {
-    snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", f->r.fd, strerror(errno));
+  if (tg_res_unix_bind_again(s, SOCK_DGRAM, &name, nl, x.mode, x.sndbuf, x.rcvbuf, x.flags, f->r.fd, "bind", "receives", shown_name, err, errlen) != 0) {
     close(s);
     return -1;
   }

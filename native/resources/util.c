@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "../common/sys.h"
@@ -79,3 +81,46 @@ int tg_res_sock_diag(const void *body, size_t body_len, int dump, int (*each)(co
 
 TG_RES_HIDDEN int tg_res_tree;
 TG_RES_HIDDEN int tg_res_ext_unix_closed;
+
+void tg_res_sock_buf(int fd, int force, int plain, uint32_t v) {
+  int half = (int)(v / 2);
+  if (half > 0 && setsockopt(fd, SOL_SOCKET, force, &half, sizeof half) != 0) setsockopt(fd, SOL_SOCKET, plain, &half, sizeof half);
+}
+
+int tg_res_unix_bind_again(int s, int type, const struct sockaddr_un *sa, unsigned sl, uint32_t mode, uint32_t sndbuf, uint32_t rcvbuf,
+                           uint32_t flags, unsigned fd, const char *what, const char *busy, const char *shown, char *err, size_t errlen) {
+  if (sa->sun_path[0]) {
+    struct stat st;
+    if (lstat(sa->sun_path, &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "fd %u: cannot %s %s again: a file that is not a socket is there now", fd, what, shown);
+        return -1;
+      }
+      int probe = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+      int live = probe >= 0 && connect(probe, (const struct sockaddr *)sa, sl) == 0;
+      if (probe >= 0) close(probe);
+      if (live) {
+        snprintf(err, errlen, "fd %u: cannot %s %s again: another process %s on it now (stop it and restore again)", fd, what, shown, busy);
+        return -1;
+      }
+      unlink(sa->sun_path); /* the dead process's socket file */
+    }
+  }
+  if (bind(s, (const struct sockaddr *)sa, sl) != 0) {
+    snprintf(err, errlen, "fd %u: cannot %s %s again: bind: %s%s", fd, what, shown, strerror(errno),
+             errno == EADDRINUSE ? " (another process holds the name now: stop it and restore again)" : "");
+    return -1;
+  }
+  if (sa->sun_path[0] && chmod(sa->sun_path, mode) != 0) {
+    snprintf(err, errlen, "fd %u: chmod %s: %s", fd, shown, strerror(errno));
+    return -1;
+  }
+  tg_res_sock_buf(s, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf);
+  tg_res_sock_buf(s, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
+  int on = 1;
+  if ((flags & 1) && setsockopt(s, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) {
+    snprintf(err, errlen, "fd %u: SO_PASSCRED: %s", fd, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
