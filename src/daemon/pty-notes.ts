@@ -2,26 +2,17 @@
 // a terminal has no peek, so they were counted at the checkpoint, not kept; the restore output
 // says how many were dropped, from the checkpoint's metadata.
 import type { Readable } from "node:stream";
-import { FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordType } from "../image/format.js";
+import { metaFdRecords } from "./meta-fds.js";
 
 const FD_KIND_PTY_MASTER = 16;
 const FD_KIND_PTY_SLAVE = 17;
 
 /** The restore output's lines for the pty fds of an image's metadata that had bytes queued (`meta`: an image without pages). */
 export async function ptyNotes(meta: Readable, pid?: number): Promise<string[]> {
-  const parts: Buffer[] = [];
-  for await (const c of meta) parts.push(c as Buffer);
-  const b = Buffer.concat(parts);
   const notes: string[] = [];
-  for (let off = FILE_HEADER_SIZE; off + RECORD_HEADER_SIZE <= b.length; ) {
-    const type = b.readUInt32LE(off);
-    const plen = Number(b.readBigUInt64LE(off + 8));
-    const p = b.subarray(off + RECORD_HEADER_SIZE, Math.min(b.length, off + RECORD_HEADER_SIZE + plen));
-    off += RECORD_HEADER_SIZE + ((plen + 7) & ~7);
-    if (type === RecordType.END) break;
-    if (type !== RecordType.FD || p.length < 80 + 72) continue;
+  for (const p of await metaFdRecords(meta)) {
     const kind = p.readUInt32LE(4);
-    if ((kind !== FD_KIND_PTY_MASTER && kind !== FD_KIND_PTY_SLAVE) || p.readUInt32LE(76) !== 0) continue; // (a dup: one line)
+    if ((kind !== FD_KIND_PTY_MASTER && kind !== FD_KIND_PTY_SLAVE) || p.length < 80 + 72) continue;
     const e = p.subarray(80);
     const queued = kind === FD_KIND_PTY_MASTER ? e.readUInt32LE(12) : e.readUInt32LE(8);
     if (!queued) continue;

@@ -3,8 +3,8 @@
 // socket's path is looked at as the restored app found it.
 import { lstatSync } from "node:fs";
 import type { Readable } from "node:stream";
-import { FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordType } from "../image/format.js";
 import { decodeUnixExternal, externalUnixNote } from "../image/unix.js";
+import { metaFdRecords } from "./meta-fds.js";
 
 const FD_KIND_UNIX_EXT = 14;
 
@@ -18,18 +18,9 @@ function isSocketFile(path: string): boolean {
 
 /** The restore output's lines for the kind-14 fds of an image's metadata (`meta`: an image without pages). */
 export async function externalUnixNotes(meta: Readable, pid?: number): Promise<string[]> {
-  const parts: Buffer[] = [];
-  for await (const c of meta) parts.push(c as Buffer);
-  const b = Buffer.concat(parts);
   const notes: string[] = [];
-  for (let off = FILE_HEADER_SIZE; off + RECORD_HEADER_SIZE <= b.length; ) {
-    const type = b.readUInt32LE(off);
-    const plen = Number(b.readBigUInt64LE(off + 8));
-    const p = b.subarray(off + RECORD_HEADER_SIZE, Math.min(b.length, off + RECORD_HEADER_SIZE + plen));
-    off += RECORD_HEADER_SIZE + ((plen + 7) & ~7);
-    if (type === RecordType.END) break;
-    if (type !== RecordType.FD || p.length < 80 || p.readUInt32LE(4) !== FD_KIND_UNIX_EXT) continue;
-    if (p.readUInt32LE(76) !== 0) continue; // a dup of an earlier fd: one socket, one line
+  for (const p of await metaFdRecords(meta)) {
+    if (p.readUInt32LE(4) !== FD_KIND_UNIX_EXT) continue;
     const u = decodeUnixExternal(p.subarray(80, 80 + p.readUInt32LE(72)));
     if (typeof u !== "string") notes.push(externalUnixNote(p.readUInt32LE(0), u, isSocketFile, pid));
   }
