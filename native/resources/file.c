@@ -6,9 +6,26 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+
+/* A path under /proc/<pid>/: "/proc/self/REST" in out when pid is this process (its pid as the
+ * /proc mount shows it), out[0] = 0 when the path is not such a path; -1: another process's or a
+ * thread's (/proc/<pid>/task/..., /proc/<tid>/...). */
+static int proc_of_self(const char *target, char *out, size_t cap) {
+  out[0] = 0;
+  if (strncmp(target, "/proc/", 6) != 0 || target[6] < '0' || target[6] > '9') return 0;
+  char *end = NULL;
+  unsigned long n = strtoul(target + 6, &end, 10);
+  if (!end || (*end != '/' && *end != 0)) return 0;
+  char self[32] = {0};
+  ssize_t l = readlink("/proc/self", self, sizeof self - 1);
+  if (l <= 0 || strtoul(self, NULL, 10) != n || strncmp(end, "/task/", 6) == 0) return -1;
+  if ((size_t)snprintf(out, cap, "/proc/self%s", end) >= cap) return -1;
+  return 0;
+}
 
 static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err,
                     size_t errlen) {
@@ -24,6 +41,19 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
     return -1;
   }
   if (p->target[0] != '/') { snprintf(err, errlen, "fd %d (%s): not a path that can be reopened", p->fd, p->target); return -1; }
+  char own[64];
+  if (proc_of_self(p->target, own, sizeof own) != 0) {
+    snprintf(err, errlen, "fd %d: %s is a /proc file of another process or thread: not supported yet (its pid is not the same after a restore)", p->fd, p->target);
+    return -1;
+  }
+  if (own[0]) { /* /proc/<this pid>/...: reopened as /proc/self/... (the pid the host sees changes) */
+    size_t ol = strlen(own);
+    if (ol > extra_cap) { snprintf(err, errlen, "fd %d: path too long", p->fd); return -1; }
+    rec->kind = TG_FD_FILE;
+    memcpy(extra, own, ol);
+    rec->extra_len = (uint32_t)ol;
+    return 0;
+  }
   if (S_ISREG(m)) rec->kind = TG_FD_FILE;
   else if (S_ISDIR(m)) rec->kind = TG_FD_DIR;
   else if (S_ISCHR(m)) {
@@ -95,7 +125,9 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   if (r->kind == TG_FD_FIFO) flags |= O_NONBLOCK;
   int fd = open(path, flags, 0644);
   if (fd < 0) { snprintf(err, errlen, "fd %u: cannot reopen %s: %s", r->fd, path, strerror(errno)); return -1; }
-  if (r->kind != TG_FD_CHR && !stdio_log && tg_check_file(path, &r->id, fd, err, errlen) != 0) { close(fd); return -1; }
+  /* (a /proc/self file is this process's own: a new inode of procfs) */
+  int own_proc = strncmp(path, "/proc/self/", 11) == 0;
+  if (r->kind != TG_FD_CHR && !stdio_log && !own_proc && tg_check_file(path, &r->id, fd, err, errlen) != 0) { close(fd); return -1; }
   if (r->kind == TG_FD_FIFO && fcntl(fd, F_SETFL, tg_res_status_flags(r->open_flags)) != 0) {
     snprintf(err, errlen, "fd %u: fcntl(F_SETFL) on %s: %s", r->fd, path, strerror(errno));
     close(fd);
