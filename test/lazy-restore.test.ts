@@ -49,7 +49,10 @@ describe("restore --lazy", { timeout: 1_800_000 }, () => {
     assert.equal(r.code, 0, r.stderr);
     const res = JSON.parse(r.stdout) as { lazy?: Lazy };
     assert.ok(res.lazy, "the result has the lazy loading's progress");
-    assert.ok(res.lazy.total >= 65536, `all 256 MiB are in the plan: ${JSON.stringify(res.lazy)}`);
+    // the plan holds the mapping's whole stored blocks of 1 MiB; where the mapping does not start on a
+    // block's boundary (ASLR: by chance), its first and last partial blocks come with the rest of
+    // the image, eagerly (this failed whenever the layout was so: 65280 pages in the plan)
+    assert.ok(res.lazy.total >= 65536 - 2 * 256, `the 256 MiB are in the plan but for the mapping's partial blocks at its ends: ${JSON.stringify(res.lazy)}`);
     assert.ok(res.lazy.loaded < res.lazy.total, `the app answered before its memory was all in: ${JSON.stringify(res.lazy)}`);
     assert.equal(await sum(h, "lz", from), before, "the checksum over all memory after the lazy restore");
     const done = await waitFor("the loading to end", async () => ((await lazyState(h, "lz"))?.state === "done" ? await lazyState(h, "lz") : null), 300_000);
