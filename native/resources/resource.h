@@ -128,6 +128,16 @@ TG_RES_HIDDEN int tg_pipe_make_shared(struct tg_shared_pipe *out, uint64_t ino, 
 /* resources/unix.c: after a tree-mode capture, the sockets whose peer is in another process, as
  * JSON [[fd,ino,peer],...] (its length, 0 if it did not fit); at restore, a Unix socket record's
  * inode and its peer's (0, or -1 for another kind) */
+/* resources/unix.c: one Unix socket as sock_diag describes it (looked up by inode): type, state,
+ * peer's inode, shutdown bits, backlog (listening) or bytes to read (connected), its name printable
+ * (a path, @abstract, "" unnamed) and as bound (raw, raw_len). 0, or -errno (ENOENT: no such socket). */
+struct tg_unix_diag {
+  uint32_t ino, type, state, peer, shutdown, backlog, rqueue;
+  char name[112];
+  char raw[108];
+  uint32_t raw_len;
+};
+TG_RES_HIDDEN int tg_unix_diag(uint32_t ino, struct tg_unix_diag *out);
 TG_RES_HIDDEN size_t tg_unix_unmatched(char *out, size_t cap);
 TG_RES_HIDDEN int tg_unix_ids(const struct img_fd *f, uint64_t *ino, uint64_t *peer);
 /* resources/inet.c: a process tree's TCP connections whose two ends are in two of its processes

@@ -28,12 +28,6 @@
 #define MAX_SOCKS 1024
 #define DATA_CAP (1u << 20) /* per socket: larger queues are refused by name */
 
-struct uinfo {
-  uint32_t ino, type, state, peer, shutdown, backlog, rqueue;
-  char name[112]; /* printable: a path, @abstract, or "" (unnamed) */
-  char raw[108];  /* the name as bound (an abstract one starts with NUL) */
-  uint32_t raw_len;
-};
 
 static struct sock_seen { int fd; uint32_t ino, peer, type; } socks[MAX_SOCKS];
 static int nsocks, overflow;
@@ -44,7 +38,7 @@ static const char *type_name(uint32_t t) {
 
 /* The answer to one sock_diag lookup (tg_res_sock_diag's callback): 1 parsed, -EIO malformed. */
 static int parse_diag(const struct nlmsghdr *h, void *ctx) {
-  struct uinfo *out = ctx;
+  struct tg_unix_diag *out = ctx;
   if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EIO;
   const struct unix_diag_msg *m = NLMSG_DATA(h);
   out->type = m->udiag_type;
@@ -86,8 +80,8 @@ static int parse_diag(const struct nlmsghdr *h, void *ctx) {
   return 1;
 }
 
-/* One exact sock_diag lookup by inode. 0, or -errno (ENOENT: no such Unix socket). */
-static int diag(uint32_t ino, struct uinfo *out) {
+/* One exact sock_diag lookup by inode (resource.h). */
+int tg_unix_diag(uint32_t ino, struct tg_unix_diag *out) {
   memset(out, 0, sizeof *out);
   out->ino = ino;
   struct unix_diag_req r;
@@ -109,7 +103,7 @@ static int sockopt(int fd, int level, int name) {
 
 /* "fd 5 (Unix stream socket bound to /x, connected to /y)": the peer's address from getpeername
  * (sock_diag cannot name a peer that is not accepted yet) */
-static void describe(int fd, const struct uinfo *u, char *out, size_t cap) {
+static void describe(int fd, const struct tg_unix_diag *u, char *out, size_t cap) {
   struct sockaddr_un sa;
   socklen_t sl = sizeof sa;
   char peer[112] = "";
@@ -238,7 +232,7 @@ static void begin(void) { nsocks = overflow = 0; nown = -1; ntree = -1; }
 /* A connected socket whose peer is outside the app (another process's socket, or gone): a
  * datagram socket connected to a name is connected to that name again at restore; any other comes
  * back closed with `run --external-unix closed`, else it is refused, naming the peer. */
-static int describe_external(const struct tg_fd_probe *p, const struct uinfo *u, const char *d, int autobound, struct tg_rec_fd *rec,
+static int describe_external(const struct tg_fd_probe *p, const struct tg_unix_diag *u, const char *d, int autobound, struct tg_rec_fd *rec,
                              char *extra, size_t extra_cap, char *err, size_t errlen) {
   int fd = p->fd;
   struct sockaddr_un sa;
@@ -293,7 +287,7 @@ static int describe_external(const struct tg_fd_probe *p, const struct uinfo *u,
 /* A listening socket bound to a name: recorded with its name, backlog and options; the
  * connections waiting in its accept queue are not (they are dropped: their clients see the
  * connection end). */
-static int describe_listener(const struct tg_fd_probe *p, const struct uinfo *u, const char *d, struct tg_rec_fd *rec, char *extra,
+static int describe_listener(const struct tg_fd_probe *p, const struct tg_unix_diag *u, const char *d, struct tg_rec_fd *rec, char *extra,
                              size_t extra_cap, char *err, size_t errlen) {
   int fd = p->fd;
   if (u->raw_len == 0) {
@@ -334,8 +328,8 @@ static int describe_fd(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char 
   int fd = p->fd;
   const struct stat *st = p->st;
   if (sockopt(fd, SOL_SOCKET, SO_DOMAIN) != AF_UNIX) return 1;
-  struct uinfo u;
-  int e = diag((uint32_t)st->st_ino, &u);
+  struct tg_unix_diag u;
+  int e = tg_unix_diag((uint32_t)st->st_ino, &u);
   if (e < 0) {
     snprintf(err, errlen, "fd %d (Unix socket socket:[%llu]) cannot be checkpointed: sock_diag lookup failed: %s", fd,
              (unsigned long long)st->st_ino, strerror(-e));
@@ -409,8 +403,8 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
   int old = sockopt(fd, SOL_SOCKET, SO_PEEK_OFF), zero = 0;
   long e = tg_sys5(SYS_setsockopt, fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
   if (e < 0) { snprintf(err, errlen, "fd %d (Unix %s socket): SO_PEEK_OFF: %s", fd, type_name(s->type), strerror((int)-e)); return -1; }
-  struct uinfo u;
-  int rdshut = diag(s->ino, &u) == 0 && (u.shutdown & 1);
+  struct tg_unix_diag u;
+  int rdshut = tg_unix_diag(s->ino, &u) == 0 && (u.shutdown & 1);
   size_t len = 0;
   long rc = 0;
   int passcred = sockopt(fd, SOL_SOCKET, SO_PASSCRED) > 0;
@@ -484,8 +478,8 @@ static long peek_queue(const struct sock_seen *s, char *buf, size_t cap, uint32_
  * datagrams were all queued a moment ago, charged to the same sender. Not for a shut-down pair
  * (its peer can no longer send): there the peeked copy stands. Returns the bytes in buf. */
 static long take_and_requeue(const struct sock_seen *s, int peer_fd, char *buf, size_t cap, uint32_t *nmsg, char *err, size_t errlen) {
-  struct uinfo a, b;
-  if (diag(s->ino, &a) != 0 || diag(s->peer, &b) != 0 || a.shutdown || b.shutdown) return -2;
+  struct tg_unix_diag a, b;
+  if (tg_unix_diag(s->ino, &a) != 0 || tg_unix_diag(s->peer, &b) != 0 || a.shutdown || b.shutdown) return -2;
   int old = sockopt(s->fd, SOL_SOCKET, SO_PEEK_OFF);
   size_t len = 0;
   uint32_t m = 0;
@@ -527,9 +521,9 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
      * from what tg_unix_unmatched tells it) */
     if (!mutual && tg_res_tree && socks[i].peer) continue;
     if (!mutual) {
-      struct uinfo u;
+      struct tg_unix_diag u;
       char d[400];
-      if (diag(socks[i].ino, &u) == 0) describe(socks[i].fd, &u, d, sizeof d);
+      if (tg_unix_diag(socks[i].ino, &u) == 0) describe(socks[i].fd, &u, d, sizeof d);
       else snprintf(d, sizeof d, "fd %d (Unix %s socket)", socks[i].fd, type_name(socks[i].type));
       snprintf(err, errlen,
                "%s cannot be checkpointed: its peer (%s) is outside the application; sockets to other processes are not supported yet: "

@@ -33,43 +33,6 @@
 #define MAX_DGRAM 64
 #define QUEUE_CAP (1u << 20) /* bytes of queued datagrams a socket may hold at a checkpoint */
 
-struct dinfo { uint32_t type, state, peer; char raw[108]; uint32_t raw_len; };
-
-static int parse(const struct nlmsghdr *h, void *ctx) {
-  struct dinfo *out = ctx;
-  if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) return -EIO;
-  const struct unix_diag_msg *m = NLMSG_DATA(h);
-  out->type = m->udiag_type;
-  out->state = m->udiag_state;
-  const char *a = (const char *)m + NLMSG_ALIGN(sizeof *m), *end = (const char *)h + h->nlmsg_len;
-  while (a + sizeof(struct nlattr) <= end) {
-    const struct nlattr *at = (const struct nlattr *)a;
-    if (at->nla_len < sizeof *at || a + at->nla_len > end) break;
-    const char *d = a + NLA_HDRLEN;
-    size_t dl = at->nla_len - NLA_HDRLEN;
-    if ((at->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_NAME && dl > 0 && dl <= sizeof out->raw) {
-      memcpy(out->raw, d, dl);
-      out->raw_len = (uint32_t)dl;
-    }
-    if ((at->nla_type & NLA_TYPE_MASK) == UNIX_DIAG_PEER && dl >= 4) memcpy(&out->peer, d, 4);
-    a += NLA_ALIGN(at->nla_len);
-  }
-  return 1;
-}
-
-static int lookup(uint32_t ino, struct dinfo *out) {
-  memset(out, 0, sizeof *out);
-  struct unix_diag_req r;
-  memset(&r, 0, sizeof r);
-  r.sdiag_family = AF_UNIX;
-  r.udiag_states = ~0u;
-  r.udiag_ino = ino;
-  r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
-  r.udiag_cookie[0] = r.udiag_cookie[1] = ~0u;
-  int rc = tg_res_sock_diag(&r, sizeof r, 0, parse, out);
-  return rc == 1 ? 0 : rc < 0 ? rc : -EIO;
-}
-
 static int sockopt(int fd, int name) {
   int v = 0;
   socklen_t l = sizeof v;
@@ -97,8 +60,8 @@ static void begin(void) { nheld = 0; }
 
 static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *extra, size_t extra_cap, char *err, size_t errlen) {
   if (!S_ISSOCK(p->st->st_mode) || sockopt(p->fd, SO_DOMAIN) != AF_UNIX || sockopt(p->fd, SO_TYPE) != SOCK_DGRAM) return 1;
-  struct dinfo u;
-  if (lookup((uint32_t)p->st->st_ino, &u) != 0) return 1; /* unix.c says why */
+  struct tg_unix_diag u;
+  if (tg_unix_diag((uint32_t)p->st->st_ino, &u) != 0) return 1; /* unix.c says why */
   uint32_t nl = u.raw_len;
   if (nl && u.raw[0] == '/' && u.raw[nl - 1] == 0) nl--; /* a trailing NUL some binders pass */
   if (!nl || autobound(u.raw, nl)) return 1;          /* unnamed or autobound: unix.c's */
