@@ -166,7 +166,7 @@ export function buildProgram(): Command {
       if (r.filesSkipped) out(`  files: ${r.filesSkipped}`);
       const f = r.files;
       if (f) {
-        out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
+        out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)} written${f.bytesCompared ? ` after comparing ${bytes(f.bytesCompared)} in place` : ""}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
         const over = f.rewritten.length + f.recreated.length + f.renamedBack.length + f.removed.length + (f.dirsMade?.length ?? 0) + (f.dirsRemoved?.length ?? 0) + (f.relinked?.length ?? 0);
         if (over) out(`  the checkpoint wins: ${over} path(s) changed since the checkpoint were put back as it had them (below); \`restore --keep-file-changes PATH\` keeps a path as it is`);
         for (const p of f.kept ?? []) out(`    kept as is ${p} (--keep-file-changes; it differs from the checkpoint)`);

@@ -3,7 +3,7 @@
 // place when the path still holds the same inode, by renaming it back when the app renamed it,
 // else written anew), paths absent at the cut are removed, and files the app touched first after
 // the checkpoint are removed when they were created after it. Nothing outside the set is touched.
-import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, linkSync, lstatSync, mkdirSync, openSync, renameSync, rmdirSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
+import { chmodSync, chownSync, closeSync, fdatasyncSync, ftruncateSync, linkSync, lstatSync, mkdirSync, openSync, readSync, renameSync, rmdirSync, unlinkSync, utimesSync, writeSync, type BigIntStats } from "node:fs";
 import { dirname } from "node:path";
 import { fromStored, type FilesManifest } from "./files-capture.js";
 import { walkDir } from "./files-set.js";
@@ -27,8 +27,86 @@ export interface FilesRollback {
   /** Paths under `restore --keep-file-changes` that differ from the checkpoint: left as they are. */
   kept: string[];
   unchanged: number;
+  /** Bytes written back: only the pages that differ, in a file rewritten in place. */
   bytesWritten: number;
+  /** Bytes of files rewritten in place read and compared with the checkpoint's. */
+  bytesCompared: number;
   ns: number;
+}
+
+const PAGE = 4096;
+const ZERO = Buffer.alloc(1 << 20);
+
+/** A file being given its checkpoint contents: written whole (new), or in place (compared first). */
+interface Target {
+  e: FileEntry;
+  fd: number;
+  /** In place: the file already holds something; each page is read and written only if it differs. */
+  inPlace: boolean;
+  /** In place: the ranges of the image's pages seen, [from, to) (the rest must read as zeros). */
+  covered: Array<[number, number]>;
+}
+
+/** Writes data[0, len) at off, all of it. */
+function writeAll(fd: number, data: Buffer, len: number, off: number): void {
+  let w = 0;
+  while (w < len) w += writeSync(fd, data, w, len - w, off + w);
+}
+
+/** Reads [off, off+len) of fd into buf (shorter at the end of the file: the rest zeroed). */
+function readAll(fd: number, buf: Buffer, len: number, off: number): void {
+  let r = 0;
+  while (r < len) {
+    const n = readSync(fd, buf, r, len - r, off + r);
+    if (n === 0) break;
+    r += n;
+  }
+  if (r < len) buf.fill(0, r, len);
+}
+
+/**
+ * In place: want[0, len) goes at off, written page by page where the file differs (a rollback of
+ * 1% of a big file writes 1% of it, and the fdatasync after it flushes that much). Returns the bytes written.
+ */
+function writeDiff(fd: number, want: Buffer, len: number, off: number, scratch: Buffer): number {
+  readAll(fd, scratch, len, off);
+  let written = 0;
+  for (let a = 0; a < len; ) {
+    const b = Math.min(len, a + PAGE);
+    if (want.compare(scratch, a, b, a, b) !== 0) {
+      // a run of differing pages in one write
+      let c = b;
+      while (c < len && want.compare(scratch, c, Math.min(len, c + PAGE), c, Math.min(len, c + PAGE)) !== 0) c = Math.min(len, c + PAGE);
+      writeAll(fd, want.subarray(a, c), c - a, off + a);
+      written += c - a;
+      a = c;
+    } else {
+      a = b;
+    }
+  }
+  return written;
+}
+
+/** In place: every byte of [0, size) no page of the image covered must read as zero (a hole at the cut). */
+function zeroGaps(t: Target, size: number, scratch: Buffer): { compared: number; written: number } {
+  const cov = t.covered.sort((x, y) => x[0] - y[0]);
+  let compared = 0;
+  let written = 0;
+  let at = 0;
+  const gap = (from: number, to: number): void => {
+    for (let o = from; o < to; o += ZERO.length) {
+      const n = Math.min(ZERO.length, to - o);
+      compared += n;
+      written += writeDiff(t.fd, ZERO, n, o, scratch);
+    }
+  };
+  for (const [a, b] of cov) {
+    if (a > at) gap(at, Math.min(a, size));
+    at = Math.max(at, b);
+    if (at >= size) break;
+  }
+  if (at < size) gap(at, size);
+  return { compared, written };
 }
 
 const lstat = (p: string): BigIntStats | null => {
@@ -73,7 +151,7 @@ export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterabl
     if (!same) keptSeen.add(e.path);
   }
   for (const p of touched) if (inSetNow(p) && isKept(p) && !manifest.files.some((f) => f.path === p) && lstat(p)) keptSeen.add(p);
-  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], kept: [], unchanged: 0, bytesWritten: 0, ns: 0 };
+  const r: FilesRollback = { rewritten: [], renamedBack: [], recreated: [], removed: [], leftAsIs: [], dirsMade: [], dirsRemoved: [], relinked: [], kept: [], unchanged: 0, bytesWritten: 0, bytesCompared: 0, ns: 0 };
   const entries = manifest.files.map(fromStored).filter((e) => keep(e.path));
   const dirs = entries.filter((e) => e.present && isDirMode(e.mode)).sort((a, b) => a.path.length - b.path.length);
   const links = entries.filter((e) => e.present && e.link !== undefined);
@@ -114,8 +192,8 @@ export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterabl
       r.dirsMade.push(e.path);
     }
   }
-  // 1. files to write, by base: open (renamed back or created) and truncated
-  const open = new Map<number, { e: FileEntry; fd: number }>();
+  // 1. files to write, by base: opened in place (renamed back first where the app renamed them) or created
+  const open = new Map<number, Target>();
   const skip = new Set<string>();
   // paths already given their checkpoint file: never renamed away again
   const settled = new Set<string>();
@@ -148,16 +226,21 @@ export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterabl
         const tmp = `${e.path}.tg-restore-${process.pid}`;
         mkdirSync(dirname(e.path), { recursive: true }); // (a directory outside the set's directories)
         fd = openSync(tmp, "w+", e.mode & 0o7777);
-        open.set(e.base || -open.size - 1, { e: { ...e, path: tmp, present: true }, fd });
+        open.set(e.base || -open.size - 1, { e: { ...e, path: tmp, present: true }, fd, inPlace: false, covered: [] });
         r.recreated.push(e.path);
         continue;
       }
-      ftruncateSync(fd, 0);
-      open.set(e.base || -open.size - 1, { e, fd });
+      // in place: cut to (or grown to) the checkpoint's size; its pages are compared below. A
+      // mostly sparse file is emptied and written whole instead (comparing would read its holes).
+      const inPlace = Number(st.blocks) * 512 >= Number(st.size) / 2;
+      if (!inPlace) ftruncateSync(fd, 0);
+      open.set(e.base || -open.size - 1, { e, fd, inPlace, covered: [] });
       r.rewritten.push(e.path);
     }
     for (const { fd, e } of open.values()) ftruncateSync(fd, e.size);
-    // 2. the contents, from the composed image (pages of files not being written are skipped)
+    // 2. the contents, from the composed image (pages of files not being written are skipped); in
+    // place, only the pages that differ are written
+    const scratch = Buffer.allocUnsafe(ZERO.length);
     for await (const rec of readFilesImage(image, what)) {
       if (rec.type !== "pages") continue;
       const base = Math.floor(rec.addr / SLOT_BYTES) * SLOT_BYTES;
@@ -166,12 +249,24 @@ export async function rollbackFiles(manifest: FilesManifest, image: AsyncIterabl
       const off = rec.addr - base;
       const len = Math.min(rec.data.length, o.e.size - off);
       if (len <= 0) continue;
-      // all-zero pages stay holes (the file was truncated to nothing first)
-      let w = 0;
-      while (w < len) {
-        w += writeSync(o.fd, rec.data, w, len - w, off + w);
+      if (o.inPlace) {
+        o.covered.push([off, off + len]);
+        for (let d = 0; d < len; d += scratch.length) {
+          const n = Math.min(scratch.length, len - d);
+          r.bytesWritten += writeDiff(o.fd, rec.data.subarray(d, d + n), n, off + d, scratch);
+        }
+        r.bytesCompared += len;
+      } else {
+        writeAll(o.fd, rec.data, len, off); // a new file: what the image does not hold stays a hole
+        r.bytesWritten += len;
       }
-      r.bytesWritten += len;
+    }
+    // what no page of the image covers was a hole at the cut: zeros, in place too
+    for (const t of open.values()) {
+      if (!t.inPlace) continue;
+      const z = zeroGaps(t, t.e.size, scratch);
+      r.bytesCompared += z.compared;
+      r.bytesWritten += z.written;
     }
     // 3. mode, owner, times; durable before the renames that make recreated files visible
     for (const { e, fd } of open.values()) {
