@@ -7,6 +7,8 @@
 // TARDIGRADE_HOMEs (two daemons); a counter checkpointing every second.
 //   TG_BENCH_HA_ROUNDS=3          rounds (medians reported)
 //   TG_BENCH_HA_FAILOVER=1s       --failover-after
+//   TG_BENCH_HA_WARM=both         the standby with its warm copy (prefetch), without it
+//                                 (--no-prefetch), or both alternated round by round
 import { createSocket } from "node:dgram";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -21,8 +23,10 @@ import { spawn } from "node:child_process";
 const ROUNDS = Number(process.env.TG_BENCH_HA_ROUNDS ?? 3);
 const FAILOVER = process.env.TG_BENCH_HA_FAILOVER ?? "1s";
 const TOKEN = "bench-ha-token-01";
+const WARM = process.env.TG_BENCH_HA_WARM ?? "both";
 
 interface Round {
+  warm: boolean;
   detectMs: number;
   recoverMs: number;
   totalMs: number;
@@ -47,7 +51,7 @@ const median = (xs: number[]): number => {
   return s[Math.floor(s.length / 2)]!;
 };
 
-async function round(): Promise<Round> {
+async function round(warm: boolean): Promise<Round> {
   const tmp = tempDir("tg-bench-ha-");
   const P = makeHome("tg-bha-P-", { TARDIGRADE_HOST_ID: "bench-primary" });
   const S = makeHome("tg-bha-S-", { TARDIGRADE_HOST_ID: "bench-standby" });
@@ -60,17 +64,17 @@ async function round(): Promise<Round> {
     // The primary first: a standby started before any lease was granted would take the lease itself.
     const run = await P.cli(["run", "--name", "calc", "--every", "1s", "--mirror", server.url, "--token-file", tokenFile, "--standby", `127.0.0.1:${port}`, "--failover-after", FAILOVER, "--", fixture("counter"), "1000000", "50"]);
     if (run.code !== 0) throw new Error(`run failed: ${run.stderr}`);
-    standby = spawn(process.execPath, [CLI, "standby", "--mirror", server.url, "--app", "calc", "--token-file", tokenFile, "--failover-after", FAILOVER, "--listen", `127.0.0.1:${port}`, "--every", "1s", "--json"], { env: S.env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    standby = spawn(process.execPath, [CLI, "standby", "--mirror", server.url, "--app", "calc", "--token-file", tokenFile, "--failover-after", FAILOVER, "--listen", `127.0.0.1:${port}`, "--every", "1s", ...(warm ? [] : ["--no-prefetch"]), "--json"], { env: S.env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let err = "";
     standby.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
     standby.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
     const exited = new Promise<number | null>((r) => standby!.on("exit", (c) => r(c)));
     await waitFor("the standby seeing the primary's lease", () => err.includes("held by bench-primary"), 60_000);
-    await waitFor("two durable checkpoints", () => {
+    await waitFor("three durable checkpoints", () => {
       try {
         const st = JSON.parse(readFileSync(join(P.home, "apps", "calc", "mirror-state.json"), "utf8")) as { checkpoints: { state: string }[] };
-        return st.checkpoints.filter((c) => c.state === "durable").length >= 2;
+        return st.checkpoints.filter((c) => c.state === "durable").length >= 3;
       } catch {
         return false;
       }
@@ -92,7 +96,7 @@ async function round(): Promise<Round> {
     const local = await S.cli(["restore", "calc", "--replace"]);
     const localRestoreMs = performance.now() - l0;
     if (local.code !== 0) throw new Error(`local restore failed: ${local.stderr}`);
-    return { detectMs, recoverMs: report.restoreMs, totalMs: Math.round(totalMs), localRestoreMs: Math.round(localRestoreMs), ratio: report.restoreMs / localRestoreMs, silentMs: report.silentMs };
+    return { warm, detectMs, recoverMs: report.restoreMs, totalMs: Math.round(totalMs), localRestoreMs: Math.round(localRestoreMs), ratio: report.restoreMs / localRestoreMs, silentMs: report.silentMs };
   } finally {
     if (standby && standby.exitCode === null && standby.pid) process.kill(standby.pid, "SIGKILL");
     server.kill();
@@ -107,21 +111,25 @@ export async function main(): Promise<void> {
   requireNative();
   const loadStart = loadavg();
   const rounds: Round[] = [];
-  for (let i = 0; i < ROUNDS; i++) rounds.push(await round());
+  const modes = WARM === "both" ? [true, false] : [WARM !== "0" && WARM !== "no"];
+  for (let i = 0; i < ROUNDS; i++) for (const w of i % 2 ? [...modes].reverse() : modes) rounds.push(await round(w));
   const loadEnd = loadavg();
-  const row = {
+  const rowOf = (rs: Round[]) => ({
+    warm: rs[0]!.warm,
     failoverAfterMs: parseInterval(FAILOVER),
-    rounds: rounds.length,
-    detectMs: median(rounds.map((r) => r.detectMs)),
-    recoverMs: median(rounds.map((r) => r.recoverMs)),
-    totalMs: median(rounds.map((r) => r.totalMs)),
-    localRestoreMs: median(rounds.map((r) => r.localRestoreMs)),
-    recoverVsLocal: Number(median(rounds.map((r) => r.ratio)).toFixed(2)),
-  };
-  console.log("failover-after | detect (kill -9 to lease granted) | recover (granted to running) | kill to counting | local restore --replace | recover/local");
-  console.log(`${FAILOVER} | ${row.detectMs} ms | ${row.recoverMs} ms | ${row.totalMs} ms | ${row.localRestoreMs} ms | ${row.recoverVsLocal}x`);
-  console.log(`medians of ${rounds.length} rounds; load average ${loadStart.map((x) => x.toFixed(2)).join(" ")} at the start, ${loadEnd.map((x) => x.toFixed(2)).join(" ")} at the end`);
+    rounds: rs.length,
+    detectMs: median(rs.map((r) => r.detectMs)),
+    recoverMs: median(rs.map((r) => r.recoverMs)),
+    totalMs: median(rs.map((r) => r.totalMs)),
+    localRestoreMs: median(rs.map((r) => r.localRestoreMs)),
+    recoverVsLocal: Number(median(rs.map((r) => r.ratio)).toFixed(2)),
+  });
+  const rows = modes.map((w) => rowOf(rounds.filter((r) => r.warm === w)));
+  const row = rows[0]!;
+  console.log("standby | failover-after | detect (kill -9 to lease granted) | recover (granted to running) | kill to counting | local restore --replace | recover/local");
+  for (const r of rows) console.log(`${r.warm ? "warm copy" : "--no-prefetch"} | ${FAILOVER} | ${r.detectMs} ms | ${r.recoverMs} ms | ${r.totalMs} ms | ${r.localRestoreMs} ms | ${r.recoverVsLocal}x`);
+  console.log(`medians of ${ROUNDS} rounds each (alternated); load average ${loadStart.map((x) => x.toFixed(2)).join(" ")} at the start, ${loadEnd.map((x) => x.toFixed(2)).join(" ")} at the end`);
   const dir = join(ROOT, "bench", "results");
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "ha.json"), JSON.stringify({ at: new Date().toISOString(), loadStart, loadEnd, row, rounds }, null, 2) + "\n");
+  writeFileSync(join(dir, "ha.json"), JSON.stringify({ at: new Date().toISOString(), loadStart, loadEnd, row, rows, rounds }, null, 2) + "\n");
 }

@@ -114,6 +114,22 @@ export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreRe
   return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from, lazy: o.lazy === true }, o.onProgress);
 }
 
+export interface PrefetchResult {
+  /** The checkpoint now in the local store. */
+  id: string;
+  /** Checkpoints imported (0: it was here already). */
+  imported: number;
+  alreadyPresent: boolean;
+  blocksFetched: number;
+  bytesFetched: number;
+  ms: number;
+}
+
+/** A standby's warm copy: pulls a checkpoint (default: the newest) of an app running elsewhere from its mirror into this host's store. */
+export function prefetch(name: string, from: { url: string; token: string; ca?: string }, o: CommonOptions & { checkpoint?: string } = {}): Promise<PrefetchResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/prefetch`, { from, ...(o.checkpoint !== undefined ? { checkpoint: o.checkpoint } : {}) });
+}
+
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */
 export function ls(app?: string, o: CommonOptions = {}): Promise<Manifest[]> {
   return client(o).request("GET", `/v1/checkpoints${app ? `?app=${enc(app)}` : ""}`);

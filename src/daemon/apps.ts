@@ -24,7 +24,7 @@ import { checkImportFile } from "./import-source.js";
 import { testDelay } from "./test-hooks.js";
 import { daemonStartUmask, validUmask } from "./private-fs.js";
 import { checkFiles, writeRestoreFailed, writeRestoreMarker } from "./file-check.js";
-import { MirrorShipper, pullFromMirror, readShipperState, type ShipRecord } from "../mirror/bridge.js";
+import { MirrorShipper, pullFromMirror, readShipperState, type PullFromMirrorResult, type ShipRecord } from "../mirror/bridge.js";
 import type { FencedInfo } from "../mirror/client.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
@@ -744,21 +744,37 @@ export class AppManager {
   }
 
   /** Fetches a checkpoint (and what it needs) from a mirror into the local store. */
-  async pullFromMirror(name: string, url: string, token: string, id?: string, ca?: string): Promise<string> {
-    if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot restore ${name} from ${url}`, "this store cannot import", "", "bad-request");
+  async pullFromMirror(name: string, url: string, token: string, id?: string, ca?: string, what = "restore"): Promise<PullFromMirrorResult> {
+    if (!(this.store instanceof CasStoreAdapter)) throw new TgError(`cannot ${what} ${name} from ${url}`, "this store cannot import", "", "bad-request");
     try {
       parseMirrorUrl(url);
     } catch (e) {
-      throw new TgError(`cannot restore ${name} from ${url}`, `bad mirror address: ${errMessage(e)}`, "Use tg://HOST:PORT (or tgs:// for TLS)", "bad-request");
+      throw new TgError(`cannot ${what} ${name} from ${url}`, `bad mirror address: ${errMessage(e)}`, "Use tg://HOST:PORT (or tgs:// for TLS)", "bad-request");
     }
     try {
       const r = await pullFromMirror(url, token, name, id ?? "latest", this.store.cas, { logger: this.log, ...(ca !== undefined ? { dial: { ca: Buffer.from(ca) } } : {}) });
       this.log.info({ app: name, id: r.id, fetched: r.blocksFetched, bytes: r.bytesFetched }, "pulled from the mirror");
-      return r.id;
+      return r;
     } catch (e) {
       if (e instanceof TgError) throw e;
-      throw new TgError(`cannot restore ${name} from ${url}`, errMessage(e), "Check the address, the token, and `tardigrade mirror ls --server URL`", "restore-failed");
+      throw new TgError(`cannot ${what} ${name} from ${url}`, errMessage(e), "Check the address, the token, and `tardigrade mirror ls --server URL`", "restore-failed");
     }
+  }
+
+  /**
+   * A standby's warm copy (src/ha/standby.ts, docs/ha.md): a checkpoint of an app that runs on
+   * another host pulled from the mirror into this store ahead of a takeover, whose restore then
+   * fetches only what came after it. Refused while the app runs here (only a standby does this).
+   */
+  async prefetch(name: string, from: { url: string; token: string; ca?: string }, checkpoint: string | undefined): Promise<{ id: string; imported: number; alreadyPresent: boolean; blocksFetched: number; bytesFetched: number; ms: number }> {
+    const dir = this.dir(name);
+    return this.lock.run(name, async () => {
+      const st = dir.state();
+      if (st && st.state !== "exited") throw new TgError(`cannot prefetch ${name}`, `the app runs on this host (${st.state}, host pid ${st.appHostPid ?? st.launcherPid})`, "Prefetch is for a standby host, where the app does not run", "conflict");
+      const t0 = performance.now();
+      const r = await this.pullFromMirror(name, from.url, from.token, checkpoint, from.ca, "prefetch");
+      return { id: r.id, imported: r.imported.length, alreadyPresent: r.alreadyPresent, blocksFetched: r.blocksFetched, bytesFetched: r.bytesFetched, ms: Math.round(performance.now() - t0) };
+    });
   }
 
   async closeMirrors(): Promise<void> {
@@ -882,7 +898,7 @@ export class AppManager {
         if (st0 && st0.state !== "exited" && !opts.replace)
           throw new TgError(`cannot restore ${name}`, `the app is still ${st0.state} (host pid ${st0.appHostPid ?? st0.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
         progress({ phase: "verify" });
-        checkpointId = await this.pullFromMirror(name, opts.from.url, opts.from.token, opts.checkpoint, opts.from.ca);
+        checkpointId = (await this.pullFromMirror(name, opts.from.url, opts.from.token, opts.checkpoint, opts.from.ca)).id;
       }
       const m = await this.pick(name, checkpointId);
       const st = dir.state();

@@ -86,6 +86,12 @@ export function createApiServer(
           progress,
         );
       }
+      if (m === "POST" && id && action === "prefetch") {
+        const b = await body(req);
+        const from = b.from as { url?: unknown; token?: unknown; ca?: unknown } | undefined;
+        if (!from || typeof from.url !== "string") throw new TgError(`cannot prefetch ${id}`, "from.url (the mirror) is missing", "Use `tardigrade standby`", "bad-request");
+        return apps.prefetch(id, { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) }, typeof b.checkpoint === "string" ? b.checkpoint : undefined);
+      }
       if (m === "POST" && id && action === "import") {
         const b = await body(req);
         return apps.importImage(id, typeof b.path === "string" ? b.path : "");

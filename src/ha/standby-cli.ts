@@ -25,14 +25,17 @@ export function registerStandbyCommand(program: Command): void {
     .addOption(new Option("--rpo <level>", "restore the newest checkpoint the mirror has on disk (durable) or in memory (received)").choices(["durable", "received"]).default("durable"))
     .option("--listen <host:port>", "where the primary's heartbeats arrive (its run --standby)", "0.0.0.0:7071")
     .option("--every <duration>", "periodic checkpoints of the restored app (like run --every)")
+    .option("--prefetch-every <duration>", "while the primary runs, pull its newest checkpoint into this host's store at most this often (a warm copy: the takeover fetches only what is newer)", "1s")
+    .option("--no-prefetch", "no warm copy: the takeover pulls the whole checkpoint")
     .option("--address <ip/prefix>", "after the takeover, hold this service address while holding the lease (removed if fenced); needs --dev")
     .option("--dev <iface>", "the interface for --address")
     .option("--json", "print the takeover report as JSON")
-    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; address?: string; dev?: string; json?: boolean }) => {
-      let failoverAfterMs: number, everyMs: number | undefined, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
+    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; prefetchEvery: string; prefetch: boolean; address?: string; dev?: string; json?: boolean }) => {
+      let failoverAfterMs: number, everyMs: number | undefined, prefetchEveryMs: number, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
       try {
         failoverAfterMs = o.failoverAfter ? parseInterval(o.failoverAfter) : DEFAULT_LEASE_MS;
         everyMs = o.every ? parseInterval(o.every) : undefined;
+        prefetchEveryMs = parseInterval(o.prefetchEvery);
         token = readToken(o.tokenFile);
         listen = parseHostPort(o.listen, "--listen");
         address = o.address !== undefined || o.dev !== undefined ? parseServiceAddress(o.address ?? "", o.dev) : undefined;
@@ -52,6 +55,12 @@ export function registerStandbyCommand(program: Command): void {
         listen,
         ...(everyMs !== undefined ? { everyMs } : {}),
         log,
+        ...(o.prefetch
+          ? {
+              prefetchEveryMs,
+              prefetch: (checkpoint: string) => api.prefetch(o.app, { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}) }, { checkpoint }),
+            }
+          : {}),
         restore: async (checkpoint, takeover) => {
           const r = await api.restore(o.app, { checkpoint, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable", ...(address ? { address } : {}) } } });
           return { checkpoint: r.checkpoint, appHostPid: r.appHostPid };
@@ -62,7 +71,7 @@ export function registerStandbyCommand(program: Command): void {
       if (o.json) return void process.stdout.write(JSON.stringify({ ...report, status: st }, null, 2) + "\n");
       process.stdout.write(
         `took over ${report.app} from ${report.previousHolder || "?"}: lease epoch ${report.epoch}, primary silent ${report.silentMs.udp} ms (udp) / ${report.silentMs.mirror} ms (mirror)\n` +
-          `  restored from ${report.checkpoint} (${report.checkpointState}) in ${report.restoreMs} ms; ${st.name} ${st.state}, host pid ${st.appHostPid ?? "-"}\n`,
+          `  restored from ${report.checkpoint} (${report.checkpointState}) in ${report.restoreMs} ms${report.prefetched ? ` (warm copy: ${report.prefetched} was here already)` : ""}; ${st.name} ${st.state}, host pid ${st.appHostPid ?? "-"}\n`,
       );
     });
 }

@@ -28,6 +28,13 @@ export interface StandbyOptions {
   log(line: string): void;
   /** The restore through the local daemon (api.restore with from.takeover). */
   restore(checkpoint: string, takeover: Takeover): Promise<{ checkpoint: string; appHostPid: number; wallNs?: number }>;
+  /**
+   * The warm copy (api.prefetch): pulls a checkpoint of the app from the mirror into this host's
+   * store while the primary runs, so a takeover's restore fetches only what came after it.
+   */
+  prefetch?(checkpoint: string): Promise<{ id: string; imported: number; blocksFetched: number; bytesFetched: number; ms: number }>;
+  /** At most one prefetch per this long (ms); default 1000. */
+  prefetchEveryMs?: number;
   /** Ends the watch (tests); resolves runStandby with no takeover. */
   signal?: AbortSignal;
 }
@@ -46,6 +53,8 @@ export interface TakeoverReport {
   restoreMs: number;
   appHostPid: number;
   beatsReceived: number;
+  /** The newest checkpoint the warm copy had pulled before the takeover (its restore fetched only what is newer). */
+  prefetched?: string;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -78,7 +87,42 @@ export async function runStandby(o: StandbyOptions): Promise<TakeoverReport | un
       return undefined;
     }
   };
-  o.log(`standby for ${o.app}: beats on udp ${o.listen.host}:${beats.port}, mirror ${o.url}, failover after ${o.failoverAfterMs} ms of silence on both paths, rpo ${o.rpo}`);
+  o.log(`standby for ${o.app}: beats on udp ${o.listen.host}:${beats.port}, mirror ${o.url}, failover after ${o.failoverAfterMs} ms of silence on both paths, rpo ${o.rpo}${o.prefetch ? ", warm copy" : ""}`);
+  // The warm copy: one prefetch at a time, in the background (detection never waits for it).
+  let prefetched: string | undefined; // (the store's id)
+  let prefetchedMirrorId: string | undefined;
+  let inflight: Promise<void> | undefined;
+  let lastPrefetchAt = -Infinity;
+  let lastPrefetchError = "";
+  const prefetchEvery = o.prefetchEveryMs ?? 1000;
+  const warm = async (now: number): Promise<void> => {
+    if (!o.prefetch || inflight || unreachable || now - lastPrefetchAt < prefetchEvery) return;
+    lastPrefetchAt = now;
+    let c: ListedCheckpoint | undefined;
+    try {
+      c = pickCheckpoint(await (await connect()).list(), o.rpo);
+    } catch {
+      return; // (the next probe says whether the mirror is reachable)
+    }
+    if (!c || c.id === prefetchedMirrorId) return;
+    const id = c.id;
+    inflight = o
+      .prefetch(id)
+      .then((r) => {
+        prefetched = r.id;
+        prefetchedMirrorId = id;
+        lastPrefetchError = "";
+        if (r.imported > 0) o.log(`warm copy: ${r.id} pulled (${r.imported} checkpoint(s), ${r.blocksFetched} blocks, ${r.bytesFetched} bytes, ${r.ms} ms)`);
+      })
+      .catch((e: unknown) => {
+        const m = (e as Error).message;
+        if (m !== lastPrefetchError) o.log(`warm copy: cannot pull ${id}: ${m} (a takeover pulls the whole checkpoint)`);
+        lastPrefetchError = m;
+      })
+      .finally(() => {
+        inflight = undefined;
+      });
+  };
   try {
     while (!o.signal?.aborted) {
       const p = await ask({ probe: true });
@@ -95,12 +139,17 @@ export async function runStandby(o: StandbyOptions): Promise<TakeoverReport | un
         const g = await ask({ host: o.host, ttlMs: o.failoverAfterMs });
         if (g?.granted) {
           o.log(`primary silent (udp ${Math.round(udp)} ms, mirror ${Math.round(mirror)} ms): lease of ${o.app} granted, epoch ${g.epoch}`);
-          return await takeOver(o, g.epoch, lastHolder, { udp: Math.round(udp), mirror: Math.round(mirror) }, beats.received, admin!);
+          if (inflight) await inflight; // (one pull into the store at a time; what it fetched the restore need not)
+          const report = await takeOver(o, g.epoch, lastHolder, { udp: Math.round(udp), mirror: Math.round(mirror) }, beats.received, admin!);
+          return prefetched !== undefined ? { ...report, prefetched } : report;
         }
         if (g && !g.granted) o.log(`primary silent on both paths, but the lease is still held by ${g.holder} (epoch ${g.epoch}, ${g.expiresInMs} ms left): waiting`);
+      } else if (p) {
+        await warm(now);
       }
       await sleep(every);
     }
+    if (inflight) await inflight;
     return undefined;
   } finally {
     beats.close();
