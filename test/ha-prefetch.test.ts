@@ -1,7 +1,8 @@
 // The standby's warm copy (issue 16; docs/ha.md): while the primary runs, the standby pulls the
 // app's newest durable checkpoint from the mirror into its own store (at most once per
 // --prefetch-every), so a takeover's restore fetches only what is newer. One host, loopback, two
-// homes (two daemons), a mirror server process, a counter checkpointing every second.
+// homes (two daemons), a mirror server process, a counter checkpointing every second. The
+// takeover restores lazily (the standby's default) from the warm copy.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { isAlive, waitFor } from "./helpers/home.js";
@@ -31,8 +32,9 @@ describe("standby: warm copy", () => {
       const countAtKill = lastCount(P.log("calc"));
       ha.killPrimary();
       assert.equal(await ha.exited, 0, ha.err());
-      const report = JSON.parse(ha.out()) as { checkpoint: string; prefetched?: string; restoreMs: number };
+      const report = JSON.parse(ha.out()) as { checkpoint: string; prefetched?: string; restoreMs: number; lazy?: boolean };
       assert.ok(report.prefetched, `the takeover report names the warm copy: ${ha.out()}`);
+      assert.equal(report.lazy, true, `the standby restores lazily by default: ${ha.out()}`);
       const seq = (id: string): number => Number(id.split("@")[1]);
       assert.ok(seq(report.prefetched!) <= seq(report.checkpoint), `${report.prefetched} is not newer than the checkpoint restored, ${report.checkpoint}`);
       await waitFor("the app counting on the standby", () => lastCount(S.log("calc")) > 0, 60_000);

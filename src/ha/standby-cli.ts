@@ -27,10 +27,11 @@ export function registerStandbyCommand(program: Command): void {
     .option("--every <duration>", "periodic checkpoints of the restored app (like run --every)")
     .option("--prefetch-every <duration>", "while the primary runs, pull its newest checkpoint into this host's store at most this often (a warm copy: the takeover fetches only what is newer)", "1s")
     .option("--no-prefetch", "no warm copy: the takeover pulls the whole checkpoint")
+    .option("--no-lazy", "restore eagerly on takeover (default: restore --lazy, the app resumes before its memory is all in; a process tree is restored eagerly)")
     .option("--address <ip/prefix>", "after the takeover, hold this service address while holding the lease (removed if fenced); needs --dev")
     .option("--dev <iface>", "the interface for --address")
     .option("--json", "print the takeover report as JSON")
-    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; prefetchEvery: string; prefetch: boolean; address?: string; dev?: string; json?: boolean }) => {
+    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; prefetchEvery: string; prefetch: boolean; lazy: boolean; address?: string; dev?: string; json?: boolean }) => {
       let failoverAfterMs: number, everyMs: number | undefined, prefetchEveryMs: number, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
       try {
         failoverAfterMs = o.failoverAfter ? parseInterval(o.failoverAfter) : DEFAULT_LEASE_MS;
@@ -62,8 +63,17 @@ export function registerStandbyCommand(program: Command): void {
             }
           : {}),
         restore: async (checkpoint, takeover) => {
-          const r = await api.restore(o.app, { checkpoint, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable", ...(address ? { address } : {}) } } });
-          return { checkpoint: r.checkpoint, appHostPid: r.appHostPid };
+          const go = (lazy: boolean) => api.restore(o.app, { checkpoint, lazy, from: { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}), takeover: { ...takeover, ack: "durable", ...(address ? { address } : {}) } } });
+          let r;
+          try {
+            r = await go(o.lazy);
+          } catch (e) {
+            // a process tree cannot be restored lazily yet: refused before anything started, restored eagerly instead
+            if (!o.lazy || !/lazily .*process tree/.test(errMessage(e))) throw e;
+            log(`${errMessage(e)}: restoring it eagerly`);
+            r = await go(false);
+          }
+          return { checkpoint: r.checkpoint, appHostPid: r.appHostPid, lazy: r.lazy !== undefined };
         },
       });
       if (!report) return;
@@ -71,7 +81,7 @@ export function registerStandbyCommand(program: Command): void {
       if (o.json) return void process.stdout.write(JSON.stringify({ ...report, status: st }, null, 2) + "\n");
       process.stdout.write(
         `took over ${report.app} from ${report.previousHolder || "?"}: lease epoch ${report.epoch}, primary silent ${report.silentMs.udp} ms (udp) / ${report.silentMs.mirror} ms (mirror)\n` +
-          `  restored from ${report.checkpoint} (${report.checkpointState}) in ${report.restoreMs} ms${report.prefetched ? ` (warm copy: ${report.prefetched} was here already)` : ""}; ${st.name} ${st.state}, host pid ${st.appHostPid ?? "-"}\n`,
+          `  restored from ${report.checkpoint} (${report.checkpointState}) in ${report.restoreMs} ms${report.lazy ? " (lazily: `status` shows the loading)" : ""}${report.prefetched ? ` (warm copy: ${report.prefetched} was here already)` : ""}; ${st.name} ${st.state}, host pid ${st.appHostPid ?? "-"}\n`,
       );
     });
 }

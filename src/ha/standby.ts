@@ -27,7 +27,7 @@ export interface StandbyOptions {
   everyMs?: number;
   log(line: string): void;
   /** The restore through the local daemon (api.restore with from.takeover). */
-  restore(checkpoint: string, takeover: Takeover): Promise<{ checkpoint: string; appHostPid: number; wallNs?: number }>;
+  restore(checkpoint: string, takeover: Takeover): Promise<{ checkpoint: string; appHostPid: number; wallNs?: number; lazy?: boolean }>;
   /**
    * The warm copy (api.prefetch): pulls a checkpoint of the app from the mirror into this host's
    * store while the primary runs, so a takeover's restore fetches only what came after it.
@@ -53,6 +53,8 @@ export interface TakeoverReport {
   restoreMs: number;
   appHostPid: number;
   beatsReceived: number;
+  /** Restored lazily (the app resumed before its memory was all in; `status` shows the loading). */
+  lazy?: boolean;
   /** The newest checkpoint the warm copy had pulled before the takeover (its restore fetched only what is newer). */
   prefetched?: string;
 }
@@ -177,7 +179,7 @@ async function takeOver(o: StandbyOptions, epoch: number, previousHolder: string
     if (lost) throw new TgError(`took ${o.app} over but lost its lease`, `${lost} while restoring`, `Another host runs it now: stop the copy restored here (\`tardigrade stop ${o.app}\`)`, "fenced");
     const restoreMs = Math.round(performance.now() - t0);
     o.log(`takeover done: ${o.app} running from ${r.checkpoint} (host pid ${r.appHostPid}), ${restoreMs} ms after the lease was granted`);
-    return { app: o.app, epoch, previousHolder, silentMs, checkpoint: r.checkpoint, mirrorId: c.id, checkpointState: c.state, restoreMs, appHostPid: r.appHostPid, beatsReceived };
+    return { app: o.app, epoch, previousHolder, silentMs, checkpoint: r.checkpoint, mirrorId: c.id, checkpointState: c.state, restoreMs, appHostPid: r.appHostPid, beatsReceived, ...(r.lazy ? { lazy: true } : {}) };
   } finally {
     clearInterval(timer);
     await renewing;
