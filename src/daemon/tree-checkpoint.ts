@@ -439,7 +439,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
                 comm: q.comm,
                 threads: q.threads,
                 ...(ids.has(q.pid) ? { id: ids.get(q.pid)!, downtimeNs: downtimes.get(q.pid) ?? 0 } : {}),
-                ...(q.zombie ? { zombie: true, waitStatus: q.waitStatus ?? 0 } : {}),
+                ...(q.zombie ? { zombie: true, waitStatus: q.waitStatus ?? 0, ...(q.creds ? { creds: q.creds } : {}) } : {}),
               }));
             },
           }

@@ -20,9 +20,30 @@ export interface TreeProcess {
   zombie: boolean;
   /** A zombie's wait status (as wait() would return it). */
   waitStatus?: number;
+  /** A zombie's credentials (its /proc status: uids and gids real, effective, saved, fs; groups): it ends as that user again on restore. */
+  creds?: ZombieCreds;
   /** The agent library is mapped (the process can be captured). */
   agent: boolean;
   threads: number;
+}
+
+export interface ZombieCreds {
+  uid: number[];
+  gid: number[];
+  groups: number[];
+}
+
+/** Uid, Gid and Groups of a /proc/PID/status, or undefined if a line is missing. */
+function credsOf(status: string): ZombieCreds | undefined {
+  const ids = (key: string): number[] | undefined => {
+    const m = new RegExp(`^${key}:[ \\t]*([\\d \\t]*)$`, "m").exec(status);
+    return m ? m[1]!.trim().split(/\s+/).filter((w) => w !== "").map(Number) : undefined;
+  };
+  const uid = ids("Uid");
+  const gid = ids("Gid");
+  const groups = ids("Groups");
+  if (uid?.length !== 4 || gid?.length !== 4 || !groups) return undefined;
+  return { uid, gid, groups };
 }
 
 function read(path: string): string | null {
@@ -69,6 +90,7 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
   const comm = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? "?";
   const cmdline = (read(`/proc/${hostPid}/cmdline`) ?? "").replace(/\0+$/, "").split("\0").join(" ");
   const exitCode = Number(fields[52 - 3]);
+  const creds = zombie ? credsOf(status) : undefined;
   return {
     pid,
     hostPid,
@@ -79,6 +101,7 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
     comm,
     zombie,
     ...(zombie && Number.isInteger(exitCode) ? { waitStatus: exitCode } : {}),
+    ...(zombie && creds ? { creds } : {}),
     agent: !zombie && /\/libtardigrade-agent[-.]/.test(read(`/proc/${hostPid}/maps`) ?? ""),
     threads: lastNumber(status, "Threads") ?? 1,
   };
