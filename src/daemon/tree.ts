@@ -24,6 +24,8 @@ export interface TreeProcess {
   creds?: ZombieCreds;
   /** The agent library is mapped (the process can be captured). */
   agent: boolean;
+  /** No agent yet, but one is coming: a program just exec'd whose dynamic loader runs with the agent in its LD_PRELOAD. */
+  starting?: boolean;
   threads: number;
 }
 
@@ -75,6 +77,19 @@ const lastNumber = (status: string, key: string): number | null => {
   return l.length ? Number(l[l.length - 1]) : null;
 };
 
+const AGENT_MAPPED = /\/libtardigrade-agent[-.]/;
+
+/**
+ * A process without the agent mapped that will have it in a moment: its dynamic loader is mapped
+ * (not a static program) and the environment it was exec'd with preloads the agent. (A program
+ * exec'd by a vfork or clone child under load can stay there for tens of ms.)
+ */
+function agentComing(hostPid: number, maps: string): boolean {
+  if (!/\/ld-linux[^/\n]*\.so/.test(maps)) return false;
+  const env = read(`/proc/${hostPid}/environ`) ?? "";
+  return env.split("\0").some((v) => v.startsWith("LD_PRELOAD=") && /libtardigrade-agent[-.]/.test(v));
+}
+
 /** The snapshot writer of a checkpoint in flight (native/agent: never part of the app). */
 const SNAPSHOT_COMM = "tg-snapshot";
 
@@ -91,6 +106,8 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
   const cmdline = (read(`/proc/${hostPid}/cmdline`) ?? "").replace(/\0+$/, "").split("\0").join(" ");
   const exitCode = Number(fields[52 - 3]);
   const creds = zombie ? credsOf(status) : undefined;
+  const maps = zombie ? "" : (read(`/proc/${hostPid}/maps`) ?? "");
+  const agent = !zombie && AGENT_MAPPED.test(maps);
   return {
     pid,
     hostPid,
@@ -102,7 +119,8 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
     zombie,
     ...(zombie && Number.isInteger(exitCode) ? { waitStatus: exitCode } : {}),
     ...(zombie && creds ? { creds } : {}),
-    agent: !zombie && /\/libtardigrade-agent[-.]/.test(read(`/proc/${hostPid}/maps`) ?? ""),
+    agent,
+    ...(!zombie && !agent && agentComing(hostPid, maps) ? { starting: true } : {}),
     threads: lastNumber(status, "Threads") ?? 1,
   };
 }
