@@ -8,13 +8,18 @@
 // given (not implemented here yet: the figure is reported as missing).
 //
 // Environment: BENCH_TREE_PROCS=4 (dirtiers), BENCH_TREE_MIB=256 (each), BENCH_TREE_ROUNDS=2.
+// BENCH_TREE_OTHER=DIR (the root of another build: its bin/tardigrade.js, dist/ and native/build/):
+// the tree is measured with that build and this one alternately in each round (a change against the
+// build before it, in the same run), instead of the single-process and CRIU comparisons; the full
+// checkpoint's downtime is also split by stage (`inspect`: park, verify, capture, resume).
 // Prints a table, writes bench/results/tree.json. Everything started is killed by PID.
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { appProcesses } from "../src/daemon/tree.js";
-import { cleanup, cliJson, median, sleep, trackApp, trackDaemon } from "./bench-procs.js";
+import { cleanup, cliJson as thisCliJson, daemonPid, median, sleep, track, trackApp, trackDaemon, type CliResult } from "./bench-procs.js";
 import { criuTreeRound, type CriuTreeRound } from "./criu-peer.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -25,6 +30,41 @@ const envInt = (name: string, def: number): number => {
   const v = Number(process.env[name]);
   return Number.isFinite(v) && v > 0 ? Math.floor(v) : def;
 };
+
+/** The build whose CLI `cliJson` runs: this one, or BENCH_TREE_OTHER's (set per round). */
+let otherCli: string | null = null;
+
+/** `tardigrade ARGS --json` of the build in use (this one, or the other one being compared). */
+function cliJson(env: NodeJS.ProcessEnv, args: string[]): Promise<CliResult> {
+  if (!otherCli) return thisCliJson(env, args);
+  const cli = otherCli;
+  return new Promise((resolvePromise, reject) => {
+    execFile(process.execPath, [cli, ...args], { env, timeout: 600_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (env.TARDIGRADE_HOME) track(daemonPid(env.TARDIGRADE_HOME), "daemon");
+      if (err) return reject(new Error(`tardigrade ${args.join(" ")} (${cli}) failed: ${stderr.trim() || err.message}`));
+      try {
+        resolvePromise({ json: JSON.parse(stdout) as unknown, wallNs: 0 });
+      } catch {
+        reject(new Error(`tardigrade ${args.join(" ")} printed no JSON: ${stdout.slice(0, 300)}`));
+      }
+    });
+  });
+}
+
+/** The cut's split of a tree checkpoint's downtime (stats.extra.cut, as `inspect` shows it), ms. */
+async function cutSplit(env: NodeJS.ProcessEnv, id: string): Promise<Record<string, number> | null> {
+  const find = (o: unknown): Record<string, number> | null => {
+    if (!o || typeof o !== "object") return null;
+    const r = o as Record<string, unknown>;
+    if (r.cut && typeof r.treeDowntimeNs === "number") return Object.fromEntries(Object.entries(r.cut as Record<string, number>).map(([k, v]) => [k, v / 1e6]));
+    for (const v of Object.values(r)) {
+      const f = find(v);
+      if (f) return f;
+    }
+    return null;
+  };
+  return find((await cliJson(env, ["inspect", id, "--json"]).catch(() => ({ json: null }))).json);
+}
 
 interface CkJson {
   id: string;
@@ -39,6 +79,7 @@ interface Round {
   incrDowntimeMs: number;
   incrWallMs: number;
   restoreMs: number;
+  fullCut?: Record<string, number> | null;
 }
 
 /** The app's dirtiers (host pids), once each printed "ready". */
@@ -71,6 +112,7 @@ async function round(env: NodeJS.ProcessEnv, name: string, argv: string[], n: nu
   trackDaemon(env.TARDIGRADE_HOME!);
   let pids = await dirtiers(env, name, n);
   const full = (await cliJson(env, ["checkpoint", name, "--full", "--json"])).json as CkJson;
+  const fullCut = n > 1 ? await cutSplit(env, full.id) : null;
   await dirty(env, name, pids);
   const incr = (await cliJson(env, ["checkpoint", name, "--json"])).json as CkJson;
   const st = await trackApp(env, name);
@@ -87,6 +129,7 @@ async function round(env: NodeJS.ProcessEnv, name: string, argv: string[], n: nu
     incrDowntimeMs: incr.downtimeNs / 1e6,
     incrWallMs: incr.commitNs / 1e6,
     restoreMs,
+    fullCut,
   };
 }
 
@@ -103,6 +146,35 @@ export async function main(): Promise<void> {
   if (criu && !existsSync(criu)) throw new Error(`CRIU=${criu}: no such file`);
   const criuRounds: CriuTreeRound[] = [];
   const load0 = loadavg();
+  const other = process.env.BENCH_TREE_OTHER || undefined;
+  if (other) {
+    const cli = join(resolve(other), "bin", "tardigrade.js");
+    if (!existsSync(cli)) throw new Error(`BENCH_TREE_OTHER=${other}: no bin/tardigrade.js there`);
+    const runs: Record<"this" | "other", Round[]> = { this: [], other: [] };
+    const loads: number[] = [];
+    try {
+      for (let r = 0; r < rounds; r++)
+        for (const which of (r % 2 ? ["other", "this"] : ["this", "other"]) as ("this" | "other")[]) {
+          otherCli = which === "other" ? cli : null;
+          loads.push(loadavg()[0]!);
+          runs[which].push(await round(env, `${which}${r}`, ["bash", script], n));
+          otherCli = null;
+        }
+    } finally {
+      otherCli = null;
+      await cleanup();
+      rmSync(home, { recursive: true, force: true });
+    }
+    const m = (w: "this" | "other", k: Exclude<keyof Round, "fullCut">): number => median(runs[w].map((x) => x[k]));
+    console.log(`process tree: bash + ${n} × dirtier ${mib} MiB; this build against ${other}, alternated, ${rounds} rounds each, medians; ${cpus().length} CPUs, load at each case ${loads.map((x) => x.toFixed(1)).join(" ")}`);
+    console.log("figure".padEnd(16) + "this".padStart(12) + "other".padStart(12) + "ratio".padStart(8));
+    for (const k of ["fullDowntimeMs", "incrDowntimeMs", "fullWallMs", "incrWallMs", "restoreMs"] as const)
+      console.log(k.padEnd(16) + m("this", k).toFixed(1).padStart(12) + m("other", k).toFixed(1).padStart(12) + (m("this", k) / m("other", k)).toFixed(2).padStart(8));
+    for (const w of ["this", "other"] as const) console.log(`full cut by stage (${w}, each round, ms): ${runs[w].map((x) => JSON.stringify(Object.fromEntries(Object.entries(x.fullCut ?? {}).map(([k, v]) => [k, Math.round(v)])))).join(" ")}`);
+    mkdirSync(dirname(RESULTS), { recursive: true });
+    writeFileSync(RESULTS, JSON.stringify({ procs: n, mib, rounds, other, loads, runs }, null, 2));
+    return;
+  }
   try {
     for (let r = 0; r < rounds; r++) {
       // interleaved: the tree, one process holding the same total memory, CRIU on the same tree
@@ -114,7 +186,7 @@ export async function main(): Promise<void> {
     await cleanup();
     rmSync(home, { recursive: true, force: true });
   }
-  const med = (c: string, k: keyof Round): number => median(cases[c]!.map((x) => x[k]));
+  const med = (c: string, k: Exclude<keyof Round, "fullCut">): number => median(cases[c]!.map((x) => x[k]));
   const rows = (["fullDowntimeMs", "incrDowntimeMs", "fullWallMs", "incrWallMs", "restoreMs"] as const).map((k) => [k, med("tree", k), med("single", k), med("tree", k) / med("single", k)] as const);
   console.log(`process tree: bash + ${n} × dirtier ${mib} MiB, against one dirtier of ${n * mib} MiB; ${rounds} rounds, medians; ${cpus().length} CPUs, load ${load0.map((x) => x.toFixed(2)).join(" ")} -> ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   console.log("figure".padEnd(16) + "tree".padStart(12) + "single".padStart(12) + "ratio".padStart(8));

@@ -77,4 +77,34 @@ describe("a tree that forks all the time", { timeout: 900_000 }, () => {
     release();
     await waitExited(h, "fs", 120_000);
   });
+
+  // glibc's vfork() and clone() run no fork handlers: the agent wraps them to wait at the gate too
+  // (without, the children made between the daemon's look and the park made every attempt fail)
+  for (const mode of ["vfork", "clone"] as const)
+    test(`children made by ${mode}() and exec'd: three checkpoints in a row commit, the last restores`, async (t) => {
+      const { h, dir, release } = setup(t);
+      const app = `fs-${mode}`;
+      await runApp(h, app, [fixture("forkstorm"), dir, mode]);
+      await waitLines(h, app, (l) => ticks(l).some((x) => x.forks >= 20), "it forks", 120_000);
+      for (let i = 0; i < 3; i++) {
+        const r = await h.cli(["checkpoint", app, "--json"]);
+        assert.equal(r.code, 0, `checkpoint ${i + 1}: ${r.stderr}`);
+      }
+      const atCheckpoint = ticks(logLines(h, app)).pop()!.n;
+      const from = logSize(h, app);
+      await waitLines(h, app, (l) => ticks(l).some((x) => x.n >= atCheckpoint + 5), "it runs on after the checkpoints", 120_000, from);
+      await crashAndRestore(h, app);
+      const since = ticks(await waitLines(h, app, (l) => {
+        const x = ticks(l);
+        const back = x.findIndex((y, i) => i > 0 && y.n <= x[i - 1]!.n);
+        return back > 0 && x.length - back >= 10;
+      }, "10 ticks after the restore", 180_000, from));
+      const after = since.slice(since.findIndex((y, i) => i > 0 && y.n <= since[i - 1]!.n));
+      assert.ok(after[0]!.n <= atCheckpoint + 1, `the app went back to the checkpoint (first tick ${after[0]!.n}, checkpoint before tick ${atCheckpoint})`);
+      for (const x of after) assert.equal(x.sum, (x.n * (x.n + 1)) / 2, `tick ${x.n}: its memory is the checkpoint's`);
+      assert.ok(after[after.length - 1]!.forks > after[0]!.forks, "it makes children after the restore");
+      assert.equal(after[after.length - 1]!.bad, 0, "every child was reaped with status 7");
+      release();
+      await waitExited(h, app, 120_000);
+    });
 });

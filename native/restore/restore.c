@@ -27,6 +27,7 @@
 #include "lazy.h"
 #include "pages-direct.h"
 #include "restore.h"
+#include "tree-zombie.h"
 
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
 extern const unsigned int __rseq_size __attribute__((weak));
@@ -373,9 +374,11 @@ static void __attribute__((noreturn)) become(struct node *n) {
   for (size_t i = 0; i < nnodes; i++)
     if (nodes[i].ppid == n->pid && spawn(&nodes[i]) < 0) report_fail("cannot create process %d: %s", nodes[i].pid, strerror(errno));
   if (n->plan < 0) {
-    /* a zombie: ends as it ended, and waits for its parent's wait() */
+    /* a zombie: ends as it ended, as the user it was (tree-zombie.c), and waits for its parent's wait() */
     struct rlimit no_core = {0, 0};
     setrlimit(RLIMIT_CORE, &no_core);
+    char zerr[256];
+    if (tg_zombie_take_creds(n->pid, zerr, sizeof zerr) != 0) report_fail("process %d (a zombie): %s", n->pid, zerr);
     close(report_fd);
     if (WIFSIGNALED(n->status)) {
       signal(WTERMSIG(n->status), SIG_DFL);
@@ -557,7 +560,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n"
                   "       tardigrade-restore --freeze-connections PID INO:SND_SEQ:RCV_SEQ...\n");
   exit(2);
@@ -584,8 +587,10 @@ int main(int argc, char **argv) {
       paths[npaths++] = argv[++i];
     } else if (strcmp(argv[i], "--zombie") == 0) {
       struct node z = {0, 0, 0, 0, -1, 0};
-      if (nnodes >= MAX_PROCS || sscanf(argv[++i], "%d:%d:%d:%d:%d", &z.pid, &z.ppid, &z.pgid, &z.sid, &z.status) != 5 || z.pid < 2)
-        tg_die("--zombie wants PID:PPID:PGID:SID:STATUS (the wait status), got '%s'", argv[i]);
+      int end = 0;
+      if (nnodes >= MAX_PROCS || sscanf(argv[++i], "%d:%d:%d:%d:%d%n", &z.pid, &z.ppid, &z.pgid, &z.sid, &z.status, &end) != 5 || z.pid < 2 ||
+          (argv[i][end] != 0 && (argv[i][end] != ':' || tg_zombie_note_creds(z.pid, argv[i] + end + 1) != 0)))
+        tg_die("--zombie wants PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]] (the wait status; uids and gids real,effective,saved,fs), got '%s'", argv[i]);
       nodes[nnodes++] = z;
     }
     else if (strcmp(argv[i], "--shared") == 0) {

@@ -45,7 +45,7 @@ import { lazyProgress, lazyRestoreArgs, refuseCheckpointWhileLoading, type LazyP
 import { appProcesses, describeProcesses, isAgentTreeRefusal, treeRefusal } from "./tree.js";
 import { checkpointTree } from "./tree-checkpoint.js";
 import { sweepLeftovers } from "./leftovers-sweep.js";
-import { treeOf } from "./tree-info.js";
+import { treeOf, zombieArg } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
 import { clearRanges } from "./files-ranges.js";
 import { FilesCapture, filesApp, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
@@ -1107,7 +1107,7 @@ export class AppManager {
           exportError = e;
           this.killLaunch(dir, record.launcherPid);
         });
-      const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`]), ...(tree?.shared ?? []).flatMap((g) => ["--shared", g.map(([pid, fd]) => `${pid}:${fd}`).join(",")])];
+      const treeArgs = [...images.flatMap((_, i) => ["--image", `/dev/fd/${3 + i}`]), ...zombies.flatMap((z) => ["--zombie", zombieArg(z)]), ...(tree?.shared ?? []).flatMap((g) => ["--shared", g.map(([pid, fd]) => `${pid}:${fd}`).join(",")])];
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);

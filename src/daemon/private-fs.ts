@@ -5,6 +5,7 @@
 // The app itself gets back the umask of whoever ran `tardigrade run` (tardigrade-init --umask).
 import { chmodSync, lstatSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { lockDownAcl } from "./private-acl.js";
 
 export const PRIVATE_UMASK = 0o077;
 
@@ -52,7 +53,15 @@ export function lockDown(root: string, onError: (path: string, e: unknown) => vo
       return;
     }
     if (st.isSymbolicLink()) return;
-    if ((st.mode & 0o077) !== 0) {
+    // (a path with an ACL: the agent's grants to the app's users are kept, the rest taken away)
+    let acl: boolean | null = null;
+    try {
+      acl = lockDownAcl(root, path);
+      if (acl) changed++;
+    } catch (e) {
+      onError(path, e);
+    }
+    if (acl === null && (st.mode & 0o077) !== 0) {
       try {
         chmodSync(path, st.mode & 0o7700);
         changed++;

@@ -294,8 +294,9 @@ async function checkpointTreeGated(a: TreeCheckpointArgs, gate: ForkGate): Promi
     if (!main) throw new TgError(`cannot checkpoint ${a.app}`, "its main process has exited", "Nothing was committed", "not-running");
     const lacking = procs.filter((p) => !p.zombie && !p.agent);
     for (const h of [...noAgentSeen.keys()]) if (!lacking.some((p) => p.hostPid === h)) noAgentSeen.delete(h);
-    for (const p of lacking) noAgentSeen.set(p.hostPid, (noAgentSeen.get(p.hostPid) ?? 0) + 1);
-    if (lacking.some((p) => (noAgentSeen.get(p.hostPid) ?? 0) < NO_AGENT_LOOKS) && waits++ < 100) {
+    // (one whose loader is still bringing the agent in is not counted: it is waited for)
+    for (const p of lacking) if (!p.starting) noAgentSeen.set(p.hostPid, (noAgentSeen.get(p.hostPid) ?? 0) + 1);
+    if (lacking.some((p) => p.starting || (noAgentSeen.get(p.hostPid) ?? 0) < NO_AGENT_LOOKS) && waits++ < 100) {
       await sleep(20 + Math.random() * 30);
       attempt--;
       continue;
@@ -439,7 +440,7 @@ async function checkpointOnce(a: TreeCheckpointArgs, procs: TreeProcess[], mainP
                 comm: q.comm,
                 threads: q.threads,
                 ...(ids.has(q.pid) ? { id: ids.get(q.pid)!, downtimeNs: downtimes.get(q.pid) ?? 0 } : {}),
-                ...(q.zombie ? { zombie: true, waitStatus: q.waitStatus ?? 0 } : {}),
+                ...(q.zombie ? { zombie: true, waitStatus: q.waitStatus ?? 0, ...(q.creds ? { creds: q.creds } : {}) } : {}),
               }));
             },
           }

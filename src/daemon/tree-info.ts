@@ -14,7 +14,17 @@ export interface TreeEntry {
   id?: string;
   zombie?: boolean;
   waitStatus?: number;
+  /** A zombie's uids and gids (real, effective, saved, fs) and groups: it ends as that user on restore. */
+  creds?: { uid: number[]; gid: number[]; groups: number[] };
   downtimeNs?: number;
+}
+
+/** tardigrade-restore's --zombie value for a zombie of the tree: PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]. */
+export function zombieArg(z: TreeEntry): string {
+  const base = `${z.pid}:${z.ppid}:${z.pgid}:${z.sid}:${z.waitStatus ?? 0}`;
+  const c = z.creds;
+  if (!c || c.uid.length !== 4 || c.gid.length !== 4) return base; // (a checkpoint of an older daemon: the restorer's own)
+  return `${base}:${c.uid.join(",")}:${c.gid.join(",")}${c.groups.length ? ":" + c.groups.join(",") : ""}`;
 }
 
 export interface TreeInfo {

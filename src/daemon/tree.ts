@@ -20,9 +20,32 @@ export interface TreeProcess {
   zombie: boolean;
   /** A zombie's wait status (as wait() would return it). */
   waitStatus?: number;
+  /** A zombie's credentials (its /proc status: uids and gids real, effective, saved, fs; groups): it ends as that user again on restore. */
+  creds?: ZombieCreds;
   /** The agent library is mapped (the process can be captured). */
   agent: boolean;
+  /** No agent yet, but one is coming: a program just exec'd whose dynamic loader runs with the agent in its LD_PRELOAD. */
+  starting?: boolean;
   threads: number;
+}
+
+export interface ZombieCreds {
+  uid: number[];
+  gid: number[];
+  groups: number[];
+}
+
+/** Uid, Gid and Groups of a /proc/PID/status, or undefined if a line is missing. */
+function credsOf(status: string): ZombieCreds | undefined {
+  const ids = (key: string): number[] | undefined => {
+    const m = new RegExp(`^${key}:[ \\t]*([\\d \\t]*)$`, "m").exec(status);
+    return m ? m[1]!.trim().split(/\s+/).filter((w) => w !== "").map(Number) : undefined;
+  };
+  const uid = ids("Uid");
+  const gid = ids("Gid");
+  const groups = ids("Groups");
+  if (uid?.length !== 4 || gid?.length !== 4 || !groups) return undefined;
+  return { uid, gid, groups };
 }
 
 function read(path: string): string | null {
@@ -54,6 +77,19 @@ const lastNumber = (status: string, key: string): number | null => {
   return l.length ? Number(l[l.length - 1]) : null;
 };
 
+const AGENT_MAPPED = /\/libtardigrade-agent[-.]/;
+
+/**
+ * A process without the agent mapped that will have it in a moment: its dynamic loader is mapped
+ * (not a static program) and the environment it was exec'd with preloads the agent. (A program
+ * exec'd by a vfork or clone child under load can stay there for tens of ms.)
+ */
+function agentComing(hostPid: number, maps: string): boolean {
+  if (!/\/ld-linux[^/\n]*\.so/.test(maps)) return false;
+  const env = read(`/proc/${hostPid}/environ`) ?? "";
+  return env.split("\0").some((v) => v.startsWith("LD_PRELOAD=") && /libtardigrade-agent[-.]/.test(v));
+}
+
 /** The snapshot writer of a checkpoint in flight (native/agent: never part of the app). */
 const SNAPSHOT_COMM = "tg-snapshot";
 
@@ -69,6 +105,9 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
   const comm = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? "?";
   const cmdline = (read(`/proc/${hostPid}/cmdline`) ?? "").replace(/\0+$/, "").split("\0").join(" ");
   const exitCode = Number(fields[52 - 3]);
+  const creds = zombie ? credsOf(status) : undefined;
+  const maps = zombie ? "" : (read(`/proc/${hostPid}/maps`) ?? "");
+  const agent = !zombie && AGENT_MAPPED.test(maps);
   return {
     pid,
     hostPid,
@@ -79,7 +118,9 @@ function describe(hostPid: number, nsOf: Map<number, number>): TreeProcess | nul
     comm,
     zombie,
     ...(zombie && Number.isInteger(exitCode) ? { waitStatus: exitCode } : {}),
-    agent: !zombie && /\/libtardigrade-agent[-.]/.test(read(`/proc/${hostPid}/maps`) ?? ""),
+    ...(zombie && creds ? { creds } : {}),
+    agent,
+    ...(!zombie && !agent && agentComing(hostPid, maps) ? { starting: true } : {}),
     threads: lastNumber(status, "Threads") ?? 1,
   };
 }
