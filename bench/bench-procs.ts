@@ -119,11 +119,11 @@ export function daemonPid(home: string): number | null {
   }
 }
 
-/** Runs `tardigrade ARGS` (which must print JSON) with `env`; tracks the daemon of `env.TARDIGRADE_HOME` for cleanup. */
-export function cliJson(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 600_000): Promise<CliResult> {
+/** Runs `tardigrade ARGS` (which must print JSON) with `env` (the CLI `cli`, default CLI); tracks the daemon of `env.TARDIGRADE_HOME` for cleanup. */
+export function cliJson(env: NodeJS.ProcessEnv, args: string[], timeoutMs = 600_000, cli = CLI): Promise<CliResult> {
   const t0 = nowNs();
   return new Promise((resolvePromise, reject) => {
-    execFile(process.execPath, [CLI, ...args], { env, timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [cli, ...args], { env, timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       const wallNs = Number(nowNs() - t0);
       if (env.TARDIGRADE_HOME) track(daemonPid(env.TARDIGRADE_HOME), "daemon");
       if (err) {
@@ -145,8 +145,8 @@ export function trackDaemon(home: string): void {
 }
 
 /** `tardigrade status NAME` under `env`; tracks the app's launcher, init host and app host for cleanup. */
-export async function trackApp(env: NodeJS.ProcessEnv, name: string): Promise<AppState> {
-  const st = (await cliJson(env, ["status", name, "--json"])).json as AppState;
+export async function trackApp(env: NodeJS.ProcessEnv, name: string, cli = CLI): Promise<AppState> {
+  const st = (await cliJson(env, ["status", name, "--json"], 600_000, cli)).json as AppState;
   track(st.launcherPid, "launcher");
   track(st.initHostPid, "init");
   track(st.appHostPid, "app");
