@@ -1,5 +1,5 @@
-#!/usr/bin/env node
-// tardigrade CLI. Every command but `daemon` and `logs` talks to the per-host daemon.
+// The tardigrade CLI program (commander), loaded by main.ts for every command but the common
+// forms of `restore` (restore-fast.ts). Every command but `daemon` and `logs` talks to the per-host daemon.
 import { readFileSync } from "node:fs";
 import { treeOf } from "../daemon/tree-info.js";
 import { resolve } from "node:path";
@@ -17,6 +17,8 @@ import { parseSeconds } from "./validate.js";
 import { progressLine } from "./progress.js";
 import { damageWarning, registerVerifyCommand } from "./verify.js";
 import { describeLazy } from "../daemon/lazy-restore.js";
+import { fail, quietEpipe } from "./fail.js";
+import { runRestore } from "./restore-run.js";
 
 const out = (s: string): void => void process.stdout.write(s + "\n");
 
@@ -155,30 +157,8 @@ export function buildProgram(): Command {
     .option("--lazy", "resume the app before its memory is all in: the rest is loaded on first touch and in the background (`tardigrade status` shows the progress)")
     .option("--json", "print the result as JSON")
     .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
-      const bar = o.json ? undefined : progressLine();
       const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
-      const r = await api.restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from, lazy: o.lazy === true, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
-      if (o.json) return out(json(r));
-      const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
-      out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);
-      if (r.lazy) out(`  ${describeLazy(r.lazy)} when it answered; \`tardigrade status ${r.name}\` shows the rest`);
-      for (const n of r.notes ?? []) out(`  ${n}`);
-      if (r.filesSkipped) out(`  files: ${r.filesSkipped}`);
-      const f = r.files;
-      if (f) {
-        out(`  files rolled back to the checkpoint in ${duration(f.ns)}: ${f.rewritten.length + f.recreated.length} rewritten (${bytes(f.bytesWritten)}), ${f.unchanged} unchanged, ${f.removed.length} removed`);
-        const over = f.rewritten.length + f.recreated.length + f.renamedBack.length + f.removed.length + (f.dirsMade?.length ?? 0) + (f.dirsRemoved?.length ?? 0) + (f.relinked?.length ?? 0);
-        if (over) out(`  the checkpoint wins: ${over} path(s) changed since the checkpoint were put back as it had them (below); \`restore --keep-file-changes PATH\` keeps a path as it is`);
-        for (const p of f.kept ?? []) out(`    kept as is ${p} (--keep-file-changes; it differs from the checkpoint)`);
-        for (const p of f.rewritten) out(`    rewritten  ${p}`);
-        for (const p of f.recreated) out(`    recreated  ${p}`);
-        for (const p of f.renamedBack) out(`    renamed back  ${p}`);
-        for (const p of f.removed) out(`    removed    ${p}`);
-        for (const p of f.dirsMade ?? []) out(`    made dir   ${p}`);
-        for (const p of f.dirsRemoved ?? []) out(`    removed dir ${p}`);
-        for (const p of f.relinked ?? []) out(`    relinked   ${p}`);
-        for (const p of f.leftAsIs) out(`    left as is ${p} (first written after the checkpoint, older than it: not in its set)`);
-      }
+      await runRestore(name, { ...o, from });
     });
 
   program
@@ -344,22 +324,8 @@ export function buildProgram(): Command {
   return program;
 }
 
-function fail(e: unknown): never {
-  if (e instanceof TgError) process.stderr.write(`tardigrade: ${e.message}\n`);
-  // Never a raw stack trace: the message in the usual form (the stack with TARDIGRADE_DEBUG=1).
-  else {
-    const detail = e instanceof Error ? (process.env.TARDIGRADE_DEBUG ? (e.stack ?? e.message) : e.message) : String(e);
-    process.stderr.write(`tardigrade: unexpected error: ${detail.replace(/\.?\s*$/, "")}. Run again with TARDIGRADE_DEBUG=1 for details and report it\n`);
-  }
-  process.exit(1);
-}
-
 export async function main(argv: string[]): Promise<void> {
-  // `tardigrade logs calc | head`: a closed pipe is not an error.
-  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
-    if (e.code === "EPIPE") process.exit(0);
-    throw e;
-  });
+  quietEpipe();
   const program = buildProgram();
   const word = argv[2];
   if (word === undefined || word === "mirror" || word === "help" || word.startsWith("-")) (await import("../mirror/cli.js")).registerMirrorCommands(program);
@@ -373,4 +339,3 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-await main(process.argv);
