@@ -6,7 +6,6 @@
 #include "restore.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,12 +25,7 @@ static void read_host_cpus(void) {
 
 int tg_restore_attrs(const struct image *img, char *err, size_t errlen) {
   read_host_cpus();
-  if (!img->has_attrs) {
-    /* an image without ATTRS: the nice value the restorer was started with, as before it raised it */
-    if (tg_nice_before != INT_MIN && setpriority(PRIO_PROCESS, 0, tg_nice_before) != 0)
-      fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot lower its nice value back to %d (%s)\n", img->proc.pid, tg_nice_before, strerror(errno));
-    return 0;
-  }
+  if (!img->has_attrs) return 0;
   const struct tg_rec_attrs *a = &img->attrs;
   if ((unsigned)personality(0xffffffff) != a->personality && personality(a->personality) == -1) {
     snprintf(err, errlen, "cannot set the personality 0x%x: %s", a->personality, strerror(errno));
@@ -52,11 +46,7 @@ int tg_restore_attrs(const struct image *img, char *err, size_t errlen) {
   if (a->cpus_len && a->cpus_len <= sizeof a->cpus && sched_setaffinity(0, a->cpus_len, (const cpu_set_t *)a->cpus) != 0)
     fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot give back its CPU affinity (%s): it runs on every CPU of this host\n",
             img->proc.pid, strerror(errno)); /* a host without those CPUs: run rather than refuse */
-  /* every thread has THREAD_ATTRS: each gives itself its nice value back at the end of the blob
-   * (blob.c set_thread_attrs, the main thread too), so the pages are read at the restorer's
-   * priority (TARDIGRADE_RESTORE_NICE, restore.c); else the process's, here, as before */
-  int blob_sets = img->nthreads > 0 && img->nthread_attrs == img->nthreads;
-  if (!blob_sets && setpriority(PRIO_PROCESS, 0, a->nice) != 0)
+  if (setpriority(PRIO_PROCESS, 0, a->nice) != 0)
     fprintf(stderr, "tardigrade-restore: warning: pid %u: cannot give back its nice value %d (%s)\n", img->proc.pid, a->nice, strerror(errno));
   struct sched_param sp = {.sched_priority = (int)a->sched_priority};
   int pol = (int)a->sched_policy | (a->sched_flags & 1 ? SCHED_RESET_ON_FORK : 0);

@@ -7,7 +7,6 @@
  * a spot where the application has nothing, with the plan, and jumps to it (stage 2). */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -550,36 +549,11 @@ static int start_restore(struct tg_launch *l, int *report) {
     fprintf(stderr, "tardigrade-restore: warning: cannot set the namespace's last pid to %d (%s): new processes may take low pids\n", top, strerror(errno));
   if (lfd >= 0) close(lfd);
   for (size_t j = 0; j < nshm_objs; j++) if (shm_objs[j].fd >= 0) close(shm_objs[j].fd);
-  /* every process is made (each keeps the raised priority until its threads give themselves
-   * their own back): the init, which only waits and reaps from here on, goes back to its start's */
-  if (tg_nice_before != INT_MIN && setpriority(PRIO_PROCESS, 0, tg_nice_before) != 0)
-    fprintf(stderr, "tardigrade-restore: warning: the init keeps the restore's nice value (%s)\n", strerror(errno));
   close(pfd[1]);
   close(gfd[0]);
   report_fd = go_rd = -1;
   *report = pfd[0];
   return (int)root;
-}
-
-int tg_nice_before = INT_MIN;
-
-/* A restore brings a stopped app back (its RTO): the restorer and the process it becomes run ahead
- * of ordinary work, 5 nice levels up (TARDIGRADE_RESTORE_NICE in the daemon's environment; 0 or
- * more: as started), until every thread gives itself its own nice value back (attrs.c, blob.c).
- * Without CAP_SYS_NICE it runs as started. Not for --check-files, nor --lazy (its page server
- * runs in the init beside the app). */
-static void raise_priority(void) {
-  long want = -5;
-  const char *s = getenv("TARDIGRADE_RESTORE_NICE");
-  if (s && *s) {
-    char *e = NULL;
-    long v = strtol(s, &e, 10);
-    if (*e == '\0' && v >= -20 && v <= 19) want = v;
-  }
-  errno = 0;
-  int now = getpriority(PRIO_PROCESS, 0);
-  if ((now == -1 && errno) || want >= now) return;
-  if (setpriority(PRIO_PROCESS, 0, (int)want) == 0) tg_nice_before = now;
 }
 
 static void usage(void) {
@@ -640,7 +614,6 @@ int main(int argc, char **argv) {
     else usage();
   }
   if (!npaths || (!check_only && (!l.status_path || !l.sock || !l.pidfile))) usage();
-  if (!check_only && !lazy_progress) raise_priority();
   if (l.sock && strlen(l.sock) + 12 >= 108) tg_die("--sock path is too long (max 95 bytes)");
   launch = &l;
   l.image = paths[0];

@@ -44,8 +44,6 @@ int tg_image_load(const char *path, struct image *img);
 /* attrs.c: the ATTRS record given back to this process (before its threads are made); warnings
  * on stderr for what this host cannot take (CPUs it does not have). 0, or -1 with err. */
 int tg_restore_attrs(const struct image *img, char *err, size_t errlen);
-/* the restorer's nice value before it raised its priority (restore.c), INT_MIN when it did not */
-extern int tg_nice_before;
 /* attrs.c: the THREAD_ATTRS record of thread tid for the blob (zeroed: none), its affinity checked
  * against this host (a warning, and every CPU, when none of its CPUs is here) */
 void tg_thread_attrs_for_blob(const struct image *img, uint32_t tid, struct tg_rec_thread_attrs *out);
