@@ -17,10 +17,10 @@
 // Every figure is also given against a plain write + fsync of the same number of bytes in
 // the same run, and the load average (1 min) at the time is recorded.
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { loadavg } from "node:os";
 import { type RestoreJson, type RunJson, cliJson, daemonPid, killTracked, nowNs, sleep, track, trackApp, trackDaemon, waitForLine } from "./bench-procs.js";
-import { type CriuRound, criuRound } from "./criu-peer.js";
+import { type CriuRound, criuRound, tickSeen } from "./criu-peer.js";
 
 const MiB = 1 << 20;
 
@@ -103,14 +103,15 @@ interface Tick {
   t: number;
 }
 
-export function readTicks(log: string): { ticks: Tick[]; gaps: { ns: number; at: number }[] } {
+/** `offset`: the app's CLOCK_MONOTONIC minus this process's (a restored app's clock goes on from its checkpoint: time namespace); times are returned in this process's clock. */
+export function readTicks(log: string, offset = 0): { ticks: Tick[]; gaps: { ns: number; at: number }[] } {
   const ticks: Tick[] = [];
   const gaps: { ns: number; at: number }[] = [];
   if (!existsSync(log)) return { ticks, gaps };
   for (const line of readFileSync(log, "utf8").split("\n")) {
     const w = line.split(" ");
-    if (w[0] === "tick" && w.length === 3) ticks.push({ iters: Number(w[1]), t: Number(w[2]) });
-    else if (w[0] === "gap" && w.length === 3) gaps.push({ ns: Number(w[1]), at: Number(w[2]) });
+    if (w[0] === "tick" && w.length === 3) ticks.push({ iters: Number(w[1]), t: Number(w[2]) - offset });
+    else if (w[0] === "gap" && w.length === 3) gaps.push({ ns: Number(w[1]), at: Number(w[2]) - offset });
   }
   return { ticks, gaps };
 }
@@ -132,22 +133,22 @@ export function lastRun(ticks: Tick[]): Tick[] {
   return ticks.slice(from);
 }
 
-export async function waitTickAfter(log: string, t: number, timeoutMs: number): Promise<Tick> {
+export async function waitTickAfter(log: string, t: number, timeoutMs: number, offset = 0): Promise<Tick> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    const hit = readTicks(log).ticks.find((k) => k.t > t);
+    const hit = readTicks(log, offset).ticks.find((k) => k.t > t);
     if (hit) return hit;
     await sleep(10);
   }
   throw new Error(`no tick after ${t} in ${log} within ${timeoutMs} ms`);
 }
 
-export async function rateOver(log: string, ms: number): Promise<number> {
+export async function rateOver(log: string, ms: number, offset = 0): Promise<number> {
   const t0 = Number(nowNs());
   await sleep(ms);
   const t1 = Number(nowNs());
-  await waitTickAfter(log, t1, 10_000);
-  const ticks = lastRun(readTicks(log).ticks);
+  await waitTickAfter(log, t1, 10_000, offset);
+  const ticks = lastRun(readTicks(log, offset).ticks);
   return ((itersAt(ticks, t1) - itersAt(ticks, t0)) / (t1 - t0)) * 1e9;
 }
 
@@ -180,11 +181,12 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
     const log = st.log;
     await waitForLine(log, ["ready "], 300_000);
     let app = run.appHostPid;
+    let offset = 0; // the app's clock minus ours: 0 for the app `run` started, another after a restore
     const dpid = daemonPid(home) ?? 0;
     for (let r = 0; r < reps; r++) {
       const kinds: ("full" | "incremental")[] = ["full", ...Array.from({ length: Math.max(1, incs) }, () => "incremental" as const)];
       for (const kind of kinds) {
-        const rateBefore = await rateOver(log, 1500);
+        const rateBefore = await rateOver(log, 1500, offset);
         const load1 = loadavg()[0]!;
         const d0 = procCpuS(dpid);
         const a0 = agentCpuS(app);
@@ -196,8 +198,8 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
         const m = ck.json as ManifestJson & { stats?: { hotPages?: number } };
         const end = t1 + 1e9;
         await sleep(1000);
-        await waitTickAfter(log, end, 10_000);
-        const { ticks, gaps } = readTicks(log);
+        await waitTickAfter(log, end, 10_000, offset);
+        const { ticks, gaps } = readTicks(log, offset);
         const run1 = lastRun(ticks);
         const done = itersAt(run1, end) - itersAt(run1, t0);
         const windowNs = end - t0;
@@ -227,13 +229,21 @@ export async function busyCase(home: string, busyBin: string, mib: number, hog: 
       }
       const load1 = loadavg()[0]!;
       const d0 = procCpuS(dpid);
+      // by this process's clock, as CRIU's (criu-peer.ts): the restored app's clock goes on from
+      // its checkpoint (time namespace, docs/engine.md), so its tick times are not this clock's
+      const from = statSync(log).size;
       const t0 = Number(nowNs());
+      const seen = tickSeen(log, from, 120_000);
+      seen.catch(() => undefined); // (awaited below; a failed restore throws first)
       const rs = (await cli(["restore", name, "--json"], 300_000)).json as RestoreJson;
       track(rs.initHostPid, "init");
       track(rs.appHostPid, "app");
-      const first = await waitTickAfter(log, t0, 120_000);
+      const first = await seen;
+      // the restored app's clock against this one, from its first tick line (seen within ~5 ms)
+      const line = readFileSync(log, "utf8").slice(from).split("\n").find((l) => l.startsWith("tick "));
+      offset = line ? Number(line.split(" ")[2]) - first : 0;
       const d1 = procCpuS(dpid);
-      out.restores.push({ id: rs.checkpoint, restoreNs: rs.restoreNs, toRunningNs: first.t - t0, daemonCpuS: d1 - d0, load1 });
+      out.restores.push({ id: rs.checkpoint, restoreNs: rs.restoreNs, toRunningNs: first - t0, daemonCpuS: d1 - d0, load1 });
       app = rs.appHostPid;
       st = await trackApp(env, name);
       if (st.state !== "running") throw new Error(`${name} is ${st.state} after its restore`);

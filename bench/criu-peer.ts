@@ -57,7 +57,7 @@ async function runCriu(criu: string, args: string[], stdio: (number | "ignore" |
 }
 
 /** Node's clock when a "tick" line first appears in `log` past byte `from` (polled every 5 ms). */
-async function tickSeen(log: string, from: number, timeoutMs: number): Promise<number> {
+export async function tickSeen(log: string, from: number, timeoutMs: number): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const size = statSync(log).size;

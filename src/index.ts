@@ -95,24 +95,7 @@ export function storeDamage(o: CommonOptions = {}): Promise<DamageSummary> {
   return client(o).request("GET", "/v1/store/damage");
 }
 
-export interface RestoreOptions extends CommonOptions, ProgressOptions {
-  /** Checkpoint id (APP@SEQ); default: the app's latest. */
-  checkpoint?: string;
-  /** Kill the running app first. */
-  replace?: boolean;
-  /** Restore even if files the app holds for writing changed since the checkpoint (they are not rolled back). */
-  allowFileChanges?: boolean;
-  /** Absolute paths (files, or directories: everything under them) of the app's set that keep their current state instead of the checkpoint's. */
-  keepFileChanges?: string[];
-  /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
-  from?: { url: string; token: string; ca?: string; /** a standby's takeover under the lease epoch it was granted (src/ha/standby.ts) */ takeover?: { epoch: number; ttlMs: number; everyMs?: number; ack?: "received" | "durable"; address?: { cidr: string; dev: string } } };
-  /** Lazy restore: the app runs before its memory is all in (docs/engine.md, "Lazy restore"). */
-  lazy?: boolean;
-}
-
-export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from, lazy: o.lazy === true }, o.onProgress);
-}
+export { restore, type RestoreOptions } from "./restore-api.js";
 
 export interface PrefetchResult {
   /** The checkpoint now in the local store. */

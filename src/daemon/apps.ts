@@ -19,6 +19,7 @@ import { EXTERNAL_UNIX_POLICIES, TRACKING_MODES, checkpoint as agentCheckpoint, 
 import { externalUnixNotes } from "./unix-notes.js";
 import { ptyNotes } from "./pty-notes.js";
 import { captureIntoCas, metaForFileCheck, restoreInput, type RestoreInput } from "./cas-flow.js";
+import { checkWhilePlanning } from "./restore-overlap.js";
 import { noSpaceError } from "./disk-full.js";
 import { checkImportFile } from "./import-source.js";
 import { testDelay } from "./test-hooks.js";
@@ -33,7 +34,7 @@ import { fenceApp, type Takeover } from "../ha/fence.js";
 import { hostId } from "../ha/host.js";
 import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
 import { addServiceAddress, parseServiceAddress, removeServiceAddress, type ServiceAddress } from "../ha/address.js";
-import { constants as fsc, openSync, readFileSync } from "node:fs";
+import { constants as fsc, existsSync, openSync, readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
@@ -1044,12 +1045,20 @@ export class AppManager {
     if (filesRef) allow = true;
     if (keepChanged.length && !filesRef)
       throw new TgError(`cannot restore ${name} from ${m.id}`, `--keep-file-changes was given but the checkpoint has no files image${named ? " in this store" : " (the app runs with --files none)"}: no file would be rolled back anyway`, "Restore without --keep-file-changes", "bad-request");
-    // mapped executables and libraries must be the ones the app ran with (mapped-files.ts)
-    await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
-    for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
-    // files written since the checkpoint: refuse before anything is killed or started
-    await checkFiles({ app: name, checkpoint: m.id, image: metaForFileCheck(store.cas, m.id), logFile: dir.logFile, allow });
-    for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: metaForFileCheck(store.cas, e.id!), logFile: dir.logFile, allow });
+    // mapped executables and libraries must be the ones the app ran with (mapped-files.ts); files
+    // written since the checkpoint: refused before anything is killed or started. The restore
+    // plan is composed meanwhile (restore-overlap.ts), where the app's directory exists already.
+    const early = await checkWhilePlanning({
+      mappedFiles: async () => {
+        await this.fileIds.check((m as { stats?: CheckpointStats }).stats?.mappedFiles, `cannot restore ${name} from ${m.id}`);
+        for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
+      },
+      fileCheck: async () => {
+        await checkFiles({ app: name, checkpoint: m.id, image: metaForFileCheck(store.cas, m.id), logFile: dir.logFile, allow });
+        for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: metaForFileCheck(store.cas, e.id!), logFile: dir.logFile, allow });
+      },
+      plan: existsSync(dir.dir) ? () => restoreInput(store.cas, m.id, dir.dir) : null,
+    });
     let held: HeldConnections | null = null;
     try {
       if (running && st) {
@@ -1083,7 +1092,7 @@ export class AppManager {
       }
       const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
-      const input = await restoreInput(store.cas, m.id, dir.dir); // pages read from the packs by the restorer, the rest piped
+      const input = early ?? (await restoreInput(store.cas, m.id, dir.dir)); // pages read from the packs by the restorer, the rest piped
       const image = input.image;
       // a tree's other processes: their images on fds 3, 4, ..., each with its own restore plan
       const memberInputs: RestoreInput[] = [];
@@ -1151,6 +1160,7 @@ export class AppManager {
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
+      await early?.release(); // (a failure before the launch: done already otherwise)
       await held?.release(); // the traffic goes through again, whatever happened
     }
   }
@@ -1213,3 +1223,4 @@ function mainBase(cas: CasStore, app: string, rec: AppRecord | null, pid: number
   if (last.pid !== pid) return { on: null, why: `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)` };
   return { on: { agentSeq: rec.lastAgentSeq, id: last.id }, why: "" };
 }
+
