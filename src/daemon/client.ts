@@ -80,12 +80,6 @@ function call(sock: string, method: string, path: string, payload?: unknown, tim
   });
 }
 
-/** The connection was not made (no daemon, a stale socket, no access): nothing was sent. */
-function notConnected(e: unknown): boolean {
-  const code = (e as NodeJS.ErrnoException | null)?.code;
-  return code === "ENOENT" || code === "ECONNREFUSED" || code === "EACCES" || code === "EPERM" || code === "ENOTSOCK";
-}
-
 export async function pingDaemon(sock: string): Promise<boolean> {
   try {
     const r = await call(sock, "GET", "/v1/ping", undefined, 2000);
@@ -160,20 +154,11 @@ export class DaemonClient {
 
   /** One API call; with onProgress, the daemon streams progress events while it works. */
   async request<T>(method: string, path: string, payload?: unknown, onProgress?: (e: ProgressEvent) => void): Promise<T> {
-    checkSocketPath(this.sock);
-    const send = (): Promise<Reply> => call(this.sock, method, path, payload, 0, onProgress ? (o) => onProgress(o.progress as ProgressEvent) : undefined);
+    await this.ensure();
     let r: Reply;
     try {
-      // Straight to the daemon: no ping first (one round trip less per command, issue 15). A
-      // connection that could not be made sent nothing, so the request goes again once a
-      // daemon answers (started if none runs; ensure() names a home of another user).
-      r = await send().catch(async (e: unknown) => {
-        if (!notConnected(e)) throw e;
-        await this.ensure();
-        return send();
-      });
+      r = await call(this.sock, method, path, payload, 0, onProgress ? (o) => onProgress(o.progress as ProgressEvent) : undefined);
     } catch (e) {
-      if (e instanceof TgError) throw e;
       throw new TgError("lost contact with the tardigrade daemon", `${errMessage(e)} (it may have crashed or been killed)`, `Apps keep running; retry the command (a new daemon starts on demand). See ${daemonPaths(this.home).log}`, "daemon");
     }
     if (r.status !== 200) {
