@@ -1,5 +1,5 @@
 // `restore` of the Node API (re-exported by index.ts), in a module of its own: the CLI's restore
-// path (src/cli/restore-fast.ts) loads only this and the daemon client (issue 15: a restore is
+// path (src/cli/restore-run.ts) loads only this and the daemon client (issue 15: a restore is
 // timed from the CLI's start).
 import type { RestoreResult } from "./daemon/apps.js";
 import { DaemonClient } from "./daemon/client.js";

@@ -1,4 +1,4 @@
-// How the CLI ends on an error, for the full program (program.ts) and the restore path (restore-fast.ts) alike.
+// How the CLI ends on an error, for the full program (program.ts) and the restore path (main.ts, restore-args.ts, restore-run.ts) alike.
 import { TgError } from "../errors.js";
 
 export function fail(e: unknown): never {

@@ -1,5 +1,5 @@
 // The tardigrade CLI program (commander), loaded by main.ts for every command but the common
-// forms of `restore` (restore-fast.ts). Every command but `daemon` and `logs` talks to the per-host daemon.
+// forms of `restore` (main.ts, restore-args.ts, restore-run.ts). Every command but `daemon` and `logs` talks to the per-host daemon.
 import { readFileSync } from "node:fs";
 import { treeOf } from "../daemon/tree-info.js";
 import { resolve } from "node:path";

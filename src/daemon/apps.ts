@@ -1223,4 +1223,3 @@ function mainBase(cas: CasStore, app: string, rec: AppRecord | null, pid: number
   if (last.pid !== pid) return { on: null, why: `the app's main process is another one than at ${rec.lastId} (the process it started exited, leaving this one)` };
   return { on: { agentSeq: rec.lastAgentSeq, id: last.id }, why: "" };
 }
-

@@ -7,7 +7,7 @@
 // away everything else: the owning group's and others' rights, named groups, and named users on any
 // other path. Through koffi (node has no xattr binding).
 import koffi from "koffi";
-import { basename, dirname, join, relative } from "node:path";
+import { relative } from "node:path";
 
 const ACL_XATTR = "system.posix_acl_access";
 const ACL_VERSION = 2;
@@ -84,13 +84,16 @@ export function grantedPerm(home: string, path: string): number {
 /**
  * Locks down a path that has an ACL, keeping what the agent granted there: the owner's entry as
  * it is (its mode bits), the owning group and others nothing, named groups gone, named users cut to
- * grantedPerm (gone where that is 0), the mask their union. Returns null when the path has no ACL
- * (the caller chmods), else whether it changed anything; throws if the ACL cannot be written.
+ * grantedPerm (gone where that is 0), the mask their union. Returns null when the agent grants
+ * nothing on the path or it has no ACL (the caller chmods: on a path with an ACL that takes the mask,
+ * and so every named entry's rights, away), else whether it changed anything; throws if the ACL
+ * cannot be written. (Only the few granted paths are read: the lock-down walks the whole home.)
  */
 export function lockDownAcl(home: string, path: string): boolean | null {
+  const max = grantedPerm(home, path);
+  if (max === 0) return null;
   const acl = readAcl(path);
   if (!acl) return null;
-  const max = grantedPerm(home, path);
   const out: Entry[] = [];
   let mask = 0;
   for (const e of acl) {
@@ -108,6 +111,6 @@ export function lockDownAcl(home: string, path: string): boolean | null {
   out.sort((a, b) => a.tag - b.tag || a.id - b.id);
   const same = out.length === acl.length && out.every((e, i) => e.tag === acl[i]!.tag && e.perm === acl[i]!.perm && e.id === acl[i]!.id);
   if (same) return false;
-  if (!writeAcl(path, out)) throw new Error(`cannot set the ACL of ${join(dirname(path), basename(path))}`);
+  if (!writeAcl(path, out)) throw new Error(`cannot set the ACL of ${path}`);
   return true;
 }
