@@ -3,7 +3,7 @@
 // the checkpointed state exactly as an uninterrupted run would.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { statSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isAlive, waitFor, type TestHome } from "./home.js";
 
@@ -65,12 +65,56 @@ export function logSize(h: TestHome, name: string): number {
 }
 
 export async function waitLines(h: TestHome, name: string, pred: (ls: string[]) => boolean, what: string, timeoutMs = 180_000, from = 0): Promise<string[]> {
-  return waitFor(`${name}: ${what}`, () => {
-    const ls = logLines(h, name, from);
-    const bad = ls.find((l) => BAD.test(l));
-    if (bad) throw new Error(`${name} reported a problem: ${bad}\n--- log ---\n${h.log(name)}`);
-    return pred(ls) ? ls : null;
-  }, timeoutMs, 50);
+  try {
+    return await waitFor(`${name}: ${what}`, () => {
+      const ls = logLines(h, name, from);
+      const bad = ls.find((l) => BAD.test(l));
+      if (bad) throw new Error(`${name} reported a problem: ${bad}\n--- log ---\n${h.log(name)}`);
+      return pred(ls) ? ls : null;
+    }, timeoutMs, 50);
+  } catch (e) {
+    if (!(e instanceof Error) || !e.message.startsWith("timed out")) throw e;
+    throw new Error(`${e.message}\n${await appReport(h, name)}`);
+  }
+}
+
+/** What an app that printed nothing more was doing: its status, its threads' states and kernel
+ * stacks' wait channels, and the end of its log and of the daemon's (for a timeout's message). */
+export async function appReport(h: TestHome, name: string): Promise<string> {
+  const out: string[] = [];
+  try {
+    out.push(`status: ${JSON.stringify(await status(h, name))}`);
+  } catch (e) {
+    out.push(`status: ${(e as Error).message}`);
+  }
+  const pid = h.pids(name)?.app;
+  if (pid) {
+    try {
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+        const state = st.slice(st.lastIndexOf(")") + 2).split(" ")[0];
+        let wchan = "";
+        let sys = "";
+        try {
+          wchan = readFileSync(`/proc/${pid}/task/${tid}/wchan`, "utf8");
+          sys = readFileSync(`/proc/${pid}/task/${tid}/syscall`, "utf8").trim();
+        } catch {
+          /* not readable */
+        }
+        out.push(`pid ${pid} tid ${tid}: state ${state} wchan ${wchan} syscall ${sys}`);
+      }
+    } catch (e) {
+      out.push(`pid ${pid}: ${(e as Error).message}`);
+    }
+  }
+  const tail = (text: string): string => text.split("\n").slice(-30).join("\n");
+  out.push(`--- log (end) ---\n${tail(h.log(name))}`);
+  try {
+    out.push(`--- daemon log (end) ---\n${tail(readFileSync(join(h.home, "daemon.log"), "utf8"))}`);
+  } catch {
+    /* no daemon log */
+  }
+  return out.join("\n");
 }
 
 export async function killApp(h: TestHome, name: string): Promise<void> {
