@@ -109,8 +109,8 @@ export interface PrefetchResult {
 }
 
 /** A standby's warm copy: pulls a checkpoint (default: the newest) of an app running elsewhere from its mirror into this host's store. */
-export function prefetch(name: string, from: { url: string; token: string; ca?: string }, o: CommonOptions & { checkpoint?: string } = {}): Promise<PrefetchResult> {
-  return client(o).request("POST", `/v1/apps/${enc(name)}/prefetch`, { from, ...(o.checkpoint !== undefined ? { checkpoint: o.checkpoint } : {}) });
+export function prefetch(name: string, from: { url: string; token: string; ca?: string }, o: CommonOptions & { checkpoint?: string; /** warm copies kept (default 2); older ones are dropped in the background */ keep?: number } = {}): Promise<PrefetchResult> {
+  return client(o).request("POST", `/v1/apps/${enc(name)}/prefetch`, { from, ...(o.checkpoint !== undefined ? { checkpoint: o.checkpoint } : {}), ...(o.keep !== undefined ? { keep: o.keep } : {}) });
 }
 
 /** Committed checkpoints, oldest first; all apps unless `app` is given. */

@@ -125,6 +125,8 @@ export interface RestoreResult {
 
 const SOCK_MAX = 107;
 /** How long a checkpoint waits for the mirror's acknowledgement before returning with the state it has. */
+/** Warm copies a standby keeps of an app (`standby --keep`). */
+export const DEFAULT_WARM_KEEP = 2;
 const MIRROR_WAIT_MS = Number(process.env.TARDIGRADE_MIRROR_WAIT_MS ?? 10_000);
 
 /** What a long operation is doing, for progress displays. */
@@ -767,15 +769,21 @@ export class AppManager {
    * another host pulled from the mirror into this store ahead of a takeover, whose restore then
    * fetches only what came after it. Refused while the app runs here (only a standby does this).
    */
-  async prefetch(name: string, from: { url: string; token: string; ca?: string }, checkpoint: string | undefined): Promise<{ id: string; imported: number; alreadyPresent: boolean; blocksFetched: number; bytesFetched: number; ms: number }> {
+  async prefetch(name: string, from: { url: string; token: string; ca?: string }, checkpoint: string | undefined, keep = DEFAULT_WARM_KEEP): Promise<{ id: string; imported: number; alreadyPresent: boolean; blocksFetched: number; bytesFetched: number; ms: number }> {
     const dir = this.dir(name);
-    return this.lock.run(name, async () => {
+    if (!Number.isSafeInteger(keep) || keep < 1) throw new TgError(`cannot prefetch ${name}`, `keep must be a whole number ≥ 1 (got ${JSON.stringify(keep)})`, "Pass e.g. --keep 2", "bad-request");
+    const r = await this.lock.run(name, async () => {
       const st = dir.state();
       if (st && st.state !== "exited") throw new TgError(`cannot prefetch ${name}`, `the app runs on this host (${st.state}, host pid ${st.appHostPid ?? st.launcherPid})`, "Prefetch is for a standby host, where the app does not run", "conflict");
       const t0 = performance.now();
       const r = await this.pullFromMirror(name, from.url, from.token, checkpoint, from.ca, "prefetch");
       return { id: r.id, imported: r.imported.length, alreadyPresent: r.alreadyPresent, blocksFetched: r.blocksFetched, bytesFetched: r.bytesFetched, ms: Math.round(performance.now() - t0) };
     });
+    // The warm copies' own retention (a standby pulls every second, for days): the chain is merged
+    // like a primary's, and only the newest `keep` warm copies (and the chains they stand on) stay.
+    // In the background, outside the app's lock: a takeover's restore never waits for it.
+    if (r.imported > 0) this.afterCommit(this.store as CasStoreAdapter, r.id, true, true, { [name]: keep });
+    return r;
   }
 
   async closeMirrors(): Promise<void> {
@@ -804,14 +812,18 @@ export class AppManager {
   };
 
   /** Background work after a commit, one job at a time: merge a long chain, then apply retention. */
-  private afterCommit(store: CasStoreAdapter, id: string, incremental: boolean, retain = true): void {
+  private afterCommit(store: CasStoreAdapter, id: string, incremental: boolean, retain = true, keepOverride: Record<string, number> = {}): void {
     this.background = this.background
       .then(async () => {
         if (incremental && (await store.cas.mergeIfNeeded(id, this.mergePolicy))) this.log.info({ id }, "chain merged into a synthetic full checkpoint");
         if (!retain) return;
-        const keepPerApp = this.keepPerApp();
+        const keepPerApp = { ...this.keepPerApp(), ...keepOverride };
         if (Object.keys(keepPerApp).length) {
-          const r = await store.cas.gc({ keep: Infinity, keepPerApp, pin: await this.mirrorPins() });
+          const pin = await this.mirrorPins();
+          // a warm copy's pull (every second or so): gc's live-page scan, which reads every page
+          // table, only when retention drops something
+          if (Object.keys(keepOverride).length && store.cas.wouldDrop({ keep: Infinity, keepPerApp, pin }).length === 0) return;
+          const r = await store.cas.gc({ keep: Infinity, keepPerApp, pin });
           if (r.dropped.length) this.log.info({ dropped: r.dropped, freedBytes: r.bytesFreed }, "retention");
         }
       })

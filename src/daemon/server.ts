@@ -90,7 +90,7 @@ export function createApiServer(
         const b = await body(req);
         const from = b.from as { url?: unknown; token?: unknown; ca?: unknown } | undefined;
         if (!from || typeof from.url !== "string") throw new TgError(`cannot prefetch ${id}`, "from.url (the mirror) is missing", "Use `tardigrade standby`", "bad-request");
-        return apps.prefetch(id, { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) }, typeof b.checkpoint === "string" ? b.checkpoint : undefined);
+        return apps.prefetch(id, { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}) }, typeof b.checkpoint === "string" ? b.checkpoint : undefined, b.keep === undefined ? undefined : (b.keep as number));
       }
       if (m === "POST" && id && action === "import") {
         const b = await body(req);

@@ -27,16 +27,19 @@ export function registerStandbyCommand(program: Command): void {
     .option("--every <duration>", "periodic checkpoints of the restored app (like run --every)")
     .option("--prefetch-every <duration>", "while the primary runs, pull its newest checkpoint into this host's store at most this often (a warm copy: the takeover fetches only what is newer)", "1s")
     .option("--no-prefetch", "no warm copy: the takeover pulls the whole checkpoint")
+    .option("--keep <n>", "warm copies of the app kept in this host's store (older ones, and chains no kept one needs, are reclaimed after each pull)", "2")
     .option("--no-lazy", "restore eagerly on takeover (default: restore --lazy, the app resumes before its memory is all in; a process tree is restored eagerly)")
     .option("--address <ip/prefix>", "after the takeover, hold this service address while holding the lease (removed if fenced); needs --dev")
     .option("--dev <iface>", "the interface for --address")
     .option("--json", "print the takeover report as JSON")
-    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; prefetchEvery: string; prefetch: boolean; lazy: boolean; address?: string; dev?: string; json?: boolean }) => {
-      let failoverAfterMs: number, everyMs: number | undefined, prefetchEveryMs: number, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
+    .action(async (o: { mirror: string; app: string; tokenFile?: string; tlsCa?: string; failoverAfter: string; rpo: "durable" | "received"; listen: string; every?: string; prefetchEvery: string; prefetch: boolean; keep: string; lazy: boolean; address?: string; dev?: string; json?: boolean }) => {
+      let failoverAfterMs: number, everyMs: number | undefined, prefetchEveryMs: number, keep: number, token: string, listen: { host: string; port: number }, address: ServiceAddress | undefined;
       try {
         failoverAfterMs = o.failoverAfter ? parseInterval(o.failoverAfter) : DEFAULT_LEASE_MS;
         everyMs = o.every ? parseInterval(o.every) : undefined;
         prefetchEveryMs = parseInterval(o.prefetchEvery);
+        keep = Number(o.keep);
+        if (!/^\d+$/.test(o.keep) || !Number.isSafeInteger(keep) || keep < 1) throw new Error(`--keep must be a whole number ≥ 1 (got ${o.keep})`);
         token = readToken(o.tokenFile);
         listen = parseHostPort(o.listen, "--listen");
         address = o.address !== undefined || o.dev !== undefined ? parseServiceAddress(o.address ?? "", o.dev) : undefined;
@@ -59,7 +62,7 @@ export function registerStandbyCommand(program: Command): void {
         ...(o.prefetch
           ? {
               prefetchEveryMs,
-              prefetch: (checkpoint: string) => api.prefetch(o.app, { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}) }, { checkpoint }),
+              prefetch: (checkpoint: string) => api.prefetch(o.app, { url: o.mirror, token, ...(ca !== undefined ? { ca } : {}) }, { checkpoint, keep }),
             }
           : {}),
         restore: async (checkpoint, takeover) => {

@@ -17,7 +17,7 @@ import type { Logger } from "pino";
 import { writeFileAtomic } from "../store/fsutil.js";
 import type { CasStore } from "../store/cas/store.js";
 import { decodeTable, type ImportReport, type MirrorManifest, type MirrorTable } from "../store/cas/mirror.js";
-import { contentDigest } from "../store/cas/lineage.js";
+import { contentDigest, mirrorIdent } from "../store/cas/lineage.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { AdminConnection, type AdminOptions } from "./admin.js";
 import { ChunkReadError, MirrorClient, MissingParentError, type AckLevel, type FencedInfo, type MirrorStateEvent } from "./client.js";
@@ -575,12 +575,13 @@ class MirrorObjects {
     return { mirrorId: o.mirrorId, manifest: m };
   }
 
-  /** `f`'s chain on the mirror, oldest (its full checkpoint) first. */
-  async chain(f: Fetched): Promise<Fetched[]> {
+  /** `f`'s chain on the mirror, oldest (its full checkpoint, or the first link `stop` accepts, walking down) first. */
+  async chain(f: Fetched, stop: (f: Fetched) => boolean = () => false): Promise<Fetched[]> {
     const chain: Fetched[] = [f];
     for (;;) {
-      const m = (chain[chain.length - 1] as Fetched).manifest;
-      if (m.kind !== "incremental" || m.parent === null) break;
+      const last = chain[chain.length - 1] as Fetched;
+      const m = last.manifest;
+      if (m.kind !== "incremental" || m.parent === null || stop(last)) break;
       if (chain.length > 100_000) throw new Error("checkpoint chain too long");
       chain.push(await this.part(m.parent));
     }
@@ -639,19 +640,29 @@ export async function pullFromMirror(
     // everything above is imported; local checkpoints with those ids are another lineage.
     const plans: { chain: Fetched[]; firstImport: number; diverged: string[] }[] = [];
     const tables = new Map<string, MirrorTable>();
+    // A link the store already knows to be this mirror checkpoint (imported from it, or matched
+    // before: its mirror origin, lineage.ts) ends the walk down: it and its chain below are the
+    // mirror's, checked when it was recorded; a merge since kept its content. So a pull costs
+    // the links since the last one, not the whole chain (a standby pulls every second, for days).
+    const known = (f: Fetched): boolean => store.mirrorOrigin(f.manifest.id) === mirrorIdent(f.manifest);
     for (const m of [...top.members, top.main]) {
-      const chain = await objects.chain({ mirrorId: top.mirrorId, manifest: m });
+      const chain = await objects.chain({ mirrorId: top.mirrorId, manifest: m }, known);
+      const base = known(chain[0] as Fetched);
       const diverged: string[] = [];
       let matched = true;
       let firstImport = chain.length;
       for (let i = 0; i < chain.length; i++) {
         const f = chain[i] as Fetched;
+        if (i === 0 && base) continue;
         const mine = store.identity(f.manifest.id);
         if (matched && mine !== undefined) {
           const table = await fetchTable(a, source, f);
           const digest = contentDigest(Buffer.from(f.manifest.header, "base64"), table.meta, table.extents);
           const parentOk = (f.manifest.kind === "incremental" ? f.manifest.parent : null) === (mine.kind === "incremental" ? mine.parent : null);
-          if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) continue;
+          if (digest === mine.digest && mine.kind === f.manifest.kind && parentOk) {
+            store.setMirrorOrigin(f.manifest.id, mirrorIdent(f.manifest));
+            continue;
+          }
           tables.set(f.manifest.id, table);
         }
         if (matched) firstImport = i;
@@ -698,6 +709,7 @@ export async function pullFromMirror(
           return data;
         };
         const rep = await store.importCheckpoint(m, table, getBlock);
+        store.setMirrorOrigin(m.id, mirrorIdent(m));
         // Drain what the import did not take (a page stored meanwhile): the connection serves the next request.
         if (stream) for await (const _ of stream);
         result.imported.push({ ...rep, id: m.id });

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS extents (cid INTEGER NOT NULL, ord INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS pending_packs (id INTEGER PRIMARY KEY, why TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS bad_blocks (id INTEGER PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, len INTEGER NOT NULL, npages INTEGER NOT NULL, pages INTEGER NOT NULL, why TEXT NOT NULL, found_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS damaged_packs (id INTEGER PRIMARY KEY, why TEXT NOT NULL, found_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mirror_origin (cid INTEGER PRIMARY KEY, id TEXT NOT NULL, created_at TEXT NOT NULL, ident TEXT NOT NULL);
 `;
 
 const CK_COLS = "cid, id, app, seq, kind, parent, synthetic, created_at, pid, stats";
@@ -140,6 +141,9 @@ export class Catalog {
       children: db.prepare("SELECT id FROM checkpoints WHERE parent = ? AND synthetic = 0 AND kind = 'incremental'").pluck(),
       updateMerged: db.prepare("UPDATE checkpoints SET kind = 'full', synthetic = 1, stats = ? WHERE cid = ?"),
       deleteCk: db.prepare("DELETE FROM checkpoints WHERE cid = ?"),
+      deleteOrigin: db.prepare("DELETE FROM mirror_origin WHERE cid = ?"),
+      setOrigin: db.prepare("INSERT OR REPLACE INTO mirror_origin (cid, id, created_at, ident) SELECT cid, id, created_at, ? FROM checkpoints WHERE id = ?"),
+      origin: db.prepare("SELECT o.ident FROM mirror_origin o JOIN checkpoints c ON c.cid = o.cid AND c.id = o.id AND c.created_at = o.created_at WHERE c.id = ?").pluck(),
       insertExtent: db.prepare("INSERT INTO extents (cid, ord, page, npages, hashes, locs) VALUES (?, ?, ?, ?, ?, ?)"),
       extents: db.prepare("SELECT ord, page, npages, hashes, locs FROM extents WHERE cid = ? ORDER BY ord"),
       blockExists: db.prepare("SELECT 1 FROM blocks WHERE id = ?").pluck(),
@@ -298,7 +302,23 @@ export class Catalog {
   }
   deleteCheckpoint(cid: number): void {
     this.st.deleteExtents.run(cid);
+    this.st.deleteOrigin.run(cid);
     this.st.deleteCk.run(cid);
+  }
+  /**
+   * The mirror checkpoint local checkpoint `id` is known to be (lineage.ts, mirrorIdent): set
+   * when it was imported from the mirror or found the same as the mirror's, kept through a merge
+   * (same row), dropped when the checkpoint is deleted or set aside. Checked against the row's
+   * id and creation time, so a row left by an older tardigrade never vouches for another one.
+   */
+  setMirrorOrigin(id: string, ident: string): void {
+    this.st.setOrigin.run(ident, id);
+  }
+  mirrorOrigin(id: string): string | undefined {
+    return this.st.origin.get(id) as string | undefined;
+  }
+  clearMirrorOrigin(cid: number): void {
+    this.st.deleteOrigin.run(cid);
   }
   insertExtent(cid: number, e: ExtentRow): void {
     this.st.insertExtent.run(cid, e.ord, e.page, e.npages, e.hashes, e.locs);

@@ -48,6 +48,19 @@ export function contentDigest(header: Buffer, meta: Buffer, extents: readonly Pi
   return h.digest("hex");
 }
 
+/**
+ * A mirrored checkpoint's identity from its manifest alone (no table fetched): its id, kind,
+ * parent, image header and the SHA-256 names of its table parts (the table holds the metadata
+ * and page table). Recorded for a local checkpoint once it is known to be that mirror
+ * checkpoint (imported, or its content digest matched), so the next pull finds where the
+ * mirror's chain meets the store from the top, without fetching every link's table.
+ */
+export function mirrorIdent(m: { id: string; kind: string; parent: string | null; header: string; tableBytes: number; table: readonly { hash: string }[] }): string {
+  const h = createHash("sha256");
+  h.update(JSON.stringify(["tardigrade-mirror-ident 1", m.id, m.kind, m.kind === "incremental" ? m.parent : null, m.header, m.tableBytes, m.table.map((p) => p.hash)]));
+  return h.digest("hex");
+}
+
 /** The content digest of local checkpoint `id`, with its kind and parent; undefined if absent. */
 export function localIdentity(ctx: StoreContext, id: string): { digest: string; kind: string; parent: string | null } | undefined {
   const row = ctx.catalog.checkpoint(id);
@@ -92,6 +105,7 @@ export function setAside(ctx: StoreContext, ids: readonly string[], newApp: stri
       if (to === undefined) continue;
       const parent = r.parent === null ? null : (moved.get(r.parent) ?? r.parent);
       upd.run(to, newApp, parent, r.cid);
+      cat.clearMirrorOrigin(r.cid);
     }
   });
   return moved;

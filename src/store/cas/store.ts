@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
-import { collectGarbage } from "./gc.js";
+import { collectGarbage, retention } from "./gc.js";
 import { Catalog } from "./catalog.js";
 import { toCheckpoint, requireCheckpoint, type StoreContext } from "./context.js";
 import { exportChunks, exportStream, imageChunks } from "./export.js";
@@ -322,6 +322,14 @@ export class CasStore {
     return true;
   }
 
+  /** The checkpoints retention would drop with these options (nothing is changed): lets a caller
+   * skip gc's live-page scan when there is nothing to drop. */
+  wouldDrop(opts: Pick<GcOptions, "keep" | "keepPerApp" | "pin">): string[] {
+    const rows = this.ctx.catalog.list();
+    const { kept } = retention(rows, opts.keep, opts.pin, opts.keepPerApp);
+    return rows.filter((r) => !kept.has(r.id)).map((r) => r.id);
+  }
+
   /** Retention + space reclaim (see docs/store.md); checkpoints being exported count as pinned. */
   gc(opts: GcOptions): Promise<GcReport> {
     // Pins are read once gc holds the lock: an export or merge that started before counts.
@@ -379,6 +387,14 @@ export class CasStore {
   }
 
   /** A local checkpoint's content digest, kind and parent (lineage.ts); undefined if absent. */
+  /** The mirror checkpoint (lineage.ts, mirrorIdent) local checkpoint `id` is known to be, if any. */
+  mirrorOrigin(id: string): string | undefined {
+    return this.ctx.catalog.mirrorOrigin(id);
+  }
+  setMirrorOrigin(id: string, ident: string): void {
+    this.ctx.catalog.setMirrorOrigin(id, ident);
+  }
+
   identity(id: string): { digest: string; kind: string; parent: string | null } | undefined {
     return localIdentity(this.ctx, id);
   }
