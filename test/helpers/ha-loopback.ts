@@ -79,7 +79,14 @@ export async function startLoopbackHa(o: { prefix: string; failoverAfter: string
       exited,
       killPrimary() {
         const p = P.pids("calc");
-        for (const pid of [P.daemonPid(), p?.init, p?.app]) if (pid) process.kill(pid, "SIGKILL");
+        for (const pid of [P.daemonPid(), p?.init, p?.app]) {
+          try {
+            if (pid) process.kill(pid, "SIGKILL");
+          } catch (e) {
+            // the init's death takes the app down with it: gone already is what this wants
+            if ((e as NodeJS.ErrnoException).code !== "ESRCH") throw e;
+          }
+        }
       },
       stop,
     };
