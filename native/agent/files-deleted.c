@@ -77,6 +77,8 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
 
 static int owns(uint32_t k) { return k == TG_FD_FILE_DELETED; }
 
+TG_RES_HIDDEN int (*tg_deleted_shared_fd)(const struct tg_file_id *id) = NULL;
+
 static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) {
   const struct tg_rec_fd *r = &rc->fds[i].r;
   char staged[4097];
@@ -87,7 +89,16 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   const char *was = sl + 1 < r->extra_len ? rc->fds[i].extra + sl + 1 : staged;
   int was_len = sl + 1 < r->extra_len ? (int)(r->extra_len - sl - 1) : (int)sl;
   int flags = (int)(r->open_flags & ~(uint32_t)(O_CREAT | O_TRUNC | O_EXCL)) | O_CLOEXEC | O_NOFOLLOW;
-  int fd = open(staged, flags);
+  /* the same file mapped shared: the restored mapping's object (its contents are the staging
+   * file's, restore.c), so fd and mapping stay one file, as they were */
+  int shm = tg_deleted_shared_fd ? tg_deleted_shared_fd(&r->id) : -1;
+  int fd;
+  if (shm >= 0) {
+    char self[40];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", shm);
+    fd = open(self, flags & ~O_NOFOLLOW);
+  } else
+    fd = open(staged, flags);
   if (fd < 0) {
     snprintf(err, errlen,
              "fd %u: deleted file %.*s: cannot open its contents at %s: %s (the files rollback writes them there; "

@@ -18,10 +18,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "../common/sysvshm.h"
+#include "../agent/files-deleted.h"
 #include "../launcher/launcher.h"
 #include "blob.h"
 #include "lazy.h"
@@ -53,7 +55,8 @@ static int go_rd = -1;
 /* Shared memory objects mapped by two or more processes of a tree (VMA kind anon shared, by the
  * object's dev and inode): one memfd each, made before the tree is cloned, mapped by each. */
 struct shm_obj { uint64_t dev, ino, size; int nplans, last_plan, fd;
-                 int sysv, shmid; struct tg_sysv_shm seg; }; /* sysv: made again as a System V segment (TG_VF_SYSV), attached by shmat */
+                 int sysv, shmid; struct tg_sysv_shm seg; /* sysv: made again as a System V segment (TG_VF_SYSV), attached by shmat */
+                 const char *held; }; /* a deleted file some process also holds open (FD kind 20): its staging name */
 static struct shm_obj *shm_objs;
 static size_t nshm_objs;
 
@@ -62,6 +65,44 @@ static struct shm_obj *shm_of(const struct tg_rec_vma *v) {
   for (size_t i = 0; i < nshm_objs; i++) if (shm_objs[i].dev == v->id.dev && shm_objs[i].ino == v->id.ino) return &shm_objs[i];
   return NULL;
 }
+/* files-deleted.c asks: the shared memory object a deleted file held open is (FD ids carry st_dev,
+ * mapping ids the maps' major << 32 | minor) */
+static int deleted_shared_fd(const struct tg_file_id *id) {
+  uint64_t dev = ((uint64_t)major((dev_t)id->dev) << 32) | minor((dev_t)id->dev);
+  for (size_t i = 0; i < nshm_objs; i++)
+    if (shm_objs[i].dev == dev && shm_objs[i].ino == id->ino && shm_objs[i].held && !shm_objs[i].sysv) return shm_objs[i].fd;
+  return -1;
+}
+
+/* A memfd made for a deleted file held open starts as that file's contents at the cut (the
+ * rollback wrote them under its staging name); the mappings' pages are filled over them. */
+static int fill_from_staging(struct shm_obj *o, char *err, size_t errlen) {
+  int in = open(o->held, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  struct stat st;
+  if (in < 0 || fstat(in, &st) != 0) {
+    snprintf(err, errlen, "deleted file held open and mapped shared: cannot open its contents at %s: %s", o->held, strerror(errno));
+    if (in >= 0) close(in);
+    return -1;
+  }
+  if ((uint64_t)st.st_size > o->size && ftruncate(o->fd, st.st_size) != 0) {
+    snprintf(err, errlen, "shared memory of %lld bytes for %s: %s", (long long)st.st_size, o->held, strerror(errno));
+    close(in);
+    return -1;
+  }
+  char buf[65536];
+  off_t at = 0;
+  for (;;) {
+    ssize_t n = read(in, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { snprintf(err, errlen, "read %s: %s", o->held, strerror(errno)); close(in); return -1; }
+    if (n == 0) break;
+    if (pwrite(o->fd, buf, (size_t)n, at) != n) { snprintf(err, errlen, "shared memory for %s: write: %s", o->held, strerror(errno)); close(in); return -1; }
+    at += n;
+  }
+  close(in);
+  return 0;
+}
+
 static const char *sock_base = "";
 static char own_sock[108];
 static int own_plan; /* which image this process is (0: the main process) */
@@ -470,6 +511,30 @@ static int start_restore(struct tg_launch *l, int *report) {
     fprintf(stderr, "tardigrade-restore: %s\n", err);
     return -1;
   }
+  /* the tree's shared memory objects first: a shared description premade below may be a deleted
+   * file that is one of them (files-deleted.c opens the object then) */
+  for (size_t i = 0; i < nshm_objs; i++) {
+    struct shm_obj *o = &shm_objs[i];
+    if (o->sysv) {
+      o->shmid = tg_sysv_shm_make(&o->seg, err, sizeof err);
+      if (o->shmid < 0) { fprintf(stderr, "tardigrade-restore: %s\n", err); return -1; }
+      if (o->shmid != o->seg.id) fprintf(stderr, "tardigrade-restore: System V shared memory segment key 0x%08x is id %d now (was %d: taken)\n", (unsigned)o->seg.key, o->shmid, o->seg.id);
+      continue;
+    }
+    if (o->nplans < 2 && !o->held) continue; /* one process: an anonymous shared mapping, as ever */
+    int fd = memfd_create("tardigrade-shared", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)o->size) != 0) {
+      fprintf(stderr, "tardigrade-restore: shared memory of %llu bytes: %s\n", (unsigned long long)o->size, strerror(errno));
+      return -1;
+    }
+    o->fd = fcntl(fd, F_DUPFD_CLOEXEC, base + 256);
+    close(fd);
+    if (o->fd < 0) { fprintf(stderr, "tardigrade-restore: fcntl: %s\n", strerror(errno)); return -1; }
+    if (o->held && fill_from_staging(o, err, sizeof err) != 0) {
+      fprintf(stderr, "tardigrade-restore: %s\n", err);
+      return -1;
+    }
+  }
   {
     const struct image **imgs = calloc(nplans, sizeof *imgs);
     if (!imgs) return -1;
@@ -484,24 +549,6 @@ static int start_restore(struct tg_launch *l, int *report) {
       fprintf(stderr, "tardigrade-restore: %s\n", err);
       return -1;
     }
-  }
-  for (size_t i = 0; i < nshm_objs; i++) {
-    struct shm_obj *o = &shm_objs[i];
-    if (o->sysv) {
-      o->shmid = tg_sysv_shm_make(&o->seg, err, sizeof err);
-      if (o->shmid < 0) { fprintf(stderr, "tardigrade-restore: %s\n", err); return -1; }
-      if (o->shmid != o->seg.id) fprintf(stderr, "tardigrade-restore: System V shared memory segment key 0x%08x is id %d now (was %d: taken)\n", (unsigned)o->seg.key, o->shmid, o->seg.id);
-      continue;
-    }
-    if (o->nplans < 2) continue; /* one process: an anonymous shared mapping, as ever */
-    int fd = memfd_create("tardigrade-shared", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, (off_t)o->size) != 0) {
-      fprintf(stderr, "tardigrade-restore: shared memory of %llu bytes: %s\n", (unsigned long long)o->size, strerror(errno));
-      return -1;
-    }
-    o->fd = fcntl(fd, F_DUPFD_CLOEXEC, base + 256);
-    close(fd);
-    if (o->fd < 0) { fprintf(stderr, "tardigrade-restore: fcntl: %s\n", strerror(errno)); return -1; }
   }
   pid_t root = -1;
   for (size_t i = 0; i < nnodes; i++) {
@@ -674,7 +721,7 @@ int main(int argc, char **argv) {
       struct shm_obj *o = shm_of(v);
       if (!o) {
         o = &shm_objs[nshm_objs++];
-        *o = (struct shm_obj){v->id.dev, v->id.ino, 0, 0, -1, -1, 0, -1, {0}};
+        *o = (struct shm_obj){v->id.dev, v->id.ino, 0, 0, -1, -1, 0, -1, {0}, NULL};
         if (v->vflags & TG_VF_SYSV)
           o->sysv = 1, o->seg = (struct tg_sysv_shm){(int32_t)v->reserved, (int32_t)v->id.ino, v->id.mode, (uint32_t)(v->id.mtime_ns >> 32), (uint32_t)v->id.mtime_ns, v->id.size};
       }
@@ -682,6 +729,17 @@ int main(int argc, char **argv) {
       if (o->sysv && (!(v->vflags & TG_VF_SYSV) || v->pgoff != 0 || v->end - v->start != ((o->seg.size + 4095) & ~4095ull))) o->sysv = 0;
       if (o->last_plan != (int)k) { o->nplans++; o->last_plan = (int)k; }
       if (v->pgoff + (v->end - v->start) > o->size) o->size = v->pgoff + (v->end - v->start);
+    }
+  /* a deleted file held open (FD kind 20) that is also one of these objects: fd and mappings are
+   * restored as one object again (files-deleted.c opens the object) */
+  tg_deleted_shared_fd = deleted_shared_fd;
+  for (size_t k = 0; k < nplans; k++)
+    for (size_t i = 0; i < plans[k].img.nfds; i++) {
+      const struct tg_rec_fd *r = &plans[k].img.fds[i].r;
+      if (r->kind != TG_FD_FILE_DELETED || r->extra_len == 0) continue;
+      uint64_t dev = ((uint64_t)major((dev_t)r->id.dev) << 32) | minor((dev_t)r->id.dev);
+      for (size_t j = 0; j < nshm_objs; j++)
+        if (shm_objs[j].dev == dev && shm_objs[j].ino == r->id.ino && !shm_objs[j].sysv && !shm_objs[j].held) shm_objs[j].held = plans[k].img.fds[i].extra;
     }
   /* every parent must be in the tree (or be the init) */
   for (size_t i = 0; i < nnodes; i++)

@@ -49,6 +49,7 @@ import { sweepLeftovers } from "./leftovers-sweep.js";
 import { treeOf, zombieArg } from "./tree-info.js";
 import { FileIdentityCache } from "./mapped-files.js";
 import { clearRanges } from "./files-ranges.js";
+import { removeStagingLeft } from "./files-deleted.js";
 import { FilesCapture, filesApp, filesRefOf, nextSeq, restoreFiles, type FilesRef } from "./files-flow.js";
 import type { FilesRollback } from "./files-restore.js";
 import { DEFAULT_FILES, journalPath, type FilesConfig } from "./files-set.js";
@@ -1143,6 +1144,7 @@ export class AppManager {
           },
         });
       } catch (e) {
+        if (rolledBack) removeStagingLeft([...rolledBack.recreated, ...rolledBack.rewritten]);
         await releaseAll();
         await facts.putBack(); // the replaced app's exit status stays
         await writeRestoreFailed(dir.logFile, m.id);
@@ -1153,6 +1155,7 @@ export class AppManager {
         }
         throw e;
       }
+      if (rolledBack) removeStagingLeft([...rolledBack.recreated, ...rolledBack.rewritten]);
       await releaseAll();
       record.initStart = l.initStart;
       record.restoreNs = l.elapsedNs;

@@ -4,8 +4,9 @@
 // PID namespace), read at the cut through /proc/PID/fd/N. The rollback writes it back under that
 // name; the restorer opens it there and removes the name (native/agent/files-deleted.c, which
 // makes the same name for the FD record).
-import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { readFileSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { TgError } from "../errors.js";
 
 const SUFFIX = " (deleted)";
 const PREFIX = ".tardigrade-deleted.";
@@ -49,4 +50,49 @@ export function deletedOpenFiles(hostPids: number[]): Map<string, string> {
     }
   }
   return out;
+}
+
+/**
+ * A deleted file held open that the set leaves out (a `--files-exclude` glob, a pseudo file
+ * system): its agent records the fd by its staging name all the same, and no rollback would write
+ * it there, so such a checkpoint could never be restored. Refused instead, naming the file.
+ */
+export function refuseExcludedDeleted(app: string, deleted: ReadonlyMap<string, string>, keep: (p: string) => boolean): void {
+  for (const [staging, src] of deleted) {
+    if (keep(staging)) continue;
+    let target = "?";
+    try {
+      target = readlinkSync(src);
+    } catch {
+      /* closed meanwhile */
+    }
+    const [, pid, fd] = /^\/proc\/(\d+)\/fd\/(\d+)$/.exec(src) ?? [];
+    throw new TgError(
+      `cannot checkpoint ${app}`,
+      `host pid ${pid ?? "?"} holds fd ${fd ?? "?"} open on the deleted file ${target}, which the app's file set leaves out (a --files-exclude glob or a pseudo file system): a restore could not give the process its contents back`,
+      "Leave that directory out of --files-exclude (or have the app close the file). Nothing was committed; the app keeps running and earlier checkpoints are intact",
+      "unsupported",
+    );
+  }
+}
+
+/**
+ * After a restore: the staging names the rollback wrote that no restorer removed. A restorer
+ * opens and removes the name of each deleted file it opens; a description shared through fork in
+ * a tree is opened once and passed on, so the other processes' names are left (python's
+ * multiprocessing: the heap arena held by the parent and each worker). Removed here, whether
+ * the restore started the app or failed (the next restore writes them again).
+ */
+export function removeStagingLeft(paths: readonly string[]): string[] {
+  const removed: string[] = [];
+  for (const p of paths) {
+    if (!isStagingName(p)) continue;
+    try {
+      rmSync(p);
+      removed.push(p);
+    } catch {
+      /* removed by its restorer */
+    }
+  }
+  return removed;
 }

@@ -13,7 +13,7 @@ import type { CasCheckpoint } from "../store/cas/types.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
 import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
 import { endCow } from "./files-cow.js";
-import { deletedOpenFiles } from "./files-deleted.js";
+import { deletedOpenFiles, refuseExcludedDeleted } from "./files-deleted.js";
 import { filesImageChunks, isDirMode } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { takeRanges } from "./files-ranges.js";
@@ -117,6 +117,7 @@ export class FilesCapture {
     const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
     const deleted = deletedOpenFiles(hostPids);
+    refuseExcludedDeleted(this.a.app, deleted, keep);
     const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted);
     mkdirSync(this.staging, { recursive: true });
     const t1 = process.hrtime.bigint();

@@ -3,7 +3,7 @@
 // native/agent/files-track.c), the regular files any process of the app holds open for writing or
 // maps shared and writable at the cut, every regular file under the `run --files DIR` trees, and
 // every path of the parent checkpoint's set; minus `--files-exclude` globs, the app's own log,
-// tardigrade's home, and /dev, /proc, /sys.
+// tardigrade's home, and /dev (but /dev/shm), /proc, /sys.
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { isStagingName } from "./files-deleted.js";
@@ -61,12 +61,13 @@ export function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${re}$`);
 }
 
-/** A filter of paths: the kernel's pseudo files, tardigrade's own files and the excluded globs are out. */
+/** A filter of paths: the kernel's pseudo files (/dev but /dev/shm, /proc, /sys), tardigrade's own files and the excluded globs are out. */
 export function fileFilter(cfg: FilesConfig, never: string[]): (path: string) => boolean {
   const globs = cfg.exclude.map(globToRegExp);
   const base = (p: string): string => p.slice(p.lastIndexOf("/") + 1);
   return (p) => {
-    if (/^\/(dev|proc|sys)(\/|$)/.test(p)) return false;
+    // (regular files in /dev/shm are data: POSIX shared memory, python's multiprocessing heap)
+    if (/^\/(dev|proc|sys)(\/|$)/.test(p) && !p.startsWith("/dev/shm/")) return false;
     if (never.some((n) => p === n || p.startsWith(n.endsWith("/") ? n : n + "/"))) return false;
     // a glob without a slash matches the file's name, one with a slash the whole path
     return !globs.some((g, i) => g.test(cfg.exclude[i]!.includes("/") ? p : base(p)));
