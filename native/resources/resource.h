@@ -94,6 +94,11 @@ TG_RES_HIDDEN extern int tg_res_tree;
 /* Set by the agent for a checkpoint of an app run with `--external-unix closed`: a Unix stream
  * socket whose peer is outside the app is recorded to come back closed instead of refusing. */
 TG_RES_HIDDEN extern int tg_res_ext_unix_closed;
+/* Set by the restorer for `restore --allow-closed-tcp` (--allow-closed-tcp): a TCP connection with both ends in
+ * the app that cannot be restored whole (no TCP_REPAIR state for an end: its process had no
+ * CAP_NET_ADMIN at the checkpoint; or no CAP_NET_ADMIN in the restorer) comes back as a
+ * connection its peer closed (end of file) instead of refusing the restore. */
+TG_RES_HIDDEN extern int tg_res_tcp_closed;
 
 /* resources/unixsender.c: a datagram socket bound to a sender's name (raw sun_path bytes, len of
  * them) and connected to the receiver `to`, from which a queued datagram is sent again so that it

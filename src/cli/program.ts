@@ -150,13 +150,14 @@ export function buildProgram(): Command {
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
     .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint and the checkpoint has no files (run --files none): they are not rolled back")
+    .option("--allow-closed-tcp", "a TCP connection with both ends in the app that cannot be restored whole (no TCP_REPAIR state: a process without CAP_NET_ADMIN) comes back as closed by its peer (end of file) instead of refusing the restore")
     .option("--keep-file-changes <path>", "leave this file of the app's set (or everything under this directory) as it is now instead of rolling it back to the checkpoint (repeatable)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
     .option("--lazy", "resume the app before its memory is all in: the rest is loaded on first touch and in the background (`tardigrade status` shows the progress)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; allowClosedTcp?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
       const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
       await runRestore(name, { ...o, from });
     });

@@ -885,7 +885,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string; takeover?: Takeover }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; allowClosedTcp?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string; takeover?: Takeover }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     const r = await this.lock.run(name, async () => {
       const fenced = readFenced(dir.dir);
@@ -907,7 +907,7 @@ export class AppManager {
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const allow = opts.allowFileChanges === true;
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? [], opts.lazy === true);
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? [], opts.lazy === true, opts.allowClosedTcp === true);
       if (opts.lazy) throw new TgError(`cannot restore ${name} lazily`, "this store has no restore plans", "Restore without --lazy", "bad-request");
       const opened = await this.store.openImage(m.id);
       try {
@@ -935,7 +935,7 @@ export class AppManager {
         let l: Launched;
         try {
           await writeRestoreMarker(dir.logFile, m.id);
-          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
+          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(opts.allowClosedTcp ? ["--allow-closed-tcp"] : [])], {
             timeoutMs: 120_000,
             onSpawn: async (pid, start) => {
               record.launcherPid = pid;
@@ -1005,7 +1005,7 @@ export class AppManager {
     this.shippers.delete(dir.name);
   }
 
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false, closedTcp = false): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
@@ -1022,14 +1022,14 @@ export class AppManager {
       // its files image too (absent only if it was taken out of the store: restored without rollback, said so)
       const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
       if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
-      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged, lazy);
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged, lazy, closedTcp);
     } finally {
       unpin();
       for (const u of unpins) u();
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[], lazy: boolean): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[], lazy: boolean, closedTcp: boolean): Promise<RestoreResult> {
     let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
@@ -1120,7 +1120,7 @@ export class AppManager {
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);
-        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(closedTcp ? ["--allow-closed-tcp"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
           timeoutMs: 120_000,
           stdin: image,
           images,
@@ -1152,7 +1152,7 @@ export class AppManager {
       const wallNs = Number(process.hrtime.bigint() - t0);
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
-      const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate);
+      const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate, closedTcp);
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       for (const e of others) notes.push(...(await externalUnixNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       notes.push(...(await ptyNotes(store.cas.exportMeta(m.id)).catch(() => [])));
