@@ -39,7 +39,9 @@ describe("named Unix datagram sockets: senders' addresses", { timeout: 600_000 }
       await waitFor(`client ${c.addr} sent`, () => o.out.includes("sent"), 60_000);
     }
     execFileSync("python3", ["-c", SEND, srv, "u1"], { timeout: 60_000 });
-    await checkpointOk(h, "dgr");
+    const id = await checkpointOk(h, "dgr");
+    const ins = await h.cli(["inspect", id]);
+    assert.ok(ins.stdout.includes(`in 4 datagrams (from ${join(dir, "in.sock")}, ${join(dir, "a.sock")}, ${abs}, unnamed)`), `inspect lists each datagram's sender: ${ins.stdout}`);
     await crashAndRestore(h, "dgr");
     for (const c of clients) assert.equal(c.out.includes("reply"), false, "no answer before the restored server reads");
     execFileSync("touch", [join(dir, "read-1")]);

@@ -238,7 +238,7 @@ export function buildProgram(): Command {
         out(`\ncredentials: uid ${c.uid.join("/")} gid ${c.gid.join("/")} (real/effective/saved/fs), groups ${c.groups.join(",") || "-"}, capabilities inheritable ${c.capInh} permitted ${c.capPrm} effective ${c.capEff} bounding ${c.capBnd} ambient ${c.capAmb}, securebits 0x${c.securebits.toString(16)}`);
       }
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
-      if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
+      if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}${s.senders ? ` (from ${s.senders.map((x) => x || "unnamed").join(", ")})` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);
       if (img.inet.length)
         out(`\nTCP/UDP sockets:\n${table(["FD", "PROTO", "STATE", "LOCAL", "REMOTE", "TO READ", "TO SEND", "BACKLOG", "RESTORE"], img.inet.map((s) => [String(s.fd), `${s.proto}/${s.family}`, s.state, s.local, s.remote || "-", String(s.toRead), String(s.toSend), s.backlog ? String(s.backlog) : "-", s.restore ?? (s.state === "listening" ? "listen again" : "bind again")]))}`);
