@@ -14,11 +14,12 @@ import { basename, join } from "node:path";
 import { describe, test } from "node:test";
 import { waitFor } from "./helpers/home.js";
 import { fixtureScript } from "./helpers/native.js";
+import { isAlive } from "./helpers/home.js";
 import { runApp, status, waitLines } from "./helpers/scenario.js";
 import { checkpointOk, crashAndRestore, setup } from "./helpers/tree.js";
 
-// CLIENT ADDR SRV MSG: binds ADDR ("@x": abstract), sends MSG to SRV, prints "sent", then "reply X" for each answer
-const CLIENT = "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\na = sys.argv[1]\ns.bind(b'\\0' + a[1:].encode() if a.startswith('@') else a)\ns.sendto(sys.argv[3].encode(), sys.argv[2])\nprint('sent', flush=True)\nwhile True:\n    m = s.recv(65536)\n    print('reply', m.decode(), flush=True)\n";
+// CLIENT ADDR SRV MSG: binds ADDR ("@x": abstract), sends MSG to SRV (the same), prints "sent", then "reply X" for each answer
+const CLIENT = "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\nn = lambda a: b'\\0' + a[1:].encode() if a.startswith('@') else a\ns.bind(n(sys.argv[1]))\ns.sendto(sys.argv[3].encode(), n(sys.argv[2]))\nprint('sent', flush=True)\nwhile True:\n    m = s.recv(65536)\n    print('reply', m.decode(), flush=True)\n";
 const SEND = "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(sys.argv[2].encode(), sys.argv[1])\n";
 
 describe("named Unix datagram sockets: senders' addresses", { timeout: 600_000 }, () => {
@@ -58,5 +59,34 @@ describe("named Unix datagram sockets: senders' addresses", { timeout: 600_000 }
     assert.ok(!ls.some((l) => l.startsWith("answer ")), "every answer went out");
     assert.deepEqual(readdirSync(tmpdir()).filter((f) => f.startsWith("tardigrade-sender-")), [], "no private root left behind");
     assert.equal((await status(h, "dgr")).state, "running");
+  });
+
+  test("a server on an abstract name: a datagram from an abstract name another socket holds at the restore refuses it, naming both; once the name is free the restore gives the datagram that name", async (t) => {
+    const { h, dir } = setup(t);
+    await runApp(h, "dga", ["python3", fixtureScript("dgramreply.py"), dir, "abstract"]);
+    await waitLines(h, "dga", (ls) => ls.includes("ready"), "the server ready", 120_000);
+    const srv = `@tg-dgr-srv-${basename(dir)}`;
+    const abs = `@tg-dgr-c-${basename(dir)}`;
+    const c = spawn("python3", ["-c", CLIENT, abs, srv, "c1"], { stdio: ["ignore", "pipe", "inherit"] });
+    t.after(() => c.kill("SIGKILL"));
+    let out = "";
+    c.stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
+    await waitFor("the client sent", () => out.includes("sent"), 60_000);
+    await checkpointOk(h, "dga");
+    const p = h.pids("dga")!;
+    process.kill(p.init, "SIGKILL");
+    await waitFor("the app gone", () => !isAlive(p.init) && !isAlive(p.app));
+    const refused = await h.cli(["restore", "dga"]);
+    assert.notEqual(refused.code, 0, "refused while the client holds its name");
+    assert.ok(refused.stderr.includes(`(Unix datagram socket bound to ${srv}): its queued datagram 2 came from ${abs}, a name another socket holds now`), refused.stderr);
+    assert.match(refused.stderr, new RegExp(`end the process that holds ${abs}`));
+    c.kill("SIGKILL");
+    await waitFor("the client gone", () => c.exitCode !== null || c.signalCode !== null, 60_000);
+    const r = await h.cli(["restore", "dga"]);
+    assert.equal(r.code, 0, `restore once the name is free: ${r.stderr}`);
+    execFileSync("touch", [join(dir, "read-1")]);
+    const ls = await waitLines(h, "dga", (l) => l.includes("read 1 done"), "the restored server reads its queue", 120_000);
+    assert.deepEqual(ls.filter((l) => l.startsWith("got ")), [`got in1 from '${join(dir, "in.sock")}'`, `got c1 from b'\\x00${abs.slice(1)}'`]);
+    assert.deepEqual(readdirSync(tmpdir()).filter((f) => f.startsWith("tardigrade-sender-")), [], "no private root left behind");
   });
 });
