@@ -9,7 +9,10 @@
  * Restore (restorer, stage 1, libc): listeners and UDP sockets are made again on the same address
  * (a taken address refuses the restore, naming who holds it); connections whose peer is inside come
  * back whole with TCP_REPAIR; any other connection's peer has seen it drop (the app was killed), so
- * it comes back closed: reset, its next read or write gets ECONNRESET. */
+ * it comes back closed: reset, its next read or write gets ECONNRESET. One with both ends in the app
+ * but no TCP_REPAIR state (an end's process had no CAP_NET_ADMIN) refuses the restore, naming it;
+ * with --allow-closed-tcp (tg_res_tcp_closed) both ends come back closed by their peer (a FIN: end
+ * of file). */
 #include "resource.h"
 
 #include <arpa/inet.h>
@@ -323,8 +326,10 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
        * restorer pairs with this one (tree-fds.c): read as a connection inside (all its queues, a
        * failure refuses); with no such end in the tree it is an outside one */
       n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
-      /* a process that gave up root (an nginx worker as nobody) cannot read it: it is then taken as
-       * one to outside, which comes back closed (docs/engine.md, "Processes of another user") */
+      /* a process that gave up root (an nginx worker as nobody) cannot read it: no record. If the
+       * other end is in the app too, the restorer refuses it by name (or, with --allow-closed-tcp,
+       * restores it closed by its peer); else it is one to outside, which comes back closed
+       * (docs/engine.md, "Processes of another user") */
       if (n < 0 && repair_errno == EPERM) { err[0] = 0; continue; }
       if (n < 0) return -1;
       r.flags |= TG_IR_EXTERNAL | TG_IR_LOCAL;
@@ -650,7 +655,8 @@ static int peer_in(const struct tg_fd_restore *rc, size_t i, const struct tg_ine
 static int refuse_unread(const struct tg_fd_restore *rc, size_t i, size_t j, int pid_i, int pid_j, char *err, size_t errlen) {
   struct tg_inet_sock a;
   char name[200], pi[24] = "", pj[24] = "";
-  extra_of(&rc->fds[i], &a);
+  memset(&a, 0, sizeof a);
+  extra_of(&rc->fds[i], &a); /* (an established TCP socket's record: checked by the caller) */
   name_sock(&a, name, sizeof name);
   if (pid_i >= 0) snprintf(pi, sizeof pi, " of pid %d", pid_i);
   if (pid_j >= 0) snprintf(pj, sizeof pj, " of pid %d", pid_j);

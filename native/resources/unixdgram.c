@@ -6,12 +6,14 @@
  * it is connected to (a datagram socket's peer is a name: connected outside the app, to another
  * socket of the app, or to none). With every thread parked, the queue is read with MSG_PEEK,
  * datagram after datagram through SO_PEEK_OFF (then the app's peek offset is put back): nothing is
- * taken from the running app, senders' addresses stay as they are. The kernel's peek at an offset
- * skips an empty datagram: one queued behind another is not seen (and not restored).
+ * taken from the running app, senders' addresses stay as they are; each datagram's sender name is
+ * recorded with it (DGRAM_SENDERS). The kernel's peek at an offset skips an empty datagram: one
+ * queued behind another is not seen (and not restored).
  *
  * Restore: bound to the same name again (the dead process's socket file replaced; a name another
  * process holds by then fails the restore, naming it), the file's mode, options, the queued
- * datagrams sent to it again from an unnamed socket (so their sender is unnamed now); once every
+ * datagrams sent to it again, each from its sender's name (unixsender.c), so that recvfrom gives
+ * the address it gave before and an answer reaches whoever holds that name now; once every
  * fd is in place, connected to its peer's name again: nothing bound there leaves it unconnected
  * (its next send gets ENOTCONN), and the restore says so on its stderr (the app's log). */
 #include "resource.h"
@@ -219,8 +221,8 @@ static int own_socket(const struct tg_fd_restore *rc, const char *raw, uint32_t 
 
 /* The queue, sent to the socket's name again datagram by datagram, each from a socket bound to the
  * name of the socket that sent it (unixsender.c; the app's own socket of that name when this
- * process made it already; the socket itself for one it sent to itself), or from an unnamed socket (an unnamed sender, or an image without a
- * DGRAM_SENDERS record). */
+ * process made it already; the socket itself for one it sent to itself), or from an unnamed
+ * socket (an unnamed sender, or an image without a DGRAM_SENDERS record). */
 static int refill(const struct tg_fd_restore *rc, int self, const struct img_fd *f, const struct tg_unix_dgram *x, const struct sockaddr_un *name, socklen_t nl,
                   const char *shown_name, char *err, size_t errlen) {
   for (size_t k = 0; k < rc->nsocks; k++) {
