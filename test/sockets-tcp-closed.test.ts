@@ -44,4 +44,23 @@ describe("TCP connections that cannot be restored whole", { timeout: 600_000 }, 
     await waitLines(h, "tcpn", (l) => l.slice(mark).some((x) => /^child alive \d+$/.test(x)) && l.slice(mark).some((x) => /^parent alive \d+$/.test(x)), "both processes go on", 60_000);
     assert.equal((await status(h, "tcpn")).state, "running");
   });
+
+  test("one process without CAP_NET_ADMIN holding both ends of a loopback connection: the checkpoint refuses naming it; nothing committed, the app runs on", { skip }, async (t) => {
+    const { h, dir } = setup(t);
+    chmodSync(dir, 0o755);
+    await runApp(h, "tcpa", ["python3", fixtureScript("tcpnobody.py"), dir, "alone"]);
+    const ls = await waitLines(h, "tcpa", (l) => l.some((x) => x.startsWith("alone alive 3")), "connected as uid 65534", 120_000);
+    const port = ls.map((l) => /^alone connected to (\d+)$/.exec(l)).find((x) => x)?.[1];
+    assert.ok(port, "connected");
+    const r = await h.cli(["checkpoint", "tcpa"]);
+    t.diagnostic(`refused: ${r.stderr.trim()}`);
+    assert.notEqual(r.code, 0, "the checkpoint refuses");
+    assert.match(r.stderr, new RegExp(`TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:\\d+ \\(established\\)\\): TCP_REPAIR: Operation not permitted \\(capturing a connection needs CAP_NET_ADMIN, which this process does not have`));
+    assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${port}\\b`));
+    const l = await h.cli(["ls", "tcpa", "--json"]);
+    assert.deepEqual(JSON.parse(l.stdout), [], "nothing committed");
+    const n = logLines(h, "tcpa").length;
+    await waitLines(h, "tcpa", (x) => x.length > n + 3, "the app runs on", 60_000);
+    assert.equal((await status(h, "tcpa")).state, "running");
+  });
 });

@@ -245,7 +245,8 @@ static long repair_read(const struct seen *s, struct tg_rec_inet_repair *r, char
   long e = sopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof on);
   if (e < 0) {
     repair_errno = (int)-e;
-    snprintf(err, errlen, "fd %d (%s): TCP_REPAIR: %s (capturing a connection needs CAP_NET_ADMIN)", fd, name, strerror((int)-e));
+    snprintf(err, errlen, "fd %d (%s): TCP_REPAIR: %s (capturing a connection needs CAP_NET_ADMIN%s)", fd, name, strerror((int)-e),
+             e == -EPERM ? ", which this process does not have: keep CAP_NET_ADMIN in it when it switches users, or close the connection before checkpointing" : "");
     return -1;
   }
   long used = -1;
