@@ -1,7 +1,7 @@
 // A loopback TCP connection with both ends in the app, one end held by a process without
 // CAP_NET_ADMIN (test/fixtures/tcpnobody.py: a root parent and a child that became uid 65534,
 // python3): its agent cannot read the connection with TCP_REPAIR, so the checkpoint holds no state
-// for it. The restore refuses, naming the connection and the option; `restore --allow-closed-tcp`
+// for it. The checkpoint commits and says so; the restore refuses, naming the connection and the option; `restore --allow-closed-tcp`
 // brings both ends back as a connection closed by its peer: the parent's next read gets end of
 // file, the child's read or write ends too, and the restore says so. Every process started is
 // killed by PID (helpers/tree.ts, helpers/home.ts).
@@ -11,7 +11,7 @@ import { describe, test } from "node:test";
 import { isAlive, waitFor } from "./helpers/home.js";
 import { fixtureScript } from "./helpers/native.js";
 import { logLines, runApp, status, waitLines } from "./helpers/scenario.js";
-import { checkpointOk, setup } from "./helpers/tree.js";
+import { setup } from "./helpers/tree.js";
 
 const skip = process.getuid?.() !== 0 ? "needs root (tardigrade run does)" : false;
 
@@ -24,7 +24,11 @@ describe("TCP connections that cannot be restored whole", { timeout: 600_000 }, 
     const m = ls.map((l) => /^child connected to (\d+) as uid 65534$/.exec(l)).find((x) => x);
     assert.ok(m, "the child became uid 65534 and connected");
     const port = m[1]!;
-    await checkpointOk(h, "tcpn");
+    const ck = await h.cli(["checkpoint", "tcpn", "--json"]);
+    assert.equal(ck.code, 0, `the checkpoint commits: ${ck.stderr}`);
+    const notes = (JSON.parse(ck.stdout) as { notes?: string[] }).notes ?? [];
+    assert.equal(notes.length, 1, `the checkpoint says what a restore will refuse: ${ck.stdout}`);
+    assert.match(notes[0]!, /^pid \d+ fd \d+ \(tcp ipv4 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+ established.*\): no TCP_REPAIR state \(its process has no CAP_NET_ADMIN\) and its other end is in the app: a restore of this checkpoint refuses it unless `restore --allow-closed-tcp`/);
     const p = h.pids("tcpn")!;
     process.kill(p.init, "SIGKILL");
     await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app));

@@ -139,6 +139,7 @@ export function buildProgram(): Command {
       const kind = m.kind === "incremental" ? `incremental on ${m.parent}` : "full";
       out(`${m.id} (${kind}): ${m.pages} pages, ${bytes(m.bytes)}${st?.storedBytes !== undefined ? ` (${bytes(st.storedBytes)} new in the store)` : ""}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
       if (m.fullReason && !o.full) out(`  full because: ${m.fullReason}`);
+      for (const n of m.notes ?? []) out(`  ${n}`);
       if (m.files) out(`  files: ${m.files.files} in the set, ${m.files.changed} new or changed (${bytes(m.files.bytesRead)} read while the app was held, ${duration(m.files.cutNs)})`);
       if (m.mirror) out(`  mirror ${m.mirror.url}: ${m.mirror.state}${m.mirror.error ? ` (${m.mirror.error})` : ""}`);
     });

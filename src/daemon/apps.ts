@@ -2,7 +2,7 @@
 // All state is read from and written to disk (AppDir), never only kept in memory.
 import type { CasStore } from "../store/cas/store.js";
 import { holdConnections, type HeldConnections } from "./hold-connections.js";
-import { treeRestoreNotes } from "../image/inet.js";
+import { treeRestoreNotes, unreadableConnectionNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -96,6 +96,8 @@ export interface CheckpointResult extends Manifest {
   fullReason?: string;
   /** The app's files at this checkpoint (issue 14). */
   files?: FilesRef;
+  /** What a restore of it will not do by itself (a process tree's connections without TCP_REPAIR state). */
+  notes?: string[];
 }
 
 export interface RestoreResult {
@@ -643,7 +645,8 @@ export class AppManager {
     if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // shipped with every process's checkpoint and the files image, as one mirror checkpoint (src/mirror/bundle.ts)
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !base.on ? base.why : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    const notes = unreadableConnectionNotes([{ socks: c.stats.sockets }, ...cap.others.map((o) => ({ pid: o.checkpoint.pid, socks: o.checkpoint.stats.sockets }))]);
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(notes.length ? { notes } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !base.on ? base.why : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();

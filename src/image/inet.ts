@@ -177,3 +177,20 @@ export function treeRestoreNotes(procs: { pid?: number; socks: SocketStat[] | un
     return [...restoreNotes(socks, p.pid, held), ...notes];
   });
 }
+
+/**
+ * A tree checkpoint's connections whose other end is in the app too but which have no TCP_REPAIR
+ * state (their process had no CAP_NET_ADMIN): a restore of it refuses them unless
+ * `--allow-closed-tcp` (native/resources/inet.c). What `checkpoint` says about them.
+ */
+export function unreadableConnectionNotes(procs: { pid?: number; socks: SocketStat[] | undefined }[]): string[] {
+  const lines = procs.flatMap((p) => (p.socks ?? []).map((s) => ends(s.socket)).filter((e): e is [string, string] => e !== null));
+  return procs.flatMap((p) =>
+    (p.socks ?? []).flatMap((s) => {
+      const e = s.fate === "closed" && !s.hold ? ends(s.socket) : null;
+      if (!e || !lines.some(([l, r]) => l === e[1] && r === e[0])) return [];
+      const who = p.pid !== undefined ? `pid ${p.pid} ` : "";
+      return [`${who}fd ${s.fd} (${s.socket}): no TCP_REPAIR state (its process has no CAP_NET_ADMIN) and its other end is in the app: a restore of this checkpoint refuses it unless \`restore --allow-closed-tcp\` (then it comes back closed by its peer)`];
+    }),
+  );
+}
