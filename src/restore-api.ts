@@ -13,6 +13,8 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
   replace?: boolean;
   /** Restore even if files the app holds for writing changed since the checkpoint (they are not rolled back). */
   allowFileChanges?: boolean;
+  /** A TCP connection with both ends in the app that cannot be restored whole (no TCP_REPAIR state) comes back closed by its peer instead of refusing the restore. */
+  allowClosedTcp?: boolean;
   /** Absolute paths (files, or directories: everything under them) of the app's set that keep their current state instead of the checkpoint's. */
   keepFileChanges?: string[];
   /** Fetch the checkpoint (default: the newest) from this mirror destination first. */
@@ -22,5 +24,5 @@ export interface RestoreOptions extends CommonOptions, ProgressOptions {
 }
 
 export function restore(name: string, o: RestoreOptions = {}): Promise<RestoreResult> {
-  return new DaemonClient(o.home ?? tardigradeHome()).request("POST", `/v1/apps/${encodeURIComponent(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from, lazy: o.lazy === true }, o.onProgress);
+  return new DaemonClient(o.home ?? tardigradeHome()).request("POST", `/v1/apps/${encodeURIComponent(name)}/restore`, { checkpoint: o.checkpoint, replace: o.replace === true, allowFileChanges: o.allowFileChanges === true, ...(o.allowClosedTcp ? { allowClosedTcp: true } : {}), ...(o.keepFileChanges?.length ? { keepFileChanges: o.keepFileChanges } : {}), from: o.from, lazy: o.lazy === true }, o.onProgress);
 }

@@ -28,6 +28,7 @@ enum tg_rec_type {
   TG_REC_LOCKS = 17,
   TG_REC_INET_REPAIR = 20, /* 20-29: TCP/UDP sockets (docs/format.md) */
   TG_REC_TTY = 21,         /* the process's controlling terminal, one of the app's ptys (resources/pty.c) */
+  TG_REC_DGRAM_SENDERS = 22, /* who sent each datagram of a named Unix datagram socket's SOCKET_DATA (resources/unixdgram.c) */
   TG_REC_ATTRS = 40, /* process attributes: prctl flags, personality, timer slack, CPU affinity */
   TG_REC_THREAD_ATTRS = 41, /* one thread's own: nice, scheduling policy, timer slack, CPU affinity */
   TG_REC_CREDS = 45, /* the process's user and group ids, supplementary groups, capabilities, securebits */
@@ -294,6 +295,12 @@ _Static_assert(sizeof(struct tg_rec_inet_repair) == 72, "inet repair");
  * { u32 len, len bytes } (datagram, seqpacket). */
 struct tg_rec_socket_data { uint64_t ino; uint32_t type, nmsg; };
 _Static_assert(sizeof(struct tg_rec_socket_data) == 16, "socket data");
+
+/* DGRAM_SENDERS: right after the SOCKET_DATA record of a named Unix datagram socket (FD kind 18)
+ * whose queue holds a datagram from a sender with a name: nmsg x { u32 len, len bytes: the
+ * sender's sun_path as recvfrom gave it (0: unnamed) }, in the order of SOCKET_DATA's datagrams. */
+struct tg_rec_dgram_senders { uint64_t ino; uint32_t nmsg, reserved; };
+_Static_assert(sizeof(struct tg_rec_dgram_senders) == 16, "dgram senders");
 
 /* LOCKS: n x struct tg_lock, the file locks the process held through its fds (flock, POSIX
  * record locks it owns, open-file-description locks), as /proc/self/fdinfo lists them. */

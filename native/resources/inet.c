@@ -9,7 +9,10 @@
  * Restore (restorer, stage 1, libc): listeners and UDP sockets are made again on the same address
  * (a taken address refuses the restore, naming who holds it); connections whose peer is inside come
  * back whole with TCP_REPAIR; any other connection's peer has seen it drop (the app was killed), so
- * it comes back closed: reset, its next read or write gets ECONNRESET. */
+ * it comes back closed: reset, its next read or write gets ECONNRESET. One with both ends in the app
+ * but no TCP_REPAIR state (an end's process had no CAP_NET_ADMIN) refuses the restore, naming it;
+ * with --allow-closed-tcp (tg_res_tcp_closed) both ends come back closed by their peer (a FIN: end
+ * of file). */
 #include "resource.h"
 
 #include <arpa/inet.h>
@@ -242,7 +245,8 @@ static long repair_read(const struct seen *s, struct tg_rec_inet_repair *r, char
   long e = sopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof on);
   if (e < 0) {
     repair_errno = (int)-e;
-    snprintf(err, errlen, "fd %d (%s): TCP_REPAIR: %s (capturing a connection needs CAP_NET_ADMIN)", fd, name, strerror((int)-e));
+    snprintf(err, errlen, "fd %d (%s): TCP_REPAIR: %s (capturing a connection needs CAP_NET_ADMIN%s)", fd, name, strerror((int)-e),
+             e == -EPERM ? ", which this process does not have: keep CAP_NET_ADMIN in it when it switches users, or close the connection before checkpointing" : "");
     return -1;
   }
   long used = -1;
@@ -323,8 +327,10 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
        * restorer pairs with this one (tree-fds.c): read as a connection inside (all its queues, a
        * failure refuses); with no such end in the tree it is an outside one */
       n = repair_read(&socks[i], &r, data, sizeof data, err, errlen);
-      /* a process that gave up root (an nginx worker as nobody) cannot read it: it is then taken as
-       * one to outside, which comes back closed (docs/engine.md, "Processes of another user") */
+      /* a process that gave up root (an nginx worker as nobody) cannot read it: no record. If the
+       * other end is in the app too, the restorer refuses it by name (or, with --allow-closed-tcp,
+       * restores it closed by its peer); else it is one to outside, which comes back closed
+       * (docs/engine.md, "Processes of another user") */
       if (n < 0 && repair_errno == EPERM) { err[0] = 0; continue; }
       if (n < 0) return -1;
       r.flags |= TG_IR_EXTERNAL | TG_IR_LOCAL;
@@ -491,8 +497,10 @@ static int bind_same(int s, const struct tg_inet_sock *x, const struct img_fd *f
 
 /* A connection whose peer has seen it drop: a socket of the same family in the state a reset leaves
  * (closed, ECONNRESET pending), made by connecting to a private loopback listener whose accepted end
- * is closed with a zero linger (it sends the reset). */
-static int make_reset(const struct tg_inet_sock *x, const struct img_fd *f, char *err, size_t errlen) {
+ * is closed with a zero linger (it sends the reset). fin: the accepted end is closed plainly
+ * instead (it sends a FIN): a connection its peer closed, whose next read gets end of file (and a
+ * write after that EPIPE, once the gone peer answered the first with a reset). */
+static int make_dropped(const struct tg_inet_sock *x, const struct img_fd *f, int fin, char *err, size_t errlen) {
   int fam = x->family;
   int l = socket(fam, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP), c = socket(fam, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP), a = -1;
   struct sockaddr_in6 sa;
@@ -521,14 +529,14 @@ static int make_reset(const struct tg_inet_sock *x, const struct img_fd *f, char
   if ((a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0) goto fail;
   struct linger lg = {1, 0};
   step = "SO_LINGER";
-  if (setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0) goto fail;
+  if (!fin && setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0) goto fail;
   close(a);
   a = -1;
   close(l);
   l = -1;
-  /* the reset is taken by the kernel at once on loopback; wait for it (a few seconds at most) */
+  /* the reset (or FIN) is taken by the kernel at once on loopback; wait for it (a few seconds at most) */
   struct pollfd pf = {c, POLLERR | POLLHUP | POLLRDHUP, 0};
-  step = "waiting for the reset";
+  step = fin ? "waiting for the end of file" : "waiting for the reset";
   if (poll(&pf, 1, 5000) <= 0) goto fail;
   if (fcntl(c, F_SETFL, tg_res_status_flags(f->r.open_flags)) != 0) { step = "fcntl"; goto fail; }
   return c;
@@ -619,8 +627,46 @@ fail:;
   int e = errno;
   char name[200];
   name_sock(x, name, sizeof name);
-  snprintf(err, errlen, "fd %u (%s): restoring the connection with TCP_REPAIR: %s: %s", f->r.fd, name, step, strerror(e));
+  snprintf(err, errlen, "fd %u (%s): restoring the connection with TCP_REPAIR: %s: %s%s", f->r.fd, name, step, strerror(e),
+           e == EPERM ? " (restoring a connection whole needs CAP_NET_ADMIN: restore as root, or with --allow-closed-tcp to restore it as closed by its peer)" : "");
   if (s >= 0) close(s);
+  errno = e;
+  return -1;
+}
+
+static int established_tcp(const struct img_fd *f, struct tg_inet_sock *x);
+
+/* Is b the other end of connection a (addresses crossed)? */
+static int other_end(const struct tg_inet_sock *a, const struct tg_inet_sock *b) {
+  return b->family == a->family && b->ino != a->ino && b->lport == a->rport && b->rport == a->lport && !memcmp(b->laddr, a->raddr, 16) && !memcmp(b->raddr, a->laddr, 16);
+}
+
+/* The record of this process holding the other end of connection x (record i), or -1. */
+static int peer_in(const struct tg_fd_restore *rc, size_t i, const struct tg_inet_sock *x) {
+  for (size_t j = 0; j < rc->nfds; j++) {
+    struct tg_inet_sock y;
+    if (j != i && established_tcp(&rc->fds[j], &y) && other_end(x, &y)) return (int)j;
+  }
+  return -1;
+}
+
+/* A connection with both ends in the app (records i and j; pids, or -1 for one process) whose
+ * TCP_REPAIR state the checkpoint lacks for an end: refused, naming it (without
+ * --allow-closed-tcp). */
+static int refuse_unread(const struct tg_fd_restore *rc, size_t i, size_t j, int pid_i, int pid_j, char *err, size_t errlen) {
+  struct tg_inet_sock a;
+  char name[200], pi[24] = "", pj[24] = "";
+  memset(&a, 0, sizeof a);
+  extra_of(&rc->fds[i], &a); /* (an established TCP socket's record: checked by the caller) */
+  name_sock(&a, name, sizeof name);
+  if (pid_i >= 0) snprintf(pi, sizeof pi, " of pid %d", pid_i);
+  if (pid_j >= 0) snprintf(pj, sizeof pj, " of pid %d", pid_j);
+  snprintf(err, errlen,
+           "fd %u%s (%s) cannot be restored whole: its other end, fd %u%s, is in the app too, and the checkpoint holds no TCP_REPAIR state "
+           "for the connection (a process without CAP_NET_ADMIN, such as one that switched to another user, cannot read it). Restore with "
+           "--allow-closed-tcp to have both ends come back as a connection closed by its peer (the next read gets end of file), or keep "
+           "CAP_NET_ADMIN in the processes that hold such connections",
+           rc->fds[i].r.fd, pi, name, rc->fds[j].r.fd, pj);
   return -1;
 }
 
@@ -631,7 +677,15 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   int s = -1;
   if (x.protocol == IPPROTO_TCP && x.state != 10 && x.state != 7) {
     const struct img_inet_repair *ir = repair_of(rc, x.ino);
-    s = ir ? make_repaired(&x, f, ir, err, errlen) : make_reset(&x, f, err, errlen);
+    int p = ir ? -1 : peer_in(rc, i, &x);
+    if (p >= 0 && !tg_res_tcp_closed) return refuse_unread(rc, i, (size_t)p, -1, -1, err, errlen);
+    s = ir ? make_repaired(&x, f, ir, err, errlen) : make_dropped(&x, f, p >= 0, err, errlen);
+    /* a restorer without CAP_NET_ADMIN cannot use TCP_REPAIR: with --allow-closed-tcp, closed by its peer */
+    if (s < 0 && ir && errno == EPERM && tg_res_tcp_closed && (s = make_dropped(&x, f, 1, err, errlen)) >= 0) {
+      char name[200];
+      name_sock(&x, name, sizeof name);
+      fprintf(stderr, "tardigrade-restore: fd %u (%s): restored closed by its peer (--allow-closed-tcp): no CAP_NET_ADMIN for TCP_REPAIR\n", f->r.fd, name);
+    }
     if (s < 0) return -1;
     rc->tmp[i] = tg_res_high(s, rc->tmp_base, err, errlen);
     return rc->tmp[i] < 0 ? -1 : 0;
@@ -699,6 +753,9 @@ static int settle(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen) 
   if (extra_of(f, &x) != 0) return 0;
   const struct img_inet_repair *ir = repair_of(rc, x.ino);
   if (!ir || x.protocol != IPPROTO_TCP || x.state == 10 || x.state == 7) return 0;
+  int rep = 0;
+  socklen_t rl = sizeof rep;
+  if (tg_res_tcp_closed && getsockopt((int)f->r.fd, IPPROTO_TCP, TCP_REPAIR, &rep, &rl) == 0 && !rep) return 0; /* made closed instead */
   return leave_repair((int)f->r.fd, &x, f, ir, (x.opts & TG_IO_REUSEADDR) ? 1 : 0 /* leaving repair cleared it */, err, errlen);
 }
 
@@ -718,25 +775,35 @@ TG_RES_HIDDEN int tg_inet_tree_pairs(struct tg_fd_restore *all, const int *pid_o
   for (size_t i = 0; i < all->nfds; i++) {
     struct tg_inet_sock a, b;
     if (all->tmp[i] >= 0 || !established_tcp(&all->fds[i], &a)) continue;
-    const struct img_inet_repair *ra = any_repair(all, a.ino), *rb = NULL;
-    if (!ra) continue;
     int done = 0;
     for (size_t k = 0; k < *nmade; k++) done |= made[k] == a.ino;
     if (done) continue; /* its other holders take it (the same socket in two processes) */
     size_t j = all->nfds;
-    for (size_t k = 0; k < all->nfds && j == all->nfds; k++) {
-      if (pid_of[k] == pid_of[i] || !established_tcp(&all->fds[k], &b) || b.family != a.family || b.ino == a.ino) continue;
-      if (b.lport == a.rport && b.rport == a.lport && !memcmp(b.laddr, a.raddr, 16) && !memcmp(b.raddr, a.laddr, 16) && (rb = any_repair(all, b.ino))) j = k;
-    }
+    for (size_t k = 0; k < all->nfds && j == all->nfds; k++)
+      if (pid_of[k] != pid_of[i] && established_tcp(&all->fds[k], &b) && other_end(&a, &b)) j = k;
     if (j == all->nfds) continue; /* not a pair split between two processes: each process's own */
+    const struct img_inet_repair *ra = any_repair(all, a.ino), *rb = any_repair(all, b.ino);
     const struct img_fd *fa = &all->fds[i], *fb = &all->fds[j];
-    int sa = make_repaired(&a, fa, ra, err, errlen);
-    if (sa < 0) return -1;
-    int sb = make_repaired(&b, fb, rb, err, errlen);
-    if (sb < 0) { close(sa); return -1; }
-    /* SO_REUSEADDR stays on (decision): a listener on the same port is bound after these, in its
-     * own process, and a bind beside a connection without it fails */
-    if (leave_repair(sa, &a, fa, ra, 1, err, errlen) != 0 || leave_repair(sb, &b, fb, rb, 1, err, errlen) != 0) { close(sa); close(sb); return -1; }
+    int sa, sb;
+    if (ra && rb) {
+      sa = make_repaired(&a, fa, ra, err, errlen);
+      if (sa < 0 && !(errno == EPERM && tg_res_tcp_closed)) return -1;
+      sb = sa < 0 ? -1 : make_repaired(&b, fb, rb, err, errlen);
+      if (sa >= 0 && sb < 0) { close(sa); return -1; }
+    } else sa = sb = -1;
+    if (sa >= 0) {
+      /* SO_REUSEADDR stays on (decision): a listener on the same port is bound after these, in its
+       * own process, and a bind beside a connection without it fails */
+      if (leave_repair(sa, &a, fa, ra, 1, err, errlen) != 0 || leave_repair(sb, &b, fb, rb, 1, err, errlen) != 0) { close(sa); close(sb); return -1; }
+    } else if (!tg_res_tcp_closed) {
+      return refuse_unread(all, ra ? j : i, ra ? i : j, pid_of[ra ? j : i], pid_of[ra ? i : j], err, errlen);
+    } else {
+      /* --allow-closed-tcp: both ends closed by their peer */
+      sa = make_dropped(&a, fa, 1, err, errlen);
+      if (sa < 0) return -1;
+      sb = make_dropped(&b, fb, 1, err, errlen);
+      if (sb < 0) { close(sa); return -1; }
+    }
     all->tmp[i] = tg_res_high(sa, all->tmp_base, err, errlen);
     if (all->tmp[i] < 0) { close(sb); return -1; }
     all->tmp[j] = tg_res_high(sb, all->tmp_base, err, errlen);

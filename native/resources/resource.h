@@ -10,7 +10,9 @@
 #define TG_RESOURCE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include "../common/image.h"
 
@@ -43,7 +45,8 @@ typedef int (*tg_emit_fn)(void *ctx, uint32_t type, const void *a, size_t al, co
 
 struct img_fd { struct tg_rec_fd r; char *extra; };
 struct img_pipe { uint64_t ino; char *data; size_t len; };
-struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; };
+/* senders: a DGRAM_SENDERS payload after its header (NULL: every datagram from an unnamed sender) */
+struct img_sockdata { struct tg_rec_socket_data h; char *data; size_t len; const char *senders; size_t senders_len; };
 /* INET_REPAIR: a TCP connection restored whole (data: send queue, then receive queue) */
 struct img_inet_repair { struct tg_rec_inet_repair h; char *data; size_t len; };
 /* A pipe of a process tree that the restorer made once, before the tree was cloned (its ends are
@@ -91,6 +94,16 @@ TG_RES_HIDDEN extern int tg_res_tree;
 /* Set by the agent for a checkpoint of an app run with `--external-unix closed`: a Unix stream
  * socket whose peer is outside the app is recorded to come back closed instead of refusing. */
 TG_RES_HIDDEN extern int tg_res_ext_unix_closed;
+/* Set by the restorer for `restore --allow-closed-tcp` (--allow-closed-tcp): a TCP connection with both ends in
+ * the app that cannot be restored whole (no TCP_REPAIR state for an end: its process had no
+ * CAP_NET_ADMIN at the checkpoint; or no CAP_NET_ADMIN in the restorer) comes back as a
+ * connection its peer closed (end of file) instead of refusing the restore. */
+TG_RES_HIDDEN extern int tg_res_tcp_closed;
+
+/* resources/unixsender.c: a datagram socket bound to a sender's name (raw sun_path bytes, len of
+ * them) and connected to the receiver `to`, from which a queued datagram is sent again so that it
+ * is received from that name; -1 with err naming fd, the datagram's number nth and the sender. */
+TG_RES_HIDDEN int tg_unix_sender(const struct sockaddr_un *to, socklen_t tl, const char *raw, uint32_t len, uint32_t fd, uint32_t nth, char *err, size_t errlen);
 
 /* resources/table.c: every kind, in the order describe is asked; NULL-terminated. */
 TG_RES_HIDDEN extern const struct tg_fd_ops *const tg_fd_kinds[];

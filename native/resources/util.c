@@ -81,6 +81,7 @@ int tg_res_sock_diag(const void *body, size_t body_len, int dump, int (*each)(co
 
 TG_RES_HIDDEN int tg_res_tree;
 TG_RES_HIDDEN int tg_res_ext_unix_closed;
+TG_RES_HIDDEN int tg_res_tcp_closed;
 
 void tg_res_sock_buf(int fd, int force, int plain, uint32_t v) {
   int half = (int)(v / 2);

@@ -12,7 +12,7 @@
 #include "../common/crc32c.h"
 
 static const char *type_name(uint32_t t) {
-  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS", "?", "?", "INET_REPAIR", "TTY"};
+  static const char *n[] = {"?", "PROC", "CWD", "EXE", "RLIMITS", "SIGACTIONS", "VMA", "THREAD", "FD", "PIPE_DATA", "PAGES", "END", "PAGES_CLEAR", "TRACKING", "TIMERS", "SOCKET_DATA", "FILE_STATE", "LOCKS", "?", "?", "INET_REPAIR", "TTY", "DGRAM_SENDERS"};
   if (t == TG_REC_ATTRS) return "ATTRS";
   if (t == TG_REC_THREAD_ATTRS) return "THREAD_ATTRS";
   if (t == TG_REC_CREDS) return "CREDS";
@@ -165,6 +165,8 @@ int tg_image_load(const char *path, struct image *img) {
       memcpy(&sd->h, p, sizeof sd->h);
       sd->data = p + sizeof sd->h;
       sd->len = h.payload_len - sizeof sd->h;
+      sd->senders = NULL;
+      sd->senders_len = 0;
       if (sd->h.type != 1) { /* datagrams: nmsg x { u32 len, bytes } exactly filling the payload */
         uint64_t at = 0, m = 0;
         while (at < sd->len) {
@@ -178,6 +180,28 @@ int tg_image_load(const char *path, struct image *img) {
         if (m != sd->h.nmsg) return fail(img, off, "%sSOCKET_DATA: header says %llu datagrams, payload holds a different count", "", sd->h.nmsg);
       }
       img->nsocks++;
+      break;
+    }
+    case TG_REC_DGRAM_SENDERS: {
+      NEED(sizeof(struct tg_rec_dgram_senders));
+      struct tg_rec_dgram_senders ds;
+      memcpy(&ds, p, sizeof ds);
+      /* right after its SOCKET_DATA record: one name per datagram, exactly filling the payload */
+      struct img_sockdata *sd = img->nsocks ? &img->socks[img->nsocks - 1] : NULL;
+      if (!sd || sd->h.ino != ds.ino || sd->h.nmsg != ds.nmsg || sd->senders)
+        return fail(img, off, "%sDGRAM_SENDERS record of socket %llu does not follow its SOCKET_DATA record", "", ds.ino);
+      uint64_t at = sizeof ds, m = 0;
+      while (at < h.payload_len) {
+        uint32_t l32;
+        if (h.payload_len - at < 4) return fail(img, off, "%sDGRAM_SENDERS: name %llu has a truncated length", "", m);
+        memcpy(&l32, p + at, 4);
+        if (l32 > 108 || l32 > h.payload_len - at - 4) return fail(img, off, "%sDGRAM_SENDERS: name %llu is too long or runs past the payload", "", m);
+        at += 4 + (uint64_t)l32;
+        m++;
+      }
+      if (m != ds.nmsg) return fail(img, off, "%sDGRAM_SENDERS: header says %llu names, payload holds a different count", "", ds.nmsg);
+      sd->senders = p + sizeof ds; /* p is kept */
+      sd->senders_len = h.payload_len - sizeof ds;
       break;
     }
     case TG_REC_TRACKING: free(p); break; /* statistics only */

@@ -607,7 +607,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--allow-closed-tcp] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n"
                   "       tardigrade-restore --freeze-connections PID INO:SND_SEQ:RCV_SEQ...\n");
   exit(2);
@@ -625,6 +625,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--verbose") == 0) { l.verbose = 1; continue; }
     if (strcmp(argv[i], "--allow-file-changes") == 0) { allow_changes = 1; continue; }
+    if (strcmp(argv[i], "--allow-closed-tcp") == 0) { tg_res_tcp_closed = 1; continue; } /* resources/inet.c */
     if (strcmp(argv[i], "--files-rolled-back") == 0) { tg_files_rolled_back = allow_changes = 1; continue; }
     if (strcmp(argv[i], "--check-files") == 0) { check_only = 1; continue; }
     if (strcmp(argv[i], "--freeze-connections") == 0) return tg_freeze_connections(argc - i - 1, argv + i + 1);

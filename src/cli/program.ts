@@ -139,6 +139,7 @@ export function buildProgram(): Command {
       const kind = m.kind === "incremental" ? `incremental on ${m.parent}` : "full";
       out(`${m.id} (${kind}): ${m.pages} pages, ${bytes(m.bytes)}${st?.storedBytes !== undefined ? ` (${bytes(st.storedBytes)} new in the store)` : ""}, ${m.threads} thread(s); app downtime ${duration(m.downtimeNs)}, capture ${duration(m.totalNs)}, committed in ${duration(m.commitNs)}`);
       if (m.fullReason && !o.full) out(`  full because: ${m.fullReason}`);
+      for (const n of m.notes ?? []) out(`  ${n}`);
       if (m.files) out(`  files: ${m.files.files} in the set, ${m.files.changed} new or changed (${bytes(m.files.bytesRead)} read while the app was held, ${duration(m.files.cutNs)})`);
       if (m.mirror) out(`  mirror ${m.mirror.url}: ${m.mirror.state}${m.mirror.error ? ` (${m.mirror.error})` : ""}`);
     });
@@ -150,13 +151,14 @@ export function buildProgram(): Command {
     .option("--checkpoint <id>", "checkpoint id (APP@SEQ, see `tardigrade ls`)")
     .option("--replace", "kill the app first if it is running")
     .option("--allow-file-changes", "restore even if files the app writes changed since the checkpoint and the checkpoint has no files (run --files none): they are not rolled back")
+    .option("--allow-closed-tcp", "a TCP connection with both ends in the app that cannot be restored whole (no TCP_REPAIR state: a process without CAP_NET_ADMIN) comes back as closed by its peer (end of file) instead of refusing the restore")
     .option("--keep-file-changes <path>", "leave this file of the app's set (or everything under this directory) as it is now instead of rolling it back to the checkpoint (repeatable)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--from <url>", "fetch the checkpoint from a mirror destination first (tg://HOST:PORT)")
     .option("--token-file <file>", "mirror token for --from (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// --from (default: the system's CAs)")
     .option("--lazy", "resume the app before its memory is all in: the rest is loaded on first touch and in the background (`tardigrade status` shows the progress)")
     .option("--json", "print the result as JSON")
-    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; allowClosedTcp?: boolean; keepFileChanges?: string[]; from?: string; tokenFile?: string; tlsCa?: string; lazy?: boolean; json?: boolean }) => {
       const from = o.from ? { url: o.from, token: await mirrorToken(o.tokenFile, "restore"), ...mirrorCa(o.tlsCa, "restore") } : undefined;
       await runRestore(name, { ...o, from });
     });
@@ -237,7 +239,7 @@ export function buildProgram(): Command {
         out(`\ncredentials: uid ${c.uid.join("/")} gid ${c.gid.join("/")} (real/effective/saved/fs), groups ${c.groups.join(",") || "-"}, capabilities inheritable ${c.capInh} permitted ${c.capPrm} effective ${c.capEff} bounding ${c.capBnd} ambient ${c.capAmb}, securebits 0x${c.securebits.toString(16)}`);
       }
       if (img.pipes.length) out(`\npipe data: ${img.pipes.map((p) => `inode ${p.inode}: ${bytes(p.bytes)}`).join(", ")}`);
-      if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}`).join(", ")}`);
+      if (img.sockets.length) out(`\nsocket data: ${img.sockets.map((s) => `socket:[${s.inode}] ${s.type}: ${bytes(s.bytes)}${s.messages ? ` in ${s.messages} datagrams` : ""}${s.senders ? ` (from ${s.senders.map((x) => x || "unnamed").join(", ")})` : ""}`).join(", ")}`);
       if (img.locks.length) out(`\nfile locks: ${img.locks.map((k) => `fd ${k.fd} ${k.kind} ${k.type} ${k.range}`).join(", ")}`);
       if (img.inet.length)
         out(`\nTCP/UDP sockets:\n${table(["FD", "PROTO", "STATE", "LOCAL", "REMOTE", "TO READ", "TO SEND", "BACKLOG", "RESTORE"], img.inet.map((s) => [String(s.fd), `${s.proto}/${s.family}`, s.state, s.local, s.remote || "-", String(s.toRead), String(s.toSend), s.backlog ? String(s.backlog) : "-", s.restore ?? (s.state === "listening" ? "listen again" : "bind again")]))}`);

@@ -16,6 +16,7 @@ export function fastRestoreArgs(argv: string[]): { name: string; opts: RestoreCl
     const a = rest[i]!;
     if (a === "--replace") opts.replace = true;
     else if (a === "--allow-file-changes") opts.allowFileChanges = true;
+    else if (a === "--allow-closed-tcp") opts.allowClosedTcp = true;
     else if (a === "--lazy") opts.lazy = true;
     else if (a === "--json") opts.json = true;
     else if (a === "--checkpoint" || a === "--keep-file-changes" || a.startsWith("--checkpoint=") || a.startsWith("--keep-file-changes=")) {

@@ -12,6 +12,7 @@ export interface RestoreCliOptions {
   checkpoint?: string;
   replace?: boolean;
   allowFileChanges?: boolean;
+  allowClosedTcp?: boolean;
   /** as given: made absolute here */
   keepFileChanges?: string[];
   from?: RestoreOptions["from"];
@@ -21,7 +22,7 @@ export interface RestoreCliOptions {
 
 export async function runRestore(name: string, o: RestoreCliOptions): Promise<void> {
   const bar = o.json ? undefined : progressLine();
-  const r = await restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from: o.from, lazy: o.lazy === true, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
+  const r = await restore(name, { checkpoint: o.checkpoint, replace: o.replace, allowFileChanges: o.allowFileChanges, ...(o.allowClosedTcp ? { allowClosedTcp: true } : {}), keepFileChanges: (o.keepFileChanges ?? []).map((p) => resolve(p)), from: o.from, lazy: o.lazy === true, onProgress: bar && ((e) => bar.update(e)) }).finally(() => bar?.clear());
   if (o.json) return out(json(r));
   const how = `tardigrade-restore ${duration(r.restoreNs)}, image check ${duration(r.verifyNs)}${r.verifyOverlapped ? " alongside" : " before"}`;
   out(`restored ${r.name} from ${r.checkpoint} in ${duration(r.wallNs)} (${how}): pid ${r.pid}, host pid ${r.appHostPid}, ${r.threads} thread(s)`);

@@ -2,7 +2,7 @@
 // All state is read from and written to disk (AppDir), never only kept in memory.
 import type { CasStore } from "../store/cas/store.js";
 import { holdConnections, type HeldConnections } from "./hold-connections.js";
-import { treeRestoreNotes } from "../image/inet.js";
+import { treeRestoreNotes, unreadableConnectionNotes } from "../image/inet.js";
 import { mkdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -97,6 +97,8 @@ export interface CheckpointResult extends Manifest {
   fullReason?: string;
   /** The app's files at this checkpoint (issue 14). */
   files?: FilesRef;
+  /** What a restore of it will not do by itself (a process tree's connections without TCP_REPAIR state). */
+  notes?: string[];
 }
 
 export interface RestoreResult {
@@ -646,7 +648,8 @@ export class AppManager {
     if (lastFiles?.ref) this.afterCommitFiles(store, lastFiles.ref.id);
     // shipped with every process's checkpoint and the files image, as one mirror checkpoint (src/mirror/bundle.ts)
     const mirror = rec?.mirrorUrl ? await this.ship(store, name, rec, c.id) : undefined;
-    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !base.on ? base.why : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
+    const notes = unreadableConnectionNotes([{ socks: c.stats.sockets }, ...cap.others.map((o) => ({ pid: o.checkpoint.pid, socks: o.checkpoint.stats.sockets }))]);
+    return { ...toManifest(c), ...(mirror ? { mirror } : {}), ...(notes.length ? { notes } : {}), ...(lastFiles?.ref ? { files: lastFiles.ref } : {}), downtimeNs: cap.info.treeDowntimeNs, commitNs: Number(process.hrtime.bigint() - t0), ...(c.kind === "full" ? { fullReason: full ? "full checkpoint requested" : !base.on ? base.why : cap.main.done.full_reason || "first checkpoint of this process" } : {}) };
   }
 
   private readonly shippers = new Map<string, Promise<MirrorShipper>>();
@@ -898,7 +901,7 @@ export class AppManager {
     return m;
   }
 
-  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string; takeover?: Takeover }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
+  async restore(name: string, opts: { checkpoint?: string; replace?: boolean; allowFileChanges?: boolean; allowClosedTcp?: boolean; keepFileChanges?: string[]; from?: { url: string; token: string; ca?: string; takeover?: Takeover }; lazy?: boolean }, progress: Progress = noProgress): Promise<RestoreResult> {
     const dir = this.dir(name);
     const r = await this.lock.run(name, async () => {
       const fenced = readFenced(dir.dir);
@@ -920,7 +923,7 @@ export class AppManager {
       if (running && !opts.replace)
         throw new TgError(`cannot restore ${name}`, `the app is still ${st.state} (host pid ${st.appHostPid ?? st.launcherPid})`, `Stop it first (\`tardigrade stop ${name}\`) or pass --replace to kill it and restore`, "conflict");
       const allow = opts.allowFileChanges === true;
-      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? [], opts.lazy === true);
+      if (this.store instanceof CasStoreAdapter) return this.restoreCas(this.store, dir, m, st, running === true, t0, progress, allow, opts.keepFileChanges ?? [], opts.lazy === true, opts.allowClosedTcp === true);
       if (opts.lazy) throw new TgError(`cannot restore ${name} lazily`, "this store has no restore plans", "Restore without --lazy", "bad-request");
       const opened = await this.store.openImage(m.id);
       try {
@@ -948,7 +951,7 @@ export class AppManager {
         let l: Launched;
         try {
           await writeRestoreMarker(dir.logFile, m.id);
-          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : [])], {
+          l = await launch(dir, restoreBin, ["--image", opened.path, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(opts.allowClosedTcp ? ["--allow-closed-tcp"] : [])], {
             timeoutMs: 120_000,
             onSpawn: async (pid, start) => {
               record.launcherPid = pid;
@@ -1018,7 +1021,7 @@ export class AppManager {
     this.shippers.delete(dir.name);
   }
 
-  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false): Promise<RestoreResult> {
+  private async restoreCas(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allow: boolean, keepChanged: string[] = [], lazy = false, closedTcp = false): Promise<RestoreResult> {
     // Pinned from the pre-read until the restorer has consumed the image: a gc meanwhile
     // must not take it away from an app already killed for it (issue 11, defect 12).
     const unpin = await store.cas.hold(m.id);
@@ -1035,14 +1038,14 @@ export class AppManager {
       // its files image too (absent only if it was taken out of the store: restored without rollback, said so)
       const files = filesRefOf((m as { stats?: CheckpointStats }).stats?.extra, m.id);
       if (files && store.cas.list(filesApp(dir.name)).some((c) => c.id === files.id)) unpins.push(await store.cas.hold(files.id));
-      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged, lazy);
+      return await this.restoreCasHeld(store, dir, m, st, running, t0, progress, allow, keepChanged, lazy, closedTcp);
     } finally {
       unpin();
       for (const u of unpins) u();
     }
   }
 
-  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[], lazy: boolean): Promise<RestoreResult> {
+  private async restoreCasHeld(store: CasStoreAdapter, dir: AppDir, m: Manifest, st: AppState | null, running: boolean, t0: bigint, progress: Progress, allowAsked: boolean, keepChanged: string[], lazy: boolean, closedTcp: boolean): Promise<RestoreResult> {
     let allow = allowAsked;
     const name = dir.name;
     // a process tree: the main process's image first, then every other live process's; zombies by their status
@@ -1133,7 +1136,7 @@ export class AppManager {
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);
-        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(closedTcp ? ["--allow-closed-tcp"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
           timeoutMs: 120_000,
           stdin: image,
           images,
@@ -1167,7 +1170,7 @@ export class AppManager {
       const wallNs = Number(process.hrtime.bigint() - t0);
       this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
       await held?.release();
-      const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate);
+      const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate, closedTcp);
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       for (const e of others) notes.push(...(await externalUnixNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       notes.push(...(await ptyNotes(store.cas.exportMeta(m.id)).catch(() => [])));

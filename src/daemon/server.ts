@@ -1,7 +1,7 @@
 // The daemon's HTTP API (JSON over the Unix socket $TARDIGRADE_HOME/daemon.sock).
 //   GET  /v1/ping                      GET  /v1/apps           GET /v1/apps/:name
 //   POST /v1/apps {name,argv,cwd,env,everyMs}                  (run)
-//   POST /v1/apps/:name/checkpoint {full}   POST /v1/apps/:name/restore {checkpoint,replace,allowFileChanges,keepFileChanges,lazy}
+//   POST /v1/apps/:name/checkpoint {full}   POST /v1/apps/:name/restore {checkpoint,replace,allowFileChanges,allowClosedTcp,keepFileChanges,lazy}
 //   POST /v1/gc {keep}                 POST /v1/apps/:name/import {path}
 //   POST /v1/apps/:name/stop {timeoutMs}
 //   GET  /v1/checkpoints[?app=NAME]    GET  /v1/checkpoints/:id[?image=1]
@@ -79,6 +79,7 @@ export function createApiServer(
             checkpoint: typeof b.checkpoint === "string" ? b.checkpoint : undefined,
             replace: b.replace === true,
             allowFileChanges: b.allowFileChanges === true,
+            ...(b.allowClosedTcp === true ? { allowClosedTcp: true } : {}),
             ...(Array.isArray(b.keepFileChanges) ? { keepFileChanges: b.keepFileChanges.filter((x): x is string => typeof x === "string") } : {}),
             lazy: b.lazy === true,
             ...(from && typeof from.url === "string" ? { from: { url: from.url, token: typeof from.token === "string" ? from.token : "", ...(typeof from.ca === "string" ? { ca: from.ca } : {}), ...takeoverOf(from.takeover) } } : {}),

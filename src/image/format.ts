@@ -39,6 +39,8 @@ export enum RecordType {
   INET_REPAIR = 20,
   /** The process's controlling terminal, one of the app's ptys: u32 index; i32 sid, fg_pgrp; u32 reserved. */
   TTY = 21,
+  /** Right after a named Unix datagram socket's SOCKET_DATA: u64 ino, u32 nmsg, u32 reserved, then nmsg x { u32 len, the sender's name (0: unnamed) }. */
+  DGRAM_SENDERS = 22,
   /** Process attributes: u32 pdeathsig, subreaper, dumpable, no_new_privs, personality, cpus_len; u64 timerslack_ns; u64 cpus[16]; i32 nice; u32 sched_policy, sched_priority, sched_flags. */
   ATTRS = 40,
   /** One thread's own attributes, after its THREAD record: u32 tid; i32 nice; u32 sched_policy, sched_priority, sched_flags, cpus_len; u64 timerslack_ns; u64 cpus[16]. */
@@ -73,6 +75,7 @@ export const MIN_PAYLOAD: Record<RecordType, number> = {
   [RecordType.LOCKS]: 0,
   [RecordType.INET_REPAIR]: 72,
   [RecordType.TTY]: 16,
+  [RecordType.DGRAM_SENDERS]: 16,
   [RecordType.FILE]: 72,
 };
 
@@ -242,6 +245,8 @@ export interface SocketData {
   /** Datagrams (0 for a stream socket). */
   messages: number;
   bytes: number;
+  /** A named datagram socket's DGRAM_SENDERS record: who sent each datagram ("" unnamed, "@x" abstract). */
+  senders?: string[];
 }
 
 export interface PageExtent {

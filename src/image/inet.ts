@@ -139,22 +139,58 @@ export function restoreNotes(socks: SocketStat[] | undefined, pid?: number, held
   });
 }
 
+/** "tcp ipv4 A <-> B established...": [A, B], or null for another kind of line. */
+function ends(line: string): [string, string] | null {
+  const m = /^tcp \S+ (\S+) <-> (\S+) /.exec(line);
+  return m ? [m[1]!, m[2]!] : null;
+}
+
 /**
  * A process tree's restore notes: every process's sockets (pid undefined: the main process's). A
  * connection whose other end is another process's (loopback inside the tree, both recorded with
  * TCP_REPAIR) is restored whole by the restorer (native/resources/inet.c, tree pairs), not closed.
+ * One whose other end is in the app too but without TCP_REPAIR state (a process without
+ * CAP_NET_ADMIN) is refused by the restorer, or with `restore --allow-closed-tcp` (closedTcp)
+ * restored as closed by its peer.
  */
-export function treeRestoreNotes(procs: { pid?: number; socks: SocketStat[] | undefined }[], held?: Map<string, string>): string[] {
+export function treeRestoreNotes(procs: { pid?: number; socks: SocketStat[] | undefined }[], held?: Map<string, string>, closedTcp = false): string[] {
   const holds = procs.flatMap((p, i) => (p.socks ?? []).flatMap((s) => (s.hold ? [{ i, h: s.hold }] : [])));
+  const lines = procs.flatMap((p) => (p.socks ?? []).map((s) => ends(s.socket)).filter((e): e is [string, string] => e !== null));
   return procs.flatMap((p, i) => {
-    const socks = (p.socks ?? []).map((s): SocketStat => {
+    const who = p.pid !== undefined ? `pid ${p.pid} ` : "";
+    const notes: string[] = [];
+    const socks = (p.socks ?? []).flatMap((s): SocketStat[] => {
       const h = s.hold;
-      if (!h || s.fate !== "closed") return s;
-      const paired = holds.some((o) => o.i !== i && o.h.family === h.family && o.h.local === h.remote && o.h.remote === h.local);
-      if (!paired) return s;
-      const { hold: _hold, ...rest } = s;
-      return { ...rest, fate: "whole" };
+      if (s.fate !== "closed") return [s];
+      const paired = h && holds.some((o) => o.i !== i && o.h.family === h.family && o.h.local === h.remote && o.h.remote === h.local);
+      if (paired) {
+        const { hold: _hold, ...rest } = s;
+        return [{ ...rest, fate: "whole" }];
+      }
+      const e = ends(s.socket);
+      if (closedTcp && e && lines.some(([l, r]) => l === e[1] && r === e[0])) {
+        notes.push(`${who}fd ${s.fd} (${s.socket}): restored closed by its peer (--allow-closed-tcp: its other end is in the app, but the checkpoint holds no TCP_REPAIR state for the connection); the app's next read on it gets end of file`);
+        return [];
+      }
+      return [s];
     });
-    return restoreNotes(socks, p.pid, held);
+    return [...restoreNotes(socks, p.pid, held), ...notes];
   });
+}
+
+/**
+ * A tree checkpoint's connections whose other end is in the app too but which have no TCP_REPAIR
+ * state (their process had no CAP_NET_ADMIN): a restore of it refuses them unless
+ * `--allow-closed-tcp` (native/resources/inet.c). What `checkpoint` says about them.
+ */
+export function unreadableConnectionNotes(procs: { pid?: number; socks: SocketStat[] | undefined }[]): string[] {
+  const lines = procs.flatMap((p) => (p.socks ?? []).map((s) => ends(s.socket)).filter((e): e is [string, string] => e !== null));
+  return procs.flatMap((p) =>
+    (p.socks ?? []).flatMap((s) => {
+      const e = s.fate === "closed" && !s.hold ? ends(s.socket) : null;
+      if (!e || !lines.some(([l, r]) => l === e[1] && r === e[0])) return [];
+      const who = p.pid !== undefined ? `pid ${p.pid} ` : "";
+      return [`${who}fd ${s.fd} (${s.socket}): no TCP_REPAIR state (its process has no CAP_NET_ADMIN) and its other end is in the app: a restore of this checkpoint refuses it unless \`restore --allow-closed-tcp\` (then it comes back closed by its peer)`];
+    }),
+  );
 }

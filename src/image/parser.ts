@@ -33,7 +33,7 @@ import {
   type TrackingInfo,
   type Vma,
 } from "./format.js";
-import { decodeSocketData, decodeUnixExternal, decodeUnixSock, describeUnixExternal, unixListenName } from "./unix.js";
+import { decodeDgramSenders, decodeSocketData, decodeUnixExternal, decodeUnixSock, describeUnixExternal, unixListenName } from "./unix.js";
 import { decodeInetRepair, decodeInetSock, type InetRepair } from "./inet.js";
 
 /** A defect in an image file: names the file, the byte offset and what failed. */
@@ -508,6 +508,15 @@ class ImageReader {
         const sd = decodeSocketData(p);
         if (typeof sd === "string") this.fail(off, sd);
         else out.sockets.push(sd);
+        return null;
+      }
+      case RecordType.DGRAM_SENDERS: {
+        // after its socket's SOCKET_DATA record, one name per datagram (native/resources/unixdgram.c)
+        const ds = decodeDgramSenders(p);
+        const sd = out.sockets[out.sockets.length - 1];
+        if (typeof ds === "string") this.fail(off, ds);
+        else if (!sd || sd.ino !== ds.ino || sd.messages !== ds.senders.length || sd.senders) this.fail(off, `DGRAM_SENDERS record of socket ${ds.ino} does not follow its SOCKET_DATA record`);
+        else sd.senders = ds.senders;
         return null;
       }
       case RecordType.INET_REPAIR: {

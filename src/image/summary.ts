@@ -27,7 +27,7 @@ export interface ImageSummary {
   fds: { fd: number; kind: string; path: string; flags: string; pos: string }[];
   pipes: { inode: string; bytes: number }[];
   /** Data queued in Unix sockets of pairs inside the app, per receiving socket. */
-  sockets: { inode: string; type: string; bytes: number; messages: number }[];
+  sockets: { inode: string; type: string; bytes: number; messages: number; /** a named datagram socket's: who sent each datagram ("" unnamed) */ senders?: string[] }[];
   /** File locks held through its fds (LOCKS), taken back on restore. */
   locks: { fd: number; kind: string; type: string; range: string }[];
   /** TCP and UDP sockets: family, protocol, state, addresses, bytes queued; `restore`: what a restore does with a connection. */
@@ -134,7 +134,7 @@ export async function summarizeImage(path: string): Promise<ImageSummary> {
     fds: img.fds.map((f) => ({ fd: f.fd, kind: FD_KIND[f.kind] ?? `kind ${f.kind}`, path: fdPath(f, img.fds), flags: `0${f.openFlags.toString(8)}`, pos: f.pos.toString() })),
     pipes: img.pipes.map((p) => ({ inode: p.inode.toString(), bytes: p.bytes })),
     locks: img.locks.map((k) => ({ fd: k.fd, kind: k.kind, type: k.type, range: `${k.start}-${k.end === 2n ** 64n - 1n ? "EOF" : k.end.toString()}` })),
-    sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages })),
+    sockets: img.sockets.map((s) => ({ inode: s.ino.toString(), type: SOCK_TYPE[s.type] ?? `type ${s.type}`, bytes: s.bytes, messages: s.messages, ...(s.senders ? { senders: s.senders } : {}) })),
     inet: img.fds.flatMap((f) => {
       const s = f.inet;
       if (!s) return [];

@@ -73,6 +73,24 @@ export function externalUnixNote(fd: number, u: UnixExternal, live: (path: strin
   return `${what}: connected to ${u.peer} again`;
 }
 
+/** A DGRAM_SENDERS payload: the sender's name of each queued datagram ("" unnamed, "@name" abstract); or an error message. */
+export function decodeDgramSenders(p: Buffer): { ino: bigint; senders: string[] } | string {
+  const ino = p.readBigUInt64LE(0);
+  const nmsg = p.readUInt32LE(8);
+  const senders: string[] = [];
+  let at = 16;
+  while (at < p.length) {
+    if (p.length - at < 4) return `DGRAM_SENDERS name ${senders.length} has a truncated length`;
+    const len = p.readUInt32LE(at);
+    if (len > 108 || len > p.length - at - 4) return `DGRAM_SENDERS name ${senders.length} (${len} bytes) is too long or runs past the payload`;
+    const raw = p.subarray(at + 4, at + 4 + len);
+    senders.push(len === 0 ? "" : raw[0] === 0 ? `@${raw.subarray(1).toString("latin1")}` : raw.toString("utf8").replace(/\0.*$/s, ""));
+    at += 4 + len;
+  }
+  if (senders.length !== nmsg) return `DGRAM_SENDERS header says ${nmsg} names, the payload holds ${senders.length}`;
+  return { ino, senders };
+}
+
 /** A SOCKET_DATA payload, its datagram framing checked; or an error message. */
 export function decodeSocketData(p: Buffer): SocketData | string {
   const ino = p.readBigUInt64LE(0);
