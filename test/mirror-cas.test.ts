@@ -146,6 +146,13 @@ test("a full + incremental chain is shipped, durable, not resent after a restart
     await src.merge("calc@8");
     const d = await src.blocksOf("calc@8");
     assert.equal(d.manifest.kind, "full");
+    // The store that shipped it pulls it back (a failback): its merged calc@8 is still known as the
+    // mirror's (recorded when shipped, kept by the merge), so nothing is set aside or fetched
+    // (before: its kind and digest differ from the mirror's increment, so it was set aside and all fetched again)
+    const back = await pullFromMirror(srv.url, TOKENS.calc, "calc", "latest", src);
+    assert.equal(back.setAside, undefined, JSON.stringify(back.setAside));
+    assert.equal(back.alreadyPresent, true);
+    assert.equal(back.blocksFetched, 0);
   } finally {
     await src.close();
   }

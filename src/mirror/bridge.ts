@@ -377,6 +377,7 @@ export class MirrorShipper extends EventEmitter {
     for (let attempt = 1; !this.closed; attempt++) {
       if (!resumeReceived) this.set(id, "sending");
       let ck: MirrorCheckpoint<Buffer | LazyChunk>;
+      let shipped: MirrorManifest[] = [];
       let blocks = 0;
       let blockBytes = 0;
       try {
@@ -387,6 +388,7 @@ export class MirrorShipper extends EventEmitter {
         for (const p of [...members, id]) parts.push(await this.opts.store.blocksOf(p));
         const d = parts[parts.length - 1]!;
         const m = d.manifest;
+        shipped = parts.map((x) => x.manifest);
         const chunks = new Map<string, Buffer | LazyChunk>();
         for (const x of parts) {
           for (const p of x.tableParts) chunks.set(p.hash, p.data);
@@ -433,7 +435,17 @@ export class MirrorShipper extends EventEmitter {
         );
       });
       sent.catch(() => undefined);
-      if (outcome.ok) return;
+      if (outcome.ok) {
+        // each part is now that mirror checkpoint (lineage.ts, mirrorIdent): a pull on this host
+        // later (a failback) stops its walk down the mirror's chain here, merged since or not
+        try {
+          for (const x of shipped) this.opts.store.setMirrorOrigin(x.id, mirrorIdent(x));
+        } catch (e) {
+          // (the store closing under a last send: only a later pull's shortcut is lost)
+          this.log.warn({ id, err: (e as Error).message }, "cannot record the mirror checkpoint it is");
+        }
+        return;
+      }
       if (this.closed) return;
       if (outcome.err instanceof MirrorLostError) return; // the queue was rebuilt (rewind)
       if (outcome.err instanceof MissingParentError) {
