@@ -2,9 +2,9 @@
 // number of changed ranges and of changed files. A python app keeps BENCH_HOLD_FILES files of
 // BENCH_HOLD_MIB MiB each open for writing; each round it rewrites BENCH_HOLD_WRITES random 4 KiB
 // blocks of every file (pwrite, random bytes), then the daemon takes an incremental checkpoint.
-// Two cases by default (BENCH_HOLD_CASES to choose): "one" (1 file of 256 MiB, 655 blocks: the
-// ranges case, 2.6 MiB changed) and "many" (200 files of 1 MiB, 2 blocks each: 400 ranges in 200
-// files). Reported per case, medians over BENCH_HOLD_ROUNDS rounds (default 7): the files' cut
+// Three cases by default (BENCH_HOLD_CASES to choose): "one" (1 file of 256 MiB, 655 blocks: the
+// ranges case, 2.6 MiB changed), "wide" (the same file, 8000 blocks: 31 MiB in 12x the ranges) and
+// "many" (200 files of 1 MiB, 2 blocks each: 400 ranges in 200 files). Reported per case, medians over BENCH_HOLD_ROUNDS rounds (default 7): the files' cut
 // (app held) and its split (set, agents' tables, files), the incremental downtime, and the bytes
 // read. Prints the load; writes bench/results/files-hold.json. Everything started is killed by PID.
 import { mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -116,9 +116,11 @@ async function runCase(name: string, n: number, mib: number, writes: number, rou
 
 export async function main(): Promise<void> {
   const rounds = envInt("BENCH_HOLD_ROUNDS", 7);
-  const want = (process.env.BENCH_HOLD_CASES ?? "one,many").split(",");
+  const want = (process.env.BENCH_HOLD_CASES ?? "one,wide,many").split(",");
   const cases: [string, number, number, number][] = [
     ["one", envInt("BENCH_HOLD_ONE_FILES", 1), envInt("BENCH_HOLD_ONE_MIB", 256), envInt("BENCH_HOLD_ONE_WRITES", 655)],
+    // 12x the ranges (just under the agents' 8192 per process and interval)
+    ["wide", 1, envInt("BENCH_HOLD_ONE_MIB", 256), envInt("BENCH_HOLD_WIDE_WRITES", 8000)],
     ["many", envInt("BENCH_HOLD_FILES", 200), envInt("BENCH_HOLD_MIB", 1), envInt("BENCH_HOLD_WRITES", 2)],
   ];
   const load0 = loadavg();

@@ -248,7 +248,8 @@ static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, ui
     if (act == 2) {
       /* every page, up to the file's end now (what lies past it: past the end at the cut, or saved by the truncation that cut it) */
       uint64_t dl = __atomic_load_n(&c->h.deadline, __ATOMIC_ACQUIRE);
-      if (dl && tg_now_ns(CLOCK_MONOTONIC) > dl) { cow_lost(); break; }
+      uint64_t now = tg_now_ns(CLOCK_MONOTONIC);
+      if (dl && (now > dl || dl - now > 120000000000ull)) { cow_lost(); break; } /* (past it, or from another boot's clock) */
       if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(); break; }
       struct stat st;
       if (tg_sys2(SYS_fstat, rfd, &st) != 0) { cow_lost(); break; }
@@ -670,6 +671,13 @@ TG_HIDDEN void tg_ranges_init(void) {
   files_on = 1;
   rg = new_table();
   if (rg) inherited_fds();
+}
+
+/* A restored process: its files.cow was written back as it was at the checkpoint (maybe "every
+ * page", with a deadline on the clock of then), and no daemon reads the files of that cut: saving stops. */
+TG_HIDDEN void tg_ranges_after_restore(void) {
+  last.idx = -1;
+  if (cow) __atomic_store_n(&cow->h.active, 0, __ATOMIC_RELEASE);
 }
 
 /* In a forked child: a table of its own, with the fds it inherited. */
