@@ -17,6 +17,7 @@ import { deletedOpenFiles } from "./files-deleted.js";
 import { filesImageChunks, isDirMode } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
 import { flipTables } from "./files-ranges.js";
+import { scanProcesses } from "./files-procscan.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
 
 /** The store name of an app's files images. */
@@ -118,12 +119,13 @@ export class FilesCapture {
   private cutOnce(hostPids: number[]): FilesRef {
     const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
-    const deleted = deletedOpenFiles(hostPids);
-    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted);
+    const scan = scanProcesses(hostPids); // (every fd and map of the app, read once)
+    const deleted = deletedOpenFiles(hostPids, scan);
+    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted, scan);
     mkdirSync(this.staging, { recursive: true });
     const t1 = process.hrtime.bigint();
     // the agents' tables flipped (their entries are read after the app resumed)
-    const flip = flipTables(this.a.appDir, hostPids);
+    const flip = flipTables(this.a.appDir, hostPids, scan);
     const t2 = process.hrtime.bigint();
     let c;
     try {

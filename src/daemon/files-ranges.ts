@@ -7,6 +7,7 @@
 // processes that are gone are read one last time and removed.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { scanProcesses, type ProcScan } from "./files-procscan.js";
 
 const MAGIC = 0x314e52474152475fn;
 const FDS = 4096;
@@ -52,16 +53,18 @@ const u64 = (b: Buffer, off: number): number => {
 };
 
 /** Table files mapped by each live process (host pid -> table path). */
-export function tablesOf(hostPids: number[]): Map<number, string> {
+export function tablesOf(hostPids: number[], scan?: ProcScan): Map<number, string> {
   const out = new Map<number, string>();
   for (const pid of hostPids) {
+    let text: string | undefined;
     try {
-      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /\s(\/\S*\/ranges\.\d+\.[0-9a-f]{16})$/.exec(line);
-        if (m) out.set(pid, m[1]!);
-      }
+      text = scan ? scan.maps.get(pid) : readFileSync(`/proc/${pid}/maps`, "utf8");
     } catch {
       /* gone */
+    }
+    for (const line of text?.split("\n") ?? []) {
+      const m = /\s(\/\S*\/ranges\.\d+\.[0-9a-f]{16})$/.exec(line);
+      if (m) out.set(pid, m[1]!);
     }
   }
   return out;
@@ -104,46 +107,31 @@ function trackedFds(b: Buffer): Map<number, string> {
 }
 
 /** Files some process writes where its agent does not see: an fd open for writing that its table does not track, a shared writable mapping. */
-function opaqueFiles(hostPids: number[], tables: Map<number, string>, buffers: Map<string, Buffer>): Set<string> {
+function opaqueFiles(scan: ProcScan, tables: Map<number, string>, buffers: Map<string, Buffer>): Set<string> {
   const out = new Set<string>();
-  for (const pid of hostPids) {
-    const tpath = tables.get(pid);
-    const b = tpath ? buffers.get(tpath) : undefined;
-    const tracked = b ? trackedFds(b) : new Map<number, string>();
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
+  const trackedBy = new Map<number, Map<number, string>>();
+  for (const f of scan.fds) {
+    if ((f.flags & 3) === 0 || f.ino === null) continue;
+    let tracked = trackedBy.get(f.hostPid);
+    if (!tracked) {
+      const tpath = tables.get(f.hostPid);
+      const b = tpath ? buffers.get(tpath) : undefined;
+      trackedBy.set(f.hostPid, (tracked = b ? trackedFds(b) : new Map<number, string>()));
     }
-    for (const fd of fds) {
-      try {
-        const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8");
-        const flags = parseInt(/flags:\s+([0-7]+)/.exec(info)?.[1] ?? "0", 8);
-        if ((flags & 3) === 0) continue;
-        const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
-        if (!st.isFile()) continue;
-        const key = `${st.dev}:${st.ino}`;
-        if (tracked.get(Number(fd)) !== key) out.add(key);
-      } catch {
-        /* closed meanwhile */
-      }
-    }
-    try {
-      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /^\S+ (\S{4}) \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
-        if (!m || m[1]![1] !== "w" || m[1]![3] !== "s" || m[2] === "0" || /\/ranges\.\d+\.[0-9a-f]{16}$/.test(m[3]!)) continue;
-        try {
-          const st = statSync(m[3]!.replace(/ \(deleted\)$/, ""), { bigint: true });
-          if (String(st.ino) === m[2]) out.add(`${st.dev}:${st.ino}`);
-        } catch {
-          /* deleted */
-        }
-      }
-    } catch {
-      /* gone */
-    }
+    const key = `${f.dev}:${f.ino}`;
+    if (tracked.get(f.fd) !== key) out.add(key);
   }
+  for (const text of scan.maps.values())
+    for (const line of text.split("\n")) {
+      const m = /^\S+ (\S{4}) \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
+      if (!m || m[1]![1] !== "w" || m[1]![3] !== "s" || m[2] === "0" || /\/ranges\.\d+\.[0-9a-f]{16}$/.test(m[3]!)) continue;
+      try {
+        const st = statSync(m[3]!.replace(/ \(deleted\)$/, ""), { bigint: true });
+        if (String(st.ino) === m[2]) out.add(`${st.dev}:${st.ino}`);
+      } catch {
+        /* deleted */
+      }
+    }
   return out;
 }
 
@@ -177,7 +165,7 @@ const HEAD_READ = SLOTS_OFF + SLOTS * SLOT;
  * are leaves it, and the next cut then knows nothing of that interval (every changed file whole).
  * Sync on purpose: it runs while the app is held.
  */
-export function flipTables(appDir: string, hostPids: number[]): Flip {
+export function flipTables(appDir: string, hostPids: number[], scan: ProcScan = scanProcesses(hostPids)): Flip {
   const f: Flip = { tables: [], stale: false, opaque: new Set(), inflight: new Map(), unslotted: false };
   f.stale = existsSync(flippedPath(appDir));
   let names: string[] = [];
@@ -186,7 +174,7 @@ export function flipTables(appDir: string, hostPids: number[]): Flip {
   } catch {
     /* no directory */
   }
-  const live = tablesOf(hostPids);
+  const live = tablesOf(hostPids, scan);
   const liveSet = new Set(live.values());
   const buffers = new Map<string, Buffer>();
   if (names.length) closeSync(openSync(flippedPath(appDir), "w", 0o600)); // (before any flip)
@@ -227,7 +215,7 @@ export function flipTables(appDir: string, hostPids: number[]): Flip {
       closeSync(fd);
     }
   }
-  f.opaque = opaqueFiles(hostPids, live, buffers);
+  f.opaque = opaqueFiles(scan, live, buffers);
   return f;
 }
 
