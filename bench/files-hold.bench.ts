@@ -51,7 +51,7 @@ while True:
 
 interface Ck {
   downtimeNs: number;
-  files?: { changed: number; ranged?: number; bytesRead: number; cutNs: number; setNs?: number; rangesNs?: number; filesNs?: number };
+  files?: { changed: number; ranged?: number; bytesRead: number; cutNs: number; setNs?: number; rangesNs?: number; filesNs?: number; afterNs?: number; everyPageNs?: number };
 }
 
 interface CaseResult {
@@ -65,6 +65,10 @@ interface CaseResult {
   rangesMs: number[];
   filesMs: number[];
   downtimeMs: number[];
+  /** From RESUME to the end of the daemon's reads (the window the agents save pages in). */
+  afterMs: number[];
+  /** Of it, until the set was published (every page saved until then). */
+  everyPageMs: number[];
   bytesRead: number[];
   ranged: number[];
 }
@@ -82,7 +86,7 @@ async function runCase(name: string, n: number, mib: number, writes: number, rou
       return 0;
     }
   };
-  const r: CaseResult = { name, files: n, mib, writes, rounds, cutMs: [], setMs: [], rangesMs: [], filesMs: [], downtimeMs: [], bytesRead: [], ranged: [] };
+  const r: CaseResult = { name, files: n, mib, writes, rounds, cutMs: [], setMs: [], rangesMs: [], filesMs: [], downtimeMs: [], afterMs: [], everyPageMs: [], bytesRead: [], ranged: [] };
   try {
     await cliJson(env, ["run", "--name", app, "--json", "--", "python3", "-c", APP, data, String(n), String(mib)]);
     trackDaemon(home);
@@ -101,6 +105,8 @@ async function runCase(name: string, n: number, mib: number, writes: number, rou
       r.rangesMs.push((c.files.rangesNs ?? 0) / 1e6);
       r.filesMs.push((c.files.filesNs ?? 0) / 1e6);
       r.downtimeMs.push(c.downtimeNs / 1e6);
+      if (c.files.afterNs !== undefined) r.afterMs.push(c.files.afterNs / 1e6);
+      if (c.files.everyPageNs !== undefined) r.everyPageMs.push(c.files.everyPageNs / 1e6);
       r.bytesRead.push(c.files.bytesRead);
       r.ranged.push(c.files.ranged ?? 0);
     }
@@ -134,7 +140,7 @@ export async function main(): Promise<void> {
     console.log(
       `${c.name.padEnd(6)} ${String(c.files).padStart(5)}  ${`${c.files * c.writes} blocks ${(changed / 2 ** 20).toFixed(2)} MiB`.padEnd(20)} ${`${f(median(c.cutMs))} (${f(Math.min(...c.cutMs))}-${f(Math.max(...c.cutMs))})`.padStart(22)}   ${`${f(median(c.setMs))} / ${f(median(c.rangesMs))} / ${f(median(c.filesMs))}`.padStart(23)}   ${f(median(c.downtimeMs)).padStart(15)}   ${(median(c.bytesRead) / 2 ** 20).toFixed(2).padStart(8)}  ${median(c.ranged)}`,
     );
-    console.log(`       held per 100 MiB changed: ${f((median(c.cutMs) * 100 * 2 ** 20) / changed)} ms (target <= 20 ms)`);
+    console.log(`       held per 100 MiB changed: ${f((median(c.cutMs) * 100 * 2 ** 20) / changed)} ms (target <= 20 ms)${c.afterMs.length ? `; after RESUME (the window): ${f(median(c.afterMs))} ms, of it every page saved ${f(median(c.everyPageMs))} ms` : ""}`);
   }
   console.log(`load average ${load0.map((x) => x.toFixed(1)).join(" ")} before, ${load1.map((x) => x.toFixed(1)).join(" ")} after (${cpus().length} CPUs)`);
   mkdirSync(dirname(RESULTS), { recursive: true });

@@ -261,6 +261,8 @@ export interface FinishStats {
   bytesRead: number;
   /** From the app's resume to the end of the reads, ns. */
   ns: number;
+  /** Of it, until the set was published (the agents saved every page they changed until then), ns. */
+  everyPageNs: number;
 }
 
 /**
@@ -271,7 +273,7 @@ export interface FinishStats {
  */
 export async function finishCut(d: Deferred): Promise<FinishStats> {
   const t0 = process.hrtime.bigint();
-  const stats: FinishStats = { ranged: 0, bytesRead: 0, ns: 0 };
+  const stats: FinishStats = { ranged: 0, bytesRead: 0, ns: 0, everyPageNs: 0 };
   let ended = false;
   try {
     await testDelay("files-deferred-read"); // (tests: the app writes meanwhile, every page saved)
@@ -285,6 +287,7 @@ export async function finishCut(d: Deferred): Promise<FinishStats> {
       d.gen,
       d.files.map((f) => ({ dev: BigInt(f.content.entry.dev), ino: BigInt(f.content.entry.ino), ranges: f.ranges ?? [[0, span(f.content.entry.size)]] })),
     );
+    stats.everyPageNs = Number(process.hrtime.bigint() - t0);
     await testDelay("files-set-read"); // (tests: the app writes meanwhile, the set's pages saved)
     for (const [i, f] of d.files.entries()) {
       if (f.ranges) {

@@ -39,6 +39,8 @@ export interface FilesRef {
   filesNs?: number;
   /** After the app resumed: from then to the end of the reads (the agents' tables, the ranges or whole files), ns. */
   afterNs?: number;
+  /** Of it, until the pages read were published (the agents saved every page they changed until then), ns. */
+  everyPageNs?: number;
 }
 
 /** The files image a checkpoint names; with `ownId` (the checkpoint's id), the one of its app and seq (see treeOf). */
@@ -153,6 +155,7 @@ export class FilesCapture {
           ref.ranged = (ref.ranged ?? 0) + st.ranged;
           ref.bytesRead += st.bytesRead;
           ref.afterNs = st.ns;
+          ref.everyPageNs = st.everyPageNs;
         })
       : Promise.resolve();
     finished.catch(() => undefined); // (thrown into the image below)
