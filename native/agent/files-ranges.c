@@ -2,8 +2,8 @@
  * app makes through a file descriptor the agent saw opened for writing is noted, as a byte range of
  * (device, inode), in a table shared with the daemon: a file `ranges.PID.NONCE` beside the agent
  * socket, mapped shared, so it outlives a process killed between checkpoints. At the cut (every
- * thread parked) the daemon reads the current half of the table, clears the other one and makes
- * it current; it copies only those ranges. Writes the agent cannot see (stdio, inherited fds,
+ * thread parked) the daemon makes the other (cleared) half current; after the app resumed it reads
+ * the half it flipped away and clears it; it reads only those ranges. Writes the agent cannot see (stdio, inherited fds,
  * fdopen, shared writable mappings, raw syscalls) make the file's range "whole" (from 0 to the
  * end) or leave its fd untracked: the daemon then copies the whole file, as before.
  *

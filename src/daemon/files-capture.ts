@@ -1,8 +1,10 @@
 // The file half of a checkpoint's cut (issue 14, docs/files.md): with every process of the app
 // parked, each file of the set is looked at (size, mtime, ctime, inode against the parent
-// checkpoint's files) and those that changed are copied (in the kernel: copy_file_range or
-// sendfile, no bytes through the daemon) into a staging directory, so that the files belong to
-// the same instant as the memory; the image is then made from the copies after the app resumed.
+// checkpoint's files) and those that changed are opened; after the app resumed (finishCut) their
+// changed ranges, or whole copies (in the kernel: copy_file_range, into a staging directory), are
+// read while the agents save each page before changing it (copy-before-write), so that the files
+// belong to the same instant as the memory. A file written where no agent sees is copied while
+// the app is held.
 import { closeSync, copyFileSync, ftruncateSync, lstatSync, openSync, statSync, writeSync } from "node:fs";
 import { copyFile } from "node:fs/promises";
 import { join } from "node:path";

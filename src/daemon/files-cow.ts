@@ -1,8 +1,8 @@
 // Copy-before-write of the app's changed file ranges (issue 14, docs/files.md "Changed ranges"):
-// at the cut, with the app held, the daemon publishes in `files.cow` (mapped shared by every agent of
-// the app: native/agent/files-ranges.c) the pages it will read after the app resumed, and empties
-// `files.cow-log`. Until the daemon turns it off, an agent about to change such a page appends the
-// page's bytes to the log first. The daemon reads the pages from the files (through fds opened at
+// at the cut, with the app held, the daemon sets `files.cow` (mapped shared by every agent of the
+// app: native/agent/files-ranges.c) to "every page" and empties `files.cow-log`; after the app
+// resumed it publishes there the pages it reads ("the set"). Until the daemon turns it off, an
+// agent about to change such a page appends the page's bytes to the log first. The daemon reads the pages from the files (through fds opened at
 // the cut: a file renamed over or unlinked since is still the one read), then the log: the first
 // record of a page holds its bytes at the cut, and wins over what the file holds now.
 import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";

@@ -1,10 +1,11 @@
 // The changed ranges of an app's files (issue 14, docs/files.md "Changed ranges"): every process of
 // the app notes the byte ranges its writes touch in a table of its own, `ranges.PID.NONCE` in the app's
 // directory, mapped shared (native/agent/files-ranges.c). At the cut, with every process parked, the
-// daemon reads the half being filled of every table, makes the other (cleared) half current, and
-// keeps what it read in `files.pending-ranges.json` until a files image made from it commits: a cut
-// whose checkpoint fails leaves its ranges to the next one (which has the same parent). Tables of
-// processes that are gone are read one last time and removed.
+// daemon makes the other (cleared) half of every table current (flipTables: no entry read); once the
+// app runs again it reads the halves it flipped away, keeps what it read in
+// `files.pending-ranges.json` until a files image made from it commits (a cut whose checkpoint fails
+// leaves its ranges to the next one, which has the same parent), and clears them (consumeRanges).
+// Tables of processes that are gone are read one last time and removed.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { scanProcesses, type ProcScan } from "./files-procscan.js";
