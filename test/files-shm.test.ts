@@ -7,7 +7,7 @@
 // deleted file held open that the set leaves out (--files-exclude) refuses the checkpoint by name
 // instead of committing one no restore can use.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
@@ -59,6 +59,12 @@ describe("files in /dev/shm", { timeout: 600_000 }, () => {
 
   test("python multiprocessing, spawn start method: a process started after the restore maps the Value's arena from the fd it is passed, and its writes reach the restored parent", async (t) => {
     const { h } = setup(t);
+    // with spawn, python unlinks its semaphores (/dev/shm/sem.mp-*) only at exit, through its
+    // resource tracker, which the kills take down with the app: the ones this test made are removed
+    const semsBefore = new Set(readdirSync("/dev/shm").filter((n) => n.startsWith("sem.mp-")));
+    t.after(() => {
+      for (const n of readdirSync("/dev/shm")) if (n.startsWith("sem.mp-") && !semsBefore.has(n)) rmSync(join("/dev/shm", n), { force: true });
+    });
     await runApp(h, "sp", ["python3", fixtureScript("shmspawn.py")]);
     const stepOf = (ls: string[]): number => Math.max(0, ...ls.map((l) => /^step (\d+) /.exec(l)).filter((m) => m).map((m) => Number(m![1])));
     await waitLines(h, "sp", (ls) => stepOf(ls) >= 25, "two spawned workers' additions", 180_000);
