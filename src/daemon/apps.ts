@@ -622,10 +622,7 @@ export class AppManager {
               const f = this.filesCapture(store, name, dir, rec, seq, full)!;
               lastFiles = f;
               return {
-                atCut: async (hostPids: number[]) => {
-                  f.cut(hostPids);
-                  f.released(); // (the tree resumes once this returns: the files' second half starts then)
-                },
+                atCut: async (hostPids: number[]) => void f.cut(hostPids),
                 beforeMainCommit: async () => {
                   f.released();
                   await f.committed;
