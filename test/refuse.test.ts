@@ -50,6 +50,8 @@ describe("issue 12: process trees are captured and restored whole", { timeout: T
     await runApp(h, "ag", ["bash", fixtureScript("children.sh"), "child", dir]);
     const ls = await waitLines(h, "ag", (l) => l.some((x) => /^child \d+$/.test(x)), "child started");
     const child = Number(/^child (\d+)$/.exec(ls.find((x) => /^child \d+$/.test(x))!)![1]);
+    // bash prints the pid at fork: the child is named by what it runs, so wait for its exec of sh
+    await waitFor("the child running sh", () => others(h, "ag").some((p) => p.pid === child && p.command.startsWith("sh -c")));
     // straight to the agent's socket, without `hold`: the agent alone cannot capture a tree
     const sock = join(h.home, "apps", "ag", "agent.sock");
     const image = join(dir, "direct.img");

@@ -67,9 +67,32 @@ static int put_record(struct writer *w, uint32_t type, const void *a, size_t al,
   return write_all(w, iov, 4);
 }
 
+/* Does [s, e) meet a mapping of the parent's maps (the application's memory as captured)? */
+static int meets_parent_mapping(uint64_t s, uint64_t e) {
+  const char *maps = tg.parent_maps;
+  long ml = tg.parent_maps_len;
+  for (const char *l = maps; ml > 0 && l < maps + ml;) {
+    const char *le = memchr(l, '\n', (size_t)(maps + ml - l));
+    if (!le) le = maps + ml;
+    struct tg_vma v;
+    if (tg_parse_maps_line(l, le, &v) == 0 && v.start < e && s < v.end) return 1;
+    l = le + 1;
+  }
+  return 0;
+}
+
+/* Memory of this child's own (buffers), never where the parent has a mapping. The child lacks the
+ * mappings left out of the fork (MADV_DONTFORK: the hot mappings of adaptive tracking, copied
+ * apart), and the kernel may place a new mapping in such a hole: a buffer there would stand for
+ * the application's memory at that address (the mapping was then left out of the image). Such a
+ * placement is kept reserved, unused, and another asked for. */
 static void *child_alloc(size_t len) {
-  void *p = (void *)tg_sys6l(SYS_mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return (unsigned long)p > -4096UL ? NULL : p;
+  for (int tries = 0; tries < 2 * TG_HOT_MAX + 8; tries++) {
+    void *p = (void *)tg_sys6l(SYS_mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((unsigned long)p > -4096UL) return NULL;
+    if (!meets_parent_mapping((uint64_t)p, (uint64_t)p + len)) return p;
+  }
+  return NULL;
 }
 
 static int ends_with(const char *p, size_t n, const char *s) {
@@ -84,14 +107,6 @@ static int is_zero_page(const void *p) {
   return 1;
 }
 
-/* Own mappings of this child, never part of the image. */
-static struct { uint64_t start, end; } own[8];
-static int nown;
-static void *own_alloc(size_t len) {
-  void *p = child_alloc(len);
-  if (p && nown < 8) { own[nown].start = (uint64_t)p; own[nown].end = (uint64_t)p + len; nown++; }
-  return p;
-}
 /* The agent's own memory, never part of an image. The kernel may merge one of these with an
  * adjacent application mapping of the same kind (anonymous, private, NORESERVE), so mappings are
  * cut around them rather than skipped whole. */
@@ -131,7 +146,6 @@ static int app_pieces(uint64_t s, uint64_t e, struct span *out, int cap) {
 static int is_own(uint64_t s, uint64_t e) {
   if (s >= tg.child_stack && e <= tg.child_stack + TG_CHILD_REGION) return 1; /* stack, maps and fd buffers */
   if (tg_track_owns(s, e)) return 1;
-  for (int i = 0; i < nown; i++) if (s >= own[i].start && e <= own[i].end) return 1;
   return 0;
 }
 
@@ -401,7 +415,7 @@ werr:
  * touched does not). 0, -1 with err, or 1 without a buffer (the caller reads the shared mapping). */
 static int hot_store(struct runs *rr, const struct tg_rec_vma *r, char *err, size_t errlen) {
   static char *scratch;
-  if (!scratch) scratch = own_alloc((size_t)TG_PAGES_PER_RECORD * TG_PAGE);
+  if (!scratch) scratch = child_alloc((size_t)TG_PAGES_PER_RECORD * TG_PAGE);
   if (!scratch || tg_trk.hot_fd < 0) return 1;
   if (flush_data(rr) != 0) goto werr;
   uint64_t off = (uint64_t)tg_track_hot_copy(r->start) - (uint64_t)tg_trk.hot_buf;
@@ -434,6 +448,9 @@ werr:
   return -1;
 }
 
+/* Bytes of hot mappings written into this image: all of the copies, checked at the end. */
+static uint64_t hot_written;
+
 static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagemap_fd, uint64_t *pm, size_t pm_cap,
                           unsigned char *mc, uint64_t *dcur, char *err, size_t errlen) {
   int content = (r->vflags & TG_VF_CONTENT) != 0; /* shared writable file mapping: every page up to the file's end */
@@ -450,6 +467,7 @@ static int dump_vma_pages(struct runs *rr, const struct tg_rec_vma *r, int pagem
     /* a hot mapping (track.c, adaptive tracking): not mapped in this child; stored whole (the
      * tracker listed it as fresh) from the copy the manager made while the threads were parked */
     if (inc && !hash && !whole && add_clear(rr, r->start, (r->end - r->start) / TG_PAGE) != 0) goto werr;
+    hot_written += r->end - r->start;
     int e = hot_store(rr, r, err, errlen);
     if (e <= 0) return e;
     for (uint64_t a = r->start; a < r->end; a += TG_PAGE) /* no scratch buffer: through the shared mapping */
@@ -615,10 +633,10 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
   if (ml <= 0 || ml >= (long)(8u << 20) - 1) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
   if (tg_shared_copy_missed()) { snprintf(err, errlen, "%s", tg_shared_copy_missed()); return -1; }
   size_t maps_cap = 8u << 20;
-  char *cmaps = own_alloc(maps_cap);
+  char *cmaps = child_alloc(maps_cap);
   size_t pm_cap = 65536;
-  uint64_t *pm = own_alloc(pm_cap * 8);
-  unsigned char *mc = own_alloc(pm_cap);
+  uint64_t *pm = child_alloc(pm_cap * 8);
+  unsigned char *mc = child_alloc(pm_cap);
   if (!cmaps || !pm || !mc) { snprintf(err, errlen, "out of memory in the snapshot process"); return -1; }
   long cml = tg_read_file("/proc/self/maps", cmaps, maps_cap);
   if (cml < 0) { snprintf(err, errlen, "cannot read /proc/self/maps"); return -1; }
@@ -766,6 +784,16 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
       tg.pagemap_fd = (int)tg_sys3(SYS_open, "/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
       if (tg.pagemap_fd < 0) { snprintf(err, errlen, "cannot open /proc/self/pagemap: %s", strerror(-tg.pagemap_fd)); return -1; }
     }
+  }
+  /* every copy made while the threads were parked stands for a mapping of the application: one
+   * not written would leave the image a checkpoint behind there, or without the mapping */
+  uint64_t hot_copied = 0;
+  for (uint32_t i = 0; i < tg_trk.nhot; i++)
+    if (tg_trk.hot[i].copy) hot_copied += tg_trk.hot[i].end - tg_trk.hot[i].start;
+  if (hot_written != hot_copied) {
+    snprintf(err, errlen, "internal error: %llu bytes of mappings copied whole by adaptive tracking, %llu written into the image",
+             (unsigned long long)hot_copied, (unsigned long long)hot_written);
+    return -1;
   }
   if (flush_data(&rr) != 0 || (tg_trk.mode == TG_TRACK_HASH && tg_trk.incremental && hash_clear_before(&rr, ~0ull) != 0) ||
       flush_clear(&rr) != 0)
