@@ -1070,10 +1070,13 @@ export class AppManager {
         for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
       },
       fileCheck: async () => {
-        await checkFiles({ app: name, checkpoint: m.id, image: metaForFileCheck(store.cas, m.id), logFile: dir.logFile, allow });
-        for (const e of others) await checkFiles({ app: name, checkpoint: e.id!, image: metaForFileCheck(store.cas, e.id!), logFile: dir.logFile, allow });
+        // every process's check at once (child processes), its errors in the tree's order
+        const checks = await Promise.allSettled([m.id, ...others.map((e) => e.id!)].map((id) => checkFiles({ app: name, checkpoint: id, image: metaForFileCheck(store.cas, id), logFile: dir.logFile, allow })));
+        const failed = checks.find((c) => c.status === "rejected");
+        if (failed) throw (failed as PromiseRejectedResult).reason;
       },
-      plan: existsSync(dir.dir) ? () => restoreInput(store.cas, m.id, dir.dir) : null,
+      // every process's plan while the checks run
+      plan: existsSync(dir.dir) ? [() => restoreInput(store.cas, m.id, dir.dir), ...others.map((e) => () => restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`))] : null,
     });
     let held: HeldConnections | null = null;
     try {
@@ -1108,16 +1111,17 @@ export class AppManager {
       }
       const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
-      const input = early ?? (await restoreInput(store.cas, m.id, dir.dir)); // pages read from the packs by the restorer, the rest piped
+      const input = early?.[0] ?? (await restoreInput(store.cas, m.id, dir.dir)); // pages read from the packs by the restorer, the rest piped
       const image = input.image;
       // a tree's other processes: their images on fds 3, 4, ..., each with its own restore plan
-      const memberInputs: RestoreInput[] = [];
-      try {
-        for (const e of others) memberInputs.push(await restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`));
-      } catch (e) {
-        for (const mi of [input, ...memberInputs]) await mi.release();
-        throw e;
-      }
+      const memberInputs: RestoreInput[] = early ? early.slice(1) : [];
+      if (!early)
+        try {
+          for (const e of others) memberInputs.push(await restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`));
+        } catch (e) {
+          for (const mi of [input, ...memberInputs]) await mi.release();
+          throw e;
+        }
       const images = memberInputs.map((mi) => mi.image);
       // (the Nth --direct is the Nth image's: all or none have one)
       const directArgs = [...input.args, ...memberInputs.flatMap((mi) => mi.args)];
@@ -1178,7 +1182,7 @@ export class AppManager {
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
-      await early?.release(); // (a failure before the launch: done already otherwise)
+      for (const i of early ?? []) await i.release(); // (a failure before the launch: done already otherwise)
       await held?.release(); // the traffic goes through again, whatever happened
     }
   }

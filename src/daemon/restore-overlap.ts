@@ -6,31 +6,32 @@
 // the mapped files' identity, then the file check, then the plan.
 import type { RestoreInput } from "./cas-flow.js";
 
-export async function checkWhilePlanning(c: { mappedFiles: () => Promise<void>; fileCheck: () => Promise<void>; plan: (() => Promise<RestoreInput>) | null }): Promise<RestoreInput | null> {
+export async function checkWhilePlanning(c: { mappedFiles: () => Promise<void>; fileCheck: () => Promise<void>; plan: (() => Promise<RestoreInput>)[] | null }): Promise<RestoreInput[] | null> {
   const files = c.fileCheck().then(
     () => null,
     (e: unknown) => ({ e }),
   );
   let first: { e: unknown } | null = null;
   let planFailed: { e: unknown } | null = null;
-  let input: RestoreInput | null = null;
+  const inputs: RestoreInput[] = [];
   try {
     await c.mappedFiles();
   } catch (e) {
     first = { e };
   }
+  // (a tree: every process's plan, the main process's first)
   if (!first && c.plan)
     try {
-      input = await c.plan();
+      for (const p of c.plan) inputs.push(await p());
     } catch (e) {
       planFailed = { e };
     }
   const bad = first ?? (await files) ?? planFailed;
   if (bad) {
-    await input?.release();
+    for (const i of inputs) await i.release();
     throw bad.e;
   }
-  return input && releasedOnce(input);
+  return c.plan ? inputs.map(releasedOnce) : null;
 }
 
 /** The same input, whose release() does its work once (the restore's error paths and its success path may both call it). */
