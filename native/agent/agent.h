@@ -151,6 +151,11 @@ TG_HIDDEN int tg_parse_maps_line(const char *l, const char *end, struct tg_vma *
 TG_HIDDEN int tg_vma_path_is(const struct tg_vma *v, const char *s);
 TG_HIDDEN int tg_vma_special(const struct tg_vma *v); /* vdso, vvar, vsyscall */
 TG_HIDDEN const char *tg_next_line(const char *l, const char *end);
+/* A shared mapping whose path reads "NAME (deleted)" while its file still has a link in NAME's
+ * directory (glibc's sem_open makes a semaphore under a temporary name, maps it, links it to its
+ * real name and removes the temporary one): that name (NUL-terminated) in out. 1 if found, else 0
+ * (the mapping is a deleted file's). */
+TG_HIDDEN int tg_vma_relinked(const struct tg_vma *v, char *out, size_t cap);
 
 /* files-ranges.c: the changed ranges of the app's files (docs/files.md) */
 struct stat;

@@ -188,8 +188,14 @@ static void sysv_segment(const struct tg_vma *v, struct tg_rec_vma *r) {
   r->id.mtime_ns = (uint64_t)s.uid << 32 | s.gid;
 }
 
+/* classify: the name a mapping's file still has when its path reads "(deleted)" (tg_vma_relinked),
+ * the path its record then carries; relinked_len 0: the mapping's own path. */
+static char relinked_path[4096];
+static size_t relinked_len;
+
 static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, size_t errlen) {
   memset(r, 0, sizeof *r);
+  relinked_len = 0;
   r->start = v->start;
   r->end = v->end;
   r->pgoff = v->pgoff;
@@ -211,6 +217,13 @@ static int classify(const struct tg_vma *v, struct tg_rec_vma *r, char *err, siz
   size_t pl = v->pathlen < sizeof path - 1 ? v->pathlen : sizeof path - 1;
   memcpy(path, v->path, pl);
   path[pl] = 0;
+  if (deleted && tg_vma_relinked(v, relinked_path, sizeof relinked_path)) {
+    /* its file under the name it has now: mapped from that file at restore, which the app's
+     * files set rolls back (a named semaphore shared with processes that open it by name) */
+    deleted = 0;
+    relinked_len = strlen(relinked_path);
+    memcpy(path, relinked_path, relinked_len + 1);
+  }
   struct stat st;
   if (!deleted && (path[0] != '/' || tg_sys2(SYS_stat, path, &st) != 0 || st.st_ino != v->ino)) deleted = 1;
   if (deleted) {
@@ -732,7 +745,7 @@ TG_HIDDEN int tg_capture_image(char *err, size_t errlen, uint64_t *bytes, uint64
         struct tg_rec_vma r;
         if (classify(&pv, &r, err, errlen) != 0) return -1;
         if (pass == 0) {
-          if (put_record(&w, TG_REC_VMA, &r, sizeof r, v.path, v.pathlen) != 0) goto werr;
+          if (put_record(&w, TG_REC_VMA, &r, sizeof r, relinked_len ? relinked_path : v.path, relinked_len ? relinked_len : v.pathlen) != 0) goto werr;
         } else if (dump_vma_pages(&rr, &r, tg.pagemap_fd, pm, pm_cap, mc, &dcur, err, errlen) != 0) {
           return -1;
         }

@@ -89,8 +89,8 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
   const char *was = sl + 1 < r->extra_len ? rc->fds[i].extra + sl + 1 : staged;
   int was_len = sl + 1 < r->extra_len ? (int)(r->extra_len - sl - 1) : (int)sl;
   int flags = (int)(r->open_flags & ~(uint32_t)(O_CREAT | O_TRUNC | O_EXCL)) | O_CLOEXEC | O_NOFOLLOW;
-  /* the same file mapped shared: the restored mapping's object (its contents are the staging
-   * file's, restore.c), so fd and mapping stay one file, as they were */
+  /* the same file mapped shared: the restored mapping's object (the staging file itself, opened
+   * and its name removed by restore.c), so fd and mapping stay one file, as they were */
   int shm = tg_deleted_shared_fd ? tg_deleted_shared_fd(&r->id) : -1;
   int fd;
   if (shm >= 0) {
@@ -112,7 +112,8 @@ static int open_one(struct tg_fd_restore *rc, size_t i, char *err, size_t errlen
     close(fd);
     return -1;
   }
-  if (unlink(staged) != 0) {
+  /* (the shared object is that file, its name already removed: restore.c) */
+  if (shm < 0 && unlink(staged) != 0) {
     snprintf(err, errlen, "fd %u: cannot remove %s (the deleted file's staging name): %s", r->fd, staged, strerror(errno));
     close(fd);
     return -1;

@@ -89,14 +89,18 @@ static int from_fds(const char *buf, uint64_t len, char *err, size_t errlen) {
   return 0;
 }
 
-/* Files mapped shared and writable (deleted ones are captured as memory and are not at stake). */
+/* Files mapped shared and writable (deleted ones are captured as memory and are not at stake;
+ * one still linked under another name is: tg_vma_relinked). */
 static int from_maps(const char *maps, long ml, char *err, size_t errlen) {
   for (const char *l = maps; l < maps + ml;) {
     const char *e = tg_next_line(l, maps + ml);
     struct tg_vma v;
     int ok = tg_parse_maps_line(l, e, &v) == 0;
     l = e + 1;
-    if (!ok || !v.ino || !v.shared || !(v.prot & 2) || v.path[0] != '/' || ends_with(v.path, v.pathlen, " (deleted)")) continue;
+    static char relinked[4096]; /* (a file still linked under another name is at stake: tg_vma_relinked) */
+    if (!ok || !v.ino || !v.shared || !(v.prot & 2) || v.path[0] != '/' ||
+        (ends_with(v.path, v.pathlen, " (deleted)") && !tg_vma_relinked(&v, relinked, sizeof relinked)))
+      continue;
     char mf[80];
     snprintf(mf, sizeof mf, "/proc/self/map_files/%llx-%llx", (unsigned long long)v.start, (unsigned long long)v.end);
     int fd = (int)tg_sys3(SYS_open, mf, O_RDONLY | O_CLOEXEC, 0);

@@ -74,32 +74,32 @@ static int deleted_shared_fd(const struct tg_file_id *id) {
   return -1;
 }
 
-/* A memfd made for a deleted file held open starts as that file's contents at the cut (the
- * rollback wrote them under its staging name); the mappings' pages are filled over them. */
-static int fill_from_staging(struct shm_obj *o, char *err, size_t errlen) {
-  int in = open(o->held, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+/* A deleted file held open and mapped shared comes back as a deleted file again (not a memfd: the
+ * next checkpoint takes it as it took the original): the file the rollback wrote under its staging
+ * name, with the contents it had at the cut (the mappings' pages are filled over them), opened and
+ * its name removed. Its fd in o->fd (above `floor`). */
+static int open_held_file(struct shm_obj *o, int floor, char *err, size_t errlen) {
+  int fd = open(o->held, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
   struct stat st;
-  if (in < 0 || fstat(in, &st) != 0) {
-    snprintf(err, errlen, "deleted file held open and mapped shared: cannot open its contents at %s: %s", o->held, strerror(errno));
-    if (in >= 0) close(in);
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "deleted file held open and mapped shared: cannot open its contents at %s: %s", o->held,
+             fd < 0 ? strerror(errno) : "not a regular file");
+    if (fd >= 0) close(fd);
     return -1;
   }
-  if ((uint64_t)st.st_size > o->size && ftruncate(o->fd, st.st_size) != 0) {
-    snprintf(err, errlen, "shared memory of %lld bytes for %s: %s", (long long)st.st_size, o->held, strerror(errno));
-    close(in);
+  if ((uint64_t)st.st_size < o->size && ftruncate(fd, (off_t)o->size) != 0) {
+    snprintf(err, errlen, "deleted file held open and mapped shared: cannot extend %s to %llu bytes: %s", o->held, (unsigned long long)o->size, strerror(errno));
+    close(fd);
     return -1;
   }
-  char buf[65536];
-  off_t at = 0;
-  for (;;) {
-    ssize_t n = read(in, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { snprintf(err, errlen, "read %s: %s", o->held, strerror(errno)); close(in); return -1; }
-    if (n == 0) break;
-    if (pwrite(o->fd, buf, (size_t)n, at) != n) { snprintf(err, errlen, "shared memory for %s: write: %s", o->held, strerror(errno)); close(in); return -1; }
-    at += n;
+  if (unlink(o->held) != 0 && errno != ENOENT) {
+    snprintf(err, errlen, "deleted file held open and mapped shared: cannot remove its staging name %s: %s", o->held, strerror(errno));
+    close(fd);
+    return -1;
   }
-  close(in);
+  o->fd = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+  close(fd);
+  if (o->fd < 0) { snprintf(err, errlen, "fcntl: %s", strerror(errno)); return -1; }
   return 0;
 }
 
@@ -120,6 +120,33 @@ static void report_fail(const char *fmt, ...) {
   _exit(2);
 }
 
+/* Paths the files' rollback made anew (--recreated-list: NUL-separated): a shared writable mapping
+ * of one has the checkpoint's file there, under a new inode. */
+static char *recreated;
+static size_t recreated_len;
+
+static int was_recreated(const char *path) {
+  for (size_t o = 0; o < recreated_len;) {
+    size_t n = strnlen(recreated + o, recreated_len - o);
+    if (n == strlen(path) && memcmp(recreated + o, path, n) == 0) return 1;
+    o += n + 1;
+  }
+  return 0;
+}
+
+static void load_recreated(const char *file) {
+  FILE *f = fopen(file, "re");
+  if (!f) tg_die("cannot read %s: %s", file, strerror(errno));
+  size_t cap = 1 << 16;
+  recreated = malloc(cap);
+  for (size_t n; recreated && (n = fread(recreated + recreated_len, 1, cap - recreated_len, f)) > 0;) {
+    recreated_len += n;
+    if (recreated_len == cap) recreated = realloc(recreated, cap *= 2);
+  }
+  if (!recreated || ferror(f)) tg_die("cannot read %s", file);
+  fclose(f);
+}
+
 /* Opens every file the image maps, once per file, and checks it is the same file. */
 static int open_mapped_files(char *err, size_t errlen) {
   mapfiles = calloc(img.nvmas + 1, sizeof *mapfiles);
@@ -134,7 +161,11 @@ static int open_mapped_files(char *err, size_t errlen) {
     if (v->vflags & TG_VF_CONTENT) {
       /* contents in the image: written back into the same file, else restored as shared memory */
       int fd = open(img.vmas[i].path, O_RDWR | O_CLOEXEC);
-      if (!tg_content_file_usable(&img, v, fd)) {
+      struct stat rst;
+      /* (made anew by the rollback with the checkpoint's contents: the file, under a new inode) */
+      int anew = fd >= 0 && tg_files_rolled_back && was_recreated(img.vmas[i].path) && fstat(fd, &rst) == 0 && S_ISREG(rst.st_mode) &&
+                 (uint64_t)rst.st_size >= (v->id.size < v->pgoff + (v->end - v->start) ? v->id.size : v->pgoff + (v->end - v->start));
+      if (!anew && !tg_content_file_usable(&img, v, fd)) {
         if (fd >= 0) close(fd);
         for (size_t j = i; j < img.nvmas; j++)
           if (img.vmas[j].r.kind == TG_VMA_FILE_SHARED && img.vmas[j].r.id.ino == v->id.ino && img.vmas[j].r.id.dev == v->id.dev)
@@ -522,6 +553,13 @@ static int start_restore(struct tg_launch *l, int *report) {
       continue;
     }
     if (o->nplans < 2 && !o->held) continue; /* one process: an anonymous shared mapping, as ever */
+    if (o->held) {
+      if (open_held_file(o, base + 256, err, sizeof err) != 0) {
+        fprintf(stderr, "tardigrade-restore: %s\n", err);
+        return -1;
+      }
+      continue;
+    }
     int fd = memfd_create("tardigrade-shared", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)o->size) != 0) {
       fprintf(stderr, "tardigrade-restore: shared memory of %llu bytes: %s\n", (unsigned long long)o->size, strerror(errno));
@@ -530,10 +568,6 @@ static int start_restore(struct tg_launch *l, int *report) {
     o->fd = fcntl(fd, F_DUPFD_CLOEXEC, base + 256);
     close(fd);
     if (o->fd < 0) { fprintf(stderr, "tardigrade-restore: fcntl: %s\n", strerror(errno)); return -1; }
-    if (o->held && fill_from_staging(o, err, sizeof err) != 0) {
-      fprintf(stderr, "tardigrade-restore: %s\n", err);
-      return -1;
-    }
   }
   {
     const struct image **imgs = calloc(nplans, sizeof *imgs);
@@ -607,7 +641,7 @@ static int start_restore(struct tg_launch *l, int *report) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--allow-closed-tcp] [--files-rolled-back] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
+  fprintf(stderr, "usage: tardigrade-restore --image FILE|- [--image FILE]... [--zombie PID:PPID:PGID:SID:STATUS[:UIDS:GIDS[:GROUPS]]]... [--shared PID:FD,PID:FD...]... --status FILE --sock PATH --pidfile FILE [--stdio-log FILE] [--allow-file-changes] [--allow-closed-tcp] [--files-rolled-back [--recreated-list FILE]] [--direct PLAN]... [--keep-connections INO,...] [--lazy PROGRESS_FILE] [--verbose]\n"
                   "       tardigrade-restore --check-files --image FILE|- [--image FILE]... [--stdio-log FILE] [--allow-file-changes]\n"
                   "       tardigrade-restore --freeze-connections PID INO:SND_SEQ:RCV_SEQ...\n");
   exit(2);
@@ -630,7 +664,9 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--check-files") == 0) { check_only = 1; continue; }
     if (strcmp(argv[i], "--freeze-connections") == 0) return tg_freeze_connections(argc - i - 1, argv + i + 1);
     if (i + 1 >= argc) usage();
-    if (strcmp(argv[i], "--image") == 0) {
+    if (strcmp(argv[i], "--recreated-list") == 0) {
+      load_recreated(argv[++i]);
+    } else if (strcmp(argv[i], "--image") == 0) {
       if (npaths == MAX_PROCS) tg_die("more than %d processes", MAX_PROCS);
       paths[npaths++] = argv[++i];
     } else if (strcmp(argv[i], "--zombie") == 0) {

@@ -1109,6 +1109,13 @@ export class AppManager {
         }
         this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, dirsMade: rolledBack.dirsMade, dirsRemoved: rolledBack.dirsRemoved, relinked: rolledBack.relinked, kept: rolledBack.kept, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
       }
+      // the files the rollback made anew: a shared writable mapping of one is mapped from it (native/restore)
+      const recreatedList = join(dir.dir, "restore-recreated.list");
+      const recreatedArgs: string[] = [];
+      if (rolledBack?.recreated.length) {
+        await writeFile(recreatedList, rolledBack.recreated.map((p) => `${p}\0`).join(""), { mode: 0o600 });
+        recreatedArgs.push("--recreated-list", recreatedList);
+      }
       const record = restoreRecord(name, prevRecord, m.id, filesRef?.id);
       await stableAgent(this.home); // the agent the image maps (same build) must exist on this host too
       const input = early?.[0] ?? (await restoreInput(store.cas, m.id, dir.dir)); // pages read from the packs by the restorer, the rest piped
@@ -1140,7 +1147,7 @@ export class AppManager {
       let l: Launched;
       try {
         await writeRestoreMarker(dir.logFile, m.id);
-        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(closedTcp ? ["--allow-closed-tcp"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
+        l = await launch(dir, nativeBinary("tardigrade-restore"), ["--image", "-", ...treeArgs, "--status", dir.statusFile, "--sock", dir.sock, "--pidfile", dir.pidfile, "--stdio-log", dir.logFile, ...(allow ? ["--allow-file-changes"] : []), ...(closedTcp ? ["--allow-closed-tcp"] : []), ...(rolledBack ? ["--files-rolled-back"] : []), ...recreatedArgs, ...(held?.args ?? []), ...directArgs, ...(lazyArgs.length && input.args.length ? lazyArgs : [])], {
           timeoutMs: 120_000,
           stdin: image,
           images,
@@ -1152,6 +1159,7 @@ export class AppManager {
         });
       } catch (e) {
         if (rolledBack) removeStagingLeft([...rolledBack.recreated, ...rolledBack.rewritten]);
+        if (recreatedArgs.length) await rm(recreatedList, { force: true });
         await releaseAll();
         await facts.putBack(); // the replaced app's exit status stays
         await writeRestoreFailed(dir.logFile, m.id);
@@ -1163,6 +1171,7 @@ export class AppManager {
         throw e;
       }
       if (rolledBack) removeStagingLeft([...rolledBack.recreated, ...rolledBack.rewritten]);
+      if (recreatedArgs.length) await rm(recreatedList, { force: true });
       await releaseAll();
       record.initStart = l.initStart;
       record.restoreNs = l.elapsedNs;

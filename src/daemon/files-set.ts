@@ -4,8 +4,8 @@
 // maps shared and writable at the cut, every regular file under the `run --files DIR` trees, and
 // every path of the parent checkpoint's set; minus `--files-exclude` globs, the app's own log,
 // tardigrade's home, and /dev (but /dev/shm), /proc, /sys.
-import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { isStagingName } from "./files-deleted.js";
 
 /** The app's choice at `run` (kept in its record). */
@@ -98,14 +98,48 @@ export function writtenByProcesses(hostPids: number[]): string[] {
     }
     try {
       for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /^\S+ (\S{4}) \S+ \S+ \d+\s+(\/.*)$/.exec(line);
-        if (m && m[1]![1] === "w" && m[1]![3] === "s" && !m[2]!.endsWith(" (deleted)")) out.add(m[2]!);
+        const m = /^(\S+) (\S{4}) \S+ \S+ \d+\s+(\/.*)$/.exec(line);
+        if (!m || m[2]![1] !== "w" || m[2]![3] !== "s") continue;
+        if (!m[3]!.endsWith(" (deleted)")) out.add(m[3]!);
+        else {
+          const now = relinkedName(pid, m[1]!, m[3]!);
+          if (now) out.add(now);
+        }
       }
     } catch {
       /* gone */
     }
   }
   return [...out];
+}
+
+/**
+ * The name a shared mapping's file has now when its maps path reads "NAME (deleted)" but the file
+ * still has a link in NAME's directory (glibc's sem_open: made under a temporary name, mapped, then
+ * linked to its real name and the temporary one removed; native/agent/maps.c does the same), or
+ * null (a deleted file: its contents are memory of the image).
+ */
+export function relinkedName(pid: number, range: string, path: string): string | null {
+  const old = path.slice(0, -" (deleted)".length);
+  if (/^\/(memfd:|SYSV|dev\/zero)/.test(old)) return null;
+  try {
+    const st = statSync(`/proc/${pid}/map_files/${range}`);
+    if (!st.isFile() || st.nlink < 1) return null;
+    const dir = dirname(old);
+    const names = readdirSync(dir);
+    for (const n of names.slice(0, 100_000)) {
+      const p = join(dir, n);
+      try {
+        const s = lstatSync(p);
+        if (s.isFile() && s.ino === st.ino && s.dev === st.dev) return p;
+      } catch {
+        /* gone */
+      }
+    }
+  } catch {
+    /* the mapping or the directory is gone, or not ours to see */
+  }
+  return null;
 }
 
 /** Every regular file under dir (symlinks are not followed); with `dirs`, every directory under it too. */
