@@ -74,7 +74,7 @@ function config(dir: string, port: number): string {
 }
 
 describe("issue 13: nginx master + workers sharing a listening socket", { timeout: TIMEOUT }, () => {
-  test("checkpointed while serving, killed -9, restored: the workers answer on the same port, the master restarts a killed worker", { skip: !haveNginx() && "nginx is not installed (Debian package nginx)" }, async (t) => {
+  test("checkpointed while serving, killed -9, restored: the workers answer on the same port, the master restarts a killed worker; then checkpointed and restored again", { skip: !haveNginx() && "nginx is not installed (Debian package nginx)" }, async (t) => {
     const { h, dir } = setup(t);
     chmodSync(dir, 0o755); // the workers (nobody) reach their temp directories under it
     const port = await freePort();
@@ -124,5 +124,14 @@ describe("issue 13: nginx master + workers sharing a listening socket", { timeou
     await waitFor("the killed worker gone", () => !isAlive(victim.hostPid));
     await waitFor("the master started a worker again", () => readFileSync(join(dir, "logs", "error.log"), "utf8").includes(`worker process ${victim.pid} exited on signal 9`) && others(h, "ngx").filter((p) => p.command.includes("worker process") && !p.zombie).length === 2);
     for (let i = 0; i < 10; i++) assert.match(await get(port), /^worker \d+$/);
+
+    // and again from the restored tree (with the worker the master started since): checkpointed,
+    // killed, restored, answering
+    const now = others(h, "ngx").filter((p) => p.command.includes("worker process") && !p.zombie).map((p) => `worker ${p.pid}`);
+    await checkpointOk(h, "ngx");
+    await crashAndRestore(h, "ngx");
+    const again = new Set<string>();
+    for (let i = 0; i < 20; i++) again.add(await get(port));
+    for (const b of again) assert.ok(now.includes(b), `answered by a worker restored the second time (${now.join(", ")}): ${b}`);
   });
 });

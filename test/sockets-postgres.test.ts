@@ -58,7 +58,7 @@ function sql(port: number, q: string): Promise<string> {
 const skip = process.getuid?.() !== 0 ? "needs root (tardigrade run does)" : !pgBin() ? "postgresql is not installed (Debian package postgresql)" : !postgresUid() ? "no postgres user" : false;
 
 describe("issue 13: postgres", { timeout: TIMEOUT }, () => {
-  test("a psql session inserting rows; checkpoint, kill -9 the whole server, restore: new sessions see exactly the checkpoint's rows", { skip }, async (t) => {
+  test("a psql session inserting rows; checkpoint, kill -9 the whole server, restore: new sessions see exactly the checkpoint's rows; then the same again from the restored server", { skip }, async (t) => {
     const { h, dir } = setup(t);
     const bin = pgBin()!;
     const pg = postgresUid()!;
@@ -115,5 +115,12 @@ describe("issue 13: postgres", { timeout: TIMEOUT }, () => {
     assert.equal(await sql(port, "select count(*), sum(x) from t"), "200|20100", "exactly the rows of the checkpoint");
     await sql(port, "insert into t values (1000)");
     assert.equal(await sql(port, "select count(*), max(x) from t"), "201|1000", "new writes after the restore");
+
+    // and again from the restored server: checkpointed, more rows, killed, restored
+    await checkpointOk(h, "pg");
+    await sql(port, "insert into t select generate_series(2001, 2100)");
+    await crashAndRestore(h, "pg");
+    await waitFor("the server restored a second time accepts sessions", () => sql(port, "select 1").then((o) => o === "1", () => false), 180_000, 200);
+    assert.equal(await sql(port, "select count(*), sum(x) from t"), "201|21100", "exactly the rows of the second checkpoint");
   });
 });
