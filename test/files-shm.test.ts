@@ -61,10 +61,19 @@ describe("files in /dev/shm", { timeout: 600_000 }, () => {
     const { h } = setup(t);
     // with spawn, python unlinks its semaphores (/dev/shm/sem.mp-*) only at exit, through its
     // resource tracker, which the kills take down with the app: the ones this test made are removed
-    const semsBefore = new Set(readdirSync("/dev/shm").filter((n) => n.startsWith("sem.mp-")));
-    const mine = (): string[] => readdirSync("/dev/shm").filter((n) => n.startsWith("sem.mp-") && !semsBefore.has(n));
+    // (the app's own: the /dev/shm names of the inodes its main process maps, not another run's)
+    const made = new Set<string>();
+    const mine = (): string[] => {
+      const pid = h.pids("sp")!.app;
+      const inodes = new Set<number>();
+      for (const l of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n"))
+        if (/ rw-s .*\/dev\/shm\/sem\./.test(l)) inodes.add(statSync(`/proc/${pid}/map_files/${l.split(" ")[0]!}`).ino);
+      const names = readdirSync("/dev/shm").filter((n) => n.startsWith("sem.mp-") && inodes.has(statSync(join("/dev/shm", n)).ino));
+      for (const n of names) made.add(n);
+      return names;
+    };
     t.after(() => {
-      for (const n of mine()) rmSync(join("/dev/shm", n), { force: true });
+      for (const n of made) rmSync(join("/dev/shm", n), { force: true });
     });
     await runApp(h, "sp", ["python3", fixtureScript("shmspawn.py")]);
     const stepOf = (ls: string[]): number => Math.max(0, ...ls.map((l) => /^step (\d+) /.exec(l)).filter((m) => m).map((m) => Number(m![1])));
