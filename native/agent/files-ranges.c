@@ -2,8 +2,8 @@
  * app makes through a file descriptor the agent saw opened for writing is noted, as a byte range of
  * (device, inode), in a table shared with the daemon: a file `ranges.PID.NONCE` beside the agent
  * socket, mapped shared, so it outlives a process killed between checkpoints. At the cut (every
- * thread parked) the daemon reads the current half of the table, clears the other one and makes
- * it current; it copies only those ranges. Writes the agent cannot see (stdio, inherited fds,
+ * thread parked) the daemon makes the other (cleared) half current; after the app resumed it reads
+ * the half it flipped away and clears it; it reads only those ranges. Writes the agent cannot see (stdio, inherited fds,
  * fdopen, shared writable mappings, raw syscalls) make the file's range "whole" (from 0 to the
  * end) or leave its fd untracked: the daemon then copies the whole file, as before.
  *
@@ -65,14 +65,21 @@ struct rg_table {
 };
 
 /* Copy-before-write (docs/files.md): `files.cow`, one per app, mapped shared by every process. At
- * the cut the daemon writes there the pages it will read from the files after the app resumed
- * (sorted by dev, ino, start; page-aligned, disjoint) and sets active; until it has read them, a
- * write about to change such a page first appends the page's bytes to `files.cow-log` (a record:
- * gen, dev, ino, offset, length, then the bytes); the daemon takes the first record of each page
- * over what it reads from the file. */
+ * the cut, with the app held, the daemon bumps gen and sets active to 2 ("every page"): until it
+ * says otherwise, a write about to change a page of a tracked file first appends the page's bytes
+ * to `files.cow-log` (a record: gen, dev, ino, offset, length, then the bytes), pages past the
+ * file's end excepted. A change of more than COW_WAIT bytes (a truncation, O_TRUNC, a shared
+ * writable mapping, a big write) waits instead until the daemon has published the pages it reads
+ * (sorted by dev, ino, start; page-aligned, disjoint) and set active to 1 ("the set"): from then on
+ * only the pages of the set are saved. The daemon takes the first record of each page over what it
+ * reads from the file. Mode 2 ends at `deadline` (CLOCK_MONOTONIC ns): an agent past it stops
+ * saving and sets lost (the checkpoint then fails), so a daemon killed in that window costs the app
+ * at most that long; so does a log grown past COW_LOG_CAP. */
 #define COW_MAGIC 0x315745434741475full
 #define COW_CAP 16384
-struct cow_head { uint64_t magic, gen; uint32_t active, count, lost, pad; };
+#define COW_WAIT (1u << 20)
+#define COW_LOG_CAP (256ull << 20)
+struct cow_head { uint64_t magic, gen; uint32_t active, count, lost, pad; uint64_t deadline; };
 struct cow_table {
   struct cow_head h;
   char pad[64 - sizeof(struct cow_head)];
@@ -80,6 +87,7 @@ struct cow_table {
 };
 struct cow_rec { uint64_t gen, dev, ino, off, len; };
 static struct cow_table *cow;
+static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, uint64_t s, uint64_t e);
 
 static struct rg_table *rg;
 /* private per fd: opened with O_APPEND; the gen at which [size, end) was noted */
@@ -125,14 +133,21 @@ static void untrack(int fd) {
 static void opaque_fd(int fd) {
   if (!rg || fd < 0) return;
   struct stat st;
-  if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) note_file(st.st_dev, st.st_ino, 0, RG_END);
+  if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    note_file(st.st_dev, st.st_ino, 0, RG_END);
+    cow_before(fd, NULL, st.st_dev, st.st_ino, 0, RG_END); /* its next writes will not be seen */
+  }
   untrack(fd);
 }
 
 /* An open that the agent saw: a regular file opened for writing is tracked from now on. */
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st) {
   if (!rg || fd < 0) return;
-  if (fd >= RG_FDS) { note_file(st->st_dev, st->st_ino, 0, RG_END); return; } /* untracked: whole */
+  if (fd >= RG_FDS) { /* untracked: whole */
+    note_file(st->st_dev, st->st_ino, 0, RG_END);
+    cow_before(fd, NULL, st->st_dev, st->st_ino, 0, RG_END);
+    return;
+  }
   fdp[fd].append = (flags & O_APPEND) != 0;
   fdp[fd].gen = UINT64_MAX;
   rg->fds[fd].dev = st->st_dev;
@@ -199,6 +214,8 @@ static void cow_save(int rfd, uint64_t gen, uint64_t dev, uint64_t ino, uint64_t
     struct cow_rec rec = {gen, dev, ino, off, len};
     struct iovec iov[2] = {{&rec, sizeof rec}, {(void *)m, len}};
     if (tg_sys3(SYS_writev, lfd, iov, 2) != (long)(sizeof rec + len)) { cow_lost(); goto out; }
+    long end = tg_sys3(SYS_lseek, lfd, 0, SEEK_CUR); /* (appended: the log's size) */
+    if (end < 0 || (uint64_t)end > COW_LOG_CAP) { cow_lost(); goto out; }
   }
   for (uint64_t pg = a / 4096; pg < b / 4096; pg++) {
     uint64_t k = page_key(gen, dev, ino, pg);
@@ -209,41 +226,61 @@ out:
   tg_sys1(SYS_close, lfd);
 }
 
+static long open_read(int wfd, const char *path) {
+  char p[64];
+  if (path) return tg_sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+  snprintf(p, sizeof p, "/proc/self/fd/%d", wfd);
+  return tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
+}
+
 /* Before [s, e) of (dev, ino) changes: the pages of it the daemon has still to read are saved.
  * rfd: a readable fd of the file, or -1 (then wfd is reopened for reading, or path opened). */
 static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, uint64_t s, uint64_t e) {
   struct cow_table *c = cow;
   if (!c || !__atomic_load_n(&c->h.active, __ATOMIC_ACQUIRE) || e <= s) return;
   int saved_errno = errno;
-  uint64_t gen = __atomic_load_n(&c->h.gen, __ATOMIC_ACQUIRE);
-  uint32_t n = __atomic_load_n(&c->h.count, __ATOMIC_ACQUIRE);
-  if (n > COW_CAP) n = COW_CAP;
-  uint64_t ps = s / 4096 * 4096, pe = e >= RG_END - 4096 ? RG_END : (e + 4095) / 4096 * 4096;
-  /* first entry of the file ending after ps */
-  uint32_t lo = 0, hi = n;
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    const struct rg_entry *x = &c->e[mid];
-    int before = x->dev < dev || (x->dev == dev && (x->ino < ino || (x->ino == ino && x->end <= ps)));
-    if (before) lo = mid + 1;
-    else hi = mid;
-  }
   long rfd = -1;
-  for (uint32_t i = lo; i < n; i++) {
-    const struct rg_entry *x = &c->e[i];
-    if (x->dev != dev || x->ino != ino || x->start >= pe) break;
-    uint64_t a = x->start > ps ? x->start : ps, b = x->end < pe ? x->end : pe;
-    if (a >= b) continue;
-    if (rfd < 0) {
-      char p[64];
-      if (path) rfd = tg_sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-      else {
-        snprintf(p, sizeof p, "/proc/self/fd/%d", wfd);
-        rfd = tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
-      }
-      if (rfd < 0) { cow_lost(); break; }
+  uint64_t ps = s / 4096 * 4096, pe = e >= RG_END - 4096 ? RG_END : (e + 4095) / 4096 * 4096;
+  for (;;) {
+    uint32_t act = __atomic_load_n(&c->h.active, __ATOMIC_ACQUIRE);
+    if (!act || __atomic_load_n(&c->h.lost, __ATOMIC_ACQUIRE)) break; /* (lost: nothing saved matters any more) */
+    uint64_t gen = __atomic_load_n(&c->h.gen, __ATOMIC_ACQUIRE);
+    if (act == 2) {
+      /* every page, up to the file's end now (what lies past it: past the end at the cut, or saved by the truncation that cut it) */
+      uint64_t dl = __atomic_load_n(&c->h.deadline, __ATOMIC_ACQUIRE);
+      uint64_t now = tg_now_ns(CLOCK_MONOTONIC);
+      if (dl && (now > dl || dl - now > 120000000000ull)) { cow_lost(); break; } /* (past it, or from another boot's clock) */
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(); break; }
+      struct stat st;
+      if (tg_sys2(SYS_fstat, rfd, &st) != 0) { cow_lost(); break; }
+      uint64_t top = ((uint64_t)st.st_size + 4095) / 4096 * 4096, b = pe < top ? pe : top;
+      if (b <= ps) break;
+      if (b - ps <= COW_WAIT) { cow_save((int)rfd, gen, dev, ino, ps, b); break; }
+      /* too much to save: wait for the set (the daemon publishes it in a few ms) */
+      struct timespec ts = {0, 1000000};
+      tg_sys2(SYS_nanosleep, &ts, NULL);
+      continue;
     }
-    cow_save((int)rfd, gen, dev, ino, a, b);
+    uint32_t n = __atomic_load_n(&c->h.count, __ATOMIC_ACQUIRE);
+    if (n > COW_CAP) n = COW_CAP;
+    /* first entry of the file ending after ps */
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+      uint32_t mid = lo + (hi - lo) / 2;
+      const struct rg_entry *x = &c->e[mid];
+      int before = x->dev < dev || (x->dev == dev && (x->ino < ino || (x->ino == ino && x->end <= ps)));
+      if (before) lo = mid + 1;
+      else hi = mid;
+    }
+    for (uint32_t i = lo; i < n; i++) {
+      const struct rg_entry *x = &c->e[i];
+      if (x->dev != dev || x->ino != ino || x->start >= pe) break;
+      uint64_t a = x->start > ps ? x->start : ps, b = x->end < pe ? x->end : pe;
+      if (a >= b) continue;
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(); break; }
+      cow_save((int)rfd, gen, dev, ino, a, b);
+    }
+    break;
   }
   if (rfd >= 0) tg_sys1(SYS_close, rfd);
   errno = saved_errno;
@@ -618,7 +655,10 @@ static void inherited_fds(void) {
     long fl = tg_sys2(SYS_fcntl, fd, F_GETFL);
     if (fl < 0 || (fl & O_ACCMODE) == O_RDONLY) continue;
     struct stat st;
-    if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) note_file(st.st_dev, st.st_ino, 0, RG_END);
+    if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      note_file(st.st_dev, st.st_ino, 0, RG_END);
+      cow_before(fd, NULL, st.st_dev, st.st_ino, 0, RG_END); /* (an exec while the daemon reads) */
+    }
   }
 }
 
@@ -631,6 +671,13 @@ TG_HIDDEN void tg_ranges_init(void) {
   files_on = 1;
   rg = new_table();
   if (rg) inherited_fds();
+}
+
+/* A restored process: its files.cow was written back as it was at the checkpoint (maybe "every
+ * page", with a deadline on the clock of then), and no daemon reads the files of that cut: saving stops. */
+TG_HIDDEN void tg_ranges_after_restore(void) {
+  last.idx = -1;
+  if (cow) __atomic_store_n(&cow->h.active, 0, __ATOMIC_RELEASE);
 }
 
 /* In a forked child: a table of its own, with the fds it inherited. */
