@@ -9,13 +9,14 @@
 // Also sqlite3 (test/fixtures/sqlbank.py) in the same window, and a kill -9 of the daemon in the
 // window: that checkpoint fails with nothing committed, the next one is right.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixtureScript, requireNative } from "./helpers/native.js";
 import { killApp, logLines, logSize, waitLines } from "./helpers/scenario.js";
+import { others } from "./helpers/tree.js";
 
 const TIMEOUT = 600_000;
 const WAIT = 120_000;
@@ -93,6 +94,30 @@ describe("the window after the cut: the app writes while the daemon reads its fi
 
   test("the set's pages saved before they change (the daemon slow to read the files): restores match the app's memory", { timeout: TIMEOUT }, async (t) => {
     await windowScenario(t, "files-set-read");
+  });
+
+  test("a worker of another uid (65534, forked by root like nginx's) writes through the window: its saves reach files.cow-log, checkpoints commit, restores match its memory", { timeout: TIMEOUT, skip: process.getuid?.() !== 0 ? "needs root (tardigrade run does)" : false }, async (t) => {
+    const { h, dir, cli } = setup(t, { TG_TEST_DELAY_AT: "files-deferred-read:400" });
+    chmodSync(dir, 0o777); // the worker, uid 65534, makes and removes its files there
+    await cli(["run", "--name", "wu", "--json", "--", "python3", fixtureScript("windowwriter.py"), dir, "--worker-uid", "65534"]);
+    await waitLines(h, "wu", (ls) => ls.includes("ready"), "ready", WAIT);
+    assert.equal(statSync(join(dir, "data")).uid, 65534, "the worker writes its files as uid 65534");
+    // every checkpoint has the worker writing in the window where every page is saved first (before:
+    // its save could not open files.cow-log, root's 0600, and each of these checkpoints failed)
+    await checkpointsWhileWriting(h, cli, "wu", 1);
+    const cs = await checkpointsWhileWriting(h, cli, "wu", 3);
+    assert.ok(cs.some((c) => (c.files?.ranged ?? 0) >= 1), `files read by ranges: ${cs.map((c) => JSON.stringify(c.files)).join(" ")}`);
+    const worker = others(h, "wu")[0];
+    assert.ok(worker, "the worker process");
+    const p = h.pids("wu")!;
+    process.kill(p.init, "SIGKILL"); // (the tree: its PID namespace's init)
+    await waitFor("the tree gone", () => !isAlive(p.init) && !isAlive(p.app) && !isAlive(worker.hostPid), WAIT, 20);
+    await cli(["restore", "wu", "--json"]);
+    const v = await verify(h, dir, "wu");
+    assert.match(v, /^verify ok \d+$/, v);
+    await cli(["restore", "wu", "--replace", "--checkpoint", cs[0]!.id, "--json"]);
+    const v2 = await verify(h, dir, "wu");
+    assert.match(v2, /^verify ok \d+$/, v2);
   });
 
   test("sqlite3 committing through the window: integrity_check, rows and checksum as the app held them", { timeout: TIMEOUT }, async (t) => {

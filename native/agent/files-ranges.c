@@ -226,11 +226,18 @@ out:
   tg_sys1(SYS_close, lfd);
 }
 
+/* A readable fd of the file being changed: path, or wfd reopened for reading (its own description:
+ * no offset moved), or, when this user may not open the file (a worker of another uid writing
+ * through an fd its root parent opened), a copy of wfd if that is open for reading too. */
 static long open_read(int wfd, const char *path) {
   char p[64];
   if (path) return tg_sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
   snprintf(p, sizeof p, "/proc/self/fd/%d", wfd);
-  return tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
+  long r = tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
+  if (r >= 0 || wfd < 0) return r;
+  long fl = tg_sys2(SYS_fcntl, wfd, F_GETFL);
+  if (fl < 0 || (fl & O_ACCMODE) != O_RDWR) return r;
+  return tg_sys3(SYS_fcntl, wfd, F_DUPFD_CLOEXEC, 0); /* (pread only: the shared offset is not moved) */
 }
 
 /* Before [s, e) of (dev, ino) changes: the pages of it the daemon has still to read are saved.
@@ -616,7 +623,15 @@ static struct cow_table *map_cow(void) {
   if (tg_sys2(SYS_fstat, fd, &st) == 0 && ((uint64_t)st.st_size >= sizeof(struct cow_table) || tg_sys2(SYS_ftruncate, fd, sizeof(struct cow_table)) == 0))
     m = (void *)tg_sys6l(SYS_mmap, 0, sizeof(struct cow_table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   tg_sys1(SYS_close, fd);
-  return (unsigned long)m > -4096UL ? NULL : m;
+  if ((unsigned long)m > -4096UL) return NULL;
+  /* The log of the saved pages is made now, while this process has the rights it started with: a
+   * process that gives up root later is granted it with files.cow (native/common/agentdir.c); the
+   * daemon empties it in place at each cut (never a new file: the grants stay). Already there
+   * (EEXIST), or not makeable here (then the daemon makes it and grants the app's users): fine. */
+  snprintf(p, sizeof p, "%s/files.cow-log", dir_path);
+  long lfd = tg_sys4(SYS_openat, AT_FDCWD, p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (lfd >= 0) tg_sys1(SYS_close, lfd);
+  return m;
 }
 
 static struct rg_table *new_table(void) {

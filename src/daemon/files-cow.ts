@@ -10,6 +10,7 @@ import { read } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { Range } from "./files-ranges.js";
+import { grantDirUsers } from "./private-acl.js";
 
 const MAGIC = 0x315745434741475fn;
 export const COW_CAP = 16384;
@@ -41,11 +42,16 @@ export function startCowAll(appDir: string, deadlineNs: bigint): bigint {
     const head = Buffer.alloc(ENTRIES_OFF);
     if (readSync(fd, head, 0, ENTRIES_OFF, 0) < 32) head.fill(0);
     const gen = (head.readBigUInt64LE(0) === MAGIC ? head.readBigUInt64LE(8) : 0n) + 1n;
-    // off while the log is emptied
+    // off while the log is emptied (in place: the agents made it, and the grants to the app's
+    // other users are on its inode)
     writeSync(fd, Buffer.alloc(4), 0, 4, 16);
     const lfd = openSync(logPath(appDir), "w", 0o600);
     ftruncateSync(lfd, 0);
     closeSync(lfd);
+    // a process of the app that gave up root (nginx's workers) appends its saved pages too: every
+    // user the app's directory names may write the log (a log the agents could not make before
+    // their setuid, or made again by the line above, is granted here)
+    grantDirUsers(appDir, logPath(appDir));
     const h = Buffer.alloc(40);
     h.writeBigUInt64LE(MAGIC, 0);
     h.writeBigUInt64LE(gen, 8);
