@@ -183,7 +183,13 @@ static uint64_t page_key(uint64_t gen, uint64_t dev, uint64_t ino, uint64_t pg) 
   return h ? h : 1;
 }
 
-static void cow_lost(void) { if (cow) __atomic_store_n(&cow->h.lost, 1, __ATOMIC_RELEASE); }
+/* A page could not be saved: `lost` takes why (the first reason wins; the daemon names it when it
+ * fails the checkpoint): a COW_LOST_* code, and the errno (negated system call result) << 8. */
+enum { COW_LOST_LOG_OPEN = 1, COW_LOST_NOMEM, COW_LOST_READ, COW_LOST_LOG_WRITE, COW_LOST_LOG_FULL, COW_LOST_DEADLINE, COW_LOST_OPEN, COW_LOST_STAT };
+static void cow_lost(uint32_t why, long r) {
+  uint32_t z = 0, v = why | (r < 0 && r > -4096 ? (uint32_t)-r << 8 : 0);
+  if (cow) __atomic_compare_exchange_n(&cow->h.lost, &z, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
 
 /* Appends the bytes [a, b) of the file (read through rfd) to the log, in chunks. */
 static void cow_save(int rfd, uint64_t gen, uint64_t dev, uint64_t ino, uint64_t a, uint64_t b) {
@@ -196,26 +202,27 @@ static void cow_save(int rfd, uint64_t gen, uint64_t dev, uint64_t ino, uint64_t
   char lp[sizeof dir_path + 32];
   snprintf(lp, sizeof lp, "%s/files.cow-log", dir_path);
   long lfd = tg_sys4(SYS_openat, AT_FDCWD, lp, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  if (lfd < 0) { cow_lost(); return; }
+  if (lfd < 0) { cow_lost(COW_LOST_LOG_OPEN, lfd); return; }
   const uint64_t chunk = 1 << 20;
   long m = tg_sys6l(SYS_mmap, 0, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if ((unsigned long)m > -4096UL) { cow_lost(); tg_sys1(SYS_close, lfd); return; }
+  if ((unsigned long)m > -4096UL) { cow_lost(COW_LOST_NOMEM, m); tg_sys1(SYS_close, lfd); return; }
   for (uint64_t off = a; off < b; off += chunk) {
     uint64_t len = b - off < chunk ? b - off : chunk;
     uint64_t got = 0;
     while (got < len) {
       long r = tg_sys4(SYS_pread64, rfd, (char *)m + got, len - got, off + got);
       if (r == -EINTR) continue;
-      if (r < 0) { cow_lost(); goto out; }
+      if (r < 0) { cow_lost(COW_LOST_READ, r); goto out; }
       if (r == 0) break;
       got += (uint64_t)r;
     }
     memset((char *)m + got, 0, len - got); /* past the end: zeros */
     struct cow_rec rec = {gen, dev, ino, off, len};
     struct iovec iov[2] = {{&rec, sizeof rec}, {(void *)m, len}};
-    if (tg_sys3(SYS_writev, lfd, iov, 2) != (long)(sizeof rec + len)) { cow_lost(); goto out; }
+    long w = tg_sys3(SYS_writev, lfd, iov, 2);
+    if (w != (long)(sizeof rec + len)) { cow_lost(COW_LOST_LOG_WRITE, w < 0 ? w : -EIO); goto out; }
     long end = tg_sys3(SYS_lseek, lfd, 0, SEEK_CUR); /* (appended: the log's size) */
-    if (end < 0 || (uint64_t)end > COW_LOG_CAP) { cow_lost(); goto out; }
+    if (end < 0 || (uint64_t)end > COW_LOG_CAP) { cow_lost(end < 0 ? COW_LOST_LOG_WRITE : COW_LOST_LOG_FULL, end); goto out; }
   }
   for (uint64_t pg = a / 4096; pg < b / 4096; pg++) {
     uint64_t k = page_key(gen, dev, ino, pg);
@@ -256,10 +263,11 @@ static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, ui
       /* every page, up to the file's end now (what lies past it: past the end at the cut, or saved by the truncation that cut it) */
       uint64_t dl = __atomic_load_n(&c->h.deadline, __ATOMIC_ACQUIRE);
       uint64_t now = tg_now_ns(CLOCK_MONOTONIC);
-      if (dl && (now > dl || dl - now > 120000000000ull)) { cow_lost(); break; } /* (past it, or from another boot's clock) */
-      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(); break; }
+      if (dl && (now > dl || dl - now > 120000000000ull)) { cow_lost(COW_LOST_DEADLINE, 0); break; } /* (past it, or from another boot's clock) */
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(COW_LOST_OPEN, rfd); break; }
       struct stat st;
-      if (tg_sys2(SYS_fstat, rfd, &st) != 0) { cow_lost(); break; }
+      long sr = tg_sys2(SYS_fstat, rfd, &st);
+      if (sr != 0) { cow_lost(COW_LOST_STAT, sr); break; }
       uint64_t top = ((uint64_t)st.st_size + 4095) / 4096 * 4096, b = pe < top ? pe : top;
       if (b <= ps) break;
       if (b - ps <= COW_WAIT) { cow_save((int)rfd, gen, dev, ino, ps, b); break; }
@@ -284,7 +292,7 @@ static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, ui
       if (x->dev != dev || x->ino != ino || x->start >= pe) break;
       uint64_t a = x->start > ps ? x->start : ps, b = x->end < pe ? x->end : pe;
       if (a >= b) continue;
-      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(); break; }
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(COW_LOST_OPEN, rfd); break; }
       cow_save((int)rfd, gen, dev, ino, a, b);
     }
     break;

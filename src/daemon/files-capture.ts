@@ -7,9 +7,10 @@
 // the app is held.
 import { closeSync, copyFileSync, ftruncateSync, lstatSync, openSync, statSync, writeSync } from "node:fs";
 import { copyFile } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
+import { TgError } from "../errors.js";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
-import { endCow, intersect, pagesOf, patchPieces, publishSet, readCowLog, readPieces, readPiecesSync, startCowAll, type Piece } from "./files-cow.js";
+import { cowLost, endCow, intersect, pagesOf, patchPieces, publishSet, readCowLog, readPieces, readPiecesSync, startCowAll, type Piece } from "./files-cow.js";
 import { testDelay } from "./test-hooks.js";
 import { readUserXattrs } from "./files-xattr.js";
 import { consumeRanges, mergeRanges, type ChangedRanges, type Flip, type Range } from "./files-ranges.js";
@@ -304,8 +305,16 @@ export async function finishCut(d: Deferred): Promise<FinishStats> {
     }
     const saved = readCowLog(d.src.appDir, d.gen);
     ended = true;
-    if (endCow(d.src.appDir))
-      throw new Error("an agent of the app could not save a file's page before changing it (files.cow-log, or the daemon took over 30 s to read the tables): the files' state at the cut is not known");
+    const lost = endCow(d.src.appDir);
+    if (lost) {
+      const l = cowLost(d.src.appDir, lost);
+      throw new TgError(
+        `checkpoint of ${basename(d.src.appDir)}'s files`,
+        `a process of the app could not save a page of a file before changing it after the cut: ${l.why}; the files' state at the cut is not known`,
+        `Nothing was committed; the app keeps running. ${l.fix}`,
+        "files-save-lost",
+      );
+    }
     for (const f of d.files) {
       const pages = saved.get(f.key) ?? new Map<number, Buffer>();
       if (f.content.pieces) {

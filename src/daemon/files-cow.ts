@@ -112,15 +112,53 @@ export function publishSet(appDir: string, gen: bigint, files: CowFile[]): boole
   }
 }
 
-/** The agents stop saving; true when one of them could not save a page (the pages read are then not the cut's). */
-export function endCow(appDir: string): boolean {
-  let lost = false;
+/** Why an agent could not save a page (`lost` of files.cow: a code of files-ranges.c, the errno << 8). */
+export interface CowLost {
+  why: string;
+  fix: string;
+}
+
+const ERRNO: Record<number, string> = { 1: "EPERM", 2: "ENOENT", 5: "EIO", 12: "ENOMEM", 13: "EACCES", 24: "EMFILE", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT" };
+
+export function cowLost(appDir: string, v: number): CowLost {
+  const code = v & 0xff;
+  const errno = v >>> 8;
+  const e = errno ? ` (${ERRNO[errno] ?? `errno ${errno}`})` : "";
+  const log = logPath(appDir);
+  switch (code) {
+    case 1:
+      return { why: `it could not open ${log}${e}`, fix: `Let every user the app's processes run as write ${log} (the daemon grants the users named in the ACL of ${appDir}; its file system needs POSIX ACLs).` };
+    case 2:
+      return { why: `it had no memory for the copy${e}`, fix: "Give the app more memory, or try again." };
+    case 3:
+      return { why: `it could not read the file${e}`, fix: "Check the file system of the app's files, then try again." };
+    case 4:
+      return { why: `it could not append to ${log}${e}`, fix: `Free space where ${appDir} is, then try again.` };
+    case 5:
+      return { why: `the app changed more than 256 MiB of its files before the daemon had read them (${log} is full)`, fix: "Try again when the app writes less, or leave its busiest files out (run --files-exclude)." };
+    case 6:
+      return { why: "the daemon took more than 30 s to publish the pages it reads after the cut", fix: "Try again: the next checkpoint starts anew (a loaded machine or a daemon killed in that window)." };
+    case 7:
+      return {
+        why: `it could not open the file it was writing for reading${e}`,
+        fix: "A process of another user writing a file it may not read (opened write-only by root) cannot save it: make the file readable by that user, open it read-write, or leave it out (run --files-exclude).",
+      };
+    case 8:
+      return { why: `it could not stat the file it was writing${e}`, fix: "Try again." };
+    default:
+      return { why: `reason ${v}`, fix: "Try again." };
+  }
+}
+
+/** The agents stop saving; the reason when one of them could not save a page (the pages read are then not the cut's), else 0. */
+export function endCow(appDir: string): number {
+  let lost = 0;
   try {
     const fd = openSync(cowPath(appDir), "r+");
     try {
       const h = Buffer.alloc(32);
       readSync(fd, h, 0, 32, 0);
-      lost = h.readUInt32LE(24) !== 0;
+      lost = h.readUInt32LE(24);
       writeSync(fd, Buffer.alloc(4), 0, 4, 16);
     } finally {
       closeSync(fd);
