@@ -770,6 +770,7 @@ static int after_restore(void) {
   tg.child_stack = 0; /* the snapshot's region of the checkpoint is gone */
   tg_track_reset();
   adopt_tracking();
+  tg_ranges_after_restore(); /* files-ranges.c: no copy-before-write left on */
   for (int i = 0; i < 5000 && __atomic_load_n(&tg_restart.pending, __ATOMIC_SEQ_CST) > 0; i++) {
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);

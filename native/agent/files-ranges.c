@@ -2,8 +2,8 @@
  * app makes through a file descriptor the agent saw opened for writing is noted, as a byte range of
  * (device, inode), in a table shared with the daemon: a file `ranges.PID.NONCE` beside the agent
  * socket, mapped shared, so it outlives a process killed between checkpoints. At the cut (every
- * thread parked) the daemon reads the current half of the table, clears the other one and makes
- * it current; it copies only those ranges. Writes the agent cannot see (stdio, inherited fds,
+ * thread parked) the daemon makes the other (cleared) half current; after the app resumed it reads
+ * the half it flipped away and clears it; it reads only those ranges. Writes the agent cannot see (stdio, inherited fds,
  * fdopen, shared writable mappings, raw syscalls) make the file's range "whole" (from 0 to the
  * end) or leave its fd untracked: the daemon then copies the whole file, as before.
  *
@@ -65,14 +65,21 @@ struct rg_table {
 };
 
 /* Copy-before-write (docs/files.md): `files.cow`, one per app, mapped shared by every process. At
- * the cut the daemon writes there the pages it will read from the files after the app resumed
- * (sorted by dev, ino, start; page-aligned, disjoint) and sets active; until it has read them, a
- * write about to change such a page first appends the page's bytes to `files.cow-log` (a record:
- * gen, dev, ino, offset, length, then the bytes); the daemon takes the first record of each page
- * over what it reads from the file. */
+ * the cut, with the app held, the daemon bumps gen and sets active to 2 ("every page"): until it
+ * says otherwise, a write about to change a page of a tracked file first appends the page's bytes
+ * to `files.cow-log` (a record: gen, dev, ino, offset, length, then the bytes), pages past the
+ * file's end excepted. A change of more than COW_WAIT bytes (a truncation, O_TRUNC, a shared
+ * writable mapping, a big write) waits instead until the daemon has published the pages it reads
+ * (sorted by dev, ino, start; page-aligned, disjoint) and set active to 1 ("the set"): from then on
+ * only the pages of the set are saved. The daemon takes the first record of each page over what it
+ * reads from the file. Mode 2 ends at `deadline` (CLOCK_MONOTONIC ns): an agent past it stops
+ * saving and sets lost (the checkpoint then fails), so a daemon killed in that window costs the app
+ * at most that long; so does a log grown past COW_LOG_CAP. */
 #define COW_MAGIC 0x315745434741475full
 #define COW_CAP 16384
-struct cow_head { uint64_t magic, gen; uint32_t active, count, lost, pad; };
+#define COW_WAIT (1u << 20)
+#define COW_LOG_CAP (256ull << 20)
+struct cow_head { uint64_t magic, gen; uint32_t active, count, lost, pad; uint64_t deadline; };
 struct cow_table {
   struct cow_head h;
   char pad[64 - sizeof(struct cow_head)];
@@ -80,6 +87,7 @@ struct cow_table {
 };
 struct cow_rec { uint64_t gen, dev, ino, off, len; };
 static struct cow_table *cow;
+static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, uint64_t s, uint64_t e);
 
 static struct rg_table *rg;
 /* private per fd: opened with O_APPEND; the gen at which [size, end) was noted */
@@ -125,14 +133,21 @@ static void untrack(int fd) {
 static void opaque_fd(int fd) {
   if (!rg || fd < 0) return;
   struct stat st;
-  if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) note_file(st.st_dev, st.st_ino, 0, RG_END);
+  if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    note_file(st.st_dev, st.st_ino, 0, RG_END);
+    cow_before(fd, NULL, st.st_dev, st.st_ino, 0, RG_END); /* its next writes will not be seen */
+  }
   untrack(fd);
 }
 
 /* An open that the agent saw: a regular file opened for writing is tracked from now on. */
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st) {
   if (!rg || fd < 0) return;
-  if (fd >= RG_FDS) { note_file(st->st_dev, st->st_ino, 0, RG_END); return; } /* untracked: whole */
+  if (fd >= RG_FDS) { /* untracked: whole */
+    note_file(st->st_dev, st->st_ino, 0, RG_END);
+    cow_before(fd, NULL, st->st_dev, st->st_ino, 0, RG_END);
+    return;
+  }
   fdp[fd].append = (flags & O_APPEND) != 0;
   fdp[fd].gen = UINT64_MAX;
   rg->fds[fd].dev = st->st_dev;
@@ -168,7 +183,13 @@ static uint64_t page_key(uint64_t gen, uint64_t dev, uint64_t ino, uint64_t pg) 
   return h ? h : 1;
 }
 
-static void cow_lost(void) { if (cow) __atomic_store_n(&cow->h.lost, 1, __ATOMIC_RELEASE); }
+/* A page could not be saved: `lost` takes why (the first reason wins; the daemon names it when it
+ * fails the checkpoint): a COW_LOST_* code, and the errno (negated system call result) << 8. */
+enum { COW_LOST_LOG_OPEN = 1, COW_LOST_NOMEM, COW_LOST_READ, COW_LOST_LOG_WRITE, COW_LOST_LOG_FULL, COW_LOST_DEADLINE, COW_LOST_OPEN, COW_LOST_STAT };
+static void cow_lost(uint32_t why, long r) {
+  uint32_t z = 0, v = why | (r < 0 && r > -4096 ? (uint32_t)-r << 8 : 0);
+  if (cow) __atomic_compare_exchange_n(&cow->h.lost, &z, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
 
 /* Appends the bytes [a, b) of the file (read through rfd) to the log, in chunks. */
 static void cow_save(int rfd, uint64_t gen, uint64_t dev, uint64_t ino, uint64_t a, uint64_t b) {
@@ -181,24 +202,27 @@ static void cow_save(int rfd, uint64_t gen, uint64_t dev, uint64_t ino, uint64_t
   char lp[sizeof dir_path + 32];
   snprintf(lp, sizeof lp, "%s/files.cow-log", dir_path);
   long lfd = tg_sys4(SYS_openat, AT_FDCWD, lp, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  if (lfd < 0) { cow_lost(); return; }
+  if (lfd < 0) { cow_lost(COW_LOST_LOG_OPEN, lfd); return; }
   const uint64_t chunk = 1 << 20;
   long m = tg_sys6l(SYS_mmap, 0, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if ((unsigned long)m > -4096UL) { cow_lost(); tg_sys1(SYS_close, lfd); return; }
+  if ((unsigned long)m > -4096UL) { cow_lost(COW_LOST_NOMEM, m); tg_sys1(SYS_close, lfd); return; }
   for (uint64_t off = a; off < b; off += chunk) {
     uint64_t len = b - off < chunk ? b - off : chunk;
     uint64_t got = 0;
     while (got < len) {
       long r = tg_sys4(SYS_pread64, rfd, (char *)m + got, len - got, off + got);
       if (r == -EINTR) continue;
-      if (r < 0) { cow_lost(); goto out; }
+      if (r < 0) { cow_lost(COW_LOST_READ, r); goto out; }
       if (r == 0) break;
       got += (uint64_t)r;
     }
     memset((char *)m + got, 0, len - got); /* past the end: zeros */
     struct cow_rec rec = {gen, dev, ino, off, len};
     struct iovec iov[2] = {{&rec, sizeof rec}, {(void *)m, len}};
-    if (tg_sys3(SYS_writev, lfd, iov, 2) != (long)(sizeof rec + len)) { cow_lost(); goto out; }
+    long w = tg_sys3(SYS_writev, lfd, iov, 2);
+    if (w != (long)(sizeof rec + len)) { cow_lost(COW_LOST_LOG_WRITE, w < 0 ? w : -EIO); goto out; }
+    long end = tg_sys3(SYS_lseek, lfd, 0, SEEK_CUR); /* (appended: the log's size) */
+    if (end < 0 || (uint64_t)end > COW_LOG_CAP) { cow_lost(end < 0 ? COW_LOST_LOG_WRITE : COW_LOST_LOG_FULL, end); goto out; }
   }
   for (uint64_t pg = a / 4096; pg < b / 4096; pg++) {
     uint64_t k = page_key(gen, dev, ino, pg);
@@ -209,41 +233,69 @@ out:
   tg_sys1(SYS_close, lfd);
 }
 
+/* A readable fd of the file being changed: path, or wfd reopened for reading (its own description:
+ * no offset moved), or, when this user may not open the file (a worker of another uid writing
+ * through an fd its root parent opened), a copy of wfd if that is open for reading too. */
+static long open_read(int wfd, const char *path) {
+  char p[64];
+  if (path) return tg_sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+  snprintf(p, sizeof p, "/proc/self/fd/%d", wfd);
+  long r = tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
+  if (r >= 0 || wfd < 0) return r;
+  long fl = tg_sys2(SYS_fcntl, wfd, F_GETFL);
+  if (fl < 0 || (fl & O_ACCMODE) != O_RDWR) return r;
+  return tg_sys3(SYS_fcntl, wfd, F_DUPFD_CLOEXEC, 0); /* (pread only: the shared offset is not moved) */
+}
+
 /* Before [s, e) of (dev, ino) changes: the pages of it the daemon has still to read are saved.
  * rfd: a readable fd of the file, or -1 (then wfd is reopened for reading, or path opened). */
 static void cow_before(int wfd, const char *path, uint64_t dev, uint64_t ino, uint64_t s, uint64_t e) {
   struct cow_table *c = cow;
   if (!c || !__atomic_load_n(&c->h.active, __ATOMIC_ACQUIRE) || e <= s) return;
   int saved_errno = errno;
-  uint64_t gen = __atomic_load_n(&c->h.gen, __ATOMIC_ACQUIRE);
-  uint32_t n = __atomic_load_n(&c->h.count, __ATOMIC_ACQUIRE);
-  if (n > COW_CAP) n = COW_CAP;
-  uint64_t ps = s / 4096 * 4096, pe = e >= RG_END - 4096 ? RG_END : (e + 4095) / 4096 * 4096;
-  /* first entry of the file ending after ps */
-  uint32_t lo = 0, hi = n;
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    const struct rg_entry *x = &c->e[mid];
-    int before = x->dev < dev || (x->dev == dev && (x->ino < ino || (x->ino == ino && x->end <= ps)));
-    if (before) lo = mid + 1;
-    else hi = mid;
-  }
   long rfd = -1;
-  for (uint32_t i = lo; i < n; i++) {
-    const struct rg_entry *x = &c->e[i];
-    if (x->dev != dev || x->ino != ino || x->start >= pe) break;
-    uint64_t a = x->start > ps ? x->start : ps, b = x->end < pe ? x->end : pe;
-    if (a >= b) continue;
-    if (rfd < 0) {
-      char p[64];
-      if (path) rfd = tg_sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-      else {
-        snprintf(p, sizeof p, "/proc/self/fd/%d", wfd);
-        rfd = tg_sys4(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC, 0);
-      }
-      if (rfd < 0) { cow_lost(); break; }
+  uint64_t ps = s / 4096 * 4096, pe = e >= RG_END - 4096 ? RG_END : (e + 4095) / 4096 * 4096;
+  for (;;) {
+    uint32_t act = __atomic_load_n(&c->h.active, __ATOMIC_ACQUIRE);
+    if (!act || __atomic_load_n(&c->h.lost, __ATOMIC_ACQUIRE)) break; /* (lost: nothing saved matters any more) */
+    uint64_t gen = __atomic_load_n(&c->h.gen, __ATOMIC_ACQUIRE);
+    if (act == 2) {
+      /* every page, up to the file's end now (what lies past it: past the end at the cut, or saved by the truncation that cut it) */
+      uint64_t dl = __atomic_load_n(&c->h.deadline, __ATOMIC_ACQUIRE);
+      uint64_t now = tg_now_ns(CLOCK_MONOTONIC);
+      if (dl && (now > dl || dl - now > 120000000000ull)) { cow_lost(COW_LOST_DEADLINE, 0); break; } /* (past it, or from another boot's clock) */
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(COW_LOST_OPEN, rfd); break; }
+      struct stat st;
+      long sr = tg_sys2(SYS_fstat, rfd, &st);
+      if (sr != 0) { cow_lost(COW_LOST_STAT, sr); break; }
+      uint64_t top = ((uint64_t)st.st_size + 4095) / 4096 * 4096, b = pe < top ? pe : top;
+      if (b <= ps) break;
+      if (b - ps <= COW_WAIT) { cow_save((int)rfd, gen, dev, ino, ps, b); break; }
+      /* too much to save: wait for the set (the daemon publishes it in a few ms) */
+      struct timespec ts = {0, 1000000};
+      tg_sys2(SYS_nanosleep, &ts, NULL);
+      continue;
     }
-    cow_save((int)rfd, gen, dev, ino, a, b);
+    uint32_t n = __atomic_load_n(&c->h.count, __ATOMIC_ACQUIRE);
+    if (n > COW_CAP) n = COW_CAP;
+    /* first entry of the file ending after ps */
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+      uint32_t mid = lo + (hi - lo) / 2;
+      const struct rg_entry *x = &c->e[mid];
+      int before = x->dev < dev || (x->dev == dev && (x->ino < ino || (x->ino == ino && x->end <= ps)));
+      if (before) lo = mid + 1;
+      else hi = mid;
+    }
+    for (uint32_t i = lo; i < n; i++) {
+      const struct rg_entry *x = &c->e[i];
+      if (x->dev != dev || x->ino != ino || x->start >= pe) break;
+      uint64_t a = x->start > ps ? x->start : ps, b = x->end < pe ? x->end : pe;
+      if (a >= b) continue;
+      if (rfd < 0 && (rfd = open_read(wfd, path)) < 0) { cow_lost(COW_LOST_OPEN, rfd); break; }
+      cow_save((int)rfd, gen, dev, ino, a, b);
+    }
+    break;
   }
   if (rfd >= 0) tg_sys1(SYS_close, rfd);
   errno = saved_errno;
@@ -579,7 +631,15 @@ static struct cow_table *map_cow(void) {
   if (tg_sys2(SYS_fstat, fd, &st) == 0 && ((uint64_t)st.st_size >= sizeof(struct cow_table) || tg_sys2(SYS_ftruncate, fd, sizeof(struct cow_table)) == 0))
     m = (void *)tg_sys6l(SYS_mmap, 0, sizeof(struct cow_table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   tg_sys1(SYS_close, fd);
-  return (unsigned long)m > -4096UL ? NULL : m;
+  if ((unsigned long)m > -4096UL) return NULL;
+  /* The log of the saved pages is made now, while this process has the rights it started with: a
+   * process that gives up root later is granted it with files.cow (native/common/agentdir.c); the
+   * daemon empties it in place at each cut (never a new file: the grants stay). Already there
+   * (EEXIST), or not makeable here (then the daemon makes it and grants the app's users): fine. */
+  snprintf(p, sizeof p, "%s/files.cow-log", dir_path);
+  long lfd = tg_sys4(SYS_openat, AT_FDCWD, p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (lfd >= 0) tg_sys1(SYS_close, lfd);
+  return m;
 }
 
 static struct rg_table *new_table(void) {
@@ -618,7 +678,10 @@ static void inherited_fds(void) {
     long fl = tg_sys2(SYS_fcntl, fd, F_GETFL);
     if (fl < 0 || (fl & O_ACCMODE) == O_RDONLY) continue;
     struct stat st;
-    if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) note_file(st.st_dev, st.st_ino, 0, RG_END);
+    if (tg_sys2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      note_file(st.st_dev, st.st_ino, 0, RG_END);
+      cow_before(fd, NULL, st.st_dev, st.st_ino, 0, RG_END); /* (an exec while the daemon reads) */
+    }
   }
 }
 
@@ -631,6 +694,13 @@ TG_HIDDEN void tg_ranges_init(void) {
   files_on = 1;
   rg = new_table();
   if (rg) inherited_fds();
+}
+
+/* A restored process: its files.cow was written back as it was at the checkpoint (maybe "every
+ * page", with a deadline on the clock of then), and no daemon reads the files of that cut: saving stops. */
+TG_HIDDEN void tg_ranges_after_restore(void) {
+  last.idx = -1;
+  if (cow) __atomic_store_n(&cow->h.active, 0, __ATOMIC_RELEASE);
 }
 
 /* In a forked child: a table of its own, with the fds it inherited. */

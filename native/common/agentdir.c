@@ -103,9 +103,10 @@ int tg_grant_agent_dir(const char *sock_base, uint32_t uid, char *err, size_t er
   if (!slash || slash == dir) { snprintf(err, errlen, "the agent socket %s has no directory of its own", sock_base); return -1; }
   *slash = 0;
   if (add_user_entry(dir, uid, 3 /* write, search */, err, errlen) != 0) return -1;
-  /* the files journal (appended to) and the write-ahead copies table (mapped read-write), when
-   * they exist already (made by root); made later by this user, they are its own */
-  static const char *const shared[] = {"files.journal", "files.cow"};
+  /* the files journal (appended to), the write-ahead copies table (mapped read-write) and their
+   * log (saved pages appended to), when they exist already (made by root); made later by this
+   * user, they are its own (the daemon grants the log to the app's users at each cut too) */
+  static const char *const shared[] = {"files.journal", "files.cow", "files.cow-log"};
   for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) {
     char f[4200];
     snprintf(f, sizeof f, "%s/%s", dir, shared[i]);

@@ -622,7 +622,10 @@ export class AppManager {
               const f = this.filesCapture(store, name, dir, rec, seq, full)!;
               lastFiles = f;
               return {
-                atCut: async (hostPids: number[]) => void f.cut(hostPids),
+                atCut: async (hostPids: number[]) => {
+                  f.cut(hostPids);
+                  f.released(); // (the tree resumes once this returns: the files' second half starts then)
+                },
                 beforeMainCommit: async () => {
                   f.released();
                   await f.committed;

@@ -1,21 +1,27 @@
 // The file half of a checkpoint's cut (issue 14, docs/files.md): with every process of the app
 // parked, each file of the set is looked at (size, mtime, ctime, inode against the parent
-// checkpoint's files) and those that changed are copied (in the kernel: copy_file_range or
-// sendfile, no bytes through the daemon) into a staging directory, so that the files belong to
-// the same instant as the memory; the image is then made from the copies after the app resumed.
-import { closeSync, copyFileSync, lstatSync, openSync, statSync } from "node:fs";
-import { join } from "node:path";
+// checkpoint's files) and those that changed are opened; after the app resumed (finishCut) their
+// changed ranges, or whole copies (in the kernel: copy_file_range, into a staging directory), are
+// read while the agents save each page before changing it (copy-before-write), so that the files
+// belong to the same instant as the memory. A file written where no agent sees is copied while
+// the app is held.
+import { closeSync, copyFileSync, ftruncateSync, lstatSync, openSync, statSync, writeSync } from "node:fs";
+import { copyFile } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { TgError } from "../errors.js";
 import { SLOT_BYTES, type FileContent, type FileEntry } from "./files-image.js";
-import { COW_CAP, endCow, intersect, pagesOf, patchPieces, publishCow, readCowLog, readPieces, readPiecesSync, type Piece } from "./files-cow.js";
+import { cowLost, endCow, intersect, pagesOf, patchPieces, publishSet, readCowLog, readPieces, readPiecesSync, startCowAll, type Piece } from "./files-cow.js";
 import { testDelay } from "./test-hooks.js";
 import { readUserXattrs } from "./files-xattr.js";
-import { mergeRanges, type ChangedRanges, type Range } from "./files-ranges.js";
+import { consumeRanges, mergeRanges, type ChangedRanges, type Flip, type Range } from "./files-ranges.js";
 
 const PAGE = 4096;
 /** Ranges closer than this are read as one (fewer reads; the pages between are deduplicated by the store, but are read and saved too). */
 const RANGE_GAP = 4096;
 /** At most this many bytes of ranges are read into memory at a cut; past it, files are copied whole. */
 const RANGES_MEMORY = 256 * 2 ** 20;
+/** The agents save every page they change for at most this long after the cut (a daemon killed meanwhile). */
+const COW_ALL_MS = 30_000;
 
 /** A files checkpoint's manifest (its stats.extra): every file of the set, bigints as strings. */
 export interface FilesManifest {
@@ -56,15 +62,31 @@ interface DeferredFile {
   content: FileContent;
   key: string;
   fd: number;
-  ranges: Range[];
+  /** The parent's entry of the same file (same inode and region): it may be taken by ranges. */
+  prev: FileEntry | null;
   /** Pages a write in flight at the cut was changing: read while the app was held. */
   early: Piece[];
+  /** Decided after the cut: the ranges read (null: the whole file, copied to `copy`). */
+  ranges?: Range[] | null;
 }
 
-export interface Deferred {
+/** Where the changed ranges come from: the tables the cut flipped (read after the app resumed). */
+export interface RangeSource {
   appDir: string;
+  parentId: string | null;
+  flip: Flip;
+}
+
+/** The second half of a cut, once the app runs again (finishCut). */
+export interface Deferred {
+  src: RangeSource;
+  staging: string;
+  /** The copy-before-write generation (0n: none started, no file to read). */
   gen: bigint;
   files: DeferredFile[];
+  /** The flipped tables were read (consumeRanges runs once). */
+  consumed: ChangedRanges | null;
+  aborted: boolean;
 }
 
 /**
@@ -76,8 +98,7 @@ export function cutFiles(
   paths: string[],
   parent: FilesManifest | null,
   staging: string,
-  ranges: ChangedRanges | null = null,
-  cowDir: string | null = null,
+  rsrc: RangeSource | null = null,
   sources: ReadonlyMap<string, string> = new Map(),
 ): FilesCut {
   const t0 = process.hrtime.bigint();
@@ -94,7 +115,6 @@ export function cutFiles(
   const changed: string[] = [];
   const ranged: string[] = [];
   let bytesRead = 0;
-  let inMemory = 0;
   const later: DeferredFile[] = [];
   const linked = new Map<string, string>(); // dev:ino -> the first path of the set with it
   try {
@@ -158,23 +178,16 @@ export function cutFiles(
       if (!unchanged) changed.push(path);
       continue;
     }
-    // only the ranges the agents noted, when they are known to be all of what changed
+    // read after the app resumed, by the ranges the agents noted or whole (copy-before-write saves
+    // what the app changes first), unless some process writes it where no agent sees
     const key = `${entry.dev}:${entry.ino}`;
-    const noted = prev && ranges && !ranges.overflow && !ranges.opaque.has(key) ? ranges.byFile.get(key) : undefined;
-    if (prev && noted && entry.base === prev.base) {
-      const plan = planRanges(noted, prev.size, entry.size, RANGES_MEMORY - inMemory);
-      if (plan) {
-        const n = plan.reduce((t, [a, b]) => t + b - a, 0);
-        inMemory += n;
-        bytesRead += n;
-        changed.push(path);
-        ranged.push(path);
-        const content: FileContent = { entry, copy: null, pieces: [] };
-        contents.push(content);
-        // opened now: a file renamed over or removed after the cut is still the one read
-        later.push({ content, key, fd: openSync(src, "r"), ranges: plan, early: [] });
-        continue;
-      }
+    if (rsrc && !rsrc.flip.opaque.has(key)) {
+      changed.push(path);
+      const content: FileContent = { entry, copy: null };
+      contents.push(content);
+      // opened now: a file renamed over or removed after the cut is still the one read
+      later.push({ content, key, fd: openSync(src, "r"), prev: prev && entry.base === prev.base ? prev : null, early: [] });
+      continue;
     }
     const copy = join(staging, String(contents.length));
     try {
@@ -188,20 +201,30 @@ export function cutFiles(
     changed.push(path);
     contents.push({ entry, copy });
   }
-  // the ranges: read after the app resumed (copy-before-write), or now
+  // the pages of writes in flight now; the rest after the app resumed (copy-before-write), or now
   let deferred: Deferred | null = null;
-  const n = later.reduce((t, f) => t + f.ranges.length, 0);
-  if (later.length && cowDir && ranges && !ranges.unslotted && n <= COW_CAP) {
-    for (const f of later) f.early = readPiecesSync(f.fd, intersect(f.ranges, ranges.inflight.get(f.key) ?? []));
-    const gen = publishCow(
-      cowDir,
-      later.map((f) => ({ dev: BigInt(f.content.entry.dev), ino: BigInt(f.content.entry.ino), ranges: f.ranges })),
-    );
-    deferred = { appDir: cowDir, gen, files: later };
-  } else {
-    for (const f of later) {
-      f.content.pieces = readPiecesSync(f.fd, f.ranges);
-      closeSync(f.fd);
+  if (rsrc) {
+    deferred = { src: rsrc, staging, gen: 0n, files: later, consumed: null, aborted: false };
+    for (const f of later) f.early = readPiecesSync(f.fd, intersect([[0, span(f.content.entry.size)]], rsrc.flip.inflight.get(f.key) ?? []));
+    if (!rsrc.flip.unslotted) {
+      if (later.length) deferred.gen = startCowAll(rsrc.appDir, process.hrtime.bigint() + BigInt(COW_ALL_MS) * 1_000_000n);
+    } else {
+      // a write was in flight with no slot to say where: nothing may be read after the app resumes
+      const r = consumeDeferred(deferred);
+      const budget = { left: RANGES_MEMORY };
+      later.forEach((f, i) => {
+        f.ranges = decide(f, r, budget);
+        if (f.ranges) f.content.pieces = readPiecesSync(f.fd, f.ranges);
+        else {
+          f.content.copy = join(staging, `w${i}`);
+          copyFileSync(`/proc/self/fd/${f.fd}`, f.content.copy);
+          patchCopy(f.content.copy, f.content.entry.size, new Map(), []);
+        }
+        bytesRead += f.ranges ? f.ranges.reduce((t, [a, b]) => t + b - a, 0) : f.content.entry.size;
+        if (f.ranges) ranged.push(f.content.entry.path);
+        closeSync(f.fd);
+      });
+      deferred = null;
     }
   }
   const manifest: FilesManifest = { version: 1, cutNs: String(BigInt(Date.now()) * 1_000_000n), nextSlot, files: contents.map((c) => toStored(c.entry)) };
@@ -218,24 +241,89 @@ export function cutFiles(
   }
 }
 
+const span = (size: number): number => Math.ceil(size / PAGE) * PAGE;
+
+/** The flipped tables read, once (also when the checkpoint is abandoned: their ranges go to the pending ones). */
+export function consumeDeferred(d: Deferred): ChangedRanges {
+  d.consumed ??= consumeRanges(d.src.appDir, d.src.flip, d.src.parentId);
+  return d.consumed;
+}
+
+/** A file's ranges to read (when the agents noted all of what changed and that is under half of it), or null: the whole file. */
+function decide(f: DeferredFile, r: ChangedRanges, budget: { left: number }): Range[] | null {
+  const noted = f.prev && !r.overflow && !r.opaque.has(f.key) ? r.byFile.get(f.key) : undefined;
+  if (!f.prev || !noted) return null;
+  const plan = planRanges(noted, f.prev.size, f.content.entry.size, budget.left);
+  if (plan) budget.left -= plan.reduce((t, [a, b]) => t + b - a, 0);
+  return plan;
+}
+
+/** What the second half of a cut read. */
+export interface FinishStats {
+  ranged: number;
+  bytesRead: number;
+  /** From the app's resume to the end of the reads, ns. */
+  ns: number;
+  /** Of it, until the set was published (the agents saved every page they changed until then), ns. */
+  everyPageNs: number;
+}
+
 /**
- * After the app resumed: the deferred ranges read from the files, then the pages the agents saved
- * before changing them put over them (and the pages of writes in flight at the cut, read then).
+ * After the app resumed, the agents saving every page they change: reads the tables the cut
+ * flipped, decides each file's ranges (or the whole file), publishes them (from then on the agents
+ * save only those pages), reads them from the files, then puts over them the first saved copy of
+ * each page and the pages of writes in flight at the cut (read then).
  */
-export async function finishCut(d: Deferred): Promise<void> {
+export async function finishCut(d: Deferred): Promise<FinishStats> {
+  const t0 = process.hrtime.bigint();
+  const stats: FinishStats = { ranged: 0, bytesRead: 0, ns: 0, everyPageNs: 0 };
   let ended = false;
   try {
-    await testDelay("files-deferred-read"); // (tests: the app writes meanwhile)
-    for (const f of d.files) f.content.pieces = await readPieces(f.fd, f.ranges);
-    const saved = readCowLog(d.appDir, d.gen);
+    await testDelay("files-deferred-read"); // (tests: the app writes meanwhile, every page saved)
+    if (d.aborted) throw new Error("the checkpoint was abandoned");
+    const r = consumeDeferred(d);
+    if (!d.files.length) return stats;
+    const budget = { left: RANGES_MEMORY };
+    for (const f of d.files) f.ranges = decide(f, r, budget);
+    publishSet(
+      d.src.appDir,
+      d.gen,
+      d.files.map((f) => ({ dev: BigInt(f.content.entry.dev), ino: BigInt(f.content.entry.ino), ranges: f.ranges ?? [[0, span(f.content.entry.size)]] })),
+    );
+    stats.everyPageNs = Number(process.hrtime.bigint() - t0);
+    await testDelay("files-set-read"); // (tests: the app writes meanwhile, the set's pages saved)
+    for (const [i, f] of d.files.entries()) {
+      if (f.ranges) {
+        f.content.pieces = await readPieces(f.fd, f.ranges);
+        stats.ranged++;
+        stats.bytesRead += f.ranges.reduce((t, [a, b]) => t + b - a, 0);
+      } else {
+        f.content.copy = join(d.staging, `d${i}`);
+        await copyFile(`/proc/self/fd/${f.fd}`, f.content.copy); // (in the kernel: copy_file_range)
+        stats.bytesRead += f.content.entry.size;
+      }
+    }
+    const saved = readCowLog(d.src.appDir, d.gen);
     ended = true;
-    if (endCow(d.appDir)) throw new Error("an agent of the app could not save a file's page before changing it (files.cow-log): the files' state at the cut is not known");
+    const lost = endCow(d.src.appDir);
+    if (lost) {
+      const l = cowLost(d.src.appDir, lost);
+      throw new TgError(
+        `checkpoint of ${basename(d.src.appDir)}'s files`,
+        `a process of the app could not save a page of a file before changing it after the cut: ${l.why}; the files' state at the cut is not known`,
+        `Nothing was committed; the app keeps running. ${l.fix}`,
+        "files-save-lost",
+      );
+    }
     for (const f of d.files) {
-      patchPieces(f.content.pieces!, saved.get(f.key) ?? new Map());
-      patchPieces(f.content.pieces!, pagesOf(f.early));
+      const pages = saved.get(f.key) ?? new Map<number, Buffer>();
+      if (f.content.pieces) {
+        patchPieces(f.content.pieces, pages);
+        patchPieces(f.content.pieces, pagesOf(f.early));
+      } else patchCopy(f.content.copy!, f.content.entry.size, pages, f.early);
     }
   } finally {
-    if (!ended) endCow(d.appDir);
+    if (!ended && d.gen) endCow(d.src.appDir);
     for (const f of d.files) {
       try {
         closeSync(f.fd);
@@ -243,6 +331,20 @@ export async function finishCut(d: Deferred): Promise<void> {
         /* closed */
       }
     }
+    stats.ns = Number(process.hrtime.bigint() - t0);
+  }
+  return stats;
+}
+
+/** A whole file's copy made after the cut: the saved pages and those of writes in flight put back, its size the cut's. */
+function patchCopy(copy: string, size: number, saved: Map<number, Buffer>, early: Piece[]): void {
+  const fd = openSync(copy, "r+");
+  try {
+    for (const [off, b] of saved) if (off < size) writeSync(fd, b, 0, b.length, off);
+    for (const p of early) writeSync(fd, p.data, 0, p.data.length, p.off);
+    ftruncateSync(fd, size);
+  } finally {
+    closeSync(fd);
   }
 }
 

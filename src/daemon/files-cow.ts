@@ -1,8 +1,8 @@
 // Copy-before-write of the app's changed file ranges (issue 14, docs/files.md "Changed ranges"):
-// at the cut, with the app held, the daemon publishes in `files.cow` (mapped shared by every agent of
-// the app: native/agent/files-ranges.c) the pages it will read after the app resumed, and empties
-// `files.cow-log`. Until the daemon turns it off, an agent about to change such a page appends the
-// page's bytes to the log first. The daemon reads the pages from the files (through fds opened at
+// at the cut, with the app held, the daemon sets `files.cow` (mapped shared by every agent of the
+// app: native/agent/files-ranges.c) to "every page" and empties `files.cow-log`; after the app
+// resumed it publishes there the pages it reads ("the set"). Until the daemon turns it off, an
+// agent about to change such a page appends the page's bytes to the log first. The daemon reads the pages from the files (through fds opened at
 // the cut: a file renamed over or unlinked since is still the one read), then the log: the first
 // record of a page holds its bytes at the cut, and wins over what the file holds now.
 import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
@@ -10,6 +10,7 @@ import { read } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { Range } from "./files-ranges.js";
+import { grantDirUsers } from "./private-acl.js";
 
 const MAGIC = 0x315745434741475fn;
 export const COW_CAP = 16384;
@@ -29,22 +30,58 @@ export interface CowFile {
   ranges: Range[];
 }
 
-/** With the app held: the pages to be read after it resumes. Returns the generation the agents save under. */
-export function publishCow(appDir: string, files: CowFile[]): bigint {
-  const sorted = [...files].sort((a, b) => (a.dev !== b.dev ? (a.dev < b.dev ? -1 : 1) : a.ino < b.ino ? -1 : a.ino > b.ino ? 1 : 0));
-  const n = sorted.reduce((t, f) => t + f.ranges.length, 0);
-  if (n > COW_CAP) throw new Error(`${n} ranges to save after the cut: at most ${COW_CAP}`);
+/**
+ * With the app held: the agents save every page of a tracked file before they change it ("every
+ * page", active 2), under a new generation, until publishSet says which pages the daemon reads, or
+ * until `deadlineNs` (CLOCK_MONOTONIC: process.hrtime), past which they stop and say the save was
+ * lost. Empties the log. Returns the generation. Nothing here grows with the changed ranges.
+ */
+export function startCowAll(appDir: string, deadlineNs: bigint): bigint {
   const fd = openSync(cowPath(appDir), existsSync(cowPath(appDir)) ? "r+" : "w+", 0o600);
   try {
     const head = Buffer.alloc(ENTRIES_OFF);
     if (readSync(fd, head, 0, ENTRIES_OFF, 0) < 32) head.fill(0);
     const gen = (head.readBigUInt64LE(0) === MAGIC ? head.readBigUInt64LE(8) : 0n) + 1n;
-    // off while the list and the log are replaced
-    const off = Buffer.alloc(4);
-    writeSync(fd, off, 0, 4, 16);
+    // off while the log is emptied (in place: the agents made it, and the grants to the app's
+    // other users are on its inode)
+    writeSync(fd, Buffer.alloc(4), 0, 4, 16);
     const lfd = openSync(logPath(appDir), "w", 0o600);
     ftruncateSync(lfd, 0);
     closeSync(lfd);
+    // a process of the app that gave up root (nginx's workers) appends its saved pages too: every
+    // user the app's directory names may write the log (a log the agents could not make before
+    // their setuid, or made again by the line above, is granted here)
+    grantDirUsers(appDir, logPath(appDir));
+    const h = Buffer.alloc(40);
+    h.writeBigUInt64LE(MAGIC, 0);
+    h.writeBigUInt64LE(gen, 8);
+    h.writeUInt32LE(0, 16); // active: last
+    h.writeUInt32LE(0, 20); // count
+    h.writeUInt32LE(0, 24); // lost
+    h.writeBigUInt64LE(deadlineNs, 32);
+    writeSync(fd, h, 0, 40, 0);
+    const on = Buffer.alloc(4);
+    on.writeUInt32LE(2);
+    writeSync(fd, on, 0, 4, 16);
+    return gen;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * After the app resumed: the pages the daemon reads (the set), under the same generation; from now
+ * on the agents save only those (active 1). False when there are more than COW_CAP ranges: the
+ * agents then go on saving every page (active 2) until endCow.
+ */
+export function publishSet(appDir: string, gen: bigint, files: CowFile[]): boolean {
+  const sorted = [...files].sort((a, b) => (a.dev !== b.dev ? (a.dev < b.dev ? -1 : 1) : a.ino < b.ino ? -1 : a.ino > b.ino ? 1 : 0));
+  const n = sorted.reduce((t, f) => t + f.ranges.length, 0);
+  if (n > COW_CAP) return false;
+  const fd = openSync(cowPath(appDir), "r+");
+  try {
+    const head = Buffer.alloc(32);
+    if (readSync(fd, head, 0, 32, 0) !== 32 || head.readBigUInt64LE(8) !== gen || head.readUInt32LE(16) !== 2) return false; // (ended meanwhile)
     const body = Buffer.alloc(n * ENTRY);
     const put = (v: number, o: number): void => {
       body.writeUInt32LE(v % 0x100000000, o);
@@ -62,34 +99,66 @@ export function publishCow(appDir: string, files: CowFile[]): bigint {
         i++;
       }
     }
+    // the entries and their count first; an agent reads them only once it sees active 1
     if (n) writeSync(fd, body, 0, body.length, ENTRIES_OFF);
-    const h = Buffer.alloc(32);
-    h.writeBigUInt64LE(MAGIC, 0);
-    h.writeBigUInt64LE(gen, 8);
-    h.writeUInt32LE(0, 16); // active: last
-    h.writeUInt32LE(n, 20);
-    h.writeUInt32LE(0, 24); // lost
-    writeSync(fd, h, 0, 32, 0);
-    if (n) {
-      const on = Buffer.alloc(4);
-      on.writeUInt32LE(1);
-      writeSync(fd, on, 0, 4, 16);
-    }
-    return gen;
+    const c = Buffer.alloc(4);
+    c.writeUInt32LE(n);
+    writeSync(fd, c, 0, 4, 20);
+    c.writeUInt32LE(1);
+    writeSync(fd, c, 0, 4, 16);
+    return true;
   } finally {
     closeSync(fd);
   }
 }
 
-/** The agents stop saving; true when one of them could not save a page (the pages read are then not the cut's). */
-export function endCow(appDir: string): boolean {
-  let lost = false;
+/** Why an agent could not save a page (`lost` of files.cow: a code of files-ranges.c, the errno << 8). */
+export interface CowLost {
+  why: string;
+  fix: string;
+}
+
+const ERRNO: Record<number, string> = { 1: "EPERM", 2: "ENOENT", 5: "EIO", 12: "ENOMEM", 13: "EACCES", 24: "EMFILE", 27: "EFBIG", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT" };
+
+export function cowLost(appDir: string, v: number): CowLost {
+  const code = v & 0xff;
+  const errno = v >>> 8;
+  const e = errno ? ` (${ERRNO[errno] ?? `errno ${errno}`})` : "";
+  const log = logPath(appDir);
+  switch (code) {
+    case 1:
+      return { why: `it could not open ${log}${e}`, fix: `Let every user the app's processes run as write ${log} (the daemon grants the users named in the ACL of ${appDir}; its file system needs POSIX ACLs).` };
+    case 2:
+      return { why: `it had no memory for the copy${e}`, fix: "Give the app more memory, or try again." };
+    case 3:
+      return { why: `it could not read the file${e}`, fix: "Check the file system of the app's files, then try again." };
+    case 4:
+      return { why: `it could not append to ${log}${e}`, fix: `Free space where ${appDir} is, then try again.` };
+    case 5:
+      return { why: `the app changed more than 256 MiB of its files before the daemon had read them (${log} is full)`, fix: "Try again when the app writes less, or leave its busiest files out (run --files-exclude)." };
+    case 6:
+      return { why: "the daemon took more than 30 s to publish the pages it reads after the cut", fix: "Try again: the next checkpoint starts anew (a loaded machine or a daemon killed in that window)." };
+    case 7:
+      return {
+        why: `it could not open the file it was writing for reading${e}`,
+        fix: "A process of another user writing a file it may not read (opened write-only by root) cannot save it: make the file readable by that user, open it read-write, or leave it out (run --files-exclude).",
+      };
+    case 8:
+      return { why: `it could not stat the file it was writing${e}`, fix: "Try again." };
+    default:
+      return { why: `reason ${v}`, fix: "Try again." };
+  }
+}
+
+/** The agents stop saving; the reason when one of them could not save a page (the pages read are then not the cut's), else 0. */
+export function endCow(appDir: string): number {
+  let lost = 0;
   try {
     const fd = openSync(cowPath(appDir), "r+");
     try {
       const h = Buffer.alloc(32);
       readSync(fd, h, 0, 32, 0);
-      lost = h.readUInt32LE(24) !== 0;
+      lost = h.readUInt32LE(24);
       writeSync(fd, Buffer.alloc(4), 0, 4, 16);
     } finally {
       closeSync(fd);

@@ -4,9 +4,10 @@
 // PID namespace), read at the cut through /proc/PID/fd/N. The rollback writes it back under that
 // name; the restorer opens it there and removes the name (native/agent/files-deleted.c, which
 // makes the same name for the FD record).
-import { readFileSync, readdirSync, readlinkSync, rmSync, statSync } from "node:fs";
+import { readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { TgError } from "../errors.js";
+import { scanProcesses, type ProcScan } from "./files-procscan.js";
 
 const SUFFIX = " (deleted)";
 const PREFIX = ".tardigrade-deleted.";
@@ -24,42 +25,30 @@ function nsPid(hostPid: number): number {
   return Number(ids[ids.length - 1]);
 }
 
-function onItsDirectory(path: string, dev: bigint): boolean {
+function onItsDirectory(path: string, dev: bigint | null): boolean {
   try {
-    return statSync(dirname(path), { bigint: true }).dev === dev;
+    return dev !== null && statSync(dirname(path), { bigint: true }).dev === dev;
   } catch {
     return false; // its directory is gone: the agent refuses such a file by name
   }
 }
 
 /** The deleted regular files the processes hold open: staging name -> where to read it now (/proc/PID/fd/N). */
-export function deletedOpenFiles(hostPids: number[]): Map<string, string> {
+export function deletedOpenFiles(hostPids: number[], scan: ProcScan = scanProcesses(hostPids)): Map<string, string> {
   const out = new Map<string, string>();
-  for (const pid of hostPids) {
-    let fds: string[];
-    let ns: number;
+  const ns = new Map<number, number>();
+  for (const f of scan.fds) {
+    if (!f.target.endsWith(SUFFIX) || f.ino === null || f.nlink !== 0n) continue;
+    // a file of the file system its path names, as the agent decides (native/agent/files-deleted.c):
+    // not a memfd ("/memfd:NAME (deleted)": the agent's own copy buffers too), a message queue or
+    // another object of an internal mount, whose directory is on another device
+    if (!onItsDirectory(f.target.slice(0, -SUFFIX.length), f.dev)) continue;
     try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-      ns = nsPid(pid);
+      if (!ns.has(f.hostPid)) ns.set(f.hostPid, nsPid(f.hostPid));
     } catch {
       continue; // gone
     }
-    for (const fd of fds) {
-      const src = `/proc/${pid}/fd/${fd}`;
-      try {
-        const target = readlinkSync(src);
-        if (!target.startsWith("/") || !target.endsWith(SUFFIX)) continue;
-        const st = statSync(src, { bigint: true });
-        if (!st.isFile() || st.nlink !== 0n) continue;
-        // a file of the file system its path names, as the agent decides (native/agent/files-deleted.c):
-        // not a memfd ("/memfd:NAME (deleted)": the agent's own copy buffers too), a message queue or
-        // another object of an internal mount, whose directory is on another device
-        if (!onItsDirectory(target.slice(0, -SUFFIX.length), st.dev)) continue;
-        out.set(stagingName(target.slice(0, -SUFFIX.length), st.ino, ns, Number(fd)), src);
-      } catch {
-        /* closed meanwhile */
-      }
-    }
+    out.set(stagingName(f.target.slice(0, -SUFFIX.length), f.ino, ns.get(f.hostPid)!, f.fd), `/proc/${f.hostPid}/fd/${f.fd}`);
   }
   return out;
 }

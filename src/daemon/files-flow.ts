@@ -11,12 +11,13 @@ import { errMessage } from "../errors.js";
 import type { CasStore } from "../store/cas/store.js";
 import type { CasCheckpoint } from "../store/cas/types.js";
 import { checkpointId, parseCheckpointId, parseMemberApp } from "../store/types.js";
-import { cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
+import { consumeDeferred, cutFiles, filesManifest, finishCut, type Deferred, type FilesManifest } from "./files-capture.js";
 import { endCow } from "./files-cow.js";
 import { deletedOpenFiles, refuseExcludedDeleted } from "./files-deleted.js";
 import { filesImageChunks, isDirMode } from "./files-image.js";
 import { rollbackFiles, type FilesRollback } from "./files-restore.js";
-import { takeRanges } from "./files-ranges.js";
+import { flipTables } from "./files-ranges.js";
+import { scanProcesses } from "./files-procscan.js";
 import { fileFilter, fileSet, readJournal, walkDir, type FilesConfig } from "./files-set.js";
 
 /** The store name of an app's files images. */
@@ -36,6 +37,10 @@ export interface FilesRef {
   setNs?: number;
   rangesNs?: number;
   filesNs?: number;
+  /** After the app resumed: from then to the end of the reads (the agents' tables, the ranges or whole files), ns. */
+  afterNs?: number;
+  /** Of it, until the pages read were published (the agents saved every page they changed until then), ns. */
+  everyPageNs?: number;
 }
 
 /** The files image a checkpoint names; with `ownId` (the checkpoint's id), the one of its app and seq (see treeOf). */
@@ -116,14 +121,22 @@ export class FilesCapture {
   private cutOnce(hostPids: number[]): FilesRef {
     const t0 = process.hrtime.bigint();
     const keep = fileFilter(this.a.cfg, this.a.never);
-    const deleted = deletedOpenFiles(hostPids);
+    const scan = scanProcesses(hostPids); // (every fd and map of the app, read once)
+    const deleted = deletedOpenFiles(hostPids, scan);
     refuseExcludedDeleted(this.a.app, deleted, keep);
-    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted);
+    const paths = fileSet(this.a.cfg, this.a.appDir, hostPids, (this.parent?.files ?? []).map((f) => f.path), keep, deleted, scan);
     mkdirSync(this.staging, { recursive: true });
     const t1 = process.hrtime.bigint();
-    const ranges = takeRanges(this.a.appDir, hostPids, this.parentId);
+    // the agents' tables flipped (their entries are read after the app resumed)
+    const flip = flipTables(this.a.appDir, hostPids, scan);
     const t2 = process.hrtime.bigint();
-    const c = cutFiles(paths, this.parent, this.staging, ranges, this.a.appDir, deleted);
+    let c;
+    try {
+      c = cutFiles(paths, this.parent, this.staging, { appDir: this.a.appDir, parentId: this.parentId, flip }, deleted);
+    } catch (e) {
+      consumeDeferred({ src: { appDir: this.a.appDir, parentId: this.parentId, flip }, staging: this.staging, gen: 0n, files: [], consumed: null, aborted: true }); // (their ranges kept for the next cut)
+      throw e;
+    }
     const t3 = process.hrtime.bigint();
     c.cutNs = Number(t3 - t0); // (the set's walk and the ranges count as held time too)
     const split = { setNs: Number(t1 - t0), rangesNs: Number(t2 - t1), filesNs: Number(t3 - t2) };
@@ -134,20 +147,27 @@ export class FilesCapture {
     const deferred = c.deferred;
     this.deferred = deferred;
     if (deferred) setTimeout(this.resume, 5000).unref(); // (a caller that never says)
-    const resumed = this.resumed;
+    const ref: FilesRef = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present && !isDirMode(f.mode)).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
+    this.ref = ref;
+    // the second half, as soon as the app runs again (the agents save every page they change until it has published the set)
+    const finished = deferred
+      ? this.resumed.then(async () => {
+          const st = await finishCut(deferred);
+          ref.ranged = (ref.ranged ?? 0) + st.ranged;
+          ref.bytesRead += st.bytesRead;
+          ref.afterNs = st.ns;
+          ref.everyPageNs = st.everyPageNs;
+        })
+      : Promise.resolve();
+    finished.catch(() => undefined); // (thrown into the image below)
     const img = Readable.from(
       (async function* () {
-        if (deferred) {
-          // once the app runs again (the daemon's loop is then free for the hold's last words)
-          await resumed;
-          await finishCut(deferred);
-        }
+        await finished;
         yield* filesImageChunks(c.contents, h);
       })(),
     );
     img.on("error", (e) => this.stream.destroy(e));
     img.pipe(this.stream);
-    this.ref = { id: `${filesApp(this.a.app)}@${this.a.seq}`, files: c.manifest.files.filter((f) => f.present && !isDirMode(f.mode)).length, changed: c.changed.length, ranged: c.ranged.length, bytesRead: c.bytesRead, cutNs: c.cutNs, ...split };
     return this.ref;
   }
 
@@ -165,7 +185,16 @@ export class FilesCapture {
 
   /** The checkpoint failed: nothing of the files may be committed. */
   abort(why: unknown): void {
-    if (this.deferred) endCow(this.deferred.appDir);
+    const d = this.deferred;
+    if (d) {
+      d.aborted = true;
+      try {
+        consumeDeferred(d); // (what the agents noted goes to the pending ranges, for the next cut)
+      } catch {
+        /* the next cut finds the tables' marker: it copies changed files whole */
+      }
+      if (d.gen) endCow(d.src.appDir);
+    }
     if (!this.stream.destroyed) this.stream.destroy(new Error(`the checkpoint was abandoned: ${errMessage(why)}`));
   }
 }

@@ -1,12 +1,14 @@
 // The changed ranges of an app's files (issue 14, docs/files.md "Changed ranges"): every process of
 // the app notes the byte ranges its writes touch in a table of its own, `ranges.PID.NONCE` in the app's
 // directory, mapped shared (native/agent/files-ranges.c). At the cut, with every process parked, the
-// daemon reads the half being filled of every table, makes the other (cleared) half current, and
-// keeps what it read in `files.pending-ranges.json` until a files image made from it commits: a cut
-// whose checkpoint fails leaves its ranges to the next one (which has the same parent). Tables of
-// processes that are gone are read one last time and removed.
-import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+// daemon makes the other (cleared) half of every table current (flipTables: no entry read); once the
+// app runs again it reads the halves it flipped away, keeps what it read in
+// `files.pending-ranges.json` until a files image made from it commits (a cut whose checkpoint fails
+// leaves its ranges to the next one, which has the same parent), and clears them (consumeRanges).
+// Tables of processes that are gone are read one last time and removed.
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { scanProcesses, type ProcScan } from "./files-procscan.js";
 
 const MAGIC = 0x314e52474152475fn;
 const FDS = 4096;
@@ -18,7 +20,6 @@ const ENTRY = 32;
 const SLOTS_OFF = 512;
 const SLOTS = 64;
 const SLOT = 40;
-const TABLE_BYTES = ENTRIES_OFF + 2 * CAP * ENTRY;
 
 /** [start, end) byte ranges; end Infinity: to the end of the file. */
 export type Range = [number, number];
@@ -53,16 +54,18 @@ const u64 = (b: Buffer, off: number): number => {
 };
 
 /** Table files mapped by each live process (host pid -> table path). */
-export function tablesOf(hostPids: number[]): Map<number, string> {
+export function tablesOf(hostPids: number[], scan?: ProcScan): Map<number, string> {
   const out = new Map<number, string>();
   for (const pid of hostPids) {
+    let text: string | undefined;
     try {
-      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /\s(\/\S*\/ranges\.\d+\.[0-9a-f]{16})$/.exec(line);
-        if (m) out.set(pid, m[1]!);
-      }
+      text = scan ? scan.maps.get(pid) : readFileSync(`/proc/${pid}/maps`, "utf8");
     } catch {
       /* gone */
+    }
+    for (const line of text?.split("\n") ?? []) {
+      const m = /\s(\/\S*\/ranges\.\d+\.[0-9a-f]{16})$/.exec(line);
+      if (m) out.set(pid, m[1]!);
     }
   }
   return out;
@@ -105,46 +108,31 @@ function trackedFds(b: Buffer): Map<number, string> {
 }
 
 /** Files some process writes where its agent does not see: an fd open for writing that its table does not track, a shared writable mapping. */
-function opaqueFiles(hostPids: number[], tables: Map<number, string>, buffers: Map<string, Buffer>): Set<string> {
+function opaqueFiles(scan: ProcScan, tables: Map<number, string>, buffers: Map<string, Buffer>): Set<string> {
   const out = new Set<string>();
-  for (const pid of hostPids) {
-    const tpath = tables.get(pid);
-    const b = tpath ? buffers.get(tpath) : undefined;
-    const tracked = b ? trackedFds(b) : new Map<number, string>();
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
+  const trackedBy = new Map<number, Map<number, string>>();
+  for (const f of scan.fds) {
+    if ((f.flags & 3) === 0 || f.ino === null) continue;
+    let tracked = trackedBy.get(f.hostPid);
+    if (!tracked) {
+      const tpath = tables.get(f.hostPid);
+      const b = tpath ? buffers.get(tpath) : undefined;
+      trackedBy.set(f.hostPid, (tracked = b ? trackedFds(b) : new Map<number, string>()));
     }
-    for (const fd of fds) {
-      try {
-        const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8");
-        const flags = parseInt(/flags:\s+([0-7]+)/.exec(info)?.[1] ?? "0", 8);
-        if ((flags & 3) === 0) continue;
-        const st = statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
-        if (!st.isFile()) continue;
-        const key = `${st.dev}:${st.ino}`;
-        if (tracked.get(Number(fd)) !== key) out.add(key);
-      } catch {
-        /* closed meanwhile */
-      }
-    }
-    try {
-      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /^\S+ (\S{4}) \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
-        if (!m || m[1]![1] !== "w" || m[1]![3] !== "s" || m[2] === "0" || /\/ranges\.\d+\.[0-9a-f]{16}$/.test(m[3]!)) continue;
-        try {
-          const st = statSync(m[3]!.replace(/ \(deleted\)$/, ""), { bigint: true });
-          if (String(st.ino) === m[2]) out.add(`${st.dev}:${st.ino}`);
-        } catch {
-          /* deleted */
-        }
-      }
-    } catch {
-      /* gone */
-    }
+    const key = `${f.dev}:${f.ino}`;
+    if (tracked.get(f.fd) !== key) out.add(key);
   }
+  for (const text of scan.maps.values())
+    for (const line of text.split("\n")) {
+      const m = /^\S+ (\S{4}) \S+ \S+ (\d+)\s+(\/.*)$/.exec(line);
+      if (!m || m[1]![1] !== "w" || m[1]![3] !== "s" || m[2] === "0" || /\/ranges\.\d+\.[0-9a-f]{16}$/.test(m[3]!)) continue;
+      try {
+        const st = statSync(m[3]!.replace(/ \(deleted\)$/, ""), { bigint: true });
+        if (String(st.ino) === m[2]) out.add(`${st.dev}:${st.ino}`);
+      } catch {
+        /* deleted */
+      }
+    }
   return out;
 }
 
@@ -154,13 +142,93 @@ function add(byFile: Map<string, Range[]>, key: string, r: Range): void {
   else byFile.set(key, [r]);
 }
 
+/** What the cut did to the tables, for consumeRanges after the app resumed. */
+export interface Flip {
+  /** Each table read: its path, the half to read after the app resumed, whether its process lives (flipped) or not (removed once read). */
+  tables: { path: string; half: number; live: boolean }[];
+  /** The last cut's flipped halves were never read (a daemon killed meanwhile): what changed then is not known. */
+  stale: boolean;
+  /** As in ChangedRanges, read at the cut. */
+  opaque: Set<string>;
+  inflight: Map<string, Range[]>;
+  unslotted: boolean;
+}
+
+const flippedPath = (appDir: string): string => join(appDir, "files.pending-ranges.flipped");
+const HEAD_READ = SLOTS_OFF + SLOTS * SLOT;
+
 /**
- * At the cut, every process of the app parked: takes the ranges noted since the last cut (and
- * those of a cut whose files image never committed, when it had the same parent), and starts the
- * next interval. Sync on purpose: it runs while the app is held.
+ * At the cut, every process of the app parked: makes the other half of every live table current
+ * (the agents note the next interval there) and reads no entry: what each table noted is read by
+ * consumeRanges once the app runs again, so the time the app is held does not grow with the ranges.
+ * Read now: the writes in flight (slots), the fds the agents track (for the files written where no
+ * agent sees). A marker file says the flipped halves are not read yet: a daemon killed before they
+ * are leaves it, and the next cut then knows nothing of that interval (every changed file whole).
+ * Sync on purpose: it runs while the app is held.
  */
-export function takeRanges(appDir: string, hostPids: number[], parentId: string | null): ChangedRanges {
-  const r: ChangedRanges = { byFile: new Map(), overflow: false, opaque: new Set(), inflight: new Map(), unslotted: false, tables: 0 };
+export function flipTables(appDir: string, hostPids: number[], scan: ProcScan = scanProcesses(hostPids)): Flip {
+  const f: Flip = { tables: [], stale: false, opaque: new Set(), inflight: new Map(), unslotted: false };
+  f.stale = existsSync(flippedPath(appDir));
+  let names: string[] = [];
+  try {
+    names = readdirSync(appDir).filter((n) => /^ranges\.\d+\.[0-9a-f]{16}$/.test(n));
+  } catch {
+    /* no directory */
+  }
+  const live = tablesOf(hostPids, scan);
+  const liveSet = new Set(live.values());
+  const buffers = new Map<string, Buffer>();
+  if (names.length) closeSync(openSync(flippedPath(appDir), "w", 0o600)); // (before any flip)
+  for (const n of names) {
+    const path = join(appDir, n);
+    const isLive = liveSet.has(path);
+    // the header and slots; the tracked fds of a live process's table
+    const b = Buffer.allocUnsafe(isLive ? ENTRIES_OFF : HEAD_READ);
+    let fd: number;
+    try {
+      fd = openSync(path, isLive ? "r+" : "r");
+    } catch {
+      continue;
+    }
+    try {
+      if (readSync(fd, b, 0, b.length, 0) !== b.length) continue;
+      if (b.readBigUInt64LE(0) !== MAGIC || b.readUInt32LE(8) !== 1) continue;
+      if (b.readUInt32LE(48)) f.unslotted = true;
+      for (let i = 0; i < SLOTS; i++) {
+        const o = SLOTS_OFF + i * SLOT;
+        if (u64(b, o) === 2) add(f.inflight, `${u64(b, o + 8)}:${u64(b, o + 16)}`, [u64(b, o + 24), u64(b, o + 32)]);
+      }
+      const cur = b.readUInt32LE(16) & 1;
+      f.tables.push({ path, half: cur, live: isLive });
+      if (!isLive) continue; // (its process is gone: read whole after the app resumed, then removed)
+      buffers.set(path, b);
+      const next = cur ^ 1;
+      // (its entries were cleared when it was read, one cut ago: the agents fill it from 0)
+      const h = Buffer.alloc(4);
+      writeSync(fd, h, 0, 4, 32 + next * 4); // count
+      writeSync(fd, h, 0, 4, 40 + next * 4); // overflow
+      const g = Buffer.alloc(8);
+      g.writeBigUInt64LE(b.readBigUInt64LE(24) + 1n);
+      writeSync(fd, g, 0, 8, 24); // gen: the agents' per-interval notes start again
+      h.writeUInt32LE(next);
+      writeSync(fd, h, 0, 4, 16); // cur
+    } finally {
+      closeSync(fd);
+    }
+  }
+  f.opaque = opaqueFiles(scan, live, buffers);
+  return f;
+}
+
+/**
+ * After the cut (the app may run): reads the halves the cut flipped away (and the tables of
+ * processes that were gone), adds the ranges of a cut whose files image never committed (when it
+ * had the same parent), keeps them all in `files.pending-ranges.json`, then clears those halves for
+ * their next turn and removes the tables of the processes gone. The app's writes meanwhile go to
+ * the other halves. Sync: a table is read and cleared in one go on the daemon's thread.
+ */
+export function consumeRanges(appDir: string, flip: Flip, parentId: string | null): ChangedRanges {
+  const r: ChangedRanges = { byFile: new Map(), overflow: flip.stale, opaque: flip.opaque, inflight: flip.inflight, unslotted: flip.unslotted, tables: 0 };
   let text: string | null = null;
   try {
     text = readFileSync(pendingPath(appDir), "utf8");
@@ -179,84 +247,73 @@ export function takeRanges(appDir: string, hostPids: number[], parentId: string 
       for (const [k, s, e] of p.ranges) add(r.byFile, k, [s, e ?? Infinity]);
     }
   }
-  let names: string[] = [];
-  try {
-    names = readdirSync(appDir).filter((n) => /^ranges\.\d+\.[0-9a-f]{16}$/.test(n));
-  } catch {
-    /* no directory */
-  }
-  const live = tablesOf(hostPids);
-  const liveSet = new Set(live.values());
-  const buffers = new Map<string, Buffer>();
-  const flips: { path: string; b: Buffer }[] = [];
-  for (const n of names) {
-    const path = join(appDir, n);
-    // the header, the fds and the entries of the half being filled (not the whole table: GC)
-    const b = Buffer.allocUnsafe(TABLE_BYTES);
+  const read: { path: string; half: number; live: boolean; count: number }[] = [];
+  for (const t of flip.tables) {
+    const head = Buffer.allocUnsafe(64);
+    let b: Buffer;
+    let count: number;
     try {
-      const fd = openSync(path, "r");
+      const fd = openSync(t.path, "r");
       try {
-        if (readSync(fd, b, 0, ENTRIES_OFF, 0) !== ENTRIES_OFF) continue;
-        if (b.readBigUInt64LE(0) !== MAGIC || b.readUInt32LE(8) !== 1) continue;
-        const cur = b.readUInt32LE(16) & 1;
-        const n = Math.min(b.readUInt32LE(32 + cur * 4), CAP) * ENTRY;
-        const at = ENTRIES_OFF + cur * CAP * ENTRY;
-        if (n && readSync(fd, b, at, n, at) !== n) continue;
+        if (readSync(fd, head, 0, 64, 0) !== 64) continue;
+        count = Math.min(head.readUInt32LE(32 + t.half * 4), CAP);
+        if (head.readUInt32LE(40 + t.half * 4)) r.overflow = true;
+        b = Buffer.allocUnsafe(count * ENTRY);
+        if (count && readSync(fd, b, 0, b.length, ENTRIES_OFF + t.half * CAP * ENTRY) !== b.length) {
+          r.overflow = true; // (cut short: not known)
+          continue;
+        }
       } finally {
         closeSync(fd);
       }
     } catch {
+      r.overflow = true; // (removed by someone else: what it held is not known)
       continue;
     }
     r.tables++;
-    buffers.set(path, b);
-    if (b.readUInt32LE(48)) r.unslotted = true;
-    for (let i = 0; i < SLOTS; i++) {
-      const o = SLOTS_OFF + i * SLOT;
-      if (u64(b, o) === 2) add(r.inflight, `${u64(b, o + 8)}:${u64(b, o + 16)}`, [u64(b, o + 24), u64(b, o + 32)]);
-    }
-    const cur = b.readUInt32LE(16) & 1;
-    const count = Math.min(b.readUInt32LE(32 + cur * 4), CAP);
-    if (b.readUInt32LE(40 + cur * 4)) r.overflow = true;
     for (let i = 0; i < count; i++) {
-      const o = ENTRIES_OFF + (cur * CAP + i) * ENTRY;
+      const o = i * ENTRY;
       const ino = u64(b, o + 8);
-      if (!ino) continue; // being written as the process was parked (its write had not happened) or killed
+      if (!ino) continue; // being written as the process was parked (its write in flight: a slot) or killed
       add(r.byFile, `${u64(b, o)}:${ino}`, [u64(b, o + 16), u64(b, o + 24)]);
     }
-    flips.push({ path, b });
+    read.push({ ...t, count });
   }
-  r.opaque = opaqueFiles(hostPids, live, buffers);
-  // kept before any table starts its next interval: a daemon killed from here on loses nothing
+  // kept before any half is cleared: a daemon killed from here on loses nothing
   const pending: PendingFile = { parent: parentId, overflow: r.overflow, ranges: [] };
   for (const [k, l] of r.byFile) for (const [s, e] of mergeRanges(l)) pending.ranges.push([k, s, Number.isFinite(e) ? e : null]);
   // (in place: a half-written file reads as "not known", and the next cut copies changed files whole)
   writeFileSync(pendingPath(appDir), JSON.stringify(pending));
-  for (const { path, b } of flips) {
-    if (!liveSet.has(path)) {
-      unlinkSync(path); // its process is gone: what it noted is in the pending ranges now
-      continue;
-    }
-    const cur = b.readUInt32LE(16) & 1;
-    const next = cur ^ 1;
-    const stale = Math.min(b.readUInt32LE(32 + next * 4), CAP);
-    const fd = openSync(path, "r+");
+  for (const t of read) {
     try {
-      if (stale) writeSync(fd, Buffer.alloc(stale * ENTRY), 0, stale * ENTRY, ENTRIES_OFF + next * CAP * ENTRY);
-      const h = Buffer.alloc(4);
-      h.writeUInt32LE(0);
-      writeSync(fd, h, 0, 4, 32 + next * 4); // count
-      writeSync(fd, h, 0, 4, 40 + next * 4); // overflow
-      const g = Buffer.alloc(8);
-      g.writeBigUInt64LE(b.readBigUInt64LE(24) + 1n);
-      writeSync(fd, g, 0, 8, 24); // gen: the agents' per-interval notes start again
-      h.writeUInt32LE(next);
-      writeSync(fd, h, 0, 4, 16); // cur
-    } finally {
-      closeSync(fd);
+      if (!t.live) {
+        unlinkSync(t.path); // its process is gone: what it noted is in the pending ranges now
+        continue;
+      }
+      const fd = openSync(t.path, "r+");
+      try {
+        const h = Buffer.alloc(4);
+        writeSync(fd, h, 0, 4, 32 + t.half * 4); // count first: no agent writes this half until the next cut
+        writeSync(fd, h, 0, 4, 40 + t.half * 4);
+        if (t.count) writeSync(fd, Buffer.alloc(t.count * ENTRY), 0, t.count * ENTRY, ENTRIES_OFF + t.half * CAP * ENTRY);
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      /* gone */
     }
   }
+  try {
+    unlinkSync(flippedPath(appDir));
+  } catch {
+    /* none */
+  }
   return r;
+}
+
+/** Both at once, with the app held (a write in flight without a slot: nothing may be left for later). */
+export function takeRanges(appDir: string, hostPids: number[], parentId: string | null): ChangedRanges {
+  return consumeRanges(appDir, flipTables(appDir, hostPids), parentId);
 }
 
 /** Sorted, merged; gaps of less than `gap` bytes are merged too. */

@@ -4,9 +4,10 @@
 // maps shared and writable at the cut, every regular file under the `run --files DIR` trees, and
 // every path of the parent checkpoint's set; minus `--files-exclude` globs, the app's own log,
 // tardigrade's home, and /dev (but /dev/shm), /proc, /sys.
-import { lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { lstatSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { isStagingName } from "./files-deleted.js";
+import { scanProcesses, type ProcScan } from "./files-procscan.js";
 
 /** The app's choice at `run` (kept in its record). */
 export interface FilesConfig {
@@ -75,41 +76,23 @@ export function fileFilter(cfg: FilesConfig, never: string[]): (path: string) =>
 }
 
 /** Regular files any of these host processes holds open for writing or maps shared and writable. */
-export function writtenByProcesses(hostPids: number[]): string[] {
+export function writtenByProcesses(hostPids: number[], scan: ProcScan = scanProcesses(hostPids)): string[] {
   const out = new Set<string>();
-  for (const pid of hostPids) {
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-        if (!target.startsWith("/") || target.endsWith(" (deleted)")) continue;
-        const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8");
-        const flags = parseInt(/flags:\s+([0-7]+)/.exec(info)?.[1] ?? "0", 8);
-        if ((flags & 3) === 0 && (flags & 0o2000) === 0) continue; // read only, not appending
-        if (lstatSync(target).isFile()) out.add(target);
-      } catch {
-        /* closed meanwhile */
-      }
-    }
-    try {
-      for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
-        const m = /^(\S+) (\S{4}) \S+ \S+ \d+\s+(\/.*)$/.exec(line);
-        if (!m || m[2]![1] !== "w" || m[2]![3] !== "s") continue;
-        if (!m[3]!.endsWith(" (deleted)")) out.add(m[3]!);
-        else {
-          const now = relinkedName(pid, m[1]!, m[3]!);
-          if (now) out.add(now);
-        }
-      }
-    } catch {
-      /* gone */
-    }
+  for (const f of scan.fds) {
+    if (!f.target.startsWith("/") || f.target.endsWith(" (deleted)") || f.ino === null) continue;
+    if ((f.flags & 3) === 0 && (f.flags & 0o2000) === 0) continue; // read only, not appending
+    out.add(f.target);
   }
+  for (const [pid, text] of scan.maps)
+    for (const line of text.split("\n")) {
+      const m = /^(\S+) (\S{4}) \S+ \S+ \d+\s+(\/.*)$/.exec(line);
+      if (!m || m[2]![1] !== "w" || m[2]![3] !== "s") continue;
+      if (!m[3]!.endsWith(" (deleted)")) out.add(m[3]!);
+      else {
+        const now = relinkedName(pid, m[1]!, m[3]!);
+        if (now) out.add(now);
+      }
+    }
   return [...out];
 }
 
@@ -185,9 +168,17 @@ function underDirs(paths: Iterable<string>, keep: (p: string) => boolean): strin
  * `--files DIR`), and what is under them. `deleted`: the staging names of the deleted files held open
  * now (files-deleted.ts); those of the parent's set that are not are left out (they were restored).
  */
-export function fileSet(cfg: FilesConfig, appDir: string, hostPids: number[], previous: string[], keep: (p: string) => boolean, deleted: ReadonlyMap<string, string> = new Map()): string[] {
+export function fileSet(
+  cfg: FilesConfig,
+  appDir: string,
+  hostPids: number[],
+  previous: string[],
+  keep: (p: string) => boolean,
+  deleted: ReadonlyMap<string, string> = new Map(),
+  scan: ProcScan = scanProcesses(hostPids),
+): string[] {
   const journal = readJournal(appDir);
-  const all = new Set<string>([...journal, ...writtenByProcesses(hostPids), ...previous.filter((p) => !isStagingName(p)), ...deleted.keys()]);
+  const all = new Set<string>([...journal, ...writtenByProcesses(hostPids, scan), ...previous.filter((p) => !isStagingName(p)), ...deleted.keys()]);
   for (const d of cfg.dirs) for (const p of walkDir(d, [], 1_000_000, true)) all.add(p);
   // a directory the app made or renamed: what is in it is the app's too
   for (const p of underDirs(journal, keep)) all.add(p);

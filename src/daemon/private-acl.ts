@@ -69,14 +69,14 @@ function writeAcl(path: string, acl: Entry[]): boolean {
 /**
  * The most a named user may have on `path` of the home (what agentdir.c grants), or 0: search on
  * the home, apps/ and lib/; write and search on an app's directory; read and write on its
- * files.journal and files.cow; read on the agent library.
+ * files.journal, files.cow and files.cow-log; read on the agent library.
  */
 export function grantedPerm(home: string, path: string): number {
   const rel = relative(home, path);
   if (rel === "" || rel === "apps" || rel === "lib") return 1;
   const parts = rel.split("/");
   if (parts.length === 2 && parts[0] === "apps") return 3;
-  if (parts.length === 3 && parts[0] === "apps" && (parts[2] === "files.journal" || parts[2] === "files.cow")) return 6;
+  if (parts.length === 3 && parts[0] === "apps" && (parts[2] === "files.journal" || parts[2] === "files.cow" || parts[2] === "files.cow-log")) return 6;
   if (parts.length === 2 && parts[0] === "lib" && /^libtardigrade-agent-[0-9a-f]+\.so$/.test(parts[1]!)) return 4;
   return 0;
 }
@@ -113,4 +113,43 @@ export function lockDownAcl(home: string, path: string): boolean | null {
   if (same) return false;
   if (!writeAcl(path, out)) throw new Error(`cannot set the ACL of ${path}`);
   return true;
+}
+
+/**
+ * Gives every user named in the ACL of `dir` (the app's directory: the agent names there each user
+ * a process of the app switched to) read and write on `path` (a file of it the agents append to),
+ * keeping the rest of its ACL. A no-op when the directory names nobody; throws when the ACL is
+ * needed and cannot be set. (Two lgetxattr calls when nothing is to change.)
+ */
+export function grantDirUsers(dir: string, path: string): void {
+  const users = (readAcl(dir) ?? []).filter((e) => e.tag === T_USER).map((e) => e.id);
+  if (!users.length) return;
+  const acl = readAcl(path) ?? [
+    { tag: T_USER_OBJ, perm: 6, id: 0xffffffff },
+    { tag: T_GROUP_OBJ, perm: 0, id: 0xffffffff },
+    { tag: T_OTHER, perm: 0, id: 0xffffffff },
+  ];
+  let changed = false;
+  for (const id of users) {
+    const e = acl.find((x) => x.tag === T_USER && x.id === id);
+    if (!e) {
+      acl.push({ tag: T_USER, perm: 6, id });
+      changed = true;
+    } else if ((e.perm & 6) !== 6) {
+      e.perm |= 6;
+      changed = true;
+    }
+  }
+  const mask = acl.filter((e) => e.tag === T_USER || e.tag === T_GROUP_OBJ || e.tag === 8).reduce((m, e) => m | e.perm, 0);
+  const m = acl.find((e) => e.tag === T_MASK);
+  if (!m) {
+    acl.push({ tag: T_MASK, perm: mask, id: 0xffffffff });
+    changed = true;
+  } else if ((m.perm & 6) !== 6) {
+    m.perm |= 6;
+    changed = true;
+  }
+  if (!changed) return;
+  acl.sort((a, b) => a.tag - b.tag || a.id - b.id);
+  if (!writeAcl(path, acl)) throw new Error(`cannot let the app's users (uids ${users.join(", ")}) write ${path} (setting its ACL): check that its file system has POSIX ACLs`);
 }
