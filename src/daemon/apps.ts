@@ -3,7 +3,7 @@
 import type { CasStore } from "../store/cas/store.js";
 import { holdConnections, type HeldConnections } from "./hold-connections.js";
 import { treeRestoreNotes, unreadableConnectionNotes } from "../image/inet.js";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
 import { TgError, errMessage } from "../errors.js";
@@ -35,7 +35,6 @@ import { hostId } from "../ha/host.js";
 import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
 import { addServiceAddress, parseServiceAddress, removeServiceAddress, type ServiceAddress } from "../ha/address.js";
 import { constants as fsc, existsSync, openSync, readFileSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
 import { AppDir, describeExit, listAppNames, type AppRecord, type AppState } from "./appdir.js";
 import { LaunchFailure, launch, type Launched } from "./launch.js";
 import { isAlive, trySignal, waitGone } from "./procs.js";
