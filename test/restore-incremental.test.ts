@@ -5,7 +5,8 @@
 // right from the first instant after each restore, and after a restore of the incremental.
 import assert from "node:assert/strict";
 import { describe, test, type TestContext } from "node:test";
-import { makeHome, waitFor, type TestHome } from "./helpers/home.js";
+import { otherProcesses } from "../src/daemon/tree.js";
+import { isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 import { killApp, logSize, runApp, waitLines } from "./helpers/scenario.js";
 import { crashAndRestore } from "./helpers/tree.js";
@@ -133,6 +134,45 @@ describe("checkpoints after a restore are incremental on it", { timeout: 1_800_0
     await crashAndRestore(h, "ptree", ["--checkpoint", b.id]);
     const from2 = logSize(h, "ptree");
     await waitLines(h, "ptree", (ls) => ls.filter((l) => /^pid \d+ step/.test(l)).length >= 9, "the tree restored from the incremental, stepping", 300_000, from2);
+  });
+
+  // The daemon asks each restored member's agent what its next checkpoint is incremental on; a
+  // member that ends before it is asked never answers. The daemon waited 30 s for each, one after
+  // the other: a tree of short-lived children (tree-forkstorm, clone, on a busy machine: 1 run in
+  // 125) made `restore` not return within the CLI's 120 s. Here the daemon waits 5 s before it asks
+  // (TG_TEST_DELAY_AT) and the test kills the five restored children meanwhile.
+  test("process tree: members that end before the daemon asks them do not hold the restore up", async (t) => {
+    requireNative();
+    const h = makeHome("tg-rinc-", { TG_TEST_DELAY_AT: "restore-before-bases:5000" });
+    t.after(() => h.cleanup());
+    await runApp(h, "pend", [fixture("patterns"), "4", "16", "2000", "4", "5"]);
+    await waitLines(h, "pend", (ls) => new Set(ls.filter((l) => /^pid \d+ step/.test(l)).map((l) => l.split(" ")[1])).size >= 6, "six processes stepping", 300_000);
+    const a = await checkpoint(h, "pend");
+    const old = h.pids("pend")!;
+    process.kill(old.init, "SIGKILL");
+    await waitFor("the tree gone", () => !isAlive(old.init) && !isAlive(old.app));
+    const from = logSize(h, "pend");
+    const { done } = h.cliSpawn(["restore", "pend", "--checkpoint", a.id]);
+    let returned = false;
+    void done.then(() => (returned = true));
+    // the restored children (every process of the new namespace but the main one), killed while the daemon waits
+    const children = await waitFor("the five restored children", () => {
+      const p = h.pids("pend");
+      if (!p || p.init === old.init) return null;
+      const c = otherProcesses(p.init, p.app).filter((x) => !x.zombie);
+      return c.length === 5 ? c : null;
+    }, 120_000);
+    assert.ok(!returned, "the restore had not returned when its children were killed (the daemon waits 5 s there)");
+    for (const c of children) process.kill(c.hostPid, "SIGKILL");
+    // (the limit every other CLI call of the tests has; the old wait took 5 x 30 s here)
+    const r = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 120_000).unref())]);
+    assert.ok(r, "the restore returned within 120 s");
+    assert.equal(r.code, 0, `restore: ${r.stderr}`);
+    await waitLines(h, "pend", (ls) => ls.some((l) => /^pid 2 step/.test(l)), "the restored main process stepping", 120_000, from);
+    // its next checkpoint: incremental on the restored one (the main process answered), the killed children zombies
+    const b = await checkpoint(h, "pend");
+    assert.equal(b.kind, "incremental", b.fullReason ?? "");
+    assert.equal(b.parent, a.id);
   });
 });
 

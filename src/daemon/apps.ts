@@ -1179,7 +1179,8 @@ export class AppManager {
       record.restoreNs = l.elapsedNs;
       // the restored agents track written pages from the restored images on (blob.c, track.c):
       // the next checkpoint is incremental on this one
-      Object.assign(record, await restoredBases(dir.sock, l.ping, m.id, others));
+      await testDelay("restore-before-bases");
+      Object.assign(record, await restoredBases(dir.sock, l.ping, m.id, others, l.initHostPid));
       await dir.writeRecord(record);
       this.schedule(name, record.everyMs);
       const wallNs = Number(process.hrtime.bigint() - t0);

@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { diagnose } from "./diagnose.js";
 
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const CLI = join(ROOT, "bin", "tardigrade.js");
@@ -68,7 +69,12 @@ export function makeHome(prefix = "tg-", extraEnv: NodeJS.ProcessEnv = {}): Test
     cliSpawn: (args) => cliSpawn(args),
     async cli(args, opts = {}) {
       const { child, done } = cliSpawn(args, opts.cwd, opts.env);
-      const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 120_000);
+      const timer = setTimeout(() => {
+        // what everything was doing when the command did not return: printed before the kill
+        const roots = [child.pid, readPid(join(home, "daemon.pid"))[0]].filter((p): p is number => !!p);
+        console.error(`tardigrade ${args.join(" ")} did not return within ${opts.timeoutMs ?? 120_000} ms\n${diagnose(home, roots)}`);
+        child.kill("SIGKILL");
+      }, opts.timeoutMs ?? 120_000);
       try {
         return await done;
       } finally {
