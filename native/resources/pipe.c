@@ -1,13 +1,15 @@
 /* Pipes with both ends in the process (FD kinds 4 and 5, PIPE_DATA): the capture checks that
  * every pipe's other end is ours and keeps what is buffered in it (tee into a private pipe:
  * nothing is consumed); the restore makes each pipe once, at its first end's record, refills it
- * and hands each end to its records. In a process tree (tg_res_tree) an end may be alone in the
+ * and hands each end to its records. An end alone whose other end is closed everywhere is a pipe of
+ * the process too (made with that end closed). In a process tree (tg_res_tree) an end may be alone in the
  * process: the daemon checks the tree, and the restorer makes such a pipe once for every process
  * (rc->shared) before the tree is cloned. */
 #include "resource.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,6 +31,16 @@ static int describe(const struct tg_fd_probe *p, struct tg_rec_fd *rec, char *ex
   return 0;
 }
 
+/* An end whose other end is closed everywhere (the writer of a read end, or the reader of a write
+ * end, is gone): the pipe is the process's alone, and the restore makes it with that end closed
+ * (open_pipe), as it was. The kernel says so in poll: POLLHUP on a read end without writers,
+ * POLLERR on a write end without readers. */
+static int widowed(const struct tg_fd_seen *s) {
+  struct pollfd p = {(int)s->fd, s->kind == TG_FD_PIPE_R ? POLLIN : POLLOUT, 0};
+  if (tg_sys3(SYS_poll, &p, 1, 0) < 0) return 0;
+  return s->kind == TG_FD_PIPE_R ? (p.revents & POLLHUP) != 0 : (p.revents & POLLERR) != 0;
+}
+
 static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *ctx, char *err, size_t errlen) {
   static char data[PIPE_DATA_CAP];
   for (int i = 0; i < nseen; i++) {
@@ -36,10 +48,10 @@ static int end(const struct tg_fd_seen *seen, int nseen, tg_emit_fn emit, void *
     int other = 0;
     for (int j = 0; j < nseen; j++)
       if (is_pipe(seen[j].kind) && seen[j].aux == seen[i].aux && seen[j].kind != seen[i].kind) other = 1;
-    if (!other && !tg_res_tree) {
+    if (!other && !tg_res_tree && !widowed(&seen[i])) {
       snprintf(err, errlen,
-               "fd %u (pipe:[%llu], %s end): the other end of this pipe is outside the process; pipes to other "
-               "processes are not supported yet",
+               "fd %u (pipe:[%llu], %s end): the other end of this pipe is open in a process outside this "
+               "checkpoint (outside the app, or started by the app since the daemon looked: try again)",
                seen[i].fd, (unsigned long long)seen[i].aux, seen[i].kind == TG_FD_PIPE_R ? "read" : "write");
       return -1;
     }
