@@ -66,6 +66,11 @@ async function cutSplit(env: NodeJS.ProcessEnv, id: string): Promise<Record<stri
   return find((await cliJson(env, ["inspect", id, "--json"]).catch(() => ({ json: null }))).json);
 }
 
+/** "checked 80 files 81 spawn 95 launched 520 bases 530" */
+function phasesText(p: Record<string, number> | null | undefined): string {
+  return p ? Object.entries(p).map(([k, v]) => `${k} ${Math.round(v)}`).join(" ") : "-";
+}
+
 interface CkJson {
   id: string;
   kind: string;
@@ -80,6 +85,8 @@ interface Round {
   incrWallMs: number;
   restoreMs: number;
   fullCut?: Record<string, number> | null;
+  /** Where the daemon's part of the restore went (its `phases`, ms from the request reaching it). */
+  restorePhases?: Record<string, number> | null;
 }
 
 /** The app's dirtiers (host pids), once each printed "ready". */
@@ -119,8 +126,9 @@ async function round(env: NodeJS.ProcessEnv, name: string, argv: string[], n: nu
   process.kill(st.initHostPid!, "SIGKILL");
   await sleep(200);
   const t0 = process.hrtime.bigint();
-  await cliJson(env, ["restore", name, "--json"]);
+  const restored = (await cliJson(env, ["restore", name, "--json"])).json as { phases?: Record<string, number> };
   const restoreMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const restorePhases = restored.phases ? Object.fromEntries(Object.entries(restored.phases).map(([k, v]) => [k.replace(/Ns$/, ""), v / 1e6])) : null;
   pids = await dirtiers(env, name, n);
   await cliJson(env, ["stop", name, "--json"]).catch(() => undefined);
   return {
@@ -130,6 +138,7 @@ async function round(env: NodeJS.ProcessEnv, name: string, argv: string[], n: nu
     incrWallMs: incr.commitNs / 1e6,
     restoreMs,
     fullCut,
+    restorePhases,
   };
 }
 
@@ -165,11 +174,12 @@ export async function main(): Promise<void> {
       await cleanup();
       rmSync(home, { recursive: true, force: true });
     }
-    const m = (w: "this" | "other", k: Exclude<keyof Round, "fullCut">): number => median(runs[w].map((x) => x[k]));
+    const m = (w: "this" | "other", k: Exclude<keyof Round, "fullCut" | "restorePhases">): number => median(runs[w].map((x) => x[k]));
     console.log(`process tree: bash + ${n} × dirtier ${mib} MiB; this build against ${other}, alternated, ${rounds} rounds each, medians; ${cpus().length} CPUs, load at each case ${loads.map((x) => x.toFixed(1)).join(" ")}`);
     console.log("figure".padEnd(16) + "this".padStart(12) + "other".padStart(12) + "ratio".padStart(8));
     for (const k of ["fullDowntimeMs", "incrDowntimeMs", "fullWallMs", "incrWallMs", "restoreMs"] as const)
       console.log(k.padEnd(16) + m("this", k).toFixed(1).padStart(12) + m("other", k).toFixed(1).padStart(12) + (m("this", k) / m("other", k)).toFixed(2).padStart(8));
+    for (const w of ["this", "other"] as const) console.log(`restore by phase (${w}, each round, ms from the daemon's start): ${runs[w].map((x) => phasesText(x.restorePhases)).join(" | ")}`);
     for (const w of ["this", "other"] as const) console.log(`full cut by stage (${w}, each round, ms): ${runs[w].map((x) => JSON.stringify(Object.fromEntries(Object.entries(x.fullCut ?? {}).map(([k, v]) => [k, Math.round(v)])))).join(" ")}`);
     mkdirSync(dirname(RESULTS), { recursive: true });
     writeFileSync(RESULTS, JSON.stringify({ procs: n, mib, rounds, other, loads, runs }, null, 2));
@@ -186,11 +196,12 @@ export async function main(): Promise<void> {
     await cleanup();
     rmSync(home, { recursive: true, force: true });
   }
-  const med = (c: string, k: Exclude<keyof Round, "fullCut">): number => median(cases[c]!.map((x) => x[k]));
+  const med = (c: string, k: Exclude<keyof Round, "fullCut" | "restorePhases">): number => median(cases[c]!.map((x) => x[k]));
   const rows = (["fullDowntimeMs", "incrDowntimeMs", "fullWallMs", "incrWallMs", "restoreMs"] as const).map((k) => [k, med("tree", k), med("single", k), med("tree", k) / med("single", k)] as const);
   console.log(`process tree: bash + ${n} × dirtier ${mib} MiB, against one dirtier of ${n * mib} MiB; ${rounds} rounds, medians; ${cpus().length} CPUs, load ${load0.map((x) => x.toFixed(2)).join(" ")} -> ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   console.log("figure".padEnd(16) + "tree".padStart(12) + "single".padStart(12) + "ratio".padStart(8));
   for (const [k, t, s, ratio] of rows) console.log(k.padEnd(16) + t.toFixed(1).padStart(12) + s.toFixed(1).padStart(12) + ratio.toFixed(2).padStart(8));
+  for (const c of ["tree", "single"]) console.log(`restore by phase (${c}, each round, ms from the daemon's start): ${cases[c]!.map((x) => phasesText(x.restorePhases)).join(" | ")}`);
   const incr = med("tree", "incrDowntimeMs");
   console.log(`incremental tree downtime at 1%: ${incr.toFixed(1)} ms (target <= 60 ms: ${incr <= 60 ? "met" : "NOT met"})`);
   if (criuRounds.length) {

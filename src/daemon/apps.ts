@@ -123,6 +123,8 @@ export interface RestoreResult {
   files?: FilesRollback & { id: string };
   /** Why the checkpoint's files were not rolled back (its files image is not in this store: a standby). */
   filesSkipped?: string;
+  /** Where the wall time went (ns from the request): checks and plans done, files rolled back, restorer started, app answering, members' bases known. */
+  phases?: { checkedNs: number; filesNs: number; spawnNs: number; launchedNs: number; basesNs: number };
 }
 
 const SOCK_MAX = 107;
@@ -1080,6 +1082,8 @@ export class AppManager {
       // every process's plan while the checks run
       plan: existsSync(dir.dir) ? [() => restoreInput(store.cas, m.id, dir.dir), ...others.map((e) => () => restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`))] : null,
     });
+    const since = (): number => Number(process.hrtime.bigint() - t0);
+    const phases = { checkedNs: since(), filesNs: 0, spawnNs: 0, launchedNs: 0, basesNs: 0 };
     let held: HeldConnections | null = null;
     try {
       if (running && st) {
@@ -1111,6 +1115,7 @@ export class AppManager {
         }
         this.log.info({ app: name, id: filesRef.id, rewritten: rolledBack.rewritten, recreated: rolledBack.recreated, renamedBack: rolledBack.renamedBack, removed: rolledBack.removed, leftAsIs: rolledBack.leftAsIs, dirsMade: rolledBack.dirsMade, dirsRemoved: rolledBack.dirsRemoved, relinked: rolledBack.relinked, kept: rolledBack.kept, unchanged: rolledBack.unchanged, ns: rolledBack.ns }, "files rolled back");
       }
+      phases.filesNs = since();
       // the files the rollback made anew: a shared writable mapping of one is mapped from it (native/restore)
       const recreatedList = join(dir.dir, "restore-recreated.list");
       const recreatedArgs: string[] = [];
@@ -1154,6 +1159,7 @@ export class AppManager {
           stdin: image,
           images,
           onSpawn: async (pid, start) => {
+            phases.spawnNs = since();
             record.launcherPid = pid;
             record.launcherStart = start;
             await dir.writeRecord(record);
@@ -1174,6 +1180,7 @@ export class AppManager {
       }
       if (rolledBack) removeStagingLeft([...rolledBack.recreated, ...rolledBack.rewritten]);
       if (recreatedArgs.length) await rm(recreatedList, { force: true });
+      phases.launchedNs = since();
       await releaseAll();
       record.initStart = l.initStart;
       record.restoreNs = l.elapsedNs;
@@ -1181,10 +1188,11 @@ export class AppManager {
       // the next checkpoint is incremental on this one
       await testDelay("restore-before-bases");
       Object.assign(record, await restoredBases(dir.sock, l.ping, m.id, others, l.initHostPid));
+      phases.basesNs = since();
       await dir.writeRecord(record);
       this.schedule(name, record.everyMs);
       const wallNs = Number(process.hrtime.bigint() - t0);
-      this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs }, "app restored");
+      this.log.info({ app: name, id: m.id, restoreNs: l.elapsedNs, wallNs, phases }, "app restored");
       await held?.release();
       const notes = treeRestoreNotes([{ socks: (m as { stats?: CheckpointStats }).stats?.sockets }, ...others.map((e) => ({ pid: e.pid, socks: store.cas.get(e.id!).stats.sockets }))], held?.fate, closedTcp);
       notes.push(...(await externalUnixNotes(store.cas.exportMeta(m.id)).catch(() => [])));
@@ -1192,7 +1200,7 @@ export class AppManager {
       notes.push(...(await ptyNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       for (const e of others) notes.push(...(await ptyNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
-      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
+      return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, phases, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
       for (const i of early ?? []) await i.release(); // (a failure before the launch: done already otherwise)
       await held?.release(); // the traffic goes through again, whatever happened
