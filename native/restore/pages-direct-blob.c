@@ -10,6 +10,7 @@
 #include <linux/ioctl.h>
 #include <linux/userfaultfd.h>
 
+#include "../common/crc32c-fast.h"
 #include "../common/sys.h"
 #include "blob.h"
 #include "pages-direct.h"
@@ -27,15 +28,6 @@
 #define MAP_ANONYMOUS_ 0x20
 #define MAP_GROWSDOWN_ 0x100
 #define VMA_UFFD 2 /* in blob_vma.opened while registered here; cleared before returning (blob.c tests opened != 0 only after) */
-
-BLOB static uint32_t dp_crc32c(uint32_t crc, const void *buf, uint64_t len) {
-  const unsigned char *p = buf;
-  uint64_t c = (uint32_t)~crc;
-  while (len && ((uintptr_t)p & 7)) { __asm__("crc32b %1, %k0" : "+r"(c) : "rm"(*p)); p++; len--; }
-  while (len >= 8) { __asm__("crc32q %1, %0" : "+r"(c) : "rm"(*(const uint64_t *)p)); p += 8; len -= 8; }
-  while (len--) { __asm__("crc32b %1, %k0" : "+r"(c) : "rm"(*p)); p++; }
-  return ~(uint32_t)c;
-}
 
 /* "ERR #<step> <errno> <hex value>\n" on the report pipe, as blob.c's fail (decoded by launcher/init.c) */
 __attribute__((noreturn)) BLOB static void dp_fail(struct blob_plan *p, int step, long err, uint64_t val) {
@@ -150,6 +142,7 @@ BLOB static int dp_uffd_lazy(void) {
 BLOB void tg_direct_read(struct blob_plan *p) {
   struct tg_dp_blob *d = (struct tg_dp_blob *)p->direct;
   int populate = 1;
+  struct tg_crc32c_k crc_k = {0, 0}; /* (three streams: ~2.6x the speed of one on a block in the cache) */
   int uffd = d->no_uffd ? -1 : d->lazy ? dp_uffd_lazy() : dp_uffd();
   int lazy = d->lazy && uffd >= 0;
   if (lazy) {
@@ -183,7 +176,7 @@ BLOB void tg_direct_read(struct blob_plan *p) {
     for (int k = 0; k < 4; k++)
       hdr[k] = (uint32_t)data[4 * k] | (uint32_t)data[4 * k + 1] << 8 | (uint32_t)data[4 * k + 2] << 16 | (uint32_t)data[4 * k + 3] << 24;
     if (hdr[0] != TG_DP_RAW_MAGIC || hdr[1] != b->npages || hdr[2] != len) dp_fail(p, STEP_DIRECT_CHECK, 0, i);
-    if (dp_crc32c(0, data + TG_DP_BLOCK_HEADER, len) != hdr[3]) dp_fail(p, STEP_DIRECT_CHECK, 0, i);
+    if (tg_crc32c_3way(0, data + TG_DP_BLOCK_HEADER, len, &crc_k) != hdr[3]) dp_fail(p, STEP_DIRECT_CHECK, 0, i);
     for (uint32_t k = 0; k < b->npieces; k++) {
       void *dst = (void *)pc[k].addr;
       const void *src = data + TG_DP_BLOCK_HEADER + (uint64_t)pc[k].index * 4096;

@@ -1074,7 +1074,9 @@ export class AppManager {
         for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
       },
       fileCheck: async () => {
-        // every process's check at once (child processes), its errors in the tree's order
+        // every process's check at once (child processes), its errors in the tree's order (none
+        // to make when changes are allowed or rolled back: checkFiles)
+        if (allow) return;
         const checks = await Promise.allSettled([m.id, ...others.map((e) => e.id!)].map((id) => checkFiles({ app: name, checkpoint: id, image: metaForFileCheck(store.cas, id), logFile: dir.logFile, allow })));
         const failed = checks.find((c) => c.status === "rejected");
         if (failed) throw (failed as PromiseRejectedResult).reason;
