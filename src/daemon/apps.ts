@@ -123,8 +123,8 @@ export interface RestoreResult {
   files?: FilesRollback & { id: string };
   /** Why the checkpoint's files were not rolled back (its files image is not in this store: a standby). */
   filesSkipped?: string;
-  /** Where the wall time went (ns from the request): checks and plans done, files rolled back, restorer started, app answering, members' bases known. */
-  phases?: { checkedNs: number; filesNs: number; spawnNs: number; launchedNs: number; basesNs: number };
+  /** Where the wall time went (ns from the request): checks and plans done, files rolled back, restorer started, app answering, members' bases known, notes made (the reply). */
+  phases?: { checkedNs: number; filesNs: number; spawnNs: number; launchedNs: number; basesNs: number; notesNs: number };
 }
 
 const SOCK_MAX = 107;
@@ -1085,7 +1085,7 @@ export class AppManager {
       plan: existsSync(dir.dir) ? [() => restoreInput(store.cas, m.id, dir.dir), ...others.map((e) => () => restoreInput(store.cas, e.id!, dir.dir, `restore-plan-${e.pid}.bin`))] : null,
     });
     const since = (): number => Number(process.hrtime.bigint() - t0);
-    const phases = { checkedNs: since(), filesNs: 0, spawnNs: 0, launchedNs: 0, basesNs: 0 };
+    const phases = { checkedNs: since(), filesNs: 0, spawnNs: 0, launchedNs: 0, basesNs: 0, notesNs: 0 };
     let held: HeldConnections | null = null;
     try {
       if (running && st) {
@@ -1202,6 +1202,7 @@ export class AppManager {
       notes.push(...(await ptyNotes(store.cas.exportMeta(m.id)).catch(() => [])));
       for (const e of others) notes.push(...(await ptyNotes(store.cas.exportMeta(e.id!), e.pid).catch(() => [])));
       const lazyNow = lazyArgs.length ? lazyProgress(dir.dir) : null;
+      phases.notesNs = since();
       return { name, checkpoint: m.id, pid: l.ping.pid, initHostPid: l.initHostPid, appHostPid: l.appHostPid, threads: l.ping.threads, restoreNs: l.elapsedNs, verifyNs: 0, verifyOverlapped: true, wallNs, phases, ...(lazyNow ? { lazy: lazyNow } : {}), ...(notes.length ? { notes } : {}), ...(rolledBack ? { files: rolledBack } : {}), ...(named && !filesRef ? { filesSkipped: `${named.id} is not in this store: files were not rolled back` } : {}) };
     } finally {
       for (const i of early ?? []) await i.release(); // (a failure before the launch: done already otherwise)

@@ -20,6 +20,8 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
   // zero hashes tested as words where the table is 4-aligned (no Buffer per page)
   const hs = r.hashes;
   const w = hs.byteOffset % 4 === 0 ? new Uint32Array(hs.buffer, hs.byteOffset, hs.length >>> 2) : null;
+  let lastHint = 0;
+  let lastOk: boolean | undefined;
   for (let i = 0; i < r.npages; i++) {
     const o = i * 8;
     const zero = w ? (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 : hs.subarray(i * HASH_LEN, (i + 1) * HASH_LEN).equals(ZERO_HASH);
@@ -29,11 +31,14 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
     }
     const hint = r.locs.readUInt32LE(i * LOC_LEN);
     if (hint !== 0 && alive) {
-      let ok = alive.get(hint);
+      // (runs of pages share a block: the last answer first)
+      let ok = hint === lastHint ? lastOk : alive.get(hint);
       if (ok === undefined) {
         ok = ctx.catalog.blockExists(hint);
         alive.set(hint, ok);
       }
+      lastHint = hint;
+      lastOk = ok;
       if (ok) {
         out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
         continue;

@@ -66,6 +66,10 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
   let streamPages = 0;
   let skippedZeroPages = 0;
   let v = 0;
+  let lastBlk = -1;
+  let lastRow: BlockRow | null | undefined;
+  let lastPbBlk = -1;
+  let lastPb: PlanBlock | undefined;
   for (const r of records) {
     while (v < vmas.length && pageOf(vmas[v]!.end) <= r.page) v++;
     const anon = v < vmas.length && ANON_KINDS.has(vmas[v]!.kind) && pageOf(vmas[v]!.start) <= r.page;
@@ -91,21 +95,26 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
         continue;
       }
       const [blk, idx] = loc;
-      let row = blockRows.get(blk);
+      // (runs of pages share a block: the last one's row first)
+      let row = blk === lastBlk ? lastRow : blockRows.get(blk);
       if (row === undefined) {
         row = ctx.catalog.block(blk) ?? null;
         blockRows.set(blk, row);
       }
+      lastBlk = blk;
+      lastRow = row;
       if (row === null || row.len !== BLOCK_HEADER_SIZE + row.npages * PAGE) {
         if (runFrom < 0) runFrom = i; // compressed (or gone: the image path reports it)
         continue;
       }
       flush(i);
-      let pb = byBlock.get(blk);
+      let pb = blk === lastPbBlk ? lastPb : byBlock.get(blk);
       if (!pb) {
         pb = { row, pieces: [] };
         byBlock.set(blk, pb);
       }
+      lastPbBlk = blk;
+      lastPb = pb;
       const page = r.page + i;
       const last = pb.pieces[pb.pieces.length - 1];
       // a piece stays inside one record, hence one mapping (the restorer checks each piece against one)
