@@ -43,7 +43,7 @@ export interface RunOptions extends CommonOptions {
   /** Keep only this many newest checkpoints of the app (older ones are reclaimed). */
   keep?: number;
   /** Stream every committed checkpoint to a mirror destination (tg://HOST:PORT). */
-  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (ms, default 3000: docs/ha.md) */ leaseMs?: number; /** HOST:PORT of a standby to send heartbeats to directly */ standby?: string; /** service address held with the lease (docs/ha.md) */ address?: { cidr: string; dev: string } };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (ms, default 3000: docs/ha.md) */ leaseMs?: number; /** HOST:PORT of each standby to send heartbeats to directly (one or more) */ standby?: string | string[]; /** service address held with the lease (docs/ha.md) */ address?: { cidr: string; dev: string } };
   /** The app's data files (issue 14, on by default): `enabled: false` keeps them out; `dirs` trees snapshotted whole; `exclude` globs left out. */
   files?: { enabled?: boolean; dirs?: string[]; exclude?: string[] };
   /** Unix stream sockets connected to a process outside the app: "refuse" the checkpoint (default) or record them to be restored "closed". */

@@ -88,7 +88,7 @@ export function buildProgram(): Command {
     .option("--mirror <url>", "stream every checkpoint to a mirror destination, tg://HOST:PORT")
     .option("--token-file <file>", "mirror token (default: $TARDIGRADE_MIRROR_TOKEN)")
     .option("--tls-ca <file>", "CA certificate (PEM) to trust for a tgs:// mirror (default: the system's CAs)")
-    .option("--standby <host:port>", "with --mirror: also send heartbeats straight to this standby (`tardigrade standby --listen`)")
+    .option("--standby <host:port>", "with --mirror: also send heartbeats straight to this standby (`tardigrade standby --listen`; repeatable: every standby gets them)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--failover-after <duration>", "with --mirror: the app's lease on the mirror lasts this long (default 3s); unrenewed, the app is stopped and a standby may take over")
     .option("--address <ip/prefix>", "with --mirror: a service address this host holds while it holds the app's lease (removed when fenced); needs --dev")
     .option("--dev <iface>", "the interface for --address")
@@ -99,7 +99,7 @@ export function buildProgram(): Command {
     .option("--json", "print the result as JSON")
     .argument("<cmd...>", "command and arguments (put them after --)")
     .passThroughOptions()
-    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; failoverAfter?: string; standby?: string; address?: string; dev?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; externalUnix: "refuse" | "closed"; json?: boolean }) => {
+    .action(async (cmd: string[], o: { name?: string; every?: string; tracking?: TrackingMode; keep?: string; mirror?: string; tokenFile?: string; tlsCa?: string; failoverAfter?: string; standby?: string[]; address?: string; dev?: string; mirrorAck: "received" | "durable"; files?: string[]; filesExclude?: string[]; externalUnix: "refuse" | "closed"; json?: boolean }) => {
       let everyMs: number | undefined;
       if (o.every) {
         try {
@@ -116,7 +116,7 @@ export function buildProgram(): Command {
       } catch (e) {
         throw new TgError("cannot run the app", `--failover-after: ${errMessage(e)}`, "", "bad-request");
       }
-      const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run"), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(o.standby ? { standby: o.standby } : {}), ...(o.address !== undefined || o.dev !== undefined ? { address: { cidr: o.address ?? "", dev: o.dev ?? "" } } : {}) } : undefined;
+      const mirror = o.mirror ? { url: o.mirror, token: await mirrorToken(o.tokenFile, "run"), ack: o.mirrorAck, ...mirrorCa(o.tlsCa, "run"), ...(leaseMs !== undefined ? { leaseMs } : {}), ...(o.standby?.length ? { standby: o.standby } : {}), ...(o.address !== undefined || o.dev !== undefined ? { address: { cidr: o.address ?? "", dev: o.dev ?? "" } } : {}) } : undefined;
       const none = o.files?.includes("none") === true;
       const files = o.files || o.filesExclude ? { ...(none ? { enabled: false } : {}), dirs: (o.files ?? []).filter((d) => d !== "none"), exclude: o.filesExclude ?? [] } : undefined;
       const r = await api.run(cmd, { name: o.name, everyMs, tracking: o.tracking, keep, mirror, files, ...(o.externalUnix === "closed" ? { externalUnix: "closed" as const } : {}) });

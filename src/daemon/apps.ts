@@ -29,7 +29,7 @@ import { MirrorShipper, pullFromMirror, readShipperState, type PullFromMirrorRes
 import type { FencedInfo } from "../mirror/client.js";
 import { parseMirrorUrl } from "../mirror/address.js";
 import { appDialOptions, checkCaPem, saveAppCa } from "../mirror/tls-ca.js";
-import { DEFAULT_LEASE_MS, clearFenced, describeFenced, readAppLease, readFenced, writeAppLease } from "../ha/app-lease.js";
+import { DEFAULT_LEASE_MS, clearFenced, describeFenced, readAppLease, readFenced, standbysOf, writeAppLease } from "../ha/app-lease.js";
 import { fenceApp, type Takeover } from "../ha/fence.js";
 import { hostId } from "../ha/host.js";
 import { BeatSender, parseHostPort } from "../ha/heartbeat.js";
@@ -66,7 +66,7 @@ export interface RunRequest {
   /** Keep this many newest checkpoints (older ones are reclaimed after each commit). */
   keep?: number;
   /** Stream every committed checkpoint to this mirror destination. */
-  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of a standby: heartbeats go there directly too */ standby?: string; /** service address held with the lease */ address?: ServiceAddress };
+  mirror?: { url: string; token: string; ack?: "received" | "durable"; ca?: string; /** lease length on the mirror (docs/ha.md; default 3 s) */ leaseMs?: number; /** HOST:PORT of each standby: heartbeats go there directly too */ standby?: string | string[]; /** service address held with the lease */ address?: ServiceAddress };
   /** The app's umask (the client's); default: the one the daemon was started with. */
   umask?: number;
   /** Data files (issue 14): `enabled: false` is `--files none`; `dirs` (`--files DIR`), `exclude` (`--files-exclude GLOB`). */
@@ -300,9 +300,9 @@ export class AppManager {
       }
       if (!req.mirror.token) throw new TgError("cannot run the app", "no mirror token", "Pass --token-file FILE or set TARDIGRADE_MIRROR_TOKEN", "bad-request");
       if (req.mirror.ack && req.mirror.ack !== "received" && req.mirror.ack !== "durable") throw new TgError("cannot run the app", `unknown --mirror-ack ${req.mirror.ack}`, "Use received or durable", "bad-request");
-      if (req.mirror.standby !== undefined) {
+      for (const s of standbysOf(req.mirror)) {
         try {
-          parseHostPort(req.mirror.standby, "--standby");
+          parseHostPort(s, "--standby");
         } catch (e) {
           throw new TgError("cannot run the app", errMessage(e), "Pass the standby's heartbeat address, e.g. --standby 10.0.0.2:7071", "bad-request");
         }
@@ -360,7 +360,7 @@ export class AppManager {
         await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
         if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
         // a new run takes a new lease (docs/ha.md)
-        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(req.mirror.standby ? { standby: req.mirror.standby } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
+        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(standbysOf(req.mirror).length ? { standby: standbysOf(req.mirror) } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
         await clearFenced(dir.dir);
       }
       try {
@@ -686,10 +686,11 @@ export class AppManager {
           }
           if (l.epoch !== lease.epoch) writeAppLease(appDir, { ...lease, epoch: (lease.epoch = l.epoch) }).catch((e) => this.log.error({ app: name, err: errMessage(e) }, "cannot record the lease epoch"));
         });
-        const beats = lease.standby ? new BeatSender(parseHostPort(lease.standby, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)) : undefined;
-        sh.once("closed", () => beats?.stop());
+        // every standby gets the beats (each watches on its own; the mirror grants the lease to one)
+        const beats = standbysOf(lease).map((s) => new BeatSender(parseHostPort(s, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)));
+        sh.once("closed", () => beats.forEach((b) => b.stop()));
         sh.on("fenced", (f: FencedInfo) => {
-          beats?.stop();
+          beats.forEach((b) => b.stop());
           this.schedule(name, undefined);
           this.shippers.delete(name);
           fenceApp(new AppDir(this.home, name), f, this.log)

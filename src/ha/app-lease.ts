@@ -17,8 +17,8 @@ export interface AppLease {
   /** The epoch this host holds (absent before the first grant). */
   epoch?: number;
   ttlMs: number;
-  /** `HOST:PORT` of a standby to send heartbeats to directly (run --standby). */
-  standby?: string;
+  /** `HOST:PORT` of each standby to send heartbeats to directly (run --standby, repeatable; one string in files of an older daemon). */
+  standby?: string | string[];
   /** The service address this host holds while it holds the lease (--address, --dev). */
   address?: ServiceAddress;
 }
@@ -36,6 +36,11 @@ function readJson<T>(path: string): T | null {
   } catch {
     return null;
   }
+}
+
+/** The standbys a lease beats to (none, one or more). */
+export function standbysOf(l: Pick<AppLease, "standby">): string[] {
+  return l.standby === undefined ? [] : Array.isArray(l.standby) ? l.standby : [l.standby];
 }
 
 export function readAppLease(appDir: string): AppLease | null {
