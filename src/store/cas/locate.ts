@@ -16,7 +16,22 @@ export type PageLoc = [number, number] | null;
  * `what` starts the error when a page is missing ("cannot export checkpoint X").
  */
 export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<number, boolean> | null, what: string): PageLoc[] {
-  const out: PageLoc[] = [];
+  return unpackLocs(locatePagesPacked(ctx, r, alive, what), 0, r.npages);
+}
+
+/** Pages from..to of packed locations as PageLoc values. */
+export function unpackLocs(p: Uint32Array, from: number, to: number): PageLoc[] {
+  const out: PageLoc[] = new Array<PageLoc>(to - from);
+  for (let i = from; i < to; i++) out[i - from] = p[2 * i] === 0 ? null : [p[2 * i]!, p[2 * i + 1]!];
+  return out;
+}
+
+/**
+ * locatePages without an array per page (a restore plan walks every page of the checkpoint):
+ * block id of page i at [2i] (0: a zero page; block ids start at 1), its index in the block at [2i+1].
+ */
+export function locatePagesPacked(ctx: StoreContext, r: ComposedRecord, alive: Map<number, boolean> | null, what: string): Uint32Array {
+  const out = new Uint32Array(r.npages * 2);
   // zero hashes tested as words where the table is 4-aligned (no Buffer per page)
   const hs = r.hashes;
   const w = hs.byteOffset % 4 === 0 ? new Uint32Array(hs.buffer, hs.byteOffset, hs.length >>> 2) : null;
@@ -25,10 +40,7 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
   for (let i = 0; i < r.npages; i++) {
     const o = i * 8;
     const zero = w ? (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 : hs.subarray(i * HASH_LEN, (i + 1) * HASH_LEN).equals(ZERO_HASH);
-    if (zero) {
-      out.push(null);
-      continue;
-    }
+    if (zero) continue;
     const hint = r.locs.readUInt32LE(i * LOC_LEN);
     if (hint !== 0 && alive) {
       // (runs of pages share a block: the last answer first)
@@ -40,7 +52,8 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
       lastHint = hint;
       lastOk = ok;
       if (ok) {
-        out.push([hint, r.locs.readUInt32LE(i * LOC_LEN + 4)]);
+        out[2 * i] = hint;
+        out[2 * i + 1] = r.locs.readUInt32LE(i * LOC_LEN + 4);
         continue;
       }
     }
@@ -52,7 +65,9 @@ export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<num
       const where = bad ? `: its block at ${join(ctx.packDir, packName(bad.pack))} offset ${bad.offset} was set aside as damaged (${bad.why})` : "";
       throw storeCorrupt(what, `page ${hex(addrOf(r.page + i))} (sha256 ${h.toString("hex")}) is not in the store${where}`);
     }
-    out.push(loc);
+    if (loc[0] === 0) throw storeCorrupt(what, `page ${hex(addrOf(r.page + i))} is indexed in block 0, which does not exist`); // (0 means a zero page here)
+    out[2 * i] = loc[0];
+    out[2 * i + 1] = loc[1];
   }
   return out;
 }

@@ -11,7 +11,7 @@ import type { BlockRow } from "./catalog.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
 import type { Locs } from "./export.js";
-import { locatePages } from "./locate.js";
+import { locatePagesPacked, unpackLocs } from "./locate.js";
 import { metaVmas } from "./meta.js";
 import { packName } from "./pack.js";
 import { BLOCK_HEADER_SIZE } from "./codec.js";
@@ -73,19 +73,19 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
   for (const r of records) {
     while (v < vmas.length && pageOf(vmas[v]!.end) <= r.page) v++;
     const anon = v < vmas.length && ANON_KINDS.has(vmas[v]!.kind) && pageOf(vmas[v]!.start) <= r.page;
-    const locs = locatePages(ctx, r, alive, `cannot restore checkpoint ${id}`);
+    const locs = locatePagesPacked(ctx, r, alive, `cannot restore checkpoint ${id}`);
     // pages of this record still sent in the image: runs of consecutive indexes
     let runFrom = -1;
     const flush = (to: number) => {
       if (runFrom < 0) return;
       outRecords.push({ page: r.page + runFrom, npages: to - runFrom, hashes: r.hashes.subarray(runFrom * HASH_LEN, to * HASH_LEN), locs: r.locs.subarray(runFrom * LOC_LEN, to * LOC_LEN) });
-      outLocs.push(locs.slice(runFrom, to));
+      outLocs.push(unpackLocs(locs, runFrom, to));
       streamPages += to - runFrom;
       runFrom = -1;
     };
     for (let i = 0; i < r.npages; i++) {
-      const loc = locs[i]!;
-      if (loc === null) {
+      const blk = locs[2 * i]!;
+      if (blk === 0) {
         if (anon) {
           flush(i);
           skippedZeroPages++;
@@ -94,7 +94,7 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
         if (runFrom < 0) runFrom = i;
         continue;
       }
-      const [blk, idx] = loc;
+      const idx = locs[2 * i + 1]!;
       // (runs of pages share a block: the last one's row first)
       let row = blk === lastBlk ? lastRow : blockRows.get(blk);
       if (row === undefined) {
