@@ -11,7 +11,7 @@ import { rawBlockCrc } from "./codec.js";
 import { crc32cCombine } from "./crc-combine.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
-import { locatePages, type PageLoc } from "./locate.js";
+import { locatePagesPacked } from "./locate.js";
 import { metaRecords } from "./meta.js";
 import { PAGE, addrOf, storeCorrupt } from "./util.js";
 
@@ -37,10 +37,11 @@ function fullHeader(stored: Buffer): Buffer {
 }
 
 function locate(ctx: StoreContext, id: string, r: ComposedRecord, alive: Map<number, boolean> | null): Locs {
-  return locatePages(ctx, r, alive, `cannot export checkpoint ${id}`);
+  return locatePagesPacked(ctx, r, alive, `cannot export checkpoint ${id}`);
 }
 
-export type Locs = PageLoc[];
+/** A record's page locations, packed (locate.ts, locatePagesPacked): block id of page i at [2i] (0: a zero page), its index at [2i+1]. */
+export type Locs = Uint32Array;
 
 /** Zero pages for records: slices of one shared buffer (never written). */
 const ZEROS = Buffer.alloc(MAX_RECORD_PAGES * PAGE);
@@ -59,16 +60,16 @@ async function pagesRecord(ctx: StoreContext, cache: BlockCache, id: string, r: 
     const out: Buffer[] = [prefix];
     let crc = crc32c(prefix);
     for (let i = 0; i < r.npages; ) {
-      const loc = locs[i];
+      const blk = locs[2 * i]!;
       let j = i + 1;
       let slice: Buffer;
       let block: Buffer | null = null;
-      if (!loc) {
-        while (j < r.npages && !locs[j]) j++;
+      if (blk === 0) {
+        while (j < r.npages && locs[2 * j] === 0) j++;
         slice = ZEROS.subarray(0, (j - i) * PAGE);
       } else {
-        const [blk, idx] = loc;
-        while (j < r.npages && locs[j] && locs[j]![0] === blk && locs[j]![1] === idx + (j - i)) j++;
+        const idx = locs[2 * i + 1]!;
+        while (j < r.npages && locs[2 * j] === blk && locs[2 * j + 1] === idx + (j - i)) j++;
         block = await cache.get(blk);
         slice = block.subarray(idx * PAGE, (idx + j - i) * PAGE);
         if (slice.length !== (j - i) * PAGE) throw storeCorrupt(`cannot export checkpoint ${id}`, `block ${blk} is shorter than its pages ${idx}..${idx + j - i}`);
@@ -139,11 +140,12 @@ function prefetch(cache: BlockCache, locator: Locator, from: number, to: number,
     } catch {
       return;
     }
-    for (const l of locs) {
-      if (!l || seen.has(l[0])) continue;
-      seen.add(l[0]);
+    for (let k = 0; k < locs.length; k += 2) {
+      const blk = locs[k]!;
+      if (blk === 0 || seen.has(blk)) continue;
+      seen.add(blk);
       if (seen.size > budget) return;
-      cache.get(l[0]).catch(() => undefined);
+      cache.get(blk).catch(() => undefined);
     }
   }
 }

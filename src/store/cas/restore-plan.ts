@@ -11,7 +11,7 @@ import type { BlockRow } from "./catalog.js";
 import { composeRecords, type ComposedRecord } from "./compose.js";
 import type { StoreContext } from "./context.js";
 import type { Locs } from "./export.js";
-import { locatePagesPacked, unpackLocs } from "./locate.js";
+import { locatePagesPacked } from "./locate.js";
 import { metaVmas } from "./meta.js";
 import { packName } from "./pack.js";
 import { BLOCK_HEADER_SIZE } from "./codec.js";
@@ -79,7 +79,7 @@ export function planRestore(ctx: StoreContext, id: string): RestorePlan {
     const flush = (to: number) => {
       if (runFrom < 0) return;
       outRecords.push({ page: r.page + runFrom, npages: to - runFrom, hashes: r.hashes.subarray(runFrom * HASH_LEN, to * HASH_LEN), locs: r.locs.subarray(runFrom * LOC_LEN, to * LOC_LEN) });
-      outLocs.push(unpackLocs(locs, runFrom, to));
+      outLocs.push(locs.subarray(2 * runFrom, 2 * to));
       streamPages += to - runFrom;
       runFrom = -1;
     };
