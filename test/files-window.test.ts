@@ -184,4 +184,35 @@ describe("the window after the cut: the app writes while the daemon reads its fi
     const v2 = await verify(h, dir, "ww");
     assert.match(v2, /^verify ok \d+$/, v2);
   });
+  // A parent hands an open file to a worker and closes its own copy right after fork; the worker
+  // writes through it. The child's table of tracked fds used to be copied from the parent's live
+  // table, which the parent's close may clear first: the worker's writes then went untracked and
+  // the file was read whole at the cut. The agent now copies the table in fork's prepare handler.
+  // TARDIGRADE_TEST_AFTER_FORK_MS makes the child slow to take its table, so the parent's close
+  // always comes first: before the fix, the second checkpoint read all 4 MiB of the file.
+  test("a file handed to a forked worker whose parent closes its copy at once: the worker's writes are tracked (read by ranges), the restore right", { timeout: TIMEOUT }, async (t) => {
+    const { h, dir, cli } = setup(t, { TARDIGRADE_TEST_AFTER_FORK_MS: "300" });
+    const r = await h.cli(["run", "--name", "fh", "--json", "--", "python3", fixtureScript("forkhand.py"), dir]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitLines(h, "fh", (l) => l.includes("ready"), "ready", WAIT);
+    await cli(["checkpoint", "fh", "--json"]);
+    writeFileSync(join(dir, "go"), "");
+    await waitLines(h, "fh", (l) => l.includes("worker wrote") && l.includes("parent closed"), "the worker's write and the parent's close", WAIT);
+    const c2 = JSON.parse(await cli(["checkpoint", "fh", "--json"])) as Ckpt;
+    assert.ok(c2.files, "the checkpoint has files");
+    assert.ok((c2.files.ranged ?? 0) >= 1 && c2.files.bytesRead < 1 << 20, `the file read by ranges, not whole: ${JSON.stringify(c2.files)}`);
+    await killApp(h, "fh");
+    const fd = join(dir, "data");
+    const { openSync, writeSync, closeSync, readFileSync } = await import("node:fs");
+    const w = openSync(fd, "r+");
+    writeSync(w, Buffer.alloc(4096, "c"), 0, 4096, 2 << 20);
+    closeSync(w);
+    const rr = await h.cli(["restore", "fh", "--json"]);
+    assert.equal(rr.code, 0, rr.stderr);
+    const data = readFileSync(fd);
+    assert.equal(data.length, 4 << 20);
+    assert.equal(data.subarray(1 << 20, (1 << 20) + 4096).toString(), "b".repeat(4096), "the worker's write is the checkpoint's");
+    assert.equal(data.subarray(2 << 20, (2 << 20) + 4096).toString(), "a".repeat(4096), "the write after it is rolled back");
+    writeFileSync(join(dir, "release"), "");
+  });
 });

@@ -122,6 +122,7 @@ static void fd_guard_lock(void) { pthread_mutex_lock(&fd_guard); }
 static void before_fork(void) {
   tg_forkgate_wait();
   fd_guard_lock();
+  tg_ranges_before_fork();
 }
 static void fd_guard_unlock(void) { pthread_mutex_unlock(&fd_guard); }
 /* closes one of tg's fds and forgets it at once (a fork between the two would have the child close

@@ -162,6 +162,7 @@ struct stat;
 TG_HIDDEN void tg_ranges_init(void);
 TG_HIDDEN int tg_files_on(void); /* the app's files are part of its checkpoints (not `run --files none`) */
 TG_HIDDEN void tg_ranges_after_fork(void);
+TG_HIDDEN void tg_ranges_before_fork(void);
 TG_HIDDEN void tg_ranges_after_restore(void);
 TG_HIDDEN void tg_ranges_opened(int fd, int flags, const struct stat *st);
 TG_HIDDEN void tg_ranges_whole(int fd);

@@ -703,14 +703,35 @@ TG_HIDDEN void tg_ranges_after_restore(void) {
   if (cow) __atomic_store_n(&cow->h.active, 0, __ATOMIC_RELEASE);
 }
 
+/* The parent's tracked fds at the instant of a fork, taken in fork's prepare handler: the child
+ * starts from these, not from the parent's live table, which the parent may change first (a
+ * parent closing its copies right after fork, as a server handing a log to a worker does, left
+ * the child's writes untracked: the file copied whole at the next cut). */
+static struct rg_fd fork_fds[RG_FDS];
+static int fork_fds_taken;
+
+TG_HIDDEN void tg_ranges_before_fork(void) {
+  fork_fds_taken = 0;
+  if (!rg) return;
+  memcpy(fork_fds, rg->fds, sizeof fork_fds);
+  fork_fds_taken = 1;
+}
+
 /* In a forked child: a table of its own, with the fds it inherited. */
 TG_HIDDEN void tg_ranges_after_fork(void) {
   struct rg_table *old = rg;
   last.idx = -1;
   if (!old) return;
   rg = NULL;
+  /* (tests: the child slow to get here, while its parent changes its table) */
+  const char *slow = getenv("TARDIGRADE_TEST_AFTER_FORK_MS");
+  if (slow) {
+    struct timespec ts = {0, (long)atoi(slow) * 1000000L};
+    tg_sys2(SYS_nanosleep, &ts, NULL);
+  }
   struct rg_table *t = new_table();
-  if (t) memcpy(t->fds, old->fds, sizeof t->fds);
+  if (t) memcpy(t->fds, fork_fds_taken ? fork_fds : old->fds, sizeof t->fds);
+  fork_fds_taken = 0;
   tg_sys2(SYS_munmap, old, sizeof(struct rg_table));
   rg = t;
 }
