@@ -6,7 +6,6 @@
 // failover. Partition primary<->mirror only: the primary stops its app, the standby takes
 // over. Every 10 ms the test checks that at most one copy of the app runs.
 import assert from "node:assert/strict";
-import { type ChildProcess } from "node:child_process";
 import { randomInt } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,6 +14,7 @@ import { tempDir, writeTokens } from "../src/mirror/testing.js";
 import { CLI, ROOT, isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
 import { makeNet, netnsUnavailable, type Host, type Net } from "./helpers/ha-net.js";
+import { killHost, watched, type Proc } from "./helpers/procs.js";
 
 const TOKEN = "calc-token-0001";
 const FAILOVER = "1s";
@@ -27,21 +27,8 @@ const countOf = (log: string): number => {
 };
 const firstCount = (log: string): number => Number(/^count (\d+)$/m.exec(log)?.[1] ?? 0);
 
-interface Proc {
-  child: ChildProcess;
-  out: string[];
-  err: string[];
-  exited: Promise<number | null>;
-}
-
 function start(net: Net, host: Host, cmd: string[], env: NodeJS.ProcessEnv): Proc {
-  const child = net.spawn(host, cmd, env);
-  const out: string[] = [];
-  const err: string[] = [];
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => out.push(d));
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => err.push(d));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  return { child, out, err, exited };
+  return watched(net.spawn(host, cmd, env));
 }
 
 async function cli(net: Net, host: Host, home: TestHome, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -175,18 +162,7 @@ describe("failover between namespaces", { skip: skip ?? false }, () => {
 
   test("kill -9 of the primary's daemon and app: the standby takes over", { timeout: 300_000 }, async () => {
     await scenario(
-      (_net, P) => {
-        const p = P.pids("calc")!;
-        for (const pid of [P.daemonPid(), p.init, p.app]) {
-          if (!pid) continue;
-          try {
-            process.kill(pid, "SIGKILL");
-          } catch (e) {
-            // the app goes with its namespace's init, and may be reaped before it is named
-            if ((e as NodeJS.ErrnoException).code !== "ESRCH") throw e;
-          }
-        }
-      },
+      (_net, P) => killHost(P, "calc"),
       (o) => tookOver(o, "kill -9"),
     );
   });

@@ -6,7 +6,7 @@
 // report counts the beats it had), the app counts on there, and the other keeps watching and sees
 // the new holder. Every process is killed by PID.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -14,25 +14,13 @@ import { BeatReceiver } from "../src/ha/heartbeat.js";
 import { startServerProcess, tempDir, writeTokens } from "../src/mirror/testing.js";
 import { CLI, isAlive, makeHome, waitFor, type TestHome } from "./helpers/home.js";
 import { fixture, requireNative } from "./helpers/native.js";
+import { killHost, watched, type Proc } from "./helpers/procs.js";
 
 const TOKEN = "calc-token-two-standbys";
 const FAILOVER = "2s";
 
-interface Proc {
-  child: ChildProcess;
-  out: string[];
-  err: string[];
-  exited: Promise<number | null>;
-}
-
 function start(cmd: string[], env: NodeJS.ProcessEnv): Proc {
-  const child = spawn(cmd[0]!, cmd.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
-  const out: string[] = [];
-  const err: string[] = [];
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => out.push(d));
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => err.push(d));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  return { child, out, err, exited };
+  return watched(spawn(cmd[0]!, cmd.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] }));
 }
 
 const countOf = (log: string): number => {
@@ -68,15 +56,7 @@ describe("two standbys", () => {
         const ls = await P.cli(["ls", "calc", "--json"]);
         return ls.code === 0 && (JSON.parse(ls.stdout) as { mirror?: { state: string } }[]).some((c) => c.mirror?.state === "durable");
       }, 60_000);
-      const p = P.pids("calc")!;
-      for (const pid of [P.daemonPid(), p.init, p.app]) {
-        if (!pid) continue;
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== "ESRCH") throw e;
-        }
-      }
+      killHost(P, "calc");
       // one of them takes over and exits with its report
       const first = await Promise.race(standbys.map((s, i) => s.exited.then((code) => ({ i, code }))));
       const winner = standbys[first.i]!;
