@@ -360,7 +360,8 @@ export class AppManager {
         await rm(join(dir.dir, "mirror-ca.pem"), { force: true });
         if (req.mirror.ca !== undefined) await saveAppCa(dir.dir, req.mirror.ca);
         // a new run takes a new lease (docs/ha.md)
-        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(standbysOf(req.mirror).length ? { standby: standbysOf(req.mirror) } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
+        const standbys = standbysOf(req.mirror);
+        await writeAppLease(dir.dir, { ttlMs: req.mirror.leaseMs ?? DEFAULT_LEASE_MS, ...(standbys.length ? { standby: standbys } : {}), ...(req.mirror.address ? { address: req.mirror.address } : {}) });
         await clearFenced(dir.dir);
       }
       try {
@@ -687,10 +688,11 @@ export class AppManager {
           if (l.epoch !== lease.epoch) writeAppLease(appDir, { ...lease, epoch: (lease.epoch = l.epoch) }).catch((e) => this.log.error({ app: name, err: errMessage(e) }, "cannot record the lease epoch"));
         });
         // every standby gets the beats (each watches on its own; the mirror grants the lease to one)
-        const beats = standbysOf(lease).map((s) => new BeatSender(parseHostPort(s, "standby"), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)));
-        sh.once("closed", () => beats.forEach((b) => b.stop()));
+        const standbys = standbysOf(lease);
+        const beats = standbys.length ? new BeatSender(standbys.map((s) => parseHostPort(s, "standby")), token, lease.ttlMs / 6, () => (sh.leaseEpoch !== undefined && !sh.fenced && new AppDir(this.home, name).state()?.state === "running" ? { app: name, host: hostId(), epoch: sh.leaseEpoch } : null)) : undefined;
+        sh.once("closed", () => beats?.stop());
         sh.on("fenced", (f: FencedInfo) => {
-          beats.forEach((b) => b.stop());
+          beats?.stop();
           this.schedule(name, undefined);
           this.shippers.delete(name);
           fenceApp(new AppDir(this.home, name), f, this.log)
@@ -1075,9 +1077,7 @@ export class AppManager {
         for (const e of others) await this.fileIds.check(store.cas.get(e.id!).stats.mappedFiles, `cannot restore ${name} from ${m.id} (pid ${e.pid})`);
       },
       fileCheck: async () => {
-        // every process's check at once (child processes), its errors in the tree's order (none
-        // to make when changes are allowed or rolled back: checkFiles)
-        if (allow) return;
+        // every process's check at once (child processes), its errors in the tree's order
         const checks = await Promise.allSettled([m.id, ...others.map((e) => e.id!)].map((id) => checkFiles({ app: name, checkpoint: id, image: metaForFileCheck(store.cas, id), logFile: dir.logFile, allow })));
         const failed = checks.find((c) => c.status === "rejected");
         if (failed) throw (failed as PromiseRejectedResult).reason;

@@ -42,7 +42,6 @@ export async function checkFiles(c: FileCheck): Promise<void> {
     return;
   }
   const args = ["--check-files", "--image", typeof c.image === "string" ? c.image : "-", "--stdio-log", c.logFile];
-  if (c.allow) args.push("--allow-file-changes");
   const child = spawn(nativeBinary("tardigrade-restore"), args, { stdio: [typeof c.image === "string" ? "ignore" : "pipe", "ignore", "pipe"] });
   let stderr = "";
   child.stderr?.setEncoding("utf8");

@@ -48,32 +48,45 @@ export function parseHostPort(s: string, what: string): { host: string; port: nu
   return { host: m[1] as string, port };
 }
 
-/** Sends a beat every `everyMs` while `current()` gives one (the lease held); stop() ends it. */
+/** Sends a beat to every standby in `to` every `everyMs` while `current()` gives one (the lease held); stop() ends it. */
 export class BeatSender {
-  private readonly sock: Socket;
+  /** One socket per address family the standbys use. */
+  private readonly socks = new Map<"udp4" | "udp6", Socket>();
   private readonly timer: NodeJS.Timeout;
   private seq = 0;
 
-  constructor(to: { host: string; port: number }, token: string, everyMs: number, current: () => Omit<Beat, "seq"> | null) {
-    this.sock = createSocket(to.host.includes(":") ? "udp6" : "udp4");
-    this.sock.on("error", () => undefined); // (unreachable standby: the next beat tries again)
+  constructor(to: { host: string; port: number }[], token: string, everyMs: number, current: () => Omit<Beat, "seq"> | null) {
+    const sockFor = (host: string): Socket => {
+      const family = host.includes(":") ? "udp6" : "udp4";
+      let s = this.socks.get(family);
+      if (!s) {
+        s = createSocket(family);
+        s.on("error", () => undefined); // (unreachable standby: the next beat tries again)
+        s.unref();
+        this.socks.set(family, s);
+      }
+      return s;
+    };
+    const dests = to.map((t) => ({ ...t, sock: sockFor(t.host) }));
     // seq starts from the wall clock so a restarted daemon's beats are not taken for replays
     this.seq = Date.now();
     this.timer = setInterval(() => {
       const b = current();
       if (!b) return;
-      this.sock.send(encodeBeat({ ...b, seq: ++this.seq }, token), to.port, to.host, () => undefined);
+      const beat = encodeBeat({ ...b, seq: ++this.seq }, token);
+      for (const d of dests) d.sock.send(beat, d.port, d.host, () => undefined);
     }, Math.max(20, everyMs));
     this.timer.unref();
-    this.sock.unref();
   }
 
   stop(): void {
     clearInterval(this.timer);
-    try {
-      this.sock.close();
-    } catch {
-      /* already closed */
+    for (const s of this.socks.values()) {
+      try {
+        s.close();
+      } catch {
+        /* already closed */
+      }
     }
   }
 }

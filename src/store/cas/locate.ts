@@ -16,13 +16,9 @@ export type PageLoc = [number, number] | null;
  * `what` starts the error when a page is missing ("cannot export checkpoint X").
  */
 export function locatePages(ctx: StoreContext, r: ComposedRecord, alive: Map<number, boolean> | null, what: string): PageLoc[] {
-  return unpackLocs(locatePagesPacked(ctx, r, alive, what), 0, r.npages);
-}
-
-/** Pages from..to of packed locations as PageLoc values. */
-export function unpackLocs(p: Uint32Array, from: number, to: number): PageLoc[] {
-  const out: PageLoc[] = new Array<PageLoc>(to - from);
-  for (let i = from; i < to; i++) out[i - from] = p[2 * i] === 0 ? null : [p[2 * i]!, p[2 * i + 1]!];
+  const p = locatePagesPacked(ctx, r, alive, what);
+  const out = new Array<PageLoc>(r.npages);
+  for (let i = 0; i < r.npages; i++) out[i] = p[2 * i] === 0 ? null : [p[2 * i]!, p[2 * i + 1]!];
   return out;
 }
 
