@@ -29,14 +29,16 @@ describe("a tree that forks all the time", { timeout: 900_000 }, () => {
     await runApp(h, "fs", [fixture("forkstorm"), dir]);
     await waitLines(h, "fs", (l) => ticks(l).some((x) => x.forks >= 20), "it forks", 120_000);
     const kinds: string[] = [];
+    const seen: string[] = []; // (what each said, for the message: a full one's reason, a merged one)
     for (let i = 0; i < 5; i++) {
       const r = await h.cli(["checkpoint", "fs", "--json"]);
       assert.equal(r.code, 0, `checkpoint ${i + 1}: ${r.stderr}`);
-      const m = JSON.parse(r.stdout) as { kind?: string; parent?: string | null };
+      const m = JSON.parse(r.stdout) as { id?: string; kind?: string; parent?: string | null; synthetic?: boolean; fullReason?: string };
       kinds.push(m.kind ?? (m.parent ? "incremental" : "full"));
+      seen.push(JSON.stringify({ id: m.id, kind: m.kind, parent: m.parent, synthetic: m.synthetic, fullReason: m.fullReason }));
     }
     assert.equal(kinds[0], "full");
-    assert.ok(kinds.slice(1).every((k) => k === "incremental"), `incremental after the first: ${kinds.join(", ")}`);
+    assert.ok(kinds.slice(1).every((k) => k === "incremental"), `incremental after the first: ${kinds.join(", ")} (${seen.join(" ")})`);
     assert.ok(!existsSync(join(h.home, "apps", "fs", "cut.gate")), "the fork gate is open once the checkpoints are done");
     // the last checkpoint was taken before this tick was printed
     const atCheckpoint = ticks(logLines(h, "fs")).pop()!.n;
